@@ -1,0 +1,66 @@
+"""Speed of best-of-8 on the embedded model, CPU: warm (in-process) and cold (a fresh CLI process).
+
+    python bench/embedded_speed.py [--threads 2] [--runs 5]
+
+Targets (issue 3): warm ≤ 5 s, cold CLI ≤ 15 s on 2 CPU cores. Prints a markdown row per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+PROMPT = "a red circle above a blue square"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--n", type=int, default=8)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from bestshot import generate
+
+    work = tempfile.mkdtemp(prefix="bestshot-speed-")
+    out = dict(out_dir=os.path.join(work, "images_out"), log_jsonl=os.path.join(work, "log.jsonl"))
+    t = time.perf_counter()
+    first = generate(PROMPT, n_images=args.n, **out)
+    first_s = time.perf_counter() - t
+    warm = []
+    for k in range(args.runs):
+        t = time.perf_counter()
+        r = generate(PROMPT, n_images=args.n, seed_base=100 + k, **out)
+        warm.append(time.perf_counter() - t)
+
+    cold = []
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    for k in range(max(1, args.runs // 2)):
+        t = time.perf_counter()
+        p = subprocess.run(["bestshot", "generate", PROMPT, "-n", str(args.n), "--seed", str(200 + k), "--json",
+                            "--out", out["out_dir"], "--log", out["log_jsonl"]], capture_output=True, text=True, env=env)
+        cold.append(time.perf_counter() - t)
+        if p.returncode not in (0, 1):
+            sys.exit(f"CLI failed: {p.stderr[-500:]}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}")
+    print(f"settings: {json.dumps(first['settings'])}")
+    print("| measurement | median s | all runs s |\n|---|---|---|")
+    print(f"| first call in a process (loads the model) | {first_s:.2f} | {first_s:.2f} |")
+    print(f"| warm best-of-{args.n} `generate()` | {statistics.median(warm):.2f} | {', '.join(f'{x:.2f}' for x in warm)} |")
+    print(f"| cold `bestshot generate` CLI, best-of-{args.n} | {statistics.median(cold):.2f} | "
+          f"{', '.join(f'{x:.2f}' for x in cold)} |")
+    print(f"last warm timing_s: {json.dumps(r['timing_s'])}")
+
+
+if __name__ == "__main__":
+    main()

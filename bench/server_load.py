@@ -1,0 +1,166 @@
+"""Load and fuzz `bestshot serve` on loopback.
+
+    python bench/server_load.py --tiny --n 50 --max-queue 8            # burst of 50 txt2img at once
+    python bench/server_load.py --model embedded --n 50 --steps 4      # the shipped model
+    python bench/server_load.py --tiny --fuzz 25                       # schemathesis: 25 examples per route
+
+The burst checks what issue 8 asks: every response is 200 or 429 (429 with Retry-After), no 5xx, every
+200 names images that are on disk, and the run index holds exactly one run per 200 (nothing lost, nothing
+half-done). The fuzz sends schema-generated requests to every route of /openapi.json and fails on any 5xx.
+Run by hand with `torch.set_num_threads(1)` on a shared machine (it is set here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def post(url: str, body: dict[str, Any], timeout: float = 600) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def burst(base_url: str, n: int, body: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """``n`` txt2img requests released at the same instant; returns the tally and the problems found."""
+    gate = threading.Barrier(n)
+
+    def one(i: int) -> tuple[int, dict[str, str], bytes, float]:
+        gate.wait()
+        t = time.perf_counter()
+        status, headers, data = post(f"{base_url}/sdapi/v1/txt2img", {**body, "seed": 1000 + i})
+        return status, headers, data, time.perf_counter() - t
+
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(one, range(n)))
+    tally: dict[int, int] = {}
+    problems, latency_ok, files = [], [], []
+    for status, headers, data, dt in results:
+        tally[status] = tally.get(status, 0) + 1
+        if status == 200:
+            latency_ok.append(dt)
+            info = json.loads(json.loads(data)["info"])
+            names = [x["file"] for x in info["bestshot"]["images"]]
+            if not names:
+                problems.append("a 200 without any image")
+            for name in names:
+                files.append(name)
+                if not (out_dir / name).is_file():
+                    problems.append(f"a 200 names {name}, which is not on disk")
+        elif status == 429:
+            if "retry-after" not in {k.lower() for k in headers}:
+                problems.append("a 429 without Retry-After")
+        else:
+            problems.append(f"status {status}: {data[:200]!r}")
+    return {"tally": tally, "problems": problems, "files": files,
+            "p50_s": statistics.median(latency_ok) if latency_ok else None,
+            "max_s": max(latency_ok) if latency_ok else None}
+
+
+def fuzz(app: Any, examples: int) -> list[str]:
+    """Schema-driven requests to every operation; returns the 5xx found (empty = none)."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    failures = []
+    for result in schema.get_all_operations():
+        op = result.ok()
+        strategy = op.as_strategy()
+
+        @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(case=strategy)
+        def check(case):
+            resp = case.call()
+            documented = str(resp.status_code) in case.operation.definition.raw.get("responses", {})
+            if resp.status_code >= 500 and not documented:  # a documented 503 is an answer, not a crash
+                failures.append(f"{op.method.upper()} {op.path}: {resp.status_code} for {case.body!r:.200}")
+
+        check()
+    return failures
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model to serve (default: a tiny random SD 1.5 with --tiny)")
+    ap.add_argument("--scorer", default=None)
+    ap.add_argument("--tiny", action="store_true", help="build and serve tiny random SD 1.5 + CLIP (CPU, seconds)")
+    ap.add_argument("--n", type=int, default=50, help="concurrent requests in the burst (0: no burst)")
+    ap.add_argument("--max-queue", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--best-of", type=int, default=1)
+    ap.add_argument("--fuzz", type=int, default=0, help="schemathesis examples per operation (0: no fuzz)")
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from bestshot.server import ServerSettings, create_app
+    from bestshot.server.a1111 import Limits
+    from bestshot.server.background import BackgroundServer
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bestshot-load-"))
+    model, scorer = args.model, args.scorer
+    if args.tiny:
+        import tiny_models
+
+        if not (work / "sd15" / "model_index.json").exists():
+            tiny_models.build_sd15(work / "sd15")
+        if not (work / "clip" / "config.json").exists():
+            tiny_models.build_clip(work / "clip")
+        model, scorer = str(work / "sd15"), str(work / "clip")
+    out = work / "images_out"
+    report: dict[str, Any] = {"model": model or "embedded"}
+    if args.n:
+        app = create_app(ServerSettings(model=model or "embedded", scorer=scorer, out_dir=str(out),
+                                        curate_dir=str(work / "outputs"), max_queue=args.max_queue))
+        body = {"prompt": "a red circle", "steps": args.steps, "width": args.size, "height": args.size,
+                "best_of": args.best_of}
+        before = len(app.state.store.index.list(limit=1_000_000))  # a reused --workdir keeps older runs
+        with BackgroundServer(app) as url:
+            t = time.perf_counter()
+            res = burst(url, args.n, body, out)
+            res["wall_s"] = round(time.perf_counter() - t, 2)
+            new_runs = len(app.state.store.index.list(limit=1_000_000)) - before
+            served = res["tally"].get(200, 0)
+            if new_runs != served:  # one generate() run per served request (batch_size 1)
+                res["problems"].append(f"{new_runs} runs indexed for {served} served requests")
+        report["burst"] = {k: v for k, v in res.items() if k != "files"}
+        print(f"burst of {args.n} (max-queue {args.max_queue}): {res['tally']} in {res['wall_s']} s, "
+              f"p50 {res['p50_s'] and round(res['p50_s'], 2)} s, problems: {res['problems'] or 'none'}")
+    if args.fuzz:
+        app = create_app(ServerSettings(model=model or "embedded", scorer=scorer, out_dir=str(work / "fuzz_out"),
+                                        curate_dir=str(work / "fuzz_outputs"), max_queue=64,
+                                        limits=Limits(max_steps=2, max_side=64, max_images=2, max_candidates=4)))
+        t = time.perf_counter()
+        failures = fuzz(app, args.fuzz)
+        report["fuzz"] = {"examples_per_operation": args.fuzz, "server_errors": failures,
+                          "wall_s": round(time.perf_counter() - t, 2)}
+        print(f"fuzz, {args.fuzz} examples per operation: {len(failures)} server errors in "
+              f"{report['fuzz']['wall_s']} s" + "".join(f"\n  {f}" for f in failures[:20]))
+    return report
+
+
+if __name__ == "__main__":
+    rep = main()
+    bad = rep.get("burst", {}).get("problems") or rep.get("fuzz", {}).get("server_errors")
+    sys.exit(1 if bad else 0)

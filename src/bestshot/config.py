@@ -1,0 +1,228 @@
+"""Generation settings: the :class:`ImgCfg` dataclass, presets, YAML loading and validation.
+
+The field names and defaults of ``ImgCfg`` are those of the design document (seed 000):
+``n_images=4, seed_base=42, steps_base=40, guidance=7.5, clip_min=0.22, 1024x1024`` and the
+style suffix / negative prompt it shows. Presets are plain dictionaries of overrides, so a preset is
+never more than "these fields, these values".
+
+Resolution order (later wins): ``ImgCfg`` defaults → preset → the model folder's
+``bestshot_defaults.json`` (only with the ``embedded`` preset or a model that ships one and no explicit
+preset) → explicit overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import BestshotError
+
+SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+SDXL_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
+SD35_LARGE = "stabilityai/stable-diffusion-3.5-large"
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+CLIP_L14 = "openai/clip-vit-large-patch14"
+EMBEDDED = "embedded"
+
+MEMORY_STRATEGIES = ("gpu", "model_offload", "sequential_offload")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+DEFAULT_BLOCKLIST = ("nsfw", "nude", "naked", "gore", "beheading", "child abuse")
+
+
+@dataclass
+class ImgCfg:
+    """Everything that decides what a ``generate`` call produces.
+
+    The first block is the design document's ``ImgCfg``; the rest are bestshot's additions.
+    """
+
+    preset: str = "custom"
+    n_images: int = 4
+    seed_base: int = 42
+    steps_base: int = 40
+    guidance: float = 7.5
+    clip_min: float = 0.22
+    height: int = 1024
+    width: int = 1024
+    style_suffix: str = ", cinematic lighting, 8k"
+    negative_prompt: str = "blurry, low quality, watermark"
+
+    model: str = SDXL_BASE
+    refiner: bool = False
+    refiner_model: str = SDXL_REFINER
+    refiner_split: float = 0.8  # base denoises [0, 0.8), refiner [0.8, 1] (ensemble of experts)
+    scheduler: str | None = None  # None keeps the pipeline's own scheduler
+    dtype: str = "auto"
+    memory: str = "gpu"
+    compile: bool = False
+    device: str | None = None  # None: cuda when available, else cpu
+    max_batch: int | None = None  # largest batch per pipeline call; None = all candidates at once
+    scorer: str | None = None  # None: the model's own CLIP (embedded) or openai/clip-vit-large-patch14
+    blocklist: tuple[str, ...] = DEFAULT_BLOCKLIST
+    out_dir: str = "images_out"
+    log_jsonl: str = "images_log.jsonl"
+    save_candidates: bool = False
+    # Batched GPU/CPU kernels are not bitwise batch-invariant (a matmul over 8 rows may round differently
+    # from one over 2). With exact_best the kept image is re-rendered alone, so regenerating its seed
+    # reproduces the file bit for bit; costs one single-image pass.
+    exact_best: bool = True
+    # Early pruning: start prune_start candidates, keep the n_images best after prune_at of the steps.
+    prune_start: int | None = None
+    prune_at: float = 0.3
+
+    def validate(self) -> "ImgCfg":
+        """Raise :class:`BestshotError` naming the first bad field and how to fix it."""
+        if not isinstance(self.n_images, int) or self.n_images < 1:
+            raise BestshotError(f"n_images must be a whole number >= 1 (got {self.n_images!r}) — ask for at least one candidate")
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 8 or v % 8:
+                raise BestshotError(f"{name} must be a positive multiple of 8 (got {v!r}) — e.g. --size 1024x1024")
+        if not isinstance(self.steps_base, int) or self.steps_base < 1:
+            raise BestshotError(f"steps_base must be >= 1 (got {self.steps_base!r})")
+        if self.guidance < 0:
+            raise BestshotError(f"guidance must be >= 0 (got {self.guidance!r})")
+        if not -1.0 <= float(self.clip_min) <= 1.0:
+            raise BestshotError(f"clip_min is a cosine similarity and must lie in [-1, 1] (got {self.clip_min!r})")
+        if self.memory not in MEMORY_STRATEGIES:
+            raise BestshotError(f"memory must be one of {', '.join(MEMORY_STRATEGIES)} (got {self.memory!r})")
+        if self.dtype not in DTYPES:
+            raise BestshotError(f"dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r})")
+        if not 0.0 < self.refiner_split < 1.0:
+            raise BestshotError(f"refiner_split must lie strictly between 0 and 1 (got {self.refiner_split!r})")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise BestshotError(f"max_batch must be >= 1 or unset (got {self.max_batch!r})")
+        if self.prune_start is not None and (not isinstance(self.prune_start, int) or self.prune_start <= self.n_images):
+            raise BestshotError(f"prune_start must be larger than n_images={self.n_images} (got {self.prune_start!r}) "
+                                "— it is how many candidates start before pruning")
+        if not 0.0 < self.prune_at < 1.0:
+            raise BestshotError(f"prune_at is a fraction of the steps, strictly between 0 and 1 (got {self.prune_at!r})")
+        if self.prune_start and self.refiner:
+            raise BestshotError("early pruning and the refiner cannot be combined yet — drop --refiner or --prune-start")
+        if self.scheduler:
+            from .models.registry import scheduler_name
+
+            scheduler_name(self.scheduler)
+        if not isinstance(self.seed_base, int) or self.seed_base < 0:
+            raise BestshotError(f"seed_base must be a non-negative whole number (got {self.seed_base!r})")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["blocklist"] = list(self.blocklist)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ImgCfg":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BestshotError(f"unknown setting(s) {', '.join(unknown)} — valid settings are: {', '.join(sorted(known))}")
+        data = dict(data)
+        if "blocklist" in data and data["blocklist"] is not None:
+            data["blocklist"] = tuple(data["blocklist"])
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "ImgCfg":
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except OSError as e:
+            raise BestshotError(f"cannot read config file {p}: {e.strerror} — check the path") from None
+        except yaml.YAMLError as e:
+            raise BestshotError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise BestshotError(f"config file {p} must hold a mapping of setting: value")
+        base = preset_config(data.pop("preset")) if "preset" in data else cls()
+        return cls.from_dict(_merge(base, data)).validate()
+
+
+def _merge(base: ImgCfg, data: dict[str, Any]) -> dict[str, Any]:
+    merged = base.to_dict()
+    merged.update(data)
+    merged["blocklist"] = tuple(merged["blocklist"])
+    ImgCfg.from_dict(merged)  # validates the keys
+    return merged
+
+
+# Presets: what each one changes relative to the ImgCfg defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": dict(model=SDXL_BASE, refiner=False, height=768, width=768, n_images=2, steps_base=25, guidance=7.0),
+    "quality_1min": dict(model=SDXL_BASE, refiner=True, height=1024, width=1024, n_images=4, steps_base=40, guidance=7.5),
+    "quality_max": dict(model=SD35_LARGE, refiner=False, height=1024, width=1024, n_images=4, steps_base=28, guidance=3.5),
+    "custom": dict(),
+    # The embedded model: its folder's bestshot_defaults.json fills in size, steps, guidance, clip_min.
+    "embedded": dict(model=EMBEDDED, refiner=False, n_images=8, style_suffix="", negative_prompt=""),
+}
+
+
+def preset_config(name: str) -> ImgCfg:
+    """The ``ImgCfg`` of a named preset."""
+    if name not in PRESETS:
+        raise BestshotError(f"unknown preset {name!r} — choose one of: {', '.join(PRESETS)}")
+    cfg = replace(ImgCfg(), preset=name, **PRESETS[name])
+    if name == "embedded":
+        from .models.registry import model_defaults
+
+        cfg = apply_model_defaults(cfg, model_defaults(EMBEDDED))
+    return cfg
+
+
+# Keys of a model's bestshot_defaults.json that map onto ImgCfg fields.
+_DEFAULT_KEYS = {"steps": "steps_base", "num_inference_steps": "steps_base", "guidance": "guidance",
+                 "guidance_scale": "guidance", "height": "height", "width": "width", "clip_min": "clip_min",
+                 "scheduler": "scheduler", "n_images": "n_images"}
+
+
+def apply_model_defaults(cfg: ImgCfg, defaults: dict[str, Any]) -> ImgCfg:
+    updates = {_DEFAULT_KEYS[k]: v for k, v in defaults.items() if k in _DEFAULT_KEYS}
+    return replace(cfg, **updates)
+
+
+def resolve_config(cfg: ImgCfg | None = None, preset: str | None = None, model: str | None = None,
+                   **overrides: Any) -> ImgCfg:
+    """Build the final, validated config of one generate call.
+
+    ``cfg`` wins over ``preset``; with neither, the preset is ``embedded`` when no model (or the
+    embedded one) is named, else ``custom``. ``model`` and non-None ``overrides`` are applied last.
+    """
+    if cfg is None:
+        if preset is None:
+            preset = "embedded" if model in (None, EMBEDDED) else "custom"
+        cfg = preset_config(preset)
+        if model is not None and model != cfg.model and preset in ("custom", "embedded"):
+            from .models.registry import model_defaults
+
+            cfg = replace(cfg, model=model)
+            cfg = apply_model_defaults(cfg, model_defaults(model))
+    if model is not None:
+        cfg = replace(cfg, model=model)
+    known = {f.name for f in fields(ImgCfg)}
+    bad = sorted(k for k in overrides if k not in known)
+    if bad:
+        raise BestshotError(f"unknown setting(s) {', '.join(bad)} — valid settings are: {', '.join(sorted(known))}")
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    return cfg.validate()
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"1024x768"`` → ``(width, height)``; a clear error otherwise."""
+    try:
+        w, h = (int(p) for p in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise BestshotError(f"size must look like WIDTHxHEIGHT, e.g. 1024x1024 (got {text!r})") from None
+    for name, v in (("width", w), ("height", h)):
+        if v < 8 or v % 8:
+            raise BestshotError(f"{name} {v} is not a positive multiple of 8 — e.g. --size 1024x1024")
+    return w, h
+
+
+def dump_json(cfg: ImgCfg) -> str:
+    return json.dumps(cfg.to_dict(), sort_keys=True)

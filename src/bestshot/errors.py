@@ -1,0 +1,10 @@
+"""User-facing errors.
+
+Every problem a user can fix (bad input, missing file, unknown preset...) is raised as a
+:class:`BestshotError` whose message names the problem *and* the fix. The CLI prints the message on
+one line and exits non-zero, never with a traceback.
+"""
+
+
+class BestshotError(Exception):
+    """An error the user can act on. ``str(err)`` is a complete, one-line explanation."""

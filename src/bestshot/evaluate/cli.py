@@ -1,0 +1,207 @@
+"""`bestshot eval ...` sub-commands."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(no_args_is_help=True, help="Evaluate models: the embedded world, COCO-style metrics.")
+out = Console()
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    from ..errors import BestshotError
+
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise BestshotError(f"{what} must be comma-separated whole numbers, e.g. 1,4,8 (got {text!r})") from None
+    if not vals:
+        raise BestshotError(f"{what} is empty — e.g. 1,4,8")
+    return vals
+
+
+@app.command("world")
+def world(
+    model: str = typer.Option("embedded", "--model", "-m", help="Model to evaluate (default: the embedded one)."),
+    n_prompts: int = typer.Option(200, "--prompts", help="Held-out prompts per group (>= 200 for the report)."),
+    groups: str = typer.Option("1,2", "--objects", help="Object counts per prompt group, e.g. 1,2."),
+    ns: str = typer.Option("1,4,8", "--n", help="Candidate counts to compare, e.g. 1,4,8."),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    guidance: Optional[float] = typer.Option(None, "--guidance"),
+    scorer: Optional[str] = typer.Option(None, "--scorer"),
+    seed: int = typer.Option(12345, "--prompt-seed", help="Seed of the held-out prompt set."),
+    out_dir: Optional[str] = typer.Option("eval_world", "--out", help="Folder for world_eval.json and .md."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Full-match rate (oracle) for N=1 and best-of-N ranked by CLIP, per attribute."""
+    from ..errors import BestshotError
+    from .world_eval import WorldEvalConfig, dumps, evaluate_world, to_markdown
+
+    if n_prompts < 1:
+        raise BestshotError("--prompts must be >= 1")
+    cfg = WorldEvalConfig(model=model, n_prompts=n_prompts, groups=_ints(groups, "--objects"), ns=_ints(ns, "--n"),
+                          steps=steps, guidance=guidance, scorer=scorer, seed=seed, out=out_dir)
+    res = evaluate_world(cfg, progress=not as_json)
+    if as_json:
+        print(dumps(res))
+    else:
+        out.print(to_markdown(res))
+        if out_dir:
+            out.print(f"written: {out_dir}/world_eval.json, {out_dir}/world_eval.md")
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    from ..errors import BestshotError
+
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise BestshotError(f"{what} must be comma-separated numbers, e.g. 3,5,7.5 (got {text!r})") from None
+    if not vals:
+        raise BestshotError(f"{what} is empty — e.g. 3,5,7.5")
+    return vals
+
+
+def _size(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    if not text:
+        return None, None
+    from ..config import parse_size
+
+    return parse_size(text)
+
+
+@app.command("manifest")
+def manifest(
+    annotations: Optional[str] = typer.Option(None, "--annotations", help="COCO captions JSON (captions_train2017.json)."),
+    images_root: Optional[str] = typer.Option(None, "--images-root", help="Folder holding the COCO images."),
+    folder: Optional[str] = typer.Option(None, "--folder", help="Instead of COCO: images with NAME.txt captions beside."),
+    out_csv: str = typer.Option(..., "--out", help="Manifest CSV to write (image_path, caption, image_id)."),
+    k: Optional[int] = typer.Option(None, "--k", help="How many images (COCO default 1000; folder default all)."),
+    min_len: int = typer.Option(5, "--min-len", help="Drop captions with fewer words."),
+    seed: int = typer.Option(42, "--seed"),
+) -> None:
+    """Build a caption manifest from COCO captions or from a folder of captioned images."""
+    from ..errors import BestshotError
+    from .manifest import build_coco_manifest, build_folder_manifest, read_manifest
+
+    if (annotations is None) == (folder is None):
+        raise BestshotError("give exactly one of --annotations FILE (with --images-root DIR) or --folder DIR")
+    if annotations is not None:
+        if images_root is None:
+            raise BestshotError("--annotations needs --images-root DIR, the folder of the COCO images")
+        path = build_coco_manifest(annotations, images_root, out_csv, k=1000 if k is None else k, min_len=min_len,
+                                   seed=seed)
+    else:
+        path = build_folder_manifest(folder, out_csv, k=k, min_len=min_len, seed=seed)
+    n = len(read_manifest(path, check_images=False))
+    out.print(f"written: {path} ({n} rows)")
+
+
+@app.command("generate")
+def generate_cmd(
+    manifest_csv: str = typer.Argument(..., metavar="MANIFEST", help="Manifest CSV (from `bestshot eval manifest`)."),
+    out_dir: str = typer.Option(..., "--out", help="Folder for {row_id:06d}.png + .json; rerun to resume."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (default: the model's)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
+    num: Optional[int] = typer.Option(None, "--num", help="Only the first NUM usable rows."),
+    seed: int = typer.Option(42, "--seed", help="Row i uses seeds seed + i*best_of, ..."),
+    model: str = typer.Option("embedded", "--model", "-m"),
+    best_of: int = typer.Option(1, "--best-of", help="Candidates per row; the scorer keeps the best."),
+    size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT (default: the model's)."),
+    scorer: Optional[str] = typer.Option(None, "--scorer", help="Scorer for best-of ranking (default: the model's)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Generate one image per manifest row (resumable: rows whose image exists are skipped)."""
+    from .batch import BatchSettings, generate_rows
+
+    w, h = _size(size)
+    s = BatchSettings(model=model, steps=steps, guidance=guidance, seed=seed, best_of=best_of, width=w, height=h,
+                      scorer=scorer, device=device)
+    res = generate_rows(manifest_csv, out_dir, s, num=num)
+    per = f", {res['seconds_per_image']:.3f} s/image" if res.get("seconds_per_image") else ""
+    out.print(f"{res['generated']} generated, {res['skipped']} already done, {len(res['blocked'])} blocked "
+              f"of {res['rows']} rows → {out_dir}{per}")
+
+
+@app.command("metrics")
+def metrics_cmd(
+    real: str = typer.Option(..., "--real", help="Reference images: a folder or a manifest .csv."),
+    fake: str = typer.Option(..., "--fake", help="Generated images folder (e.g. from `bestshot eval generate`)."),
+    extractor: str = typer.Option("clip", "--extractor", help="clip (offline, NOT comparable with published FID) "
+                                  "or inception (standard FID, needs --inception-weights)."),
+    inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="pt_inception-2015-12-05 .pth."),
+    clip: Optional[str] = typer.Option(None, "--clip", help="CLIP folder (default: the embedded model's CLIP)."),
+    captions: Optional[str] = typer.Option(None, "--captions", help="Manifest giving the generated images' captions "
+                                           "by row id (default: the JSON beside each image)."),
+    out_json: Optional[str] = typer.Option(None, "--out", help="Write the results as JSON."),
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Real-feature cache (default ~/.cache/bestshot)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """FID, KID, Inception Score, CLIP score and CMMD of generated images against reference images."""
+    import json
+
+    from rich.table import Table
+
+    from ..store import atomic_write_json
+    from .sweep import build_extractors, default_cache_dir, evaluate_folder
+
+    ext, clip_ext = build_extractors(extractor, inception_weights, clip, device)
+    res = evaluate_folder(real, fake, ext, clip_ext, captions_manifest=captions,
+                          cache_dir=cache_dir or default_cache_dir())
+    if out_json:
+        atomic_write_json(out_json, res)
+    if as_json:
+        print(json.dumps(res, indent=2))
+        return
+    t = Table(title=f"{res['n_fake']} generated vs {res['n_real']} real images")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for label, key, std in (("FID", "fid", None), ("KID", "kid_mean", "kid_std"), ("Inception Score", "is_mean", "is_std"),
+                            ("CMMD", "cmmd", None), ("CLIP score (100·max(cos,0))", "clip_score", None),
+                            ("CLIP cosine", "clip_cosine", None)):
+        v = res.get(key)
+        t.add_row(label, "—" if v is None else f"{v:.6g}" + (f" ± {res[std]:.3g}" if std and res.get(std) is not None else ""))
+    out.print(t)
+    out.print(f"extractor: {res['extractor']}\nresize: {res['resize']}")
+    if res.get("clip_extractor"):
+        out.print(f"CLIP (CMMD, CLIP score): {res['clip_extractor']}; resize: {res['clip_resize']}")
+    for note in res["notes"]:
+        out.print(f"[dim]note: {note}[/]")
+    if out_json:
+        out.print(f"written: {out_json}")
+
+
+@app.command("sweep")
+def sweep_cmd(
+    manifest_csv: str = typer.Option(..., "--manifest", help="Manifest CSV: captions to generate, real images."),
+    guidance: str = typer.Option("3,5,7.5,12", "--guidance", help="Comma-separated guidance scales."),
+    steps: str = typer.Option("15,30,60", "--steps", help="Comma-separated step counts."),
+    num: int = typer.Option(64, "--num", help="Rows (images) per cell."),
+    out_dir: str = typer.Option("eval_sweep", "--out"),
+    model: str = typer.Option("embedded", "--model", "-m"),
+    best_of: int = typer.Option(1, "--best-of"),
+    seed: int = typer.Option(42, "--seed"),
+    size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT (default: the model's)."),
+    scorer: Optional[str] = typer.Option(None, "--scorer"),
+    extractor: str = typer.Option("clip", "--extractor", help="clip or inception (see `eval metrics`)."),
+    inception_weights: Optional[str] = typer.Option(None, "--inception-weights"),
+    clip: Optional[str] = typer.Option(None, "--clip", help="CLIP folder for metrics (default: the embedded one)."),
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Real-feature cache (default OUT/feature_cache)."),
+    worst: int = typer.Option(16, "--worst", help="Images on the worst-CLIP contact sheet."),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Guidance × steps grid: generate each cell, measure it, write results.csv/.md, plots, contact sheet."""
+    from .sweep import SweepConfig, run_sweep, to_markdown
+
+    w, h = _size(size)
+    cfg = SweepConfig(manifest=manifest_csv, out=out_dir, guidance=_floats(guidance, "--guidance"),
+                      steps=_ints(steps, "--steps"), num=num, model=model, best_of=best_of, seed=seed, width=w,
+                      height=h, scorer=scorer, device=device, extractor=extractor, inception_weights=inception_weights,
+                      clip=clip, cache_dir=cache_dir, worst=worst)
+    res = run_sweep(cfg, log=out.print)
+    out.print(to_markdown(res["rows"], res["info"]))
+    out.print(f"written: {out_dir}/results.csv, results.md, plot_*.png, worst_clip.png ({res['info']['seconds']} s)")

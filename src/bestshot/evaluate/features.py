@@ -1,0 +1,274 @@
+"""Pluggable image feature extractors for FID / KID / IS / CMMD, and a cache for their outputs.
+
+Metrics are only comparable when the feature extractor and the resize are the same, so every extractor
+carries a ``name`` and a ``resize`` string that end up next to every number it produces.
+
+* :class:`InceptionExtractor` — the standard FID Inception (``pt_inception-2015-12-05`` weights, the file
+  pytorch-fid, torchmetrics and torch-fidelity use), via torch-fidelity's ``FeatureExtractorInceptionV3``,
+  from a user-supplied weights file. Only these numbers are comparable with published FID.
+* :class:`ClipExtractor` — a transformers ``CLIPModel`` image tower (the embedded model's CLIP works
+  offline). Its FID/KID are useful for comparing our own runs, never with published figures.
+
+:func:`cached_features` stores features per (dataset content, extractor, resize, count) so evaluating a
+new set of generated images does not recompute the reference set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol, Union, runtime_checkable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bestshot.errors import BestshotError
+
+ImageLike = Union[str, os.PathLike, Image.Image]
+
+FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_FILE
+EMBEDDED_CLIP_DIR = Path(__file__).resolve().parents[1] / "models" / "embedded" / "clip"
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    """What metrics need from a feature network.
+
+    ``features`` returns one row of pool features per image (FID/KID/CMMD). An extractor with class
+    outputs may also define ``logits(images) -> np.ndarray`` (Inception Score needs it).
+    """
+
+    name: str
+    resize: str
+
+    def features(self, images: list[Image.Image]) -> np.ndarray: ...
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def open_rgb(item: ImageLike) -> Image.Image:
+    """A path or PIL image → RGB PIL image; unreadable files are a user error naming the file."""
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    try:
+        with Image.open(item) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BestshotError(f"cannot read image {item} ({type(e).__name__}: {e}) — remove or replace the file") from e
+
+
+def iter_batches(items: Sequence[ImageLike], batch_size: int) -> Iterator[list[Image.Image]]:
+    """Open images lazily, ``batch_size`` at a time, so a 10k-image set never sits in memory at once."""
+    for i in range(0, len(items), batch_size):
+        yield [open_rgb(x) for x in items[i : i + batch_size]]
+
+
+class InceptionExtractor:
+    """The FID Inception-v3 of pytorch-fid / torchmetrics / torch-fidelity, from a local weights file.
+
+    Pool features are the 2048-d ``pool3`` output; logits are torch-fidelity's ``logits_unbiased``
+    (what its Inception Score uses). Images are resized inside the network to 299x299 with the
+    TF1-compatible bilinear resize of the original TensorFlow FID code, aspect ratio not kept.
+    """
+
+    resize = "any size -> 299x299 bilinear, TF1-compatible (torch-fidelity), aspect ratio not kept"
+
+    def __init__(self, weights_path: str | os.PathLike | None, device: str | torch.device | None = None,
+                 batch_size: int = 32) -> None:
+        path = Path(weights_path) if weights_path else None
+        if path is None or not path.is_file():
+            raise BestshotError(
+                f"FID Inception weights not found{f' at {path}' if path else ''} — download {FID_WEIGHTS_FILE} "
+                f"(from {FID_WEIGHTS_URL}; the same file torch-fidelity/torchmetrics fetch) and pass it with "
+                "--inception-weights PATH, or use --extractor clip (offline, not comparable with published FID)"
+            )
+        try:
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        except ImportError as e:
+            raise BestshotError(
+                f"the FID Inception needs torch-fidelity, which needs torchvision ({e}) — install both "
+                "(`pip install torch-fidelity torchvision`, with the torchvision build that matches your torch), "
+                "or use --extractor clip"
+            ) from e
+        self.device = _device(device)
+        self.batch_size = batch_size
+        self.name = f"inception-v3-fid ({path.name}, torch-fidelity)"
+        self.model = FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path)
+        ).to(self.device).eval()
+
+    @torch.no_grad()
+    def features_and_logits(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """One forward pass for both outputs. Images of different sizes go through one at a time
+        (the network resizes each to 299x299 itself); same-size neighbours are batched."""
+        feats, logits = [], []
+        i = 0
+        while i < len(images):
+            j = i + 1
+            while j < len(images) and j - i < self.batch_size and images[j].size == images[i].size:
+                j += 1
+            arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images[i:j]])
+            x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().to(self.device)
+            f, lg = self.model(x)
+            feats.append(f.float().cpu().numpy())
+            logits.append(lg.float().cpu().numpy())
+            i = j
+        return np.concatenate(feats), np.concatenate(logits)
+
+    def features(self, images: list[Image.Image]) -> np.ndarray:
+        return self.features_and_logits(images)[0]
+
+    def logits(self, images: list[Image.Image]) -> np.ndarray:
+        return self.features_and_logits(images)[1]
+
+
+class ClipExtractor:
+    """A transformers ``CLIPModel``: image embeddings as features, text embeddings for CLIP score.
+
+    ``clip`` is a folder saved with ``save_pretrained`` (default: the embedded model's CLIP) or a loaded
+    ``CLIPModel``. Preprocessing is the CLIP processor of that folder, or the standard CLIP one (shortest
+    side to the model's image size, bicubic, centre crop) when the folder has none. The tokenizer is the
+    folder's, else the real CLIP BPE vocabulary bundled offline.
+    """
+
+    def __init__(self, clip: str | os.PathLike | torch.nn.Module | None = None, processor=None, tokenizer=None,
+                 device: str | torch.device | None = None, batch_size: int = 32) -> None:
+        from transformers import CLIPModel
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        self.device = _device(device)
+        self.batch_size = batch_size
+        self.folder: Path | None = None
+        if isinstance(clip, torch.nn.Module):
+            model = clip
+            label = getattr(model.config, "_name_or_path", "") or "in-memory"
+        else:
+            folder = Path(clip) if clip is not None else EMBEDDED_CLIP_DIR
+            if not (folder / "config.json").is_file():
+                raise BestshotError(f"no CLIP model at {folder} (config.json missing) — pass a folder saved with "
+                                    "CLIPModel.save_pretrained, or reinstall bestshot for the embedded CLIP")
+            model = CLIPModel.from_pretrained(folder)
+            self.folder, label = folder, folder.name
+        self.model = model.to(self.device).eval()
+        size = int(self.model.config.vision_config.image_size)
+        if processor is None:
+            if self.folder is not None and (self.folder / "preprocessor_config.json").is_file():
+                processor = CLIPImageProcessorPil.from_pretrained(self.folder)
+            else:
+                processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        self.processor = processor
+        self._tokenizer = tokenizer
+        self.name = f"clip-image-embeds:{label} (NOT comparable with published FID)"
+        self.resize = f"shortest side -> {size} bicubic + centre crop {size}x{size} (CLIP processor)"
+
+    @staticmethod
+    def _embeds(out) -> torch.Tensor:
+        # transformers 4.x returns a tensor, 5.x a model output whose pooler_output is the projection
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    @torch.no_grad()
+    def features(self, images: list[Image.Image]) -> np.ndarray:
+        """Projected image embeddings (``image_embeds``), not normalised."""
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            px = self.processor(images=[im.convert("RGB") for im in images[i : i + self.batch_size]],
+                                return_tensors="pt")["pixel_values"]
+            emb = self._embeds(self.model.get_image_features(pixel_values=px.to(self.device, self.model.dtype)))
+            out.append(emb.float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.model.config.projection_dim), np.float32)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            if self.folder is not None and (self.folder / "vocab.json").is_file():
+                from transformers import CLIPTokenizer
+
+                self._tokenizer = CLIPTokenizer.from_pretrained(self.folder)
+            else:
+                from bestshot.models.clip_tokenizer import build_clip_tokenizer
+
+                self._tokenizer = build_clip_tokenizer(self.model.config.text_config.max_position_embeddings)
+        return self._tokenizer
+
+    @torch.no_grad()
+    def text_features(self, captions: list[str]) -> np.ndarray:
+        """Projected text embeddings (``text_embeds``); captions longer than the context are truncated."""
+        out = []
+        max_len = int(self.model.config.text_config.max_position_embeddings)
+        for i in range(0, len(captions), self.batch_size):
+            tok = self.tokenizer(list(captions[i : i + self.batch_size]), padding="max_length", truncation=True,
+                                 max_length=max_len, return_tensors="pt")
+            emb = self._embeds(self.model.get_text_features(input_ids=tok["input_ids"].to(self.device),
+                                                            attention_mask=tok["attention_mask"].to(self.device)))
+            out.append(emb.float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.model.config.projection_dim), np.float32)
+
+
+def extract(extractor: FeatureExtractor, items: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
+    """Features of paths or PIL images, opening files ``batch_size`` at a time."""
+    if len(items) == 0:
+        raise BestshotError("empty image set — point the evaluation at a folder or manifest with images")
+    return np.concatenate([extractor.features(b) for b in iter_batches(items, batch_size)])
+
+
+def content_hash(items: Sequence[ImageLike]) -> str:
+    """Identity of an image set: resolved path + size + mtime per file (cheap, catches regenerated
+    files), pixel bytes for in-memory images. Order matters, like it does for the features."""
+    h = hashlib.sha256()
+    for x in items:
+        if isinstance(x, Image.Image):
+            h.update(f"pil:{x.mode}:{x.size}:".encode())
+            h.update(x.tobytes())
+        else:
+            p = Path(x).resolve()
+            try:
+                st = p.stat()
+            except OSError as e:
+                raise BestshotError(f"cannot read image {p} ({e}) — remove it from the set") from e
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _slug(s: str, n: int = 40) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-")[:n] or "x"
+
+
+def cached_features(extractor: FeatureExtractor, dataset_key: str, images_or_paths: Sequence[ImageLike],
+                    cache_dir: str | os.PathLike, batch_size: int = 32) -> np.ndarray:
+    """``extract`` with an on-disk cache keyed by (dataset content, extractor name, resize, count).
+
+    ``dataset_key`` is a readable label for the file name (e.g. ``coco-train1k``); the key itself is the
+    content hash, so a changed file or a different extractor never reuses stale features.
+    """
+    key = hashlib.sha256(
+        "\n".join([content_hash(images_or_paths), extractor.name, extractor.resize, str(len(images_or_paths))]).encode()
+    ).hexdigest()
+    cache = Path(cache_dir)
+    path = cache / f"{_slug(dataset_key)}__{_slug(extractor.name)}__{key[:16]}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["key"]) == key:
+                    return z["features"]
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache entry: recompute and overwrite
+    feats = extract(extractor, images_or_paths, batch_size)
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, features=feats, key=np.array(key), extractor=np.array(extractor.name),
+                     resize=np.array(extractor.resize), n=np.array(len(images_or_paths)))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return feats

@@ -1,0 +1,206 @@
+"""`bestshot eval sweep`: a guidance × steps grid, each cell generated and measured against the manifest.
+
+Each cell is an ``eval generate`` folder ``OUT/g{guidance}_s{steps}/`` plus its ``metrics.json``; the
+real images' features are computed once and cached (``cached_features``), so cells only pay for their
+own images. Resuming is free: finished rows are never regenerated, and a cell whose images did not
+change keeps its metrics. After the grid: ``results.csv``, ``results.md``, ``plot_*.png`` (every
+metric against guidance and against steps, and seconds per image) and ``worst_clip.png``, the images
+whose kept candidate has the lowest CLIP cosine with its caption.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import BestshotError
+from ..store import atomic_write_json, atomic_write_text
+from .batch import BatchSettings, captions_for, generate_rows, read_outputs
+from .manifest import read_manifest
+from .plots import contact_sheet, metric_plots
+
+COLUMNS = ("guidance", "steps", "n_real", "n_fake", "fid", "kid_mean", "kid_std", "is_mean", "is_std", "cmmd",
+           "clip_score", "clip_cosine", "sec_per_image", "generated_now", "folder")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bestshot" / "eval_features"
+
+
+def build_extractors(extractor: str = "clip", inception_weights: str | None = None, clip: str | None = None,
+                     device: str | None = None):
+    """(feature extractor for FID/KID/IS, CLIP extractor for CMMD/CLIP score or None).
+
+    ``clip`` uses a CLIP image tower for everything (offline; NOT comparable with published FID).
+    ``inception`` uses the FID Inception from ``inception_weights``, plus CLIP for CMMD / CLIP score when
+    one is available (``clip`` folder or the embedded one).
+    """
+    from .features import ClipExtractor, InceptionExtractor
+
+    if extractor == "clip":
+        return ClipExtractor(clip, device=device), None
+    if extractor != "inception":
+        raise BestshotError(f"unknown extractor {extractor!r} — use clip or inception")
+    inc = InceptionExtractor(inception_weights, device=device)
+    try:
+        return inc, ClipExtractor(clip, device=device)
+    except BestshotError:
+        if clip is not None:
+            raise
+        return inc, None  # no embedded CLIP: CMMD / CLIP score are reported as not computed
+
+
+def evaluate_folder(real: str | Path | Sequence[Path], fake: str | Path | Sequence[Path], extractor, clip=None,
+                    captions_manifest: str | Path | None = None, cache_dir: str | Path | None = None,
+                    real_key: str | None = None) -> dict[str, Any]:
+    """``evaluate_sets`` for generated images (a folder, a manifest or a list of paths) with their
+    captions — from ``captions_manifest`` by row id, else the manifest's own, else the JSON beside each
+    image — so CLIP score can be computed."""
+    from .metrics import evaluate_sets, load_image_set
+
+    images, own = load_image_set(fake)
+    captions = own if own is not None and captions_manifest is None else captions_for(images, captions_manifest)
+    res = evaluate_sets(real, images, extractor, clip=clip, captions=captions, cache_dir=cache_dir,
+                        real_key=real_key)
+    res.update(real=str(real) if isinstance(real, (str, Path)) else f"{len(real)} images",
+               fake=str(fake) if isinstance(fake, (str, Path)) else f"{len(images)} images")
+    return res
+
+
+@dataclass
+class SweepConfig:
+    manifest: str
+    out: str
+    guidance: tuple[float, ...] = (3.0, 5.0, 7.5, 12.0)
+    steps: tuple[int, ...] = (15, 30, 60)
+    num: int = 64
+    model: str = "embedded"
+    best_of: int = 1
+    seed: int = 42
+    width: int | None = None
+    height: int | None = None
+    scorer: str | None = None
+    device: str | None = None
+    extractor: str = "clip"
+    inception_weights: str | None = None
+    clip: str | None = None
+    cache_dir: str | None = None  # default: OUT/feature_cache
+    worst: int = 16
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def cell_name(guidance: float, steps: int) -> str:
+    return f"g{guidance:g}_s{steps}"
+
+
+def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict[str, Any]:
+    """Run (or resume) the grid; write the tables, plots and contact sheet; return the rows."""
+    if not cfg.guidance or not cfg.steps:
+        raise BestshotError("the sweep needs at least one guidance and one steps value, e.g. --guidance 3,7.5 --steps 15,30")
+    if cfg.num < 2:
+        raise BestshotError(f"--num must be >= 2 for FID/KID (got {cfg.num})")
+    out = Path(cfg.out)
+    rows = read_manifest(cfg.manifest)[: cfg.num]
+    if len(rows) < 2:
+        raise BestshotError(f"{cfg.manifest} has {len(rows)} usable row(s) — FID/KID need at least 2")
+    real = [r.image_path for r in rows]
+    real_key = f"{Path(cfg.manifest).stem}-first{len(rows)}"
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "feature_cache"
+    extractor, clip = build_extractors(cfg.extractor, cfg.inception_weights, cfg.clip, cfg.device)
+
+    t0 = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    for g in cfg.guidance:
+        for s in cfg.steps:
+            folder = out / cell_name(g, s)
+            settings = BatchSettings(model=cfg.model, steps=s, guidance=g, seed=cfg.seed, best_of=cfg.best_of,
+                                     width=cfg.width, height=cfg.height, scorer=cfg.scorer, device=cfg.device)
+            summary = generate_rows(cfg.manifest, folder, settings, num=cfg.num, progress=progress)
+            metrics_path = folder / "metrics.json"
+            wanted = {r.row_id for r in rows}  # the folder may hold more rows from a larger earlier run
+            outputs = [o for o in read_outputs(folder) if o.get("row_id") in wanted]
+            if len(outputs) < 2:
+                raise BestshotError(f"{folder} has {len(outputs)} finished image(s) — FID/KID need at least 2")
+            metrics = _reuse(metrics_path, summary, len(outputs), extractor.name)
+            if metrics is None:
+                metrics = evaluate_folder(real, [Path(o["path"]) for o in outputs], extractor, clip,
+                                          cache_dir=cache_dir, real_key=real_key)
+                metrics["fake"] = str(folder)
+                atomic_write_json(metrics_path, metrics)
+            secs = [o["seconds"] for o in outputs if isinstance(o.get("seconds"), (int, float))]
+            results.append({"guidance": g, "steps": s, **{k: metrics.get(k) for k in COLUMNS if k in metrics},
+                            "sec_per_image": round(sum(secs) / len(secs), 4) if secs else None,
+                            "generated_now": summary["generated"], "folder": folder.name,
+                            "_meta": metrics, "_outputs": outputs})
+            log(f"cell {folder.name}: {summary['generated']} generated, {summary['skipped']} already done; "
+                f"FID {_fmt(metrics.get('fid'))}, CLIP score {_fmt(metrics.get('clip_score'))}")
+    info = {"extractor": extractor.name, "resize": extractor.resize, "n_real": len(real),
+            "clip_extractor": results[0]["_meta"].get("clip_extractor"), "model": cfg.model, "best_of": cfg.best_of,
+            "seed": cfg.seed, "manifest": str(cfg.manifest), "seconds": round(time.perf_counter() - t0, 2)}
+    files = write_reports(results, out, info, cfg.worst)
+    return {"info": info, "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
+            "files": [str(f) for f in files]}
+
+
+def _reuse(path: Path, summary: dict[str, Any], n_outputs: int, extractor_name: str) -> dict[str, Any] | None:
+    """The cell's saved metrics when nothing was generated since and they cover the same images."""
+    if summary["generated"] or not path.is_file():
+        return None
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return m if m.get("n_fake") == n_outputs and m.get("extractor") == extractor_name else None
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def to_markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
+    lines = [f"# Sweep: guidance × steps — model `{info['model']}`, best-of {info['best_of']}", "",
+             f"- feature extractor (FID/KID): {info['extractor']}", f"- resize: {info['resize']}",
+             f"- CLIP for CMMD / CLIP score: {info.get('clip_extractor') or '—'}",
+             f"- samples: {info['n_real']} real images ({info['manifest']}), generated per cell: see n_fake",
+             f"- FID with fewer samples than feature dimensions is biased upwards: compare cells, not papers", "",
+             "| guidance | steps | n_fake | FID | KID | CMMD | CLIP score | CLIP cos | IS | s/image |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        kid = f"{_fmt(r.get('kid_mean'))} ± {_fmt(r.get('kid_std'))}" if r.get("kid_mean") is not None else "—"
+        lines.append(f"| {r['guidance']:g} | {r['steps']} | {r.get('n_fake')} | {_fmt(r.get('fid'), 3)} | {kid} | "
+                     f"{_fmt(r.get('cmmd'))} | {_fmt(r.get('clip_score'), 3)} | {_fmt(r.get('clip_cosine'))} | "
+                     f"{_fmt(r.get('is_mean'), 3)} | {_fmt(r.get('sec_per_image'), 3)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(results: list[dict[str, Any]], out: Path, info: dict[str, Any], worst: int = 16) -> list[Path]:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(COLUMNS) + ["extractor", "resize"], lineterminator="\n",
+                       extrasaction="ignore")
+    w.writeheader()
+    for r in results:
+        w.writerow({**{k: r.get(k) for k in COLUMNS}, "extractor": info["extractor"], "resize": info["resize"]})
+    files = [atomic_write_text(out / "results.csv", buf.getvalue()),
+             atomic_write_text(out / "results.md", to_markdown(results, info)),
+             atomic_write_json(out / "results.json", {"info": info, "rows": [
+                 {k: v for k, v in r.items() if not k.startswith("_")} for r in results]})]
+    subtitle = f"{info['extractor'].split(' ')[0]}, n_real={info['n_real']}"
+    files += metric_plots(results, out, subtitle=subtitle)
+    cases = [{**o, "cell": r["folder"]} for r in results for o in r["_outputs"] if o.get("clip") is not None]
+    cases.sort(key=lambda o: o["clip"])
+    if cases:
+        items = [{"path": o["path"], "caption": o["caption"],
+                  "label": f"{o['cell']} #{o['row_id']} cos {o['clip']:.3f}"} for o in cases[:worst]]
+        files.append(contact_sheet(items, out / "worst_clip.png",
+                                   title=f"lowest CLIP cosine (scorer {cases[0].get('scorer')}) of {len(cases)} images"))
+    return files

@@ -1,0 +1,125 @@
+"""`bestshot eval world`: how often the embedded model draws what the prompt says, read back by the oracle.
+
+A fixed, seeded set of held-out prompts (single objects and two objects with a relation). For each
+prompt we make ``max(ns)`` candidates in one batched call, score them with the scorer, and ask the
+oracle about every candidate. From that one set of images:
+
+* ``N=1`` (random pick) — the mean match rate over all candidates (the expected rate of a random pick,
+  with less variance than looking at candidate 0 alone);
+* ``best-of-N`` — the oracle's verdict on the candidate the scorer ranks first among the first N.
+
+So "CLIP lifts the full-match rate by X points" compares like with like: the same images, ranked or not.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..config import EMBEDDED, resolve_config
+from ..errors import BestshotError
+from ..generation import make_candidates, seeds_for
+from ..models.loader import load_pipeline, resolve_device
+from ..models.registry import resolve_model
+from ..scoring import get_scorer, scorer_from_pipeline
+from ..store import atomic_write_json, atomic_write_text
+
+ATTRS = ("match", "shape", "colour", "count", "position")
+
+
+@dataclass
+class WorldEvalConfig:
+    model: str = EMBEDDED
+    n_prompts: int = 200  # per group
+    groups: tuple[int, ...] = (1, 2)  # number of objects per prompt group
+    ns: tuple[int, ...] = (1, 4, 8)
+    seed: int = 12345  # held-out prompt set
+    seed_base: int = 0  # candidate seeds
+    steps: int | None = None
+    guidance: float | None = None
+    scorer: str | None = None
+    out: str | None = None  # folder for results.json / results.md
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _rates(verdicts: list[dict[str, bool]]) -> dict[str, float]:
+    return {a: round(100.0 * sum(bool(v[a]) for v in verdicts) / max(1, len(verdicts)), 2) for a in ATTRS}
+
+
+def evaluate_world(cfg: WorldEvalConfig, progress: bool = True) -> dict[str, Any]:
+    from ..train.oracle import oracle
+    from ..train.world import heldout_prompts
+
+    if not cfg.ns or min(cfg.ns) < 1:
+        raise BestshotError("--n values must be >= 1, e.g. --n 1,4,8")
+    n_max = max(cfg.ns)
+    gen_cfg = resolve_config(None, model=cfg.model, n_images=n_max, seed_base=cfg.seed_base,
+                             steps_base=cfg.steps, guidance=cfg.guidance, clip_min=-1.0)
+    ref = resolve_model(cfg.model)
+    pipe = load_pipeline(cfg.model, dtype=gen_cfg.dtype, device=gen_cfg.device, scheduler=gen_cfg.scheduler)
+    scorer = None
+    if (cfg.scorer or EMBEDDED) == EMBEDDED and ref.family.name == "embedded":
+        scorer = scorer_from_pipeline(pipe)
+    scorer = scorer or get_scorer(cfg.scorer or ref.family.default_scorer, device=resolve_device(gen_cfg.device))
+    seeds = seeds_for(gen_cfg.seed_base, n_max)
+
+    results: dict[str, Any] = {"model": cfg.model, "scorer": scorer.name, "n_prompts": cfg.n_prompts,
+                               "ns": list(cfg.ns), "prompt_seed": cfg.seed, "steps": gen_cfg.steps_base,
+                               "guidance": gen_cfg.guidance, "size": [gen_cfg.width, gen_cfg.height],
+                               "groups": {}}
+    t0 = time.perf_counter()
+    for n_obj in cfg.groups:
+        prompts = heldout_prompts(cfg.n_prompts, seed=cfg.seed, n_objects=n_obj)
+        per_n: dict[int, list[dict[str, bool]]] = {n: [] for n in cfg.ns}
+        random_pick: list[dict[str, bool]] = []
+        iterator = _progress(prompts, f"{n_obj}-object prompts") if progress else prompts
+        for prompt in iterator:
+            images = make_candidates(pipe, None, prompt, "", seeds, gen_cfg)
+            scores = scorer.score(images, prompt)
+            verdicts = []
+            for im in images:
+                r = oracle(im, prompt)
+                verdicts.append({a: bool(getattr(r, a)) for a in ATTRS})
+            random_pick += verdicts
+            for n in cfg.ns:
+                best = max(range(n), key=lambda k: scores[k])
+                per_n[n].append(verdicts[best])
+        group = {"random_pick": _rates(random_pick)}
+        for n in cfg.ns:
+            group[f"best_of_{n}"] = _rates(per_n[n]) if n > 1 else _rates(random_pick)
+        results["groups"][f"{n_obj}_object"] = group
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    results["seconds_per_prompt"] = round(results["seconds"] / max(1, cfg.n_prompts * len(cfg.groups)), 3)
+    if cfg.out:
+        out = Path(cfg.out)
+        atomic_write_json(out / "world_eval.json", results)
+        atomic_write_text(out / "world_eval.md", to_markdown(results))
+    return results
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    lines = [f"World evaluation — model `{results['model']}`, scorer `{results['scorer']}`, "
+             f"{results['n_prompts']} held-out prompts per group (seed {results['prompt_seed']}), "
+             f"{results['steps']} steps, guidance {results['guidance']}, {results['size'][0]}x{results['size'][1]}",
+             "", "| prompts | pick | full match % | shape % | colour % | count % | position % |",
+             "|---|---|---|---|---|---|---|"]
+    for gname, group in results["groups"].items():
+        for pick, r in group.items():
+            if pick == "best_of_1":
+                continue
+            lines.append(f"| {gname.replace('_', ' ')} | {pick.replace('_', ' ')} | {r['match']:.1f} | "
+                         f"{r['shape']:.1f} | {r['colour']:.1f} | {r['count']:.1f} | {r['position']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _progress(items: Sequence[Any], label: str):
+    from rich.progress import track
+
+    return track(items, description=label, transient=True)
+
+
+def dumps(results: dict[str, Any]) -> str:
+    return json.dumps(results, indent=2)

@@ -1,0 +1,298 @@
+"""Best-of-N generation: N candidates with reproducible seeds → scorer ranking → quality gate → store.
+
+The flow of the design document (seed 000), with bestshot's rules on top:
+
+* seeds are ``base, base+1, ...``; each candidate gets its own ``torch.Generator``, so candidate k is
+  the same image whether it is made alone or inside a batch;
+* all candidates come from ONE batched pipeline call (split only when the GPU runs out of memory:
+  the batch is halved and retried, no candidate is dropped);
+* the best candidate is kept only if its score reaches ``clip_min``; otherwise the run reports
+  ``ok: False, reason: "low_clip_alignment"`` and no best file is claimed;
+* a blocked prompt generates nothing (``reason: "blocked_prompt"``);
+* every run is one line of the JSONL log (never the images themselves).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import warnings
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image
+
+from . import __version__
+from .config import EMBEDDED, ImgCfg, resolve_config
+from .errors import BestshotError
+from .models.loader import free_memory, load_pipeline, load_refiner, resolve_device
+from .models.registry import resolve_model, sampler_label
+from .prompts.build import blocked_terms, build_prompt
+from .scoring import clip_score_100, get_scorer, scorer_from_pipeline
+from .store import Store, format_parameters, new_run_id
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, int], None]  # (step done, total steps)
+
+MODES = ("user_prompt", "auto_prompt")
+
+
+def seeds_for(base: int, n: int) -> list[int]:
+    return [base + i for i in range(n)]
+
+
+def supported_kwargs(fn: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Drop keyword arguments a third-party pipeline's ``__call__`` does not accept."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _step_callback(on_step: StepCallback | None, total: int) -> Callable | None:
+    if on_step is None:
+        return None
+
+    def cb(pipe, step, timestep, callback_kwargs):
+        on_step(step + 1, total)
+        return callback_kwargs
+
+    return cb
+
+
+def pipeline_kwargs(pipe: Any, prompt: str, negative: str, seeds: Sequence[int], cfg: ImgCfg,
+                     on_step: StepCallback | None) -> dict[str, Any]:
+    """Keyword arguments of one batched text-to-image call: one CPU generator per seed."""
+    kwargs: dict[str, Any] = dict(
+        prompt=prompt, negative_prompt=negative or None, num_inference_steps=cfg.steps_base,
+        guidance_scale=cfg.guidance, height=cfg.height, width=cfg.width, num_images_per_prompt=len(seeds),
+        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+        callback_on_step_end=_step_callback(on_step, cfg.steps_base),
+    )
+    return supported_kwargs(pipe.__call__, kwargs)
+
+
+def _call_pipeline(pipe: Any, refiner: Any, prompt: str, negative: str, seeds: Sequence[int], cfg: ImgCfg,
+                   on_step: StepCallback | None) -> list[Image.Image]:
+    """One batched pipeline call for ``seeds`` (plus the refiner's call when enabled)."""
+    n = len(seeds)
+    kwargs = pipeline_kwargs(pipe, prompt, negative, seeds, cfg, on_step)
+    if refiner is None:
+        return list(pipe(**kwargs).images)
+    # ensemble of experts: the base denoises the high-noise part and hands over latents
+    latents = pipe(**kwargs, denoising_end=cfg.refiner_split, output_type="latent").images
+    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    out = refiner(prompt=[prompt] * n, negative_prompt=[negative] * n if negative else None, image=latents,
+                  num_inference_steps=cfg.steps_base, denoising_start=cfg.refiner_split,
+                  guidance_scale=cfg.guidance, generator=gens)
+    return list(out.images)
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def make_candidates(pipe: Any, refiner: Any, prompt: str, negative: str, seeds: Sequence[int], cfg: ImgCfg,
+                    on_step: StepCallback | None = None) -> list[Image.Image]:
+    """All candidates, in seed order. On CUDA out-of-memory the batch is halved and retried."""
+    batch = min(cfg.max_batch or len(seeds), len(seeds))
+    images: list[Image.Image] = []
+    i = 0
+    while i < len(seeds):
+        chunk = seeds[i:i + batch]
+        try:
+            images += _call_pipeline(pipe, refiner, prompt, negative, chunk, cfg, on_step)
+            i += len(chunk)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+            if not _is_oom(e):
+                raise
+            free_memory()
+            if batch == 1:
+                raise BestshotError(
+                    f"out of GPU memory even for one {cfg.width}x{cfg.height} image — lower --size, or use "
+                    "--memory model_offload / sequential_offload"
+                ) from None
+            batch = max(1, batch // 2)
+            warnings.warn(f"CUDA out of memory; retrying with batches of {batch}")
+    if len(images) != len(seeds):  # a pipeline that silently returned fewer images must not pass unnoticed
+        raise BestshotError(f"the pipeline returned {len(images)} images for {len(seeds)} seeds")
+    return images
+
+
+def _resolve_prompt(mode: str, prompt: str | None, text: str | None, seed: int, llm_backend: str,
+                    llm_model: str | None) -> tuple[str, str | None, dict[str, Any] | None]:
+    """(user-level prompt, clip prompt or None, auto-prompt record or None)."""
+    if mode not in MODES:
+        raise BestshotError(f"unknown mode {mode!r} — use user_prompt or auto_prompt")
+    if mode == "user_prompt":
+        if prompt is None or not str(prompt).strip():
+            raise BestshotError("the prompt is empty — give a text prompt, e.g. bestshot generate \"a red circle\"")
+        return str(prompt), None, None
+    if text is None or not str(text).strip():
+        raise BestshotError("auto_prompt mode needs a non-empty text (an article) — pass text=... or --text-file FILE")
+    from .prompts.llm import auto_prompt
+
+    ap = auto_prompt(str(text), backend=llm_backend, model=llm_model, seed=seed)
+    info = {"backend": ap.backend, "model": ap.model, "raw": ap.raw, "sd_prompt": ap.sd_prompt,
+            "clip_prompt": ap.clip_prompt}
+    return ap.sd_prompt, ap.clip_prompt, info
+
+
+def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str | None = None,
+             cfg: ImgCfg | None = None, preset: str | None = None, base_seed: int | None = None,
+             show: bool = False, return_candidates_images: bool = False, model: str | None = None,
+             scorer: Any = None, store: Store | None = None, llm_backend: str = "auto", llm_model: str | None = None,
+             on_step: StepCallback | None = None, **overrides: Any) -> dict[str, Any]:
+    """Generate ``cfg.n_images`` candidates, rank them with CLIP, keep the best if it passes the gate.
+
+    Returns the design document's result dict (``ok``, ``reason``, ``best_seed``, ``best_clip``,
+    ``img_path``, ``timing_s``, ``candidates``, ``sd_prompt``, ``clip_prompt``) plus ``model``,
+    ``preset``, ``run_id`` and the settings used. ``candidate_images`` (PIL images, seed order) is
+    added only when asked and never written to the log.
+    """
+    t0 = time.perf_counter()
+    cfg = resolve_config(cfg, preset=preset, model=model, **overrides)
+    if base_seed is not None:
+        cfg = replace(cfg, seed_base=int(base_seed)).validate()
+    store = store or Store(root=Path(cfg.out_dir), log_path=Path(cfg.log_jsonl))
+    run_id = new_run_id()
+    user_prompt, llm_clip, auto_info = _resolve_prompt(mode, prompt, text, cfg.seed_base, llm_backend, llm_model)
+    built = build_prompt(user_prompt, style_suffix=cfg.style_suffix, negative_prompt=cfg.negative_prompt,
+                         clip_prompt=llm_clip)
+    seeds = seeds_for(cfg.seed_base, cfg.n_images)
+    record: dict[str, Any] = {
+        "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "ok": False, "mode": mode, "model": cfg.model, "preset": cfg.preset,
+        "sd_prompt": built.sd_prompt, "clip_prompt": built.clip_prompt, "negative_prompt": built.negative_prompt,
+        "best_seed": None, "best_clip": None, "img_path": None, "candidates": [],
+        "settings": _settings(cfg), "version": __version__,
+    }
+    if auto_info:
+        record["auto_prompt"] = auto_info
+    hits = blocked_terms(user_prompt, cfg.blocklist)
+    if hits:
+        record.update(reason="blocked_prompt", blocked_terms=hits,
+                      timing_s={"load": 0.0, "gen": 0.0, "clip": 0.0, "total": _since(t0)})
+        store.log_run(record)
+        return record
+
+    # ---- load
+    t = time.perf_counter()
+    ref = resolve_model(cfg.model)
+    pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory,
+                         scheduler=cfg.scheduler, compile=cfg.compile)
+    refiner = None
+    if cfg.refiner:
+        if ref.family.name != "sdxl":
+            raise BestshotError(f"the refiner works with SDXL base models only, not {cfg.model!r} — drop --refiner")
+        refiner = load_refiner(pipe, cfg.refiner_model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory)
+    scorer = pick_scorer(scorer, cfg, ref, pipe)
+    clip_prompt, cut = scorer.truncate(built.clip_prompt)
+    if cut:
+        warnings.warn(f"clip_prompt is longer than the scorer's 77 tokens; scoring with: {clip_prompt!r}")
+    record.update(clip_prompt=clip_prompt, clip_prompt_truncated=cut, scorer=scorer.name)
+    record["settings"]["sampler"] = sampler_label(pipe.scheduler)
+    t_load = _since(t)
+
+    # ---- generate
+    t = time.perf_counter()
+    if cfg.prune_start:
+        from .pruning import cost_ratio, run_pruned
+
+        started = seeds_for(cfg.seed_base, cfg.prune_start)
+        pr = run_pruned(pipe, pipeline_kwargs(pipe, built.sd_prompt, built.negative_prompt, started, cfg, on_step),
+                        seeds=started, keep=cfg.n_images, at=cfg.prune_at, family=ref.family.name,
+                        score_fn=lambda ims: scorer.score(ims, clip_prompt))
+        seeds, images = [started[j] for j in pr.kept], pr.images
+        record["pruning"] = {"started": started, "preview_clip": [round(x, 6) for x in pr.preview_scores],
+                             "prune_step": pr.prune_step,
+                             "cost_ratio": round(cost_ratio(cfg.steps_base, cfg.prune_start, cfg.n_images, cfg.prune_at), 4)}
+    else:
+        images = make_candidates(pipe, refiner, built.sd_prompt, built.negative_prompt, seeds, cfg, on_step)
+    t_gen = _since(t)
+
+    # ---- score
+    t = time.perf_counter()
+    scores = [float(s) for s in scorer.score(images, clip_prompt)]
+    t_clip = _since(t)
+
+    best = max(range(len(seeds)), key=lambda k: scores[k])
+    t_exact = 0.0
+    if cfg.exact_best and min(cfg.max_batch or len(seeds), len(seeds)) > 1 and scores[best] >= cfg.clip_min:
+        t = time.perf_counter()
+        images[best] = make_candidates(pipe, refiner, built.sd_prompt, built.negative_prompt, [seeds[best]], cfg)[0]
+        scores[best] = float(scorer.score([images[best]], clip_prompt)[0])
+        t_exact = _since(t)
+    ok = scores[best] >= cfg.clip_min
+    record.update(ok=ok, best_seed=seeds[best], best_clip=round(scores[best], 6),
+                  best_clip_score=round(clip_score_100(scores[best]), 4))
+    if not ok:
+        record["reason"] = "low_clip_alignment"
+    candidates = []
+    for k, (seed, score) in enumerate(zip(seeds, scores)):
+        path = None
+        if cfg.save_candidates or (ok and k == best):
+            path = str(store.save_candidate(images[k], run_id, seed, score,
+                                            _parameters(built, cfg, record, seed, score),
+                                            _png_metadata(record, seed, score)))
+        candidates.append({"seed": seed, "clip": round(score, 6), "clip_score": round(clip_score_100(score), 4),
+                           "path": path})
+    record["candidates"] = candidates
+    if ok:
+        record["img_path"] = candidates[best]["path"]
+    record["timing_s"] = {"load": t_load, "gen": t_gen, "clip": t_clip, "total": _since(t0)}
+    if t_exact:
+        record["timing_s"]["exact_best"] = t_exact
+    store.log_run(record)
+    if show and ok:
+        images[best].show()
+    if return_candidates_images:
+        return {**record, "candidate_images": images}
+    return record
+
+
+def pick_scorer(scorer: Any, cfg: ImgCfg, ref: Any, pipe: Any):
+    """The scorer of a run: an object as given, else a spec (argument, cfg, the family's default); the
+    embedded model's own CLIP is reused instead of loading a second copy."""
+    if scorer is not None and not isinstance(scorer, str):
+        return scorer
+    spec = scorer or cfg.scorer or ref.family.default_scorer
+    if spec == EMBEDDED and ref.family.name == "embedded":
+        own = scorer_from_pipeline(pipe)
+        if own is not None:
+            return own
+    return get_scorer(spec, device=resolve_device(cfg.device))
+
+
+def _settings(cfg: ImgCfg) -> dict[str, Any]:
+    return {"n_images": cfg.n_images, "seed_base": cfg.seed_base, "steps": cfg.steps_base, "guidance": cfg.guidance,
+            "width": cfg.width, "height": cfg.height, "clip_min": cfg.clip_min, "scheduler": cfg.scheduler,
+            "refiner": cfg.refiner, "refiner_model": cfg.refiner_model if cfg.refiner else None,
+            "refiner_split": cfg.refiner_split if cfg.refiner else None, "dtype": cfg.dtype, "memory": cfg.memory,
+            "style_suffix": cfg.style_suffix, "exact_best": cfg.exact_best, "prune_start": cfg.prune_start,
+            "prune_at": cfg.prune_at if cfg.prune_start else None}
+
+
+def _parameters(built: Any, cfg: ImgCfg, record: dict[str, Any], seed: int, score: float) -> str:
+    extra = {"CLIP score": f"{score:.4f}", "Scorer": record.get("scorer"), "bestshot run": record["run_id"]}
+    if cfg.refiner:
+        extra["Refiner"] = cfg.refiner_model
+        extra["Refiner switch at"] = cfg.refiner_split
+    return format_parameters(built.sd_prompt, built.negative_prompt, steps=cfg.steps_base,
+                             sampler=record["settings"]["sampler"], cfg_scale=cfg.guidance, seed=seed,
+                             width=cfg.width, height=cfg.height, model=cfg.model, extra=extra)
+
+
+def _png_metadata(record: dict[str, Any], seed: int, score: float) -> dict[str, Any]:
+    keep = ("run_id", "created", "mode", "model", "preset", "sd_prompt", "clip_prompt", "negative_prompt",
+            "settings", "scorer", "version")
+    return {**{k: record.get(k) for k in keep}, "seed": seed, "clip": round(score, 6)}
+
+
+def _since(t: float) -> float:
+    return round(time.perf_counter() - t, 4)

@@ -1,0 +1,367 @@
+"""A trainable image captioner in the ClipCap / BLIP-2 spirit, and a wrapper for hub captioners.
+
+Frozen CLIP image encoder → small mapping transformer → ``prefix_len`` prefix embeddings → a causal LM
+(transformers' ``GPT2LMHeadModel``) that continues the prefix with the caption. Trained with the LM's
+negative log-likelihood of the caption tokens only (the prefix positions carry no labels).
+
+- From scratch (the embedded world): a tiny GPT-2 built from a ``GPT2Config`` over the real CLIP BPE
+  vocabulary (no GPT-2 tokenizer exists offline); every LM layer trains.
+- Pretrained (``lm="gpt2"`` or a local folder): its own tokenizer; all LM layers but the last
+  ``trainable_lm_layers`` (default 2, as in the design document) are frozen, embeddings included.
+
+Only the mapper and the trainable LM layers learn; the CLIP is referenced by its spec and fingerprint,
+never copied into the captioner folder. :func:`load_caption_model` also accepts any transformers
+image-to-text model (BLIP, GIT, ...) so the interrogator treats both the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ..config import EMBEDDED
+from ..errors import BestshotError
+from ..store import atomic_write_bytes, atomic_write_json
+
+CONFIG_NAME = "captioner.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class CaptionerConfig:
+    """Architecture and training settings (YAML-loadable; unknown keys are an error)."""
+
+    clip: str = EMBEDDED
+    lm: str | None = None  # pretrained GPT-2 id or folder; None = a tiny GPT-2 from scratch
+    prefix_len: int = 8
+    mapper_layers: int = 2
+    mapper_heads: int = 4
+    n_embd: int = 128  # tiny LM only
+    n_layer: int = 3
+    n_head: int = 4
+    max_tokens: int = 32  # caption tokens, end token included
+    trainable_lm_layers: int | None = None  # None: all (scratch) or 2 (pretrained)
+    dataset: str = "world"  # anything bestshot.train.data.build_dataset understands
+    image_size: int = 64
+    length: int | None = None  # dataset items (None: the dataset's default)
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 50
+    checkpoint_every: int = 250
+    seed: int = 0
+    device: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CaptionerConfig":
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(data) - known)
+        if bad:
+            raise BestshotError(f"unknown captioner settings {bad} — known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "CaptionerConfig":
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise BestshotError(f"cannot read captioner config {path}: {e}") from None
+        return cls.from_dict(data)
+
+
+class Mapper(nn.Module):
+    """CLIP embedding → ``prefix_len`` LM input embeddings (ClipCap's transformer mapper).
+
+    The embedding is projected to ``prefix_len`` tokens, learned constant tokens are appended, a small
+    transformer mixes them, and the constant positions become the prefix.
+    """
+
+    def __init__(self, clip_dim: int, lm_dim: int, prefix_len: int, layers: int, heads: int):
+        super().__init__()
+        self.prefix_len, self.lm_dim = prefix_len, lm_dim
+        self.proj = nn.Linear(clip_dim, prefix_len * lm_dim)
+        self.const = nn.Parameter(torch.randn(prefix_len, lm_dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(lm_dim, heads, 4 * lm_dim, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.tf = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        x = self.proj(e).view(e.shape[0], self.prefix_len, self.lm_dim)
+        x = torch.cat([x, self.const.expand(e.shape[0], -1, -1)], 1)
+        return self.tf(x)[:, self.prefix_len:]
+
+
+def _tokenizer_for(cfg: CaptionerConfig):
+    if cfg.lm:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(cfg.lm)
+    else:
+        from ..models.clip_tokenizer import build_clip_tokenizer
+
+        tok = build_clip_tokenizer()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+class PrefixCaptioner(nn.Module):
+    def __init__(self, cfg: CaptionerConfig, clip_dim: int, lm: Any, tokenizer: Any, clip_fingerprint: str = ""):
+        super().__init__()
+        self.cfg, self.clip_dim, self.lm, self.tokenizer = cfg, clip_dim, lm, tokenizer
+        self.clip_fingerprint = clip_fingerprint
+        self.mapper = Mapper(clip_dim, lm.config.n_embd, cfg.prefix_len, cfg.mapper_layers, cfg.mapper_heads)
+        self.scorer: Any = None  # the frozen CLIP, attached by create/load
+        self.set_trainable(cfg.trainable_lm_layers)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(cls, cfg: CaptionerConfig, scorer: Any) -> "PrefixCaptioner":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        from .interrogator import model_fingerprint
+
+        tok = _tokenizer_for(cfg)
+        if cfg.lm:
+            try:
+                lm = GPT2LMHeadModel.from_pretrained(cfg.lm)
+            except OSError as e:
+                raise BestshotError(f"cannot load the language model {cfg.lm!r} ({str(e).splitlines()[0][:160]}) — "
+                                    "give a local GPT-2 folder, or leave lm empty to train a tiny one") from None
+        else:
+            lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=cfg.prefix_len + cfg.max_tokens + 1,
+                                            n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                                            bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                                            pad_token_id=tok.pad_token_id))
+        clip_dim = int(scorer.model.config.projection_dim)
+        model = cls(cfg, clip_dim, lm, tok, model_fingerprint(scorer))
+        model.scorer = scorer
+        return model
+
+    def set_trainable(self, k: int | None) -> None:
+        """Freeze all LM layers but the last ``k`` (None: all trainable from scratch, 2 when pretrained)."""
+        n = self.lm.config.n_layer
+        k = (2 if self.cfg.lm else n) if k is None else k
+        if not 0 <= k <= n:
+            raise BestshotError(f"trainable_lm_layers must be 0..{n}, got {k}")
+        if k == n and not self.cfg.lm:
+            self.lm.requires_grad_(True)
+            return
+        self.lm.requires_grad_(False)
+        for block in self.lm.transformer.h[n - k:]:
+            block.requires_grad_(True)
+        if k:
+            self.lm.transformer.ln_f.requires_grad_(True)
+
+    # ------------------------------------------------------------------ training
+    def _ids(self, captions: Sequence[str]) -> list[list[int]]:
+        eos = self.tokenizer.eos_token_id
+        out = []
+        for c in captions:
+            ids = self.tokenizer(c.strip(), add_special_tokens=False)["input_ids"][: self.cfg.max_tokens - 1]
+            out.append(ids + [eos])
+        return out
+
+    def loss(self, clip_emb: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
+        """Mean NLL of the caption tokens given the prefix (logits only where there are labels)."""
+        dev = clip_emb.device
+        ids = self._ids(captions)
+        T = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id
+        tok = torch.full((len(ids), T), pad, dtype=torch.long, device=dev)
+        mask = torch.zeros((len(ids), T), dtype=torch.long, device=dev)
+        for i, x in enumerate(ids):
+            tok[i, : len(x)] = torch.tensor(x, device=dev)
+            mask[i, : len(x)] = 1
+        prefix = self.mapper(clip_emb)
+        P = prefix.shape[1]
+        emb = torch.cat([prefix, self.lm.transformer.wte(tok)], 1)
+        att = torch.cat([torch.ones(len(ids), P, dtype=torch.long, device=dev), mask], 1)
+        hidden = self.lm.transformer(inputs_embeds=emb, attention_mask=att).last_hidden_state
+        # position P-1+t predicts token t; the (large-vocabulary) head runs only where a label exists
+        h = hidden[:, P - 1: P - 1 + T][mask.bool()]
+        return nn.functional.cross_entropy(self.lm.lm_head(h).float(), tok[mask.bool()])
+
+    # ------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def generate(self, clip_emb: torch.Tensor, num_beams: int = 1, max_new_tokens: int | None = None) -> list[str]:
+        """Greedy (``num_beams=1``) or beam-search captions for normalised CLIP image embeddings."""
+        self.eval()
+        prefix = self.mapper(clip_emb.to(self.mapper.proj.weight.device, self.mapper.proj.weight.dtype))
+        att = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
+        out = self.lm.generate(inputs_embeds=prefix, attention_mask=att, do_sample=False, num_beams=num_beams,
+                               max_new_tokens=max_new_tokens or self.cfg.max_tokens,
+                               eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        # CLIP's BPE decodes "circle, a" as "circle , a": tidy the spaces before punctuation
+        return [re.sub(r"\s+([,.;:!?])", r"\1", " ".join(t.split())) for t in texts]
+
+    def caption(self, images: Sequence[Image.Image], num_beams: int = 1) -> list[str]:
+        if not images:
+            return []
+        return self.generate(self.scorer.embed_images(list(images)), num_beams=num_beams)
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the folder: every file is written to a temp name and renamed (a reader never sees half)."""
+        from safetensors.torch import save
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        if self.lm.config.tie_word_embeddings:
+            state.pop("lm.lm_head.weight", None)  # tied to the token embedding; safetensors refuses shared tensors
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".tok-") as tmp:
+            self.tokenizer.save_pretrained(tmp)
+            (folder / "tokenizer").mkdir(exist_ok=True)
+            for f in Path(tmp).iterdir():
+                os.replace(f, folder / "tokenizer" / f.name)
+        atomic_write_bytes(folder / WEIGHTS_NAME, save(state))
+        atomic_write_json(folder / CONFIG_NAME, {"config": asdict(self.cfg), "clip_dim": self.clip_dim,
+                                                 "lm_config": self.lm.config.to_dict(),
+                                                 "clip_fingerprint": self.clip_fingerprint})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, scorer: Any = None, device: str | None = None) -> "PrefixCaptioner":
+        from safetensors.torch import load_file
+        from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+        from .interrogator import model_fingerprint
+
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / CONFIG_NAME).read_text())
+            cfg = CaptionerConfig.from_dict(meta["config"])
+            state = load_file(str(folder / WEIGHTS_NAME))
+            tok = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+        except (OSError, KeyError, ValueError) as e:
+            raise BestshotError(f"{folder} is not a complete captioner folder ({e}) — train one with "
+                                "`bestshot train-captioner`") from None
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        lm = GPT2LMHeadModel(GPT2Config.from_dict(meta["lm_config"]))
+        model = cls(cfg, int(meta["clip_dim"]), lm, tok, meta.get("clip_fingerprint", ""))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if k != "lm.lm_head.weight"]:
+            raise BestshotError(f"captioner weights in {folder} do not fit its config (missing {missing[:3]}, "
+                                f"unexpected {unexpected[:3]}) — retrain it")
+        if scorer is None or model_fingerprint(scorer) != model.clip_fingerprint:
+            from ..scoring import get_scorer
+
+            scorer = get_scorer(cfg.clip, device=device)
+            if model.clip_fingerprint and model_fingerprint(scorer) != model.clip_fingerprint:
+                import warnings
+
+                warnings.warn(f"the CLIP {cfg.clip!r} changed since this captioner was trained; retrain it "
+                              "for good captions")
+        model.scorer = scorer
+        return model.to(scorer.device).eval()
+
+
+class HFCaptioner:
+    """Any transformers image-to-text model (BLIP, GIT, ...) behind the same ``caption(images)`` call."""
+
+    def __init__(self, spec: str, device: str | None = None, max_new_tokens: int = 40):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from ..models.loader import resolve_device
+
+        self.device = resolve_device(device)
+        try:
+            self.processor = AutoProcessor.from_pretrained(spec)
+            self.model = AutoModelForImageTextToText.from_pretrained(spec).to(self.device).eval()
+        except (OSError, ValueError) as e:
+            raise BestshotError(f"cannot load the caption model {spec!r} ({str(e).splitlines()[0][:160]}) — give a "
+                                "local folder or a cached hub id such as Salesforce/blip-image-captioning-large") from None
+        self.max_new_tokens = max_new_tokens
+
+    @torch.no_grad()
+    def caption(self, images: Sequence[Image.Image]) -> list[str]:
+        inputs = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt").to(self.device)
+        out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens)
+        return [t.strip() for t in self.processor.batch_decode(out, skip_special_tokens=True)]
+
+
+def load_caption_model(spec: str, device: str | None = None, scorer: Any = None) -> Any:
+    """A bestshot captioner folder (has captioner.json) or a transformers image-to-text model; cached."""
+    from ..models.loader import CACHE
+
+    key = ("captioner", str(spec), str(device))
+    if key not in CACHE.scorers:
+        if (Path(spec) / CONFIG_NAME).exists():
+            CACHE.scorers[key] = PrefixCaptioner.load(spec, scorer=scorer, device=device)
+        else:
+            if Path(spec).exists() and not (Path(spec) / "config.json").exists():
+                raise BestshotError(f"{spec} is neither a bestshot captioner nor a transformers model folder")
+            CACHE.scorers[key] = HFCaptioner(spec, device=device)
+    return CACHE.scorers[key]
+
+
+# ---------------------------------------------------------------------------------------- training
+def tensor_to_pil(x: torch.Tensor) -> Image.Image:
+    """CHW in [-1, 1] (the dataset convention) → PIL RGB."""
+    arr = ((x.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(arr, "RGB")
+
+
+def train_captioner(cfg: CaptionerConfig, out: str | os.PathLike, scorer: Any = None,
+                    on_log: Callable[[int, float], None] | None = None, log_every: int = 25) -> dict[str, Any]:
+    """Train on ``cfg.dataset``; checkpoints (the whole folder) every ``checkpoint_every`` steps and at the end."""
+    from ..scoring import get_scorer
+    from ..train.data import build_dataset
+
+    torch.manual_seed(cfg.seed)
+    scorer = scorer or get_scorer(cfg.clip, device=cfg.device)
+    scorer.model.requires_grad_(False)
+    model = PrefixCaptioner.create(cfg, scorer).to(scorer.device)
+    ds = build_dataset(cfg.dataset, size=cfg.image_size, length=cfg.length, seed=cfg.seed)
+    if len(ds) == 0:
+        raise BestshotError(f"dataset {cfg.dataset!r} is empty — give images with captions")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = torch.utils.data.DataLoader(ds, batch_size=min(cfg.batch_size, len(ds)), shuffle=True, generator=gen,
+                                         drop_last=len(ds) >= cfg.batch_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    history: list[tuple[int, float]] = []
+    it, t0, running = iter(loader), time.time(), []
+    model.train()
+    for step in range(1, cfg.steps + 1):
+        try:
+            images, captions = next(it)
+        except StopIteration:
+            it = iter(loader)
+            images, captions = next(it)
+        emb = scorer.embed_images([tensor_to_pil(x) for x in images])
+        loss = model.loss(emb, list(captions))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        running.append(loss.item())
+        if step % log_every == 0 or step == cfg.steps:
+            history.append((step, sum(running) / len(running)))
+            running = []
+            if on_log:
+                on_log(step, history[-1][1])
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            model.save(out)
+    return {"out": str(out), "steps": cfg.steps, "history": history, "seconds": round(time.time() - t0, 1),
+            "trainable_params": sum(p.numel() for p in params)}

@@ -1,0 +1,136 @@
+"""CLI for image → prompt: ``interrogate``, ``interrogate-eval`` and ``train-captioner``.
+
+The lead mounts these as top-level commands (``bestshot interrogate ...``); ``train-captioner`` can also
+be mounted under the ``train`` group as ``bestshot train captioner``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ..config import EMBEDDED
+from ..errors import BestshotError
+
+app = typer.Typer(help="Predict the prompt behind an image, and score predictions like the Kaggle competition.",
+                  no_args_is_help=True)
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command("interrogate")
+def interrogate(
+    image_or_folder: Path = typer.Argument(..., help="An image, or a folder of images."),
+    mode: str = typer.Option("best", "--mode", help="best | classic | fast"),
+    clip: str = typer.Option(EMBEDDED, "--clip", help="CLIP for ranking: 'embedded', a local folder or a hub id."),
+    caption: Optional[str] = typer.Option(None, "--caption", help="A transformers image-to-text model (e.g. BLIP)."),
+    captioner: Optional[str] = typer.Option(None, "--captioner", help="A folder written by train-captioner."),
+    banks: Optional[str] = typer.Option(None, "--banks", help="User term banks: a folder of .txt files or one file."),
+    domain: str = typer.Option("auto", "--domain", help="auto (world with the embedded CLIP) | world | art"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write image,prompt,score rows to this CSV."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Bank embedding cache (default ~/.cache/bestshot)."),
+    sizes: bool = typer.Option(True, "--sizes/--no-sizes", help="World prompts with size words (world domain)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Predict the prompt of IMAGE_OR_FOLDER; unreadable files in a folder are reported and skipped."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .interrogator import InterrogateConfig, Interrogator, interrogate_paths, list_inputs
+
+    paths = list_inputs(image_or_folder)
+    cfg = InterrogateConfig(mode=mode, clip=clip, caption=caption, captioner=captioner, banks=banks, domain=domain,
+                            device=device, cache_dir=cache_dir, sizes=sizes)
+    engine = Interrogator(cfg)
+    folder = image_or_folder.is_dir()
+    if folder and not quiet:
+        cols = (TextColumn("interrogating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*cols, console=err_console, transient=False) as bar:
+            task = bar.add_task("images", total=len(paths))
+            done, skipped = interrogate_paths(engine, paths, batch_size, lambda n: bar.advance(task, n))
+    else:
+        done, skipped = interrogate_paths(engine, paths, batch_size)
+    for p, why in skipped:
+        err_console.print(f"[yellow]skipped[/] {p.name}: {why}", highlight=False, soft_wrap=True)
+    if not done:
+        raise BestshotError(f"no readable image in {image_or_folder} ({len(skipped)} skipped) — give PNG/JPEG/WebP files")
+    if out is not None:
+        from ..store import atomic_write_text
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["image", "prompt", "score"])
+        for p, r in done:
+            w.writerow([p.name, r.prompt, f"{r.score:.4f}"])
+        atomic_write_text(out, buf.getvalue())
+        err_console.print(f"wrote {len(done)} prompts to {out}" + (f" ({len(skipped)} files skipped)" if skipped else ""))
+    elif not folder:
+        out_console.print(done[0][1].prompt, highlight=False, soft_wrap=True)
+    else:
+        for p, r in done:
+            out_console.print(f"{p.name}\t{r.prompt}", highlight=False, soft_wrap=True)
+
+
+@app.command("interrogate-eval")
+def interrogate_eval(
+    predictions: Path = typer.Argument(..., help="CSV with imgId (or image) and prompt columns."),
+    truth: Path = typer.Argument(..., help="CSV with the true prompts, same columns."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write per-image scores to this CSV."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Mean cosine similarity of all-MiniLM-L6-v2 embeddings (the Kaggle image-to-prompts score)."""
+    from .metric import score_predictions, write_rows
+
+    for p in (predictions, truth):
+        if not p.is_file():
+            raise BestshotError(f"{p} does not exist — give a CSV file")
+    mean, rows = score_predictions(predictions, truth)
+    missing = [r["image"] for r in rows if r["status"] == "missing"]
+    extra = [r["image"] for r in rows if r["status"] == "extra"]
+    if out is not None:
+        write_rows(out, rows)
+    summary = {"score": round(mean, 6), "n": len(rows) - len(extra), "missing": missing, "extra": extra,
+               "per_image": str(out) if out else None}
+    if as_json:
+        out_console.print_json(json.dumps(summary))
+        return
+    out_console.print(f"mean MiniLM cosine: {mean:.4f} over {summary['n']} images", highlight=False)
+    if missing:
+        err_console.print(f"[yellow]{len(missing)} images have no prediction (scored 0):[/] {', '.join(missing[:10])}"
+                          + (" ..." if len(missing) > 10 else ""), highlight=False)
+    if extra:
+        err_console.print(f"[yellow]{len(extra)} predictions have no true prompt (ignored)[/]", highlight=False)
+
+
+@app.command("train-captioner")
+def train_captioner_cmd(
+    out: Path = typer.Option(..., "--out", help="Folder to write the captioner to (checkpointed as it trains)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML with CaptionerConfig fields."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="world | world:1-2 | a caption folder | a CSV."),
+    clip: Optional[str] = typer.Option(None, "--clip", help="Frozen CLIP image encoder (default: embedded)."),
+    lm: Optional[str] = typer.Option(None, "--lm", help="Pretrained GPT-2 id/folder (default: a tiny one from scratch)."),
+    trainable_lm_layers: Optional[int] = typer.Option(None, "--trainable-lm-layers", min=0),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Train the CLIP-prefix captioner (frozen CLIP → mapper → GPT-2) with NLL on image-caption pairs."""
+    from .captioner import CaptionerConfig, train_captioner
+
+    cfg = CaptionerConfig.from_yaml(config) if config else CaptionerConfig()
+    for k, v in dict(dataset=dataset, clip=clip, lm=lm, trainable_lm_layers=trainable_lm_layers, steps=steps,
+                     batch_size=batch_size, lr=lr, device=device).items():
+        if v is not None:
+            setattr(cfg, k, v)
+    result = train_captioner(cfg, out, on_log=lambda s, l: err_console.print(f"step {s}/{cfg.steps} loss {l:.4f}"))
+    hist = result["history"]
+    out_console.print(f"captioner saved to {out} ({result['steps']} steps, {result['seconds']} s, "
+                      f"loss {hist[0][1]:.3f} → {hist[-1][1]:.3f})", highlight=False)

@@ -1,0 +1,462 @@
+"""Image → prompt, the CLIP-interrogator way: a caption, then terms ranked by CLIP similarity.
+
+Why two domains:
+- ``art`` (any real CLIP): an optional caption (a transformers image-to-text model such as BLIP, or a
+  trained :mod:`bestshot.interrogate.captioner`) followed by terms from shipped text banks (mediums,
+  movements, artists, "trending on ...", flavours) and user banks, ranked by CLIP. Modes: ``fast``
+  (caption + the top term of each bank), ``classic`` (clip-interrogator's template), ``best`` (the best of
+  those and a flavour chain grown greedily while the similarity rises, at most 32 terms).
+- ``world`` (the embedded CLIP): prompts of the procedural world are a small grammar, so instead of
+  appending flavours we *search the grammar*: every one- and two-object skeleton (kinds, relation,
+  background; about 12.6k prompts) is a cached bank, so the first pass is one matrix product; three-object
+  skeletons are composed from the best kinds, sizes are filled in for the best few skeletons, and CLIP
+  picks the winner. The answer is always a canonical world prompt (``world.prompt_for``), so the oracle
+  can check it.
+
+Bank embeddings are cached on disk, keyed by a fingerprint of the CLIP text tower and the bank's content,
+and written atomically; prompts composed on the fly are embedded in batches and memoised in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from PIL import Image
+
+from ..config import EMBEDDED
+from ..errors import BestshotError
+from ..store import atomic_write_bytes
+from ..train import world as W
+
+BANKS_DIR = Path(__file__).parent / "banks"
+ART_BANKS = ("mediums", "movements", "artists", "sites", "flavors")
+MODES = ("best", "classic", "fast")
+DOMAINS = ("auto", "world", "art")
+CHAIN_MAX = 32
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("BESTSHOT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "bestshot")
+    return Path(root) / "interrogate"
+
+
+# ------------------------------------------------------------------------------------------- banks
+@dataclass(frozen=True)
+class Bank:
+    """A named list of terms. Its hash (of the terms, in order) keys the embedding cache."""
+
+    name: str
+    terms: tuple[str, ...]
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256("\n".join(self.terms).encode("utf-8")).hexdigest()[:16]
+
+
+def read_bank(path: str | os.PathLike, name: str | None = None) -> Bank:
+    """One term per line; blank lines and ``#`` comments skipped; duplicates dropped (order kept)."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BestshotError(f"cannot read term bank {path} ({e}) — give UTF-8 text files, one term per line") from None
+    terms = list(dict.fromkeys(t.strip() for t in lines if t.strip() and not t.strip().startswith("#")))
+    if not terms:
+        raise BestshotError(f"term bank {path} is empty — put one term per line")
+    return Bank(name or path.stem.lower(), tuple(terms))
+
+
+def load_banks(user: str | os.PathLike | None = None) -> dict[str, Bank]:
+    """The shipped art banks, plus ``user`` banks (a folder of .txt files or one file).
+
+    A user bank named like a shipped one (``artists.txt``) replaces it; any other name is an extra
+    flavour bank: its terms take part in the ``best`` chain and its top term joins ``fast``.
+    """
+    banks = {name: read_bank(BANKS_DIR / f"{name}.txt") for name in ART_BANKS}
+    if user:
+        p = Path(user).expanduser()
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() == ".txt")
+            if not files:
+                raise BestshotError(f"no .txt term banks in {p} — put one term per line in NAME.txt files")
+        elif p.is_file():
+            files = [p]
+        else:
+            raise BestshotError(f"term banks {p} not found — give a folder of .txt files or one .txt file")
+        for f in files:
+            bank = read_bank(f)
+            banks[bank.name] = bank
+    return banks
+
+
+def _obj(kind: tuple[str, str], size: str | None = None) -> W.ObjSpec:
+    colour, shape = kind
+    return W.ObjSpec(shape, colour, size)
+
+
+KINDS: tuple[tuple[str, str], ...] = tuple((c, s) for s in W.SHAPES for c in W.COLOURS)
+PAIR_RELATIONS = ("left of", "above")  # with ordered pairs these cover every layout; the inverses are synonyms
+
+
+def world_banks() -> dict[str, Bank]:
+    """Banks generated from the world's vocabulary (for term ranking and as the search's first pass)."""
+    objects = [W.prompt_for(W.PromptSpec((_obj(k, sz),), None, None)) for k in KINDS for sz in W.SIZES]
+    return {
+        "world_shapes": Bank("world_shapes", tuple(f"a {s}" for s in W.SHAPES)),
+        "world_colours": Bank("world_colours", tuple(f"something {c}" for c in W.COLOURS)),
+        "world_sizes": Bank("world_sizes", tuple(f"a {s} object" for s in W.SIZES)),
+        "world_relations": Bank("world_relations", tuple(f"one object {r} another" for r in W.RELATIONS)),
+        "world_backgrounds": Bank("world_backgrounds", tuple(f"a {b} background" for b in W.BACKGROUNDS)),
+        "world_objects": Bank("world_objects", tuple(objects)),
+    }
+
+
+def _skeletons_1() -> list[W.PromptSpec]:
+    return [W.PromptSpec((_obj(k),), bg, None) for k in KINDS for bg in W.BACKGROUNDS]
+
+
+def _skeletons_2() -> list[W.PromptSpec]:
+    return [W.PromptSpec((_obj(a), _obj(b)), bg, rel)
+            for a, b in itertools.permutations(KINDS, 2) for rel in PAIR_RELATIONS for bg in W.BACKGROUNDS]
+
+
+# ------------------------------------------------------------------------------------ embeddings
+def model_fingerprint(scorer: Any) -> str:
+    """A hash of the CLIP text tower: its config and a sample of every parameter.
+
+    Why not the name: ``embedded`` is retrained in place, and a stale cache would silently rank with
+    another model's embeddings. Sampling (first 1024 values of each tensor) keeps this fast for ViT-L.
+    """
+    h = hashlib.sha256()
+    model = scorer.model
+    cfg = {k: v for k, v in model.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    named = getattr(model, "text_model", model).named_parameters()
+    extra = [("text_projection", model.text_projection.weight)] if hasattr(model, "text_projection") else []
+    for name, p in list(named) + extra:
+        h.update(f"{name}{tuple(p.shape)}".encode())
+        h.update(p.detach().reshape(-1)[:1024].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def embed_texts(scorer: Any, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """``scorer.embed_texts`` without padding every prompt to 77 tokens (about 4x faster on short prompts).
+
+    Equivalent for transformers CLIP: the text tower is causal and pools at the first end token, and the
+    pad token is the end token, so padding to the longest prompt of a batch gives the same embeddings
+    (checked against ``scorer.embed_texts`` in the tests). Other scorers fall back to their own method.
+    """
+    tok, model = getattr(scorer, "tokenizer", None), getattr(scorer, "model", None)
+    if tok is None or not hasattr(model, "get_text_features") or tok.pad_token_id != tok.eos_token_id:
+        return scorer.embed_texts(list(texts))
+    from ..scoring.clip import _as_tensor
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            t = tok(list(texts[i:i + batch_size]), padding="longest", truncation=True, max_length=scorer.max_tokens,
+                    return_tensors="pt").to(scorer.device)
+            out.append(_as_tensor(model.get_text_features(input_ids=t["input_ids"], attention_mask=t["attention_mask"])).float())
+    return torch.nn.functional.normalize(torch.cat(out), dim=-1).cpu()
+
+
+class TextEmbeddings:
+    """CLIP text embeddings of banks (disk cache) and of composed prompts (in-memory memo)."""
+
+    def __init__(self, scorer: Any, cache_dir: str | os.PathLike | None = None, memo_size: int = 100_000):
+        self.scorer = scorer
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.fingerprint = model_fingerprint(scorer)
+        self._banks: dict[tuple[str, str], torch.Tensor] = {}
+        self._memo: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.memo_size = memo_size
+
+    def bank_path(self, bank: Bank) -> Path:
+        return self.cache_dir / self.fingerprint / f"{bank.name}-{bank.digest}.safetensors"
+
+    def bank(self, bank: Bank) -> torch.Tensor:
+        """``(len(terms), dim)`` normalised embeddings, from memory, disk, or computed and cached."""
+        from safetensors.torch import load_file, save
+
+        key = (bank.name, bank.digest)
+        if key in self._banks:
+            return self._banks[key]
+        path = self.bank_path(bank)
+        emb = None
+        if path.exists():
+            try:
+                emb = load_file(str(path))["emb"]
+                if emb.shape[0] != len(bank.terms):
+                    emb = None
+            except Exception:  # a damaged cache file is recomputed, never trusted
+                emb = None
+        if emb is None:
+            emb = embed_texts(self.scorer, bank.terms).float().cpu().contiguous()
+            try:
+                atomic_write_bytes(path, save({"emb": emb}, metadata={"bank": bank.name, "n": str(len(bank.terms))}))
+            except OSError as e:  # a read-only cache only costs time
+                import warnings
+
+                warnings.warn(f"could not write the bank cache {path}: {e}")
+        self._banks[key] = emb
+        return emb
+
+    def texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Embeddings of ad-hoc prompts: the new ones in one batched call, all memoised."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        if todo:
+            for t, e in zip(todo, embed_texts(self.scorer, todo).float().cpu()):
+                self._memo[t] = e
+            while len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+        return torch.stack([self._memo[t] for t in texts]) if texts else torch.empty(0)
+
+
+# ---------------------------------------------------------------------------------------- results
+@dataclass
+class Interrogation:
+    prompt: str
+    score: float  # CLIP cosine similarity of the prompt and the image
+    caption: str = ""
+    terms: dict[str, list[str]] = field(default_factory=dict)  # top terms per bank (art) or alternatives (world)
+
+
+# ------------------------------------------------------------------------------------ world search
+class WorldSearch:
+    """Search the world grammar for the prompt CLIP likes best (see the module docstring).
+
+    ``beam`` skeletons get their sizes filled in (``3**n`` prompts each); ``top_kinds`` kinds are combined
+    into three-object skeletons. ``sizes=False`` answers without size words (the oracle then ignores size).
+    """
+
+    def __init__(self, emb: TextEmbeddings, beam: int = 4, top_kinds: int = 6, sizes: bool = True):
+        self.emb, self.beam, self.top_kinds, self.sizes = emb, beam, top_kinds, sizes
+        self.sk1, self.sk2 = _skeletons_1(), _skeletons_2()
+        self.E1 = emb.bank(Bank("world_skeletons_1", tuple(W.prompt_for(s) for s in self.sk1)))
+        self.E2 = emb.bank(Bank("world_skeletons_2", tuple(W.prompt_for(s) for s in self.sk2)))
+        self.vocab = {name: (b, emb.bank(b)) for name, b in world_banks().items()}
+
+    def _score(self, specs: list[W.PromptSpec], e: torch.Tensor) -> list[tuple[float, W.PromptSpec]]:
+        sims = self.emb.texts([W.prompt_for(s) for s in specs]) @ e if specs else torch.empty(0)
+        return list(zip(sims.tolist(), specs))
+
+    def search(self, e: torch.Tensor, mode: str = "best", extra: Iterable[W.PromptSpec] = ()) -> Interrogation:
+        """``e``: the image's normalised CLIP embedding. ``extra``: skeletons to consider too (a caption)."""
+        s1, s2 = self.E1 @ e, self.E2 @ e
+        k = self.beam
+        cands = [(float(s1[i]), self.sk1[i]) for i in torch.topk(s1, k).indices.tolist()]
+        cands += [(float(s2[i]), self.sk2[i]) for i in torch.topk(s2, k).indices.tolist()]
+        cands += self._score(list(extra), e)
+        cands.sort(key=lambda c: -c[0])
+        bg = cands[0][1].background
+        if mode != "fast":  # three objects: combinations of the kinds that score best on their own
+            per_kind = s1.view(len(KINDS), len(W.BACKGROUNDS)).max(1).values
+            kinds = [KINDS[i] for i in torch.topk(per_kind, min(self.top_kinds, len(KINDS))).indices.tolist()]
+            triples = [W.PromptSpec(tuple(_obj(x) for x in combo), bg, None) for combo in itertools.combinations(kinds, 3)]
+            cands += self._score(triples, e)
+            cands.sort(key=lambda c: -c[0])
+        best = cands[0]
+        if self.sizes and mode != "fast":
+            sized = []
+            for _, spec in cands[: (k if mode == "best" else 1)]:
+                for sizes in itertools.product(W.SIZES, repeat=len(spec.objects)):
+                    objs = tuple(W.ObjSpec(o.shape, o.colour, s) for o, s in zip(spec.objects, sizes))
+                    sized.append(W.PromptSpec(objs, spec.background, spec.relation))
+            best = max(self._score(sized, e), key=lambda c: c[0])
+        if mode == "best":  # a last look at the background with everything else fixed
+            spec = best[1]
+            alts = [W.PromptSpec(spec.objects, b, spec.relation) for b in W.BACKGROUNDS if b != spec.background]
+            best = max([best] + self._score(alts, e), key=lambda c: c[0])
+        terms = {name: [b.terms[i] for i in torch.topk(E @ e, min(3, len(b.terms))).indices.tolist()]
+                 for name, (b, E) in self.vocab.items()}
+        terms["alternatives"] = [W.prompt_for(s) for _, s in cands[:5]]
+        return Interrogation(W.prompt_for(best[1]), float(best[0]), terms=terms)
+
+
+# -------------------------------------------------------------------------------------- art search
+def _join(parts: Iterable[str]) -> str:
+    return ", ".join(p for p in parts if p)
+
+
+class ArtSearch:
+    """clip-interrogator's prompt building over term banks."""
+
+    def __init__(self, emb: TextEmbeddings, banks: dict[str, Bank], chain_max: int = CHAIN_MAX, pool: int = 64):
+        self.emb, self.banks, self.chain_max, self.pool = emb, banks, chain_max, pool
+        self.E = {name: emb.bank(b) for name, b in banks.items()}
+
+    def _top(self, name: str, e: torch.Tensor, n: int = 1) -> list[str]:
+        if name not in self.E:
+            return []
+        idx = torch.topk(self.E[name] @ e, min(n, len(self.banks[name].terms))).indices.tolist()
+        return [self.banks[name].terms[i] for i in idx]
+
+    def _sim(self, prompts: Sequence[str], e: torch.Tensor) -> list[float]:
+        return (self.emb.texts(list(prompts)) @ e).tolist()
+
+    def search(self, e: torch.Tensor, caption: str = "", mode: str = "best") -> Interrogation:
+        top = {name: self._top(name, e, 3) for name in self.banks}
+        medium, movement = (top.get("mediums") or [""])[0], (top.get("movements") or [""])[0]
+        artist, site = (top.get("artists") or [""])[0], (top.get("sites") or [""])[0]
+        by_artist = f"by {artist}" if artist else ""
+        extras = [name for name in self.banks if name not in ART_BANKS]
+        fast = _join([caption, medium, by_artist, movement, site] + [(top.get("flavors") or [""])[0]]
+                     + [top[n][0] for n in extras])
+        if mode == "fast":
+            return Interrogation(fast, self._sim([fast], e)[0], caption, top)
+        classic = _join([caption, f"{medium} {by_artist}".strip(), site, movement] + (top.get("flavors") or [])
+                        + [top[n][0] for n in extras])
+        if mode == "classic":
+            return Interrogation(classic, self._sim([classic], e)[0], caption, top)
+        # best: grow a chain from the caption with the terms that raise the similarity, while it rises
+        names = [n for n in self.banks if n != "artists"]
+        pool_terms: list[str] = [by_artist] if artist else []
+        for n in names:
+            pool_terms += self._top(n, e, self.pool)
+        pool_terms = list(dict.fromkeys(pool_terms))
+        chain: list[str] = []
+        current = caption or ""
+        cur_sim = self._sim([current], e)[0] if current else -1.0
+        while len(chain) < self.chain_max:
+            options = [t for t in pool_terms if t not in chain]
+            if not options:
+                break
+            trial = [_join([current, t]) for t in options]
+            sims = self._sim(trial, e)
+            i = max(range(len(sims)), key=sims.__getitem__)
+            if sims[i] <= cur_sim or self.emb.scorer.truncate(trial[i])[1]:
+                break
+            chain.append(options[i])
+            current, cur_sim = trial[i], sims[i]
+        prompts = [current, classic, fast]
+        sims = self._sim(prompts, e)
+        i = max(range(3), key=sims.__getitem__)
+        return Interrogation(prompts[i], sims[i], caption, {**top, "chain": chain})
+
+
+# ---------------------------------------------------------------------------------- the interrogator
+@dataclass
+class InterrogateConfig:
+    mode: str = "best"
+    clip: str = EMBEDDED
+    caption: str | None = None  # a transformers image-to-text model id or folder (BLIP, GIT, ...)
+    captioner: str | None = None  # a folder written by bestshot's captioner
+    banks: str | None = None  # user banks: folder of .txt or one .txt
+    domain: str = "auto"  # auto: world with the embedded CLIP, art otherwise
+    device: str | None = None
+    cache_dir: str | None = None
+    beam: int = 4
+    sizes: bool = True
+    chain_max: int = CHAIN_MAX
+
+    def validate(self) -> "InterrogateConfig":
+        if self.mode not in MODES:
+            raise BestshotError(f"unknown mode {self.mode!r} — use one of {', '.join(MODES)}")
+        if self.domain not in DOMAINS:
+            raise BestshotError(f"unknown domain {self.domain!r} — use one of {', '.join(DOMAINS)}")
+        if not 1 <= self.chain_max <= CHAIN_MAX:
+            raise BestshotError(f"chain_max must be 1..{CHAIN_MAX}")
+        if self.beam < 1:
+            raise BestshotError("beam must be >= 1")
+        return self
+
+
+class Interrogator:
+    """``Interrogator(cfg).interrogate(images)`` → one :class:`Interrogation` per image."""
+
+    def __init__(self, cfg: InterrogateConfig | None = None, scorer: Any = None, **overrides: Any):
+        from ..scoring import get_scorer
+
+        cfg = cfg or InterrogateConfig()
+        for k, v in overrides.items():
+            setattr(cfg, k, v)
+        self.cfg = cfg.validate()
+        self.scorer = scorer or get_scorer(cfg.clip, device=cfg.device)
+        self.domain = cfg.domain if cfg.domain != "auto" else ("world" if cfg.clip == EMBEDDED else "art")
+        self.emb = TextEmbeddings(self.scorer, cfg.cache_dir)
+        self.captioners = []
+        if cfg.captioner or cfg.caption:
+            from .captioner import load_caption_model
+
+            self.captioners = [load_caption_model(s, device=cfg.device, scorer=self.scorer)
+                               for s in (cfg.captioner, cfg.caption) if s]
+        self.world = WorldSearch(self.emb, beam=cfg.beam, sizes=cfg.sizes) if self.domain == "world" else None
+        self.art = ArtSearch(self.emb, load_banks(cfg.banks), cfg.chain_max) if self.domain == "art" else None
+
+    def captions(self, images: Sequence[Image.Image]) -> list[str]:
+        out = [""] * len(images)
+        for c in self.captioners:  # the first captioner that says something wins
+            for i, text in enumerate(c.caption(images)):
+                out[i] = out[i] or text.strip()
+        return out
+
+    def interrogate(self, images: Sequence[Image.Image], mode: str | None = None) -> list[Interrogation]:
+        mode = mode or self.cfg.mode
+        if mode not in MODES:
+            raise BestshotError(f"unknown mode {mode!r} — use one of {', '.join(MODES)}")
+        images = [im.convert("RGB") for im in images]
+        if not images:
+            return []
+        embs = self.scorer.embed_images(images).float().cpu()
+        caps = self.captions(images) if self.captioners else [""] * len(images)
+        results = []
+        for e, cap in zip(embs, caps):
+            if self.world is not None:
+                spec = W.parse_prompt(cap) if cap else None
+                r = self.world.search(e, mode, extra=[spec] if spec else [])
+                r.caption = cap
+            else:
+                r = self.art.search(e, cap, mode)
+            results.append(r)
+        return results
+
+    def __call__(self, image: Image.Image) -> str:
+        return self.interrogate([image])[0].prompt
+
+
+# ------------------------------------------------------------------------------------------ folders
+def list_inputs(path: str | os.PathLike) -> list[Path]:
+    """One file, or every file in a folder (sorted, hidden files skipped; non-images are reported later)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        return sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+    raise BestshotError(f"{p} does not exist — give an image file or a folder of images")
+
+
+def open_image(path: Path) -> Image.Image:
+    """Fully decode ``path`` as RGB (a truncated file fails here, not later)."""
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+def interrogate_paths(interrogator: Interrogator, paths: Sequence[Path], batch_size: int = 16,
+                      on_progress: Callable[[int], None] | None = None
+                      ) -> tuple[list[tuple[Path, Interrogation]], list[tuple[Path, str]]]:
+    """Interrogate files in batches; unreadable or non-image files are returned as skipped, not raised."""
+    done: list[tuple[Path, Interrogation]] = []
+    skipped: list[tuple[Path, str]] = []
+    for i in range(0, len(paths), batch_size):
+        batch, ok = paths[i:i + batch_size], []
+        for p in batch:
+            try:
+                ok.append((p, open_image(p)))
+            except Exception as e:  # PIL raises many types for bad files
+                skipped.append((p, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]))
+        if ok:
+            for (p, _), r in zip(ok, interrogator.interrogate([im for _, im in ok])):
+                done.append((p, r))
+        if on_progress:
+            on_progress(len(batch))
+    return done, skipped

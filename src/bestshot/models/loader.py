@@ -1,0 +1,229 @@
+"""The one model loader every bestshot job uses.
+
+``load_pipeline`` turns a model reference (``embedded``, a local folder, a hub id) into a ready
+diffusers pipeline on the right device, with the requested dtype, scheduler and memory strategy.
+Loaded pipelines live in a small cache (the only global state in bestshot); loading a model of
+another family unloads the others first and frees GPU memory, so switching SDXL → SD 3.5 does not
+need two models' worth of VRAM.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import BestshotError
+from .registry import SCHEDULERS, ModelRef, resolve_model, scheduler_name
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BestshotError(f"device {device!r} asked for, but CUDA is not available — use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device, family: str = "") -> torch.dtype:
+    """``auto``: fp32 on CPU; bf16 for SD 3.x on GPU (its transformer overflows in fp16); fp16 otherwise."""
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if family == "sd3" else torch.float16
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+def _pipeline_class(name: str):
+    if name == "BestshotWorldPipeline":
+        from .world_pipeline import BestshotWorldPipeline
+
+        return BestshotWorldPipeline
+    import diffusers
+
+    return getattr(diffusers, name)
+
+
+@dataclass
+class _Entry:
+    pipe: Any
+    family: str
+    scheduler: Any = None  # the pipeline's own scheduler, restored when a call names none
+
+
+@dataclass
+class ModelCache:
+    """Pipelines and scorers kept warm between calls, keyed by everything that changes them."""
+
+    pipelines: dict[tuple, _Entry] = field(default_factory=dict)
+    scorers: dict[tuple, Any] = field(default_factory=dict)
+
+    def unload_other_families(self, family: str) -> None:
+        stale = [k for k, e in self.pipelines.items() if _family_group(e.family) != _family_group(family)]
+        for k in stale:
+            log.info("unloading %s to make room for a %s model", k[0], family)
+            del self.pipelines[k]
+        if stale:
+            free_memory()
+
+    def clear(self) -> None:
+        self.pipelines.clear()
+        self.scorers.clear()
+        free_memory()
+
+
+def _family_group(family: str) -> str:
+    # a refiner belongs with its base: keep both loaded together
+    return "sdxl" if family.startswith("sdxl") else family
+
+
+CACHE = ModelCache()
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _from_pretrained(cls, source: str, ref: ModelRef, **kwargs):
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except BestshotError:
+        raise
+    except (OSError, EnvironmentError, ValueError) as e:
+        if not ref.local:
+            raise BestshotError(
+                f"could not load {source!r}: it is not a local folder and not in the Hugging Face cache "
+                f"(no network?) — download it first (`huggingface-cli download {source}`) or pass a local "
+                f"pipeline folder [{type(e).__name__}: {str(e).splitlines()[0][:200]}]"
+            ) from None
+        raise BestshotError(
+            f"could not load the pipeline in {source!r}: {str(e).splitlines()[0][:300]} — check the folder "
+            "was written by save_pretrained and is complete"
+        ) from None
+
+
+def _absent_components(ref: ModelRef) -> dict[str, None]:
+    """Components saved as ``[null, null]`` (e.g. SD 3.x without its T5 encoder) must be passed as None."""
+    if not ref.local:
+        return {}
+    import json
+    from pathlib import Path
+
+    index = json.loads((Path(ref.source) / "model_index.json").read_text())
+    return {k: None for k, v in index.items()
+            if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] is None and v[1] is None}
+
+
+def set_scheduler(pipe: Any, name: str | None) -> None:
+    """Swap the pipeline's scheduler for a named one built from the current scheduler's config."""
+    if not name:
+        return
+    import diffusers
+
+    key = scheduler_name(name)
+    cls_name, extra, _ = SCHEDULERS[key]
+    current = type(pipe.scheduler).__name__
+    flow_now, flow_new = "FlowMatch" in current, "FlowMatch" in cls_name
+    if flow_now != flow_new:
+        raise BestshotError(
+            f"scheduler {name!r} does not fit this model ({current} is "
+            f"{'flow matching' if flow_now else 'noise prediction'}) — "
+            f"{'use flow_euler' if flow_now else 'pick e.g. euler, euler_a, dpmpp_2m or ddim'}"
+        )
+    if current == cls_name and not extra:
+        return
+    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
+
+
+def apply_memory_strategy(pipe: Any, memory: str, device: torch.device) -> Any:
+    """``gpu``: everything on the device. ``model_offload``: whole models move to the GPU in turn.
+    ``sequential_offload``: sub-modules stream to the GPU (slowest, least memory)."""
+    if device.type != "cuda" or memory == "gpu":
+        if memory != "gpu":
+            warnings.warn(f"memory strategy {memory!r} only applies on CUDA; running everything on {device}")
+        return pipe.to(device)
+    if memory == "model_offload":
+        pipe.enable_model_cpu_offload(device=device)
+    elif memory == "sequential_offload":
+        pipe.enable_sequential_cpu_offload(device=device)
+    return pipe
+
+
+def compile_pipeline(pipe: Any) -> None:
+    """Regional compilation of the denoiser (short compile time); no-op off CUDA."""
+    if not torch.cuda.is_available():
+        warnings.warn("compile=True ignored: torch.compile only pays off on CUDA here")
+        return
+    den = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if den is None:
+        return
+    if hasattr(den, "compile_repeated_blocks"):
+        try:
+            den.compile_repeated_blocks(fullgraph=True)
+            return
+        except (ValueError, AttributeError, NotImplementedError):
+            pass
+    pipe_attr = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+    setattr(pipe, pipe_attr, torch.compile(den))
+
+
+def load_pipeline(model: str | None, *, dtype: str = "auto", device: str | None = None, memory: str = "gpu",
+                  scheduler: str | None = None, compile: bool = False, cache: ModelCache = CACHE) -> Any:
+    """Load (or fetch from the cache) the text-to-image pipeline for ``model``."""
+    ref = resolve_model(model)
+    dev = resolve_device(device)
+    tdt = resolve_dtype(dtype, dev, ref.family.name)
+    key = (ref.source, str(tdt), str(dev), memory, bool(compile))
+    entry = cache.pipelines.get(key)
+    if entry is None:
+        cache.unload_other_families(ref.family.name)
+        cls = _pipeline_class(ref.family.pipeline_class)
+        kwargs: dict[str, Any] = {"torch_dtype": tdt, **_absent_components(ref)}
+        if ref.family.name == "sdxl" and tdt == torch.float16 and not ref.local:
+            kwargs.update(variant="fp16", use_safetensors=True)
+        pipe = _from_pretrained(cls, ref.source, ref, **kwargs)
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe.set_progress_bar_config(disable=True)
+        pipe = apply_memory_strategy(pipe, memory, dev)
+        if compile:
+            compile_pipeline(pipe)
+        entry = _Entry(pipe, ref.family.name, pipe.scheduler)
+        cache.pipelines[key] = entry
+    if scheduler:
+        set_scheduler(entry.pipe, scheduler)
+    elif entry.scheduler is not None:
+        entry.pipe.scheduler = entry.scheduler  # a cached pipeline never keeps another call's scheduler
+    return entry.pipe
+
+
+def load_refiner(base: Any, model: str, *, dtype: str = "auto", device: str | None = None, memory: str = "gpu",
+                 cache: ModelCache = CACHE) -> Any:
+    """The SDXL refiner, sharing the base's second text encoder and VAE (as diffusers' docs do)."""
+    ref = resolve_model(model)
+    dev = resolve_device(device)
+    tdt = resolve_dtype(dtype, dev, "sdxl")
+    key = (ref.source, str(tdt), str(dev), memory, "refiner", id(base))
+    entry = cache.pipelines.get(key)
+    if entry is None:
+        import diffusers
+
+        kwargs: dict[str, Any] = {"torch_dtype": tdt}
+        shared = {n: getattr(base, n) for n in ("text_encoder_2", "vae") if getattr(base, n, None) is not None}
+        kwargs.update(shared)
+        if tdt == torch.float16 and not ref.local:
+            kwargs.update(variant="fp16", use_safetensors=True)
+        pipe = _from_pretrained(diffusers.StableDiffusionXLImg2ImgPipeline, ref.source, ref, **kwargs)
+        pipe.set_progress_bar_config(disable=True)
+        pipe = apply_memory_strategy(pipe, memory, dev)
+        entry = _Entry(pipe, "sdxl_refiner")
+        cache.pipelines[key] = entry
+    return entry.pipe

@@ -1,0 +1,179 @@
+"""What bestshot knows about models: ids → family → pipeline class, schedulers by name.
+
+Nothing here loads weights. A *model reference* is one of
+
+* ``"embedded"`` — the small model shipped inside the package (``models/embedded``);
+* a local folder holding a diffusers pipeline (``model_index.json``);
+* a Hugging Face hub id (``org/name``), loaded from the local cache or the hub.
+
+The family decides which diffusers pipeline class loads it and how candidates are generated
+(e.g. SDXL can hand latents to a refiner); unknown diffusers pipelines are family ``generic``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..config import CLIP_L14, EMBEDDED, SD15, SD35_LARGE, SDXL_BASE, SDXL_REFINER
+from ..errors import BestshotError
+
+EMBEDDED_DIR = Path(__file__).parent / "embedded"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    pipeline_class: str  # a diffusers class name, or bestshot's own
+    img2img_class: str | None  # for refiners / staged upscaling
+    default_scorer: str
+
+
+FAMILIES: dict[str, Family] = {
+    "sdxl": Family("sdxl", "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", CLIP_L14),
+    "sdxl_refiner": Family("sdxl_refiner", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLImg2ImgPipeline", CLIP_L14),
+    "sd3": Family("sd3", "StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", CLIP_L14),
+    "sd15": Family("sd15", "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", CLIP_L14),
+    "embedded": Family("embedded", "BestshotWorldPipeline", None, EMBEDDED),
+    "generic": Family("generic", "DiffusionPipeline", None, CLIP_L14),
+}
+
+KNOWN_IDS: dict[str, str] = {
+    SDXL_BASE: "sdxl",
+    SDXL_REFINER: "sdxl_refiner",
+    SD35_LARGE: "sd3",
+    "stabilityai/stable-diffusion-3.5-medium": "sd3",
+    "stabilityai/stable-diffusion-3.5-large-turbo": "sd3",
+    SD15: "sd15",
+    "runwayml/stable-diffusion-v1-5": "sd15",
+    EMBEDDED: "embedded",
+}
+
+# pipeline class name (model_index.json "_class_name") → family
+_CLASS_TO_FAMILY = {
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl_refiner",
+    "StableDiffusion3Pipeline": "sd3",
+    "StableDiffusionPipeline": "sd15",
+    "BestshotWorldPipeline": "embedded",
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model reference: where it loads from and what it is."""
+
+    ref: str  # what the user wrote
+    source: str  # local folder path or hub id
+    local: bool
+    family: Family
+
+
+def _read_model_index(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "model_index.json").read_text())
+    except FileNotFoundError:
+        raise BestshotError(
+            f"{folder} has no model_index.json, so it is not a diffusers pipeline folder — "
+            "pass the folder that `pipeline.save_pretrained(...)` wrote, or a hub id"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise BestshotError(f"{folder}/model_index.json is not valid JSON ({e}) — re-save the pipeline") from None
+
+
+def resolve_model(ref: str | None) -> ModelRef:
+    """Turn what the user typed into a :class:`ModelRef`, or a clear error."""
+    ref = EMBEDDED if ref in (None, "") else str(ref)
+    if ref == EMBEDDED:
+        if not (EMBEDDED_DIR / "model_index.json").exists():
+            raise BestshotError(
+                f"the embedded model is missing from {EMBEDDED_DIR} — reinstall bestshot, or train it with "
+                "scripts/train_embedded.sh"
+            )
+        return ModelRef(ref, str(EMBEDDED_DIR), True, FAMILIES["embedded"])
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        cls = _read_model_index(path).get("_class_name", "")
+        return ModelRef(ref, str(path), True, FAMILIES[_CLASS_TO_FAMILY.get(cls, "generic")])
+    if ref in KNOWN_IDS:
+        return ModelRef(ref, ref, False, FAMILIES[KNOWN_IDS[ref]])
+    looks_like_path = ref.startswith((".", "/", "~")) or ref.count("/") != 1
+    if path.exists():
+        raise BestshotError(f"model {ref!r} is a file, not a pipeline folder — pass the folder holding model_index.json")
+    if looks_like_path or not _HUB_ID.match(ref):
+        raise BestshotError(
+            f"model path {ref!r} does not exist — pass an existing pipeline folder, a hub id such as "
+            f"{SDXL_BASE}, or 'embedded'"
+        )
+    return ModelRef(ref, ref, False, FAMILIES[KNOWN_IDS.get(ref, "generic")])
+
+
+def model_defaults(ref: str | None) -> dict[str, Any]:
+    """The recommended settings a model folder ships in ``bestshot_defaults.json`` (or ``{}``).
+
+    A model that cannot be resolved has no defaults here; loading it reports the problem.
+    """
+    try:
+        m = resolve_model(ref)
+    except BestshotError:
+        return {}
+    if not m.local:
+        return {}
+    return _load_defaults(m.source)
+
+
+@lru_cache(maxsize=32)
+def _load_defaults(folder: str) -> dict[str, Any]:
+    f = Path(folder) / "bestshot_defaults.json"
+    if not f.exists():
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise BestshotError(f"{f} is not valid JSON ({e}) — fix or delete it") from None
+
+
+# ---------------------------------------------------------------- schedulers
+# bestshot name → (diffusers class, extra config, AUTOMATIC1111 sampler name)
+SCHEDULERS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "euler": ("EulerDiscreteScheduler", {}, "Euler"),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}, "DPM++ 2M"),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "DPM++ 2M Karras"),
+    "ddim": ("DDIMScheduler", {}, "DDIM"),
+    "ddpm": ("DDPMScheduler", {}, "DDPM"),
+    "unipc": ("UniPCMultistepScheduler", {}, "UniPC"),
+    "heun": ("HeunDiscreteScheduler", {}, "Heun"),
+    "lms": ("LMSDiscreteScheduler", {}, "LMS"),
+    "pndm": ("PNDMScheduler", {}, "PLMS"),
+    "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}, "Euler"),
+}
+
+# A1111 sampler names as clients send them ("Euler a", "DPM++ 2M Karras") → bestshot names
+SAMPLER_ALIASES = {a1111.lower(): name for name, (_, _, a1111) in SCHEDULERS.items() if name != "flow_euler"}
+
+
+def scheduler_name(name: str) -> str:
+    """Normalise a scheduler / sampler name to bestshot's key, or raise a clear error."""
+    key = name.strip().lower().replace("-", "_").replace(" ", "_").replace("++", "pp")
+    if key in SCHEDULERS:
+        return key
+    if name.strip().lower() in SAMPLER_ALIASES:
+        return SAMPLER_ALIASES[name.strip().lower()]
+    raise BestshotError(f"unknown scheduler {name!r} — choose one of: {', '.join(SCHEDULERS)}")
+
+
+def sampler_label(scheduler: Any) -> str:
+    """The AUTOMATIC1111 sampler name of a diffusers scheduler instance (for PNG metadata)."""
+    cls = type(scheduler).__name__
+    karras = bool(getattr(getattr(scheduler, "config", None), "use_karras_sigmas", False))
+    for name, (c, extra, label) in SCHEDULERS.items():
+        if c == cls and bool(extra.get("use_karras_sigmas", False)) == karras:
+            return label
+    return cls

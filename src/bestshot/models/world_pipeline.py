@@ -1,0 +1,141 @@
+"""``BestshotWorldPipeline``: a pixel-space diffusion pipeline conditioned on a (small) CLIP.
+
+Why a custom pipeline: bestshot's embedded model has no VAE (it works on 32x32 pixels) and uses one CLIP
+both to condition the UNet and to rank candidates, so it does not fit StableDiffusionPipeline. It is still
+an ordinary ``diffusers.DiffusionPipeline`` (save_pretrained / from_pretrained / any scheduler), so the
+loader treats it like a hub model.
+
+Conditioning (``conditioning`` in model_index.json):
+- ``text_tokens``: cross-attention on the CLIP text tower's last_hidden_state; if the UNet has a
+  projection class embedding it also receives the normalised projected (pooled) text embedding.
+- ``text_embed`` / ``image_embed``: the seed document's scheme — the UNet sees only the normalised
+  projected CLIP embedding (as one cross-attention token, and as class embedding when present). With
+  ``image_embed`` it was trained on image embeddings and is sampled from text embeddings.
+The unconditional branch of classifier-free guidance is the empty prompt (or ``negative_prompt``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from transformers import CLIPModel, CLIPTokenizer
+
+CONDITIONINGS = ("text_tokens", "text_embed", "image_embed")
+
+DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 4.0, "height": 32, "width": 32, "scheduler": "ddim"}
+
+
+class BestshotWorldPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "clip->unet"
+
+    def __init__(self, unet: UNet2DConditionModel, scheduler, clip: CLIPModel, tokenizer: CLIPTokenizer,
+                 conditioning: str = "text_tokens"):
+        super().__init__()
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
+        self.register_modules(unet=unet, scheduler=scheduler, clip=clip, tokenizer=tokenizer)
+        self.register_to_config(conditioning=conditioning)
+
+    # ---------------------------------------------------------------------------------- conditioning
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(encoder_hidden_states, class_labels) for the UNet, one row per prompt."""
+        enc = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        ids = enc.input_ids.to(self.clip.device)
+        out = self.clip.text_model(input_ids=ids)  # causal mask: padding (EOS) never leaks into real tokens
+        pooled = F.normalize(self.clip.text_projection(out.pooler_output), dim=-1)
+        dtype = self.unet.dtype
+        use_class = self.unet.config.class_embed_type is not None
+        if self.config.conditioning == "text_tokens":
+            hidden = out.last_hidden_state
+        else:
+            hidden = pooled[:, None, :]
+        return hidden.to(dtype), (pooled.to(dtype) if use_class else None)
+
+    # ---------------------------------------------------------------------------------------- call
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = DEFAULTS["num_inference_steps"],
+        guidance_scale: float = DEFAULTS["guidance_scale"],
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ):
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        n = len(prompts)
+        if negative_prompt is None:
+            negs = [""] * n
+        else:
+            negs = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negs) not in (1, n // num_images_per_prompt, n):
+                raise ValueError(f"negative_prompt has {len(negs)} entries for {n // num_images_per_prompt} prompts")
+            if len(negs) == 1:
+                negs = negs * n
+            elif len(negs) != n:
+                negs = [p for p in negs for _ in range(num_images_per_prompt)]
+        if isinstance(generator, list) and len(generator) != n:
+            raise ValueError(f"got {len(generator)} generators for {n} images — pass one per image")
+        height = height or self.unet.config.sample_size
+        width = width or self.unet.config.sample_size
+        device, dtype = self._execution_device, self.unet.dtype
+        do_cfg = guidance_scale > 1.0
+
+        hidden, cls = self.encode_prompt(prompts)
+        if do_cfg:
+            u_hidden, u_cls = self.encode_prompt(negs)
+            hidden = torch.cat([u_hidden, hidden])
+            cls = torch.cat([u_cls, cls]) if cls is not None else None
+
+        shape = (n, self.unet.config.in_channels, height, width)
+        if latents is None:
+            if isinstance(generator, list):  # image k depends on generator[k] alone (batch-invariant)
+                latents = torch.cat([randn_tensor((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
+            else:
+                latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = latents * self.scheduler.init_noise_sigma
+
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            model_in = torch.cat([latents] * 2) if do_cfg else latents
+            model_in = self.scheduler.scale_model_input(model_in, t)
+            eps = self.unet(model_in, t, encoder_hidden_states=hidden, class_labels=cls).sample
+            if do_cfg:
+                e_u, e_c = eps.chunk(2)
+                eps = e_u + guidance_scale * (e_c - e_u)
+            step = self.scheduler.step(eps, t, latents, generator=generator, return_dict=True)
+            latents = step.prev_sample
+            if callback_on_step_end is not None:
+                kw = {"latents": latents, "pred_original_sample": getattr(step, "pred_original_sample", None)}
+                names = callback_on_step_end_tensor_inputs or ["latents"]
+                res = callback_on_step_end(self, i, t, {k: kw[k] for k in names if k in kw}) or {}
+                latents = res.get("latents", latents)
+
+        images = (latents.float() / 2 + 0.5).clamp(0, 1)
+        self.maybe_free_model_hooks()
+        if output_type == "pt":
+            out = images
+        else:
+            arr = images.permute(0, 2, 3, 1).cpu().numpy()
+            out = arr if output_type == "np" else [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
+        if not return_dict:
+            return (out,)
+        return ImagePipelineOutput(images=out)

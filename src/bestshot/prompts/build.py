@@ -1,0 +1,53 @@
+"""Prompt assembly shared by every job: content filter, style suffix, trigger words, CLIP prompt.
+
+The design document's order: user prompt → content filter → add style suffix → normalise. The CLIP
+prompt is the user's words *without* the style suffix (a suffix like ", 8k" says nothing CLIP can
+check), cut to what the scorer reads.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from ..errors import BestshotError
+
+
+def normalise(text: str) -> str:
+    """One line, single spaces, no stray separators at the ends."""
+    text = re.sub(r"\s+", " ", text or "").strip()
+    return text.strip(" ,;")
+
+
+def blocked_terms(prompt: str, blocklist: Iterable[str]) -> list[str]:
+    """The blocklist entries that occur in ``prompt`` as whole words (case-insensitive)."""
+    low = prompt.lower()
+    hits = []
+    for term in blocklist:
+        t = term.strip().lower()
+        if t and re.search(rf"(?<!\w){re.escape(t)}(?!\w)", low):
+            hits.append(term)
+    return hits
+
+
+@dataclass(frozen=True)
+class BuiltPrompt:
+    sd_prompt: str  # what the pipeline receives
+    clip_prompt: str  # what the scorer compares against
+    negative_prompt: str
+
+
+def build_prompt(prompt: str, *, style_suffix: str = "", negative_prompt: str = "",
+                 trigger_words: Sequence[str] = (), clip_prompt: str | None = None) -> BuiltPrompt:
+    """Assemble the pipeline prompt (triggers + prompt + style suffix) and the CLIP prompt."""
+    core = normalise(prompt)
+    if not core:
+        raise BestshotError("the prompt is empty — give a text prompt, e.g. bestshot generate \"a red circle\"")
+    parts = [normalise(t) for t in trigger_words if normalise(t)]
+    sd = ", ".join(parts + [core])
+    suffix = (style_suffix or "").strip()
+    if suffix:
+        sd = f"{sd}{suffix}" if suffix.startswith(",") else f"{sd}, {suffix}"
+    return BuiltPrompt(sd_prompt=normalise(sd), clip_prompt=normalise(clip_prompt or core),
+                       negative_prompt=normalise(negative_prompt))

@@ -1,0 +1,121 @@
+"""Early pruning: start more candidates than are kept, drop the unpromising ones after a few steps.
+
+After ``k`` of the denoising steps every candidate's *predicted clean image* (the scheduler's
+``pred_original_sample``) already shows the composition. We preview it cheaply (pixels for pixel-space
+models, a linear latent→RGB map for SD/SDXL latents, the VAE otherwise), score the previews with the
+same scorer that ranks the finished images, and continue only with the best ``keep``. Every tensor the
+pipeline exposes to ``callback_on_step_end`` is sliced to the kept rows (both CFG halves), and the
+per-seed generators are remapped, so a kept candidate keeps its own noise stream.
+
+Cost per kept image, with S steps, ``start`` candidates, ``keep`` kept and pruning after k steps:
+``(start·k + keep·(S−k)) / (keep·S)`` of plain best-of-keep's denoiser work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image
+
+# Linear latent → RGB maps (least-squares fits used for live previews by ComfyUI / A1111's "Approx cheap").
+_LATENT_RGB = {
+    "sdxl": ([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362],
+              [-0.3165, -0.2492, -0.2188]], [0.1084, -0.0175, -0.0011]),
+    "sd15": ([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721],
+              [-0.2120, -0.2616, -0.7177]], [0.0, 0.0, 0.0]),
+}
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    kept: list[int]  # indices into the started seeds, in seed order
+    images: list[Image.Image]  # finished images of the kept candidates
+    preview_scores: list[float]  # one per started candidate
+    prune_step: int
+
+
+def prune_step_index(steps: int, at: float) -> int:
+    """The 0-based step after which pruning happens (at least after the first step)."""
+    return min(steps - 1, max(0, round(at * steps) - 1))
+
+
+def cost_ratio(steps: int, start: int, keep: int, at: float) -> float:
+    """Denoiser work relative to plain best-of-``keep`` (same steps)."""
+    k = prune_step_index(steps, at) + 1
+    return (start * k + keep * (steps - k)) / (keep * steps)
+
+
+def preview_images(pipe: Any, x0: torch.Tensor, family: str) -> list[Image.Image]:
+    """Cheap RGB previews of predicted clean samples."""
+    x0 = x0.detach().float()
+    if getattr(pipe, "vae", None) is None:  # pixel space: x0 is already the image in [-1, 1]
+        rgb = x0
+    elif family in _LATENT_RGB and x0.shape[1] == 4:
+        w, b = (torch.tensor(v, dtype=x0.dtype, device=x0.device) for v in _LATENT_RGB[family])
+        rgb = torch.einsum("bchw,cr->brhw", x0, w) + b[None, :, None, None]
+    else:
+        vae = pipe.vae
+        lat = x0 / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+        with torch.no_grad():
+            rgb = vae.decode(lat.to(vae.dtype)).sample.float()
+    arr = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def _slice(t: Any, idx: torch.Tensor, batch: int) -> Any:
+    if not isinstance(t, torch.Tensor) or t.dim() == 0:
+        return t
+    if t.shape[0] == batch:
+        return t[idx.to(t.device)]
+    if t.shape[0] == 2 * batch:  # classifier-free guidance: [uncond; cond]
+        i = idx.to(t.device)
+        return torch.cat([t[i], t[batch + i]])
+    return t
+
+
+def run_pruned(pipe: Any, call_kwargs: dict[str, Any], *, seeds: Sequence[int], keep: int, at: float,
+               score_fn: Callable[[list[Image.Image]], list[float]], family: str) -> PruneResult:
+    """One pipeline call that starts ``len(seeds)`` candidates and finishes the best ``keep``."""
+    start = len(seeds)
+    steps = int(call_kwargs["num_inference_steps"])
+    k = prune_step_index(steps, at)
+    gens = call_kwargs["generator"]
+    state: dict[str, Any] = {"x0": None, "idx": None}
+    sched = pipe.scheduler
+    orig_step = sched.step
+
+    def step(*args, **kw):
+        if state["idx"] is not None and isinstance(kw.get("generator"), list):
+            kw["generator"] = [gens[j] for j in state["idx"].tolist()]
+        out = orig_step(*args, **kw)
+        x0 = getattr(out, "pred_original_sample", None)
+        if x0 is not None:
+            state["x0"] = x0
+        return out
+
+    user_cb = call_kwargs.get("callback_on_step_end")
+    tensor_inputs = list(getattr(pipe, "_callback_tensor_inputs", ["latents"]))
+
+    def cb(p, i, t, kw):
+        if i == k and state["idx"] is None:
+            x0 = state["x0"] if state["x0"] is not None else kw["latents"]
+            previews = preview_images(pipe, x0, family)
+            scores = [float(s) for s in score_fn(previews)]
+            state["scores"] = scores
+            top = sorted(sorted(range(start), key=lambda j: -scores[j])[:keep])
+            idx = torch.tensor(top, dtype=torch.long)
+            state["idx"] = idx
+            kw = {name: _slice(v, idx, start) for name, v in kw.items()}
+        return user_cb(p, i, t, kw) if user_cb else kw
+
+    kwargs = dict(call_kwargs, callback_on_step_end=cb, callback_on_step_end_tensor_inputs=tensor_inputs)
+    sched.step = step
+    try:
+        images = list(pipe(**kwargs).images)
+    finally:
+        del sched.step  # back to the class method
+    if state["idx"] is None:  # fewer steps than the prune point: nothing was pruned
+        return PruneResult(list(range(start)), images, [float("nan")] * start, -1)
+    return PruneResult(state["idx"].tolist(), images, state["scores"], k)

@@ -1,0 +1,53 @@
+"""Scorers rank candidates: ``get_scorer(spec)`` is the factory, :class:`Scorer` the protocol.
+
+Specs: ``"embedded"`` (the shipped CLIP), a transformers CLIP hub id or local folder
+(default ``openai/clip-vit-large-patch14`` for hub models), or ``open_clip:MODEL[:PRETRAINED]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..config import EMBEDDED
+from ..models.loader import CACHE, ModelCache, resolve_device
+from .base import Scorer, clip_score_100
+from .clip import CLIPScorer, OpenCLIPScorer
+
+__all__ = ["Scorer", "CLIPScorer", "OpenCLIPScorer", "clip_score_100", "get_scorer", "scorer_from_pipeline"]
+
+
+def get_scorer(spec: str | None = None, *, device: str | torch.device | None = None, half: bool | None = None,
+               cache: ModelCache = CACHE) -> Scorer:
+    """Build (or fetch from the model cache) the scorer named by ``spec``."""
+    from ..models.registry import EMBEDDED_DIR
+
+    spec = spec or EMBEDDED
+    dev = resolve_device(str(device) if device is not None else None)
+    half = dev.type == "cuda" if half is None else half
+    key = ("scorer", spec, str(dev), half)
+    if key in cache.scorers:
+        return cache.scorers[key]
+    if spec.startswith("open_clip:"):
+        parts = spec.split(":")
+        scorer: Any = OpenCLIPScorer(parts[1], parts[2] if len(parts) > 2 else None, device=dev)
+    else:
+        source = str(EMBEDDED_DIR / "clip") if spec == EMBEDDED else spec
+        dtype = torch.float16 if half else torch.float32
+        scorer = CLIPScorer.from_pretrained(source, device=dev, dtype=dtype, name=spec)
+    cache.scorers[key] = scorer
+    return scorer
+
+
+def scorer_from_pipeline(pipe: Any, name: str = EMBEDDED) -> CLIPScorer | None:
+    """Reuse a pipeline's own CLIP (the embedded model carries one) instead of loading it twice."""
+    clip = getattr(pipe, "clip", None)
+    tok = getattr(pipe, "tokenizer", None)
+    if clip is None or tok is None or not hasattr(clip, "get_image_features"):
+        return None
+    from .clip import _image_processor
+
+    folder = getattr(getattr(clip, "config", None), "_name_or_path", None)
+    processor = _image_processor(folder, clip.config.vision_config.image_size)
+    return CLIPScorer(clip, tok, processor, name=name, device=clip.device, dtype=clip.dtype)

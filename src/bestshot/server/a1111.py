@@ -1,0 +1,358 @@
+"""AUTOMATIC1111's web API shapes, and their translation into bestshot calls.
+
+Field names follow A1111's ``modules/api/models.py`` (and what the ``webuiapi`` client sends); fields
+bestshot does not use (hires fix, styles, scripts, face restoration...) are accepted and ignored, as
+A1111 ignores what it does not know. Values bestshot cannot honour are refused with 422 naming the
+field. bestshot's extras ride in the same bodies: ``best_of`` (candidates per returned image),
+``clip_min`` (drop images scoring below it) and ``scorer``.
+
+Seeds follow A1111: image ``i`` of a request uses ``seed + i``. With ``best_of = k`` image ``i`` is the
+best of seeds ``seed + i*k ... seed + i*k + k - 1`` (so ``best_of=1`` is exactly A1111).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import random
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Optional
+
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import __version__
+from ..config import ImgCfg, resolve_config
+from ..errors import BestshotError
+from ..models.registry import SAMPLER_ALIASES, SCHEDULERS, scheduler_name
+
+MAX_SEED = 2**53 - 1  # what a JavaScript client can hold exactly
+
+
+class FieldError(BestshotError):
+    """A request value bestshot refuses; the server turns it into 422 naming ``field``."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class _A1111(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Txt2ImgRequest(_A1111):
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 = random; image i uses seed + i")
+    steps: Optional[int] = Field(None, ge=1, le=1000, description="None = the model's default")
+    cfg_scale: Optional[float] = Field(None, ge=0, le=100)
+    width: Optional[int] = Field(None, ge=8, le=16384)
+    height: Optional[int] = Field(None, ge=8, le=16384)
+    batch_size: int = Field(1, ge=1, le=256)
+    n_iter: int = Field(1, ge=1, le=256)
+    sampler_name: Optional[str] = Field(None, max_length=100)
+    sampler_index: Optional[str] = Field(None, max_length=100, description="deprecated alias of sampler_name")
+    scheduler: Optional[str] = Field(None, max_length=100, description="A1111 schedule type; 'Karras' picks the "
+                                     "Karras variant of the sampler where bestshot has one, others are ignored")
+    override_settings: Optional[dict[str, Any]] = None
+    send_images: bool = True
+    # bestshot extras
+    best_of: int = Field(1, ge=1, le=256, description="candidates per returned image; the best is returned")
+    clip_min: Optional[float] = Field(None, ge=-1, le=1, description="drop images scoring below this cosine")
+    scorer: Optional[str] = Field(None, max_length=500, description="one of the server's scorers")
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    init_images: list[str] = Field(..., min_length=1, description="base64 images (data: URLs accepted)")
+    denoising_strength: float = Field(0.75, ge=0, le=1)
+    include_init_images: bool = False
+
+
+class TextToImageResponse(BaseModel):
+    images: Optional[list[str]] = Field(None, description="base64 PNGs with their `parameters` chunk")
+    parameters: dict[str, Any]
+    info: str = Field(..., description="JSON text: A1111's infotext fields plus `bestshot`")
+
+
+class ImageToImageResponse(TextToImageResponse):
+    pass
+
+
+class ExtrasSingleImageRequest(_A1111):
+    image: str = Field(..., description="base64 image")
+    resize_mode: int = Field(0, ge=0, le=1, description="0: scale by upscaling_resize, 1: to upscaling_resize_w x h")
+    upscaling_resize: float = Field(2, gt=0, le=8)
+    upscaling_resize_w: int = Field(512, ge=1, le=16384)
+    upscaling_resize_h: int = Field(512, ge=1, le=16384)
+    upscaling_crop: bool = True
+    upscaler_1: Optional[str] = Field("None", max_length=200)
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str
+    image: str
+
+
+class PNGInfoRequest(_A1111):
+    image: str
+
+
+class PNGInfoResponse(BaseModel):
+    info: str
+    items: dict[str, Any]
+    parameters: dict[str, Any]
+
+
+class InterrogateRequest(_A1111):
+    image: str
+    model: str = "clip"
+
+
+class InterrogateResponse(BaseModel):
+    caption: str
+
+
+class ProgressResponse(BaseModel):
+    progress: float
+    eta_relative: float
+    state: dict[str, Any]
+    current_image: Optional[str] = None
+    textinfo: Optional[str] = None
+
+
+class SDModelItem(BaseModel):
+    title: str
+    model_name: str
+    hash: Optional[str] = None
+    sha256: Optional[str] = None
+    filename: str
+    config: Optional[str] = None
+
+
+class SamplerItem(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, str]
+
+
+class UpscalerItem(BaseModel):
+    name: str
+    model_name: Optional[str] = None
+    model_path: Optional[str] = None
+    model_url: Optional[str] = None
+    scale: Optional[float] = None
+
+
+# ---------------------------------------------------------------------------------- samplers, upscalers
+
+
+def samplers() -> list[dict[str, Any]]:
+    """A1111 sampler names bestshot can run, with bestshot's scheduler keys as aliases."""
+    by_label: dict[str, list[str]] = {}
+    for key, (_, _, label) in SCHEDULERS.items():
+        by_label.setdefault(label, []).append(key)
+    return [{"name": label, "aliases": keys, "options": {}} for label, keys in by_label.items()]
+
+
+# A1111 upscaler names → bestshot upscale backend ("None" in A1111 still resizes, with Lanczos)
+UPSCALERS = {"none": "lanczos", "lanczos": "lanczos", "nearest": "lanczos",
+             "r-esrgan 4x+": "auto", "r-esrgan 4x+ anime6b": "auto", "esrgan_4x": "auto", "realesrgan": "auto",
+             "realesrgan_x4plus": "auto"}
+UPSCALER_MODELS = {"r-esrgan 4x+ anime6b": "realesrgan-x4plus-anime"}
+
+
+def upscalers() -> list[dict[str, Any]]:
+    return [{"name": "None", "scale": 1}, {"name": "Lanczos", "scale": 4},
+            {"name": "R-ESRGAN 4x+", "model_name": "realesrgan-x4plus", "scale": 4},
+            {"name": "R-ESRGAN 4x+ Anime6B", "model_name": "realesrgan-x4plus-anime", "scale": 4}]
+
+
+def upscaler_backend(name: str | None) -> tuple[str, str]:
+    """(backend, ncnn model) for an A1111 upscaler name, or a 422-worthy error."""
+    key = (name or "None").strip().lower()
+    if key not in UPSCALERS:
+        known = ", ".join(u["name"] for u in upscalers())
+        raise FieldError("upscaler_1", f"unknown upscaler {name!r} — choose one of: {known}")
+    return UPSCALERS[key], UPSCALER_MODELS.get(key, "realesrgan-x4plus")
+
+
+# ---------------------------------------------------------------------------------- images
+
+
+def decode_image(data: str, field: str = "image", max_pixels: int = 4096 * 4096) -> Image.Image:
+    """A base64 image (raw or ``data:image/...;base64,``) → RGB(A) PIL image, or a 422 naming ``field``."""
+    if not isinstance(data, str) or not data.strip():
+        raise FieldError(field, "empty — send a base64-encoded PNG or JPEG")
+    if data.startswith("data:"):
+        data = data.partition(",")[2]
+    try:
+        raw = base64.b64decode(data.strip(), validate=False)
+        with Image.open(io.BytesIO(raw)) as probe:
+            w, h = probe.size
+            if w * h > max_pixels or w < 1 or h < 1:
+                raise FieldError(field, f"image of {w}x{h} pixels is larger than this server accepts ({max_pixels} pixels)")
+            img = probe.copy() if probe.format == "PNG" else probe.convert("RGB")
+            if img.mode not in ("RGB", "RGBA", "L", "LA"):  # palette, 16-bit, CMYK...: what the models take
+                img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+            img.info.update(probe.info)
+            img.load()
+    except FieldError:
+        raise
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise FieldError(field, f"not a readable base64 image ({type(e).__name__}) — send a base64-encoded PNG or JPEG") from None
+    return img
+
+
+def encode_file(path: str) -> str:
+    """The saved PNG as base64, exactly as on disk (so its `parameters` chunk comes along)."""
+    with open(path, "rb") as f:
+        return base64.b64encode(f.read()).decode("ascii")
+
+
+def encode_image(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# ---------------------------------------------------------------------------------- txt2img / img2img plans
+
+
+@dataclass
+class Limits:
+    """Server-side caps, checked per request (422 naming the field) so one request cannot hog the GPU."""
+
+    max_steps: int = 150
+    max_side: int = 2048
+    max_images: int = 16  # batch_size * n_iter
+    max_candidates: int = 64  # batch_size * n_iter * best_of
+
+
+@dataclass
+class Plan:
+    """What one txt2img/img2img request becomes: ``calls`` generate() configurations, in order."""
+
+    cfg: ImgCfg
+    seed: int
+    n_images: int
+    best_of: int
+    calls: list[ImgCfg]
+    scorer: Any
+
+
+def sampler_of(req: Txt2ImgRequest) -> str | None:
+    name = req.sampler_name or req.sampler_index
+    if not name:
+        return None
+    if (req.scheduler or "").strip().lower() == "karras" and not name.lower().endswith("karras"):
+        karras = f"{name} Karras"
+        if karras.lower() in SAMPLER_ALIASES:
+            name = karras
+    try:
+        return scheduler_name(name)
+    except BestshotError:
+        field = "sampler_name" if req.sampler_name else "sampler_index"
+        raise FieldError(field, f"unknown sampler {name!r} — GET /sdapi/v1/samplers lists the ones available") from None
+
+
+def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], default_scorer: Any, limits: Limits,
+                 base: dict[str, Any]) -> Plan:
+    """Validate ``req`` against the server's limits and build the generate() configs it needs.
+
+    ``base`` holds the server-controlled ImgCfg fields (out_dir, device, dtype, ...). A1111 adds no
+    style suffix, so neither does this route: the PNG's prompt is the client's prompt.
+    """
+    n = req.batch_size * req.n_iter
+    if n > limits.max_images:
+        raise FieldError("batch_size", f"batch_size * n_iter = {n} is more than this server's {limits.max_images} images per request")
+    if n * req.best_of > limits.max_candidates:
+        raise FieldError("best_of", f"batch_size * n_iter * best_of = {n * req.best_of} candidates is more than this "
+                         f"server's {limits.max_candidates} per request")
+    if req.steps is not None and req.steps > limits.max_steps:
+        raise FieldError("steps", f"{req.steps} is more than this server's {limits.max_steps}")
+    for name in ("width", "height"):
+        v = getattr(req, name)
+        if v is not None and (v % 8 or v > limits.max_side):
+            raise FieldError(name, f"{v} must be a multiple of 8 and at most {limits.max_side}")
+    if req.scorer is not None and req.scorer not in scorers:
+        raise FieldError("scorer", f"unknown scorer {req.scorer!r} — this server offers: {', '.join(scorers) or 'none'}")
+    if req.override_settings and req.override_settings.get("sd_model_checkpoint") not in (None, model):
+        raise FieldError("override_settings", "sd_model_checkpoint: this server serves one model at a time — "
+                         f"use {model!r} or POST /sdapi/v1/options to switch")
+    seed = req.seed if req.seed >= 0 else random.randrange(2**32)
+    if seed + n * req.best_of > MAX_SEED:
+        raise FieldError("seed", f"{seed} is too large for {n * req.best_of} consecutive seeds")
+    overrides = dict(base, steps_base=req.steps, guidance=req.cfg_scale, width=req.width, height=req.height,
+                     negative_prompt=req.negative_prompt, style_suffix="", scheduler=sampler_of(req),
+                     clip_min=-1.0 if req.clip_min is None else req.clip_min)
+    try:
+        cfg = resolve_config(None, model=model, **overrides)
+    except BestshotError as e:
+        raise FieldError("request", str(e)) from None
+    if cfg.steps_base > limits.max_steps or max(cfg.width, cfg.height) > limits.max_side:
+        cfg = replace(cfg, steps_base=min(cfg.steps_base, limits.max_steps),
+                      width=min(cfg.width, limits.max_side), height=min(cfg.height, limits.max_side))
+    k = req.best_of
+    if k == 1:  # plain A1111: one batched call, every image kept and saved
+        calls = [replace(cfg, n_images=n, seed_base=seed, save_candidates=True, exact_best=False)]
+    else:
+        calls = [replace(cfg, n_images=k, seed_base=seed + i * k) for i in range(n)]
+    scorer = scorers[req.scorer] if req.scorer is not None else default_scorer
+    return Plan(cfg=cfg, seed=seed, n_images=n, best_of=k, calls=calls, scorer=scorer)
+
+
+def chosen(result: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
+    """The candidates of one generate() result that become returned images."""
+    gate = plan.cfg.clip_min
+    if plan.best_of == 1:
+        return [c for c in result["candidates"] if c["path"] and c["clip"] >= gate]
+    if not result["ok"]:
+        return []
+    return [c for c in result["candidates"] if c["seed"] == result["best_seed"]]
+
+
+def build_response(req: Txt2ImgRequest, plan: Plan, results: list[dict[str, Any]], rel: Any,
+                   model_title: str, sampler: str, extra_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A1111's response: base64 images, the request as ``parameters``, the infotext fields as ``info``.
+
+    ``rel`` maps a stored path to the name GET /v1/images/{name} serves.
+    """
+    from ..store import read_png_info
+
+    kept = [c for r in results for c in chosen(r, plan)]
+    images = [encode_file(c["path"]) for c in kept] if req.send_images else []
+    infotexts = [read_png_info(c["path"]).get("parameters") or "" for c in kept]
+    seeds = [c["seed"] for c in kept]
+    cfg = plan.cfg
+    prompt = results[0]["sd_prompt"] if results else req.prompt
+    info = {
+        "prompt": prompt, "all_prompts": [prompt] * len(kept),
+        "negative_prompt": req.negative_prompt, "all_negative_prompts": [req.negative_prompt] * len(kept),
+        "seed": seeds[0] if seeds else plan.seed, "all_seeds": seeds,
+        "subseed": -1, "all_subseeds": [-1] * len(kept), "subseed_strength": 0,
+        "width": cfg.width, "height": cfg.height, "sampler_name": sampler, "cfg_scale": cfg.guidance,
+        "steps": cfg.steps_base, "batch_size": req.batch_size, "restore_faces": False,
+        "face_restoration_model": None, "sd_model_name": model_title, "sd_model_hash": None,
+        "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": getattr(req, "denoising_strength", None), "extra_generation_params": {},
+        "index_of_first_image": 0, "infotexts": infotexts, "styles": [],
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
+        "is_using_inpainting_conditioning": False, "version": f"bestshot {__version__}",
+        "bestshot": {
+            "best_of": plan.best_of, "clip_min": None if req.clip_min is None else cfg.clip_min,
+            "requested_images": plan.n_images, "returned_images": len(kept),
+            "images": [{"seed": c["seed"], "clip": c["clip"], "clip_score": c["clip_score"], "file": rel(c["path"])}
+                       for c in kept],
+            "runs": [{"run_id": r["run_id"], "ok": r["ok"], "reason": r.get("reason"), "best_seed": r["best_seed"],
+                      "best_clip": r["best_clip"], "scorer": r.get("scorer"),
+                      "candidates": [{"seed": c["seed"], "clip": c["clip"], "clip_score": c["clip_score"],
+                                      "file": rel(c["path"]) if c["path"] else None} for c in r["candidates"]]}
+                     for r in results],
+            **(extra_info or {}),
+        },
+    }
+    return {"images": images, "parameters": req.model_dump(), "info": json.dumps(info)}

@@ -1,0 +1,424 @@
+"""``create_app(settings)``: the FastAPI app behind ``bestshot serve``.
+
+Three faces on one app:
+
+* ``/sdapi/v1/*`` — AUTOMATIC1111's routes and shapes, so A1111 clients (webuiapi, plugins, chat front
+  ends) get best-of-N generation unchanged;
+* ``/v1/*`` — bestshot's own API: generate, runs, images, jobs, curation;
+* ``/`` — the gallery (plain HTML + JS from ``gallery/``).
+
+Every model call goes through one :class:`~bestshot.server.queue.JobQueue` (one GPU job at a time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import __version__
+from ..config import EMBEDDED, PRESETS, resolve_config
+from ..errors import BestshotError
+from ..store import Store, read_png_info
+from . import a1111 as A
+from .auth import Auth
+from .curation import IMAGE_SUFFIXES, Curation, CurateUpscaler
+from .jobs import INTERROGATE_MODES, run_img2img, run_interrogate, run_plan, run_upscale
+from .queue import Job, JobQueue, QueueFull
+
+GALLERY_DIR = Path(__file__).parent / "gallery"
+
+
+@dataclass
+class ServerSettings:
+    """Everything ``bestshot serve`` decides; the HTTP client decides only per-request values."""
+
+    model: str = EMBEDDED
+    scorer: Any = None  # a spec string (folder, hub id, "embedded") or a Scorer object; None: the model's default
+    out_dir: str = "images_out"
+    log_jsonl: str | None = None  # default: images_log.jsonl beside out_dir (where `bestshot generate` logs)
+    curate_dir: str = "outputs"
+    curate_config: str | None = None  # bestshot.curate's config.yaml; its outputs folder replaces curate_dir
+    interrogate_cache: str | None = None  # text-embedding cache of the interrogator (None: ~/.cache/bestshot)
+    max_queue: int = 8
+    token: str | None = None
+    api_auth: str | None = None  # A1111 style "user:pass[,user2:pass2]"
+    device: str | None = None
+    dtype: str = "auto"
+    memory: str = "gpu"
+    max_batch: int | None = None
+    save_candidates: bool = False
+    extra_models: tuple[str, ...] = ()  # other models clients may switch to (POST /sdapi/v1/options)
+    limits: A.Limits = field(default_factory=A.Limits)
+
+
+class GenerateRequest(BaseModel):
+    """POST /v1/generate: a prompt and ImgCfg fields (the server keeps model, device and output paths)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(..., max_length=5000)
+    preset: Optional[str] = Field(None, description=f"one of {', '.join(PRESETS)} (the server's model is kept)")
+    n_images: Optional[int] = Field(None, ge=1, le=256)
+    seed_base: Optional[int] = Field(None, ge=0, le=A.MAX_SEED)
+    steps_base: Optional[int] = Field(None, ge=1, le=1000)
+    guidance: Optional[float] = Field(None, ge=0, le=100)
+    clip_min: Optional[float] = Field(None, ge=-1, le=1)
+    width: Optional[int] = Field(None, ge=8, le=16384)
+    height: Optional[int] = Field(None, ge=8, le=16384)
+    style_suffix: Optional[str] = Field(None, max_length=2000)
+    negative_prompt: Optional[str] = Field(None, max_length=5000)
+    scheduler: Optional[str] = Field(None, max_length=100)
+    scorer: Optional[str] = Field(None, max_length=500)
+    save_candidates: Optional[bool] = None
+    exact_best: Optional[bool] = None
+
+
+class KeepRequest(BaseModel):
+    name: str = Field(..., max_length=500)
+    keep: bool = True
+
+
+class NameRequest(BaseModel):
+    name: str = Field(..., max_length=500)
+
+
+def create_app(settings: ServerSettings | None = None, **overrides: Any) -> FastAPI:
+    """Build the app. ``create_app(model=..., scorer=..., out_dir=...)`` is shorthand for the settings."""
+    settings = settings or ServerSettings(**overrides)
+    auth = Auth.from_options(settings.token, settings.api_auth)
+    out_dir = Path(settings.out_dir)
+    log_path = Path(settings.log_jsonl) if settings.log_jsonl else out_dir.parent / "images_log.jsonl"
+    store = Store(root=out_dir, log_path=log_path)
+    upscaler = CurateUpscaler(settings.curate_config)
+    curation = Curation(upscaler.outputs() or settings.curate_dir)
+    interrogators: dict[Any, Any] = {}
+    jobs = JobQueue(settings.max_queue)
+    limits = settings.limits
+    state: dict[str, Any] = {"model": settings.model, "options": {}}
+
+    scorers: dict[str, Any] = {}
+    if isinstance(settings.scorer, str):
+        scorers[settings.scorer] = settings.scorer
+    elif settings.scorer is not None:
+        scorers[getattr(settings.scorer, "name", "default")] = settings.scorer
+    from ..models.registry import EMBEDDED_DIR
+
+    if (EMBEDDED_DIR / "clip").is_dir():
+        scorers.setdefault(EMBEDDED, EMBEDDED)
+    models = list(dict.fromkeys([settings.model, *settings.extra_models]))
+
+    def family(model: str) -> str | None:
+        from ..models.registry import resolve_model
+
+        try:
+            return resolve_model(model).family.name
+        except BestshotError:
+            return None
+
+    def base_cfg() -> dict[str, Any]:
+        return dict(out_dir=str(out_dir), log_jsonl=str(log_path), device=settings.device, dtype=settings.dtype,
+                    memory=settings.memory, max_batch=settings.max_batch, save_candidates=settings.save_candidates)
+
+    def rel(path: str | None) -> str | None:
+        """The name GET /v1/images/{name} serves for a stored path (None when outside the output folder)."""
+        if not path:
+            return None
+        try:
+            return Path(path).resolve().relative_to(out_dir.resolve()).as_posix()
+        except ValueError:
+            return None
+
+    async def run_job(kind: str, fn: Callable[[Job], Any], description: str, parts: int = 1) -> Any:
+        try:
+            job = jobs.submit(kind, fn, description, parts)
+        except QueueFull as e:
+            raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
+        return await job.wait()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        jobs.start()
+        yield
+        await asyncio.to_thread(jobs.close, 60)  # let accepted jobs finish and be stored
+
+    app = FastAPI(title="bestshot", version=__version__, lifespan=lifespan,
+                  description="Best-of-N text-to-image with an AUTOMATIC1111-compatible API (/sdapi/v1), "
+                              "bestshot's own API (/v1) and a curation gallery (/).")
+    app.state.settings, app.state.store, app.state.jobs, app.state.curation = settings, store, jobs, curation
+
+    @app.exception_handler(BestshotError)
+    async def _bestshot_error(request: Request, exc: BestshotError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "field": getattr(exc, "field", None)}, status_code=422)
+
+    sd = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"], dependencies=[Depends(auth.check)])
+    v1 = APIRouter(prefix="/v1", tags=["bestshot"], dependencies=[Depends(auth.check)])
+
+    # ------------------------------------------------------------------------------ A1111: generation
+    def plan(req: A.Txt2ImgRequest) -> A.Plan:
+        if not req.prompt.strip():
+            raise A.FieldError("prompt", "empty — bestshot ranks candidates against the prompt, so it needs one")
+        return A.plan_request(req, model=state["model"], scorers=scorers, default_scorer=settings.scorer,
+                              limits=limits, base=base_cfg())
+
+    def describe(kind: str, req: A.Txt2ImgRequest, p: A.Plan) -> str:
+        return f"{kind}: {p.n_images} image(s), best of {p.best_of}, {req.prompt[:60]!r}"
+
+    @sd.post("/txt2img", response_model=A.TextToImageResponse)
+    async def txt2img(req: A.Txt2ImgRequest) -> dict[str, Any]:
+        p = plan(req)
+        results = await run_job("txt2img", lambda job: run_plan(job, p, req.prompt, store), describe("txt2img", req, p),
+                                parts=len(p.calls))
+        sampler = results[0].get("settings", {}).get("sampler") or ""
+        return await asyncio.to_thread(A.build_response, req, p, results, rel, state["model"], sampler)
+
+    @sd.post("/img2img", response_model=A.ImageToImageResponse)
+    async def img2img(req: A.Img2ImgRequest) -> dict[str, Any]:
+        p = plan(req)
+        init = await asyncio.to_thread(A.decode_image, req.init_images[0], "init_images", limits.max_side ** 2 * 4)
+        results = await run_job("img2img", lambda job: run_img2img(job, p, req.prompt, init, req.denoising_strength, store),
+                                describe("img2img", req, p), parts=len(p.calls))
+        sampler = results[0].get("settings", {}).get("sampler") or ""
+        out = await asyncio.to_thread(A.build_response, req, p, results, rel, state["model"], sampler)
+        if req.include_init_images:
+            out["images"] = out["images"] + list(req.init_images)
+        return out
+
+    @sd.post("/extra-single-image", response_model=A.ExtrasSingleImageResponse)
+    async def extra_single_image(req: A.ExtrasSingleImageRequest) -> dict[str, Any]:
+        A.upscaler_backend(req.upscaler_1)  # 422 before queueing
+        image = await asyncio.to_thread(A.decode_image, req.image, "image", limits.max_side ** 2)
+        holder: dict[str, Any] = {}
+
+        def work(job: Job):
+            big = run_upscale(job, image, req, limits.max_side * 4, settings.device)
+            holder["upscaler"] = getattr(job, "upscaler_name", "")
+            return big
+
+        big = await run_job("extras", work, f"upscale x{req.upscaling_resize} ({req.upscaler_1})")
+        info = (f"Postprocess upscale by: {req.upscaling_resize}, Postprocess upscaler: {req.upscaler_1} "
+                f"({holder.get('upscaler')})")
+        return {"html_info": f"<p>{html.escape(info)}</p>", "image": await asyncio.to_thread(A.encode_image, big)}
+
+    @sd.post("/png-info", response_model=A.PNGInfoResponse)
+    def png_info(req: A.PNGInfoRequest) -> dict[str, Any]:
+        image = A.decode_image(req.image, "image", limits.max_side ** 2 * 4)
+        info = read_png_info(image)
+        items = {k: v for k, v in image.info.items() if isinstance(v, str) and k != "parameters"}
+        return {"info": info.get("parameters") or "", "items": items, "parameters": info.get("parsed") or {}}
+
+    @sd.post("/interrogate", response_model=A.InterrogateResponse)
+    async def interrogate(req: A.InterrogateRequest) -> dict[str, Any]:
+        if req.model.strip().lower() not in INTERROGATE_MODES:
+            raise A.FieldError("model", f"interrogator {req.model!r} is not available — use one of: "
+                               + ", ".join(INTERROGATE_MODES))
+        image = await asyncio.to_thread(A.decode_image, req.image, "image", limits.max_side ** 2 * 4)
+        clip = settings.scorer if settings.scorer is not None else EMBEDDED
+        domain = "world" if family(state["model"]) == "embedded" else "auto"
+        caption = await run_job("interrogate", lambda job: run_interrogate(
+            job, image, req.model, clip, interrogators, settings.interrogate_cache, domain), "interrogate")
+        return {"caption": caption}
+
+    # ------------------------------------------------------------------------------ A1111: state
+    @sd.get("/progress", response_model=A.ProgressResponse)
+    def progress(skip_current_image: bool = False) -> dict[str, Any]:
+        snap = jobs.snapshot()
+        cur = jobs.current
+        prog, eta = 0.0, 0.0
+        if cur is not None and cur.started:
+            prog = cur.progress
+            elapsed = time.time() - cur.started
+            eta = elapsed / prog - elapsed if prog > 0 else 0.0
+        state_ = {"skipped": False, "interrupted": False, "stopping_generation": False,
+                  "job": cur.id if cur else "", "job_count": len(jobs),
+                  "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(cur.created)) if cur else "0",
+                  "job_no": cur.part if cur else 0, "sampling_step": cur.step if cur else 0,
+                  "sampling_steps": cur.total if cur else 0, "bestshot": snap}
+        return {"progress": round(prog, 4), "eta_relative": round(max(0.0, eta), 3), "state": state_,
+                "current_image": None, "textinfo": cur.description if cur else None}
+
+    def model_items() -> list[dict[str, Any]]:
+        return [{"title": m, "model_name": Path(m).name or m, "hash": None, "sha256": None, "filename": m, "config": None}
+                for m in models]
+
+    @sd.get("/sd-models", response_model=list[A.SDModelItem])
+    def sd_models() -> list[dict[str, Any]]:
+        return model_items()
+
+    @sd.get("/samplers", response_model=list[A.SamplerItem])
+    def samplers() -> list[dict[str, Any]]:
+        return A.samplers()
+
+    @sd.get("/upscalers", response_model=list[A.UpscalerItem])
+    def upscalers() -> list[dict[str, Any]]:
+        return A.upscalers()
+
+    @sd.get("/scripts")
+    def scripts() -> dict[str, list[str]]:
+        return {"txt2img": [], "img2img": []}
+
+    @sd.get("/options")
+    def get_options() -> dict[str, Any]:
+        return {**state["options"], "sd_model_checkpoint": state["model"], "samples_format": "png",
+                "outdir_samples": str(out_dir), "bestshot_version": __version__}
+
+    @sd.post("/options")
+    def set_options(options: dict[str, Any] = Body(...)) -> None:
+        ckpt = options.get("sd_model_checkpoint")
+        if ckpt is not None:
+            if ckpt not in models:
+                raise A.FieldError("sd_model_checkpoint", f"unknown model {ckpt!r} — GET /sdapi/v1/sd-models lists them")
+            state["model"] = ckpt
+        keep = {k: v for k, v in options.items() if k != "sd_model_checkpoint" and isinstance(k, str)}
+        state["options"].update(list(keep.items())[:200])
+        return None
+
+    # ------------------------------------------------------------------------------ bestshot API
+    def with_files(record: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in record.items() if k != "candidate_images"}
+        out["img_file"] = rel(record.get("img_path"))
+        out["candidates"] = [{**c, "file": rel(c.get("path"))} for c in record.get("candidates") or []]
+        return out
+
+    @v1.post("/generate")
+    async def v1_generate(req: GenerateRequest) -> dict[str, Any]:
+        if req.preset is not None and req.preset not in PRESETS:
+            raise A.FieldError("preset", f"unknown preset {req.preset!r} — choose one of: {', '.join(PRESETS)}")
+        if req.scorer is not None and req.scorer not in scorers:
+            raise A.FieldError("scorer", f"unknown scorer {req.scorer!r} — this server offers: {', '.join(scorers) or 'none'}")
+        fields = req.model_dump(exclude={"prompt", "preset", "scorer"}, exclude_none=True)
+        base = {k: v for k, v in base_cfg().items() if k not in fields}
+        lim = {"steps_base": limits.max_steps, "width": limits.max_side, "height": limits.max_side,
+               "n_images": limits.max_candidates}
+        for k, top in lim.items():
+            if k in fields and fields[k] > top:
+                raise A.FieldError(k, f"{fields[k]} is more than this server's {top}")
+        if not req.prompt.strip():
+            raise A.FieldError("prompt", "empty — give a text prompt")
+        try:
+            cfg = resolve_config(None, preset=req.preset, model=state["model"], **base, **fields)
+        except BestshotError as e:
+            raise A.FieldError("request", str(e)) from None
+        for k, top in lim.items():  # preset / model defaults above the server's caps
+            if getattr(cfg, k) > top:
+                raise A.FieldError(k, f"{getattr(cfg, k)} (from the preset or model defaults) is more than this "
+                                   f"server's {top} — set {k} explicitly")
+        scorer = scorers[req.scorer] if req.scorer else settings.scorer
+
+        def work(job: Job):
+            from ..generation import generate
+
+            return generate(req.prompt, cfg=cfg, scorer=scorer, store=store, on_step=job.on_step)
+
+        result = await run_job("generate", work, f"generate: {cfg.n_images} candidates, {req.prompt[:60]!r}")
+        return with_files(result)
+
+    @v1.get("/runs")
+    def v1_runs(limit: int = Query(20, ge=0, le=500), offset: int = Query(0, ge=0, le=10**9)) -> dict[str, Any]:
+        runs = store.index.list(limit=limit, offset=offset)
+        return {"runs": [with_files(r) for r in runs], "limit": limit, "offset": offset}
+
+    @v1.get("/runs/{run_id}")
+    def v1_run(run_id: str) -> dict[str, Any]:
+        rec = store.index.get(run_id)
+        if rec is None:
+            raise HTTPException(404, f"no run {run_id!r}")
+        return with_files(rec)
+
+    def serve_file(path_of: Callable[[], Path], name: str) -> FileResponse:
+        try:
+            path = path_of()
+        except BestshotError:
+            raise HTTPException(400, f"unsafe image name {name!r}") from None
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            raise HTTPException(404, f"no image {name!r}")
+        return FileResponse(path)
+
+    @v1.get("/images/{name:path}", response_class=FileResponse)
+    def v1_image(name: str) -> FileResponse:
+        return serve_file(lambda: store.safe_path(name), name)
+
+    @v1.get("/jobs")
+    def v1_jobs() -> dict[str, Any]:
+        return jobs.snapshot()
+
+    @v1.get("/jobs/{job_id}")
+    def v1_job(job_id: str) -> dict[str, Any]:
+        job = jobs.find(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id!r} (only recent jobs are kept)")
+        out = job.info()
+        if job.future.done():
+            err = job.future.exception()
+            out["error"] = None if err is None else str(err)
+            out["result"] = None if err is not None or not isinstance(job.future.result(), dict) else job.future.result()
+        return out
+
+    # ------------------------------------------------------------------------------ curation (gallery)
+    @v1.get("/curate")
+    def curate_list() -> dict[str, Any]:
+        why = upscaler.unavailable()
+        return {**curation.listing(), "upscale_available": why is None, "upscale_unavailable_reason": why}
+
+    @v1.get("/curate/images/{folder}/{name}", response_class=FileResponse)
+    def curate_image(folder: str, name: str) -> FileResponse:
+        if folder not in ("stage1", "trash", "final"):
+            raise HTTPException(404, f"no folder {folder!r}")
+        return serve_file(lambda: curation.image_path(name, folder), name)
+
+    def _act(fn: Callable[[], dict[str, Any]], name: str) -> dict[str, Any]:
+        try:
+            return fn()
+        except FileNotFoundError:
+            raise HTTPException(404, f"no image {name!r} there") from None
+
+    @v1.post("/curate/keep")
+    def curate_keep(req: KeepRequest) -> dict[str, Any]:
+        return _act(lambda: curation.keep(req.name, req.keep), req.name)
+
+    @v1.post("/curate/delete")
+    def curate_delete(req: NameRequest) -> dict[str, Any]:
+        return _act(lambda: curation.delete(req.name), req.name)
+
+    @v1.post("/curate/undo")
+    def curate_undo(req: NameRequest) -> dict[str, Any]:
+        return _act(lambda: curation.undo(req.name), req.name)
+
+    @v1.post("/curate/upscale", status_code=202,
+             responses={503: {"description": "bestshot.curate (the upscale step) is not installed"},
+                        429: {"description": "the job queue is full; see Retry-After"}})
+    def curate_upscale() -> dict[str, Any]:
+        why = upscaler.unavailable()
+        if why is not None:
+            raise HTTPException(503, why)
+        names = curation.kept()
+        if not names:
+            raise A.FieldError("kept", "no stage-1 image is marked keep — mark some first")
+        try:
+            job = jobs.submit("curate-upscale", lambda job: upscaler.run(job, curation, names),
+                              f"upscale {len(names)} kept image(s)", parts=len(names))
+        except QueueFull as e:
+            raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
+        return {"job": job.id, "images": names}
+
+    app.include_router(sd)
+    app.include_router(v1)
+
+    # ------------------------------------------------------------------------------ gallery
+    @app.get("/", include_in_schema=False)
+    def gallery() -> FileResponse:
+        return FileResponse(GALLERY_DIR / "index.html")
+
+    app.mount("/gallery", StaticFiles(directory=GALLERY_DIR), name="gallery")
+    return app
+
+
+__all__ = ["ServerSettings", "create_app", "GenerateRequest"]

@@ -1,0 +1,173 @@
+"""The gallery's side of the curation workflow, on its documented folder layout::
+
+    outputs/stage1/NAME.png       stage-1 candidates waiting for a human
+    outputs/metadata/NAME.json    their metadata (written by bestshot.curate)
+    outputs/final/                upscaled survivors (written by bestshot.curate)
+    outputs/trash/                what the gallery deleted (PNG + its metadata), so delete is undoable
+    outputs/curation.json         the gallery's keep marks: {"kept": [NAME.png, ...]}
+
+Deleting moves files (``os.replace``, atomic on one file system) instead of unlinking, and undo moves
+them back. The upscale itself belongs to ``bestshot.curate`` (:class:`CurateUpscaler` only calls its Workflow).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..errors import BestshotError
+from ..store import Store, atomic_write_json
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+class Curation:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.stage1, self.metadata = self.root / "stage1", self.root / "metadata"
+        self.final, self.trash = self.root / "final", self.root / "trash"
+        self.marks_path = self.root / "curation.json"
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ names and paths
+    def _name(self, name: str, folder: Path) -> Path:
+        """A bare image file name inside ``folder`` (Store.safe_path does the traversal checks)."""
+        if not isinstance(name, str) or Path(name).name != name or not name.lower().endswith(IMAGE_SUFFIXES):
+            raise BestshotError(f"invalid image name {name!r} — give a file name listed by GET /v1/curate")
+        return Store(root=folder).safe_path(name)
+
+    def image_path(self, name: str, where: str = "stage1") -> Path:
+        folder = {"stage1": self.stage1, "trash": self.trash, "final": self.final}.get(where)
+        if folder is None:
+            raise BestshotError(f"unknown folder {where!r} — use stage1, trash or final")
+        return self._name(name, folder)
+
+    # ------------------------------------------------------------------ listing
+    def _marks(self) -> set[str]:
+        try:
+            return set(json.loads(self.marks_path.read_text()).get("kept", []))
+        except (FileNotFoundError, ValueError, AttributeError):
+            return set()
+
+    def _save_marks(self, kept: set[str]) -> None:
+        atomic_write_json(self.marks_path, {"kept": sorted(kept)})
+
+    def _images(self, folder: Path) -> list[Path]:
+        if not folder.is_dir():
+            return []
+        return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                       and not p.name.startswith(".")), key=lambda p: (-p.stat().st_mtime, p.name))
+
+    def _meta(self, folder: Path, stem: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads((folder / f"{stem}.json").read_text())
+            return data if isinstance(data, dict) else {"value": data}
+        except (FileNotFoundError, ValueError, OSError):
+            return None
+
+    def listing(self) -> dict[str, Any]:
+        kept = self._marks()
+        return {
+            "root": str(self.root),
+            "stage1": [{"name": p.name, "kept": p.name in kept, "metadata": self._meta(self.metadata, p.stem)}
+                       for p in self._images(self.stage1)],
+            "trash": [p.name for p in self._images(self.trash)],
+            "final": [p.name for p in self._images(self.final)],
+        }
+
+    # ------------------------------------------------------------------ actions
+    def keep(self, name: str, keep: bool = True) -> dict[str, Any]:
+        with self._lock:
+            if not self._name(name, self.stage1).is_file():
+                raise FileNotFoundError(name)
+            kept = self._marks()
+            kept.add(name) if keep else kept.discard(name)
+            self._save_marks(kept)
+        return {"name": name, "kept": keep}
+
+    def delete(self, name: str) -> dict[str, Any]:
+        """Move the stage-1 image (and its metadata) into trash/."""
+        return self._move(name, self.stage1, self.metadata, self.trash, self.trash, drop_mark=True)
+
+    def undo(self, name: str) -> dict[str, Any]:
+        """Move a deleted image (and its metadata) back to stage1/."""
+        return self._move(name, self.trash, self.trash, self.stage1, self.metadata, drop_mark=False)
+
+    def _move(self, name: str, src: Path, src_meta: Path, dst: Path, dst_meta: Path, drop_mark: bool) -> dict[str, Any]:
+        with self._lock:
+            source = self._name(name, src)
+            if not source.is_file():
+                raise FileNotFoundError(name)
+            target = self._name(name, dst)
+            if target.exists():
+                raise BestshotError(f"{name} already exists in {dst.name}/ — nothing was moved")
+            dst.mkdir(parents=True, exist_ok=True)
+            meta = src_meta / f"{source.stem}.json"
+            if meta.is_file():
+                dst_meta.mkdir(parents=True, exist_ok=True)
+                os.replace(meta, dst_meta / meta.name)
+            os.replace(source, target)
+            if drop_mark:
+                kept = self._marks()
+                if name in kept:
+                    kept.discard(name)
+                    self._save_marks(kept)
+        return {"name": name, "folder": dst.name}
+
+    def kept(self) -> list[str]:
+        present = {p.name for p in self._images(self.stage1)}
+        return sorted(self._marks() & present)
+
+
+class CurateUpscaler:
+    """Stages 2 and 3 of bestshot.curate for the kept images, run on the GPU worker.
+
+    Needs the curate package and its workflow config (``--curate-config``, the ``config.yaml`` that
+    ``bestshot stage1`` wrote); without either, :meth:`unavailable` says why and the route answers 503.
+    """
+
+    def __init__(self, config_path: str | os.PathLike | None):
+        self.config_path = Path(config_path) if config_path else None
+
+    def unavailable(self) -> str | None:
+        try:
+            importlib.import_module("bestshot.curate.workflow")
+        except ImportError:
+            return "upscaling needs bestshot.curate, which is not installed in this build"
+        if self.config_path is None or not self.config_path.is_file():
+            return ("upscaling needs the curation workflow's config — start the server with --curate-config "
+                    "config.yaml (the file `bestshot stage1` writes)")
+        return None
+
+    def outputs(self) -> Path | None:
+        """The workflow's outputs folder, so the gallery and the workflow look at the same files."""
+        if self.unavailable():
+            return None
+        from ..curate.config import load_config
+
+        cfg = load_config(self.config_path)
+        return cfg.path(cfg.paths.outputs)
+
+    def run(self, job: Any, curation: Curation, names: list[str]) -> dict[str, Any]:
+        from ..curate.config import load_config
+        from ..curate.layout import STAGE1_RE
+        from ..curate.workflow import Workflow
+
+        def say(msg: str) -> None:
+            job.description = f"upscale: {msg}"
+
+        wf = Workflow(load_config(self.config_path), say=say)
+        done, skipped = [], []
+        for name in names:
+            m = STAGE1_RE.match(name)
+            path = curation.stage1 / name
+            if m is None or not path.is_file() or not wf.layout.metadata(m["tag"]).is_file():
+                skipped.append(name)  # not a workflow image (or deleted meanwhile): nothing to upscale
+            else:
+                done.append(str(wf.upscale(m["tag"], path)))
+            job.next_part()
+        return {"final": done, "skipped": skipped}

@@ -1,0 +1,214 @@
+"""What the GPU worker runs: thin wrappers over bestshot's own generate / upscale / interrogate.
+
+Each function takes the :class:`~bestshot.server.queue.Job` it runs in (for progress) and returns plain
+data. Nothing here loads a model its own way: pipelines come from ``models.loader``, scorers from
+``scoring``, files go through ``store``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .. import __version__
+from ..errors import BestshotError
+from ..generation import generate
+from ..store import Store, format_parameters, new_run_id
+from .a1111 import Plan, upscaler_backend
+from .queue import Job
+
+
+def run_plan(job: Job, plan: Plan, prompt: str, store: Store) -> list[dict[str, Any]]:
+    """The generate() calls of a txt2img plan, one after the other, on the worker thread."""
+    results = []
+    for cfg in plan.calls:
+        results.append(generate(prompt, cfg=cfg, scorer=plan.scorer, store=store, on_step=job.on_step))
+        job.next_part()
+    return results
+
+
+# ------------------------------------------------------------------------------------------ img2img
+
+
+def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: float,
+                store: Store) -> list[dict[str, Any]]:
+    """Best-of-N image-to-image: ``AutoPipelineForImage2Image.from_pipe`` on the loaded text-to-image
+    pipeline (same weights, no second load), candidates scored and stored like generate()'s.
+    """
+    from diffusers import AutoPipelineForImage2Image
+
+    from ..generation import pick_scorer, supported_kwargs
+    from ..models.loader import load_pipeline
+    from ..models.registry import resolve_model, sampler_label
+    from ..scoring import clip_score_100
+
+    cfg = plan.cfg
+    ref = resolve_model(cfg.model)
+    if ref.family.img2img_class is None:
+        raise BestshotError(f"img2img is not available for model {cfg.model!r} (family {ref.family.name}): it has no "
+                            "image-to-image pipeline — use /sdapi/v1/txt2img, or serve an SD 1.5 / SDXL / SD3 model")
+    if int(cfg.steps_base * strength) < 1:
+        raise BestshotError(f"denoising_strength: {strength} x {cfg.steps_base} steps leaves no denoising step — raise "
+                            "denoising_strength or steps")
+    pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory, scheduler=cfg.scheduler)
+    try:
+        i2i = AutoPipelineForImage2Image.from_pipe(pipe)
+        i2i.set_progress_bar_config(disable=True)
+    except (ValueError, KeyError) as e:
+        raise BestshotError(f"img2img is not available for model {cfg.model!r}: {e}") from None
+    scorer = pick_scorer(plan.scorer, cfg, ref, pipe)
+    image = init.convert("RGB").resize((cfg.width, cfg.height), Image.Resampling.LANCZOS)
+    sampler = sampler_label(pipe.scheduler)
+    results = []
+    for call in plan.calls:
+        t0 = time.perf_counter()
+        seeds = [call.seed_base + i for i in range(call.n_images)]
+
+        def cb(p, step, timestep, kw, _total=max(1, int(cfg.steps_base * strength))):
+            job.on_step(min(step + 1, _total), _total)
+            return kw
+
+        kwargs = supported_kwargs(i2i.__call__, dict(
+            prompt=prompt, negative_prompt=cfg.negative_prompt or None, image=image, strength=strength,
+            num_inference_steps=cfg.steps_base, guidance_scale=cfg.guidance, num_images_per_prompt=len(seeds),
+            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], callback_on_step_end=cb))
+        images = list(i2i(**kwargs).images)
+        clip_prompt, _ = scorer.truncate(prompt)
+        scores = [float(s) for s in scorer.score(images, clip_prompt)]
+        best = max(range(len(seeds)), key=lambda k: scores[k])
+        ok = scores[best] >= cfg.clip_min
+        run_id = new_run_id()
+        record: dict[str, Any] = {
+            "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kind": "img2img",
+            "ok": ok, "mode": "img2img", "model": cfg.model, "preset": cfg.preset, "sd_prompt": prompt,
+            "clip_prompt": clip_prompt, "negative_prompt": cfg.negative_prompt, "scorer": scorer.name,
+            "best_seed": seeds[best], "best_clip": round(scores[best], 6),
+            "best_clip_score": round(clip_score_100(scores[best]), 4), "img_path": None,
+            "settings": {"n_images": len(seeds), "seed_base": call.seed_base, "steps": cfg.steps_base,
+                         "guidance": cfg.guidance, "width": cfg.width, "height": cfg.height,
+                         "denoising_strength": strength, "sampler": sampler, "clip_min": cfg.clip_min},
+            "version": __version__,
+        }
+        if not ok:
+            record["reason"] = "low_clip_alignment"
+        cands = []
+        meta = {key: record[key] for key in ("run_id", "created", "mode", "model", "sd_prompt", "settings", "scorer")}
+        for k, (seed, score) in enumerate(zip(seeds, scores)):
+            path = None
+            if call.save_candidates or (ok and k == best):
+                extra = {"Denoising strength": strength, "CLIP score": f"{score:.4f}", "Scorer": scorer.name,
+                         "bestshot run": run_id}
+                params = format_parameters(prompt, cfg.negative_prompt, steps=cfg.steps_base, sampler=sampler,
+                                           cfg_scale=cfg.guidance, seed=seed, width=cfg.width, height=cfg.height,
+                                           model=cfg.model, extra=extra)
+                png_meta = {**meta, "seed": seed, "clip": round(score, 6)}
+                path = str(store.save_candidate(images[k], run_id, seed, score, params, png_meta))
+            cands.append({"seed": seed, "clip": round(score, 6), "clip_score": round(clip_score_100(score), 4),
+                          "path": path})
+        record["candidates"] = cands
+        record["img_path"] = cands[best]["path"] if ok else None
+        record["timing_s"] = {"total": round(time.perf_counter() - t0, 4)}
+        store.log_run(record)
+        results.append(record)
+        job.next_part()
+    return results
+
+
+# ------------------------------------------------------------------------------------------ extras
+
+
+def run_upscale(job: Job, image: Image.Image, req: Any, max_side: int, device: str | None) -> Image.Image:
+    """A1111's extras upscale through bestshot.upscale (Real-ESRGAN, or Lanczos when none is installed)."""
+    from ..upscale.esrgan import get_upscaler
+
+    backend, model = upscaler_backend(req.upscaler_1)
+    w, h = image.size
+    if req.resize_mode == 1:
+        target = (req.upscaling_resize_w, req.upscaling_resize_h)
+        factor = max(target[0] / w, target[1] / h)
+    else:
+        factor = float(req.upscaling_resize)
+        target = (max(1, round(w * factor)), max(1, round(h * factor)))
+    if max(target) > max_side:
+        raise BestshotError(f"upscaling_resize: the result would be {target[0]}x{target[1]}, larger than this "
+                            f"server's {max_side} pixels a side")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "falling back to Lanczos" is reported in html_info instead
+        up = get_upscaler(backend=backend, model=model, device=device if backend == "torch" else None)
+    job.on_step(0, 1)
+    big = up.upscale(image, max(1, math.ceil(factor))) if factor > 1 else image
+    if req.resize_mode == 1 and req.upscaling_crop:
+        scale = max(target[0] / big.width, target[1] / big.height)
+        big = big.resize((max(target[0], round(big.width * scale)), max(target[1], round(big.height * scale))),
+                         Image.Resampling.LANCZOS)
+        left, top = (big.width - target[0]) // 2, (big.height - target[1]) // 2
+        big = big.crop((left, top, left + target[0], top + target[1]))
+    elif big.size != target:
+        big = big.resize(target, Image.Resampling.LANCZOS)
+    job.on_step(1, 1)
+    job.upscaler_name = up.name  # type: ignore[attr-defined]
+    return big
+
+
+# ------------------------------------------------------------------------------------------ interrogate
+
+
+INTERROGATE_MODES = {"clip": "classic", "classic": "classic", "fast": "fast", "best": "best"}
+
+
+def interrogator_for(clip: Any, cache: dict[Any, Any], cache_dir: str | None = None, domain: str = "auto") -> Any:
+    """bestshot.interrogate's ``Interrogator`` for ``clip`` (built once per server; its text embeddings are
+    the expensive part), or None when that package is not installed.
+    """
+    try:
+        from ..interrogate.interrogator import InterrogateConfig, Interrogator
+    except ImportError:
+        return None
+    key = (clip if isinstance(clip, str) else id(clip), domain)
+    if key not in cache:
+        from ..config import EMBEDDED
+        from ..scoring import get_scorer
+
+        spec = clip if isinstance(clip, str) else getattr(clip, "name", EMBEDDED)
+        scorer = get_scorer(clip) if isinstance(clip, str) else clip
+        cache[key] = Interrogator(InterrogateConfig(clip=spec, cache_dir=cache_dir, domain=domain), scorer=scorer)
+    return cache[key]
+
+
+def run_interrogate(job: Job, image: Image.Image, model: str, clip: Any, cache: dict[Any, Any],
+                    cache_dir: str | None = None, domain: str = "auto") -> str:
+    """A caption for ``image``: bestshot's CLIP interrogator when installed, else a tiny CLIP ranking over
+    the procedural world's vocabulary (shapes, colours, backgrounds). ``domain`` "world" describes images
+    of the procedural world (the embedded model family), "art" anything else, "auto" decides by the CLIP.
+    """
+    job.on_step(0, 1)
+    interrogator = interrogator_for(clip, cache, cache_dir, domain)
+    if interrogator is not None:
+        caption = interrogator.interrogate([image], mode=INTERROGATE_MODES[model.strip().lower()])[0].prompt
+    else:
+        caption = _world_caption(image, clip)
+    job.on_step(1, 1)
+    return str(caption)
+
+
+def _world_caption(image: Image.Image, clip: Any) -> str:
+    from ..scoring import get_scorer
+    from ..train.world import BACKGROUNDS, COLOURS, SHAPES
+
+    scorer = get_scorer(clip) if clip is None or isinstance(clip, str) else clip
+    img = scorer.embed_images([image.convert("RGB")])[0]
+
+    def best(texts: list[str]) -> str:
+        return texts[int((scorer.embed_texts(texts) @ img).argmax())]
+
+    obj = best([f"a {c} {s}" for c in COLOURS for s in SHAPES])
+    return best([f"{obj} on a {b} background" for b in BACKGROUNDS])
+
+
+__all__ = ["run_plan", "run_img2img", "run_upscale", "run_interrogate"]

@@ -1,0 +1,181 @@
+"""One GPU job at a time: a bounded queue consumed by a single worker thread.
+
+Why a thread and not the event loop: diffusion calls block for seconds to minutes and hold the GPU, so
+they must never run on the asyncio loop, and two of them must never run at once (VRAM). Endpoints
+``await job.wait()``, which shields the job from the client: a client that disconnects cancels its own
+wait, never the job, so every accepted job is finished and stored. A full queue refuses at once
+(:class:`QueueFull` → HTTP 429 with Retry-After), before any work is done, so nothing is half-done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The queue holds ``max_queue`` jobs already; ``retry_after`` is a guess in whole seconds."""
+
+    def __init__(self, retry_after: int):
+        super().__init__(f"the job queue is full — retry in about {retry_after}s")
+        self.retry_after = retry_after
+
+
+@dataclass
+class Job:
+    """A unit of GPU work and what the progress route shows about it."""
+
+    id: str
+    kind: str
+    fn: Callable[["Job"], Any]
+    description: str = ""
+    parts: int = 1  # e.g. one generate() call per returned image
+    part: int = 0
+    step: int = 0
+    total: int = 0
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    future: Future = field(default_factory=Future)
+
+    def on_step(self, step: int, total: int) -> None:
+        """The ``on_step`` callback handed to ``generate``."""
+        self.step, self.total = step, total
+
+    def next_part(self) -> None:
+        self.part = min(self.part + 1, self.parts)
+        self.step = 0
+
+    @property
+    def progress(self) -> float:
+        if self.finished is not None:
+            return 1.0
+        if self.started is None:
+            return 0.0
+        inner = self.step / self.total if self.total else 0.0
+        return min(1.0, (self.part + inner) / max(1, self.parts))
+
+    def info(self) -> dict[str, Any]:
+        state = "done" if self.finished else "running" if self.started else "queued"
+        return {"id": self.id, "kind": self.kind, "description": self.description, "state": state,
+                "progress": round(self.progress, 4), "part": self.part, "parts": self.parts,
+                "step": self.step, "total": self.total, "created": self.created}
+
+    async def wait(self) -> Any:
+        """The job's result; cancelling this wait (client gone) leaves the job running."""
+        return await asyncio.shield(asyncio.wrap_future(self.future))
+
+
+class JobQueue:
+    """``submit`` from any thread (or the event loop); one daemon worker runs jobs in order."""
+
+    def __init__(self, max_queue: int = 8):
+        if max_queue < 1:
+            raise ValueError("max_queue must be >= 1")
+        self.max_queue = max_queue
+        self._q: queue.Queue[Job] = queue.Queue()
+        self._lock = threading.Lock()
+        self._pending: list[Job] = []
+        self.current: Job | None = None
+        self.last: Job | None = None
+        self._ids = itertools.count(1)
+        self._durations: list[float] = []
+        self.completed = 0
+        self._recent: collections.deque[Job] = collections.deque(maxlen=100)
+        self._stopping = False
+        self._worker: threading.Thread | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Start the worker (again, after :meth:`close`); a no-op while it runs."""
+        with self._lock:
+            self._stopping = False
+            self._ensure_worker()
+
+    def _ensure_worker(self) -> None:  # under self._lock
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._run, name="bestshot-gpu-worker", daemon=True)
+            self._worker.start()
+
+    # ------------------------------------------------------------------ submitting
+    def submit(self, kind: str, fn: Callable[[Job], Any], description: str = "", parts: int = 1) -> Job:
+        """Queue ``fn(job)``; raises :class:`QueueFull` when ``max_queue`` jobs wait or run already."""
+        with self._lock:
+            waiting = len(self._pending) + (self.current is not None)
+            if waiting >= self.max_queue:
+                raise QueueFull(self._retry_after(waiting))
+            job = Job(id=f"job-{next(self._ids)}", kind=kind, fn=fn, description=description, parts=max(1, parts))
+            self._pending.append(job)
+            self._ensure_worker()  # a job accepted after close() still runs
+        self._q.put(job)
+        return job
+
+    def _retry_after(self, waiting: int) -> int:
+        mean = sum(self._durations) / len(self._durations) if self._durations else 2.0
+        return max(1, int(round(mean * waiting)))
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"current": self.current.info() if self.current else None,
+                    "queued": [j.info() for j in self._pending], "max_queue": self.max_queue,
+                    "completed": self.completed, "last": self.last.info() if self.last else None}
+
+    def find(self, job_id: str) -> Job | None:
+        """A queued, running or recently finished job by id."""
+        with self._lock:
+            for job in (*self._pending, *([self.current] if self.current else []), *self._recent):
+                if job.id == job_id:
+                    return job
+        return None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pending) + (self.current is not None)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Let accepted jobs finish, then stop the worker (a later submit or start() restarts it)."""
+        with self._lock:
+            self._stopping = True
+            worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+
+    # ------------------------------------------------------------------ the worker
+    def _run(self) -> None:
+        while True:
+            try:
+                job = self._q.get(timeout=0.1)
+            except queue.Empty:
+                with self._lock:
+                    if self._stopping and not self._pending:
+                        self._worker = None
+                        return
+                continue
+            with self._lock:
+                self._pending.remove(job)
+                self.current = job
+            job.started = time.time()
+            if job.future.set_running_or_notify_cancel():
+                try:
+                    job.future.set_result(job.fn(job))
+                except BaseException as e:  # noqa: BLE001 - handed to the waiting endpoint
+                    if not isinstance(e, Exception):
+                        log.exception("job %s aborted", job.id)
+                    job.future.set_exception(e)
+            job.finished = time.time()
+            with self._lock:
+                self.current = None
+                self.last = job
+                self._recent.append(job)
+                self.completed += 1
+                self._durations = (self._durations + [job.finished - job.started])[-20:]

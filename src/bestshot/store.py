@@ -1,0 +1,557 @@
+"""The output store: the one place that decides where bestshot writes and how.
+
+Every job (generate, upscale, evaluate, the HTTP server) writes through here so that all outputs share
+the same guarantees:
+
+* **atomic files** - a reader (gallery, server, another process) sees the old file or the new one, never
+  half a PNG: write a temp file in the same folder, fsync, ``os.replace``.
+* **append-safe log** - ``images_log.jsonl`` gets one complete line per run, even with several processes
+  appending at once (one ``O_APPEND`` write under ``flock``).
+* **self-describing images** - each PNG carries an AUTOMATIC1111-style ``parameters`` text chunk (so
+  A1111, ComfyUI, civitai... can read it) and a ``bestshot`` chunk with the full JSON record.
+* **a queryable index** - a small SQLite table of runs for ``GET /v1/runs`` and the gallery. The JSONL
+  log is the source of truth; the index can always be rebuilt from it (:meth:`Store.rebuild_index`).
+
+Layout (design document)::
+
+    images_out/{run_id}_seed{N}_clip{score:.4f}.png
+    images_out/index.sqlite
+    images_log.jsonl
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from bestshot.errors import BestshotError
+
+try:  # POSIX only; on other systems appends are still single writes, just not cross-process locked.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "new_run_id", "candidate_filename", "atomic_open", "atomic_write_bytes", "atomic_write_text",
+    "atomic_write_json", "save_png", "format_parameters", "parse_parameters", "read_png_info",
+    "append_jsonl", "read_jsonl", "RunIndex", "Store",
+]
+
+# --------------------------------------------------------------------------------------------------
+# run ids and file names
+
+_RUN_ID_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Run ids must sort by creation time even for a burst of runs inside one microsecond; the only state is
+# the last timestamp this process handed out (a Lamport-style guard), protected by a lock for threads.
+_last_us = 0
+_last_us_lock = threading.Lock()
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A run id such as ``20261123-094512-048213-3f9a1c``: UTC date, time, microseconds, random hex.
+
+    Lexicographic order = creation order (UTC, so no DST jumps). Within one process ids are strictly
+    increasing even for calls in the same microsecond (the microsecond field is bumped); across
+    processes the 24 random bits keep them unique. With an explicit ``now`` the time is used as given
+    (naive datetimes are taken as UTC) and only the random part guarantees uniqueness.
+    """
+    global _last_us
+    if now is None:
+        with _last_us_lock:
+            us = max(time.time_ns() // 1000, _last_us + 1)
+            _last_us = us
+        now = datetime.fromtimestamp(us // 1_000_000, tz=timezone.utc).replace(microsecond=us % 1_000_000)
+    elif now.tzinfo is not None:
+        now = now.astimezone(timezone.utc)
+    return f"{now:%Y%m%d-%H%M%S-%f}-{secrets.token_hex(3)}"
+
+
+def _check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not _RUN_ID_OK.match(run_id) or ".." in run_id:
+        raise BestshotError(
+            f"invalid run id {run_id!r} - use letters, digits, '.', '_' or '-' only "
+            "(bestshot.store.new_run_id() makes a valid one)"
+        )
+    return run_id
+
+
+def candidate_filename(run_id: str, seed: int, score: float) -> str:
+    """``{run_id}_seed{seed}_clip{score:.4f}.png`` - the design document's layout, nothing else."""
+    return f"{_check_run_id(run_id)}_seed{int(seed)}_clip{float(score):.4f}.png"
+
+
+# --------------------------------------------------------------------------------------------------
+# atomic writes
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (the directory entry is data too). Not all file systems allow it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+    """Yield a file that replaces ``path`` only if the ``with`` block finishes without error.
+
+    The temp file lives in the same folder (``os.replace`` is atomic only within one file system) and is
+    hidden with a ``.tmp`` suffix so globbing ``*.png`` never sees it. It is created with mode 0o666 so
+    the final file gets the usual umask permissions (``mkstemp`` would give 0o600). On any error the
+    temp file is removed and the previous ``path`` is untouched.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open: mode must be 'wb' or 'w', not {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:  # pragma: no cover - 32 random bits collided
+            continue
+    try:
+        with os.fdopen(fd, mode, encoding=encoding if mode == "w" else None) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`); parents are created."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomic UTF-8 text write."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomic pretty JSON write. Serialised before the file is touched, so bad data changes nothing."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# AUTOMATIC1111 "parameters" text (the de-facto standard PNG info every SD tool reads)
+
+# Verbatim from A1111 modules/infotext_utils.py, so we parse exactly what A1111 parses.
+_RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_RE_IMAGESIZE = re.compile(r"^(\d+)x(\d+)$")
+_RE_KEY = re.compile(r"^\w[\w \-/]+$")
+_INT_KEYS = {"Steps", "Seed", "Clip skip", "Variation seed", "Batch size", "Batch pos"}
+_FLOAT_KEYS = {"CFG scale", "Denoising strength", "Variation seed strength"}
+
+
+def _quote(value: Any) -> str:
+    """A1111's ``quote``: JSON-quote values that would break the ``k: v, k: v`` line.
+
+    A1111 quotes on ``,`` ``:`` or newline; we also quote a value that starts with ``"`` so that the
+    parser's unquoting cannot change it.
+    """
+    text = str(value)
+    if any(c in text for c in ",:\n") or text.startswith('"'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def format_parameters(
+    prompt: str,
+    negative_prompt: str | None,
+    *,
+    steps: int,
+    sampler: str,
+    cfg_scale: float,
+    seed: int,
+    width: int,
+    height: int,
+    model: str | None = None,
+    extra: dict | None = None,
+) -> str:
+    """The A1111 infotext: prompt, optional ``Negative prompt:`` line(s), then the ``k: v`` line.
+
+    ``Steps: 30, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 1024x1024, Model: sdxl, <extra>``.
+    ``None`` values in ``extra`` are skipped (as A1111 does). Note A1111's parser strips each prompt line,
+    so leading/trailing spaces on a line do not survive a round trip.
+    """
+    params: dict[str, Any] = {
+        "Steps": int(steps),
+        "Sampler": sampler,
+        "CFG scale": float(cfg_scale),
+        "Seed": int(seed),
+        "Size": f"{int(width)}x{int(height)}",
+        "Model": model,
+    }
+    for k, v in (extra or {}).items():
+        if not _RE_KEY.match(str(k)):
+            raise ValueError(f"format_parameters: key {k!r} is not A1111-parseable (letters, digits, ' ', '-', '/')")
+        if k in params or k in ("Prompt", "Negative prompt"):
+            raise ValueError(f"format_parameters: extra key {k!r} clashes with a standard field")
+        params[k] = v
+    line = ", ".join(f"{k}: {_quote(v)}" for k, v in params.items() if v is not None)
+    text = prompt.strip()
+    if negative_prompt and negative_prompt.strip():
+        text += f"\nNegative prompt: {negative_prompt.strip()}"
+    return f"{text}\n{line}"
+
+
+def _convert(key: str, value: str) -> Any:
+    try:
+        if key in _INT_KEYS or key.endswith(("-1", "-2")):
+            return int(value)
+        if key in _FLOAT_KEYS:
+            return float(value)
+    except ValueError:
+        pass  # a foreign file with an odd value: keep the string rather than fail
+    return value
+
+
+def parse_parameters(text: str) -> dict:
+    """Parse an A1111 infotext exactly as A1111's ``parse_generation_parameters`` does.
+
+    The last line is the ``k: v`` line if it holds at least 3 pairs; lines before it are the prompt until
+    one starts with ``Negative prompt:``, after which they are the negative prompt. ``WxH`` values are
+    split into ``<key>-1`` / ``<key>-2``. Returns ``prompt`` and ``negative_prompt`` (lower-case keys) plus
+    the A1111 keys; Steps/Seed and ``*-1``/``*-2`` are ints, CFG scale a float, everything else strings.
+    """
+    prompt, negative, done_with_prompt = "", "", False
+    *lines, lastline = text.strip().split("\n")
+    if len(_RE_PARAM.findall(lastline)) < 3:
+        lines.append(lastline)
+        lastline = ""
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            done_with_prompt = True
+            line = line[16:].strip()
+        if done_with_prompt:
+            negative += ("" if negative == "" else "\n") + line
+        else:
+            prompt += ("" if prompt == "" else "\n") + line
+
+    res: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
+    for k, v in _RE_PARAM.findall(lastline):
+        if len(v) >= 2 and v[0] == '"' and v[-1] == '"':
+            with contextlib.suppress(ValueError):
+                v = json.loads(v)
+        m = _RE_IMAGESIZE.match(v)
+        if m is not None:
+            res[f"{k}-1"], res[f"{k}-2"] = int(m.group(1)), int(m.group(2))
+        else:
+            res[k] = _convert(k, v)
+    return res
+
+
+# --------------------------------------------------------------------------------------------------
+# PNG with metadata
+
+
+def save_png(
+    path: str | os.PathLike,
+    image: Image.Image,
+    parameters: str | None = None,
+    metadata: dict | None = None,
+) -> Path:
+    """Save ``image`` losslessly and atomically with text chunks ``parameters`` and ``bestshot``.
+
+    ``metadata`` is serialised before anything is written (a TypeError leaves no file). PIL writes a
+    ``tEXt`` chunk for Latin-1 text and an ``iTXt`` (UTF-8) chunk otherwise - A1111 readers handle both.
+    """
+    info = PngInfo()
+    if parameters is not None:
+        info.add_text("parameters", parameters)
+    if metadata is not None:
+        info.add_text("bestshot", json.dumps(metadata))  # ASCII-only JSON -> always a tEXt chunk
+    with atomic_open(path, "wb") as f:
+        image.save(f, format="PNG", pnginfo=info)
+    return Path(path)
+
+
+def read_png_info(path_or_image: str | os.PathLike | Image.Image) -> dict:
+    """``{"parameters": str|None, "bestshot": dict|None, "parsed": dict|None}`` from a PNG.
+
+    Works on files written by bestshot or by A1111. A missing/unreadable file is a :class:`BestshotError`;
+    a corrupt ``bestshot`` chunk gives ``None`` with a warning rather than failing the whole read.
+    """
+    if isinstance(path_or_image, Image.Image):
+        return _png_info_from(path_or_image)
+    try:
+        with Image.open(path_or_image) as im:
+            return _png_info_from(im)
+    except (OSError, Image.UnidentifiedImageError) as e:
+        raise BestshotError(f"cannot read image {str(path_or_image)!r}: {e} - check the path is a PNG file") from e
+
+
+def _png_info_from(im: Image.Image) -> dict:
+    texts = {k: v for k, v in im.info.items() if isinstance(v, str)}
+    if "parameters" not in texts and hasattr(im, "text"):  # chunks stored after the image data
+        texts.update(im.text)
+    parameters = texts.get("parameters")
+    bestshot = None
+    if texts.get("bestshot") is not None:
+        try:
+            bestshot = json.loads(texts["bestshot"])
+        except ValueError:
+            warnings.warn("read_png_info: the 'bestshot' PNG chunk is not valid JSON; ignoring it", stacklevel=2)
+    return {
+        "parameters": parameters,
+        "bestshot": bestshot,
+        "parsed": parse_parameters(parameters) if parameters else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# JSON lines log
+
+
+def _unserialisable_key(obj: Any, where: str = "") -> str | None:
+    """Path (e.g. ``candidates[2].image``) of the first value json.dumps rejects, for a useful error."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            found = _unserialisable_key(v, f"{where}.{k}" if where else str(k))
+            if found is not None:
+                return found
+        return None
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = _unserialisable_key(v, f"{where}[{i}]")
+            if found is not None:
+                return found
+        return None
+    try:
+        json.dumps(obj)
+    except (TypeError, ValueError):
+        return where or "<record>"
+    return None
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """Append ``record`` as one line, safely against other threads and processes appending too.
+
+    The line is serialised first, so a value JSON cannot hold (a PIL image!) raises TypeError naming the
+    key and nothing is written. Then, under an exclusive ``flock``: if the file does not end in a
+    newline (another writer crashed mid-line) we start a fresh line so ours stays parseable; one
+    ``O_APPEND`` write of the whole line; fsync. Non-ASCII is kept readable; ``read_jsonl`` splits on
+    ``\\n`` only, so unusual Unicode line separators inside strings are harmless.
+    """
+    if not isinstance(record, dict):
+        raise TypeError(f"append_jsonl: record must be a dict, not {type(record).__name__}")
+    try:
+        line = json.dumps(record, ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        key = _unserialisable_key(record)
+        raise TypeError(
+            f"append_jsonl: record key {key!r} is not JSON-serialisable ({e}); nothing was written - "
+            "leave images and other objects out of log records"
+        ) from e
+    data = (line + "\n").encode("utf-8")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data
+            view = memoryview(data)
+            while view:  # a regular-file write is normally complete; loop in case it is not
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """All records of a JSONL log; a missing file is an empty log.
+
+    Tolerant by design: a truncated last line (a crash mid-write by some other tool) or any corrupt line
+    is skipped with a warning naming the line number, so one bad line never hides the whole history.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for n, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            warnings.warn(f"{path}:{n}: skipping a truncated or corrupt JSON line", stacklevel=2)
+            continue
+        if not isinstance(rec, dict):
+            warnings.warn(f"{path}:{n}: skipping a line that is not a JSON object", stacklevel=2)
+            continue
+        records.append(rec)
+    return records
+
+
+# --------------------------------------------------------------------------------------------------
+# SQLite index of runs
+
+
+class RunIndex:
+    """A table of runs for listing (``GET /v1/runs``, gallery) without scanning the whole JSONL log.
+
+    One short-lived connection per call: safe from any thread of the server, no handle kept open.
+    ``add`` of an existing run id replaces it, so re-indexing from the log is idempotent.
+    """
+
+    _SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY, created TEXT, kind TEXT, prompt TEXT, model TEXT,
+        ok INTEGER, best_path TEXT, record_json TEXT NOT NULL)"""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute(self._SCHEMA)
+            db.execute("CREATE INDEX IF NOT EXISTS runs_created ON runs(created)")
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:  # commit on success, roll back on error
+                yield db
+        finally:
+            db.close()
+
+    def add(self, record: dict) -> None:
+        """Index one run record (must have ``run_id``). ``created`` defaults to now (UTC, ISO 8601)."""
+        run_id = record.get("run_id")
+        if not run_id:
+            raise ValueError("RunIndex.add: the record has no 'run_id'")
+        created = record.get("created") or datetime.now(timezone.utc).isoformat()
+        ok = record.get("ok")
+        row = (
+            str(run_id), str(created), record.get("kind", "generate"),
+            record.get("prompt", record.get("sd_prompt")), record.get("model"),
+            None if ok is None else int(bool(ok)), record.get("img_path"),
+            json.dumps(record, ensure_ascii=False),
+        )
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+    def list(self, limit: int = 50, offset: int = 0) -> list[dict]:
+        """Run records, newest first (by ``created``, then run id)."""
+        if not isinstance(limit, int) or not isinstance(offset, int) or limit < 0 or offset < 0:
+            raise BestshotError(f"invalid page limit={limit!r} offset={offset!r} - both must be integers >= 0")
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT record_json FROM runs ORDER BY created DESC, run_id DESC LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def get(self, run_id: str) -> dict | None:
+        """The record of ``run_id``, or None."""
+        with self._connect() as db:
+            row = db.execute("SELECT record_json FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# the store
+
+
+@dataclass
+class Store:
+    """Where outputs go. Construct once per job from config; nothing is created until first write."""
+
+    root: Path = Path("images_out")
+    log_path: Path = Path("images_log.jsonl")
+    index_path: Path | None = None  # default: root / "index.sqlite"
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.log_path = Path(self.log_path)
+        self.index_path = Path(self.index_path) if self.index_path is not None else self.root / "index.sqlite"
+
+    @cached_property
+    def index(self) -> RunIndex:
+        return RunIndex(self.index_path)
+
+    def image_path(self, run_id: str, seed: int, score: float) -> Path:
+        return self.root / candidate_filename(run_id, seed, score)
+
+    def save_candidate(
+        self, image: Image.Image, run_id: str, seed: int, score: float, parameters: str, metadata: dict
+    ) -> Path:
+        """Write one candidate PNG (atomic, with A1111 + bestshot chunks) and return its path."""
+        return save_png(self.image_path(run_id, seed, score), image, parameters, metadata)
+
+    def log_run(self, record: dict) -> None:
+        """Append the run to the JSONL log (source of truth), then index it.
+
+        An index failure (locked or corrupt database, full disk...) only warns: the log line is already
+        on disk and :meth:`rebuild_index` recovers the index from it.
+        """
+        append_jsonl(self.log_path, record)
+        try:
+            self.index.add(record)
+        except Exception as e:  # noqa: BLE001 - the log line is safe; never fail the run for the index
+            warnings.warn(f"run {record.get('run_id')!r} logged but not indexed ({e}); "
+                          "Store.rebuild_index() will recover it", stacklevel=2)
+
+    def rebuild_index(self) -> int:
+        """Re-index every record of the JSONL log that has a run id; returns how many."""
+        n = 0
+        for rec in read_jsonl(self.log_path):
+            if rec.get("run_id"):
+                self.index.add(rec)
+                n += 1
+        return n
+
+    def safe_path(self, name: str) -> Path:
+        """Resolve a user-supplied file name (HTTP request, CLI) to a path that is inside ``root``.
+
+        Rejects empty names, NUL bytes, absolute paths, ``..`` components and symlinks that point out of
+        ``root``. Returns the resolved path (which need not exist yet).
+        """
+        bad = BestshotError(
+            f"unsafe file name {name!r} - give a file name inside {str(self.root)!r}, "
+            "e.g. one listed by the run's candidates"
+        )
+        if not isinstance(name, str) or not name.strip() or "\x00" in name:
+            raise bad
+        rel = Path(name)
+        if rel.is_absolute() or name.startswith(("/", "\\")) or rel.drive or ".." in rel.parts:
+            raise bad
+        root = self.root.resolve()
+        target = (root / rel).resolve()
+        if target == root or not target.is_relative_to(root):
+            raise bad
+        return target

@@ -1,0 +1,97 @@
+"""``bestshot train ...``: clip, embed, ddpm, sample, export.
+
+Every command turns bad input into a BestshotError (one line, with the fix); the top-level CLI prints it.
+Run standalone with ``python -m bestshot.train.cli``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bestshot.errors import BestshotError
+
+app = typer.Typer(help="Train bestshot's own models: a small CLIP and a CLIP-conditioned diffusion UNet.",
+                  no_args_is_help=True)
+
+
+def _print(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2) if isinstance(obj, dict) else str(obj))
+
+
+@app.command()
+def clip(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/embedded/clip.yaml)"),
+         out_dir: Optional[str] = typer.Option(None, help="output folder (overrides the config)"),
+         steps: Optional[int] = typer.Option(None, help="training steps (overrides the config)")) -> None:
+    """Train a small CLIP contrastively (hard-negative captions on the world); prints held-out retrieval."""
+    from bestshot.train.clip_train import run
+
+    _print(run(str(config) if config else None, out_dir=out_dir, steps=steps))
+
+
+@app.command()
+def embed(dataset: str = typer.Option("world", help="dataset spec"),
+          clip_dir: Path = typer.Option(..., "--clip", help="CLIP folder"),
+          out: Path = typer.Option(..., help="cache file (.safetensors)"),
+          img_size: int = typer.Option(32), length: int = typer.Option(10_000), seed: int = typer.Option(0),
+          text: bool = typer.Option(False, help="also cache text embeddings of the captions")) -> None:
+    """Precompute CLIP image embeddings of a dataset into a cache reused across epochs."""
+    from bestshot.train.embed import build_cache
+
+    _print(build_cache(dataset, clip_dir, out, img_size, length, seed, text=text))
+
+
+@app.command()
+def ddpm(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/embedded/ddpm.yaml)"),
+         resume: bool = typer.Option(False, "--resume", help="continue from out_dir/latest.pt"),
+         out_dir: Optional[str] = typer.Option(None, help="output folder (overrides the config)"),
+         steps: Optional[int] = typer.Option(None, help="total steps (overrides the config)"),
+         max_minutes: Optional[float] = typer.Option(None, help="stop with a checkpoint after this wall time")) -> None:
+    """Train the denoiser (DDPM objective, CFG context dropout, EMA, checkpoints, resume)."""
+    from bestshot.train.ddpm import run
+
+    _print(run(str(config) if config else None, resume=resume, out_dir=out_dir, steps=steps, max_minutes=max_minutes))
+
+
+@app.command()
+def sample(checkpoint: Path = typer.Option(..., help="run folder, .pt checkpoint or exported pipeline folder"),
+           prompts: list[str] = typer.Option(..., help="one or more prompts (repeat --prompts or list them)"),
+           out: Path = typer.Option(Path("grid.png"), help="grid PNG"),
+           n: int = typer.Option(4, help="images per prompt"),
+           scheduler: str = typer.Option("ddim", help="ddim or ddpm"),
+           steps: Optional[int] = typer.Option(None), guidance: Optional[float] = typer.Option(None, help="guidance weight w"),
+           seed: int = typer.Option(0), gif: Optional[Path] = typer.Option(None, help="animated GIF of the denoising"),
+           gif_mode: str = typer.Option("x0", help="x0 (predicted image) or xt (noisy sample)")) -> None:
+    """Sample a grid (rows = prompts) and optionally a GIF of the denoising process."""
+    from bestshot.train.sample import sample as run
+
+    _print(run(checkpoint, prompts, out, n, scheduler, steps, guidance, seed, gif, gif_mode))
+
+
+@app.command()
+def export(checkpoint: Path = typer.Option(..., help="run folder or .pt checkpoint"),
+           out: Path = typer.Option(..., help="pipeline folder to write"),
+           clip_dir: Optional[str] = typer.Option(None, "--clip", help="CLIP folder (default: the one in the config)"),
+           fp16: bool = typer.Option(True, help="store weights in float16 (half the size)"),
+           steps: Optional[int] = typer.Option(None, help="recommended inference steps"),
+           guidance: Optional[float] = typer.Option(None, help="recommended guidance weight")) -> None:
+    """Write a BestshotWorldPipeline folder (EMA weights) + bestshot_defaults.json."""
+    from bestshot.train.ddpm import export as run
+
+    d = {k: v for k, v in {"num_inference_steps": steps, "guidance_scale": guidance}.items() if v is not None}
+    _print(run(checkpoint, out, clip_dir, fp16=fp16, defaults=d))
+
+
+def main() -> None:
+    try:
+        app()
+    except BestshotError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

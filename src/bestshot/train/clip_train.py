@@ -1,0 +1,320 @@
+"""``bestshot train clip``: a small CLIP trained contrastively, with hard-negative captions on the world.
+
+Why hard negatives: best-of-N only helps if the scorer can tell "a red circle above a blue square" from
+"a blue circle above a red square" or "... below ...". Plain in-batch InfoNCE rarely sees such pairs, so
+for world scenes every image also gets K captions of the *same* scene with one attribute changed
+(colours swapped, another colour or shape, relation flipped, an object dropped or added), drawn with the
+same caption template, as extra text columns of its row in the image→text softmax.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import random
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import CLIPConfig, CLIPModel
+
+try:  # the PIL backend: the default one needs torchvision, which is not importable here
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+except ImportError:  # older transformers
+    from transformers import CLIPImageProcessor
+
+from bestshot.errors import BestshotError
+from bestshot.models.clip_tokenizer import build_clip_tokenizer
+from bestshot.train.common import atomic_torch_save, atomic_write_text, load_config, lr_at, plot_losses
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+@dataclass
+class ClipTrainConfig:
+    dataset: str = "world"
+    img_size: int = 32
+    patch_size: int = 4
+    vision_hidden: int = 128
+    vision_layers: int = 4
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 4
+    text_heads: int = 4
+    max_length: int = 48  # tokenizer model_max_length (the positions table keeps 77)
+    projection_dim: int = 128
+    hard_negatives: int = 3  # extra captions per image (world only)
+    batch_size: int = 128
+    steps: int = 400
+    max_minutes: float = 0.0  # stop (and save) after this wall time; 0 = no limit
+    lr: float = 1e-3
+    warmup_steps: int = 40
+    weight_decay: float = 0.05
+    eval_size: int = 256
+    seed: int = 0
+    threads: int = 0  # torch.set_num_threads; 0 = leave as is
+    out_dir: str = "runs/clip"
+    log_every: int = 10
+    # continue from a trained CLIP folder; freeze_text keeps its text tower (and text projection) fixed, so a
+    # diffusion model conditioned on that text tower stays valid while the image side keeps learning
+    init_from: str = ""
+    freeze_text: bool = False
+
+
+# ------------------------------------------------------------------------------- hard negative captions
+def _hard_negative_scenes(scene, rng: random.Random):
+    """Scenes that differ from ``scene`` in exactly one caption-visible attribute (candidates, shuffled)."""
+    from bestshot.train import world as W
+
+    objs = list(scene.objects)
+    out = []
+    colours, shapes = list(W.COLOURS), list(W.SHAPES)
+    if len(objs) >= 2:
+        i, j = rng.sample(range(len(objs)), 2)
+        a, b = objs[i], objs[j]
+        if a.colour != b.colour:  # colour swap between objects
+            o = objs[:]
+            o[i], o[j] = dataclasses.replace(a, colour=b.colour), dataclasses.replace(b, colour=a.colour)
+            out.append(dataclasses.replace(scene, objects=tuple(o)))
+        if a.shape != b.shape:  # shape swap
+            o = objs[:]
+            o[i], o[j] = dataclasses.replace(a, shape=b.shape), dataclasses.replace(b, shape=a.shape)
+            out.append(dataclasses.replace(scene, objects=tuple(o)))
+    if scene.relation is not None:  # relation flipped
+        out.append(dataclasses.replace(scene, relation=W.INVERSE[scene.relation]))
+    k = rng.randrange(len(objs))
+    o = objs[:]
+    o[k] = dataclasses.replace(objs[k], colour=rng.choice([c for c in colours if c != objs[k].colour]))
+    out.append(dataclasses.replace(scene, objects=tuple(o)))
+    o = objs[:]
+    o[k] = dataclasses.replace(objs[k], shape=rng.choice([s for s in shapes if s != objs[k].shape]))
+    out.append(dataclasses.replace(scene, objects=tuple(o)))
+    if len(objs) >= 2:  # other count: drop one
+        keep = objs[:k] + objs[k + 1 :]
+        out.append(dataclasses.replace(scene, objects=tuple(keep), relation=None))
+    if len(objs) <= 2:  # other count: add one
+        extra = W.Obj(rng.choice(shapes), rng.choice(colours), rng.choice(list(W.SIZES)), 0.5, 0.5)
+        rel = rng.choice(W.RELATIONS) if len(objs) == 1 else None
+        out.append(dataclasses.replace(scene, objects=tuple(objs + [extra]), relation=rel))
+    o = objs[:]
+    o[k] = dataclasses.replace(objs[k], size=rng.choice([s for s in W.SIZES if s != objs[k].size]))
+    out.append(dataclasses.replace(scene, objects=tuple(o)))
+    out.append(dataclasses.replace(scene, background=rng.choice([b for b in W.BACKGROUNDS if b != scene.background])))
+    rng.shuffle(out)
+    # the relation/colour/shape edits are the ones best-of-N needs: put them first
+    out.sort(key=lambda s: 0 if (s.relation != scene.relation and len(s.objects) == len(objs)) else
+             (1 if len(s.objects) == len(objs) and s.background == scene.background else 2))
+    return out
+
+
+def hard_negative_captions(scene, rng: random.Random, k: int) -> tuple[str, list[str]]:
+    """(positive caption, k captions of edited scenes) drawn with the same template as the positive."""
+    from bestshot.train import world as W
+
+    state = rng.getstate()
+    pos = W.caption(scene, rng)
+    negs: list[str] = []
+    edit_rng = random.Random(zlib.crc32(f"{pos}|{k}".encode()))
+    for s in _hard_negative_scenes(scene, edit_rng):
+        r = random.Random()
+        r.setstate(state)
+        c = W.caption(s, r)
+        if c != pos and c not in negs:
+            negs.append(c)
+        if len(negs) == k:
+            break
+    while len(negs) < k:  # rare: pad with a random other scene's caption
+        negs.append(W.caption(W.sample_scene(edit_rng), edit_rng))
+    return pos, negs
+
+
+class WorldHardNegatives(torch.utils.data.Dataset):
+    """World items with hard-negative captions: ``(image, caption, [neg captions])``, deterministic per i."""
+
+    def __init__(self, length: int, size: int, seed: int, k: int):
+        self.length, self.size, self.seed, self.k = length, size, seed, k
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        from bestshot.train import world as W
+
+        scene, rng = W.scene_for(self.seed, i)
+        pos, negs = hard_negative_captions(scene, rng, self.k)
+        return W.image_to_tensor(W.render(scene, self.size)), pos, negs
+
+
+# ------------------------------------------------------------------------------------------- model
+def build_clip(cfg: ClipTrainConfig) -> CLIPModel:
+    tok = build_clip_tokenizer()
+    text = dict(vocab_size=len(tok), hidden_size=cfg.text_hidden, intermediate_size=4 * cfg.text_hidden,
+                num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, max_position_embeddings=77,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                projection_dim=cfg.projection_dim)
+    vision = dict(hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden,
+                  num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                  image_size=cfg.img_size, patch_size=cfg.patch_size, projection_dim=cfg.projection_dim)
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim)
+    return CLIPModel(config)
+
+
+def image_processor(size: int):
+    """Preprocessor matching how the model was trained: resize to ``size``, no crop, CLIP mean/std."""
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                              do_center_crop=False, image_mean=CLIP_MEAN, image_std=CLIP_STD, resample=3)
+
+
+def to_clip_pixels(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] training images → CLIP-normalised pixel_values (what CLIPImageProcessor produces)."""
+    x = (images + 1) / 2
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def image_features(model: CLIPModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Projected image embedding (explicit, because get_image_features' return type changed across versions)."""
+    return model.visual_projection(model.vision_model(pixel_values=pixel_values).pooler_output)
+
+
+def text_features(model: CLIPModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Projected text embedding (pooled at the first end-of-text token)."""
+    return model.text_projection(model.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output)
+
+
+def _collate(items):
+    if len(items[0]) == 3:
+        imgs, caps, negs = zip(*items)
+        return torch.stack(imgs), list(caps), [n for ns in negs for n in ns]
+    imgs, caps = zip(*items)
+    return torch.stack(imgs), list(caps), []
+
+
+def _dataset(cfg: ClipTrainConfig, length: int, seed: int):
+    if cfg.dataset == "world" and cfg.hard_negatives > 0:
+        return WorldHardNegatives(length, cfg.img_size, seed, cfg.hard_negatives)
+    from bestshot.train.data import build_dataset
+
+    return build_dataset(cfg.dataset, cfg.img_size, length, seed)
+
+
+def clip_loss(model: CLIPModel, tok, images, captions, negatives, k: int):
+    """Symmetric InfoNCE; image row i also scores its k hard-negative captions."""
+    texts = captions + negatives
+    enc = tok(texts, padding=True, truncation=True, return_tensors="pt")
+    img = F.normalize(image_features(model, to_clip_pixels(images)), dim=-1)
+    txt = F.normalize(text_features(model, enc.input_ids, enc.attention_mask), dim=-1)
+    scale = model.logit_scale.exp().clamp(max=100)
+    B = img.shape[0]
+    pos, neg = txt[:B], txt[B:]
+    logits = scale * img @ pos.T
+    labels = torch.arange(B)
+    loss_t = F.cross_entropy(logits.T, labels)
+    if negatives:
+        neg_logits = scale * torch.einsum("bd,bkd->bk", img, neg.view(B, k, -1))
+        loss_i = F.cross_entropy(torch.cat([logits, neg_logits], 1), labels)
+    else:
+        loss_i = F.cross_entropy(logits, labels)
+    return (loss_i + loss_t) / 2, logits, (neg_logits if negatives else None)
+
+
+@torch.no_grad()
+def evaluate(model: CLIPModel, tok, cfg: ClipTrainConfig) -> dict:
+    """Held-out retrieval: image→text top-1 among the batch's captions, and positive vs its hard negatives."""
+    model.eval()
+    ds = _dataset(cfg, cfg.eval_size, cfg.seed + 7919)  # a seed never used for training
+    imgs, caps, negs = _collate([ds[i] for i in range(len(ds))])
+    k = len(negs) // len(caps) if negs else 0
+    _, logits, neg_logits = clip_loss(model, tok, imgs, caps, negs, k)
+    uniq = {c: i for i, c in enumerate(caps)}  # duplicate captions count as correct
+    pred = logits.argmax(1)
+    top1 = sum(caps[p] == caps[i] for i, p in enumerate(pred.tolist())) / len(caps)
+    out = {"image_to_text_top1": top1, "batch": len(caps)}
+    if neg_logits is not None:
+        diag = logits.diag()[:, None]
+        out["vs_hard_negatives"] = (diag > neg_logits).all(1).float().mean().item()
+        out["vs_each_hard_negative"] = (diag > neg_logits).float().mean().item()
+    model.train()
+    del uniq
+    return out
+
+
+def train_clip(cfg: ClipTrainConfig) -> dict:
+    """Train, evaluate and save a CLIP folder (model + tokenizer + preprocessor) to ``cfg.out_dir``."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    if cfg.img_size % cfg.patch_size:
+        raise BestshotError(f"img_size {cfg.img_size} is not a multiple of patch_size {cfg.patch_size} — pick a divisor")
+    if cfg.init_from:
+        if not Path(cfg.init_from).is_dir():
+            raise BestshotError(f"init_from {cfg.init_from} is not a CLIP folder — pass a folder written by `bestshot train clip`")
+        from transformers import CLIPTokenizer
+
+        model = CLIPModel.from_pretrained(cfg.init_from, torch_dtype=torch.float32)
+        tok = CLIPTokenizer.from_pretrained(cfg.init_from)
+    else:
+        tok = build_clip_tokenizer(cfg.max_length)
+        model = build_clip(cfg)
+    model.train()
+    if cfg.freeze_text:
+        model.text_model.requires_grad_(False)
+        model.text_projection.requires_grad_(False)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.ndim >= 2 and "embedding" not in n]
+    other = [p for n, p in params if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    ds = _dataset(cfg, cfg.steps * cfg.batch_size, cfg.seed)
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=_collate, drop_last=True)
+    k = cfg.hard_negatives if isinstance(ds, WorldHardNegatives) else 0
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    losses: list[tuple[int, float]] = []
+    t0 = time.time()
+    step = 0
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("clip"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task("clip", total=cfg.steps, loss="-")
+        for imgs, caps, negs in loader:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
+            loss, _, _ = clip_loss(model, tok, imgs, caps, negs, k)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            losses.append((step, loss.item()))
+            bar.update(task, advance=1, loss=f"{loss.item():.3f}")
+            if step % cfg.log_every == 0:
+                print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
+            if step >= cfg.steps or (cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes):
+                break
+    elapsed = time.time() - t0
+    metrics = evaluate(model, tok, cfg)
+    metrics.update(steps=step, seconds=round(elapsed, 1), final_loss=sum(v for _, v in losses[-20:]) / max(1, len(losses[-20:])))
+    save_clip_folder(model, tok, cfg, out)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    plot_losses(losses, out / "loss.png", "CLIP InfoNCE")
+    return metrics
+
+
+def save_clip_folder(model: CLIPModel, tok, cfg: ClipTrainConfig, out: Path) -> None:
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    image_processor(cfg.img_size).save_pretrained(out)
+    atomic_write_text(out / "bestshot_clip_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+
+
+def run(config: str | None = None, **overrides) -> dict:
+    return train_clip(load_config(ClipTrainConfig, config, **overrides))

@@ -1,0 +1,128 @@
+"""Small helpers shared by the trainers: YAML dataclass configs, atomic saves, lr schedule, EMA."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import yaml
+
+from bestshot.errors import BestshotError
+
+T = TypeVar("T")
+
+
+def load_config(cls: type[T], path: str | os.PathLike | None = None, **overrides: Any) -> T:
+    """Dataclass ``cls`` from a YAML file plus keyword overrides; unknown keys are a BestshotError."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise BestshotError(f"config file {p} not found — pass an existing YAML file to --config")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise BestshotError(f"{p} is not valid YAML ({str(e).splitlines()[0]}) — fix the syntax") from None
+        if not isinstance(data, dict):
+            raise BestshotError(f"{p} must be a YAML mapping of field: value — see configs/embedded/*.yaml")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise BestshotError(f"unknown config field(s) {', '.join(unknown)} — valid fields: {', '.join(sorted(names))}")
+    for f in dataclasses.fields(cls):  # YAML gives lists; keep tuples where the default is a tuple
+        if f.name in data and isinstance(data[f.name], list):
+            data[f.name] = tuple(data[f.name])
+    return cls(**data)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temp file in the same folder, then os.replace: a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def lr_at(step: int, base: float, warmup: int, total: int, min_ratio: float = 0.1) -> float:
+    """Linear warmup then cosine decay to ``min_ratio * base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+class EMA:
+    """Exponential moving average of parameters, with the usual warmup ``min(decay, (1+n)/(10+n))``
+    so that a short CPU run is not dominated by the random initialisation."""
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999):
+        self.decay = decay
+        self.num_updates = 0
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.num_updates += 1
+        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.decay, self.num_updates, self.shadow = sd["decay"], sd["num_updates"], sd["shadow"]
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
+
+
+def plot_losses(losses: list[tuple[int, float]], path: str | os.PathLike, title: str) -> None:
+    """Loss curve (raw + running mean) as a PNG, written atomically."""
+    if not losses:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [s for s, _ in losses]
+    vals = [v for _, v in losses]
+    k = max(1, len(vals) // 50)
+    smooth = [sum(vals[max(0, i - k + 1) : i + 1]) / len(vals[max(0, i - k + 1) : i + 1]) for i in range(len(vals))]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, vals, alpha=0.3, label="loss")
+    ax.plot(steps, smooth, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,364 @@
+"""``bestshot train ddpm``: a CLIP-conditioned pixel-space UNet trained with the DDPM epsilon objective.
+
+nanoGPT-style single loop. Everything random in a step (timesteps, noise, context dropout) is drawn from
+a generator seeded by (seed, step) and batch ``s`` is always items ``[s*B, (s+1)*B)`` of the dataset, so a
+run resumed from a checkpoint continues exactly as if it had never stopped. Checkpoints (model, EMA,
+optimizer, step, config, loss history) are written atomically every ``ckpt_every`` steps; killing the
+run loses at most that interval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPModel, CLIPTokenizer
+
+from bestshot.errors import BestshotError
+from bestshot.train.common import EMA, atomic_torch_save, atomic_write_text, load_config, lr_at, plot_losses
+
+CKPT_NAME = "latest.pt"
+# fields that may change between a checkpoint and a resumed run (length/logistics, not the model or data)
+RESUMABLE_FIELDS = {"steps", "epochs", "max_minutes", "ckpt_every", "log_every", "num_workers", "threads", "out_dir"}
+
+
+@dataclass
+class DDPMConfig:
+    # data
+    dataset: str = "world"  # world | world:1-2 | fashion-mnist | folder | .csv (see bestshot.train.data)
+    dataset_length: int = 1_000_000  # the world is unlimited; this is just the index range used
+    img_size: int = 32
+    channels: int = 3
+    # conditioning
+    clip: str = "runs/embedded/clip"  # a CLIP folder written by `bestshot train clip`
+    cond: str = "text_tokens"  # text_tokens | text_embed | image_embed
+    class_embed: bool = True  # also feed the pooled CLIP embedding through the UNet's class embedding
+    embed_cache: str = ""  # image_embed only: a cache written by `bestshot train embed`
+    c_drop_prob: float = 0.1
+    # diffusion
+    timesteps: int = 1000
+    beta_schedule: str = "linear"  # linear | scaled_linear | squaredcos_cap_v2
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    min_snr_gamma: float = 5.0  # Min-SNR loss weighting (0 = plain MSE); converges faster
+    # model
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    layers_per_block: int = 1
+    attention_levels: tuple[bool, ...] = (False, False, True)  # cross-attention per resolution
+    attention_head_dim: int = 32
+    # optimisation
+    batch_size: int = 64
+    steps: int = 2000
+    epochs: float = 0.0  # if > 0, overrides steps: epochs * dataset_length / batch_size
+    lr: float = 5e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    amp: str = "auto"  # auto (bf16 on CUDA only) | bf16 | none
+    # logistics
+    ckpt_every: int = 100
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
+    log_every: int = 10
+    num_workers: int = 0
+    threads: int = 0
+    seed: int = 0
+    out_dir: str = "runs/ddpm"
+
+    def total_steps(self) -> int:
+        return int(self.epochs * self.dataset_length / self.batch_size) if self.epochs > 0 else self.steps
+
+    def validate(self) -> None:
+        if self.cond not in ("text_tokens", "text_embed", "image_embed"):
+            raise BestshotError(f"cond {self.cond!r} is not supported — use text_tokens, text_embed or image_embed")
+        if len(self.attention_levels) != len(self.block_out_channels):
+            raise BestshotError("attention_levels needs one true/false per entry of block_out_channels — fix the config")
+        if self.img_size % 2 ** (len(self.block_out_channels) - 1):
+            raise BestshotError(f"img_size {self.img_size} must be divisible by {2 ** (len(self.block_out_channels) - 1)}")
+        if not Path(self.clip).is_dir():
+            raise BestshotError(f"CLIP folder {self.clip} not found — train one with `bestshot train clip` or set clip:")
+        if self.amp not in ("auto", "bf16", "none"):
+            raise BestshotError(f"amp {self.amp!r} — use auto, bf16 or none")
+
+
+# ------------------------------------------------------------------------------------------ builders
+def load_clip(path: str | Path) -> tuple[CLIPModel, CLIPTokenizer]:
+    clip = CLIPModel.from_pretrained(path, torch_dtype=torch.float32).eval().requires_grad_(False)
+    return clip, CLIPTokenizer.from_pretrained(path)
+
+
+def build_unet(cfg: DDPMConfig, clip_config) -> UNet2DConditionModel:
+    xdim = clip_config.text_config.hidden_size if cfg.cond == "text_tokens" else clip_config.projection_dim
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels))
+    groups = 32 if all(c % 32 == 0 for c in cfg.block_out_channels) else 8
+    return UNet2DConditionModel(
+        sample_size=cfg.img_size, in_channels=cfg.channels, out_channels=cfg.channels,
+        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
+        down_block_types=down, up_block_types=up, cross_attention_dim=xdim,
+        attention_head_dim=cfg.attention_head_dim, norm_num_groups=groups,
+        class_embed_type="projection" if cfg.class_embed else None,
+        projection_class_embeddings_input_dim=clip_config.projection_dim if cfg.class_embed else None,
+    )
+
+
+def noise_scheduler(cfg: DDPMConfig) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=cfg.timesteps, beta_schedule=cfg.beta_schedule, beta_start=cfg.beta_start,
+                         beta_end=cfg.beta_end, prediction_type="epsilon", clip_sample=True)
+
+
+def sampling_scheduler(cfg: DDPMConfig) -> DDIMScheduler:
+    """DDIM with trailing timesteps: good at ~20 steps, starts from pure noise."""
+    return DDIMScheduler(num_train_timesteps=cfg.timesteps, beta_schedule=cfg.beta_schedule, beta_start=cfg.beta_start,
+                         beta_end=cfg.beta_end, prediction_type="epsilon", clip_sample=True, set_alpha_to_one=False,
+                         timestep_spacing="trailing")
+
+
+@torch.no_grad()
+def encode_text(clip: CLIPModel, tok: CLIPTokenizer, texts: list[str], cond: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(encoder_hidden_states, normalised pooled embedding) exactly as BestshotWorldPipeline computes them."""
+    enc = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+    out = clip.text_model(input_ids=enc.input_ids.to(clip.device))
+    pooled = F.normalize(clip.text_projection(out.pooler_output), dim=-1)
+    return (out.last_hidden_state if cond == "text_tokens" else pooled[:, None, :]), pooled
+
+
+@torch.no_grad()
+def encode_images(clip: CLIPModel, images: torch.Tensor) -> torch.Tensor:
+    from bestshot.train.clip_train import image_features, to_clip_pixels
+
+    return F.normalize(image_features(clip, to_clip_pixels(images)), dim=-1)
+
+
+# ----------------------------------------------------------------------------------------- checkpoint
+def check_compatible(saved: dict, cfg: DDPMConfig, path: Path) -> None:
+    """A checkpoint from another config is refused with the mismatching fields named."""
+    now = dataclasses.asdict(cfg)
+    diffs = []
+    for k, v in now.items():
+        if k in RESUMABLE_FIELDS:
+            continue
+        old = saved.get(k, "<missing>")
+        if isinstance(old, list):
+            old = tuple(old)
+        if isinstance(v, list):
+            v = tuple(v)
+        if old != v:
+            diffs.append(f"{k}: checkpoint {old!r} vs config {v!r}")
+    if diffs:
+        raise BestshotError(f"checkpoint {path} was made with a different config ({'; '.join(diffs)}) — "
+                            f"use the original config or another out_dir")
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / CKPT_NAME
+    if not path.is_file():
+        raise BestshotError(f"no checkpoint at {path} — train first with `bestshot train ddpm --config ...`")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file
+        raise BestshotError(f"{path} is not a readable bestshot checkpoint ({type(e).__name__}) — delete it and resume from an older one") from None
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        img, cap = self.ds[i][:2]
+        return i, img, cap
+
+
+def _collate(items):
+    idx, imgs, caps = zip(*items)
+    return torch.tensor(idx), torch.stack(imgs), list(caps)
+
+
+# ---------------------------------------------------------------------------------------------- train
+def train(cfg: DDPMConfig, resume: bool = False) -> dict:
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CKPT_NAME
+
+    clip, tok = load_clip(cfg.clip)
+    clip.to(device)
+    torch.manual_seed(cfg.seed)
+    unet = build_unet(cfg, clip.config).to(device).train()
+    ema = EMA(unet, cfg.ema_decay)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = noise_scheduler(cfg)
+    acp = sched.alphas_cumprod.to(device)
+    step, losses, elapsed_before = 0, [], 0.0
+
+    if resume and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        check_compatible(ck["config"], cfg, ckpt_path)
+        unet.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["optimizer"])
+        step, losses, elapsed_before = ck["step"], ck["losses"], ck.get("elapsed", 0.0)
+        print(f"resumed from {ckpt_path} at step {step}", flush=True)
+    elif ckpt_path.exists() and not resume:
+        raise BestshotError(f"{ckpt_path} exists — pass --resume to continue it, or choose another out_dir")
+
+    cache = None
+    if cfg.cond == "image_embed" and cfg.embed_cache:
+        from bestshot.train.embed import load_cache
+
+        cache = load_cache(cfg.embed_cache, cfg.dataset, cfg.img_size, cfg.clip)
+    from bestshot.train.data import build_dataset
+
+    ds = build_dataset(cfg.dataset, cfg.img_size, cfg.dataset_length, cfg.seed)
+    total = cfg.total_steps()
+    B = cfg.batch_size
+    n = len(ds)
+    indices = [i % n for i in range(step * B, total * B)]
+    loader = torch.utils.data.DataLoader(_Indexed(ds), batch_size=B, sampler=indices, num_workers=cfg.num_workers,
+                                         collate_fn=_collate, drop_last=True)
+    empty_hidden, empty_pooled = encode_text(clip, tok, [""], cfg.cond)
+
+    def save() -> None:
+        atomic_torch_save({"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                           "step": step, "config": dataclasses.asdict(cfg), "losses": losses,
+                           "elapsed": elapsed_before + time.time() - t0}, ckpt_path)
+        plot_losses(losses, out / "loss.png", f"DDPM loss ({cfg.cond})")
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    t0 = time.time()
+    stopped_early = False
+    with Progress(TextColumn("ddpm"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task("ddpm", total=total, completed=step, loss="-")
+        for idx, x0, caps in loader:
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            x0 = x0.to(device)
+            b = x0.shape[0]
+            t = torch.randint(0, cfg.timesteps, (b,), generator=g).to(device)
+            noise = torch.randn(x0.shape, generator=g).to(device)
+            drop = (torch.rand(b, generator=g) < cfg.c_drop_prob).to(device)
+            if cfg.cond == "image_embed":
+                pooled = cache[idx].to(device) if cache is not None else encode_images(clip, x0)
+                hidden = pooled[:, None, :]
+            else:
+                hidden, pooled = encode_text(clip, tok, caps, cfg.cond)
+            hidden = torch.where(drop[:, None, None], empty_hidden.to(hidden.dtype).expand_as(hidden), hidden)
+            pooled = torch.where(drop[:, None], empty_pooled.expand_as(pooled), pooled)
+            xt = sched.add_noise(x0, noise, t.cpu()).to(device) if device.type == "cpu" else sched.add_noise(x0, noise, t)
+            for grp in opt.param_groups:
+                grp["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, total)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                pred = unet(xt, t, encoder_hidden_states=hidden, class_labels=pooled if cfg.class_embed else None).sample
+            mse = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
+            if cfg.min_snr_gamma > 0:
+                snr = acp[t] / (1 - acp[t])
+                mse = mse * (snr.clamp(max=cfg.min_snr_gamma) / snr)
+            loss = mse.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+            opt.step()
+            ema.update(unet)
+            step += 1
+            losses.append((step, loss.item()))
+            bar.update(task, advance=1, loss=f"{loss.item():.4f}")
+            if step % cfg.log_every == 0:
+                recent = [v for _, v in losses[-cfg.log_every:]]
+                print(f"step {step}/{total} loss {sum(recent) / len(recent):.4f} "
+                      f"{(time.time() - t0) / max(1, len(recent)) if False else time.time() - t0:.0f}s", flush=True)
+            if step % cfg.ckpt_every == 0:
+                save()
+            if cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes:
+                stopped_early = step < total
+                break
+    save()
+    recent = [v for _, v in losses[-50:]]
+    summary = {"step": step, "total_steps": total, "final_loss": sum(recent) / max(1, len(recent)),
+               "seconds": round(elapsed_before + time.time() - t0, 1), "stopped_early": stopped_early}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+# --------------------------------------------------------------------------------------------- export
+def pipeline_from_checkpoint(checkpoint: str | Path, clip_dir: str | None = None, use_ema: bool = True):
+    """A BestshotWorldPipeline (EMA weights by default) built in memory from a training checkpoint."""
+    from bestshot.models.world_pipeline import BestshotWorldPipeline
+
+    ck = load_checkpoint(checkpoint)
+    cfg = load_config(DDPMConfig, None, **ck["config"])
+    clip, tok = load_clip(clip_dir or cfg.clip)
+    unet = build_unet(cfg, clip.config)
+    if use_ema:
+        ema = EMA(unet)
+        ema.load_state_dict(ck["ema"])
+        ema.copy_to(unet)
+    else:
+        unet.load_state_dict(ck["model"])
+    unet.eval()
+    return BestshotWorldPipeline(unet=unet, scheduler=sampling_scheduler(cfg), clip=clip, tokenizer=tok, conditioning=cfg.cond), cfg, ck
+
+
+def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = None, fp16: bool = True,
+           defaults: dict | None = None) -> Path:
+    """Write a BestshotWorldPipeline folder + bestshot_defaults.json (fp16 storage keeps it small)."""
+    import shutil
+    import tempfile
+
+    from bestshot.models.world_pipeline import DEFAULTS
+
+    pipe, cfg, ck = pipeline_from_checkpoint(checkpoint, clip_dir)
+    if fp16:
+        pipe.to(torch.float16)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=out_dir.name + ".tmp"))
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    d = {**DEFAULTS, "height": cfg.img_size, "width": cfg.img_size, **(defaults or {}),
+         "trained_steps": ck["step"], "conditioning": cfg.cond, "dtype_cpu": "float32"}
+    (tmp / "bestshot_defaults.json").write_text(json.dumps(d, indent=2))
+    # make clip/ a complete CLIP folder for scorers (preprocessor + tokenizer files beside the weights), and
+    # add vocab.json/merges.txt to tokenizer/ for transformers versions that do not read tokenizer.json
+    from bestshot.models.clip_tokenizer import write_tokenizer_files
+    from bestshot.train.clip_train import image_processor
+
+    image_processor(pipe.clip.config.vision_config.image_size).save_pretrained(tmp / "clip")
+    pipe.tokenizer.save_pretrained(tmp / "clip")
+    for sub in ("clip", "tokenizer"):
+        write_tokenizer_files(tmp / sub)
+    keep = [p for p in ("TRAINING.md",) if (out_dir / p).exists()]
+    for p in keep:
+        shutil.copy(out_dir / p, tmp / p)
+    if out_dir.exists():
+        old = out_dir.with_name(out_dir.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out_dir)
+    return out_dir
+
+
+import os  # noqa: E402  (used by export)
+
+
+def run(config: str | None = None, resume: bool = False, **overrides) -> dict:
+    return train(load_config(DDPMConfig, config, **overrides), resume=resume)

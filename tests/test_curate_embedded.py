@@ -1,0 +1,68 @@
+"""The curation workflow on a tiny random BestshotWorldPipeline (the embedded model's class): stage 1
+through the shared candidate maker, stages 2 and 3 by SDEdit on its own UNet / scheduler / CLIP."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bestshot.curate import stages
+from bestshot.curate.config import load_config
+from bestshot.curate.workflow import Workflow
+from test_curate_workflow import NAMES, write_config
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPConfig, CLIPModel
+
+    import tiny_models
+    from bestshot.models.world_pipeline import BestshotWorldPipeline
+
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig(text_config=tiny_models._text_config().to_dict(),
+                                vision_config=dict(image_size=16, patch_size=8, hidden_size=32, intermediate_size=37,
+                                                   num_attention_heads=4, num_hidden_layers=1, projection_dim=32),
+                                projection_dim=32))
+    unet = UNet2DConditionModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                                layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=4, norm_num_groups=4)
+    pipe = BestshotWorldPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100), clip=clip.eval(),
+                                 tokenizer=tiny_models.clip_tokenizer(), conditioning="text_tokens")
+    folder = tmp_path_factory.mktemp("world")
+    pipe.save_pretrained(folder)
+    return str(folder)
+
+
+def test_embedded_family_runs_every_stage(tmp_path, tiny_world):
+    cfg = load_config(write_config(tmp_path, tiny_world))
+    wf = Workflow(cfg, say=lambda m: None)
+    wf.prompt_files.ensure()
+    assert wf.family.name == "embedded"
+    (tag,) = wf.run("run", count=1)
+    meta = wf.layout.read_metadata(tag)
+    assert meta["stages"]["stage2"]["img2img"] and meta["stages"]["stage3"]["tiles"] == 9
+    import re
+
+    for folder, pattern in NAMES.items():
+        assert all(re.fullmatch(pattern, p.name) for p in (wf.layout.root / folder).iterdir())
+    with Image.open(wf.layout.final(tag, 128, 128)) as im:
+        assert im.size == (128, 128)
+
+
+def test_sdedit_keeps_the_image_at_low_strength(tiny_world):
+    from bestshot.models.loader import load_pipeline
+    from bestshot.models.registry import resolve_model
+
+    pipe = load_pipeline(tiny_world, memory="gpu")
+    i2i = stages.img2img_pipeline(pipe, resolve_model(tiny_world).family)
+    assert isinstance(i2i, stages.PixelSDEdit)
+    img = Image.fromarray(np.tile(np.linspace(0, 255, 24, dtype=np.uint8)[None, :, None], (20, 1, 3)))
+    out = lambda s: np.asarray(i2i("a red circle", image=img, strength=s, num_inference_steps=10, guidance_scale=2.0,
+                                   generator=torch.Generator().manual_seed(0)).images[0], dtype=float)
+    low, high = out(0.1), out(0.9)
+    assert low.shape == high.shape == (20, 24, 3)  # odd sizes snap to the UNet's grid and come back
+    base = np.asarray(img, dtype=float)
+    assert np.abs(low - base).mean() < np.abs(high - base).mean()

@@ -1,0 +1,125 @@
+"""DDPM trainer: learns, checkpoints, resumes exactly, refuses foreign checkpoints, exports and samples."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from bestshot.errors import BestshotError
+from bestshot.train.clip_train import ClipTrainConfig, build_clip, build_clip_tokenizer, save_clip_folder
+from bestshot.train.common import load_config
+from bestshot.train.ddpm import DDPMConfig, build_unet, encode_text, load_checkpoint, load_clip, noise_scheduler, train
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clip")
+    cc = ClipTrainConfig(img_size=16, patch_size=4, vision_hidden=32, vision_layers=1, vision_heads=2,
+                         text_hidden=32, text_layers=1, text_heads=2, projection_dim=16, max_length=16)
+    torch.manual_seed(0)
+    save_clip_folder(build_clip(cc), build_clip_tokenizer(16), cc, d)
+    return d
+
+
+def cfg_for(clip_dir, out, **kw) -> DDPMConfig:
+    base = dict(clip=str(clip_dir), img_size=16, block_out_channels=(32, 32), attention_levels=(False, True),
+                batch_size=4, steps=6, ckpt_every=3, out_dir=str(out), dataset_length=64, warmup_steps=1, lr=1e-3,
+                log_every=100)
+    base.update(kw)
+    return DDPMConfig(**base)
+
+
+def fixed_loss(cfg: DDPMConfig, state: dict) -> float:
+    """Loss of a model state on one fixed (x0, t, noise) batch — the training batch of a 4-item dataset."""
+    from bestshot.train.data import build_dataset
+
+    clip, tok = load_clip(cfg.clip)
+    unet = build_unet(cfg, clip.config)
+    unet.load_state_dict(state)
+    ds = build_dataset(cfg.dataset, cfg.img_size, cfg.dataset_length, cfg.seed)
+    x0 = torch.stack([ds[i][0] for i in range(4)])
+    hidden, pooled = encode_text(clip, tok, [ds[i][1] for i in range(4)], cfg.cond)
+    g = torch.Generator().manual_seed(123)
+    t = torch.tensor([50, 200, 400, 700])
+    noise = torch.randn(x0.shape, generator=g)
+    with torch.no_grad():
+        pred = unet(noise_scheduler(cfg).add_noise(x0, noise, t), t, encoder_hidden_states=hidden, class_labels=pooled).sample
+    return (pred - noise).pow(2).mean().item()
+
+
+def test_training_lowers_loss_on_a_fixed_batch(clip_dir, tmp_path):
+    cfg = cfg_for(clip_dir, tmp_path / "run", dataset_length=4, steps=25, ckpt_every=25, lr=2e-3, min_snr_gamma=0)
+    torch.manual_seed(cfg.seed)
+    clip, _ = load_clip(cfg.clip)
+    before = fixed_loss(cfg, build_unet(cfg, clip.config).state_dict())  # same init as train() (seeded)
+    train(cfg)
+    after = fixed_loss(cfg, load_checkpoint(tmp_path / "run")["model"])
+    assert after < 0.8 * before
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 0
+
+
+def test_resume_continues_exactly_and_config_mismatch_is_refused(clip_dir, tmp_path, monkeypatch):
+    from bestshot.train import common
+
+    straight = train(cfg_for(clip_dir, tmp_path / "a"))
+    assert straight["step"] == 6
+    calls = {"n": 0}
+    real_update = common.EMA.update
+
+    def killed_at_step_5(self, model):  # simulate `kill -9` in the middle of step 5
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        real_update(self, model)
+
+    monkeypatch.setattr(common.EMA, "update", killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_for(clip_dir, tmp_path / "b"))
+    monkeypatch.setattr(common.EMA, "update", real_update)
+    assert load_checkpoint(tmp_path / "b")["step"] == 3  # lost at most one interval (ckpt_every=3)
+    resumed = train(cfg_for(clip_dir, tmp_path / "b"), resume=True)
+    assert resumed["step"] == 6
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], atol=1e-5, rtol=1e-4)
+    assert [s for s, _ in b["losses"]] == list(range(1, 7))
+    with pytest.raises(BestshotError, match=r"lr: checkpoint 0.001 vs config 0.002"):
+        train(cfg_for(clip_dir, tmp_path / "b", steps=9, lr=2e-3), resume=True)
+    for k in a["ema"]["shadow"]:
+        torch.testing.assert_close(a["ema"]["shadow"][k], b["ema"]["shadow"][k], atol=1e-5, rtol=1e-4)
+    with pytest.raises(BestshotError, match="--resume"):
+        train(cfg_for(clip_dir, tmp_path / "b", steps=9))
+
+
+def test_yaml_config_and_errors(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("img_size: 16\nblock_out_channels: [32, 64]\nattention_levels: [false, true]\n")
+    cfg = load_config(DDPMConfig, p)
+    assert cfg.block_out_channels == (32, 64) and cfg.img_size == 16
+    p.write_text("img_sise: 16\n")
+    with pytest.raises(BestshotError, match="img_sise"):
+        load_config(DDPMConfig, p)
+    with pytest.raises(BestshotError, match="CLIP folder"):
+        DDPMConfig(clip=str(tmp_path / "nope")).validate()
+
+
+def test_export_and_sample_grid_and_gif(clip_dir, tmp_path):
+    from bestshot.models.world_pipeline import BestshotWorldPipeline
+    from bestshot.train.ddpm import export
+    from bestshot.train.sample import sample
+
+    train(cfg_for(clip_dir, tmp_path / "run", steps=2, ckpt_every=2))
+    out = export(tmp_path / "run", tmp_path / "model", defaults={"guidance_scale": 3.0})
+    d = json.loads((out / "bestshot_defaults.json").read_text())
+    assert d["guidance_scale"] == 3.0 and d["height"] == 16 and d["scheduler"] == "ddim"
+    pipe = BestshotWorldPipeline.from_pretrained(out, torch_dtype=torch.float32)
+    assert pipe.unet.dtype == torch.float32
+    grid = sample(out, ["a red circle", "a blue square"], tmp_path / "g.png", n=3, steps=3, gif=tmp_path / "d.gif")
+    im = Image.open(grid)
+    assert im.size[0] > im.size[1] > 0
+    gif = Image.open(tmp_path / "d.gif")
+    assert gif.n_frames >= 4
+    sample(tmp_path / "run", ["a red circle"], tmp_path / "g2.png", n=1, steps=2, scheduler="ddim")  # from a checkpoint
+    with pytest.raises(BestshotError, match="ddim or ddpm"):
+        sample(out, ["x"], tmp_path / "g3.png", scheduler="euler")
