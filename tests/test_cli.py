@@ -6,18 +6,7 @@ import sys
 
 import pytest
 
-from bestshot.cli import main
-
-
-def run_cli(argv, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["bestshot", *argv])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+from helpers import run_cli
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -54,7 +43,7 @@ def test_yaml_config_unknown_key(tmp_path, capsys, monkeypatch):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("n_images: 2\nsteps: 3\n")
     code, _, err = run_cli(["generate", "a cat", "--config", str(cfg)], capsys, monkeypatch)
-    assert code == 2 and "unknown setting(s) steps" in err
+    assert code == 2 and "unknown generation setting(s) steps" in err
 
 
 def test_generate_json_and_batch_resume(tiny_sd15, tiny_clip, tmp_path, capsys, monkeypatch):

@@ -2,28 +2,12 @@
 
 import csv
 import json
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from bestshot.cli import main
-
-CAPTIONS = ["a red square on a white background", "a blue circle on a gray background",
-            "a green triangle above a yellow star", "a small purple cross on a black background",
-            "two orange circles next to each other"]
-
-
-def run_cli(argv, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["bestshot", *argv])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+from helpers import CAPTIONS, run_cli
 
 
 def _png(path, seed):

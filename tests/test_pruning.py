@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from bestshot import generate
 from bestshot.errors import BestshotError

@@ -96,3 +96,27 @@ def test_embedding_conditioning_path(tmp_path):
     again = BestshotWorldPipeline.from_pretrained(tmp_path, torch_dtype=torch.float32)
     assert again.config.conditioning == "image_embed"
     assert again("a red circle", num_inference_steps=2, output_type="np").images.shape == (1, 16, 16, 3)
+
+
+def test_pruning_slices_conditioning_and_keeps_each_seed(pipe):
+    from bestshot.pruning import run_pruned
+
+    def brightness(images):
+        return [float(np.asarray(im, float).mean()) for im in images]
+
+    prompts = ["a red circle", "a blue square", "a pink diamond", "a green cross"]
+    kw = dict(prompt=prompts, negative_prompt="blurry", num_inference_steps=4, guidance_scale=3.0,
+              generator=gens(10, 11, 12, 13))
+    res = run_pruned(pipe, kw, seeds=[10, 11, 12, 13], keep=2, at=0.5, score_fn=brightness, family="embedded")
+    assert res.prune_step == 1 and len(res.images) == 2
+    assert res.kept == sorted(sorted(range(4), key=lambda j: -res.preview_scores[j])[:2])
+    for j, im in zip(res.kept, res.images):  # each kept row kept its own prompt and noise
+        solo = pipe(prompts[j], negative_prompt="blurry", num_inference_steps=4, guidance_scale=3.0,
+                    generator=gens(10 + j)).images[0]
+        assert np.abs(np.asarray(im, int) - np.asarray(solo, int)).max() <= 1
+
+
+def test_unknown_callback_tensor_is_an_error(pipe):
+    with pytest.raises(ValueError, match="not in"):
+        pipe("a red circle", num_inference_steps=2, generator=gens(1),
+             callback_on_step_end=lambda p, i, t, kw: kw, callback_on_step_end_tensor_inputs=["noise"])

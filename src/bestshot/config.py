@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from .errors import BestshotError
+from .yaml_io import dataclass_from_dict, read_yaml_mapping
 
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 SDXL_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
@@ -120,26 +120,14 @@ class ImgCfg:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ImgCfg":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BestshotError(f"unknown setting(s) {', '.join(unknown)} — valid settings are: {', '.join(sorted(known))}")
         data = dict(data)
-        if "blocklist" in data and data["blocklist"] is not None:
+        if data.get("blocklist") is not None:
             data["blocklist"] = tuple(data["blocklist"])
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "generation")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ImgCfg":
-        p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except OSError as e:
-            raise BestshotError(f"cannot read config file {p}: {e.strerror} — check the path") from None
-        except yaml.YAMLError as e:
-            raise BestshotError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise BestshotError(f"config file {p} must hold a mapping of setting: value")
+        data = read_yaml_mapping(path, "check the path given to --config")
         base = preset_config(data.pop("preset")) if "preset" in data else cls()
         return cls.from_dict(_merge(base, data)).validate()
 

@@ -16,10 +16,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from ..config import SDXL_BASE, SDXL_REFINER
 from ..errors import BestshotError
+from ..yaml_io import read_yaml_mapping
 
 # The document's SDXL bucket sizes (~1 megapixel each): aspect → (width, height).
 SDXL_BUCKETS: dict[str, tuple[int, int]] = {
@@ -267,16 +267,9 @@ def from_dict(data: dict[str, Any], root: Path = Path(".")) -> CurateCfg:
 def load_config(path: str | Path) -> CurateCfg:
     """Read and validate ``path``; relative paths inside it are relative to its folder."""
     p = Path(path)
+    data = read_yaml_mapping(p, "run `bestshot stage1` once to write a default one")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BestshotError(f"config file {p} does not exist — run `bestshot stage1` once to write a default one") from None
-    except OSError as e:
-        raise BestshotError(f"cannot read config file {p}: {e.strerror} — check the path") from None
-    except yaml.YAMLError as e:
-        raise BestshotError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]} — fix the syntax") from None
-    try:
-        return from_dict(data or {}, root=p.resolve().parent)
+        return from_dict(data, root=p.resolve().parent)
     except BestshotError as e:
         raise BestshotError(f"{p}: {e}") from None
 

@@ -172,7 +172,7 @@ def to_markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
              f"- feature extractor (FID/KID): {info['extractor']}", f"- resize: {info['resize']}",
              f"- CLIP for CMMD / CLIP score: {info.get('clip_extractor') or '—'}",
              f"- samples: {info['n_real']} real images ({info['manifest']}), generated per cell: see n_fake",
-             f"- FID with fewer samples than feature dimensions is biased upwards: compare cells, not papers", "",
+             "- FID with fewer samples than feature dimensions is biased upwards: compare cells, not papers", "",
              "| guidance | steps | n_fake | FID | KID | CMMD | CLIP score | CLIP cos | IS | s/image |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:

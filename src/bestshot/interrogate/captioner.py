@@ -22,7 +22,7 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,6 +33,7 @@ from torch import nn
 from ..config import EMBEDDED
 from ..errors import BestshotError
 from ..store import atomic_write_bytes, atomic_write_json
+from ..yaml_io import dataclass_from_dict, read_yaml_mapping
 
 CONFIG_NAME = "captioner.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -66,21 +67,11 @@ class CaptionerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CaptionerConfig":
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(data) - known)
-        if bad:
-            raise BestshotError(f"unknown captioner settings {bad} — known: {', '.join(sorted(known))}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "captioner")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "CaptionerConfig":
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise BestshotError(f"cannot read captioner config {path}: {e}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_yaml_mapping(path, "check the path given to --config"))
 
 
 class Mapper(nn.Module):

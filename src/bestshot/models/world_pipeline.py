@@ -33,6 +33,8 @@ DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 4.0, "height": 32, "wid
 
 class BestshotWorldPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "clip->unet"
+    # tensors a step-end callback may read and replace (e.g. bestshot.pruning slices all of them)
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "class_labels", "pred_original_sample"]
 
     def __init__(self, unet: UNet2DConditionModel, scheduler, clip: CLIPModel, tokenizer: CLIPTokenizer,
                  conditioning: str = "text_tokens"):
@@ -124,10 +126,16 @@ class BestshotWorldPipeline(DiffusionPipeline):
             step = self.scheduler.step(eps, t, latents, generator=generator, return_dict=True)
             latents = step.prev_sample
             if callback_on_step_end is not None:
-                kw = {"latents": latents, "pred_original_sample": getattr(step, "pred_original_sample", None)}
+                kw = {"latents": latents, "prompt_embeds": hidden, "class_labels": cls,
+                      "pred_original_sample": getattr(step, "pred_original_sample", None)}
                 names = callback_on_step_end_tensor_inputs or ["latents"]
-                res = callback_on_step_end(self, i, t, {k: kw[k] for k in names if k in kw}) or {}
+                unknown = set(names) - set(self._callback_tensor_inputs)
+                if unknown:
+                    raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} not in {self._callback_tensor_inputs}")
+                res = callback_on_step_end(self, i, t, {k: kw[k] for k in names}) or {}
                 latents = res.get("latents", latents)
+                hidden = res.get("prompt_embeds", hidden)
+                cls = res.get("class_labels", cls)
 
         images = (latents.float() / 2 + 0.5).clamp(0, 1)
         self.maybe_free_model_hooks()

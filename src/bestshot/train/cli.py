@@ -77,11 +77,14 @@ def export(checkpoint: Path = typer.Option(..., help="run folder or .pt checkpoi
            clip_dir: Optional[str] = typer.Option(None, "--clip", help="CLIP folder (default: the one in the config)"),
            fp16: bool = typer.Option(True, help="store weights in float16 (half the size)"),
            steps: Optional[int] = typer.Option(None, help="recommended inference steps"),
-           guidance: Optional[float] = typer.Option(None, help="recommended guidance weight")) -> None:
+           guidance: Optional[float] = typer.Option(None, help="recommended guidance weight"),
+           clip_min: Optional[float] = typer.Option(None, help="quality gate for this model's own CLIP (cosine)"),
+           n_images: Optional[int] = typer.Option(None, help="default number of candidates")) -> None:
     """Write a BestshotWorldPipeline folder (EMA weights) + bestshot_defaults.json."""
     from bestshot.train.ddpm import export as run
 
-    d = {k: v for k, v in {"num_inference_steps": steps, "guidance_scale": guidance}.items() if v is not None}
+    d = {"num_inference_steps": steps, "guidance_scale": guidance, "clip_min": clip_min, "n_images": n_images}
+    d = {k: v for k, v in d.items() if v is not None}
     _print(run(checkpoint, out, clip_dir, fp16=fp16, defaults=d))
 
 

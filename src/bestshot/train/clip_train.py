@@ -9,10 +9,8 @@ same caption template, as extra text columns of its row in the image→text soft
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
-import math
 import random
 import time
 import zlib
@@ -30,7 +28,7 @@ except ImportError:  # older transformers
 
 from bestshot.errors import BestshotError
 from bestshot.models.clip_tokenizer import build_clip_tokenizer
-from bestshot.train.common import atomic_torch_save, atomic_write_text, load_config, lr_at, plot_losses
+from bestshot.train.common import atomic_write_text, load_config, lr_at, plot_losses
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]

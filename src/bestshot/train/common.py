@@ -2,65 +2,30 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-import yaml
 
-from bestshot.errors import BestshotError
+from bestshot.store import atomic_open, atomic_write_text  # noqa: F401  (re-exported for train/*)
+from bestshot.yaml_io import dataclass_from_dict, read_yaml_mapping
 
 T = TypeVar("T")
 
 
 def load_config(cls: type[T], path: str | os.PathLike | None = None, **overrides: Any) -> T:
     """Dataclass ``cls`` from a YAML file plus keyword overrides; unknown keys are a BestshotError."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise BestshotError(f"config file {p} not found — pass an existing YAML file to --config")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise BestshotError(f"{p} is not valid YAML ({str(e).splitlines()[0]}) — fix the syntax") from None
-        if not isinstance(data, dict):
-            raise BestshotError(f"{p} must be a YAML mapping of field: value — see configs/embedded/*.yaml")
+    data = read_yaml_mapping(path, "pass an existing YAML file to --config (see configs/embedded/*.yaml)") if path else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise BestshotError(f"unknown config field(s) {', '.join(unknown)} — valid fields: {', '.join(sorted(names))}")
-    for f in dataclasses.fields(cls):  # YAML gives lists; keep tuples where the default is a tuple
-        if f.name in data and isinstance(data[f.name], list):
-            data[f.name] = tuple(data[f.name])
-    return cls(**data)
+    return dataclass_from_dict(cls, data, "training")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temp file in the same folder, then os.replace: a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """torch.save through a temp file in the same folder, then os.replace: a kill never leaves half a file."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def lr_at(step: int, base: float, warmup: int, total: int, min_ratio: float = 0.1) -> float:

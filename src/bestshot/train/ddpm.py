@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,8 +357,6 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
         os.replace(tmp, out_dir)
     return out_dir
 
-
-import os  # noqa: E402  (used by export)
 
 
 def run(config: str | None = None, resume: bool = False, **overrides) -> dict:
