@@ -38,6 +38,7 @@ tiny_refiner = _tiny_fixture("sdxl_refiner")
 tiny_sd3 = _tiny_fixture("sd3")
 tiny_sd15 = _tiny_fixture("sd15")
 tiny_clip = _tiny_fixture("clip")
+tiny_world = _tiny_fixture("world")
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 through the shared candidate maker, stages 2 and 3 by SDEdit on its own UNet / scheduler / CLIP."""
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -12,28 +11,6 @@ from bestshot.curate.workflow import Workflow
 from test_curate_workflow import NAMES, write_config
 
 
-@pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPConfig, CLIPModel
-
-    import tiny_models
-    from bestshot.models.world_pipeline import BestshotWorldPipeline
-
-    torch.manual_seed(0)
-    clip = CLIPModel(CLIPConfig(text_config=tiny_models._text_config().to_dict(),
-                                vision_config=dict(image_size=16, patch_size=8, hidden_size=32, intermediate_size=37,
-                                                   num_attention_heads=4, num_hidden_layers=1, projection_dim=32),
-                                projection_dim=32))
-    unet = UNet2DConditionModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16),
-                                layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=4, norm_num_groups=4)
-    pipe = BestshotWorldPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100), clip=clip.eval(),
-                                 tokenizer=tiny_models.clip_tokenizer(), conditioning="text_tokens")
-    folder = tmp_path_factory.mktemp("world")
-    pipe.save_pretrained(folder)
-    return str(folder)
 
 
 def test_embedded_family_runs_every_stage(tmp_path, tiny_world):

@@ -135,3 +135,25 @@ def build_clip(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
     CLIPImageProcessorPil(size={"shortest_edge": image_size},
                           crop_size={"height": image_size, "width": image_size}).save_pretrained(folder)
     return folder
+
+
+def build_world(folder: Path, seed: int = 0) -> Path:
+    """A tiny random BestshotWorldPipeline (the embedded model's class): pixel-space UNet + tiny CLIP."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPConfig, CLIPModel
+
+    from bestshot.models.world_pipeline import BestshotWorldPipeline
+
+    torch.manual_seed(seed)
+    clip = CLIPModel(CLIPConfig(text_config=_text_config().to_dict(),
+                                vision_config=dict(image_size=16, patch_size=8, hidden_size=32, intermediate_size=37,
+                                                   num_attention_heads=4, num_hidden_layers=1, projection_dim=32),
+                                projection_dim=32))
+    unet = UNet2DConditionModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                                layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=4, norm_num_groups=4)
+    pipe = BestshotWorldPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100), clip=clip.eval(),
+                                 tokenizer=clip_tokenizer(), conditioning="text_tokens")
+    pipe.save_pretrained(folder)
+    return folder

@@ -71,6 +71,7 @@ def evaluate_world(cfg: WorldEvalConfig, progress: bool = True) -> dict[str, Any
                                "guidance": gen_cfg.guidance, "size": [gen_cfg.width, gen_cfg.height],
                                "groups": {}}
     t0 = time.perf_counter()
+    gate_rows: list[tuple[float, bool]] = []  # (score, oracle match) of each prompt's best-of-n_max pick
     for n_obj in cfg.groups:
         prompts = heldout_prompts(cfg.n_prompts, seed=cfg.seed, n_objects=n_obj)
         per_n: dict[int, list[dict[str, bool]]] = {n: [] for n in cfg.ns}
@@ -87,10 +88,13 @@ def evaluate_world(cfg: WorldEvalConfig, progress: bool = True) -> dict[str, Any
             for n in cfg.ns:
                 best = max(range(n), key=lambda k: scores[k])
                 per_n[n].append(verdicts[best])
+            top = max(range(n_max), key=lambda k: scores[k])
+            gate_rows.append((float(scores[top]), verdicts[top]["match"]))
         group = {"random_pick": _rates(random_pick)}
         for n in cfg.ns:
             group[f"best_of_{n}"] = _rates(per_n[n]) if n > 1 else _rates(random_pick)
         results["groups"][f"{n_obj}_object"] = group
+    results["quality_gate"] = gate_table(gate_rows)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     results["seconds_per_prompt"] = round(results["seconds"] / max(1, cfg.n_prompts * len(cfg.groups)), 3)
     if cfg.out:
@@ -98,6 +102,32 @@ def evaluate_world(cfg: WorldEvalConfig, progress: bool = True) -> dict[str, Any
         atomic_write_json(out / "world_eval.json", results)
         atomic_write_text(out / "world_eval.md", to_markdown(results))
     return results
+
+
+def gate_table(rows: Sequence[tuple[float, bool]], points: int = 9) -> dict[str, Any]:
+    """How a clip_min threshold would sort the kept (best-of-N) images, judged by the oracle.
+
+    For thresholds at quantiles of the scores: the % of oracle matches that pass and of mismatches that
+    are rejected. ``suggested_clip_min`` maximises their mean (balanced accuracy), rounded to 0.01.
+    """
+    if not rows:
+        return {"n": 0, "table": [], "suggested_clip_min": None}
+    scores = sorted(s for s, _ in rows)
+    n_match = sum(m for _, m in rows)
+    n_miss = len(rows) - n_match
+
+    def at(t: float) -> dict[str, float]:
+        kept = sum(1 for s, m in rows if m and s >= t)
+        rejected = sum(1 for s, m in rows if not m and s < t)
+        return {"clip_min": round(t, 4),
+                "matches_kept_pct": round(100 * kept / n_match, 1) if n_match else float("nan"),
+                "mismatches_rejected_pct": round(100 * rejected / n_miss, 1) if n_miss else float("nan")}
+
+    table = [at(scores[min(len(scores) - 1, round(q * (len(scores) - 1) / (points - 1)))]) for q in range(points)]
+    candidates = sorted({round(s, 2) for s in scores})
+    best = max(candidates, key=lambda t: ((100 * sum(1 for s, m in rows if m and s >= t) / max(1, n_match))
+                                          + (100 * sum(1 for s, m in rows if not m and s < t) / max(1, n_miss))))
+    return {"n": len(rows), "matches": n_match, "table": table, "suggested_clip_min": best}
 
 
 def to_markdown(results: dict[str, Any]) -> str:
@@ -112,6 +142,13 @@ def to_markdown(results: dict[str, Any]) -> str:
                 continue
             lines.append(f"| {gname.replace('_', ' ')} | {pick.replace('_', ' ')} | {r['match']:.1f} | "
                          f"{r['shape']:.1f} | {r['colour']:.1f} | {r['count']:.1f} | {r['position']:.1f} |")
+    gate = results.get("quality_gate") or {}
+    if gate.get("table"):
+        lines += ["", f"Quality gate on the best-of-{max(results['ns'])} picks ({gate['n']} prompts, "
+                      f"{gate['matches']} oracle matches); suggested clip_min {gate['suggested_clip_min']}:", "",
+                  "| clip_min | matches kept % | mismatches rejected % |", "|---|---|---|"]
+        lines += [f"| {r['clip_min']:.3f} | {r['matches_kept_pct']:.1f} | {r['mismatches_rejected_pct']:.1f} |"
+                  for r in gate["table"]]
     return "\n".join(lines) + "\n"
 
 

@@ -132,11 +132,27 @@ def model_defaults(ref: str | None) -> dict[str, Any]:
 def _load_defaults(folder: str) -> dict[str, Any]:
     f = Path(folder) / "bestshot_defaults.json"
     if not f.exists():
-        return {}
+        return _world_defaults(Path(folder))
     try:
         return json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise BestshotError(f"{f} is not valid JSON ({e}) — fix or delete it") from None
+
+
+def _world_defaults(folder: Path) -> dict[str, Any]:
+    """A BestshotWorldPipeline folder without bestshot_defaults.json: sample at the UNet's own size.
+
+    (Its generic fallback would otherwise be 1024², which a 32² pixel-space model cannot use.)"""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+        if index.get("_class_name") != "BestshotWorldPipeline":
+            return {}
+        size = int(json.loads((folder / "unet" / "config.json").read_text())["sample_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    from .world_pipeline import DEFAULTS
+
+    return {**DEFAULTS, "height": size, "width": size}
 
 
 # ---------------------------------------------------------------- schedulers
