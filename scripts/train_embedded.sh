@@ -18,7 +18,7 @@ python -m bestshot.train.cli ddpm --config configs/embedded/ddpm.yaml
 
 # 3. Export the EMA weights (fp16 storage) with the recommended sampling settings
 python -m bestshot.train.cli export --checkpoint runs/embedded/ddpm --out src/bestshot/models/embedded \
-  --steps "${STEPS:-20}" --guidance "${GUIDANCE:-4.0}" --clip-min "${CLIP_MIN:-0.2}" --n-images 8
+  --steps "${STEPS:-30}" --guidance "${GUIDANCE:-4.0}" --clip-min "${CLIP_MIN:-0.35}" --n-images 8
 
 # 4. Look at it: grid + denoising GIF
 python -m bestshot.train.cli sample --checkpoint src/bestshot/models/embedded \
