@@ -18,7 +18,6 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-
 from .errors import BestshotError
 from .yaml_io import dataclass_from_dict, read_yaml_mapping
 
