@@ -11,8 +11,6 @@ from bestshot.curate.workflow import Workflow
 from test_curate_workflow import NAMES, write_config
 
 
-
-
 def test_embedded_family_runs_every_stage(tmp_path, tiny_world):
     cfg = load_config(write_config(tmp_path, tiny_world))
     wf = Workflow(cfg, say=lambda m: None)

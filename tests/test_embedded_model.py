@@ -27,7 +27,7 @@ def test_shipped_folder_is_complete_and_small():
 
 def test_generate_defaults_to_the_embedded_model_offline(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "no_hf_cache"),
-               NO_PROXY="*", HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", OMP_NUM_THREADS="1")
+               HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, "-m", "bestshot.cli", "generate", "a red circle above a blue square",
                         "--json", "--out", str(tmp_path / "images_out")],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -46,5 +46,5 @@ def test_best_of_8_draws_single_objects():
 
     res = evaluate_world(WorldEvalConfig(n_prompts=12, groups=(1,), ns=(1, 8), seed=4242), progress=False)
     g = res["groups"]["1_object"]
-    assert g["best_of_8"]["colour"] >= 80.0, g  # measured 100 % on 30 prompts
-    assert g["best_of_8"]["count"] >= 70.0, g  # measured 93 %
+    assert g["best_of_8"]["colour"] >= 80.0, g  # 98.5 % on 200 prompts (bench/RESULTS.md)
+    assert g["best_of_8"]["count"] >= 70.0, g  # 89.5 % on 200 prompts

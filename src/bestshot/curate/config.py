@@ -16,7 +16,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-
 from ..config import SDXL_BASE, SDXL_REFINER
 from ..errors import BestshotError
 from ..yaml_io import read_yaml_mapping

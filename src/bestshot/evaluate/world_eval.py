@@ -116,17 +116,19 @@ def gate_table(rows: Sequence[tuple[float, bool]], points: int = 9) -> dict[str,
     n_match = sum(m for _, m in rows)
     n_miss = len(rows) - n_match
 
-    def at(t: float) -> dict[str, float]:
+    def rates(t: float) -> tuple[float, float]:  # (% of matches kept, % of mismatches rejected) at clip_min t
         kept = sum(1 for s, m in rows if m and s >= t)
         rejected = sum(1 for s, m in rows if not m and s < t)
+        return 100 * kept / max(1, n_match), 100 * rejected / max(1, n_miss)
+
+    def at(t: float) -> dict[str, float]:
+        kept, rejected = rates(t)
         return {"clip_min": round(t, 4),
-                "matches_kept_pct": round(100 * kept / n_match, 1) if n_match else float("nan"),
-                "mismatches_rejected_pct": round(100 * rejected / n_miss, 1) if n_miss else float("nan")}
+                "matches_kept_pct": round(kept, 1) if n_match else float("nan"),
+                "mismatches_rejected_pct": round(rejected, 1) if n_miss else float("nan")}
 
     table = [at(scores[min(len(scores) - 1, round(q * (len(scores) - 1) / (points - 1)))]) for q in range(points)]
-    candidates = sorted({round(s, 2) for s in scores})
-    best = max(candidates, key=lambda t: ((100 * sum(1 for s, m in rows if m and s >= t) / max(1, n_match))
-                                          + (100 * sum(1 for s, m in rows if not m and s < t) / max(1, n_miss))))
+    best = max(sorted({round(s, 2) for s in scores}), key=lambda t: sum(rates(t)))
     return {"n": len(rows), "matches": n_match, "table": table, "suggested_clip_min": best}
 
 

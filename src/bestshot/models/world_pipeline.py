@@ -98,6 +98,10 @@ class BestshotWorldPipeline(DiffusionPipeline):
         width = width or self.unet.config.sample_size
         device, dtype = self._execution_device, self.unet.dtype
         do_cfg = guidance_scale > 1.0
+        cb_names = callback_on_step_end_tensor_inputs or ["latents"]
+        unknown = set(cb_names) - set(self._callback_tensor_inputs)
+        if callback_on_step_end is not None and unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} not in {self._callback_tensor_inputs}")
 
         hidden, cls = self.encode_prompt(prompts)
         if do_cfg:
@@ -128,11 +132,7 @@ class BestshotWorldPipeline(DiffusionPipeline):
             if callback_on_step_end is not None:
                 kw = {"latents": latents, "prompt_embeds": hidden, "class_labels": cls,
                       "pred_original_sample": getattr(step, "pred_original_sample", None)}
-                names = callback_on_step_end_tensor_inputs or ["latents"]
-                unknown = set(names) - set(self._callback_tensor_inputs)
-                if unknown:
-                    raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} not in {self._callback_tensor_inputs}")
-                res = callback_on_step_end(self, i, t, {k: kw[k] for k in names}) or {}
+                res = callback_on_step_end(self, i, t, {k: kw[k] for k in cb_names}) or {}
                 latents = res.get("latents", latents)
                 hidden = res.get("prompt_embeds", hidden)
                 cls = res.get("class_labels", cls)

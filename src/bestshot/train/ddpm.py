@@ -358,6 +358,5 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
     return out_dir
 
 
-
 def run(config: str | None = None, resume: bool = False, **overrides) -> dict:
     return train(load_config(DDPMConfig, config, **overrides), resume=resume)
