@@ -13,14 +13,24 @@ export OMP_WAIT_POLICY=PASSIVE
 # 1. CLIP: contrastive with hard-negative captions, 900 steps (~11 min) -> runs/embedded/clip
 python -m bestshot.train.cli clip --config configs/embedded/clip.yaml
 
-# 2. Denoiser conditioned on that CLIP's text tokens, 3600 steps (~60 min alone) -> runs/embedded/ddpm
+# 2. Denoiser conditioned on that CLIP's text tokens, epsilon objective, 3600 steps (~60 min alone)
+#    -> runs/embedded/ddpm
 python -m bestshot.train.cli ddpm --config configs/embedded/ddpm.yaml
 
-# 3. Export the EMA weights (fp16 storage) with the recommended sampling settings
-python -m bestshot.train.cli export --checkpoint runs/embedded/ddpm --out src/bestshot/models/embedded \
+# 3. CLIP stages 2 and 3: more shape edits among the hard negatives, 1500 + 1200 steps (~24 + 20 min)
+#    -> runs/embedded/clip_ft, runs/embedded/clip_ft2
+python -m bestshot.train.cli clip --config configs/embedded/clip_ft.yaml
+python -m bestshot.train.cli clip --config configs/embedded/clip_ft2.yaml
+
+# 4. Denoiser stage 2: v-prediction, conditioned on the stage-3 CLIP, starting from step 2's EMA weights,
+#    3000 steps (~50 min alone) -> runs/embedded/ddpm_v
+python -m bestshot.train.cli ddpm --config configs/embedded/ddpm_v.yaml
+
+# 5. Export the EMA weights (fp16 storage) with the recommended sampling settings
+python -m bestshot.train.cli export --checkpoint runs/embedded/ddpm_v --out src/bestshot/models/embedded \
   --steps "${STEPS:-30}" --guidance "${GUIDANCE:-4.0}" --clip-min "${CLIP_MIN:-0.35}" --n-images 8
 
-# 4. Look at it: grid + denoising GIF
+# 6. Look at it: grid + denoising GIF
 python -m bestshot.train.cli sample --checkpoint src/bestshot/models/embedded \
   --prompts "a red circle" --prompts "a blue square above a yellow triangle" --out runs/embedded/grid.png \
   --gif runs/embedded/denoise.gif

@@ -32,6 +32,14 @@ def test_hard_negatives_are_one_edit_away_and_never_the_positive():
     assert flipped or swapped  # the edits best-of-N ranking needs come first
 
 
+def test_shape_negatives_add_distinct_shape_edits():
+    scene = W.Scene((W.Obj("circle", "red", "small", 0.5, 0.5),), "white", None)
+    for seed in range(20):
+        negs = hard_negative_captions(scene, random.Random(seed), 6, n_shape=4)[1]
+        shapes = {s for n in negs for s in W.SHAPES if s in n.split() and "red" in n and "and" not in n}
+        assert shapes >= {"square", "triangle", "diamond", "cross"}, negs
+
+
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     cfg = ClipTrainConfig(**TINY)

@@ -123,3 +123,43 @@ def test_export_and_sample_grid_and_gif(clip_dir, tmp_path):
     sample(tmp_path / "run", ["a red circle"], tmp_path / "g2.png", n=1, steps=2, scheduler="ddim")  # from a checkpoint
     with pytest.raises(BestshotError, match="ddim or ddpm"):
         sample(out, ["x"], tmp_path / "g3.png", scheduler="euler")
+
+
+def test_v_prediction_learns_and_exports_its_objective(clip_dir, tmp_path):
+    from bestshot.train.ddpm import pipeline_from_checkpoint
+
+    cfg = cfg_for(clip_dir, tmp_path / "v", dataset_length=4, steps=25, ckpt_every=25, lr=2e-3,
+                  prediction_type="v_prediction")
+    summary = train(cfg)
+    losses = [v for _, v in load_checkpoint(tmp_path / "v")["losses"]]
+    assert summary["step"] == 25 and sum(losses[-5:]) < 0.8 * sum(losses[:5])
+    pipe, _, _ = pipeline_from_checkpoint(tmp_path / "v")
+    assert pipe.scheduler.config.prediction_type == "v_prediction"  # sampled with the objective it learned
+    with pytest.raises(BestshotError, match="prediction_type"):
+        cfg_for(clip_dir, tmp_path / "x", prediction_type="x0").validate()
+
+
+def test_init_from_starts_a_new_run_from_another_runs_ema(clip_dir, tmp_path):
+    train(cfg_for(clip_dir, tmp_path / "a", steps=3, ckpt_every=3))
+    src = load_checkpoint(tmp_path / "a")["ema"]["shadow"]
+    # steps=0 would not run; one step at lr 0 leaves the weights where init_from put them
+    train(cfg_for(clip_dir, tmp_path / "b", steps=1, ckpt_every=1, lr=0.0, warmup_steps=0,
+                  prediction_type="v_prediction", init_from=str(tmp_path / "a")))
+    got = load_checkpoint(tmp_path / "b")["model"]
+    for k in src:
+        torch.testing.assert_close(got[k].float(), src[k], atol=1e-6, rtol=0)
+    with pytest.raises(BestshotError, match="another UNet architecture"):
+        train(cfg_for(clip_dir, tmp_path / "c", block_out_channels=(32, 64), init_from=str(tmp_path / "a")))
+    with pytest.raises(BestshotError, match="init_from"):
+        cfg_for(clip_dir, tmp_path / "d", init_from=str(tmp_path / "nope")).validate()
+
+
+def test_checkpoint_without_a_newer_field_resumes_with_its_default(clip_dir, tmp_path):
+    train(cfg_for(clip_dir, tmp_path / "old", steps=2, ckpt_every=2))
+    path = tmp_path / "old" / "latest.pt"
+    ck = torch.load(path, weights_only=False)
+    del ck["config"]["prediction_type"]  # as written before the field existed
+    torch.save(ck, path)
+    assert train(cfg_for(clip_dir, tmp_path / "old", steps=3, ckpt_every=3), resume=True)["step"] == 3
+    with pytest.raises(BestshotError, match="prediction_type: checkpoint 'epsilon' vs config 'v_prediction'"):
+        train(cfg_for(clip_dir, tmp_path / "old", steps=4, prediction_type="v_prediction"), resume=True)

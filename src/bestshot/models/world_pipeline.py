@@ -123,11 +123,12 @@ class BestshotWorldPipeline(DiffusionPipeline):
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_in = torch.cat([latents] * 2) if do_cfg else latents
             model_in = self.scheduler.scale_model_input(model_in, t)
-            eps = self.unet(model_in, t, encoder_hidden_states=hidden, class_labels=cls).sample
+            # the UNet predicts eps or v (the scheduler's prediction_type says which); guidance is linear in either
+            pred = self.unet(model_in, t, encoder_hidden_states=hidden, class_labels=cls).sample
             if do_cfg:
-                e_u, e_c = eps.chunk(2)
-                eps = e_u + guidance_scale * (e_c - e_u)
-            step = self.scheduler.step(eps, t, latents, generator=generator, return_dict=True)
+                p_u, p_c = pred.chunk(2)
+                pred = p_u + guidance_scale * (p_c - p_u)
+            step = self.scheduler.step(pred, t, latents, generator=generator, return_dict=True)
             latents = step.prev_sample
             if callback_on_step_end is not None:
                 kw = {"latents": latents, "prompt_embeds": hidden, "class_labels": cls,

@@ -48,6 +48,7 @@ class ClipTrainConfig:
     max_length: int = 48  # tokenizer model_max_length (the positions table keeps 77)
     projection_dim: int = 128
     hard_negatives: int = 3  # extra captions per image (world only)
+    shape_negatives: int = 1  # how many of the candidate edits change an object's shape (the hardest attribute)
     batch_size: int = 128
     steps: int = 400
     max_minutes: float = 0.0  # stop (and save) after this wall time; 0 = no limit
@@ -66,8 +67,12 @@ class ClipTrainConfig:
 
 
 # ------------------------------------------------------------------------------- hard negative captions
-def _hard_negative_scenes(scene, rng: random.Random):
-    """Scenes that differ from ``scene`` in exactly one caption-visible attribute (candidates, shuffled)."""
+def _hard_negative_scenes(scene, rng: random.Random, n_shape: int = 1):
+    """Scenes that differ from ``scene`` in exactly one caption-visible attribute (candidates, shuffled).
+
+    ``n_shape`` edits give one object other shapes: shapes are what a small CLIP learns last (at 32 px a
+    short run told colours, sizes and backgrounds apart but collapsed triangle and diamond in the text
+    tower), so more of them keeps the pressure on."""
     from bestshot.train import world as W
 
     objs = list(scene.objects)
@@ -90,9 +95,11 @@ def _hard_negative_scenes(scene, rng: random.Random):
     o = objs[:]
     o[k] = dataclasses.replace(objs[k], colour=rng.choice([c for c in colours if c != objs[k].colour]))
     out.append(dataclasses.replace(scene, objects=tuple(o)))
-    o = objs[:]
-    o[k] = dataclasses.replace(objs[k], shape=rng.choice([s for s in shapes if s != objs[k].shape]))
-    out.append(dataclasses.replace(scene, objects=tuple(o)))
+    others = [s for s in shapes if s != objs[k].shape]
+    for shape in ([rng.choice(others)] if n_shape <= 1 else rng.sample(others, min(n_shape, len(others)))):
+        o = objs[:]
+        o[k] = dataclasses.replace(objs[k], shape=shape)
+        out.append(dataclasses.replace(scene, objects=tuple(o)))
     if len(objs) >= 2:  # other count: drop one
         keep = objs[:k] + objs[k + 1 :]
         out.append(dataclasses.replace(scene, objects=tuple(keep), relation=None))
@@ -111,7 +118,7 @@ def _hard_negative_scenes(scene, rng: random.Random):
     return out
 
 
-def hard_negative_captions(scene, rng: random.Random, k: int) -> tuple[str, list[str]]:
+def hard_negative_captions(scene, rng: random.Random, k: int, n_shape: int = 1) -> tuple[str, list[str]]:
     """(positive caption, k captions of edited scenes) drawn with the same template as the positive."""
     from bestshot.train import world as W
 
@@ -119,7 +126,7 @@ def hard_negative_captions(scene, rng: random.Random, k: int) -> tuple[str, list
     pos = W.caption(scene, rng)
     negs: list[str] = []
     edit_rng = random.Random(zlib.crc32(f"{pos}|{k}".encode()))
-    for s in _hard_negative_scenes(scene, edit_rng):
+    for s in _hard_negative_scenes(scene, edit_rng, n_shape):
         r = random.Random()
         r.setstate(state)
         c = W.caption(s, r)
@@ -135,8 +142,8 @@ def hard_negative_captions(scene, rng: random.Random, k: int) -> tuple[str, list
 class WorldHardNegatives(torch.utils.data.Dataset):
     """World items with hard-negative captions: ``(image, caption, [neg captions])``, deterministic per i."""
 
-    def __init__(self, length: int, size: int, seed: int, k: int):
-        self.length, self.size, self.seed, self.k = length, size, seed, k
+    def __init__(self, length: int, size: int, seed: int, k: int, n_shape: int = 1):
+        self.length, self.size, self.seed, self.k, self.n_shape = length, size, seed, k, n_shape
 
     def __len__(self) -> int:
         return self.length
@@ -145,7 +152,7 @@ class WorldHardNegatives(torch.utils.data.Dataset):
         from bestshot.train import world as W
 
         scene, rng = W.scene_for(self.seed, i)
-        pos, negs = hard_negative_captions(scene, rng, self.k)
+        pos, negs = hard_negative_captions(scene, rng, self.k, self.n_shape)
         return W.image_to_tensor(W.render(scene, self.size)), pos, negs
 
 
@@ -197,7 +204,7 @@ def _collate(items):
 
 def _dataset(cfg: ClipTrainConfig, length: int, seed: int):
     if cfg.dataset == "world" and cfg.hard_negatives > 0:
-        return WorldHardNegatives(length, cfg.img_size, seed, cfg.hard_negatives)
+        return WorldHardNegatives(length, cfg.img_size, seed, cfg.hard_negatives, cfg.shape_negatives)
     from bestshot.train.data import build_dataset
 
     return build_dataset(cfg.dataset, cfg.img_size, length, seed)

@@ -1,4 +1,10 @@
-"""``bestshot train ddpm``: a CLIP-conditioned pixel-space UNet trained with the DDPM epsilon objective.
+"""``bestshot train ddpm``: a CLIP-conditioned pixel-space UNet trained with the DDPM objective.
+
+The network predicts the noise (``prediction_type: epsilon``, the DDPM paper) or the velocity
+``v = sqrt(a) * eps - sqrt(1 - a) * x0`` (``v_prediction``, Salimans & Ho 2022). With epsilon, the loss
+at high noise levels hardly depends on the prompt (the noise is almost the input itself), so a short run
+learns to ignore the conditioning where the layout and colours are decided; v keeps a strong,
+prompt-dependent target there. Min-SNR weighting (Hang et al. 2023) is applied in either case.
 
 nanoGPT-style single loop. Everything random in a step (timesteps, noise, context dropout) is drawn from
 a generator seeded by (seed, step) and batch ``s`` is always items ``[s*B, (s+1)*B)`` of the dataset, so a
@@ -26,7 +32,8 @@ from bestshot.train.common import EMA, atomic_torch_save, atomic_write_text, loa
 
 CKPT_NAME = "latest.pt"
 # fields that may change between a checkpoint and a resumed run (length/logistics, not the model or data)
-RESUMABLE_FIELDS = {"steps", "epochs", "max_minutes", "ckpt_every", "log_every", "num_workers", "threads", "out_dir"}
+RESUMABLE_FIELDS = {"steps", "epochs", "max_minutes", "ckpt_every", "log_every", "num_workers", "threads", "out_dir",
+                    "init_from"}
 
 
 @dataclass
@@ -47,6 +54,7 @@ class DDPMConfig:
     beta_schedule: str = "linear"  # linear | scaled_linear | squaredcos_cap_v2
     beta_start: float = 0.0001
     beta_end: float = 0.02
+    prediction_type: str = "epsilon"  # epsilon | v_prediction
     min_snr_gamma: float = 5.0  # Min-SNR loss weighting (0 = plain MSE); converges faster
     # model
     block_out_channels: tuple[int, ...] = (32, 64, 128)
@@ -71,6 +79,7 @@ class DDPMConfig:
     threads: int = 0
     seed: int = 0
     out_dir: str = "runs/ddpm"
+    init_from: str = ""  # a checkpoint (file or run folder) whose EMA weights start a new run (fine-tuning)
 
     def total_steps(self) -> int:
         return int(self.epochs * self.dataset_length / self.batch_size) if self.epochs > 0 else self.steps
@@ -84,6 +93,10 @@ class DDPMConfig:
             raise BestshotError(f"img_size {self.img_size} must be divisible by {2 ** (len(self.block_out_channels) - 1)}")
         if not Path(self.clip).is_dir():
             raise BestshotError(f"CLIP folder {self.clip} not found — train one with `bestshot train clip` or set clip:")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise BestshotError(f"prediction_type {self.prediction_type!r} — use epsilon or v_prediction")
+        if self.init_from and not Path(self.init_from).exists():
+            raise BestshotError(f"init_from {self.init_from} not found — give a checkpoint file or run folder, or leave it empty")
         if self.amp not in ("auto", "bf16", "none"):
             raise BestshotError(f"amp {self.amp!r} — use auto, bf16 or none")
 
@@ -111,13 +124,13 @@ def build_unet(cfg: DDPMConfig, clip_config) -> UNet2DConditionModel:
 
 def noise_scheduler(cfg: DDPMConfig) -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=cfg.timesteps, beta_schedule=cfg.beta_schedule, beta_start=cfg.beta_start,
-                         beta_end=cfg.beta_end, prediction_type="epsilon", clip_sample=True)
+                         beta_end=cfg.beta_end, prediction_type=cfg.prediction_type, clip_sample=True)
 
 
 def sampling_scheduler(cfg: DDPMConfig) -> DDIMScheduler:
     """DDIM with trailing timesteps: good at ~20 steps, starts from pure noise."""
     return DDIMScheduler(num_train_timesteps=cfg.timesteps, beta_schedule=cfg.beta_schedule, beta_start=cfg.beta_start,
-                         beta_end=cfg.beta_end, prediction_type="epsilon", clip_sample=True, set_alpha_to_one=False,
+                         beta_end=cfg.beta_end, prediction_type=cfg.prediction_type, clip_sample=True, set_alpha_to_one=False,
                          timestep_spacing="trailing")
 
 
@@ -141,11 +154,13 @@ def encode_images(clip: CLIPModel, images: torch.Tensor) -> torch.Tensor:
 def check_compatible(saved: dict, cfg: DDPMConfig, path: Path) -> None:
     """A checkpoint from another config is refused with the mismatching fields named."""
     now = dataclasses.asdict(cfg)
+    # a field added after the checkpoint was written is compared with its default (the old behaviour)
+    defaults = {f.name: f.default for f in dataclasses.fields(DDPMConfig)}
     diffs = []
     for k, v in now.items():
         if k in RESUMABLE_FIELDS:
             continue
-        old = saved.get(k, "<missing>")
+        old = saved.get(k, defaults.get(k, "<missing>"))
         if isinstance(old, list):
             old = tuple(old)
         if isinstance(v, list):
@@ -167,6 +182,19 @@ def load_checkpoint(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file
         raise BestshotError(f"{path} is not a readable bestshot checkpoint ({type(e).__name__}) — delete it and resume from an older one") from None
+
+
+def init_weights(unet: UNet2DConditionModel, ema: EMA, path: str | Path) -> None:
+    """Start a run from another run's EMA weights (same architecture; the objective may differ)."""
+    ck = load_checkpoint(path)
+    state = ck["ema"]["shadow"] if "ema" in ck else ck["model"]
+    try:
+        unet.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()[:200]
+        raise BestshotError(f"init_from {path} has another UNet architecture ({first}) — use the block_out_channels, "
+                            f"layers_per_block and attention settings it was trained with") from None
+    ema.shadow = {k: v.detach().clone().float() for k, v in unet.state_dict().items()}
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -217,6 +245,9 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
     elif ckpt_path.exists() and not resume:
         raise BestshotError(f"{ckpt_path} exists — pass --resume to continue it, or choose another out_dir")
+    elif cfg.init_from:
+        init_weights(unet, ema, cfg.init_from)
+        print(f"initialised from {cfg.init_from}", flush=True)
 
     cache = None
     if cfg.cond == "image_embed" and cfg.embed_cache:
@@ -266,10 +297,11 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
                 grp["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, total)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 pred = unet(xt, t, encoder_hidden_states=hidden, class_labels=pooled if cfg.class_embed else None).sample
-            mse = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
-            if cfg.min_snr_gamma > 0:
+            target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
+            mse = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
+            if cfg.min_snr_gamma > 0:  # weight min(snr, gamma) on the x0 error, expressed for eps or v
                 snr = acp[t] / (1 - acp[t])
-                mse = mse * (snr.clamp(max=cfg.min_snr_gamma) / snr)
+                mse = mse * snr.clamp(max=cfg.min_snr_gamma) / (snr if cfg.prediction_type == "epsilon" else snr + 1)
             loss = mse.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
