@@ -39,12 +39,14 @@ def test_generate_defaults_to_the_embedded_model_offline(tmp_path):
 
 
 def test_best_of_8_draws_single_objects():
-    """A small, fixed slice of `bestshot eval world`: colour and count of the best-of-8 pick read back right.
-
-    (Shapes are the model's weak point — see TRAINING.md — so the full match is not asserted here.)"""
+    """A small, fixed slice of `bestshot eval world`: the best-of-8 pick reads back right in colour and count,
+    and CLIP ranking beats a random pick on the full match (shapes included)."""
     from bestshot.evaluate.world_eval import WorldEvalConfig, evaluate_world
 
     res = evaluate_world(WorldEvalConfig(n_prompts=12, groups=(1,), ns=(1, 8), seed=4242), progress=False)
     g = res["groups"]["1_object"]
-    assert g["best_of_8"]["colour"] >= 80.0, g  # 98.5 % on 200 prompts (bench/RESULTS.md)
-    assert g["best_of_8"]["count"] >= 70.0, g  # 89.5 % on 200 prompts
+    assert g["best_of_8"]["colour"] >= 80.0, g  # 100 % on 200 prompts (bench/RESULTS.md)
+    assert g["best_of_8"]["count"] >= 70.0, g  # 93 % on 200 prompts
+    # on 200 prompts: 45.0 % best of 8 vs 25.8 % random pick; 12 prompts are noisy, hence the margins
+    assert g["best_of_8"]["match"] >= 25.0, g
+    assert g["best_of_8"]["match"] >= g["random_pick"]["match"] + 5.0, g
