@@ -155,7 +155,7 @@ def check_compatible(saved: dict, cfg: DDPMConfig, path: Path) -> None:
     """A checkpoint from another config is refused with the mismatching fields named."""
     now = dataclasses.asdict(cfg)
     # a field added after the checkpoint was written is compared with its default (the old behaviour)
-    defaults = {f.name: f.default for f in dataclasses.fields(DDPMConfig)}
+    defaults = {f.name: f.default for f in dataclasses.fields(DDPMConfig) if f.default is not dataclasses.MISSING}
     diffs = []
     for k, v in now.items():
         if k in RESUMABLE_FIELDS:
