@@ -28,7 +28,7 @@ python -m bestshot.train.cli ddpm --config configs/embedded/ddpm_v.yaml
 
 # 5. Export the EMA weights (fp16 storage) with the recommended sampling settings
 python -m bestshot.train.cli export --checkpoint runs/embedded/ddpm_v --out src/bestshot/models/embedded \
-  --steps "${STEPS:-30}" --guidance "${GUIDANCE:-4.0}" --clip-min "${CLIP_MIN:-0.35}" --n-images 8
+  --steps "${STEPS:-30}" --guidance "${GUIDANCE:-1.0}" --clip-min "${CLIP_MIN:-0.35}" --n-images 8
 
 # 6. Look at it: grid + denoising GIF
 python -m bestshot.train.cli sample --checkpoint src/bestshot/models/embedded \
