@@ -96,6 +96,7 @@ def _hard_negative_scenes(scene, rng: random.Random, n_shape: int = 1):
     o[k] = dataclasses.replace(objs[k], colour=rng.choice([c for c in colours if c != objs[k].colour]))
     out.append(dataclasses.replace(scene, objects=tuple(o)))
     others = [s for s in shapes if s != objs[k].shape]
+    # n_shape 1 keeps the single rng.choice draw, so stage-1 configs still make the same captions
     for shape in ([rng.choice(others)] if n_shape <= 1 else rng.sample(others, min(n_shape, len(others)))):
         o = objs[:]
         o[k] = dataclasses.replace(objs[k], shape=shape)

@@ -184,7 +184,7 @@ def load_checkpoint(path: str | Path) -> dict:
         raise BestshotError(f"{path} is not a readable bestshot checkpoint ({type(e).__name__}) — delete it and resume from an older one") from None
 
 
-def init_weights(unet: UNet2DConditionModel, ema: EMA, path: str | Path) -> None:
+def init_weights(unet: UNet2DConditionModel, path: str | Path) -> None:
     """Start a run from another run's EMA weights (same architecture; the objective may differ)."""
     ck = load_checkpoint(path)
     state = ck["ema"]["shadow"] if "ema" in ck else ck["model"]
@@ -194,7 +194,6 @@ def init_weights(unet: UNet2DConditionModel, ema: EMA, path: str | Path) -> None
         first = str(e).strip().splitlines()[-1].strip()[:200]
         raise BestshotError(f"init_from {path} has another UNet architecture ({first}) — use the block_out_channels, "
                             f"layers_per_block and attention settings it was trained with") from None
-    ema.shadow = {k: v.detach().clone().float() for k, v in unet.state_dict().items()}
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -246,7 +245,8 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
     elif ckpt_path.exists() and not resume:
         raise BestshotError(f"{ckpt_path} exists — pass --resume to continue it, or choose another out_dir")
     elif cfg.init_from:
-        init_weights(unet, ema, cfg.init_from)
+        init_weights(unet, cfg.init_from)
+        ema = EMA(unet, cfg.ema_decay)  # the average starts from the loaded weights
         print(f"initialised from {cfg.init_from}", flush=True)
 
     cache = None
