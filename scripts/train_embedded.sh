@@ -26,11 +26,20 @@ python -m bestshot.train.cli clip --config configs/embedded/clip_ft2.yaml
 #    3000 steps (~50 min alone) -> runs/embedded/ddpm_v
 python -m bestshot.train.cli ddpm --config configs/embedded/ddpm_v.yaml
 
-# 5. Export the EMA weights (fp16 storage) with the recommended sampling settings
-python -m bestshot.train.cli export --checkpoint runs/embedded/ddpm_v --out src/bestshot/models/embedded \
+# 5. Denoiser stage 3: step 4's denoiser trained on (same objective and CLIP, lower peak lr), 4000 steps or 80 min
+#    (~75 min alone) -> runs/embedded/ddpm_v2
+python -m bestshot.train.cli ddpm --config configs/embedded/ddpm_v2.yaml
+
+# 6. CLIP stage 4: the image side only (text tower frozen, so the denoiser's conditioning is unchanged) on
+#    blurred, grainy renders, 1000 steps (~25 min) -> runs/embedded/clip_vis
+python -m bestshot.train.cli clip --config configs/embedded/clip_vis.yaml
+
+# 7. Export the EMA weights (fp16 storage) with that CLIP and the recommended sampling settings
+python -m bestshot.train.cli export --checkpoint runs/embedded/ddpm_v2 --clip runs/embedded/clip_vis \
+  --out src/bestshot/models/embedded \
   --steps "${STEPS:-30}" --guidance "${GUIDANCE:-1.0}" --clip-min "${CLIP_MIN:-0.35}" --n-images 8
 
-# 6. Look at it: grid + denoising GIF
+# 8. Look at it: grid + denoising GIF
 python -m bestshot.train.cli sample --checkpoint src/bestshot/models/embedded \
   --prompts "a red circle" --prompts "a blue square above a yellow triangle" --out runs/embedded/grid.png \
   --gif runs/embedded/denoise.gif

@@ -84,3 +84,25 @@ def test_train_clip_writes_a_loadable_folder_with_metrics(tmp_path):
 def test_bad_patch_size_is_a_user_error(tmp_path):
     with pytest.raises(BestshotError, match="patch_size"):
         train_clip(ClipTrainConfig(**{**TINY, "patch_size": 5}, out_dir=str(tmp_path)))
+
+
+def test_degrade_blurs_and_grains_only_when_asked():
+    from bestshot.train.clip_train import degrade
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((4, 3, 16, 16), -1.0)
+    x[:, :, 4:12, 4:12] = 1.0  # a hard-edged square
+    assert torch.equal(degrade(x, 0.0, 0.0, 1.0, g), x)
+    blurred = degrade(x, 1.5, 0.0, 1.0, g)
+    assert blurred.shape == x.shape and blurred.min() >= -1 and blurred.max() <= 1
+    edge = blurred[:, 0, 8, 3:5]  # across the left edge: no longer a step from -1 to 1
+    assert (edge > -1).any() and (edge < 1).any()
+    torch.testing.assert_close(blurred.mean(), x.mean(), atol=0.05, rtol=0)  # blur keeps the mass
+    noisy = degrade(x, 0.0, 0.2, 1.0, g)
+    assert (noisy[:, :, 0, :] != -1).any()  # grain in flat areas
+    assert torch.equal(degrade(x, 1.5, 0.2, 0.0, g), x)  # prob 0: untouched
+
+
+def test_degrade_settings_are_checked(tmp_path):
+    with pytest.raises(BestshotError, match="blur_max"):
+        train_clip(ClipTrainConfig(**TINY, blur_max=-1.0, out_dir=str(tmp_path)))

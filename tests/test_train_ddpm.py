@@ -163,3 +163,28 @@ def test_checkpoint_without_a_newer_field_resumes_with_its_default(clip_dir, tmp
     assert train(cfg_for(clip_dir, tmp_path / "old", steps=3, ckpt_every=3), resume=True)["step"] == 3
     with pytest.raises(BestshotError, match="prediction_type: checkpoint 'epsilon' vs config 'v_prediction'"):
         train(cfg_for(clip_dir, tmp_path / "old", steps=4, prediction_type="v_prediction"), resume=True)
+
+
+def test_export_with_another_clip_needs_the_same_text_tower(clip_dir, tmp_path):
+    """A CLIP whose image side was fine-tuned (freeze_text) may replace the training CLIP; another text tower may not."""
+    from bestshot.train.ddpm import export
+
+    train(cfg_for(clip_dir, tmp_path / "run", steps=1, ckpt_every=1))
+    clip, tok = load_clip(clip_dir)
+    cc = load_config(ClipTrainConfig, None, **json.loads((clip_dir / "bestshot_clip_config.json").read_text()))
+    with torch.no_grad():
+        clip.visual_projection.weight.mul_(-1.0)  # image side changed, text tower as trained
+    save_clip_folder(clip, tok, cc, tmp_path / "vision_ft")
+    out = export(tmp_path / "run", tmp_path / "model", clip_dir=str(tmp_path / "vision_ft"))
+    (out / "plot.png").write_bytes(b"png")  # a model card's plot survives re-exporting over the folder
+    export(tmp_path / "run", out, clip_dir=str(tmp_path / "vision_ft"))
+    assert (out / "plot.png").read_bytes() == b"png"
+    from transformers import CLIPModel
+
+    shipped = CLIPModel.from_pretrained(out / "clip", torch_dtype=torch.float32)
+    torch.testing.assert_close(shipped.visual_projection.weight, clip.visual_projection.weight, atol=1e-3, rtol=1e-3)
+    with torch.no_grad():
+        clip.text_projection.weight.mul_(-1.0)
+    save_clip_folder(clip, tok, cc, tmp_path / "text_ft")
+    with pytest.raises(BestshotError, match="another text tower"):
+        export(tmp_path / "run", tmp_path / "model2", clip_dir=str(tmp_path / "text_ft"))

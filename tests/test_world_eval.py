@@ -29,6 +29,10 @@ def test_evaluate_world_on_a_tiny_model(tiny_world, tmp_path):
             assert set(rates) == {"match", "shape", "colour", "count", "position"}
             assert all(0.0 <= v <= 100.0 for v in rates.values())
     assert res["quality_gate"]["n"] == 4
+    for gname, group in res["groups"].items():  # a perfect ranker does at least as well as the scorer
+        ceiling = res["ceiling"][gname]
+        assert set(ceiling) == {"any_of_2"}
+        assert ceiling["any_of_2"]["match"] >= group["best_of_2"]["match"]
     saved = json.loads((tmp_path / "world_eval.json").read_text())
     assert saved["groups"] == res["groups"]
     assert "| 1 object | best of 2 |" in (tmp_path / "world_eval.md").read_text()

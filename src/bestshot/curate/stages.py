@@ -73,38 +73,16 @@ class PixelSDEdit:
         from types import SimpleNamespace
 
         import numpy as np
-        from diffusers.utils.torch_utils import randn_tensor
 
-        p, size = self.pipe, image.size
-        device, dtype = p._execution_device, p.unet.dtype
+        size = image.size
         snap = (max(8, size[0] // 8 * 8), max(8, size[1] // 8 * 8))  # the UNet halves the size per level
-        arr = np.asarray(lanczos(image.convert("RGB"), snap), dtype=np.float32) / 127.5 - 1.0
-        x0 = torch.from_numpy(arr).permute(2, 0, 1)[None].to(device, dtype)
-        sched = p.scheduler
-        sched.set_timesteps(num_inference_steps, device=device)
-        n_run = min(int(num_inference_steps * strength), num_inference_steps)
-        if n_run < 1:
+        if min(int(num_inference_steps * strength), num_inference_steps) < 1:
             return SimpleNamespace(images=[image])
-        start = (num_inference_steps - n_run) * getattr(sched, "order", 1)
-        timesteps = sched.timesteps[start:]
-        if hasattr(sched, "set_begin_index"):
-            sched.set_begin_index(start)
-        x = sched.add_noise(x0, randn_tensor(x0.shape, generator=generator, device=device, dtype=dtype),
-                            timesteps[:1])
-        do_cfg = guidance_scale > 1.0
-        hidden, cls = p.encode_prompt([prompt])
-        if do_cfg:
-            u_hidden, u_cls = p.encode_prompt([negative_prompt or ""])
-            hidden = torch.cat([u_hidden, hidden])
-            cls = torch.cat([u_cls, cls]) if cls is not None else None
-        for t in timesteps:
-            inp = sched.scale_model_input(torch.cat([x] * 2) if do_cfg else x, t)
-            eps = p.unet(inp, t, encoder_hidden_states=hidden, class_labels=cls).sample
-            if do_cfg:
-                e_u, e_c = eps.chunk(2)
-                eps = e_u + guidance_scale * (e_c - e_u)
-            x = sched.step(eps, t, x, generator=generator).prev_sample
-        out = ((x[0].float() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        arr = np.asarray(lanczos(image.convert("RGB"), snap), dtype=np.float32) / 127.5 - 1.0
+        x0 = torch.from_numpy(arr).permute(2, 0, 1)[None]
+        x = self.pipe.sdedit(x0, [prompt], strength, num_inference_steps, guidance_scale,
+                             [negative_prompt or ""], generator)
+        out = ((x[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
         return SimpleNamespace(images=[lanczos(Image.fromarray(out), size)])
 
 

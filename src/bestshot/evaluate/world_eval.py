@@ -6,7 +6,9 @@ oracle about every candidate. From that one set of images:
 
 * ``N=1`` (random pick) — the mean match rate over all candidates (the expected rate of a random pick,
   with less variance than looking at candidate 0 alone);
-* ``best-of-N`` — the oracle's verdict on the candidate the scorer ranks first among the first N.
+* ``best-of-N`` — the oracle's verdict on the candidate the scorer ranks first among the first N;
+* ``any-of-N`` (under ``ceiling``) — how often at least one of the first N is right: what a perfect ranker
+  would reach, so the gap to best-of-N is the scorer's share of the misses and the rest is the generator's.
 
 So "CLIP lifts the full-match rate by X points" compares like with like: the same images, ranked or not.
 """
@@ -75,6 +77,7 @@ def evaluate_world(cfg: WorldEvalConfig, progress: bool = True) -> dict[str, Any
     for n_obj in cfg.groups:
         prompts = heldout_prompts(cfg.n_prompts, seed=cfg.seed, n_objects=n_obj)
         per_n: dict[int, list[dict[str, bool]]] = {n: [] for n in cfg.ns}
+        any_n: dict[int, list[dict[str, bool]]] = {n: [] for n in cfg.ns}
         random_pick: list[dict[str, bool]] = []
         iterator = _progress(prompts, f"{n_obj}-object prompts") if progress else prompts
         for prompt in iterator:
@@ -88,12 +91,14 @@ def evaluate_world(cfg: WorldEvalConfig, progress: bool = True) -> dict[str, Any
             for n in cfg.ns:
                 best = max(range(n), key=lambda k: scores[k])
                 per_n[n].append(verdicts[best])
+                any_n[n].append({a: any(v[a] for v in verdicts[:n]) for a in ATTRS})
             top = max(range(n_max), key=lambda k: scores[k])
             gate_rows.append((float(scores[top]), verdicts[top]["match"]))
         group = {"random_pick": _rates(random_pick)}
         for n in cfg.ns:
             group[f"best_of_{n}"] = _rates(per_n[n]) if n > 1 else _rates(random_pick)
         results["groups"][f"{n_obj}_object"] = group
+        results.setdefault("ceiling", {})[f"{n_obj}_object"] = {f"any_of_{n}": _rates(any_n[n]) for n in cfg.ns if n > 1}
     results["quality_gate"] = gate_table(gate_rows)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     results["seconds_per_prompt"] = round(results["seconds"] / max(1, cfg.n_prompts * len(cfg.groups)), 3)
@@ -136,14 +141,18 @@ def to_markdown(results: dict[str, Any]) -> str:
     lines = [f"World evaluation — model `{results['model']}`, scorer `{results['scorer']}`, "
              f"{results['n_prompts']} held-out prompts per group (seed {results['prompt_seed']}), "
              f"{results['steps']} steps, guidance {results['guidance']}, {results['size'][0]}x{results['size'][1]}",
-             "", "| prompts | pick | full match % | shape % | colour % | count % | position % |",
-             "|---|---|---|---|---|---|---|"]
+             "", "| prompts | pick | full match % | shape % | colour % | count % | position % | any of N % |",
+             "|---|---|---|---|---|---|---|---|"]
     for gname, group in results["groups"].items():
+        ceiling = results.get("ceiling", {}).get(gname, {})
         for pick, r in group.items():
             if pick == "best_of_1":
                 continue
+            anyn = ceiling.get(pick.replace("best_of", "any_of"), {}).get("match")
             lines.append(f"| {gname.replace('_', ' ')} | {pick.replace('_', ' ')} | {r['match']:.1f} | "
-                         f"{r['shape']:.1f} | {r['colour']:.1f} | {r['count']:.1f} | {r['position']:.1f} |")
+                         f"{r['shape']:.1f} | {r['colour']:.1f} | {r['count']:.1f} | {r['position']:.1f} | "
+                         f"{'' if anyn is None else f'{anyn:.1f}'} |")
+    lines += ["", "any of N: at least one of the N candidates matches (what a perfect ranker would pick)."]
     gate = results.get("quality_gate") or {}
     if gate.get("table"):
         lines += ["", f"Quality gate on the best-of-{max(results['ns'])} picks ({gate['n']} prompts, "

@@ -61,6 +61,41 @@ class BestshotWorldPipeline(DiffusionPipeline):
             hidden = pooled[:, None, :]
         return hidden.to(dtype), (pooled.to(dtype) if use_class else None)
 
+    # ------------------------------------------------------------------------------------ img2img
+    @torch.no_grad()
+    def sdedit(self, images: torch.Tensor, prompt: list[str], strength: float, num_inference_steps: int = 30,
+               guidance_scale: float = 1.0, negative_prompt: list[str] | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """img2img by SDEdit: noise ``images`` ([-1, 1], (B, 3, H, W), H and W multiples of 8) to ``strength``
+        of the schedule, then denoise the remaining steps conditioned on ``prompt`` (one per image). Returns
+        [-1, 1] images; ``strength`` so small that no step runs returns the input unchanged."""
+        device, dtype = self._execution_device, self.unet.dtype
+        x0 = images.to(device, dtype)
+        sched = self.scheduler
+        sched.set_timesteps(num_inference_steps, device=device)
+        n_run = min(int(num_inference_steps * strength), num_inference_steps)
+        if n_run < 1:
+            return images
+        start = (num_inference_steps - n_run) * getattr(sched, "order", 1)
+        timesteps = sched.timesteps[start:]
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(start)
+        x = sched.add_noise(x0, randn_tensor(x0.shape, generator=generator, device=device, dtype=dtype), timesteps[:1])
+        do_cfg = guidance_scale > 1.0
+        hidden, cls = self.encode_prompt(list(prompt))
+        if do_cfg:
+            u_hidden, u_cls = self.encode_prompt(list(negative_prompt or [""] * len(prompt)))
+            hidden = torch.cat([u_hidden, hidden])
+            cls = torch.cat([u_cls, cls]) if cls is not None else None
+        for t in timesteps:
+            inp = sched.scale_model_input(torch.cat([x] * 2) if do_cfg else x, t)
+            pred = self.unet(inp, t, encoder_hidden_states=hidden, class_labels=cls).sample
+            if do_cfg:
+                p_u, p_c = pred.chunk(2)
+                pred = p_u + guidance_scale * (p_c - p_u)
+            x = sched.step(pred, t, x, generator=generator).prev_sample
+        return x.float().clamp(-1, 1)
+
     # ---------------------------------------------------------------------------------------- call
     @torch.no_grad()
     def __call__(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import time
 import zlib
@@ -64,6 +65,19 @@ class ClipTrainConfig:
     # diffusion model conditioned on that text tower stays valid while the image side keeps learning
     init_from: str = ""
     freeze_text: bool = False
+    # degrade training images the way generated ones differ from rendered ones (soft edges, grain): per image
+    # a Gaussian blur of sigma ~ U(0, blur_max) pixels and Gaussian noise of std ~ U(0, noise_max) in [-1, 1]
+    # units, each applied with probability degrade_prob. 0 = off (held-out evaluation always sees clean renders)
+    blur_max: float = 0.0
+    noise_max: float = 0.0
+    degrade_prob: float = 0.5
+    # world only: every generated_every-th training image is a world item redrawn by this model (SDEdit at a
+    # strength in generated_strength), so the CLIP learns what generated images look like; "" = off.
+    # See bestshot.train.generated. The pool (generated_pool items) is cached in out_dir.
+    generated_model: str = ""
+    generated_pool: int = 4096
+    generated_strength: tuple[float, float] = (0.2, 0.4)
+    generated_every: int = 2
 
 
 # ------------------------------------------------------------------------------- hard negative captions
@@ -203,12 +217,49 @@ def _collate(items):
     return torch.stack(imgs), list(caps), []
 
 
-def _dataset(cfg: ClipTrainConfig, length: int, seed: int):
+def _dataset(cfg: ClipTrainConfig, length: int, seed: int, generated: bool = False):
     if cfg.dataset == "world" and cfg.hard_negatives > 0:
-        return WorldHardNegatives(length, cfg.img_size, seed, cfg.hard_negatives, cfg.shape_negatives)
+        ds = WorldHardNegatives(length, cfg.img_size, seed, cfg.hard_negatives, cfg.shape_negatives)
+        if generated and cfg.generated_model:
+            from bestshot.train.generated import GeneratedWorldHardNegatives, Interleaved, build_pool
+
+            pool_seed = seed + 104729  # world items the render stream does not start with
+            pool = build_pool(cfg.generated_model, pool_seed, cfg.generated_pool, cfg.img_size,
+                              tuple(cfg.generated_strength), cache=Path(cfg.out_dir) / "generated_pool.safetensors")
+            gen = GeneratedWorldHardNegatives(pool, pool_seed, cfg.hard_negatives, cfg.shape_negatives)
+            ds = Interleaved(ds, gen, cfg.generated_every)
+        return ds
+    if generated and cfg.generated_model:
+        raise BestshotError("generated_model needs dataset: world with hard_negatives > 0 (it redraws world items)")
     from bestshot.train.data import build_dataset
 
     return build_dataset(cfg.dataset, cfg.img_size, length, seed)
+
+
+def degrade(images: torch.Tensor, blur_max: float, noise_max: float, prob: float = 0.5,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Blur and grain a batch of [-1, 1] images, a random amount per image (see ClipTrainConfig.blur_max).
+
+    Why: the scorer ranks *generated* images, whose shapes have soft, rounded edges and whose flat areas
+    carry grain; a CLIP that only ever saw exact renders read generated shapes far worse than rendered ones."""
+    B, C, H, W = images.shape
+    out = images
+    if blur_max > 0:
+        sigma = torch.rand(B, generator=generator) * blur_max
+        sigma = torch.where(torch.rand(B, generator=generator) < prob, sigma, torch.zeros(B))
+        r = max(1, int(math.ceil(2 * blur_max)))
+        x = torch.arange(-r, r + 1, dtype=images.dtype)
+        k = torch.exp(-x[None] ** 2 / (2 * sigma.clamp(min=1e-3)[:, None] ** 2))
+        k = (k / k.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (B*C, 2r+1); sigma ~0 gives a delta
+        y = F.pad(out.reshape(1, B * C, H, W), (r, r, r, r), mode="replicate")
+        y = F.conv2d(y, k[:, None, None, :], groups=B * C)
+        y = F.conv2d(y, k[:, None, :, None], groups=B * C)
+        out = y.reshape(B, C, H, W)
+    if noise_max > 0:
+        std = torch.rand(B, generator=generator) * noise_max
+        std = torch.where(torch.rand(B, generator=generator) < prob, std, torch.zeros(B))
+        out = out + std.view(B, 1, 1, 1) * torch.randn(out.shape, generator=generator)
+    return out.clamp(-1, 1)
 
 
 def clip_loss(model: CLIPModel, tok, images, captions, negatives, k: int):
@@ -259,6 +310,11 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     if cfg.img_size % cfg.patch_size:
         raise BestshotError(f"img_size {cfg.img_size} is not a multiple of patch_size {cfg.patch_size} — pick a divisor")
+    if cfg.generated_model and cfg.generated_every < 1:
+        raise BestshotError("generated_every must be >= 1 (1 = every image generated, 2 = every other one)")
+    if cfg.blur_max < 0 or cfg.noise_max < 0 or not 0 <= cfg.degrade_prob <= 1:
+        raise BestshotError("blur_max and noise_max must be >= 0 and degrade_prob in [0, 1] — e.g. blur_max: 1.0, "
+                            "noise_max: 0.08, degrade_prob: 0.5")
     if cfg.init_from:
         if not Path(cfg.init_from).is_dir():
             raise BestshotError(f"init_from {cfg.init_from} is not a CLIP folder — pass a folder written by `bestshot train clip`")
@@ -278,9 +334,9 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
     other = [p for n, p in params if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    ds = _dataset(cfg, cfg.steps * cfg.batch_size, cfg.seed)
+    ds = _dataset(cfg, cfg.steps * cfg.batch_size, cfg.seed, generated=True)
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=_collate, drop_last=True)
-    k = cfg.hard_negatives if isinstance(ds, WorldHardNegatives) else 0
+    k = cfg.hard_negatives if cfg.dataset == "world" and cfg.hard_negatives > 0 else 0
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     losses: list[tuple[int, float]] = []
@@ -294,6 +350,8 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
         for imgs, caps, negs in loader:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
+            if cfg.blur_max > 0 or cfg.noise_max > 0:
+                imgs = degrade(imgs, cfg.blur_max, cfg.noise_max, cfg.degrade_prob)
             loss, _, _ = clip_loss(model, tok, imgs, caps, negs, k)
             opt.zero_grad(set_to_none=True)
             loss.backward()

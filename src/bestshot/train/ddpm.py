@@ -330,6 +330,16 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- export
+def _check_same_text_tower(clip, trained_with, clip_dir: str, trained_dir: str) -> None:
+    """The denoiser reads the text tower's outputs: another CLIP may only differ on the image side."""
+    a = {**clip.text_model.state_dict(), **clip.text_projection.state_dict()}
+    b = {**trained_with.text_model.state_dict(), **trained_with.text_projection.state_dict()}
+    if a.keys() != b.keys() or any(not torch.equal(a[k].float(), b[k].float()) for k in a):
+        raise BestshotError(f"{clip_dir} has another text tower than {trained_dir}, the CLIP this denoiser was trained "
+                            "with — its prompts would mean nothing to the denoiser. Pass a CLIP fine-tuned from "
+                            f"{trained_dir} with freeze_text: true, or leave --clip out")
+
+
 def pipeline_from_checkpoint(checkpoint: str | Path, clip_dir: str | None = None, use_ema: bool = True):
     """A BestshotWorldPipeline (EMA weights by default) built in memory from a training checkpoint."""
     from bestshot.models.world_pipeline import BestshotWorldPipeline
@@ -337,6 +347,8 @@ def pipeline_from_checkpoint(checkpoint: str | Path, clip_dir: str | None = None
     ck = load_checkpoint(checkpoint)
     cfg = load_config(DDPMConfig, None, **ck["config"])
     clip, tok = load_clip(clip_dir or cfg.clip)
+    if clip_dir and Path(clip_dir).resolve() != Path(cfg.clip).resolve() and Path(cfg.clip).is_dir():
+        _check_same_text_tower(clip, load_clip(cfg.clip)[0], clip_dir, cfg.clip)
     unet = build_unet(cfg, clip.config)
     if use_ema:
         ema = EMA(unet)
@@ -375,7 +387,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
     pipe.tokenizer.save_pretrained(tmp / "clip")
     for sub in ("clip", "tokenizer"):
         write_tokenizer_files(tmp / sub)
-    keep = [p for p in ("TRAINING.md",) if (out_dir / p).exists()]
+    keep = [p for p in [Path("TRAINING.md"), *(p.relative_to(out_dir) for p in out_dir.glob("*.png"))]
+            if (out_dir / p).exists()]  # the model card and its plots survive a re-export
     for p in keep:
         shutil.copy(out_dir / p, tmp / p)
     if out_dir.exists():

@@ -11,8 +11,12 @@ How, per image:
    8-connected components, tiny ones dropped.
 3. each component: colour = median of its core pixels, nearest palette colour in CIELAB; a soft
    coverage map (alpha) from projecting pixels on the background->object colour line; for every
-   shape, a box is fitted from the alpha's area and centroid and the shape is rendered there; the
-   shape with the best soft IoU wins, and the fitted box gives size and centre.
+   shape, a box is fitted from the alpha's area and centroid and the shape is rendered there, sharp and
+   blurred by a few widths (generated images have soft edges: blur rounds a cross towards a diamond and
+   a diamond towards a circle, so a sharp template alone misreads them); the (shape, blur) with the least
+   squared error wins (its soft IoU is reported), and the fitted box gives size and centre. Coverage is
+   measured against the named palette colour, not the observed one, which a small blurred object never
+   reaches.
 4. prompt objects are matched to components (best assignment), then shape, colour, size, count,
    background and the relation (centre offset within 45 degrees of the axis) are checked.
 """
@@ -31,6 +35,9 @@ from bestshot.errors import BestshotError
 from bestshot.train import world as W
 
 _SIZE_EDGES = [(W.SIZE_FRACTION[a] + W.SIZE_FRACTION[b]) / 2 for a, b in zip(W.SIZES, W.SIZES[1:])]
+# edge blurs the shape templates are also fitted with, as a fraction of the image side (0.032 = 1 px at 32 px);
+# a sharp render still fits its own sharp template best (error ~0), so renders stay exact
+_FIT_BLURS = (0.0, 0.016, 0.032)
 
 
 @dataclass(frozen=True)
@@ -149,7 +156,9 @@ def analyse(image) -> Analysis:
         for j in comps:
             if j != k:
                 region &= ~grown[j]
-        direction = obj - bg
+        # the palette colour, not the observed one: a small blurred object never reaches its full colour, and
+        # scaling coverage by its faded peak would flatten it (a blurred small cross then fits a diamond)
+        direction = np.asarray(W.COLOURS[colour], np.float64) - bg
         raw = (smooth - bg) @ direction / max(float(direction @ direction), 1e-6)
         raw[~region] = 0
         # area and centroid from the unclipped map: zero-mean noise cancels instead of adding area
@@ -164,13 +173,16 @@ def analyse(image) -> Analysis:
             cy = my - W.SHAPE_CENTROID_DY[shape] * s_px
             t = W.coverage(shape, mx, cy, s_px, h, w, window=win)
             sl = (slice(max(0, win[0]), win[1]), slice(max(0, win[2]), win[3]))
-            a, tt = alpha[sl], t[sl]
-            if sigma:  # the alpha map was smoothed: compare it with an equally smoothed template
-                tt = ndimage.gaussian_filter(tt, sigma, mode="constant")
-            iou = float(np.minimum(a, tt).sum() / max(np.maximum(a, tt).sum(), 1e-6))
-            if best is None or iou > best[0]:
-                best = (iou, shape, s_px, mx, cy)
-        iou, shape, s_px, cx, cy = best
+            a, reg = alpha[sl], region[sl]
+            for fit_blur in _FIT_BLURS:
+                # the alpha map may have been smoothed (sigma) on top of the image's own blur: blur alike
+                b = math.hypot(sigma, fit_blur * side)
+                tt = ndimage.gaussian_filter(t[sl], b, mode="constant") if b else t[sl]
+                iou = float(np.minimum(a, tt).sum() / max(np.maximum(a, tt).sum(), 1e-6))
+                err = float((((a - tt) ** 2) * reg).sum())  # alpha is zeroed outside the region
+                if best is None or err < best[5]:
+                    best = (iou, shape, s_px, mx, cy, err)
+        iou, shape, s_px, cx, cy, _ = best
         frac = s_px / side
         size = W.SIZES[int(np.searchsorted(_SIZE_EDGES, frac))]
         blobs.append(Blob(colour, shape, size, cx / w, cy / h, frac, iou, int(m.sum())))
