@@ -1,5 +1,6 @@
 """The offline CLIP tokenizer reproduces the real CLIP vocabulary (open_clip's SimpleTokenizer)."""
 
+import pytest
 import gzip
 
 from transformers import CLIPTokenizer
@@ -39,3 +40,25 @@ def test_padding_truncation_and_round_trip(tmp_path):
     again = CLIPTokenizer.from_pretrained(tmp_path)
     assert again("a blue square below a red circle").input_ids == tok("a blue square below a red circle").input_ids
     assert again.model_max_length == 16 and again.pad_token_id == 49407
+
+
+def test_write_tokenizer_files_without_open_clip_reads_a_saved_tokenizer(tmp_path, monkeypatch):
+    import json
+
+    from bestshot.errors import BestshotError
+    from bestshot.models import clip_tokenizer as ct
+
+    vocab, merges = clip_vocab_and_merges()
+    build_clip_tokenizer().save_pretrained(tmp_path)
+    for f in ("vocab.json", "merges.txt"):
+        (tmp_path / f).unlink(missing_ok=True)
+
+    def no_open_clip():
+        raise BestshotError("open_clip is not installed")
+
+    monkeypatch.setattr(ct, "clip_vocab_and_merges", no_open_clip)
+    ct.write_tokenizer_files(tmp_path)  # from tokenizer.json: the same files open_clip's vocabulary gives
+    assert json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8")) == vocab
+    assert (tmp_path / "merges.txt").read_text(encoding="utf-8").splitlines()[1:] == merges
+    with pytest.raises(BestshotError, match="open_clip"):  # and nothing to read from: the clear error stays
+        ct.write_tokenizer_files(tmp_path / "empty")

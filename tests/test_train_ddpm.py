@@ -9,7 +9,7 @@ from PIL import Image
 from bestshot.errors import BestshotError
 from bestshot.train.clip_train import ClipTrainConfig, build_clip, build_clip_tokenizer, save_clip_folder
 from bestshot.train.common import load_config
-from bestshot.train.ddpm import DDPMConfig, build_unet, encode_text, load_checkpoint, load_clip, noise_scheduler, train
+from bestshot.train.ddpm import DDPMConfig, build_unet, encode_text, export, load_checkpoint, load_clip, noise_scheduler, train
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,6 @@ def test_yaml_config_and_errors(tmp_path):
 
 def test_export_and_sample_grid_and_gif(clip_dir, tmp_path):
     from bestshot.models.world_pipeline import BestshotWorldPipeline
-    from bestshot.train.ddpm import export
     from bestshot.train.sample import sample
 
     train(cfg_for(clip_dir, tmp_path / "run", steps=2, ckpt_every=2))
@@ -152,6 +151,21 @@ def test_init_from_starts_a_new_run_from_another_runs_ema(clip_dir, tmp_path):
         train(cfg_for(clip_dir, tmp_path / "c", block_out_channels=(32, 64), init_from=str(tmp_path / "a")))
     with pytest.raises(BestshotError, match="init_from"):
         cfg_for(clip_dir, tmp_path / "d", init_from=str(tmp_path / "nope")).validate()
+    # an exported pipeline folder (its unet/, stored in fp16) starts a run too: fine-tuning a shipped model
+    export(tmp_path / "a", tmp_path / "model")
+    train(cfg_for(clip_dir, tmp_path / "e", steps=1, ckpt_every=1, lr=0.0, warmup_steps=0,
+                  init_from=str(tmp_path / "model")))
+    got = load_checkpoint(tmp_path / "e")["model"]
+    for k in src:
+        torch.testing.assert_close(got[k].float(), src[k].half().float(), atol=1e-6, rtol=0)
+
+
+def test_ema_loads_onto_the_device_of_the_model_it_averages():
+    from bestshot.train.common import EMA
+
+    ema = EMA(torch.nn.Linear(2, 2).to("meta"))  # stands in for a CUDA model: a checkpoint is loaded on CPU
+    ema.load_state_dict(EMA(torch.nn.Linear(2, 2)).state_dict())
+    assert all(v.device.type == "meta" for v in ema.shadow.values())
 
 
 def test_checkpoint_without_a_newer_field_resumes_with_its_default(clip_dir, tmp_path):
@@ -167,7 +181,6 @@ def test_checkpoint_without_a_newer_field_resumes_with_its_default(clip_dir, tmp
 
 def test_export_with_another_clip_needs_the_same_text_tower(clip_dir, tmp_path):
     """A CLIP whose image side was fine-tuned (freeze_text) may replace the training CLIP; another text tower may not."""
-    from bestshot.train.ddpm import export
 
     train(cfg_for(clip_dir, tmp_path / "run", steps=1, ckpt_every=1))
     clip, tok = load_clip(clip_dir)

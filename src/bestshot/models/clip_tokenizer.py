@@ -61,10 +61,20 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
 
 
 def write_tokenizer_files(directory: str | os.PathLike) -> Path:
-    """Write vocab.json and merges.txt (the CLIPTokenizer file format) into ``directory``."""
+    """Write vocab.json and merges.txt (the CLIPTokenizer file format) into ``directory``.
+
+    The vocabulary comes from open_clip's file; without open_clip, from a ``tokenizer.json`` already in
+    ``directory`` (what a saved tokenizer holds), so an export works on a machine with transformers alone."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocab, merges = clip_vocab_and_merges()
+    try:
+        vocab, merges = clip_vocab_and_merges()
+    except BestshotError:
+        if not (directory / "tokenizer.json").is_file():
+            raise
+        model = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+        vocab = model["vocab"]
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     return directory

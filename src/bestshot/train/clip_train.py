@@ -59,6 +59,7 @@ class ClipTrainConfig:
     eval_size: int = 256
     seed: int = 0
     threads: int = 0  # torch.set_num_threads; 0 = leave as is
+    num_workers: int = 0  # DataLoader worker processes (rendering + captions); 0 = in the training process
     out_dir: str = "runs/clip"
     log_every: int = 10
     # continue from a trained CLIP folder; freeze_text keeps its text tower (and text projection) fixed, so a
@@ -225,7 +226,8 @@ def _dataset(cfg: ClipTrainConfig, length: int, seed: int, generated: bool = Fal
 
             pool_seed = seed + 104729  # world items the render stream does not start with
             pool = build_pool(cfg.generated_model, pool_seed, cfg.generated_pool, cfg.img_size,
-                              tuple(cfg.generated_strength), cache=Path(cfg.out_dir) / "generated_pool.safetensors")
+                              tuple(cfg.generated_strength), cache=Path(cfg.out_dir) / "generated_pool.safetensors",
+                              device="cuda" if torch.cuda.is_available() else "cpu")
             gen = GeneratedWorldHardNegatives(pool, pool_seed, cfg.hard_negatives, cfg.shape_negatives)
             ds = Interleaved(ds, gen, cfg.generated_every)
         return ds
@@ -265,14 +267,15 @@ def degrade(images: torch.Tensor, blur_max: float, noise_max: float, prob: float
 def clip_loss(model: CLIPModel, tok, images, captions, negatives, k: int):
     """Symmetric InfoNCE; image row i also scores its k hard-negative captions."""
     texts = captions + negatives
-    enc = tok(texts, padding=True, truncation=True, return_tensors="pt")
-    img = F.normalize(image_features(model, to_clip_pixels(images)), dim=-1)
+    dev = model.logit_scale.device
+    enc = tok(texts, padding=True, truncation=True, return_tensors="pt").to(dev)
+    img = F.normalize(image_features(model, to_clip_pixels(images.to(dev))), dim=-1)
     txt = F.normalize(text_features(model, enc.input_ids, enc.attention_mask), dim=-1)
     scale = model.logit_scale.exp().clamp(max=100)
     B = img.shape[0]
     pos, neg = txt[:B], txt[B:]
     logits = scale * img @ pos.T
-    labels = torch.arange(B)
+    labels = torch.arange(B, device=dev)
     loss_t = F.cross_entropy(logits.T, labels)
     if negatives:
         neg_logits = scale * torch.einsum("bd,bkd->bk", img, neg.view(B, k, -1))
@@ -325,7 +328,8 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
     else:
         tok = build_clip_tokenizer(cfg.max_length)
         model = build_clip(cfg)
-    model.train()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).train()
     if cfg.freeze_text:
         model.text_model.requires_grad_(False)
         model.text_projection.requires_grad_(False)
@@ -335,7 +339,8 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     ds = _dataset(cfg, cfg.steps * cfg.batch_size, cfg.seed, generated=True)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=_collate, drop_last=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=_collate, drop_last=True,
+                                         num_workers=cfg.num_workers)
     k = cfg.hard_negatives if cfg.dataset == "world" and cfg.hard_negatives > 0 else 0
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -366,8 +371,9 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
                 break
     elapsed = time.time() - t0
     metrics = evaluate(model, tok, cfg)
-    metrics.update(steps=step, seconds=round(elapsed, 1), final_loss=sum(v for _, v in losses[-20:]) / max(1, len(losses[-20:])))
-    save_clip_folder(model, tok, cfg, out)
+    metrics.update(steps=step, seconds=round(elapsed, 1), final_loss=sum(v for _, v in losses[-20:]) / max(1, len(losses[-20:])),
+                   device=device.type)
+    save_clip_folder(model.cpu(), tok, cfg, out)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     plot_losses(losses, out / "loss.png", "CLIP InfoNCE")
     return metrics

@@ -59,7 +59,10 @@ class EMA:
         return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
 
     def load_state_dict(self, sd: dict) -> None:
-        self.decay, self.num_updates, self.shadow = sd["decay"], sd["num_updates"], sd["shadow"]
+        """Load a saved average onto the device of the current one (a checkpoint is loaded on CPU)."""
+        device = next(iter(self.shadow.values())).device if self.shadow else None
+        self.decay, self.num_updates = sd["decay"], sd["num_updates"]
+        self.shadow = {k: v.to(device) if device is not None else v for k, v in sd["shadow"].items()}
 
     def copy_to(self, model: torch.nn.Module) -> None:
         model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})

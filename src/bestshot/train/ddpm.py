@@ -79,7 +79,9 @@ class DDPMConfig:
     threads: int = 0
     seed: int = 0
     out_dir: str = "runs/ddpm"
-    init_from: str = ""  # a checkpoint (file or run folder) whose EMA weights start a new run (fine-tuning)
+    # a checkpoint (file or run folder) whose EMA weights start a new run (fine-tuning), or an exported pipeline
+    # folder (its unet/, e.g. the shipped embedded model) — same architecture, the objective may differ
+    init_from: str = ""
 
     def total_steps(self) -> int:
         return int(self.epochs * self.dataset_length / self.batch_size) if self.epochs > 0 else self.steps
@@ -185,9 +187,17 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def init_weights(unet: UNet2DConditionModel, path: str | Path) -> None:
-    """Start a run from another run's EMA weights (same architecture; the objective may differ)."""
-    ck = load_checkpoint(path)
-    state = ck["ema"]["shadow"] if "ema" in ck else ck["model"]
+    """Start a run from another run's EMA weights, or an exported pipeline's UNet (same architecture)."""
+    if (Path(path) / "unet").is_dir() and not (Path(path) / CKPT_NAME).exists():  # an exported pipeline folder
+        from safetensors.torch import load_file
+
+        files = sorted((Path(path) / "unet").glob("*.safetensors"))
+        if not files:
+            raise BestshotError(f"init_from {path}/unet holds no .safetensors weights — export the model again")
+        state = {k: v.float() for k, v in load_file(str(files[0])).items()}
+    else:
+        ck = load_checkpoint(path)
+        state = ck["ema"]["shadow"] if "ema" in ck else ck["model"]
     try:
         unet.load_state_dict(state)
     except RuntimeError as e:

@@ -27,7 +27,8 @@ def pool_meta(model: str, seed: int, n: int, size: int, strength: tuple[float, f
 
 
 def build_pool(model: str, seed: int, n: int, size: int, strength: tuple[float, float] = (0.2, 0.4),
-               steps: int = 30, batch_size: int = 64, cache: str | Path | None = None, progress: bool = True) -> torch.Tensor:
+               steps: int = 30, batch_size: int = 64, cache: str | Path | None = None, progress: bool = True,
+               device: str = "cpu") -> torch.Tensor:
     """World items ``0..n-1`` of ``seed`` redrawn by ``model`` at strengths spread over ``strength``:
     a uint8 tensor (n, 3, size, size). With ``cache``, a matching file is reused and a new one saved."""
     from safetensors.torch import load_file, save
@@ -46,7 +47,7 @@ def build_pool(model: str, seed: int, n: int, size: int, strength: tuple[float, 
         with safe_open(str(cache), "pt") as f:
             if json.loads((f.metadata() or {}).get("bestshot", "{}")) == meta:
                 return load_file(str(cache))["images"]
-    pipe = load_pipeline(model, dtype="float32", device="cpu")
+    pipe = load_pipeline(model, dtype="float32", device=device)
     if getattr(pipe, "sdedit", None) is None:
         raise BestshotError(f"{model} is not a bestshot world pipeline (no sdedit) — pass the embedded model or a "
                             "folder written by `bestshot train export`")
@@ -66,7 +67,7 @@ def build_pool(model: str, seed: int, n: int, size: int, strength: tuple[float, 
         x0 = torch.stack([W.image_to_tensor(W.render(scene, size)) for scene, _ in items])
         s = lo + (hi - lo) * (b // batch_size) / max(1, n_batches - 1)
         x = pipe.sdedit(x0, captions, s, steps, 1.0, generator=g)
-        out[b : b + len(idx)] = ((x / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        out[b : b + len(idx)] = ((x.float().cpu() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     if cache:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(cache, save({"images": out}, metadata={"bestshot": json.dumps(meta)}))
