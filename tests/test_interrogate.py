@@ -183,9 +183,9 @@ def test_cli_folder_skips_bad_files_and_writes_csv(tiny_clip, tmp_path, cache):
 
 
 @pytest.mark.skipif(not (EMBEDDED_DIR / "clip" / "config.json").exists(), reason="the embedded CLIP is not trained yet")
-@pytest.mark.xfail(strict=False, reason="issue 5 open: the CPU-trained embedded CLIP reads single shapes right 82 % of the "
-                   "time and relations hardly at all (8/30 full matches on 2026-11-23: 8/15 single objects, 0/15 pairs); "
-                   "passes once the CLIP is stronger")
+@pytest.mark.xfail(strict=False, reason="issue 5 open: the embedded CLIP reads single shapes well but relations hardly at "
+                   "all (8/30 full matches on 2026-11-23: 8/15 single objects, 0/15 pairs; the bench's 200 rendered "
+                   "scenes: 29.5 % on 2026-11-27); passes once the CLIP is stronger")
 def test_embedded_clip_recovers_rendered_world_prompts(request):
     """The issue's check: on rendered images the interrogated prompt fully matches (oracle) for >= 90 %."""
     from bestshot.train.oracle import oracle
