@@ -194,7 +194,7 @@ def init_weights(unet: UNet2DConditionModel, path: str | Path) -> None:
         files = sorted((Path(path) / "unet").glob("*.safetensors"))
         if not files:
             raise BestshotError(f"init_from {path}/unet holds no .safetensors weights — export the model again")
-        state = {k: v.float() for k, v in load_file(str(files[0])).items()}
+        state = {k: v.float() for f in files for k, v in load_file(str(f)).items()}  # one file, or shards
     else:
         ck = load_checkpoint(path)
         state = ck["ema"]["shadow"] if "ema" in ck else ck["model"]
