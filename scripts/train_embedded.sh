@@ -5,7 +5,7 @@
 # `python -m bestshot.train.cli X` is the same as `bestshot train X`.
 # Each training command stops at its max_minutes (in the YAML) with a checkpoint; the denoiser goes on
 # from there with --resume. The shipped model then went through scripts/train_embedded_gpu.sh (a GPU
-# stage of the denoiser and one more CLIP stage), which starts from what step 9 exports.
+# stage of the denoiser), which starts from what step 9 exports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # passive OpenMP waiting: a busy neighbour process slows training ~2x instead of 10x+

@@ -227,7 +227,7 @@ def _dataset(cfg: ClipTrainConfig, length: int, seed: int, generated: bool = Fal
             pool_seed = seed + 104729  # world items the render stream does not start with
             pool = build_pool(cfg.generated_model, pool_seed, cfg.generated_pool, cfg.img_size,
                               tuple(cfg.generated_strength), cache=Path(cfg.out_dir) / "generated_pool.safetensors",
-                              device="cuda" if torch.cuda.is_available() else "cpu")
+                              device="auto")
             gen = GeneratedWorldHardNegatives(pool, pool_seed, cfg.hard_negatives, cfg.shape_negatives)
             ds = Interleaved(ds, gen, cfg.generated_every)
         return ds
@@ -328,7 +328,9 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
     else:
         tok = build_clip_tokenizer(cfg.max_length)
         model = build_clip(cfg)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from bestshot.models.loader import resolve_device
+
+    device = resolve_device()
     model.to(device).train()
     if cfg.freeze_text:
         model.text_model.requires_grad_(False)

@@ -228,7 +228,9 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from bestshot.models.loader import resolve_device
+
+    device = resolve_device()
     amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

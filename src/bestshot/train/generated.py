@@ -30,7 +30,8 @@ def build_pool(model: str, seed: int, n: int, size: int, strength: tuple[float, 
                steps: int = 30, batch_size: int = 64, cache: str | Path | None = None, progress: bool = True,
                device: str = "cpu") -> torch.Tensor:
     """World items ``0..n-1`` of ``seed`` redrawn by ``model`` at strengths spread over ``strength``:
-    a uint8 tensor (n, 3, size, size). With ``cache``, a matching file is reused and a new one saved."""
+    a uint8 tensor (n, 3, size, size). With ``cache``, a matching file is reused and a new one saved.
+    ``device``: where the model runs (``auto`` = CUDA when present)."""
     from safetensors.torch import load_file, save
 
     from bestshot.models.loader import load_pipeline
