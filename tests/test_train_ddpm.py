@@ -201,3 +201,28 @@ def test_export_with_another_clip_needs_the_same_text_tower(clip_dir, tmp_path):
     save_clip_folder(clip, tok, cc, tmp_path / "text_ft")
     with pytest.raises(BestshotError, match="another text tower"):
         export(tmp_path / "run", tmp_path / "model2", clip_dir=str(tmp_path / "text_ft"))
+
+
+def test_reexport_an_exported_folder_with_a_new_image_side(clip_dir, tmp_path):
+    """The shipped model's CLIP can be swapped for one trained further on the image side without its run folder."""
+    train(cfg_for(clip_dir, tmp_path / "run", steps=1, ckpt_every=1))
+    first = export(tmp_path / "run", tmp_path / "model", defaults={"num_inference_steps": 7})
+    clip, tok = load_clip(clip_dir)
+    cc = load_config(ClipTrainConfig, None, **json.loads((clip_dir / "bestshot_clip_config.json").read_text()))
+    with torch.no_grad():
+        clip.visual_projection.weight.mul_(-1.0)
+    save_clip_folder(clip, tok, cc, tmp_path / "vision_ft")
+    before = json.loads((first / "bestshot_defaults.json").read_text())
+    unet_before = (first / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    out = export(first, first, clip_dir=str(tmp_path / "vision_ft"))  # in place
+    assert json.loads((out / "bestshot_defaults.json").read_text()) == before  # steps 7, trained_steps kept
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == unet_before
+    from transformers import CLIPModel
+
+    shipped = CLIPModel.from_pretrained(out / "clip", torch_dtype=torch.float32)
+    torch.testing.assert_close(shipped.visual_projection.weight, clip.visual_projection.weight, atol=1e-3, rtol=1e-3)
+    with torch.no_grad():
+        clip.text_projection.weight.mul_(-1.0)
+    save_clip_folder(clip, tok, cc, tmp_path / "text_ft")
+    with pytest.raises(BestshotError, match="another text tower"):
+        export(first, tmp_path / "model2", clip_dir=str(tmp_path / "text_ft"))

@@ -34,6 +34,8 @@ def world(
     scorer: Optional[str] = typer.Option(None, "--scorer"),
     seed: int = typer.Option(12345, "--prompt-seed", help="Seed of the held-out prompt set."),
     out_dir: Optional[str] = typer.Option("eval_world", "--out", help="Folder for world_eval.json and .md."),
+    cache: Optional[str] = typer.Option(None, "--cache", help="Folder that keeps the candidates and oracle verdicts: "
+                                        "a rerun with the same model only scores them again (compare --scorer)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Full-match rate (oracle) for N=1 and best-of-N ranked by CLIP, per attribute."""
@@ -43,7 +45,7 @@ def world(
     if n_prompts < 1:
         raise BestshotError("--prompts must be >= 1")
     cfg = WorldEvalConfig(model=model, n_prompts=n_prompts, groups=_ints(groups, "--objects"), ns=_ints(ns, "--n"),
-                          steps=steps, guidance=guidance, scorer=scorer, seed=seed, out=out_dir)
+                          steps=steps, guidance=guidance, scorer=scorer, seed=seed, out=out_dir, cache=cache)
     res = evaluate_world(cfg, progress=not as_json)
     if as_json:
         print(dumps(res))

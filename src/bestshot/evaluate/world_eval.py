@@ -23,13 +23,13 @@ from typing import Any, Sequence
 
 from ..config import EMBEDDED, resolve_config
 from ..errors import BestshotError
-from ..generation import make_candidates, seeds_for
+from ..generation import seeds_for
 from ..models.loader import load_pipeline, resolve_device
 from ..models.registry import resolve_model
 from ..scoring import get_scorer, scorer_from_pipeline
 from ..store import atomic_write_json, atomic_write_text
 
-ATTRS = ("match", "shape", "colour", "count", "position")
+from ..train.candidates import ATTRS
 
 
 @dataclass
@@ -44,6 +44,9 @@ class WorldEvalConfig:
     guidance: float | None = None
     scorer: str | None = None
     out: str | None = None  # folder for results.json / results.md
+    # folder where each group's candidates and oracle verdicts are kept: a later run with the same generator,
+    # seeds and steps only scores them again (e.g. to compare scorers), see bestshot.train.candidates
+    cache: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -52,7 +55,7 @@ def _rates(verdicts: list[dict[str, bool]]) -> dict[str, float]:
 
 
 def evaluate_world(cfg: WorldEvalConfig, progress: bool = True) -> dict[str, Any]:
-    from ..train.oracle import oracle
+    from ..train.candidates import build_candidates
     from ..train.world import heldout_prompts
 
     if not cfg.ns or min(cfg.ns) < 1:
@@ -79,14 +82,12 @@ def evaluate_world(cfg: WorldEvalConfig, progress: bool = True) -> dict[str, Any
         per_n: dict[int, list[dict[str, bool]]] = {n: [] for n in cfg.ns}
         any_n: dict[int, list[dict[str, bool]]] = {n: [] for n in cfg.ns}
         random_pick: list[dict[str, bool]] = []
-        iterator = _progress(prompts, f"{n_obj}-object prompts") if progress else prompts
-        for prompt in iterator:
-            images = make_candidates(pipe, None, prompt, "", seeds, gen_cfg)
-            scores = scorer.score(images, prompt)
-            verdicts = []
-            for im in images:
-                r = oracle(im, prompt)
-                verdicts.append({a: bool(getattr(r, a)) for a in ATTRS})
+        cache = Path(cfg.cache) / f"candidates_{n_obj}_object.safetensors" if cfg.cache else None
+        cs = build_candidates(pipe, prompts, seeds, gen_cfg, cache=cache, prompts_per_call=1, progress=progress,
+                              label=f"{n_obj}-object prompts")
+        for p, prompt in enumerate(prompts):
+            scores = scorer.score(cs.pil(p), prompt)
+            verdicts = [cs.verdict(p, k) for k in range(n_max)]
             random_pick += verdicts
             for n in cfg.ns:
                 best = max(range(n), key=lambda k: scores[k])
@@ -161,12 +162,6 @@ def to_markdown(results: dict[str, Any]) -> str:
         lines += [f"| {r['clip_min']:.3f} | {r['matches_kept_pct']:.1f} | {r['mismatches_rejected_pct']:.1f} |"
                   for r in gate["table"]]
     return "\n".join(lines) + "\n"
-
-
-def _progress(items: Sequence[Any], label: str):
-    from rich.progress import track
-
-    return track(items, description=label, transient=True)
 
 
 def dumps(results: dict[str, Any]) -> str:

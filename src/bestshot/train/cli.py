@@ -72,7 +72,7 @@ def sample(checkpoint: Path = typer.Option(..., help="run folder, .pt checkpoint
 
 
 @app.command()
-def export(checkpoint: Path = typer.Option(..., help="run folder or .pt checkpoint"),
+def export(checkpoint: Path = typer.Option(..., help="run folder, .pt checkpoint or exported pipeline folder"),
            out: Path = typer.Option(..., help="pipeline folder to write"),
            clip_dir: Optional[str] = typer.Option(None, "--clip", help="CLIP folder (default: the one in the config)"),
            fp16: bool = typer.Option(True, help="store weights in float16 (half the size)"),

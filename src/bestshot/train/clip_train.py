@@ -79,6 +79,20 @@ class ClipTrainConfig:
     generated_pool: int = 4096
     generated_strength: tuple[float, float] = (0.2, 0.4)
     generated_every: int = 2
+    # learning to rank (world only, see bestshot.train.candidates): ranked_prompts training prompts, each with
+    # ranked_candidates images drawn by ranked_model and the oracle's verdict on each; every step also shows
+    # ranked_groups prompts whose candidates the oracle both accepts and rejects, and the loss asks the
+    # prompt's text to score an accepted candidate first (softmax over the group, all accepted ones
+    # positive), weighted by ranked_weight. ranked_holdout of the prompts are kept aside to measure how often
+    # the top-scored candidate is an accepted one. The set is cached (ranked_cache, default in out_dir).
+    ranked_model: str = ""
+    ranked_prompts: int = 360
+    ranked_candidates: int = 8
+    ranked_seed: int = 0
+    ranked_groups: int = 8
+    ranked_weight: float = 1.0
+    ranked_holdout: float = 0.15
+    ranked_cache: str = ""
 
 
 # ------------------------------------------------------------------------------- hard negative captions
@@ -285,6 +299,59 @@ def clip_loss(model: CLIPModel, tok, images, captions, negatives, k: int):
     return (loss_i + loss_t) / 2, logits, (neg_logits if negatives else None)
 
 
+def ranked_loss(model: CLIPModel, tok, cs, groups: list[int], degrade_cfg: tuple[float, float, float] | None = None):
+    """Multi-positive softmax over each prompt's candidates: -log P(an oracle-accepted candidate is ranked first)."""
+    dev = model.logit_scale.device
+    K = cs.images.shape[1]
+    imgs = cs.images[groups].flatten(0, 1).float() / 127.5 - 1.0
+    size = model.config.vision_config.image_size
+    if imgs.shape[-1] != size or imgs.shape[-2] != size:  # candidates drawn at another size than the CLIP reads
+        imgs = F.interpolate(imgs, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
+    if degrade_cfg:
+        imgs = degrade(imgs, *degrade_cfg)
+    img = F.normalize(image_features(model, to_clip_pixels(imgs.to(dev))), dim=-1).view(len(groups), K, -1)
+    enc = tok([cs.prompts[p] for p in groups], padding=True, truncation=True, return_tensors="pt").to(dev)
+    txt = F.normalize(text_features(model, enc.input_ids, enc.attention_mask), dim=-1)
+    logits = model.logit_scale.exp().clamp(max=100) * torch.einsum("gkd,gd->gk", img, txt)
+    accepted = cs.verdicts[groups][:, :, 0].to(dev)
+    loss = torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~accepted, float("-inf")), 1)
+    return loss.mean(), logits, accepted
+
+
+@torch.no_grad()
+def ranked_top1(model: CLIPModel, tok, cs, groups: list[int], batch: int = 32) -> float:
+    """How often the top-scored candidate of a mixed group is one the oracle accepts (``groups`` not empty)."""
+    was = model.training
+    model.eval()
+    hits = 0
+    for i in range(0, len(groups), batch):
+        _, logits, accepted = ranked_loss(model, tok, cs, groups[i : i + batch])
+        hits += accepted.gather(1, logits.argmax(1, keepdim=True)).sum().item()
+    model.train(was)
+    return hits / len(groups)
+
+
+def _ranked_split(cfg: ClipTrainConfig):
+    """(candidate set, training groups, held-out groups) or (None, [], []) when ranking is off."""
+    if not cfg.ranked_model:
+        return None, [], []
+    if cfg.dataset != "world":
+        raise BestshotError("ranked_model needs dataset: world (the oracle judges world prompts)")
+    if not 0 <= cfg.ranked_holdout < 1 or cfg.ranked_groups < 1:
+        raise BestshotError("ranked_holdout must be in [0, 1) and ranked_groups >= 1, e.g. 0.15 and 8")
+    from bestshot.train.candidates import mixed_groups, training_set
+
+    cs = training_set(cfg.ranked_model, cfg.ranked_prompts, cfg.ranked_seed, cfg.ranked_candidates,
+                      cache=cfg.ranked_cache or Path(cfg.out_dir) / "ranked_pool.safetensors", device=None)
+    mixed = mixed_groups(cs)
+    cut = len(cs) - int(round(cfg.ranked_holdout * len(cs)))  # the last prompts are held out
+    train, held = [p for p in mixed if p < cut], [p for p in mixed if p >= cut]
+    if not train:
+        raise BestshotError(f"none of the {len(cs)} ranking prompts has both accepted and rejected candidates — "
+                            "raise ranked_prompts or ranked_candidates")
+    return cs, train, held
+
+
 @torch.no_grad()
 def evaluate(model: CLIPModel, tok, cfg: ClipTrainConfig) -> dict:
     """Held-out retrieval: image→text top-1 among the batch's captions, and positive vs its hard negatives."""
@@ -346,6 +413,10 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
     k = cfg.hard_negatives if cfg.dataset == "world" and cfg.hard_negatives > 0 else 0
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    ranked, rank_train, rank_held = _ranked_split(cfg)
+    rank_rng = random.Random(cfg.seed)
+    rank_before = ranked_top1(model, tok, ranked, rank_held) if ranked is not None and rank_held else None
+    degrade_cfg = (cfg.blur_max, cfg.noise_max, cfg.degrade_prob) if cfg.blur_max > 0 or cfg.noise_max > 0 else None
     losses: list[tuple[int, float]] = []
     t0 = time.time()
     step = 0
@@ -360,6 +431,9 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
             if cfg.blur_max > 0 or cfg.noise_max > 0:
                 imgs = degrade(imgs, cfg.blur_max, cfg.noise_max, cfg.degrade_prob)
             loss, _, _ = clip_loss(model, tok, imgs, caps, negs, k)
+            if ranked is not None:
+                groups = rank_rng.sample(rank_train, min(cfg.ranked_groups, len(rank_train)))
+                loss = loss + cfg.ranked_weight * ranked_loss(model, tok, ranked, groups, degrade_cfg)[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -368,11 +442,18 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
             losses.append((step, loss.item()))
             bar.update(task, advance=1, loss=f"{loss.item():.3f}")
             if step % cfg.log_every == 0:
-                print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
+                held = ""
+                if ranked is not None and rank_held and step % (10 * cfg.log_every) == 0:
+                    held = f" ranked held-out top-1 {ranked_top1(model, tok, ranked, rank_held):.3f}"
+                print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s{held}", flush=True)
             if step >= cfg.steps or (cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes):
                 break
     elapsed = time.time() - t0
     metrics = evaluate(model, tok, cfg)
+    if ranked is not None:
+        metrics.update(ranked_heldout_groups=len(rank_held), ranked_train_groups=len(rank_train),
+                       ranked_top1_before=rank_before,
+                       ranked_top1=ranked_top1(model, tok, ranked, rank_held) if rank_held else None)
     metrics.update(steps=step, seconds=round(elapsed, 1), final_loss=sum(v for _, v in losses[-20:]) / max(1, len(losses[-20:])),
                    device=device.type)
     save_clip_folder(model.cpu(), tok, cfg, out)

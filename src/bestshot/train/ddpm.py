@@ -346,7 +346,8 @@ def _check_same_text_tower(clip, trained_with, clip_dir: str, trained_dir: str) 
     """The denoiser reads the text tower's outputs: another CLIP may only differ on the image side."""
     a = {**clip.text_model.state_dict(), **clip.text_projection.state_dict()}
     b = {**trained_with.text_model.state_dict(), **trained_with.text_projection.state_dict()}
-    if a.keys() != b.keys() or any(not torch.equal(a[k].float(), b[k].float()) for k in a):
+    # compared at float16 precision: an exported model stores its CLIP in float16
+    if a.keys() != b.keys() or any(not torch.equal(a[k].half(), b[k].half()) for k in a):
         raise BestshotError(f"{clip_dir} has another text tower than {trained_dir}, the CLIP this denoiser was trained "
                             "with — its prompts would mean nothing to the denoiser. Pass a CLIP fine-tuned from "
                             f"{trained_dir} with freeze_text: true, or leave --clip out")
@@ -372,23 +373,49 @@ def pipeline_from_checkpoint(checkpoint: str | Path, clip_dir: str | None = None
     return BestshotWorldPipeline(unet=unet, scheduler=sampling_scheduler(cfg), clip=clip, tokenizer=tok, conditioning=cfg.cond), cfg, ck
 
 
+def pipeline_from_folder(folder: str | Path, clip_dir: str | None = None):
+    """An exported pipeline folder in memory (float32), its CLIP replaced by ``clip_dir`` when given (which
+    must share the folder's text tower), and the folder's bestshot_defaults.json."""
+    from bestshot.models.world_pipeline import BestshotWorldPipeline
+
+    folder = Path(folder)
+    pipe = BestshotWorldPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    if clip_dir:
+        clip, _ = load_clip(clip_dir)
+        _check_same_text_tower(clip, pipe.clip, clip_dir, str(folder / "clip"))
+        pipe.register_modules(clip=clip)
+    path = folder / "bestshot_defaults.json"
+    return pipe, (json.loads(path.read_text()) if path.exists() else {})
+
+
 def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = None, fp16: bool = True,
            defaults: dict | None = None) -> Path:
-    """Write a BestshotWorldPipeline folder + bestshot_defaults.json (fp16 storage keeps it small)."""
+    """Write a BestshotWorldPipeline folder + bestshot_defaults.json (fp16 storage keeps it small).
+
+    ``checkpoint`` is a training run (its EMA weights are exported) or an exported pipeline folder (re-exported,
+    e.g. with another ``clip_dir`` whose image side was trained further; its defaults are kept)."""
     import shutil
     import tempfile
 
     from bestshot.models.world_pipeline import DEFAULTS
 
-    pipe, cfg, ck = pipeline_from_checkpoint(checkpoint, clip_dir)
+    if (Path(checkpoint) / "model_index.json").exists():
+        pipe, base = pipeline_from_folder(checkpoint, clip_dir)
+    else:
+        pipe, cfg, ck = pipeline_from_checkpoint(checkpoint, clip_dir)
+        base = {**DEFAULTS, "height": cfg.img_size, "width": cfg.img_size, "trained_steps": ck["step"],
+                "conditioning": cfg.cond}
     if fp16:
         pipe.to(torch.float16)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=out_dir.name + ".tmp"))
     pipe.save_pretrained(tmp, safe_serialization=True)
-    d = {**DEFAULTS, "height": cfg.img_size, "width": cfg.img_size, **(defaults or {}),
-         "trained_steps": ck["step"], "conditioning": cfg.cond, "dtype_cpu": "float32"}
+    for cfg_file in [tmp / "model_index.json", *tmp.glob("*/config.json"), *tmp.glob("*/scheduler_config.json")]:
+        conf = json.loads(cfg_file.read_text())  # a folder loaded from disk records where it came from: drop it
+        if conf.pop("_name_or_path", None) is not None:
+            cfg_file.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
+    d = {**base, **(defaults or {}), "dtype_cpu": "float32"}
     (tmp / "bestshot_defaults.json").write_text(json.dumps(d, indent=2))
     # make clip/ a complete CLIP folder for scorers (preprocessor + tokenizer files beside the weights), and
     # add vocab.json/merges.txt to tokenizer/ for transformers versions that do not read tokenizer.json
