@@ -4,7 +4,7 @@ Two users:
 
 * ``bestshot eval world --cache DIR`` generates each prompt's candidates once; scoring them again with
   another scorer (``--scorer runs/.../clip``) then costs seconds instead of an hour on CPU.
-* ``bestshot train clip`` with ``ranked_pool``: a scorer learns to rank by being shown, for a training
+* ``bestshot train clip`` with ``ranked_model``: a scorer learns to rank by being shown, for a training
   prompt, which of the generator's own candidates the oracle accepts and which it rejects (a reward model
   trained on an annotator's labels; here the annotator is the oracle). The prompts come from an rng
   namespace of their own, never the held-out evaluation set.
@@ -177,7 +177,7 @@ def training_set(model: str, n_prompts: int, seed: int = 0, n_candidates: int = 
         from ..errors import BestshotError
 
         raise BestshotError(f"{model} is not a bestshot world pipeline — ranked_model takes 'embedded' or a folder "
-                         "written by `bestshot train export`")
+                            "written by `bestshot train export`")
     exclude = heldout_prompts(200, n_objects=1) + heldout_prompts(200, n_objects=2)
     prompts = training_prompts(n_prompts, seed, exclude=exclude)
     seeds = [RANKED_SEED_BASE + k for k in range(n_candidates)]
