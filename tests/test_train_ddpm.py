@@ -179,50 +179,52 @@ def test_checkpoint_without_a_newer_field_resumes_with_its_default(clip_dir, tmp
         train(cfg_for(clip_dir, tmp_path / "old", steps=4, prediction_type="v_prediction"), resume=True)
 
 
+def _fine_tuned_clips(clip_dir, tmp_path):
+    """Two CLIP folders made from the training CLIP: ``vision_ft`` (image side changed, text tower as trained)
+    and ``text_ft`` (text tower changed too). Returns (the vision_ft model, its folder, the text_ft folder)."""
+    clip, tok = load_clip(clip_dir)
+    cc = load_config(ClipTrainConfig, None, **json.loads((clip_dir / "bestshot_clip_config.json").read_text()))
+    with torch.no_grad():
+        clip.visual_projection.weight.mul_(-1.0)
+    save_clip_folder(clip, tok, cc, tmp_path / "vision_ft")
+    text_ft, _ = load_clip(tmp_path / "vision_ft")
+    with torch.no_grad():
+        text_ft.text_projection.weight.mul_(-1.0)
+    save_clip_folder(text_ft, tok, cc, tmp_path / "text_ft")
+    return clip, str(tmp_path / "vision_ft"), str(tmp_path / "text_ft")
+
+
+def _assert_image_side_is(folder, clip):
+    from transformers import CLIPModel
+
+    shipped = CLIPModel.from_pretrained(folder / "clip", torch_dtype=torch.float32)
+    torch.testing.assert_close(shipped.visual_projection.weight, clip.visual_projection.weight, atol=1e-3, rtol=1e-3)
+
+
 def test_export_with_another_clip_needs_the_same_text_tower(clip_dir, tmp_path):
     """A CLIP whose image side was fine-tuned (freeze_text) may replace the training CLIP; another text tower may not."""
 
     train(cfg_for(clip_dir, tmp_path / "run", steps=1, ckpt_every=1))
-    clip, tok = load_clip(clip_dir)
-    cc = load_config(ClipTrainConfig, None, **json.loads((clip_dir / "bestshot_clip_config.json").read_text()))
-    with torch.no_grad():
-        clip.visual_projection.weight.mul_(-1.0)  # image side changed, text tower as trained
-    save_clip_folder(clip, tok, cc, tmp_path / "vision_ft")
-    out = export(tmp_path / "run", tmp_path / "model", clip_dir=str(tmp_path / "vision_ft"))
+    clip, vision_ft, text_ft = _fine_tuned_clips(clip_dir, tmp_path)
+    out = export(tmp_path / "run", tmp_path / "model", clip_dir=vision_ft)
     (out / "plot.png").write_bytes(b"png")  # a model card's plot survives re-exporting over the folder
-    export(tmp_path / "run", out, clip_dir=str(tmp_path / "vision_ft"))
+    export(tmp_path / "run", out, clip_dir=vision_ft)
     assert (out / "plot.png").read_bytes() == b"png"
-    from transformers import CLIPModel
-
-    shipped = CLIPModel.from_pretrained(out / "clip", torch_dtype=torch.float32)
-    torch.testing.assert_close(shipped.visual_projection.weight, clip.visual_projection.weight, atol=1e-3, rtol=1e-3)
-    with torch.no_grad():
-        clip.text_projection.weight.mul_(-1.0)
-    save_clip_folder(clip, tok, cc, tmp_path / "text_ft")
+    _assert_image_side_is(out, clip)
     with pytest.raises(BestshotError, match="another text tower"):
-        export(tmp_path / "run", tmp_path / "model2", clip_dir=str(tmp_path / "text_ft"))
+        export(tmp_path / "run", tmp_path / "model2", clip_dir=text_ft)
 
 
 def test_reexport_an_exported_folder_with_a_new_image_side(clip_dir, tmp_path):
     """The shipped model's CLIP can be swapped for one trained further on the image side without its run folder."""
     train(cfg_for(clip_dir, tmp_path / "run", steps=1, ckpt_every=1))
     first = export(tmp_path / "run", tmp_path / "model", defaults={"num_inference_steps": 7})
-    clip, tok = load_clip(clip_dir)
-    cc = load_config(ClipTrainConfig, None, **json.loads((clip_dir / "bestshot_clip_config.json").read_text()))
-    with torch.no_grad():
-        clip.visual_projection.weight.mul_(-1.0)
-    save_clip_folder(clip, tok, cc, tmp_path / "vision_ft")
+    clip, vision_ft, text_ft = _fine_tuned_clips(clip_dir, tmp_path)
     before = json.loads((first / "bestshot_defaults.json").read_text())
     unet_before = (first / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
-    out = export(first, first, clip_dir=str(tmp_path / "vision_ft"))  # in place
+    out = export(first, first, clip_dir=vision_ft)  # in place
     assert json.loads((out / "bestshot_defaults.json").read_text()) == before  # steps 7, trained_steps kept
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == unet_before
-    from transformers import CLIPModel
-
-    shipped = CLIPModel.from_pretrained(out / "clip", torch_dtype=torch.float32)
-    torch.testing.assert_close(shipped.visual_projection.weight, clip.visual_projection.weight, atol=1e-3, rtol=1e-3)
-    with torch.no_grad():
-        clip.text_projection.weight.mul_(-1.0)
-    save_clip_folder(clip, tok, cc, tmp_path / "text_ft")
+    _assert_image_side_is(out, clip)
     with pytest.raises(BestshotError, match="another text tower"):
-        export(first, tmp_path / "model2", clip_dir=str(tmp_path / "text_ft"))
+        export(first, tmp_path / "model2", clip_dir=text_ft)

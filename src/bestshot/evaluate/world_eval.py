@@ -28,7 +28,6 @@ from ..models.loader import load_pipeline, resolve_device
 from ..models.registry import resolve_model
 from ..scoring import get_scorer, scorer_from_pipeline
 from ..store import atomic_write_json, atomic_write_text
-
 from ..train.candidates import ATTRS
 
 
