@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--timing-images", type=int, default=20)
     ap.add_argument("--rendered", action="store_true", help="score rendered held-out images instead of generated ones")
     ap.add_argument("--clip", default="embedded", help="CLIP folder for --rendered runs (default: the embedded CLIP)")
+    ap.add_argument("--prior-weight", type=float, default=None, help="the world prior's weight (default: the interrogator's)")
+    ap.add_argument("--no-spatial", action="store_true", help="relations from the pooled cosine, not from patch embeddings")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -100,7 +102,10 @@ def main() -> None:
     _write_csv(work / "truth.csv", [(f"{i:03d}.png", p) for i, p in enumerate(prompts)])
 
     # interrogator (the world search: InterrogateConfig's domain is set explicitly since the scorer is given)
-    engine = Interrogator(InterrogateConfig(mode=args.mode, clip=args.clip, domain="world"), scorer=scorer)
+    icfg = InterrogateConfig(mode=args.mode, clip=args.clip, domain="world", spatial=not args.no_spatial)
+    if args.prior_weight is not None:
+        icfg.prior_weight = args.prior_weight
+    engine = Interrogator(icfg, scorer=scorer)
     t0 = time.time()
     inter = [r.prompt for r in engine.interrogate(images)]
     inter_s = time.time() - t0
@@ -144,7 +149,7 @@ def main() -> None:
 
     res = {
         "n": args.n, "mode": args.mode, "threads": args.threads, "images": "rendered" if args.rendered else "generated",
-        "clip": args.clip, "generate_s": round(gen_s, 1),
+        "clip": args.clip, "prior_weight": icfg.prior_weight, "spatial": icfg.spatial, "generate_s": round(gen_s, 1),
         "interrogator_minilm": float(prompt_similarity(inter, prompts).mean()),
         "captioner_minilm": float(prompt_similarity(caps, prompts).mean()),
         "interrogator_oracle_generated": match(images, inter),

@@ -51,6 +51,10 @@ def test_cache_is_reused_extended_and_dropped_for_another_generator(tiny_world, 
     assert torch.equal(more.images[:2], first.images) and len(more) == 3
     with safe_open(str(cache), "pt") as f:
         assert json.loads(f.metadata()["bestshot"])["prompts"] == PROMPTS
+    loaded = C.load_candidates(cache)  # whatever made it (bench/spatial_scorer.py reads sets this way)
+    assert loaded.prompts == PROMPTS and torch.equal(loaded.images, more.images) and loaded.meta == more.meta
+    with pytest.raises(BestshotError, match="eval world --cache"):
+        C.load_candidates(tmp_path / "none.safetensors")
     calls.clear()
     with torch.no_grad():  # another generator: the cache no longer describes it
         pipe.unet.conv_out.bias.add_(0.5)  # (the pipeline is shared through the model cache: undone below)

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from bestshot.errors import BestshotError
+from bestshot.models.loader import dtype_kwargs
 from bestshot.train.clip_train import ClipTrainConfig, build_clip, build_clip_tokenizer, save_clip_folder
 from bestshot.train.common import load_config
 from bestshot.train.ddpm import DDPMConfig, build_unet, encode_text, export, load_checkpoint, load_clip, noise_scheduler, train
@@ -112,7 +113,7 @@ def test_export_and_sample_grid_and_gif(clip_dir, tmp_path):
     out = export(tmp_path / "run", tmp_path / "model", defaults={"guidance_scale": 3.0})
     d = json.loads((out / "bestshot_defaults.json").read_text())
     assert d["guidance_scale"] == 3.0 and d["height"] == 16 and d["scheduler"] == "ddim"
-    pipe = BestshotWorldPipeline.from_pretrained(out, torch_dtype=torch.float32)
+    pipe = BestshotWorldPipeline.from_pretrained(out, **dtype_kwargs(torch.float32))
     assert pipe.unet.dtype == torch.float32
     grid = sample(out, ["a red circle", "a blue square"], tmp_path / "g.png", n=3, steps=3, gif=tmp_path / "d.gif")
     im = Image.open(grid)
@@ -197,7 +198,7 @@ def _fine_tuned_clips(clip_dir, tmp_path):
 def _assert_image_side_is(folder, clip):
     from transformers import CLIPModel
 
-    shipped = CLIPModel.from_pretrained(folder / "clip", torch_dtype=torch.float32)
+    shipped = CLIPModel.from_pretrained(folder / "clip", dtype=torch.float32)
     torch.testing.assert_close(shipped.visual_projection.weight, clip.visual_projection.weight, atol=1e-3, rtol=1e-3)
 
 

@@ -131,3 +131,33 @@ def test_heldout_prompts_fixed_parseable_and_not_training_stream():
     assert all(len(W.parse_prompt(x).objects) == 1 for x in one)
     train = [W.WorldDataset(200, 32, seed=12345)[i][1] for i in range(30)]
     assert train != p[:30]
+
+
+def test_log_prior_is_the_worlds_distribution():
+    """Over every distinct fully specified scene (kinds, sizes, background, relation) the prior sums to 1;
+    leaving sizes or the background out sums over them; "A left of B" is the same scene as "B right of A"."""
+    import itertools
+    import math
+
+    kinds = [W.ObjSpec(s, c) for s in W.SHAPES for c in W.COLOURS]
+    sized = lambda objs, sizes: tuple(W.ObjSpec(o.shape, o.colour, z) for o, z in zip(objs, sizes))
+    total = 0.0
+    for n, groups, relations in ((1, itertools.combinations(kinds, 1), [None]),
+                                 (2, itertools.permutations(kinds, 2), ["left of", "above"]),
+                                 (3, itertools.combinations(kinds, 3), [None])):
+        objs_list = list(groups)
+        spec = W.PromptSpec(sized(objs_list[0], ["small"] * n), "white", relations[0])
+        # every scene of a count has the same prior: sum it as count * exp(prior)
+        count = len(objs_list) * len(relations) * len(W.SIZES) ** n * len(W.BACKGROUNDS)
+        total += count * math.exp(W.log_prior(spec))
+    assert total == pytest.approx(1.0, rel=1e-9)
+
+    a, b = W.ObjSpec("circle", "red", "small"), W.ObjSpec("square", "blue", "large")
+    assert W.log_prior(W.PromptSpec((a, b), "gray", "left of")) == W.log_prior(W.PromptSpec((b, a), "gray", "right of"))
+    full = [W.log_prior(W.PromptSpec(sized((a,), [z]), bg, None)) for z in W.SIZES for bg in W.BACKGROUNDS]
+    bare = W.log_prior(W.PromptSpec((W.ObjSpec("circle", "red"),), None, None))
+    assert math.log(sum(math.exp(v) for v in full)) == pytest.approx(bare)
+    pair = W.log_prior(W.PromptSpec((a, b), None, None))
+    assert math.log(sum(math.exp(W.log_prior(W.PromptSpec((a, b), None, r))) for r in W.RELATIONS)) == pytest.approx(pair)
+    with pytest.raises(ValueError, match="1-3 objects"):
+        W.log_prior(W.PromptSpec((), None, None))

@@ -7,6 +7,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
+from bestshot.models.loader import dtype_kwargs
 from bestshot.models.world_pipeline import BestshotWorldPipeline
 from bestshot.train.clip_train import ClipTrainConfig, build_clip, build_clip_tokenizer
 from bestshot.train.ddpm import DDPMConfig, build_unet, sampling_scheduler
@@ -38,7 +39,7 @@ def gens(*seeds):
 def test_save_load_round_trip(pipe, tmp_path):
     pipe.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "model_index.json").read_text())["conditioning"] == "text_tokens"
-    again = BestshotWorldPipeline.from_pretrained(tmp_path, torch_dtype=torch.float32)
+    again = BestshotWorldPipeline.from_pretrained(tmp_path, **dtype_kwargs(torch.float32))
     again.set_progress_bar_config(disable=True)
     a = pipe("a red circle", num_inference_steps=3, generator=gens(1), output_type="np").images
     b = again("a red circle", num_inference_steps=3, generator=gens(1), output_type="np").images
@@ -93,7 +94,7 @@ def test_embedding_conditioning_path(tmp_path):
     assert hidden.shape == (1, 1, 16) and cls.shape == (1, 16)
     assert torch.allclose(cls.norm(dim=-1), torch.ones(1), atol=1e-4)
     p.save_pretrained(tmp_path)
-    again = BestshotWorldPipeline.from_pretrained(tmp_path, torch_dtype=torch.float32)
+    again = BestshotWorldPipeline.from_pretrained(tmp_path, **dtype_kwargs(torch.float32))
     assert again.config.conditioning == "image_embed"
     assert again("a red circle", num_inference_steps=2, output_type="np").images.shape == (1, 16, 16, 3)
 

@@ -27,12 +27,12 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .config import EMBEDDED, ImgCfg, resolve_config
+from .config import ImgCfg, resolve_config
 from .errors import BestshotError
-from .models.loader import free_memory, load_pipeline, load_refiner, resolve_device
+from .models.loader import free_memory, load_pipeline, load_refiner
 from .models.registry import resolve_model, sampler_label
 from .prompts.build import blocked_terms, build_prompt
-from .scoring import clip_score_100, get_scorer, scorer_from_pipeline
+from .scoring import clip_score_100, pipeline_scorer
 from .store import Store, format_parameters, new_run_id
 
 log = logging.getLogger(__name__)
@@ -261,12 +261,7 @@ def pick_scorer(scorer: Any, cfg: ImgCfg, ref: Any, pipe: Any):
     embedded model's own CLIP is reused instead of loading a second copy."""
     if scorer is not None and not isinstance(scorer, str):
         return scorer
-    spec = scorer or cfg.scorer or ref.family.default_scorer
-    if spec == EMBEDDED and ref.family.name == "embedded":
-        own = scorer_from_pipeline(pipe)
-        if own is not None:
-            return own
-    return get_scorer(spec, device=resolve_device(cfg.device))
+    return pipeline_scorer(scorer or cfg.scorer, pipe, ref.family, cfg.device)
 
 
 def _settings(cfg: ImgCfg) -> dict[str, Any]:

@@ -24,10 +24,10 @@ from typing import Any
 from ..config import EMBEDDED, resolve_config
 from ..errors import BestshotError
 from ..generation import make_candidates, seeds_for
-from ..models.loader import load_pipeline, resolve_device
+from ..models.loader import load_pipeline
 from ..models.registry import resolve_model, sampler_label
 from ..prompts.build import blocked_terms, build_prompt
-from ..scoring import clip_score_100, get_scorer, scorer_from_pipeline
+from ..scoring import clip_score_100, pipeline_scorer
 from ..store import atomic_write_json, format_parameters, save_png
 from .manifest import Row, read_manifest
 
@@ -120,11 +120,7 @@ def generate_rows(manifest: str | Path, out_dir: str | Path, settings: BatchSett
 
     ref = resolve_model(cfg.model)
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory, scheduler=cfg.scheduler)
-    scorer = None
-    spec = settings.scorer or ref.family.default_scorer
-    if spec == EMBEDDED and ref.family.name == "embedded":
-        scorer = scorer_from_pipeline(pipe)
-    scorer = scorer or get_scorer(spec, device=resolve_device(cfg.device))
+    scorer = pipeline_scorer(settings.scorer, pipe, ref.family, cfg.device)
     sampler = sampler_label(pipe.scheduler)
     atomic_write_json(out / SETTINGS_FILE, {"manifest": str(manifest), "settings": used, "sampler": sampler,
                                             "scorer_name": scorer.name})

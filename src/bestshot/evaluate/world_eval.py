@@ -24,9 +24,9 @@ from typing import Any, Sequence
 from ..config import EMBEDDED, resolve_config
 from ..errors import BestshotError
 from ..generation import seeds_for
-from ..models.loader import load_pipeline, resolve_device
+from ..models.loader import load_pipeline
 from ..models.registry import resolve_model
-from ..scoring import get_scorer, scorer_from_pipeline
+from ..scoring import pipeline_scorer
 from ..store import atomic_write_json, atomic_write_text
 from ..train.candidates import ATTRS
 
@@ -64,10 +64,7 @@ def evaluate_world(cfg: WorldEvalConfig, progress: bool = True) -> dict[str, Any
                              steps_base=cfg.steps, guidance=cfg.guidance, clip_min=-1.0)
     ref = resolve_model(cfg.model)
     pipe = load_pipeline(cfg.model, dtype=gen_cfg.dtype, device=gen_cfg.device, scheduler=gen_cfg.scheduler)
-    scorer = None
-    if (cfg.scorer or EMBEDDED) == EMBEDDED and ref.family.name == "embedded":
-        scorer = scorer_from_pipeline(pipe)
-    scorer = scorer or get_scorer(cfg.scorer or ref.family.default_scorer, device=resolve_device(gen_cfg.device))
+    scorer = pipeline_scorer(cfg.scorer, pipe, ref.family, gen_cfg.device)
     seeds = seeds_for(gen_cfg.seed_base, n_max)
 
     results: dict[str, Any] = {"model": cfg.model, "scorer": scorer.name, "n_prompts": cfg.n_prompts,

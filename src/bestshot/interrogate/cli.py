@@ -38,6 +38,11 @@ def interrogate(
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Bank embedding cache (default ~/.cache/bestshot)."),
     sizes: bool = typer.Option(True, "--sizes/--no-sizes", help="World prompts with size words (world domain)."),
+    prior_weight: float = typer.Option(0.5, "--prior-weight", help="World domain: weight of the world's prior when "
+                                       "prompts with different object counts compete (1 = as the theory says, "
+                                       "0 = CLIP similarity alone)."),
+    spatial: bool = typer.Option(True, "--spatial/--no-spatial", help="World domain: read the relation of two objects "
+                                 "from where CLIP sees each one (patch embeddings), not from the pooled cosine."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Predict the prompt of IMAGE_OR_FOLDER; unreadable files in a folder are reported and skipped."""
@@ -47,7 +52,8 @@ def interrogate(
 
     paths = list_inputs(image_or_folder)
     cfg = InterrogateConfig(mode=mode, clip=clip, caption=caption, captioner=captioner, banks=banks, domain=domain,
-                            device=device, cache_dir=cache_dir, sizes=sizes)
+                            device=device, cache_dir=cache_dir, sizes=sizes,
+                            prior_weight=prior_weight, spatial=spatial)
     engine = Interrogator(cfg)
     folder = image_or_folder.is_dir()
     if folder and not quiet:

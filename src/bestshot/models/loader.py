@@ -32,6 +32,14 @@ def resolve_device(device: str | None = None) -> torch.device:
     return dev
 
 
+def dtype_kwargs(dtype: Any) -> dict[str, Any]:
+    """The dtype keyword for a diffusers ``from_pretrained``: ``dtype`` where diffusers has it (it deprecated
+    ``torch_dtype`` in mid-2026, following transformers), ``torch_dtype`` on the older releases we support."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
 def resolve_dtype(dtype: str, device: torch.device, family: str = "") -> torch.dtype:
     """``auto``: fp32 on CPU; bf16 for SD 3.x on GPU (its transformer overflows in fp16); fp16 otherwise."""
     if dtype == "auto":
@@ -187,7 +195,7 @@ def load_pipeline(model: str | None, *, dtype: str = "auto", device: str | None 
     if entry is None:
         cache.unload_other_families(ref.family.name)
         cls = _pipeline_class(ref.family.pipeline_class)
-        kwargs: dict[str, Any] = {"torch_dtype": tdt, **_absent_components(ref)}
+        kwargs: dict[str, Any] = {**dtype_kwargs(tdt), **_absent_components(ref)}
         if ref.family.name == "sdxl" and tdt == torch.float16 and not ref.local:
             kwargs.update(variant="fp16", use_safetensors=True)
         pipe = _from_pretrained(cls, ref.source, ref, **kwargs)
@@ -216,7 +224,7 @@ def load_refiner(base: Any, model: str, *, dtype: str = "auto", device: str | No
     if entry is None:
         import diffusers
 
-        kwargs: dict[str, Any] = {"torch_dtype": tdt}
+        kwargs: dict[str, Any] = dtype_kwargs(tdt)
         shared = {n: getattr(base, n) for n in ("text_encoder_2", "vae") if getattr(base, n, None) is not None}
         kwargs.update(shared)
         if tdt == torch.float16 and not ref.local:

@@ -38,7 +38,7 @@ FAMILIES: dict[str, Family] = {
     "sdxl_refiner": Family("sdxl_refiner", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLImg2ImgPipeline", CLIP_L14),
     "sd3": Family("sd3", "StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", CLIP_L14),
     "sd15": Family("sd15", "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", CLIP_L14),
-    "embedded": Family("embedded", "BestshotWorldPipeline", None, EMBEDDED),
+    "embedded": Family("embedded", "BestshotWorldPipeline", None, EMBEDDED + "+spatial"),
     "generic": Family("generic", "DiffusionPipeline", None, CLIP_L14),
 }
 

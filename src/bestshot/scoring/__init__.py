@@ -1,7 +1,9 @@
 """Scorers rank candidates: ``get_scorer(spec)`` is the factory, :class:`Scorer` the protocol.
 
 Specs: ``"embedded"`` (the shipped CLIP), a transformers CLIP hub id or local folder
-(default ``openai/clip-vit-large-patch14`` for hub models), or ``open_clip:MODEL[:PRETRAINED]``.
+(default ``openai/clip-vit-large-patch14`` for hub models), or ``open_clip:MODEL[:PRETRAINED]``. A
+transformers CLIP spec ending in ``+spatial`` (``embedded+spatial``, the embedded model's default) also
+checks the spatial relation a prompt states (:mod:`bestshot.scoring.spatial`).
 """
 
 from __future__ import annotations
@@ -11,11 +13,16 @@ from typing import Any
 import torch
 
 from ..config import EMBEDDED
+from ..errors import BestshotError
 from ..models.loader import CACHE, ModelCache, resolve_device
 from .base import Scorer, clip_score_100
 from .clip import CLIPScorer, OpenCLIPScorer
+from .spatial import SpatialScorer
 
-__all__ = ["Scorer", "CLIPScorer", "OpenCLIPScorer", "clip_score_100", "get_scorer", "scorer_from_pipeline"]
+__all__ = ["Scorer", "CLIPScorer", "OpenCLIPScorer", "SpatialScorer", "clip_score_100", "get_scorer",
+           "pipeline_scorer", "scorer_from_pipeline"]
+
+SPATIAL = "+spatial"
 
 
 def get_scorer(spec: str | None = None, *, device: str | torch.device | None = None, half: bool | None = None,
@@ -29,15 +36,30 @@ def get_scorer(spec: str | None = None, *, device: str | torch.device | None = N
     key = ("scorer", spec, str(dev), half)
     if key in cache.scorers:
         return cache.scorers[key]
-    if spec.startswith("open_clip:"):
+    if spec.endswith(SPATIAL):
+        if spec.startswith("open_clip:"):
+            raise BestshotError(f"{spec!r}: spatial scoring needs a transformers CLIP — drop '{SPATIAL}'")
+        scorer: Any = SpatialScorer(get_scorer(spec[: -len(SPATIAL)], device=dev, half=half, cache=cache))
+    elif spec.startswith("open_clip:"):
         parts = spec.split(":")
-        scorer: Any = OpenCLIPScorer(parts[1], parts[2] if len(parts) > 2 else None, device=dev)
+        scorer = OpenCLIPScorer(parts[1], parts[2] if len(parts) > 2 else None, device=dev)
     else:
         source = str(EMBEDDED_DIR / "clip") if spec == EMBEDDED else spec
         dtype = torch.float16 if half else torch.float32
         scorer = CLIPScorer.from_pretrained(source, device=dev, dtype=dtype, name=spec)
     cache.scorers[key] = scorer
     return scorer
+
+
+def pipeline_scorer(spec: str | None, pipe: Any, family: Any, device: str | torch.device | None = None) -> Scorer:
+    """The scorer of a run on ``pipe``: ``spec``, else the model family's default; the embedded model's
+    own CLIP is reused (``embedded`` or ``embedded+spatial``) instead of loading a second copy."""
+    spec = spec or family.default_scorer
+    if spec in (EMBEDDED, EMBEDDED + SPATIAL) and family.name == "embedded":
+        own = scorer_from_pipeline(pipe)
+        if own is not None:
+            return SpatialScorer(own) if spec.endswith(SPATIAL) else own
+    return get_scorer(spec, device=resolve_device(str(device) if device is not None else None))
 
 
 def scorer_from_pipeline(pipe: Any, name: str = EMBEDDED) -> CLIPScorer | None:

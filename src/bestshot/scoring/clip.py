@@ -47,7 +47,7 @@ class CLIPScorer:
 
         local = Path(source).exists()
         try:
-            model = CLIPModel.from_pretrained(source, torch_dtype=dtype or torch.float32).to(device)
+            model = CLIPModel.from_pretrained(source, dtype=dtype or torch.float32).to(device)
         except OSError as e:
             where = "folder" if local else "hub id (not in the local cache?)"
             raise BestshotError(

@@ -27,6 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..errors import BestshotError
+
 ATTRS = ("match", "shape", "colour", "count", "position")
 
 
@@ -82,7 +84,8 @@ def training_prompts(n: int, seed: int, two_object_share: float = 0.7, exclude: 
     return out
 
 
-def _load(path: Path, meta: dict[str, Any]) -> CandidateSet | None:
+def _load(path: Path, meta: dict[str, Any] | None) -> CandidateSet | None:
+    """The set saved at ``path`` if it was made with ``meta`` (``None``: whatever it was made with)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -91,10 +94,18 @@ def _load(path: Path, meta: dict[str, Any]) -> CandidateSet | None:
     with safe_open(str(path), "pt") as f:
         saved = json.loads((f.metadata() or {}).get("bestshot", "{}"))
     prompts = saved.pop("prompts", [])
-    if saved != meta:
+    if meta is not None and saved != meta:
         return None
     t = load_file(str(path))
-    return CandidateSet(prompts, t["images"], t["verdicts"], meta)
+    return CandidateSet(prompts, t["images"], t["verdicts"], saved)
+
+
+def load_candidates(path: str | Path) -> CandidateSet:
+    """A candidate set saved by :func:`build_candidates` (``eval world --cache``, ``train clip``'s ranked cache)."""
+    cs = _load(Path(path), None)
+    if cs is None:
+        raise BestshotError(f"no candidate set at {path} — build one with `bestshot eval world --cache DIR`")
+    return cs
 
 
 def _save(path: Path, cs: CandidateSet) -> None:

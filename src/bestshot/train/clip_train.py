@@ -390,7 +390,7 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
             raise BestshotError(f"init_from {cfg.init_from} is not a CLIP folder — pass a folder written by `bestshot train clip`")
         from transformers import CLIPTokenizer
 
-        model = CLIPModel.from_pretrained(cfg.init_from, torch_dtype=torch.float32)
+        model = CLIPModel.from_pretrained(cfg.init_from, dtype=torch.float32)
         tok = CLIPTokenizer.from_pretrained(cfg.init_from)
     else:
         tok = build_clip_tokenizer(cfg.max_length)

@@ -105,7 +105,7 @@ class DDPMConfig:
 
 # ------------------------------------------------------------------------------------------ builders
 def load_clip(path: str | Path) -> tuple[CLIPModel, CLIPTokenizer]:
-    clip = CLIPModel.from_pretrained(path, torch_dtype=torch.float32).eval().requires_grad_(False)
+    clip = CLIPModel.from_pretrained(path, dtype=torch.float32).eval().requires_grad_(False)
     return clip, CLIPTokenizer.from_pretrained(path)
 
 
@@ -376,10 +376,11 @@ def pipeline_from_checkpoint(checkpoint: str | Path, clip_dir: str | None = None
 def pipeline_from_folder(folder: str | Path, clip_dir: str | None = None):
     """An exported pipeline folder in memory (float32), its CLIP replaced by ``clip_dir`` when given (which
     must share the folder's text tower), and the folder's bestshot_defaults.json."""
+    from bestshot.models.loader import dtype_kwargs
     from bestshot.models.world_pipeline import BestshotWorldPipeline
 
     folder = Path(folder)
-    pipe = BestshotWorldPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    pipe = BestshotWorldPipeline.from_pretrained(folder, **dtype_kwargs(torch.float32))
     if clip_dir:
         clip, _ = load_clip(clip_dir)
         _check_same_text_tower(clip, pipe.clip, clip_dir, str(folder / "clip"))

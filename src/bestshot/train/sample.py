@@ -19,12 +19,13 @@ from bestshot.errors import BestshotError
 
 def load_pipeline(checkpoint: str | Path):
     """Pipeline from a pipeline folder (model_index.json) or a training checkpoint (file or run folder)."""
+    from bestshot.models.loader import dtype_kwargs
     from bestshot.models.world_pipeline import BestshotWorldPipeline
     from bestshot.train.ddpm import pipeline_from_checkpoint
 
     p = Path(checkpoint)
     if p.is_dir() and (p / "model_index.json").is_file():
-        return BestshotWorldPipeline.from_pretrained(p, torch_dtype=torch.float32)
+        return BestshotWorldPipeline.from_pretrained(p, **dtype_kwargs(torch.float32))
     if p.exists():
         return pipeline_from_checkpoint(p)[0]
     raise BestshotError(f"{checkpoint} is neither a pipeline folder nor a checkpoint — pass a run folder, a .pt file or an exported model folder")

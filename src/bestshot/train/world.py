@@ -368,6 +368,31 @@ def parse_prompt(prompt: str) -> PromptSpec | None:
     return PromptSpec(tuple(objs), background, relation)  # type: ignore[arg-type]
 
 
+def log_prior(spec: PromptSpec) -> float:
+    """Natural log of the probability that :func:`sample_scene` draws a scene ``spec`` describes.
+
+    What the spec leaves out (sizes, background, relation) is summed over. Objects are a set: a pair with
+    a relation can be drawn in two orders ("A left of B" is "B right of A"), three objects in six. Sizes
+    count as uniform (the redraw of sizes that cannot be placed is ignored) and colours are not required to
+    differ, so this is the world's prior up to that approximation. Why: a contrastive CLIP scores how much
+    *more* likely a text is given the image than without it, so a search for the most probable prompt adds
+    this prior (see ``interrogate.WorldSearch``); without it, two same-coloured objects that hedge between
+    two shapes outscore the single object that is there.
+    """
+    n = len(spec.objects)
+    if not 1 <= n <= 3:
+        raise ValueError(f"a world scene has 1-3 objects, got {n}")
+    kinds = len(SHAPES) * len(COLOURS)
+    lp = math.log(N_OBJECT_WEIGHTS[n] / sum(N_OBJECT_WEIGHTS.values())) + math.log(math.factorial(n))
+    lp -= sum(math.log(kinds - i) for i in range(n))  # distinct (shape, colour) kinds, drawn in order
+    lp -= sum(math.log(len(SIZES)) for o in spec.objects if o.size is not None)
+    if spec.background is not None:
+        lp -= math.log(len(BACKGROUNDS))
+    if spec.relation is not None and n == 2:
+        lp -= math.log(len(RELATIONS))
+    return lp
+
+
 # ----------------------------------------------------------------------------------------- datasets
 def _item_rng(namespace: str, seed: int, i: int) -> random.Random:
     # str seeds are hashed with SHA-512 by random.Random: stable across processes and platforms
