@@ -105,3 +105,15 @@ def test_embedded_clip_patches_show_where_objects_are():
         way_round += bool(S.agreement(ca, cb, sc.relation) > S.agreement(ca, cb, W.INVERSE[sc.relation]))
         named += S.read_relation(ca, cb)[0] == sc.relation
     assert way_round / len(pairs) >= 0.85 and named / len(pairs) >= 0.7, (way_round, named)
+
+
+@pytest.mark.skipif(not (EMBEDDED_DIR / "clip" / "config.json").exists(), reason="the embedded CLIP is not trained yet")
+def test_interrogator_takes_the_spatial_spec_of_the_embedded_clip(request):
+    from bestshot.interrogate import interrogator as I
+
+    cache = request.config.cache.mkdir("bestshot-interrogate")  # shared with test_interrogate's bank cache
+    eng = I.Interrogator(I.InterrogateConfig(clip="embedded+spatial", cache_dir=str(cache), device="cpu"))
+    assert eng.domain == "world" and eng.spatial is eng.scorer
+    sc, _ = W.heldout_scenes(1, seed=3, n_objects=2)[0]
+    spec = W.parse_prompt(eng.interrogate([W.render(sc, 64)])[0].prompt)
+    assert spec is not None and 1 <= len(spec.objects) <= 3

@@ -427,7 +427,8 @@ class Interrogator:
             setattr(cfg, k, v)
         self.cfg = cfg.validate()
         self.scorer = scorer or get_scorer(cfg.clip, device=cfg.device)
-        self.domain = cfg.domain if cfg.domain != "auto" else ("world" if cfg.clip == EMBEDDED else "art")
+        embedded = cfg.clip in (EMBEDDED, EMBEDDED + "+spatial")
+        self.domain = cfg.domain if cfg.domain != "auto" else ("world" if embedded else "art")
         self.emb = TextEmbeddings(self.scorer, cfg.cache_dir)
         self.captioners = []
         if cfg.captioner or cfg.caption:
@@ -443,7 +444,7 @@ class Interrogator:
             from ..scoring.spatial import SpatialScorer
 
             try:
-                self.spatial = SpatialScorer(self.scorer)
+                self.spatial = self.scorer if isinstance(self.scorer, SpatialScorer) else SpatialScorer(self.scorer)
             except (BestshotError, AttributeError):  # no ViT tower (a stand-in or open_clip): pooled cosine only
                 self.spatial = None
 
