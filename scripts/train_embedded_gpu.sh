@@ -20,6 +20,8 @@ python -m bestshot.train.cli ddpm --config configs/embedded/ddpm_gpu.yaml --resu
 # 12. Export the shipped model: stage-4 denoiser with the CPU model's CLIP (stage 5; its text tower is the one
 #     the denoiser was trained on). Exported with 30 steps on 2026-11-27; the default became 20 the same day
 #     (`export --checkpoint "$MODEL" --out "$MODEL" --steps 20` re-exports the folder, weights unchanged), so 20
-#     here reproduces the shipped folder
+#     here reproduces the shipped folder. Spatial guidance is off in the shipped model (measured on 2026-11-27:
+#     at scale 5 best of 8 did not improve, bench/RESULTS.md); SPATIAL_GUIDANCE=5 turns it on.
 python -m bestshot.train.cli export --checkpoint runs/embedded/ddpm_gpu --clip runs/embedded/cpu_model/clip \
-  --out "$MODEL" --steps "${STEPS:-20}" --guidance "${GUIDANCE:-1.0}" --clip-min "${CLIP_MIN:-0.35}" --n-images 8
+  --out "$MODEL" --steps "${STEPS:-20}" --guidance "${GUIDANCE:-1.0}" --clip-min "${CLIP_MIN:-0.35}" --n-images 8 \
+  --spatial-guidance "${SPATIAL_GUIDANCE:-0}"

@@ -229,3 +229,12 @@ def test_reexport_an_exported_folder_with_a_new_image_side(clip_dir, tmp_path):
     _assert_image_side_is(out, clip)
     with pytest.raises(BestshotError, match="another text tower"):
         export(first, tmp_path / "model2", clip_dir=text_ft)
+    # spatial guidance lives in model_index.json: set by an export, kept by a re-export that does not name it
+    assert json.loads((first / "model_index.json").read_text())["spatial_guidance_scale"] == 0.0
+    guided = export(first, tmp_path / "guided", spatial_guidance_scale=5.0)
+    assert json.loads((guided / "model_index.json").read_text())["spatial_guidance_scale"] == 5.0
+    kept = export(guided, tmp_path / "kept")
+    assert json.loads((kept / "model_index.json").read_text())["spatial_guidance_scale"] == 5.0
+    assert (kept / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == unet_before
+    with pytest.raises(BestshotError, match="spatial guidance"):
+        export(first, tmp_path / "bad", spatial_guidance_scale=-1.0)

@@ -71,7 +71,6 @@ def _vision_parts(model: Any):
     return vm, layers[-1]
 
 
-@torch.no_grad()
 def image_features(model: Any, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(pooled (B, D), dense (B, N, D))``, both L2-normalised, from one pass of the vision tower.
 

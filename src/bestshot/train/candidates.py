@@ -53,11 +53,17 @@ class CandidateSet:
 
 def generator_fingerprint(pipe: Any) -> str:
     """A short hash of what decides the images: the embedded model's UNet and the CLIP text tower that
-    conditions it, or every torch module of another pipeline."""
+    conditions it (the whole CLIP and the scale when spatial guidance steers with its image side too), or
+    every torch module of another pipeline."""
     h = hashlib.sha256()
     clip = getattr(pipe, "clip", None)
     if clip is not None and getattr(pipe, "unet", None) is not None:
-        parts = [("unet", pipe.unet), ("text", clip.text_model), ("text_projection", clip.text_projection)]
+        sg = float(pipe.config.get("spatial_guidance_scale", 0.0) or 0.0) if hasattr(pipe, "config") else 0.0
+        if sg > 0:
+            h.update(f"spatial_guidance_scale={sg}".encode())
+            parts = [("unet", pipe.unet), ("clip", clip)]
+        else:
+            parts = [("unet", pipe.unet), ("text", clip.text_model), ("text_projection", clip.text_projection)]
     else:
         parts = [(k, v) for k, v in sorted(pipe.components.items()) if isinstance(v, torch.nn.Module)]
     for name, module in parts:

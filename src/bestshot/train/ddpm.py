@@ -390,11 +390,12 @@ def pipeline_from_folder(folder: str | Path, clip_dir: str | None = None):
 
 
 def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = None, fp16: bool = True,
-           defaults: dict | None = None) -> Path:
+           defaults: dict | None = None, spatial_guidance_scale: float | None = None) -> Path:
     """Write a BestshotWorldPipeline folder + bestshot_defaults.json (fp16 storage keeps it small).
 
     ``checkpoint`` is a training run (its EMA weights are exported) or an exported pipeline folder (re-exported,
-    e.g. with another ``clip_dir`` whose image side was trained further; its defaults are kept)."""
+    e.g. with another ``clip_dir`` whose image side was trained further; its defaults are kept).
+    ``spatial_guidance_scale`` goes into model_index.json (None: 0 for a run, the folder's own for a folder)."""
     import shutil
     import tempfile
 
@@ -406,6 +407,10 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
         pipe, cfg, ck = pipeline_from_checkpoint(checkpoint, clip_dir)
         base = {**DEFAULTS, "height": cfg.img_size, "width": cfg.img_size, "trained_steps": ck["step"],
                 "conditioning": cfg.cond}
+    if spatial_guidance_scale is not None:
+        if spatial_guidance_scale < 0:
+            raise BestshotError(f"spatial guidance must be >= 0, got {spatial_guidance_scale}")
+        pipe.register_to_config(spatial_guidance_scale=float(spatial_guidance_scale))
     if fp16:
         pipe.to(torch.float16)
     out_dir = Path(out_dir)
