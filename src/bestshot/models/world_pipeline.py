@@ -58,14 +58,15 @@ class BestshotWorldPipeline(DiffusionPipeline):
     def _relation_texts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list] | None:
         """(A texts, B texts, relations) embedded for every prompt, or None when no prompt states a relation."""
         from ..scoring.spatial import parse_relation
+        from ..train.clip_train import text_features
 
         rels = [parse_relation(p) for p in prompts]
         if not any(rels):
             return None
         phrases = [t for r in rels for t in ((r.a, r.b) if r else ("", ""))]
         enc = self.tokenizer(phrases, padding=True, truncation=True, return_tensors="pt").to(self.clip.device)
-        emb = F.normalize(self.clip.text_projection(self.clip.text_model(input_ids=enc.input_ids).pooler_output), dim=-1)
-        return emb[0::2].float(), emb[1::2].float(), rels
+        emb = F.normalize(text_features(self.clip, enc.input_ids, enc.attention_mask).float(), dim=-1)
+        return emb[0::2], emb[1::2], rels
 
     def _spatial_step(self, latents: torch.Tensor, x0: torch.Tensor, t, texts, scale: float) -> torch.Tensor:
         """``latents`` nudged up the gradient of the relation agreement of ``x0`` (rows without a relation kept)."""
