@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=floats, default=floats("10"))
     ap.add_argument("--gain", type=floats, default=floats("5"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clip", default="embedded", help="the CLIP that ranks: 'embedded' or a CLIP folder")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -38,7 +39,7 @@ def main() -> None:
     from bestshot.train.candidates import load_candidates
 
     cs = load_candidates(args.candidates)
-    sp = SpatialScorer(get_scorer("embedded", device="cpu"))
+    sp = SpatialScorer(get_scorer(args.clip, device="cpu"))
     rows = [(p, S.parse_relation(t)) for p, t in enumerate(cs.prompts)]
     rows = [(p, r) for p, r in rows if r is not None]
     if not rows:

@@ -100,3 +100,21 @@ def test_missing_paths_are_clear_errors(ref):
 
     with pytest.raises(BestshotError, match="does not exist"):
         resolve_model(ref)
+
+
+def test_embedded_clip_scores_non_square_images_as_their_centre_crop():
+    """Photos are rarely square: the embedded CLIP (32 px, trained on square images) centre-crops them."""
+    from PIL import Image
+
+    from bestshot.scoring import get_scorer
+    from bestshot.train import world as W
+
+    scorer = get_scorer("embedded", device="cpu", half=False)
+    square = W.render(W.heldout_scenes(1, n_objects=1)[0][0], 64)
+    wide = Image.new("RGB", (96, 64), "black")
+    wide.paste(square, (16, 0))  # the square in the middle of a wider photo
+    prompt = W.heldout_scenes(1, n_objects=1)[0][1]
+    a, b = scorer.score([square, wide], prompt)
+    assert abs(a - b) < 2e-3  # the same picture up to resampling at the crop edges
+    tall = Image.new("RGB", (48, 80), "white")
+    assert len(scorer.score([tall], prompt)) == 1

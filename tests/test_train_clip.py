@@ -40,6 +40,31 @@ def test_shape_negatives_add_distinct_shape_edits():
         assert shapes >= {"square", "triangle", "diamond", "cross"}, negs
 
 
+def test_every_object_gets_its_shape_edits():
+    scene = W.Scene((W.Obj("circle", "red", "small", 0.3, 0.5), W.Obj("square", "blue", "small", 0.7, 0.5)),
+                    "white", "left of")
+    negs = hard_negative_captions(scene, random.Random(0), 14, n_shape=4, every_object=True)[1]
+    red = {s for n in negs for s in W.SHAPES if f"red {s}" in n and "blue square" in n}
+    blue = {s for n in negs for s in W.SHAPES if f"blue {s}" in n and "red circle" in n}
+    assert red >= {"square", "triangle", "diamond", "cross"} and blue >= {"circle", "triangle", "diamond", "cross"}, negs
+    # off (the default): one object's shape is edited, as the shipped stages were trained
+    negs = hard_negative_captions(scene, random.Random(0), 14, n_shape=4)[1]
+    red = {s for n in negs for s in W.SHAPES if f"red {s}" in n and "blue square" in n} - {"circle"}
+    blue = {s for n in negs for s in W.SHAPES if f"blue {s}" in n and "red circle" in n} - {"square"}
+    assert min(len(red), len(blue)) <= 1, negs
+
+
+def test_object_weights_set_the_mix_of_object_counts(tmp_path):
+    ds = WorldHardNegatives(300, 16, 0, 2, object_weights={1: 0.0, 2: 1.0, 3: 0.0})
+    assert all(len(W.scene_for(0, i, object_weights=ds.object_weights)[0].objects) == 2 for i in range(300))
+    counts = [len(W.scene_for(0, i, object_weights={1: 0.2, 2: 0.6, 3: 0.2})[0].objects) for i in range(600)]
+    assert 0.5 < counts.count(2) / 600 < 0.7 and counts.count(1) > 60 and counts.count(3) > 60
+    # no weights: the world's own mix, item for item
+    assert all(W.scene_for(0, i)[0] == W.scene_for(0, i, object_weights=None)[0] for i in range(50))
+    with pytest.raises(BestshotError, match="object_weights"):
+        train_clip(ClipTrainConfig(**TINY, object_weights=(1.0, 2.0), hard_negatives=2, out_dir=str(tmp_path)))
+
+
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     cfg = ClipTrainConfig(**TINY)
@@ -70,7 +95,7 @@ def test_train_clip_writes_a_loadable_folder_with_metrics(tmp_path):
     tok = CLIPTokenizer.from_pretrained(d)
     assert clip.config.vision_config.image_size == 16 and len(tok) == 49408
     proc = json.loads((d / "preprocessor_config.json").read_text())
-    assert proc["do_center_crop"] is False and proc["size"]["shortest_edge"] == 16
+    assert proc["do_center_crop"] is True and proc["size"]["shortest_edge"] == 16
     # continue with the text tower frozen: text weights unchanged, vision weights changed
     cfg2 = ClipTrainConfig(**TINY, batch_size=8, steps=2, hard_negatives=2, eval_size=16, init_from=str(d),
                            freeze_text=True, out_dir=str(tmp_path / "c2"))

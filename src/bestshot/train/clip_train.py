@@ -50,6 +50,11 @@ class ClipTrainConfig:
     projection_dim: int = 128
     hard_negatives: int = 3  # extra captions per image (world only)
     shape_negatives: int = 1  # how many of the candidate edits change an object's shape (the hardest attribute)
+    # true: every object of a scene gets shape_negatives shape edits, not one object picked at random (for
+    # scenes of 2-3 objects, whose shapes a CLIP trained on one edit per image binds worst)
+    shape_negatives_every_object: bool = False
+    # how often world items have 1, 2 and 3 objects, e.g. [0.3, 0.5, 0.2]; [] = the world's own mix
+    object_weights: tuple[float, ...] = ()
     batch_size: int = 128
     steps: int = 400
     max_minutes: float = 0.0  # stop (and save) after this wall time; 0 = no limit
@@ -96,12 +101,12 @@ class ClipTrainConfig:
 
 
 # ------------------------------------------------------------------------------- hard negative captions
-def _hard_negative_scenes(scene, rng: random.Random, n_shape: int = 1):
+def _hard_negative_scenes(scene, rng: random.Random, n_shape: int = 1, every_object: bool = False):
     """Scenes that differ from ``scene`` in exactly one caption-visible attribute (candidates, shuffled).
 
     ``n_shape`` edits give one object other shapes: shapes are what a small CLIP learns last (at 32 px a
     short run told colours, sizes and backgrounds apart but collapsed triangle and diamond in the text
-    tower), so more of them keeps the pressure on."""
+    tower), so more of them keeps the pressure on. ``every_object`` makes them for each object in turn."""
     from bestshot.train import world as W
 
     objs = list(scene.objects)
@@ -124,12 +129,13 @@ def _hard_negative_scenes(scene, rng: random.Random, n_shape: int = 1):
     o = objs[:]
     o[k] = dataclasses.replace(objs[k], colour=rng.choice([c for c in colours if c != objs[k].colour]))
     out.append(dataclasses.replace(scene, objects=tuple(o)))
-    others = [s for s in shapes if s != objs[k].shape]
-    # n_shape 1 keeps the single rng.choice draw, so stage-1 configs still make the same captions
-    for shape in ([rng.choice(others)] if n_shape <= 1 else rng.sample(others, min(n_shape, len(others)))):
-        o = objs[:]
-        o[k] = dataclasses.replace(objs[k], shape=shape)
-        out.append(dataclasses.replace(scene, objects=tuple(o)))
+    for j in (range(len(objs)) if every_object else [k]):
+        others = [s for s in shapes if s != objs[j].shape]
+        # n_shape 1 keeps the single rng.choice draw, so stage-1 configs still make the same captions
+        for shape in ([rng.choice(others)] if n_shape <= 1 else rng.sample(others, min(n_shape, len(others)))):
+            o = objs[:]
+            o[j] = dataclasses.replace(objs[j], shape=shape)
+            out.append(dataclasses.replace(scene, objects=tuple(o)))
     if len(objs) >= 2:  # other count: drop one
         keep = objs[:k] + objs[k + 1 :]
         out.append(dataclasses.replace(scene, objects=tuple(keep), relation=None))
@@ -148,7 +154,8 @@ def _hard_negative_scenes(scene, rng: random.Random, n_shape: int = 1):
     return out
 
 
-def hard_negative_captions(scene, rng: random.Random, k: int, n_shape: int = 1) -> tuple[str, list[str]]:
+def hard_negative_captions(scene, rng: random.Random, k: int, n_shape: int = 1,
+                           every_object: bool = False) -> tuple[str, list[str]]:
     """(positive caption, k captions of edited scenes) drawn with the same template as the positive."""
     from bestshot.train import world as W
 
@@ -156,7 +163,7 @@ def hard_negative_captions(scene, rng: random.Random, k: int, n_shape: int = 1) 
     pos = W.caption(scene, rng)
     negs: list[str] = []
     edit_rng = random.Random(zlib.crc32(f"{pos}|{k}".encode()))
-    for s in _hard_negative_scenes(scene, edit_rng, n_shape):
+    for s in _hard_negative_scenes(scene, edit_rng, n_shape, every_object):
         r = random.Random()
         r.setstate(state)
         c = W.caption(s, r)
@@ -172,8 +179,10 @@ def hard_negative_captions(scene, rng: random.Random, k: int, n_shape: int = 1) 
 class WorldHardNegatives(torch.utils.data.Dataset):
     """World items with hard-negative captions: ``(image, caption, [neg captions])``, deterministic per i."""
 
-    def __init__(self, length: int, size: int, seed: int, k: int, n_shape: int = 1):
+    def __init__(self, length: int, size: int, seed: int, k: int, n_shape: int = 1, every_object: bool = False,
+                 object_weights: dict[int, float] | None = None):
         self.length, self.size, self.seed, self.k, self.n_shape = length, size, seed, k, n_shape
+        self.every_object, self.object_weights = every_object, object_weights
 
     def __len__(self) -> int:
         return self.length
@@ -181,8 +190,8 @@ class WorldHardNegatives(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         from bestshot.train import world as W
 
-        scene, rng = W.scene_for(self.seed, i)
-        pos, negs = hard_negative_captions(scene, rng, self.k, self.n_shape)
+        scene, rng = W.scene_for(self.seed, i, object_weights=self.object_weights)
+        pos, negs = hard_negative_captions(scene, rng, self.k, self.n_shape, self.every_object)
         return W.image_to_tensor(W.render(scene, self.size)), pos, negs
 
 
@@ -201,9 +210,12 @@ def build_clip(cfg: ClipTrainConfig) -> CLIPModel:
 
 
 def image_processor(size: int):
-    """Preprocessor matching how the model was trained: resize to ``size``, no crop, CLIP mean/std."""
+    """Preprocessor matching how the model was trained: resize the short side to ``size``, CLIP mean/std.
+
+    The centre crop only matters for non-square images (training images are square, where it crops
+    nothing); without it a 64×48 photo would reach the vision tower as 43×32 and fail."""
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                              do_center_crop=False, image_mean=CLIP_MEAN, image_std=CLIP_STD, resample=3)
+                              do_center_crop=True, image_mean=CLIP_MEAN, image_std=CLIP_STD, resample=3)
 
 
 def to_clip_pixels(images: torch.Tensor) -> torch.Tensor:
@@ -232,9 +244,20 @@ def _collate(items):
     return torch.stack(imgs), list(caps), []
 
 
+def _object_weights(cfg: ClipTrainConfig) -> dict[int, float] | None:
+    if not cfg.object_weights:
+        return None
+    w = [float(x) for x in cfg.object_weights]
+    if len(w) != 3 or min(w) < 0 or sum(w) <= 0:
+        raise BestshotError(f"object_weights {list(cfg.object_weights)} must be three weights >= 0 for 1, 2 and 3 "
+                            "objects, not all zero — e.g. [0.3, 0.5, 0.2]")
+    return {1: w[0], 2: w[1], 3: w[2]}
+
+
 def _dataset(cfg: ClipTrainConfig, length: int, seed: int, generated: bool = False):
     if cfg.dataset == "world" and cfg.hard_negatives > 0:
-        ds = WorldHardNegatives(length, cfg.img_size, seed, cfg.hard_negatives, cfg.shape_negatives)
+        ds = WorldHardNegatives(length, cfg.img_size, seed, cfg.hard_negatives, cfg.shape_negatives,
+                                cfg.shape_negatives_every_object, _object_weights(cfg))
         if generated and cfg.generated_model:
             from bestshot.train.generated import GeneratedWorldHardNegatives, Interleaved, build_pool
 
@@ -242,7 +265,8 @@ def _dataset(cfg: ClipTrainConfig, length: int, seed: int, generated: bool = Fal
             pool = build_pool(cfg.generated_model, pool_seed, cfg.generated_pool, cfg.img_size,
                               tuple(cfg.generated_strength), cache=Path(cfg.out_dir) / "generated_pool.safetensors",
                               device="auto")
-            gen = GeneratedWorldHardNegatives(pool, pool_seed, cfg.hard_negatives, cfg.shape_negatives)
+            gen = GeneratedWorldHardNegatives(pool, pool_seed, cfg.hard_negatives, cfg.shape_negatives,
+                                              cfg.shape_negatives_every_object)
             ds = Interleaved(ds, gen, cfg.generated_every)
         return ds
     if generated and cfg.generated_model:

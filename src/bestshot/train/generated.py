@@ -78,8 +78,8 @@ def build_pool(model: str, seed: int, n: int, size: int, strength: tuple[float, 
 class GeneratedWorldHardNegatives(torch.utils.data.Dataset):
     """Pool item ``i % len(pool)`` with the captions of world item ``i % len(pool)`` (positive + k hard negatives)."""
 
-    def __init__(self, pool: torch.Tensor, seed: int, k: int, n_shape: int = 1):
-        self.pool, self.seed, self.k, self.n_shape = pool, seed, k, n_shape
+    def __init__(self, pool: torch.Tensor, seed: int, k: int, n_shape: int = 1, every_object: bool = False):
+        self.pool, self.seed, self.k, self.n_shape, self.every_object = pool, seed, k, n_shape, every_object
 
     def __len__(self) -> int:
         return len(self.pool)
@@ -90,7 +90,7 @@ class GeneratedWorldHardNegatives(torch.utils.data.Dataset):
 
         i = i % len(self.pool)
         scene, rng = W.scene_for(self.seed, i)
-        pos, negs = hard_negative_captions(scene, rng, self.k, self.n_shape)
+        pos, negs = hard_negative_captions(scene, rng, self.k, self.n_shape, self.every_object)
         return self.pool[i].float() / 127.5 - 1.0, pos, negs
 
 

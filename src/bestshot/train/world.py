@@ -181,17 +181,19 @@ def _place_pair(rng: random.Random, sa: float, sb: float, relation: str) -> tupl
 
 
 def sample_scene(rng: random.Random, n_objects: int | None = None, max_objects: int = 3,
-                 min_objects: int = 1) -> Scene:
+                 min_objects: int = 1, object_weights: dict[int, float] | None = None) -> Scene:
     """A random scene: 1-3 distinct (shape, colour) objects, non-overlapping, inside the canvas.
 
     Two-object scenes always carry a relation (objects[0] <relation> objects[1]) and positions that
-    satisfy it clearly; one- and three-object scenes have ``relation=None``.
+    satisfy it clearly; one- and three-object scenes have ``relation=None``. ``object_weights`` replaces
+    :data:`N_OBJECT_WEIGHTS` (how often 1, 2 and 3 objects are drawn).
     """
     if n_objects is None:
-        ns = [n for n in N_OBJECT_WEIGHTS if min_objects <= n <= max_objects]
+        weights = N_OBJECT_WEIGHTS if object_weights is None else object_weights
+        ns = [n for n in N_OBJECT_WEIGHTS if min_objects <= n <= max_objects and weights.get(n, 0) > 0]
         if not ns:
-            raise ValueError(f"no object count in [{min_objects}, {max_objects}] (supported: 1-3)")
-        n_objects = rng.choices(ns, weights=[N_OBJECT_WEIGHTS[n] for n in ns])[0]
+            raise ValueError(f"no object count in [{min_objects}, {max_objects}] with a positive weight (supported: 1-3)")
+        n_objects = rng.choices(ns, weights=[weights[n] for n in ns])[0]
     if not 1 <= n_objects <= 3:
         raise ValueError(f"n_objects must be 1, 2 or 3, got {n_objects}")
     background = rng.choice(list(BACKGROUNDS))
@@ -399,10 +401,11 @@ def _item_rng(namespace: str, seed: int, i: int) -> random.Random:
     return random.Random(f"bestshot-world:{namespace}:{seed}:{i}")
 
 
-def scene_for(seed: int, i: int, max_objects: int = 3, min_objects: int = 1) -> tuple[Scene, random.Random]:
+def scene_for(seed: int, i: int, max_objects: int = 3, min_objects: int = 1,
+              object_weights: dict[int, float] | None = None) -> tuple[Scene, random.Random]:
     """The scene of training item ``i`` (and the rng positioned to draw its caption)."""
     rng = _item_rng("train", seed, i)
-    return sample_scene(rng, max_objects=max_objects, min_objects=min_objects), rng
+    return sample_scene(rng, max_objects=max_objects, min_objects=min_objects, object_weights=object_weights), rng
 
 
 def image_to_tensor(img: Image.Image) -> torch.Tensor:
