@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--mode", default="best", choices=["best", "classic", "fast"])
     ap.add_argument("--captioner", default=None, help="a trained captioner folder (default: train one here)")
     ap.add_argument("--train-steps", type=int, default=1500)
+    ap.add_argument("--features", default="pooled", choices=["pooled", "patches"], help="what the trained captioner reads")
+    ap.add_argument("--patch-pool", type=int, default=1, help="patches: average the patch grid over this many cells")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timing-images", type=int, default=20)
     ap.add_argument("--rendered", action="store_true", help="score rendered held-out images instead of generated ones")
@@ -116,7 +118,8 @@ def main() -> None:
     cap_dir = Path(args.captioner) if args.captioner else work / "captioner"
     train_info = None
     if not args.captioner:
-        cfg = CaptionerConfig(clip=args.clip, steps=args.train_steps, checkpoint_every=max(1, args.train_steps // 4))
+        cfg = CaptionerConfig(clip=args.clip, steps=args.train_steps, checkpoint_every=max(1, args.train_steps // 4),
+                              features=args.features, patch_pool=args.patch_pool)
         train_info = train_captioner(cfg, cap_dir, scorer=scorer, log_every=max(1, args.train_steps // 10),
                                      on_log=lambda s, l: print(f"  captioner step {s} loss {l:.3f}", flush=True))
     captioner = PrefixCaptioner.load(cap_dir, scorer=scorer)

@@ -1,5 +1,6 @@
 """The CLIP-prefix captioner: learning, freezing, save/load, decoding, and its CLI command."""
 
+import json
 import random
 
 import pytest
@@ -68,6 +69,37 @@ def test_overfits_one_caption_and_decodes_it(tiny_clip):
     assert model.generate(emb, num_beams=2) == captions
 
 
+def test_patch_features_learn_save_and_load(tiny_clip, tmp_path):
+    """features=patches: the prefix is the vision tower's token grid (pooled 2×2 here); two scenes get their
+    own captions after a few steps, and the folder reloads to the same decoder."""
+    s = get_scorer(tiny_clip, device="cpu")
+    torch.manual_seed(0)
+    model = PrefixCaptioner.create(CaptionerConfig(clip=tiny_clip, features="patches", **TINY), s)
+    pooled = PrefixCaptioner.create(CaptionerConfig(clip=tiny_clip, features="patches", patch_pool=2, **TINY), s)
+    images, captions = _batch(2, seed=5)
+    v = s.model.config.vision_config
+    g = v.image_size // v.patch_size
+    assert model.features(images).shape == (2, g * g + 1, v.hidden_size)
+    feats = pooled.features(images)
+    assert feats.shape == (2, (g // 2) ** 2 + 1, v.hidden_size)
+    assert torch.allclose(feats[:, 1], model.features(images)[:, 1:].reshape(2, g, g, -1)[:, :2, :2].mean((1, 2)),
+                          atol=1e-5)  # a pooled token is the mean of its 2×2 patches
+    opt = torch.optim.AdamW([p for p in pooled.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(100):
+        loss = pooled.loss(feats, captions)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert pooled.caption(images) == captions
+    pooled.save(tmp_path / "cap")
+    again = PrefixCaptioner.load(tmp_path / "cap", scorer=s)
+    assert again.n_tokens == feats.shape[1] and again.caption(images) == captions
+    with pytest.raises(BestshotError, match="features"):
+        PrefixCaptioner.create(CaptionerConfig(clip=tiny_clip, features="grid", **TINY), s)
+    with pytest.raises(BestshotError, match="patch_pool"):
+        PrefixCaptioner.create(CaptionerConfig(clip=tiny_clip, features="patches", patch_pool=3, **TINY), s)
+
+
 def test_pretrained_lm_freezes_all_but_the_last_two_layers(tiny_clip, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -99,6 +131,11 @@ def test_cli_train_captioner(tiny_clip, tmp_path):
     res = CliRunner().invoke(app, ["train-captioner", "--config", str(cfg), "--steps", "3", "--out", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "c" / "captioner.json").exists() and (tmp_path / "c" / "model.safetensors").exists()
+    res = CliRunner().invoke(app, ["train-captioner", "--config", str(cfg), "--steps", "2", "--features", "patches",
+                                   "--patch-pool", "2", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "p" / "captioner.json").read_text())
+    assert meta["config"]["features"] == "patches" and meta["config"]["patch_pool"] == 2 and meta["n_tokens"] == 5
     cfg.write_text("bogus_key: 1\n")
     res = CliRunner().invoke(app, ["train-captioner", "--config", str(cfg), "--out", str(tmp_path / "d")])
     assert isinstance(res.exception, BestshotError)

@@ -4,6 +4,14 @@ Frozen CLIP image encoder → small mapping transformer → ``prefix_len`` prefi
 (transformers' ``GPT2LMHeadModel``) that continues the prefix with the caption. Trained with the LM's
 negative log-likelihood of the caption tokens only (the prefix positions carry no labels).
 
+What the mapper reads (``features``):
+- ``pooled`` (ClipCap): the normalised CLIP image embedding, one vector.
+- ``patches`` (LLaVA's projector, in small): every token of the vision tower's last layer (class token
+  and patches, after its final layer norm) is projected, given a learned position, mixed by the mapper
+  and becomes one prefix token, so the LM reads the patch grid in order (``prefix_len`` is unused). A
+  pooled CLIP embedding is a bag of words for layouts (it cannot say which object is left of which);
+  the patch tokens still know where each object is.
+
 - From scratch (the embedded world): a tiny GPT-2 built from a ``GPT2Config`` over the real CLIP BPE
   vocabulary (no GPT-2 tokenizer exists offline); every LM layer trains.
 - Pretrained (``lm="gpt2"`` or a local folder): its own tokenizer; all LM layers but the last
@@ -44,6 +52,8 @@ class CaptionerConfig:
     """Architecture and training settings (YAML-loadable; unknown keys are an error)."""
 
     clip: str = EMBEDDED
+    features: str = "pooled"  # what the mapper reads: "pooled" (the CLIP embedding) or "patches" (all vision tokens)
+    patch_pool: int = 1  # patches: average the patch grid over patch_pool × patch_pool cells (fewer prefix tokens)
     lm: str | None = None  # pretrained GPT-2 id or folder; None = a tiny GPT-2 from scratch
     prefix_len: int = 8
     mapper_layers: int = 2
@@ -74,26 +84,74 @@ class CaptionerConfig:
         return cls.from_dict(read_yaml_mapping(path, "check the path given to --config"))
 
 
-class Mapper(nn.Module):
-    """CLIP embedding → ``prefix_len`` LM input embeddings (ClipCap's transformer mapper).
+FEATURES = ("pooled", "patches")
 
-    The embedding is projected to ``prefix_len`` tokens, learned constant tokens are appended, a small
-    transformer mixes them, and the constant positions become the prefix.
+
+class Mapper(nn.Module):
+    """CLIP features → LM input embeddings (the prefix).
+
+    ``n_tokens == 0`` (pooled, ClipCap's transformer mapper): the embedding (B, clip_dim) is projected to
+    ``prefix_len`` tokens, learned constant tokens are appended, a small transformer mixes them and the
+    constant positions become the prefix. ``n_tokens > 0`` (patches): each of the (B, n_tokens, clip_dim)
+    vision tokens is projected and given a learned position, the transformer mixes them, and all
+    ``n_tokens`` become the prefix. (Learned queries reading the patches, as in BLIP-2, start out
+    averaging them, and an average of the same patches moved around hardly changes: they learned
+    layouts far slower than a prefix that keeps the grid.)
     """
 
-    def __init__(self, clip_dim: int, lm_dim: int, prefix_len: int, layers: int, heads: int):
+    def __init__(self, clip_dim: int, lm_dim: int, prefix_len: int, layers: int, heads: int, n_tokens: int = 0):
         super().__init__()
-        self.prefix_len, self.lm_dim = prefix_len, lm_dim
-        self.proj = nn.Linear(clip_dim, prefix_len * lm_dim)
-        self.const = nn.Parameter(torch.randn(prefix_len, lm_dim) * 0.02)
+        self.prefix_len, self.lm_dim, self.n_tokens = prefix_len, lm_dim, n_tokens
+        if n_tokens:
+            self.proj = nn.Linear(clip_dim, lm_dim)
+            self.pos = nn.Parameter(torch.randn(n_tokens, lm_dim) * 0.02)
+        else:
+            self.proj = nn.Linear(clip_dim, prefix_len * lm_dim)
+            self.const = nn.Parameter(torch.randn(prefix_len, lm_dim) * 0.02)
         layer = nn.TransformerEncoderLayer(lm_dim, heads, 4 * lm_dim, dropout=0.0, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.tf = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
+        if self.n_tokens:
+            return self.tf(self.proj(e) + self.pos)
         x = self.proj(e).view(e.shape[0], self.prefix_len, self.lm_dim)
         x = torch.cat([x, self.const.expand(e.shape[0], -1, -1)], 1)
         return self.tf(x)[:, self.prefix_len:]
+
+
+def vision_tokens(scorer: Any, images: Sequence[Image.Image], pool: int = 1, batch_size: int = 64) -> torch.Tensor:
+    """(B, n_tokens, hidden): the frozen CLIP vision tower's last layer (class token + patches), layer-normed;
+    the patch grid averaged over ``pool`` × ``pool`` cells."""
+    model = scorer.model
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            batch = [im.convert("RGB") for im in images[i:i + batch_size]]
+            pix = scorer.processor(images=batch, return_tensors="pt")["pixel_values"].to(scorer.device, scorer.dtype)
+            hidden = model.vision_model.post_layernorm(model.vision_model(pixel_values=pix).last_hidden_state).float()
+            if pool > 1:
+                cls, patches = hidden[:, :1], hidden[:, 1:]
+                g = int(round(patches.shape[1] ** 0.5))
+                grid = patches.transpose(1, 2).reshape(len(batch), -1, g, g)
+                patches = nn.functional.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)
+                hidden = torch.cat([cls, patches], 1)
+            out.append(hidden)
+    return torch.cat(out)
+
+
+def _feature_shape(cfg: "CaptionerConfig", scorer: Any) -> tuple[int, int]:
+    """(clip_dim, n_tokens) of what the mapper reads from ``scorer``'s CLIP."""
+    if cfg.features not in FEATURES:
+        raise BestshotError(f"captioner features {cfg.features!r} is not one of {', '.join(FEATURES)}")
+    conf = scorer.model.config
+    if cfg.features == "pooled":
+        return int(conf.projection_dim), 0
+    v = conf.vision_config
+    g = int(v.image_size) // int(v.patch_size)
+    if cfg.patch_pool < 1 or g % cfg.patch_pool:
+        raise BestshotError(f"patch_pool {cfg.patch_pool} must divide the CLIP's {g}×{g} patch grid")
+    return int(v.hidden_size), (g // cfg.patch_pool) ** 2 + 1
 
 
 def _tokenizer_for(cfg: CaptionerConfig):
@@ -111,11 +169,12 @@ def _tokenizer_for(cfg: CaptionerConfig):
 
 
 class PrefixCaptioner(nn.Module):
-    def __init__(self, cfg: CaptionerConfig, clip_dim: int, lm: Any, tokenizer: Any, clip_fingerprint: str = ""):
+    def __init__(self, cfg: CaptionerConfig, clip_dim: int, lm: Any, tokenizer: Any, clip_fingerprint: str = "",
+                 n_tokens: int = 0):
         super().__init__()
         self.cfg, self.clip_dim, self.lm, self.tokenizer = cfg, clip_dim, lm, tokenizer
-        self.clip_fingerprint = clip_fingerprint
-        self.mapper = Mapper(clip_dim, lm.config.n_embd, cfg.prefix_len, cfg.mapper_layers, cfg.mapper_heads)
+        self.clip_fingerprint, self.n_tokens = clip_fingerprint, n_tokens
+        self.mapper = Mapper(clip_dim, lm.config.n_embd, cfg.prefix_len, cfg.mapper_layers, cfg.mapper_heads, n_tokens)
         self.scorer: Any = None  # the frozen CLIP, attached by create/load
         self.set_trainable(cfg.trainable_lm_layers)
 
@@ -126,6 +185,7 @@ class PrefixCaptioner(nn.Module):
 
         from .interrogator import model_fingerprint
 
+        clip_dim, n_tokens = _feature_shape(cfg, scorer)
         tok = _tokenizer_for(cfg)
         if cfg.lm:
             try:
@@ -134,12 +194,12 @@ class PrefixCaptioner(nn.Module):
                 raise BestshotError(f"cannot load the language model {cfg.lm!r} ({str(e).splitlines()[0][:160]}) — "
                                     "give a local GPT-2 folder, or leave lm empty to train a tiny one") from None
         else:
-            lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=cfg.prefix_len + cfg.max_tokens + 1,
+            prefix = n_tokens or cfg.prefix_len
+            lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=prefix + cfg.max_tokens + 1,
                                             n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
                                             bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
                                             pad_token_id=tok.pad_token_id))
-        clip_dim = int(scorer.model.config.projection_dim)
-        model = cls(cfg, clip_dim, lm, tok, model_fingerprint(scorer))
+        model = cls(cfg, clip_dim, lm, tok, model_fingerprint(scorer), n_tokens)
         model.scorer = scorer
         return model
 
@@ -167,6 +227,12 @@ class PrefixCaptioner(nn.Module):
             out.append(ids + [eos])
         return out
 
+    def features(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """What the mapper reads for ``images``: pooled CLIP embeddings or the vision tower's tokens."""
+        if self.cfg.features == "patches":
+            return vision_tokens(self.scorer, list(images), self.cfg.patch_pool)
+        return self.scorer.embed_images(list(images))
+
     def loss(self, clip_emb: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
         """Mean NLL of the caption tokens given the prefix (logits only where there are labels)."""
         dev = clip_emb.device
@@ -190,7 +256,7 @@ class PrefixCaptioner(nn.Module):
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
     def generate(self, clip_emb: torch.Tensor, num_beams: int = 1, max_new_tokens: int | None = None) -> list[str]:
-        """Greedy (``num_beams=1``) or beam-search captions for normalised CLIP image embeddings."""
+        """Greedy (``num_beams=1``) or beam-search captions for CLIP features (see :meth:`features`)."""
         self.eval()
         prefix = self.mapper(clip_emb.to(self.mapper.proj.weight.device, self.mapper.proj.weight.dtype))
         att = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
@@ -204,7 +270,7 @@ class PrefixCaptioner(nn.Module):
     def caption(self, images: Sequence[Image.Image], num_beams: int = 1) -> list[str]:
         if not images:
             return []
-        return self.generate(self.scorer.embed_images(list(images)), num_beams=num_beams)
+        return self.generate(self.features(images), num_beams=num_beams)
 
     # ------------------------------------------------------------------ save / load
     def save(self, folder: str | os.PathLike) -> Path:
@@ -223,7 +289,7 @@ class PrefixCaptioner(nn.Module):
                 os.replace(f, folder / "tokenizer" / f.name)
         atomic_write_bytes(folder / WEIGHTS_NAME, save(state))
         atomic_write_json(folder / CONFIG_NAME, {"config": asdict(self.cfg), "clip_dim": self.clip_dim,
-                                                 "lm_config": self.lm.config.to_dict(),
+                                                 "n_tokens": self.n_tokens, "lm_config": self.lm.config.to_dict(),
                                                  "clip_fingerprint": self.clip_fingerprint})
         return folder
 
@@ -246,7 +312,7 @@ class PrefixCaptioner(nn.Module):
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         lm = GPT2LMHeadModel(GPT2Config.from_dict(meta["lm_config"]))
-        model = cls(cfg, int(meta["clip_dim"]), lm, tok, meta.get("clip_fingerprint", ""))
+        model = cls(cfg, int(meta["clip_dim"]), lm, tok, meta.get("clip_fingerprint", ""), int(meta.get("n_tokens", 0)))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or [k for k in missing if k != "lm.lm_head.weight"]:
             raise BestshotError(f"captioner weights in {folder} do not fit its config (missing {missing[:3]}, "
@@ -339,7 +405,7 @@ def train_captioner(cfg: CaptionerConfig, out: str | os.PathLike, scorer: Any = 
         except StopIteration:
             it = iter(loader)
             images, captions = next(it)
-        emb = scorer.embed_images([tensor_to_pil(x) for x in images])
+        emb = model.features([tensor_to_pil(x) for x in images])
         loss = model.loss(emb, list(captions))
         opt.zero_grad(set_to_none=True)
         loss.backward()

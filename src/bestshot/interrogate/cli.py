@@ -121,6 +121,10 @@ def train_captioner_cmd(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with CaptionerConfig fields."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="world | world:1-2 | a caption folder | a CSV."),
     clip: Optional[str] = typer.Option(None, "--clip", help="Frozen CLIP image encoder (default: embedded)."),
+    features: Optional[str] = typer.Option(None, "--features", help="What the mapper reads: pooled (the CLIP "
+                                           "embedding, ClipCap) or patches (the vision tokens as the prefix, LLaVA style)."),
+    patch_pool: Optional[int] = typer.Option(None, "--patch-pool", min=1, help="patches: average the patch grid "
+                                             "over N×N cells (fewer prefix tokens, faster)."),
     lm: Optional[str] = typer.Option(None, "--lm", help="Pretrained GPT-2 id/folder (default: a tiny one from scratch)."),
     trainable_lm_layers: Optional[int] = typer.Option(None, "--trainable-lm-layers", min=0),
     steps: Optional[int] = typer.Option(None, "--steps", min=1),
@@ -132,7 +136,8 @@ def train_captioner_cmd(
     from .captioner import CaptionerConfig, train_captioner
 
     cfg = CaptionerConfig.from_yaml(config) if config else CaptionerConfig()
-    for k, v in dict(dataset=dataset, clip=clip, lm=lm, trainable_lm_layers=trainable_lm_layers, steps=steps,
+    for k, v in dict(dataset=dataset, clip=clip, features=features, patch_pool=patch_pool, lm=lm,
+                     trainable_lm_layers=trainable_lm_layers, steps=steps,
                      batch_size=batch_size, lr=lr, device=device).items():
         if v is not None:
             setattr(cfg, k, v)
