@@ -29,6 +29,15 @@ def _batch(n=4, seed=0):
     return [W.render(s, 32) for s in scenes], [W.prompt_for(W.spec_of(s)) for s in scenes]
 
 
+def _overfit(model, feats, captions, steps):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(steps):
+        loss = model.loss(feats, captions)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def test_training_lowers_the_loss(trained):
     _, result = trained
     losses = [l for _, l in result["history"]]
@@ -59,12 +68,7 @@ def test_overfits_one_caption_and_decodes_it(tiny_clip):
     model = PrefixCaptioner.create(CaptionerConfig(clip=tiny_clip, **TINY), s)
     images, captions = _batch(1, seed=3)
     emb = s.embed_images(images)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    for _ in range(80):
-        loss = model.loss(emb, captions)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _overfit(model, emb, captions, 80)
     assert model.generate(emb) == captions
     assert model.generate(emb, num_beams=2) == captions
 
@@ -84,12 +88,7 @@ def test_patch_features_learn_save_and_load(tiny_clip, tmp_path):
     assert feats.shape == (2, (g // 2) ** 2 + 1, v.hidden_size)
     assert torch.allclose(feats[:, 1], model.features(images)[:, 1:].reshape(2, g, g, -1)[:, :2, :2].mean((1, 2)),
                           atol=1e-5)  # a pooled token is the mean of its 2×2 patches
-    opt = torch.optim.AdamW([p for p in pooled.parameters() if p.requires_grad], lr=3e-3)
-    for _ in range(100):
-        loss = pooled.loss(feats, captions)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _overfit(pooled, feats, captions, 100)
     assert pooled.caption(images) == captions
     pooled.save(tmp_path / "cap")
     again = PrefixCaptioner.load(tmp_path / "cap", scorer=s)
