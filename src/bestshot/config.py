@@ -27,6 +27,7 @@ SD35_LARGE = "stabilityai/stable-diffusion-3.5-large"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 CLIP_L14 = "openai/clip-vit-large-patch14"
 EMBEDDED = "embedded"
+SPATIAL = "+spatial"  # a scorer spec suffix: also check the relation a prompt states (scoring.spatial)
 
 MEMORY_STRATEGIES = ("gpu", "model_offload", "sequential_offload")
 DTYPES = ("auto", "float32", "float16", "bfloat16")

@@ -120,20 +120,18 @@ class Mapper(nn.Module):
         return self.tf(x)[:, self.prefix_len:]
 
 
-def vision_tokens(scorer: Any, images: Sequence[Image.Image], pool: int = 1, batch_size: int = 64) -> torch.Tensor:
+def vision_tokens(scorer: Any, images: Sequence[Image.Image], pool: int = 1) -> torch.Tensor:
     """(B, n_tokens, hidden): the frozen CLIP vision tower's last layer (class token + patches), layer-normed;
     the patch grid averaged over ``pool`` × ``pool`` cells."""
-    model = scorer.model
+    vision = scorer.model.vision_model
     out = []
     with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            batch = [im.convert("RGB") for im in images[i:i + batch_size]]
-            pix = scorer.processor(images=batch, return_tensors="pt")["pixel_values"].to(scorer.device, scorer.dtype)
-            hidden = model.vision_model.post_layernorm(model.vision_model(pixel_values=pix).last_hidden_state).float()
+        for pix in scorer.pixel_batches(images):
+            hidden = vision.post_layernorm(vision(pixel_values=pix).last_hidden_state).float()
             if pool > 1:
                 cls, patches = hidden[:, :1], hidden[:, 1:]
                 g = int(round(patches.shape[1] ** 0.5))
-                grid = patches.transpose(1, 2).reshape(len(batch), -1, g, g)
+                grid = patches.transpose(1, 2).reshape(len(hidden), -1, g, g)
                 patches = nn.functional.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)
                 hidden = torch.cat([cls, patches], 1)
             out.append(hidden)

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from PIL import Image
 
-from ..config import EMBEDDED
+from ..config import EMBEDDED, SPATIAL
 from ..errors import BestshotError
 from ..store import atomic_write_bytes
 from ..train import world as W
@@ -427,7 +427,7 @@ class Interrogator:
             setattr(cfg, k, v)
         self.cfg = cfg.validate()
         self.scorer = scorer or get_scorer(cfg.clip, device=cfg.device)
-        embedded = cfg.clip in (EMBEDDED, EMBEDDED + "+spatial")
+        embedded = cfg.clip in (EMBEDDED, EMBEDDED + SPATIAL)
         self.domain = cfg.domain if cfg.domain != "auto" else ("world" if embedded else "art")
         self.emb = TextEmbeddings(self.scorer, cfg.cache_dir)
         self.captioners = []

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..config import EMBEDDED
+from ..config import EMBEDDED, SPATIAL
 from ..errors import BestshotError
 from ..models.loader import CACHE, ModelCache, resolve_device
 from .base import Scorer, clip_score_100
@@ -21,8 +21,6 @@ from .spatial import SpatialScorer
 
 __all__ = ["Scorer", "CLIPScorer", "OpenCLIPScorer", "SpatialScorer", "clip_score_100", "get_scorer",
            "pipeline_scorer", "scorer_from_pipeline"]
-
-SPATIAL = "+spatial"
 
 
 def get_scorer(spec: str | None = None, *, device: str | torch.device | None = None, half: bool | None = None,

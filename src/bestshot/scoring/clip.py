@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -83,13 +83,15 @@ class CLIPScorer:
         return torch.nn.functional.normalize(torch.cat(out), dim=-1)
 
     # ----------------------------------------------------------------- images
-    @torch.no_grad()
-    def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        out = []
+    def pixel_batches(self, images: Sequence[Image.Image]) -> Iterator[torch.Tensor]:
+        """``images`` as the vision tower's ``pixel_values`` (RGB, processed, on its device), a batch at a time."""
         for i in range(0, len(images), self.batch_size):
             batch = [im.convert("RGB") for im in images[i:i + self.batch_size]]
-            pix = self.processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
-            out.append(_as_tensor(self.model.get_image_features(pixel_values=pix)).float())
+            yield self.processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        out = [_as_tensor(self.model.get_image_features(pixel_values=pix)).float() for pix in self.pixel_batches(images)]
         return torch.nn.functional.normalize(torch.cat(out), dim=-1)
 
     def score(self, images: Sequence[Image.Image], text: str | Sequence[str]) -> list[float]:

@@ -156,11 +156,8 @@ class SpatialScorer:
     def dense_images(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled and dense (MaskCLIP) embeddings of ``images``, in the wrapped scorer's batches."""
         pooled, dense = [], []
-        b = self.base
-        for i in range(0, len(images), b.batch_size):
-            batch = [im.convert("RGB") for im in images[i:i + b.batch_size]]
-            pix = b.processor(images=batch, return_tensors="pt")["pixel_values"].to(b.device, b.dtype)
-            p, d = image_features(b.model, pix)
+        for pix in self.base.pixel_batches(images):
+            p, d = image_features(self.base.model, pix)
             pooled.append(p.cpu())
             dense.append(d.cpu())
         return torch.cat(pooled), torch.cat(dense)
