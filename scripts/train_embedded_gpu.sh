@@ -25,3 +25,19 @@ python -m bestshot.train.cli ddpm --config configs/embedded/ddpm_gpu.yaml --resu
 python -m bestshot.train.cli export --checkpoint runs/embedded/ddpm_gpu --clip runs/embedded/cpu_model/clip \
   --out "$MODEL" --steps "${STEPS:-20}" --guidance "${GUIDANCE:-1.0}" --clip-min "${CLIP_MIN:-0.35}" --n-images 8 \
   --spatial-guidance "${SPATIAL_GUIDANCE:-0}"
+
+# 13. CLIP 8 (GPU, 2026-11-27, one H200): four image towers trained from scratch beside CLIP 5's text tower
+#     (frozen: the denoiser reads it), side by side on one data stream for 6.5 minutes (2180 steps × 256);
+#     each exported alone in fp16 (runs/towers/NAME.vision.safetensors). The 8-layer, 256-wide one bound
+#     shapes to objects best (bench/clip_binding.py; numbers in TRAINING.md).
+python bench/clip_towers.py --config configs/embedded/clip_towers.yaml --tower p4w128l4:4:128:4:4 \
+  --tower p4w256l8:4:256:8:8 --tower p2w128l4:2:128:4:4 --tower p2w192l6:2:192:6:6 --export runs/towers
+# 14. That tower (as exported, fp16) trained on alone for 3.5 minutes on fresh world items (1633 steps × 256).
+python bench/clip_towers.py assemble runs/towers/p4w256l8.vision.safetensors --out runs/towers/p4w256l8
+python -m bestshot.train.cli clip --config configs/embedded/clip_tower_cont.yaml
+python bench/clip_towers.py export runs/towers/cont --config configs/embedded/clip_tower_cont.yaml \
+  --out runs/towers/cont.vision.safetensors
+# 15. Re-export the shipped folder with CLIP 8 (ran on 2 CPU cores from the fp16 export of step 14, assembled
+#     beside the shipped text tower); the denoiser and the text tower are byte-identical, so generation is too.
+python bench/clip_towers.py assemble runs/towers/cont.vision.safetensors --out runs/towers/cont --text-from "$MODEL/clip"
+python -m bestshot.train.cli export --checkpoint "$MODEL" --out "$MODEL" --clip runs/towers/cont

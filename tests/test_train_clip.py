@@ -1,5 +1,6 @@
 """CLIP trainer: hard-negative captions, a few steps of learning, and a loadable CLIP folder."""
 
+import dataclasses
 import json
 import random
 
@@ -9,8 +10,8 @@ from transformers import CLIPModel, CLIPTokenizer
 
 from bestshot.errors import BestshotError
 from bestshot.train import world as W
-from bestshot.train.clip_train import (ClipTrainConfig, WorldHardNegatives, _collate, build_clip, clip_loss,
-                                       hard_negative_captions, train_clip)
+from bestshot.train.clip_train import (ClipTrainConfig, TokenizingCollate, WorldHardNegatives, _collate, build_clip,
+                                       clip_loss, hard_negative_captions, learning_rate, train_clip)
 
 TINY = dict(img_size=16, patch_size=4, vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32,
             text_layers=1, text_heads=2, projection_dim=16, max_length=32)
@@ -131,3 +132,54 @@ def test_degrade_blurs_and_grains_only_when_asked():
 def test_degrade_settings_are_checked(tmp_path):
     with pytest.raises(BestshotError, match="blur_max"):
         train_clip(ClipTrainConfig(**TINY, blur_max=-1.0, out_dir=str(tmp_path)))
+
+
+def test_init_text_from_joins_a_new_image_tower_to_a_trained_text_tower(tmp_path):
+    d = tmp_path / "c"
+    train_clip(ClipTrainConfig(**TINY, batch_size=8, steps=1, hard_negatives=2, eval_size=8, out_dir=str(d)))
+    src = CLIPModel.from_pretrained(d)
+    # a finer patch grid and a deeper, wider image tower; the text side is the trained one, frozen
+    cfg = ClipTrainConfig(**{**TINY, "patch_size": 2, "vision_hidden": 48, "vision_layers": 2, "vision_heads": 4},
+                          batch_size=8, steps=2, hard_negatives=2, eval_size=8, init_text_from=str(d), freeze_text=True,
+                          out_dir=str(tmp_path / "big"))
+    train_clip(cfg)
+    big = CLIPModel.from_pretrained(tmp_path / "big")
+    v = big.config.vision_config
+    assert (v.patch_size, v.hidden_size, v.num_hidden_layers) == (2, 48, 2)
+    for a, b in zip(src.text_model.parameters(), big.text_model.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(src.text_projection.weight, big.text_projection.weight)
+    assert len(CLIPTokenizer.from_pretrained(tmp_path / "big")) == 49408
+    with pytest.raises(BestshotError, match="exclude each other"):
+        train_clip(dataclasses.replace(cfg, init_from=str(d)))
+    with pytest.raises(BestshotError, match="not a CLIP folder"):
+        train_clip(dataclasses.replace(cfg, init_text_from=str(tmp_path / "missing")))
+    with pytest.raises(BestshotError, match="vision_heads"):
+        train_clip(dataclasses.replace(cfg, vision_heads=5))
+
+
+def test_time_schedule_anneals_by_the_wall_clock_budget():
+    cfg = ClipTrainConfig(lr=1e-3, warmup_steps=10, steps=100_000, max_minutes=1.0, schedule_by_time=True)
+    assert learning_rate(cfg, 4, 0.0) == pytest.approx(5e-4)  # warm-up still counts steps
+    assert learning_rate(cfg, 20, 0.0) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 20, 30.0) == pytest.approx(0.55e-3, rel=1e-3)  # half the budget: half-way down the cosine
+    assert learning_rate(cfg, 20, 60.0) == pytest.approx(1e-4)  # spent: the floor (0.1 of the peak)
+    by_steps = dataclasses.replace(cfg, schedule_by_time=False, steps=100)
+    assert learning_rate(by_steps, 55, 999.0) == pytest.approx(0.55e-3, rel=1e-3)  # time ignored
+    with pytest.raises(BestshotError, match="schedule_by_time needs max_minutes"):
+        train_clip(dataclasses.replace(cfg, max_minutes=0.0, **TINY))
+
+
+def test_tokenizing_collate_matches_tokenizing_in_the_loss():
+    torch.manual_seed(0)
+    model = build_clip(ClipTrainConfig(**TINY))
+    from bestshot.models.clip_tokenizer import build_clip_tokenizer
+
+    tok = build_clip_tokenizer(32)
+    ds = WorldHardNegatives(6, 16, 0, 2)
+    items = [ds[i] for i in range(6)]
+    imgs, caps, negs, enc = TokenizingCollate(tok)(items)
+    assert enc.input_ids.shape[0] == 6 * 3
+    a = clip_loss(model, tok, imgs, caps, negs, 2)[0]
+    b = clip_loss(model, None, imgs, caps, negs, 2, enc)[0]
+    assert torch.allclose(a, b)

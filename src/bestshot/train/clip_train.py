@@ -71,6 +71,14 @@ class ClipTrainConfig:
     # diffusion model conditioned on that text tower stays valid while the image side keeps learning
     init_from: str = ""
     freeze_text: bool = False
+    # a new image tower (sized by this config's vision_* and patch_size) with the text tower, text projection,
+    # logit scale and tokenizer of a trained CLIP folder; with freeze_text the new image side learns to map
+    # images into the embedding space a denoiser is already conditioned on. Not together with init_from.
+    init_text_from: str = ""
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    # with max_minutes: the warm-up/cosine schedule runs over the wall-time budget instead of the step count,
+    # so a run stopped by its time limit has annealed its learning rate (steps is then only an upper bound)
+    schedule_by_time: bool = False
     # degrade training images the way generated ones differ from rendered ones (soft edges, grain): per image
     # a Gaussian blur of sigma ~ U(0, blur_max) pixels and Gaussian noise of std ~ U(0, noise_max) in [-1, 1]
     # units, each applied with probability degrade_prob. 0 = off (held-out evaluation always sees clean renders)
@@ -196,17 +204,44 @@ class WorldHardNegatives(torch.utils.data.Dataset):
 
 
 # ------------------------------------------------------------------------------------------- model
+def _vision_config(cfg: ClipTrainConfig, projection_dim: int) -> dict:
+    if cfg.vision_hidden % cfg.vision_heads:
+        raise BestshotError(f"vision_hidden {cfg.vision_hidden} is not a multiple of vision_heads {cfg.vision_heads} "
+                            "— pick a head count that divides it")
+    return dict(hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden,
+                num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                image_size=cfg.img_size, patch_size=cfg.patch_size, projection_dim=projection_dim)
+
+
 def build_clip(cfg: ClipTrainConfig) -> CLIPModel:
     tok = build_clip_tokenizer()
     text = dict(vocab_size=len(tok), hidden_size=cfg.text_hidden, intermediate_size=4 * cfg.text_hidden,
                 num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, max_position_embeddings=77,
                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                 projection_dim=cfg.projection_dim)
-    vision = dict(hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden,
-                  num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
-                  image_size=cfg.img_size, patch_size=cfg.patch_size, projection_dim=cfg.projection_dim)
-    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim)
+    config = CLIPConfig(text_config=text, vision_config=_vision_config(cfg, cfg.projection_dim),
+                        projection_dim=cfg.projection_dim)
     return CLIPModel(config)
+
+
+def clip_with_text_from(cfg: ClipTrainConfig, folder: str | Path):
+    """(model, tokenizer): a freshly initialised image tower sized by ``cfg`` joined to the text tower, text
+    projection, logit scale and tokenizer of the CLIP folder ``folder`` (see ClipTrainConfig.init_text_from)."""
+    from transformers import CLIPTokenizer
+
+    if not Path(folder).is_dir():
+        raise BestshotError(f"init_text_from {folder} is not a CLIP folder — pass a folder written by `bestshot train clip`")
+    src = CLIPModel.from_pretrained(str(folder), dtype=torch.float32)
+    tok = CLIPTokenizer.from_pretrained(str(folder))
+    dim = src.config.projection_dim
+    config = CLIPConfig(text_config=src.config.text_config.to_dict(), vision_config=_vision_config(cfg, dim),
+                        projection_dim=dim)
+    model = CLIPModel(config)
+    model.text_model.load_state_dict(src.text_model.state_dict())
+    model.text_projection.load_state_dict(src.text_projection.state_dict())
+    with torch.no_grad():
+        model.logit_scale.copy_(src.logit_scale)
+    return model, tok
 
 
 def image_processor(size: int):
@@ -242,6 +277,19 @@ def _collate(items):
         return torch.stack(imgs), list(caps), [n for ns in negs for n in ns]
     imgs, caps = zip(*items)
     return torch.stack(imgs), list(caps), []
+
+
+class TokenizingCollate:
+    """Batches as ``(images, captions, negatives, encoding)``: the captions and negatives are tokenized here, in
+    the DataLoader's workers, not in the training loop (a batch of 256 with 12 negatives is ~3,300 captions,
+    ~0.2 s of tokenizing that would otherwise stall the GPU every step)."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def __call__(self, items):
+        imgs, caps, negs = _collate(items)
+        return imgs, caps, negs, self.tok(caps + negs, padding=True, truncation=True, return_tensors="pt")
 
 
 def _object_weights(cfg: ClipTrainConfig) -> dict[int, float] | None:
@@ -302,14 +350,24 @@ def degrade(images: torch.Tensor, blur_max: float, noise_max: float, prob: float
     return out.clamp(-1, 1)
 
 
-def clip_loss(model: CLIPModel, tok, images, captions, negatives, k: int):
-    """Symmetric InfoNCE; image row i also scores its k hard-negative captions."""
-    texts = captions + negatives
+def clip_loss(model: CLIPModel, tok, images, captions, negatives, k: int, enc=None):
+    """Symmetric InfoNCE; image row i also scores its k hard-negative captions. ``enc``: the captions and
+    negatives already tokenized (:class:`TokenizingCollate`); else ``tok`` tokenizes them here."""
     dev = model.logit_scale.device
-    enc = tok(texts, padding=True, truncation=True, return_tensors="pt").to(dev)
-    img = F.normalize(image_features(model, to_clip_pixels(images.to(dev))), dim=-1)
-    txt = F.normalize(text_features(model, enc.input_ids, enc.attention_mask), dim=-1)
-    scale = model.logit_scale.exp().clamp(max=100)
+    if enc is None:
+        enc = tok(captions + negatives, padding=True, truncation=True, return_tensors="pt")
+    enc = enc.to(dev)
+    img = image_features(model, to_clip_pixels(images.to(dev)))
+    txt = text_features(model, enc.input_ids, enc.attention_mask)
+    return contrastive_loss(img, txt, model.logit_scale, k, bool(negatives))
+
+
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, k: int, negatives: bool):
+    """``clip_loss`` on projected features (normalised here, in float32): ``img`` (B, D); ``txt`` (B + B*k, D),
+    the B positives first, then image 0's k negatives, image 1's, ..."""
+    img, txt = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
+    dev = img.device
+    scale = logit_scale.exp().clamp(max=100)
     B = img.shape[0]
     pos, neg = txt[:B], txt[B:]
     logits = scale * img @ pos.T
@@ -376,6 +434,16 @@ def _ranked_split(cfg: ClipTrainConfig):
     return cs, train, held
 
 
+def learning_rate(cfg: ClipTrainConfig, step: int, elapsed: float) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay over ``steps`` — or, with ``schedule_by_time``,
+    over the share of the ``max_minutes`` budget spent (whichever of steps and time runs out first)."""
+    if not cfg.schedule_by_time or step < cfg.warmup_steps:
+        return lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
+    scale = 10_000
+    done = max(step / cfg.steps, elapsed / (60 * cfg.max_minutes))
+    return lr_at(min(scale, int(done * scale)), cfg.lr, 0, scale)
+
+
 @torch.no_grad()
 def evaluate(model: CLIPModel, tok, cfg: ClipTrainConfig) -> dict:
     """Held-out retrieval: image→text top-1 among the batch's captions, and positive vs its hard negatives."""
@@ -409,7 +477,14 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
     if cfg.blur_max < 0 or cfg.noise_max < 0 or not 0 <= cfg.degrade_prob <= 1:
         raise BestshotError("blur_max and noise_max must be >= 0 and degrade_prob in [0, 1] — e.g. blur_max: 1.0, "
                             "noise_max: 0.08, degrade_prob: 0.5")
-    if cfg.init_from:
+    if cfg.init_from and cfg.init_text_from:
+        raise BestshotError("init_from and init_text_from exclude each other — init_from continues a whole CLIP, "
+                            "init_text_from starts a new image tower beside a trained text tower")
+    if cfg.schedule_by_time and not cfg.max_minutes:
+        raise BestshotError("schedule_by_time needs max_minutes > 0 (the budget the schedule runs over)")
+    if cfg.init_text_from:
+        model, tok = clip_with_text_from(cfg, cfg.init_text_from)
+    elif cfg.init_from:
         if not Path(cfg.init_from).is_dir():
             raise BestshotError(f"init_from {cfg.init_from} is not a CLIP folder — pass a folder written by `bestshot train clip`")
         from transformers import CLIPTokenizer
@@ -432,8 +507,9 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     ds = _dataset(cfg, cfg.steps * cfg.batch_size, cfg.seed, generated=True)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=_collate, drop_last=True,
-                                         num_workers=cfg.num_workers)
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=TokenizingCollate(tok),
+                                         drop_last=True, num_workers=cfg.num_workers)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
     k = cfg.hard_negatives if cfg.dataset == "world" and cfg.hard_negatives > 0 else 0
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -449,15 +525,16 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
     with Progress(TextColumn("clip"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
                   TimeElapsedColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task("clip", total=cfg.steps, loss="-")
-        for imgs, caps, negs in loader:
+        for imgs, caps, negs, enc in loader:
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
+                g["lr"] = learning_rate(cfg, step, time.time() - t0)
             if cfg.blur_max > 0 or cfg.noise_max > 0:
                 imgs = degrade(imgs, cfg.blur_max, cfg.noise_max, cfg.degrade_prob)
-            loss, _, _ = clip_loss(model, tok, imgs, caps, negs, k)
-            if ranked is not None:
-                groups = rank_rng.sample(rank_train, min(cfg.ranked_groups, len(rank_train)))
-                loss = loss + cfg.ranked_weight * ranked_loss(model, tok, ranked, groups, degrade_cfg)[0]
+            with amp:
+                loss, _, _ = clip_loss(model, tok, imgs, caps, negs, k, enc)
+                if ranked is not None:
+                    groups = rank_rng.sample(rank_train, min(cfg.ranked_groups, len(rank_train)))
+                    loss = loss + cfg.ranked_weight * ranked_loss(model, tok, ranked, groups, degrade_cfg)[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
