@@ -236,9 +236,9 @@ def test_cli_folder_skips_bad_files_and_writes_csv(tiny_clip, tmp_path, cache):
 
 
 @pytest.mark.skipif(not (EMBEDDED_DIR / "clip" / "config.json").exists(), reason="the embedded CLIP is not trained yet")
-@pytest.mark.xfail(strict=False, reason="issue 5 open: the embedded CLIP reads single objects mostly right but not the "
-                   "shape of each object in a pair (8/30 full matches on 2026-11-23; the bench's 200 rendered scenes: "
-                   "40.0 % on 2026-11-27 with the world prior and relations from patches); passes once the CLIP is stronger")
+@pytest.mark.xfail(strict=False, reason="issue 5 open: the embedded CLIP reads single objects mostly right but not "
+                   "every object's shape in a pair (the bench's 200 rendered scenes: 40.0 % full match with CLIP 5, "
+                   "57.0 % with CLIP 8, 2026-11-27); passes once the CLIP binds shapes to objects")
 def test_embedded_clip_recovers_rendered_world_prompts(request):
     """The issue's check: on rendered images the interrogated prompt fully matches (oracle) for >= 90 %."""
     from bestshot.train.oracle import oracle
