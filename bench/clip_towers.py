@@ -58,6 +58,7 @@ def assemble(vision_file: str, out: str, text_from: str | None = None) -> Path:
     ``init_text_from``)."""
     from safetensors import safe_open
 
+    from bestshot.store import atomic_write_text
     from bestshot.train.clip_train import ClipTrainConfig, clip_with_text_from, save_clip_folder
 
     with safe_open(vision_file, "pt") as f:
@@ -69,15 +70,14 @@ def assemble(vision_file: str, out: str, text_from: str | None = None) -> Path:
     if unexpected or any(k.startswith(("vision_model.", "visual_projection.")) for k in missing):
         raise SystemExit(f"{vision_file} does not fit its own config: missing {missing[:3]}, unexpected {unexpected[:3]}")
     save_clip_folder(model, tok, cfg, Path(out))
-    (Path(out) / "metrics.json").write_text(meta.get("metrics", "{}"))
+    atomic_write_text(Path(out) / "metrics.json", meta.get("metrics", "{}"))
     return Path(out)
 
 
 def train(cfg_path: str, towers: list[tuple[str, dict]], export: str | None, snapshot_s: float,
           overrides: dict) -> dict:
-    from rich.progress import track  # noqa: F401  (imported early: fail before the GPU work if missing)
-
     from bestshot.models.loader import resolve_device
+    from bestshot.store import atomic_write_text
     from bestshot.train.clip_train import (ClipTrainConfig, TokenizingCollate, _dataset, clip_with_text_from,
                                            contrastive_loss, degrade, evaluate, image_features, learning_rate,
                                            save_clip_folder, text_features, to_clip_pixels)
@@ -161,10 +161,10 @@ def train(cfg_path: str, towers: list[tuple[str, dict]], export: str | None, sna
         if out_dir:
             export_vision(model, cfg, metrics, out_dir / f"{r['name']}.vision.safetensors")
         save_clip_folder(model.cpu(), tok, cfg, Path(cfg.out_dir))
-        (Path(cfg.out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_text(Path(cfg.out_dir) / "metrics.json", json.dumps(metrics, indent=2))
         report[r["name"]] = metrics
     if out_dir:
-        (out_dir / "towers_metrics.json").write_text(json.dumps(report, indent=2))
+        atomic_write_text(out_dir / "towers_metrics.json", json.dumps(report, indent=2))
     return report
 
 
