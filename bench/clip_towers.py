@@ -78,9 +78,9 @@ def train(cfg_path: str, towers: list[tuple[str, dict]], export: str | None, sna
           overrides: dict) -> dict:
     from bestshot.models.loader import resolve_device
     from bestshot.store import atomic_write_text
-    from bestshot.train.clip_train import (ClipTrainConfig, TokenizingCollate, _dataset, clip_with_text_from,
-                                           contrastive_loss, degrade, evaluate, image_features, learning_rate,
-                                           save_clip_folder, text_features, to_clip_pixels)
+    from bestshot.train.clip_train import (ClipTrainConfig, clip_with_text_from, contrastive_loss, degrade, evaluate,
+                                           image_features, learning_rate, make_optimizer, negatives_per_image,
+                                           save_clip_folder, text_features, to_clip_pixels, training_loader)
     from bestshot.train.common import load_config
 
     base = load_config(ClipTrainConfig, cfg_path, **overrides)
@@ -95,24 +95,14 @@ def train(cfg_path: str, towers: list[tuple[str, dict]], export: str | None, sna
         cfg = dataclasses.replace(base, out_dir=str(Path(base.out_dir) / name), **sizes)
         model, tok = clip_with_text_from(cfg, cfg.init_text_from)
         model.to(device).train()
-        model.text_model.requires_grad_(False)
-        model.text_projection.requires_grad_(False)
-        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        decay = [p for n, p in params if p.ndim >= 2 and "embedding" not in n]
-        other = [p for n, p in params if not (p.ndim >= 2 and "embedding" not in n)]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                 {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+        opt = make_optimizer(model, cfg)  # cfg.freeze_text is checked above: the text side is frozen here
         n_vis = sum(p.numel() for p in model.vision_model.parameters())
         print(f"{name}: {n_vis / 1e6:.2f} M vision parameters, {(cfg.img_size // cfg.patch_size) ** 2} patches", flush=True)
         runs.append(dict(name=name, cfg=cfg, model=model, opt=opt, losses=[]))
     text = runs[0]["model"]  # the frozen text tower all of them share
-    k = base.hard_negatives if base.dataset == "world" and base.hard_negatives > 0 else 0
+    k = negatives_per_image(base)
     Path(base.out_dir).mkdir(parents=True, exist_ok=True)
-    ds = _dataset(base, base.steps * base.batch_size, base.seed, generated=True)
-    loader = torch.utils.data.DataLoader(ds, batch_size=base.batch_size, shuffle=False, drop_last=True,
-                                         collate_fn=TokenizingCollate(tok), num_workers=base.num_workers,
-                                         prefetch_factor=4 if base.num_workers else None,
-                                         persistent_workers=bool(base.num_workers))
+    loader = training_loader(base, tok)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=base.amp and device.type == "cuda")
     out_dir = Path(export) if export else None
     if out_dir:

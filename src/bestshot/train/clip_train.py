@@ -434,6 +434,31 @@ def _ranked_split(cfg: ClipTrainConfig):
     return cs, train, held
 
 
+def make_optimizer(model: CLIPModel, cfg: ClipTrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (the text side frozen first if ``cfg.freeze_text``), with weight
+    decay on weight matrices only (not on embeddings, norms or biases)."""
+    if cfg.freeze_text:
+        model.text_model.requires_grad_(False)
+        model.text_projection.requires_grad_(False)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.ndim >= 2 and "embedding" not in n]
+    other = [p for n, p in params if not (p.ndim >= 2 and "embedding" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def training_loader(cfg: ClipTrainConfig, tok) -> torch.utils.data.DataLoader:
+    """The training stream: ``steps`` batches of ``(images, captions, negatives, encoding)`` in a fixed order."""
+    ds = _dataset(cfg, cfg.steps * cfg.batch_size, cfg.seed, generated=True)
+    return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=TokenizingCollate(tok),
+                                       drop_last=True, num_workers=cfg.num_workers)
+
+
+def negatives_per_image(cfg: ClipTrainConfig) -> int:
+    """How many hard-negative captions each training image brings (world only)."""
+    return cfg.hard_negatives if cfg.dataset == "world" and cfg.hard_negatives > 0 else 0
+
+
 def learning_rate(cfg: ClipTrainConfig, step: int, elapsed: float) -> float:
     """Linear warm-up over ``warmup_steps``, then cosine decay over ``steps`` — or, with ``schedule_by_time``,
     over the share of the ``max_minutes`` budget spent (whichever of steps and time runs out first)."""
@@ -498,19 +523,10 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
 
     device = resolve_device()
     model.to(device).train()
-    if cfg.freeze_text:
-        model.text_model.requires_grad_(False)
-        model.text_projection.requires_grad_(False)
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in params if p.ndim >= 2 and "embedding" not in n]
-    other = [p for n, p in params if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    ds = _dataset(cfg, cfg.steps * cfg.batch_size, cfg.seed, generated=True)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=TokenizingCollate(tok),
-                                         drop_last=True, num_workers=cfg.num_workers)
+    opt = make_optimizer(model, cfg)
+    loader = training_loader(cfg, tok)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
-    k = cfg.hard_negatives if cfg.dataset == "world" and cfg.hard_negatives > 0 else 0
+    k = negatives_per_image(cfg)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ranked, rank_train, rank_held = _ranked_split(cfg)
