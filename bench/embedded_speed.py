@@ -1,6 +1,6 @@
 """Speed of best-of-8 on the embedded model, CPU: warm (in-process) and cold (a fresh CLI process).
 
-    python bench/embedded_speed.py [--threads 2] [--runs 5]
+    python bench/embedded_speed.py [--threads 2] [--runs 5] [--scorer embedded+spatial]
 
 Targets (issue 3): warm ≤ 5 s, cold CLI ≤ 15 s on 2 CPU cores. Prints a markdown row per measurement.
 """
@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--scorer", default=None, help="a scorer spec (default: the embedded model's own)")
     args = ap.parse_args()
 
     import torch
@@ -34,6 +35,8 @@ def main() -> None:
 
     work = tempfile.mkdtemp(prefix="bestshot-speed-")
     out = dict(out_dir=os.path.join(work, "images_out"), log_jsonl=os.path.join(work, "log.jsonl"))
+    if args.scorer:
+        out["scorer"] = args.scorer
     t = time.perf_counter()
     first = generate(PROMPT, n_images=args.n, **out)
     first_s = time.perf_counter() - t
@@ -48,12 +51,13 @@ def main() -> None:
     for k in range(max(1, args.runs // 2)):
         t = time.perf_counter()
         p = subprocess.run(["bestshot", "generate", PROMPT, "-n", str(args.n), "--seed", str(200 + k), "--json",
-                            "--out", out["out_dir"], "--log", out["log_jsonl"]], capture_output=True, text=True, env=env)
+                            "--out", out["out_dir"], "--log", out["log_jsonl"]] + (["--scorer", args.scorer] if args.scorer else []),
+                           capture_output=True, text=True, env=env)
         cold.append(time.perf_counter() - t)
         if p.returncode not in (0, 1):
             sys.exit(f"CLI failed: {p.stderr[-500:]}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}")
-    print(f"settings: {json.dumps(first['settings'])}")
+    print(f"settings: {json.dumps(first['settings'])}, scorer {first.get('scorer')}")
     print("| measurement | median s | all runs s |\n|---|---|---|")
     print(f"| first call in a process (loads the model) | {first_s:.2f} | {first_s:.2f} |")
     print(f"| warm best-of-{args.n} `generate()` | {statistics.median(warm):.2f} | {', '.join(f'{x:.2f}' for x in warm)} |")

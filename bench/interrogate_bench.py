@@ -74,6 +74,9 @@ def main() -> None:
     ap.add_argument("--clip", default="embedded", help="CLIP folder for --rendered runs (default: the embedded CLIP)")
     ap.add_argument("--prior-weight", type=float, default=None, help="the world prior's weight (default: the interrogator's)")
     ap.add_argument("--no-spatial", action="store_true", help="relations from the pooled cosine, not from patch embeddings")
+    ap.add_argument("--no-regions", action="store_true", help="read the whole scene at once, not each object cut out alone")
+    ap.add_argument("--generated-model", default="", help="train the captioner on renders and, every other image, "
+                    "world items redrawn by this model (e.g. embedded)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -104,7 +107,8 @@ def main() -> None:
     _write_csv(work / "truth.csv", [(f"{i:03d}.png", p) for i, p in enumerate(prompts)])
 
     # interrogator (the world search: InterrogateConfig's domain is set explicitly since the scorer is given)
-    icfg = InterrogateConfig(mode=args.mode, clip=args.clip, domain="world", spatial=not args.no_spatial)
+    icfg = InterrogateConfig(mode=args.mode, clip=args.clip, domain="world", spatial=not args.no_spatial,
+                             regions=not args.no_regions)
     if args.prior_weight is not None:
         icfg.prior_weight = args.prior_weight
     engine = Interrogator(icfg, scorer=scorer)
@@ -119,7 +123,8 @@ def main() -> None:
     train_info = None
     if not args.captioner:
         cfg = CaptionerConfig(clip=args.clip, steps=args.train_steps, checkpoint_every=max(1, args.train_steps // 4),
-                              features=args.features, patch_pool=args.patch_pool)
+                              features=args.features, patch_pool=args.patch_pool,
+                              generated_model=args.generated_model)
         train_info = train_captioner(cfg, cap_dir, scorer=scorer, log_every=max(1, args.train_steps // 10),
                                      on_log=lambda s, l: print(f"  captioner step {s} loss {l:.3f}", flush=True))
     captioner = PrefixCaptioner.load(cap_dir, scorer=scorer)
@@ -152,7 +157,8 @@ def main() -> None:
 
     res = {
         "n": args.n, "mode": args.mode, "threads": args.threads, "images": "rendered" if args.rendered else "generated",
-        "clip": args.clip, "prior_weight": icfg.prior_weight, "spatial": icfg.spatial, "generate_s": round(gen_s, 1),
+        "clip": args.clip, "prior_weight": icfg.prior_weight, "spatial": icfg.spatial, "regions": icfg.regions,
+        "generate_s": round(gen_s, 1),
         "interrogator_minilm": float(prompt_similarity(inter, prompts).mean()),
         "captioner_minilm": float(prompt_similarity(caps, prompts).mean()),
         "interrogator_oracle_generated": match(images, inter),

@@ -71,6 +71,32 @@ def test_overfits_one_caption_and_decodes_it(tiny_clip):
     _overfit(model, emb, captions, 80)
     assert model.generate(emb) == captions
     assert model.generate(emb, num_beams=2) == captions
+    assert model.caption(images, rerank=1) == captions
+
+
+def test_rerank_lets_the_clip_pick_among_the_best_beams(tiny_clip):
+    """rerank n: the n best beams are proposed and the caption whose CLIP text embedding is closest to the
+    image wins, whatever its rank among the beams."""
+    s = get_scorer(tiny_clip, device="cpu")
+    torch.manual_seed(0)
+    model = PrefixCaptioner.create(CaptionerConfig(clip=tiny_clip, **TINY), s)
+    assert model.cfg.rerank == 8
+    images, captions = _batch(1, seed=3)
+    emb = s.embed_images(images)
+    _overfit(model, emb, captions, 80)
+    beams = model.generate(emb, num_return_sequences=3)
+    assert len(beams) == 3 and beams[0] == captions[0] and len(set(beams)) == 3
+
+    class Judge:  # the real CLIP for the image, a text embedding that makes beams[2] the closest
+        def embed_images(self, ims):
+            return s.embed_images(ims)
+
+        def embed_texts(self, texts):
+            return torch.stack([emb[0] if t == beams[2] else -emb[0] for t in texts])
+
+    model.scorer = Judge()
+    assert model.caption(images, rerank=3) == [beams[2]]
+    assert model.caption(images, rerank=1) == captions
 
 
 def test_patch_features_learn_save_and_load(tiny_clip, tmp_path):
@@ -89,10 +115,10 @@ def test_patch_features_learn_save_and_load(tiny_clip, tmp_path):
     assert torch.allclose(feats[:, 1], model.features(images)[:, 1:].reshape(2, g, g, -1)[:, :2, :2].mean((1, 2)),
                           atol=1e-5)  # a pooled token is the mean of its 2×2 patches
     _overfit(pooled, feats, captions, 100)
-    assert pooled.caption(images) == captions
+    assert pooled.caption(images, rerank=1) == captions  # the top beam (a random CLIP would re-rank at will)
     pooled.save(tmp_path / "cap")
     again = PrefixCaptioner.load(tmp_path / "cap", scorer=s)
-    assert again.n_tokens == feats.shape[1] and again.caption(images) == captions
+    assert again.n_tokens == feats.shape[1] and again.caption(images, rerank=1) == captions
     with pytest.raises(BestshotError, match="features"):
         PrefixCaptioner.create(CaptionerConfig(clip=tiny_clip, features="grid", **TINY), s)
     with pytest.raises(BestshotError, match="patch_pool"):
@@ -165,3 +191,23 @@ def test_hf_caption_model_feeds_the_art_interrogator(tiny_clip, tmp_path):
         assert r.caption and r.prompt.startswith(r.caption + ", ")
     with pytest.raises(BestshotError):
         Interrogator(InterrogateConfig(clip=tiny_clip, domain="art", caption=str(tmp_path), cache_dir=str(tmp_path / "c")))
+
+
+def test_train_on_a_generated_pool(tiny_clip, tiny_world, tmp_path):
+    """generated_model: every other training image is a world item redrawn by the model, with its caption."""
+    from bestshot.interrogate.captioner import GeneratedWorldCaptions
+
+    out = tmp_path / "cap"
+    cfg = CaptionerConfig(clip=tiny_clip, steps=2, checkpoint_every=2, generated_model=tiny_world, generated_pool=4,
+                          generated_size=16, generated_strength=(0.3, 0.3), **{**TINY, "batch_size": 4})
+    result = train_captioner(cfg, out, scorer=get_scorer(tiny_clip, device="cpu"))
+    assert result["steps"] == 2 and (out / "generated_pool.safetensors").exists()
+    pool = torch.zeros((3, 3, 16, 16), dtype=torch.uint8)
+    pool[1] = 255
+    ds = GeneratedWorldCaptions(pool, seed=9, size=32)
+    img, cap = ds[4]  # cycles over the pool: item 4 is pool item 1 with world item 1's caption
+    scene, rng = W.scene_for(9, 1)
+    assert cap == W.caption(scene, rng) and img.shape == (3, 32, 32) and torch.all(img == 1.0)
+    with pytest.raises(BestshotError, match="generated_model needs dataset: world"):
+        train_captioner(CaptionerConfig(**{**cfg.__dict__, "dataset": "fashion-mnist"}), tmp_path / "d",
+                        scorer=get_scorer(tiny_clip, device="cpu"))

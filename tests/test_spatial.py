@@ -76,18 +76,20 @@ def test_spatial_scorer_adds_the_relation_term_only_where_a_relation_is_stated(t
         get_scorer("open_clip:ViT-B-32+spatial", device="cpu")
 
 
-def test_embedded_family_ranks_with_the_spatial_scorer(tiny_world):
+def test_embedded_family_ranks_with_its_own_clip(tiny_world):
     from bestshot.models.loader import load_pipeline
     from bestshot.models.registry import FAMILIES
-    from bestshot.scoring import pipeline_scorer
+    from bestshot.scoring import RegionScorer, pipeline_scorer
 
     pipe = load_pipeline(tiny_world, device="cpu")
     fam = FAMILIES["embedded"]
-    assert fam.default_scorer == "embedded+spatial"
-    sp = pipeline_scorer(None, pipe, fam)
+    assert fam.default_scorer == "embedded+regions"
+    rg = pipeline_scorer(None, pipe, fam)
+    assert isinstance(rg, RegionScorer) and rg.name == "embedded+regions" and rg.base.model is pipe.clip
+    sp = pipeline_scorer("embedded+spatial", pipe, fam)
     assert isinstance(sp, SpatialScorer) and sp.name == "embedded+spatial" and sp.base.model is pipe.clip
     plain = pipeline_scorer("embedded", pipe, fam)
-    assert not isinstance(plain, SpatialScorer) and plain.model is pipe.clip
+    assert not isinstance(plain, (SpatialScorer, RegionScorer)) and plain.model is pipe.clip
 
 
 @pytest.mark.skipif(not (EMBEDDED_DIR / "clip" / "config.json").exists(), reason="the embedded CLIP is not trained yet")

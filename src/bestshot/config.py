@@ -28,6 +28,7 @@ SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 CLIP_L14 = "openai/clip-vit-large-patch14"
 EMBEDDED = "embedded"
 SPATIAL = "+spatial"  # a scorer spec suffix: also check the relation a prompt states (scoring.spatial)
+REGIONS = "+regions"  # a scorer spec suffix: also read each object of the prompt where it is (scoring.regions)
 
 MEMORY_STRATEGIES = ("gpu", "model_offload", "sequential_offload")
 DTYPES = ("auto", "float32", "float16", "bfloat16")

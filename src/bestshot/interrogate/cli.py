@@ -43,6 +43,9 @@ def interrogate(
                                        "0 = CLIP similarity alone)."),
     spatial: bool = typer.Option(True, "--spatial/--no-spatial", help="World domain: read the relation of two objects "
                                  "from where CLIP sees each one (patch embeddings), not from the pooled cosine."),
+    regions: bool = typer.Option(True, "--regions/--no-regions", help="World domain: cut each object out of its "
+                                 "plain background and let CLIP read it alone (count and relation from where the "
+                                 "objects are), not the whole scene at once."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Predict the prompt of IMAGE_OR_FOLDER; unreadable files in a folder are reported and skipped."""
@@ -53,7 +56,7 @@ def interrogate(
     paths = list_inputs(image_or_folder)
     cfg = InterrogateConfig(mode=mode, clip=clip, caption=caption, captioner=captioner, banks=banks, domain=domain,
                             device=device, cache_dir=cache_dir, sizes=sizes,
-                            prior_weight=prior_weight, spatial=spatial)
+                            prior_weight=prior_weight, spatial=spatial, regions=regions)
     engine = Interrogator(cfg)
     folder = image_or_folder.is_dir()
     if folder and not quiet:
@@ -130,6 +133,9 @@ def train_captioner_cmd(
     steps: Optional[int] = typer.Option(None, "--steps", min=1),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
     lr: Optional[float] = typer.Option(None, "--lr"),
+    generated_model: Optional[str] = typer.Option(None, "--generated-model", help="World datasets: every other "
+                                                  "image is a world item redrawn by this model (e.g. embedded), so the "
+                                                  "captioner also learns generated images."),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Train the CLIP-prefix captioner (frozen CLIP → mapper → GPT-2) with NLL on image-caption pairs."""
@@ -138,7 +144,7 @@ def train_captioner_cmd(
     cfg = CaptionerConfig.from_yaml(config) if config else CaptionerConfig()
     for k, v in dict(dataset=dataset, clip=clip, features=features, patch_pool=patch_pool, lm=lm,
                      trainable_lm_layers=trainable_lm_layers, steps=steps,
-                     batch_size=batch_size, lr=lr, device=device).items():
+                     batch_size=batch_size, lr=lr, generated_model=generated_model, device=device).items():
         if v is not None:
             setattr(cfg, k, v)
     result = train_captioner(cfg, out, on_log=lambda s, l: err_console.print(f"step {s}/{cfg.steps} loss {l:.4f}"))

@@ -12,7 +12,11 @@ Why two domains:
   skeletons are composed from the best kinds, sizes are filled in for the best few skeletons, and CLIP
   picks the winner, with the world's prior added where object counts compete. The relation of two
   objects is read from where CLIP's patch embeddings put each of them (``scoring.spatial``), since the
-  pooled embedding cannot tell "left of" from "right of". The answer is always a world prompt
+  pooled embedding cannot tell "left of" from "right of". With ``regions`` (the default) each object is
+  first cut out of its plain background (``scoring.regions``) and read alone, which a small CLIP does far
+  better than reading a scene of several (rendered held-out scenes: 97 % full match against 57 %); the
+  count and the relation then come from where the regions are, and the search above supplies the
+  background and answers images that do not split into 1-3 regions. The answer is always a world prompt
   (``world.prompt_for``), so the oracle can check it.
 
 Bank embeddings are cached on disk, keyed by a fingerprint of the CLIP text tower and the bank's content,
@@ -33,7 +37,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from PIL import Image
 
-from ..config import EMBEDDED, SPATIAL
+from ..config import EMBEDDED, REGIONS, SPATIAL
 from ..errors import BestshotError
 from ..store import atomic_write_bytes
 from ..train import world as W
@@ -277,11 +281,46 @@ class WorldSearch:
         ta, tb = self.emb.texts([W.prompt_for(W.PromptSpec((o,), None, None)) for o in (a, b)])
         return W.PromptSpec((a, b), spec.background, read_relation(*centroids(dense[None], ta, tb))[0])
 
+    def read_regions(self, e: torch.Tensor, parts: torch.Tensor, centres: Sequence[tuple[float, float]],
+                     background: str | None, sizes: bool = True) -> list[W.PromptSpec]:
+        """Prompts that name what each region shows alone (see ``scoring.regions``), in every order.
+
+        ``parts``: (regions, dim) normalised CLIP embeddings of the regions' isolated images; ``centres``:
+        their (x, y) centroids. Each region gets the one-object prompt (kind, then size) CLIP likes best on
+        ``background`` (without a size when ``sizes`` is false or the search has none); two objects get the
+        relation their centroids show, three none (as the world writes them). The orders are returned for
+        the caller to choose by the pooled cosine.
+        """
+        from ..scoring.spatial import read_relation
+
+        bgs = list(W.BACKGROUNDS)
+        objs = []
+        for r in parts:
+            s = (self.E1 @ r).view(len(KINDS), len(bgs))
+            s = s[:, bgs.index(background)] if background in bgs else s.max(1).values
+            kinds = [KINDS[i] for i in torch.topk(s, 2).indices.tolist()]
+            if not (self.sizes and sizes):
+                objs.append(_obj(kinds[0]))
+                continue
+            sized = [W.PromptSpec((_obj(k, sz),), background, None) for k in kinds for sz in W.SIZES]
+            objs.append(max(self._score(sized, r), key=lambda c: c[0])[1].objects[0])
+        if len(objs) == 1:
+            return [W.PromptSpec((objs[0],), background, None)]
+        if len(objs) == 2:
+            rel = read_relation(torch.tensor([centres[0]]), torch.tensor([centres[1]]))[0]
+            return [W.PromptSpec((objs[0], objs[1]), background, rel),
+                    W.PromptSpec((objs[1], objs[0]), background, W.INVERSE[rel])]
+        return [W.PromptSpec(p, background, None) for p in itertools.permutations(objs)]
+
     def search(self, e: torch.Tensor, mode: str = "best", extra: Iterable[W.PromptSpec] = (),
-               dense: torch.Tensor | None = None) -> Interrogation:
+               dense: torch.Tensor | None = None,
+               regions: tuple[torch.Tensor, Sequence[tuple[float, float]]] | None = None) -> Interrogation:
         """``e``: the image's normalised CLIP embedding. ``extra``: skeletons to consider too (a caption).
         ``dense``: its (patches, dim) MaskCLIP embeddings; when given, the relation of every two-object
-        candidate is read from where the two objects are, not from the (relation-blind) pooled cosine."""
+        candidate is read from where the two objects are, not from the (relation-blind) pooled cosine.
+        ``regions``: (embeddings, centroids) of the image's 1-3 regions seen alone (``scoring.regions``);
+        when given, the answer names what each region shows (:meth:`read_regions`) and the pooled search
+        only supplies the background and the alternatives."""
         s1, s2 = self.E1 @ e, self.E2 @ e
         k = self.beam
         cands = [(float(s1[i]), self.sk1[i]) for i in torch.topk(s1, k).indices.tolist()]
@@ -303,7 +342,10 @@ class WorldSearch:
             cands += self._score(triples, e)
             cands.sort(key=self._key, reverse=True)
         best = cands[0]
-        if self.sizes and mode != "fast":
+        if regions is not None and 1 <= len(regions[0]) <= 3:
+            orders = self.read_regions(e, regions[0], regions[1], bg, sizes=mode != "fast")
+            best = max(self._score(orders, e), key=self._key)
+        elif self.sizes and mode != "fast":
             sized = []
             for _, spec in cands[: (k if mode == "best" else 1)]:
                 for sizes in itertools.product(W.SIZES, repeat=len(spec.objects)):
@@ -399,6 +441,7 @@ class InterrogateConfig:
     # best MiniLM score and the same oracle matches as 1 (bench/RESULTS.md)
     prior_weight: float = 0.5
     spatial: bool = True  # world: read relations from where CLIP sees each object (scoring.spatial)
+    regions: bool = True  # world: read each object alone, cut out of its plain background (scoring.regions)
     chain_max: int = CHAIN_MAX
 
     def validate(self) -> "InterrogateConfig":
@@ -427,7 +470,7 @@ class Interrogator:
             setattr(cfg, k, v)
         self.cfg = cfg.validate()
         self.scorer = scorer or get_scorer(cfg.clip, device=cfg.device)
-        embedded = cfg.clip in (EMBEDDED, EMBEDDED + SPATIAL)
+        embedded = cfg.clip in (EMBEDDED, EMBEDDED + SPATIAL, EMBEDDED + REGIONS)
         self.domain = cfg.domain if cfg.domain != "auto" else ("world" if embedded else "art")
         self.emb = TextEmbeddings(self.scorer, cfg.cache_dir)
         self.captioners = []
@@ -468,16 +511,36 @@ class Interrogator:
         else:
             embs = self.scorer.embed_images(images).float().cpu()
         caps = self.captions(images) if self.captioners else [""] * len(images)
+        parts = self.region_parts(images) if self.world is not None and self.cfg.regions else [None] * len(images)
         results = []
-        for e, d, cap in zip(embs, dense, caps):
+        for e, d, cap, reg in zip(embs, dense, caps, parts):
             if self.world is not None:
                 spec = W.parse_prompt(cap) if cap else None
-                r = self.world.search(e, mode, extra=[spec] if spec else [], dense=d)
+                r = self.world.search(e, mode, extra=[spec] if spec else [], dense=d, regions=reg)
                 r.caption = cap
             else:
                 r = self.art.search(e, cap, mode)
             results.append(r)
         return results
+
+    def region_parts(self, images: Sequence[Image.Image]
+                     ) -> list[tuple[torch.Tensor, list[tuple[float, float]]] | None]:
+        """Per image: CLIP embeddings of its regions seen alone and their centroids (``scoring.regions``),
+        or None where it does not split into 1-3 regions. All regions of all images go in one CLIP batch."""
+        from ..scoring.regions import find_regions
+
+        found = [find_regions(im) for im in images]
+        flat = [iso for regs, isos in found if 1 <= len(regs) <= 3 for iso in isos]
+        embs = self.scorer.embed_images(flat).float().cpu() if flat else torch.empty(0)
+        out: list[tuple[torch.Tensor, list[tuple[float, float]]] | None] = []
+        i = 0
+        for regs, _ in found:
+            if 1 <= len(regs) <= 3:
+                out.append((embs[i:i + len(regs)], [(r.cx, r.cy) for r in regs]))
+                i += len(regs)
+            else:
+                out.append(None)
+        return out
 
     def __call__(self, image: Image.Image) -> str:
         return self.interrogate([image])[0].prompt

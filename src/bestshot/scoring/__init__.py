@@ -2,8 +2,9 @@
 
 Specs: ``"embedded"`` (the shipped CLIP), a transformers CLIP hub id or local folder
 (default ``openai/clip-vit-large-patch14`` for hub models), or ``open_clip:MODEL[:PRETRAINED]``. A
-transformers CLIP spec ending in ``+spatial`` (``embedded+spatial``, the embedded model's default) also
-checks the spatial relation a prompt states (:mod:`bestshot.scoring.spatial`).
+transformers CLIP spec ending in ``+spatial`` (``embedded+spatial``) also checks the spatial relation a
+prompt states (:mod:`bestshot.scoring.spatial`); any spec ending in ``+regions`` (``embedded+regions``)
+also reads each object a prompt names where it is in a plain-background image (:mod:`bestshot.scoring.regions`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from typing import Any
 
 import torch
 
-from ..config import EMBEDDED, SPATIAL
+from ..config import EMBEDDED, REGIONS, SPATIAL
 from ..errors import BestshotError
 from ..models.loader import CACHE, ModelCache, resolve_device
 from .base import Scorer, clip_score_100
 from .clip import CLIPScorer, OpenCLIPScorer
+from .regions import RegionScorer
 from .spatial import SpatialScorer
 
-__all__ = ["Scorer", "CLIPScorer", "OpenCLIPScorer", "SpatialScorer", "clip_score_100", "get_scorer",
+__all__ = ["Scorer", "CLIPScorer", "OpenCLIPScorer", "SpatialScorer", "RegionScorer", "clip_score_100", "get_scorer",
            "pipeline_scorer", "scorer_from_pipeline"]
 
 
@@ -34,10 +36,12 @@ def get_scorer(spec: str | None = None, *, device: str | torch.device | None = N
     key = ("scorer", spec, str(dev), half)
     if key in cache.scorers:
         return cache.scorers[key]
-    if spec.endswith(SPATIAL):
+    if spec.endswith(REGIONS):
+        scorer: Any = RegionScorer(get_scorer(spec[: -len(REGIONS)], device=dev, half=half, cache=cache))
+    elif spec.endswith(SPATIAL):
         if spec.startswith("open_clip:"):
             raise BestshotError(f"{spec!r}: spatial scoring needs a transformers CLIP — drop '{SPATIAL}'")
-        scorer: Any = SpatialScorer(get_scorer(spec[: -len(SPATIAL)], device=dev, half=half, cache=cache))
+        scorer = SpatialScorer(get_scorer(spec[: -len(SPATIAL)], device=dev, half=half, cache=cache))
     elif spec.startswith("open_clip:"):
         parts = spec.split(":")
         scorer = OpenCLIPScorer(parts[1], parts[2] if len(parts) > 2 else None, device=dev)
@@ -51,12 +55,13 @@ def get_scorer(spec: str | None = None, *, device: str | torch.device | None = N
 
 def pipeline_scorer(spec: str | None, pipe: Any, family: Any, device: str | torch.device | None = None) -> Scorer:
     """The scorer of a run on ``pipe``: ``spec``, else the model family's default; the embedded model's
-    own CLIP is reused (``embedded`` or ``embedded+spatial``) instead of loading a second copy."""
+    own CLIP is reused (``embedded``, ``embedded+spatial`` or ``embedded+regions``) instead of loading a
+    second copy."""
     spec = spec or family.default_scorer
-    if spec in (EMBEDDED, EMBEDDED + SPATIAL) and family.name == "embedded":
+    if spec in (EMBEDDED, EMBEDDED + SPATIAL, EMBEDDED + REGIONS) and family.name == "embedded":
         own = scorer_from_pipeline(pipe)
         if own is not None:
-            return SpatialScorer(own) if spec.endswith(SPATIAL) else own
+            return SpatialScorer(own) if spec.endswith(SPATIAL) else RegionScorer(own) if spec.endswith(REGIONS) else own
     return get_scorer(spec, device=resolve_device(str(device) if device is not None else None))
 
 

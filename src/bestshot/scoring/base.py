@@ -11,6 +11,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 from PIL import Image
 
+from ..errors import BestshotError
+
 
 @runtime_checkable
 class Scorer(Protocol):
@@ -28,3 +30,11 @@ class Scorer(Protocol):
 def clip_score_100(cos: float) -> float:
     """torchmetrics' CLIPScore convention: ``100 * max(cos, 0)``."""
     return 100.0 * max(float(cos), 0.0)
+
+
+def texts_per_image(images: Sequence[Image.Image], text: str | Sequence[str]) -> list[str]:
+    """``text`` as one prompt per image (one text for all, or a list as long as ``images``)."""
+    texts = [text] * len(images) if isinstance(text, str) else list(text)
+    if len(texts) != len(images):
+        raise BestshotError(f"got {len(images)} images but {len(texts)} texts — give one text, or one per image")
+    return texts

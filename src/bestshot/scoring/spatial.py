@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import BestshotError
+from .base import texts_per_image
 
 # phrase → canonical relation ("A <relation> B")
 RELATION_PHRASES: dict[str, str] = {
@@ -171,9 +172,7 @@ class SpatialScorer:
     def score(self, images: Sequence[Image.Image], text: str | Sequence[str]) -> list[float]:
         if not images:
             return []
-        texts = [text] * len(images) if isinstance(text, str) else list(text)
-        if len(texts) != len(images):
-            raise BestshotError(f"got {len(images)} images but {len(texts)} texts — give one text, or one per image")
+        texts = texts_per_image(images, text)
         rels = [parse_relation(t) for t in texts]
         if not any(rels) or self.weight == 0:
             return self.base.score(images, text)

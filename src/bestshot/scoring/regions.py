@@ -1,0 +1,214 @@
+"""Regions: find the objects of a plain-background image and show each one to CLIP alone.
+
+Why: a small CLIP reads one object well and several objects badly. The embedded CLIP names the shape of a
+lone world object right 98 % of the time, but the shape of each object of a pair only 81.5 % and of a
+triple 73.3 % (``bench/clip_binding.py``): its pooled embedding is a bag of objects whose shapes and
+colours it does not bind. Cropping regions and classifying each crop with CLIP is how open-vocabulary
+detectors sidestep that (R-CNN on CLIP crops, RegionCLIP); here the regions are cut out in place, so each
+object keeps its size and position and its image still looks like the world's one-object scenes.
+
+How (no learned part; nothing about the world's palette or shapes is used):
+1. background = median colour of a 2-pixel border ring; its spread estimates the noise level, and a noisy
+   image is median-filtered (3×3) before the next step.
+2. foreground = pixels farther than ``threshold`` from the background colour; 8-connected components,
+   those smaller than ``min_area`` (fraction of the image) dropped, the largest ``max_regions`` kept.
+3. each region alone: the image with every foreground pixel outside the region (grown by ``grow`` pixels,
+   which keeps its soft edge) painted in the background colour.
+
+:func:`find_regions` returns the regions and their isolated images; a CLIP scorer embeds those like any
+other image. Two users:
+- :class:`RegionScorer` (spec suffix ``+regions``; ``embedded+regions`` is the embedded model's default
+  scorer) scores each object phrase of a prompt against the regions alone, and the stated relation against
+  where the matched regions are;
+- the world interrogator (``interrogate.interrogator``) reads every region as a one-object prompt and takes
+  the count and the relation from the regions' centroids.
+It suits images of separate objects on a plain background (the embedded world); on a photograph the
+border is no background and the regions mean little.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from ..errors import BestshotError
+from .base import texts_per_image
+
+
+@dataclass(frozen=True)
+class Region:
+    """One foreground component. Coordinates are fractions of the image side (x right, y down)."""
+
+    cx: float
+    cy: float
+    area: float  # fraction of the image's pixels
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1
+
+
+def background_colour(arr: np.ndarray, ring: int = 2) -> tuple[np.ndarray, float]:
+    """Median colour of the border ring of an (H, W, 3) float array, and the ring's noise (a robust standard
+    deviation, averaged over the channels)."""
+    border = np.concatenate([arr[:ring].reshape(-1, 3), arr[-ring:].reshape(-1, 3),
+                             arr[:, :ring].reshape(-1, 3), arr[:, -ring:].reshape(-1, 3)])
+    bg = np.median(border, 0)
+    # robust spread: the median absolute deviation (objects touching the border do not inflate it)
+    noise = float(np.median(np.abs(border - bg), 0).mean() * 1.4826)
+    return bg, noise
+
+
+def find_regions(image: Image.Image, threshold: float = 40.0, min_area: float = 0.006, max_regions: int = 4,
+                 grow: int = 1) -> tuple[list[Region], list[Image.Image]]:
+    """The foreground regions of ``image`` (largest first) and, for each, the image with only that region.
+
+    ``threshold``: RGB distance (0-255 scale) from the background colour above which a pixel is foreground;
+    raised to 4× the border's noise on noisy images.
+    """
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32)
+    h, w = arr.shape[:2]
+    bg, noise = background_colour(arr)
+    smooth = ndimage.median_filter(arr, size=(3, 3, 1)) if noise > 4.0 else arr
+    dist = np.linalg.norm(smooth - bg, axis=-1)
+    fg = dist > max(threshold, 4.0 * noise)
+    labels, n = ndimage.label(fg, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return [], []
+    areas = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    keep = [i + 1 for i in np.argsort(-areas, kind="stable") if areas[i] >= min_area * h * w][:max_regions]
+    regions, isolated = [], []
+    fill = np.clip(np.rint(bg), 0, 255).astype(np.uint8)
+    raw = np.asarray(image.convert("RGB"))
+    # every pixel that is foreground before smoothing (or near it) belongs to some object: paint others over
+    loose = ndimage.binary_dilation(np.linalg.norm(arr - bg, axis=-1) > max(threshold / 2, 3.0 * noise),
+                                    iterations=grow) | ndimage.binary_dilation(fg, iterations=grow)
+    for lab in keep:
+        mask = labels == lab
+        ys, xs = np.nonzero(mask)
+        weight = dist[ys, xs]
+        cx, cy = float((xs + 0.5) @ weight / weight.sum() / w), float((ys + 0.5) @ weight / weight.sum() / h)
+        regions.append(Region(cx, cy, float(mask.sum() / (h * w)),
+                              (float(xs.min() / w), float(ys.min() / h), float((xs.max() + 1) / w),
+                               float((ys.max() + 1) / h))))
+        own = ndimage.binary_dilation(mask, iterations=grow + 1)
+        out = raw.copy()
+        out[loose & ~own] = fill
+        isolated.append(Image.fromarray(out, "RGB"))
+    return regions, isolated
+
+
+# ------------------------------------------------------------------------------------------- scoring
+_SPLIT_RE = re.compile(r"\s*,\s*(?:and\s+)?|\s+and\s+")
+_BG_RE = re.compile(r"\s+(?:on|against)\s+(?:an?\s+)?[\w-]+(?:\s+background)?\s*$")
+
+
+@dataclass(frozen=True)
+class ObjectPrompt:
+    """A prompt read as 1-3 object phrases, the relation of two (as ``objects[0] <relation> objects[1]``)
+    and the background clause ("on a white background", or "")."""
+
+    objects: tuple[str, ...]
+    relation: str | None
+    background: str
+
+
+def parse_objects(prompt: str, max_objects: int = 3) -> ObjectPrompt | None:
+    """``prompt`` as object phrases, or None when it is not a short list of objects.
+
+    >>> parse_objects("a red circle, a blue square and a green cross on a black background")
+    ObjectPrompt(objects=('a red circle', 'a blue square', 'a green cross'), relation=None, background='on a black background')
+    """
+    from .spatial import _LEAD_RE, parse_relation
+
+    text = _LEAD_RE.sub("", " ".join(prompt.lower().strip().rstrip(".!").split()))
+    m = _BG_RE.search(text)
+    background = m.group(0).strip() if m else ""
+    body = text[: m.start()] if m else text
+    rel = parse_relation(text)
+    phrases = (rel.a, rel.b) if rel else tuple(p for p in _SPLIT_RE.split(body) if p)
+    # each phrase a short noun phrase ("a small red circle"), not a style clause of an art prompt
+    if not 1 <= len(phrases) <= max_objects or any(len(p.split()) > 5 for p in phrases):
+        return None
+    return ObjectPrompt(tuple(phrases), rel.relation if rel else None, background)
+
+
+class RegionScorer:
+    """A CLIP scorer that also reads each object of a prompt where it is (see the module doc).
+
+    For a prompt of 1-3 object phrases, the image's regions (:func:`find_regions`) are shown to CLIP alone
+    and matched to the phrases (each phrase with the prompt's background clause: "a small red circle on a
+    white background"), best assignment first. The score is the weighted mean
+    ``(cosine + w_obj * objects + w_rel * agreement - count_penalty * |regions - phrases|) / (1 + w_obj + w_rel)``:
+    ``objects`` is the matched phrases' mean cosine (0 for a phrase no region took), ``agreement`` how well
+    the two matched regions' centroids fit the stated relation (``spatial.agreement``). Other prompts score
+    as the wrapped scorer does. The weights were tuned on the generator's candidates for *training*
+    prompts (``bench/region_scorer.py``; bench/RESULTS.md).
+    """
+
+    def __init__(self, base: Any, w_obj: float = 4.0, w_rel: float = 0.5, count_penalty: float = 0.1,
+                 gain: float = 5.0):
+        if min(w_obj, w_rel, count_penalty) < 0:
+            raise BestshotError("region scorer weights must be >= 0")
+        self.base, self.w_obj, self.w_rel, self.count_penalty, self.gain = base, w_obj, w_rel, count_penalty, gain
+        self.name = f"{base.name}+regions"
+
+    def __getattr__(self, item: str) -> Any:  # only called for what this class does not define
+        if item == "base":
+            raise AttributeError(item)
+        return getattr(self.base, item)
+
+    def read(self, images: Sequence[Image.Image], text: str, prompt: ObjectPrompt
+             ) -> list[tuple[float, torch.Tensor, list[Region]]]:
+        """Per image: its pooled cosine with ``text``, the (regions, phrases) cosine matrix of its regions
+        seen alone, and the regions. The images and all their regions go through CLIP in one batch."""
+        found = [find_regions(im, max_regions=len(prompt.objects) + 2) for im in images]
+        flat = list(images) + [iso for _, isos in found for iso in isos]
+        t = self.base.embed_texts([text] + [f"{p} {prompt.background}".strip() for p in prompt.objects]).float().cpu()
+        e = self.base.embed_images(flat).float().cpu()
+        cos, parts = (e[: len(images)] @ t[0]).tolist(), e[len(images):] @ t[1:].T
+        out, i = [], 0
+        for c, (regs, _) in zip(cos, found):
+            out.append((c, parts[i:i + len(regs)], regs))
+            i += len(regs)
+        return out
+
+    def combine(self, cos: float, sims: torch.Tensor, regions: Sequence[Region], prompt: ObjectPrompt) -> float:
+        """The score of one image from its pooled ``cos`` and its region ``sims`` (see the class doc)."""
+        from .spatial import agreement
+
+        k = len(prompt.objects)
+        best, assign = 0.0, {}
+        r = len(regions)
+        for perm in itertools.permutations(range(max(r, k)), k):  # phrase j → region perm[j] (>= r: none)
+            s = sum(float(sims[perm[j], j]) for j in range(k) if perm[j] < r) / k
+            if s > best or not assign:
+                best, assign = s, {j: perm[j] for j in range(k) if perm[j] < r}
+        agree = 0.0
+        if prompt.relation and k == 2 and len(assign) == 2:
+            a, b = regions[assign[0]], regions[assign[1]]
+            agree = float(agreement(torch.tensor([a.cx, a.cy]), torch.tensor([b.cx, b.cy]), prompt.relation, self.gain))
+        elif prompt.relation:
+            agree = -1.0
+        total = cos + self.w_obj * best + self.w_rel * agree - self.count_penalty * abs(r - k)
+        return total / (1 + self.w_obj + self.w_rel)
+
+    def score(self, images: Sequence[Image.Image], text: str | Sequence[str]) -> list[float]:
+        if not images:
+            return []
+        texts = texts_per_image(images, text)
+        out = [0.0] * len(images)
+        for t in dict.fromkeys(texts):
+            rows = [i for i, u in enumerate(texts) if u == t]
+            prompt = parse_objects(t)
+            if prompt is None:
+                scores = self.base.score([images[i] for i in rows], t)
+            else:
+                scores = [self.combine(c, sims, regs, prompt) for c, sims, regs in self.read([images[i] for i in rows], t, prompt)]
+            for i, v in zip(rows, scores):
+                out[i] = v
+        return out
