@@ -132,10 +132,10 @@ def test_world_search_reads_regions(world_engine):
     search = world_engine.world
     parts = world_engine.scorer.embed_images(_images(2, seed=30, n_objects=1)[1])
     for centres, rel in ((((0.2, 0.5), (0.8, 0.6)), "left of"), (((0.5, 0.8), (0.45, 0.2)), "below")):
-        one, two = search.read_regions(parts[0], parts, centres, "white")
+        one, two = search.read_regions(parts, centres, "white")
         assert (one.relation, two.relation) == (rel, W.INVERSE[rel])
         assert one.objects == two.objects[::-1] and one.background == "white"
-    three = search.read_regions(parts[0], torch.cat([parts, parts[:1]]), [(0.1, 0.1), (0.5, 0.5), (0.9, 0.9)], None)
+    three = search.read_regions(torch.cat([parts, parts[:1]]), [(0.1, 0.1), (0.5, 0.5), (0.9, 0.9)], None)
     assert len(three) == 6 and all(len(s.objects) == 3 and s.relation is None for s in three)
     blank = Image.new("RGB", (64, 64), (255, 255, 255))
     assert world_engine.region_parts([blank]) == [None]

@@ -281,8 +281,8 @@ class WorldSearch:
         ta, tb = self.emb.texts([W.prompt_for(W.PromptSpec((o,), None, None)) for o in (a, b)])
         return W.PromptSpec((a, b), spec.background, read_relation(*centroids(dense[None], ta, tb))[0])
 
-    def read_regions(self, e: torch.Tensor, parts: torch.Tensor, centres: Sequence[tuple[float, float]],
-                     background: str | None, sizes: bool = True) -> list[W.PromptSpec]:
+    def read_regions(self, parts: torch.Tensor, centres: Sequence[tuple[float, float]], background: str | None,
+                     sizes: bool = True) -> list[W.PromptSpec]:
         """Prompts that name what each region shows alone (see ``scoring.regions``), in every order.
 
         ``parts``: (regions, dim) normalised CLIP embeddings of the regions' isolated images; ``centres``:
@@ -320,7 +320,8 @@ class WorldSearch:
         candidate is read from where the two objects are, not from the (relation-blind) pooled cosine.
         ``regions``: (embeddings, centroids) of the image's 1-3 regions seen alone (``scoring.regions``);
         when given, the answer names what each region shows (:meth:`read_regions`) and the pooled search
-        only supplies the background and the alternatives."""
+        only supplies the background, the order of the objects and the alternatives (a caption in ``extra``
+        is then one of the alternatives, not the answer)."""
         s1, s2 = self.E1 @ e, self.E2 @ e
         k = self.beam
         cands = [(float(s1[i]), self.sk1[i]) for i in torch.topk(s1, k).indices.tolist()]
@@ -343,7 +344,7 @@ class WorldSearch:
             cands.sort(key=self._key, reverse=True)
         best = cands[0]
         if regions is not None and 1 <= len(regions[0]) <= 3:
-            orders = self.read_regions(e, regions[0], regions[1], bg, sizes=mode != "fast")
+            orders = self.read_regions(regions[0], regions[1], bg, sizes=mode != "fast")
             best = max(self._score(orders, e), key=self._key)
         elif self.sizes and mode != "fast":
             sized = []
