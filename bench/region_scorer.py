@@ -60,7 +60,7 @@ def main() -> None:
         print(f"{name}: {len(g)} prompts, {K} candidates each; random pick {acc.mean():.3f}, any of {K} {acc.any(1).float().mean():.3f}")
 
     def rate(g, n):
-        hits = 0
+        n, hits = min(n, K), 0
         for _, acc, cos, parts, prompt in g:
             scores = [reader.combine(cos[k], sims, regs, prompt) for k, (sims, regs) in enumerate(parts[:n])]
             hits += bool(acc[max(range(n), key=scores.__getitem__)])

@@ -47,3 +47,41 @@ def test_clip_towers_train_side_by_side_and_reassemble(tmp_path, monkeypatch):
     assert rebuilt.config.vision_config.patch_size == 2
     assert torch.allclose(rebuilt.visual_projection.weight, trained.visual_projection.weight, atol=1e-3)  # fp16 export
     assert torch.equal(rebuilt.text_projection.weight, text.text_projection.weight)
+
+
+def test_region_scorer_bench_ranks_a_candidate_set(tmp_path, monkeypatch, capsys):
+    """bench/region_scorer.py reads a candidate set (here: renders of the true scene and of its mirror image
+    per prompt, with the oracle's verdicts) and prints its grid. With an exact colour stand-in for the CLIP,
+    the pooled score cannot tell the two apart and the relation term always can."""
+    import numpy as np
+    import torch
+
+    import bestshot.scoring
+    from bestshot.train import world as W
+    from bestshot.train.candidates import ATTRS, CandidateSet, _save
+    from bestshot.train.oracle import oracle
+    from helpers import ColourCLIP
+
+    prompts, images, verdicts = [], [], []
+    scenes = [sc for sc, _ in W.heldout_scenes(20, seed=3, n_objects=2)
+              if sc.objects[0].colour != sc.objects[1].colour][:4]
+    for sc in scenes:
+        mirror = W.Scene(tuple(W.Obj(o.shape, o.colour, o.size, 1 - o.cx, 1 - o.cy) for o in sc.objects),
+                         sc.background, sc.relation)
+        prompt = W.prompt_for(W.spec_of(sc))
+        ims = [W.render(mirror, 32), W.render(sc, 32)]
+        prompts.append(prompt)
+        images.append(torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in ims]))
+        verdicts.append(torch.tensor([[bool(getattr(oracle(im, prompt), a)) for a in ATTRS] for im in ims]))
+    path = tmp_path / "cands.safetensors"
+    _save(path, CandidateSet(prompts, torch.stack(images), torch.stack(verdicts), {"smoke": 1}))
+    monkeypatch.setattr(bestshot.scoring, "get_scorer", lambda spec, device=None: ColourCLIP())
+    script = Path(__file__).resolve().parents[1] / "bench" / "region_scorer.py"
+    monkeypatch.setattr(sys, "argv", ["region_scorer.py", str(path), "--w-obj", "0,4", "--w-rel", "0,0.5",
+                                      "--count-penalty", "0.1"])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "relation: 4 prompts, 2 candidates each; random pick 0.500, any of 2 1.000" in out
+    rows = {tuple(line.split("|")[1:4]): line.split("|")[5].strip() for line in out.splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip()[0].isdigit()}
+    assert rows[(" 0 ", " 0.5 ", " 0.1 ")] == rows[(" 4 ", " 0.5 ", " 0.1 ")] == "1.000", out

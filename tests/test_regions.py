@@ -6,6 +6,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from bestshot.scoring.regions import background_colour, find_regions
+from helpers import ColourCLIP
 from bestshot.train import world as W
 
 
@@ -80,37 +81,6 @@ def test_parse_objects():
     assert parse_objects("a fish") == ObjectPrompt(("a fish",), None, "")
     assert parse_objects("a castle at dusk, highly detailed matte painting by a famous old master") is None
     assert parse_objects("a, b, c, d") is None
-
-
-class ColourCLIP:
-    """A stand-in scorer whose embeddings are exact colour features: texts by the colour words they name,
-    images by the world colours they show. Enough to tell which region holds which object."""
-
-    name = "colour"
-
-    def _vec(self, weights):
-        v = torch.zeros(len(W.COLOURS) + 1)
-        v[-1] = 0.05
-        for i, w in weights.items():
-            v[i] += w
-        return torch.nn.functional.normalize(v, dim=0)
-
-    def embed_texts(self, texts):
-        names = list(W.COLOURS)
-        return torch.stack([self._vec({names.index(w): 1.0 for w in t.split() if w in W.COLOURS}) for t in texts])
-
-    def embed_images(self, images):
-        out = []
-        for im in images:
-            arr = np.asarray(im, np.float32).reshape(-1, 3)
-            d = np.stack([np.linalg.norm(arr - np.asarray(c, np.float32), axis=-1) for c in W.COLOURS.values()])
-            counts = np.bincount(d.argmin(0)[d.min(0) < 30], minlength=len(W.COLOURS))
-            out.append(self._vec({i: float(c) for i, c in enumerate(counts) if c}))
-        return torch.stack(out)
-
-    def score(self, images, text):
-        texts = [text] * len(images) if isinstance(text, str) else list(text)
-        return (self.embed_images(images) * self.embed_texts(texts)).sum(-1).tolist()
 
 
 def test_region_scorer_prefers_the_stated_relation_and_count():
