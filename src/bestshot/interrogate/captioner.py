@@ -293,10 +293,12 @@ class PrefixCaptioner(nn.Module):
         texts = self.generate(feats, num_beams=num_beams, num_return_sequences=n)
         img = feats if self.cfg.features == "pooled" else self.scorer.embed_images(list(images))
         img = nn.functional.normalize(img.float().cpu(), dim=-1)
+        unique = list(dict.fromkeys(texts))  # every image's options in one text batch
+        emb = dict(zip(unique, self.scorer.embed_texts(unique).float().cpu()))
         out = []
         for i in range(len(images)):
             options = list(dict.fromkeys(texts[i * n:(i + 1) * n]))
-            sims = self.scorer.embed_texts(options).float().cpu() @ img[i]
+            sims = torch.stack([emb[t] for t in options]) @ img[i]
             out.append(options[int(sims.argmax())])
         return out
 

@@ -61,7 +61,10 @@ def pipeline_scorer(spec: str | None, pipe: Any, family: Any, device: str | torc
     if spec in (EMBEDDED, EMBEDDED + SPATIAL, EMBEDDED + REGIONS) and family.name == "embedded":
         own = scorer_from_pipeline(pipe)
         if own is not None:
-            return SpatialScorer(own) if spec.endswith(SPATIAL) else RegionScorer(own) if spec.endswith(REGIONS) else own
+            for suffix, wrap in ((SPATIAL, SpatialScorer), (REGIONS, RegionScorer)):
+                if spec.endswith(suffix):
+                    return wrap(own)
+            return own
     return get_scorer(spec, device=resolve_device(str(device) if device is not None else None))
 
 

@@ -70,7 +70,8 @@ def find_regions(image: Image.Image, threshold: float = 40.0, min_area: float = 
     ``threshold``: RGB distance (0-255 scale) from the background colour above which a pixel is foreground;
     raised to 4× the border's noise on noisy images.
     """
-    arr = np.asarray(image.convert("RGB"), dtype=np.float32)
+    raw = np.asarray(image.convert("RGB"))
+    arr = raw.astype(np.float32)
     h, w = arr.shape[:2]
     bg, noise = background_colour(arr)
     smooth = ndimage.median_filter(arr, size=(3, 3, 1)) if noise > 4.0 else arr
@@ -83,9 +84,9 @@ def find_regions(image: Image.Image, threshold: float = 40.0, min_area: float = 
     keep = [i + 1 for i in np.argsort(-areas, kind="stable") if areas[i] >= min_area * h * w][:max_regions]
     regions, isolated = [], []
     fill = np.clip(np.rint(bg), 0, 255).astype(np.uint8)
-    raw = np.asarray(image.convert("RGB"))
     # every pixel that is foreground before smoothing (or near it) belongs to some object: paint others over
-    loose = ndimage.binary_dilation(np.linalg.norm(arr - bg, axis=-1) > max(threshold / 2, 3.0 * noise),
+    raw_dist = dist if smooth is arr else np.linalg.norm(arr - bg, axis=-1)
+    loose = ndimage.binary_dilation(raw_dist > max(threshold / 2, 3.0 * noise),
                                     iterations=grow) | ndimage.binary_dilation(fg, iterations=grow)
     for lab in keep:
         mask = labels == lab
@@ -181,13 +182,11 @@ class RegionScorer:
         """The score of one image from its pooled ``cos`` and its region ``sims`` (see the class doc)."""
         from .spatial import agreement
 
-        k = len(prompt.objects)
-        best, assign = 0.0, {}
-        r = len(regions)
-        for perm in itertools.permutations(range(max(r, k)), k):  # phrase j → region perm[j] (>= r: none)
-            s = sum(float(sims[perm[j], j]) for j in range(k) if perm[j] < r) / k
-            if s > best or not assign:
-                best, assign = s, {j: perm[j] for j in range(k) if perm[j] < r}
+        k, r = len(prompt.objects), len(regions)
+        # phrase j → region perm[j] (>= r: no region); the first of equally good assignments wins
+        best, assign = max(((sum(float(sims[perm[j], j]) for j in range(k) if perm[j] < r) / k,
+                             {j: perm[j] for j in range(k) if perm[j] < r})
+                            for perm in itertools.permutations(range(max(r, k)), k)), key=lambda c: c[0])
         agree = 0.0
         if prompt.relation and k == 2 and len(assign) == 2:
             a, b = regions[assign[0]], regions[assign[1]]
