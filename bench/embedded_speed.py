@@ -1,6 +1,6 @@
 """Speed of best-of-8 on the embedded model, CPU: warm (in-process) and cold (a fresh CLI process).
 
-    python bench/embedded_speed.py [--threads 2] [--runs 5] [--scorer embedded+spatial]
+    python bench/embedded_speed.py [--threads 2] [--runs 5] [--scorer embedded+spatial] [--model runs/guided8]
 
 Targets (issue 3): warm ≤ 5 s, cold CLI ≤ 15 s on 2 CPU cores. Prints a markdown row per measurement.
 """
@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--scorer", default=None, help="a scorer spec (default: the embedded model's own)")
+    ap.add_argument("--model", default=None, help="a model id or folder (default: the embedded model)")
     args = ap.parse_args()
 
     import torch
@@ -35,8 +36,11 @@ def main() -> None:
 
     work = tempfile.mkdtemp(prefix="bestshot-speed-")
     out = dict(out_dir=os.path.join(work, "images_out"), log_jsonl=os.path.join(work, "log.jsonl"))
-    if args.scorer:
-        out["scorer"] = args.scorer
+    extra_cli = []
+    for key in ("scorer", "model"):
+        if getattr(args, key):
+            out[key] = getattr(args, key)
+            extra_cli += [f"--{key}", getattr(args, key)]
     t = time.perf_counter()
     first = generate(PROMPT, n_images=args.n, **out)
     first_s = time.perf_counter() - t
@@ -51,7 +55,7 @@ def main() -> None:
     for k in range(max(1, args.runs // 2)):
         t = time.perf_counter()
         p = subprocess.run(["bestshot", "generate", PROMPT, "-n", str(args.n), "--seed", str(200 + k), "--json",
-                            "--out", out["out_dir"], "--log", out["log_jsonl"]] + (["--scorer", args.scorer] if args.scorer else []),
+                            "--out", out["out_dir"], "--log", out["log_jsonl"]] + extra_cli,
                            capture_output=True, text=True, env=env)
         cold.append(time.perf_counter() - t)
         if p.returncode not in (0, 1):

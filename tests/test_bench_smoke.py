@@ -78,10 +78,13 @@ def test_region_scorer_bench_ranks_a_candidate_set(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(bestshot.scoring, "get_scorer", lambda spec, device=None: ColourCLIP())
     script = Path(__file__).resolve().parents[1] / "bench" / "region_scorer.py"
     monkeypatch.setattr(sys, "argv", ["region_scorer.py", str(path), "--w-obj", "0,4", "--w-rel", "0,0.5",
-                                      "--count-penalty", "0.1"])
+                                      "--count-penalty", "0.1", "--w-nouns", "0,0.05"])
     runpy.run_path(str(script), run_name="__main__")
     out = capsys.readouterr().out
     assert "relation: 4 prompts, 2 candidates each; random pick 0.500, any of 2 1.000" in out
-    rows = {tuple(line.split("|")[1:4]): line.split("|")[5].strip() for line in out.splitlines()
+    rows = {tuple(c.strip() for c in line.split("|")[1:5]): line.split("|")[7].strip() for line in out.splitlines()
             if line.startswith("| ") and line.split("|")[1].strip()[0].isdigit()}
-    assert rows[(" 0 ", " 0.5 ", " 0.1 ")] == rows[(" 4 ", " 0.5 ", " 0.1 ")] == "1.000", out
+    assert len(rows) == 8, out  # 2 x 2 x 1 x 2 weights, one temperature
+    # the stand-in sees no shapes: the noun term is the same for both candidates and changes nothing
+    assert rows[("0", "0.5", "0.1", "0")] == rows[("4", "0.5", "0.1", "0")] == "1.000", out
+    assert rows[("4", "0.5", "0.1", "0.05")] == "1.000", out

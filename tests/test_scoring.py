@@ -81,6 +81,23 @@ def test_yaml_roundtrip_and_overrides(tmp_path):
         resolve_config(None, preset="custom", colour="red")
 
 
+def test_an_exported_world_folder_gets_the_embedded_preset(tmp_path):
+    """A folder written by `bestshot train export` is the embedded kind: no SDXL style suffix or negative
+    prompt is added to its prompts, and its own bestshot_defaults.json fills in the settings; any other
+    folder keeps the custom preset."""
+    import json
+
+    world, other = tmp_path / "world", tmp_path / "other"
+    for folder, cls in ((world, "BestshotWorldPipeline"), (other, "StableDiffusionPipeline")):
+        folder.mkdir()
+        (folder / "model_index.json").write_text(json.dumps({"_class_name": cls}))
+    (world / "bestshot_defaults.json").write_text(json.dumps({"num_inference_steps": 9, "height": 32, "width": 32}))
+    cfg = resolve_config(None, model=str(world))
+    assert (cfg.preset, cfg.style_suffix, cfg.negative_prompt, cfg.steps_base, cfg.model) == ("embedded", "", "", 9, str(world))
+    cfg = resolve_config(None, model=str(other))
+    assert cfg.preset == "custom" and cfg.style_suffix == ImgCfg().style_suffix
+
+
 @pytest.mark.parametrize("ref, family", [
     ("stabilityai/stable-diffusion-xl-base-1.0", "sdxl"),
     ("stabilityai/stable-diffusion-3.5-large", "sd3"),

@@ -80,12 +80,14 @@ def test_embedded_family_ranks_with_its_own_clip(tiny_world):
     from bestshot.models.loader import load_pipeline
     from bestshot.models.registry import FAMILIES
     from bestshot.scoring import RegionScorer, pipeline_scorer
+    from bestshot.train.world import SHAPES
 
     pipe = load_pipeline(tiny_world, device="cpu")
     fam = FAMILIES["embedded"]
     assert fam.default_scorer == "embedded+regions"
     rg = pipeline_scorer(None, pipe, fam)
     assert isinstance(rg, RegionScorer) and rg.name == "embedded+regions" and rg.base.model is pipe.clip
+    assert rg.nouns == SHAPES  # the embedded model's closed vocabulary: the noun term is on
     sp = pipeline_scorer("embedded+spatial", pipe, fam)
     assert isinstance(sp, SpatialScorer) and sp.name == "embedded+spatial" and sp.base.model is pipe.clip
     plain = pipeline_scorer("embedded", pipe, fam)

@@ -233,8 +233,11 @@ def test_reexport_an_exported_folder_with_a_new_image_side(clip_dir, tmp_path):
     assert json.loads((first / "model_index.json").read_text())["spatial_guidance_scale"] == 0.0
     guided = export(first, tmp_path / "guided", spatial_guidance_scale=5.0)
     assert json.loads((guided / "model_index.json").read_text())["spatial_guidance_scale"] == 5.0
-    kept = export(guided, tmp_path / "kept")
+    kept = export(guided, tmp_path / "kept", spatial_guidance_end=0.5)
     assert json.loads((kept / "model_index.json").read_text())["spatial_guidance_scale"] == 5.0
+    assert json.loads((kept / "model_index.json").read_text())["spatial_guidance_end"] == 0.5
     assert (kept / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == unet_before
     with pytest.raises(BestshotError, match="spatial guidance"):
         export(first, tmp_path / "bad", spatial_guidance_scale=-1.0)
+    with pytest.raises(BestshotError, match="spatial guidance end"):
+        export(first, tmp_path / "bad", spatial_guidance_end=0.0)

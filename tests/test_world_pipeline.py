@@ -162,6 +162,36 @@ def test_spatial_guidance_steers_relation_prompts_only(pipe, tmp_path):
     assert np.abs(np.asarray(first, int) - np.asarray(on[0], int)).max() <= 1
 
 
+def test_spatial_guidance_end_steers_only_the_first_steps(pipe, tmp_path):
+    """``spatial_guidance_end`` stops the guidance after that fraction of the steps: a run whose guidance
+    ends at step k follows the guided run exactly up to k and then differs from it; 1.0 is the old
+    behaviour (every step but the last), and values outside (0, 1] are refused."""
+    rel, seeds = "a red circle left of a blue square", [0, 1, 2]
+    kw = dict(num_inference_steps=6, output_type="pt", spatial_guidance_scale=40.0)
+
+    def trace(end):
+        xs = []
+
+        def keep(p, i, t, tensors):
+            xs.append(tensors["latents"].clone())
+            return {}
+        pipe([rel] * 3, generator=gens(*seeds), spatial_guidance_end=end, callback_on_step_end=keep, **kw)
+        return xs
+
+    full, half, off = trace(1.0), trace(0.5), trace(1.0 / 6)
+    assert all(torch.equal(a, b) for a, b in zip(full[:3], half[:3]))  # steps 0-2 guided in both
+    assert not torch.equal(full[3], half[3])  # step 3 guided only in the full run
+    assert torch.equal(full[0], off[0]) and not torch.equal(full[1], off[1])
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(ValueError, match="spatial_guidance_end"):
+            pipe(rel, generator=gens(1), spatial_guidance_scale=5.0, spatial_guidance_end=bad, num_inference_steps=2)
+    guided = BestshotWorldPipeline(unet=pipe.unet, scheduler=pipe.scheduler, clip=pipe.clip, tokenizer=pipe.tokenizer,
+                                   spatial_guidance_scale=40.0, spatial_guidance_end=0.5)
+    guided.save_pretrained(tmp_path)
+    again = BestshotWorldPipeline.from_pretrained(tmp_path, **dtype_kwargs(torch.float32))
+    assert again.config.spatial_guidance_end == 0.5
+
+
 def test_spatial_guidance_survives_pruning(pipe):
     from bestshot.pruning import run_pruned
 

@@ -179,12 +179,15 @@ def resolve_config(cfg: ImgCfg | None = None, preset: str | None = None, model: 
                    **overrides: Any) -> ImgCfg:
     """Build the final, validated config of one generate call.
 
-    ``cfg`` wins over ``preset``; with neither, the preset is ``embedded`` when no model (or the
-    embedded one) is named, else ``custom``. ``model`` and non-None ``overrides`` are applied last.
+    ``cfg`` wins over ``preset``; with neither, the preset is ``embedded`` when no model, the embedded
+    one or a folder of the same kind (``bestshot train export``) is named, else ``custom``. ``model`` and
+    non-None ``overrides`` are applied last.
     """
     if cfg is None:
         if preset is None:
-            preset = "embedded" if model in (None, EMBEDDED) else "custom"
+            from .models.registry import is_world_folder
+
+            preset = "embedded" if model in (None, EMBEDDED) or is_world_folder(model) else "custom"
         cfg = preset_config(preset)
         if model is not None and model != cfg.model and preset in ("custom", "embedded"):
             from .models.registry import model_defaults

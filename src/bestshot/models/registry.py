@@ -88,6 +88,15 @@ def _read_model_index(folder: Path) -> dict[str, Any]:
         raise BestshotError(f"{folder}/model_index.json is not valid JSON ({e}) — re-save the pipeline") from None
 
 
+def is_world_folder(ref: str | None) -> bool:
+    """Whether ``ref`` is a folder holding a ``BestshotWorldPipeline`` (an export of the embedded kind)."""
+    index = Path(str(ref or "")).expanduser() / "model_index.json"
+    try:
+        return bool(ref) and json.loads(index.read_text()).get("_class_name") == "BestshotWorldPipeline"
+    except (OSError, ValueError):
+        return False
+
+
 def resolve_model(ref: str | None) -> ModelRef:
     """Turn what the user typed into a :class:`ModelRef`, or a clear error."""
     ref = EMBEDDED if ref in (None, "") else str(ref)

@@ -18,11 +18,14 @@ relations away, and the denoiser draws "A left of B" the wrong way round as ofte
 that state a relation, every step but the last nudges the sample up the gradient of the relation
 agreement that :mod:`bestshot.scoring.spatial` reads from the predicted clean image (CLIP guidance, as in
 the seed document's CLIP-guided DDPM, on MaskCLIP patch embeddings): ``x_{t-1} += scale *
-sqrt(alpha_bar_{t-1}) * grad_x0 agreement``.
+sqrt(alpha_bar_{t-1}) * grad_x0 agreement``. ``spatial_guidance_end`` (a fraction of the steps, like
+diffusers' ``control_guidance_end``) stops it early: the layout is settled in the first steps, and each
+guided step costs a backward pass through the CLIP's image tower.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -38,20 +41,28 @@ CONDITIONINGS = ("text_tokens", "text_embed", "image_embed")
 DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 4.0, "height": 32, "width": 32, "scheduler": "ddim"}
 
 
+def _check_guidance(scale: float, end: float) -> None:
+    if scale < 0:
+        raise ValueError(f"spatial_guidance_scale must be >= 0, got {scale}")
+    if not 0 < end <= 1:
+        raise ValueError(f"spatial_guidance_end must be in (0, 1] (a fraction of the steps), got {end}")
+
+
 class BestshotWorldPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "clip->unet"
     # tensors a step-end callback may read and replace (e.g. bestshot.pruning slices all of them)
     _callback_tensor_inputs = ["latents", "prompt_embeds", "class_labels", "pred_original_sample"]
 
     def __init__(self, unet: UNet2DConditionModel, scheduler, clip: CLIPModel, tokenizer: CLIPTokenizer,
-                 conditioning: str = "text_tokens", spatial_guidance_scale: float = 0.0):
+                 conditioning: str = "text_tokens", spatial_guidance_scale: float = 0.0,
+                 spatial_guidance_end: float = 1.0):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
-        if spatial_guidance_scale < 0:
-            raise ValueError(f"spatial_guidance_scale must be >= 0, got {spatial_guidance_scale}")
+        _check_guidance(spatial_guidance_scale, spatial_guidance_end)
         self.register_modules(unet=unet, scheduler=scheduler, clip=clip, tokenizer=tokenizer)
-        self.register_to_config(conditioning=conditioning, spatial_guidance_scale=float(spatial_guidance_scale))
+        self.register_to_config(conditioning=conditioning, spatial_guidance_scale=float(spatial_guidance_scale),
+                                spatial_guidance_end=float(spatial_guidance_end))
 
     # -------------------------------------------------------------------------------- spatial guidance
     @torch.no_grad()
@@ -159,8 +170,9 @@ class BestshotWorldPipeline(DiffusionPipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         spatial_guidance_scale: float | None = None,
+        spatial_guidance_end: float | None = None,
     ):
-        """``spatial_guidance_scale``: None = the pipeline's own (``config.spatial_guidance_scale``)."""
+        """``spatial_guidance_scale`` / ``spatial_guidance_end``: None = the pipeline's own (its config)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         n = len(prompts)
@@ -202,10 +214,11 @@ class BestshotWorldPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = latents * self.scheduler.init_noise_sigma
         sg = self.config.get("spatial_guidance_scale", 0.0) if spatial_guidance_scale is None else spatial_guidance_scale
-        if sg < 0:
-            raise ValueError(f"spatial_guidance_scale must be >= 0, got {sg}")
+        sg_end = self.config.get("spatial_guidance_end", 1.0) if spatial_guidance_end is None else spatial_guidance_end
+        _check_guidance(sg, sg_end)
         rel_texts = self._relation_texts(prompts) if sg > 0 else None
         n_steps = len(self.scheduler.timesteps)
+        n_guided = min(n_steps - 1, math.ceil(sg_end * n_steps))  # never on the final image itself
 
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_in = torch.cat([latents] * 2) if do_cfg else latents
@@ -218,7 +231,7 @@ class BestshotWorldPipeline(DiffusionPipeline):
             step = self.scheduler.step(pred, t, latents, generator=generator, return_dict=True)
             latents = step.prev_sample
             x0 = getattr(step, "pred_original_sample", None)
-            if rel_texts is not None and x0 is not None and i < n_steps - 1:  # never on the final image itself
+            if rel_texts is not None and x0 is not None and i < n_guided:
                 latents = self._spatial_step(latents, x0, t, rel_texts, sg)
             if callback_on_step_end is not None:
                 kw = {"latents": latents, "prompt_embeds": hidden, "class_labels": cls,

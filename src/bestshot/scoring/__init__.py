@@ -18,7 +18,7 @@ from ..errors import BestshotError
 from ..models.loader import CACHE, ModelCache, resolve_device
 from .base import Scorer, clip_score_100
 from .clip import CLIPScorer, OpenCLIPScorer
-from .regions import RegionScorer
+from .regions import RegionScorer, world_nouns
 from .spatial import SpatialScorer
 
 __all__ = ["Scorer", "CLIPScorer", "OpenCLIPScorer", "SpatialScorer", "RegionScorer", "clip_score_100", "get_scorer",
@@ -37,7 +37,9 @@ def get_scorer(spec: str | None = None, *, device: str | torch.device | None = N
     if key in cache.scorers:
         return cache.scorers[key]
     if spec.endswith(REGIONS):
-        scorer: Any = RegionScorer(get_scorer(spec[: -len(REGIONS)], device=dev, half=half, cache=cache))
+        inner = spec[: -len(REGIONS)]
+        scorer: Any = RegionScorer(get_scorer(inner, device=dev, half=half, cache=cache),
+                                   nouns=world_nouns() if inner == EMBEDDED else ())
     elif spec.endswith(SPATIAL):
         if spec.startswith("open_clip:"):
             raise BestshotError(f"{spec!r}: spatial scoring needs a transformers CLIP — drop '{SPATIAL}'")
@@ -61,9 +63,10 @@ def pipeline_scorer(spec: str | None, pipe: Any, family: Any, device: str | torc
     if spec in (EMBEDDED, EMBEDDED + SPATIAL, EMBEDDED + REGIONS) and family.name == "embedded":
         own = scorer_from_pipeline(pipe)
         if own is not None:
-            for suffix, wrap in ((SPATIAL, SpatialScorer), (REGIONS, RegionScorer)):
-                if spec.endswith(suffix):
-                    return wrap(own)
+            if spec.endswith(REGIONS):
+                return RegionScorer(own, nouns=world_nouns())
+            if spec.endswith(SPATIAL):
+                return SpatialScorer(own)
             return own
     return get_scorer(spec, device=resolve_device(str(device) if device is not None else None))
 

@@ -19,7 +19,8 @@ How (no learned part; nothing about the world's palette or shapes is used):
 other image. Two users:
 - :class:`RegionScorer` (spec suffix ``+regions``; ``embedded+regions`` is the embedded model's default
   scorer) scores each object phrase of a prompt against the regions alone, and the stated relation against
-  where the matched regions are;
+  where the matched regions are; given a closed vocabulary of nouns (the embedded model's: its world's
+  shapes) it also asks CLIP, zero-shot, which of them each matched region is;
 - the world interrogator (``interrogate.interrogator``) reads every region as a one-object prompt and takes
   the count and the relation from the regions' centroids.
 It suits images of separate objects on a plain background (the embedded world); on a photograph the
@@ -138,6 +139,13 @@ def parse_objects(prompt: str, max_objects: int = 3) -> ObjectPrompt | None:
     return ObjectPrompt(tuple(phrases), rel.relation if rel else None, background)
 
 
+def world_nouns() -> tuple[str, ...]:
+    """The embedded model's closed vocabulary of object kinds: its world's shapes."""
+    from ..train.world import SHAPES
+
+    return SHAPES
+
+
 class RegionScorer:
     """A CLIP scorer that also reads each object of a prompt where it is (see the module doc).
 
@@ -149,13 +157,23 @@ class RegionScorer:
     the two matched regions' centroids fit the stated relation (``spatial.agreement``). Other prompts score
     as the wrapped scorer does. The weights were tuned on the generator's candidates for *training*
     prompts (``bench/region_scorer.py``; bench/RESULTS.md).
+
+    ``nouns`` (a closed vocabulary, e.g. the embedded world's shapes, :func:`world_nouns`) adds a zero-shot
+    classification term: for a phrase whose last word is one of them, the matched region's log-probability
+    of that noun against the others (the phrase with its noun swapped, softmax of ``temperature`` ×
+    cosine), mean over the phrases (a phrase no region took counts ``MISSING_LOG_PROB``), times
+    ``w_nouns``, is added to the score. Raw cosines mix how well an object's colour, size and edges fit;
+    the contrast asks only whether it is that *kind* of thing, where the generator most often errs.
     """
 
+    MISSING_LOG_PROB = -5.0
+
     def __init__(self, base: Any, w_obj: float = 4.0, w_rel: float = 0.5, count_penalty: float = 0.1,
-                 gain: float = 5.0):
-        if min(w_obj, w_rel, count_penalty) < 0:
+                 gain: float = 5.0, nouns: Sequence[str] = (), w_nouns: float = 0.05, temperature: float = 100.0):
+        if min(w_obj, w_rel, count_penalty, w_nouns, temperature) < 0:
             raise BestshotError("region scorer weights must be >= 0")
         self.base, self.w_obj, self.w_rel, self.count_penalty, self.gain = base, w_obj, w_rel, count_penalty, gain
+        self.nouns, self.w_nouns, self.temperature = tuple(nouns), w_nouns, temperature
         self.name = f"{base.name}+regions"
 
     def __getattr__(self, item: str) -> Any:  # only called for what this class does not define
@@ -163,23 +181,49 @@ class RegionScorer:
             raise AttributeError(item)
         return getattr(self.base, item)
 
+    def _alternatives(self, phrase: str) -> tuple[list[str], int] | None:
+        """``phrase`` with its noun swapped for each of ``nouns``, and the index of its own; None when its
+        last word is not one of them."""
+        words = phrase.split()
+        if not self.nouns or not words or words[-1] not in self.nouns:
+            return None
+        return [" ".join(words[:-1] + [n]) for n in self.nouns], self.nouns.index(words[-1])
+
     def read(self, images: Sequence[Image.Image], text: str, prompt: ObjectPrompt
-             ) -> list[tuple[float, torch.Tensor, list[Region]]]:
+             ) -> list[tuple[float, torch.Tensor, list[Region], torch.Tensor | None]]:
         """Per image: its pooled cosine with ``text``, the (regions, phrases) cosine matrix of its regions
-        seen alone, and the regions. The images and all their regions go through CLIP in one batch."""
+        seen alone, the regions, and (with ``nouns``) each region's log-probability of each phrase's noun
+        against the other nouns, (regions, phrases), NaN for a phrase without a known noun. The images and
+        all their regions go through CLIP in one batch, the texts in another."""
         found = [find_regions(im, max_regions=len(prompt.objects) + 2) for im in images]
         flat = list(images) + [iso for _, isos in found for iso in isos]
-        t = self.base.embed_texts([text] + [f"{p} {prompt.background}".strip() for p in prompt.objects]).float().cpu()
+        bg = f" {prompt.background}" if prompt.background else ""
+        alts = [self._alternatives(p) for p in prompt.objects]
+        alt_texts = [f"{a}{bg}" for alt in alts if alt for a in alt[0]]
+        texts = [text] + [f"{p}{bg}" for p in prompt.objects] + alt_texts
+        t = self.base.embed_texts(texts).float().cpu()
         e = self.base.embed_images(flat).float().cpu()
-        cos, parts = (e[: len(images)] @ t[0]).tolist(), e[len(images):] @ t[1:].T
+        k = len(prompt.objects)
+        cos, parts = (e[: len(images)] @ t[0]).tolist(), e[len(images):] @ t[1:k + 1].T
+        logp = None
+        if alt_texts:
+            logp = torch.full((len(flat) - len(images), k), float("nan"))
+            a_emb, j0 = t[k + 1:], 0
+            for j, alt in enumerate(alts):
+                if alt:
+                    sims = e[len(images):] @ a_emb[j0:j0 + len(alt[0])].T
+                    logp[:, j] = torch.log_softmax(self.temperature * sims, dim=-1)[:, alt[1]]
+                    j0 += len(alt[0])
         out, i = [], 0
         for c, (regs, _) in zip(cos, found):
-            out.append((c, parts[i:i + len(regs)], regs))
+            out.append((c, parts[i:i + len(regs)], regs, None if logp is None else logp[i:i + len(regs)]))
             i += len(regs)
         return out
 
-    def combine(self, cos: float, sims: torch.Tensor, regions: Sequence[Region], prompt: ObjectPrompt) -> float:
-        """The score of one image from its pooled ``cos`` and its region ``sims`` (see the class doc)."""
+    def combine(self, cos: float, sims: torch.Tensor, regions: Sequence[Region], prompt: ObjectPrompt,
+                logp: torch.Tensor | None = None) -> float:
+        """The score of one image from its pooled ``cos``, its region ``sims`` and (with ``nouns``) its
+        regions' noun log-probabilities ``logp`` (see the class doc and :meth:`read`)."""
         from .spatial import agreement
 
         k, r = len(prompt.objects), len(regions)
@@ -194,7 +238,12 @@ class RegionScorer:
         elif prompt.relation:
             agree = -1.0
         total = cos + self.w_obj * best + self.w_rel * agree - self.count_penalty * abs(r - k)
-        return total / (1 + self.w_obj + self.w_rel)
+        total = total / (1 + self.w_obj + self.w_rel)
+        known = [j for j in range(k) if self._alternatives(prompt.objects[j])] if logp is not None else []
+        if known and self.w_nouns:
+            lp = [float(logp[assign[j], j]) if j in assign else self.MISSING_LOG_PROB for j in known]
+            total += self.w_nouns * sum(lp) / len(lp)
+        return total
 
     def score(self, images: Sequence[Image.Image], text: str | Sequence[str]) -> list[float]:
         if not images:
@@ -207,7 +256,8 @@ class RegionScorer:
             if prompt is None:
                 scores = self.base.score([images[i] for i in rows], t)
             else:
-                scores = [self.combine(c, sims, regs, prompt) for c, sims, regs in self.read([images[i] for i in rows], t, prompt)]
+                scores = [self.combine(c, sims, regs, prompt, logp)
+                          for c, sims, regs, logp in self.read([images[i] for i in rows], t, prompt)]
             for i, v in zip(rows, scores):
                 out[i] = v
         return out

@@ -82,13 +82,17 @@ def export(checkpoint: Path = typer.Option(..., help="run folder, .pt checkpoint
            n_images: Optional[int] = typer.Option(None, help="default number of candidates"),
            spatial_guidance: Optional[float] = typer.Option(None, "--spatial-guidance", min=0.0,
                                                             help="steer relation prompts with the CLIP's patch "
-                                                            "embeddings (0 = off; default: keep the folder's)")) -> None:
+                                                            "embeddings (0 = off; default: keep the folder's)"),
+           spatial_guidance_end: Optional[float] = typer.Option(
+               None, "--spatial-guidance-end", help="fraction of the steps that are steered, in (0, 1] "
+               "(default: keep the folder's)")) -> None:
     """Write a BestshotWorldPipeline folder (EMA weights) + bestshot_defaults.json."""
     from bestshot.train.ddpm import export as run
 
     d = {"num_inference_steps": steps, "guidance_scale": guidance, "clip_min": clip_min, "n_images": n_images}
     d = {k: v for k, v in d.items() if v is not None}
-    _print(run(checkpoint, out, clip_dir, fp16=fp16, defaults=d, spatial_guidance_scale=spatial_guidance))
+    _print(run(checkpoint, out, clip_dir, fp16=fp16, defaults=d, spatial_guidance_scale=spatial_guidance,
+                    spatial_guidance_end=spatial_guidance_end))
 
 
 def main() -> None:

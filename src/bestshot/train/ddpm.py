@@ -390,12 +390,14 @@ def pipeline_from_folder(folder: str | Path, clip_dir: str | None = None):
 
 
 def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = None, fp16: bool = True,
-           defaults: dict | None = None, spatial_guidance_scale: float | None = None) -> Path:
+           defaults: dict | None = None, spatial_guidance_scale: float | None = None,
+           spatial_guidance_end: float | None = None) -> Path:
     """Write a BestshotWorldPipeline folder + bestshot_defaults.json (fp16 storage keeps it small).
 
     ``checkpoint`` is a training run (its EMA weights are exported) or an exported pipeline folder (re-exported,
     e.g. with another ``clip_dir`` whose image side was trained further; its defaults are kept).
-    ``spatial_guidance_scale`` goes into model_index.json (None: 0 for a run, the folder's own for a folder)."""
+    ``spatial_guidance_scale`` and ``spatial_guidance_end`` go into model_index.json (None: the pipeline's
+    default for a run, the folder's own for a folder)."""
     import shutil
     import tempfile
 
@@ -411,6 +413,11 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
         if spatial_guidance_scale < 0:
             raise BestshotError(f"spatial guidance must be >= 0, got {spatial_guidance_scale}")
         pipe.register_to_config(spatial_guidance_scale=float(spatial_guidance_scale))
+    if spatial_guidance_end is not None:
+        if not 0 < spatial_guidance_end <= 1:
+            raise BestshotError(f"spatial guidance end must be a fraction of the steps in (0, 1], "
+                                f"got {spatial_guidance_end}")
+        pipe.register_to_config(spatial_guidance_end=float(spatial_guidance_end))
     if fp16:
         pipe.to(torch.float16)
     out_dir = Path(out_dir)
