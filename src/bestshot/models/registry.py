@@ -89,12 +89,15 @@ def _read_model_index(folder: Path) -> dict[str, Any]:
 
 
 def is_world_folder(ref: str | None) -> bool:
-    """Whether ``ref`` is a folder holding a ``BestshotWorldPipeline`` (an export of the embedded kind)."""
-    index = Path(str(ref or "")).expanduser() / "model_index.json"
-    try:
-        return bool(ref) and json.loads(index.read_text()).get("_class_name") == "BestshotWorldPipeline"
-    except (OSError, ValueError):
+    """Whether ``ref`` is a pipeline folder of the embedded family (a ``bestshot train export``); a path
+    that is no readable pipeline folder is not (loading it reports why)."""
+    if not ref or not Path(ref).expanduser().is_dir():
         return False
+    try:
+        cls = _read_model_index(Path(ref).expanduser()).get("_class_name", "")
+    except BestshotError:
+        return False
+    return _CLASS_TO_FAMILY.get(cls) == "embedded"
 
 
 def resolve_model(ref: str | None) -> ModelRef:
