@@ -88,3 +88,18 @@ def test_region_scorer_bench_ranks_a_candidate_set(tmp_path, monkeypatch, capsys
     # the stand-in sees no shapes: the noun term is the same for both candidates and changes nothing
     assert rows[("0", "0.5", "0.1", "0")] == rows[("4", "0.5", "0.1", "0")] == "1.000", out
     assert rows[("4", "0.5", "0.1", "0.05")] == "1.000", out
+
+
+def test_spatial_guidance_bench_compares_settings(tiny_world, monkeypatch, capsys):
+    """bench/spatial_guidance.py draws each setting's candidates (tiny model: what it prints is noise, that
+    it runs and reports each setting is what CI checks) and refuses a malformed setting."""
+    script = str(Path(__file__).resolve().parents[1] / "bench" / "spatial_guidance.py")
+    monkeypatch.setattr(sys, "argv", ["spatial_guidance.py", "--model", tiny_world, "--pairs", "2", "--n", "2",
+                                      "--setting", "2:0", "--setting", "3:5:0.5:2"])
+    runpy.run_path(script, run_name="__main__")
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:5] for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [[c.strip() for c in r] for r in rows] == [["2", "0", "1", "1"], ["3", "5", "0.5", "2"]], out
+    monkeypatch.setattr(sys, "argv", ["spatial_guidance.py", "--setting", "20"])
+    with pytest.raises(SystemExit, match="steps:scale"):
+        runpy.run_path(script, run_name="__main__")

@@ -66,6 +66,27 @@ def test_cache_is_reused_extended_and_dropped_for_another_generator(tiny_world, 
     assert len(calls) == 1
 
 
+def test_fingerprint_follows_the_spatial_guidance_settings(tiny_world):
+    """Guidance changes the images, so each of its settings enters the cache fingerprint; a setting left at
+    its default does not (caches drawn before the option existed stay valid)."""
+    pipe, _ = _setup(tiny_world)
+    keys = ("spatial_guidance_scale", "spatial_guidance_end", "spatial_guidance_every")
+    saved = {k: pipe.config[k] for k in keys}
+    try:
+        plain = C.generator_fingerprint(pipe)
+        pipe.register_to_config(spatial_guidance_scale=5.0)
+        guided = C.generator_fingerprint(pipe)
+        pipe.register_to_config(spatial_guidance_every=1, spatial_guidance_end=1.0)
+        assert C.generator_fingerprint(pipe) == guided != plain
+        pipe.register_to_config(spatial_guidance_every=2)
+        every2 = C.generator_fingerprint(pipe)
+        pipe.register_to_config(spatial_guidance_end=0.5)
+        assert len({plain, guided, every2, C.generator_fingerprint(pipe)}) == 4
+    finally:
+        pipe.register_to_config(**saved)
+    assert C.generator_fingerprint(pipe) == plain
+
+
 def test_training_prompts_are_distinct_seeded_and_never_held_out():
     held = heldout_prompts(200, n_objects=1) + heldout_prompts(200, n_objects=2)
     a = C.training_prompts(300, seed=0, exclude=held)

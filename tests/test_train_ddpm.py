@@ -241,3 +241,8 @@ def test_reexport_an_exported_folder_with_a_new_image_side(clip_dir, tmp_path):
         export(first, tmp_path / "bad", spatial_guidance_scale=-1.0)
     with pytest.raises(BestshotError, match="spatial guidance end"):
         export(first, tmp_path / "bad", spatial_guidance_end=0.0)
+    every = export(kept, tmp_path / "every", spatial_guidance_every=2)
+    index = json.loads((every / "model_index.json").read_text())
+    assert (index["spatial_guidance_scale"], index["spatial_guidance_end"], index["spatial_guidance_every"]) == (5.0, 0.5, 2)
+    with pytest.raises(BestshotError, match="spatial guidance every"):
+        export(first, tmp_path / "bad", spatial_guidance_every=0)

@@ -192,6 +192,35 @@ def test_spatial_guidance_end_steers_only_the_first_steps(pipe, tmp_path):
     assert again.config.spatial_guidance_end == 0.5
 
 
+def test_spatial_guidance_every_steers_every_kth_step(pipe, tmp_path):
+    """``spatial_guidance_every`` = 2 steers steps 0, 2, 4 of the guided ones: step 0 matches the run guided
+    at every step, step 1 matches the unguided continuation of it (the same latents, no nudge), step 2 is
+    steered again; bad values are refused and the setting is saved with the pipeline."""
+    rel, seeds = "a red circle left of a blue square", [0, 1, 2]
+    kw = dict(num_inference_steps=6, output_type="pt", spatial_guidance_scale=40.0)
+
+    def trace(**extra):
+        xs = []
+
+        def keep(p, i, t, tensors):
+            xs.append(tensors["latents"].clone())
+            return {}
+        pipe([rel] * 3, generator=gens(*seeds), callback_on_step_end=keep, **kw, **extra)
+        return xs
+
+    each, every2, once = trace(), trace(spatial_guidance_every=2), trace(spatial_guidance_end=1.0 / 6)
+    assert torch.equal(each[0], every2[0]) and torch.equal(once[1], every2[1])  # step 0 steered, step 1 not
+    assert not torch.equal(each[1], every2[1]) and not torch.equal(once[2], every2[2])  # step 2 steered again
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="spatial_guidance_every"):
+            pipe(rel, generator=gens(1), spatial_guidance_scale=5.0, spatial_guidance_every=bad, num_inference_steps=2)
+    guided = BestshotWorldPipeline(unet=pipe.unet, scheduler=pipe.scheduler, clip=pipe.clip, tokenizer=pipe.tokenizer,
+                                   spatial_guidance_scale=40.0, spatial_guidance_every=2)
+    guided.save_pretrained(tmp_path)
+    again = BestshotWorldPipeline.from_pretrained(tmp_path, **dtype_kwargs(torch.float32))
+    assert again.config.spatial_guidance_every == 2
+
+
 def test_spatial_guidance_survives_pruning(pipe):
     from bestshot.pruning import run_pruned
 

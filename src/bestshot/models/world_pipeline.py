@@ -20,7 +20,8 @@ agreement that :mod:`bestshot.scoring.spatial` reads from the predicted clean im
 the seed document's CLIP-guided DDPM, on MaskCLIP patch embeddings): ``x_{t-1} += scale *
 sqrt(alpha_bar_{t-1}) * grad_x0 agreement``. ``spatial_guidance_end`` (a fraction of the steps, like
 diffusers' ``control_guidance_end``) stops it early: the layout is settled in the first steps, and each
-guided step costs a backward pass through the CLIP's image tower.
+guided step costs a backward pass through the CLIP's image tower. ``spatial_guidance_every`` = k steers
+only every k-th of those steps (the first, the (k+1)-th, ...), for 1/k of that cost.
 """
 
 from __future__ import annotations
@@ -41,11 +42,13 @@ CONDITIONINGS = ("text_tokens", "text_embed", "image_embed")
 DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 4.0, "height": 32, "width": 32, "scheduler": "ddim"}
 
 
-def _check_guidance(scale: float, end: float) -> None:
+def _check_guidance(scale: float, end: float, every: int = 1) -> None:
     if scale < 0:
         raise ValueError(f"spatial_guidance_scale must be >= 0, got {scale}")
     if not 0 < end <= 1:
         raise ValueError(f"spatial_guidance_end must be in (0, 1] (a fraction of the steps), got {end}")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"spatial_guidance_every must be a whole number >= 1 (steer every k-th step), got {every!r}")
 
 
 class BestshotWorldPipeline(DiffusionPipeline):
@@ -55,14 +58,15 @@ class BestshotWorldPipeline(DiffusionPipeline):
 
     def __init__(self, unet: UNet2DConditionModel, scheduler, clip: CLIPModel, tokenizer: CLIPTokenizer,
                  conditioning: str = "text_tokens", spatial_guidance_scale: float = 0.0,
-                 spatial_guidance_end: float = 1.0):
+                 spatial_guidance_end: float = 1.0, spatial_guidance_every: int = 1):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
-        _check_guidance(spatial_guidance_scale, spatial_guidance_end)
+        _check_guidance(spatial_guidance_scale, spatial_guidance_end, spatial_guidance_every)
         self.register_modules(unet=unet, scheduler=scheduler, clip=clip, tokenizer=tokenizer)
         self.register_to_config(conditioning=conditioning, spatial_guidance_scale=float(spatial_guidance_scale),
-                                spatial_guidance_end=float(spatial_guidance_end))
+                                spatial_guidance_end=float(spatial_guidance_end),
+                                spatial_guidance_every=int(spatial_guidance_every))
 
     # -------------------------------------------------------------------------------- spatial guidance
     @torch.no_grad()
@@ -171,8 +175,9 @@ class BestshotWorldPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         spatial_guidance_scale: float | None = None,
         spatial_guidance_end: float | None = None,
+        spatial_guidance_every: int | None = None,
     ):
-        """``spatial_guidance_scale`` / ``spatial_guidance_end``: None = the pipeline's own (its config)."""
+        """``spatial_guidance_scale`` / ``_end`` / ``_every``: None = the pipeline's own (its config)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         n = len(prompts)
@@ -215,7 +220,8 @@ class BestshotWorldPipeline(DiffusionPipeline):
         latents = latents * self.scheduler.init_noise_sigma
         sg = self.config.get("spatial_guidance_scale", 0.0) if spatial_guidance_scale is None else spatial_guidance_scale
         sg_end = self.config.get("spatial_guidance_end", 1.0) if spatial_guidance_end is None else spatial_guidance_end
-        _check_guidance(sg, sg_end)
+        sg_every = self.config.get("spatial_guidance_every", 1) if spatial_guidance_every is None else spatial_guidance_every
+        _check_guidance(sg, sg_end, sg_every)
         rel_texts = self._relation_texts(prompts) if sg > 0 else None
         n_steps = len(self.scheduler.timesteps)
         n_guided = min(n_steps - 1, math.ceil(sg_end * n_steps))  # never on the final image itself
@@ -231,7 +237,7 @@ class BestshotWorldPipeline(DiffusionPipeline):
             step = self.scheduler.step(pred, t, latents, generator=generator, return_dict=True)
             latents = step.prev_sample
             x0 = getattr(step, "pred_original_sample", None)
-            if rel_texts is not None and x0 is not None and i < n_guided:
+            if rel_texts is not None and x0 is not None and i < n_guided and i % sg_every == 0:
                 latents = self._spatial_step(latents, x0, t, rel_texts, sg)
             if callback_on_step_end is not None:
                 kw = {"latents": latents, "prompt_embeds": hidden, "class_labels": cls,

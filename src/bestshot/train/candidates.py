@@ -53,7 +53,7 @@ class CandidateSet:
 
 def generator_fingerprint(pipe: Any) -> str:
     """A short hash of what decides the images: the embedded model's UNet and the CLIP text tower that
-    conditions it (the whole CLIP, the scale and the end when spatial guidance steers with its image side too), or
+    conditions it (the whole CLIP and the guidance settings when spatial guidance steers with its image side too), or
     every torch module of another pipeline."""
     h = hashlib.sha256()
     clip = getattr(pipe, "clip", None)
@@ -62,8 +62,11 @@ def generator_fingerprint(pipe: Any) -> str:
         if sg > 0:
             h.update(f"spatial_guidance_scale={sg}".encode())
             end = float(pipe.config.get("spatial_guidance_end", 1.0))
-            if end != 1.0:  # (1.0, the default, left out: caches drawn before the option stay valid)
+            if end != 1.0:  # (the defaults left out: caches drawn before the options stay valid)
                 h.update(f"spatial_guidance_end={end}".encode())
+            every = int(pipe.config.get("spatial_guidance_every", 1))
+            if every != 1:
+                h.update(f"spatial_guidance_every={every}".encode())
             parts = [("unet", pipe.unet), ("clip", clip)]
         else:
             parts = [("unet", pipe.unet), ("text", clip.text_model), ("text_projection", clip.text_projection)]

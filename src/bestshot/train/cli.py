@@ -85,14 +85,17 @@ def export(checkpoint: Path = typer.Option(..., help="run folder, .pt checkpoint
                                                             "embeddings (0 = off; default: keep the folder's)"),
            spatial_guidance_end: Optional[float] = typer.Option(
                None, "--spatial-guidance-end", help="fraction of the steps that are steered, in (0, 1] "
-               "(default: keep the folder's)")) -> None:
+               "(default: keep the folder's)"),
+           spatial_guidance_every: Optional[int] = typer.Option(
+               None, "--spatial-guidance-every", min=1, help="steer every k-th of those steps (1 = each; "
+               "default: keep the folder's)")) -> None:
     """Write a BestshotWorldPipeline folder (EMA weights) + bestshot_defaults.json."""
     from bestshot.train.ddpm import export as run
 
     d = {"num_inference_steps": steps, "guidance_scale": guidance, "clip_min": clip_min, "n_images": n_images}
     d = {k: v for k, v in d.items() if v is not None}
     _print(run(checkpoint, out, clip_dir, fp16=fp16, defaults=d, spatial_guidance_scale=spatial_guidance,
-                    spatial_guidance_end=spatial_guidance_end))
+                    spatial_guidance_end=spatial_guidance_end, spatial_guidance_every=spatial_guidance_every))
 
 
 def main() -> None:

@@ -391,13 +391,13 @@ def pipeline_from_folder(folder: str | Path, clip_dir: str | None = None):
 
 def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = None, fp16: bool = True,
            defaults: dict | None = None, spatial_guidance_scale: float | None = None,
-           spatial_guidance_end: float | None = None) -> Path:
+           spatial_guidance_end: float | None = None, spatial_guidance_every: int | None = None) -> Path:
     """Write a BestshotWorldPipeline folder + bestshot_defaults.json (fp16 storage keeps it small).
 
     ``checkpoint`` is a training run (its EMA weights are exported) or an exported pipeline folder (re-exported,
     e.g. with another ``clip_dir`` whose image side was trained further; its defaults are kept).
-    ``spatial_guidance_scale`` and ``spatial_guidance_end`` go into model_index.json (None: the pipeline's
-    default for a run, the folder's own for a folder)."""
+    ``spatial_guidance_scale``, ``spatial_guidance_end`` and ``spatial_guidance_every`` go into model_index.json
+    (None: the pipeline's default for a run, the folder's own for a folder)."""
     import shutil
     import tempfile
 
@@ -418,6 +418,12 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
             raise BestshotError(f"spatial guidance end must be a fraction of the steps in (0, 1], "
                                 f"got {spatial_guidance_end}")
         pipe.register_to_config(spatial_guidance_end=float(spatial_guidance_end))
+    if spatial_guidance_every is not None:
+        if isinstance(spatial_guidance_every, bool) or int(spatial_guidance_every) != spatial_guidance_every \
+                or spatial_guidance_every < 1:
+            raise BestshotError(f"spatial guidance every must be a whole number of steps >= 1 (1 = every step), "
+                                f"got {spatial_guidance_every}")
+        pipe.register_to_config(spatial_guidance_every=int(spatial_guidance_every))
     if fp16:
         pipe.to(torch.float16)
     out_dir = Path(out_dir)
