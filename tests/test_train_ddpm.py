@@ -237,12 +237,12 @@ def test_reexport_an_exported_folder_with_a_new_image_side(clip_dir, tmp_path):
     assert json.loads((kept / "model_index.json").read_text())["spatial_guidance_scale"] == 5.0
     assert json.loads((kept / "model_index.json").read_text())["spatial_guidance_end"] == 0.5
     assert (kept / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == unet_before
-    with pytest.raises(BestshotError, match="spatial guidance"):
+    with pytest.raises(BestshotError, match="spatial_guidance_scale"):
         export(first, tmp_path / "bad", spatial_guidance_scale=-1.0)
-    with pytest.raises(BestshotError, match="spatial guidance end"):
+    with pytest.raises(BestshotError, match="spatial_guidance_end"):
         export(first, tmp_path / "bad", spatial_guidance_end=0.0)
     every = export(kept, tmp_path / "every", spatial_guidance_every=2)
     index = json.loads((every / "model_index.json").read_text())
     assert (index["spatial_guidance_scale"], index["spatial_guidance_end"], index["spatial_guidance_every"]) == (5.0, 0.5, 2)
-    with pytest.raises(BestshotError, match="spatial guidance every"):
+    with pytest.raises(BestshotError, match="spatial_guidance_every"):
         export(first, tmp_path / "bad", spatial_guidance_every=0)

@@ -162,6 +162,20 @@ def test_spatial_guidance_steers_relation_prompts_only(pipe, tmp_path):
     assert np.abs(np.asarray(first, int) - np.asarray(on[0], int)).max() <= 1
 
 
+def _refused_then_saved(pipe, folder, name, bad_values, value):
+    """A guidance setting ``name``: each of ``bad_values`` is refused by a call (ValueError naming it), and
+    ``value`` given to the constructor survives save_pretrained / from_pretrained."""
+    for bad in bad_values:
+        with pytest.raises(ValueError, match=name):
+            pipe("a red circle left of a blue square", generator=gens(1), spatial_guidance_scale=5.0,
+                 num_inference_steps=2, **{name: bad})
+    guided = BestshotWorldPipeline(unet=pipe.unet, scheduler=pipe.scheduler, clip=pipe.clip, tokenizer=pipe.tokenizer,
+                                   spatial_guidance_scale=40.0, **{name: value})
+    guided.save_pretrained(folder)
+    again = BestshotWorldPipeline.from_pretrained(folder, **dtype_kwargs(torch.float32))
+    assert again.config[name] == value
+
+
 def test_spatial_guidance_end_steers_only_the_first_steps(pipe, tmp_path):
     """``spatial_guidance_end`` stops the guidance after that fraction of the steps: a run whose guidance
     ends at step k follows the guided run exactly up to k and then differs from it; 1.0 is the old
@@ -182,14 +196,7 @@ def test_spatial_guidance_end_steers_only_the_first_steps(pipe, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(full[:3], half[:3]))  # steps 0-2 guided in both
     assert not torch.equal(full[3], half[3])  # step 3 guided only in the full run
     assert torch.equal(full[0], off[0]) and not torch.equal(full[1], off[1])
-    for bad in (0.0, 1.5, -0.2):
-        with pytest.raises(ValueError, match="spatial_guidance_end"):
-            pipe(rel, generator=gens(1), spatial_guidance_scale=5.0, spatial_guidance_end=bad, num_inference_steps=2)
-    guided = BestshotWorldPipeline(unet=pipe.unet, scheduler=pipe.scheduler, clip=pipe.clip, tokenizer=pipe.tokenizer,
-                                   spatial_guidance_scale=40.0, spatial_guidance_end=0.5)
-    guided.save_pretrained(tmp_path)
-    again = BestshotWorldPipeline.from_pretrained(tmp_path, **dtype_kwargs(torch.float32))
-    assert again.config.spatial_guidance_end == 0.5
+    _refused_then_saved(pipe, tmp_path, "spatial_guidance_end", (0.0, 1.5, -0.2), 0.5)
 
 
 def test_spatial_guidance_every_steers_every_kth_step(pipe, tmp_path):
@@ -211,14 +218,7 @@ def test_spatial_guidance_every_steers_every_kth_step(pipe, tmp_path):
     each, every2, once = trace(), trace(spatial_guidance_every=2), trace(spatial_guidance_end=1.0 / 6)
     assert torch.equal(each[0], every2[0]) and torch.equal(once[1], every2[1])  # step 0 steered, step 1 not
     assert not torch.equal(each[1], every2[1]) and not torch.equal(once[2], every2[2])  # step 2 steered again
-    for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="spatial_guidance_every"):
-            pipe(rel, generator=gens(1), spatial_guidance_scale=5.0, spatial_guidance_every=bad, num_inference_steps=2)
-    guided = BestshotWorldPipeline(unet=pipe.unet, scheduler=pipe.scheduler, clip=pipe.clip, tokenizer=pipe.tokenizer,
-                                   spatial_guidance_scale=40.0, spatial_guidance_every=2)
-    guided.save_pretrained(tmp_path)
-    again = BestshotWorldPipeline.from_pretrained(tmp_path, **dtype_kwargs(torch.float32))
-    assert again.config.spatial_guidance_every == 2
+    _refused_then_saved(pipe, tmp_path, "spatial_guidance_every", (0, -1, 1.5, True), 2)
 
 
 def test_spatial_guidance_survives_pruning(pipe):

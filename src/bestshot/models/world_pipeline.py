@@ -42,7 +42,8 @@ CONDITIONINGS = ("text_tokens", "text_embed", "image_embed")
 DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 4.0, "height": 32, "width": 32, "scheduler": "ddim"}
 
 
-def _check_guidance(scale: float, end: float, every: int = 1) -> None:
+def check_guidance(scale: float, end: float, every: int) -> None:
+    """Refuse spatial guidance settings the pipeline cannot use (ValueError naming the setting)."""
     if scale < 0:
         raise ValueError(f"spatial_guidance_scale must be >= 0, got {scale}")
     if not 0 < end <= 1:
@@ -62,7 +63,7 @@ class BestshotWorldPipeline(DiffusionPipeline):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
-        _check_guidance(spatial_guidance_scale, spatial_guidance_end, spatial_guidance_every)
+        check_guidance(spatial_guidance_scale, spatial_guidance_end, spatial_guidance_every)
         self.register_modules(unet=unet, scheduler=scheduler, clip=clip, tokenizer=tokenizer)
         self.register_to_config(conditioning=conditioning, spatial_guidance_scale=float(spatial_guidance_scale),
                                 spatial_guidance_end=float(spatial_guidance_end),
@@ -221,7 +222,7 @@ class BestshotWorldPipeline(DiffusionPipeline):
         sg = self.config.get("spatial_guidance_scale", 0.0) if spatial_guidance_scale is None else spatial_guidance_scale
         sg_end = self.config.get("spatial_guidance_end", 1.0) if spatial_guidance_end is None else spatial_guidance_end
         sg_every = self.config.get("spatial_guidance_every", 1) if spatial_guidance_every is None else spatial_guidance_every
-        _check_guidance(sg, sg_end, sg_every)
+        check_guidance(sg, sg_end, sg_every)
         rel_texts = self._relation_texts(prompts) if sg > 0 else None
         n_steps = len(self.scheduler.timesteps)
         n_guided = min(n_steps - 1, math.ceil(sg_end * n_steps))  # never on the final image itself

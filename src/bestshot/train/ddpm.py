@@ -401,7 +401,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
     import shutil
     import tempfile
 
-    from bestshot.models.world_pipeline import DEFAULTS
+    from bestshot.models.world_pipeline import DEFAULTS, check_guidance
 
     if (Path(checkpoint) / "model_index.json").exists():
         pipe, base = pipeline_from_folder(checkpoint, clip_dir)
@@ -409,21 +409,17 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
         pipe, cfg, ck = pipeline_from_checkpoint(checkpoint, clip_dir)
         base = {**DEFAULTS, "height": cfg.img_size, "width": cfg.img_size, "trained_steps": ck["step"],
                 "conditioning": cfg.cond}
-    if spatial_guidance_scale is not None:
-        if spatial_guidance_scale < 0:
-            raise BestshotError(f"spatial guidance must be >= 0, got {spatial_guidance_scale}")
-        pipe.register_to_config(spatial_guidance_scale=float(spatial_guidance_scale))
-    if spatial_guidance_end is not None:
-        if not 0 < spatial_guidance_end <= 1:
-            raise BestshotError(f"spatial guidance end must be a fraction of the steps in (0, 1], "
-                                f"got {spatial_guidance_end}")
-        pipe.register_to_config(spatial_guidance_end=float(spatial_guidance_end))
-    if spatial_guidance_every is not None:
-        if isinstance(spatial_guidance_every, bool) or int(spatial_guidance_every) != spatial_guidance_every \
-                or spatial_guidance_every < 1:
-            raise BestshotError(f"spatial guidance every must be a whole number of steps >= 1 (1 = every step), "
-                                f"got {spatial_guidance_every}")
-        pipe.register_to_config(spatial_guidance_every=int(spatial_guidance_every))
+    given = {"spatial_guidance_scale": spatial_guidance_scale, "spatial_guidance_end": spatial_guidance_end,
+             "spatial_guidance_every": spatial_guidance_every}
+    given = {k: v for k, v in given.items() if v is not None}
+    if given:  # checked as the pipeline checks them, together with the settings the folder keeps
+        final = {k: pipe.config[k] for k in ("spatial_guidance_scale", "spatial_guidance_end", "spatial_guidance_every")}
+        final.update(given)
+        try:
+            check_guidance(final["spatial_guidance_scale"], final["spatial_guidance_end"], final["spatial_guidance_every"])
+        except ValueError as e:
+            raise BestshotError(f"{e} (export --spatial-guidance, --spatial-guidance-end, --spatial-guidance-every)") from None
+        pipe.register_to_config(**{k: int(v) if k == "spatial_guidance_every" else float(v) for k, v in given.items()})
     if fp16:
         pipe.to(torch.float16)
     out_dir = Path(out_dir)
