@@ -95,11 +95,30 @@ def test_spatial_guidance_bench_compares_settings(tiny_world, monkeypatch, capsy
     it runs and reports each setting is what CI checks) and refuses a malformed setting."""
     script = str(Path(__file__).resolve().parents[1] / "bench" / "spatial_guidance.py")
     monkeypatch.setattr(sys, "argv", ["spatial_guidance.py", "--model", tiny_world, "--pairs", "2", "--n", "2",
-                                      "--setting", "2:0", "--setting", "3:5:0.5:2"])
+                                      "--setting", "2:0", "--setting", "dpmpp_2m@3:5:0.5:2"])
     runpy.run_path(script, run_name="__main__")
     out = capsys.readouterr().out
-    rows = [line.split("|")[1:5] for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert [[c.strip() for c in r] for r in rows] == [["2", "0", "1", "1"], ["3", "5", "0.5", "2"]], out
+    rows = [line.split("|")[1:6] for line in out.splitlines() if line.startswith("| ") and line[2:4] in ("dd", "dp")]
+    assert [[c.strip() for c in r] for r in rows] == [["ddim", "2", "0", "1", "1"],
+                                                     ["dpmpp_2m", "3", "5", "0.5", "2"]], out
     monkeypatch.setattr(sys, "argv", ["spatial_guidance.py", "--setting", "20"])
     with pytest.raises(SystemExit, match="steps:scale"):
+        runpy.run_path(script, run_name="__main__")
+
+
+def test_embedded_ab_bench_interleaves_variants(tiny_world, monkeypatch, capsys, tmp_path):
+    """bench/embedded_ab.py times each variant in turn (the tiny model: the times are noise, that every
+    variant runs with its own sampler settings is what CI checks) and refuses an unknown option."""
+    script = str(Path(__file__).resolve().parents[1] / "bench" / "embedded_ab.py")
+    from bestshot.train.ddpm import export
+
+    fast = export(tiny_world, tmp_path / "fast", scheduler="dpmpp_2m", defaults={"num_inference_steps": 2})
+    monkeypatch.setattr(sys, "argv", ["embedded_ab.py", "--runs", "1", tiny_world, f"{tiny_world}+plain", str(fast)])
+    runpy.run_path(script, run_name="__main__")
+    rows = [line.split("|")[1:4] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "/" in line]
+    got = [[c.strip() for c in r] for r in rows]
+    assert [r[0] for r in got] == [tiny_world, f"{tiny_world}+plain", str(fast)]
+    assert got[2][1:] == ["2", "DPM++ 2M"] and got[0][2] == got[1][2] != "DPM++ 2M"
+    monkeypatch.setattr(sys, "argv", ["embedded_ab.py", f"{tiny_world}+fast"])
+    with pytest.raises(SystemExit, match="only option"):
         runpy.run_path(script, run_name="__main__")

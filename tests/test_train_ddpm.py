@@ -246,3 +246,14 @@ def test_reexport_an_exported_folder_with_a_new_image_side(clip_dir, tmp_path):
     assert (index["spatial_guidance_scale"], index["spatial_guidance_end"], index["spatial_guidance_every"]) == (5.0, 0.5, 2)
     with pytest.raises(BestshotError, match="spatial_guidance_every"):
         export(first, tmp_path / "bad", spatial_guidance_every=0)
+    # a sampler named at export is the folder's scheduler and its default for generate; a re-export keeps it
+    dpm = export(every, tmp_path / "dpm", scheduler="DPM++ 2M", defaults={"num_inference_steps": 8})
+    assert json.loads((dpm / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == \
+        "DPMSolverMultistepScheduler"
+    assert json.loads((dpm / "bestshot_defaults.json").read_text())["scheduler"] == "dpmpp_2m"
+    again = export(dpm, tmp_path / "dpm2")
+    assert json.loads((again / "bestshot_defaults.json").read_text())["scheduler"] == "dpmpp_2m"
+    assert json.loads((again / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == \
+        "DPMSolverMultistepScheduler"
+    with pytest.raises(BestshotError, match="unknown scheduler"):
+        export(first, tmp_path / "bad", scheduler="dpm-fast")

@@ -221,6 +221,37 @@ def test_spatial_guidance_every_steers_every_kth_step(pipe, tmp_path):
     _refused_then_saved(pipe, tmp_path, "spatial_guidance_every", (0, -1, 1.5, True), 2)
 
 
+def test_spatial_guidance_works_with_multistep_solvers(pipe):
+    """DPM-Solver++ and UniPC do not report the predicted clean image; the pipeline computes it from the
+    model's prediction (the same tensor DDIM reports), so guidance steers their runs too. UniPC's step
+    takes no generator: the pipeline passes one only to schedulers that take it."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    ddim = DDIMScheduler.from_config(pipe.scheduler.config)
+    ddim.set_timesteps(4)
+    clean, eps, t = torch.rand(2, 3, 16, 16) * 1.8 - 0.9, torch.randn(2, 3, 16, 16), ddim.timesteps[1]
+    a = ddim.alphas_cumprod[t]
+    x = a.sqrt() * clean + (1 - a).sqrt() * eps
+    reported = ddim.step(eps, t, x).pred_original_sample
+    with_ddim = BestshotWorldPipeline(unet=pipe.unet, scheduler=ddim, clip=pipe.clip, tokenizer=pipe.tokenizer)
+    ours = with_ddim._predicted_x0(x, eps, t)
+    assert torch.allclose(ours, reported, atol=1e-4) and torch.allclose(ours, clean, atol=1e-4)
+
+    dpm = BestshotWorldPipeline(unet=pipe.unet, scheduler=DPMSolverMultistepScheduler.from_config(pipe.scheduler.config),
+                                clip=pipe.clip, tokenizer=pipe.tokenizer)
+    dpm.set_progress_bar_config(disable=True)
+    rel, kw = "a red circle left of a blue square", dict(num_inference_steps=4, output_type="pt")
+    off = dpm([rel] * 2, generator=gens(0, 1), **kw).images
+    on = dpm([rel] * 2, generator=gens(0, 1), spatial_guidance_scale=40.0, **kw).images
+    assert not torch.equal(on, off)
+    unipc = BestshotWorldPipeline(unet=pipe.unet, scheduler=UniPCMultistepScheduler.from_config(pipe.scheduler.config),
+                                  clip=pipe.clip, tokenizer=pipe.tokenizer)
+    unipc.set_progress_bar_config(disable=True)
+    a = unipc([rel] * 2, generator=gens(0, 1), spatial_guidance_scale=40.0, **kw).images
+    assert torch.equal(a, unipc([rel] * 2, generator=gens(0, 1), spatial_guidance_scale=40.0, **kw).images)
+    assert not torch.equal(a, unipc([rel] * 2, generator=gens(0, 1), **kw).images)
+
+
 def test_spatial_guidance_survives_pruning(pipe):
     from bestshot.pruning import run_pruned
 

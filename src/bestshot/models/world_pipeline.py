@@ -16,7 +16,8 @@ The unconditional branch of classifier-free guidance is the empty prompt (or ``n
 Spatial guidance (``spatial_guidance_scale``, in model_index.json; 0 = off): the pipeline's CLIP pools
 relations away, and the denoiser draws "A left of B" the wrong way round as often as not. For prompts
 that state a relation, every step but the last nudges the sample up the gradient of the relation
-agreement that :mod:`bestshot.scoring.spatial` reads from the predicted clean image (CLIP guidance, as in
+agreement that :mod:`bestshot.scoring.spatial` reads from the predicted clean image (the scheduler's, or
+computed from the model's prediction for multistep solvers that do not report it; CLIP guidance, as in
 the seed document's CLIP-guided DDPM, on MaskCLIP patch embeddings): ``x_{t-1} += scale *
 sqrt(alpha_bar_{t-1}) * grad_x0 agreement``. ``spatial_guidance_end`` (a fraction of the steps, like
 diffusers' ``control_guidance_end``) stops it early: the layout is settled in the first steps, and each
@@ -105,6 +106,29 @@ class BestshotWorldPipeline(DiffusionPipeline):
         alpha = sched.alphas_cumprod[prev] if prev >= 0 else getattr(sched, "final_alpha_cumprod", torch.tensor(1.0))
         return latents + (scale * alpha.to(grad.device).sqrt() * grad).to(latents.dtype)
 
+    def _step_kwargs(self, generator) -> dict:
+        """``generator`` for the scheduler's step when it takes one (stochastic samplers: DDPM, Euler a);
+        UniPC and others refuse the keyword."""
+        import inspect
+
+        return {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+
+    def _predicted_x0(self, sample: torch.Tensor, pred: torch.Tensor, t) -> torch.Tensor | None:
+        """The clean image the model predicts at ``t``, for schedulers whose step does not report it: those
+        that sample in alpha space (x_t = sqrt(a) x0 + sqrt(1-a) eps, ``init_noise_sigma`` 1). None otherwise."""
+        sched = self.scheduler
+        acp = getattr(sched, "alphas_cumprod", None)
+        if acp is None or float(getattr(sched, "init_noise_sigma", 1.0)) != 1.0:
+            return None
+        a = acp[int(t)].to(sample.device, torch.float32)
+        kind = sched.config.get("prediction_type", "epsilon")
+        x, p = sample.float(), pred.float()
+        if kind == "epsilon":
+            return (x - (1 - a).sqrt() * p) / a.sqrt()
+        if kind == "v_prediction":
+            return a.sqrt() * x - (1 - a).sqrt() * p
+        return p if kind == "sample" else None
+
     # ---------------------------------------------------------------------------------- conditioning
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -154,7 +178,7 @@ class BestshotWorldPipeline(DiffusionPipeline):
             if do_cfg:
                 p_u, p_c = pred.chunk(2)
                 pred = p_u + guidance_scale * (p_c - p_u)
-            x = sched.step(pred, t, x, generator=generator).prev_sample
+            x = sched.step(pred, t, x, **self._step_kwargs(generator)).prev_sample
         return x.float().clamp(-1, 1)
 
     # ---------------------------------------------------------------------------------------- call
@@ -227,6 +251,7 @@ class BestshotWorldPipeline(DiffusionPipeline):
         n_steps = len(self.scheduler.timesteps)
         n_guided = min(n_steps - 1, math.ceil(sg_end * n_steps))  # never on the final image itself
 
+        step_kw = self._step_kwargs(generator)
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_in = torch.cat([latents] * 2) if do_cfg else latents
             model_in = self.scheduler.scale_model_input(model_in, t)
@@ -235,9 +260,11 @@ class BestshotWorldPipeline(DiffusionPipeline):
             if do_cfg:
                 p_u, p_c = pred.chunk(2)
                 pred = p_u + guidance_scale * (p_c - p_u)
-            step = self.scheduler.step(pred, t, latents, generator=generator, return_dict=True)
-            latents = step.prev_sample
+            step = self.scheduler.step(pred, t, latents, return_dict=True, **step_kw)
             x0 = getattr(step, "pred_original_sample", None)
+            if x0 is None and rel_texts is not None and i < n_guided and i % sg_every == 0:
+                x0 = self._predicted_x0(latents, pred, t)  # multistep solvers (DPM++, UniPC) do not report it
+            latents = step.prev_sample
             if rel_texts is not None and x0 is not None and i < n_guided and i % sg_every == 0:
                 latents = self._spatial_step(latents, x0, t, rel_texts, sg)
             if callback_on_step_end is not None:

@@ -88,14 +88,18 @@ def export(checkpoint: Path = typer.Option(..., help="run folder, .pt checkpoint
                "(default: keep the folder's)"),
            spatial_guidance_every: Optional[int] = typer.Option(
                None, "--spatial-guidance-every", min=1, help="steer every k-th of those steps (1 = each; "
-               "default: keep the folder's)")) -> None:
+               "default: keep the folder's)"),
+           scheduler: Optional[str] = typer.Option(
+               None, "--scheduler", help="sampler saved with the folder and used by default, e.g. ddim, dpmpp_2m, "
+               "unipc (default: keep the folder's)")) -> None:
     """Write a BestshotWorldPipeline folder (EMA weights) + bestshot_defaults.json."""
     from bestshot.train.ddpm import export as run
 
     d = {"num_inference_steps": steps, "guidance_scale": guidance, "clip_min": clip_min, "n_images": n_images}
     d = {k: v for k, v in d.items() if v is not None}
     _print(run(checkpoint, out, clip_dir, fp16=fp16, defaults=d, spatial_guidance_scale=spatial_guidance,
-                    spatial_guidance_end=spatial_guidance_end, spatial_guidance_every=spatial_guidance_every))
+                    spatial_guidance_end=spatial_guidance_end, spatial_guidance_every=spatial_guidance_every,
+                    scheduler=scheduler))
 
 
 def main() -> None:

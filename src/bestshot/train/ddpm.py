@@ -391,13 +391,15 @@ def pipeline_from_folder(folder: str | Path, clip_dir: str | None = None):
 
 def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = None, fp16: bool = True,
            defaults: dict | None = None, spatial_guidance_scale: float | None = None,
-           spatial_guidance_end: float | None = None, spatial_guidance_every: int | None = None) -> Path:
+           spatial_guidance_end: float | None = None, spatial_guidance_every: int | None = None,
+           scheduler: str | None = None) -> Path:
     """Write a BestshotWorldPipeline folder + bestshot_defaults.json (fp16 storage keeps it small).
 
     ``checkpoint`` is a training run (its EMA weights are exported) or an exported pipeline folder (re-exported,
     e.g. with another ``clip_dir`` whose image side was trained further; its defaults are kept).
     ``spatial_guidance_scale``, ``spatial_guidance_end`` and ``spatial_guidance_every`` go into model_index.json
-    (None: the pipeline's default for a run, the folder's own for a folder)."""
+    (None: the pipeline's default for a run, the folder's own for a folder). ``scheduler`` (a bestshot name:
+    ddim, dpmpp_2m, unipc, ...) replaces the folder's sampler and becomes its default for generate."""
     import shutil
     import tempfile
 
@@ -420,6 +422,13 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
         except ValueError as e:
             raise BestshotError(f"{e} (export --spatial-guidance, --spatial-guidance-end, --spatial-guidance-every)") from None
         pipe.register_to_config(**{k: int(v) if k == "spatial_guidance_every" else float(v) for k, v in given.items()})
+    defaults = dict(defaults or {})
+    if scheduler:
+        from bestshot.models.loader import set_scheduler
+        from bestshot.models.registry import scheduler_name
+
+        set_scheduler(pipe, scheduler)  # an unknown or unfit name is a BestshotError naming the choices
+        defaults["scheduler"] = scheduler_name(scheduler)
     if fp16:
         pipe.to(torch.float16)
     out_dir = Path(out_dir)
@@ -430,7 +439,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
         conf = json.loads(cfg_file.read_text())  # a folder loaded from disk records where it came from: drop it
         if conf.pop("_name_or_path", None) is not None:
             cfg_file.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
-    d = {**base, **(defaults or {}), "dtype_cpu": "float32"}
+    d = {**base, **defaults, "dtype_cpu": "float32"}
     (tmp / "bestshot_defaults.json").write_text(json.dumps(d, indent=2))
     # make clip/ a complete CLIP folder for scorers (preprocessor + tokenizer files beside the weights), and
     # add vocab.json/merges.txt to tokenizer/ for transformers versions that do not read tokenizer.json

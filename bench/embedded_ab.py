@@ -1,0 +1,67 @@
+"""Warm best-of-8 `generate()` of several embedded-model variants, interleaved in one process (A/B).
+
+    python bench/embedded_ab.py [--runs 4] embedded embedded+plain runs/ddim12
+
+A variant is a model (id or exported folder), optionally with ``+plain``: diffusers' plain attention
+(bmm + softmax) in the UNet instead of PyTorch's SDPA, the default. Every round runs each variant once, in turn,
+so a machine whose speed drifts (the 2-core dev box swings by ~25 %) slows every variant alike; compare the
+medians of one run of this script, never across runs. Prints a markdown row per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+PROMPT = "a red circle above a blue square"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("variants", nargs="+", help="model[+sdpa], e.g. embedded embedded+sdpa runs/ddim12")
+    ap.add_argument("--runs", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    from bestshot import generate
+    from bestshot.models.loader import load_pipeline
+
+    work = tempfile.mkdtemp(prefix="bestshot-ab-")
+    out = dict(out_dir=os.path.join(work, "images_out"), log_jsonl=os.path.join(work, "log.jsonl"))
+
+    def run(variant: str, seed: int) -> dict:
+        model, _, opt = variant.partition("+")
+        if opt not in ("", "plain"):
+            raise SystemExit(f"variant {variant!r}: the only option is +plain")
+        load_pipeline(model).unet.set_attn_processor(AttnProcessor() if opt else AttnProcessor2_0())
+        return generate(PROMPT, model=model, seed_base=seed, **out)
+
+    for v in args.variants:  # load each model and warm it up
+        run(v, 0)
+    times: dict[str, list[float]] = {v: [] for v in args.variants}
+    last: dict[str, dict] = {}
+    for k in range(args.runs):
+        for v in args.variants:
+            t = time.perf_counter()
+            last[v] = run(v, 100 + k)
+            times[v].append(time.perf_counter() - t)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}")
+    print("| variant | steps | sampler | warm best-of-8 median s | runs s | timing_s of the last run |\n|---|---|---|---|---|---|")
+    for v in args.variants:
+        r = last[v]
+        ts = {k: round(x, 2) for k, x in r["timing_s"].items() if k != "load"}
+        print(f"| {v} | {r['settings']['steps']} | {r['settings']['sampler']} | {statistics.median(times[v]):.2f} | "
+              f"{', '.join(f'{x:.2f}' for x in times[v])} | {ts} |")
+
+
+if __name__ == "__main__":
+    main()
