@@ -261,12 +261,13 @@ class BestshotWorldPipeline(DiffusionPipeline):
                 p_u, p_c = pred.chunk(2)
                 pred = p_u + guidance_scale * (p_c - p_u)
             step = self.scheduler.step(pred, t, latents, return_dict=True, **step_kw)
-            x0 = getattr(step, "pred_original_sample", None)
-            if x0 is None and rel_texts is not None and i < n_guided and i % sg_every == 0:
-                x0 = self._predicted_x0(latents, pred, t)  # multistep solvers (DPM++, UniPC) do not report it
-            latents = step.prev_sample
-            if rel_texts is not None and x0 is not None and i < n_guided and i % sg_every == 0:
-                latents = self._spatial_step(latents, x0, t, rel_texts, sg)
+            x_t, latents = latents, step.prev_sample
+            if rel_texts is not None and i < n_guided and i % sg_every == 0:
+                x0 = getattr(step, "pred_original_sample", None)
+                if x0 is None:  # multistep solvers (DPM++, UniPC) do not report it
+                    x0 = self._predicted_x0(x_t, pred, t)
+                if x0 is not None:
+                    latents = self._spatial_step(latents, x0, t, rel_texts, sg)
             if callback_on_step_end is not None:
                 kw = {"latents": latents, "prompt_embeds": hidden, "class_labels": cls,
                       "pred_original_sample": getattr(step, "pred_original_sample", None)}
