@@ -22,7 +22,7 @@ PROMPT = "a red circle above a blue square"
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("variants", nargs="+", help="model[+sdpa], e.g. embedded embedded+sdpa runs/ddim12")
+    ap.add_argument("variants", nargs="+", help="model[+plain], e.g. embedded embedded+plain runs/ddim12")
     ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()

@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=48, help="two-object prompts")
     ap.add_argument("--seed", type=int, default=999, help="held-out prompt seed (eval world uses 12345)")
     ap.add_argument("--n", type=int, default=8, help="candidates per prompt (seeds 0..n-1)")
-    ap.add_argument("--setting", action="append", required=True, help="steps:scale[:end[:every]]")
+    ap.add_argument("--setting", action="append", required=True, help="[scheduler@]steps:scale[:end[:every]]")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     settings = [parse_setting(s) for s in args.setting]
@@ -41,11 +41,18 @@ def main() -> None:
     import numpy as np
     import torch
 
+    from bestshot.errors import BestshotError
     from bestshot.models.loader import load_pipeline, set_scheduler
+    from bestshot.models.registry import scheduler_name
     from bestshot.train.candidates import ATTRS
     from bestshot.train.oracle import oracle
     from bestshot.train.world import heldout_prompts
 
+    for sched, *_ in settings:  # a misspelt sampler stops the run before the model loads, with the choices
+        try:
+            scheduler_name(sched)
+        except BestshotError as e:
+            raise SystemExit(f"--setting: {e}") from None
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model, dtype="float32", device="cpu", scheduler="ddim")
     pipe.set_progress_bar_config(disable=True)

@@ -104,6 +104,9 @@ def test_spatial_guidance_bench_compares_settings(tiny_world, monkeypatch, capsy
     monkeypatch.setattr(sys, "argv", ["spatial_guidance.py", "--setting", "20"])
     with pytest.raises(SystemExit, match="steps:scale"):
         runpy.run_path(script, run_name="__main__")
+    monkeypatch.setattr(sys, "argv", ["spatial_guidance.py", "--setting", "dpm-fast@8:5"])
+    with pytest.raises(SystemExit, match="unknown scheduler 'dpm-fast'"):
+        runpy.run_path(script, run_name="__main__")
 
 
 def test_embedded_ab_bench_interleaves_variants(tiny_world, monkeypatch, capsys, tmp_path):
