@@ -2,8 +2,10 @@
 
     python bench/embedded_ab.py [--runs 4] embedded embedded+plain runs/ddim12
 
-A variant is a model (id or exported folder), optionally with ``+plain``: diffusers' plain attention
-(bmm + softmax) in the UNet instead of PyTorch's SDPA, the default. Every round runs each variant once, in turn,
+A variant is a model (id or exported folder), optionally with one option: ``+plain``, diffusers' plain
+attention (bmm + softmax) in the UNet instead of PyTorch's SDPA, the default; ``+solo``, the kept image
+re-rendered alone as generate did before the pipeline was batch-invariant (what ``exact_best`` costs on a
+pipeline that is not). Every round runs each variant once, in turn,
 so a machine whose speed drifts (the 2-core dev box swings by ~25 %) slows every variant alike; compare the
 medians of one run of this script, never across runs. Prints a markdown row per variant.
 """
@@ -22,7 +24,7 @@ PROMPT = "a red circle above a blue square"
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("variants", nargs="+", help="model[+plain], e.g. embedded embedded+plain runs/ddim12")
+    ap.add_argument("variants", nargs="+", help="model[+plain|+solo], e.g. embedded embedded+solo runs/ddim12")
     ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -32,18 +34,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
+    import bestshot.generation as generation
     from bestshot import generate
     from bestshot.models.loader import load_pipeline
+
+    shipped_rule = generation.needs_solo_render
 
     work = tempfile.mkdtemp(prefix="bestshot-ab-")
     out = dict(out_dir=os.path.join(work, "images_out"), log_jsonl=os.path.join(work, "log.jsonl"))
 
     def run(variant: str, seed: int) -> dict:
         model, _, opt = variant.partition("+")
-        if opt not in ("", "plain"):
-            raise SystemExit(f"variant {variant!r}: the only option is +plain")
-        load_pipeline(model).unet.set_attn_processor(AttnProcessor() if opt else AttnProcessor2_0())
-        return generate(PROMPT, model=model, seed_base=seed, **out)
+        if opt not in ("", "plain", "solo"):
+            raise SystemExit(f"variant {variant!r}: the options are +plain and +solo")
+        load_pipeline(model).unet.set_attn_processor(AttnProcessor() if opt == "plain" else AttnProcessor2_0())
+        generation.needs_solo_render = (lambda pipe, cfg, n: cfg.exact_best and n > 1) if opt == "solo" else shipped_rule
+        return generate(PROMPT, model=model, seed_base=seed, clip_min=-1.0, **out)  # gate off: every run pays the whole path
 
     for v in args.variants:  # load each model and warm it up
         run(v, 0)

@@ -116,12 +116,15 @@ def test_embedded_ab_bench_interleaves_variants(tiny_world, monkeypatch, capsys,
     from bestshot.train.ddpm import export
 
     fast = export(tiny_world, tmp_path / "fast", scheduler="dpmpp_2m", defaults={"num_inference_steps": 2})
-    monkeypatch.setattr(sys, "argv", ["embedded_ab.py", "--runs", "1", tiny_world, f"{tiny_world}+plain", str(fast)])
+    variants = [tiny_world, f"{tiny_world}+plain", str(fast), f"{tiny_world}+solo"]
+    monkeypatch.setattr(sys, "argv", ["embedded_ab.py", "--runs", "1", *variants])
     runpy.run_path(script, run_name="__main__")
-    rows = [line.split("|")[1:4] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "/" in line]
+    rows = [line.split("|")[1:7] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "/" in line]
     got = [[c.strip() for c in r] for r in rows]
-    assert [r[0] for r in got] == [tiny_world, f"{tiny_world}+plain", str(fast)]
-    assert got[2][1:] == ["2", "DPM++ 2M"] and got[0][2] == got[1][2] != "DPM++ 2M"
+    assert [r[0] for r in got] == variants
+    assert got[2][1:3] == ["2", "DPM++ 2M"] and got[0][2] == got[1][2] != "DPM++ 2M"
+    # +solo re-renders the kept image alone (its timing shows it); the batch-invariant default does not
+    assert "exact_best" in got[3][5] and not any("exact_best" in r[5] for r in got[:3])
     monkeypatch.setattr(sys, "argv", ["embedded_ab.py", f"{tiny_world}+fast"])
-    with pytest.raises(SystemExit, match="only option"):
+    with pytest.raises(SystemExit, match="the options are"):
         runpy.run_path(script, run_name="__main__")

@@ -56,6 +56,23 @@ def test_seed_k_same_alone_or_in_batch(tiny_sd15, tiny_clip, out):
     assert np.abs(batch[0] - batch[1]).mean() > 5  # different seeds really give different images
 
 
+def test_batch_invariant_pipeline_keeps_the_batch_render(tiny_world, out):
+    """The world pipeline renders each image the same in any batch on CPU, so best-of-N keeps the
+    candidate as rendered (no solo re-render) and its seed alone still reproduces the file bit for bit."""
+    kw = dict(model=tiny_world, steps_base=3, clip_min=-1.0, **out)
+    r = generate("a blue square above a green triangle", n_images=4, seed_base=20, save_candidates=True,
+                 return_candidates_images=True, **kw)
+    assert r["ok"] and "exact_best" not in r["timing_s"]
+    alone = generate("a blue square above a green triangle", n_images=1, seed_base=r["best_seed"], **kw)
+    assert np.array_equal(np.asarray(Image.open(r["img_path"])), np.asarray(Image.open(alone["img_path"])))
+    assert alone["best_clip"] == r["best_clip"]
+    k = [c["seed"] for c in r["candidates"]].index(r["best_seed"])
+    other = (k + 1) % 4  # every candidate, not only the kept one, is its seed's solo render
+    solo = generate("a blue square above a green triangle", n_images=1, seed_base=20 + other,
+                    return_candidates_images=True, **kw)
+    assert np.array_equal(np.asarray(r["candidate_images"][other]), np.asarray(solo["candidate_images"][0]))
+
+
 def test_initial_noise_is_per_seed():
     from diffusers.utils.torch_utils import randn_tensor
 

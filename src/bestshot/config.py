@@ -71,7 +71,8 @@ class ImgCfg:
     save_candidates: bool = False
     # Batched GPU/CPU kernels are not bitwise batch-invariant (a matmul over 8 rows may round differently
     # from one over 2). With exact_best the kept image is re-rendered alone, so regenerating its seed
-    # reproduces the file bit for bit; costs one single-image pass.
+    # reproduces the file bit for bit; costs one single-image pass. Skipped for pipelines that declare
+    # ``batch_invariant`` (the embedded model on CPU), whose batch render already is the solo one.
     exact_best: bool = True
     # Early pruning: start prune_start candidates, keep the n_images best after prune_at of the steps.
     prune_start: int | None = None

@@ -124,6 +124,15 @@ def make_candidates(pipe: Any, refiner: Any, prompt: str, negative: str, seeds: 
     return images
 
 
+def needs_solo_render(pipe: Any, cfg: ImgCfg, n: int) -> bool:
+    """Whether the kept image must be re-rendered alone for its seed to reproduce it bit for bit
+    (``exact_best``): not after a batch of one, nor on a pipeline whose images do not depend on the batch
+    (``batch_invariant``: the embedded model on CPU)."""
+    if not cfg.exact_best or min(cfg.max_batch or n, n) < 2:
+        return False
+    return not getattr(pipe, "batch_invariant", False)
+
+
 def _resolve_prompt(mode: str, prompt: str | None, text: str | None, seed: int, llm_backend: str,
                     llm_model: str | None) -> tuple[str, str | None, dict[str, Any] | None]:
     """(user-level prompt, clip prompt or None, auto-prompt record or None)."""
@@ -223,7 +232,7 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
 
     best = max(range(len(seeds)), key=lambda k: scores[k])
     t_exact = 0.0
-    if cfg.exact_best and min(cfg.max_batch or len(seeds), len(seeds)) > 1 and scores[best] >= cfg.clip_min:
+    if needs_solo_render(pipe, cfg, len(seeds)) and scores[best] >= cfg.clip_min:
         t = time.perf_counter()
         images[best] = make_candidates(pipe, refiner, built.sd_prompt, built.negative_prompt, [seeds[best]], cfg)[0]
         scores[best] = float(scorer.score([images[best]], clip_prompt)[0])

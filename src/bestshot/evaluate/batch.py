@@ -23,7 +23,7 @@ from typing import Any
 
 from ..config import EMBEDDED, resolve_config
 from ..errors import BestshotError
-from ..generation import make_candidates, seeds_for
+from ..generation import make_candidates, needs_solo_render, seeds_for
 from ..models.loader import load_pipeline
 from ..models.registry import resolve_model, sampler_label
 from ..prompts.build import blocked_terms, build_prompt
@@ -142,7 +142,7 @@ def generate_rows(manifest: str | Path, out_dir: str | Path, settings: BatchSett
             clip_prompt, _ = scorer.truncate(built.clip_prompt)
             scores = [float(x) for x in scorer.score(images, clip_prompt)]
             best = max(range(len(seeds)), key=lambda k: scores[k])
-            if cfg.exact_best and len(seeds) > 1:  # the kept image reproducible from its seed alone
+            if needs_solo_render(pipe, cfg, len(seeds)):  # the kept image reproducible from its seed alone
                 images[best] = make_candidates(pipe, None, built.sd_prompt, "", [seeds[best]], cfg)[0]
                 scores[best] = float(scorer.score([images[best]], clip_prompt)[0])
             seconds = round(time.perf_counter() - t, 4)

@@ -23,6 +23,11 @@ sqrt(alpha_bar_{t-1}) * grad_x0 agreement``. ``spatial_guidance_end`` (a fractio
 diffusers' ``control_guidance_end``) stops it early: the layout is settled in the first steps, and each
 guided step costs a backward pass through the CLIP's image tower. ``spatial_guidance_every`` = k steers
 only every k-th of those steps (the first, the (k+1)-th, ...), for 1/k of that cost.
+
+Batch invariance: on CPU an image comes out the same to the last bit alone or in a batch of any size
+(``batch_invariant``), so best-of-N need not re-render its pick for the seed to reproduce it. The pipeline
+makes the products whose rows are the batch row by row (:mod:`.batch_invariance`), encodes each distinct
+prompt and relation phrase once, unpadded by its neighbours, and the guidance's sums are plain reductions.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DConditionMod
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPModel, CLIPTokenizer
+
+from .batch_invariance import rowwise_linears
 
 CONDITIONINGS = ("text_tokens", "text_embed", "image_embed")
 
@@ -66,9 +73,17 @@ class BestshotWorldPipeline(DiffusionPipeline):
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
         check_guidance(spatial_guidance_scale, spatial_guidance_end, spatial_guidance_every)
         self.register_modules(unet=unet, scheduler=scheduler, clip=clip, tokenizer=tokenizer)
+        rowwise_linears(unet, clip)  # each image the same alone or in a batch (see batch_invariance)
         self.register_to_config(conditioning=conditioning, spatial_guidance_scale=float(spatial_guidance_scale),
                                 spatial_guidance_end=float(spatial_guidance_end),
                                 spatial_guidance_every=int(spatial_guidance_every))
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether an image comes out bit for bit the same alone or in a batch of any size: measured on CPU
+        in float32 (see :mod:`bestshot.models.batch_invariance`); GPU kernels make no such promise. When
+        True, best-of-N need not re-render the kept image alone to make its seed reproduce it."""
+        return self.device.type == "cpu" and self.unet.dtype == torch.float32
 
     # -------------------------------------------------------------------------------- spatial guidance
     @torch.no_grad()
@@ -81,8 +96,11 @@ class BestshotWorldPipeline(DiffusionPipeline):
         if not any(rels):
             return None
         phrases = [t for r in rels for t in ((r.a, r.b) if r else ("", ""))]
-        enc = self.tokenizer(phrases, padding=True, truncation=True, return_tensors="pt").to(self.clip.device)
-        emb = F.normalize(text_features(self.clip, enc.input_ids, enc.attention_mask).float(), dim=-1)
+        unique = {}
+        for text in dict.fromkeys(phrases):  # each phrase alone, unpadded: its embedding never depends on the batch
+            enc = self.tokenizer([text], truncation=True, return_tensors="pt").to(self.clip.device)
+            unique[text] = F.normalize(text_features(self.clip, enc.input_ids, enc.attention_mask).float(), dim=-1)[0]
+        emb = torch.stack([unique[t] for t in phrases])
         return emb[0::2], emb[1::2], rels
 
     def _spatial_step(self, latents: torch.Tensor, x0: torch.Tensor, t, texts, scale: float) -> torch.Tensor:
@@ -132,16 +150,20 @@ class BestshotWorldPipeline(DiffusionPipeline):
     # ---------------------------------------------------------------------------------- conditioning
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(encoder_hidden_states, class_labels) for the UNet, one row per prompt."""
-        enc = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+        """(encoder_hidden_states, class_labels) for the UNet, one row per prompt (each distinct prompt
+        encoded once)."""
+        unique = list(dict.fromkeys(prompts))
+        enc = self.tokenizer(unique, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt")
         ids = enc.input_ids.to(self.clip.device)
         out = self.clip.text_model(input_ids=ids)  # causal mask: padding (EOS) never leaks into real tokens
-        pooled = F.normalize(self.clip.text_projection(out.pooler_output), dim=-1)
+        where = {p: i for i, p in enumerate(unique)}
+        rows = torch.tensor([where[p] for p in prompts], device=ids.device)
+        pooled = F.normalize(self.clip.text_projection(out.pooler_output), dim=-1)[rows]
         dtype = self.unet.dtype
         use_class = self.unet.config.class_embed_type is not None
         if self.config.conditioning == "text_tokens":
-            hidden = out.last_hidden_state
+            hidden = out.last_hidden_state[rows]
         else:
             hidden = pooled[:, None, :]
         return hidden.to(dtype), (pooled.to(dtype) if use_class else None)

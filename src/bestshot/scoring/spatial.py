@@ -102,9 +102,11 @@ def centroids(dense: torch.Tensor, ta: torch.Tensor, tb: torch.Tensor, temperatu
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)  # (N, 2)
     ta, tb = ta.expand(dense.shape[0], -1), tb.expand(dense.shape[0], -1)
-    diff = torch.einsum("bnd,bd->bn", dense, ta) - torch.einsum("bnd,bd->bn", dense, tb)
+    # products written as multiply-and-sum, not einsum/matmul: a row's sum is then the same at any batch
+    # size (BLAS rounds a 1-row product differently from a blocked one; see models.batch_invariance)
+    diff = (dense * ta[:, None, :]).sum(-1) - (dense * tb[:, None, :]).sum(-1)
     wa, wb = torch.softmax(temperature * diff, 1), torch.softmax(-temperature * diff, 1)
-    return wa @ grid, wb @ grid
+    return (wa[..., None] * grid).sum(1), (wb[..., None] * grid).sum(1)
 
 
 def agreement(ca: torch.Tensor, cb: torch.Tensor, relation: str, gain: float = 5.0) -> torch.Tensor:
