@@ -113,7 +113,10 @@ def test_embedded_ab_bench_interleaves_variants(tiny_world, monkeypatch, capsys,
     """bench/embedded_ab.py times each variant in turn (the tiny model: the times are noise, that every
     variant runs with its own sampler settings is what CI checks) and refuses an unknown option."""
     script = str(Path(__file__).resolve().parents[1] / "bench" / "embedded_ab.py")
+    import bestshot.generation as generation
     from bestshot.train.ddpm import export
+
+    rule = generation.needs_solo_render
 
     fast = export(tiny_world, tmp_path / "fast", scheduler="dpmpp_2m", defaults={"num_inference_steps": 2})
     variants = [tiny_world, f"{tiny_world}+plain", str(fast), f"{tiny_world}+solo"]
@@ -125,6 +128,7 @@ def test_embedded_ab_bench_interleaves_variants(tiny_world, monkeypatch, capsys,
     assert got[2][1:3] == ["2", "DPM++ 2M"] and got[0][2] == got[1][2] != "DPM++ 2M"
     # +solo re-renders the kept image alone (its timing shows it); the batch-invariant default does not
     assert "exact_best" in got[3][5] and not any("exact_best" in r[5] for r in got[:3])
+    assert generation.needs_solo_render is rule  # nothing patched is left behind for later tests
     monkeypatch.setattr(sys, "argv", ["embedded_ab.py", f"{tiny_world}+fast"])
     with pytest.raises(SystemExit, match="the options are"):
         runpy.run_path(script, run_name="__main__")

@@ -34,5 +34,7 @@ def rowwise_linears(*modules: nn.Module) -> list[RemovableHandle]:
     """Recompute every ``nn.Linear`` in ``modules`` that gets a (batch, features) input one row at a time.
 
     A forward hook, so weights, state dicts and ``save_pretrained`` are untouched; the handles remove it.
+    A layer that has it already (two pipelines sharing a UNet) is left alone.
     """
-    return [m.register_forward_hook(_rowwise) for mod in modules for m in mod.modules() if type(m) is nn.Linear]
+    linears = {id(m): m for mod in modules for m in mod.modules() if type(m) is nn.Linear}.values()
+    return [m.register_forward_hook(_rowwise) for m in linears if _rowwise not in m._forward_hooks.values()]
