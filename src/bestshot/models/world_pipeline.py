@@ -26,8 +26,9 @@ only every k-th of those steps (the first, the (k+1)-th, ...), for 1/k of that c
 
 Batch invariance: on CPU an image comes out the same to the last bit alone or in a batch of any size
 (``batch_invariant``), so best-of-N need not re-render its pick for the seed to reproduce it. The pipeline
-makes the products whose rows are the batch row by row (:mod:`.batch_invariance`), encodes each distinct
-prompt and relation phrase once, unpadded by its neighbours, and the guidance's sums are plain reductions.
+recomputes the products whose rows are the batch so that a row sums the same at any row count
+(:mod:`.batch_invariance`), encodes each distinct prompt and relation phrase once, unpadded by its
+neighbours, and the guidance's sums are plain reductions.
 """
 
 from __future__ import annotations
