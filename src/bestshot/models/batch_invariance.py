@@ -12,8 +12,9 @@ came out the same at every batch size tried.
 ``rowwise_linears`` recomputes those products on CPU as a multiply-and-sum (``(x[:, None] * W).sum(-1)``):
 each output is then one reduction over the input features, summed in the same order whatever the number of
 rows (1 to 16 checked, and each row against itself alone). That costs ~0.08 ms a layer at 16 rows against
-0.3 ms for a loop of 1-row products; about 1 ms per UNet step. :class:`~bestshot.models.world_pipeline.BestshotWorldPipeline` installs it and, on CPU, skips
-re-rendering the kept image alone; ``tests/test_world_pipeline.py`` checks the claim on every run.
+0.3 ms for a loop of 1-row products: 1-2 % of a UNet step (bench/RESULTS.md).
+:class:`~bestshot.models.world_pipeline.BestshotWorldPipeline` installs it and, on CPU, skips re-rendering
+the kept image alone; ``tests/test_world_pipeline.py`` checks the claim on every run.
 """
 
 from __future__ import annotations
