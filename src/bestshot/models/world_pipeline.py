@@ -195,13 +195,14 @@ class BestshotWorldPipeline(DiffusionPipeline):
             u_hidden, u_cls = self.encode_prompt(list(negative_prompt or [""] * len(prompt)))
             hidden = torch.cat([u_hidden, hidden])
             cls = torch.cat([u_cls, cls]) if cls is not None else None
+        step_kw = self._step_kwargs(generator)
         for t in timesteps:
             inp = sched.scale_model_input(torch.cat([x] * 2) if do_cfg else x, t)
             pred = self.unet(inp, t, encoder_hidden_states=hidden, class_labels=cls).sample
             if do_cfg:
                 p_u, p_c = pred.chunk(2)
                 pred = p_u + guidance_scale * (p_c - p_u)
-            x = sched.step(pred, t, x, **self._step_kwargs(generator)).prev_sample
+            x = sched.step(pred, t, x, **step_kw).prev_sample
         return x.float().clamp(-1, 1)
 
     # ---------------------------------------------------------------------------------------- call
