@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
+import runpy
 import statistics
 import tempfile
 import time
 
 PROMPT = "a red circle above a blue square"
+
+
+def cpu_model() -> str:
+    """The CPU's model name, read as bench/embedded_speed.py reads it (one definition for both benches)."""
+    speed = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded_speed.py")
+    return runpy.run_path(speed)["cpu_model"]()
 
 
 def main() -> None:
@@ -67,7 +73,7 @@ def main() -> None:
             t = time.perf_counter()
             last[v] = run(v, 100 + k)
             times[v].append(time.perf_counter() - t)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {args.threads}")
     print("| variant | steps | sampler | warm best-of-8 median s | runs s | timing_s of the last run |\n|---|---|---|---|---|---|")
     for v in args.variants:
         r = last[v]

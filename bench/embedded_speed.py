@@ -23,6 +23,15 @@ PROMPT = "a red circle above a blue square"
 FLOOR = "from diffusers import DiffusionPipeline, UNet2DConditionModel; from transformers import CLIPModel, CLIPTokenizer"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else the architecture: the 2-core boxes differ by session."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -68,7 +77,7 @@ def main() -> None:
         t = time.perf_counter()
         subprocess.run([sys.executable, "-c", FLOOR], check=True, env=env)
         floor.append(time.perf_counter() - t)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {args.threads}")
     print(f"settings: {json.dumps(first['settings'])}, scorer {first.get('scorer')}")
     print("| measurement | median s | all runs s |\n|---|---|---|")
     print(f"| first call in a process (loads the model) | {first_s:.2f} | {first_s:.2f} |")
