@@ -110,7 +110,8 @@ def gate_table(rows: Sequence[tuple[float, bool]], points: int = 9) -> dict[str,
     """How a clip_min threshold would sort the kept (best-of-N) images, judged by the oracle.
 
     For thresholds at quantiles of the scores: the % of oracle matches that pass and of mismatches that
-    are rejected. ``suggested_clip_min`` maximises their mean (balanced accuracy), rounded to 0.01.
+    are rejected (None where there is none of that kind: JSON null, "–" in the table).
+    ``suggested_clip_min`` maximises their mean (balanced accuracy), rounded to 0.01.
     """
     if not rows:
         return {"n": 0, "table": [], "suggested_clip_min": None}
@@ -126,8 +127,8 @@ def gate_table(rows: Sequence[tuple[float, bool]], points: int = 9) -> dict[str,
     def at(t: float) -> dict[str, float]:
         kept, rejected = rates(t)
         return {"clip_min": round(t, 4),
-                "matches_kept_pct": round(kept, 1) if n_match else float("nan"),
-                "mismatches_rejected_pct": round(rejected, 1) if n_miss else float("nan")}
+                "matches_kept_pct": round(kept, 1) if n_match else None,
+                "mismatches_rejected_pct": round(rejected, 1) if n_miss else None}
 
     table = [at(scores[min(len(scores) - 1, round(q * (len(scores) - 1) / (points - 1)))]) for q in range(points)]
     best = max(sorted({round(s, 2) for s in scores}), key=lambda t: sum(rates(t)))
@@ -155,7 +156,8 @@ def to_markdown(results: dict[str, Any]) -> str:
         lines += ["", f"Quality gate on the best-of-{max(results['ns'])} picks ({gate['n']} prompts, "
                       f"{gate['matches']} oracle matches); suggested clip_min {gate['suggested_clip_min']}:", "",
                   "| clip_min | matches kept % | mismatches rejected % |", "|---|---|---|"]
-        lines += [f"| {r['clip_min']:.3f} | {r['matches_kept_pct']:.1f} | {r['mismatches_rejected_pct']:.1f} |"
+        pct = lambda v: "–" if v is None else f"{v:.1f}"  # noqa: E731
+        lines += [f"| {r['clip_min']:.3f} | {pct(r['matches_kept_pct'])} | {pct(r['mismatches_rejected_pct'])} |"
                   for r in gate["table"]]
     return "\n".join(lines) + "\n"
 
