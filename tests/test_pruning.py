@@ -40,3 +40,27 @@ def test_prune_config_errors(out):
         generate("a cat", model="embedded", n_images=4, prune_start=4, **out)
     with pytest.raises(BestshotError, match="prune_at"):
         generate("a cat", model="embedded", n_images=2, prune_start=4, prune_at=1.5, **out)
+
+
+def test_a_pipeline_that_never_calls_back_is_refused():
+    """Pruning happens in the step callback: a pipeline that ignores it would finish every started candidate
+    (more than were asked for) with no preview scores, so it is refused, by name."""
+    from PIL import Image
+
+    from bestshot.pruning import run_pruned
+
+    class Scheduler:
+        def step(self, *args, **kwargs):
+            return None
+
+    class SilentPipeline:
+        scheduler = Scheduler()
+
+        def __call__(self, **kwargs):  # accepts callback_on_step_end and never calls it
+            return type("Out", (), {"images": [Image.new("RGB", (8, 8))] * 4})()
+
+    pipe = SilentPipeline()
+    with pytest.raises(BestshotError, match="SilentPipeline did not call it at step 2"):
+        run_pruned(pipe, {"num_inference_steps": 4, "generator": [None] * 4}, seeds=[1, 2, 3, 4], keep=2, at=0.5,
+                   score_fn=lambda ims: [0.0] * len(ims), family="embedded")
+    assert "step" not in vars(pipe.scheduler)  # the scheduler's own step is back

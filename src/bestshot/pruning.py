@@ -19,6 +19,8 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 
+from .errors import BestshotError
+
 # Linear latent → RGB maps (least-squares fits used for live previews by ComfyUI / A1111's "Approx cheap").
 _LATENT_RGB = {
     "sdxl": ([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362],
@@ -116,6 +118,7 @@ def run_pruned(pipe: Any, call_kwargs: dict[str, Any], *, seeds: Sequence[int], 
         images = list(pipe(**kwargs).images)
     finally:
         del sched.step  # back to the class method
-    if state["idx"] is None:  # fewer steps than the prune point: nothing was pruned
-        return PruneResult(list(range(start)), images, [float("nan")] * start, -1)
+    if state["idx"] is None:  # k < steps, so the pipeline never called back at the prune step
+        raise BestshotError(f"early pruning needs a pipeline that calls callback_on_step_end at every step; "
+                            f"{type(pipe).__name__} did not call it at step {k + 1} — drop --prune-start")
     return PruneResult(state["idx"].tolist(), images, state["scores"], k)
