@@ -124,7 +124,7 @@ def gate_table(rows: Sequence[tuple[float, bool]], points: int = 9) -> dict[str,
         rejected = sum(1 for s, m in rows if not m and s < t)
         return 100 * kept / max(1, n_match), 100 * rejected / max(1, n_miss)
 
-    def at(t: float) -> dict[str, float]:
+    def at(t: float) -> dict[str, float | None]:
         kept, rejected = rates(t)
         return {"clip_min": round(t, 4),
                 "matches_kept_pct": round(kept, 1) if n_match else None,
