@@ -43,8 +43,8 @@ def _text_cfg(hidden, layers, heads, inter, act, proj):
                           bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
 
 
-def build_full(family: str, folder: Path) -> None:
-    """Real architecture, random weights."""
+def build_full(family: str, folder: Path, dtype: torch.dtype | None = None) -> None:
+    """Real architecture, random weights (saved in ``dtype`` when given, as a hub fp16 variant would be)."""
     import diffusers as d
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -94,6 +94,8 @@ def build_full(family: str, folder: Path) -> None:
                                                                             beta_schedule="scaled_linear",
                                                                             steps_offset=1),
                                          safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if dtype is not None:
+        pipe.to(dtype)
     pipe.save_pretrained(folder)
 
 

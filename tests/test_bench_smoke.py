@@ -132,3 +132,22 @@ def test_embedded_ab_bench_interleaves_variants(tiny_world, monkeypatch, capsys,
     monkeypatch.setattr(sys, "argv", ["embedded_ab.py", f"{tiny_world}+fast"])
     with pytest.raises(SystemExit, match="the options are"):
         runpy.run_path(script, run_name="__main__")
+
+
+def test_gpu_all_runs_tiny_on_cpu(tmp_path):
+    """bench/gpu_all.sh (every GPU lever in one run) keeps working: its tiny CPU mode, compiled children
+    included (compilation itself is a no-op off CUDA), writes a strict JSON and a Markdown table."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_all.sh"
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(script), "--tiny", "--out", str(out), "--workdir", str(tmp_path / "w"),
+                           "--reps", "1", "--skip", "load,cli,world"], capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "gpu_all.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    paths = [r["path"] for r in data["rows"]]
+    assert paths[0] == "plain diffusers, one batched call" and not data["errors"]
+    assert any("pruning 4→1" in p for p in paths) and any("compile (warm cache)" in p for p in paths)
+    assert all(r.get("psnr_db") is not None for r in data["rows"][1:])  # every path compared with eager
+    assert {"unet_ms_per_step_batch_2", "solo_vs_batch_psnr_db"} <= set(data["facts"])
+    assert "| path | s per best-of-4 |" in (out / "gpu_all.md").read_text()

@@ -73,7 +73,13 @@ class ImgCfg:
     # from one over 2). With exact_best the kept image is re-rendered alone, so regenerating its seed
     # reproduces the file bit for bit; costs one single-image pass. Skipped for pipelines that declare
     # ``batch_invariant`` (the embedded model on CPU), whose batch render already is the solo one.
-    exact_best: bool = True
+    # None (auto): re-render off CUDA only. On CUDA the kept image is the batch render: repeating the same
+    # call reproduces it bit for bit, ``--seed S -n 1`` only up to the GPU's batch rounding (the record's
+    # ``reproduce`` field says which holds).
+    exact_best: bool | None = None
+    # fp16 VAE decode where the VAE config asks for an fp32 upcast (checked; fp32 retry on overflow).
+    # None (auto): on wherever the pipeline runs in fp16.
+    vae_fp16: bool | None = None
     # Early pruning: start prune_start candidates, keep the n_images best after prune_at of the steps.
     prune_start: int | None = None
     prune_at: float = 0.3

@@ -127,10 +127,26 @@ def make_candidates(pipe: Any, refiner: Any, prompt: str, negative: str, seeds: 
 def needs_solo_render(pipe: Any, cfg: ImgCfg, n: int) -> bool:
     """Whether the kept image must be re-rendered alone for its seed to reproduce it bit for bit
     (``exact_best``): not after a batch of one, nor on a pipeline whose images do not depend on the batch
-    (``batch_invariant``: the embedded model on CPU)."""
-    if not cfg.exact_best or min(cfg.max_batch or n, n) < 2:
+    (``batch_invariant``: the embedded model on CPU); with ``exact_best=None`` (auto) not on CUDA, where
+    the re-render would cost a second generation (see :func:`reproduce_note`)."""
+    if cfg.exact_best is False or min(cfg.max_batch or n, n) < 2:
         return False
-    return not getattr(pipe, "batch_invariant", False)
+    if getattr(pipe, "batch_invariant", False):
+        return False
+    return cfg.exact_best is True or _pipe_device(pipe).type != "cuda"
+
+
+def _pipe_device(pipe: Any) -> torch.device:
+    dev = getattr(pipe, "device", None)
+    return dev if isinstance(dev, torch.device) else torch.device("cpu")
+
+
+def reproduce_note(pipe: Any, batch: int, solo_rendered: bool) -> str:
+    """What regenerating the kept image reproduces, for the record."""
+    if batch < 2 or solo_rendered or getattr(pipe, "batch_invariant", False):
+        return "bit-exact with --seed BEST_SEED -n 1"
+    return ("bit-exact by repeating this call (same seeds, batch, device and versions); --seed BEST_SEED -n 1 "
+            "renders it alone, equal up to the device's batch rounding")
 
 
 def _resolve_prompt(mode: str, prompt: str | None, text: str | None, seed: int, llm_backend: str,
@@ -194,7 +210,7 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
     t = time.perf_counter()
     ref = resolve_model(cfg.model)
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory,
-                         scheduler=cfg.scheduler, compile=cfg.compile)
+                         scheduler=cfg.scheduler, compile=cfg.compile, vae_fp16=cfg.vae_fp16)
     refiner = None
     if cfg.refiner:
         if ref.family.name != "sdxl":
@@ -232,14 +248,16 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
 
     best = max(range(len(seeds)), key=lambda k: scores[k])
     t_exact = 0.0
-    if needs_solo_render(pipe, cfg, len(seeds)) and scores[best] >= cfg.clip_min:
+    batch = cfg.prune_start or len(seeds)  # the largest batch the kept image was rendered in
+    if needs_solo_render(pipe, cfg, batch) and scores[best] >= cfg.clip_min:
         t = time.perf_counter()
         images[best] = make_candidates(pipe, refiner, built.sd_prompt, built.negative_prompt, [seeds[best]], cfg)[0]
         scores[best] = float(scorer.score([images[best]], clip_prompt)[0])
         t_exact = _since(t)
     ok = scores[best] >= cfg.clip_min
     record.update(ok=ok, best_seed=seeds[best], best_clip=round(scores[best], 6),
-                  best_clip_score=round(clip_score_100(scores[best]), 4))
+                  best_clip_score=round(clip_score_100(scores[best]), 4),
+                  reproduce=reproduce_note(pipe, min(cfg.max_batch or batch, batch), t_exact > 0))
     if not ok:
         record["reason"] = "low_clip_alignment"
     candidates = []
@@ -278,7 +296,8 @@ def _settings(cfg: ImgCfg) -> dict[str, Any]:
             "width": cfg.width, "height": cfg.height, "clip_min": cfg.clip_min, "scheduler": cfg.scheduler,
             "refiner": cfg.refiner, "refiner_model": cfg.refiner_model if cfg.refiner else None,
             "refiner_split": cfg.refiner_split if cfg.refiner else None, "dtype": cfg.dtype, "memory": cfg.memory,
-            "style_suffix": cfg.style_suffix, "exact_best": cfg.exact_best, "prune_start": cfg.prune_start,
+            "style_suffix": cfg.style_suffix, "exact_best": cfg.exact_best, "vae_fp16": cfg.vae_fp16,
+            "prune_start": cfg.prune_start,
             "prune_at": cfg.prune_at if cfg.prune_start else None}
 
 
