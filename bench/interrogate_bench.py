@@ -87,8 +87,8 @@ def main() -> None:
     from bestshot.models.registry import EMBEDDED_DIR
     from bestshot.scoring import get_scorer, scorer_from_pipeline
     from bestshot.store import atomic_write_json
-    from bestshot.train import world as W
-    from bestshot.train.oracle import oracle
+    from bestshot import world as W
+    from bestshot.world.oracle import oracle
 
     work = Path(args.workdir)
     pairs = W.heldout_scenes(args.n)

@@ -124,7 +124,7 @@ def test_embedded_clip_scores_non_square_images_as_their_centre_crop():
     from PIL import Image
 
     from bestshot.scoring import get_scorer
-    from bestshot.train import world as W
+    from bestshot import world as W
 
     scorer = get_scorer("embedded", device="cpu", half=False)
     square = W.render(W.heldout_scenes(1, n_objects=1)[0][0], 64)

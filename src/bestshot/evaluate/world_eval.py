@@ -55,7 +55,7 @@ def _rates(verdicts: list[dict[str, bool]]) -> dict[str, float]:
 
 def evaluate_world(cfg: WorldEvalConfig, progress: bool = True) -> dict[str, Any]:
     from ..train.candidates import build_candidates
-    from ..train.world import heldout_prompts
+    from ..world import heldout_prompts
 
     if not cfg.ns or min(cfg.ns) < 1:
         raise BestshotError("--n values must be >= 1, e.g. --n 1,4,8")

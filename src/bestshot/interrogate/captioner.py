@@ -417,7 +417,7 @@ class GeneratedWorldCaptions(torch.utils.data.Dataset):
         return len(self.pool)
 
     def __getitem__(self, i: int):
-        from ..train import world as W
+        from .. import world as W
 
         scene, rng = W.scene_for(self.seed, i % len(self.pool))
         x = self.pool[i % len(self.pool)].float() / 127.5 - 1.0

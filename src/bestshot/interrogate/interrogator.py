@@ -40,7 +40,7 @@ from PIL import Image
 from ..config import EMBEDDED, REGIONS, SPATIAL
 from ..errors import BestshotError
 from ..store import atomic_write_bytes
-from ..train import world as W
+from .. import world as W
 
 BANKS_DIR = Path(__file__).parent / "banks"
 ART_BANKS = ("mediums", "movements", "artists", "sites", "flavors")

@@ -115,7 +115,7 @@ def _hard_negative_scenes(scene, rng: random.Random, n_shape: int = 1, every_obj
     ``n_shape`` edits give one object other shapes: shapes are what a small CLIP learns last (at 32 px a
     short run told colours, sizes and backgrounds apart but collapsed triangle and diamond in the text
     tower), so more of them keeps the pressure on. ``every_object`` makes them for each object in turn."""
-    from bestshot.train import world as W
+    from bestshot import world as W
 
     objs = list(scene.objects)
     out = []
@@ -165,7 +165,7 @@ def _hard_negative_scenes(scene, rng: random.Random, n_shape: int = 1, every_obj
 def hard_negative_captions(scene, rng: random.Random, k: int, n_shape: int = 1,
                            every_object: bool = False) -> tuple[str, list[str]]:
     """(positive caption, k captions of edited scenes) drawn with the same template as the positive."""
-    from bestshot.train import world as W
+    from bestshot import world as W
 
     state = rng.getstate()
     pos = W.caption(scene, rng)
@@ -196,7 +196,7 @@ class WorldHardNegatives(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, i: int):
-        from bestshot.train import world as W
+        from bestshot import world as W
 
         scene, rng = W.scene_for(self.seed, i, object_weights=self.object_weights)
         pos, negs = hard_negative_captions(scene, rng, self.k, self.n_shape, self.every_object)

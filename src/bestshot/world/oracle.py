@@ -2,7 +2,7 @@
 
 Why: the embedded model is evaluated by *reading its images back*, attribute by attribute, instead of
 trusting a learned score. The oracle is exact on rendered images (it fits the world's own shape
-definitions, :func:`bestshot.train.world.coverage`) and tolerant of the noise and blur of generated ones.
+definitions, :func:`bestshot.world.coverage`) and tolerant of the noise and blur of generated ones.
 
 How, per image:
 1. background = median colour of a 2-pixel border ring (robust to objects touching the border);
@@ -32,7 +32,7 @@ from PIL import Image
 from scipy import ndimage
 
 from bestshot.errors import BestshotError
-from bestshot.train import world as W
+from . import scenes as W
 
 _SIZE_EDGES = [(W.SIZE_FRACTION[a] + W.SIZE_FRACTION[b]) / 2 for a, b in zip(W.SIZES, W.SIZES[1:])]
 # edge blurs the shape templates are also fitted with, as a fraction of the image side (0.032 = 1 px at 32 px);

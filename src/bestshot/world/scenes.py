@@ -2,7 +2,7 @@
 
 Why: no pretrained text-to-image weights can be downloaded where bestshot is built, so the embedded
 model is trained on a world whose every image has a caption that is *true*, and whose images can be
-checked against a prompt by :mod:`bestshot.train.oracle`. Everything is deterministic from a seed and
+checked against a prompt by :mod:`bestshot.world.oracle`. Everything is deterministic from a seed and
 the world is unlimited (item ``i`` of a dataset depends only on ``(seed, i)``).
 
 Geometry: each object fills a square box of side ``SIZE_FRACTION[size]`` (fraction of the image side)
