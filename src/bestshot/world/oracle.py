@@ -2,7 +2,7 @@
 
 Why: the embedded model is evaluated by *reading its images back*, attribute by attribute, instead of
 trusting a learned score. The oracle is exact on rendered images (it fits the world's own shape
-definitions, :func:`bestshot.world.coverage`) and tolerant of the noise and blur of generated ones.
+definitions, :func:`bestshot.world.render.coverage`) and tolerant of the noise and blur of generated ones.
 
 How, per image:
 1. background = median colour of a 2-pixel border ring (robust to objects touching the border);
@@ -32,9 +32,12 @@ from PIL import Image
 from scipy import ndimage
 
 from bestshot.errors import BestshotError
-from . import scenes as W
+from .captions import PromptSpec, parse_prompt
+from .render import SHAPE_AREA, SHAPE_CENTROID_DY, coverage
+from .scenes import Obj
+from .vocabulary import BACKGROUNDS, COLOURS, RELATIONS, SHAPES, SIZE_FRACTION, SIZES
 
-_SIZE_EDGES = [(W.SIZE_FRACTION[a] + W.SIZE_FRACTION[b]) / 2 for a, b in zip(W.SIZES, W.SIZES[1:])]
+_SIZE_EDGES = [(SIZE_FRACTION[a] + SIZE_FRACTION[b]) / 2 for a, b in zip(SIZES, SIZES[1:])]
 # edge blurs the shape templates are also fitted with, as a fraction of the image side (0.032 = 1 px at 32 px);
 # a sharp render still fits its own sharp template best (error ~0), so renders stay exact
 _FIT_BLURS = (0.0, 0.016, 0.032)
@@ -87,11 +90,11 @@ def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
 
 
-_COLOUR_NAMES = list(W.COLOURS)
-_COLOUR_LAB = _srgb_to_lab(np.array([W.COLOURS[c] for c in _COLOUR_NAMES]))
-_BG_NAMES = list(W.BACKGROUNDS)
-_BG_LAB = _srgb_to_lab(np.array([W.BACKGROUNDS[b] for b in _BG_NAMES]))
-_PALETTE_RGB = np.array([W.COLOURS[c] for c in _COLOUR_NAMES], np.float64)
+_COLOUR_NAMES = list(COLOURS)
+_COLOUR_LAB = _srgb_to_lab(np.array([COLOURS[c] for c in _COLOUR_NAMES]))
+_BG_NAMES = list(BACKGROUNDS)
+_BG_LAB = _srgb_to_lab(np.array([BACKGROUNDS[b] for b in _BG_NAMES]))
+_PALETTE_RGB = np.array([COLOURS[c] for c in _COLOUR_NAMES], np.float64)
 
 
 def _nearest(lab_table: np.ndarray, names: list[str], rgb: np.ndarray) -> str:
@@ -138,7 +141,7 @@ def analyse(image) -> Analysis:
     dist = np.linalg.norm(smooth - bg, axis=-1)
     mask = dist > max(0.4 * float(contrast.min()), 6.0 * noise / max(1.0, 2.5 * sigma))
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    min_area = 0.3 * 0.5 * (W.SIZE_FRACTION["small"] * side) ** 2
+    min_area = 0.3 * 0.5 * (SIZE_FRACTION["small"] * side) ** 2
     comps = [k for k, a in enumerate(ndimage.sum_labels(mask, labels, range(1, n + 1)), start=1) if a >= min_area]
     comps.sort(key=lambda k: -int((labels == k).sum()))
     comps = comps[:8]  # a generated mess is a count mismatch anyway; keep the work bounded
@@ -158,7 +161,7 @@ def analyse(image) -> Analysis:
                 region &= ~grown[j]
         # the palette colour, not the observed one: a small blurred object never reaches its full colour, and
         # scaling coverage by its faded peak would flatten it (a blurred small cross then fits a diamond)
-        direction = np.asarray(W.COLOURS[colour], np.float64) - bg
+        direction = np.asarray(COLOURS[colour], np.float64) - bg
         raw = (smooth - bg) @ direction / max(float(direction @ direction), 1e-6)
         raw[~region] = 0
         # area and centroid from the unclipped map: zero-mean noise cancels instead of adding area
@@ -168,10 +171,10 @@ def analyse(image) -> Analysis:
         ys, xs = np.nonzero(region)
         win = (ys.min() - 3, ys.max() + 4, xs.min() - 3, xs.max() + 4)
         best = None
-        for shape in W.SHAPES:
-            s_px = math.sqrt(area / W.SHAPE_AREA[shape])
-            cy = my - W.SHAPE_CENTROID_DY[shape] * s_px
-            t = W.coverage(shape, mx, cy, s_px, h, w, window=win)
+        for shape in SHAPES:
+            s_px = math.sqrt(area / SHAPE_AREA[shape])
+            cy = my - SHAPE_CENTROID_DY[shape] * s_px
+            t = coverage(shape, mx, cy, s_px, h, w, window=win)
             sl = (slice(max(0, win[0]), win[1]), slice(max(0, win[2]), win[3]))
             a, reg = alpha[sl], region[sl]
             for fit_blur in _FIT_BLURS:
@@ -184,13 +187,13 @@ def analyse(image) -> Analysis:
                     best = (iou, shape, s_px, mx, cy, err)
         iou, shape, s_px, cx, cy, _ = best
         frac = s_px / side
-        size = W.SIZES[int(np.searchsorted(_SIZE_EDGES, frac))]
+        size = SIZES[int(np.searchsorted(_SIZE_EDGES, frac))]
         blobs.append(Blob(colour, shape, size, cx / w, cy / h, frac, iou, int(m.sum())))
     return Analysis(_nearest(_BG_LAB, _BG_NAMES, bg), tuple(blobs))
 
 
 # ------------------------------------------------------------------------------------------ judging
-def relation_holds(a: Blob | W.Obj, b: Blob | W.Obj, relation: str) -> bool:
+def relation_holds(a: Blob | Obj, b: Blob | Obj, relation: str) -> bool:
     """``a <relation> b`` when the centre offset lies within 45 degrees of the relation's axis."""
     dx, dy = b.cx - a.cx, b.cy - a.cy
     along = {"left of": dx, "right of": -dx, "above": dy, "below": -dy}[relation]
@@ -198,7 +201,7 @@ def relation_holds(a: Blob | W.Obj, b: Blob | W.Obj, relation: str) -> bool:
     return along > across
 
 
-def _judge(spec: W.PromptSpec, an: Analysis) -> OracleResult:
+def _judge(spec: PromptSpec, an: Analysis) -> OracleResult:
     objs, blobs = spec.objects, an.blobs
     k = min(len(objs), len(blobs))
     best, best_score = None, -1.0
@@ -237,11 +240,11 @@ def _judge(spec: W.PromptSpec, an: Analysis) -> OracleResult:
 
 def oracle(image, prompt: str) -> OracleResult:
     """Check ``image`` against a world ``prompt``; every attribute the prompt mentions must hold."""
-    spec = W.parse_prompt(prompt)
+    spec = parse_prompt(prompt)
     if spec is None:
         raise BestshotError(f"{prompt!r} is not a prompt of the procedural world — use shapes "
-                            f"({', '.join(W.SHAPES)}), colours ({', '.join(W.COLOURS)}) and relations "
-                            f"({', '.join(W.RELATIONS)}), e.g. 'a red circle above a blue square'")
+                            f"({', '.join(SHAPES)}), colours ({', '.join(COLOURS)}) and relations "
+                            f"({', '.join(RELATIONS)}), e.g. 'a red circle above a blue square'")
     return _judge(spec, analyse(image))
 
 
