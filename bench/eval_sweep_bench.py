@@ -83,7 +83,7 @@ def main() -> int:
     if args.standin:
         args.model = str(build_standin(out / "standin_model"))
         args.clip = args.clip or str(Path(args.model) / "clip")
-    from bestshot.config import resolve_config
+    from bestshot.models.settings import resolve_config
     from bestshot.evaluate.manifest import build_folder_manifest
     from bestshot.evaluate.sweep import SweepConfig, run_sweep, to_markdown
     from bestshot.store import atomic_write_json

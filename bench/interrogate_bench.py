@@ -41,7 +41,7 @@ def generated_images(pipe, prompts: list[str], folder: Path) -> list:
     """One image per prompt, cached as PNGs so re-runs only score."""
     from PIL import Image
 
-    from bestshot.config import resolve_config
+    from bestshot.models.settings import resolve_config
     from bestshot.generation import make_candidates
 
     folder.mkdir(parents=True, exist_ok=True)

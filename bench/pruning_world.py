@@ -28,7 +28,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from bestshot.config import resolve_config
+    from bestshot.models.settings import resolve_config
     from bestshot.generation import make_candidates, pipeline_kwargs, seeds_for
     from bestshot.models.loader import load_pipeline
     from bestshot.pruning import cost_ratio, run_pruned

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from bestshot.config import resolve_config
+from bestshot.models.settings import resolve_config
 from bestshot.errors import BestshotError
 from bestshot.evaluate.world_eval import WorldEvalConfig, evaluate_world
 from bestshot.generation import make_candidates

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import EMBEDDED, resolve_config
+from ..config import EMBEDDED
+from ..models.settings import resolve_config
 from ..errors import BestshotError
 from ..generation import seeds_for
 from ..models.loader import load_pipeline

@@ -189,7 +189,7 @@ def training_set(model: str, n_prompts: int, seed: int = 0, n_candidates: int = 
                  device: str | None = None, prompts_per_call: int = 4, progress: bool = True) -> CandidateSet:
     """The ranking training set of ``bestshot train clip`` (``ranked_model``): ``n_prompts`` training prompts
     (none of them in ``bestshot eval world``'s held-out set), ``n_candidates`` candidates each, with verdicts."""
-    from ..config import resolve_config
+    from ..models.settings import resolve_config
     from ..models.loader import load_pipeline
     from ..world import heldout_prompts
 
