@@ -263,7 +263,7 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
 
     cache = None
     if cfg.cond == "image_embed" and cfg.embed_cache:
-        from bestshot.train.embed import load_cache
+        from bestshot.train.embed_cache import load_cache
 
         cache = load_cache(cfg.embed_cache, cfg.dataset, cfg.img_size, cfg.clip)
     from bestshot.train.data import build_dataset
