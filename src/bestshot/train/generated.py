@@ -86,7 +86,7 @@ class GeneratedWorldHardNegatives(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         from bestshot import world as W
-        from bestshot.train.clip_train import hard_negative_captions
+        from bestshot.train.hard_negatives import hard_negative_captions
 
         i = i % len(self.pool)
         scene, rng = W.scene_for(self.seed, i)
