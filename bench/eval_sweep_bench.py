@@ -1,7 +1,7 @@
 """End-to-end `eval sweep` timing: a 2×2 guidance × steps grid, 64 samples per cell, embedded model, CPU.
 
 The reference images are held-out scenes of the procedural world the embedded model was trained on
-(``bestshot.train.world.heldout_scenes``), rendered at the model's native size into a folder with
+(``bestshot.world.heldout_scenes``), rendered at the model's native size into a folder with
 ``.txt`` captions, turned into a manifest with ``build_folder_manifest``. The sweep then generates every
 cell, measures FID / KID / CMMD / CLIP score with the embedded CLIP image tower (not comparable with
 published FID) and writes results.csv/.md, plots and the worst-CLIP contact sheet. The whole run is
@@ -31,7 +31,7 @@ import torch
 def render_reference(folder: Path, n: int, size: int, seed: int) -> None:
     """n held-out world scenes as ``{i:04d}.png`` + ``{i:04d}.txt`` (the scene's prompt)."""
     from bestshot.store import atomic_write_text, save_png
-    from bestshot.train.world import heldout_scenes, render
+    from bestshot.world import heldout_scenes, render
 
     for i, (scene, prompt) in enumerate(heldout_scenes(n, seed=seed)):
         save_png(folder / f"{i:04d}.png", render(scene, size))
@@ -83,7 +83,7 @@ def main() -> int:
     if args.standin:
         args.model = str(build_standin(out / "standin_model"))
         args.clip = args.clip or str(Path(args.model) / "clip")
-    from bestshot.config import resolve_config
+    from bestshot.models.settings import resolve_config
     from bestshot.evaluate.manifest import build_folder_manifest
     from bestshot.evaluate.sweep import SweepConfig, run_sweep, to_markdown
     from bestshot.store import atomic_write_json

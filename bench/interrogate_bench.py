@@ -41,7 +41,7 @@ def generated_images(pipe, prompts: list[str], folder: Path) -> list:
     """One image per prompt, cached as PNGs so re-runs only score."""
     from PIL import Image
 
-    from bestshot.config import resolve_config
+    from bestshot.models.settings import resolve_config
     from bestshot.generation import make_candidates
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -87,8 +87,8 @@ def main() -> None:
     from bestshot.models.registry import EMBEDDED_DIR
     from bestshot.scoring import get_scorer, scorer_from_pipeline
     from bestshot.store import atomic_write_json
-    from bestshot.train import world as W
-    from bestshot.train.oracle import oracle
+    from bestshot import world as W
+    from bestshot.world.oracle import oracle
 
     work = Path(args.workdir)
     pairs = W.heldout_scenes(args.n)

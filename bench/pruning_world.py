@@ -28,13 +28,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from bestshot.config import resolve_config
+    from bestshot.models.settings import resolve_config
     from bestshot.generation import make_candidates, pipeline_kwargs, seeds_for
     from bestshot.models.loader import load_pipeline
     from bestshot.pruning import cost_ratio, run_pruned
     from bestshot.scoring import scorer_from_pipeline
-    from bestshot.train.oracle import oracle
-    from bestshot.train.world import heldout_prompts
+    from bestshot.world.oracle import oracle
+    from bestshot.world import heldout_prompts
 
     cfg = resolve_config(None, n_images=args.n, clip_min=-1.0)
     pipe = load_pipeline("embedded")

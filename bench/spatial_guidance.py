@@ -45,8 +45,8 @@ def main() -> None:
     from bestshot.models.loader import load_pipeline, set_scheduler
     from bestshot.models.registry import scheduler_name
     from bestshot.train.candidates import ATTRS
-    from bestshot.train.oracle import oracle
-    from bestshot.train.world import heldout_prompts
+    from bestshot.world.oracle import oracle
+    from bestshot.world import heldout_prompts
 
     for sched, *_ in settings:  # a misspelt sampler stops the run before the model loads, with the choices
         try:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from bestshot.cli import main
-from bestshot.train import world as W
+from bestshot import world as W
 
 # captions for the evaluation tests' small manifests
 CAPTIONS = ["a red square on a white background", "a blue circle on a gray background",

@@ -57,9 +57,9 @@ def test_region_scorer_bench_ranks_a_candidate_set(tmp_path, monkeypatch, capsys
     import torch
 
     import bestshot.scoring
-    from bestshot.train import world as W
+    from bestshot import world as W
     from bestshot.train.candidates import ATTRS, CandidateSet, _save
-    from bestshot.train.oracle import oracle
+    from bestshot.world.oracle import oracle
     from helpers import ColourCLIP
 
     prompts, images, verdicts = [], [], []

@@ -6,14 +6,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from bestshot.config import resolve_config
+from bestshot.models.settings import resolve_config
 from bestshot.errors import BestshotError
 from bestshot.evaluate.world_eval import WorldEvalConfig, evaluate_world
 from bestshot.generation import make_candidates
 from bestshot.models.loader import load_pipeline
 from bestshot.train import candidates as C
 from bestshot.train.clip_train import ClipTrainConfig, ranked_loss, ranked_top1, train_clip
-from bestshot.train.world import heldout_prompts
+from bestshot.world import heldout_prompts
 
 PROMPTS = ["a red circle", "a blue square above a green triangle", "a small yellow cross"]
 
@@ -31,7 +31,7 @@ def test_candidates_are_the_generate_images_with_oracle_verdicts(tiny_world):
     assert cs.verdicts.shape == (2, 4, len(C.ATTRS)) and cs.verdicts.dtype == torch.bool
     same = make_candidates(pipe, None, PROMPTS[1], "", [0, 1, 2, 3], cfg)
     assert [list(im.getdata()) for im in same] == [list(im.getdata()) for im in cs.pil(1)]
-    from bestshot.train.oracle import oracle
+    from bestshot.world.oracle import oracle
 
     r = oracle(same[2], PROMPTS[1])
     assert cs.verdict(1, 2) == {a: bool(getattr(r, a)) for a in C.ATTRS}

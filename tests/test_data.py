@@ -10,7 +10,7 @@ from PIL import Image
 from bestshot.errors import BestshotError
 from bestshot.train.data import (FASHION_MNIST_ROOT, CaptionFolderDataset, FashionMNISTDataset,
                                  build_dataset)
-from bestshot.train.world import WorldDataset
+from bestshot.world import WorldDataset
 
 
 def _img(path: Path, colour, size=(40, 30), mode="RGB"):

@@ -15,7 +15,7 @@ from bestshot.errors import BestshotError
 from bestshot.interrogate import interrogator as I
 from bestshot.models.registry import EMBEDDED_DIR
 from bestshot.scoring import get_scorer
-from bestshot.train import world as W
+from bestshot import world as W
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +275,7 @@ def test_cli_folder_skips_bad_files_and_writes_csv(tiny_clip, tmp_path, cache):
 def test_embedded_clip_recovers_rendered_world_prompts(request):
     """The issue's check: on rendered images the interrogated prompt fully matches (oracle) for >= 90 %.
     (The bench's 200 rendered scenes: 97.0 % with regions, 57.0 % reading whole scenes, 2026-11-27.)"""
-    from bestshot.train.oracle import oracle
+    from bestshot.world.oracle import oracle
 
     cache = request.config.cache.mkdir("bestshot-interrogate")  # the 12.6k-prompt bank is embedded once
     eng = I.Interrogator(I.InterrogateConfig(clip="embedded", cache_dir=str(cache), device="cpu"))
@@ -342,7 +342,7 @@ class OracleCLIP:
         return torch.nn.functional.normalize(torch.stack(out), dim=-1)
 
     def embed_images(self, images):
-        from bestshot.train.oracle import analyse, relation_holds
+        from bestshot.world.oracle import analyse, relation_holds
 
         out = []
         for im in images:
@@ -361,7 +361,7 @@ class OracleCLIP:
 def test_search_recovers_prompts_with_an_exact_clip(tmp_path):
     """The search itself (counts, relations, sizes, backgrounds, three-object beams) finds the prompt when
     the similarity is right: >= 95 % oracle full matches on rendered scenes of 1-3 objects."""
-    from bestshot.train.oracle import oracle
+    from bestshot.world.oracle import oracle
 
     eng = I.Interrogator(I.InterrogateConfig(clip="oracle", domain="world", cache_dir=str(tmp_path)), scorer=OracleCLIP())
     pairs = W.heldout_scenes(30, seed=99)

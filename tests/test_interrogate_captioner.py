@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from bestshot.errors import BestshotError
 from bestshot.interrogate.captioner import CaptionerConfig, PrefixCaptioner, load_caption_model, train_captioner
 from bestshot.scoring import get_scorer
-from bestshot.train import world as W
+from bestshot import world as W
 
 TINY = dict(n_embd=32, n_layer=3, n_head=2, mapper_layers=1, mapper_heads=2, prefix_len=4, image_size=32,
             batch_size=16, lr=3e-3, warmup=5, max_tokens=24)

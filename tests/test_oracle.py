@@ -8,8 +8,8 @@ import pytest
 from PIL import Image, ImageFilter
 
 from bestshot.errors import BestshotError
-from bestshot.train import world as W
-from bestshot.train.oracle import analyse, match_rate, oracle
+from bestshot import world as W
+from bestshot.world.oracle import analyse, match_rate, oracle
 
 
 def _degrade(img: Image.Image, noise: float, blur: float, rng: np.random.Generator) -> Image.Image:

@@ -7,7 +7,7 @@ from PIL import Image, ImageFilter
 
 from bestshot.scoring.regions import background_colour, find_regions
 from helpers import ColourCLIP
-from bestshot.train import world as W
+from bestshot import world as W
 
 
 def _nearest(region, scene):
@@ -124,7 +124,7 @@ class ShapeColourCLIP(ColourCLIP):
         return torch.nn.functional.normalize(torch.cat([col, shp], 1), dim=1)
 
     def embed_images(self, images):
-        from bestshot.train.oracle import analyse
+        from bestshot.world.oracle import analyse
 
         col = super().embed_images(images)
         shapes = []

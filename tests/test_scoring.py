@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bestshot.config import ImgCfg, PRESETS, preset_config, resolve_config
+from bestshot.config import ImgCfg, PRESETS
+from bestshot.models.settings import config_from_yaml, preset_config, resolve_config
 from bestshot.errors import BestshotError
 from bestshot.scoring import Scorer, clip_score_100, get_scorer
 
@@ -73,7 +74,7 @@ def test_presets_match_design_document():
 def test_yaml_roundtrip_and_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("preset: fast\nn_images: 3\nguidance: 5.5\n")
-    cfg = ImgCfg.from_yaml(f)
+    cfg = config_from_yaml(f)
     assert (cfg.preset, cfg.n_images, cfg.guidance, cfg.width) == ("fast", 3, 5.5, 768)
     cfg = resolve_config(cfg, n_images=6)
     assert cfg.n_images == 6
@@ -124,7 +125,7 @@ def test_embedded_clip_scores_non_square_images_as_their_centre_crop():
     from PIL import Image
 
     from bestshot.scoring import get_scorer
-    from bestshot.train import world as W
+    from bestshot import world as W
 
     scorer = get_scorer("embedded", device="cpu", half=False)
     square = W.render(W.heldout_scenes(1, n_objects=1)[0][0], 64)

@@ -7,7 +7,7 @@ from bestshot.errors import BestshotError
 from bestshot.models.registry import EMBEDDED_DIR
 from bestshot.scoring import SpatialScorer, get_scorer
 from bestshot.scoring import spatial as S
-from bestshot.train import world as W
+from bestshot import world as W
 
 
 @pytest.mark.parametrize("prompt, expected", [
@@ -80,7 +80,7 @@ def test_embedded_family_ranks_with_its_own_clip(tiny_world):
     from bestshot.models.loader import load_pipeline
     from bestshot.models.registry import FAMILIES
     from bestshot.scoring import RegionScorer, pipeline_scorer
-    from bestshot.train.world import SHAPES
+    from bestshot.world import SHAPES
 
     pipe = load_pipeline(tiny_world, device="cpu")
     fam = FAMILIES["embedded"]

@@ -9,7 +9,7 @@ import torch
 from transformers import CLIPModel, CLIPTokenizer
 
 from bestshot.errors import BestshotError
-from bestshot.train import world as W
+from bestshot import world as W
 from bestshot.train.clip_train import (ClipTrainConfig, TokenizingCollate, WorldHardNegatives, _collate, build_clip,
                                        clip_loss, hard_negative_captions, learning_rate, train_clip)
 

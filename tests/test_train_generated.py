@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bestshot.errors import BestshotError
-from bestshot.train import world as W
+from bestshot import world as W
 from bestshot.train.clip_train import ClipTrainConfig, WorldHardNegatives, train_clip
 from bestshot.train.generated import GeneratedWorldHardNegatives, Interleaved, build_pool
 

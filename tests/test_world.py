@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bestshot.train import world as W
+from bestshot import world as W
 
 
 def test_palette_is_well_separated():

@@ -67,7 +67,8 @@ def generate(
     show: bool = typer.Option(False, "--show", help="Open the best image in a viewer."),
 ) -> None:
     """Generate N candidates, rank them with CLIP, keep the best that passes the quality gate."""
-    from .config import ImgCfg, parse_size, resolve_config
+    from .config import parse_size
+    from .models.settings import config_from_yaml, resolve_config
     from .generation import generate as run
 
     overrides: dict[str, Any] = dict(
@@ -78,7 +79,7 @@ def generate(
     )
     if size:
         overrides["width"], overrides["height"] = parse_size(size)
-    cfg = ImgCfg.from_yaml(config) if config else None
+    cfg = config_from_yaml(config) if config else None
     cfg = resolve_config(cfg, preset=preset, model=model, **overrides)
 
     sources = sum(x is not None for x in (prompt, text_file, prompts_file))

@@ -5,21 +5,21 @@ The field names and defaults of ``ImgCfg`` are those of the design document (see
 style suffix / negative prompt it shows. Presets are plain dictionaries of overrides, so a preset is
 never more than "these fields, these values".
 
-Resolution order (later wins): ``ImgCfg`` defaults → preset → the model folder's
-``bestshot_defaults.json`` (only with the ``embedded`` preset or a model that ships one and no explicit
-preset) → explicit overrides.
+Plain settings only: this module knows no model families and reads no model folder. A generate call's
+final settings (preset → the model folder's ``bestshot_defaults.json`` → explicit overrides) are resolved
+by :func:`bestshot.models.settings.resolve_config`, which knows models.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import BestshotError
-from .yaml_io import dataclass_from_dict, read_yaml_mapping
+from .schedulers import scheduler_name
+from .yaml_io import dataclass_from_dict
 
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 SDXL_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
@@ -114,8 +114,6 @@ class ImgCfg:
         if self.prune_start and self.refiner:
             raise BestshotError("early pruning and the refiner cannot be combined yet — drop --refiner or --prune-start")
         if self.scheduler:
-            from .models.registry import scheduler_name
-
             scheduler_name(self.scheduler)
         if not isinstance(self.seed_base, int) or self.seed_base < 0:
             raise BestshotError(f"seed_base must be a non-negative whole number (got {self.seed_base!r})")
@@ -133,14 +131,9 @@ class ImgCfg:
             data["blocklist"] = tuple(data["blocklist"])
         return dataclass_from_dict(cls, data, "generation")
 
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "ImgCfg":
-        data = read_yaml_mapping(path, "check the path given to --config")
-        base = preset_config(data.pop("preset")) if "preset" in data else cls()
-        return cls.from_dict(_merge(base, data)).validate()
 
-
-def _merge(base: ImgCfg, data: dict[str, Any]) -> dict[str, Any]:
+def merge(base: ImgCfg, data: dict[str, Any]) -> dict[str, Any]:
+    """``base`` as a dict with ``data``'s keys over it (unknown keys refused)."""
     merged = base.to_dict()
     merged.update(data)
     merged["blocklist"] = tuple(merged["blocklist"])
@@ -159,16 +152,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_config(name: str) -> ImgCfg:
-    """The ``ImgCfg`` of a named preset."""
+def plain_preset(name: str) -> ImgCfg:
+    """The ``ImgCfg`` of a named preset as :data:`PRESETS` writes it, before any model's own defaults
+    (:func:`bestshot.models.settings.preset_config` adds those)."""
     if name not in PRESETS:
         raise BestshotError(f"unknown preset {name!r} — choose one of: {', '.join(PRESETS)}")
-    cfg = replace(ImgCfg(), preset=name, **PRESETS[name])
-    if name == "embedded":
-        from .models.registry import model_defaults
-
-        cfg = apply_model_defaults(cfg, model_defaults(EMBEDDED))
-    return cfg
+    return replace(ImgCfg(), preset=name, **PRESETS[name])
 
 
 # Keys of a model's bestshot_defaults.json that map onto ImgCfg fields.
@@ -180,35 +169,6 @@ _DEFAULT_KEYS = {"steps": "steps_base", "num_inference_steps": "steps_base", "gu
 def apply_model_defaults(cfg: ImgCfg, defaults: dict[str, Any]) -> ImgCfg:
     updates = {_DEFAULT_KEYS[k]: v for k, v in defaults.items() if k in _DEFAULT_KEYS}
     return replace(cfg, **updates)
-
-
-def resolve_config(cfg: ImgCfg | None = None, preset: str | None = None, model: str | None = None,
-                   **overrides: Any) -> ImgCfg:
-    """Build the final, validated config of one generate call.
-
-    ``cfg`` wins over ``preset``; with neither, the preset is ``embedded`` when no model, the embedded
-    one or a folder of the same kind (``bestshot train export``) is named, else ``custom``. ``model`` and
-    non-None ``overrides`` are applied last.
-    """
-    if cfg is None:
-        if preset is None:
-            from .models.registry import is_world_folder
-
-            preset = "embedded" if model in (None, EMBEDDED) or is_world_folder(model) else "custom"
-        cfg = preset_config(preset)
-        if model is not None and model != cfg.model and preset in ("custom", "embedded"):
-            from .models.registry import model_defaults
-
-            cfg = replace(cfg, model=model)
-            cfg = apply_model_defaults(cfg, model_defaults(model))
-    if model is not None:
-        cfg = replace(cfg, model=model)
-    known = {f.name for f in fields(ImgCfg)}
-    bad = sorted(k for k in overrides if k not in known)
-    if bad:
-        raise BestshotError(f"unknown setting(s) {', '.join(bad)} — valid settings are: {', '.join(sorted(known))}")
-    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    return cfg.validate()
 
 
 def parse_size(text: str) -> tuple[int, int]:

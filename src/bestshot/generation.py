@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .config import ImgCfg, resolve_config
+from .config import ImgCfg
+from .models.settings import resolve_config
 from .errors import BestshotError
 from .models.loader import free_memory, load_pipeline, load_refiner
 from .models.registry import resolve_model, sampler_label

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import EMBEDDED, resolve_config
+from ..config import EMBEDDED
+from ..models.settings import resolve_config
 from ..errors import BestshotError
 from ..generation import make_candidates, needs_solo_render, seeds_for
 from ..models.loader import load_pipeline

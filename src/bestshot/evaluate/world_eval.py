@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import EMBEDDED, resolve_config
+from ..config import EMBEDDED
+from ..models.settings import resolve_config
 from ..errors import BestshotError
 from ..generation import seeds_for
 from ..models.loader import load_pipeline
@@ -55,7 +56,7 @@ def _rates(verdicts: list[dict[str, bool]]) -> dict[str, float]:
 
 def evaluate_world(cfg: WorldEvalConfig, progress: bool = True) -> dict[str, Any]:
     from ..train.candidates import build_candidates
-    from ..train.world import heldout_prompts
+    from ..world import heldout_prompts
 
     if not cfg.ns or min(cfg.ns) < 1:
         raise BestshotError("--n values must be >= 1, e.g. --n 1,4,8")

@@ -193,7 +193,7 @@ class PrefixCaptioner(nn.Module):
     def create(cls, cfg: CaptionerConfig, scorer: Any) -> "PrefixCaptioner":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        from .interrogator import model_fingerprint
+        from .fingerprint import model_fingerprint
 
         clip_dim, n_tokens = _feature_shape(cfg, scorer)
         tok = _tokenizer_for(cfg)
@@ -328,7 +328,7 @@ class PrefixCaptioner(nn.Module):
         from safetensors.torch import load_file
         from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-        from .interrogator import model_fingerprint
+        from .fingerprint import model_fingerprint
 
         folder = Path(folder)
         try:
@@ -417,7 +417,7 @@ class GeneratedWorldCaptions(torch.utils.data.Dataset):
         return len(self.pool)
 
     def __getitem__(self, i: int):
-        from ..train import world as W
+        from .. import world as W
 
         scene, rng = W.scene_for(self.seed, i % len(self.pool))
         x = self.pool[i % len(self.pool)].float() / 127.5 - 1.0

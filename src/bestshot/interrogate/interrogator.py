@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -37,10 +36,11 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from PIL import Image
 
+from .. import world as W
 from ..config import EMBEDDED, REGIONS, SPATIAL
 from ..errors import BestshotError
 from ..store import atomic_write_bytes
-from ..train import world as W
+from .fingerprint import model_fingerprint
 
 BANKS_DIR = Path(__file__).parent / "banks"
 ART_BANKS = ("mediums", "movements", "artists", "sites", "flavors")
@@ -136,24 +136,6 @@ def _skeletons_2() -> list[W.PromptSpec]:
 
 
 # ------------------------------------------------------------------------------------ embeddings
-def model_fingerprint(scorer: Any) -> str:
-    """A hash of the CLIP text tower: its config and a sample of every parameter.
-
-    Why not the name: ``embedded`` is retrained in place, and a stale cache would silently rank with
-    another model's embeddings. Sampling (first 1024 values of each tensor) keeps this fast for ViT-L.
-    """
-    h = hashlib.sha256()
-    model = scorer.model
-    cfg = {k: v for k, v in model.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
-    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
-    named = getattr(model, "text_model", model).named_parameters()
-    extra = [("text_projection", model.text_projection.weight)] if hasattr(model, "text_projection") else []
-    for name, p in list(named) + extra:
-        h.update(f"{name}{tuple(p.shape)}".encode())
-        h.update(p.detach().reshape(-1)[:1024].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def embed_texts(scorer: Any, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """``scorer.embed_texts`` without padding every prompt to 77 tokens (about 4x faster on short prompts).
 

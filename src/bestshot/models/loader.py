@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from ..errors import BestshotError
-from .registry import SCHEDULERS, ModelRef, resolve_model, scheduler_name
+from ..schedulers import SCHEDULERS, scheduler_name
+from .registry import ModelRef, resolve_model
 
 log = logging.getLogger(__name__)
 

@@ -91,7 +91,7 @@ class BestshotWorldPipeline(DiffusionPipeline):
     def _relation_texts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list] | None:
         """(A texts, B texts, relations) embedded for every prompt, or None when no prompt states a relation."""
         from ..scoring.spatial import parse_relation
-        from ..train.clip_train import text_features
+        from .embedded_clip import text_features
 
         rels = [parse_relation(p) for p in prompts]
         if not any(rels):
@@ -107,7 +107,7 @@ class BestshotWorldPipeline(DiffusionPipeline):
     def _spatial_step(self, latents: torch.Tensor, x0: torch.Tensor, t, texts, scale: float) -> torch.Tensor:
         """``latents`` nudged up the gradient of the relation agreement of ``x0`` (rows without a relation kept)."""
         from ..scoring.spatial import agreement, centroids, image_features
-        from ..train.clip_train import to_clip_pixels
+        from .embedded_clip import to_clip_pixels
 
         ta, tb, rels = texts
         size = self.clip.config.vision_config.image_size

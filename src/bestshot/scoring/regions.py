@@ -141,7 +141,7 @@ def parse_objects(prompt: str, max_objects: int = 3) -> ObjectPrompt | None:
 
 def world_nouns() -> tuple[str, ...]:
     """The embedded model's closed vocabulary of object kinds: its world's shapes."""
-    from ..train.world import SHAPES
+    from ..world import SHAPES
 
     return SHAPES
 

@@ -25,7 +25,8 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
-from ..config import ImgCfg, resolve_config
+from ..config import ImgCfg
+from ..models.settings import resolve_config
 from ..errors import BestshotError
 from ..models.registry import SAMPLER_ALIASES, SCHEDULERS, scheduler_name
 

@@ -26,7 +26,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
-from ..config import EMBEDDED, PRESETS, resolve_config
+from ..config import EMBEDDED, PRESETS
+from ..models.settings import resolve_config
 from ..errors import BestshotError
 from ..store import Store, read_png_info
 from . import a1111 as A

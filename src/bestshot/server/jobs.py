@@ -199,7 +199,7 @@ def run_interrogate(job: Job, image: Image.Image, model: str, clip: Any, cache: 
 
 def _world_caption(image: Image.Image, clip: Any) -> str:
     from ..scoring import get_scorer
-    from ..train.world import BACKGROUNDS, COLOURS, SHAPES
+    from ..world import BACKGROUNDS, COLOURS, SHAPES
 
     scorer = get_scorer(clip) if clip is None or isinstance(clip, str) else clip
     img = scorer.embed_images([image.convert("RGB")])[0]

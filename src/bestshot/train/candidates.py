@@ -81,7 +81,7 @@ def generator_fingerprint(pipe: Any) -> str:
 
 def training_prompts(n: int, seed: int, two_object_share: float = 0.7, exclude: Sequence[str] = ()) -> list[str]:
     """``n`` distinct world prompts (1 or 2 objects, relations stated) from the ``ranked`` namespace."""
-    from . import world as W
+    from .. import world as W
 
     skip, out, i = set(exclude), [], 0
     while len(out) < n:
@@ -137,7 +137,7 @@ def build_candidates(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], ge
     """Candidates ``seeds`` of every prompt (the same images ``bestshot generate`` would make: image k
     depends on its seed alone) with oracle verdicts. With ``cache``, finished prompts are reused."""
     from ..generation import pipeline_kwargs
-    from .oracle import oracle
+    from ..world.oracle import oracle
 
     meta = {"generator": generator_fingerprint(pipe) if cache else None, "seeds": [int(s) for s in seeds],
             "steps": gen_cfg.steps_base, "guidance": gen_cfg.guidance, "size": [gen_cfg.width, gen_cfg.height],
@@ -189,9 +189,9 @@ def training_set(model: str, n_prompts: int, seed: int = 0, n_candidates: int = 
                  device: str | None = None, prompts_per_call: int = 4, progress: bool = True) -> CandidateSet:
     """The ranking training set of ``bestshot train clip`` (``ranked_model``): ``n_prompts`` training prompts
     (none of them in ``bestshot eval world``'s held-out set), ``n_candidates`` candidates each, with verdicts."""
-    from ..config import resolve_config
+    from ..models.settings import resolve_config
     from ..models.loader import load_pipeline
-    from .world import heldout_prompts
+    from ..world import heldout_prompts
 
     gen_cfg = resolve_config(None, model=model, n_images=n_candidates, clip_min=-1.0,
                              **({"device": device} if device else {}))

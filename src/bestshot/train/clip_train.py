@@ -14,7 +14,6 @@ import json
 import math
 import random
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,18 +21,11 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
-try:  # the PIL backend: the default one needs torchvision, which is not importable here
-    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
-except ImportError:  # older transformers
-    from transformers import CLIPImageProcessor
-
 from bestshot.errors import BestshotError
 from bestshot.models.clip_tokenizer import build_clip_tokenizer
+from bestshot.models.embedded_clip import image_features, image_processor, text_features, to_clip_pixels
 from bestshot.train.common import atomic_write_text, load_config, lr_at, plot_losses
-
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-
+from bestshot.train.hard_negatives import hard_negative_captions
 
 @dataclass
 class ClipTrainConfig:
@@ -108,82 +100,6 @@ class ClipTrainConfig:
     ranked_cache: str = ""
 
 
-# ------------------------------------------------------------------------------- hard negative captions
-def _hard_negative_scenes(scene, rng: random.Random, n_shape: int = 1, every_object: bool = False):
-    """Scenes that differ from ``scene`` in exactly one caption-visible attribute (candidates, shuffled).
-
-    ``n_shape`` edits give one object other shapes: shapes are what a small CLIP learns last (at 32 px a
-    short run told colours, sizes and backgrounds apart but collapsed triangle and diamond in the text
-    tower), so more of them keeps the pressure on. ``every_object`` makes them for each object in turn."""
-    from bestshot.train import world as W
-
-    objs = list(scene.objects)
-    out = []
-    colours, shapes = list(W.COLOURS), list(W.SHAPES)
-    if len(objs) >= 2:
-        i, j = rng.sample(range(len(objs)), 2)
-        a, b = objs[i], objs[j]
-        if a.colour != b.colour:  # colour swap between objects
-            o = objs[:]
-            o[i], o[j] = dataclasses.replace(a, colour=b.colour), dataclasses.replace(b, colour=a.colour)
-            out.append(dataclasses.replace(scene, objects=tuple(o)))
-        if a.shape != b.shape:  # shape swap
-            o = objs[:]
-            o[i], o[j] = dataclasses.replace(a, shape=b.shape), dataclasses.replace(b, shape=a.shape)
-            out.append(dataclasses.replace(scene, objects=tuple(o)))
-    if scene.relation is not None:  # relation flipped
-        out.append(dataclasses.replace(scene, relation=W.INVERSE[scene.relation]))
-    k = rng.randrange(len(objs))
-    o = objs[:]
-    o[k] = dataclasses.replace(objs[k], colour=rng.choice([c for c in colours if c != objs[k].colour]))
-    out.append(dataclasses.replace(scene, objects=tuple(o)))
-    for j in (range(len(objs)) if every_object else [k]):
-        others = [s for s in shapes if s != objs[j].shape]
-        # n_shape 1 keeps the single rng.choice draw, so stage-1 configs still make the same captions
-        for shape in ([rng.choice(others)] if n_shape <= 1 else rng.sample(others, min(n_shape, len(others)))):
-            o = objs[:]
-            o[j] = dataclasses.replace(objs[j], shape=shape)
-            out.append(dataclasses.replace(scene, objects=tuple(o)))
-    if len(objs) >= 2:  # other count: drop one
-        keep = objs[:k] + objs[k + 1 :]
-        out.append(dataclasses.replace(scene, objects=tuple(keep), relation=None))
-    if len(objs) <= 2:  # other count: add one
-        extra = W.Obj(rng.choice(shapes), rng.choice(colours), rng.choice(list(W.SIZES)), 0.5, 0.5)
-        rel = rng.choice(W.RELATIONS) if len(objs) == 1 else None
-        out.append(dataclasses.replace(scene, objects=tuple(objs + [extra]), relation=rel))
-    o = objs[:]
-    o[k] = dataclasses.replace(objs[k], size=rng.choice([s for s in W.SIZES if s != objs[k].size]))
-    out.append(dataclasses.replace(scene, objects=tuple(o)))
-    out.append(dataclasses.replace(scene, background=rng.choice([b for b in W.BACKGROUNDS if b != scene.background])))
-    rng.shuffle(out)
-    # the relation/colour/shape edits are the ones best-of-N needs: put them first
-    out.sort(key=lambda s: 0 if (s.relation != scene.relation and len(s.objects) == len(objs)) else
-             (1 if len(s.objects) == len(objs) and s.background == scene.background else 2))
-    return out
-
-
-def hard_negative_captions(scene, rng: random.Random, k: int, n_shape: int = 1,
-                           every_object: bool = False) -> tuple[str, list[str]]:
-    """(positive caption, k captions of edited scenes) drawn with the same template as the positive."""
-    from bestshot.train import world as W
-
-    state = rng.getstate()
-    pos = W.caption(scene, rng)
-    negs: list[str] = []
-    edit_rng = random.Random(zlib.crc32(f"{pos}|{k}".encode()))
-    for s in _hard_negative_scenes(scene, edit_rng, n_shape, every_object):
-        r = random.Random()
-        r.setstate(state)
-        c = W.caption(s, r)
-        if c != pos and c not in negs:
-            negs.append(c)
-        if len(negs) == k:
-            break
-    while len(negs) < k:  # rare: pad with a random other scene's caption
-        negs.append(W.caption(W.sample_scene(edit_rng), edit_rng))
-    return pos, negs
-
-
 class WorldHardNegatives(torch.utils.data.Dataset):
     """World items with hard-negative captions: ``(image, caption, [neg captions])``, deterministic per i."""
 
@@ -196,7 +112,7 @@ class WorldHardNegatives(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, i: int):
-        from bestshot.train import world as W
+        from bestshot import world as W
 
         scene, rng = W.scene_for(self.seed, i, object_weights=self.object_weights)
         pos, negs = hard_negative_captions(scene, rng, self.k, self.n_shape, self.every_object)
@@ -242,33 +158,6 @@ def clip_with_text_from(cfg: ClipTrainConfig, folder: str | Path):
     with torch.no_grad():
         model.logit_scale.copy_(src.logit_scale)
     return model, tok
-
-
-def image_processor(size: int):
-    """Preprocessor matching how the model was trained: resize the short side to ``size``, CLIP mean/std.
-
-    The centre crop only matters for non-square images (training images are square, where it crops
-    nothing); without it a 64×48 photo would reach the vision tower as 43×32 and fail."""
-    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                              do_center_crop=True, image_mean=CLIP_MEAN, image_std=CLIP_STD, resample=3)
-
-
-def to_clip_pixels(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] training images → CLIP-normalised pixel_values (what CLIPImageProcessor produces)."""
-    x = (images + 1) / 2
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def image_features(model: CLIPModel, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Projected image embedding (explicit, because get_image_features' return type changed across versions)."""
-    return model.visual_projection(model.vision_model(pixel_values=pixel_values).pooler_output)
-
-
-def text_features(model: CLIPModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Projected text embedding (pooled at the first end-of-text token)."""
-    return model.text_projection(model.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output)
 
 
 def _collate(items):

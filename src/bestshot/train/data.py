@@ -1,7 +1,7 @@
 """Generic (image, caption) datasets for training: caption folders, CSV manifests, Fashion-MNIST.
 
 Every dataset returns ``(image, caption)`` with the image a float CHW tensor in ``[-1, 1]`` at a
-fixed square size, the same convention as :class:`bestshot.train.world.WorldDataset`, so training code
+fixed square size, the same convention as :class:`bestshot.world.WorldDataset`, so training code
 never needs to know where its data came from. :func:`build_dataset` turns a CLI string into one.
 
 Bad files are found at construction (reported as warnings naming the file, then skipped), because a
@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from bestshot.errors import BestshotError
-from bestshot.train.world import WorldDataset, image_to_tensor
+from bestshot.world import WorldDataset, image_to_tensor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"

@@ -147,7 +147,7 @@ def encode_text(clip: CLIPModel, tok: CLIPTokenizer, texts: list[str], cond: str
 
 @torch.no_grad()
 def encode_images(clip: CLIPModel, images: torch.Tensor) -> torch.Tensor:
-    from bestshot.train.clip_train import image_features, to_clip_pixels
+    from bestshot.models.embedded_clip import image_features, to_clip_pixels
 
     return F.normalize(image_features(clip, to_clip_pixels(images)), dim=-1)
 
@@ -263,7 +263,7 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
 
     cache = None
     if cfg.cond == "image_embed" and cfg.embed_cache:
-        from bestshot.train.embed import load_cache
+        from bestshot.train.embed_cache import load_cache
 
         cache = load_cache(cfg.embed_cache, cfg.dataset, cfg.img_size, cfg.clip)
     from bestshot.train.data import build_dataset
@@ -444,7 +444,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
     # make clip/ a complete CLIP folder for scorers (preprocessor + tokenizer files beside the weights), and
     # add vocab.json/merges.txt to tokenizer/ for transformers versions that do not read tokenizer.json
     from bestshot.models.clip_tokenizer import write_tokenizer_files
-    from bestshot.train.clip_train import image_processor
+    from bestshot.models.embedded_clip import image_processor
 
     image_processor(pipe.clip.config.vision_config.image_size).save_pretrained(tmp / "clip")
     pipe.tokenizer.save_pretrained(tmp / "clip")

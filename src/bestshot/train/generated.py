@@ -36,7 +36,7 @@ def build_pool(model: str, seed: int, n: int, size: int, strength: tuple[float, 
 
     from bestshot.models.loader import load_pipeline
     from bestshot.store import atomic_write_bytes
-    from bestshot.train import world as W
+    from bestshot import world as W
 
     lo, hi = strength
     if not 0.0 < lo <= hi <= 1.0:
@@ -85,8 +85,8 @@ class GeneratedWorldHardNegatives(torch.utils.data.Dataset):
         return len(self.pool)
 
     def __getitem__(self, i: int):
-        from bestshot.train import world as W
-        from bestshot.train.clip_train import hard_negative_captions
+        from bestshot import world as W
+        from bestshot.train.hard_negatives import hard_negative_captions
 
         i = i % len(self.pool)
         scene, rng = W.scene_for(self.seed, i)
