@@ -395,14 +395,14 @@ def phase_world(rep: Report, dev: str, prompts: int, configs: list[tuple[int, in
 
     A configuration is (started, kept, prune_at); prune_at None = plain best-of-started. Work is counted in
     denoiser image-steps per kept image; the rates are the oracle's full match of the scorer's pick."""
-    from bestshot.config import resolve_config
+    from bestshot.models.settings import resolve_config
     from bestshot.generation import make_candidates, pipeline_kwargs, seeds_for
     from bestshot.models.loader import load_pipeline
     from bestshot.pruning import cost_ratio, run_pruned
     from bestshot.scoring import pipeline_scorer
     from bestshot.models.registry import resolve_model
-    from bestshot.train.oracle import oracle
-    from bestshot.train.world import heldout_prompts
+    from bestshot.world.oracle import oracle
+    from bestshot.world import heldout_prompts
 
     cfg = resolve_config(None, clip_min=-1.0, device=dev)
     pipe = load_pipeline("embedded", device=dev)
