@@ -37,11 +37,18 @@ def embed(dataset: str = typer.Option("world", help="dataset spec"),
           clip_dir: Path = typer.Option(..., "--clip", help="CLIP folder"),
           out: Path = typer.Option(..., help="cache file (.safetensors)"),
           img_size: int = typer.Option(32), length: int = typer.Option(10_000), seed: int = typer.Option(0),
-          text: bool = typer.Option(False, help="also cache text embeddings of the captions")) -> None:
-    """Precompute CLIP image embeddings of a dataset into a cache reused across epochs."""
+          text: bool = typer.Option(False, help="also cache text embeddings of the captions (every image then needs one)"),
+          class_caption: str = typer.Option("", "--class-caption",
+                                            help="caption images in class folders (root/<class>/...) without a .txt "
+                                            "from their folder, e.g. 'a photo of a {class}'")) -> None:
+    """Precompute CLIP image embeddings of a dataset into a cache reused across epochs.
+
+    The dataset needs no captions: a folder of images (flat or class folders, e.g. Tiny ImageNet's
+    train/<wnid>/images/*.JPEG), a CSV manifest (image[,caption]), world or fashion-mnist. Any CLIP folder
+    works: images are resized to its own resolution and normalised as its processor config says."""
     from bestshot.train.embed import build_cache
 
-    _print(build_cache(dataset, clip_dir, out, img_size, length, seed, text=text))
+    _print(build_cache(dataset, clip_dir, out, img_size, length, seed, text=text, class_caption=class_caption))
 
 
 @app.command()

@@ -41,6 +41,9 @@ class DDPMConfig:
     # data
     dataset: str = "world"  # world | world:1-2 | fashion-mnist | folder | .csv (see bestshot.train.data)
     dataset_length: int = 1_000_000  # the world is unlimited; this is just the index range used
+    # image folders: caption images without a .txt from their class folder, e.g. "a photo of a {class}"
+    # (cond: image_embed needs no captions at all)
+    class_caption: str = ""
     img_size: int = 32
     channels: int = 3
     # conditioning
@@ -146,10 +149,15 @@ def encode_text(clip: CLIPModel, tok: CLIPTokenizer, texts: list[str], cond: str
 
 
 @torch.no_grad()
-def encode_images(clip: CLIPModel, images: torch.Tensor) -> torch.Tensor:
-    from bestshot.train.clip_train import image_features, to_clip_pixels
+def encode_images(clip: CLIPModel, images: torch.Tensor, pre=None) -> torch.Tensor:
+    """Normalised CLIP image embeddings of [-1, 1] images of any size: ``pre`` (a
+    :class:`~bestshot.models.clip_preprocess.ClipPreprocess`, default: from the CLIP's config) resizes them
+    to the CLIP's own resolution and normalises them as its processor does."""
+    from bestshot.models.clip_preprocess import clip_preprocess
+    from bestshot.train.clip_train import image_features
 
-    return F.normalize(image_features(clip, to_clip_pixels(images)), dim=-1)
+    pre = pre or clip_preprocess(None, clip)
+    return F.normalize(image_features(clip, pre(images).to(clip.dtype)), dim=-1)
 
 
 # ----------------------------------------------------------------------------------------- checkpoint
@@ -262,13 +270,16 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
         print(f"initialised from {cfg.init_from}", flush=True)
 
     cache = None
+    from bestshot.models.clip_preprocess import clip_preprocess
+    from bestshot.train.data import build_dataset
+
+    pre = clip_preprocess(cfg.clip, clip)
+    ds = build_dataset(cfg.dataset, cfg.img_size, cfg.dataset_length, cfg.seed,
+                       captions="optional" if cfg.cond == "image_embed" else "required", class_caption=cfg.class_caption)
     if cfg.cond == "image_embed" and cfg.embed_cache:
         from bestshot.train.embed import load_cache
 
-        cache = load_cache(cfg.embed_cache, cfg.dataset, cfg.img_size, cfg.clip)
-    from bestshot.train.data import build_dataset
-
-    ds = build_dataset(cfg.dataset, cfg.img_size, cfg.dataset_length, cfg.seed)
+        cache = load_cache(cfg.embed_cache, cfg.dataset, cfg.img_size, cfg.clip, length=len(ds))
     total = cfg.total_steps()
     B = cfg.batch_size
     n = len(ds)
@@ -298,7 +309,7 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
             noise = torch.randn(x0.shape, generator=g).to(device)
             drop = (torch.rand(b, generator=g) < cfg.c_drop_prob).to(device)
             if cfg.cond == "image_embed":
-                pooled = cache[idx].to(device) if cache is not None else encode_images(clip, x0)
+                pooled = cache[idx].to(device) if cache is not None else encode_images(clip, x0, pre)
                 hidden = pooled[:, None, :]
             else:
                 hidden, pooled = encode_text(clip, tok, caps, cfg.cond)
