@@ -71,11 +71,13 @@ def sample(checkpoint: Path = typer.Option(..., help="run folder, .pt checkpoint
            scheduler: str = typer.Option("ddim", help="ddim or ddpm"),
            steps: Optional[int] = typer.Option(None), guidance: Optional[float] = typer.Option(None, help="guidance weight w"),
            seed: int = typer.Option(0), gif: Optional[Path] = typer.Option(None, help="animated GIF of the denoising"),
-           gif_mode: str = typer.Option("x0", help="x0 (predicted image) or xt (noisy sample)")) -> None:
+           gif_mode: str = typer.Option("x0", help="x0 (predicted image) or xt (noisy sample)"),
+           similarity: Optional[Path] = typer.Option(None, help="PNG of the CLIP similarity of every prompt with "
+                                                     "every sample (text↔image matrix)")) -> None:
     """Sample a grid (rows = prompts) and optionally a GIF of the denoising process."""
     from bestshot.train.sample import sample as run
 
-    _print(run(checkpoint, prompts, out, n, scheduler, steps, guidance, seed, gif, gif_mode))
+    _print(run(checkpoint, prompts, out, n, scheduler, steps, guidance, seed, gif, gif_mode, similarity))
 
 
 @app.command()

@@ -7,10 +7,13 @@ learns to ignore the conditioning where the layout and colours are decided; v ke
 prompt-dependent target there. Min-SNR weighting (Hang et al. 2023) is applied in either case.
 
 nanoGPT-style single loop. Everything random in a step (timesteps, noise, context dropout) is drawn from
-a generator seeded by (seed, step) and batch ``s`` is always items ``[s*B, (s+1)*B)`` of the dataset, so a
-run resumed from a checkpoint continues exactly as if it had never stopped. Checkpoints (model, EMA,
-optimizer, step, config, loss history) are written atomically every ``ckpt_every`` steps; killing the
-run loses at most that interval.
+a generator seeded by (seed, step) and step ``s`` always sums the micro-batches ``s*A .. s*A+A-1`` (``A`` =
+``grad_accum``; micro-batch ``m`` is items ``[m*B, (m+1)*B)`` of the dataset), so a run resumed from a
+checkpoint continues exactly as if it had never stopped. Checkpoints (model, EMA, optimizer, step, config,
+loss history) are written atomically every ``ckpt_every`` steps to ``latest.pt``; killing the run loses at
+most that interval. ``ckpt_keep_last`` keeps the last K of them in ``checkpoints/step_*.pt`` and
+``ckpt_every_epochs`` one every N epochs for good (``checkpoints/epoch_*.pt``, as the seed keeps every 5
+epochs); any of them can be sampled or exported like the run folder.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from bestshot.train.common import EMA, atomic_torch_save, atomic_write_text, loa
 CKPT_NAME = "latest.pt"
 # fields that may change between a checkpoint and a resumed run (length/logistics, not the model or data)
 RESUMABLE_FIELDS = {"steps", "epochs", "max_minutes", "ckpt_every", "log_every", "num_workers", "threads", "out_dir",
-                    "init_from"}
+                    "init_from", "ckpt_keep_last", "ckpt_every_epochs"}
 
 
 @dataclass
@@ -64,8 +67,19 @@ class DDPMConfig:
     layers_per_block: int = 1
     attention_levels: tuple[bool, ...] = (False, False, True)  # cross-attention per resolution
     attention_head_dim: int = 32
+    # the seed's UNet knobs (0 = diffusers' default): width of the timestep embedding (default 4x the first
+    # block's channels), and of the conditioning seen by cross-attention (a learnt projection of the CLIP
+    # embedding to c_embed_dim; default: the CLIP's own width, no projection)
+    t_embed_dim: int = 0
+    c_embed_dim: int = 0
+    # augmentation of the training images (applied on the fly, the same on a resumed run): horizontal flip
+    # with this probability, random crop after reflect-padding each side by aug_crop_pad pixels.
+    # With cond: image_embed and an embed_cache, the embeddings are those of the unaugmented images.
+    aug_hflip: float = 0.0
+    aug_crop_pad: int = 0
     # optimisation
-    batch_size: int = 64
+    batch_size: int = 64  # per optimiser step and process, before gradient accumulation
+    grad_accum: int = 1  # micro-batches of batch_size summed into one optimiser step
     steps: int = 2000
     epochs: float = 0.0  # if > 0, overrides steps: epochs * dataset_length / batch_size
     lr: float = 5e-4
@@ -75,7 +89,9 @@ class DDPMConfig:
     ema_decay: float = 0.999
     amp: str = "auto"  # auto (bf16 on CUDA only) | bf16 | none
     # logistics
-    ckpt_every: int = 100
+    ckpt_every: int = 100  # steps between checkpoints (latest.pt is replaced each time)
+    ckpt_keep_last: int = 0  # also keep the last K of them as checkpoints/step_NNNNNNNN.pt (0 = none)
+    ckpt_every_epochs: float = 0.0  # and keep one every N epochs for good, checkpoints/epoch_NNNN.pt (0 = none)
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
     log_every: int = 10
     num_workers: int = 0
@@ -86,8 +102,9 @@ class DDPMConfig:
     # folder (its unet/, e.g. the shipped embedded model) — same architecture, the objective may differ
     init_from: str = ""
 
-    def total_steps(self) -> int:
-        return int(self.epochs * self.dataset_length / self.batch_size) if self.epochs > 0 else self.steps
+    def total_steps(self, world_size: int = 1) -> int:
+        per_step = self.batch_size * self.grad_accum * world_size
+        return int(self.epochs * self.dataset_length / per_step) if self.epochs > 0 else self.steps
 
     def validate(self) -> None:
         if self.cond not in ("text_tokens", "text_embed", "image_embed"):
@@ -104,6 +121,17 @@ class DDPMConfig:
             raise BestshotError(f"init_from {self.init_from} not found — give a checkpoint file or run folder, or leave it empty")
         if self.amp not in ("auto", "bf16", "none"):
             raise BestshotError(f"amp {self.amp!r} — use auto, bf16 or none")
+        if not 0 <= self.aug_hflip <= 1:
+            raise BestshotError(f"aug_hflip {self.aug_hflip} is a probability — use a value in [0, 1]")
+        for name in ("aug_crop_pad", "t_embed_dim", "c_embed_dim", "ckpt_keep_last"):
+            if getattr(self, name) < 0:
+                raise BestshotError(f"{name} {getattr(self, name)} must be >= 0 (0 = off/default)")
+        if self.aug_crop_pad >= self.img_size:
+            raise BestshotError(f"aug_crop_pad {self.aug_crop_pad} must be smaller than img_size {self.img_size}")
+        if self.grad_accum < 1 or self.batch_size < 1:
+            raise BestshotError("batch_size and grad_accum must be >= 1")
+        if self.ckpt_every_epochs < 0:
+            raise BestshotError(f"ckpt_every_epochs {self.ckpt_every_epochs} must be >= 0 (0 = no epoch checkpoints)")
 
 
 # ------------------------------------------------------------------------------------------ builders
@@ -117,14 +145,34 @@ def build_unet(cfg: DDPMConfig, clip_config) -> UNet2DConditionModel:
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels))
     groups = 32 if all(c % 32 == 0 for c in cfg.block_out_channels) else 8
+    # c_embed_dim: diffusers' encoder_hid_proj maps the CLIP's xdim to the width cross-attention works in
+    proj = dict(cross_attention_dim=cfg.c_embed_dim, encoder_hid_dim=xdim, encoder_hid_dim_type="text_proj") \
+        if cfg.c_embed_dim else dict(cross_attention_dim=xdim)
     return UNet2DConditionModel(
         sample_size=cfg.img_size, in_channels=cfg.channels, out_channels=cfg.channels,
         block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
-        down_block_types=down, up_block_types=up, cross_attention_dim=xdim,
+        down_block_types=down, up_block_types=up, **proj,
         attention_head_dim=cfg.attention_head_dim, norm_num_groups=groups,
+        time_embedding_dim=cfg.t_embed_dim or None,
         class_embed_type="projection" if cfg.class_embed else None,
         projection_class_embeddings_input_dim=clip_config.projection_dim if cfg.class_embed else None,
     )
+
+
+def augment(x: torch.Tensor, hflip: float, crop_pad: int, g: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip (probability ``hflip``) and random crop after reflect-padding ``crop_pad`` pixels,
+    drawn per image from ``g`` (a resumed run draws the same)."""
+    b, _, h, w = x.shape
+    if hflip > 0:
+        flip = (torch.rand(b, generator=g) < hflip).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if crop_pad > 0:
+        p = crop_pad
+        padded = F.pad(x, (p, p, p, p), mode="reflect")
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=g).tolist()
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=g).tolist()
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    return x
 
 
 def noise_scheduler(cfg: DDPMConfig) -> DDPMScheduler:
@@ -281,29 +329,54 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
 
         cache = load_cache(cfg.embed_cache, cfg.dataset, cfg.img_size, cfg.clip, length=len(ds))
     total = cfg.total_steps()
-    B = cfg.batch_size
+    B, A = cfg.batch_size, cfg.grad_accum
     n = len(ds)
-    indices = [i % n for i in range(step * B, total * B)]
+    # micro-batch m is items [m*B, (m+1)*B) (mod n); step s sums micro-batches s*A .. s*A+A-1
+    indices = [i % n for i in range(step * B * A, total * B * A)]
     loader = torch.utils.data.DataLoader(_Indexed(ds), batch_size=B, sampler=indices, num_workers=cfg.num_workers,
                                          collate_fn=_collate, drop_last=True)
     empty_hidden, empty_pooled = encode_text(clip, tok, [""], cfg.cond)
+    history = out / "checkpoints"
 
-    def save() -> None:
-        atomic_torch_save({"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                           "step": step, "config": dataclasses.asdict(cfg), "losses": losses,
-                           "elapsed": elapsed_before + time.time() - t0}, ckpt_path)
+    def save(final: bool = False) -> None:
+        state = {"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                 "step": step, "config": dataclasses.asdict(cfg), "losses": losses,
+                 "elapsed": elapsed_before + time.time() - t0}
+        atomic_torch_save(state, ckpt_path)
+        if cfg.ckpt_keep_last:
+            history.mkdir(exist_ok=True)
+            atomic_torch_save(state, history / f"step_{step:08d}.pt")
+            for old in sorted(history.glob("step_*.pt"))[:-cfg.ckpt_keep_last]:
+                old.unlink(missing_ok=True)
         plot_losses(losses, out / "loss.png", f"DDPM loss ({cfg.cond})")
+
+    def epoch_of(s: int) -> int:
+        """Completed multiples of ckpt_every_epochs after s steps."""
+        return int(s * B * A / n / cfg.ckpt_every_epochs) if cfg.ckpt_every_epochs else 0
+
+    def save_epoch() -> None:
+        history.mkdir(exist_ok=True)
+        e = epoch_of(step) * cfg.ckpt_every_epochs
+        name = f"epoch_{int(e):04d}.pt" if float(e).is_integer() else f"epoch_{e:09.3f}.pt"
+        atomic_torch_save({"model": unet.state_dict(), "ema": ema.state_dict(), "step": step,
+                           "config": dataclasses.asdict(cfg), "epoch": e}, history / name)
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     t0 = time.time()
     stopped_early = False
+    micro, step_loss = 0, 0.0
     with Progress(TextColumn("ddpm"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
                   TimeElapsedColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task("ddpm", total=total, completed=step, loss="-")
         for idx, x0, caps in loader:
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            if micro == 0:  # one generator per step; the micro-batches of a step draw from it in turn
+                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+                opt.zero_grad(set_to_none=True)
+                step_loss = 0.0
             x0 = x0.to(device)
+            if cfg.aug_hflip or cfg.aug_crop_pad:
+                x0 = augment(x0, cfg.aug_hflip, cfg.aug_crop_pad, g)
             b = x0.shape[0]
             t = torch.randint(0, cfg.timesteps, (b,), generator=g).to(device)
             noise = torch.randn(x0.shape, generator=g).to(device)
@@ -316,8 +389,6 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
             hidden = torch.where(drop[:, None, None], empty_hidden.to(hidden.dtype).expand_as(hidden), hidden)
             pooled = torch.where(drop[:, None], empty_pooled.expand_as(pooled), pooled)
             xt = sched.add_noise(x0, noise, t.cpu()).to(device) if device.type == "cpu" else sched.add_noise(x0, noise, t)
-            for grp in opt.param_groups:
-                grp["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, total)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 pred = unet(xt, t, encoder_hidden_states=hidden, class_labels=pooled if cfg.class_embed else None).sample
             target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
@@ -325,20 +396,27 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
             if cfg.min_snr_gamma > 0:  # weight min(snr, gamma) on the x0 error, expressed for eps or v
                 snr = acp[t] / (1 - acp[t])
                 mse = mse * snr.clamp(max=cfg.min_snr_gamma) / (snr if cfg.prediction_type == "epsilon" else snr + 1)
-            loss = mse.mean()
-            opt.zero_grad(set_to_none=True)
+            loss = mse.mean() / A
             loss.backward()
+            step_loss += loss.item()
+            micro += 1
+            if micro < A:
+                continue
+            micro = 0
+            for grp in opt.param_groups:
+                grp["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, total)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
             opt.step()
             ema.update(unet)
             step += 1
-            losses.append((step, loss.item()))
-            bar.update(task, advance=1, loss=f"{loss.item():.4f}")
+            losses.append((step, step_loss))
+            bar.update(task, advance=1, loss=f"{step_loss:.4f}")
             if step % cfg.log_every == 0:
                 recent = [v for _, v in losses[-cfg.log_every:]]
-                print(f"step {step}/{total} loss {sum(recent) / len(recent):.4f} "
-                      f"{(time.time() - t0) / max(1, len(recent)) if False else time.time() - t0:.0f}s", flush=True)
+                print(f"step {step}/{total} loss {sum(recent) / len(recent):.4f} {time.time() - t0:.0f}s", flush=True)
+            if cfg.ckpt_every_epochs and epoch_of(step) > epoch_of(step - 1):
+                save_epoch()
             if step % cfg.ckpt_every == 0:
                 save()
             if cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes:
