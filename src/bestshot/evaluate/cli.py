@@ -180,8 +180,13 @@ def metrics_cmd(
 @app.command("sweep")
 def sweep_cmd(
     manifest_csv: str = typer.Option(..., "--manifest", help="Manifest CSV: captions to generate, real images."),
-    guidance: str = typer.Option("3,5,7.5,12", "--guidance", help="Comma-separated guidance scales."),
-    steps: str = typer.Option("15,30,60", "--steps", help="Comma-separated step counts."),
+    guidance: Optional[str] = typer.Option(None, "--guidance", help="Comma-separated guidance scales "
+                                           "(default without --axis: 3,5,7.5,12)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Comma-separated step counts (default without --axis: "
+                                        "15,30,60)."),
+    axis: Optional[list[str]] = typer.Option(None, "--axis", help="FIELD=V1,V2,...: sweep any generate setting "
+                                             "(an ImgCfg field: scheduler, steps, guidance, refiner_split, width, ...); "
+                                             "repeat for more axes (X, Y, Z...). --guidance/--steps add their axes."),
     num: int = typer.Option(64, "--num", help="Rows (images) per cell."),
     out_dir: str = typer.Option("eval_sweep", "--out"),
     model: str = typer.Option("embedded", "--model", "-m"),
@@ -196,14 +201,23 @@ def sweep_cmd(
     worst: int = typer.Option(16, "--worst", help="Images on the worst-CLIP contact sheet."),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
-    """Guidance × steps grid: generate each cell, measure it, write results.csv/.md, plots, contact sheet."""
-    from .sweep import SweepConfig, run_sweep, to_markdown
+    """A grid over generate settings (guidance × steps by default, any ImgCfg field with --axis): generate each
+    point, measure it, write results.csv/.md, plots, an image grid per point, an X/Y/Z grid, contact sheet."""
+    from .sweep import Axis, SweepConfig, parse_axis, run_sweep, to_markdown
 
     w, h = _size(size)
-    cfg = SweepConfig(manifest=manifest_csv, out=out_dir, guidance=_floats(guidance, "--guidance"),
-                      steps=_ints(steps, "--steps"), num=num, model=model, best_of=best_of, seed=seed, width=w,
+    axes: tuple = ()
+    if axis:
+        axes = tuple(parse_axis(a) for a in axis)
+        if guidance:
+            axes += (Axis("guidance", _floats(guidance, "--guidance")),)
+        if steps:
+            axes += (Axis("steps", _ints(steps, "--steps")),)
+    cfg = SweepConfig(manifest=manifest_csv, out=out_dir, guidance=_floats(guidance or "3,5,7.5,12", "--guidance"),
+                      steps=_ints(steps or "15,30,60", "--steps"), axes=axes, num=num, model=model, best_of=best_of, seed=seed, width=w,
                       height=h, scorer=scorer, device=device, extractor=extractor, inception_weights=inception_weights,
                       clip=clip, cache_dir=cache_dir, worst=worst)
     res = run_sweep(cfg, log=out.print)
     out.print(to_markdown(res["rows"], res["info"]))
-    out.print(f"written: {out_dir}/results.csv, results.md, plot_*.png, worst_clip.png ({res['info']['seconds']} s)")
+    out.print(f"written: {out_dir}/results.csv, results.md, plot_*.png, xyz_grid*.png, worst_clip.png, "
+              f"<point>/grid.png ({res['info']['seconds']} s)")
