@@ -130,8 +130,15 @@ def generate_cmd(
 
 @app.command("metrics")
 def metrics_cmd(
-    real: str = typer.Option(..., "--real", help="Reference images: a folder or a manifest .csv."),
+    real: Optional[str] = typer.Option(None, "--real", help="Reference images: a folder or a manifest .csv."),
     fake: str = typer.Option(..., "--fake", help="Generated images folder (e.g. from `bestshot eval generate`)."),
+    real_stats: Optional[str] = typer.Option(None, "--real-stats", help="Precomputed FID statistics of the reference "
+                                             "(.npz with mu, sigma: ours, clean-fid's or pytorch-fid's) instead of "
+                                             "--real; FID only (KID/CMMD need the images)."),
+    save_real_stats: Optional[str] = typer.Option(None, "--save-real-stats", help="Write the reference's FID "
+                                                  "statistics (.npz, mu/sigma) for later --real-stats runs."),
+    resize: str = typer.Option("clean", "--resize", help="clean: clean-fid's PIL bicubic with antialias (default); "
+                               "legacy: torch-fidelity's TF1 bilinear / the CLIP processor's 8-bit resize."),
     extractor: str = typer.Option("clip", "--extractor", help="clip (offline, NOT comparable with published FID) "
                                   "or inception (standard FID, needs --inception-weights)."),
     inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="pt_inception-2015-12-05 .pth."),
@@ -151,15 +158,23 @@ def metrics_cmd(
     from ..store import atomic_write_json
     from .sweep import build_extractors, default_cache_dir, evaluate_folder
 
-    ext, clip_ext = build_extractors(extractor, inception_weights, clip, device)
+    from ..errors import BestshotError
+
+    if (real is None) == (real_stats is None):
+        raise BestshotError("give the reference as --real FOLDER_OR_CSV or as --real-stats STATS.npz (one of them)")
+    if save_real_stats and real is None:
+        raise BestshotError("--save-real-stats needs --real (the images whose statistics it writes)")
+    ext, clip_ext = build_extractors(extractor, inception_weights, clip, device, resize)
     res = evaluate_folder(real, fake, ext, clip_ext, captions_manifest=captions,
-                          cache_dir=cache_dir or default_cache_dir())
+                          cache_dir=cache_dir or default_cache_dir(), real_stats=real_stats,
+                          save_real_stats=save_real_stats)
     if out_json:
         atomic_write_json(out_json, res)
     if as_json:
         print(json.dumps(res, indent=2))
         return
-    t = Table(title=f"{res['n_fake']} generated vs {res['n_real']} real images")
+    t = Table(title=f"{res['n_fake']} generated vs " + (f"{res['n_real']} real images" if not real_stats else
+                                                        f"FID statistics {real_stats}"))
     t.add_column("metric")
     t.add_column("value", justify="right")
     for label, key, std in (("FID", "fid", None), ("KID", "kid_mean", "kid_std"), ("Inception Score", "is_mean", "is_std"),
@@ -173,6 +188,8 @@ def metrics_cmd(
         out.print(f"CLIP (CMMD, CLIP score): {res['clip_extractor']}; resize: {res['clip_resize']}")
     for note in res["notes"]:
         out.print(f"[dim]note: {note}[/]")
+    if save_real_stats:
+        out.print(f"written: {save_real_stats} (reference FID statistics)")
     if out_json:
         out.print(f"written: {out_json}")
 
@@ -195,6 +212,7 @@ def sweep_cmd(
     size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT (default: the model's)."),
     scorer: Optional[str] = typer.Option(None, "--scorer"),
     extractor: str = typer.Option("clip", "--extractor", help="clip or inception (see `eval metrics`)."),
+    resize: str = typer.Option("clean", "--resize", help="clean (clean-fid, default) or legacy (see `eval metrics`)."),
     inception_weights: Optional[str] = typer.Option(None, "--inception-weights"),
     clip: Optional[str] = typer.Option(None, "--clip", help="CLIP folder for metrics (default: the embedded one)."),
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Real-feature cache (default OUT/feature_cache)."),
@@ -215,7 +233,8 @@ def sweep_cmd(
             axes += (Axis("steps", _ints(steps, "--steps")),)
     cfg = SweepConfig(manifest=manifest_csv, out=out_dir, guidance=_floats(guidance or "3,5,7.5,12", "--guidance"),
                       steps=_ints(steps or "15,30,60", "--steps"), axes=axes, num=num, model=model, best_of=best_of, seed=seed, width=w,
-                      height=h, scorer=scorer, device=device, extractor=extractor, inception_weights=inception_weights,
+                      height=h, scorer=scorer, device=device, extractor=extractor, resize=resize,
+                      inception_weights=inception_weights,
                       clip=clip, cache_dir=cache_dir, worst=worst)
     res = run_sweep(cfg, log=out.print)
     out.print(to_markdown(res["rows"], res["info"]))

@@ -42,22 +42,23 @@ def default_cache_dir() -> Path:
 
 
 def build_extractors(extractor: str = "clip", inception_weights: str | None = None, clip: str | None = None,
-                     device: str | None = None):
+                     device: str | None = None, resize: str = "clean"):
     """(feature extractor for FID/KID/IS, CLIP extractor for CMMD/CLIP score or None).
 
     ``clip`` uses a CLIP image tower for everything (offline; NOT comparable with published FID).
     ``inception`` uses the FID Inception from ``inception_weights``, plus CLIP for CMMD / CLIP score when
-    one is available (``clip`` folder or the embedded one).
+    one is available (``clip`` folder or the embedded one). ``resize``: ``clean`` (clean-fid's PIL bicubic
+    with antialias, the default) or ``legacy`` (see ``features``).
     """
     from .features import ClipExtractor, InceptionExtractor
 
     if extractor == "clip":
-        return ClipExtractor(clip, device=device), None
+        return ClipExtractor(clip, device=device, resize=resize), None
     if extractor != "inception":
         raise BestshotError(f"unknown extractor {extractor!r} — use clip or inception")
-    inc = InceptionExtractor(inception_weights, device=device)
+    inc = InceptionExtractor(inception_weights, device=device, resize=resize)
     try:
-        return inc, ClipExtractor(clip, device=device)
+        return inc, ClipExtractor(clip, device=device, resize=resize)
     except BestshotError:
         if clip is not None:
             raise
@@ -66,7 +67,8 @@ def build_extractors(extractor: str = "clip", inception_weights: str | None = No
 
 def evaluate_folder(real: str | Path | Sequence[Path], fake: str | Path | Sequence[Path], extractor, clip=None,
                     captions_manifest: str | Path | None = None, cache_dir: str | Path | None = None,
-                    real_key: str | None = None) -> dict[str, Any]:
+                    real_key: str | None = None, real_stats: str | Path | None = None,
+                    save_real_stats: str | Path | None = None) -> dict[str, Any]:
     """``evaluate_sets`` for generated images (a folder, a manifest or a list of paths) with their
     captions — from ``captions_manifest`` by row id, else the manifest's own, else the JSON beside each
     image — so CLIP score can be computed."""
@@ -75,8 +77,9 @@ def evaluate_folder(real: str | Path | Sequence[Path], fake: str | Path | Sequen
     images, own = load_image_set(fake)
     captions = own if own is not None and captions_manifest is None else captions_for(images, captions_manifest)
     res = evaluate_sets(real, images, extractor, clip=clip, captions=captions, cache_dir=cache_dir,
-                        real_key=real_key)
-    res.update(real=str(real) if isinstance(real, (str, Path)) else f"{len(real)} images",
+                        real_key=real_key, real_stats=real_stats, save_real_stats=save_real_stats)
+    res.update(real=str(real) if isinstance(real, (str, Path)) else
+               (f"FID statistics {real_stats}" if real is None else f"{len(real)} images"),
                fake=str(fake) if isinstance(fake, (str, Path)) else f"{len(images)} images")
     return res
 
@@ -197,6 +200,7 @@ class SweepConfig:
     scorer: str | None = None
     device: str | None = None
     extractor: str = "clip"
+    resize: str = "clean"  # clean (clean-fid) | legacy
     inception_weights: str | None = None
     clip: str | None = None
     cache_dir: str | None = None  # default: OUT/feature_cache
@@ -233,7 +237,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict[str, A
     real = [r.image_path for r in rows]
     real_key = f"{Path(cfg.manifest).stem}-first{len(rows)}"
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "feature_cache"
-    extractor, clip = build_extractors(cfg.extractor, cfg.inception_weights, cfg.clip, cfg.device)
+    extractor, clip = build_extractors(cfg.extractor, cfg.inception_weights, cfg.clip, cfg.device, cfg.resize)
 
     t0 = time.perf_counter()
     results: list[dict[str, Any]] = []
@@ -252,7 +256,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict[str, A
         outputs = [o for o in read_outputs(folder) if o.get("row_id") in wanted]
         if len(outputs) < 2:
             raise BestshotError(f"{folder} has {len(outputs)} finished image(s) — FID/KID need at least 2")
-        metrics = _reuse(metrics_path, summary, len(outputs), extractor.name)
+        metrics = _reuse(metrics_path, summary, len(outputs), extractor.name, extractor.resize)
         if metrics is None:
             metrics = evaluate_folder(real, [Path(o["path"]) for o in outputs], extractor, clip,
                                       cache_dir=cache_dir, real_key=real_key)
@@ -277,7 +281,8 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict[str, A
             "files": [str(f) for f in files]}
 
 
-def _reuse(path: Path, summary: dict[str, Any], n_outputs: int, extractor_name: str) -> dict[str, Any] | None:
+def _reuse(path: Path, summary: dict[str, Any], n_outputs: int, extractor_name: str,
+           resize: str | None = None) -> dict[str, Any] | None:
     """The cell's saved metrics when nothing was generated since and they cover the same images."""
     if summary["generated"] or not path.is_file():
         return None
@@ -285,7 +290,8 @@ def _reuse(path: Path, summary: dict[str, Any], n_outputs: int, extractor_name: 
         m = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    return m if m.get("n_fake") == n_outputs and m.get("extractor") == extractor_name else None
+    same = m.get("n_fake") == n_outputs and m.get("extractor") == extractor_name
+    return m if same and (resize is None or m.get("resize") == resize) else None
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
