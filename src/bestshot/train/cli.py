@@ -57,10 +57,18 @@ def ddpm(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAM
          out_dir: Optional[str] = typer.Option(None, help="output folder (overrides the config)"),
          steps: Optional[int] = typer.Option(None, help="total steps (overrides the config)"),
          max_minutes: Optional[float] = typer.Option(None, help="stop with a checkpoint after this wall time")) -> None:
-    """Train the denoiser (DDPM objective, CFG context dropout, EMA, checkpoints, resume)."""
+    """Train the denoiser (DDPM objective, CFG context dropout, EMA, checkpoints, resume).
+
+    Data parallel on N processes: `accelerate launch --multi_gpu --num_processes N -m bestshot.train.cli ddpm ...`
+    on N GPUs, or `torchrun --nproc_per_node N -m bestshot.train.cli ddpm ...` (GPUs or CPU processes; accelerate
+    launch needs MPI for several CPU processes); the same config then trains on N times the items per step."""
+    import os
+
     from bestshot.train.ddpm import run
 
-    _print(run(str(config) if config else None, resume=resume, out_dir=out_dir, steps=steps, max_minutes=max_minutes))
+    res = run(str(config) if config else None, resume=resume, out_dir=out_dir, steps=steps, max_minutes=max_minutes)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print(res)
 
 
 @app.command()

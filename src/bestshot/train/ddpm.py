@@ -279,6 +279,51 @@ def _collate(items):
     return torch.tensor(idx), torch.stack(imgs), list(caps)
 
 
+class _Dist:
+    """Data parallelism through accelerate when the run was started by ``accelerate launch`` (or torchrun) with
+    several processes; a no-op otherwise. Every process holds the whole model; gradients are averaged across
+    processes in backward (DDP); process ``r`` takes micro-batch ``(s*A + k)*W + r`` of step ``s`` (``W``
+    processes, ``A`` = grad_accum), so a step always covers the same ``B*A*W`` items. The main process alone
+    writes checkpoints, plots and prints."""
+
+    def __init__(self, device: torch.device):
+        import os
+
+        self.acc = None
+        self.world, self.rank, self.device = 1, 0, device
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import Accelerator
+
+            self.acc = Accelerator(cpu=device.type == "cpu")
+            self.world, self.rank, self.device = self.acc.num_processes, self.acc.process_index, self.acc.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model):
+        return self.acc.prepare_model(model) if self.acc else model
+
+    def no_sync(self, model, skip: bool):
+        import contextlib
+
+        return self.acc.no_sync(model) if self.acc and skip else contextlib.nullcontext()
+
+    def mean(self, value: float) -> float:
+        if not self.acc:
+            return value
+        return float(self.acc.reduce(torch.tensor([value], device=self.device), "mean").item())
+
+    def any(self, flag: bool) -> bool:
+        if not self.acc:
+            return flag
+        return bool(self.acc.reduce(torch.tensor([float(flag)], device=self.device), "sum").item() > 0)
+
+    def barrier(self) -> None:
+        if self.acc:
+            self.acc.wait_for_everyone()
+
+
 # ---------------------------------------------------------------------------------------------- train
 def train(cfg: DDPMConfig, resume: bool = False) -> dict:
     cfg.validate()
@@ -286,11 +331,14 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
         torch.set_num_threads(cfg.threads)
     from bestshot.models.loader import resolve_device
 
-    device = resolve_device()
+    dist = _Dist(resolve_device())
+    device = dist.device
     amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CKPT_NAME
+    existed = ckpt_path.exists()
+    dist.barrier()  # every process has looked before the main one can write
+    out.mkdir(parents=True, exist_ok=True)
 
     clip, tok = load_clip(cfg.clip)
     clip.to(device)
@@ -310,7 +358,7 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
         opt.load_state_dict(ck["optimizer"])
         step, losses, elapsed_before = ck["step"], ck["losses"], ck.get("elapsed", 0.0)
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
-    elif ckpt_path.exists() and not resume:
+    elif existed and not resume:
         raise BestshotError(f"{ckpt_path} exists — pass --resume to continue it, or choose another out_dir")
     elif cfg.init_from:
         init_weights(unet, cfg.init_from)
@@ -328,17 +376,20 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
         from bestshot.train.embed import load_cache
 
         cache = load_cache(cfg.embed_cache, cfg.dataset, cfg.img_size, cfg.clip, length=len(ds))
-    total = cfg.total_steps()
+    W, r = dist.world, dist.rank
+    total = cfg.total_steps(W)
     B, A = cfg.batch_size, cfg.grad_accum
     n = len(ds)
-    # micro-batch m is items [m*B, (m+1)*B) (mod n); step s sums micro-batches s*A .. s*A+A-1
-    indices = [i % n for i in range(step * B * A, total * B * A)]
+    # micro-batch m is items [m*B, (m+1)*B) (mod n); step s sums micro-batches (s*A + k)*W + r, k < A, of process r
+    indices = [((m * W + r) * B + j) % n for m in range(step * A, total * A) for j in range(B)]
     loader = torch.utils.data.DataLoader(_Indexed(ds), batch_size=B, sampler=indices, num_workers=cfg.num_workers,
                                          collate_fn=_collate, drop_last=True)
     empty_hidden, empty_pooled = encode_text(clip, tok, [""], cfg.cond)
     history = out / "checkpoints"
 
     def save(final: bool = False) -> None:
+        if not dist.main:
+            return
         state = {"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                  "step": step, "config": dataclasses.asdict(cfg), "losses": losses,
                  "elapsed": elapsed_before + time.time() - t0}
@@ -352,9 +403,11 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
 
     def epoch_of(s: int) -> int:
         """Completed multiples of ckpt_every_epochs after s steps."""
-        return int(s * B * A / n / cfg.ckpt_every_epochs) if cfg.ckpt_every_epochs else 0
+        return int(s * B * A * W / n / cfg.ckpt_every_epochs) if cfg.ckpt_every_epochs else 0
 
     def save_epoch() -> None:
+        if not dist.main:
+            return
         history.mkdir(exist_ok=True)
         e = epoch_of(step) * cfg.ckpt_every_epochs
         name = f"epoch_{int(e):04d}.pt" if float(e).is_integer() else f"epoch_{e:09.3f}.pt"
@@ -366,12 +419,13 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
     t0 = time.time()
     stopped_early = False
     micro, step_loss = 0, 0.0
+    model = dist.wrap(unet)  # DDP when several processes, else the UNet itself
     with Progress(TextColumn("ddpm"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn()) as bar:
+                  TimeElapsedColumn(), TimeRemainingColumn(), disable=not dist.main) as bar:
         task = bar.add_task("ddpm", total=total, completed=step, loss="-")
         for idx, x0, caps in loader:
-            if micro == 0:  # one generator per step; the micro-batches of a step draw from it in turn
-                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            if micro == 0:  # one generator per step (and process); the micro-batches of a step draw from it in turn
+                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 998_244_353 * r)
                 opt.zero_grad(set_to_none=True)
                 step_loss = 0.0
             x0 = x0.to(device)
@@ -389,15 +443,17 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
             hidden = torch.where(drop[:, None, None], empty_hidden.to(hidden.dtype).expand_as(hidden), hidden)
             pooled = torch.where(drop[:, None], empty_pooled.expand_as(pooled), pooled)
             xt = sched.add_noise(x0, noise, t.cpu()).to(device) if device.type == "cpu" else sched.add_noise(x0, noise, t)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                pred = unet(xt, t, encoder_hidden_states=hidden, class_labels=pooled if cfg.class_embed else None).sample
-            target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
-            mse = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
-            if cfg.min_snr_gamma > 0:  # weight min(snr, gamma) on the x0 error, expressed for eps or v
-                snr = acp[t] / (1 - acp[t])
-                mse = mse * snr.clamp(max=cfg.min_snr_gamma) / (snr if cfg.prediction_type == "epsilon" else snr + 1)
-            loss = mse.mean() / A
-            loss.backward()
+            with dist.no_sync(model, skip=micro + 1 < A):  # gradients are averaged once per step
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    pred = model(xt, t, encoder_hidden_states=hidden,
+                                 class_labels=pooled if cfg.class_embed else None).sample
+                target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
+                mse = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
+                if cfg.min_snr_gamma > 0:  # weight min(snr, gamma) on the x0 error, expressed for eps or v
+                    snr = acp[t] / (1 - acp[t])
+                    mse = mse * snr.clamp(max=cfg.min_snr_gamma) / (snr if cfg.prediction_type == "epsilon" else snr + 1)
+                loss = mse.mean() / A
+                loss.backward()
             step_loss += loss.item()
             micro += 1
             if micro < A:
@@ -410,23 +466,28 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
             opt.step()
             ema.update(unet)
             step += 1
+            step_loss = dist.mean(step_loss)
             losses.append((step, step_loss))
             bar.update(task, advance=1, loss=f"{step_loss:.4f}")
-            if step % cfg.log_every == 0:
+            if step % cfg.log_every == 0 and dist.main:
                 recent = [v for _, v in losses[-cfg.log_every:]]
                 print(f"step {step}/{total} loss {sum(recent) / len(recent):.4f} {time.time() - t0:.0f}s", flush=True)
             if cfg.ckpt_every_epochs and epoch_of(step) > epoch_of(step - 1):
                 save_epoch()
             if step % cfg.ckpt_every == 0:
                 save()
-            if cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes:
+            if cfg.max_minutes and dist.any(time.time() - t0 > 60 * cfg.max_minutes):  # all stop together
                 stopped_early = step < total
                 break
     save()
+    dist.barrier()
     recent = [v for _, v in losses[-50:]]
     summary = {"step": step, "total_steps": total, "final_loss": sum(recent) / max(1, len(recent)),
                "seconds": round(elapsed_before + time.time() - t0, 1), "stopped_early": stopped_early}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    if dist.world > 1:
+        summary["processes"] = dist.world
+    if dist.main:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
