@@ -137,3 +137,21 @@ def test_ddpm_trains_on_image_embeddings_of_an_uncaptioned_folder(tiny_imagenet,
                      embed_cache=str(cache), block_out_channels=(32, 32), attention_levels=(False, True),
                      batch_size=3, steps=2, ckpt_every=2, warmup_steps=1, log_every=100, out_dir=str(tmp_path / "run"))
     assert train(cfg)["step"] == 2
+
+
+def test_open_clip_preprocess_config(tmp_path):
+    """open_clip hub folders (open_clip_config.json): size, mean/std and resize mode are read the same way."""
+    conf = {"model_cfg": {"vision_cfg": {"image_size": 48}},
+            "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "resize_mode": "shortest"}}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(conf))
+    pre = ClipPreprocess.from_folder(tmp_path)
+    assert (pre.shortest_edge, pre.crop_hw, pre.mean) == (48, (48, 48), (0.5, 0.5, 0.5))
+    x = torch.zeros(1, 3, 16, 32)  # mid-grey: 0 after (0.5 - 0.5) / 0.25
+    assert pre(x).shape == (1, 3, 48, 48) and pre(x).abs().max() < 1e-5
+    squash = ClipPreprocess.from_open_clip_config({**conf, "preprocess_cfg": {"resize_mode": "squash"}})
+    assert squash(x).shape == (1, 3, 48, 48)
+    longest = ClipPreprocess.from_open_clip_config({**conf, "preprocess_cfg": {"resize_mode": "longest"}})
+    out = longest(torch.ones(1, 3, 16, 32))  # 16x32 → 24x48, padded to 48x48 with black
+    assert out.shape == (1, 3, 48, 48)
+    with pytest.raises(BestshotError, match="resize_mode"):
+        ClipPreprocess.from_open_clip_config({"preprocess_cfg": {"resize_mode": "zoom"}})

@@ -5,8 +5,10 @@ standard CLIP expects its own resolution (ViT-B/32: 224 px) and its own normalis
 what the CLIP's processor config says — transformers' ``preprocessor_config.json`` (``size``,
 ``crop_size``, ``image_mean``, ``image_std``, ``do_resize``, ``do_center_crop``, ``do_normalize``) —
 and applies the same steps on tensors: resize the short side (bicubic with antialias), centre crop,
-normalise. A CLIP folder without a processor config gets its vision tower's ``image_size`` and the
-OpenAI CLIP mean/std, as transformers' CLIPImageProcessor defaults do.
+normalise. open_clip's hub folders describe the same in ``open_clip_config.json`` (``preprocess_cfg``:
+``mean``, ``std``, ``resize_mode``; ``model_cfg.vision_cfg.image_size``), which is read the same way. A CLIP
+folder without either gets its vision tower's ``image_size`` and the OpenAI CLIP mean/std, as
+transformers' CLIPImageProcessor defaults do.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class ClipPreprocess:
     mean: tuple[float, ...] = OPENAI_CLIP_MEAN
     std: tuple[float, ...] = OPENAI_CLIP_STD
     do_normalize: bool = True
+    longest_edge: int | None = None  # open_clip resize_mode "longest": fit the long side, pad the rest
 
     @classmethod
     def for_size(cls, size: int) -> "ClipPreprocess":
@@ -74,15 +77,34 @@ class ClipPreprocess:
                    do_normalize=bool(conf.get("do_normalize", True)))
 
     @classmethod
+    def from_open_clip_config(cls, conf: dict) -> "ClipPreprocess":
+        """From open_clip's ``open_clip_config.json`` (``model_cfg.vision_cfg.image_size``, ``preprocess_cfg``)."""
+        pre = conf.get("preprocess_cfg") or {}
+        size = pre.get("size") or (conf.get("model_cfg") or {}).get("vision_cfg", {}).get("image_size") or 224
+        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        mode = pre.get("resize_mode", "shortest")
+        if mode not in ("shortest", "longest", "squash"):
+            raise BestshotError(f"open_clip resize_mode {mode!r} is not supported — use shortest, longest or squash")
+        mean = tuple(float(v) for v in pre.get("mean") or OPENAI_CLIP_MEAN)
+        std = tuple(float(v) for v in pre.get("std") or OPENAI_CLIP_STD)
+        if mode == "squash":
+            return cls(shortest_edge=None, resize_hw=(h, w), crop_hw=None, mean=mean, std=std)
+        if mode == "longest":  # fit inside, then pad to the size (the centre "crop" pads)
+            return cls(shortest_edge=None, resize_hw=None, crop_hw=(h, w), mean=mean, std=std, longest_edge=max(h, w))
+        return cls(shortest_edge=min(h, w), crop_hw=(h, w), mean=mean, std=std)
+
+    @classmethod
     def from_folder(cls, folder: str | Path, image_size: int | None = None) -> "ClipPreprocess":
-        """The processor config of a CLIP folder, or (none there) the tower's ``image_size`` with CLIP mean/std."""
-        path = Path(folder) / "preprocessor_config.json"
-        if path.is_file():
-            try:
-                conf = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise BestshotError(f"{path} is not readable JSON ({e}) — fix or delete it") from None
-            return cls.from_config(conf, image_size)
+        """The processor config of a CLIP folder (transformers' or open_clip's), or (neither there) the tower's
+        ``image_size`` with CLIP mean/std."""
+        for name in ("preprocessor_config.json", "open_clip_config.json"):
+            path = Path(folder) / name
+            if path.is_file():
+                try:
+                    conf = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as e:
+                    raise BestshotError(f"{path} is not readable JSON ({e}) — fix or delete it") from None
+                return cls.from_config(conf, image_size) if name.startswith("pre") else cls.from_open_clip_config(conf)
         if image_size is None:
             raise BestshotError(f"{folder} has no preprocessor_config.json and no image size — save the CLIP's "
                                 "image processor beside its weights")
@@ -94,6 +116,9 @@ class ClipPreprocess:
         h, w = x.shape[-2:]
         if self.resize_hw is not None:
             size = self.resize_hw
+        elif self.longest_edge is not None:
+            s = self.longest_edge
+            size = (max(1, int(h * s / w)), s) if w >= h else (s, max(1, int(w * s / h)))
         elif self.shortest_edge is not None:
             s = self.shortest_edge
             size = (s, max(1, int(w * s / h))) if h <= w else (max(1, int(h * s / w)), s)
