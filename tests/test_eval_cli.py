@@ -167,3 +167,21 @@ def test_metrics_cli_fields_and_cache(captioned, tmp_path, tiny_sd15, tiny_clip,
     code, _, err = run_cli(["eval", "metrics", "--real", str(manifest), "--fake", str(out), "--extractor",
                             "inception"], capsys, monkeypatch)
     assert code == 2 and "Inception weights" in err
+
+    # the reference as FID statistics: saved once, then used instead of the images (same FID)
+    stats = tmp_path / "ref_stats.npz"
+    code, stdout, err = run_cli(args[:-2] + ["--save-real-stats", str(stats)], capsys, monkeypatch)
+    assert code == 0 and stats.is_file(), err
+    code, stdout, err = run_cli(["eval", "metrics", "--real-stats", str(stats), "--fake", str(out), "--clip", tiny_clip,
+                                 "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    got = json.loads(stdout)
+    assert got["fid"] == pytest.approx(res["fid"], rel=1e-6) and got["kid_mean"] is None
+    assert got["resize"].startswith("clean:")
+    for bad, msg in ((["--fake", str(out)], "--real-stats"),
+                     (["--real", str(manifest), "--real-stats", str(stats), "--fake", str(out)], "one of them"),
+                     (["--real-stats", str(stats), "--fake", str(out), "--clip", tiny_clip, "--resize", "legacy"],
+                      "resize"),
+                     (["--real", str(manifest), "--fake", str(out), "--resize", "bilinear"], "clean")):
+        code, _, err = run_cli(["eval", "metrics", *bad], capsys, monkeypatch)
+        assert code == 2 and msg in err and "Traceback" not in err, (bad, err)

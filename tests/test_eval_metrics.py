@@ -190,12 +190,82 @@ def test_inception_extractor_needs_weights_file(tmp_path):
 
 
 def test_inception_extractor_shapes_with_random_weights(tmp_path, monkeypatch):
+    """The real torch-fidelity architecture with random weights, saved to a file and loaded through the
+    extractor's own (strict) path; needs the fid extra (torch-fidelity + a matching torchvision)."""
     fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
-    monkeypatch.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
-    monkeypatch.setattr(fe.torch, "load", lambda *a, **k: {})
-    weights = tmp_path / "random.pth"
-    weights.write_bytes(b"unused")
-    ext = InceptionExtractor(weights, device="cpu")
+    with monkeypatch.context() as m:  # build once without downloading: keep the random initialisation
+        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+        m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
+        torch.manual_seed(0)
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
+    weights = tmp_path / "random-inception.pth"
+    torch.save(net.state_dict(), weights)
     imgs = [Image.new("RGB", (64, 48), (i * 50, 0, 0)) for i in range(2)] + [Image.new("RGB", (32, 32))]
-    feats, logits = ext.features_and_logits(imgs)
-    assert feats.shape == (3, 2048) and logits.shape == (3, 1008)
+    clean = InceptionExtractor(weights, device="cpu")
+    assert clean.resize.startswith("clean:")
+    feats, logits = clean.features_and_logits(imgs)
+    assert feats.shape == (3, 2048) and logits.shape == (3, 1008) and np.isfinite(feats).all()
+    legacy = InceptionExtractor(weights, device="cpu", resize="legacy")
+    assert legacy.resize.startswith("legacy:")
+    rng = np.random.default_rng(0)
+    at299 = [Image.fromarray(rng.integers(0, 255, (299, 299, 3), dtype=np.uint8))]
+    np.testing.assert_allclose(clean.features(at299), legacy.features(at299), rtol=1e-4, atol=1e-5)  # no resize
+    noisy = [Image.fromarray(rng.integers(0, 255, (97, 131, 3), dtype=np.uint8))]
+    assert not np.allclose(clean.features(noisy), legacy.features(noisy))  # the two resizes differ
+    (tmp_path / "other.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(BestshotError, match="not the FID Inception"):
+        InceptionExtractor(tmp_path / "other.pth")
+
+
+def test_clean_resize_is_pil_bicubic_with_antialias_in_float():
+    from bestshot.evaluate.features import clean_resize
+
+    board = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)
+    img = Image.fromarray(np.stack([board] * 3, -1))
+    small = clean_resize(img, (8, 8))
+    assert small.dtype == np.float32 and small.shape == (8, 8, 3)
+    assert abs(small.mean() - 127.5) < 2 and small.std() < 5  # antialiased: a grey, not an aliased pattern
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    want = np.asarray(Image.fromarray(arr).resize((15, 20), Image.BICUBIC), dtype=np.float32)  # PIL, 8-bit
+    diff = np.abs(clean_resize(Image.fromarray(arr), (15, 20)) - want)
+    assert diff.max() <= 1.5 and diff.mean() < 0.5  # the same filter, without 8-bit fixed point and rounding
+    assert np.array_equal(clean_resize(Image.fromarray(arr), (30, 40)), arr.astype(np.float32))
+
+
+def test_fid_statistics_round_trip_and_formats(feats, tmp_path):
+    from bestshot.evaluate.features import fid_stats, load_fid_stats, save_fid_stats
+
+    real, fake = feats
+    path = save_fid_stats(tmp_path / "ref.npz", real, extractor="x", resize="clean: y")
+    st = load_fid_stats(path)
+    assert (st["extractor"], st["resize"], st["n"]) == ("x", "clean: y", len(real))
+    mu, sigma = fid_stats(fake)
+    direct = M.fid(real, fake)
+    assert M.fid_from_stats(st["mu"], st["sigma"], mu, sigma) == pytest.approx(direct, rel=1e-6, abs=1e-6)
+    # pytorch-fid / clean-fid files: only mu and sigma
+    np.savez(tmp_path / "pytorch_fid.npz", mu=st["mu"], sigma=st["sigma"])
+    other = load_fid_stats(tmp_path / "pytorch_fid.npz")
+    assert other["extractor"] is None and np.array_equal(other["sigma"], st["sigma"])
+    np.savez(tmp_path / "bad.npz", mean=st["mu"])
+    with pytest.raises(BestshotError, match="mu and sigma"):
+        load_fid_stats(tmp_path / "bad.npz")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(BestshotError, match="cannot read FID statistics"):
+        load_fid_stats(tmp_path / "junk.npz")
+
+
+def test_evaluate_against_saved_reference_statistics(tiny_clip, tmp_path):
+    real = tmp_path / "real"
+    _pngs(real, 6)
+    fake = tmp_path / "fake"
+    _pngs(fake, 5, size=(20, 12), offset=3)
+    ext = ClipExtractor(tiny_clip, device="cpu")
+    with pytest.warns(UserWarning, match="singular"):
+        full = M.evaluate_sets(real, fake, ext, kid_subsets=5, save_real_stats=tmp_path / "ref.npz")
+    again = M.evaluate_sets(None, fake, ext, real_stats=tmp_path / "ref.npz")
+    assert again["fid"] == pytest.approx(full["fid"], rel=1e-6, abs=1e-6)
+    assert again["kid_mean"] is None and any("statistics" in n for n in again["notes"])
+    legacy = ClipExtractor(tiny_clip, device="cpu", resize="legacy")
+    with pytest.raises(BestshotError, match="resize"):
+        M.evaluate_sets(None, fake, legacy, real_stats=tmp_path / "ref.npz")

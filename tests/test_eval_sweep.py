@@ -101,3 +101,63 @@ def test_plots_and_contact_sheet_units(tmp_path):
         assert im.width == 2 * 70 + 6 and im.height > 3 * 64
         # thumbnails were enlarged (nearest): the first one's top-left block is the first image's colour
         assert im.getpixel((10, 10)) == (0, 0, 0) and im.getpixel((6 + 70 + 10, 10)) == (40, 0, 0)
+
+
+def test_sweep_any_imgcfg_fields_with_xyz_grid(manifest, tmp_path, tiny_sd15, tiny_clip, capsys, monkeypatch):
+    """--axis scheduler=... --axis steps=...: every point generated with its settings, an image grid per point,
+    an X/Y/Z grid, plots over the first axis; the old flags still add their axes."""
+    out = tmp_path / "xyz"
+    argv = ["eval", "sweep", "--manifest", str(manifest), "--axis", "scheduler=euler,ddim", "--axis", "steps=1,2",
+            "--num", "2", "--out", str(out), "--model", tiny_sd15, "--scorer", tiny_clip, "--clip", tiny_clip,
+            "--size", "32x32", "--worst", "2"]
+    code, stdout, err = run_cli(argv, capsys, monkeypatch)
+    assert code == 0, err
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:2] == ["scheduler", "steps"]
+    assert [(r["scheduler"], r["steps"], r["folder"]) for r in rows] == [
+        ("euler", "1", "scheduler-euler_steps-1"), ("euler", "2", "scheduler-euler_steps-2"),
+        ("ddim", "1", "scheduler-ddim_steps-1"), ("ddim", "2", "scheduler-ddim_steps-2")]
+    for r in rows:
+        meta = json.loads(next((out / r["folder"]).glob("0*.json")).read_text())
+        assert meta["scheduler"] == r["scheduler"] and meta["steps"] == int(r["steps"])
+        with Image.open(out / r["folder"] / "grid.png") as im:
+            assert im.width > 128
+    assert "| scheduler | steps |" in (out / "results.md").read_text()
+    with Image.open(out / "xyz_grid.png") as im:
+        assert im.width > 2 * 128 and im.height > 2 * 128
+    assert (out / "plot_fid.png").is_file()
+    # three axes: one X/Y grid per value of the third
+    argv3 = [a if a != "steps=1,2" else "guidance=1,2" for a in argv] + ["--steps", "1"]
+    code, _, err = run_cli(argv3, capsys, monkeypatch)
+    assert code == 0, err
+    assert sorted(p.name for p in out.glob("xyz_grid_*.png")) == ["xyz_grid_steps-1.png"]
+
+
+@pytest.mark.parametrize("axis, message", [
+    ("schedular=euler", "unknown or unsweepable field 'schedular'"),
+    ("scheduler=euler,eulr", "unknown scheduler 'eulr'"),
+    ("steps=10,ten", "'ten' is not a whole number"),
+    ("width=500", "multiple of 8"),
+    ("blocklist=a,b", "unknown or unsweepable field 'blocklist'"),
+    ("guidance=", "has no values"),
+    ("steps", "FIELD=V1,V2"),
+    ("refiner=yes,maybe", "'maybe' is not true or false"),
+])
+def test_sweep_axis_errors(axis, message, manifest, tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(["eval", "sweep", "--manifest", str(manifest), "--axis", axis, "--out", str(tmp_path / "o")],
+                           capsys, monkeypatch)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_sweep_axis_parsing():
+    from bestshot.errors import BestshotError
+    from bestshot.evaluate.sweep import Axis, SweepConfig, parse_axis, point_name
+
+    assert parse_axis("refiner_split=0.7,0.8").values == (0.7, 0.8)
+    assert parse_axis("scheduler=none,DPM++ 2M").values == (None, "dpmpp_2m")
+    assert point_name((parse_axis("scheduler=euler"), parse_axis("steps=10")), ("euler", 10)) == "scheduler-euler_steps-10"
+    assert point_name((Axis("guidance", (7.5,)), Axis("steps", (30,))), (7.5, 30)) == "g7.5_s30"
+    with pytest.raises(BestshotError, match="same field"):
+        SweepConfig("m.csv", "o", axes=(parse_axis("steps=1"), parse_axis("steps_base=2"))).sweep_axes()

@@ -90,3 +90,42 @@ def test_cli_interrogate_eval_writes_per_image(tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert [r["image"] for r in rows] == list(TRUTH) and rows[1]["status"] == "missing"
     assert '"missing": [' in res.output and "b2" in res.output
+
+
+def test_submission_round_trip_as_kaggle_reads_it(tmp_path):
+    """write → read back as the competition did (val column, reshape to (n, 384)) → the MiniLM embeddings."""
+    from bestshot.interrogate.cli import app
+
+    pred = _write(tmp_path / "pred.csv", [(f"{k}.png", v) for k, v in PRED.items()], id_col="image")
+    sub = tmp_path / "submission.csv"
+    res = CliRunner().invoke(app, ["interrogate-eval", str(pred), "--submission", str(sub), "--json"])
+    assert res.exit_code == 0, res.output
+    lines = sub.read_text().splitlines()
+    assert lines[0] == "imgId_eId,val" and len(lines) == 1 + 4 * 384
+    assert lines[1].startswith("a1_0,") and lines[384].startswith("a1_383,") and lines[385].startswith("b2_0,")
+    with open(sub, newline="") as f:
+        vals = np.array([float(r["val"]) for r in csv.DictReader(f)], dtype=np.float32).reshape(-1, 384)
+    want = metric.embed_prompts(list(PRED.values()))
+    np.testing.assert_allclose(vals, want, atol=1e-7)
+    ids, emb = metric.read_submission(sub)
+    assert ids == list(PRED) and np.array_equal(emb, vals)
+    np.testing.assert_allclose(np.linalg.norm(vals, axis=1), 1.0, atol=1e-5)
+    # with a truth file it also scores
+    truth = _write(tmp_path / "truth.csv", list(TRUTH.items()))
+    res = CliRunner().invoke(app, ["interrogate-eval", str(pred), str(truth), "--submission", str(tmp_path / "s2.csv")])
+    assert res.exit_code == 0 and "mean MiniLM cosine" in res.output
+    assert (tmp_path / "s2.csv").read_text() == sub.read_text()
+
+
+def test_submission_errors(tmp_path):
+    from bestshot.interrogate.cli import app
+
+    with pytest.raises(BestshotError, match="384"):
+        metric.write_submission(tmp_path / "s.csv", ["a"], np.zeros((1, 10)))
+    (tmp_path / "bad.csv").write_text("imgId_eId,val\na_0,0.5\n")
+    with pytest.raises(BestshotError, match="multiple of 384"):
+        metric.read_submission(tmp_path / "bad.csv")
+    pred = _write(tmp_path / "pred.csv", [("a1", "x")])
+    res = CliRunner().invoke(app, ["interrogate-eval", str(pred)])
+    assert res.exit_code != 0 and "--submission" in str(res.exception or res.output)
+    assert not (tmp_path / "s.csv").exists()

@@ -257,3 +257,100 @@ def test_reexport_an_exported_folder_with_a_new_image_side(clip_dir, tmp_path):
         "DPMSolverMultistepScheduler"
     with pytest.raises(BestshotError, match="unknown scheduler"):
         export(first, tmp_path / "bad", scheduler="dpm-fast")
+
+
+def test_augment_flip_and_crop():
+    from bestshot.train.ddpm import augment
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    assert torch.equal(augment(x, 1.0, 0, torch.Generator().manual_seed(0)), x.flip(-1))
+    assert torch.equal(augment(x, 0.0, 0, torch.Generator().manual_seed(0)), x)
+    a = augment(x, 0.5, 2, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, augment(x, 0.5, 2, torch.Generator().manual_seed(1)))
+    # each crop is an 8x8 window of the reflect-padded image
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
+    for i in range(2):
+        windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        windows += [w.flip(-1) for w in windows]
+        assert any(torch.equal(a[i], w) for w in windows)
+
+
+def test_unet_knobs_accumulation_history_and_similarity(clip_dir, tmp_path, monkeypatch):
+    """t_embed_dim / c_embed_dim reach the UNet; grad_accum=2 resumes exactly; checkpoints/ keeps the last K
+    and one per epoch; the exported model samples and plots its prompt↔sample similarity."""
+    from bestshot.train.sample import sample
+
+    kw = dict(t_embed_dim=24, c_embed_dim=20, grad_accum=2, batch_size=2, dataset_length=8, aug_hflip=0.5,
+              aug_crop_pad=2, ckpt_every=1, ckpt_keep_last=2, ckpt_every_epochs=1.0)
+    cfg = cfg_for(clip_dir, tmp_path / "a", **kw)
+    clip, _ = load_clip(cfg.clip)
+    unet = build_unet(cfg, clip.config)
+    assert unet.config.cross_attention_dim == 20 and unet.config.encoder_hid_dim == clip.config.text_config.hidden_size
+    assert unet.time_embedding.linear_1.out_features == 24
+    assert train(cfg)["step"] == 6
+    hist = sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir())
+    # 4 items per step, 8 items per epoch: an epoch every 2 steps
+    assert hist == ["epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt", "step_00000005.pt", "step_00000006.pt"]
+    assert load_checkpoint(tmp_path / "a" / "checkpoints" / "epoch_0002.pt")["step"] == 4
+    # a run killed in step 5 and resumed ends where the straight run ended
+    from bestshot.train import common
+
+    real_update, calls = common.EMA.update, {"n": 0}
+
+    def killed_at_step_5(self, model):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        real_update(self, model)
+
+    monkeypatch.setattr(common.EMA, "update", killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_for(clip_dir, tmp_path / "b", **kw))
+    monkeypatch.setattr(common.EMA, "update", real_update)
+    assert train(cfg_for(clip_dir, tmp_path / "b", **kw), resume=True)["step"] == 6
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], atol=1e-5, rtol=1e-4)
+    assert DDPMConfig(epochs=2, dataset_length=80, batch_size=4, grad_accum=5).total_steps() == 8
+    with pytest.raises(BestshotError, match="aug_hflip"):
+        cfg_for(clip_dir, tmp_path / "c", aug_hflip=1.5).validate()
+    out = export(tmp_path / "a" / "checkpoints" / "epoch_0002.pt", tmp_path / "model")
+    sample(out, ["a red circle", "a blue square"], tmp_path / "g.png", n=2, steps=2, similarity=tmp_path / "sim.png")
+    assert Image.open(tmp_path / "sim.png").size[0] > 100
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_data_parallel_on_two_cpu_processes(clip_dir, tmp_path):
+    """The same config on 2 processes (torchrun, gloo on CPU): DDP through accelerate, 2x the items per step,
+    one writer; a resumed 2-process run continues the checkpoint."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    cfg = dict(clip=str(clip_dir), img_size=16, block_out_channels=[32, 32], attention_levels=[False, True],
+               batch_size=2, grad_accum=2, steps=2, ckpt_every=2, dataset_length=16, warmup_steps=1, log_every=1,
+               threads=1, ckpt_every_epochs=1.0, out_dir=str(tmp_path / "run"))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+
+    def launch(*extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m",
+               "bestshot.train.cli", "ddpm", "--config", str(tmp_path / "c.yaml"), *extra]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+    p = launch()
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["step"] == 2
+    assert p.stdout.count('"processes": 2') == 1  # only the main process prints
+    ck = load_checkpoint(tmp_path / "run")
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+    # 2 processes x 2 micro-batches x 2 items = 8 items per step: an epoch of 16 items every 2 steps
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["epoch_0001.pt"]
+    p = launch("--resume", "--steps", "4")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "run")["step"] == 4
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]

@@ -53,6 +53,10 @@ def generate(
     memory: Optional[str] = typer.Option(None, "--memory", help="gpu | model_offload | sequential_offload"),
     device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:1, cpu (default: cuda if present)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the denoiser (CUDA)."),
+    vae_tiling: Optional[bool] = typer.Option(None, "--vae-tiling/--no-vae-tiling",
+                                              help="Decode in VAE tiles: large images in bounded memory."),
+    vae_slicing: Optional[bool] = typer.Option(None, "--vae-slicing/--no-vae-slicing",
+                                               help="Decode the batch one image at a time (less peak memory)."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch per pipeline call."),
     out_dir: Optional[str] = typer.Option(None, "--out", help="Image folder (default images_out)."),
     log_jsonl: Optional[str] = typer.Option(None, "--log", help="JSONL run log (default images_log.jsonl)."),
@@ -74,7 +78,7 @@ def generate(
     overrides: dict[str, Any] = dict(
         n_images=n, steps_base=steps, guidance=guidance, clip_min=clip_min, negative_prompt=negative,
         style_suffix=style_suffix, scheduler=scheduler, scorer=scorer, refiner=refiner, dtype=dtype, memory=memory,
-        device=device, compile=compile, max_batch=max_batch, out_dir=out_dir, log_jsonl=log_jsonl,
+        device=device, compile=compile, vae_tiling=vae_tiling, vae_slicing=vae_slicing, max_batch=max_batch, out_dir=out_dir, log_jsonl=log_jsonl,
         save_candidates=save_candidates, seed_base=seed,
     )
     if size:

@@ -62,6 +62,10 @@ class ImgCfg:
     dtype: str = "auto"
     memory: str = "gpu"
     compile: bool = False
+    # large decodes (e.g. 4096² after an upscale): the VAE decodes in overlapping tiles (memory bounded by
+    # the tile) / one image of the batch at a time; a little slower, and tiles may show faint seams
+    vae_tiling: bool = False
+    vae_slicing: bool = False
     device: str | None = None  # None: cuda when available, else cpu
     max_batch: int | None = None  # largest batch per pipeline call; None = all candidates at once
     scorer: str | None = None  # None: the model's own CLIP (embedded) or openai/clip-vit-large-patch14

@@ -211,7 +211,8 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
     t = time.perf_counter()
     ref = resolve_model(cfg.model)
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory,
-                         scheduler=cfg.scheduler, compile=cfg.compile, vae_fp16=cfg.vae_fp16)
+                         scheduler=cfg.scheduler, compile=cfg.compile, vae_tiling=cfg.vae_tiling,
+                         vae_slicing=cfg.vae_slicing, vae_fp16=cfg.vae_fp16)
     refiner = None
     if cfg.refiner:
         if ref.family.name != "sdxl":

@@ -105,6 +105,8 @@ class LoraCfg:
 @dataclass
 class MemoryCfg:
     strategy: str = "model_offload"
+    vae_tiling: bool = False  # decode in VAE tiles (the large stage-3 images in bounded memory)
+    vae_slicing: bool = False  # decode one image of a batch at a time
 
 
 @dataclass

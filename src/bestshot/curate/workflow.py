@@ -70,7 +70,8 @@ class Workflow:
             c = self.cfg
             self._models["pipe"] = load_pipeline(c.model.base, dtype=c.torch_dtype_name, device=c.performance.device,
                                                  memory=c.memory.strategy, scheduler=c.model.scheduler,
-                                                 compile=c.performance.compile_unet)
+                                                 compile=c.performance.compile_unet, vae_tiling=c.memory.vae_tiling,
+                                                 vae_slicing=c.memory.vae_slicing)
             self._check_size()
         return self._models["pipe"]
 

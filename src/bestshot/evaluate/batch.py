@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ class BatchSettings:
     device: str | None = None
     dtype: str = "auto"
     exact_best: bool = True
+    # any other ImgCfg field → value (a sweep axis, e.g. {"refiner_split": 0.7}); applied last
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 def image_name(row_id: int) -> str:
@@ -71,10 +73,13 @@ def _progress(enabled: bool):
 def _resolved(s: BatchSettings):
     if s.best_of < 1:
         raise BestshotError(f"--best-of must be >= 1 (got {s.best_of})")
-    return resolve_config(None, model=s.model, n_images=s.best_of, seed_base=s.seed, steps_base=s.steps,
-                          guidance=s.guidance, height=s.height, width=s.width, clip_min=-1.0, scorer=s.scorer,
-                          scheduler=s.scheduler, device=s.device, dtype=s.dtype, style_suffix="",
-                          negative_prompt="", exact_best=s.exact_best)
+    kw = dict(n_images=s.best_of, seed_base=s.seed, steps_base=s.steps, guidance=s.guidance, height=s.height,
+              width=s.width, clip_min=-1.0, scorer=s.scorer, scheduler=s.scheduler, device=s.device, dtype=s.dtype,
+              style_suffix="", negative_prompt="", exact_best=s.exact_best)
+    over = dict(s.overrides)
+    model = over.pop("model", s.model)
+    cfg = resolve_config(None, model=model, **kw)
+    return replace(cfg, **over).validate() if over else cfg
 
 
 def _check_settings(out: Path, record: dict[str, Any]) -> None:
@@ -111,6 +116,7 @@ def generate_rows(manifest: str | Path, out_dir: str | Path, settings: BatchSett
     used = {"model": cfg.model, "steps": cfg.steps_base, "guidance": cfg.guidance, "seed": cfg.seed_base,
             "best_of": cfg.n_images, "width": cfg.width, "height": cfg.height, "scorer": settings.scorer,
             "scheduler": cfg.scheduler}
+    used.update({k: getattr(cfg, k) for k in settings.overrides if k not in used})
     _check_settings(out, used)
     todo = [r for r in rows if not (out / image_name(r.row_id)).is_file()]
     summary: dict[str, Any] = {"manifest": str(manifest), "out": str(out), "rows": len(rows), "generated": 0,

@@ -130,8 +130,15 @@ def generate_cmd(
 
 @app.command("metrics")
 def metrics_cmd(
-    real: str = typer.Option(..., "--real", help="Reference images: a folder or a manifest .csv."),
+    real: Optional[str] = typer.Option(None, "--real", help="Reference images: a folder or a manifest .csv."),
     fake: str = typer.Option(..., "--fake", help="Generated images folder (e.g. from `bestshot eval generate`)."),
+    real_stats: Optional[str] = typer.Option(None, "--real-stats", help="Precomputed FID statistics of the reference "
+                                             "(.npz with mu, sigma: ours, clean-fid's or pytorch-fid's) instead of "
+                                             "--real; FID only (KID/CMMD need the images)."),
+    save_real_stats: Optional[str] = typer.Option(None, "--save-real-stats", help="Write the reference's FID "
+                                                  "statistics (.npz, mu/sigma) for later --real-stats runs."),
+    resize: str = typer.Option("clean", "--resize", help="clean: clean-fid's PIL bicubic with antialias (default); "
+                               "legacy: torch-fidelity's TF1 bilinear / the CLIP processor's 8-bit resize."),
     extractor: str = typer.Option("clip", "--extractor", help="clip (offline, NOT comparable with published FID) "
                                   "or inception (standard FID, needs --inception-weights)."),
     inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="pt_inception-2015-12-05 .pth."),
@@ -151,15 +158,23 @@ def metrics_cmd(
     from ..store import atomic_write_json
     from .sweep import build_extractors, default_cache_dir, evaluate_folder
 
-    ext, clip_ext = build_extractors(extractor, inception_weights, clip, device)
+    from ..errors import BestshotError
+
+    if (real is None) == (real_stats is None):
+        raise BestshotError("give the reference as --real FOLDER_OR_CSV or as --real-stats STATS.npz (one of them)")
+    if save_real_stats and real is None:
+        raise BestshotError("--save-real-stats needs --real (the images whose statistics it writes)")
+    ext, clip_ext = build_extractors(extractor, inception_weights, clip, device, resize)
     res = evaluate_folder(real, fake, ext, clip_ext, captions_manifest=captions,
-                          cache_dir=cache_dir or default_cache_dir())
+                          cache_dir=cache_dir or default_cache_dir(), real_stats=real_stats,
+                          save_real_stats=save_real_stats)
     if out_json:
         atomic_write_json(out_json, res)
     if as_json:
         print(json.dumps(res, indent=2))
         return
-    t = Table(title=f"{res['n_fake']} generated vs {res['n_real']} real images")
+    t = Table(title=f"{res['n_fake']} generated vs " + (f"{res['n_real']} real images" if not real_stats else
+                                                        f"FID statistics {real_stats}"))
     t.add_column("metric")
     t.add_column("value", justify="right")
     for label, key, std in (("FID", "fid", None), ("KID", "kid_mean", "kid_std"), ("Inception Score", "is_mean", "is_std"),
@@ -173,6 +188,8 @@ def metrics_cmd(
         out.print(f"CLIP (CMMD, CLIP score): {res['clip_extractor']}; resize: {res['clip_resize']}")
     for note in res["notes"]:
         out.print(f"[dim]note: {note}[/]")
+    if save_real_stats:
+        out.print(f"written: {save_real_stats} (reference FID statistics)")
     if out_json:
         out.print(f"written: {out_json}")
 
@@ -180,8 +197,13 @@ def metrics_cmd(
 @app.command("sweep")
 def sweep_cmd(
     manifest_csv: str = typer.Option(..., "--manifest", help="Manifest CSV: captions to generate, real images."),
-    guidance: str = typer.Option("3,5,7.5,12", "--guidance", help="Comma-separated guidance scales."),
-    steps: str = typer.Option("15,30,60", "--steps", help="Comma-separated step counts."),
+    guidance: Optional[str] = typer.Option(None, "--guidance", help="Comma-separated guidance scales "
+                                           "(default without --axis: 3,5,7.5,12)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Comma-separated step counts (default without --axis: "
+                                        "15,30,60)."),
+    axis: Optional[list[str]] = typer.Option(None, "--axis", help="FIELD=V1,V2,...: sweep any generate setting "
+                                             "(an ImgCfg field: scheduler, steps, guidance, refiner_split, width, ...); "
+                                             "repeat for more axes (X, Y, Z...). --guidance/--steps add their axes."),
     num: int = typer.Option(64, "--num", help="Rows (images) per cell."),
     out_dir: str = typer.Option("eval_sweep", "--out"),
     model: str = typer.Option("embedded", "--model", "-m"),
@@ -190,20 +212,31 @@ def sweep_cmd(
     size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT (default: the model's)."),
     scorer: Optional[str] = typer.Option(None, "--scorer"),
     extractor: str = typer.Option("clip", "--extractor", help="clip or inception (see `eval metrics`)."),
+    resize: str = typer.Option("clean", "--resize", help="clean (clean-fid, default) or legacy (see `eval metrics`)."),
     inception_weights: Optional[str] = typer.Option(None, "--inception-weights"),
     clip: Optional[str] = typer.Option(None, "--clip", help="CLIP folder for metrics (default: the embedded one)."),
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Real-feature cache (default OUT/feature_cache)."),
     worst: int = typer.Option(16, "--worst", help="Images on the worst-CLIP contact sheet."),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
-    """Guidance × steps grid: generate each cell, measure it, write results.csv/.md, plots, contact sheet."""
-    from .sweep import SweepConfig, run_sweep, to_markdown
+    """A grid over generate settings (guidance × steps by default, any ImgCfg field with --axis): generate each
+    point, measure it, write results.csv/.md, plots, an image grid per point, an X/Y/Z grid, contact sheet."""
+    from .sweep import Axis, SweepConfig, parse_axis, run_sweep, to_markdown
 
     w, h = _size(size)
-    cfg = SweepConfig(manifest=manifest_csv, out=out_dir, guidance=_floats(guidance, "--guidance"),
-                      steps=_ints(steps, "--steps"), num=num, model=model, best_of=best_of, seed=seed, width=w,
-                      height=h, scorer=scorer, device=device, extractor=extractor, inception_weights=inception_weights,
+    axes: tuple = ()
+    if axis:
+        axes = tuple(parse_axis(a) for a in axis)
+        if guidance:
+            axes += (Axis("guidance", _floats(guidance, "--guidance")),)
+        if steps:
+            axes += (Axis("steps", _ints(steps, "--steps")),)
+    cfg = SweepConfig(manifest=manifest_csv, out=out_dir, guidance=_floats(guidance or "3,5,7.5,12", "--guidance"),
+                      steps=_ints(steps or "15,30,60", "--steps"), axes=axes, num=num, model=model, best_of=best_of, seed=seed, width=w,
+                      height=h, scorer=scorer, device=device, extractor=extractor, resize=resize,
+                      inception_weights=inception_weights,
                       clip=clip, cache_dir=cache_dir, worst=worst)
     res = run_sweep(cfg, log=out.print)
     out.print(to_markdown(res["rows"], res["info"]))
-    out.print(f"written: {out_dir}/results.csv, results.md, plot_*.png, worst_clip.png ({res['info']['seconds']} s)")
+    out.print(f"written: {out_dir}/results.csv, results.md, plot_*.png, xyz_grid*.png, worst_clip.png, "
+              f"<point>/grid.png ({res['info']['seconds']} s)")

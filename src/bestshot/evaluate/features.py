@@ -5,12 +5,24 @@ carries a ``name`` and a ``resize`` string that end up next to every number it p
 
 * :class:`InceptionExtractor` — the standard FID Inception (``pt_inception-2015-12-05`` weights, the file
   pytorch-fid, torchmetrics and torch-fidelity use), via torch-fidelity's ``FeatureExtractorInceptionV3``,
-  from a user-supplied weights file. Only these numbers are comparable with published FID.
+  from a user-supplied weights file. Only these numbers are comparable with published FID. torch-fidelity
+  is the ``fid`` extra; its package ``__init__`` imports torchvision, so it needs the torchvision build that
+  matches torch (with torch-fidelity but no torchvision, even torchmetrics' image metrics fail to import).
 * :class:`ClipExtractor` — a transformers ``CLIPModel`` image tower (the embedded model's CLIP works
   offline). Its FID/KID are useful for comparing our own runs, never with published figures.
 
 :func:`cached_features` stores features per (dataset content, extractor, resize, count) so evaluating a
-new set of generated images does not recompute the reference set.
+new set of generated images does not recompute the reference set; :func:`save_fid_stats` /
+:func:`load_fid_stats` keep a reference as FID statistics (``.npz`` with ``mu`` and ``sigma``, the files
+clean-fid and pytorch-fid write and read), so a 30k-image reference is computed once.
+
+Resize. By default (``resize="clean"``) every extractor resizes as clean-fid's "clean" mode does (Parmar et
+al. 2022, "On Aliased Resizing and Surprising Subtleties in GAN Evaluation"): PIL bicubic, which
+antialiases when shrinking, on each channel in float32 (no rounding to 8 bits before the network).
+``resize="legacy"`` keeps the previous behaviour: torch-fidelity's TF1-compatible bilinear resize inside the
+Inception (the original TensorFlow FID, no antialias), the CLIP processor's 8-bit PIL resize for CLIP.
+The mode is part of every extractor's ``resize`` string, printed next to every FID figure and part of the
+feature-cache key: numbers from different modes are not comparable.
 """
 
 from __future__ import annotations
@@ -65,6 +77,26 @@ def open_rgb(item: ImageLike) -> Image.Image:
         raise BestshotError(f"cannot read image {item} ({type(e).__name__}: {e}) — remove or replace the file") from e
 
 
+RESIZE_MODES = ("clean", "legacy")
+
+
+def clean_resize(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """clean-fid's "clean" resize: each channel as a float32 PIL image, bicubic (antialiased when shrinking)
+    to ``size`` = (width, height); returns an (H, W, 3) float32 array in [0, 255], not rounded."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    if (arr.shape[1], arr.shape[0]) == tuple(size):
+        return arr
+    chans = [np.asarray(Image.fromarray(arr[..., c], mode="F").resize(size, resample=Image.BICUBIC), dtype=np.float32)
+             for c in range(3)]
+    return np.clip(np.stack(chans, axis=-1), 0, 255)
+
+
+def _check_resize(mode: str) -> str:
+    if mode not in RESIZE_MODES:
+        raise BestshotError(f"unknown resize {mode!r} — use clean (clean-fid, the default) or legacy")
+    return mode
+
+
 def iter_batches(items: Sequence[ImageLike], batch_size: int) -> Iterator[list[Image.Image]]:
     """Open images lazily, ``batch_size`` at a time, so a 10k-image set never sits in memory at once."""
     for i in range(0, len(items), batch_size):
@@ -79,10 +111,14 @@ class InceptionExtractor:
     TF1-compatible bilinear resize of the original TensorFlow FID code, aspect ratio not kept.
     """
 
-    resize = "any size -> 299x299 bilinear, TF1-compatible (torch-fidelity), aspect ratio not kept"
+    LEGACY_RESIZE = "legacy: any size -> 299x299 bilinear, TF1-compatible (torch-fidelity), aspect ratio not kept"
+    CLEAN_RESIZE = ("clean: any size -> 299x299 PIL bicubic with antialias per float32 channel (clean-fid), "
+                    "rounded to uint8 for the network, aspect ratio not kept")
 
     def __init__(self, weights_path: str | os.PathLike | None, device: str | torch.device | None = None,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, resize: str = "clean") -> None:
+        self.resize_mode = _check_resize(resize)
+        self.resize = self.CLEAN_RESIZE if resize == "clean" else self.LEGACY_RESIZE
         path = Path(weights_path) if weights_path else None
         if path is None or not path.is_file():
             raise BestshotError(
@@ -94,22 +130,36 @@ class InceptionExtractor:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         except ImportError as e:
             raise BestshotError(
-                f"the FID Inception needs torch-fidelity, which needs torchvision ({e}) — install both "
-                "(`pip install torch-fidelity torchvision`, with the torchvision build that matches your torch), "
+                f"the FID Inception needs torch-fidelity, which needs torchvision ({e}) — install the fid extra "
+                "(`pip install 'bestshot[fid]'`, with the torchvision build that matches your torch), "
                 "or use --extractor clip"
             ) from e
         self.device = _device(device)
         self.batch_size = batch_size
         self.name = f"inception-v3-fid ({path.name}, torch-fidelity)"
-        self.model = FeatureExtractorInceptionV3(
-            "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path)
-        ).to(self.device).eval()
+        try:
+            self.model = FeatureExtractorInceptionV3(
+                "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path)
+            ).to(self.device).eval()
+        except (RuntimeError, OSError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise BestshotError(f"{path} is not the FID Inception's weights ({first}) — pass {FID_WEIGHTS_FILE}") from None
 
     @torch.no_grad()
     def features_and_logits(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """One forward pass for both outputs. Images of different sizes go through one at a time
         (the network resizes each to 299x299 itself); same-size neighbours are batched."""
         feats, logits = [], []
+        if self.resize_mode == "clean":  # every image 299x299 in float: the network's own resize is then a no-op
+            size = (self.model.INPUT_IMAGE_SIZE,) * 2
+            for i in range(0, len(images), self.batch_size):
+                # torch-fidelity's network takes uint8, so the float resize is rounded once, at the end
+                arr = np.stack([np.round(clean_resize(im, size)).astype(np.uint8) for im in images[i:i + self.batch_size]])
+                x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().to(self.device)
+                f, lg = self.model(x)
+                feats.append(f.float().cpu().numpy())
+                logits.append(lg.float().cpu().numpy())
+            return np.concatenate(feats), np.concatenate(logits)
         i = 0
         while i < len(images):
             j = i + 1
@@ -140,7 +190,7 @@ class ClipExtractor:
     """
 
     def __init__(self, clip: str | os.PathLike | torch.nn.Module | None = None, processor=None, tokenizer=None,
-                 device: str | torch.device | None = None, batch_size: int = 32) -> None:
+                 device: str | torch.device | None = None, batch_size: int = 32, resize: str = "clean") -> None:
         from transformers import CLIPModel
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -167,7 +217,13 @@ class ClipExtractor:
         self.processor = processor
         self._tokenizer = tokenizer
         self.name = f"clip-image-embeds:{label} (NOT comparable with published FID)"
-        self.resize = f"shortest side -> {size} bicubic + centre crop {size}x{size} (CLIP processor)"
+        self.resize_mode = _check_resize(resize)
+        self.size = size
+        if resize == "clean":
+            self.resize = (f"clean: shortest side -> {size} PIL bicubic with antialias per float32 channel (clean-fid) "
+                           f"+ centre crop {size}x{size}, the CLIP processor's mean/std")
+        else:
+            self.resize = f"legacy: shortest side -> {size} bicubic + centre crop {size}x{size} (CLIP processor, 8-bit)"
 
     @staticmethod
     def _embeds(out) -> torch.Tensor:
@@ -179,11 +235,27 @@ class ClipExtractor:
         """Projected image embeddings (``image_embeds``), not normalised."""
         out = []
         for i in range(0, len(images), self.batch_size):
-            px = self.processor(images=[im.convert("RGB") for im in images[i : i + self.batch_size]],
-                                return_tensors="pt")["pixel_values"]
+            batch = [im.convert("RGB") for im in images[i : i + self.batch_size]]
+            px = self._clean_pixels(batch) if self.resize_mode == "clean" else \
+                self.processor(images=batch, return_tensors="pt")["pixel_values"]
             emb = self._embeds(self.model.get_image_features(pixel_values=px.to(self.device, self.model.dtype)))
             out.append(emb.float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.config.projection_dim), np.float32)
+
+    def _clean_pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        """clean-fid resize of the short side to the CLIP's size, centre crop, the processor's normalisation."""
+        s = self.size
+        out = []
+        for im in images:
+            w, h = im.size
+            size = (s, max(s, round(h * s / w))) if w <= h else (max(s, round(w * s / h)), s)
+            arr = clean_resize(im, size)
+            top, left = (arr.shape[0] - s) // 2, (arr.shape[1] - s) // 2
+            out.append(arr[top:top + s, left:left + s])
+        x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2) / 255.0
+        mean = torch.tensor(getattr(self.processor, "image_mean", None) or [0.48145466, 0.4578275, 0.40821073])
+        std = torch.tensor(getattr(self.processor, "image_std", None) or [0.26862954, 0.26130258, 0.27577711])
+        return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
     @property
     def tokenizer(self):
@@ -272,3 +344,52 @@ def cached_features(extractor: FeatureExtractor, dataset_key: str, images_or_pat
         Path(tmp).unlink(missing_ok=True)
         raise
     return feats
+
+
+# ------------------------------------------------------------------------------------ FID statistics
+def fid_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of a feature set, float64, sigma with the unbiased covariance (as pytorch-fid / clean-fid)."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or len(f) < 2:
+        raise BestshotError(f"FID statistics need at least 2 feature rows, got shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def save_fid_stats(path: str | os.PathLike, features: np.ndarray | None = None, *, mu: np.ndarray | None = None,
+                   sigma: np.ndarray | None = None, extractor: str = "", resize: str = "") -> Path:
+    """Write FID statistics as clean-fid / pytorch-fid do (``np.savez`` with ``mu`` and ``sigma``), plus what
+    made them (``extractor``, ``resize``, ``n``), atomically."""
+    if features is not None:
+        mu, sigma = fid_stats(features)
+    if mu is None or sigma is None:
+        raise ValueError("give features, or mu and sigma")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), extractor=np.array(extractor),
+                     resize=np.array(resize), n=np.array(-1 if features is None else len(features)))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_fid_stats(path: str | os.PathLike) -> dict:
+    """``{"mu", "sigma", "extractor", "resize", "n"}`` from an ``.npz`` with ``mu`` and ``sigma`` (ours, clean-fid's
+    or pytorch-fid's; the last three are ``None`` when the file does not record them)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "mu" not in z or "sigma" not in z:
+                raise BestshotError(f"{path} holds {sorted(z.files)}, not FID statistics — it needs arrays mu and sigma "
+                                    "(as clean-fid and pytorch-fid write them)")
+            mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
+            meta = {k: (z[k].item() if k in z else None) for k in ("extractor", "resize", "n")}
+    except (OSError, ValueError, EOFError) as e:
+        raise BestshotError(f"cannot read FID statistics {path} ({e}) — pass an .npz with mu and sigma") from None
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        raise BestshotError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit (want (d,) and (d, d))")
+    return {"mu": mu, "sigma": sigma, **{k: (v or None) if isinstance(v, str) else v for k, v in meta.items()}}

@@ -72,6 +72,21 @@ def fid(feats_real: Any, feats_fake: Any) -> float:
     return float(metric.compute())
 
 
+def fid_from_stats(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
+    """Fréchet distance of two Gaussians, e.g. a reference's precomputed statistics (``load_fid_stats``) and a
+    generated set's: ``|mu1 - mu2|² + tr(S1 + S2 - 2 (S1 S2)^½)`` in float64 (torchmetrics' formula, through the
+    eigenvalues of S1 S2, as in ``fid``)."""
+    mu1, mu2 = (torch.as_tensor(np.asarray(m), dtype=torch.float64) for m in (mu1, mu2))
+    s1, s2 = (torch.as_tensor(np.asarray(s), dtype=torch.float64) for s in (sigma1, sigma2))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (len(mu1), len(mu1)):
+        raise BestshotError(f"FID statistics do not fit together (mu {tuple(mu1.shape)} vs {tuple(mu2.shape)}, "
+                            f"sigma {tuple(s1.shape)} vs {tuple(s2.shape)}) — both must come from the same extractor")
+    a = (mu1 - mu2).square().sum()
+    b = s1.trace() + s2.trace()
+    c = torch.linalg.eigvals(s1 @ s2).sqrt().real.sum()
+    return float(a + b - 2 * c)
+
+
 def kid(feats_real: Any, feats_fake: Any, subsets: int = 100, subset_size: int = 1000, degree: int = 3,
         gamma: float | None = None, coef: float = 1.0, seed: int = 0) -> tuple[float, float]:
     """Kernel Inception Distance (unbiased polynomial-kernel MMD², torchmetrics) → (mean, std) over
@@ -199,7 +214,9 @@ def _features_and_logits(extractor: FeatureExtractor, images: Sequence[ImageLike
 def evaluate_sets(real: str | os.PathLike | Sequence[ImageLike], fake: str | os.PathLike | Sequence[ImageLike],
                   extractor: FeatureExtractor, *, clip: ClipExtractor | None = None, captions: list[str] | None = None,
                   cache_dir: str | os.PathLike | None = None, real_key: str | None = None, kid_subsets: int = 100,
-                  kid_subset_size: int = 1000, is_splits: int = 10, seed: int = 0, batch_size: int = 32) -> dict[str, Any]:
+                  kid_subset_size: int = 1000, is_splits: int = 10, seed: int = 0, batch_size: int = 32,
+                  real_stats: str | os.PathLike | None = None,
+                  save_real_stats: str | os.PathLike | None = None) -> dict[str, Any]:
     """All metrics for one generated set against a reference set, with what they were computed with.
 
     ``real`` / ``fake``: a folder, a manifest CSV or a list of paths / PIL images. ``extractor`` gives
@@ -207,7 +224,14 @@ def evaluate_sets(real: str | os.PathLike | Sequence[ImageLike], fake: str | os.
     ``extractor`` itself when it is a :class:`ClipExtractor`); CLIP score needs ``captions`` for the
     fake images (taken from ``fake`` when it is a manifest). Real features are cached in ``cache_dir``.
     A metric that cannot be computed is None, with the reason in ``notes``.
+
+    ``real_stats``: precomputed FID statistics of the reference (``.npz`` with mu/sigma, ours, clean-fid's or
+    pytorch-fid's) used instead of ``real`` (which may then be None): FID only, since KID and CMMD need the
+    reference's features. ``save_real_stats`` writes the reference's statistics for next time.
     """
+    if real_stats is not None:
+        return _evaluate_against_stats(real_stats, fake, extractor, captions=captions, clip=clip,
+                                       is_splits=is_splits, seed=seed, batch_size=batch_size)
     real_images, _ = load_image_set(real)
     fake_images, fake_captions = load_image_set(fake)
     captions = captions if captions is not None else fake_captions
@@ -221,6 +245,10 @@ def evaluate_sets(real: str | os.PathLike | Sequence[ImageLike], fake: str | os.
         return cached_features(ext, real_key, real_images, cache_dir, batch_size)
 
     fr = real_feats(extractor)
+    if save_real_stats is not None:
+        from bestshot.evaluate.features import save_fid_stats
+
+        save_fid_stats(save_real_stats, fr, extractor=extractor.name, resize=extractor.resize)
     ff, logits = _features_and_logits(extractor, fake_images, batch_size)
     kid_mean, kid_std = kid(fr, ff, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
     result: dict[str, Any] = {
@@ -256,4 +284,44 @@ def evaluate_sets(real: str | os.PathLike | Sequence[ImageLike], fake: str | os.
     return result
 
 
-__all__ = ["fid", "kid", "inception_score", "clip_score", "pairwise_cosine", "cmmd", "load_image_set", "evaluate_sets"]
+def _evaluate_against_stats(stats_path, fake, extractor: FeatureExtractor, *, captions=None, clip=None,
+                            is_splits: int = 10, seed: int = 0, batch_size: int = 32) -> dict[str, Any]:
+    from bestshot.evaluate.features import load_fid_stats
+
+    st = load_fid_stats(stats_path)
+    notes: list[str] = ["kid / cmmd: the reference is given as FID statistics, not features"]
+    for key, mine in (("extractor", extractor.name), ("resize", extractor.resize)):
+        if st[key] is None:
+            notes.append(f"{Path(stats_path).name} does not record its {key}: assumed to be {mine!r}")
+        elif st[key] != mine:
+            raise BestshotError(f"{stats_path} was computed with {key} {st[key]!r}, not {mine!r} — use the same "
+                                "extractor and resize, or recompute the statistics")
+    fake_images, fake_captions = load_image_set(fake)
+    captions = captions if captions is not None else fake_captions
+    ff, logits = _features_and_logits(extractor, fake_images, batch_size)
+    if ff.shape[1] != len(st["mu"]):
+        raise BestshotError(f"{stats_path} holds {len(st['mu'])}-d statistics but the extractor gives {ff.shape[1]}-d "
+                            "features — use the extractor the statistics were computed with")
+    mu, sigma = np.mean(ff.astype(np.float64), axis=0), np.cov(ff.astype(np.float64), rowvar=False)
+    result: dict[str, Any] = {
+        "extractor": extractor.name, "resize": extractor.resize, "n_real": st["n"] if st["n"] and st["n"] > 0 else None,
+        "n_fake": len(fake_images), "fid": fid_from_stats(st["mu"], st["sigma"], mu, sigma),
+        "real_stats": str(stats_path), "kid_mean": None, "kid_std": None, "kid_subsets": None, "kid_subset_size": None,
+        "is_mean": None, "is_std": None, "is_splits": None,
+        "cmmd": None, "clip_score": None, "clip_cosine": None, "clip_extractor": None, "clip_resize": None,
+    }
+    if logits is not None:
+        splits = min(is_splits, len(fake_images))
+        result["is_mean"], result["is_std"] = inception_score(logits, splits=splits, seed=seed)
+        result["is_splits"] = splits
+    clip = clip if clip is not None else (extractor if isinstance(extractor, ClipExtractor) else None)
+    if clip is not None and captions is not None and len(captions) == len(fake_images):
+        cf = ff if clip is extractor else extract(clip, fake_images, batch_size)
+        cs = clip_score(cf, clip.text_features(captions))
+        result["clip_score"], result["clip_cosine"] = cs["clip_score"], cs["cosine"]
+        result["clip_extractor"], result["clip_resize"] = clip.name, clip.resize
+    result["notes"] = notes
+    return result
+
+
+__all__ = ["fid", "fid_from_stats", "kid", "inception_score", "clip_score", "pairwise_cosine", "cmmd", "load_image_set", "evaluate_sets"]

@@ -104,3 +104,96 @@ def contact_sheet(items: Sequence[dict[str, Any]], out_path: str | Path, cols: i
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     return atomic_write_bytes(out_path, buf.getvalue())
+
+
+def _label(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def axis_plots(rows: Sequence[dict[str, Any]], axes: Sequence[str], out_dir: str | Path, subtitle: str = "") -> list[Path]:
+    """One PNG per metric present in ``rows``: the metric against the first axis (numbers on a number line,
+    names such as schedulers side by side), one line per combination of the other axes' values."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    xs = list(dict.fromkeys(r[axes[0]] for r in rows))
+    numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+    pos = {x: (x if numeric else k) for k, x in enumerate(xs)}
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[a] for a in axes[1:]), []).append(r)
+    written = []
+    for key, label in METRICS.items():
+        if not any(r.get(key) is not None for r in rows):
+            continue
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        for g, rs in groups.items():
+            pts = sorted((pos[r[axes[0]]], r[key]) for r in rs if r.get(key) is not None)
+            if pts:
+                name = ", ".join(f"{a}={_label(v)}" for a, v in zip(axes[1:], g)) or None
+                ax.plot(*zip(*pts), marker="o", label=name)
+        if not numeric:
+            ax.set_xticks(range(len(xs)), [_label(x) for x in xs])
+        ax.set_xlabel(axes[0])
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if len(axes) > 1:
+            ax.legend(fontsize=8)
+        fig.suptitle(f"{label}{' — ' + subtitle if subtitle else ''}", fontsize=9)
+        written.append(_save(fig, out / f"plot_{key}.png"))
+        plt.close(fig)
+    return written
+
+
+def xyz_grid(rows: Sequence[dict[str, Any]], axes: Sequence[str], out_dir: str | Path, thumb: int = 128) -> list[Path]:
+    """AUTOMATIC1111-style X/Y/Z plot: the first manifest row's image at every sweep point, the first axis
+    across, the second down (labelled), one PNG per combination of the remaining axes (``xyz_grid.png``
+    when there are at most two axes, else ``xyz_grid_<values>.png``). Rows are dicts with the axis values
+    and ``_outputs`` (the point's finished images, with ``row_id`` and ``path``)."""
+    out = Path(out_dir)
+    common = None
+    for r in rows:
+        ids = {o.get("row_id") for o in r["_outputs"]}
+        common = ids if common is None else common & ids
+    if not common:
+        return []
+    first = min(common)
+    xs = list(dict.fromkeys(r[axes[0]] for r in rows))
+    ys = list(dict.fromkeys(r[axes[1]] for r in rows)) if len(axes) > 1 else [None]
+    zs: dict[tuple, dict[tuple, str]] = {}
+    for r in rows:
+        z = tuple(r[a] for a in axes[2:])
+        path = next(o["path"] for o in r["_outputs"] if o.get("row_id") == first)
+        zs.setdefault(z, {})[(r[axes[0]], r[axes[1]] if len(axes) > 1 else None)] = path
+    font = ImageFont.load_default()
+    left = 10 + 7 * max((len(f"{axes[1]}={_label(y)}") for y in ys if y is not None), default=0) if len(axes) > 1 else 6
+    top, pad = 36, 4
+    written = []
+    for z, cells in zs.items():
+        sheet = Image.new("RGB", (left + len(xs) * (thumb + pad) + pad, top + len(ys) * (thumb + pad) + pad), "white")
+        draw = ImageDraw.Draw(sheet)
+        title = ", ".join(f"{a}={_label(v)}" for a, v in zip(axes[2:], z))
+        draw.text((pad, 2), (title + " — " if title else "") + f"manifest row {first}", fill="black", font=font)
+        for i, x in enumerate(xs):
+            draw.text((left + i * (thumb + pad) + 2, 18), f"{axes[0]}={_label(x)}", fill="black", font=font)
+        for j, y in enumerate(ys):
+            if y is not None:
+                draw.text((4, top + j * (thumb + pad) + thumb // 2), f"{axes[1]}={_label(y)}", fill="black", font=font)
+            for i, x in enumerate(xs):
+                if (x, y) not in cells:
+                    continue
+                with Image.open(cells[(x, y)]) as im:
+                    im = im.convert("RGB")
+                    scale = thumb / max(im.size)
+                    im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                                   Image.NEAREST if scale > 1 else Image.BICUBIC)
+                    sheet.paste(im, (left + i * (thumb + pad), top + j * (thumb + pad)))
+        name = "xyz_grid.png" if not z else "xyz_grid_" + "_".join(
+            "".join(c if c.isalnum() or c in ".+-" else "-" for c in f"{a}-{_label(v)}") for a, v in zip(axes[2:], z)) + ".png"
+        buf = io.BytesIO()
+        sheet.save(buf, format="PNG")
+        written.append(atomic_write_bytes(out / name, buf.getvalue()))
+    return written

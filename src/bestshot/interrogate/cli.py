@@ -90,23 +90,36 @@ def interrogate(
 @app.command("interrogate-eval")
 def interrogate_eval(
     predictions: Path = typer.Argument(..., help="CSV with imgId (or image) and prompt columns."),
-    truth: Path = typer.Argument(..., help="CSV with the true prompts, same columns."),
+    truth: Optional[Path] = typer.Argument(None, help="CSV with the true prompts, same columns (optional with --submission)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write per-image scores to this CSV."),
+    submission: Optional[Path] = typer.Option(None, "--submission", help="Write the Kaggle submission of the "
+                                              "predictions: imgId_eId,val rows of their 384-d MiniLM embeddings."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Mean cosine similarity of all-MiniLM-L6-v2 embeddings (the Kaggle image-to-prompts score)."""
-    from .metric import score_predictions, write_rows
+    """Mean cosine similarity of all-MiniLM-L6-v2 embeddings (the Kaggle image-to-prompts score), and/or the
+    competition's submission file of the predictions (--submission)."""
+    from .metric import score_predictions, submission_from_predictions, write_rows
 
+    if truth is None and submission is None:
+        raise BestshotError("give the truth CSV to score against, or --submission FILE to write the Kaggle submission")
     for p in (predictions, truth):
-        if not p.is_file():
+        if p is not None and not p.is_file():
             raise BestshotError(f"{p} does not exist — give a CSV file")
+    if submission is not None:
+        path, ids, _ = submission_from_predictions(predictions, submission)
+        if truth is None:
+            if as_json:
+                out_console.print_json(json.dumps({"submission": str(path), "images": len(ids)}))
+            else:
+                out_console.print(f"wrote {path}: {len(ids)} images x 384 rows", highlight=False)
+            return
     mean, rows = score_predictions(predictions, truth)
     missing = [r["image"] for r in rows if r["status"] == "missing"]
     extra = [r["image"] for r in rows if r["status"] == "extra"]
     if out is not None:
         write_rows(out, rows)
     summary = {"score": round(mean, 6), "n": len(rows) - len(extra), "missing": missing, "extra": extra,
-               "per_image": str(out) if out else None}
+               "per_image": str(out) if out else None, "submission": str(submission) if submission else None}
     if as_json:
         out_console.print_json(json.dumps(summary))
         return

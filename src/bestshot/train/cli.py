@@ -37,11 +37,18 @@ def embed(dataset: str = typer.Option("world", help="dataset spec"),
           clip_dir: Path = typer.Option(..., "--clip", help="CLIP folder"),
           out: Path = typer.Option(..., help="cache file (.safetensors)"),
           img_size: int = typer.Option(32), length: int = typer.Option(10_000), seed: int = typer.Option(0),
-          text: bool = typer.Option(False, help="also cache text embeddings of the captions")) -> None:
-    """Precompute CLIP image embeddings of a dataset into a cache reused across epochs."""
+          text: bool = typer.Option(False, help="also cache text embeddings of the captions (every image then needs one)"),
+          class_caption: str = typer.Option("", "--class-caption",
+                                            help="caption images in class folders (root/<class>/...) without a .txt "
+                                            "from their folder, e.g. 'a photo of a {class}'")) -> None:
+    """Precompute CLIP image embeddings of a dataset into a cache reused across epochs.
+
+    The dataset needs no captions: a folder of images (flat or class folders, e.g. Tiny ImageNet's
+    train/<wnid>/images/*.JPEG), a CSV manifest (image[,caption]), world or fashion-mnist. Any CLIP folder
+    works: images are resized to its own resolution and normalised as its processor config says."""
     from bestshot.train.embed import build_cache
 
-    _print(build_cache(dataset, clip_dir, out, img_size, length, seed, text=text))
+    _print(build_cache(dataset, clip_dir, out, img_size, length, seed, text=text, class_caption=class_caption))
 
 
 @app.command()
@@ -50,10 +57,18 @@ def ddpm(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAM
          out_dir: Optional[str] = typer.Option(None, help="output folder (overrides the config)"),
          steps: Optional[int] = typer.Option(None, help="total steps (overrides the config)"),
          max_minutes: Optional[float] = typer.Option(None, help="stop with a checkpoint after this wall time")) -> None:
-    """Train the denoiser (DDPM objective, CFG context dropout, EMA, checkpoints, resume)."""
+    """Train the denoiser (DDPM objective, CFG context dropout, EMA, checkpoints, resume).
+
+    Data parallel on N processes: `accelerate launch --multi_gpu --num_processes N -m bestshot.train.cli ddpm ...`
+    on N GPUs, or `torchrun --nproc_per_node N -m bestshot.train.cli ddpm ...` (GPUs or CPU processes; accelerate
+    launch needs MPI for several CPU processes); the same config then trains on N times the items per step."""
+    import os
+
     from bestshot.train.ddpm import run
 
-    _print(run(str(config) if config else None, resume=resume, out_dir=out_dir, steps=steps, max_minutes=max_minutes))
+    res = run(str(config) if config else None, resume=resume, out_dir=out_dir, steps=steps, max_minutes=max_minutes)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print(res)
 
 
 @app.command()
@@ -64,11 +79,13 @@ def sample(checkpoint: Path = typer.Option(..., help="run folder, .pt checkpoint
            scheduler: str = typer.Option("ddim", help="ddim or ddpm"),
            steps: Optional[int] = typer.Option(None), guidance: Optional[float] = typer.Option(None, help="guidance weight w"),
            seed: int = typer.Option(0), gif: Optional[Path] = typer.Option(None, help="animated GIF of the denoising"),
-           gif_mode: str = typer.Option("x0", help="x0 (predicted image) or xt (noisy sample)")) -> None:
+           gif_mode: str = typer.Option("x0", help="x0 (predicted image) or xt (noisy sample)"),
+           similarity: Optional[Path] = typer.Option(None, help="PNG of the CLIP similarity of every prompt with "
+                                                     "every sample (text↔image matrix)")) -> None:
     """Sample a grid (rows = prompts) and optionally a GIF of the denoising process."""
     from bestshot.train.sample import sample as run
 
-    _print(run(checkpoint, prompts, out, n, scheduler, steps, guidance, seed, gif, gif_mode))
+    _print(run(checkpoint, prompts, out, n, scheduler, steps, guidance, seed, gif, gif_mode, similarity))
 
 
 @app.command()

@@ -94,3 +94,36 @@ def plot_losses(losses: list[tuple[int, float]], path: str | os.PathLike, title:
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def plot_similarity(sim, row_labels: list[str], col_labels: list[str], path: str | os.PathLike, title: str) -> None:
+    """A text↔image similarity matrix (rows: texts, columns: images) as an annotated heatmap PNG, written
+    atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    sim = np.asarray(sim, dtype=float)
+    if sim.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"similarity matrix {sim.shape} does not match {len(row_labels)} rows x {len(col_labels)} columns")
+    r, c = sim.shape
+    fig, ax = plt.subplots(figsize=(min(2 + 0.6 * c, 24), min(1.5 + 0.45 * r, 18)), dpi=100)
+    im = ax.imshow(sim, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(c), col_labels, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(r), [s if len(s) <= 40 else s[:37] + "..." for s in row_labels], fontsize=7)
+    if r * c <= 400:
+        for i in range(r):
+            for j in range(c):
+                ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if sim[i, j] < sim.mean() else "black")
+    fig.colorbar(im, ax=ax, label="cosine similarity")
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -59,62 +59,103 @@ def _readable(path: Path) -> bool:
         return False
 
 
+def _class_names(root: Path) -> dict[str, str]:
+    """Readable class names of an ImageFolder: Tiny ImageNet's ``words.txt`` (``wnid<TAB>name, name``) in the
+    folder or its parent maps WordNet ids to their first name; other class folders are named as they are."""
+    for d in (root, root.parent):
+        words = d / "words.txt"
+        if words.is_file():
+            names = {}
+            for line in words.read_text(encoding="utf-8", errors="replace").splitlines():
+                wnid, _, name = line.partition("\t")
+                if name.strip():
+                    names[wnid.strip()] = name.split(",")[0].strip()
+            return names
+    return {}
+
+
 class CaptionFolderDataset(torch.utils.data.Dataset):
-    """Images with captions: ``root`` is a folder (a ``.txt`` caption beside each image, same stem,
-    searched recursively) or a CSV manifest with columns ``image,caption`` (paths relative to the CSV).
-    A folder holding no captioned images but exactly one CSV manifest uses that manifest.
+    """Images, with or without captions.
+
+    ``root`` is a folder or a CSV manifest:
+
+    - a folder: every image below it (searched recursively); its caption is the ``.txt`` beside it (same
+      stem). With ``class_caption`` (e.g. ``"a photo of a {class}"``) an image without one, inside a class
+      folder (ImageFolder: ``root/<class>/…/image.png``, as Tiny ImageNet's ``train/<wnid>/images/*.JPEG``),
+      is captioned from its class folder's name (Tiny ImageNet ids are read through ``words.txt``);
+    - a CSV manifest with a column ``image`` (or ``path``/``file``) and optionally ``caption`` (paths relative
+      to the CSV). A folder whose images have no captions but which holds exactly one CSV manifest uses it.
+
+    ``captions="required"`` (training on text) skips images without a caption, with a warning;
+    ``"optional"`` (image embeddings, e.g. ``cond: image_embed``) keeps them with the caption ``""``.
     """
 
-    def __init__(self, root: str | Path, size: int = 64, check: bool = True):
+    def __init__(self, root: str | Path, size: int = 64, check: bool = True, captions: str = "required",
+                 class_caption: str = ""):
         root = Path(root).expanduser()
+        if captions not in ("required", "optional"):
+            raise ValueError(f"captions must be 'required' or 'optional', not {captions!r}")
         if not root.exists():
-            raise BestshotError(f"dataset {root} does not exist — pass a folder of images with .txt captions or a CSV manifest")
-        self.size = size
-        pairs = self._from_csv(root) if root.is_file() else self._from_folder(root)
+            raise BestshotError(f"dataset {root} does not exist — pass a folder of images (with .txt captions, or "
+                                f"class folders) or a CSV manifest")
+        self.size, self.root = size, root
+        required = captions == "required"
+        pairs = self._from_csv(root, required) if root.is_file() else self._from_folder(root, required, class_caption)
         if check:
             pairs = [(p, c) for p, c in pairs if _readable(p)]
         if not pairs:
-            raise BestshotError(f"no readable captioned images in {root} — put a .txt caption beside each image "
-                                f"(photo.png + photo.txt) or give a CSV manifest with columns image,caption")
+            if required:
+                raise BestshotError(f"no readable captioned images in {root} — put a .txt caption beside each image "
+                                    f"(photo.png + photo.txt), caption class folders with class_caption "
+                                    f"(e.g. 'a photo of a {{class}}'), or give a CSV manifest with columns image,caption")
+            raise BestshotError(f"no readable images in {root} — pass a folder of images ({', '.join(IMAGE_EXTENSIONS)}) "
+                                f"or a CSV manifest with a column image")
         self.items = pairs
 
     @staticmethod
-    def _from_folder(root: Path) -> list[tuple[Path, str]]:
+    def _from_folder(root: Path, required: bool = True, class_caption: str = "") -> list[tuple[Path, str]]:
         images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        names = _class_names(root) if class_caption else {}
         pairs, missing = [], []
         for p in images:
             txt = p.with_suffix(".txt")
             caption = " ".join(txt.read_text(encoding="utf-8", errors="replace").split()) if txt.exists() else ""
-            if caption:
+            rel = p.relative_to(root).parts
+            if not caption and class_caption and len(rel) > 1:
+                caption = class_caption.replace("{class}", names.get(rel[0], rel[0].replace("_", " ")))
+            if caption or not required:
                 pairs.append((p, caption))
             else:
                 missing.append(p.name)
-        if not pairs:
+        if not any(c for _, c in pairs):  # no caption found: a manifest beside the images describes them
             csvs = sorted(root.glob("*.csv"))
             if len(csvs) == 1:
-                return CaptionFolderDataset._from_csv(csvs[0])
+                return CaptionFolderDataset._from_csv(csvs[0], required)
         if missing:
             warnings.warn(f"{len(missing)} image(s) in {root} have no (or an empty) .txt caption and are skipped, "
                           f"e.g. {', '.join(missing[:3])}", stacklevel=3)
         return pairs
 
     @staticmethod
-    def _from_csv(path: Path) -> list[tuple[Path, str]]:
+    def _from_csv(path: Path, required: bool = True) -> list[tuple[Path, str]]:
         if path.suffix.lower() != ".csv":
             raise BestshotError(f"{path} is a file but not a .csv manifest — pass a folder or a CSV with columns image,caption")
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             fields = [c.strip().lower() for c in reader.fieldnames or []]
-            if "image" not in fields or "caption" not in fields:
-                raise BestshotError(f"{path} needs the columns image,caption (found: {', '.join(fields) or 'none'}) — "
-                                    f"add a header line 'image,caption'")
+            col = next((c for c in ("image", "path", "file") if c in fields), None)
+            if col is None or (required and "caption" not in fields):
+                need = "image,caption" if required else "image (and optionally caption)"
+                raise BestshotError(f"{path} needs the columns {need} (found: {', '.join(fields) or 'none'}) — "
+                                    f"add a header line '{'image,caption' if required else 'image'}'")
             rows = [{k.strip().lower(): (v or "") for k, v in row.items() if k} for row in reader]
         pairs = []
         for n, row in enumerate(rows, start=2):
-            img, cap = row["image"].strip(), " ".join(row["caption"].split())
+            img, cap = row[col].strip(), " ".join(row.get("caption", "").split())
             p = (path.parent / img) if img else None
-            if p is None or not cap or not p.is_file():
-                warnings.warn(f"{path}:{n}: skipping row (missing image file or empty caption): {img!r}", stacklevel=3)
+            if p is None or (required and not cap) or not p.is_file():
+                warnings.warn(f"{path}:{n}: skipping row (missing image file{' or empty caption' if required else ''}): "
+                              f"{img!r}", stacklevel=3)
                 continue
             pairs.append((p, cap))
         return pairs
@@ -190,13 +231,15 @@ class FashionMNISTDataset(torch.utils.data.Dataset):
 DEFAULT_WORLD_LENGTH = 100_000
 
 
-def build_dataset(spec: str, size: int, length: int | None = None, seed: int = 0) -> torch.utils.data.Dataset:
+def build_dataset(spec: str, size: int, length: int | None = None, seed: int = 0, captions: str = "required",
+                  class_caption: str = "") -> torch.utils.data.Dataset:
     """Dataset from a CLI string.
 
     - ``world`` (1-3 objects), ``world:1`` or ``world:1-2`` (object counts): the procedural world,
       ``length`` items (default 100,000; it is unlimited, items are generated on the fly);
     - ``fashion-mnist`` or ``fashion-mnist:test``;
-    - a folder of captioned images, or a ``.csv`` manifest.
+    - a folder of images or a ``.csv`` manifest (see :class:`CaptionFolderDataset` for ``captions``, "required"
+      or "optional", and ``class_caption``, e.g. "a photo of a {class}" for class folders).
     For finite datasets ``length`` keeps the first ``length`` items.
     """
     s = spec.strip()
@@ -215,10 +258,10 @@ def build_dataset(spec: str, size: int, length: int | None = None, seed: int = 0
         ds: torch.utils.data.Dataset = FashionMNISTDataset(split="test" if s.lower().endswith(":test") else "train",
                                                            size=size, seed=seed)
     elif Path(s).expanduser().is_dir() or s.lower().endswith(".csv"):
-        ds = CaptionFolderDataset(s, size=size)
+        ds = CaptionFolderDataset(s, size=size, captions=captions, class_caption=class_caption)
     else:
-        raise BestshotError(f"unknown dataset {spec!r} — use 'world', 'fashion-mnist', a folder of images with .txt "
-                            f"captions, or a .csv manifest with columns image,caption")
+        raise BestshotError(f"unknown dataset {spec!r} — use 'world', 'fashion-mnist', a folder of images (.txt "
+                            f"captions or class folders), or a .csv manifest with columns image[,caption]")
     if length is not None and length < len(ds):
         ds = torch.utils.data.Subset(ds, range(length))
     return ds

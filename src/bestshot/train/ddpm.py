@@ -7,10 +7,13 @@ learns to ignore the conditioning where the layout and colours are decided; v ke
 prompt-dependent target there. Min-SNR weighting (Hang et al. 2023) is applied in either case.
 
 nanoGPT-style single loop. Everything random in a step (timesteps, noise, context dropout) is drawn from
-a generator seeded by (seed, step) and batch ``s`` is always items ``[s*B, (s+1)*B)`` of the dataset, so a
-run resumed from a checkpoint continues exactly as if it had never stopped. Checkpoints (model, EMA,
-optimizer, step, config, loss history) are written atomically every ``ckpt_every`` steps; killing the
-run loses at most that interval.
+a generator seeded by (seed, step) and step ``s`` always sums the micro-batches ``s*A .. s*A+A-1`` (``A`` =
+``grad_accum``; micro-batch ``m`` is items ``[m*B, (m+1)*B)`` of the dataset), so a run resumed from a
+checkpoint continues exactly as if it had never stopped. Checkpoints (model, EMA, optimizer, step, config,
+loss history) are written atomically every ``ckpt_every`` steps to ``latest.pt``; killing the run loses at
+most that interval. ``ckpt_keep_last`` keeps the last K of them in ``checkpoints/step_*.pt`` and
+``ckpt_every_epochs`` one every N epochs for good (``checkpoints/epoch_*.pt``, as the seed keeps every 5
+epochs); any of them can be sampled or exported like the run folder.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from bestshot.train.common import EMA, atomic_torch_save, atomic_write_text, loa
 CKPT_NAME = "latest.pt"
 # fields that may change between a checkpoint and a resumed run (length/logistics, not the model or data)
 RESUMABLE_FIELDS = {"steps", "epochs", "max_minutes", "ckpt_every", "log_every", "num_workers", "threads", "out_dir",
-                    "init_from"}
+                    "init_from", "ckpt_keep_last", "ckpt_every_epochs"}
 
 
 @dataclass
@@ -41,6 +44,9 @@ class DDPMConfig:
     # data
     dataset: str = "world"  # world | world:1-2 | fashion-mnist | folder | .csv (see bestshot.train.data)
     dataset_length: int = 1_000_000  # the world is unlimited; this is just the index range used
+    # image folders: caption images without a .txt from their class folder, e.g. "a photo of a {class}"
+    # (cond: image_embed needs no captions at all)
+    class_caption: str = ""
     img_size: int = 32
     channels: int = 3
     # conditioning
@@ -61,8 +67,19 @@ class DDPMConfig:
     layers_per_block: int = 1
     attention_levels: tuple[bool, ...] = (False, False, True)  # cross-attention per resolution
     attention_head_dim: int = 32
+    # the seed's UNet knobs (0 = diffusers' default): width of the timestep embedding (default 4x the first
+    # block's channels), and of the conditioning seen by cross-attention (a learnt projection of the CLIP
+    # embedding to c_embed_dim; default: the CLIP's own width, no projection)
+    t_embed_dim: int = 0
+    c_embed_dim: int = 0
+    # augmentation of the training images (applied on the fly, the same on a resumed run): horizontal flip
+    # with this probability, random crop after reflect-padding each side by aug_crop_pad pixels.
+    # With cond: image_embed and an embed_cache, the embeddings are those of the unaugmented images.
+    aug_hflip: float = 0.0
+    aug_crop_pad: int = 0
     # optimisation
-    batch_size: int = 64
+    batch_size: int = 64  # per optimiser step and process, before gradient accumulation
+    grad_accum: int = 1  # micro-batches of batch_size summed into one optimiser step
     steps: int = 2000
     epochs: float = 0.0  # if > 0, overrides steps: epochs * dataset_length / batch_size
     lr: float = 5e-4
@@ -72,7 +89,9 @@ class DDPMConfig:
     ema_decay: float = 0.999
     amp: str = "auto"  # auto (bf16 on CUDA only) | bf16 | none
     # logistics
-    ckpt_every: int = 100
+    ckpt_every: int = 100  # steps between checkpoints (latest.pt is replaced each time)
+    ckpt_keep_last: int = 0  # also keep the last K of them as checkpoints/step_NNNNNNNN.pt (0 = none)
+    ckpt_every_epochs: float = 0.0  # and keep one every N epochs for good, checkpoints/epoch_NNNN.pt (0 = none)
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
     log_every: int = 10
     num_workers: int = 0
@@ -83,8 +102,9 @@ class DDPMConfig:
     # folder (its unet/, e.g. the shipped embedded model) — same architecture, the objective may differ
     init_from: str = ""
 
-    def total_steps(self) -> int:
-        return int(self.epochs * self.dataset_length / self.batch_size) if self.epochs > 0 else self.steps
+    def total_steps(self, world_size: int = 1) -> int:
+        per_step = self.batch_size * self.grad_accum * world_size
+        return int(self.epochs * self.dataset_length / per_step) if self.epochs > 0 else self.steps
 
     def validate(self) -> None:
         if self.cond not in ("text_tokens", "text_embed", "image_embed"):
@@ -101,6 +121,17 @@ class DDPMConfig:
             raise BestshotError(f"init_from {self.init_from} not found — give a checkpoint file or run folder, or leave it empty")
         if self.amp not in ("auto", "bf16", "none"):
             raise BestshotError(f"amp {self.amp!r} — use auto, bf16 or none")
+        if not 0 <= self.aug_hflip <= 1:
+            raise BestshotError(f"aug_hflip {self.aug_hflip} is a probability — use a value in [0, 1]")
+        for name in ("aug_crop_pad", "t_embed_dim", "c_embed_dim", "ckpt_keep_last"):
+            if getattr(self, name) < 0:
+                raise BestshotError(f"{name} {getattr(self, name)} must be >= 0 (0 = off/default)")
+        if self.aug_crop_pad >= self.img_size:
+            raise BestshotError(f"aug_crop_pad {self.aug_crop_pad} must be smaller than img_size {self.img_size}")
+        if self.grad_accum < 1 or self.batch_size < 1:
+            raise BestshotError("batch_size and grad_accum must be >= 1")
+        if self.ckpt_every_epochs < 0:
+            raise BestshotError(f"ckpt_every_epochs {self.ckpt_every_epochs} must be >= 0 (0 = no epoch checkpoints)")
 
 
 # ------------------------------------------------------------------------------------------ builders
@@ -114,14 +145,34 @@ def build_unet(cfg: DDPMConfig, clip_config) -> UNet2DConditionModel:
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels))
     groups = 32 if all(c % 32 == 0 for c in cfg.block_out_channels) else 8
+    # c_embed_dim: diffusers' encoder_hid_proj maps the CLIP's xdim to the width cross-attention works in
+    proj = dict(cross_attention_dim=cfg.c_embed_dim, encoder_hid_dim=xdim, encoder_hid_dim_type="text_proj") \
+        if cfg.c_embed_dim else dict(cross_attention_dim=xdim)
     return UNet2DConditionModel(
         sample_size=cfg.img_size, in_channels=cfg.channels, out_channels=cfg.channels,
         block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
-        down_block_types=down, up_block_types=up, cross_attention_dim=xdim,
+        down_block_types=down, up_block_types=up, **proj,
         attention_head_dim=cfg.attention_head_dim, norm_num_groups=groups,
+        time_embedding_dim=cfg.t_embed_dim or None,
         class_embed_type="projection" if cfg.class_embed else None,
         projection_class_embeddings_input_dim=clip_config.projection_dim if cfg.class_embed else None,
     )
+
+
+def augment(x: torch.Tensor, hflip: float, crop_pad: int, g: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip (probability ``hflip``) and random crop after reflect-padding ``crop_pad`` pixels,
+    drawn per image from ``g`` (a resumed run draws the same)."""
+    b, _, h, w = x.shape
+    if hflip > 0:
+        flip = (torch.rand(b, generator=g) < hflip).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if crop_pad > 0:
+        p = crop_pad
+        padded = F.pad(x, (p, p, p, p), mode="reflect")
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=g).tolist()
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=g).tolist()
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    return x
 
 
 def noise_scheduler(cfg: DDPMConfig) -> DDPMScheduler:
@@ -146,10 +197,15 @@ def encode_text(clip: CLIPModel, tok: CLIPTokenizer, texts: list[str], cond: str
 
 
 @torch.no_grad()
-def encode_images(clip: CLIPModel, images: torch.Tensor) -> torch.Tensor:
-    from bestshot.models.embedded_clip import image_features, to_clip_pixels
+def encode_images(clip: CLIPModel, images: torch.Tensor, pre=None) -> torch.Tensor:
+    """Normalised CLIP image embeddings of [-1, 1] images of any size: ``pre`` (a
+    :class:`~bestshot.models.clip_preprocess.ClipPreprocess`, default: from the CLIP's config) resizes them
+    to the CLIP's own resolution and normalises them as its processor does."""
+    from bestshot.models.clip_preprocess import clip_preprocess
+    from bestshot.models.embedded_clip import image_features
 
-    return F.normalize(image_features(clip, to_clip_pixels(images)), dim=-1)
+    pre = pre or clip_preprocess(None, clip)
+    return F.normalize(image_features(clip, pre(images).to(clip.dtype)), dim=-1)
 
 
 # ----------------------------------------------------------------------------------------- checkpoint
@@ -223,6 +279,51 @@ def _collate(items):
     return torch.tensor(idx), torch.stack(imgs), list(caps)
 
 
+class _Dist:
+    """Data parallelism through accelerate when the run was started by ``accelerate launch`` (or torchrun) with
+    several processes; a no-op otherwise. Every process holds the whole model; gradients are averaged across
+    processes in backward (DDP); process ``r`` takes micro-batch ``(s*A + k)*W + r`` of step ``s`` (``W``
+    processes, ``A`` = grad_accum), so a step always covers the same ``B*A*W`` items. The main process alone
+    writes checkpoints, plots and prints."""
+
+    def __init__(self, device: torch.device):
+        import os
+
+        self.acc = None
+        self.world, self.rank, self.device = 1, 0, device
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import Accelerator
+
+            self.acc = Accelerator(cpu=device.type == "cpu")
+            self.world, self.rank, self.device = self.acc.num_processes, self.acc.process_index, self.acc.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model):
+        return self.acc.prepare_model(model) if self.acc else model
+
+    def no_sync(self, model, skip: bool):
+        import contextlib
+
+        return self.acc.no_sync(model) if self.acc and skip else contextlib.nullcontext()
+
+    def mean(self, value: float) -> float:
+        if not self.acc:
+            return value
+        return float(self.acc.reduce(torch.tensor([value], device=self.device), "mean").item())
+
+    def any(self, flag: bool) -> bool:
+        if not self.acc:
+            return flag
+        return bool(self.acc.reduce(torch.tensor([float(flag)], device=self.device), "sum").item() > 0)
+
+    def barrier(self) -> None:
+        if self.acc:
+            self.acc.wait_for_everyone()
+
+
 # ---------------------------------------------------------------------------------------------- train
 def train(cfg: DDPMConfig, resume: bool = False) -> dict:
     cfg.validate()
@@ -230,11 +331,14 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
         torch.set_num_threads(cfg.threads)
     from bestshot.models.loader import resolve_device
 
-    device = resolve_device()
+    dist = _Dist(resolve_device())
+    device = dist.device
     amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CKPT_NAME
+    existed = ckpt_path.exists()
+    dist.barrier()  # every process has looked before the main one can write
+    out.mkdir(parents=True, exist_ok=True)
 
     clip, tok = load_clip(cfg.clip)
     clip.to(device)
@@ -254,7 +358,7 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
         opt.load_state_dict(ck["optimizer"])
         step, losses, elapsed_before = ck["step"], ck["losses"], ck.get("elapsed", 0.0)
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
-    elif ckpt_path.exists() and not resume:
+    elif existed and not resume:
         raise BestshotError(f"{ckpt_path} exists — pass --resume to continue it, or choose another out_dir")
     elif cfg.init_from:
         init_weights(unet, cfg.init_from)
@@ -262,82 +366,128 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
         print(f"initialised from {cfg.init_from}", flush=True)
 
     cache = None
+    from bestshot.models.clip_preprocess import clip_preprocess
+    from bestshot.train.data import build_dataset
+
+    pre = clip_preprocess(cfg.clip, clip)
+    ds = build_dataset(cfg.dataset, cfg.img_size, cfg.dataset_length, cfg.seed,
+                       captions="optional" if cfg.cond == "image_embed" else "required", class_caption=cfg.class_caption)
     if cfg.cond == "image_embed" and cfg.embed_cache:
         from bestshot.train.embed_cache import load_cache
 
-        cache = load_cache(cfg.embed_cache, cfg.dataset, cfg.img_size, cfg.clip)
-    from bestshot.train.data import build_dataset
-
-    ds = build_dataset(cfg.dataset, cfg.img_size, cfg.dataset_length, cfg.seed)
-    total = cfg.total_steps()
-    B = cfg.batch_size
+        cache = load_cache(cfg.embed_cache, cfg.dataset, cfg.img_size, cfg.clip, length=len(ds))
+    W, r = dist.world, dist.rank
+    total = cfg.total_steps(W)
+    B, A = cfg.batch_size, cfg.grad_accum
     n = len(ds)
-    indices = [i % n for i in range(step * B, total * B)]
+    # micro-batch m is items [m*B, (m+1)*B) (mod n); step s sums micro-batches (s*A + k)*W + r, k < A, of process r
+    indices = [((m * W + r) * B + j) % n for m in range(step * A, total * A) for j in range(B)]
     loader = torch.utils.data.DataLoader(_Indexed(ds), batch_size=B, sampler=indices, num_workers=cfg.num_workers,
                                          collate_fn=_collate, drop_last=True)
     empty_hidden, empty_pooled = encode_text(clip, tok, [""], cfg.cond)
+    history = out / "checkpoints"
 
-    def save() -> None:
-        atomic_torch_save({"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                           "step": step, "config": dataclasses.asdict(cfg), "losses": losses,
-                           "elapsed": elapsed_before + time.time() - t0}, ckpt_path)
+    def save(final: bool = False) -> None:
+        if not dist.main:
+            return
+        state = {"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                 "step": step, "config": dataclasses.asdict(cfg), "losses": losses,
+                 "elapsed": elapsed_before + time.time() - t0}
+        atomic_torch_save(state, ckpt_path)
+        if cfg.ckpt_keep_last:
+            history.mkdir(exist_ok=True)
+            atomic_torch_save(state, history / f"step_{step:08d}.pt")
+            for old in sorted(history.glob("step_*.pt"))[:-cfg.ckpt_keep_last]:
+                old.unlink(missing_ok=True)
         plot_losses(losses, out / "loss.png", f"DDPM loss ({cfg.cond})")
+
+    def epoch_of(s: int) -> int:
+        """Completed multiples of ckpt_every_epochs after s steps."""
+        return int(s * B * A * W / n / cfg.ckpt_every_epochs) if cfg.ckpt_every_epochs else 0
+
+    def save_epoch() -> None:
+        if not dist.main:
+            return
+        history.mkdir(exist_ok=True)
+        e = epoch_of(step) * cfg.ckpt_every_epochs
+        name = f"epoch_{int(e):04d}.pt" if float(e).is_integer() else f"epoch_{e:09.3f}.pt"
+        atomic_torch_save({"model": unet.state_dict(), "ema": ema.state_dict(), "step": step,
+                           "config": dataclasses.asdict(cfg), "epoch": e}, history / name)
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     t0 = time.time()
     stopped_early = False
+    micro, step_loss = 0, 0.0
+    model = dist.wrap(unet)  # DDP when several processes, else the UNet itself
     with Progress(TextColumn("ddpm"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn()) as bar:
+                  TimeElapsedColumn(), TimeRemainingColumn(), disable=not dist.main) as bar:
         task = bar.add_task("ddpm", total=total, completed=step, loss="-")
         for idx, x0, caps in loader:
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            if micro == 0:  # one generator per step (and process); the micro-batches of a step draw from it in turn
+                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 998_244_353 * r)
+                opt.zero_grad(set_to_none=True)
+                step_loss = 0.0
             x0 = x0.to(device)
+            if cfg.aug_hflip or cfg.aug_crop_pad:
+                x0 = augment(x0, cfg.aug_hflip, cfg.aug_crop_pad, g)
             b = x0.shape[0]
             t = torch.randint(0, cfg.timesteps, (b,), generator=g).to(device)
             noise = torch.randn(x0.shape, generator=g).to(device)
             drop = (torch.rand(b, generator=g) < cfg.c_drop_prob).to(device)
             if cfg.cond == "image_embed":
-                pooled = cache[idx].to(device) if cache is not None else encode_images(clip, x0)
+                pooled = cache[idx].to(device) if cache is not None else encode_images(clip, x0, pre)
                 hidden = pooled[:, None, :]
             else:
                 hidden, pooled = encode_text(clip, tok, caps, cfg.cond)
             hidden = torch.where(drop[:, None, None], empty_hidden.to(hidden.dtype).expand_as(hidden), hidden)
             pooled = torch.where(drop[:, None], empty_pooled.expand_as(pooled), pooled)
             xt = sched.add_noise(x0, noise, t.cpu()).to(device) if device.type == "cpu" else sched.add_noise(x0, noise, t)
+            with dist.no_sync(model, skip=micro + 1 < A):  # gradients are averaged once per step
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    pred = model(xt, t, encoder_hidden_states=hidden,
+                                 class_labels=pooled if cfg.class_embed else None).sample
+                target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
+                mse = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
+                if cfg.min_snr_gamma > 0:  # weight min(snr, gamma) on the x0 error, expressed for eps or v
+                    snr = acp[t] / (1 - acp[t])
+                    mse = mse * snr.clamp(max=cfg.min_snr_gamma) / (snr if cfg.prediction_type == "epsilon" else snr + 1)
+                loss = mse.mean() / A
+                loss.backward()
+            step_loss += loss.item()
+            micro += 1
+            if micro < A:
+                continue
+            micro = 0
             for grp in opt.param_groups:
                 grp["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, total)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                pred = unet(xt, t, encoder_hidden_states=hidden, class_labels=pooled if cfg.class_embed else None).sample
-            target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
-            mse = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
-            if cfg.min_snr_gamma > 0:  # weight min(snr, gamma) on the x0 error, expressed for eps or v
-                snr = acp[t] / (1 - acp[t])
-                mse = mse * snr.clamp(max=cfg.min_snr_gamma) / (snr if cfg.prediction_type == "epsilon" else snr + 1)
-            loss = mse.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
             opt.step()
             ema.update(unet)
             step += 1
-            losses.append((step, loss.item()))
-            bar.update(task, advance=1, loss=f"{loss.item():.4f}")
-            if step % cfg.log_every == 0:
+            step_loss = dist.mean(step_loss)
+            losses.append((step, step_loss))
+            bar.update(task, advance=1, loss=f"{step_loss:.4f}")
+            if step % cfg.log_every == 0 and dist.main:
                 recent = [v for _, v in losses[-cfg.log_every:]]
-                print(f"step {step}/{total} loss {sum(recent) / len(recent):.4f} "
-                      f"{(time.time() - t0) / max(1, len(recent)) if False else time.time() - t0:.0f}s", flush=True)
+                print(f"step {step}/{total} loss {sum(recent) / len(recent):.4f} {time.time() - t0:.0f}s", flush=True)
+            if cfg.ckpt_every_epochs and epoch_of(step) > epoch_of(step - 1):
+                save_epoch()
             if step % cfg.ckpt_every == 0:
                 save()
-            if cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes:
+            if cfg.max_minutes and dist.any(time.time() - t0 > 60 * cfg.max_minutes):  # all stop together
                 stopped_early = step < total
                 break
     save()
+    dist.barrier()
     recent = [v for _, v in losses[-50:]]
     summary = {"step": step, "total_steps": total, "final_loss": sum(recent) / max(1, len(recent)),
                "seconds": round(elapsed_before + time.time() - t0, 1), "stopped_early": stopped_early}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    if dist.world > 1:
+        summary["processes"] = dist.world
+    if dist.main:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

@@ -35,8 +35,10 @@ def cache_key(dataset: str, img_size: int, length: int, clip_dir: str | Path, se
             "clip_hash": clip_hash(clip_dir)}
 
 
-def load_cache(path: str | Path, dataset: str, img_size: int, clip_dir: str | Path, seed: int = 0) -> torch.Tensor:
-    """The image embeddings of a cache, after checking it was made for this dataset and CLIP."""
+def load_cache(path: str | Path, dataset: str, img_size: int, clip_dir: str | Path, seed: int = 0,
+               length: int | None = None) -> torch.Tensor:
+    """The image embeddings of a cache, after checking it was made for this dataset (of ``length`` items,
+    when given) and CLIP."""
     path = Path(path)
     if not path.is_file():
         raise BestshotError(f"embedding cache {path} not found — create it with `bestshot train embed`")
@@ -46,7 +48,11 @@ def load_cache(path: str | Path, dataset: str, img_size: int, clip_dir: str | Pa
     bad = [f"{k}: cache {meta.get(k)!r} vs {v!r}" for k, v in want.items() if meta.get(k) != v]
     if bad:
         raise BestshotError(f"embedding cache {path} does not match ({'; '.join(bad)}) — rebuild it with `bestshot train embed`")
-    return load_file(str(path))["image_embeds"]
+    embeds = load_file(str(path))["image_embeds"]
+    if length is not None and len(embeds) != length:
+        raise BestshotError(f"embedding cache {path} holds {len(embeds)} images but the dataset has {length} — rebuild "
+                            f"it with `bestshot train embed` and the same --length")
+    return embeds
 
 
 def describe(path: str | Path) -> str:

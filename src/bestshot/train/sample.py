@@ -62,8 +62,10 @@ def _save_atomic(img: Image.Image, path: Path, **kw) -> None:
 
 def sample(checkpoint: str | Path, prompts: list[str], out: str | Path = "grid.png", n: int = 4,
            scheduler: str = "ddim", steps: int | None = None, guidance: float | None = None, seed: int = 0,
-           gif: str | Path | None = None, gif_mode: str = "x0") -> Path:
-    """Sample ``n`` images per prompt; rows = prompts. ``gif`` records predicted x0 (or x_t) at every step."""
+           gif: str | Path | None = None, gif_mode: str = "x0", similarity: str | Path | None = None) -> Path:
+    """Sample ``n`` images per prompt; rows = prompts. ``gif`` records predicted x0 (or x_t) at every step;
+    ``similarity`` plots the model's CLIP cosine similarity of every prompt with every sample (the seed's
+    text↔image similarity matrix: a model that follows its prompts has its maxima in the prompt's own block)."""
     if not prompts:
         raise BestshotError("no prompts — pass --prompts \"a red circle\" \"a blue square\"")
     if gif_mode not in ("x0", "xt"):
@@ -100,7 +102,27 @@ def sample(checkpoint: str | Path, prompts: list[str], out: str | Path = "grid.p
     out = Path(out)
     grid = to_grid(res.images, rows=len(prompts))
     _save_atomic(grid, out)
+    if similarity:
+        similarity_matrix(pipe, prompts, res.images, n, similarity)
     if gif:
         frames.append(grid)
         _save_atomic(frames[0], Path(gif), save_all=True, append_images=frames[1:] + [grid] * 5, duration=80, loop=0)
     return out
+
+
+@torch.no_grad()
+def similarity_matrix(pipe, prompts: list[str], images: np.ndarray, n: int, path: str | Path) -> np.ndarray:
+    """CLIP cosine similarity of each prompt (rows) with each image (columns; ``n`` per prompt, in order),
+    with the pipeline's own CLIP, plotted to ``path``; returns the matrix."""
+    from bestshot.models.clip_preprocess import clip_preprocess
+    from bestshot.train.common import plot_similarity
+    from bestshot.train.ddpm import encode_images, encode_text
+
+    clip = pipe.clip.float()
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32)).permute(0, 3, 1, 2) * 2 - 1
+    img = encode_images(clip, x, clip_preprocess(None, clip))
+    txt = encode_text(clip, pipe.tokenizer, list(prompts), "text_embed")[1]
+    sim = (txt @ img.T).cpu().numpy()
+    cols = [f"{i}.{k}" for i in range(len(prompts)) for k in range(n)]
+    plot_similarity(sim, [f"{i}: {p}" for i, p in enumerate(prompts)], cols, path, "prompt vs sample (CLIP cosine)")
+    return sim
