@@ -39,6 +39,7 @@ from typing import IO, Any, Iterator
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from bestshot import jsonio
 from bestshot.errors import BestshotError
 
 try:  # POSIX only; on other systems appends are still single writes, just not cross-process locked.
@@ -155,8 +156,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomic pretty JSON write. Serialised before the file is touched, so bad data changes nothing."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """Atomic pretty JSON write. Serialised before the file is touched, so bad data changes nothing.
+
+    Strict JSON (:mod:`bestshot.jsonio`): a non-finite float is written as ``null``, never ``NaN``."""
+    return atomic_write_text(path, jsonio.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,7 +291,7 @@ def save_png(
     if parameters is not None:
         info.add_text("parameters", parameters)
     if metadata is not None:
-        info.add_text("bestshot", json.dumps(metadata))  # ASCII-only JSON -> always a tEXt chunk
+        info.add_text("bestshot", jsonio.dumps(metadata))  # ASCII-only JSON -> always a tEXt chunk
     with atomic_open(path, "wb") as f:
         image.save(f, format="PNG", pnginfo=info)
     return Path(path)
@@ -346,7 +349,7 @@ def _unserialisable_key(obj: Any, where: str = "") -> str | None:
                 return found
         return None
     try:
-        json.dumps(obj)
+        jsonio.dumps(obj)
     except (TypeError, ValueError):
         return where or "<record>"
     return None
@@ -364,7 +367,7 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     if not isinstance(record, dict):
         raise TypeError(f"append_jsonl: record must be a dict, not {type(record).__name__}")
     try:
-        line = json.dumps(record, ensure_ascii=False)
+        line = jsonio.dumps(record, ensure_ascii=False)
     except (TypeError, ValueError) as e:
         key = _unserialisable_key(record)
         raise TypeError(
@@ -460,7 +463,7 @@ class RunIndex:
             str(run_id), str(created), record.get("kind", "generate"),
             record.get("prompt", record.get("sd_prompt")), record.get("model"),
             None if ok is None else int(bool(ok)), record.get("img_path"),
-            json.dumps(record, ensure_ascii=False),
+            jsonio.dumps(record, ensure_ascii=False),
         )
         with self._connect() as db:
             db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .errors import BestshotError
+from .jsonio import check_finite
 
 T = TypeVar("T")
 
@@ -33,6 +34,8 @@ def read_yaml_mapping(path: str | os.PathLike, hint: str = "pass an existing YAM
         return {}
     if not isinstance(data, dict):
         raise BestshotError(f"config file {p} must hold a mapping of setting: value, not a {type(data).__name__}")
+    for key, value in data.items():
+        check_finite(value, f"setting {key} in config file {p}", "write an ordinary number (YAML's .nan/.inf are not settings)")
     return data
 
 
@@ -45,6 +48,7 @@ def dataclass_from_dict(cls: type[T], data: dict[str, Any], what: str = "config"
                             f"{', '.join(sorted(fields))}")
     data = dict(data)
     for name, value in data.items():
+        check_finite(value, f"{what} setting {name}", "give an ordinary number; NaN and infinity are not settings")
         f = fields[name]
         default = f.default if f.default is not dataclasses.MISSING else None
         if isinstance(value, list) and (isinstance(default, tuple) or "tuple" in str(f.type)):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
+from bestshot import jsonio
 from ..config import EMBEDDED
 from ..errors import BestshotError
 
@@ -108,7 +108,7 @@ def interrogate_eval(
     summary = {"score": round(mean, 6), "n": len(rows) - len(extra), "missing": missing, "extra": extra,
                "per_image": str(out) if out else None}
     if as_json:
-        out_console.print_json(json.dumps(summary))
+        out_console.print_json(jsonio.dumps(summary))
         return
     out_console.print(f"mean MiniLM cosine: {mean:.4f} over {summary['n']} images", highlight=False)
     if missing:

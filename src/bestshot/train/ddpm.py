@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPModel, CLIPTokenizer
 
+from bestshot import jsonio
 from bestshot.errors import BestshotError
 from bestshot.train.common import EMA, atomic_torch_save, atomic_write_text, load_config, lr_at, plot_losses
 
@@ -337,7 +338,7 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
     recent = [v for _, v in losses[-50:]]
     summary = {"step": step, "total_steps": total, "final_loss": sum(recent) / max(1, len(recent)),
                "seconds": round(elapsed_before + time.time() - t0, 1), "stopped_early": stopped_early}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", jsonio.dumps(summary, indent=2))
     return summary
 
 
@@ -438,9 +439,9 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
     for cfg_file in [tmp / "model_index.json", *tmp.glob("*/config.json"), *tmp.glob("*/scheduler_config.json")]:
         conf = json.loads(cfg_file.read_text())  # a folder loaded from disk records where it came from: drop it
         if conf.pop("_name_or_path", None) is not None:
-            cfg_file.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
+            cfg_file.write_text(jsonio.dumps(conf, indent=2, sort_keys=True) + "\n")
     d = {**base, **defaults, "dtype_cpu": "float32"}
-    (tmp / "bestshot_defaults.json").write_text(json.dumps(d, indent=2))
+    (tmp / "bestshot_defaults.json").write_text(jsonio.dumps(d, indent=2))
     # make clip/ a complete CLIP folder for scorers (preprocessor + tokenizer files beside the weights), and
     # add vocab.json/merges.txt to tokenizer/ for transformers versions that do not read tokenizer.json
     from bestshot.models.clip_tokenizer import write_tokenizer_files

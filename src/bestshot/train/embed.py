@@ -9,13 +9,13 @@ made for another dataset or CLIP is refused.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
+from bestshot import jsonio
 from bestshot.errors import BestshotError
 
 
@@ -79,4 +79,4 @@ def load_cache(path: str | Path, dataset: str, img_size: int, clip_dir: str | Pa
 
 def describe(path: str | Path) -> str:
     with safe_open(str(path), "pt") as f:
-        return json.dumps(f.metadata())
+        return jsonio.dumps(f.metadata())

@@ -1,0 +1,115 @@
+"""Issue 24: bad input fails cleanly (one line, exit != 0, nothing written), output is strict JSON,
+paths in the log travel with it, and a normal run prints nothing that is not ours."""
+
+import json
+import math
+
+import pytest
+
+from helpers import run_cli
+from bestshot import jsonio
+from bestshot.errors import BestshotError
+
+
+def _one_error_line(code, out, err, needle):
+    assert code == 2, (code, out, err)
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert needle in lines[0], err
+    assert "Traceback" not in err + out
+
+
+def _strict(text):
+    return jsonio.loads_strict(text)
+
+
+# ---------------------------------------------------------------------------------------------- NaN / inf
+
+@pytest.mark.parametrize("argv, flag", [
+    (["generate", "a red circle", "--guidance", "nan"], "--guidance"),
+    (["generate", "a red circle", "--guidance", "inf"], "--guidance"),
+    (["generate", "a red circle", "--clip-min", "-inf"], "--clip-min"),
+    (["eval", "world", "--guidance", "nan"], "--guidance"),
+    (["train", "ddpm", "--max-minutes", "nan"], "--max-minutes"),
+    (["interrogate", "x.png", "--prior-weight", "inf"], "--prior-weight"),
+])
+def test_non_finite_flag_is_one_error_and_writes_nothing(argv, flag, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(argv, capsys, monkeypatch)
+    _one_error_line(code, out, err, flag)
+    assert "finite" in err
+    assert list(tmp_path.iterdir()) == []  # no log, no image folder
+
+
+@pytest.mark.parametrize("text, key", [("guidance: .nan\n", "guidance"), ("clip_min: -.inf\n", "clip_min"),
+                                       ("refiner_split: .inf\n", "refiner_split")])
+def test_non_finite_yaml_setting_is_one_error(text, key, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text)
+    code, out, err = run_cli(["generate", "a cat", "--config", str(cfg)], capsys, monkeypatch)
+    _one_error_line(code, out, err, key)
+    assert "finite" in err and not (tmp_path / "images_log.jsonl").exists()
+
+
+def test_non_finite_fields_refused_by_every_config_loader(tmp_path):
+    from bestshot.config import ImgCfg
+    from bestshot.curate.config import from_dict as curate_from_dict
+    from bestshot.interrogate.captioner import CaptionerConfig
+    from bestshot.train.common import load_config
+    from bestshot.train.ddpm import DDPMConfig
+
+    with pytest.raises(BestshotError, match="guidance.*finite"):
+        ImgCfg(guidance=float("nan")).validate()
+    with pytest.raises(BestshotError, match="finite"):
+        ImgCfg.from_dict({"prune_at": float("inf")})
+    y = tmp_path / "t.yaml"
+    y.write_text("lr: .nan\n")
+    with pytest.raises(BestshotError, match="lr.*finite"):
+        load_config(DDPMConfig, y)
+    with pytest.raises(BestshotError, match="finite"):
+        CaptionerConfig.from_dict({"weight_decay": float("inf")})
+    with pytest.raises(BestshotError, match="finite"):
+        curate_from_dict({"model": {"guidance": float("nan")}})
+
+
+def test_json_writer_never_emits_nan():
+    rec = {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -math.inf}, "e": 2.5}
+    text = jsonio.dumps(rec)
+    assert _strict(text) == {"a": None, "b": [1.0, None], "c": {"d": None}, "e": 2.5}
+    with pytest.raises(ValueError):
+        jsonio.loads_strict(json.dumps(rec))  # what plain json.dumps writes is not JSON
+
+
+def test_computed_nan_score_still_writes_strict_json(tiny_sd15, tmp_path):
+    """A scorer that returns NaN (a broken image): the log line, index and PNG chunk stay strict JSON."""
+    from bestshot import generate
+    from bestshot.store import RunIndex, read_png_info
+
+    class NanScorer:
+        name = "nan"
+
+        def score(self, images, text):
+            return [float("nan")] + [0.5] * (len(images) - 1)
+
+        def truncate(self, text):
+            return text, False
+
+    log = tmp_path / "images_log.jsonl"
+    r = generate("a cat", model=tiny_sd15, scorer=NanScorer(), n_images=2, steps_base=1, height=64, width=64,
+                 clip_min=-1.0, save_candidates=True, out_dir=str(tmp_path / "images_out"), log_jsonl=str(log))
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1
+    rec = _strict(lines[0])
+    assert rec["candidates"][0]["clip"] is None
+    for c in r["candidates"]:
+        png = tmp_path / "images_out" / c["path"].rsplit("/", 1)[-1]
+        from PIL import Image
+        with Image.open(png) as im:
+            _strict(im.info["bestshot"])
+        assert read_png_info(png)["bestshot"] is not None
+    idx = RunIndex(tmp_path / "images_out" / "index.sqlite")
+    import sqlite3
+    with sqlite3.connect(idx.path) as db:
+        for (js,) in db.execute("SELECT record_json FROM runs"):
+            _strict(js)
