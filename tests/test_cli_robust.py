@@ -113,3 +113,65 @@ def test_computed_nan_score_still_writes_strict_json(tiny_sd15, tmp_path):
     with sqlite3.connect(idx.path) as db:
         for (js,) in db.execute("SELECT record_json FROM runs"):
             _strict(js)
+
+
+# ---------------------------------------------------------------------------------------------- input files
+
+def _bad_file(kind, tmp_path):
+    p = tmp_path / f"in_{kind}"
+    if kind == "missing":
+        return p, "does not exist"
+    if kind == "folder":
+        p.mkdir()
+        return p, "is a folder"
+    if kind == "not_a_dir":  # a path through a regular file: ENOTDIR, the unreadable case a root user also hits
+        p.write_text("x")
+        return p / "x.txt", "cannot read"
+    if kind == "binary":
+        p.write_bytes(b"a cat\x00\x01\x02 PNG")
+        return p, "binary"
+    if kind == "latin1":
+        p.write_bytes("un caf\xe9 cr\xe8me\n".encode("latin-1"))
+        return p, "not UTF-8"
+    if kind == "empty":
+        p.write_text(" \n\n")
+        return p, "empty"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "not_a_dir", "binary", "latin1", "empty"])
+@pytest.mark.parametrize("flag", ["--text-file", "--prompts-file", "--config"])
+def test_bad_input_file_is_one_error(flag, kind, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path, needle = _bad_file(kind, tmp_path)
+    argv = ["generate", flag, str(path)] if flag != "--config" else ["generate", "a cat", "--config", str(path)]
+    code, out, err = run_cli(argv, capsys, monkeypatch)
+    _one_error_line(code, out, err, needle)
+    assert str(path.name) in err
+    assert not (tmp_path / "images_log.jsonl").exists()
+
+
+def test_unreadable_file_permissions(tmp_path, capsys, monkeypatch):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their mode")
+    p = tmp_path / "prompts.txt"
+    p.write_text("a cat\n")
+    p.chmod(0)
+    code, out, err = run_cli(["generate", "--prompts-file", str(p)], capsys, monkeypatch)
+    _one_error_line(code, out, err, "cannot read")
+
+
+def test_eval_world_objects_out_of_range(tmp_path, capsys, monkeypatch):
+    import bestshot.evaluate.world_eval as we
+
+    def no_model(*a, **k):
+        raise AssertionError("the range must be checked before a model is loaded")
+
+    monkeypatch.setattr(we, "load_pipeline", no_model)
+    monkeypatch.chdir(tmp_path)
+    for bad in ("9", "0,1", "1,4"):
+        code, out, err = run_cli(["eval", "world", "--objects", bad, "--prompts", "2"], capsys, monkeypatch)
+        _one_error_line(code, out, err, "--objects")
+        assert "1-3" in err

@@ -24,13 +24,10 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _read_text_file(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BestshotError(f"{what} {path} does not exist — check the path") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BestshotError(f"cannot read {what} {path}: {getattr(e, 'strerror', None) or e} — pass a readable UTF-8 text file") from None
+def _read_text_file(path: Path, what: str, empty_hint: str) -> str:
+    from .yaml_io import read_user_text
+
+    return read_user_text(path, what, "check the path", empty_hint)
 
 
 @app.command()
@@ -88,7 +85,7 @@ def generate(
         _run_batch(prompts_file, results, cfg, as_json)
         return
     if text_file is not None:
-        text = _read_text_file(text_file, "text file")
+        text = _read_text_file(text_file, "text file", "Mode B needs an article to turn into a prompt")
         result = _with_progress(lambda cb: run(mode="auto_prompt", text=text, cfg=cfg, llm_backend=llm_backend,
                                                llm_model=llm_model, show=show, on_step=cb), cfg, as_json)
     else:
@@ -142,7 +139,7 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool) -> 
     from .generation import generate as run
     from .store import append_jsonl, read_jsonl
 
-    lines = [ln.strip() for ln in _read_text_file(prompts_file, "prompts file").splitlines()]
+    lines = [ln.strip() for ln in _read_text_file(prompts_file, "prompts file", "write one prompt per line").splitlines()]
     todo = [(i, p) for i, p in enumerate(lines) if p and not p.startswith("#")]
     if not todo:
         raise BestshotError(f"{prompts_file} holds no prompts — write one prompt per line")
