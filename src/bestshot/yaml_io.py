@@ -37,7 +37,7 @@ def read_user_text(path: str | os.PathLike, what: str, hint: str = "check the pa
         raise BestshotError(f"cannot read {what} {p}: {e.strerror or e} — check the file exists and is readable "
                             "(permissions)") from None
     if b"\x00" in data:
-        raise BestshotError(f"{what} {p} is a binary file (it holds NUL bytes) — pass a UTF-8 text file")
+        raise BestshotError(f"cannot read {what} {p}: it is a binary file (it holds NUL bytes) — pass a UTF-8 text file")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
