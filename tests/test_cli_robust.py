@@ -175,3 +175,60 @@ def test_eval_world_objects_out_of_range(tmp_path, capsys, monkeypatch):
         code, out, err = run_cli(["eval", "world", "--objects", bad, "--prompts", "2"], capsys, monkeypatch)
         _one_error_line(code, out, err, "--objects")
         assert "1-3" in err
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+@pytest.fixture(scope="module")
+def small_clip(tmp_path_factory):
+    import torch
+
+    from bestshot.train.clip_train import ClipTrainConfig, build_clip, build_clip_tokenizer, save_clip_folder
+
+    d = tmp_path_factory.mktemp("clip")
+    cc = ClipTrainConfig(img_size=16, patch_size=4, vision_hidden=32, vision_layers=1, vision_heads=2,
+                         text_hidden=32, text_layers=1, text_heads=2, projection_dim=16, max_length=16)
+    torch.manual_seed(0)
+    save_clip_folder(build_clip(cc), build_clip_tokenizer(16), cc, d)
+    return d
+
+
+def _ddpm_cfg(clip, out, **kw):
+    from bestshot.train.ddpm import DDPMConfig
+
+    base = dict(clip=str(clip), img_size=16, block_out_channels=(32, 32), attention_levels=(False, True),
+                batch_size=4, steps=6, ckpt_every=100, out_dir=str(out), warmup_steps=1, lr=1e-3, log_every=100)
+    base.update(kw)
+    return DDPMConfig(**base)
+
+
+def test_ddpm_epochs_count_the_real_dataset(small_clip, tmp_path):
+    """epochs: 2 on 8 images at batch 4 is 4 steps, not 2 × dataset_length / 4 = 500,000."""
+    from PIL import Image
+
+    from bestshot.train.ddpm import train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(8):
+        Image.new("RGB", (16, 16), (30 * i, 0, 0)).save(data / f"im{i}.png")
+        (data / f"im{i}.txt").write_text(f"a red square number {i}")
+    cfg = _ddpm_cfg(small_clip, tmp_path / "run", epochs=2, dataset=str(data))
+    assert cfg.dataset_length == 1_000_000 and cfg.total_steps(8) == 4
+    assert _ddpm_cfg(small_clip, tmp_path, epochs=1, batch_size=3).total_steps(8) == 3  # ceil(8/3)
+    summary = train(cfg)
+    assert summary["total_steps"] == 4 and summary["step"] == 4
+
+
+def test_sample_ddpm_honours_steps(small_clip, tmp_path, monkeypatch):
+    import bestshot.train.sample as S
+    from bestshot.train.ddpm import train
+
+    train(_ddpm_cfg(small_clip, tmp_path / "run", steps=1, dataset_length=8, ckpt_every=1))
+    pipes = []
+    real = S.set_scheduler
+    monkeypatch.setattr(S, "set_scheduler", lambda pipe, name: (pipes.append(pipe), real(pipe, name)))
+    with pytest.warns(UserWarning, match="20 steps"):
+        S.sample(tmp_path / "run", ["a red circle"], tmp_path / "grid.png", n=1, scheduler="ddpm", steps=20)
+    assert type(pipes[0].scheduler).__name__ == "DDPMScheduler"
+    assert len(pipes[0].scheduler.timesteps) == 20  # the steps asked for, not 100

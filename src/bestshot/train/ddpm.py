@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -84,8 +85,15 @@ class DDPMConfig:
     # folder (its unet/, e.g. the shipped embedded model) — same architecture, the objective may differ
     init_from: str = ""
 
-    def total_steps(self) -> int:
-        return int(self.epochs * self.dataset_length / self.batch_size) if self.epochs > 0 else self.steps
+    def total_steps(self, n_items: int | None = None) -> int:
+        """Planned optimiser steps: ``steps``, or with ``epochs`` > 0 ``epochs × ceil(n_items / batch_size)``.
+
+        ``n_items`` is the real length of the dataset (a folder of 8 images is 8, not ``dataset_length``);
+        without it ``dataset_length`` stands in (the procedural world has exactly that many items)."""
+        if self.epochs <= 0:
+            return self.steps
+        n = self.dataset_length if n_items is None else n_items
+        return max(1, math.ceil(self.epochs * math.ceil(n / self.batch_size) - 1e-9))
 
     def validate(self) -> None:
         if self.cond not in ("text_tokens", "text_embed", "image_embed"):
@@ -270,9 +278,9 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
     from bestshot.train.data import build_dataset
 
     ds = build_dataset(cfg.dataset, cfg.img_size, cfg.dataset_length, cfg.seed)
-    total = cfg.total_steps()
     B = cfg.batch_size
     n = len(ds)
+    total = cfg.total_steps(n)
     indices = [i % n for i in range(step * B, total * B)]
     loader = torch.utils.data.DataLoader(_Indexed(ds), batch_size=B, sampler=indices, num_workers=cfg.num_workers,
                                          collate_fn=_collate, drop_last=True)
