@@ -232,3 +232,61 @@ def test_sample_ddpm_honours_steps(small_clip, tmp_path, monkeypatch):
         S.sample(tmp_path / "run", ["a red circle"], tmp_path / "grid.png", n=1, scheduler="ddpm", steps=20)
     assert type(pipes[0].scheduler).__name__ == "DDPMScheduler"
     assert len(pipes[0].scheduler.timesteps) == 20  # the steps asked for, not 100
+
+
+# ---------------------------------------------------------------------------------------------- offline hub ids
+
+def _hub_argvs(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "img.png")
+    (tmp_path / "m.csv").write_text("image_path,caption,image_id\nimg.png,a red circle,1\n")
+    return [
+        (["interrogate", str(tmp_path / "img.png"), "--caption", "nope/blip"], "caption model 'nope/blip'"),
+        (["generate", "a cat", "--model", "nope/x"], "model 'nope/x'"),
+        (["generate", "a cat", "--scorer", "nope/x"], "CLIP scorer 'nope/x'"),
+        (["eval", "generate", str(tmp_path / "m.csv"), "--out", str(tmp_path / "eo"), "--model", "nope/x"],
+         "model 'nope/x'"),
+        (["eval", "generate", str(tmp_path / "m.csv"), "--out", str(tmp_path / "eo"), "--scorer", "nope/x"],
+         "CLIP scorer 'nope/x'"),
+    ]
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every name lookup fails (and is counted): nothing can reach the network, a retry loop shows as many."""
+    import socket
+
+    calls = []
+
+    def refuse(host, *a, **k):
+        calls.append(host)
+        raise socket.gaierror(-2, "no network in tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return calls
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_uncached_hub_id_fails_fast_with_the_fix(offline, no_network, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    for argv, what in _hub_argvs(tmp_path):
+        no_network.clear()
+        code, out, err = run_cli(argv, capsys, monkeypatch)
+        _one_error_line(code, out, err, what)
+        assert "huggingface-cli download nope/" in err and "local" in err
+        assert ("HF_HUB_OFFLINE is set" if offline else "cannot be reached") in err
+        assert len(no_network) == (0 if offline else 1), no_network  # one probe at most, no retry loop
+        assert not (tmp_path / "images_log.jsonl").exists()
+
+
+def test_cached_or_local_model_needs_no_network(tiny_clip, no_network, monkeypatch):
+    from bestshot.models.hub import require_hub_model, require_scorer
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    require_hub_model(tiny_clip)  # a local folder
+    require_scorer("embedded+regions")
+    require_scorer("open_clip:ViT-B-32:laion2b_s34b_b79k")
+    assert no_network == []

@@ -193,6 +193,11 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
     # ---- load
     t = time.perf_counter()
     ref = resolve_model(cfg.model)
+    if scorer is None or isinstance(scorer, str):  # an uncached hub scorer fails before the pipeline loads
+        from .models.hub import require_model, require_scorer
+
+        require_model(ref)
+        require_scorer(scorer or cfg.scorer or ref.family.default_scorer)
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory,
                          scheduler=cfg.scheduler, compile=cfg.compile)
     refiner = None

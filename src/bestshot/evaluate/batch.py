@@ -119,6 +119,10 @@ def generate_rows(manifest: str | Path, out_dir: str | Path, settings: BatchSett
         return summary
 
     ref = resolve_model(cfg.model)
+    from ..models.hub import require_model, require_scorer
+
+    require_model(ref)
+    require_scorer(settings.scorer or ref.family.default_scorer)  # an uncached hub scorer: fail before loading
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory, scheduler=cfg.scheduler)
     scorer = pipeline_scorer(settings.scorer, pipe, ref.family, cfg.device)
     sampler = sampler_label(pipe.scheduler)
