@@ -290,3 +290,183 @@ def test_cached_or_local_model_needs_no_network(tiny_clip, no_network, monkeypat
     require_scorer("embedded+regions")
     require_scorer("open_clip:ViT-B-32:laion2b_s34b_b79k")
     assert no_network == []
+
+
+# ---------------------------------------------------------------------------------------------- output folder
+
+def _tiny_gen(tiny_sd15, tiny_clip, n=3):
+    return ["--model", tiny_sd15, "--scorer", tiny_clip, "-n", str(n), "--steps", "1", "--size", "64x64",
+            "--clip-min", "-1"]
+
+
+def _no_model_load(monkeypatch):
+    import bestshot.generation as G
+
+    def refuse(*a, **k):
+        raise AssertionError("the output folder must be checked before a model loads")
+
+    monkeypatch.setattr(G, "load_pipeline", refuse)
+
+
+def test_output_folder_blocked_by_a_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _no_model_load(monkeypatch)
+    (tmp_path / "images_out").write_text("not a folder")
+    code, out, err = run_cli(["generate", "a cat"], capsys, monkeypatch)
+    _one_error_line(code, out, err, "images_out")
+    assert not (tmp_path / "images_log.jsonl").exists()
+
+
+@pytest.mark.parametrize("eno, needle", [(30, "read-only"), (28, "disk space"), (13, "permissions")])
+def test_unwritable_output_folder_fails_before_the_model(eno, needle, tmp_path, capsys, monkeypatch):
+    """EROFS / ENOSPC / EACCES on the first file created in the folder (simulated: tests may run as root)."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    _no_model_load(monkeypatch)
+    real_open = os.open
+    blocked = str(tmp_path / "ro")
+
+    def fake_open(path, flags, *a, **k):
+        if os.path.abspath(path).startswith(blocked) and flags & os.O_CREAT:
+            raise OSError(eno, os.strerror(eno), str(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    (tmp_path / "ro").mkdir()
+    code, out, err = run_cli(["generate", "a cat", "--out", "ro"], capsys, monkeypatch)
+    _one_error_line(code, out, err, needle)
+    assert "'ro'" in err and list((tmp_path / "ro").iterdir()) == []
+
+
+def test_read_only_folder_for_real(tmp_path, capsys, monkeypatch):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    monkeypatch.chdir(tmp_path)
+    _no_model_load(monkeypatch)
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    code, out, err = run_cli(["generate", "a cat", "--out", "ro"], capsys, monkeypatch)
+    _one_error_line(code, out, err, "ro")
+
+
+@pytest.mark.parametrize("where", ["encode", "rename"])
+def test_disk_full_mid_run_leaves_no_orphan(where, tiny_sd15, tiny_clip, tmp_path, capsys, monkeypatch):
+    """ENOSPC at the 3rd of 3 images: no image without its log line, no temp file, one error line."""
+    import errno
+    import os
+
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    if where == "encode":
+        real_save = Image.Image.save
+
+        def save(self, fp, format=None, **kw):
+            if (format or "").upper() == "PNG":
+                calls.append(1)
+                if len(calls) == 3:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+            return real_save(self, fp, format, **kw)
+
+        monkeypatch.setattr(Image.Image, "save", save)
+    else:
+        real_replace = os.replace
+
+        def replace(src, dst, *a, **k):
+            if str(dst).endswith(".png"):
+                calls.append(1)
+                if len(calls) == 3:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+            return real_replace(src, dst, *a, **k)
+
+        monkeypatch.setattr(os, "replace", replace)
+    code, out, err = run_cli(["generate", "a cat", *_tiny_gen(tiny_sd15, tiny_clip), "--save-candidates"],
+                             capsys, monkeypatch)
+    _one_error_line(code, out, err, "No space left on device")
+    assert len(calls) == 3
+    folder = tmp_path / "images_out"
+    left = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    assert [n for n in left if n.endswith(".png") or n.endswith(".tmp")] == [], left
+    assert not (tmp_path / "images_log.jsonl").exists() or (tmp_path / "images_log.jsonl").read_text() == ""
+
+
+def test_stale_tmp_files_are_ignored_and_cleaned(tiny_sd15, tiny_clip, tmp_path, capsys, monkeypatch):
+    import os
+    import time
+
+    from bestshot.store import Store
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "images_out"
+    folder.mkdir()
+    stale = folder / ".20261204-000000-000000-abcdef_seed1_clip0.1000.png.1a2b3c4d.tmp"
+    fresh = folder / ".other_seed2_clip0.2000.png.5e6f7a8b.tmp"  # a run writing right now: kept
+    stale.write_bytes(b"half a png")
+    fresh.write_bytes(b"half a png")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    code, out, err = run_cli(["generate", "a cat", *_tiny_gen(tiny_sd15, tiny_clip, 1)], capsys, monkeypatch)
+    assert code == 0, err
+    assert not stale.exists() and fresh.exists()
+    assert not any(p.name.endswith(".tmp") for p in folder.glob("*.png"))  # readers glob *.png: temps never show
+    runs = Store(root=folder, log_path=tmp_path / "images_log.jsonl").index.list()
+    assert len(runs) == 1
+
+
+# ---------------------------------------------------------------------------------------------- paths that travel
+
+def test_logged_paths_resolve_from_another_directory(tiny_sd15, tiny_clip, tmp_path, capsys, monkeypatch):
+    from bestshot.store import Store, read_jsonl
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    monkeypatch.chdir(a)
+    code, out, err = run_cli(["generate", "a cat", *_tiny_gen(tiny_sd15, tiny_clip, 2), "--save-candidates",
+                              "--log", "logs/run.jsonl"], capsys, monkeypatch)
+    assert code == 0, err
+    monkeypatch.chdir(b)
+    store = Store(root=a / "images_out", log_path=a / "logs" / "run.jsonl")
+    (rec,) = read_jsonl(store.log_path)
+    for c in rec["candidates"]:
+        assert store.resolve_path(c["path"], rec).is_file()
+    assert store.resolve_path(rec["img_path"], rec).is_file()
+    (indexed,) = store.index.list()
+    assert store.resolve_path(indexed["img_path"], indexed).is_file()
+
+
+def test_server_started_elsewhere_finds_cli_runs(tiny_sd15, tiny_clip, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from bestshot.server import create_app
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    monkeypatch.chdir(a)
+    code, out, err = run_cli(["generate", "a cat", *_tiny_gen(tiny_sd15, tiny_clip, 1)], capsys, monkeypatch)
+    assert code == 0, err
+    monkeypatch.chdir(b)
+    app = create_app(model=tiny_sd15, scorer=tiny_clip, out_dir=str(a / "images_out"))
+    with TestClient(app) as client:
+        (run,) = client.get("/v1/runs").json()["runs"]
+        assert run["img_file"] and run["img_file"].endswith(".png")  # not "not saved"
+        assert client.get(f"/v1/images/{run['img_file']}").status_code == 200
+
+
+def test_old_logs_with_working_directory_paths_still_resolve(tmp_path, monkeypatch):
+    from bestshot.store import Store
+
+    (tmp_path / "images_out").mkdir()
+    (tmp_path / "images_out" / "x.png").write_bytes(b"png")
+    store = Store(root=tmp_path / "images_out", log_path=tmp_path / "images_log.jsonl")
+    old = {"run_id": "r", "img_path": "images_out/x.png"}  # written by an older bestshot in tmp_path
+    monkeypatch.chdir(tmp_path)
+    assert store.resolve_path(old["img_path"], old) == (tmp_path / "images_out" / "x.png").resolve()
+    monkeypatch.chdir(tmp_path.parent)  # read from elsewhere: found beside the log
+    assert store.resolve_path(old["img_path"], old) == tmp_path / "images_out" / "x.png"

@@ -17,6 +17,7 @@ then copy the cache), or pass a local folder.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 from pathlib import Path
@@ -25,6 +26,7 @@ from urllib.parse import urlparse
 from ..errors import BestshotError
 
 PROBE_TIMEOUT_S = 2.0
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _TRUE = {"1", "on", "yes", "true"}
 
 
@@ -37,6 +39,11 @@ def hub_endpoint() -> str:
     from huggingface_hub import constants
 
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def is_hub_id(source: str) -> bool:
+    """``org/name`` as the hub spells ids (not ``./x``, ``/abs/x``, ``~/x`` or ``a/b/c``)."""
+    return not source.startswith((".", "/", "~")) and bool(_HUB_ID.match(source))
 
 
 def is_cached(repo_id: str) -> bool:
@@ -76,8 +83,8 @@ def require_hub_model(source: str, what: str = "model", fix: str = "pass a local
 
     ``source`` is a local path (always fine: loading reports a broken folder) or a hub id.
     """
-    if Path(source).expanduser().exists():
-        return
+    if Path(source).expanduser().exists() or not is_hub_id(source):
+        return  # a local path, or a missing one (the loader names it): nothing to ask the hub
     if is_cached(source):
         return
     how = (f"download it on a machine with network (`huggingface-cli download {source}`) and copy the Hugging Face "
