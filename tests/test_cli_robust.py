@@ -470,3 +470,71 @@ def test_old_logs_with_working_directory_paths_still_resolve(tmp_path, monkeypat
     assert store.resolve_path(old["img_path"], old) == (tmp_path / "images_out" / "x.png").resolve()
     monkeypatch.chdir(tmp_path.parent)  # read from elsewhere: found beside the log
     assert store.resolve_path(old["img_path"], old) == tmp_path / "images_out" / "x.png"
+
+
+# ---------------------------------------------------------------------------------------------- quiet runs
+
+def test_generate_prints_only_our_lines(tmp_path):
+    """A normal run on the embedded model: no third-party line (torchvision notice, loading bars...)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import bestshot
+
+    src = str(Path(bestshot.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""), "COLUMNS": "200"}
+    p = subprocess.run([sys.executable, "-m", "bestshot.cli", "generate", "a red circle above a blue square",
+                        "-n", "2", "--steps", "2", "--clip-min", "-1"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert [ln for ln in p.stderr.splitlines() if ln.strip() and not ln.startswith(("warning:", "error:"))] == []
+    ours = ("run ", "┏", "┃", "┡", "│", "└", "kept ", "not kept", "prompt:", "images_out/", "1.")
+    strange = [ln for ln in p.stdout.splitlines() if ln.strip() and not ln.strip().startswith(ours)]
+    assert strange == [], p.stdout
+    for noise in ("torchvision", "Loading", "%|", "float32"):
+        assert noise not in p.stdout + p.stderr
+
+
+def test_quiet_filters_are_narrow():
+    import logging
+
+    from bestshot import _quiet
+
+    _quiet.apply()
+    seen = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    for name, msg, dropped in [
+        ("transformers.utils.import_utils", "`CLIPImageProcessor` requires torchvision (not installed); falling back "
+         "to `CLIPImageProcessorPil`", True),
+        ("transformers.utils.import_utils", "`x` is deprecated", False),
+        ("diffusers.models.modeling_utils", "There are modules in AutoencoderKL that should be kept in float32: "
+         "['x']", True),
+        ("diffusers.models.modeling_utils", "There are modules in UNet2DModel that should be kept in float32", False),
+        ("bestshot.generation", "our own warning", False),
+    ]:
+        log = logging.getLogger(name)
+        h = Catch()
+        log.addHandler(h)
+        seen.clear()
+        log.warning(msg)
+        log.removeHandler(h)
+        assert (seen == []) is dropped, (name, msg)
+
+
+def test_quiet_c_output_swallows_fd_prints(capfd):
+    import os
+
+    from bestshot._quiet import quiet_c_output
+
+    with quiet_c_output():
+        os.write(2, b"0.00%\n")
+        os.write(1, b"noise\n")
+    os.write(1, b"ours\n")
+    out, err = capfd.readouterr()
+    assert out == "ours\n" and err == ""

@@ -282,6 +282,9 @@ def _showwarning(message, category, filename, lineno, file=None, line=None):
 
 
 def main() -> None:
+    from . import _quiet
+
+    _quiet.apply()  # third-party noise off, narrowly (see bestshot/_quiet.py); our own warnings stay
     warnings.showwarning = _showwarning
     try:
         _mount_subapps(sys.argv)
