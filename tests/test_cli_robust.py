@@ -538,3 +538,35 @@ def test_quiet_c_output_swallows_fd_prints(capfd):
     os.write(1, b"ours\n")
     out, err = capfd.readouterr()
     assert out == "ours\n" and err == ""
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "world", "--objects", "1", "--prompts", "1", "--out", "{blocked}/w"],
+    ["eval", "generate", "{manifest}", "--out", "{blocked}/g"],
+    ["stage1", "--count", "1", "--config", "{curate}"],
+])
+def test_other_jobs_check_their_output_folder_first(argv, tmp_path, capsys, monkeypatch):
+    """A file in the way of the output folder: one error before any model loads."""
+    import bestshot.models.loader as L
+    from PIL import Image
+
+    def refuse(*a, **k):
+        raise AssertionError("the output folder must be checked before a model loads")
+
+    monkeypatch.setattr(L, "load_pipeline", refuse)
+    import bestshot.evaluate.batch as B
+    import bestshot.evaluate.world_eval as WE
+    monkeypatch.setattr(B, "load_pipeline", refuse)
+    monkeypatch.setattr(WE, "load_pipeline", refuse)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    Image.new("RGB", (32, 32)).save(tmp_path / "img.png")
+    (tmp_path / "m.csv").write_text("image_path,caption,image_id\nimg.png,a red circle,1\n")
+    (tmp_path / "c.yaml").write_text("paths:\n  outputs: blocked/out\nmodel:\n  base: embedded\n")
+    argv = [a.format(blocked="blocked", manifest=str(tmp_path / "m.csv"), curate=str(tmp_path / "c.yaml"))
+            for a in argv]
+    code, out, err = run_cli(argv, capsys, monkeypatch)
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    # (stage1 first says which default prompt files it wrote: ours, and wanted)
+    assert code == 2 and lines[-1].startswith("error:") and "blocked" in lines[-1], err
+    assert "Traceback" not in out + err

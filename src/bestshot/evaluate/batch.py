@@ -28,7 +28,7 @@ from ..models.loader import load_pipeline
 from ..models.registry import resolve_model, sampler_label
 from ..prompts.build import blocked_terms, build_prompt
 from ..scoring import clip_score_100, pipeline_scorer
-from ..store import atomic_write_json, format_parameters, save_png
+from ..store import atomic_write_json, ensure_writable, format_parameters, save_png
 from .manifest import Row, read_manifest
 
 SETTINGS_FILE = "eval_generate.json"
@@ -110,6 +110,7 @@ def generate_rows(manifest: str | Path, out_dir: str | Path, settings: BatchSett
     used = {"model": cfg.model, "steps": cfg.steps_base, "guidance": cfg.guidance, "seed": cfg.seed_base,
             "best_of": cfg.n_images, "width": cfg.width, "height": cfg.height, "scorer": settings.scorer,
             "scheduler": cfg.scheduler}
+    ensure_writable(out, "to the output folder")  # before any model loads
     _check_settings(out, used)
     todo = [r for r in rows if not (out / image_name(r.row_id)).is_file()]
     summary: dict[str, Any] = {"manifest": str(manifest), "out": str(out), "rows": len(rows), "generated": 0,

@@ -27,7 +27,7 @@ from ..generation import seeds_for
 from ..models.loader import load_pipeline
 from ..models.registry import resolve_model
 from ..scoring import pipeline_scorer
-from ..store import atomic_write_json, atomic_write_text
+from ..store import atomic_write_json, atomic_write_text, ensure_writable
 from ..train.candidates import ATTRS
 
 MAX_OBJECTS = 3  # the embedded world's scenes hold 1 to 3 objects (sample_scene)
@@ -66,6 +66,9 @@ def evaluate_world(cfg: WorldEvalConfig, progress: bool = True) -> dict[str, Any
         raise BestshotError(f"--objects values must lie in 1-{MAX_OBJECTS} (the embedded world draws at most "
                             f"{MAX_OBJECTS} objects; got {', '.join(map(str, bad)) or 'none'}) — e.g. --objects 1,2")
     n_max = max(cfg.ns)
+    for folder in (cfg.out, cfg.cache):  # before any model loads
+        if folder:
+            ensure_writable(folder, "to the folder")
     gen_cfg = resolve_config(None, model=cfg.model, n_images=n_max, seed_base=cfg.seed_base,
                              steps_base=cfg.steps, guidance=cfg.guidance, clip_min=-1.0)
     ref = resolve_model(cfg.model)

@@ -57,6 +57,10 @@ def interrogate(
     cfg = InterrogateConfig(mode=mode, clip=clip, caption=caption, captioner=captioner, banks=banks, domain=domain,
                             device=device, cache_dir=cache_dir, sizes=sizes,
                             prior_weight=prior_weight, spatial=spatial, regions=regions)
+    if out is not None:  # before any model loads
+        from ..store import ensure_writable
+
+        ensure_writable(out.parent if str(out.parent) else Path("."), "the prompts CSV in")
     engine = Interrogator(cfg)
     folder = image_or_folder.is_dir()
     if folder and not quiet:
@@ -100,6 +104,10 @@ def interrogate_eval(
     for p in (predictions, truth):
         if not p.is_file():
             raise BestshotError(f"{p} does not exist — give a CSV file")
+    if out is not None:  # before the MiniLM loads
+        from ..store import ensure_writable
+
+        ensure_writable(out.parent if str(out.parent) else Path("."), "the scores CSV in")
     mean, rows = score_predictions(predictions, truth)
     missing = [r["image"] for r in rows if r["status"] == "missing"]
     extra = [r["image"] for r in rows if r["status"] == "extra"]
