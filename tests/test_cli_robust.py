@@ -7,7 +7,6 @@ import math
 import pytest
 
 from helpers import run_cli
-from bestshot import jsonio
 from bestshot.errors import BestshotError
 
 
@@ -19,8 +18,13 @@ def _one_error_line(code, out, err, needle):
     assert "Traceback" not in err + out
 
 
+def _refuse(name):
+    raise ValueError(f"not JSON: {name}")
+
+
 def _strict(text):
-    return jsonio.loads_strict(text)
+    """Parse as jq / JavaScript do: NaN, Infinity and -Infinity are errors."""
+    return json.loads(text, parse_constant=_refuse)
 
 
 # ---------------------------------------------------------------------------------------------- NaN / inf
@@ -74,11 +78,13 @@ def test_non_finite_fields_refused_by_every_config_loader(tmp_path):
 
 
 def test_json_writer_never_emits_nan():
+    from bestshot import jsonio
+
     rec = {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -math.inf}, "e": 2.5}
     text = jsonio.dumps(rec)
     assert _strict(text) == {"a": None, "b": [1.0, None], "c": {"d": None}, "e": 2.5}
     with pytest.raises(ValueError):
-        jsonio.loads_strict(json.dumps(rec))  # what plain json.dumps writes is not JSON
+        _strict(json.dumps(rec))  # what plain json.dumps writes is not JSON
 
 
 def test_computed_nan_score_still_writes_strict_json(tiny_sd15, tmp_path):
