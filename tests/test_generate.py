@@ -35,7 +35,10 @@ def test_sdxl_best_seed_regenerates_bit_for_bit(tiny_sdxl, tiny_clip, out):
 
     lines = read_jsonl(out["log_jsonl"])
     assert [ln["run_id"] for ln in lines] == [r["run_id"], alone["run_id"]]
-    assert lines[0]["candidates"] == r["candidates"]
+    # the log stores image paths relative to its own folder, so they resolve from any working directory
+    log_dir = Path(out["log_jsonl"]).parent
+    assert [{**c, "path": c["path"] and str((log_dir / c["path"]).resolve())} for c in lines[0]["candidates"]] == \
+        [{**c, "path": c["path"] and str(Path(c["path"]).resolve())} for c in r["candidates"]]
 
 
 def test_seed_k_same_alone_or_in_batch(tiny_sd15, tiny_clip, out):

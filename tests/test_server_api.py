@@ -246,4 +246,5 @@ def test_client_disconnect_does_not_kill_the_job(env):
             time.sleep(0.05)
     runs = env["app"].state.store.index.list(limit=5)
     run = next(r for r in runs if r["sd_prompt"] == "an orange triangle")
-    assert run["best_seed"] == 99 and Path(run["img_path"]).is_file()
+    # the index keeps paths relative to the log's folder; the store resolves them
+    assert run["best_seed"] == 99 and env["app"].state.store.resolve_path(run["img_path"], run).is_file()

@@ -35,7 +35,7 @@ def test_burst_of_50_is_served_or_refused_never_lost(tiny_sd15, tiny_clip, tmp_p
         assert len(res["files"]) == tally[200] == len(set(res["files"]))
         # nothing half-done: exactly one indexed run per served request, each with its image file
         runs = app.state.store.index.list(limit=1000)
-        assert len(runs) == tally[200] and all(Path(r["img_path"]).is_file() for r in runs)
+        assert len(runs) == tally[200] and all(app.state.store.resolve_path(r["img_path"], r).is_file() for r in runs)
         assert len(app.state.jobs) == 0  # the queue drained
 
 

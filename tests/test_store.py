@@ -332,8 +332,11 @@ def test_store_save_and_log(tmp_path):
     assert path == tmp_path / "images_out" / f"{rid}_seed3_clip0.2877.png" == store.image_path(rid, 3, 0.28765)
     rec = {"run_id": rid, "ok": True, "prompt": "a cat", "img_path": str(path)}
     store.log_run(rec)
-    assert read_jsonl(store.log_path) == [rec]
-    assert store.index.get(rid) == rec
+    # the log keeps the path relative to its own folder (it travels with the log) and says so
+    logged = {**rec, "img_path": f"images_out/{path.name}", "path_base": "log_dir"}
+    assert read_jsonl(store.log_path) == [logged]
+    assert store.index.get(rid) == logged
+    assert store.resolve_path(logged["img_path"], logged) == path
 
 
 def test_store_log_run_survives_index_failure(tmp_path, monkeypatch):

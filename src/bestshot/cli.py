@@ -7,7 +7,6 @@ and are mounted here.
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from bestshot import jsonio
 from .errors import BestshotError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -24,13 +24,10 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _read_text_file(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BestshotError(f"{what} {path} does not exist — check the path") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BestshotError(f"cannot read {what} {path}: {getattr(e, 'strerror', None) or e} — pass a readable UTF-8 text file") from None
+def _read_text_file(path: Path, what: str, empty_hint: str) -> str:
+    from .yaml_io import read_user_text
+
+    return read_user_text(path, what, "check the path", empty_hint)
 
 
 @app.command()
@@ -93,7 +90,7 @@ def generate(
         _run_batch(prompts_file, results, cfg, as_json)
         return
     if text_file is not None:
-        text = _read_text_file(text_file, "text file")
+        text = _read_text_file(text_file, "text file", "Mode B needs an article to turn into a prompt")
         result = _with_progress(lambda cb: run(mode="auto_prompt", text=text, cfg=cfg, llm_backend=llm_backend,
                                                llm_model=llm_model, show=show, on_step=cb), cfg, as_json)
     else:
@@ -120,7 +117,7 @@ def _with_progress(fn, cfg, quiet: bool) -> dict[str, Any]:
 
 def _report(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        out.print_json(json.dumps(result, default=str))
+        out.print_json(jsonio.dumps(result, default=str))
         return
     from rich.table import Table
 
@@ -147,7 +144,7 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool) -> 
     from .generation import generate as run
     from .store import append_jsonl, read_jsonl
 
-    lines = [ln.strip() for ln in _read_text_file(prompts_file, "prompts file").splitlines()]
+    lines = [ln.strip() for ln in _read_text_file(prompts_file, "prompts file", "write one prompt per line").splitlines()]
     todo = [(i, p) for i, p in enumerate(lines) if p and not p.startswith("#")]
     if not todo:
         raise BestshotError(f"{prompts_file} holds no prompts — write one prompt per line")
@@ -161,7 +158,7 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool) -> 
         r = run(p, cfg=cfg)
         append_jsonl(results, {"line": i + 1, "prompt": p, **r})
         if as_json:
-            print(json.dumps({"line": i + 1, **r}, default=str), flush=True)
+            print(jsonio.dumps({"line": i + 1, **r}, default=str), flush=True)
         else:
             state = f"kept {r['img_path']}" if r["ok"] else f"not kept ({r.get('reason')})"
             out.print(f"{i + 1}: {p[:60]!r} → {state}")
@@ -186,7 +183,7 @@ def png_info(image: Path = typer.Argument(..., help="A PNG written by bestshot o
     if not image.exists():
         raise BestshotError(f"{image} does not exist — check the path")
     info = read_png_info(image)
-    out.print_json(json.dumps({"parameters": info.get("parameters"), "parsed": info.get("parsed")}, default=str))
+    out.print_json(jsonio.dumps({"parameters": info.get("parameters"), "parsed": info.get("parsed")}, default=str))
 
 
 # Sub-commands that live next to their job's code: module → (how to mount, top-level names it provides).
@@ -245,14 +242,58 @@ def _startup_argv() -> list[str]:
 _mount_subapps(_startup_argv())
 
 
+def _refuse_non_finite(fn):
+    """Wrap a command so that a NaN or infinite float flag is one clear error, not a run that logs ``NaN``.
+
+    typer parses ``--guidance nan`` into ``float('nan')`` (so does ``inf``); no bestshot setting means
+    anything with them, and they would reach the log as non-JSON. The check names the flag as typed."""
+    import functools
+    import inspect
+
+    from .jsonio import check_finite
+
+    if getattr(fn, "_bestshot_finite", False):
+        return fn
+    names = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        decls = [d for d in getattr(p.default, "param_decls", None) or () if isinstance(d, str)]
+        default = decls[0] if decls else name.upper()
+        if type(p.default).__name__ == "OptionInfo" and not decls:
+            default = "--" + name.replace("_", "-")  # typer's own flag name for an undeclared option
+        names[name] = next((d for d in decls if d.startswith("--")), default)
+
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        for name, value in kwargs.items():
+            check_finite(value, names.get(name, name), "pass an ordinary number; NaN and infinity are not settings")
+        return fn(*args, **kwargs)
+
+    checked._bestshot_finite = True
+    return checked
+
+
+def _check_float_flags(typer_app) -> None:
+    """Apply :func:`_refuse_non_finite` to every command of ``typer_app`` and its groups."""
+    for info in typer_app.registered_commands:
+        if info.callback is not None:
+            info.callback = _refuse_non_finite(info.callback)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _check_float_flags(group.typer_instance)
+
+
 def _showwarning(message, category, filename, lineno, file=None, line=None):
     err.print(f"[yellow]warning:[/] {message}", highlight=False)
 
 
 def main() -> None:
+    from . import _quiet
+
+    _quiet.apply()  # third-party noise off, narrowly (see bestshot/_quiet.py); our own warnings stay
     warnings.showwarning = _showwarning
     try:
         _mount_subapps(sys.argv)
+        _check_float_flags(app)
         app()
     except BestshotError as e:
         err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)

@@ -13,11 +13,12 @@ by :func:`bestshot.models.settings.resolve_config`, which knows models.
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from bestshot import jsonio
 from .errors import BestshotError
+from .jsonio import check_finite
 from .schedulers import scheduler_name
 from .yaml_io import dataclass_from_dict
 
@@ -90,6 +91,8 @@ class ImgCfg:
 
     def validate(self) -> "ImgCfg":
         """Raise :class:`BestshotError` naming the first bad field and how to fix it."""
+        for f in fields(self):
+            check_finite(getattr(self, f.name), f.name, "give an ordinary number; NaN and infinity are not settings")
         if not isinstance(self.n_images, int) or self.n_images < 1:
             raise BestshotError(f"n_images must be a whole number >= 1 (got {self.n_images!r}) — ask for at least one candidate")
         for name in ("height", "width"):
@@ -188,4 +191,4 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def dump_json(cfg: ImgCfg) -> str:
-    return json.dumps(cfg.to_dict(), sort_keys=True)
+    return jsonio.dumps(cfg.to_dict(), sort_keys=True)

@@ -186,6 +186,7 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
     if base_seed is not None:
         cfg = replace(cfg, seed_base=int(base_seed)).validate()
     store = store or Store(root=Path(cfg.out_dir), log_path=Path(cfg.log_jsonl))
+    store.check_writable()  # a read-only or full output folder: one clear error before any model loads
     run_id = new_run_id()
     user_prompt, llm_clip, auto_info = _resolve_prompt(mode, prompt, text, cfg.seed_base, llm_backend, llm_model)
     built = build_prompt(user_prompt, style_suffix=cfg.style_suffix, negative_prompt=cfg.negative_prompt,
@@ -210,6 +211,11 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
     # ---- load
     t = time.perf_counter()
     ref = resolve_model(cfg.model)
+    if scorer is None or isinstance(scorer, str):  # an uncached hub scorer fails before the pipeline loads
+        from .models.hub import require_model, require_scorer
+
+        require_model(ref)
+        require_scorer(scorer or cfg.scorer or ref.family.default_scorer)
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory,
                          scheduler=cfg.scheduler, compile=cfg.compile, vae_tiling=cfg.vae_tiling,
                          vae_slicing=cfg.vae_slicing, vae_fp16=cfg.vae_fp16)
@@ -262,13 +268,14 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
                   reproduce=reproduce_note(pipe, min(cfg.max_batch or batch, batch), t_exact > 0))
     if not ok:
         record["reason"] = "low_clip_alignment"
-    candidates = []
+    candidates, files = [], []
     for k, (seed, score) in enumerate(zip(seeds, scores)):
         path = None
         if cfg.save_candidates or (ok and k == best):
-            path = str(store.save_candidate(images[k], run_id, seed, score,
-                                            _parameters(built, cfg, record, seed, score),
-                                            _png_metadata(record, seed, score)))
+            target = store.image_path(run_id, seed, score)
+            files.append((target, images[k], _parameters(built, cfg, record, seed, score),
+                          _png_metadata(record, seed, score)))
+            path = str(target)
         candidates.append({"seed": seed, "clip": round(score, 6), "clip_score": round(clip_score_100(score), 4),
                            "path": path})
     record["candidates"] = candidates
@@ -277,7 +284,7 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
     record["timing_s"] = {"load": t_load, "gen": t_gen, "clip": t_clip, "total": _since(t0)}
     if t_exact:
         record["timing_s"]["exact_best"] = t_exact
-    store.log_run(record)
+    store.save_run(files, record)  # images and log line as one unit: a failure keeps none of them
     if show and ok:
         images[best].show()
     if return_candidates_images:

@@ -22,6 +22,8 @@ Layout (design document)::
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
 import re
@@ -39,6 +41,7 @@ from typing import IO, Any, Iterator
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from bestshot import jsonio
 from bestshot.errors import BestshotError
 
 try:  # POSIX only; on other systems appends are still single writes, just not cross-process locked.
@@ -49,7 +52,7 @@ except ImportError:  # pragma: no cover
 __all__ = [
     "new_run_id", "candidate_filename", "atomic_open", "atomic_write_bytes", "atomic_write_text",
     "atomic_write_json", "save_png", "format_parameters", "parse_parameters", "read_png_info",
-    "append_jsonl", "read_jsonl", "RunIndex", "Store",
+    "append_jsonl", "read_jsonl", "RunIndex", "Store", "png_bytes", "ensure_writable", "remove_stale_tmp",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -155,8 +158,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomic pretty JSON write. Serialised before the file is touched, so bad data changes nothing."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """Atomic pretty JSON write. Serialised before the file is touched, so bad data changes nothing.
+
+    Strict JSON (:mod:`bestshot.jsonio`): a non-finite float is written as ``null``, never ``NaN``."""
+    return atomic_write_text(path, jsonio.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,14 +289,22 @@ def save_png(
     ``metadata`` is serialised before anything is written (a TypeError leaves no file). PIL writes a
     ``tEXt`` chunk for Latin-1 text and an ``iTXt`` (UTF-8) chunk otherwise - A1111 readers handle both.
     """
+    data = png_bytes(image, parameters, metadata)
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def png_bytes(image: Image.Image, parameters: str | None = None, metadata: dict | None = None) -> bytes:
+    """The PNG file :func:`save_png` writes, in memory (nothing touches the disk)."""
     info = PngInfo()
     if parameters is not None:
         info.add_text("parameters", parameters)
     if metadata is not None:
-        info.add_text("bestshot", json.dumps(metadata))  # ASCII-only JSON -> always a tEXt chunk
-    with atomic_open(path, "wb") as f:
-        image.save(f, format="PNG", pnginfo=info)
-    return Path(path)
+        info.add_text("bestshot", jsonio.dumps(metadata))  # ASCII-only JSON -> always a tEXt chunk
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
 
 
 def read_png_info(path_or_image: str | os.PathLike | Image.Image) -> dict:
@@ -346,7 +359,7 @@ def _unserialisable_key(obj: Any, where: str = "") -> str | None:
                 return found
         return None
     try:
-        json.dumps(obj)
+        jsonio.dumps(obj)
     except (TypeError, ValueError):
         return where or "<record>"
     return None
@@ -364,7 +377,7 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     if not isinstance(record, dict):
         raise TypeError(f"append_jsonl: record must be a dict, not {type(record).__name__}")
     try:
-        line = json.dumps(record, ensure_ascii=False)
+        line = jsonio.dumps(record, ensure_ascii=False)
     except (TypeError, ValueError) as e:
         key = _unserialisable_key(record)
         raise TypeError(
@@ -460,7 +473,7 @@ class RunIndex:
             str(run_id), str(created), record.get("kind", "generate"),
             record.get("prompt", record.get("sd_prompt")), record.get("model"),
             None if ok is None else int(bool(ok)), record.get("img_path"),
-            json.dumps(record, ensure_ascii=False),
+            jsonio.dumps(record, ensure_ascii=False),
         )
         with self._connect() as db:
             db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
@@ -481,6 +494,71 @@ class RunIndex:
         with self._connect() as db:
             row = db.execute("SELECT record_json FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else json.loads(row[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# writable folders, stale temp files
+
+STALE_TMP_S = 3600  # a hidden temp file untouched for an hour belongs to a killed run
+
+
+def _disk_error(e: OSError, what: str) -> BestshotError:
+    fix = {errno.ENOSPC: "free some disk space or choose another folder",
+           errno.EDQUOT: "free some disk space (quota) or choose another folder",
+           errno.EROFS: "the file system is read-only — choose another folder",
+           errno.EACCES: "choose a folder you may write to, or fix its permissions",
+           errno.EPERM: "choose a folder you may write to, or fix its permissions"}.get(
+        e.errno, "choose another folder or fix this one")
+    return BestshotError(f"cannot write {what}: {e.strerror or e} — {fix}")
+
+
+def ensure_writable(folder: str | os.PathLike, what: str = "to the output folder") -> Path:
+    """Create ``folder`` if needed and check a file can be written in it; one clear error otherwise.
+
+    Jobs call this before loading any model, so a read-only or missing-permission folder costs seconds,
+    not a generation. (A full disk shows up here only when it is already full; a disk that fills up
+    mid-run is handled by :meth:`Store.save_run`, which keeps nothing half-written.)
+    """
+    folder = Path(folder)
+    probe = folder / f".bestshot-write-check.{secrets.token_hex(4)}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:  # a file, not a folder, sits on the path
+        raise BestshotError(f"cannot write {what} {str(folder)!r}: a file of that name is in the way — "
+                            "choose another folder") from None
+    except OSError as e:
+        raise _disk_error(e, f"{what} {str(folder)!r}") from None
+    with contextlib.suppress(OSError):
+        probe.unlink()
+    return folder
+
+
+def remove_stale_tmp(folder: str | os.PathLike, older_than_s: float = STALE_TMP_S) -> int:
+    """Delete hidden ``.*.tmp`` files a killed run left in ``folder`` (older than ``older_than_s``).
+
+    Readers never see them (temp names are hidden and do not end in ``.png``); this only frees the space.
+    Returns how many were removed; files another run is still writing are younger and kept.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    now, n = time.time(), 0
+    for p in folder.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            if p.is_file() and now - p.stat().st_mtime > older_than_s:
+                p.unlink()
+                n += 1
+    return n
+
+
+def _rel_posix(path: str | os.PathLike, base: Path) -> str:
+    """``path`` relative to folder ``base`` (``../`` allowed), POSIX style; absolute when no relative form exists."""
+    p = Path(path).resolve()
+    try:
+        return Path(os.path.relpath(p, base.resolve())).as_posix()
+    except ValueError:  # another drive (Windows)
+        return str(p)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -513,12 +591,88 @@ class Store:
         """Write one candidate PNG (atomic, with A1111 + bestshot chunks) and return its path."""
         return save_png(self.image_path(run_id, seed, score), image, parameters, metadata)
 
+    def check_writable(self) -> None:
+        """Before any model loads: the image folder and the log's folder take files (one clear error
+        otherwise); stale temp files of a killed run are removed."""
+        ensure_writable(self.root, "to the output folder")
+        ensure_writable(self.log_path.parent, "the run log in")
+        remove_stale_tmp(self.root)
+
+    def save_run(self, files: list[tuple[Path, Image.Image, str | None, dict | None]], record: dict) -> None:
+        """Write a run's images and its log line as one unit: all or nothing.
+
+        ``files`` holds ``(path, image, parameters, metadata)`` as :func:`save_png` takes them. Every
+        image goes to a hidden temp file first; only when all are on disk are they renamed into
+        place and the line appended. Any failure (a full disk at the third image, a read-only log...) removes
+        the temp files and any image already renamed, and is one :class:`BestshotError`: no image is left
+        without its log line.
+        """
+        tmps: list[Path] = []
+        placed: list[Path] = []
+        try:
+            for path, image, parameters, metadata in files:
+                data = png_bytes(image, parameters, metadata)
+                path = Path(path)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+                tmps.append(tmp)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            for tmp, (path, *_) in zip(tmps, files):
+                os.replace(tmp, path)
+                placed.append(Path(path))
+            self.log_run(record)
+        except BaseException as e:
+            for p in tmps + placed:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            if isinstance(e, OSError):
+                raise _disk_error(e, f"run {record.get('run_id')!r} to {str(self.root)!r} (nothing of it was kept)") from None
+            raise
+        if files:
+            _fsync_dir(self.root)
+
+    def log_record(self, record: dict) -> dict:
+        """The record as the log stores it: image paths relative to the log file's folder, so the log and
+        its images can be read from any working directory (and moved together)."""
+        if record.get("path_base") == "log_dir":
+            return record
+        base = self.log_path.parent
+        rec = dict(record)
+        if rec.get("img_path"):
+            rec["img_path"] = _rel_posix(rec["img_path"], base)
+        if isinstance(rec.get("candidates"), list):
+            rec["candidates"] = [{**c, "path": _rel_posix(c["path"], base)} if isinstance(c, dict) and c.get("path")
+                                 else c for c in rec["candidates"]]
+        if rec.get("img_path") or any(isinstance(c, dict) and c.get("path") for c in rec.get("candidates") or []):
+            rec["path_base"] = "log_dir"
+        return rec
+
+    def resolve_path(self, path: str | None, record: dict | None = None) -> Path | None:
+        """Where an image path of a record is: absolute paths as they are; paths of a record logged with
+        ``path_base: log_dir`` against the log's folder; older records (paths relative to the working
+        directory of the run) against the working directory, then the log's folder."""
+        if not path:
+            return None
+        p = Path(path)
+        if p.is_absolute():
+            return p
+        in_log_dir = self.log_path.resolve().parent / p
+        if record is not None and record.get("path_base") == "log_dir":
+            return in_log_dir
+        return p.resolve() if p.exists() or not in_log_dir.exists() else in_log_dir
+
     def log_run(self, record: dict) -> None:
         """Append the run to the JSONL log (source of truth), then index it.
 
-        An index failure (locked or corrupt database, full disk...) only warns: the log line is already
-        on disk and :meth:`rebuild_index` recovers the index from it.
+        Image paths are stored relative to the log's folder (:meth:`log_record`). An index failure
+        (locked or corrupt database, full disk...) only warns: the log line is already on disk and
+        :meth:`rebuild_index` recovers the index from it.
         """
+        record = self.log_record(record)
         append_jsonl(self.log_path, record)
         try:
             self.index.add(record)

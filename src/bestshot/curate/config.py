@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import SDXL_BASE, SDXL_REFINER
 from ..errors import BestshotError
+from ..jsonio import check_finite
 from ..yaml_io import read_yaml_mapping
 
 # The document's SDXL bucket sizes (~1 megapixel each): aspect → (width, height).
@@ -255,6 +256,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         elif not _type_ok(value, tp):
             raise BestshotError(f"{key} = {value!r} has the wrong type — expected {_type_name(tp)}")
         else:
+            check_finite(value, key, "write an ordinary number; NaN and infinity are not settings")
             kwargs[name] = float(value) if tp is float else value
     return cls(**kwargs)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bestshot import jsonio
 from ..store import atomic_write_json
 
 FOLDERS = ("stage1", "metadata", "final", "intermediates/stage2_up", "intermediates/stage2",
@@ -85,7 +86,7 @@ class Layout:
         try:
             while True:
                 tag = base if n == 0 else f"{base}_{n}"
-                tmp.write_text(json.dumps({**record, "tag": tag}, indent=2, ensure_ascii=False) + "\n", "utf-8")
+                tmp.write_text(jsonio.dumps({**record, "tag": tag}, indent=2, ensure_ascii=False) + "\n", "utf-8")
                 try:
                     os.link(tmp, self.metadata(tag))  # atomic, fails if the tag is taken
                     return tag

@@ -259,6 +259,11 @@ class Workflow:
     def run(self, mode: str, count: int | None = None) -> list[str]:
         """``stage1`` / ``run``: make images until ``count`` or a stop request; ``upscale``: all pending."""
         done: list[str] = []
+        from ..store import ensure_writable, remove_stale_tmp
+
+        for sub in (("final", "intermediates") if mode == "upscale" else ("stage1", "metadata")):
+            ensure_writable(self.layout.root / sub, "to the outputs folder")  # before any model loads
+            remove_stale_tmp(self.layout.root / sub)
         if mode == "upscale":
             todo = self.pending()
             self.say(f"{len(todo)} stage1 image(s) to upscale" if todo else "nothing to upscale")

@@ -29,7 +29,7 @@ from ..models.loader import load_pipeline
 from ..models.registry import resolve_model, sampler_label
 from ..prompts.build import blocked_terms, build_prompt
 from ..scoring import clip_score_100, pipeline_scorer
-from ..store import atomic_write_json, format_parameters, save_png
+from ..store import atomic_write_json, ensure_writable, format_parameters, save_png
 from .manifest import Row, read_manifest
 
 SETTINGS_FILE = "eval_generate.json"
@@ -117,6 +117,7 @@ def generate_rows(manifest: str | Path, out_dir: str | Path, settings: BatchSett
             "best_of": cfg.n_images, "width": cfg.width, "height": cfg.height, "scorer": settings.scorer,
             "scheduler": cfg.scheduler}
     used.update({k: getattr(cfg, k) for k in settings.overrides if k not in used})
+    ensure_writable(out, "to the output folder")  # before any model loads
     _check_settings(out, used)
     todo = [r for r in rows if not (out / image_name(r.row_id)).is_file()]
     summary: dict[str, Any] = {"manifest": str(manifest), "out": str(out), "rows": len(rows), "generated": 0,
@@ -126,6 +127,10 @@ def generate_rows(manifest: str | Path, out_dir: str | Path, settings: BatchSett
         return summary
 
     ref = resolve_model(cfg.model)
+    from ..models.hub import require_model, require_scorer
+
+    require_model(ref)
+    require_scorer(settings.scorer or ref.family.default_scorer)  # an uncached hub scorer: fail before loading
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory, scheduler=cfg.scheduler)
     scorer = pipeline_scorer(settings.scorer, pipe, ref.family, cfg.device)
     sampler = sampler_label(pipe.scheduler)

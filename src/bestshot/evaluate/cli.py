@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from bestshot import jsonio
 from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate models: the embedded world, COCO-style metrics.")
@@ -171,7 +172,7 @@ def metrics_cmd(
     if out_json:
         atomic_write_json(out_json, res)
     if as_json:
-        print(json.dumps(res, indent=2))
+        print(jsonio.dumps(res, indent=2))
         return
     t = Table(title=f"{res['n_fake']} generated vs " + (f"{res['n_real']} real images" if not real_stats else
                                                         f"FID statistics {real_stats}"))

@@ -15,12 +15,12 @@ So "CLIP lifts the full-match rate by X points" compares like with like: the sam
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from bestshot import jsonio
 from ..config import EMBEDDED
 from ..models.settings import resolve_config
 from ..errors import BestshotError
@@ -28,8 +28,10 @@ from ..generation import seeds_for
 from ..models.loader import load_pipeline
 from ..models.registry import resolve_model
 from ..scoring import pipeline_scorer
-from ..store import atomic_write_json, atomic_write_text
+from ..store import atomic_write_json, atomic_write_text, ensure_writable
 from ..train.candidates import ATTRS
+
+MAX_OBJECTS = 3  # the embedded world's scenes hold 1 to 3 objects (sample_scene)
 
 
 @dataclass
@@ -60,7 +62,14 @@ def evaluate_world(cfg: WorldEvalConfig, progress: bool = True) -> dict[str, Any
 
     if not cfg.ns or min(cfg.ns) < 1:
         raise BestshotError("--n values must be >= 1, e.g. --n 1,4,8")
+    bad = [g for g in cfg.groups if not 1 <= g <= MAX_OBJECTS]
+    if not cfg.groups or bad:
+        raise BestshotError(f"--objects values must lie in 1-{MAX_OBJECTS} (the embedded world draws at most "
+                            f"{MAX_OBJECTS} objects; got {', '.join(map(str, bad)) or 'none'}) — e.g. --objects 1,2")
     n_max = max(cfg.ns)
+    for folder in (cfg.out, cfg.cache):  # before any model loads
+        if folder:
+            ensure_writable(folder, "to the folder")
     gen_cfg = resolve_config(None, model=cfg.model, n_images=n_max, seed_base=cfg.seed_base,
                              steps_base=cfg.steps, guidance=cfg.guidance, clip_min=-1.0)
     ref = resolve_model(cfg.model)
@@ -164,4 +173,4 @@ def to_markdown(results: dict[str, Any]) -> str:
 
 
 def dumps(results: dict[str, Any]) -> str:
-    return json.dumps(results, indent=2)
+    return jsonio.dumps(results, indent=2)

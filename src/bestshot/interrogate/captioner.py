@@ -368,6 +368,10 @@ class HFCaptioner:
 
         from ..models.loader import resolve_device
 
+        from ..models.hub import require_hub_model
+
+        require_hub_model(spec, "caption model", "pass a local folder of a transformers image-to-text model "
+                          "(e.g. a saved BLIP) or a --captioner folder")
         self.device = resolve_device(device)
         try:
             self.processor = AutoProcessor.from_pretrained(spec)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
+from bestshot import jsonio
 from ..config import EMBEDDED
 from ..errors import BestshotError
 
@@ -57,6 +57,10 @@ def interrogate(
     cfg = InterrogateConfig(mode=mode, clip=clip, caption=caption, captioner=captioner, banks=banks, domain=domain,
                             device=device, cache_dir=cache_dir, sizes=sizes,
                             prior_weight=prior_weight, spatial=spatial, regions=regions)
+    if out is not None:  # before any model loads
+        from ..store import ensure_writable
+
+        ensure_writable(out.parent if str(out.parent) else Path("."), "the prompts CSV in")
     engine = Interrogator(cfg)
     folder = image_or_folder.is_dir()
     if folder and not quiet:
@@ -105,11 +109,15 @@ def interrogate_eval(
     for p in (predictions, truth):
         if p is not None and not p.is_file():
             raise BestshotError(f"{p} does not exist — give a CSV file")
+    if out is not None:  # before the MiniLM loads
+        from ..store import ensure_writable
+
+        ensure_writable(out.parent if str(out.parent) else Path("."), "the scores CSV in")
     if submission is not None:
         path, ids, _ = submission_from_predictions(predictions, submission)
         if truth is None:
             if as_json:
-                out_console.print_json(json.dumps({"submission": str(path), "images": len(ids)}))
+                out_console.print_json(jsonio.dumps({"submission": str(path), "images": len(ids)}))
             else:
                 out_console.print(f"wrote {path}: {len(ids)} images x 384 rows", highlight=False)
             return
@@ -121,7 +129,7 @@ def interrogate_eval(
     summary = {"score": round(mean, 6), "n": len(rows) - len(extra), "missing": missing, "extra": extra,
                "per_image": str(out) if out else None, "submission": str(submission) if submission else None}
     if as_json:
-        out_console.print_json(json.dumps(summary))
+        out_console.print_json(jsonio.dumps(summary))
         return
     out_console.print(f"mean MiniLM cosine: {mean:.4f} over {summary['n']} images", highlight=False)
     if missing:

@@ -452,6 +452,11 @@ class Interrogator:
         for k, v in overrides.items():
             setattr(cfg, k, v)
         self.cfg = cfg.validate()
+        if cfg.caption and not Path(cfg.caption).exists():  # an unloadable hub id fails before the CLIP loads
+            from ..models.hub import require_hub_model
+
+            require_hub_model(cfg.caption, "caption model", "pass a local folder of a transformers image-to-text "
+                              "model (e.g. a saved BLIP) or a --captioner folder")
         self.scorer = scorer or get_scorer(cfg.clip, device=cfg.device)
         embedded = cfg.clip in (EMBEDDED, EMBEDDED + SPATIAL, EMBEDDED + REGIONS)
         self.domain = cfg.domain if cfg.domain != "auto" else ("world" if embedded else "art")

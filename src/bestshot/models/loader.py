@@ -103,6 +103,9 @@ def free_memory() -> None:
 
 
 def _from_pretrained(cls, source: str, ref: ModelRef, **kwargs):
+    from .hub import require_model
+
+    require_model(ref)  # an uncached hub id offline: one clear error now, not minutes of hub retries
     try:
         return cls.from_pretrained(source, **kwargs)
     except BestshotError:

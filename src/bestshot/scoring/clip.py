@@ -46,6 +46,10 @@ class CLIPScorer:
         from transformers import CLIPModel, CLIPTokenizer
 
         local = Path(source).exists()
+        if not local:
+            from ..models.hub import require_hub_model
+
+            require_hub_model(source, "CLIP scorer", "pass --scorer with a local CLIP folder or 'embedded'")
         try:
             model = CLIPModel.from_pretrained(source, dtype=dtype or torch.float32).to(device)
         except OSError as e:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import random
 import time
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from typing import Any, Optional
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
+from bestshot import jsonio
 from .. import __version__
 from ..config import ImgCfg
 from ..models.settings import resolve_config
@@ -356,4 +356,4 @@ def build_response(req: Txt2ImgRequest, plan: Plan, results: list[dict[str, Any]
             **(extra_info or {}),
         },
     }
-    return {"images": images, "parameters": req.model_dump(), "info": json.dumps(info)}
+    return {"images": images, "parameters": req.model_dump(), "info": jsonio.dumps(info)}

@@ -129,12 +129,16 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         return dict(out_dir=str(out_dir), log_jsonl=str(log_path), device=settings.device, dtype=settings.dtype,
                     memory=settings.memory, max_batch=settings.max_batch, save_candidates=settings.save_candidates)
 
-    def rel(path: str | None) -> str | None:
-        """The name GET /v1/images/{name} serves for a stored path (None when outside the output folder)."""
-        if not path:
+    def rel(path: str | None, record: dict[str, Any] | None = None) -> str | None:
+        """The name GET /v1/images/{name} serves for a stored path (None when outside the output folder).
+
+        Logged paths are relative to the log's folder (older logs: to the run's working directory), so
+        runs of ``bestshot generate`` started anywhere are found (Store.resolve_path)."""
+        found = store.resolve_path(path, record)
+        if found is None:
             return None
         try:
-            return Path(path).resolve().relative_to(out_dir.resolve()).as_posix()
+            return found.resolve().relative_to(out_dir.resolve()).as_posix()
         except ValueError:
             return None
 
@@ -285,8 +289,8 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     # ------------------------------------------------------------------------------ bestshot API
     def with_files(record: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in record.items() if k != "candidate_images"}
-        out["img_file"] = rel(record.get("img_path"))
-        out["candidates"] = [{**c, "file": rel(c.get("path"))} for c in record.get("candidates") or []]
+        out["img_file"] = rel(record.get("img_path"), record)
+        out["candidates"] = [{**c, "file": rel(c.get("path"), record)} for c in record.get("candidates") or []]
         return out
 
     @v1.post("/generate")

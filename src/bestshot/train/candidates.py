@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from bestshot import jsonio
 from ..errors import BestshotError
 
 ATTRS = ("match", "shape", "colour", "count", "position")
@@ -127,7 +128,7 @@ def _save(path: Path, cs: CandidateSet) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = save({"images": cs.images.contiguous(), "verdicts": cs.verdicts.contiguous()},
-                metadata={"bestshot": json.dumps({**cs.meta, "prompts": cs.prompts})})
+                metadata={"bestshot": jsonio.dumps({**cs.meta, "prompts": cs.prompts})})
     atomic_write_bytes(path, blob)
 
 

@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from bestshot import jsonio
 from bestshot.errors import BestshotError
 
 app = typer.Typer(help="Train bestshot's own models: a small CLIP and a CLIP-conditioned diffusion UNet.",
@@ -19,7 +20,7 @@ app = typer.Typer(help="Train bestshot's own models: a small CLIP and a CLIP-con
 
 
 def _print(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2) if isinstance(obj, dict) else str(obj))
+    typer.echo(jsonio.dumps(obj, indent=2) if isinstance(obj, dict) else str(obj))
 
 
 @app.command()

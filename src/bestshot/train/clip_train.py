@@ -10,7 +10,6 @@ same caption template, as extra text columns of its row in the image→text soft
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 import time
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
+from bestshot import jsonio
 from bestshot.errors import BestshotError
 from bestshot.models.clip_tokenizer import build_clip_tokenizer
 from bestshot.models.embedded_clip import image_features, image_processor, text_features, to_clip_pixels
@@ -463,7 +463,7 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
     metrics.update(steps=step, seconds=round(elapsed, 1), final_loss=sum(v for _, v in losses[-20:]) / max(1, len(losses[-20:])),
                    device=device.type)
     save_clip_folder(model.cpu(), tok, cfg, out)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out / "metrics.json", jsonio.dumps(metrics, indent=2))
     plot_losses(losses, out / "loss.png", "CLIP InfoNCE")
     return metrics
 
@@ -472,7 +472,7 @@ def save_clip_folder(model: CLIPModel, tok, cfg: ClipTrainConfig, out: Path) -> 
     model.save_pretrained(out)
     tok.save_pretrained(out)
     image_processor(cfg.img_size).save_pretrained(out)
-    atomic_write_text(out / "bestshot_clip_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+    atomic_write_text(out / "bestshot_clip_config.json", jsonio.dumps(dataclasses.asdict(cfg), indent=2))
 
 
 def run(config: str | None = None, **overrides) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPModel, CLIPTokenizer
 
+from bestshot import jsonio
 from bestshot.errors import BestshotError
 from bestshot.train.common import EMA, atomic_torch_save, atomic_write_text, load_config, lr_at, plot_losses
 
@@ -102,9 +104,17 @@ class DDPMConfig:
     # folder (its unet/, e.g. the shipped embedded model) — same architecture, the objective may differ
     init_from: str = ""
 
-    def total_steps(self, world_size: int = 1) -> int:
+    def total_steps(self, n_items: int | None = None, world_size: int = 1) -> int:
+        """Planned optimiser steps: ``steps``, or with ``epochs`` > 0 ``epochs × ceil(n_items / (batch_size ×
+        grad_accum × world_size))``.
+
+        ``n_items`` is the real length of the dataset (a folder of 8 images is 8, not ``dataset_length``);
+        without it ``dataset_length`` stands in (the procedural world has exactly that many items)."""
+        if self.epochs <= 0:
+            return self.steps
+        n = self.dataset_length if n_items is None else n_items
         per_step = self.batch_size * self.grad_accum * world_size
-        return int(self.epochs * self.dataset_length / per_step) if self.epochs > 0 else self.steps
+        return max(1, math.ceil(self.epochs * math.ceil(n / per_step) - 1e-9))
 
     def validate(self) -> None:
         if self.cond not in ("text_tokens", "text_embed", "image_embed"):
@@ -377,9 +387,9 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
 
         cache = load_cache(cfg.embed_cache, cfg.dataset, cfg.img_size, cfg.clip, length=len(ds))
     W, r = dist.world, dist.rank
-    total = cfg.total_steps(W)
     B, A = cfg.batch_size, cfg.grad_accum
     n = len(ds)
+    total = cfg.total_steps(n, W)
     # micro-batch m is items [m*B, (m+1)*B) (mod n); step s sums micro-batches (s*A + k)*W + r, k < A, of process r
     indices = [((m * W + r) * B + j) % n for m in range(step * A, total * A) for j in range(B)]
     loader = torch.utils.data.DataLoader(_Indexed(ds), batch_size=B, sampler=indices, num_workers=cfg.num_workers,
@@ -487,7 +497,7 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
     if dist.world > 1:
         summary["processes"] = dist.world
     if dist.main:
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+        atomic_write_text(out / "summary.json", jsonio.dumps(summary, indent=2))
     return summary
 
 
@@ -588,9 +598,9 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
     for cfg_file in [tmp / "model_index.json", *tmp.glob("*/config.json"), *tmp.glob("*/scheduler_config.json")]:
         conf = json.loads(cfg_file.read_text())  # a folder loaded from disk records where it came from: drop it
         if conf.pop("_name_or_path", None) is not None:
-            cfg_file.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
+            cfg_file.write_text(jsonio.dumps(conf, indent=2, sort_keys=True) + "\n")
     d = {**base, **defaults, "dtype_cpu": "float32"}
-    (tmp / "bestshot_defaults.json").write_text(json.dumps(d, indent=2))
+    (tmp / "bestshot_defaults.json").write_text(jsonio.dumps(d, indent=2))
     # make clip/ a complete CLIP folder for scorers (preprocessor + tokenizer files beside the weights), and
     # add vocab.json/merges.txt to tokenizer/ for transformers versions that do not read tokenizer.json
     from bestshot.models.clip_tokenizer import write_tokenizer_files

@@ -8,12 +8,12 @@ CLIP weights; :func:`load_cache` refuses a cache made for another dataset or CLI
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, safe_open
 
+from bestshot import jsonio
 from bestshot.errors import BestshotError
 
 
@@ -57,4 +57,4 @@ def load_cache(path: str | Path, dataset: str, img_size: int, clip_dir: str | Pa
 
 def describe(path: str | Path) -> str:
     with safe_open(str(path), "pt") as f:
-        return json.dumps(f.metadata())
+        return jsonio.dumps(f.metadata())

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from bestshot import jsonio
 from bestshot.errors import BestshotError
 
 
@@ -71,7 +72,7 @@ def build_pool(model: str, seed: int, n: int, size: int, strength: tuple[float, 
         out[b : b + len(idx)] = ((x.float().cpu() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     if cache:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(cache, save({"images": out}, metadata={"bestshot": json.dumps(meta)}))
+        atomic_write_bytes(cache, save({"images": out}, metadata={"bestshot": jsonio.dumps(meta)}))
     return out
 
 

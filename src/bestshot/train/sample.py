@@ -7,6 +7,7 @@ while it is still training.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -81,9 +82,16 @@ def sample(checkpoint: str | Path, prompts: list[str], out: str | Path = "grid.p
         defaults = json.loads((p / "bestshot_defaults.json").read_text())
     from bestshot.models.world_pipeline import DEFAULTS
 
-    steps = steps or defaults.get("num_inference_steps", DEFAULTS["num_inference_steps"])
-    if scheduler == "ddpm" and steps < 50:
-        steps = max(steps, 100)  # ancestral DDPM needs many steps; say so rather than produce mush
+    if steps is not None and steps < 1:
+        raise BestshotError(f"--steps must be >= 1 (got {steps})")
+    if steps is None:
+        steps = defaults.get("num_inference_steps", DEFAULTS["num_inference_steps"])
+        if scheduler == "ddpm":
+            steps = max(steps, 100)  # ancestral DDPM needs many steps; the default for it is 100
+    elif scheduler == "ddpm" and steps < 50:
+        # honoured as asked (DDPMScheduler.set_timesteps takes any count), but said out loud
+        warnings.warn(f"ancestral DDPM with {steps} steps gives rough images — 100 or more is usual "
+                      "(or use --scheduler ddim for few steps)", stacklevel=2)
     guidance = guidance if guidance is not None else defaults.get("guidance_scale", DEFAULTS["guidance_scale"])
     gens = [torch.Generator().manual_seed(seed + k) for k in range(n * len(prompts))]
     frames: list[Image.Image] = []

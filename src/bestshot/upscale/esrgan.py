@@ -324,7 +324,10 @@ class NcnnUpscaler(Upscaler):
         self.net = Realesrgan(gpuid=gpuid, tilesize=max(int(tile), 32) if tile > 0 else 0, model=index)
 
     def _upscale_native(self, image: Image.Image, scale: int) -> Image.Image:
-        return self.net.process_pil(image)
+        from .._quiet import quiet_c_output
+
+        with quiet_c_output():  # ncnn prints its progress ("0.00%") from C
+            return self.net.process_pil(image)
 
 
 def ncnn_available() -> bool:
