@@ -9,6 +9,8 @@
 #   lock.txt          runtime: the same versions as lock-dev.txt, without the dev tools
 #   lock-no-deps.txt  packages scripts/install.sh installs with --no-deps (requirements/no-deps.in)
 #   lock-vllm.txt     runtime + the vllm extra for Linux x86_64 with CUDA; not used by install.sh
+#   lock-fid.txt      runtime + the fid extra (torch-fidelity, which needs torchvision) for Linux x86_64;
+#                     not used by install.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v uv >/dev/null || { echo "error: uv not found — install it with: python -m pip install uv" >&2; exit 1; }
@@ -38,5 +40,8 @@ header $R/lock-no-deps.txt "Installed with --no-deps by scripts/install.sh (only
 uv pip compile pyproject.toml --extra vllm "${COMMON[@]}" --python-platform x86_64-manylinux_2_28 \
   -o $R/lock-vllm.txt "$@"
 header $R/lock-vllm.txt "bestshot runtime + vllm extra, for Linux x86_64 with a CUDA GPU (pulls CUDA torch, ~GBs); not used by scripts/install.sh, not tested on the CPU machines."
+uv pip compile pyproject.toml --extra fid "${COMMON[@]}" --python-platform x86_64-manylinux_2_28 \
+  -o $R/lock-fid.txt "$@"
+header $R/lock-fid.txt "bestshot runtime + fid extra (torch-fidelity brings torchvision and so torch's CUDA packages), for Linux x86_64; not used by scripts/install.sh, not tested on the CPU machines."
 python scripts/lock_check.py
 echo "locks written with uv $UV_VERSION: $(grep -c '==' $R/lock.txt) runtime, $(grep -c '==' $R/lock-dev.txt) dev pins"
