@@ -276,7 +276,10 @@ class BestshotWorldPipeline(DiffusionPipeline):
         n_guided = min(n_steps - 1, math.ceil(sg_end * n_steps))  # never on the final image itself
 
         step_kw = self._step_kwargs(generator)
+        self._interrupt = False  # a step-end callback sets it to stop early (as diffusers' pipelines do)
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            if self._interrupt:
+                break
             model_in = torch.cat([latents] * 2) if do_cfg else latents
             model_in = self.scheduler.scale_model_input(model_in, t)
             # the UNet predicts eps or v (the scheduler's prediction_type says which); guidance is linear in either

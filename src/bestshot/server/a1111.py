@@ -18,7 +18,7 @@ import io
 import json
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from PIL import Image, UnidentifiedImageError
@@ -213,6 +213,37 @@ def encode_file(path: str) -> str:
         return base64.b64encode(f.read()).decode("ascii")
 
 
+# A1111's "Approx cheap" latent → RGB factors for SD 1.x/2.x latents (4 channels)
+_LATENT_RGB = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
+
+
+def preview_image(latents: Any) -> str | None:
+    """A cheap base64 PNG of a job's latest latents (progress.current_image), or None.
+
+    Three channels are taken as RGB in [-1, 1] (the embedded pixel-space model); four get A1111's
+    linear approximation; other latent spaces get no preview.
+    """
+    if latents is None:
+        return None
+    try:
+        import numpy as np
+
+        x = latents[0] if latents.dim() == 4 else latents
+        c = x.shape[0]
+        if c == 3:
+            rgb = x
+        elif c == 4:
+            import torch
+
+            rgb = torch.einsum("chw,cr->rhw", x, torch.tensor(_LATENT_RGB, dtype=x.dtype))
+        else:
+            return None
+        arr = ((rgb.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        return encode_image(Image.fromarray(np.ascontiguousarray(arr), "RGB"))
+    except (AttributeError, RuntimeError, TypeError, ValueError, IndexError):
+        return None
+
+
 def encode_image(image: Image.Image) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -230,6 +261,42 @@ class Limits:
     max_side: int = 2048
     max_images: int = 16  # batch_size * n_iter
     max_candidates: int = 64  # batch_size * n_iter * best_of
+    # cost budget in native-image steps: (width*height / native side²) * steps * candidates. 4000 is e.g.
+    # 8 images x best of 8 at 512² and 60 steps on SD 1.5, or 16 candidates x 50 steps at 1024² on SDXL
+    max_cost: float = 4000.0
+    max_prompt_chars: int = 10000  # prompt and negative prompt, on every route
+    job_timeout: float | None = 900.0  # seconds a job may run before it is stopped at its next step
+    max_options: int = 64  # unknown keys POST /sdapi/v1/options may add
+    max_option_bytes: int = 4096  # JSON size of one such value
+
+
+def check_prompt(field: str, text: str | None, limits: Limits) -> None:
+    """422 for a prompt longer than the server's cap (each route checks every prompt it takes)."""
+    if text is not None and len(text) > limits.max_prompt_chars:
+        raise FieldError(field, f"{len(text)} characters is more than this server's {limits.max_prompt_chars} "
+                         "(bestshot serve --max-prompt-chars)")
+
+
+def check_cost(cfg: ImgCfg, candidates: int, limits: Limits) -> float:
+    """The request's cost against the model family's sizes and the server's budget (422 naming the limit)."""
+    from ..models.registry import resolve_model, size_limits
+
+    ref = resolve_model(cfg.model)
+    native, top = size_limits(ref)
+    for name in ("width", "height"):
+        v = getattr(cfg, name)
+        if v > top:
+            raise FieldError(name, f"{v} px is more than the {ref.family.name} model family's {top} px (it samples at "
+                             f"{native} px) — ask for at most {top}")
+    cost = cfg.width * cfg.height / native ** 2 * cfg.steps_base * candidates
+    if cost > limits.max_cost:
+        raise FieldError("request", f"cost {cost:.0f} (width x height / {native}² native x {cfg.steps_base} steps x "
+                         f"{candidates} candidates) is more than this server's budget of {limits.max_cost:g} "
+                         "(bestshot serve --max-cost) — ask for fewer steps, candidates or pixels")
+    return cost
+
+
+A1111_DEFAULT_SIZE = 512  # what A1111 clients send when the user set nothing
 
 
 @dataclass
@@ -242,6 +309,8 @@ class Plan:
     best_of: int
     calls: list[ImgCfg]
     scorer: Any
+    notes: dict[str, Any] = field(default_factory=dict)  # what bestshot changed, reported in info["bestshot"]
+    cost: float = 0.0
 
 
 def sampler_of(req: Txt2ImgRequest) -> str | None:
@@ -286,7 +355,22 @@ def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], de
     seed = req.seed if req.seed >= 0 else random.randrange(2**32)
     if seed + n * req.best_of > MAX_SEED:
         raise FieldError("seed", f"{seed} is too large for {n * req.best_of} consecutive seeds")
-    overrides = dict(base, steps_base=req.steps, guidance=req.cfg_scale, width=req.width, height=req.height,
+    check_prompt("prompt", req.prompt, limits)
+    check_prompt("negative_prompt", req.negative_prompt, limits)
+    notes: dict[str, Any] = {}
+    width, height = req.width, req.height
+    if width == height == A1111_DEFAULT_SIZE:
+        from ..models.registry import resolve_model, size_limits
+
+        try:
+            native, top = size_limits(resolve_model(model))
+        except BestshotError:
+            native, top = A1111_DEFAULT_SIZE, A1111_DEFAULT_SIZE
+        if top < A1111_DEFAULT_SIZE:  # e.g. the embedded 32 px model: A1111's default means "the default size"
+            width = height = native
+            notes["size"] = (f"{A1111_DEFAULT_SIZE}x{A1111_DEFAULT_SIZE} (A1111's default) mapped to {native}x{native}, "
+                             "this model's native size")
+    overrides = dict(base, steps_base=req.steps, guidance=req.cfg_scale, width=width, height=height,
                      negative_prompt=req.negative_prompt, style_suffix="", scheduler=sampler_of(req),
                      clip_min=-1.0 if req.clip_min is None else req.clip_min)
     try:
@@ -297,12 +381,13 @@ def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], de
         cfg = replace(cfg, steps_base=min(cfg.steps_base, limits.max_steps),
                       width=min(cfg.width, limits.max_side), height=min(cfg.height, limits.max_side))
     k = req.best_of
+    cost = check_cost(cfg, n * k, limits)
     if k == 1:  # plain A1111: one batched call, every image kept and saved
         calls = [replace(cfg, n_images=n, seed_base=seed, save_candidates=True, exact_best=False)]
     else:
         calls = [replace(cfg, n_images=k, seed_base=seed + i * k) for i in range(n)]
     scorer = scorers[req.scorer] if req.scorer is not None else default_scorer
-    return Plan(cfg=cfg, seed=seed, n_images=n, best_of=k, calls=calls, scorer=scorer)
+    return Plan(cfg=cfg, seed=seed, n_images=n, best_of=k, calls=calls, scorer=scorer, notes=notes, cost=cost)
 
 
 def chosen(result: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
@@ -352,6 +437,7 @@ def build_response(req: Txt2ImgRequest, plan: Plan, results: list[dict[str, Any]
                       "candidates": [{"seed": c["seed"], "clip": c["clip"], "clip_score": c["clip_score"],
                                       "file": rel(c["path"]) if c["path"] else None} for c in r["candidates"]]}
                      for r in results],
+            "cost": round(plan.cost, 1), **plan.notes,
             **(extra_info or {}),
         },
     }

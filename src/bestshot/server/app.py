@@ -33,9 +33,10 @@ from . import a1111 as A
 from .auth import Auth
 from .curation import IMAGE_SUFFIXES, Curation, CurateUpscaler
 from .jobs import INTERROGATE_MODES, run_img2img, run_interrogate, run_plan, run_upscale
-from .queue import Job, JobQueue, QueueFull
+from .queue import Job, JobCancelled, JobQueue, QueueFull, ShuttingDown
 
 GALLERY_DIR = Path(__file__).parent / "gallery"
+PREVIEW_EVERY = 4  # progress.current_image: keep the latents every this many steps
 
 
 @dataclass
@@ -59,13 +60,16 @@ class ServerSettings:
     save_candidates: bool = False
     extra_models: tuple[str, ...] = ()  # other models clients may switch to (POST /sdapi/v1/options)
     limits: A.Limits = field(default_factory=A.Limits)
+    best_of: int = 1  # default candidates per image on the A1111 routes (`serve --best-of`)
+    host: str = "127.0.0.1"  # the interface served (its name is accepted in the Host header)
+    allowed_hosts: tuple[str, ...] | None = None  # Host header names accepted; None: localhost names + host
 
 
 class GenerateRequest(BaseModel):
     """POST /v1/generate: a prompt and ImgCfg fields (the server keeps model, device and output paths)."""
 
     model_config = ConfigDict(extra="forbid")
-    prompt: str = Field(..., max_length=5000)
+    prompt: str = Field(..., description="capped by the server's --max-prompt-chars")
     preset: Optional[str] = Field(None, description=f"one of {', '.join(PRESETS)} (the server's model is kept)")
     n_images: Optional[int] = Field(None, ge=1, le=256)
     seed_base: Optional[int] = Field(None, ge=0, le=A.MAX_SEED)
@@ -75,7 +79,7 @@ class GenerateRequest(BaseModel):
     width: Optional[int] = Field(None, ge=8, le=16384)
     height: Optional[int] = Field(None, ge=8, le=16384)
     style_suffix: Optional[str] = Field(None, max_length=2000)
-    negative_prompt: Optional[str] = Field(None, max_length=5000)
+    negative_prompt: Optional[str] = None
     scheduler: Optional[str] = Field(None, max_length=100)
     scorer: Optional[str] = Field(None, max_length=500)
     save_candidates: Optional[bool] = None
@@ -101,7 +105,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     upscaler = CurateUpscaler(settings.curate_config)
     curation = Curation(upscaler.outputs() or settings.curate_dir)
     interrogators: dict[Any, Any] = {}
-    jobs = JobQueue(settings.max_queue)
+    jobs = JobQueue(settings.max_queue, job_timeout=settings.limits.job_timeout)
     limits = settings.limits
     state: dict[str, Any] = {"model": settings.model, "options": {}}
 
@@ -142,13 +146,19 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             job = jobs.submit(kind, fn, description, parts)
         except QueueFull as e:
             raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
-        return await job.wait()
+        except ShuttingDown as e:
+            raise HTTPException(503, str(e)) from None
+        try:
+            return await job.wait()
+        except JobCancelled as e:
+            raise HTTPException(503 if e.why == "shutdown" else 409, str(e)) from None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         jobs.start()
         yield
-        await asyncio.to_thread(jobs.close, 60)  # let accepted jobs finish and be stored
+        jobs.shutdown()  # queued jobs are answered 503, the running one stops at its next step
+        await asyncio.to_thread(jobs.close, 8)
 
     app = FastAPI(title="bestshot", version=__version__, lifespan=lifespan,
                   description="Best-of-N text-to-image with an AUTOMATIC1111-compatible API (/sdapi/v1), "
@@ -169,25 +179,44 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         return A.plan_request(req, model=state["model"], scorers=scorers, default_scorer=settings.scorer,
                               limits=limits, base=base_cfg())
 
+    def sampler_of(results: list[dict[str, Any]]) -> str:
+        return (results[0].get("settings", {}).get("sampler") or "") if results else ""
+
+    def stopped_info(stopped: str | None) -> dict[str, Any]:
+        if stopped is None:
+            return {}
+        why = {"interrupt": "interrupted", "timeout": f"stopped after the {limits.job_timeout:g}s job timeout",
+               "shutdown": "stopped: the server is shutting down"}.get(stopped, stopped)
+        return {"interrupted": True, "stopped": stopped,
+                "note": f"{why}: the images returned are those finished (the last one at the step it had reached)"}
+
     def describe(kind: str, req: A.Txt2ImgRequest, p: A.Plan) -> str:
         return f"{kind}: {p.n_images} image(s), best of {p.best_of}, {req.prompt[:60]!r}"
 
     @sd.post("/txt2img", response_model=A.TextToImageResponse)
     async def txt2img(req: A.Txt2ImgRequest) -> dict[str, Any]:
         p = plan(req)
-        results = await run_job("txt2img", lambda job: run_plan(job, p, req.prompt, store), describe("txt2img", req, p),
-                                parts=len(p.calls))
-        sampler = results[0].get("settings", {}).get("sampler") or ""
-        return await asyncio.to_thread(A.build_response, req, p, results, rel, state["model"], sampler)
+
+        def work(job: Job) -> tuple[list[dict[str, Any]], str | None]:
+            job.preview_every = PREVIEW_EVERY
+            return run_plan(job, p, req.prompt, store), job.stopped
+
+        results, stopped = await run_job("txt2img", work, describe("txt2img", req, p), parts=len(p.calls))
+        return await asyncio.to_thread(A.build_response, req, p, results, rel, state["model"], sampler_of(results),
+                                       stopped_info(stopped))
 
     @sd.post("/img2img", response_model=A.ImageToImageResponse)
     async def img2img(req: A.Img2ImgRequest) -> dict[str, Any]:
         p = plan(req)
         init = await asyncio.to_thread(A.decode_image, req.init_images[0], "init_images", limits.max_side ** 2 * 4)
-        results = await run_job("img2img", lambda job: run_img2img(job, p, req.prompt, init, req.denoising_strength, store),
-                                describe("img2img", req, p), parts=len(p.calls))
-        sampler = results[0].get("settings", {}).get("sampler") or ""
-        out = await asyncio.to_thread(A.build_response, req, p, results, rel, state["model"], sampler)
+
+        def work(job: Job) -> tuple[list[dict[str, Any]], str | None]:
+            job.preview_every = PREVIEW_EVERY
+            return run_img2img(job, p, req.prompt, init, req.denoising_strength, store), job.stopped
+
+        results, stopped = await run_job("img2img", work, describe("img2img", req, p), parts=len(p.calls))
+        out = await asyncio.to_thread(A.build_response, req, p, results, rel, state["model"], sampler_of(results),
+                                      stopped_info(stopped))
         if req.include_init_images:
             out["images"] = out["images"] + list(req.init_images)
         return out
@@ -237,13 +266,27 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             prog = cur.progress
             elapsed = time.time() - cur.started
             eta = elapsed / prog - elapsed if prog > 0 else 0.0
-        state_ = {"skipped": False, "interrupted": False, "stopping_generation": False,
+        state_ = {"skipped": bool(cur and cur.skipped), "interrupted": bool(cur and cur.stopped),
+                  "stopping_generation": bool(cur and cur.stopped),
                   "job": cur.id if cur else "", "job_count": len(jobs),
                   "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(cur.created)) if cur else "0",
                   "job_no": cur.part if cur else 0, "sampling_step": cur.step if cur else 0,
                   "sampling_steps": cur.total if cur else 0, "bestshot": snap}
         return {"progress": round(prog, 4), "eta_relative": round(max(0.0, eta), 3), "state": state_,
-                "current_image": None, "textinfo": cur.description if cur else None}
+                "current_image": None if skip_current_image or cur is None else A.preview_image(cur.preview),
+                "textinfo": cur.description if cur else None}
+
+    @sd.post("/interrupt")
+    def interrupt() -> None:
+        """Stop the running job at its next step; its finished images are returned, marked interrupted."""
+        jobs.interrupt()
+        return None
+
+    @sd.post("/skip")
+    def skip() -> None:
+        """Stop the running job's current image at its next step and go on with the next one."""
+        jobs.interrupt(skip=True)
+        return None
 
     def model_items() -> list[dict[str, Any]]:
         return [{"title": m, "model_name": Path(m).name or m, "hash": None, "sha256": None, "filename": m, "config": None}
@@ -303,6 +346,8 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
                 raise A.FieldError(k, f"{fields[k]} is more than this server's {top}")
         if not req.prompt.strip():
             raise A.FieldError("prompt", "empty — give a text prompt")
+        A.check_prompt("prompt", req.prompt, limits)
+        A.check_prompt("negative_prompt", req.negative_prompt, limits)
         try:
             cfg = resolve_config(None, preset=req.preset, model=state["model"], **base, **fields)
         except BestshotError as e:
@@ -311,6 +356,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             if getattr(cfg, k) > top:
                 raise A.FieldError(k, f"{getattr(cfg, k)} (from the preset or model defaults) is more than this "
                                    f"server's {top} — set {k} explicitly")
+        A.check_cost(cfg, cfg.n_images, limits)
         scorer = scorers[req.scorer] if req.scorer else settings.scorer
 
         def work(job: Job):
@@ -349,6 +395,14 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     @v1.get("/jobs")
     def v1_jobs() -> dict[str, Any]:
         return jobs.snapshot()
+
+    @v1.delete("/jobs/{job_id}")
+    def v1_cancel_job(job_id: str) -> dict[str, Any]:
+        """Cancel a queued job, or stop a running one at its next step (it returns what it finished)."""
+        job = jobs.cancel(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id!r} (only recent jobs are kept)")
+        return job.info()
 
     @v1.get("/jobs/{job_id}")
     def v1_job(job_id: str) -> dict[str, Any]:

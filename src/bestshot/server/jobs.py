@@ -28,6 +28,8 @@ def run_plan(job: Job, plan: Plan, prompt: str, store: Store) -> list[dict[str, 
     """The generate() calls of a txt2img plan, one after the other, on the worker thread."""
     results = []
     for cfg in plan.calls:
+        if job.should_stop:  # interrupted (or timed out) between images: the finished ones are returned
+            break
         results.append(generate(prompt, cfg=cfg, scorer=plan.scorer, store=store, on_step=job.on_step))
         job.next_part()
     return results
@@ -67,11 +69,14 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
     sampler = sampler_label(pipe.scheduler)
     results = []
     for call in plan.calls:
+        if job.should_stop:
+            break
         t0 = time.perf_counter()
         seeds = [call.seed_base + i for i in range(call.n_images)]
 
         def cb(p, step, timestep, kw, _total=max(1, int(cfg.steps_base * strength))):
-            job.on_step(min(step + 1, _total), _total)
+            if job.on_step(min(step + 1, _total), _total, kw.get("latents")):
+                p._interrupt = True
             return kw
 
         kwargs = supported_kwargs(i2i.__call__, dict(
@@ -123,33 +128,56 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
 # ------------------------------------------------------------------------------------------ extras
 
 
-def run_upscale(job: Job, image: Image.Image, req: Any, max_side: int, device: str | None) -> Image.Image:
-    """A1111's extras upscale through bestshot.upscale (Real-ESRGAN, or Lanczos when none is installed)."""
-    from ..upscale.esrgan import get_upscaler
+def upscale_geometry(size: tuple[int, int], req: Any, max_side: int) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+    """(crop box in the source, output size) of an A1111 extras upscale, checked BEFORE any pixel is made.
 
-    backend, model = upscaler_backend(req.upscaler_1)
-    w, h = image.size
+    ``resize_mode`` 1 with ``upscaling_crop`` is A1111's "scale to cover, then centre-crop"; cropping the
+    source to the target's aspect first gives the same picture without ever building the uncropped
+    (possibly giant) intermediate: a 1x512 image to 2048x1 is a 1x1 crop scaled to 2048x1.
+    """
+    w, h = size
+    box = (0, 0, w, h)
     if req.resize_mode == 1:
-        target = (req.upscaling_resize_w, req.upscaling_resize_h)
-        factor = max(target[0] / w, target[1] / h)
+        target = (int(req.upscaling_resize_w), int(req.upscaling_resize_h))
+        if req.upscaling_crop:
+            ratio = target[0] / target[1]
+            if w / h > ratio:
+                cw, ch = max(1, min(w, round(h * ratio))), h
+            else:
+                cw, ch = w, max(1, min(h, round(w / ratio)))
+            left, top = (w - cw) // 2, (h - ch) // 2
+            box = (left, top, left + cw, top + ch)
     else:
         factor = float(req.upscaling_resize)
         target = (max(1, round(w * factor)), max(1, round(h * factor)))
     if max(target) > max_side:
         raise BestshotError(f"upscaling_resize: the result would be {target[0]}x{target[1]}, larger than this "
-                            f"server's {max_side} pixels a side")
+                            f"server's {max_side} pixels a side — ask for a smaller size")
+    return box, target
+
+
+def run_upscale(job: Job, image: Image.Image, req: Any, max_side: int, device: str | None) -> Image.Image:
+    """A1111's extras upscale through bestshot.upscale (Real-ESRGAN, or Lanczos when none is installed).
+
+    Memory is bounded by the output: the model upscales the (cropped) source by at most its native 4x and
+    never past twice the output's sides; Lanczos makes the exact size.
+    """
+    from ..upscale.esrgan import get_upscaler
+
+    backend, model = upscaler_backend(req.upscaler_1)
+    box, target = upscale_geometry(image.size, req, max_side)
+    src = image.crop(box) if box != (0, 0, *image.size) else image
+    factor = max(target[0] / src.width, target[1] / src.height)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "falling back to Lanczos" is reported in html_info instead
         up = get_upscaler(backend=backend, model=model, device=device if backend == "torch" else None)
     job.on_step(0, 1)
-    big = up.upscale(image, max(1, math.ceil(factor))) if factor > 1 else image
-    if req.resize_mode == 1 and req.upscaling_crop:
-        scale = max(target[0] / big.width, target[1] / big.height)
-        big = big.resize((max(target[0], round(big.width * scale)), max(target[1], round(big.height * scale))),
-                         Image.Resampling.LANCZOS)
-        left, top = (big.width - target[0]) // 2, (big.height - target[1]) // 2
-        big = big.crop((left, top, left + target[0], top + target[1]))
-    elif big.size != target:
+    big = src
+    if factor > 1:
+        scale = min(math.ceil(factor), getattr(up, "native_scale", 4) or 4)
+        if scale > 1:
+            big = up.upscale(src, scale)
+    if big.size != target:
         big = big.resize(target, Image.Resampling.LANCZOS)
     job.on_step(1, 1)
     job.upscaler_name = up.name  # type: ignore[attr-defined]
