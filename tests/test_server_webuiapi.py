@@ -20,7 +20,7 @@ def _client(url: str, **kw) -> "webuiapi.WebUIApi":
 
 def _check_txt2img(api, prompt: str, seed: int, steps: int, size: int, cfg: float = 5.0):
     res = api.txt2img(prompt=prompt, seed=seed, batch_size=2, steps=steps, width=size, height=size, cfg_scale=cfg,
-                      negative_prompt="blurry")
+                      negative_prompt="blurry", save_images=True)  # webuiapi sends save_images=False by default
     assert len(res.images) == 2
     assert res.info["all_seeds"] == [seed, seed + 1]  # webuiapi decodes `info` as JSON
     for i, im in enumerate(res.images):
@@ -41,7 +41,7 @@ def test_webuiapi_client_end_to_end(tiny_sd15, tiny_clip, tmp_path):
         assert all((tmp_path / "images_out" / x["file"]).is_file() for x in stored)
 
         info = api.png_info(res.images[1])
-        assert info.parameters["Seed"] == 1235 and info.parameters["prompt"] == "a red circle left of a blue square"
+        assert info.parameters["Seed"] == "1235" and info.parameters["Prompt"] == "a red circle left of a blue square"
         assert info.info.startswith("a red circle")
 
         up = api.extra_single_image(image=res.images[0], upscaler_1="R-ESRGAN 4x+", upscaling_resize=2)
@@ -80,7 +80,7 @@ def test_webuiapi_on_the_embedded_model(tmp_path):
         assert len(res.images) == 2 and res.info["all_seeds"] == [7, 8]
         p = parse_parameters(res.images[0].info["parameters"])
         assert (p["prompt"], p["Seed"], p["Steps"], p["Size-1"]) == ("a red circle", 7, 4, size)
-        assert api.png_info(res.images[1]).parameters["Seed"] == 8
+        assert api.png_info(res.images[1]).parameters["Seed"] == "8"
         up = api.extra_single_image(image=res.images[0], upscaler_1="Lanczos", upscaling_resize=2)
         assert up.image.size == (2 * size, 2 * size)
         # (interrogate on the embedded CLIP first embeds the whole world grammar: minutes, once per machine;

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import __version__
 from ..config import ImgCfg, resolve_config
 from ..errors import BestshotError
-from ..models.registry import SAMPLER_ALIASES, SCHEDULERS, scheduler_name
+from ..models.registry import SAMPLERS, SCHEDULE_TYPES, scheduler_spec
+from .safety import reject_surrogates
 
 MAX_SEED = 2**53 - 1  # what a JavaScript client can hold exactly
 
@@ -41,7 +42,12 @@ class FieldError(BestshotError):
 
 
 class _A1111(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        return reject_surrogates(data)
 
 
 class Txt2ImgRequest(_A1111):
@@ -60,8 +66,11 @@ class Txt2ImgRequest(_A1111):
                                      "Karras variant of the sampler where bestshot has one, others are ignored")
     override_settings: Optional[dict[str, Any]] = None
     send_images: bool = True
+    save_images: Optional[bool] = Field(None, description="false: the images are not kept on the server (only sent); "
+                                        "unset: bestshot keeps them (served by /v1/images)")
     # bestshot extras
-    best_of: int = Field(1, ge=1, le=256, description="candidates per returned image; the best is returned")
+    best_of: int = Field(1, ge=1, le=256, description="candidates per returned image; the best is returned (default: "
+                         "override_settings.bestshot_best_of, POST /options bestshot_best_of, serve --best-of)")
     clip_min: Optional[float] = Field(None, ge=-1, le=1, description="drop images scoring below this cosine")
     scorer: Optional[str] = Field(None, max_length=500, description="one of the server's scorers")
 
@@ -90,6 +99,81 @@ class ExtrasSingleImageRequest(_A1111):
     upscaling_resize_h: int = Field(512, ge=1, le=16384)
     upscaling_crop: bool = True
     upscaler_1: Optional[str] = Field("None", max_length=200)
+
+
+class ImageItem(_A1111):
+    data: str = Field(..., description="base64 image")
+    name: str = Field("", max_length=500)
+
+
+class ExtrasBatchImagesRequest(ExtrasSingleImageRequest):
+    image: str = ""  # not used: imageList
+    imageList: list[ImageItem] = Field(..., min_length=1)
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str
+    images: list[str]
+
+
+class SchedulerItem(BaseModel):
+    name: str
+    label: str
+    aliases: Optional[list[str]] = None
+    default_rho: Optional[float] = None
+    need_inner_model: Optional[bool] = None
+
+
+class LatentUpscalerModeItem(BaseModel):
+    name: str
+
+
+class RealesrganItem(BaseModel):
+    name: str
+    path: Optional[str] = None
+    scale: Optional[int] = None
+
+
+LATENT_UPSCALE_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                        "Latent (nearest)", "Latent (nearest-exact)")
+
+
+def empty_list() -> list[Any]:
+    return []
+
+
+def nothing() -> None:
+    return None
+
+
+def memory_info() -> dict[str, Any]:
+    """A1111's /memory: RAM of this host, and CUDA memory (or the reason there is none)."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    proc = psutil.Process()
+    ram = {"free": vm.available, "used": proc.memory_info().rss, "total": vm.total}
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("CUDA is not available")
+        free, total = torch.cuda.mem_get_info()
+        stats = torch.cuda.memory_stats()
+        cuda: dict[str, Any] = {
+            "system": {"free": free, "used": total - free, "total": total},
+            "active": {"current": stats.get("active_bytes.all.current", 0), "peak": stats.get("active_bytes.all.peak", 0)},
+            "allocated": {"current": stats.get("allocated_bytes.all.current", 0),
+                          "peak": stats.get("allocated_bytes.all.peak", 0)},
+            "reserved": {"current": stats.get("reserved_bytes.all.current", 0),
+                         "peak": stats.get("reserved_bytes.all.peak", 0)},
+            "inactive": {"current": stats.get("inactive_split_bytes.all.current", 0),
+                         "peak": stats.get("inactive_split_bytes.all.peak", 0)},
+            "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)},
+        }
+    except Exception as e:  # noqa: BLE001 - A1111 reports the error in the body
+        cuda = {"error": str(e)}
+    return {"ram": ram, "cuda": cuda}
 
 
 class ExtrasSingleImageResponse(BaseModel):
@@ -151,11 +235,20 @@ class UpscalerItem(BaseModel):
 
 
 def samplers() -> list[dict[str, Any]]:
-    """A1111 sampler names bestshot can run, with bestshot's scheduler keys as aliases."""
-    by_label: dict[str, list[str]] = {}
-    for key, (_, _, label) in SCHEDULERS.items():
-        by_label.setdefault(label, []).append(key)
-    return [{"name": label, "aliases": keys, "options": {}} for label, keys in by_label.items()]
+    """A1111 sampler names bestshot can run, with bestshot's scheduler key as alias."""
+    out = []
+    for spec in SAMPLERS.values():
+        if spec.flow:
+            continue
+        opts = {"scheduler": "", "note": spec.note} if spec.note else {}
+        out.append({"name": spec.label, "aliases": [spec.key], "options": opts})
+    return out
+
+
+def schedulers() -> list[dict[str, Any]]:
+    """A1111's GET /sdapi/v1/schedulers: schedule types (name, label, aliases, default_rho, need_inner_model)."""
+    return [{"name": key.replace(" ", "_"), "label": label, "aliases": None, "default_rho": -1,
+             "need_inner_model": False} for key, (label, _, _) in SCHEDULE_TYPES.items()]
 
 
 # A1111 upscaler names → bestshot upscale backend ("None" in A1111 still resizes, with Lanczos)
@@ -178,6 +271,43 @@ def upscaler_backend(name: str | None) -> tuple[str, str]:
         known = ", ".join(u["name"] for u in upscalers())
         raise FieldError("upscaler_1", f"unknown upscaler {name!r} — choose one of: {known}")
     return UPSCALERS[key], UPSCALER_MODELS.get(key, "realesrgan-x4plus")
+
+
+# ---------------------------------------------------------------------------------- png-info
+
+
+_A1111_PNGINFO_DEFAULTS: dict[str, Any] = {
+    "Clip skip": "1", "Hires resize-1": 0, "Hires resize-2": 0, "Hires sampler": "Use same sampler",
+    "Hires schedule type": "Use same scheduler", "Hires checkpoint": "Use same checkpoint", "Hires prompt": "",
+    "Hires negative prompt": "", "Mask mode": "Inpaint masked", "Masked content": "original",
+    "Inpaint area": "Whole picture", "Masked area padding": 32, "RNG": "GPU", "Schedule type": "Automatic",
+    "Schedule max sigma": 0, "Schedule min sigma": 0, "Schedule rho": 0, "VAE Encoder": "Full",
+    "VAE Decoder": "Full", "FP8 weight": "Disable", "Cache FP16 weight for LoRA": False, "Emphasis": "Original",
+    "Refiner switch by sampling steps": False,
+}
+
+
+def a1111_parameters(infotext: str) -> dict[str, Any]:
+    """``parameters`` of A1111's /png-info: "Prompt", "Negative prompt" and the infotext's values as the
+    strings A1111's parse_generation_parameters returns, plus its defaults for keys the text lacks."""
+    from ..store import parse_parameters
+
+    if not infotext:
+        return {}
+    parsed = parse_parameters(infotext)
+    out: dict[str, Any] = {"Prompt": parsed.pop("prompt", ""), "Negative prompt": parsed.pop("negative_prompt", "")}
+    for k, v in parsed.items():
+        out[k] = v if isinstance(v, str) else (str(int(v)) if isinstance(v, float) and v.is_integer() and k != "CFG scale"
+                                               else str(v))
+    sampler = out.get("Sampler", "")
+    if "Schedule type" not in out and sampler:
+        for key, (label, _, _) in SCHEDULE_TYPES.items():
+            if key != "automatic" and sampler.lower().endswith(" " + key):
+                out["Sampler"], out["Schedule type"] = sampler[: -len(key) - 1], label
+                break
+    for k, v in _A1111_PNGINFO_DEFAULTS.items():
+        out.setdefault(k, v)
+    return out
 
 
 # ---------------------------------------------------------------------------------- images
@@ -299,6 +429,27 @@ def check_cost(cfg: ImgCfg, candidates: int, limits: Limits) -> float:
 A1111_DEFAULT_SIZE = 512  # what A1111 clients send when the user set nothing
 
 
+def check_best_of(field: str, value: Any, limits: Limits) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limits.max_candidates:
+        raise FieldError(field, f"{value!r} must be a whole number from 1 to {limits.max_candidates}")
+    return value
+
+
+def option_defaults(out_dir: Any = "") -> dict[str, Any]:
+    """The options A1111 clients read (GET /sdapi/v1/options), with what bestshot does for each."""
+    return {
+        "sd_model_checkpoint": None, "sd_checkpoint_hash": None, "sd_vae": "Automatic", "sd_vae_as_default": True,
+        "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0, "samples_save": True, "samples_format": "png",
+        "grid_save": False, "grid_format": "png", "jpeg_quality": 80, "save_images_add_number": True,
+        "outdir_samples": str(out_dir), "outdir_txt2img_samples": str(out_dir), "outdir_img2img_samples": str(out_dir),
+        "outdir_extras_samples": str(out_dir), "live_previews_enable": True, "show_progress_every_n_steps": 4,
+        "live_preview_content": "Prompt", "show_progressbar": True, "img2img_fix_steps": False,
+        "enable_pnginfo": True, "sd_checkpoints_limit": 1, "sd_lora": "None", "forge_additional_modules": [],
+        "upscaler_for_img2img": None, "face_restoration_model": None, "sampler_name": None, "scheduler": None,
+        "bestshot_best_of": 1, "bestshot_clip_min": None,
+    }
+
+
 @dataclass
 class Plan:
     """What one txt2img/img2img request becomes: ``calls`` generate() configurations, in order."""
@@ -314,28 +465,36 @@ class Plan:
 
 
 def sampler_of(req: Txt2ImgRequest) -> str | None:
+    """bestshot's scheduler key ("dpmpp_2m:karras") for the request's sampler name and schedule type."""
     name = req.sampler_name or req.sampler_index
     if not name:
+        if req.scheduler and req.scheduler.strip().lower() not in ("", "automatic"):
+            raise FieldError("scheduler", f"schedule type {req.scheduler!r} needs a sampler_name to apply to")
         return None
-    if (req.scheduler or "").strip().lower() == "karras" and not name.lower().endswith("karras"):
-        karras = f"{name} Karras"
-        if karras.lower() in SAMPLER_ALIASES:
-            name = karras
     try:
-        return scheduler_name(name)
-    except BestshotError:
-        field = "sampler_name" if req.sampler_name else "sampler_index"
-        raise FieldError(field, f"unknown sampler {name!r} — GET /sdapi/v1/samplers lists the ones available") from None
+        return scheduler_spec(name, req.scheduler).key
+    except BestshotError as e:
+        if "schedule type" in str(e):
+            raise FieldError("scheduler", f"{e} (GET /sdapi/v1/schedulers lists them)") from None
+        field_ = "sampler_name" if req.sampler_name else "sampler_index"
+        raise FieldError(field_, f"unknown sampler {name!r} — GET /sdapi/v1/samplers lists the ones available") from None
 
 
 def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], default_scorer: Any, limits: Limits,
-                 base: dict[str, Any]) -> Plan:
+                 base: dict[str, Any], default_best_of: int = 1) -> Plan:
     """Validate ``req`` against the server's limits and build the generate() configs it needs.
 
     ``base`` holds the server-controlled ImgCfg fields (out_dir, device, dtype, ...). A1111 adds no
     style suffix, so neither does this route: the PNG's prompt is the client's prompt.
     """
     n = req.batch_size * req.n_iter
+    overrides_ = req.override_settings or {}
+    if "best_of" in req.model_fields_set:
+        pass  # the request's own value wins
+    elif "bestshot_best_of" in overrides_:
+        req.best_of = check_best_of("override_settings.bestshot_best_of", overrides_["bestshot_best_of"], limits)
+    else:
+        req.best_of = default_best_of  # `serve --best-of` or POST /options bestshot_best_of
     if n > limits.max_images:
         raise FieldError("batch_size", f"batch_size * n_iter = {n} is more than this server's {limits.max_images} images per request")
     if n * req.best_of > limits.max_candidates:
@@ -380,24 +539,40 @@ def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], de
     if cfg.steps_base > limits.max_steps or max(cfg.width, cfg.height) > limits.max_side:
         cfg = replace(cfg, steps_base=min(cfg.steps_base, limits.max_steps),
                       width=min(cfg.width, limits.max_side), height=min(cfg.height, limits.max_side))
+    if cfg.scheduler:
+        spec = scheduler_spec(cfg.scheduler)
+        if cfg.steps_base < spec.sampler.min_steps:
+            raise FieldError("steps", f"{spec.sampler.label} needs at least {spec.sampler.min_steps} steps (got "
+                             f"{cfg.steps_base}) — raise steps or pick another sampler")
+        notes.update({"sampler_notes": spec.notes()} if spec.notes() else {})
     k = req.best_of
     cost = check_cost(cfg, n * k, limits)
+    # the clip_min gate is applied here, not in generate(): an A1111 route always returns its best images
+    # and says in info which ones failed the gate (clients read images[0])
     if k == 1:  # plain A1111: one batched call, every image kept and saved
-        calls = [replace(cfg, n_images=n, seed_base=seed, save_candidates=True, exact_best=False)]
+        calls = [replace(cfg, n_images=n, seed_base=seed, save_candidates=True, exact_best=False, clip_min=-1.0)]
     else:
-        calls = [replace(cfg, n_images=k, seed_base=seed + i * k) for i in range(n)]
+        calls = [replace(cfg, n_images=k, seed_base=seed + i * k, clip_min=-1.0) for i in range(n)]
     scorer = scorers[req.scorer] if req.scorer is not None else default_scorer
     return Plan(cfg=cfg, seed=seed, n_images=n, best_of=k, calls=calls, scorer=scorer, notes=notes, cost=cost)
 
 
 def chosen(result: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
     """The candidates of one generate() result that become returned images."""
-    gate = plan.cfg.clip_min
     if plan.best_of == 1:
-        return [c for c in result["candidates"] if c["path"] and c["clip"] >= gate]
-    if not result["ok"]:
-        return []
-    return [c for c in result["candidates"] if c["seed"] == result["best_seed"]]
+        return [c for c in result["candidates"] if c["path"]]
+    return [c for c in result["candidates"] if c["seed"] == result["best_seed"] and c["path"]]
+
+
+def gate_info(kept: list[dict[str, Any]], clip_min: float | None) -> dict[str, Any]:
+    if clip_min is None:
+        return {}
+    failed = [c["seed"] for c in kept if c["clip"] < clip_min]
+    out: dict[str, Any] = {"gate": {"clip_min": clip_min, "failed_seeds": failed, "passed": not failed}}
+    if failed:
+        out["gate"]["note"] = (f"{len(failed)} of {len(kept)} image(s) scored below clip_min {clip_min} and failed the "
+                               "gate; they are returned anyway (the best bestshot found)")
+    return out
 
 
 def build_response(req: Txt2ImgRequest, plan: Plan, results: list[dict[str, Any]], rel: Any,
@@ -437,8 +612,22 @@ def build_response(req: Txt2ImgRequest, plan: Plan, results: list[dict[str, Any]
                       "candidates": [{"seed": c["seed"], "clip": c["clip"], "clip_score": c["clip_score"],
                                       "file": rel(c["path"]) if c["path"] else None} for c in r["candidates"]]}
                      for r in results],
-            "cost": round(plan.cost, 1), **plan.notes,
+            "cost": round(plan.cost, 1), **plan.notes, **gate_info(kept, req.clip_min),
             **(extra_info or {}),
         },
     }
+    if req.save_images is False:  # honoured: nothing of this request stays in the output folder
+        import os
+
+        for r in results:
+            for c in r["candidates"]:
+                if c.get("path"):
+                    try:
+                        os.unlink(c["path"])
+                    except OSError:
+                        pass
+        info["bestshot"]["images"] = [{**x, "file": None} for x in info["bestshot"]["images"]]
+        for run in info["bestshot"]["runs"]:
+            run["candidates"] = [{**x, "file": None} for x in run["candidates"]]
+        info["bestshot"]["saved"] = False
     return {"images": images, "parameters": req.model_dump(), "info": json.dumps(info)}

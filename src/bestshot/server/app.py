@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import __version__
 from ..config import EMBEDDED, PRESETS, resolve_config
@@ -31,8 +33,9 @@ from ..errors import BestshotError
 from ..store import Store, read_png_info
 from . import a1111 as A
 from .auth import Auth
+from .safety import HostCheck, allowed_hosts, check_writable, json_safe, json_size, reject_surrogates, surrogate_path
 from .curation import IMAGE_SUFFIXES, Curation, CurateUpscaler
-from .jobs import INTERROGATE_MODES, run_img2img, run_interrogate, run_plan, run_upscale
+from .jobs import INTERROGATE_MODES, run_img2img, run_interrogate, run_plan, run_upscale, upscale_geometry
 from .queue import Job, JobCancelled, JobQueue, QueueFull, ShuttingDown
 
 GALLERY_DIR = Path(__file__).parent / "gallery"
@@ -65,10 +68,17 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] | None = None  # Host header names accepted; None: localhost names + host
 
 
-class GenerateRequest(BaseModel):
-    """POST /v1/generate: a prompt and ImgCfg fields (the server keeps model, device and output paths)."""
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    model_config = ConfigDict(extra="forbid")
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        return reject_surrogates(data)
+
+
+class GenerateRequest(_Body):
+    """POST /v1/generate: a prompt and ImgCfg fields (the server keeps model, device and output paths)."""
     prompt: str = Field(..., description="capped by the server's --max-prompt-chars")
     preset: Optional[str] = Field(None, description=f"one of {', '.join(PRESETS)} (the server's model is kept)")
     n_images: Optional[int] = Field(None, ge=1, le=256)
@@ -86,12 +96,12 @@ class GenerateRequest(BaseModel):
     exact_best: Optional[bool] = None
 
 
-class KeepRequest(BaseModel):
+class KeepRequest(_Body):
     name: str = Field(..., max_length=500)
     keep: bool = True
 
 
-class NameRequest(BaseModel):
+class NameRequest(_Body):
     name: str = Field(..., max_length=500)
 
 
@@ -99,7 +109,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     """Build the app. ``create_app(model=..., scorer=..., out_dir=...)`` is shorthand for the settings."""
     settings = settings or ServerSettings(**overrides)
     auth = Auth.from_options(settings.token, settings.api_auth)
-    out_dir = Path(settings.out_dir)
+    out_dir = check_writable(settings.out_dir)
     log_path = Path(settings.log_jsonl) if settings.log_jsonl else out_dir.parent / "images_log.jsonl"
     store = Store(root=out_dir, log_path=log_path)
     upscaler = CurateUpscaler(settings.curate_config)
@@ -107,7 +117,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     interrogators: dict[Any, Any] = {}
     jobs = JobQueue(settings.max_queue, job_timeout=settings.limits.job_timeout)
     limits = settings.limits
-    state: dict[str, Any] = {"model": settings.model, "options": {}}
+    state: dict[str, Any] = {"model": settings.model, "options": {}, "best_of": settings.best_of}
 
     scorers: dict[str, Any] = {}
     if isinstance(settings.scorer, str):
@@ -164,10 +174,37 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
                   description="Best-of-N text-to-image with an AUTOMATIC1111-compatible API (/sdapi/v1), "
                               "bestshot's own API (/v1) and a curation gallery (/).")
     app.state.settings, app.state.store, app.state.jobs, app.state.curation = settings, store, jobs, curation
+    app.add_middleware(HostCheck, allowed=allowed_hosts(settings.host, settings.allowed_hosts))
+
+    # error bodies in A1111's shape ({"error", "detail", "body", "errors"}), always valid JSON: a refused
+    # NaN, Infinity or lone surrogate is echoed as text, never re-raised while rendering the error
+    def error_response(status: int, error: str, detail: Any, errors: Any = None, body: Any = "",
+                       headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+        content = {"error": error, "detail": detail, "body": body,
+                   "errors": errors if errors is not None else (detail if isinstance(detail, str) else ""), **extra}
+        return JSONResponse(json_safe(content), status_code=status, headers=headers)
 
     @app.exception_handler(BestshotError)
     async def _bestshot_error(request: Request, exc: BestshotError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "field": getattr(exc, "field", None)}, status_code=422)
+        return error_response(422, type(exc).__name__, str(exc), field=getattr(exc, "field", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = [{k: v for k, v in e.items() if k != "ctx" and k != "url"} for e in exc.errors()]
+        lines = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}"
+                          for e in errs[:10])
+        return error_response(422, "RequestValidationError", errs, errors=lines)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, "HTTPException", exc.detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        import logging
+
+        logging.getLogger(__name__).exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, type(exc).__name__, "internal error — the server log has the details", errors=str(exc)[:500])
 
     sd = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"], dependencies=[Depends(auth.check)])
     v1 = APIRouter(prefix="/v1", tags=["bestshot"], dependencies=[Depends(auth.check)])
@@ -177,7 +214,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         if not req.prompt.strip():
             raise A.FieldError("prompt", "empty — bestshot ranks candidates against the prompt, so it needs one")
         return A.plan_request(req, model=state["model"], scorers=scorers, default_scorer=settings.scorer,
-                              limits=limits, base=base_cfg())
+                              limits=limits, base=base_cfg(), default_best_of=state["best_of"])
 
     def sampler_of(results: list[dict[str, Any]]) -> str:
         return (results[0].get("settings", {}).get("sampler") or "") if results else ""
@@ -242,7 +279,8 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         image = A.decode_image(req.image, "image", limits.max_side ** 2 * 4)
         info = read_png_info(image)
         items = {k: v for k, v in image.info.items() if isinstance(v, str) and k != "parameters"}
-        return {"info": info.get("parameters") or "", "items": items, "parameters": info.get("parsed") or {}}
+        text = info.get("parameters") or ""
+        return {"info": text, "items": items, "parameters": A.a1111_parameters(text)}
 
     @sd.post("/interrogate", response_model=A.InterrogateResponse)
     async def interrogate(req: A.InterrogateRequest) -> dict[str, Any]:
@@ -308,21 +346,118 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     def scripts() -> dict[str, list[str]]:
         return {"txt2img": [], "img2img": []}
 
+    def options() -> dict[str, Any]:
+        return {**A.option_defaults(out_dir), **state["options"], "sd_model_checkpoint": state["model"],
+                "bestshot_best_of": state["best_of"], "bestshot_version": __version__}
+
     @sd.get("/options")
     def get_options() -> dict[str, Any]:
-        return {**state["options"], "sd_model_checkpoint": state["model"], "samples_format": "png",
-                "outdir_samples": str(out_dir), "bestshot_version": __version__}
+        return options()
 
     @sd.post("/options")
-    def set_options(options: dict[str, Any] = Body(...)) -> None:
-        ckpt = options.get("sd_model_checkpoint")
+    def set_options(opts: dict[str, Any] = Body(...)) -> None:
+        bad = surrogate_path(opts)
+        if bad is not None:
+            raise A.FieldError(bad, "holds a lone UTF-16 surrogate — send valid UTF-8 text")
+        ckpt = opts.get("sd_model_checkpoint")
         if ckpt is not None:
             if ckpt not in models:
                 raise A.FieldError("sd_model_checkpoint", f"unknown model {ckpt!r} — GET /sdapi/v1/sd-models lists them")
+        best = opts.get("bestshot_best_of")
+        if best is not None:
+            A.check_best_of("bestshot_best_of", best, limits)
+        known = A.option_defaults(out_dir)
+        updates: dict[str, Any] = {}
+        for k, v in opts.items():
+            if k in ("sd_model_checkpoint", "bestshot_best_of", "bestshot_version"):
+                continue
+            if json_size(v) > limits.max_option_bytes:
+                raise A.FieldError(k, f"value of {json_size(v)} bytes is more than this server's "
+                                   f"{limits.max_option_bytes} per option (or not finite)")
+            updates[k] = v
+        unknown = {k for k in {*state["options"], *updates} if k not in known}
+        if len(unknown) > limits.max_options:
+            raise A.FieldError("options", f"{len(unknown)} options unknown to bestshot is more than this server keeps "
+                               f"({limits.max_options}) — send only the options you use")
+        if ckpt is not None:
             state["model"] = ckpt
-        keep = {k: v for k, v in options.items() if k != "sd_model_checkpoint" and isinstance(k, str)}
-        state["options"].update(list(keep.items())[:200])
+        if best is not None:
+            state["best_of"] = int(best)
+        state["options"].update(updates)
         return None
+
+    # ------------------------------------------------------------------------------ A1111: the rest
+    # Features bestshot does not have answer what A1111 answers without them (empty lists, null), never 404.
+    @sd.get("/schedulers", response_model=list[A.SchedulerItem])
+    def schedulers_() -> list[dict[str, Any]]:
+        return A.schedulers()
+
+    @sd.get("/latent-upscale-modes", response_model=list[A.LatentUpscalerModeItem])
+    def latent_upscale_modes() -> list[dict[str, Any]]:
+        return [{"name": n} for n in A.LATENT_UPSCALE_MODES]
+
+    @sd.get("/realesrgan-models", response_model=list[A.RealesrganItem])
+    def realesrgan_models() -> list[dict[str, Any]]:
+        return [{"name": u["name"], "path": None, "scale": int(u["scale"])} for u in A.upscalers()
+                if u.get("model_name")]
+
+    for path_ in ("/sd-vae", "/sd-modules", "/loras", "/prompt-styles", "/face-restorers", "/hypernetworks",
+                  "/script-info", "/extensions"):
+        sd.add_api_route(path_, A.empty_list, methods=["GET"], response_model=list[dict[str, Any]],
+                         summary=f"GET {path_}: an empty list (bestshot has none)")
+    for path_ in ("/refresh-loras", "/refresh-checkpoints", "/refresh-vae", "/refresh-embeddings"):
+        sd.add_api_route(path_, A.nothing, methods=["POST"], summary=f"POST {path_}: nothing to refresh")
+
+    @sd.get("/embeddings")
+    def embeddings() -> dict[str, Any]:
+        return {"loaded": {}, "skipped": {}}
+
+    @sd.get("/memory")
+    def memory() -> dict[str, Any]:
+        return A.memory_info()
+
+    @sd.get("/cmd-flags")
+    def cmd_flags() -> dict[str, Any]:
+        return {"api": True, "nowebui": True, "listen": settings.host not in ("127.0.0.1", "localhost", "::1"),
+                "server_name": settings.host, "port": None, "api_auth": None, "ckpt": state["model"],
+                "ckpt_dir": None, "vae_dir": None, "lora_dir": None, "embeddings_dir": None, "hypernetwork_dir": None,
+                "data_dir": str(out_dir.parent), "outdir_samples": str(out_dir), "device_id": settings.device,
+                "precision": settings.dtype, "medvram": settings.memory == "model_offload",
+                "lowvram": settings.memory == "sequential_offload", "skip_torch_cuda_test": True,
+                "bestshot_best_of": state["best_of"], "bestshot_max_cost": limits.max_cost}
+
+    @sd.post("/unload-checkpoint")
+    def unload_checkpoint() -> None:
+        from ..models.loader import CACHE
+
+        if jobs.current is None:
+            CACHE.pipelines.clear()
+            from ..models.loader import free_memory
+
+            free_memory()
+        return None
+
+    @sd.post("/reload-checkpoint")
+    def reload_checkpoint() -> None:
+        return None  # the model loads on the next request
+
+    @sd.post("/extra-batch-images", response_model=A.ExtrasBatchImagesResponse)
+    async def extra_batch_images(req: A.ExtrasBatchImagesRequest) -> dict[str, Any]:
+        A.upscaler_backend(req.upscaler_1)
+        if len(req.imageList) > limits.max_images:
+            raise A.FieldError("imageList", f"{len(req.imageList)} images is more than this server's {limits.max_images}")
+        images = [await asyncio.to_thread(A.decode_image, item.data, f"imageList[{i}]", limits.max_side ** 2)
+                  for i, item in enumerate(req.imageList)]
+        for im in images:  # refuse a too-large result before any work
+            upscale_geometry(im.size, req, limits.max_side * 4)
+
+        def work(job: Job) -> list[Any]:
+            return [run_upscale(job, im, req, limits.max_side * 4, settings.device) for im in images]
+
+        bigs = await run_job("extras", work, f"upscale {len(images)} image(s) ({req.upscaler_1})")
+        info = f"Postprocess upscale by: {req.upscaling_resize}, Postprocess upscaler: {req.upscaler_1}"
+        return {"html_info": f"<p>{html.escape(info)}</p>",
+                "images": [await asyncio.to_thread(A.encode_image, b) for b in bigs]}
 
     # ------------------------------------------------------------------------------ bestshot API
     def with_files(record: dict[str, Any]) -> dict[str, Any]:

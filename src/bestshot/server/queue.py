@@ -154,6 +154,7 @@ class JobQueue:
         """Start the worker (again, after :meth:`close`); a no-op while it runs."""
         with self._lock:
             self._stopping = False
+            self.shutting_down = False
             self._ensure_worker()
 
     def _ensure_worker(self) -> None:  # under self._lock
@@ -248,6 +249,8 @@ class JobQueue:
             worker = self._worker
         if worker is not None:
             worker.join(timeout)
+        with self._lock:
+            self.shutting_down = False  # a later submit() restarts the worker (tests reuse an app)
 
     # ------------------------------------------------------------------ the worker
     def _run(self) -> None:
