@@ -85,3 +85,29 @@ def test_webuiapi_on_the_embedded_model(tmp_path):
         assert up.image.size == (2 * size, 2 * size)
         # (interrogate on the embedded CLIP first embeds the whole world grammar: minutes, once per machine;
         # the tiny-model test above covers the route)
+
+
+def test_webuiapi_every_wrapped_route(tiny_sd15, tiny_clip, tmp_path):
+    """Each webuiapi method whose A1111 route bestshot serves (artist-categories / artists left A1111 long ago)."""
+    app = create_app(model=tiny_sd15, scorer=tiny_clip, out_dir=str(tmp_path / "images_out"))
+    with BackgroundServer(app) as url:
+        api = _client(url)
+        for name in ("get_samplers", "get_sd_vae", "get_upscalers", "get_latent_upscale_modes", "get_loras",
+                     "get_sd_models", "get_hypernetworks", "get_face_restorers", "get_realesrgan_models",
+                     "get_prompt_styles", "get_scripts", "get_embeddings", "get_memory", "get_schedulers",
+                     "get_cmd_flags", "get_options", "get_progress", "refresh_checkpoints", "interrupt", "skip"):
+            getattr(api, name)()  # webuiapi raises on a non-JSON or error answer
+        assert "karras" in api.util_get_scheduler_names()  # A1111's names; crashed on a 404 before
+        assert api.util_get_model_names() == [tiny_sd15]
+        api.util_set_model(tiny_sd15)
+        api.set_options({"bestshot_best_of": 2})
+        assert api.get_options()["bestshot_best_of"] == 2
+        res = api.txt2img(prompt="a red circle", seed=5, steps=2, width=32, height=32, sampler_name="DPM++ 2M",
+                          scheduler="Karras")
+        assert res.info["bestshot"]["best_of"] == 2 and res.info["sampler_name"] == "DPM++ 2M Karras"
+        batch = api.extra_batch_images(images=[res.image, res.image], upscaler_1="Lanczos", upscaling_resize=2)
+        assert [im.size for im in batch.images] == [(64, 64), (64, 64)]
+        assert api.png_info(res.image).parameters["Prompt"] == "a red circle"
+        img = api.img2img(images=[res.image], prompt="a red circle", steps=4, denoising_strength=0.5, width=32,
+                          height=32, seed=1)
+        assert img.image.size == (32, 32)

@@ -601,6 +601,11 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     app.include_router(sd)
     app.include_router(v1)
 
+    @app.get("/internal/ping", tags=["AUTOMATIC1111"], dependencies=[Depends(auth.check)])
+    def internal_ping() -> dict[str, Any]:
+        """A1111's liveness probe (SillyTavern's "connect" calls it)."""
+        return {}
+
     # ------------------------------------------------------------------------------ gallery
     @app.get("/", include_in_schema=False)
     def gallery() -> FileResponse:
