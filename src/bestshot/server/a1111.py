@@ -79,6 +79,24 @@ class Img2ImgRequest(Txt2ImgRequest):
     init_images: list[str] = Field(..., min_length=1, description="base64 images (data: URLs accepted)")
     denoising_strength: float = Field(0.75, ge=0, le=1)
     include_init_images: bool = False
+    mask: Optional[str] = Field(None, description="base64 mask: white is repainted (inpainting)")
+    mask_blur: int = Field(4, ge=0, le=64, description="Gaussian blur radius of the mask's edge, in pixels")
+    inpainting_fill: int = Field(1, ge=0, le=3, description="masked content: 0 fill, 1 original, 2 latent noise, "
+                                 "3 latent nothing (done in pixels before encoding)")
+    inpaint_full_res: bool = Field(True, description="inpaint only the masked area, at full resolution")
+    inpaint_full_res_padding: int = Field(32, ge=0, le=256)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1: repaint what is black in the mask")
+
+
+@dataclass
+class Inpaint:
+    """An img2img request's mask, prepared: what run_img2img repaints and how."""
+
+    mask: Image.Image  # L, at the init image's size, blurred; 255 = repaint
+    fill: int = 1
+    only_masked: bool = True
+    padding: int = 32
+    blur: int = 4
 
 
 class TextToImageResponse(BaseModel):

@@ -35,7 +35,8 @@ from . import a1111 as A
 from .auth import Auth
 from .safety import HostCheck, allowed_hosts, check_writable, json_safe, json_size, reject_surrogates, surrogate_path
 from .curation import IMAGE_SUFFIXES, Curation, CurateUpscaler
-from .jobs import INTERROGATE_MODES, run_img2img, run_interrogate, run_plan, run_upscale, upscale_geometry
+from .jobs import (INTERROGATE_MODES, prepare_mask, run_img2img, run_interrogate, run_plan, run_upscale,
+                   upscale_geometry)
 from .queue import Job, JobCancelled, JobQueue, QueueFull, ShuttingDown
 
 GALLERY_DIR = Path(__file__).parent / "gallery"
@@ -246,10 +247,21 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     async def img2img(req: A.Img2ImgRequest) -> dict[str, Any]:
         p = plan(req)
         init = await asyncio.to_thread(A.decode_image, req.init_images[0], "init_images", limits.max_side ** 2 * 4)
+        inpaint = None
+        if req.mask:
+            raw = await asyncio.to_thread(A.decode_image, req.mask, "mask", limits.max_side ** 2 * 4)
+            mask = prepare_mask(raw, (p.cfg.width, p.cfg.height), req.mask_blur, bool(req.inpainting_mask_invert))
+            if mask.getextrema()[1] == 0:
+                raise A.FieldError("mask", "is all black: nothing to repaint — white marks what to repaint "
+                                   "(or set inpainting_mask_invert)")
+            inpaint = A.Inpaint(mask=mask, fill=req.inpainting_fill, only_masked=req.inpaint_full_res,
+                                padding=req.inpaint_full_res_padding, blur=req.mask_blur)
+            p.notes["inpaint"] = {"mask_blur": req.mask_blur, "inpainting_fill": req.inpainting_fill,
+                                  "only_masked": req.inpaint_full_res}
 
         def work(job: Job) -> tuple[list[dict[str, Any]], str | None]:
             job.preview_every = PREVIEW_EVERY
-            return run_img2img(job, p, req.prompt, init, req.denoising_strength, store), job.stopped
+            return run_img2img(job, p, req.prompt, init, req.denoising_strength, store, inpaint), job.stopped
 
         results, stopped = await run_job("img2img", work, describe("img2img", req, p), parts=len(p.calls))
         out = await asyncio.to_thread(A.build_response, req, p, results, rel, state["model"], sampler_of(results),

@@ -38,12 +38,69 @@ def run_plan(job: Job, plan: Plan, prompt: str, store: Store) -> list[dict[str, 
 # ------------------------------------------------------------------------------------------ img2img
 
 
+def prepare_mask(mask: Image.Image, size: tuple[int, int], blur: int, invert: bool) -> Image.Image:
+    """A1111's mask handling: grey levels as given, optionally inverted, resized to the image, edge blurred."""
+    from PIL import ImageFilter, ImageOps
+
+    m = mask.convert("L") if mask.mode != "RGBA" else mask.getchannel("A")
+    if mask.mode == "RGBA" and m.getextrema() == (255, 255):  # opaque RGBA: use its luminance
+        m = mask.convert("L")
+    if invert:
+        m = ImageOps.invert(m)
+    if m.size != size:
+        m = m.resize(size, Image.Resampling.LANCZOS)
+    return m.filter(ImageFilter.GaussianBlur(blur)) if blur else m
+
+
+def _masked_fill(image: Image.Image, mask: Image.Image, fill: int, seed: int) -> Image.Image:
+    """A1111's "masked content" done in pixels: 0 fill (the unmasked mean colour), 1 original,
+    2 noise, 3 nothing (mid grey)."""
+    import numpy as np
+
+    if fill == 1:
+        return image
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32)
+    m = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
+    if fill == 0:
+        keep = m[..., 0] < 0.5
+        colour = arr[keep].mean(axis=0) if keep.any() else arr.reshape(-1, 3).mean(axis=0)
+        other = np.broadcast_to(colour, arr.shape)
+    elif fill == 2:
+        other = np.random.default_rng(seed).uniform(0, 255, arr.shape).astype(np.float32)
+    else:
+        other = np.full(arr.shape, 127.5, np.float32)
+    out = arr * (1 - m) + other * m
+    return Image.fromarray(out.clip(0, 255).round().astype(np.uint8), "RGB")
+
+
+def _crop_region(mask: Image.Image, padding: int, aspect: float) -> tuple[int, int, int, int]:
+    """The mask's bounding box plus padding, widened to the generation's aspect (A1111's "only masked")."""
+    w, h = mask.size
+    box = mask.point(lambda v: 255 if v > 0 else 0).getbbox() or (0, 0, w, h)
+    x0, y0, x1, y1 = max(0, box[0] - padding), max(0, box[1] - padding), min(w, box[2] + padding), min(h, box[3] + padding)
+    cw, ch = x1 - x0, y1 - y0
+    if cw / ch < aspect:  # too tall: widen
+        grow = min(w, round(ch * aspect)) - cw
+        x0 = max(0, min(x0 - grow // 2, w - (cw + grow)))
+        x1 = x0 + cw + grow
+    else:
+        grow = min(h, round(cw / aspect)) - ch
+        y0 = max(0, min(y0 - grow // 2, h - (ch + grow)))
+        y1 = y0 + ch + grow
+    return x0, y0, x1, y1
+
+
 def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: float,
-                store: Store) -> list[dict[str, Any]]:
+                store: Store, inpaint: Any = None) -> list[dict[str, Any]]:
     """Best-of-N image-to-image: ``AutoPipelineForImage2Image.from_pipe`` on the loaded text-to-image
     pipeline (same weights, no second load), candidates scored and stored like generate()'s.
+
+    With ``inpaint`` (an :class:`~bestshot.server.a1111.Inpaint`) it repaints the masked part only:
+    ``AutoPipelineForInpainting.from_pipe`` where the family has one, the masked content prepared as
+    A1111's ``inpainting_fill`` says, optionally only the masked region at full resolution, and every
+    candidate composited over the original outside the mask before it is scored.
     """
-    from diffusers import AutoPipelineForImage2Image
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
     from ..generation import pick_scorer, supported_kwargs
     from ..models.loader import load_pipeline
@@ -60,12 +117,36 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
                             "denoising_strength or steps")
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory, scheduler=cfg.scheduler)
     try:
-        i2i = AutoPipelineForImage2Image.from_pipe(pipe)
+        if inpaint is not None:
+            if not ref.family.inpaint:
+                raise BestshotError(f"inpainting is not available for model {cfg.model!r} (family {ref.family.name}) "
+                                    "— send img2img without a mask, or serve an SD 1.5 / SDXL / SD3 model")
+            i2i = AutoPipelineForInpainting.from_pipe(pipe)
+        else:
+            i2i = AutoPipelineForImage2Image.from_pipe(pipe)
         i2i.set_progress_bar_config(disable=True)
     except (ValueError, KeyError) as e:
         raise BestshotError(f"img2img is not available for model {cfg.model!r}: {e}") from None
     scorer = pick_scorer(plan.scorer, cfg, ref, pipe)
-    image = init.convert("RGB").resize((cfg.width, cfg.height), Image.Resampling.LANCZOS)
+    size = (cfg.width, cfg.height)
+    full = init.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    image, mask, region = full, None, None
+    if inpaint is not None:
+        mask = inpaint.mask.resize(size, Image.Resampling.LANCZOS) if inpaint.mask.size != size else inpaint.mask
+        image = _masked_fill(full, mask, inpaint.fill, plan.seed)
+        if inpaint.only_masked:
+            region = _crop_region(mask, inpaint.padding, cfg.width / cfg.height)
+            image = image.crop(region).resize(size, Image.Resampling.LANCZOS)
+
+    def composite(out: Image.Image) -> Image.Image:
+        if mask is None:
+            return out
+        if region is not None:
+            patch = out.resize((region[2] - region[0], region[3] - region[1]), Image.Resampling.LANCZOS)
+            out = full.copy()
+            out.paste(patch, region[:2])
+        return Image.composite(out.convert("RGB"), full, mask)
+
     sampler = sampler_label(pipe.scheduler)
     results = []
     for call in plan.calls:
@@ -79,11 +160,15 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
                 p._interrupt = True
             return kw
 
+        extra = {}
+        if mask is not None:
+            m = mask.crop(region).resize(size, Image.Resampling.LANCZOS) if region is not None else mask
+            extra = dict(mask_image=m, height=cfg.height, width=cfg.width)
         kwargs = supported_kwargs(i2i.__call__, dict(
             prompt=prompt, negative_prompt=cfg.negative_prompt or None, image=image, strength=strength,
             num_inference_steps=cfg.steps_base, guidance_scale=cfg.guidance, num_images_per_prompt=len(seeds),
-            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], callback_on_step_end=cb))
-        images = list(i2i(**kwargs).images)
+            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], callback_on_step_end=cb, **extra))
+        images = [composite(im) for im in i2i(**kwargs).images]
         clip_prompt, _ = scorer.truncate(prompt)
         scores = [float(s) for s in scorer.score(images, clip_prompt)]
         best = max(range(len(seeds)), key=lambda k: scores[k])
@@ -109,6 +194,10 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
             if call.save_candidates or (ok and k == best):
                 extra = {"Denoising strength": strength, "CLIP score": f"{score:.4f}", "Scorer": scorer.name,
                          "bestshot run": run_id}
+                if inpaint is not None:
+                    extra.update({"Mask blur": inpaint.blur,
+                                  "Masked content": ("fill", "original", "latent noise", "latent nothing")[inpaint.fill],
+                                  "Inpaint area": "Only masked" if inpaint.only_masked else "Whole picture"})
                 params = format_parameters(prompt, cfg.negative_prompt, steps=cfg.steps_base, sampler=sampler,
                                            cfg_scale=cfg.guidance, seed=seed, width=cfg.width, height=cfg.height,
                                            model=cfg.model, extra=extra)
