@@ -78,3 +78,26 @@ def test_embedded_model_refuses_a_mask_clearly(tmp_path):
     with TestClient(create_app(out_dir=str(tmp_path / "o")), base_url="http://localhost") as c:
         r = c.post("/sdapi/v1/img2img", json={"prompt": "a", "init_images": [_b64(INIT)], "mask": _b64(MASK), "steps": 4})
     assert r.status_code == 422 and ("img2img" in r.text or "inpainting" in r.text)
+
+
+def test_enable_hr_upscales_and_repaints(c):
+    body = {"prompt": "a red circle", "seed": 11, "steps": 4, "width": 32, "height": 32, "enable_hr": True,
+            "hr_scale": 2, "hr_upscaler": "Latent", "denoising_strength": 0.5, "batch_size": 2}
+    r = c.post("/sdapi/v1/txt2img", json=body)
+    assert r.status_code == 200, r.text
+    ims = [Image.open(io.BytesIO(base64.b64decode(b))) for b in r.json()["images"]]
+    assert [im.size for im in ims] == [(64, 64), (64, 64)]
+    info = json.loads(r.json()["info"])
+    assert (info["width"], info["height"]) == (64, 64) and info["all_seeds"] == [11, 12]
+    assert info["bestshot"]["hires"]["size"] == "64x64"
+    assert "Denoising strength: 0.5" in info["infotexts"][0]
+    r = c.post("/sdapi/v1/txt2img", json={**body, "hr_resize_x": 48, "hr_resize_y": 40, "hr_upscaler": "Lanczos"})
+    assert r.status_code == 200 and Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).size == (48, 40)
+    assert c.post("/sdapi/v1/txt2img", json={**body, "hr_upscaler": "Nope"}).status_code == 422
+
+
+def test_enable_hr_on_the_embedded_model_is_said_to_be_ignored(tmp_path):
+    with TestClient(create_app(out_dir=str(tmp_path / "o")), base_url="http://localhost") as c:
+        r = c.post("/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 2, "enable_hr": True})
+    assert r.status_code == 200, r.text
+    assert "ignored" in json.loads(r.json()["info"])["bestshot"]["hires"]

@@ -65,6 +65,13 @@ class Txt2ImgRequest(_A1111):
     scheduler: Optional[str] = Field(None, max_length=100, description="A1111 schedule type; 'Karras' picks the "
                                      "Karras variant of the sampler where bestshot has one, others are ignored")
     override_settings: Optional[dict[str, Any]] = None
+    enable_hr: bool = Field(False, description="hires fix: upscale each image, then img2img it at denoising_strength")
+    hr_scale: float = Field(2.0, ge=1, le=8)
+    hr_upscaler: Optional[str] = Field(None, max_length=200, description="A1111 upscaler name; Latent modes use Lanczos")
+    hr_second_pass_steps: int = Field(0, ge=0, le=1000, description="0: the first pass's steps")
+    hr_resize_x: int = Field(0, ge=0, le=16384)
+    hr_resize_y: int = Field(0, ge=0, le=16384)
+    denoising_strength: Optional[float] = Field(None, ge=0, le=1, description="hires fix strength (default 0.7)")
     send_images: bool = True
     save_images: Optional[bool] = Field(None, description="false: the images are not kept on the server (only sent); "
                                         "unset: bestshot keeps them (served by /v1/images)")
@@ -580,6 +587,34 @@ def chosen(result: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
     if plan.best_of == 1:
         return [c for c in result["candidates"] if c["path"]]
     return [c for c in result["candidates"] if c["seed"] == result["best_seed"] and c["path"]]
+
+
+def hires_plan(req: Txt2ImgRequest, plan: Plan, limits: Limits) -> Plan | None:
+    """The second pass of A1111's hires fix (one img2img per returned image), or None when off; checked
+    against the family's sizes and the budget together with the first pass."""
+    if not req.enable_hr:
+        return None
+    cfg = plan.cfg
+    if req.hr_resize_x or req.hr_resize_y:
+        w = req.hr_resize_x or round(cfg.width * req.hr_resize_y / cfg.height)
+        h = req.hr_resize_y or round(cfg.height * req.hr_resize_x / cfg.width)
+    else:
+        w, h = round(cfg.width * req.hr_scale), round(cfg.height * req.hr_scale)
+    w, h = max(8, w // 8 * 8), max(8, h // 8 * 8)
+    if max(w, h) > limits.max_side:
+        raise FieldError("hr_scale", f"the hires size {w}x{h} is larger than this server's {limits.max_side} a side")
+    steps = req.hr_second_pass_steps or cfg.steps_base
+    hr = replace(cfg, width=w, height=h, steps_base=steps, clip_min=-1.0)
+    cost = check_cost(hr, plan.n_images, limits)
+    if cost + plan.cost > limits.max_cost:
+        raise FieldError("enable_hr", f"the hires pass makes the cost {cost + plan.cost:.0f}, more than this server's "
+                         f"budget of {limits.max_cost:g} (bestshot serve --max-cost)")
+    strength = 0.7 if req.denoising_strength is None else req.denoising_strength
+    if int(steps * strength) < 1:
+        raise FieldError("denoising_strength", f"{strength} x {steps} steps leaves no hires denoising step")
+    return Plan(cfg=hr, seed=plan.seed, n_images=plan.n_images, best_of=1, calls=[], scorer=plan.scorer,
+                notes={"hires": {"size": f"{w}x{h}", "steps": steps, "denoising_strength": strength,
+                                 "upscaler": req.hr_upscaler or "Latent"}}, cost=cost)
 
 
 def gate_info(kept: list[dict[str, Any]], clip_min: float | None) -> dict[str, Any]:

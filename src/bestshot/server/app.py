@@ -35,7 +35,7 @@ from . import a1111 as A
 from .auth import Auth
 from .safety import HostCheck, allowed_hosts, check_writable, json_safe, json_size, reject_surrogates, surrogate_path
 from .curation import IMAGE_SUFFIXES, Curation, CurateUpscaler
-from .jobs import (INTERROGATE_MODES, prepare_mask, run_img2img, run_interrogate, run_plan, run_upscale,
+from .jobs import (INTERROGATE_MODES, prepare_mask, run_hires, run_img2img, run_interrogate, run_plan, run_upscale,
                    upscale_geometry)
 from .queue import Job, JobCancelled, JobQueue, QueueFull, ShuttingDown
 
@@ -234,12 +234,30 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     @sd.post("/txt2img", response_model=A.TextToImageResponse)
     async def txt2img(req: A.Txt2ImgRequest) -> dict[str, Any]:
         p = plan(req)
+        hr = A.hires_plan(req, p, limits)
+        if hr is not None:
+            from ..models.registry import resolve_model
 
-        def work(job: Job) -> tuple[list[dict[str, Any]], str | None]:
+            if resolve_model(p.cfg.model).family.img2img_class is None:
+                p.notes["hires"] = "enable_hr ignored: this model has no image-to-image pipeline"
+                hr = None
+            else:
+                if req.hr_upscaler and not req.hr_upscaler.strip().lower().startswith("latent"):
+                    A.upscaler_backend(req.hr_upscaler)  # 422 for an unknown upscaler, before queueing
+                p.notes.update(hr.notes)
+
+        def work(job: Job) -> tuple[list[dict[str, Any]], str | None, bool]:
             job.preview_every = PREVIEW_EVERY
-            return run_plan(job, p, req.prompt, store), job.stopped
+            results = run_plan(job, p, req.prompt, store)
+            if hr is None or job.should_stop:
+                return results, job.stopped, False
+            return run_hires(job, p, hr, results, req.prompt, store, req.hr_upscaler, settings.device), job.stopped, True
 
-        results, stopped = await run_job("txt2img", work, describe("txt2img", req, p), parts=len(p.calls))
+        parts = len(p.calls) + (p.n_images if hr is not None else 0)
+        results, stopped, hired = await run_job("txt2img", work, describe("txt2img", req, p), parts=parts)
+        if hired:  # the returned images are the hires pass's (one per first-pass image)
+            p = A.Plan(cfg=hr.cfg, seed=p.seed, n_images=p.n_images, best_of=1, calls=p.calls, scorer=p.scorer,
+                       notes=p.notes, cost=p.cost + hr.cost)
         return await asyncio.to_thread(A.build_response, req, p, results, rel, state["model"], sampler_of(results),
                                        stopped_info(stopped))
 

@@ -35,6 +35,38 @@ def run_plan(job: Job, plan: Plan, prompt: str, store: Store) -> list[dict[str, 
     return results
 
 
+def run_hires(job: Job, plan: Plan, hr: Plan, results: list[dict[str, Any]], prompt: str, store: Store,
+              hr_upscaler: str | None, device: str | None) -> list[dict[str, Any]]:
+    """A1111's hires fix on the images a txt2img plan returns: each is upscaled (the named upscaler, or
+    Lanczos for the Latent modes) and repainted by img2img at ``denoising_strength`` with its own seed."""
+    from dataclasses import replace as _replace
+
+    from ..upscale.esrgan import get_upscaler
+    from .a1111 import chosen
+
+    name = (hr_upscaler or "Latent").strip()
+    backend, model = ("lanczos", "") if name.lower().startswith("latent") else upscaler_backend(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        up = get_upscaler(backend=backend, model=model or "realesrgan-x4plus",
+                          device=device if backend == "torch" else None)
+    strength = hr.notes["hires"]["denoising_strength"]
+    out = []
+    for r in results:
+        for c in chosen(r, plan):
+            if job.should_stop:
+                return out
+            with Image.open(c["path"]) as im:
+                small = im.convert("RGB")
+            factor = max(hr.cfg.width / small.width, hr.cfg.height / small.height)
+            big = up.upscale(small, max(1, min(4, math.ceil(factor)))) if factor > 1 else small
+            big = big.resize((hr.cfg.width, hr.cfg.height), Image.Resampling.LANCZOS)
+            one = Plan(cfg=hr.cfg, seed=c["seed"], n_images=1, best_of=1, scorer=plan.scorer,
+                       calls=[_replace(hr.cfg, n_images=1, seed_base=c["seed"], save_candidates=True, exact_best=False)])
+            out += run_img2img(job, one, prompt, big, strength, store)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ img2img
 
 
