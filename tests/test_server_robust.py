@@ -154,6 +154,15 @@ LONG = {"prompt": "a red circle", "steps": 150, "width": 32, "height": 32, "n_it
 
 def test_interrupt_stops_at_the_next_step_and_returns_what_finished(sd):
     th, out, _ = _start(sd.c, LONG)
+    preview = None
+    for _ in range(3000):  # the live preview (latents -> RGB every few steps) shows up while it runs
+        p = sd.c.get("/sdapi/v1/progress").json()
+        if p["current_image"]:
+            preview = Image.open(io.BytesIO(base64.b64decode(p["current_image"])))
+            break
+        time.sleep(0.01)
+    assert preview is not None and preview.mode == "RGB" and preview.size[0] >= 4
+    assert sd.c.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()["current_image"] is None
     assert sd.c.post("/sdapi/v1/interrupt").status_code == 200
     th.join(300)
     r = out["r"]
