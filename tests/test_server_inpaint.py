@@ -74,10 +74,21 @@ def test_mask_helpers():
     assert (x1 - x0) == 2 * (y1 - y0)
 
 
-def test_embedded_model_refuses_a_mask_clearly(tmp_path):
+def test_embedded_model_masked_sdedit(tmp_path):
+    """The embedded pixel-space model has no diffusers img2img: its own pipeline does SDEdit, masked."""
     with TestClient(create_app(out_dir=str(tmp_path / "o")), base_url="http://localhost") as c:
-        r = c.post("/sdapi/v1/img2img", json={"prompt": "a", "init_images": [_b64(INIT)], "mask": _b64(MASK), "steps": 4})
-    assert r.status_code == 422 and ("img2img" in r.text or "inpainting" in r.text)
+        body = {"prompt": "a blue square", "init_images": [_b64(INIT)], "mask": _b64(MASK), "mask_blur": 0,
+                "inpaint_full_res": False, "denoising_strength": 1.0, "steps": 8, "seed": 2}
+        r = c.post("/sdapi/v1/img2img", json=body)
+        assert r.status_code == 200, r.text
+        out = _img(r.json()["images"][0])
+        init = np.asarray(INIT).astype(int)
+        outside = np.asarray(MASK) == 0
+        assert np.abs(out[outside] - init[outside]).max() <= 2
+        assert np.abs(out[~outside] - init[~outside]).mean() > 5
+        plain = c.post("/sdapi/v1/img2img", json={"prompt": "a blue square", "init_images": [_b64(INIT)],
+                                                  "denoising_strength": 0.5, "steps": 8, "seed": 2})
+        assert plain.status_code == 200, plain.text  # unmasked SDEdit too
 
 
 def test_enable_hr_upscales_and_repaints(c):
@@ -96,8 +107,11 @@ def test_enable_hr_upscales_and_repaints(c):
     assert c.post("/sdapi/v1/txt2img", json={**body, "hr_upscaler": "Nope"}).status_code == 422
 
 
-def test_enable_hr_on_the_embedded_model_is_said_to_be_ignored(tmp_path):
+def test_enable_hr_on_the_embedded_model(tmp_path):
     with TestClient(create_app(out_dir=str(tmp_path / "o")), base_url="http://localhost") as c:
-        r = c.post("/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 2, "enable_hr": True})
+        r = c.post("/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 4, "enable_hr": True,
+                                              "denoising_strength": 0.5})
     assert r.status_code == 200, r.text
-    assert "ignored" in json.loads(r.json()["info"])["bestshot"]["hires"]
+    info = json.loads(r.json()["info"])
+    assert info["bestshot"]["hires"]["size"] == "64x64"
+    assert Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).size == (64, 64)

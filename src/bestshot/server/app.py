@@ -238,7 +238,8 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         if hr is not None:
             from ..models.registry import resolve_model
 
-            if resolve_model(p.cfg.model).family.img2img_class is None:
+            fam = resolve_model(p.cfg.model).family
+            if fam.img2img_class is None and fam.pipeline_class != "BestshotWorldPipeline":
                 p.notes["hires"] = "enable_hr ignored: this model has no image-to-image pipeline"
                 hr = None
             else:

@@ -141,7 +141,8 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
 
     cfg = plan.cfg
     ref = resolve_model(cfg.model)
-    if ref.family.img2img_class is None:
+    world = ref.family.pipeline_class == "BestshotWorldPipeline"  # its own masked SDEdit, no diffusers class
+    if ref.family.img2img_class is None and not world:
         raise BestshotError(f"img2img is not available for model {cfg.model!r} (family {ref.family.name}): it has no "
                             "image-to-image pipeline — use /sdapi/v1/txt2img, or serve an SD 1.5 / SDXL / SD3 model")
     if int(cfg.steps_base * strength) < 1:
@@ -149,7 +150,9 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
                             "denoising_strength or steps")
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory, scheduler=cfg.scheduler)
     try:
-        if inpaint is not None:
+        if world:
+            i2i = pipe
+        elif inpaint is not None:
             if not ref.family.inpaint:
                 raise BestshotError(f"inpainting is not available for model {cfg.model!r} (family {ref.family.name}) "
                                     "— send img2img without a mask, or serve an SD 1.5 / SDXL / SD3 model")
@@ -192,10 +195,10 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
                 p._interrupt = True
             return kw
 
-        extra = {}
+        extra: dict[str, Any] = dict(height=cfg.height, width=cfg.width)  # dropped where __call__ has no such keyword
         if mask is not None:
             m = mask.crop(region).resize(size, Image.Resampling.LANCZOS) if region is not None else mask
-            extra = dict(mask_image=m, height=cfg.height, width=cfg.width)
+            extra["mask_image"] = m
         kwargs = supported_kwargs(i2i.__call__, dict(
             prompt=prompt, negative_prompt=cfg.negative_prompt or None, image=image, strength=strength,
             num_inference_steps=cfg.steps_base, guidance_scale=cfg.guidance, num_images_per_prompt=len(seeds),
