@@ -201,6 +201,8 @@ def test_delete_job_cancels_a_queued_job_and_stops_a_running_one(sd):
     assert sd.c.delete(f"/v1/jobs/{queued}").json()["state"] == "cancelled"
     th2.join(60)
     assert out2["r"].status_code == 409 and "cancelled" in out2["r"].text
+    gone = sd.c.get(f"/v1/jobs/{queued}")
+    assert gone.status_code == 200 and gone.json()["state"] == "cancelled" and "cancelled" in gone.json()["error"]
     assert sd.c.delete(f"/v1/jobs/{running}").status_code == 200
     th.join(300)
     assert json.loads(out["r"].json()["info"])["bestshot"]["interrupted"] is True

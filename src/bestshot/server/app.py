@@ -528,7 +528,10 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         def work(job: Job):
             from ..generation import generate
 
-            return generate(req.prompt, cfg=cfg, scorer=scorer, store=store, on_step=job.on_step)
+            result = generate(req.prompt, cfg=cfg, scorer=scorer, store=store, on_step=job.on_step)
+            if job.stopped is not None:  # interrupted, timed out or shut down: what it finished, marked
+                result = {**result, "interrupted": True, "stopped": job.stopped}
+            return result
 
         result = await run_job("generate", work, f"generate: {cfg.n_images} candidates, {req.prompt[:60]!r}")
         return with_files(result)
@@ -576,7 +579,9 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         if job is None:
             raise HTTPException(404, f"no job {job_id!r} (only recent jobs are kept)")
         out = job.info()
-        if job.future.done():
+        if job.future.cancelled():
+            out["error"], out["result"] = f"cancelled ({job.stopped or 'cancelled'}) before it started", None
+        elif job.future.done():
             err = job.future.exception()
             out["error"] = None if err is None else str(err)
             out["result"] = None if err is not None or not isinstance(job.future.result(), dict) else job.future.result()

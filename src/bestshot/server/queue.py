@@ -213,6 +213,7 @@ class JobQueue:
             with self._lock:
                 if job in self._pending:
                     self._pending.remove(job)
+                self._recent.append(job)  # GET /v1/jobs/{id} still answers for it
             return job
         job.stop("interrupt")
         return job
@@ -239,6 +240,7 @@ class JobQueue:
                 with self._lock:
                     if job in self._pending:
                         self._pending.remove(job)
+                    self._recent.append(job)
         if cur is not None:
             cur.stop("shutdown")
 
