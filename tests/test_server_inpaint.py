@@ -105,6 +105,10 @@ def test_enable_hr_upscales_and_repaints(c):
     r = c.post("/sdapi/v1/txt2img", json={**body, "hr_resize_x": 48, "hr_resize_y": 40, "hr_upscaler": "Lanczos"})
     assert r.status_code == 200 and Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).size == (48, 40)
     assert c.post("/sdapi/v1/txt2img", json={**body, "hr_upscaler": "Nope"}).status_code == 422
+    r = c.post("/sdapi/v1/txt2img", json={**body, "batch_size": 1, "best_of": 2})  # hires on the best of 2
+    info = json.loads(r.json()["info"])
+    assert r.status_code == 200 and len(r.json()["images"]) == 1 and info["bestshot"]["best_of"] == 2
+    assert Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).size == (64, 64)
 
 
 def test_enable_hr_on_the_embedded_model(tmp_path):

@@ -257,7 +257,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         parts = len(p.calls) + (p.n_images if hr is not None else 0)
         results, stopped, hired = await run_job("txt2img", work, describe("txt2img", req, p), parts=parts)
         if hired:  # the returned images are the hires pass's (one per first-pass image)
-            p = A.Plan(cfg=hr.cfg, seed=p.seed, n_images=p.n_images, best_of=1, calls=p.calls, scorer=p.scorer,
+            p = A.Plan(cfg=hr.cfg, seed=p.seed, n_images=p.n_images, best_of=p.best_of, calls=p.calls, scorer=p.scorer,
                        notes=p.notes, cost=p.cost + hr.cost)
         return await asyncio.to_thread(A.build_response, req, p, results, rel, state["model"], sampler_of(results),
                                        stopped_info(stopped))
