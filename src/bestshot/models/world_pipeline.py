@@ -240,13 +240,14 @@ class BestshotWorldPipeline(DiffusionPipeline):
         spatial_guidance_scale: float | None = None,
         spatial_guidance_end: float | None = None,
         spatial_guidance_every: int | None = None,
-        image: Any = None,
+        init_image: Any = None,
         strength: float = 1.0,
         mask_image: Any = None,
     ):
         """``spatial_guidance_scale`` / ``_end`` / ``_every``: None = the pipeline's own (its config).
 
-        ``image`` + ``strength``: SDEdit image-to-image (the image noised to the step ``strength`` of the way
+        ``init_image`` + ``strength``: SDEdit image-to-image (named so that curate's stage 2 keeps its own
+        size-preserving ``PixelSDEdit``) (the image noised to the step ``strength`` of the way
         back, then denoised). ``mask_image`` (white = repaint): outside the mask every step is reset to the
         image noised to that step, and the result keeps the image there exactly (a masked SDEdit blend)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -290,10 +291,10 @@ class BestshotWorldPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         init = mask = None
-        if image is not None:
+        if init_image is not None:
             if not 0.0 < strength <= 1.0:
                 raise ValueError(f"strength must be in (0, 1], got {strength}")
-            init = self._pixels(image, width, height, n, device, dtype) * 2 - 1
+            init = self._pixels(init_image, width, height, n, device, dtype) * 2 - 1
             start = min(len(timesteps) - 1, int(round(len(timesteps) * (1 - strength))))
             timesteps = timesteps[start:]
             if hasattr(self.scheduler, "set_begin_index"):

@@ -195,7 +195,8 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
                 p._interrupt = True
             return kw
 
-        extra: dict[str, Any] = dict(height=cfg.height, width=cfg.width)  # dropped where __call__ has no such keyword
+        # keywords a pipeline's __call__ does not take are dropped (the world pipeline's image is init_image)
+        extra: dict[str, Any] = dict(height=cfg.height, width=cfg.width, init_image=image)
         if mask is not None:
             m = mask.crop(region).resize(size, Image.Resampling.LANCZOS) if region is not None else mask
             extra["mask_image"] = m
