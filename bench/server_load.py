@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"p50 {res['p50_s'] and round(res['p50_s'], 2)} s, problems: {res['problems'] or 'none'}")
     if args.fuzz:
         app = create_app(ServerSettings(model=model or "embedded", scorer=scorer, out_dir=str(work / "fuzz_out"),
-                                        curate_dir=str(work / "fuzz_outputs"), max_queue=64,
+                                        curate_dir=str(work / "fuzz_outputs"), max_queue=64, allowed_hosts=("*",),
                                         limits=Limits(max_steps=2, max_side=64, max_images=2, max_candidates=4)))
         t = time.perf_counter()
         failures = fuzz(app, args.fuzz)

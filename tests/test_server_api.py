@@ -32,7 +32,7 @@ def env(tiny_sd15, tiny_clip, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     app = create_app(model=tiny_sd15, scorer=tiny_clip, out_dir=str(root / "images_out"),
                      curate_dir=str(root / "outputs"), max_queue=4, interrogate_cache=str(root / "cache"))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         yield {"app": app, "client": client, "root": root, "model": tiny_sd15}
 
 
@@ -43,7 +43,7 @@ def _png(b64: str) -> Image.Image:
 def test_txt2img_shapes_seeds_and_png_info(env):
     c = env["client"]
     body = {"prompt": "a red circle", "negative_prompt": "blurry", "seed": 7, "batch_size": 2, "sampler_name": "Euler a",
-            **SMALL, "enable_hr": True, "alwayson_scripts": {}, "styles": [], "hr_checkpoint_name": None}  # unknown: ignored
+            **SMALL, "alwayson_scripts": {}, "styles": [], "hr_checkpoint_name": None}  # unknown: ignored
     r = c.post("/sdapi/v1/txt2img", json=body)
     assert r.status_code == 200, r.text
     data = r.json()
@@ -77,10 +77,14 @@ def test_best_of_picks_one_per_image_with_a1111_seed_blocks(env):
     for seed, run in zip(info["all_seeds"], runs):
         best = max(run["candidates"], key=lambda c_: c_["clip"])
         assert seed == best["seed"] == run["best_seed"]
-    # a gate nobody passes: the request succeeds, returns no image and says why
+    # a gate nobody passes: images is never empty on an A1111 route; info says the best failed the gate
     r = c.post("/sdapi/v1/txt2img", json={"prompt": "a blue square", "seed": 1, "clip_min": 0.999, **SMALL})
     info = json.loads(r.json()["info"])
-    assert r.status_code == 200 and r.json()["images"] == [] and info["bestshot"]["returned_images"] == 0
+    assert r.status_code == 200 and len(r.json()["images"]) == 1 and info["bestshot"]["returned_images"] == 1
+    assert info["bestshot"]["gate"]["failed_seeds"] == [1] and "failed the gate" in info["bestshot"]["gate"]["note"]
+    r = c.post("/sdapi/v1/txt2img", json={"prompt": "a blue square", "seed": 1, "clip_min": 0.999, "best_of": 2, **SMALL})
+    gate = json.loads(r.json()["info"])["bestshot"]["gate"]
+    assert len(r.json()["images"]) == 1 and gate["passed"] is False
 
 
 @pytest.mark.parametrize("body,field", [
@@ -98,7 +102,7 @@ def test_png_info_interrogate_and_extras(env):
     c = env["client"]
     img = c.post("/sdapi/v1/txt2img", json={"prompt": "a green cross", "seed": 3, **SMALL}).json()["images"][0]
     info = c.post("/sdapi/v1/png-info", json={"image": "data:image/png;base64," + img}).json()
-    assert info["parameters"]["Seed"] == 3 and info["info"].startswith("a green cross")
+    assert info["parameters"]["Seed"] == "3" and info["parameters"]["Prompt"] == "a green cross" and info["info"].startswith("a green cross")
     assert json.loads(info["items"]["bestshot"])["seed"] == 3
     cap = c.post("/sdapi/v1/interrogate", json={"image": img, "model": "clip"})
     assert cap.status_code == 200 and isinstance(cap.json()["caption"], str) and cap.json()["caption"]
@@ -237,7 +241,7 @@ def test_client_disconnect_does_not_kill_the_job(env):
         host, port = url.rsplit("//", 1)[1].split(":")
         body = json.dumps({"prompt": "an orange triangle", "seed": 99, **SMALL}).encode()
         s = socket.create_connection((host, int(port)))
-        s.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                   + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         time.sleep(0.2)
         s.close()  # gone before the answer

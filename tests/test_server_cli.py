@@ -96,14 +96,14 @@ def test_image_routes_cannot_escape_the_output_folder(tmp_path):
 
 def test_auth_token_and_basic(tmp_path):
     app = create_app(model="embedded", out_dir=str(tmp_path / "o"), token="s3cret")
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         assert c.get("/sdapi/v1/samplers").status_code == 401
         assert c.get("/sdapi/v1/samplers", headers={"Authorization": "Bearer nope"}).status_code == 401
         assert c.get("/sdapi/v1/samplers", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/v1/runs").status_code == 401
         assert c.get("/").status_code == 200  # the gallery page itself holds no data
     app = create_app(model="embedded", out_dir=str(tmp_path / "o"), api_auth="alice:pw1,bob:pw2")
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         r = c.get("/sdapi/v1/options")
         assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Basic")
         assert c.get("/sdapi/v1/options", auth=("bob", "pw2")).status_code == 200
@@ -118,7 +118,7 @@ def test_curation_keep_delete_undo(tmp_path):
         Image.new("RGB", (8, 8), (i * 100, 0, 0)).save(root / "stage1" / f"img{i}.png")
         (root / "metadata" / f"img{i}.json").write_text(json.dumps({"seed": i, "clip": 0.3}))
     app = create_app(model="embedded", out_dir=str(tmp_path / "o"), curate_dir=str(root))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         listing = c.get("/v1/curate").json()
         assert sorted(x["name"] for x in listing["stage1"]) == ["img0.png", "img1.png"]
         assert c.post("/v1/curate/keep", json={"name": "img0.png"}).status_code == 200
@@ -155,7 +155,7 @@ def test_upscale_kept_runs_the_curate_workflow(tiny_sd15, tmp_path):
                                                                    "negative": ""}))
     app = create_app(model=tiny_sd15, out_dir=str(tmp_path / "o"), curate_config=str(tmp_path / "config.yaml"),
                      curate_dir=str(tmp_path / "elsewhere"))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         listing = c.get("/v1/curate").json()
         assert listing["upscale_available"] and len(listing["stage1"]) == 2  # the config's outputs folder wins
         assert c.post("/v1/curate/upscale").status_code == 422  # nothing kept yet

@@ -23,7 +23,7 @@ def fuzz_app(tiny_sd15, tiny_clip, tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     (root / "outputs" / "stage1").mkdir(parents=True)
     return create_app(ServerSettings(model=tiny_sd15, scorer=tiny_clip, out_dir=str(root / "images_out"),
-                                     curate_dir=str(root / "outputs"), max_queue=64,
+                                     curate_dir=str(root / "outputs"), max_queue=64, allowed_hosts=("*",),
                                      limits=Limits(max_steps=2, max_side=64, max_images=2, max_candidates=4)))
 
 

@@ -50,7 +50,7 @@ def test_gallery_runs_curation_and_screenshot(browser, tiny_sd15, tiny_clip, tmp
     curate = tmp_path / "outputs"
     _stage1(curate)
     app = create_app(model=tiny_sd15, scorer=tiny_clip, out_dir=str(tmp_path / "images_out"), curate_dir=str(curate))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         r = c.post("/v1/generate", json={"prompt": "a yellow star", "n_images": 3, "steps_base": 2, "width": 32,
                                          "height": 32, "clip_min": -1, "save_candidates": True, "exact_best": False})
         assert r.status_code == 200, r.text

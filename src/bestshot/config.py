@@ -19,7 +19,7 @@ from typing import Any
 from bestshot import jsonio
 from .errors import BestshotError
 from .jsonio import check_finite
-from .schedulers import scheduler_name
+from .schedulers import scheduler_spec
 from .yaml_io import dataclass_from_dict
 
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -121,7 +121,10 @@ class ImgCfg:
         if self.prune_start and self.refiner:
             raise BestshotError("early pruning and the refiner cannot be combined yet — drop --refiner or --prune-start")
         if self.scheduler:
-            scheduler_name(self.scheduler)
+            spec = scheduler_spec(self.scheduler)
+            if isinstance(self.steps_base, int) and self.steps_base < spec.sampler.min_steps:
+                raise BestshotError(f"{spec.sampler.label} needs at least {spec.sampler.min_steps} steps (got "
+                                    f"{self.steps_base}) — raise --steps or pick another --scheduler")
         if not isinstance(self.seed_base, int) or self.seed_base < 0:
             raise BestshotError(f"seed_base must be a non-negative whole number (got {self.seed_base!r})")
         return self

@@ -59,8 +59,18 @@ def _step_callback(on_step: StepCallback | None, total: int) -> Callable | None:
     if on_step is None:
         return None
 
+    try:
+        wants_latents = len(inspect.signature(on_step).parameters) >= 3
+    except (TypeError, ValueError):
+        wants_latents = False
+
     def cb(pipe, step, timestep, callback_kwargs):
-        on_step(step + 1, total)
+        if wants_latents:
+            stop = on_step(step + 1, total, callback_kwargs.get("latents"))
+        else:
+            stop = on_step(step + 1, total)
+        if stop:  # the caller asked to stop: diffusers skips the remaining steps and decodes what it has
+            pipe._interrupt = True
         return callback_kwargs
 
     return cb

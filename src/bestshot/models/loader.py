@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import BestshotError
-from ..schedulers import SCHEDULERS, scheduler_name
+from ..schedulers import scheduler_spec
 from .registry import ModelRef, resolve_model
 
 log = logging.getLogger(__name__)
@@ -135,25 +135,39 @@ def _absent_components(ref: ModelRef) -> dict[str, None]:
             if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] is None and v[1] is None}
 
 
-def set_scheduler(pipe: Any, name: str | None) -> None:
-    """Swap the pipeline's scheduler for a named one built from the current scheduler's config."""
-    if not name:
-        return
+def build_scheduler(base: Any, name: str) -> Any:
+    """A fresh scheduler named ``name`` ("dpmpp_2m", "DPM++ 2M Karras", "unipc:exponential"...), built from
+    ``base`` — the model's ORIGINAL scheduler, kept at load time — so nothing a previous call chose (e.g.
+    Karras sigmas) leaks into this one. Keyword arguments the class does not take are dropped."""
+    import inspect
+
     import diffusers
 
-    key = scheduler_name(name)
-    cls_name, extra, _ = SCHEDULERS[key]
-    current = type(pipe.scheduler).__name__
-    flow_now, flow_new = "FlowMatch" in current, "FlowMatch" in cls_name
-    if flow_now != flow_new:
+    spec = scheduler_spec(name)
+    current = type(base).__name__
+    flow_now = "FlowMatch" in current
+    if flow_now != spec.sampler.flow:
         raise BestshotError(
             f"scheduler {name!r} does not fit this model ({current} is "
             f"{'flow matching' if flow_now else 'noise prediction'}) — "
             f"{'use flow_euler' if flow_now else 'pick e.g. euler, euler_a, dpmpp_2m or ddim'}"
         )
-    if current == cls_name and not extra:
+    cls = getattr(diffusers, spec.sampler.cls)
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    kwargs = {k: v for k, v in spec.kwargs().items() if k in accepted}
+    sched = cls.from_config(dict(base.config), **kwargs)
+    sched._bestshot_label = spec.label
+    sched._bestshot_notes = spec.notes() + [f"{k}={v} does not apply to {spec.sampler.cls}; ignored"
+                                            for k, v in spec.kwargs().items() if k not in accepted]
+    return sched
+
+
+def set_scheduler(pipe: Any, name: str | None, base: Any = None) -> None:
+    """Give ``pipe`` the named scheduler, built from ``base`` (the model's original scheduler; default: the
+    pipeline's current one — pass the original to stay reproducible, as load_pipeline does)."""
+    if not name:
         return
-    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
+    pipe.scheduler = build_scheduler(base if base is not None else pipe.scheduler, name)
 
 
 def apply_memory_strategy(pipe: Any, memory: str, device: torch.device) -> Any:
@@ -277,7 +291,7 @@ def load_pipeline(model: str | None, *, dtype: str = "auto", device: str | None 
         entry = _Entry(pipe, ref.family.name, pipe.scheduler)
         cache.pipelines[key] = entry
     if scheduler:
-        set_scheduler(entry.pipe, scheduler)
+        set_scheduler(entry.pipe, scheduler, base=entry.scheduler)
     elif entry.scheduler is not None:
         entry.pipe.scheduler = entry.scheduler  # a cached pipeline never keeps another call's scheduler
     apply_vae_options(entry.pipe, vae_tiling, vae_slicing)

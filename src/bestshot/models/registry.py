@@ -22,7 +22,8 @@ from typing import Any
 from ..config import CLIP_L14, EMBEDDED, REGIONS, SD15, SD35_LARGE, SDXL_BASE, SDXL_REFINER
 from ..errors import BestshotError
 # scheduler names are looked up here too (bestshot.schedulers holds them so config can validate them)
-from ..schedulers import SAMPLER_ALIASES, SCHEDULERS, sampler_label, scheduler_name  # noqa: F401
+from ..schedulers import (SAMPLER_ALIASES, SAMPLERS, SCHEDULE_TYPES, SCHEDULERS, Sampler,  # noqa: F401
+                          SchedulerSpec, sampler_label, scheduler_name, scheduler_spec)
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 
@@ -33,17 +34,41 @@ class Family:
     pipeline_class: str  # a diffusers class name, or bestshot's own
     img2img_class: str | None  # for refiners / staged upscaling
     default_scorer: str
+    native_size: int = 1024  # the side it was trained at (a folder's bestshot_defaults.json / UNet may say otherwise)
+    max_side: int = 2048  # the largest width/height worth asking of it
+    inpaint: bool = False  # diffusers' AutoPipelineForInpainting.from_pipe can build an inpainting pipeline
 
 
 FAMILIES: dict[str, Family] = {
-    "sdxl": Family("sdxl", "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", CLIP_L14),
-    "sdxl_refiner": Family("sdxl_refiner", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLImg2ImgPipeline", CLIP_L14),
-    "sd3": Family("sd3", "StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", CLIP_L14),
-    "sd15": Family("sd15", "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", CLIP_L14),
+    "sdxl": Family("sdxl", "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", CLIP_L14,
+                   native_size=1024, max_side=2048, inpaint=True),
+    "sdxl_refiner": Family("sdxl_refiner", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLImg2ImgPipeline", CLIP_L14,
+                           native_size=1024, max_side=2048),
+    "sd3": Family("sd3", "StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", CLIP_L14,
+                  native_size=1024, max_side=2048, inpaint=True),
+    "sd15": Family("sd15", "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", CLIP_L14,
+                   native_size=512, max_side=2048, inpaint=True),
     # regions: each object read alone where it is (two objects best of 8: 37.0 % with +spatial, 52.5 %; RESULTS.md)
-    "embedded": Family("embedded", "BestshotWorldPipeline", None, EMBEDDED + REGIONS),
-    "generic": Family("generic", "DiffusionPipeline", None, CLIP_L14),
+    # a 32 px pixel-space model: larger sizes only cost time (and give noise), so it is capped at 4x native
+    "embedded": Family("embedded", "BestshotWorldPipeline", None, EMBEDDED + REGIONS, native_size=32, max_side=128),
+    "generic": Family("generic", "DiffusionPipeline", None, CLIP_L14, native_size=1024, max_side=2048),
 }
+
+
+def native_size(ref: "ModelRef") -> int:
+    """The side a model samples best at: its folder's defaults (e.g. the embedded UNet's sample size), else
+    its family's."""
+    if ref.local:
+        d = _load_defaults(ref.source)
+        if isinstance(d.get("width"), int) and d["width"] > 0:
+            return int(d["width"])
+    return ref.family.native_size
+
+
+def size_limits(ref: "ModelRef") -> tuple[int, int]:
+    """(native side, largest side) of a model: a folder trained at N px is capped at ``max(family max, N)``."""
+    native = native_size(ref)
+    return native, max(ref.family.max_side, native)
 
 KNOWN_IDS: dict[str, str] = {
     SDXL_BASE: "sdxl",

@@ -34,7 +34,7 @@ neighbours, and the guidance's sums are plain reductions.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -124,6 +124,21 @@ class BestshotWorldPipeline(DiffusionPipeline):
             t - sched.config.num_train_timesteps // sched.num_inference_steps
         alpha = sched.alphas_cumprod[prev] if prev >= 0 else getattr(sched, "final_alpha_cumprod", torch.tensor(1.0))
         return latents + (scale * alpha.to(grad.device).sqrt() * grad).to(latents.dtype)
+
+    @staticmethod
+    def _pixels(image: Any, width: int, height: int, n: int, device: Any, dtype: Any) -> torch.Tensor:
+        """A PIL image (or list, or a [0, 1] tensor) → an (n, 3, height, width) tensor in [0, 1]."""
+        if isinstance(image, torch.Tensor):
+            x = image if image.dim() == 4 else image[None]
+        else:
+            ims = image if isinstance(image, (list, tuple)) else [image]
+            arrs = [np.asarray(im.convert("RGB").resize((width, height), Image.Resampling.LANCZOS), dtype=np.float32) / 255
+                    for im in ims]
+            x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)
+        x = x.to(device=device, dtype=dtype)
+        if x.shape[-2:] != (height, width):
+            x = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+        return x.expand(n, -1, -1, -1) if x.shape[0] == 1 else x
 
     def _step_kwargs(self, generator) -> dict:
         """``generator`` for the scheduler's step when it takes one (stochastic samplers: DDPM, Euler a);
@@ -225,8 +240,16 @@ class BestshotWorldPipeline(DiffusionPipeline):
         spatial_guidance_scale: float | None = None,
         spatial_guidance_end: float | None = None,
         spatial_guidance_every: int | None = None,
+        init_image: Any = None,
+        strength: float = 1.0,
+        mask_image: Any = None,
     ):
-        """``spatial_guidance_scale`` / ``_end`` / ``_every``: None = the pipeline's own (its config)."""
+        """``spatial_guidance_scale`` / ``_end`` / ``_every``: None = the pipeline's own (its config).
+
+        ``init_image`` + ``strength``: SDEdit image-to-image (named so that curate's stage 2 keeps its own
+        size-preserving ``PixelSDEdit``) (the image noised to the step ``strength`` of the way
+        back, then denoised). ``mask_image`` (white = repaint): outside the mask every step is reset to the
+        image noised to that step, and the result keeps the image there exactly (a masked SDEdit blend)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         n = len(prompts)
@@ -266,17 +289,37 @@ class BestshotWorldPipeline(DiffusionPipeline):
         else:
             latents = latents.to(device=device, dtype=dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        latents = latents * self.scheduler.init_noise_sigma
+        timesteps = self.scheduler.timesteps
+        init = mask = None
+        if init_image is not None:
+            if not 0.0 < strength <= 1.0:
+                raise ValueError(f"strength must be in (0, 1], got {strength}")
+            init = self._pixels(init_image, width, height, n, device, dtype) * 2 - 1
+            start = min(len(timesteps) - 1, int(round(len(timesteps) * (1 - strength))))
+            timesteps = timesteps[start:]
+            if hasattr(self.scheduler, "set_begin_index"):
+                self.scheduler.set_begin_index(start)
+            noise = latents
+            latents = self.scheduler.add_noise(init, noise, timesteps[:1])
+            if mask_image is not None:
+                mask = (self._pixels(mask_image, width, height, n, device, dtype)[:, :1] > 0.5).to(dtype)
+        else:
+            latents = latents * self.scheduler.init_noise_sigma
         sg = self.config.get("spatial_guidance_scale", 0.0) if spatial_guidance_scale is None else spatial_guidance_scale
         sg_end = self.config.get("spatial_guidance_end", 1.0) if spatial_guidance_end is None else spatial_guidance_end
         sg_every = self.config.get("spatial_guidance_every", 1) if spatial_guidance_every is None else spatial_guidance_every
         check_guidance(sg, sg_end, sg_every)
         rel_texts = self._relation_texts(prompts) if sg > 0 else None
-        n_steps = len(self.scheduler.timesteps)
+        n_steps = len(timesteps)
         n_guided = min(n_steps - 1, math.ceil(sg_end * n_steps))  # never on the final image itself
 
         step_kw = self._step_kwargs(generator)
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+        self._interrupt = False  # a step-end callback sets it to stop early (as diffusers' pipelines do)
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            if self._interrupt:
+                break
+            if mask is not None and i > 0:  # outside the mask: the image, noised to this step
+                latents = mask * latents + (1 - mask) * self.scheduler.add_noise(init, noise, t.reshape(1))
             model_in = torch.cat([latents] * 2) if do_cfg else latents
             model_in = self.scheduler.scale_model_input(model_in, t)
             # the UNet predicts eps or v (the scheduler's prediction_type says which); guidance is linear in either
@@ -303,6 +346,8 @@ class BestshotWorldPipeline(DiffusionPipeline):
                     m = latents.shape[0]  # (pruning: one prompt, so every row has the same relation)
                     rel_texts = (rel_texts[0][:m], rel_texts[1][:m], rel_texts[2][:m]) if len(set(prompts)) == 1 else None
 
+        if mask is not None:
+            latents = mask * latents + (1 - mask) * init
         images = (latents.float() / 2 + 0.5).clamp(0, 1)
         self.maybe_free_model_hooks()
         if output_type == "pt":

@@ -17,18 +17,19 @@ import binascii
 import io
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bestshot import jsonio
 from .. import __version__
 from ..config import ImgCfg
 from ..models.settings import resolve_config
 from ..errors import BestshotError
-from ..models.registry import SAMPLER_ALIASES, SCHEDULERS, scheduler_name
+from ..models.registry import SAMPLERS, SCHEDULE_TYPES, scheduler_spec
+from .safety import reject_surrogates
 
 MAX_SEED = 2**53 - 1  # what a JavaScript client can hold exactly
 
@@ -42,7 +43,12 @@ class FieldError(BestshotError):
 
 
 class _A1111(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        return reject_surrogates(data)
 
 
 class Txt2ImgRequest(_A1111):
@@ -60,9 +66,19 @@ class Txt2ImgRequest(_A1111):
     scheduler: Optional[str] = Field(None, max_length=100, description="A1111 schedule type; 'Karras' picks the "
                                      "Karras variant of the sampler where bestshot has one, others are ignored")
     override_settings: Optional[dict[str, Any]] = None
+    enable_hr: bool = Field(False, description="hires fix: upscale each image, then img2img it at denoising_strength")
+    hr_scale: float = Field(2.0, ge=1, le=8)
+    hr_upscaler: Optional[str] = Field(None, max_length=200, description="A1111 upscaler name; Latent modes use Lanczos")
+    hr_second_pass_steps: int = Field(0, ge=0, le=1000, description="0: the first pass's steps")
+    hr_resize_x: int = Field(0, ge=0, le=16384)
+    hr_resize_y: int = Field(0, ge=0, le=16384)
+    denoising_strength: Optional[float] = Field(None, ge=0, le=1, description="hires fix strength (default 0.7)")
     send_images: bool = True
+    save_images: Optional[bool] = Field(None, description="false: the images are not kept on the server (only sent); "
+                                        "unset: bestshot keeps them (served by /v1/images)")
     # bestshot extras
-    best_of: int = Field(1, ge=1, le=256, description="candidates per returned image; the best is returned")
+    best_of: int = Field(1, ge=1, le=256, description="candidates per returned image; the best is returned (default: "
+                         "override_settings.bestshot_best_of, POST /options bestshot_best_of, serve --best-of)")
     clip_min: Optional[float] = Field(None, ge=-1, le=1, description="drop images scoring below this cosine")
     scorer: Optional[str] = Field(None, max_length=500, description="one of the server's scorers")
 
@@ -71,6 +87,24 @@ class Img2ImgRequest(Txt2ImgRequest):
     init_images: list[str] = Field(..., min_length=1, description="base64 images (data: URLs accepted)")
     denoising_strength: float = Field(0.75, ge=0, le=1)
     include_init_images: bool = False
+    mask: Optional[str] = Field(None, description="base64 mask: white is repainted (inpainting)")
+    mask_blur: int = Field(4, ge=0, le=64, description="Gaussian blur radius of the mask's edge, in pixels")
+    inpainting_fill: int = Field(1, ge=0, le=3, description="masked content: 0 fill, 1 original, 2 latent noise, "
+                                 "3 latent nothing (done in pixels before encoding)")
+    inpaint_full_res: bool = Field(True, description="inpaint only the masked area, at full resolution")
+    inpaint_full_res_padding: int = Field(32, ge=0, le=256)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1: repaint what is black in the mask")
+
+
+@dataclass
+class Inpaint:
+    """An img2img request's mask, prepared: what run_img2img repaints and how."""
+
+    mask: Image.Image  # L, at the init image's size, blurred; 255 = repaint
+    fill: int = 1
+    only_masked: bool = True
+    padding: int = 32
+    blur: int = 4
 
 
 class TextToImageResponse(BaseModel):
@@ -91,6 +125,81 @@ class ExtrasSingleImageRequest(_A1111):
     upscaling_resize_h: int = Field(512, ge=1, le=16384)
     upscaling_crop: bool = True
     upscaler_1: Optional[str] = Field("None", max_length=200)
+
+
+class ImageItem(_A1111):
+    data: str = Field(..., description="base64 image")
+    name: str = Field("", max_length=500)
+
+
+class ExtrasBatchImagesRequest(ExtrasSingleImageRequest):
+    image: str = ""  # not used: imageList
+    imageList: list[ImageItem] = Field(..., min_length=1)
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str
+    images: list[str]
+
+
+class SchedulerItem(BaseModel):
+    name: str
+    label: str
+    aliases: Optional[list[str]] = None
+    default_rho: Optional[float] = None
+    need_inner_model: Optional[bool] = None
+
+
+class LatentUpscalerModeItem(BaseModel):
+    name: str
+
+
+class RealesrganItem(BaseModel):
+    name: str
+    path: Optional[str] = None
+    scale: Optional[int] = None
+
+
+LATENT_UPSCALE_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                        "Latent (nearest)", "Latent (nearest-exact)")
+
+
+def empty_list() -> list[Any]:
+    return []
+
+
+def nothing() -> None:
+    return None
+
+
+def memory_info() -> dict[str, Any]:
+    """A1111's /memory: RAM of this host, and CUDA memory (or the reason there is none)."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    proc = psutil.Process()
+    ram = {"free": vm.available, "used": proc.memory_info().rss, "total": vm.total}
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("CUDA is not available")
+        free, total = torch.cuda.mem_get_info()
+        stats = torch.cuda.memory_stats()
+        cuda: dict[str, Any] = {
+            "system": {"free": free, "used": total - free, "total": total},
+            "active": {"current": stats.get("active_bytes.all.current", 0), "peak": stats.get("active_bytes.all.peak", 0)},
+            "allocated": {"current": stats.get("allocated_bytes.all.current", 0),
+                          "peak": stats.get("allocated_bytes.all.peak", 0)},
+            "reserved": {"current": stats.get("reserved_bytes.all.current", 0),
+                         "peak": stats.get("reserved_bytes.all.peak", 0)},
+            "inactive": {"current": stats.get("inactive_split_bytes.all.current", 0),
+                         "peak": stats.get("inactive_split_bytes.all.peak", 0)},
+            "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)},
+        }
+    except Exception as e:  # noqa: BLE001 - A1111 reports the error in the body
+        cuda = {"error": str(e)}
+    return {"ram": ram, "cuda": cuda}
 
 
 class ExtrasSingleImageResponse(BaseModel):
@@ -152,11 +261,20 @@ class UpscalerItem(BaseModel):
 
 
 def samplers() -> list[dict[str, Any]]:
-    """A1111 sampler names bestshot can run, with bestshot's scheduler keys as aliases."""
-    by_label: dict[str, list[str]] = {}
-    for key, (_, _, label) in SCHEDULERS.items():
-        by_label.setdefault(label, []).append(key)
-    return [{"name": label, "aliases": keys, "options": {}} for label, keys in by_label.items()]
+    """A1111 sampler names bestshot can run, with bestshot's scheduler key as alias."""
+    out = []
+    for spec in SAMPLERS.values():
+        if spec.flow:
+            continue
+        opts = {"scheduler": "", "note": spec.note} if spec.note else {}
+        out.append({"name": spec.label, "aliases": [spec.key], "options": opts})
+    return out
+
+
+def schedulers() -> list[dict[str, Any]]:
+    """A1111's GET /sdapi/v1/schedulers: schedule types (name, label, aliases, default_rho, need_inner_model)."""
+    return [{"name": key.replace(" ", "_"), "label": label, "aliases": None, "default_rho": -1,
+             "need_inner_model": False} for key, (label, _, _) in SCHEDULE_TYPES.items()]
 
 
 # A1111 upscaler names → bestshot upscale backend ("None" in A1111 still resizes, with Lanczos)
@@ -179,6 +297,43 @@ def upscaler_backend(name: str | None) -> tuple[str, str]:
         known = ", ".join(u["name"] for u in upscalers())
         raise FieldError("upscaler_1", f"unknown upscaler {name!r} — choose one of: {known}")
     return UPSCALERS[key], UPSCALER_MODELS.get(key, "realesrgan-x4plus")
+
+
+# ---------------------------------------------------------------------------------- png-info
+
+
+_A1111_PNGINFO_DEFAULTS: dict[str, Any] = {
+    "Clip skip": "1", "Hires resize-1": 0, "Hires resize-2": 0, "Hires sampler": "Use same sampler",
+    "Hires schedule type": "Use same scheduler", "Hires checkpoint": "Use same checkpoint", "Hires prompt": "",
+    "Hires negative prompt": "", "Mask mode": "Inpaint masked", "Masked content": "original",
+    "Inpaint area": "Whole picture", "Masked area padding": 32, "RNG": "GPU", "Schedule type": "Automatic",
+    "Schedule max sigma": 0, "Schedule min sigma": 0, "Schedule rho": 0, "VAE Encoder": "Full",
+    "VAE Decoder": "Full", "FP8 weight": "Disable", "Cache FP16 weight for LoRA": False, "Emphasis": "Original",
+    "Refiner switch by sampling steps": False,
+}
+
+
+def a1111_parameters(infotext: str) -> dict[str, Any]:
+    """``parameters`` of A1111's /png-info: "Prompt", "Negative prompt" and the infotext's values as the
+    strings A1111's parse_generation_parameters returns, plus its defaults for keys the text lacks."""
+    from ..store import parse_parameters
+
+    if not infotext:
+        return {}
+    parsed = parse_parameters(infotext)
+    out: dict[str, Any] = {"Prompt": parsed.pop("prompt", ""), "Negative prompt": parsed.pop("negative_prompt", "")}
+    for k, v in parsed.items():
+        out[k] = v if isinstance(v, str) else (str(int(v)) if isinstance(v, float) and v.is_integer() and k != "CFG scale"
+                                               else str(v))
+    sampler = out.get("Sampler", "")
+    if "Schedule type" not in out and sampler:
+        for key, (label, _, _) in SCHEDULE_TYPES.items():
+            if key != "automatic" and sampler.lower().endswith(" " + key):
+                out["Sampler"], out["Schedule type"] = sampler[: -len(key) - 1], label
+                break
+    for k, v in _A1111_PNGINFO_DEFAULTS.items():
+        out.setdefault(k, v)
+    return out
 
 
 # ---------------------------------------------------------------------------------- images
@@ -214,6 +369,37 @@ def encode_file(path: str) -> str:
         return base64.b64encode(f.read()).decode("ascii")
 
 
+# A1111's "Approx cheap" latent → RGB factors for SD 1.x/2.x latents (4 channels)
+_LATENT_RGB = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
+
+
+def preview_image(latents: Any) -> str | None:
+    """A cheap base64 PNG of a job's latest latents (progress.current_image), or None.
+
+    Three channels are taken as RGB in [-1, 1] (the embedded pixel-space model); four get A1111's
+    linear approximation; other latent spaces get no preview.
+    """
+    if latents is None:
+        return None
+    try:
+        import numpy as np
+
+        x = latents[0] if latents.dim() == 4 else latents
+        c = x.shape[0]
+        if c == 3:
+            rgb = x
+        elif c == 4:
+            import torch
+
+            rgb = torch.einsum("chw,cr->rhw", x, torch.tensor(_LATENT_RGB, dtype=x.dtype))
+        else:
+            return None
+        arr = ((rgb.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        return encode_image(Image.fromarray(np.ascontiguousarray(arr), "RGB"))
+    except (AttributeError, RuntimeError, TypeError, ValueError, IndexError):
+        return None
+
+
 def encode_image(image: Image.Image) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -231,6 +417,63 @@ class Limits:
     max_side: int = 2048
     max_images: int = 16  # batch_size * n_iter
     max_candidates: int = 64  # batch_size * n_iter * best_of
+    # cost budget in native-image steps: (width*height / native side²) * steps * candidates. 4000 is e.g.
+    # 8 images x best of 8 at 512² and 60 steps on SD 1.5, or 16 candidates x 50 steps at 1024² on SDXL
+    max_cost: float = 4000.0
+    max_prompt_chars: int = 10000  # prompt and negative prompt, on every route
+    job_timeout: float | None = 900.0  # seconds a job may run before it is stopped at its next step
+    max_options: int = 64  # unknown keys POST /sdapi/v1/options may add
+    max_option_bytes: int = 4096  # JSON size of one such value
+
+
+def check_prompt(field: str, text: str | None, limits: Limits) -> None:
+    """422 for a prompt longer than the server's cap (each route checks every prompt it takes)."""
+    if text is not None and len(text) > limits.max_prompt_chars:
+        raise FieldError(field, f"{len(text)} characters is more than this server's {limits.max_prompt_chars} "
+                         "(bestshot serve --max-prompt-chars)")
+
+
+def check_cost(cfg: ImgCfg, candidates: int, limits: Limits) -> float:
+    """The request's cost against the model family's sizes and the server's budget (422 naming the limit)."""
+    from ..models.registry import resolve_model, size_limits
+
+    ref = resolve_model(cfg.model)
+    native, top = size_limits(ref)
+    for name in ("width", "height"):
+        v = getattr(cfg, name)
+        if v > top:
+            raise FieldError(name, f"{v} px is more than the {ref.family.name} model family's {top} px (it samples at "
+                             f"{native} px) — ask for at most {top}")
+    cost = cfg.width * cfg.height / native ** 2 * cfg.steps_base * candidates
+    if cost > limits.max_cost:
+        raise FieldError("request", f"cost {cost:.0f} (width x height / {native}² native x {cfg.steps_base} steps x "
+                         f"{candidates} candidates) is more than this server's budget of {limits.max_cost:g} "
+                         "(bestshot serve --max-cost) — ask for fewer steps, candidates or pixels")
+    return cost
+
+
+A1111_DEFAULT_SIZE = 512  # what A1111 clients send when the user set nothing
+
+
+def check_best_of(field: str, value: Any, limits: Limits) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limits.max_candidates:
+        raise FieldError(field, f"{value!r} must be a whole number from 1 to {limits.max_candidates}")
+    return value
+
+
+def option_defaults(out_dir: Any = "") -> dict[str, Any]:
+    """The options A1111 clients read (GET /sdapi/v1/options), with what bestshot does for each."""
+    return {
+        "sd_model_checkpoint": None, "sd_checkpoint_hash": None, "sd_vae": "Automatic", "sd_vae_as_default": True,
+        "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0, "samples_save": True, "samples_format": "png",
+        "grid_save": False, "grid_format": "png", "jpeg_quality": 80, "save_images_add_number": True,
+        "outdir_samples": str(out_dir), "outdir_txt2img_samples": str(out_dir), "outdir_img2img_samples": str(out_dir),
+        "outdir_extras_samples": str(out_dir), "live_previews_enable": True, "show_progress_every_n_steps": 4,
+        "live_preview_content": "Prompt", "show_progressbar": True, "img2img_fix_steps": False,
+        "enable_pnginfo": True, "sd_checkpoints_limit": 1, "sd_lora": "None", "forge_additional_modules": [],
+        "upscaler_for_img2img": None, "face_restoration_model": None, "sampler_name": None, "scheduler": None,
+        "bestshot_best_of": 1, "bestshot_clip_min": None,
+    }
 
 
 @dataclass
@@ -243,31 +486,41 @@ class Plan:
     best_of: int
     calls: list[ImgCfg]
     scorer: Any
+    notes: dict[str, Any] = field(default_factory=dict)  # what bestshot changed, reported in info["bestshot"]
+    cost: float = 0.0
 
 
 def sampler_of(req: Txt2ImgRequest) -> str | None:
+    """bestshot's scheduler key ("dpmpp_2m:karras") for the request's sampler name and schedule type."""
     name = req.sampler_name or req.sampler_index
     if not name:
+        if req.scheduler and req.scheduler.strip().lower() not in ("", "automatic"):
+            raise FieldError("scheduler", f"schedule type {req.scheduler!r} needs a sampler_name to apply to")
         return None
-    if (req.scheduler or "").strip().lower() == "karras" and not name.lower().endswith("karras"):
-        karras = f"{name} Karras"
-        if karras.lower() in SAMPLER_ALIASES:
-            name = karras
     try:
-        return scheduler_name(name)
-    except BestshotError:
-        field = "sampler_name" if req.sampler_name else "sampler_index"
-        raise FieldError(field, f"unknown sampler {name!r} — GET /sdapi/v1/samplers lists the ones available") from None
+        return scheduler_spec(name, req.scheduler).key
+    except BestshotError as e:
+        if "schedule type" in str(e):
+            raise FieldError("scheduler", f"{e} (GET /sdapi/v1/schedulers lists them)") from None
+        field_ = "sampler_name" if req.sampler_name else "sampler_index"
+        raise FieldError(field_, f"unknown sampler {name!r} — GET /sdapi/v1/samplers lists the ones available") from None
 
 
 def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], default_scorer: Any, limits: Limits,
-                 base: dict[str, Any]) -> Plan:
+                 base: dict[str, Any], default_best_of: int = 1) -> Plan:
     """Validate ``req`` against the server's limits and build the generate() configs it needs.
 
     ``base`` holds the server-controlled ImgCfg fields (out_dir, device, dtype, ...). A1111 adds no
     style suffix, so neither does this route: the PNG's prompt is the client's prompt.
     """
     n = req.batch_size * req.n_iter
+    overrides_ = req.override_settings or {}
+    if "best_of" in req.model_fields_set:
+        pass  # the request's own value wins
+    elif "bestshot_best_of" in overrides_:
+        req.best_of = check_best_of("override_settings.bestshot_best_of", overrides_["bestshot_best_of"], limits)
+    else:
+        req.best_of = default_best_of  # `serve --best-of` or POST /options bestshot_best_of
     if n > limits.max_images:
         raise FieldError("batch_size", f"batch_size * n_iter = {n} is more than this server's {limits.max_images} images per request")
     if n * req.best_of > limits.max_candidates:
@@ -287,7 +540,22 @@ def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], de
     seed = req.seed if req.seed >= 0 else random.randrange(2**32)
     if seed + n * req.best_of > MAX_SEED:
         raise FieldError("seed", f"{seed} is too large for {n * req.best_of} consecutive seeds")
-    overrides = dict(base, steps_base=req.steps, guidance=req.cfg_scale, width=req.width, height=req.height,
+    check_prompt("prompt", req.prompt, limits)
+    check_prompt("negative_prompt", req.negative_prompt, limits)
+    notes: dict[str, Any] = {}
+    width, height = req.width, req.height
+    if width == height == A1111_DEFAULT_SIZE:
+        from ..models.registry import resolve_model, size_limits
+
+        try:
+            native, top = size_limits(resolve_model(model))
+        except BestshotError:
+            native, top = A1111_DEFAULT_SIZE, A1111_DEFAULT_SIZE
+        if top < A1111_DEFAULT_SIZE:  # e.g. the embedded 32 px model: A1111's default means "the default size"
+            width = height = native
+            notes["size"] = (f"{A1111_DEFAULT_SIZE}x{A1111_DEFAULT_SIZE} (A1111's default) mapped to {native}x{native}, "
+                             "this model's native size")
+    overrides = dict(base, steps_base=req.steps, guidance=req.cfg_scale, width=width, height=height,
                      negative_prompt=req.negative_prompt, style_suffix="", scheduler=sampler_of(req),
                      clip_min=-1.0 if req.clip_min is None else req.clip_min)
     try:
@@ -297,23 +565,68 @@ def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], de
     if cfg.steps_base > limits.max_steps or max(cfg.width, cfg.height) > limits.max_side:
         cfg = replace(cfg, steps_base=min(cfg.steps_base, limits.max_steps),
                       width=min(cfg.width, limits.max_side), height=min(cfg.height, limits.max_side))
+    if cfg.scheduler:
+        spec = scheduler_spec(cfg.scheduler)
+        if cfg.steps_base < spec.sampler.min_steps:
+            raise FieldError("steps", f"{spec.sampler.label} needs at least {spec.sampler.min_steps} steps (got "
+                             f"{cfg.steps_base}) — raise steps or pick another sampler")
+        notes.update({"sampler_notes": spec.notes()} if spec.notes() else {})
     k = req.best_of
+    cost = check_cost(cfg, n * k, limits)
+    # the clip_min gate is applied here, not in generate(): an A1111 route always returns its best images
+    # and says in info which ones failed the gate (clients read images[0])
     if k == 1:  # plain A1111: one batched call, every image kept and saved
-        calls = [replace(cfg, n_images=n, seed_base=seed, save_candidates=True, exact_best=False)]
+        calls = [replace(cfg, n_images=n, seed_base=seed, save_candidates=True, exact_best=False, clip_min=-1.0)]
     else:
-        calls = [replace(cfg, n_images=k, seed_base=seed + i * k) for i in range(n)]
+        calls = [replace(cfg, n_images=k, seed_base=seed + i * k, clip_min=-1.0) for i in range(n)]
     scorer = scorers[req.scorer] if req.scorer is not None else default_scorer
-    return Plan(cfg=cfg, seed=seed, n_images=n, best_of=k, calls=calls, scorer=scorer)
+    return Plan(cfg=cfg, seed=seed, n_images=n, best_of=k, calls=calls, scorer=scorer, notes=notes, cost=cost)
 
 
 def chosen(result: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
     """The candidates of one generate() result that become returned images."""
-    gate = plan.cfg.clip_min
     if plan.best_of == 1:
-        return [c for c in result["candidates"] if c["path"] and c["clip"] >= gate]
-    if not result["ok"]:
-        return []
-    return [c for c in result["candidates"] if c["seed"] == result["best_seed"]]
+        return [c for c in result["candidates"] if c["path"]]
+    return [c for c in result["candidates"] if c["seed"] == result["best_seed"] and c["path"]]
+
+
+def hires_plan(req: Txt2ImgRequest, plan: Plan, limits: Limits) -> Plan | None:
+    """The second pass of A1111's hires fix (one img2img per returned image), or None when off; checked
+    against the family's sizes and the budget together with the first pass."""
+    if not req.enable_hr:
+        return None
+    cfg = plan.cfg
+    if req.hr_resize_x or req.hr_resize_y:
+        w = req.hr_resize_x or round(cfg.width * req.hr_resize_y / cfg.height)
+        h = req.hr_resize_y or round(cfg.height * req.hr_resize_x / cfg.width)
+    else:
+        w, h = round(cfg.width * req.hr_scale), round(cfg.height * req.hr_scale)
+    w, h = max(8, w // 8 * 8), max(8, h // 8 * 8)
+    if max(w, h) > limits.max_side:
+        raise FieldError("hr_scale", f"the hires size {w}x{h} is larger than this server's {limits.max_side} a side")
+    steps = req.hr_second_pass_steps or cfg.steps_base
+    hr = replace(cfg, width=w, height=h, steps_base=steps, clip_min=-1.0)
+    cost = check_cost(hr, plan.n_images, limits)
+    if cost + plan.cost > limits.max_cost:
+        raise FieldError("enable_hr", f"the hires pass makes the cost {cost + plan.cost:.0f}, more than this server's "
+                         f"budget of {limits.max_cost:g} (bestshot serve --max-cost)")
+    strength = 0.7 if req.denoising_strength is None else req.denoising_strength
+    if int(steps * strength) < 1:
+        raise FieldError("denoising_strength", f"{strength} x {steps} steps leaves no hires denoising step")
+    return Plan(cfg=hr, seed=plan.seed, n_images=plan.n_images, best_of=1, calls=[], scorer=plan.scorer,
+                notes={"hires": {"size": f"{w}x{h}", "steps": steps, "denoising_strength": strength,
+                                 "upscaler": req.hr_upscaler or "Latent"}}, cost=cost)
+
+
+def gate_info(kept: list[dict[str, Any]], clip_min: float | None) -> dict[str, Any]:
+    if clip_min is None:
+        return {}
+    failed = [c["seed"] for c in kept if c["clip"] < clip_min]
+    out: dict[str, Any] = {"gate": {"clip_min": clip_min, "failed_seeds": failed, "passed": not failed}}
+    if failed:
+        out["gate"]["note"] = (f"{len(failed)} of {len(kept)} image(s) scored below clip_min {clip_min} and failed the "
+                               "gate; they are returned anyway (the best bestshot found)")
+    return out
 
 
 def build_response(req: Txt2ImgRequest, plan: Plan, results: list[dict[str, Any]], rel: Any,
@@ -353,7 +666,22 @@ def build_response(req: Txt2ImgRequest, plan: Plan, results: list[dict[str, Any]
                       "candidates": [{"seed": c["seed"], "clip": c["clip"], "clip_score": c["clip_score"],
                                       "file": rel(c["path"]) if c["path"] else None} for c in r["candidates"]]}
                      for r in results],
+            "cost": round(plan.cost, 1), **plan.notes, **gate_info(kept, req.clip_min),
             **(extra_info or {}),
         },
     }
+    if req.save_images is False:  # honoured: nothing of this request stays in the output folder
+        import os
+
+        for r in results:
+            for c in r["candidates"]:
+                if c.get("path"):
+                    try:
+                        os.unlink(c["path"])
+                    except OSError:
+                        pass
+        info["bestshot"]["images"] = [{**x, "file": None} for x in info["bestshot"]["images"]]
+        for run in info["bestshot"]["runs"]:
+            run["candidates"] = [{**x, "file": None} for x in run["candidates"]]
+        info["bestshot"]["saved"] = False
     return {"images": images, "parameters": req.model_dump(), "info": jsonio.dumps(info)}

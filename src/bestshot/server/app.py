@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import __version__
 from ..config import EMBEDDED, PRESETS
@@ -32,11 +34,14 @@ from ..errors import BestshotError
 from ..store import Store, read_png_info
 from . import a1111 as A
 from .auth import Auth
+from .safety import HostCheck, allowed_hosts, check_writable, json_safe, json_size, reject_surrogates, surrogate_path
 from .curation import IMAGE_SUFFIXES, Curation, CurateUpscaler
-from .jobs import INTERROGATE_MODES, run_img2img, run_interrogate, run_plan, run_upscale
-from .queue import Job, JobQueue, QueueFull
+from .jobs import (INTERROGATE_MODES, prepare_mask, run_hires, run_img2img, run_interrogate, run_plan, run_upscale,
+                   upscale_geometry)
+from .queue import Job, JobCancelled, JobQueue, QueueFull, ShuttingDown
 
 GALLERY_DIR = Path(__file__).parent / "gallery"
+PREVIEW_EVERY = 4  # progress.current_image: keep the latents every this many steps
 
 
 @dataclass
@@ -60,13 +65,23 @@ class ServerSettings:
     save_candidates: bool = False
     extra_models: tuple[str, ...] = ()  # other models clients may switch to (POST /sdapi/v1/options)
     limits: A.Limits = field(default_factory=A.Limits)
+    best_of: int = 1  # default candidates per image on the A1111 routes (`serve --best-of`)
+    host: str = "127.0.0.1"  # the interface served (its name is accepted in the Host header)
+    allowed_hosts: tuple[str, ...] | None = None  # Host header names accepted; None: localhost names + host
 
 
-class GenerateRequest(BaseModel):
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        return reject_surrogates(data)
+
+
+class GenerateRequest(_Body):
     """POST /v1/generate: a prompt and ImgCfg fields (the server keeps model, device and output paths)."""
-
-    model_config = ConfigDict(extra="forbid")
-    prompt: str = Field(..., max_length=5000)
+    prompt: str = Field(..., description="capped by the server's --max-prompt-chars")
     preset: Optional[str] = Field(None, description=f"one of {', '.join(PRESETS)} (the server's model is kept)")
     n_images: Optional[int] = Field(None, ge=1, le=256)
     seed_base: Optional[int] = Field(None, ge=0, le=A.MAX_SEED)
@@ -76,19 +91,19 @@ class GenerateRequest(BaseModel):
     width: Optional[int] = Field(None, ge=8, le=16384)
     height: Optional[int] = Field(None, ge=8, le=16384)
     style_suffix: Optional[str] = Field(None, max_length=2000)
-    negative_prompt: Optional[str] = Field(None, max_length=5000)
+    negative_prompt: Optional[str] = None
     scheduler: Optional[str] = Field(None, max_length=100)
     scorer: Optional[str] = Field(None, max_length=500)
     save_candidates: Optional[bool] = None
     exact_best: Optional[bool] = None
 
 
-class KeepRequest(BaseModel):
+class KeepRequest(_Body):
     name: str = Field(..., max_length=500)
     keep: bool = True
 
 
-class NameRequest(BaseModel):
+class NameRequest(_Body):
     name: str = Field(..., max_length=500)
 
 
@@ -96,15 +111,15 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     """Build the app. ``create_app(model=..., scorer=..., out_dir=...)`` is shorthand for the settings."""
     settings = settings or ServerSettings(**overrides)
     auth = Auth.from_options(settings.token, settings.api_auth)
-    out_dir = Path(settings.out_dir)
+    out_dir = check_writable(settings.out_dir)
     log_path = Path(settings.log_jsonl) if settings.log_jsonl else out_dir.parent / "images_log.jsonl"
     store = Store(root=out_dir, log_path=log_path)
     upscaler = CurateUpscaler(settings.curate_config)
     curation = Curation(upscaler.outputs() or settings.curate_dir)
     interrogators: dict[Any, Any] = {}
-    jobs = JobQueue(settings.max_queue)
+    jobs = JobQueue(settings.max_queue, job_timeout=settings.limits.job_timeout)
     limits = settings.limits
-    state: dict[str, Any] = {"model": settings.model, "options": {}}
+    state: dict[str, Any] = {"model": settings.model, "options": {}, "best_of": settings.best_of}
 
     scorers: dict[str, Any] = {}
     if isinstance(settings.scorer, str):
@@ -147,22 +162,55 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             job = jobs.submit(kind, fn, description, parts)
         except QueueFull as e:
             raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
-        return await job.wait()
+        except ShuttingDown as e:
+            raise HTTPException(503, str(e)) from None
+        try:
+            return await job.wait()
+        except JobCancelled as e:
+            raise HTTPException(503 if e.why == "shutdown" else 409, str(e)) from None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         jobs.start()
         yield
-        await asyncio.to_thread(jobs.close, 60)  # let accepted jobs finish and be stored
+        jobs.shutdown()  # queued jobs are answered 503, the running one stops at its next step
+        await asyncio.to_thread(jobs.close, 8)
 
     app = FastAPI(title="bestshot", version=__version__, lifespan=lifespan,
                   description="Best-of-N text-to-image with an AUTOMATIC1111-compatible API (/sdapi/v1), "
                               "bestshot's own API (/v1) and a curation gallery (/).")
     app.state.settings, app.state.store, app.state.jobs, app.state.curation = settings, store, jobs, curation
+    app.add_middleware(HostCheck, allowed=allowed_hosts(settings.host, settings.allowed_hosts))
+
+    # error bodies in A1111's shape ({"error", "detail", "body", "errors"}), always valid JSON: a refused
+    # NaN, Infinity or lone surrogate is echoed as text, never re-raised while rendering the error
+    def error_response(status: int, error: str, detail: Any, errors: Any = None, body: Any = "",
+                       headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+        content = {"error": error, "detail": detail, "body": body,
+                   "errors": errors if errors is not None else (detail if isinstance(detail, str) else ""), **extra}
+        return JSONResponse(json_safe(content), status_code=status, headers=headers)
 
     @app.exception_handler(BestshotError)
     async def _bestshot_error(request: Request, exc: BestshotError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "field": getattr(exc, "field", None)}, status_code=422)
+        return error_response(422, type(exc).__name__, str(exc), field=getattr(exc, "field", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = [{k: v for k, v in e.items() if k != "ctx" and k != "url"} for e in exc.errors()]
+        lines = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}"
+                          for e in errs[:10])
+        return error_response(422, "RequestValidationError", errs, errors=lines)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, "HTTPException", exc.detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        import logging
+
+        logging.getLogger(__name__).exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, type(exc).__name__, "internal error — the server log has the details", errors=str(exc)[:500])
 
     sd = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"], dependencies=[Depends(auth.check)])
     v1 = APIRouter(prefix="/v1", tags=["bestshot"], dependencies=[Depends(auth.check)])
@@ -172,7 +220,18 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         if not req.prompt.strip():
             raise A.FieldError("prompt", "empty — bestshot ranks candidates against the prompt, so it needs one")
         return A.plan_request(req, model=state["model"], scorers=scorers, default_scorer=settings.scorer,
-                              limits=limits, base=base_cfg())
+                              limits=limits, base=base_cfg(), default_best_of=state["best_of"])
+
+    def sampler_of(results: list[dict[str, Any]]) -> str:
+        return (results[0].get("settings", {}).get("sampler") or "") if results else ""
+
+    def stopped_info(stopped: str | None) -> dict[str, Any]:
+        if stopped is None:
+            return {}
+        why = {"interrupt": "interrupted", "timeout": f"stopped after the {limits.job_timeout:g}s job timeout",
+               "shutdown": "stopped: the server is shutting down"}.get(stopped, stopped)
+        return {"interrupted": True, "stopped": stopped,
+                "note": f"{why}: the images returned are those finished (the last one at the step it had reached)"}
 
     def describe(kind: str, req: A.Txt2ImgRequest, p: A.Plan) -> str:
         return f"{kind}: {p.n_images} image(s), best of {p.best_of}, {req.prompt[:60]!r}"
@@ -180,19 +239,57 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     @sd.post("/txt2img", response_model=A.TextToImageResponse)
     async def txt2img(req: A.Txt2ImgRequest) -> dict[str, Any]:
         p = plan(req)
-        results = await run_job("txt2img", lambda job: run_plan(job, p, req.prompt, store), describe("txt2img", req, p),
-                                parts=len(p.calls))
-        sampler = results[0].get("settings", {}).get("sampler") or ""
-        return await asyncio.to_thread(A.build_response, req, p, results, rel, state["model"], sampler)
+        hr = A.hires_plan(req, p, limits)
+        if hr is not None:
+            from ..models.registry import resolve_model
+
+            fam = resolve_model(p.cfg.model).family
+            if fam.img2img_class is None and fam.pipeline_class != "BestshotWorldPipeline":
+                p.notes["hires"] = "enable_hr ignored: this model has no image-to-image pipeline"
+                hr = None
+            else:
+                if req.hr_upscaler and not req.hr_upscaler.strip().lower().startswith("latent"):
+                    A.upscaler_backend(req.hr_upscaler)  # 422 for an unknown upscaler, before queueing
+                p.notes.update(hr.notes)
+
+        def work(job: Job) -> tuple[list[dict[str, Any]], str | None, bool]:
+            job.preview_every = PREVIEW_EVERY
+            results = run_plan(job, p, req.prompt, store)
+            if hr is None or job.should_stop:
+                return results, job.stopped, False
+            return run_hires(job, p, hr, results, req.prompt, store, req.hr_upscaler, settings.device), job.stopped, True
+
+        parts = len(p.calls) + (p.n_images if hr is not None else 0)
+        results, stopped, hired = await run_job("txt2img", work, describe("txt2img", req, p), parts=parts)
+        if hired:  # the returned images are the hires pass's (one per first-pass image)
+            p = A.Plan(cfg=hr.cfg, seed=p.seed, n_images=p.n_images, best_of=p.best_of, calls=p.calls, scorer=p.scorer,
+                       notes=p.notes, cost=p.cost + hr.cost)
+        return await asyncio.to_thread(A.build_response, req, p, results, rel, state["model"], sampler_of(results),
+                                       stopped_info(stopped))
 
     @sd.post("/img2img", response_model=A.ImageToImageResponse)
     async def img2img(req: A.Img2ImgRequest) -> dict[str, Any]:
         p = plan(req)
         init = await asyncio.to_thread(A.decode_image, req.init_images[0], "init_images", limits.max_side ** 2 * 4)
-        results = await run_job("img2img", lambda job: run_img2img(job, p, req.prompt, init, req.denoising_strength, store),
-                                describe("img2img", req, p), parts=len(p.calls))
-        sampler = results[0].get("settings", {}).get("sampler") or ""
-        out = await asyncio.to_thread(A.build_response, req, p, results, rel, state["model"], sampler)
+        inpaint = None
+        if req.mask:
+            raw = await asyncio.to_thread(A.decode_image, req.mask, "mask", limits.max_side ** 2 * 4)
+            mask = prepare_mask(raw, (p.cfg.width, p.cfg.height), req.mask_blur, bool(req.inpainting_mask_invert))
+            if mask.getextrema()[1] == 0:
+                raise A.FieldError("mask", "is all black: nothing to repaint — white marks what to repaint "
+                                   "(or set inpainting_mask_invert)")
+            inpaint = A.Inpaint(mask=mask, fill=req.inpainting_fill, only_masked=req.inpaint_full_res,
+                                padding=req.inpaint_full_res_padding, blur=req.mask_blur)
+            p.notes["inpaint"] = {"mask_blur": req.mask_blur, "inpainting_fill": req.inpainting_fill,
+                                  "only_masked": req.inpaint_full_res}
+
+        def work(job: Job) -> tuple[list[dict[str, Any]], str | None]:
+            job.preview_every = PREVIEW_EVERY
+            return run_img2img(job, p, req.prompt, init, req.denoising_strength, store, inpaint), job.stopped
+
+        results, stopped = await run_job("img2img", work, describe("img2img", req, p), parts=len(p.calls))
+        out = await asyncio.to_thread(A.build_response, req, p, results, rel, state["model"], sampler_of(results),
+                                      stopped_info(stopped))
         if req.include_init_images:
             out["images"] = out["images"] + list(req.init_images)
         return out
@@ -218,7 +315,8 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         image = A.decode_image(req.image, "image", limits.max_side ** 2 * 4)
         info = read_png_info(image)
         items = {k: v for k, v in image.info.items() if isinstance(v, str) and k != "parameters"}
-        return {"info": info.get("parameters") or "", "items": items, "parameters": info.get("parsed") or {}}
+        text = info.get("parameters") or ""
+        return {"info": text, "items": items, "parameters": A.a1111_parameters(text)}
 
     @sd.post("/interrogate", response_model=A.InterrogateResponse)
     async def interrogate(req: A.InterrogateRequest) -> dict[str, Any]:
@@ -242,13 +340,27 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             prog = cur.progress
             elapsed = time.time() - cur.started
             eta = elapsed / prog - elapsed if prog > 0 else 0.0
-        state_ = {"skipped": False, "interrupted": False, "stopping_generation": False,
+        state_ = {"skipped": bool(cur and cur.skipped), "interrupted": bool(cur and cur.stopped),
+                  "stopping_generation": bool(cur and cur.stopped),
                   "job": cur.id if cur else "", "job_count": len(jobs),
                   "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(cur.created)) if cur else "0",
                   "job_no": cur.part if cur else 0, "sampling_step": cur.step if cur else 0,
                   "sampling_steps": cur.total if cur else 0, "bestshot": snap}
         return {"progress": round(prog, 4), "eta_relative": round(max(0.0, eta), 3), "state": state_,
-                "current_image": None, "textinfo": cur.description if cur else None}
+                "current_image": None if skip_current_image or cur is None else A.preview_image(cur.preview),
+                "textinfo": cur.description if cur else None}
+
+    @sd.post("/interrupt")
+    def interrupt() -> None:
+        """Stop the running job at its next step; its finished images are returned, marked interrupted."""
+        jobs.interrupt()
+        return None
+
+    @sd.post("/skip")
+    def skip() -> None:
+        """Stop the running job's current image at its next step and go on with the next one."""
+        jobs.interrupt(skip=True)
+        return None
 
     def model_items() -> list[dict[str, Any]]:
         return [{"title": m, "model_name": Path(m).name or m, "hash": None, "sha256": None, "filename": m, "config": None}
@@ -270,21 +382,118 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     def scripts() -> dict[str, list[str]]:
         return {"txt2img": [], "img2img": []}
 
+    def options() -> dict[str, Any]:
+        return {**A.option_defaults(out_dir), **state["options"], "sd_model_checkpoint": state["model"],
+                "bestshot_best_of": state["best_of"], "bestshot_version": __version__}
+
     @sd.get("/options")
     def get_options() -> dict[str, Any]:
-        return {**state["options"], "sd_model_checkpoint": state["model"], "samples_format": "png",
-                "outdir_samples": str(out_dir), "bestshot_version": __version__}
+        return options()
 
     @sd.post("/options")
-    def set_options(options: dict[str, Any] = Body(...)) -> None:
-        ckpt = options.get("sd_model_checkpoint")
+    def set_options(opts: dict[str, Any] = Body(...)) -> None:
+        bad = surrogate_path(opts)
+        if bad is not None:
+            raise A.FieldError(bad, "holds a lone UTF-16 surrogate — send valid UTF-8 text")
+        ckpt = opts.get("sd_model_checkpoint")
         if ckpt is not None:
             if ckpt not in models:
                 raise A.FieldError("sd_model_checkpoint", f"unknown model {ckpt!r} — GET /sdapi/v1/sd-models lists them")
+        best = opts.get("bestshot_best_of")
+        if best is not None:
+            A.check_best_of("bestshot_best_of", best, limits)
+        known = A.option_defaults(out_dir)
+        updates: dict[str, Any] = {}
+        for k, v in opts.items():
+            if k in ("sd_model_checkpoint", "bestshot_best_of", "bestshot_version"):
+                continue
+            if json_size(v) > limits.max_option_bytes:
+                raise A.FieldError(k, f"value of {json_size(v)} bytes is more than this server's "
+                                   f"{limits.max_option_bytes} per option (or not finite)")
+            updates[k] = v
+        unknown = {k for k in {*state["options"], *updates} if k not in known}
+        if len(unknown) > limits.max_options:
+            raise A.FieldError("options", f"{len(unknown)} options unknown to bestshot is more than this server keeps "
+                               f"({limits.max_options}) — send only the options you use")
+        if ckpt is not None:
             state["model"] = ckpt
-        keep = {k: v for k, v in options.items() if k != "sd_model_checkpoint" and isinstance(k, str)}
-        state["options"].update(list(keep.items())[:200])
+        if best is not None:
+            state["best_of"] = int(best)
+        state["options"].update(updates)
         return None
+
+    # ------------------------------------------------------------------------------ A1111: the rest
+    # Features bestshot does not have answer what A1111 answers without them (empty lists, null), never 404.
+    @sd.get("/schedulers", response_model=list[A.SchedulerItem])
+    def schedulers_() -> list[dict[str, Any]]:
+        return A.schedulers()
+
+    @sd.get("/latent-upscale-modes", response_model=list[A.LatentUpscalerModeItem])
+    def latent_upscale_modes() -> list[dict[str, Any]]:
+        return [{"name": n} for n in A.LATENT_UPSCALE_MODES]
+
+    @sd.get("/realesrgan-models", response_model=list[A.RealesrganItem])
+    def realesrgan_models() -> list[dict[str, Any]]:
+        return [{"name": u["name"], "path": None, "scale": int(u["scale"])} for u in A.upscalers()
+                if u.get("model_name")]
+
+    for path_ in ("/sd-vae", "/sd-modules", "/loras", "/prompt-styles", "/face-restorers", "/hypernetworks",
+                  "/script-info", "/extensions"):
+        sd.add_api_route(path_, A.empty_list, methods=["GET"], response_model=list[dict[str, Any]],
+                         summary=f"GET {path_}: an empty list (bestshot has none)")
+    for path_ in ("/refresh-loras", "/refresh-checkpoints", "/refresh-vae", "/refresh-embeddings"):
+        sd.add_api_route(path_, A.nothing, methods=["POST"], summary=f"POST {path_}: nothing to refresh")
+
+    @sd.get("/embeddings")
+    def embeddings() -> dict[str, Any]:
+        return {"loaded": {}, "skipped": {}}
+
+    @sd.get("/memory")
+    def memory() -> dict[str, Any]:
+        return A.memory_info()
+
+    @sd.get("/cmd-flags")
+    def cmd_flags() -> dict[str, Any]:
+        return {"api": True, "nowebui": True, "listen": settings.host not in ("127.0.0.1", "localhost", "::1"),
+                "server_name": settings.host, "port": None, "api_auth": None, "ckpt": state["model"],
+                "ckpt_dir": None, "vae_dir": None, "lora_dir": None, "embeddings_dir": None, "hypernetwork_dir": None,
+                "data_dir": str(out_dir.parent), "outdir_samples": str(out_dir), "device_id": settings.device,
+                "precision": settings.dtype, "medvram": settings.memory == "model_offload",
+                "lowvram": settings.memory == "sequential_offload", "skip_torch_cuda_test": True,
+                "bestshot_best_of": state["best_of"], "bestshot_max_cost": limits.max_cost}
+
+    @sd.post("/unload-checkpoint")
+    def unload_checkpoint() -> None:
+        from ..models.loader import CACHE
+
+        if jobs.current is None:
+            CACHE.pipelines.clear()
+            from ..models.loader import free_memory
+
+            free_memory()
+        return None
+
+    @sd.post("/reload-checkpoint")
+    def reload_checkpoint() -> None:
+        return None  # the model loads on the next request
+
+    @sd.post("/extra-batch-images", response_model=A.ExtrasBatchImagesResponse)
+    async def extra_batch_images(req: A.ExtrasBatchImagesRequest) -> dict[str, Any]:
+        A.upscaler_backend(req.upscaler_1)
+        if len(req.imageList) > limits.max_images:
+            raise A.FieldError("imageList", f"{len(req.imageList)} images is more than this server's {limits.max_images}")
+        images = [await asyncio.to_thread(A.decode_image, item.data, f"imageList[{i}]", limits.max_side ** 2)
+                  for i, item in enumerate(req.imageList)]
+        for im in images:  # refuse a too-large result before any work
+            upscale_geometry(im.size, req, limits.max_side * 4)
+
+        def work(job: Job) -> list[Any]:
+            return [run_upscale(job, im, req, limits.max_side * 4, settings.device) for im in images]
+
+        bigs = await run_job("extras", work, f"upscale {len(images)} image(s) ({req.upscaler_1})")
+        info = f"Postprocess upscale by: {req.upscaling_resize}, Postprocess upscaler: {req.upscaler_1}"
+        return {"html_info": f"<p>{html.escape(info)}</p>",
+                "images": [await asyncio.to_thread(A.encode_image, b) for b in bigs]}
 
     # ------------------------------------------------------------------------------ bestshot API
     def with_files(record: dict[str, Any]) -> dict[str, Any]:
@@ -308,6 +517,8 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
                 raise A.FieldError(k, f"{fields[k]} is more than this server's {top}")
         if not req.prompt.strip():
             raise A.FieldError("prompt", "empty — give a text prompt")
+        A.check_prompt("prompt", req.prompt, limits)
+        A.check_prompt("negative_prompt", req.negative_prompt, limits)
         try:
             cfg = resolve_config(None, preset=req.preset, model=state["model"], **base, **fields)
         except BestshotError as e:
@@ -316,12 +527,16 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             if getattr(cfg, k) > top:
                 raise A.FieldError(k, f"{getattr(cfg, k)} (from the preset or model defaults) is more than this "
                                    f"server's {top} — set {k} explicitly")
+        A.check_cost(cfg, cfg.n_images, limits)
         scorer = scorers[req.scorer] if req.scorer else settings.scorer
 
         def work(job: Job):
             from ..generation import generate
 
-            return generate(req.prompt, cfg=cfg, scorer=scorer, store=store, on_step=job.on_step)
+            result = generate(req.prompt, cfg=cfg, scorer=scorer, store=store, on_step=job.on_step)
+            if job.stopped is not None:  # interrupted, timed out or shut down: what it finished, marked
+                result = {**result, "interrupted": True, "stopped": job.stopped}
+            return result
 
         result = await run_job("generate", work, f"generate: {cfg.n_images} candidates, {req.prompt[:60]!r}")
         return with_files(result)
@@ -355,13 +570,23 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     def v1_jobs() -> dict[str, Any]:
         return jobs.snapshot()
 
+    @v1.delete("/jobs/{job_id}")
+    def v1_cancel_job(job_id: str) -> dict[str, Any]:
+        """Cancel a queued job, or stop a running one at its next step (it returns what it finished)."""
+        job = jobs.cancel(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id!r} (only recent jobs are kept)")
+        return job.info()
+
     @v1.get("/jobs/{job_id}")
     def v1_job(job_id: str) -> dict[str, Any]:
         job = jobs.find(job_id)
         if job is None:
             raise HTTPException(404, f"no job {job_id!r} (only recent jobs are kept)")
         out = job.info()
-        if job.future.done():
+        if job.future.cancelled():
+            out["error"], out["result"] = f"cancelled ({job.stopped or 'cancelled'}) before it started", None
+        elif job.future.done():
             err = job.future.exception()
             out["error"] = None if err is None else str(err)
             out["result"] = None if err is not None or not isinstance(job.future.result(), dict) else job.future.result()
@@ -416,6 +641,11 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
 
     app.include_router(sd)
     app.include_router(v1)
+
+    @app.get("/internal/ping", tags=["AUTOMATIC1111"], dependencies=[Depends(auth.check)])
+    def internal_ping() -> dict[str, Any]:
+        """A1111's liveness probe (SillyTavern's "connect" calls it)."""
+        return {}
 
     # ------------------------------------------------------------------------------ gallery
     @app.get("/", include_in_schema=False)

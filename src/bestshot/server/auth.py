@@ -1,7 +1,7 @@
 """Optional authentication: a bearer token, or AUTOMATIC1111's ``--api-auth user:pass`` basic auth.
 
 With neither configured every route is open (the server binds to 127.0.0.1 by default). Comparisons
-use :func:`secrets.compare_digest`. The gallery's static files carry no data and stay public; its
+use :func:`hmac.compare_digest` on UTF-8 bytes. The gallery's static files carry no data and stay public; its
 scripts send the token (from the page's ``#token=`` fragment) or let the browser do basic auth.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import secrets
+import hmac
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
@@ -48,7 +48,7 @@ class Auth:
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
         scheme = scheme.lower()
-        if self.token and scheme == "bearer" and secrets.compare_digest(value.strip().encode(), self.token.encode()):
+        if self.token and scheme == "bearer" and hmac.compare_digest(_raw(value.strip()), self.token.encode("utf-8")):
             return
         if self.users and scheme == "basic" and self._basic_ok(value.strip()):
             return
@@ -59,10 +59,19 @@ class Auth:
 
     def _basic_ok(self, value: str) -> bool:
         try:
-            user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
+            user, _, password = base64.b64decode(value, validate=True).partition(b":")
+        except (binascii.Error, ValueError):
             return False
         ok = False
         for u, p in self.users:  # no early exit: constant work whatever matches
-            ok |= secrets.compare_digest(user.encode(), u.encode()) & secrets.compare_digest(password.encode(), p.encode())
+            ok |= hmac.compare_digest(user, u.encode("utf-8")) & hmac.compare_digest(password, p.encode("utf-8"))
         return ok
+
+
+def _raw(header_value: str) -> bytes:
+    """The bytes a client sent: HTTP header values arrive decoded as Latin-1, so a UTF-8 token (e.g. "pässwörd")
+    is compared as the UTF-8 bytes both sides hold."""
+    try:
+        return header_value.encode("latin-1")
+    except UnicodeEncodeError:
+        return header_value.encode("utf-8", "surrogateescape")

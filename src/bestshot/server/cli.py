@@ -31,6 +31,15 @@ def serve(
     save_candidates: bool = typer.Option(False, "--save-candidates/--best-only", help="Also save losing candidates."),
     max_side: int = typer.Option(2048, "--max-side", help="Largest width/height a request may ask for."),
     max_steps: int = typer.Option(150, "--max-steps", help="Most denoising steps a request may ask for."),
+    max_cost: float = typer.Option(4000.0, "--max-cost", help="Budget per request in native-size image steps: "
+                                   "(width*height / native side²) x steps x candidates."),
+    max_prompt_chars: int = typer.Option(10000, "--max-prompt-chars", help="Longest prompt (and negative prompt)."),
+    job_timeout: float = typer.Option(900.0, "--job-timeout", help="Seconds a job may run; then it stops at its next "
+                                      "step and returns what it finished (0: no timeout)."),
+    best_of: int = typer.Option(1, "--best-of", help="Default candidates per returned image on the A1111 routes "
+                                "(a request's best_of, override_settings or POST /options bestshot_best_of wins)."),
+    allowed_host: Optional[list[str]] = typer.Option(None, "--allowed-host", help="Host header names accepted "
+                                                     "(repeatable; '*' accepts any). Default: localhost names and --host."),
 ) -> None:
     """Serve the AUTOMATIC1111-compatible API (/sdapi/v1), bestshot's API (/v1) and the gallery (/)."""
     try:
@@ -40,6 +49,8 @@ def serve(
     from .a1111 import Limits
     from .app import ServerSettings, create_app
 
+    if best_of < 1:
+        raise BestshotError(f"--best-of must be >= 1 (got {best_of})")
     if max_queue < 1:
         raise BestshotError(f"--max-queue must be >= 1 (got {max_queue})")
     if not 0 < port < 65536:
@@ -51,7 +62,25 @@ def serve(
                               curate_config=curate_config, max_queue=max_queue,
                               token=token, api_auth=api_auth, device=device, dtype=dtype, memory=memory,
                               max_batch=max_batch, save_candidates=save_candidates,
-                              limits=Limits(max_steps=max_steps, max_side=max_side))
+                              best_of=best_of, host=host, allowed_hosts=tuple(allowed_host) if allowed_host else None,
+                              limits=Limits(max_steps=max_steps, max_side=max_side, max_cost=max_cost,
+                                            max_prompt_chars=max_prompt_chars, job_timeout=job_timeout or None))
     application = create_app(settings)
     typer.echo(f"bestshot serving {model} on http://{host}:{port}/  (API docs: /docs, A1111 API: /sdapi/v1)", err=True)
-    uvicorn.run(application, host=host, port=port, log_level="info")
+    run_uvicorn(application, host, port)
+
+
+def run_uvicorn(application, host: str, port: int, log_level: str = "info") -> None:
+    """uvicorn, stopping within seconds on SIGTERM/SIGINT: the running job is interrupted at its next step
+    (its finished images are stored and returned), queued jobs are answered 503, then uvicorn exits."""
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # noqa: ANN001 - uvicorn's signature
+            jobs = getattr(application.state, "jobs", None)
+            if jobs is not None:
+                jobs.shutdown()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(application, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=8)
+    _Server(config).run()

@@ -28,20 +28,111 @@ def run_plan(job: Job, plan: Plan, prompt: str, store: Store) -> list[dict[str, 
     """The generate() calls of a txt2img plan, one after the other, on the worker thread."""
     results = []
     for cfg in plan.calls:
+        if job.should_stop:  # interrupted (or timed out) between images: the finished ones are returned
+            break
         results.append(generate(prompt, cfg=cfg, scorer=plan.scorer, store=store, on_step=job.on_step))
         job.next_part()
     return results
 
 
+def run_hires(job: Job, plan: Plan, hr: Plan, results: list[dict[str, Any]], prompt: str, store: Store,
+              hr_upscaler: str | None, device: str | None) -> list[dict[str, Any]]:
+    """A1111's hires fix on the images a txt2img plan returns: each is upscaled (the named upscaler, or
+    Lanczos for the Latent modes) and repainted by img2img at ``denoising_strength`` with its own seed."""
+    from dataclasses import replace as _replace
+
+    from ..upscale.esrgan import get_upscaler
+    from .a1111 import chosen
+
+    name = (hr_upscaler or "Latent").strip()
+    backend, model = ("lanczos", "") if name.lower().startswith("latent") else upscaler_backend(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        up = get_upscaler(backend=backend, model=model or "realesrgan-x4plus",
+                          device=device if backend == "torch" else None)
+    strength = hr.notes["hires"]["denoising_strength"]
+    out = []
+    for r in results:
+        for c in chosen(r, plan):
+            if job.should_stop:
+                return out
+            with Image.open(c["path"]) as im:
+                small = im.convert("RGB")
+            factor = max(hr.cfg.width / small.width, hr.cfg.height / small.height)
+            big = up.upscale(small, max(1, min(4, math.ceil(factor)))) if factor > 1 else small
+            big = big.resize((hr.cfg.width, hr.cfg.height), Image.Resampling.LANCZOS)
+            one = Plan(cfg=hr.cfg, seed=c["seed"], n_images=1, best_of=1, scorer=plan.scorer,
+                       calls=[_replace(hr.cfg, n_images=1, seed_base=c["seed"], save_candidates=True, exact_best=False)])
+            out += run_img2img(job, one, prompt, big, strength, store)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ img2img
 
 
+def prepare_mask(mask: Image.Image, size: tuple[int, int], blur: int, invert: bool) -> Image.Image:
+    """A1111's mask handling: grey levels as given, optionally inverted, resized to the image, edge blurred."""
+    from PIL import ImageFilter, ImageOps
+
+    m = mask.convert("L") if mask.mode != "RGBA" else mask.getchannel("A")
+    if mask.mode == "RGBA" and m.getextrema() == (255, 255):  # opaque RGBA: use its luminance
+        m = mask.convert("L")
+    if invert:
+        m = ImageOps.invert(m)
+    if m.size != size:
+        m = m.resize(size, Image.Resampling.LANCZOS)
+    return m.filter(ImageFilter.GaussianBlur(blur)) if blur else m
+
+
+def _masked_fill(image: Image.Image, mask: Image.Image, fill: int, seed: int) -> Image.Image:
+    """A1111's "masked content" done in pixels: 0 fill (the unmasked mean colour), 1 original,
+    2 noise, 3 nothing (mid grey)."""
+    import numpy as np
+
+    if fill == 1:
+        return image
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32)
+    m = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
+    if fill == 0:
+        keep = m[..., 0] < 0.5
+        colour = arr[keep].mean(axis=0) if keep.any() else arr.reshape(-1, 3).mean(axis=0)
+        other = np.broadcast_to(colour, arr.shape)
+    elif fill == 2:
+        other = np.random.default_rng(seed).uniform(0, 255, arr.shape).astype(np.float32)
+    else:
+        other = np.full(arr.shape, 127.5, np.float32)
+    out = arr * (1 - m) + other * m
+    return Image.fromarray(out.clip(0, 255).round().astype(np.uint8), "RGB")
+
+
+def _crop_region(mask: Image.Image, padding: int, aspect: float) -> tuple[int, int, int, int]:
+    """The mask's bounding box plus padding, widened to the generation's aspect (A1111's "only masked")."""
+    w, h = mask.size
+    box = mask.point(lambda v: 255 if v > 0 else 0).getbbox() or (0, 0, w, h)
+    x0, y0, x1, y1 = max(0, box[0] - padding), max(0, box[1] - padding), min(w, box[2] + padding), min(h, box[3] + padding)
+    cw, ch = x1 - x0, y1 - y0
+    if cw / ch < aspect:  # too tall: widen
+        grow = min(w, round(ch * aspect)) - cw
+        x0 = max(0, min(x0 - grow // 2, w - (cw + grow)))
+        x1 = x0 + cw + grow
+    else:
+        grow = min(h, round(cw / aspect)) - ch
+        y0 = max(0, min(y0 - grow // 2, h - (ch + grow)))
+        y1 = y0 + ch + grow
+    return x0, y0, x1, y1
+
+
 def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: float,
-                store: Store) -> list[dict[str, Any]]:
+                store: Store, inpaint: Any = None) -> list[dict[str, Any]]:
     """Best-of-N image-to-image: ``AutoPipelineForImage2Image.from_pipe`` on the loaded text-to-image
     pipeline (same weights, no second load), candidates scored and stored like generate()'s.
+
+    With ``inpaint`` (an :class:`~bestshot.server.a1111.Inpaint`) it repaints the masked part only:
+    ``AutoPipelineForInpainting.from_pipe`` where the family has one, the masked content prepared as
+    A1111's ``inpainting_fill`` says, optionally only the masked region at full resolution, and every
+    candidate composited over the original outside the mask before it is scored.
     """
-    from diffusers import AutoPipelineForImage2Image
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
     from ..generation import pick_scorer, supported_kwargs
     from ..models.loader import load_pipeline
@@ -50,7 +141,8 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
 
     cfg = plan.cfg
     ref = resolve_model(cfg.model)
-    if ref.family.img2img_class is None:
+    world = ref.family.pipeline_class == "BestshotWorldPipeline"  # its own masked SDEdit, no diffusers class
+    if ref.family.img2img_class is None and not world:
         raise BestshotError(f"img2img is not available for model {cfg.model!r} (family {ref.family.name}): it has no "
                             "image-to-image pipeline — use /sdapi/v1/txt2img, or serve an SD 1.5 / SDXL / SD3 model")
     if int(cfg.steps_base * strength) < 1:
@@ -58,27 +150,61 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
                             "denoising_strength or steps")
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory, scheduler=cfg.scheduler)
     try:
-        i2i = AutoPipelineForImage2Image.from_pipe(pipe)
+        if world:
+            i2i = pipe
+        elif inpaint is not None:
+            if not ref.family.inpaint:
+                raise BestshotError(f"inpainting is not available for model {cfg.model!r} (family {ref.family.name}) "
+                                    "— send img2img without a mask, or serve an SD 1.5 / SDXL / SD3 model")
+            i2i = AutoPipelineForInpainting.from_pipe(pipe)
+        else:
+            i2i = AutoPipelineForImage2Image.from_pipe(pipe)
         i2i.set_progress_bar_config(disable=True)
     except (ValueError, KeyError) as e:
         raise BestshotError(f"img2img is not available for model {cfg.model!r}: {e}") from None
     scorer = pick_scorer(plan.scorer, cfg, ref, pipe)
-    image = init.convert("RGB").resize((cfg.width, cfg.height), Image.Resampling.LANCZOS)
+    size = (cfg.width, cfg.height)
+    full = init.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    image, mask, region = full, None, None
+    if inpaint is not None:
+        mask = inpaint.mask.resize(size, Image.Resampling.LANCZOS) if inpaint.mask.size != size else inpaint.mask
+        image = _masked_fill(full, mask, inpaint.fill, plan.seed)
+        if inpaint.only_masked:
+            region = _crop_region(mask, inpaint.padding, cfg.width / cfg.height)
+            image = image.crop(region).resize(size, Image.Resampling.LANCZOS)
+
+    def composite(out: Image.Image) -> Image.Image:
+        if mask is None:
+            return out
+        if region is not None:
+            patch = out.resize((region[2] - region[0], region[3] - region[1]), Image.Resampling.LANCZOS)
+            out = full.copy()
+            out.paste(patch, region[:2])
+        return Image.composite(out.convert("RGB"), full, mask)
+
     sampler = sampler_label(pipe.scheduler)
     results = []
     for call in plan.calls:
+        if job.should_stop:
+            break
         t0 = time.perf_counter()
         seeds = [call.seed_base + i for i in range(call.n_images)]
 
         def cb(p, step, timestep, kw, _total=max(1, int(cfg.steps_base * strength))):
-            job.on_step(min(step + 1, _total), _total)
+            if job.on_step(min(step + 1, _total), _total, kw.get("latents")):
+                p._interrupt = True
             return kw
 
+        # keywords a pipeline's __call__ does not take are dropped (the world pipeline's image is init_image)
+        extra: dict[str, Any] = dict(height=cfg.height, width=cfg.width, init_image=image)
+        if mask is not None:
+            m = mask.crop(region).resize(size, Image.Resampling.LANCZOS) if region is not None else mask
+            extra["mask_image"] = m
         kwargs = supported_kwargs(i2i.__call__, dict(
             prompt=prompt, negative_prompt=cfg.negative_prompt or None, image=image, strength=strength,
             num_inference_steps=cfg.steps_base, guidance_scale=cfg.guidance, num_images_per_prompt=len(seeds),
-            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], callback_on_step_end=cb))
-        images = list(i2i(**kwargs).images)
+            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], callback_on_step_end=cb, **extra))
+        images = [composite(im) for im in i2i(**kwargs).images]
         clip_prompt, _ = scorer.truncate(prompt)
         scores = [float(s) for s in scorer.score(images, clip_prompt)]
         best = max(range(len(seeds)), key=lambda k: scores[k])
@@ -104,6 +230,10 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
             if call.save_candidates or (ok and k == best):
                 extra = {"Denoising strength": strength, "CLIP score": f"{score:.4f}", "Scorer": scorer.name,
                          "bestshot run": run_id}
+                if inpaint is not None:
+                    extra.update({"Mask blur": inpaint.blur,
+                                  "Masked content": ("fill", "original", "latent noise", "latent nothing")[inpaint.fill],
+                                  "Inpaint area": "Only masked" if inpaint.only_masked else "Whole picture"})
                 params = format_parameters(prompt, cfg.negative_prompt, steps=cfg.steps_base, sampler=sampler,
                                            cfg_scale=cfg.guidance, seed=seed, width=cfg.width, height=cfg.height,
                                            model=cfg.model, extra=extra)
@@ -123,33 +253,56 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
 # ------------------------------------------------------------------------------------------ extras
 
 
-def run_upscale(job: Job, image: Image.Image, req: Any, max_side: int, device: str | None) -> Image.Image:
-    """A1111's extras upscale through bestshot.upscale (Real-ESRGAN, or Lanczos when none is installed)."""
-    from ..upscale.esrgan import get_upscaler
+def upscale_geometry(size: tuple[int, int], req: Any, max_side: int) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+    """(crop box in the source, output size) of an A1111 extras upscale, checked BEFORE any pixel is made.
 
-    backend, model = upscaler_backend(req.upscaler_1)
-    w, h = image.size
+    ``resize_mode`` 1 with ``upscaling_crop`` is A1111's "scale to cover, then centre-crop"; cropping the
+    source to the target's aspect first gives the same picture without ever building the uncropped
+    (possibly giant) intermediate: a 1x512 image to 2048x1 is a 1x1 crop scaled to 2048x1.
+    """
+    w, h = size
+    box = (0, 0, w, h)
     if req.resize_mode == 1:
-        target = (req.upscaling_resize_w, req.upscaling_resize_h)
-        factor = max(target[0] / w, target[1] / h)
+        target = (int(req.upscaling_resize_w), int(req.upscaling_resize_h))
+        if req.upscaling_crop:
+            ratio = target[0] / target[1]
+            if w / h > ratio:
+                cw, ch = max(1, min(w, round(h * ratio))), h
+            else:
+                cw, ch = w, max(1, min(h, round(w / ratio)))
+            left, top = (w - cw) // 2, (h - ch) // 2
+            box = (left, top, left + cw, top + ch)
     else:
         factor = float(req.upscaling_resize)
         target = (max(1, round(w * factor)), max(1, round(h * factor)))
     if max(target) > max_side:
         raise BestshotError(f"upscaling_resize: the result would be {target[0]}x{target[1]}, larger than this "
-                            f"server's {max_side} pixels a side")
+                            f"server's {max_side} pixels a side — ask for a smaller size")
+    return box, target
+
+
+def run_upscale(job: Job, image: Image.Image, req: Any, max_side: int, device: str | None) -> Image.Image:
+    """A1111's extras upscale through bestshot.upscale (Real-ESRGAN, or Lanczos when none is installed).
+
+    Memory is bounded by the output: the model upscales the (cropped) source by at most its native 4x and
+    never past twice the output's sides; Lanczos makes the exact size.
+    """
+    from ..upscale.esrgan import get_upscaler
+
+    backend, model = upscaler_backend(req.upscaler_1)
+    box, target = upscale_geometry(image.size, req, max_side)
+    src = image.crop(box) if box != (0, 0, *image.size) else image
+    factor = max(target[0] / src.width, target[1] / src.height)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "falling back to Lanczos" is reported in html_info instead
         up = get_upscaler(backend=backend, model=model, device=device if backend == "torch" else None)
     job.on_step(0, 1)
-    big = up.upscale(image, max(1, math.ceil(factor))) if factor > 1 else image
-    if req.resize_mode == 1 and req.upscaling_crop:
-        scale = max(target[0] / big.width, target[1] / big.height)
-        big = big.resize((max(target[0], round(big.width * scale)), max(target[1], round(big.height * scale))),
-                         Image.Resampling.LANCZOS)
-        left, top = (big.width - target[0]) // 2, (big.height - target[1]) // 2
-        big = big.crop((left, top, left + target[0], top + target[1]))
-    elif big.size != target:
+    big = src
+    if factor > 1:
+        scale = min(math.ceil(factor), getattr(up, "native_scale", 4) or 4)
+        if scale > 1:
+            big = up.upscale(src, scale)
+    if big.size != target:
         big = big.resize(target, Image.Resampling.LANCZOS)
     job.on_step(1, 1)
     job.upscaler_name = up.name  # type: ignore[attr-defined]

@@ -23,6 +23,22 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 
+class JobCancelled(Exception):
+    """A queued job was cancelled (DELETE /v1/jobs/{id}, or the server shutting down) before it ran."""
+
+    def __init__(self, why: str = "cancelled"):
+        super().__init__("the job was cancelled before it started" if why != "shutdown"
+                         else "the server is shutting down; the job was not run — retry against a running server")
+        self.why = why
+
+
+class ShuttingDown(Exception):
+    """The server is stopping: no new job is accepted (HTTP 503)."""
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down — retry against a running server")
+
+
 class QueueFull(Exception):
     """The queue holds ``max_queue`` jobs already; ``retry_after`` is a guess in whole seconds."""
 
@@ -47,14 +63,40 @@ class Job:
     started: float | None = None
     finished: float | None = None
     future: Future = field(default_factory=Future)
+    timeout: float | None = None  # seconds of running time before the job is interrupted
+    stopped: str | None = None  # why the job stopped early: "interrupt", "timeout", "shutdown" (or None)
+    skipped: bool = False  # the current part is being skipped (A1111's /skip); cleared by next_part()
+    preview: Any = None  # the latest latents (a CPU tensor) for progress.current_image
+    preview_every: int = 0  # keep latents every this many steps (0: never)
 
-    def on_step(self, step: int, total: int) -> None:
-        """The ``on_step`` callback handed to ``generate``."""
+    def on_step(self, step: int, total: int, latents: Any = None) -> bool:
+        """The ``on_step`` callback handed to ``generate``: records progress, and returns True when the
+        pipeline must stop at this step (interrupted, skipped or past its timeout)."""
         self.step, self.total = step, total
+        if latents is not None and self.preview_every and (step % self.preview_every == 0 or step == total):
+            try:
+                self.preview = latents[:1].detach().float().cpu()
+            except (AttributeError, TypeError, IndexError):
+                self.preview = None
+        if self.stopped is None and self.timeout is not None and self.started is not None \
+                and time.time() - self.started > self.timeout:
+            self.stopped = "timeout"
+            log.warning("job %s ran past its %.0fs timeout; stopping at step %d", self.id, self.timeout, step)
+        return self.stopped is not None or self.skipped
+
+    def stop(self, why: str = "interrupt") -> None:
+        """Ask the job to stop at its next denoising step (what was finished is returned, marked)."""
+        if self.finished is None and self.stopped is None:
+            self.stopped = why
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stopped is not None
 
     def next_part(self) -> None:
         self.part = min(self.part + 1, self.parts)
         self.step = 0
+        self.skipped = False
 
     @property
     def progress(self) -> float:
@@ -67,22 +109,34 @@ class Job:
 
     def info(self) -> dict[str, Any]:
         state = "done" if self.finished else "running" if self.started else "queued"
+        if self.future.cancelled():
+            state = "cancelled"
         return {"id": self.id, "kind": self.kind, "description": self.description, "state": state,
+                "stopped": self.stopped,
                 "progress": round(self.progress, 4), "part": self.part, "parts": self.parts,
                 "step": self.step, "total": self.total, "created": self.created}
 
     async def wait(self) -> Any:
-        """The job's result; cancelling this wait (client gone) leaves the job running."""
-        return await asyncio.shield(asyncio.wrap_future(self.future))
+        """The job's result; cancelling this wait (client gone) leaves the job running. A job cancelled
+        before it started raises :class:`JobCancelled`."""
+        fut = asyncio.wrap_future(self.future)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if self.future.cancelled():
+                raise JobCancelled(self.stopped or "cancelled") from None
+            raise
 
 
 class JobQueue:
     """``submit`` from any thread (or the event loop); one daemon worker runs jobs in order."""
 
-    def __init__(self, max_queue: int = 8):
+    def __init__(self, max_queue: int = 8, job_timeout: float | None = None):
         if max_queue < 1:
             raise ValueError("max_queue must be >= 1")
         self.max_queue = max_queue
+        self.job_timeout = job_timeout
+        self.shutting_down = False
         self._q: queue.Queue[Job] = queue.Queue()
         self._lock = threading.Lock()
         self._pending: list[Job] = []
@@ -100,6 +154,7 @@ class JobQueue:
         """Start the worker (again, after :meth:`close`); a no-op while it runs."""
         with self._lock:
             self._stopping = False
+            self.shutting_down = False
             self._ensure_worker()
 
     def _ensure_worker(self) -> None:  # under self._lock
@@ -111,10 +166,13 @@ class JobQueue:
     def submit(self, kind: str, fn: Callable[[Job], Any], description: str = "", parts: int = 1) -> Job:
         """Queue ``fn(job)``; raises :class:`QueueFull` when ``max_queue`` jobs wait or run already."""
         with self._lock:
+            if self.shutting_down:
+                raise ShuttingDown()
             waiting = len(self._pending) + (self.current is not None)
             if waiting >= self.max_queue:
                 raise QueueFull(self._retry_after(waiting))
-            job = Job(id=f"job-{next(self._ids)}", kind=kind, fn=fn, description=description, parts=max(1, parts))
+            job = Job(id=f"job-{next(self._ids)}", kind=kind, fn=fn, description=description, parts=max(1, parts),
+                      timeout=self.job_timeout)
             self._pending.append(job)
             self._ensure_worker()  # a job accepted after close() still runs
         self._q.put(job)
@@ -142,6 +200,50 @@ class JobQueue:
         with self._lock:
             return len(self._pending) + (self.current is not None)
 
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a queued job (its waiter gets :class:`JobCancelled`) or stop a running one at its next
+        step; None when no such job is known."""
+        job = self.find(job_id)
+        if job is None:
+            return None
+        with self._lock:
+            queued = job in self._pending
+        if queued and job.future.cancel():
+            job.stopped = "cancelled"
+            with self._lock:
+                if job in self._pending:
+                    self._pending.remove(job)
+                self._recent.append(job)  # GET /v1/jobs/{id} still answers for it
+            return job
+        job.stop("interrupt")
+        return job
+
+    def interrupt(self, skip: bool = False) -> Job | None:
+        """A1111's /interrupt (stop the running job) and /skip (stop its current image, go on)."""
+        job = self.current
+        if job is not None:
+            if skip:
+                job.skipped = True
+            else:
+                job.stop("interrupt")
+        return job
+
+    def shutdown(self) -> None:
+        """Refuse new jobs, cancel queued ones and stop the running one at its next step."""
+        with self._lock:
+            self.shutting_down = True
+            pending = list(self._pending)
+            cur = self.current
+        for job in pending:
+            if job.future.cancel():
+                job.stopped = "shutdown"
+                with self._lock:
+                    if job in self._pending:
+                        self._pending.remove(job)
+                    self._recent.append(job)
+        if cur is not None:
+            cur.stop("shutdown")
+
     def close(self, timeout: float | None = None) -> None:
         """Let accepted jobs finish, then stop the worker (a later submit or start() restarts it)."""
         with self._lock:
@@ -149,6 +251,8 @@ class JobQueue:
             worker = self._worker
         if worker is not None:
             worker.join(timeout)
+        with self._lock:
+            self.shutting_down = False  # a later submit() restarts the worker (tests reuse an app)
 
     # ------------------------------------------------------------------ the worker
     def _run(self) -> None:
@@ -162,7 +266,10 @@ class JobQueue:
                         return
                 continue
             with self._lock:
-                self._pending.remove(job)
+                if job in self._pending:
+                    self._pending.remove(job)
+                if job.future.cancelled():  # cancelled while queued: never started
+                    continue
                 self.current = job
             job.started = time.time()
             if job.future.set_running_or_notify_cancel():
