@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -139,16 +138,13 @@ class HostCheck:
 
 
 def check_writable(folder: str | os.PathLike, what: str = "output folder", option: str = "--out-dir") -> Path:
-    """Create ``folder`` if needed and prove a file can be written there, or raise a clear error."""
-    path = Path(folder)
+    """The jobs' own check (:func:`bestshot.store.ensure_writable`), naming the serve option to change."""
+    from ..store import ensure_writable
+
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".bestshot-write-test-", delete=True):
-            pass
-    except OSError as e:
-        raise BestshotError(f"the {what} {str(path)!r} is not writable ({e.strerror or type(e).__name__}) — choose "
-                            f"another {option} or fix its permissions") from None
-    return path
+        return ensure_writable(folder, f"to the {what}")
+    except BestshotError as e:
+        raise BestshotError(f"the {what} is not writable: {e}; or pass another {option}") from None
 
 
 __all__ = ["json_safe", "reject_surrogates", "surrogate_path", "json_size", "allowed_hosts", "host_name", "HostCheck",
