@@ -257,7 +257,7 @@ class WorldSearch:
 
         The objects keep their order ("B right of A" stays so rather than becoming "A left of B"): both
         orders are candidates, and the pooled cosine, which is order-sensitive, picks between them."""
-        from ..scoring.spatial import centroids, read_relation
+        from ..models.maskclip import centroids, read_relation
 
         a, b = spec.objects
         ta, tb = self.emb.texts([W.prompt_for(W.PromptSpec((o,), None, None)) for o in (a, b)])
@@ -273,7 +273,7 @@ class WorldSearch:
         relation their centroids show, three none (as the world writes them). The orders are returned for
         the caller to choose by the pooled cosine.
         """
-        from ..scoring.spatial import read_relation
+        from ..models.maskclip import read_relation
 
         bgs = list(W.BACKGROUNDS)
         objs = []

@@ -16,7 +16,7 @@ The unconditional branch of classifier-free guidance is the empty prompt (or ``n
 Spatial guidance (``spatial_guidance_scale``, in model_index.json; 0 = off): the pipeline's CLIP pools
 relations away, and the denoiser draws "A left of B" the wrong way round as often as not. For prompts
 that state a relation, every step but the last nudges the sample up the gradient of the relation
-agreement that :mod:`bestshot.scoring.spatial` reads from the predicted clean image (the scheduler's, or
+agreement that :mod:`bestshot.models.maskclip` reads from the predicted clean image (the scheduler's, or
 computed from the model's prediction for multistep solvers that do not report it; CLIP guidance, as in
 the seed document's CLIP-guided DDPM, on MaskCLIP patch embeddings): ``x_{t-1} += scale *
 sqrt(alpha_bar_{t-1}) * grad_x0 agreement``. ``spatial_guidance_end`` (a fraction of the steps, like
@@ -90,7 +90,7 @@ class BestshotWorldPipeline(DiffusionPipeline):
     @torch.no_grad()
     def _relation_texts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list] | None:
         """(A texts, B texts, relations) embedded for every prompt, or None when no prompt states a relation."""
-        from ..scoring.spatial import parse_relation
+        from .maskclip import parse_relation
         from .embedded_clip import text_features
 
         rels = [parse_relation(p) for p in prompts]
@@ -106,7 +106,7 @@ class BestshotWorldPipeline(DiffusionPipeline):
 
     def _spatial_step(self, latents: torch.Tensor, x0: torch.Tensor, t, texts, scale: float) -> torch.Tensor:
         """``latents`` nudged up the gradient of the relation agreement of ``x0`` (rows without a relation kept)."""
-        from ..scoring.spatial import agreement, centroids, image_features
+        from .maskclip import agreement, centroids, image_features
         from .embedded_clip import to_clip_pixels
 
         ta, tb, rels = texts

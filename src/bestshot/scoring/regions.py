@@ -125,7 +125,7 @@ def parse_objects(prompt: str, max_objects: int = 3) -> ObjectPrompt | None:
     >>> parse_objects("a red circle, a blue square and a green cross on a black background")
     ObjectPrompt(objects=('a red circle', 'a blue square', 'a green cross'), relation=None, background='on a black background')
     """
-    from .spatial import _LEAD_RE, parse_relation
+    from ..models.maskclip import _LEAD_RE, parse_relation
 
     text = _LEAD_RE.sub("", " ".join(prompt.lower().strip().rstrip(".!").split()))
     m = _BG_RE.search(text)
@@ -224,7 +224,7 @@ class RegionScorer:
                 logp: torch.Tensor | None = None) -> float:
         """The score of one image from its pooled ``cos``, its region ``sims`` and (with ``nouns``) its
         regions' noun log-probabilities ``logp`` (see the class doc and :meth:`read`)."""
-        from .spatial import agreement
+        from ..models.maskclip import agreement
 
         k, r = len(prompt.objects), len(regions)
         # phrase j → region perm[j] (>= r: no region); the first of equally good assignments wins
