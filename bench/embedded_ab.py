@@ -57,7 +57,7 @@ def main() -> None:
         if opt == "plain":
             unet.set_attn_processor(AttnProcessor())
         if opt == "solo":
-            generation.needs_solo_render = lambda pipe, cfg, n: cfg.exact_best and n > 1
+            generation.needs_solo_render = lambda pipe, cfg, n: cfg.exact_best is not False and n > 1
         try:  # gate off: every run pays the whole path
             return generate(PROMPT, model=model, seed_base=seed, clip_min=-1.0, **out)
         finally:  # the cached pipeline and generate left as they were (the bench also runs inside tests)

@@ -459,7 +459,7 @@ def test_server_started_elsewhere_finds_cli_runs(tiny_sd15, tiny_clip, tmp_path,
     assert code == 0, err
     monkeypatch.chdir(b)
     app = create_app(model=tiny_sd15, scorer=tiny_clip, out_dir=str(a / "images_out"))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:  # the Host allow-list's default name
         (run,) = client.get("/v1/runs").json()["runs"]
         assert run["img_file"] and run["img_file"].endswith(".png")  # not "not saved"
         assert client.get(f"/v1/images/{run['img_file']}").status_code == 200
