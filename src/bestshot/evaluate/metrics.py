@@ -258,21 +258,31 @@ def evaluate_sets(real: str | os.PathLike | Sequence[ImageLike], fake: str | os.
         "is_mean": None, "is_std": None, "is_splits": None,
         "cmmd": None, "clip_score": None, "clip_cosine": None, "clip_extractor": None, "clip_resize": None,
     }
+    _inception_and_clip(result, notes, logits, is_splits, seed, extractor, ff, fake_images, captions, clip, batch_size,
+                        real_feats=real_feats, fr=fr)
+    return result
+
+
+def _inception_and_clip(result: dict[str, Any], notes: list[str], logits, is_splits: int, seed: int,
+                        extractor: FeatureExtractor, ff: np.ndarray, fake_images, captions, clip, batch_size: int,
+                        real_feats=None, fr: np.ndarray | None = None) -> None:
+    """Fill in the Inception score (from the extractor's logits) and, with a CLIP, CMMD (when the reference's
+    features are at hand: ``real_feats``) and the CLIP score of the captions; a metric that cannot be computed
+    stays None with the reason in ``notes``."""
     if logits is not None:
         splits = min(is_splits, len(fake_images))
         result["is_mean"], result["is_std"] = inception_score(logits, splits=splits, seed=seed)
         result["is_splits"] = splits
     else:
         notes.append("inception score: the extractor has no class logits (use the Inception extractor)")
-
     clip = clip if clip is not None else (extractor if isinstance(extractor, ClipExtractor) else None)
     if clip is None:
         notes.append("cmmd / clip score: no CLIP model given")
     else:
         result["clip_extractor"], result["clip_resize"] = clip.name, clip.resize
-        cr = fr if clip is extractor else real_feats(clip)
         cf = ff if clip is extractor else extract(clip, fake_images, batch_size)
-        result["cmmd"] = cmmd(cr, cf)
+        if real_feats is not None:
+            result["cmmd"] = cmmd(fr if clip is extractor else real_feats(clip), cf)
         if captions is None:
             notes.append("clip score: no captions for the generated images")
         elif len(captions) != len(fake_images):
@@ -281,7 +291,6 @@ def evaluate_sets(real: str | os.PathLike | Sequence[ImageLike], fake: str | os.
             cs = clip_score(cf, clip.text_features(captions))
             result["clip_score"], result["clip_cosine"] = cs["clip_score"], cs["cosine"]
     result["notes"] = notes
-    return result
 
 
 def _evaluate_against_stats(stats_path, fake, extractor: FeatureExtractor, *, captions=None, clip=None,
@@ -310,17 +319,7 @@ def _evaluate_against_stats(stats_path, fake, extractor: FeatureExtractor, *, ca
         "is_mean": None, "is_std": None, "is_splits": None,
         "cmmd": None, "clip_score": None, "clip_cosine": None, "clip_extractor": None, "clip_resize": None,
     }
-    if logits is not None:
-        splits = min(is_splits, len(fake_images))
-        result["is_mean"], result["is_std"] = inception_score(logits, splits=splits, seed=seed)
-        result["is_splits"] = splits
-    clip = clip if clip is not None else (extractor if isinstance(extractor, ClipExtractor) else None)
-    if clip is not None and captions is not None and len(captions) == len(fake_images):
-        cf = ff if clip is extractor else extract(clip, fake_images, batch_size)
-        cs = clip_score(cf, clip.text_features(captions))
-        result["clip_score"], result["clip_cosine"] = cs["clip_score"], cs["cosine"]
-        result["clip_extractor"], result["clip_resize"] = clip.name, clip.resize
-    result["notes"] = notes
+    _inception_and_clip(result, notes, logits, is_splits, seed, extractor, ff, fake_images, captions, clip, batch_size)
     return result
 
 
