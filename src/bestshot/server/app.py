@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
 from .. import __version__
 from ..config import EMBEDDED, PRESETS
@@ -34,7 +34,7 @@ from ..errors import BestshotError
 from ..store import Store, read_png_info
 from . import a1111 as A
 from .auth import Auth
-from .safety import HostCheck, allowed_hosts, check_writable, json_safe, json_size, reject_surrogates, surrogate_path
+from .safety import HostCheck, allowed_hosts, check_writable, json_safe, json_size, surrogate_path
 from .curation import IMAGE_SUFFIXES, Curation, CurateUpscaler
 from .jobs import (INTERROGATE_MODES, prepare_mask, run_hires, run_img2img, run_interrogate, run_plan, run_upscale,
                    upscale_geometry)
@@ -70,13 +70,9 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] | None = None  # Host header names accepted; None: localhost names + host
 
 
-class _Body(BaseModel):
+class _Body(A._A1111):
+    """The native API's bodies: A1111's checks (no NaN/∞, no lone surrogates), unknown fields refused."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _valid_text(cls, data: Any) -> Any:
-        return reject_surrogates(data)
 
 
 class GenerateRequest(_Body):
