@@ -80,6 +80,7 @@ class ImageRewardModel(torch.nn.Module):
 
         super().__init__()
         self.config = config
+        config.text_config.is_decoder = True  # BLIP's text encoder has a cross-attention block in every layer
         self.vision = BlipVisionModel(config.vision_config)
         self.text = BlipTextModel(config.text_config, add_pooling_layer=False)
         width = config.text_config.hidden_size
@@ -116,9 +117,12 @@ class ImageRewardScorer:
         self.device = torch.device(device)
         self.batch_size = batch_size
         size = model.config.vision_config.image_size
-        from transformers import BlipImageProcessor
+        try:
+            from transformers import BlipImageProcessorPil as Processor  # no torchvision needed
+        except ImportError:  # older transformers
+            from transformers import BlipImageProcessor as Processor
 
-        self.processor = BlipImageProcessor(size={"height": size, "width": size})
+        self.processor = Processor(size={"height": size, "width": size})
 
     @classmethod
     def from_pretrained(cls, source: str, *, device: torch.device | str = "cpu", name: str = "imagereward"):
