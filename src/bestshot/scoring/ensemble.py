@@ -104,6 +104,8 @@ class EnsembleScorer:
             raw = [float(v) for v in scorer.score(images, text)]
             if len(images) > 1:
                 z, mean, std = zscore(raw)
+                if len(self._stats) >= 1024:  # a long serve session: keep the cache bounded
+                    self._stats.pop(next(iter(self._stats)))
                 self._stats[(i, key_text)] = (mean, std)
             else:
                 mean, std = self._stats.get((i, key_text), (raw[0], 0.0))
