@@ -5,6 +5,13 @@ Specs: ``"embedded"`` (the shipped CLIP), a transformers CLIP hub id or local fo
 transformers CLIP spec ending in ``+spatial`` (``embedded+spatial``) also checks the spatial relation a
 prompt states (:mod:`bestshot.scoring.spatial`); any spec ending in ``+regions`` (``embedded+regions``)
 also reads each object a prompt names where it is in a plain-background image (:mod:`bestshot.scoring.regions`).
+
+``clip`` is the default CLIP (``embedded``). ``taste`` is the head learned from the user's curation
+(``outputs/taste/head.json`` under the working folder; ``taste@PATH`` names the file, see
+:mod:`bestshot.scoring.taste`). Public preference models: ``pickscore`` (or ``yuvalkirstain/PickScore_v1``),
+``imagereward`` and ``hpsv2``, each also ``NAME@LOCAL_PATH`` (:mod:`bestshot.scoring.preference_models`).
+Weighted sums: ``clip+taste:0.5`` — any term with ``:WEIGHT``, each term z-scored over the candidate set
+(:mod:`bestshot.scoring.ensemble`).
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ from ..errors import BestshotError
 from ..models.loader import CACHE, ModelCache, resolve_device
 from .base import Scorer, clip_score_100
 from .clip import CLIPScorer, OpenCLIPScorer
+from .ensemble import EnsembleScorer, parse_ensemble
 from .regions import RegionScorer, world_nouns
 from .spatial import SpatialScorer
 
-__all__ = ["Scorer", "CLIPScorer", "OpenCLIPScorer", "SpatialScorer", "RegionScorer", "clip_score_100", "get_scorer",
+__all__ = ["Scorer", "CLIPScorer", "EnsembleScorer", "OpenCLIPScorer", "SpatialScorer", "RegionScorer", "clip_score_100", "get_scorer",
            "pipeline_scorer", "scorer_from_pipeline"]
 
 
@@ -36,9 +44,24 @@ def get_scorer(spec: str | None = None, *, device: str | torch.device | None = N
     key = ("scorer", spec, str(dev), half)
     if key in cache.scorers:
         return cache.scorers[key]
-    if spec.endswith(REGIONS):
+    terms = parse_ensemble(spec)
+    if terms is not None:
+        scorer: Any = EnsembleScorer([get_scorer(t.spec, device=dev, half=half, cache=cache) for t in terms],
+                                     [t.weight for t in terms], name=spec)
+        cache.scorers[key] = scorer
+        return scorer
+    if spec == "clip":
+        return get_scorer(EMBEDDED, device=dev, half=half, cache=cache)
+    if spec == "taste" or spec.startswith("taste@"):
+        return _taste_scorer(spec, None, dev)  # not cached: the head file changes when retrained
+    from .preference_models import load_preference_model
+
+    pref = load_preference_model(spec, device=dev, half=half)
+    if pref is not None:
+        scorer = pref
+    elif spec.endswith(REGIONS):
         inner = spec[: -len(REGIONS)]
-        scorer: Any = RegionScorer(get_scorer(inner, device=dev, half=half, cache=cache),
+        scorer = RegionScorer(get_scorer(inner, device=dev, half=half, cache=cache),
                                    nouns=world_nouns() if inner == EMBEDDED else ())
     elif spec.endswith(SPATIAL):
         if spec.startswith("open_clip:"):
@@ -60,6 +83,15 @@ def pipeline_scorer(spec: str | None, pipe: Any, family: Any, device: str | torc
     own CLIP is reused (``embedded``, ``embedded+spatial`` or ``embedded+regions``) instead of loading a
     second copy."""
     spec = spec or family.default_scorer
+    terms = parse_ensemble(spec)
+    if terms is not None:
+        return EnsembleScorer([pipeline_scorer(t.spec, pipe, family, device) for t in terms],
+                              [t.weight for t in terms], name=spec)
+    if spec == "clip":
+        spec = family.default_scorer
+    if spec == "taste" or spec.startswith("taste@"):
+        own = scorer_from_pipeline(pipe) if family.name == "embedded" else None
+        return _taste_scorer(spec, own, resolve_device(str(device) if device is not None else None))
     if spec in (EMBEDDED, EMBEDDED + SPATIAL, EMBEDDED + REGIONS) and family.name == "embedded":
         own = scorer_from_pipeline(pipe)
         if own is not None:
@@ -82,3 +114,14 @@ def scorer_from_pipeline(pipe: Any, name: str = EMBEDDED) -> CLIPScorer | None:
     folder = getattr(getattr(clip, "config", None), "_name_or_path", None)
     processor = _image_processor(folder, clip.config.vision_config.image_size)
     return CLIPScorer(clip, tok, processor, name=name, device=clip.device, dtype=clip.dtype)
+
+
+def _taste_scorer(spec: str, own_clip: Any, device: torch.device) -> Any:
+    """``taste`` / ``taste@PATH``: the learned head on its embedder (the pipeline's own CLIP when it is the
+    embedded one the head was trained on)."""
+    from .taste import TasteHead, TasteScorer, default_head_path, embedder_for
+
+    path = spec.split("@", 1)[1] if "@" in spec else str(default_head_path())
+    head = TasteHead.load(path)
+    embedder = own_clip if own_clip is not None and head.embedder == EMBEDDED else embedder_for(head.embedder, device)
+    return TasteScorer(head, embedder, name=spec)

@@ -1,0 +1,190 @@
+"""Public preference models as scorers, with their real architectures and the hub ids users know.
+
+* ``pickscore`` / ``yuvalkirstain/PickScore_v1`` / ``pickscore@FOLDER``: PickScore is a CLIPModel
+  (ViT-H-14) fine-tuned on Pick-a-Pic; it goes through the CLIP path with the processor and tokenizer of
+  ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (or the folder's own, when it has them). The score is the
+  cosine similarity (PickScore's published number is ``logit_scale.exp()`` times it: same ranking).
+* ``imagereward`` / ``THUDM/ImageReward`` / ``imagereward@FOLDER``: ImageReward is BLIP (ViT vision tower,
+  BERT text encoder cross-attending to the image) with an MLP head 768→1024→128→64→16→1, normalised by the
+  training mean and std. Built on transformers' ``BlipVisionModel`` and ``BlipTextModel``; a folder holds
+  ``config.json`` (a ``BlipConfig``), ``model.safetensors`` and a BERT tokenizer (see
+  :func:`save_image_reward`). The original ``ImageReward.pt`` of the ``THUDM/ImageReward`` repository is a
+  state dict of the BLIP code base; reading it needs a key conversion that is not written yet, so that
+  path raises a clear error.
+* ``hpsv2`` / ``hpsv2@CHECKPOINT``: HPSv2 is open_clip's ViT-H-14 with the ``HPS_v2_compressed.pt``
+  weights; it needs ``open_clip_torch`` (which needs torchvision).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from ..errors import BestshotError
+
+PICKSCORE = "yuvalkirstain/PickScore_v1"
+PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+IMAGEREWARD = "THUDM/ImageReward"
+IMAGEREWARD_MEAN, IMAGEREWARD_STD = 0.16717362830052426, 1.0333394966054072
+HPSV2_ARCH = "ViT-H-14"
+HPSV2_CKPT = "HPS_v2_compressed.pt"
+
+
+def _name_and_source(spec: str, names: tuple[str, ...]) -> str | None:
+    low = spec.lower()
+    for n in names:
+        if low == n.lower():
+            return ""
+        if low.startswith(n.lower() + "@"):
+            return spec.split("@", 1)[1]
+    return None
+
+
+def load_preference_model(spec: str, *, device: torch.device | str = "cpu", half: bool = False) -> Any | None:
+    """The scorer for a preference-model spec, or None when ``spec`` names none."""
+    dtype = torch.float16 if half else torch.float32
+    src = _name_and_source(spec, ("pickscore", PICKSCORE))
+    if src is not None:
+        return pickscore(src or PICKSCORE, device=device, dtype=dtype, name=spec)
+    src = _name_and_source(spec, ("imagereward", IMAGEREWARD))
+    if src is not None:
+        return ImageRewardScorer.from_pretrained(src or IMAGEREWARD, device=device, name=spec)
+    src = _name_and_source(spec, ("hpsv2",))
+    if src is not None:
+        return hpsv2(src or None, device=device)
+    return None
+
+
+# ------------------------------------------------------------------------------------------ PickScore
+def pickscore(source: str = PICKSCORE, *, processor: str | None = None, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32, name: str = "pickscore") -> Any:
+    from .clip import CLIPScorer, _image_processor
+
+    if processor is None:
+        local = Path(source)
+        processor = source if (local / "vocab.json").exists() else PICKSCORE_PROCESSOR
+    scorer = CLIPScorer.from_pretrained(source, device=device, dtype=dtype, tokenizer_source=processor, name=name)
+    scorer.processor = _image_processor(processor, scorer.model.config.vision_config.image_size)
+    return scorer
+
+
+# --------------------------------------------------------------------------------------- ImageReward
+class ImageRewardModel(torch.nn.Module):
+    """BLIP image-text encoder + ImageReward's MLP head (the layer sizes of the published model)."""
+
+    def __init__(self, config: Any):
+        from transformers import BlipTextModel, BlipVisionModel
+
+        super().__init__()
+        self.config = config
+        config.text_config.is_decoder = True  # BLIP's text encoder has a cross-attention block in every layer
+        self.vision = BlipVisionModel(config.vision_config)
+        self.text = BlipTextModel(config.text_config, add_pooling_layer=False)
+        width = config.text_config.hidden_size
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(width, 1024), torch.nn.Dropout(0.2), torch.nn.Linear(1024, 128), torch.nn.Dropout(0.2),
+            torch.nn.Linear(128, 64), torch.nn.Dropout(0.1), torch.nn.Linear(64, 16), torch.nn.Linear(16, 1))
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        image = self.vision(pixel_values=pixel_values).last_hidden_state
+        image_mask = torch.ones(image.shape[:2], dtype=torch.long, device=image.device)
+        out = self.text(input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=image,
+                        encoder_attention_mask=image_mask).last_hidden_state
+        return ((self.mlp(out[:, 0, :]).squeeze(-1)) - IMAGEREWARD_MEAN) / IMAGEREWARD_STD
+
+
+def save_image_reward(model: ImageRewardModel, tokenizer: Any, folder: str | Path) -> Path:
+    """Write the folder :meth:`ImageRewardScorer.from_pretrained` reads."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+class ImageRewardScorer:
+    def __init__(self, model: ImageRewardModel, tokenizer: Any, *, name: str, device: torch.device | str = "cpu",
+                 batch_size: int = 16):
+        self.model = model.eval().to(device)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        size = model.config.vision_config.image_size
+        try:
+            from transformers import BlipImageProcessorPil as Processor  # no torchvision needed
+        except ImportError:  # older transformers
+            from transformers import BlipImageProcessor as Processor
+
+        self.processor = Processor(size={"height": size, "width": size})
+
+    @classmethod
+    def from_pretrained(cls, source: str, *, device: torch.device | str = "cpu", name: str = "imagereward"):
+        from safetensors.torch import load_file
+        from transformers import AutoTokenizer, BlipConfig
+
+        folder = Path(source)
+        if not folder.is_dir():
+            raise BestshotError(
+                f"ImageReward weights {source!r} are not a local folder — the original {IMAGEREWARD} checkpoint "
+                "(ImageReward.pt, BLIP code-base layout) cannot be read yet; give imagereward@FOLDER with "
+                "config.json, model.safetensors and a BERT tokenizer (bestshot.scoring.preference_models."
+                "save_image_reward writes one)")
+        weights = folder / "model.safetensors"
+        if not (folder / "config.json").is_file() or not weights.is_file():
+            raise BestshotError(f"{folder} needs config.json and model.safetensors for an ImageReward scorer — "
+                                "write it with save_image_reward")
+        try:
+            config = BlipConfig.from_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError) as e:
+            raise BestshotError(f"cannot read the ImageReward config/tokenizer in {folder}: {str(e).splitlines()[0]}") from None
+        model = ImageRewardModel(config)
+        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+        if missing or unexpected:
+            raise BestshotError(f"{weights} does not match the ImageReward architecture (missing {missing[:3]}, "
+                                f"unexpected {unexpected[:3]})")
+        return cls(model, tokenizer, name=name, device=device)
+
+    def truncate(self, text: str) -> tuple[str, bool]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return (text, False) if len(ids) <= 35 else (self.tokenizer.decode(ids[:35]), True)
+
+    @torch.no_grad()
+    def score(self, images: Sequence[Image.Image], text: str | Sequence[str]) -> list[float]:
+        from .base import texts_per_image
+
+        texts = texts_per_image(images, text)
+        out: list[float] = []
+        for i in range(0, len(images), self.batch_size):
+            ims = [im.convert("RGB") for im in images[i:i + self.batch_size]]
+            pix = self.processor(images=ims, return_tensors="pt")["pixel_values"].to(self.device)
+            tok = self.tokenizer(texts[i:i + self.batch_size], padding="max_length", truncation=True, max_length=35,
+                                 return_tensors="pt").to(self.device)
+            out += self.model(pix, tok["input_ids"], tok["attention_mask"]).float().tolist()
+        return out
+
+
+# --------------------------------------------------------------------------------------------- HPSv2
+def hpsv2(checkpoint: str | None = None, *, device: torch.device | str = "cpu") -> Any:
+    from .clip import OpenCLIPScorer
+
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise BestshotError(f"HPSv2 checkpoint {checkpoint} does not exist — give hpsv2@PATH/{HPSV2_CKPT}")
+    try:
+        import open_clip  # noqa: F401
+    except ImportError as e:
+        raise BestshotError(f"HPSv2 is open_clip's {HPSV2_ARCH} and needs open_clip_torch with torchvision ({e}) — "
+                            "pip install open_clip_torch torchvision, then --scorer hpsv2@PATH/" + HPSV2_CKPT) from None
+    if checkpoint is None:
+        raise BestshotError(f"HPSv2 weights are not bundled — download {HPSV2_CKPT} (xswu/HPSv2 on the hub) and pass "
+                            f"--scorer hpsv2@PATH/{HPSV2_CKPT}")
+    scorer = OpenCLIPScorer(HPSV2_ARCH, checkpoint, device=device)
+    scorer.name = "hpsv2"
+    return scorer

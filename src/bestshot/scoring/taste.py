@@ -1,0 +1,350 @@
+"""Learn what the user keeps: preference rows from curation, and a small head on image embeddings.
+
+Data. ``bestshot taste collect`` reads a curation folder (``outputs/stage1`` + ``outputs/metadata``, see
+:mod:`bestshot.curate.layout`): an image whose metadata exists but whose stage-1 PNG was deleted is a
+``delete`` row, a surviving one a ``keep`` row. Rows go to ``outputs/taste/preferences.jsonl`` (one JSON
+object a line, appended under a file lock: :func:`bestshot.store.append_jsonl`) as
+``{prompt, image, tag, verdict, source, time}``; the latest row of an image wins, and collecting again adds
+a row only when an image's verdict changed. ``star`` rows (a stronger keep) are accepted too.
+
+A deleted PNG cannot be embedded any more, so ``collect`` also embeds every surviving stage-1 image it
+has not embedded yet and keeps the vectors in ``outputs/taste/embeddings-<embedder>.npz``: run it once
+after ``bestshot stage1`` (before curating) and once after, and every deletion has its embedding.
+
+Head. ``logistic``: ``p(keep | x) = sigmoid(w.x + b)`` over all rows. ``bt`` (Bradley–Terry): for each
+kept/deleted pair of the same prompt, ``p(kept beats deleted) = sigmoid(w.(x_kept - x_deleted))``. Both
+are fitted with L-BFGS and an L2 penalty, cross-validated with k folds split by prompt (no prompt in both
+training and validation), then refitted on everything and saved as ``outputs/taste/head.json``
+(atomic write) with the row count and the validation accuracy. Retraining starts from the saved weights
+(warm start) when the embedder and dimension match.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import BestshotError
+from ..store import append_jsonl, atomic_open, atomic_write_json, read_jsonl
+
+VERDICTS = ("keep", "delete", "star")
+TASTE_DIR = "taste"
+PREFS = "preferences.jsonl"
+HEAD = "head.json"
+KINDS = ("logistic", "bt")
+
+
+def taste_dir(outputs: str | Path) -> Path:
+    return Path(outputs) / TASTE_DIR
+
+
+def default_head_path(outputs: str | Path = "outputs") -> Path:
+    return taste_dir(outputs) / HEAD
+
+
+# ---------------------------------------------------------------------------------------------- rows
+def add_preference(outputs: str | Path, prompt: str, image: str, verdict: str, *, source: str,
+                   tag: str | None = None, now: float | None = None) -> dict:
+    """Append one (prompt, image, verdict) row to ``outputs/taste/preferences.jsonl``."""
+    if verdict not in VERDICTS:
+        raise BestshotError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
+    row = {"prompt": prompt, "image": image, "tag": tag, "verdict": verdict, "source": source,
+           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now if now is not None else time.time()))}
+    append_jsonl(taste_dir(outputs) / PREFS, row)
+    return row
+
+
+def read_preferences(outputs: str | Path) -> list[dict]:
+    """All rows, oldest first."""
+    return read_jsonl(taste_dir(outputs) / PREFS)
+
+
+def latest_verdicts(rows: Sequence[dict]) -> dict[str, dict]:
+    """image → its latest row."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r.get("verdict") in VERDICTS and r.get("image"):
+            out[str(r["image"])] = r
+    return out
+
+
+def collect_stage1(outputs: str | Path, *, source: str = "stage1-folder", now: float | None = None) -> list[dict]:
+    """Turn the state of a curation folder into rows; returns only the rows added (idempotent)."""
+    import json
+
+    from ..curate.layout import Layout
+
+    layout = Layout(Path(outputs))
+    meta_dir = layout.root / "metadata"
+    if not meta_dir.is_dir():
+        raise BestshotError(f"{meta_dir} does not exist — point --outputs (or --workflow-dir) at a curation "
+                            "folder made by `bestshot stage1`")
+    latest = latest_verdicts(read_preferences(outputs))
+    added = []
+    for meta in sorted(meta_dir.glob("*.json")):
+        try:
+            record = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        st = (record.get("stages") or {}).get("stage1") or {}
+        rel = st.get("file")
+        if not rel or not isinstance(record.get("prompt"), str):
+            continue
+        verdict = "keep" if (layout.root / rel).is_file() else "delete"
+        prev = latest.get(rel)
+        if prev is not None and (prev["verdict"] == verdict or (verdict == "keep" and prev["verdict"] == "star")):
+            continue
+        added.append(add_preference(outputs, record["prompt"], rel, verdict, source=source,
+                                    tag=record.get("tag", meta.stem), now=now))
+    return added
+
+
+# ------------------------------------------------------------------------------------------ embeddings
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "scorer"
+
+
+class EmbeddingCache:
+    """image (path relative to outputs) → unit embedding, per embedder, in one ``.npz`` (atomic rewrite)."""
+
+    def __init__(self, outputs: str | Path, embedder: str):
+        self.outputs = Path(outputs)
+        self.path = taste_dir(outputs) / f"embeddings-{_safe(embedder)}.npz"
+        self.vectors: dict[str, np.ndarray] = {}
+        if self.path.exists():
+            with np.load(self.path, allow_pickle=False) as z:
+                self.vectors = dict(zip(z["images"].tolist(), z["vectors"]))
+
+    def add_missing(self, images: Sequence[str], embed: Any, batch: int = 32) -> int:
+        todo = [p for p in images if p not in self.vectors and (self.outputs / p).is_file()]
+        for i in range(0, len(todo), batch):
+            chunk = todo[i:i + batch]
+            pil = []
+            for p in chunk:
+                with Image.open(self.outputs / p) as im:
+                    pil.append(im.convert("RGB"))
+            for p, v in zip(chunk, embed(pil).float().cpu().numpy()):
+                self.vectors[p] = v.astype(np.float32)
+        if todo:
+            self.save()
+        return len(todo)
+
+    def save(self) -> None:
+        keys = sorted(self.vectors)
+        with atomic_open(self.path, "wb") as f:
+            np.savez(f, images=np.array(keys, dtype=str),
+                     vectors=np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32))
+
+
+def embedder_for(spec: str, device: Any = None) -> Any:
+    """The scorer whose ``embed_images`` the head reads (a transformers CLIP: 'embedded', hub id, folder)."""
+    from . import get_scorer
+
+    scorer = get_scorer(spec, device=device)
+    base = getattr(scorer, "base", scorer)
+    if not hasattr(base, "embed_images"):
+        raise BestshotError(f"scorer {spec!r} has no image embeddings — the taste head needs a CLIP scorer "
+                            "('embedded', a transformers CLIP hub id or folder)")
+    return base
+
+
+# ------------------------------------------------------------------------------------------------ head
+@dataclass
+class TasteHead:
+    kind: str
+    embedder: str
+    w: np.ndarray
+    b: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    def logits(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        return x.astype(np.float32) @ self.w.astype(np.float32) + np.float32(self.b)
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_json(Path(path), {"format": "bestshot-taste-head", "version": 1, "kind": self.kind,
+                                              "embedder": self.embedder, "dim": int(self.w.shape[0]),
+                                              "w": [float(v) for v in self.w], "b": float(self.b), **self.info})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TasteHead":
+        import json
+
+        path = Path(path)
+        if not path.is_file():
+            raise BestshotError(f"no taste head at {path} — run `bestshot taste collect` and `bestshot taste train` "
+                                "first, or name the head file with taste@PATH")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            w = np.asarray(d["w"], dtype=np.float32)
+            kind, embedder, b = d["kind"], d["embedder"], float(d.get("b", 0.0))
+        except (ValueError, KeyError, TypeError) as e:
+            raise BestshotError(f"{path} is not a taste head ({e}) — retrain it with `bestshot taste train`") from None
+        info = {k: v for k, v in d.items() if k not in ("format", "version", "kind", "embedder", "dim", "w", "b")}
+        return cls(kind, embedder, w, b, info)
+
+
+def _fit(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, *, bias: bool, l2: float,
+         init: tuple[np.ndarray, float] | None, steps: int = 100) -> tuple[np.ndarray, float]:
+    """Weighted logistic regression by L-BFGS (also Bradley–Terry when ``x`` are differences, no bias)."""
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    if init is not None:
+        with torch.no_grad():
+            w.copy_(torch.as_tensor(init[0], dtype=torch.float64))
+            b.fill_(float(init[1]) if bias else 0.0)
+    params = [w, b] if bias else [w]
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+    x, y, weight = x.double(), y.double(), weight.double()
+
+    def closure():
+        opt.zero_grad()
+        z = x @ w + (b if bias else 0.0)
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none") * weight).sum() / weight.sum()
+        loss = loss + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().numpy().astype(np.float32), float(b.detach()) if bias else 0.0
+
+
+@dataclass
+class Dataset:
+    x: np.ndarray  # (n, d) embeddings
+    y: np.ndarray  # (n,) 1 keep/star, 0 delete
+    weight: np.ndarray  # star rows count twice
+    prompts: list[str]
+    skipped: int = 0  # rows without an embedding
+
+
+def dataset(outputs: str | Path, embedder: str) -> Dataset:
+    rows = list(latest_verdicts(read_preferences(outputs)).values())
+    cache = EmbeddingCache(outputs, embedder)
+    xs, ys, ws, ps, skipped = [], [], [], [], 0
+    for r in rows:
+        v = cache.vectors.get(str(r["image"]))
+        if v is None:
+            skipped += 1
+            continue
+        xs.append(v)
+        ys.append(0.0 if r["verdict"] == "delete" else 1.0)
+        ws.append(2.0 if r["verdict"] == "star" else 1.0)
+        ps.append(str(r.get("prompt", "")))
+    d = xs[0].shape[0] if xs else 0
+    return Dataset(np.stack(xs) if xs else np.zeros((0, d), np.float32), np.asarray(ys, np.float32),
+                   np.asarray(ws, np.float32), ps, skipped)
+
+
+def _pairs(y: np.ndarray, prompts: Sequence[str], idx: np.ndarray) -> list[tuple[int, int]]:
+    """(kept, deleted) index pairs of the same prompt among ``idx``."""
+    by: dict[str, tuple[list[int], list[int]]] = {}
+    for i in idx:
+        by.setdefault(prompts[i], ([], []))[0 if y[i] > 0.5 else 1].append(int(i))
+    return [(k, d) for kept, deleted in by.values() for k in kept for d in deleted]
+
+
+def _fit_kind(ds: Dataset, idx: np.ndarray, kind: str, l2: float, init) -> tuple[np.ndarray, float] | None:
+    x = torch.as_tensor(ds.x)
+    if kind == "logistic":
+        if len(set(ds.y[idx].tolist())) < 2:
+            return None
+        return _fit(x[idx], torch.as_tensor(ds.y[idx]), torch.as_tensor(ds.weight[idx]), bias=True, l2=l2, init=init)
+    pairs = _pairs(ds.y, ds.prompts, idx)
+    if not pairs:
+        return None
+    k, d = (torch.as_tensor(v) for v in zip(*pairs))
+    diff = x[k] - x[d]
+    # both orders, so the fit is symmetric and has no bias to learn
+    xx = torch.cat([diff, -diff])
+    yy = torch.cat([torch.ones(len(pairs)), torch.zeros(len(pairs))])
+    return _fit(xx, yy, torch.ones(len(yy)), bias=False, l2=l2, init=init)
+
+
+def _accuracy(ds: Dataset, idx: np.ndarray, kind: str, w: np.ndarray, b: float) -> tuple[int, int]:
+    z = ds.x @ w + b
+    if kind == "logistic":
+        return int(((z[idx] > 0) == (ds.y[idx] > 0.5)).sum()), len(idx)
+    pairs = _pairs(ds.y, ds.prompts, idx)
+    return sum(1 for k, d in pairs if z[k] > z[d]), len(pairs)
+
+
+def prompt_folds(prompts: Sequence[str], k: int, seed: int = 0) -> list[np.ndarray]:
+    """Row indices in ``k`` folds, every prompt's rows in one fold."""
+    uniq = sorted(set(prompts))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(uniq))
+    fold_of = {uniq[j]: n % k for n, j in enumerate(order)}
+    folds = [np.asarray([i for i, p in enumerate(prompts) if fold_of[p] == f], dtype=np.int64) for f in range(k)]
+    return [f for f in folds if len(f)]
+
+
+def train_head(ds: Dataset, *, kind: str = "logistic", embedder: str = "embedded", folds: int = 5, l2: float = 1e-3,
+               warm: TasteHead | None = None, seed: int = 0) -> TasteHead:
+    """k-fold cross-validate, then fit on all rows; ``warm`` (same embedder and dimension) is the start point."""
+    if kind not in KINDS:
+        raise BestshotError(f"unknown head kind {kind!r} — use one of {', '.join(KINDS)}")
+    n_keep, n_del = int((ds.y > 0.5).sum()), int((ds.y <= 0.5).sum())
+    if n_keep == 0 or n_del == 0:
+        raise BestshotError(f"the taste head needs kept AND deleted images with embeddings (have {n_keep} kept, "
+                            f"{n_del} deleted, {ds.skipped} rows without an embedding) — curate more, and run "
+                            "`bestshot taste collect` before deleting so the deleted images get embedded")
+    init = None
+    if warm is not None and warm.embedder == embedder and warm.w.shape[0] == ds.x.shape[1] and warm.kind == kind:
+        init = (warm.w, warm.b)
+    all_idx = np.arange(len(ds.y))
+    right = total = 0
+    split = prompt_folds(ds.prompts, max(2, folds), seed) if folds >= 2 else []
+    for f, val in enumerate(split if len(split) >= 2 else []):
+        tr = np.setdiff1d(all_idx, val)
+        fit = _fit_kind(ds, tr, kind, l2, init)
+        if fit is None:
+            continue
+        r, t = _accuracy(ds, val, kind, *fit)
+        right, total = right + r, total + t
+    fit = _fit_kind(ds, all_idx, kind, l2, init)
+    if fit is None:
+        raise BestshotError("no kept/deleted pair shares a prompt — the Bradley–Terry head needs both verdicts for "
+                            "one prompt; use --kind logistic")
+    w, b = fit
+    info = {"rows": int(len(ds.y)), "kept": n_keep, "deleted": n_del, "skipped_rows": ds.skipped,
+            "pairs": len(_pairs(ds.y, ds.prompts, all_idx)), "folds": len(split),
+            "cv_accuracy": (right / total) if total else None, "cv_count": total, "l2": l2,
+            "warm_start": init is not None, "trained": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return TasteHead(kind, embedder, w, b, info)
+
+
+# --------------------------------------------------------------------------------------------- scorer
+class TasteScorer:
+    """Scores images by the learned head (the prompt is not read: taste is what the prompt does not say)."""
+
+    def __init__(self, head: TasteHead, embedder: Any, name: str = "taste"):
+        self.head = head
+        self.embedder = embedder
+        self.name = name
+
+    def truncate(self, text: str) -> tuple[str, bool]:
+        return text, False
+
+    def score(self, images: Sequence[Image.Image], text: str | Sequence[str]) -> list[float]:
+        if not images:
+            return []
+        if not isinstance(text, str) and len(text) != len(images):
+            raise BestshotError(f"got {len(images)} images but {len(text)} texts — give one text, or one per image")
+        emb = self.embedder.embed_images(list(images))
+        if emb.shape[1] != self.head.w.shape[0]:
+            raise BestshotError(f"the taste head expects {self.head.w.shape[0]}-d embeddings of {self.head.embedder!r} "
+                                f"but got {emb.shape[1]}-d — retrain it with `bestshot taste train`")
+        return [float(v) for v in self.head.logits(emb)]
+
+
+def sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))

@@ -1,0 +1,78 @@
+"""``bestshot taste collect | train``: preference rows from curation, and the head that learns them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import BestshotError
+
+app = typer.Typer(help="Learn what you keep: collect curation verdicts, train a taste head (--scorer clip+taste:0.5).",
+                  no_args_is_help=True)
+
+WORKFLOW_DIR = typer.Option(Path("."), "--workflow-dir", "-w",
+                            help="Curation folder (with config.yaml, or its outputs/ folder inside).")
+OUTPUTS = typer.Option(None, "--outputs", help="The outputs folder itself (overrides --workflow-dir).")
+
+
+def outputs_of(workflow_dir: Path, outputs: Optional[Path]) -> Path:
+    """The outputs folder: ``--outputs``, else the one ``WORKFLOW_DIR/config.yaml`` names, else ``WORKFLOW_DIR/outputs``."""
+    if outputs is not None:
+        return outputs
+    cfg_file = workflow_dir / "config.yaml"
+    if cfg_file.is_file():
+        from ..curate.config import load_config
+
+        cfg = load_config(cfg_file)
+        return cfg.path(cfg.paths.outputs)
+    if (workflow_dir / "stage1").is_dir() and (workflow_dir / "metadata").is_dir():
+        return workflow_dir
+    return workflow_dir / "outputs"
+
+
+@app.command("collect")
+def collect(workflow_dir: Path = WORKFLOW_DIR, outputs: Optional[Path] = OUTPUTS,
+            embed: bool = typer.Option(True, "--embed/--no-embed",
+                                       help="Embed surviving stage-1 images not embedded yet (so later deletions can train)."),
+            scorer: str = typer.Option("embedded", "--scorer", help="Embedder of the head (a CLIP scorer spec)."),
+            device: Optional[str] = typer.Option(None, "--device")) -> None:
+    """Record stage-1 survivors as keep and deleted stage-1 images as delete (idempotent)."""
+    from ..scoring.taste import EmbeddingCache, collect_stage1, embedder_for, read_preferences, taste_dir
+
+    out = outputs_of(workflow_dir, outputs)
+    added = collect_stage1(out)
+    embedded = 0
+    if embed:
+        images = sorted({str(r["image"]) for r in read_preferences(out) if r.get("verdict") != "delete"})
+        cache = EmbeddingCache(out, scorer)
+        if any(p not in cache.vectors and (out / p).is_file() for p in images):
+            embedded = cache.add_missing(images, embedder_for(scorer, device).embed_images)
+    counts = {v: sum(r["verdict"] == v for r in added) for v in ("keep", "delete", "star")}
+    typer.echo(json.dumps({"outputs": str(out), "added": counts, "embedded": embedded,
+                           "preferences": str(taste_dir(out) / "preferences.jsonl")}, indent=2))
+
+
+@app.command("train")
+def train(workflow_dir: Path = WORKFLOW_DIR, outputs: Optional[Path] = OUTPUTS,
+          kind: str = typer.Option("logistic", "--kind", help="logistic (every row) or bt (Bradley–Terry on "
+                                   "kept-vs-deleted pairs of the same prompt)."),
+          scorer: str = typer.Option("embedded", "--scorer", help="Embedder the head reads (as given to collect)."),
+          folds: int = typer.Option(5, "--folds", help="Cross-validation folds (split by prompt; <2: none)."),
+          l2: float = typer.Option(1e-3, "--l2", help="L2 penalty."),
+          fresh: bool = typer.Option(False, "--fresh", help="Start from zero instead of the saved head."),
+          out_file: Optional[Path] = typer.Option(None, "--out", help="Head file (default OUTPUTS/taste/head.json).")) -> None:
+    """Train (or retrain, warm-started) the taste head; prints its row count and validation accuracy."""
+    from ..scoring.taste import HEAD, TasteHead, dataset, taste_dir, train_head
+
+    if l2 < 0:
+        raise BestshotError(f"--l2 must be >= 0 (got {l2})")
+    out = outputs_of(workflow_dir, outputs)
+    path = out_file or taste_dir(out) / HEAD
+    warm = TasteHead.load(path) if path.is_file() and not fresh else None
+    head = train_head(dataset(out, scorer), kind=kind, embedder=scorer, folds=folds, l2=l2, warm=warm)
+    head.save(path)
+    typer.echo(json.dumps({"head": str(path), "kind": head.kind, **head.info}, indent=2))
+    typer.echo(f"use it: --scorer clip+taste@{path}:0.5", err=True)
