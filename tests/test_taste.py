@@ -11,8 +11,9 @@ from bestshot.curate.layout import Layout
 from bestshot.errors import BestshotError
 from bestshot.scoring import get_scorer
 from bestshot.scoring.ensemble import EnsembleScorer, Term, parse_ensemble, zscore
-from bestshot.scoring.taste import (EmbeddingCache, TasteHead, TasteScorer, add_preference, collect_stage1, dataset,
-                                    latest_verdicts, read_preferences, train_head)
+from bestshot.curate.preferences import collect_stage1
+from bestshot.scoring.taste import (EmbeddingCache, TasteHead, TasteScorer, add_preference, dataset, latest_verdicts,
+                                    read_preferences, train_head)
 from helpers import run_cli
 
 

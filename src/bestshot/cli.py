@@ -194,7 +194,7 @@ _SUBAPPS = {
     "bestshot.interrogate.cli": ("commands", ("interrogate", "interrogate-eval", "train")),
     "bestshot.curate.cli": ("commands", ("stage1", "upscale", "run")),
     "bestshot.server.cli": ("commands", ("serve",)),
-    "bestshot.scoring.taste_cli": ("group", ("taste",)),
+    "bestshot.curate.taste_cli": ("group", ("taste",)),
 }
 
 

@@ -152,8 +152,6 @@ def metrics_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """FID, KID, Inception Score, CLIP score and CMMD of generated images against reference images."""
-    import json
-
     from rich.table import Table
 
     from ..store import atomic_write_json

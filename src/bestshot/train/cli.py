@@ -6,7 +6,6 @@ Run standalone with ``python -m bestshot.train.cli``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 

@@ -24,7 +24,7 @@ def outputs_of(workflow_dir: Path, outputs: Optional[Path]) -> Path:
         return outputs
     cfg_file = workflow_dir / "config.yaml"
     if cfg_file.is_file():
-        from ..curate.config import load_config
+        from .config import load_config
 
         cfg = load_config(cfg_file)
         return cfg.path(cfg.paths.outputs)
@@ -40,7 +40,8 @@ def collect(workflow_dir: Path = WORKFLOW_DIR, outputs: Optional[Path] = OUTPUTS
             scorer: str = typer.Option("embedded", "--scorer", help="Embedder of the head (a CLIP scorer spec)."),
             device: Optional[str] = typer.Option(None, "--device")) -> None:
     """Record stage-1 survivors as keep and deleted stage-1 images as delete (idempotent)."""
-    from ..scoring.taste import EmbeddingCache, collect_stage1, embedder_for, read_preferences, taste_dir
+    from ..scoring.taste import EmbeddingCache, embedder_for, read_preferences, taste_dir
+    from .preferences import collect_stage1
 
     out = outputs_of(workflow_dir, outputs)
     added = collect_stage1(out)
