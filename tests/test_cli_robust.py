@@ -187,16 +187,9 @@ def test_eval_world_objects_out_of_range(tmp_path, capsys, monkeypatch):
 
 @pytest.fixture(scope="module")
 def small_clip(tmp_path_factory):
-    import torch
+    from tiny_models import build_train_clip
 
-    from bestshot.train.clip_train import ClipTrainConfig, build_clip, build_clip_tokenizer, save_clip_folder
-
-    d = tmp_path_factory.mktemp("clip")
-    cc = ClipTrainConfig(img_size=16, patch_size=4, vision_hidden=32, vision_layers=1, vision_heads=2,
-                         text_hidden=32, text_layers=1, text_heads=2, projection_dim=16, max_length=16)
-    torch.manual_seed(0)
-    save_clip_folder(build_clip(cc), build_clip_tokenizer(16), cc, d)
-    return d
+    return build_train_clip(tmp_path_factory.mktemp("clip"))
 
 
 def _ddpm_cfg(clip, out, **kw):

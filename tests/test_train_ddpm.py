@@ -8,19 +8,30 @@ from PIL import Image
 
 from bestshot.errors import BestshotError
 from bestshot.models.loader import dtype_kwargs
-from bestshot.train.clip_train import ClipTrainConfig, build_clip, build_clip_tokenizer, save_clip_folder
+from bestshot.train.clip_train import ClipTrainConfig, save_clip_folder
+from tiny_models import build_train_clip
 from bestshot.train.common import load_config
 from bestshot.train.ddpm import DDPMConfig, build_unet, encode_text, export, load_checkpoint, load_clip, noise_scheduler, train
 
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("clip")
-    cc = ClipTrainConfig(img_size=16, patch_size=4, vision_hidden=32, vision_layers=1, vision_heads=2,
-                         text_hidden=32, text_layers=1, text_heads=2, projection_dim=16, max_length=16)
-    torch.manual_seed(0)
-    save_clip_folder(build_clip(cc), build_clip_tokenizer(16), cc, d)
-    return d
+    return build_train_clip(tmp_path_factory.mktemp("clip"))
+
+
+def _kill_in_step(monkeypatch, n: int) -> None:
+    """Simulate `kill -9` in the middle of step ``n`` (its EMA update raises); undone by monkeypatch."""
+    from bestshot.train import common
+
+    real_update, calls = common.EMA.update, {"n": 0}
+
+    def killed(self, model):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        real_update(self, model)
+
+    monkeypatch.setattr(common.EMA, "update", killed)
 
 
 def cfg_for(clip_dir, out, **kw) -> DDPMConfig:
@@ -65,16 +76,8 @@ def test_resume_continues_exactly_and_config_mismatch_is_refused(clip_dir, tmp_p
 
     straight = train(cfg_for(clip_dir, tmp_path / "a"))
     assert straight["step"] == 6
-    calls = {"n": 0}
     real_update = common.EMA.update
-
-    def killed_at_step_5(self, model):  # simulate `kill -9` in the middle of step 5
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        real_update(self, model)
-
-    monkeypatch.setattr(common.EMA, "update", killed_at_step_5)
+    _kill_in_step(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         train(cfg_for(clip_dir, tmp_path / "b"))
     monkeypatch.setattr(common.EMA, "update", real_update)
@@ -295,15 +298,8 @@ def test_unet_knobs_accumulation_history_and_similarity(clip_dir, tmp_path, monk
     # a run killed in step 5 and resumed ends where the straight run ended
     from bestshot.train import common
 
-    real_update, calls = common.EMA.update, {"n": 0}
-
-    def killed_at_step_5(self, model):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        real_update(self, model)
-
-    monkeypatch.setattr(common.EMA, "update", killed_at_step_5)
+    real_update = common.EMA.update
+    _kill_in_step(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         train(cfg_for(clip_dir, tmp_path / "b", **kw))
     monkeypatch.setattr(common.EMA, "update", real_update)

@@ -157,3 +157,14 @@ def build_world(folder: Path, seed: int = 0) -> Path:
                                  tokenizer=clip_tokenizer(), conditioning="text_tokens")
     pipe.save_pretrained(folder)
     return folder
+
+
+def build_train_clip(folder: Path, seed: int = 0) -> Path:
+    """A small CLIP as `bestshot train clip` writes it (16-px images), for the DDPM trainer's tests."""
+    from bestshot.train.clip_train import ClipTrainConfig, build_clip, build_clip_tokenizer, save_clip_folder
+
+    cc = ClipTrainConfig(img_size=16, patch_size=4, vision_hidden=32, vision_layers=1, vision_heads=2,
+                         text_hidden=32, text_layers=1, text_heads=2, projection_dim=16, max_length=16)
+    torch.manual_seed(seed)
+    save_clip_folder(build_clip(cc), build_clip_tokenizer(16), cc, folder)
+    return Path(folder)
