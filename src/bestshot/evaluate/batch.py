@@ -50,7 +50,7 @@ class BatchSettings:
     scheduler: str | None = None
     device: str | None = None
     dtype: str = "auto"
-    exact_best: bool = True
+    exact_best: bool | None = None  # None: generate's auto rule (re-render the kept image off CUDA only)
     # any other ImgCfg field → value (a sweep axis, e.g. {"refiner_split": 0.7}); applied last
     overrides: dict[str, Any] = field(default_factory=dict)
 
