@@ -3,10 +3,14 @@
     python bench/server_load.py --tiny --n 50 --max-queue 8            # burst of 50 txt2img at once
     python bench/server_load.py --model embedded --n 50 --steps 4      # the shipped model
     python bench/server_load.py --tiny --fuzz 25                       # schemathesis: 25 examples per route
+    python bench/server_load.py --tiny --n 0 --soak 1000               # 1,000 mixed requests, RSS before/after
 
 The burst checks what issue 8 asks: every response is 200 or 429 (429 with Retry-After), no 5xx, every
 200 names images that are on disk, and the run index holds exactly one run per 200 (nothing lost, nothing
 half-done). The fuzz sends schema-generated requests to every route of /openapi.json and fails on any 5xx.
+The soak sends mixed requests one after another (txt2img, progress polls, options read and written,
+png-info, model lists, hostile bodies) and compares the process's RSS after the first tenth with the end:
+a server that keeps something per request grows.
 Run by hand with `torch.set_num_threads(1)` on a shared machine (it is set here).
 """
 
@@ -73,6 +77,59 @@ def burst(base_url: str, n: int, body: dict[str, Any], out_dir: Path) -> dict[st
             "max_s": max(latency_ok) if latency_ok else None}
 
 
+def rss_mib() -> float:
+    """This process's resident memory (the server runs in it, on a thread)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def get(url: str, timeout: float = 60) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def soak(base_url: str, n: int, body: dict[str, Any]) -> dict[str, Any]:
+    """``n`` mixed requests in turn; the tally, RSS after the first tenth and at the end, and any 5xx."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, "PNG")
+    png = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    calls = [
+        lambda i: post(f"{base_url}/sdapi/v1/txt2img", {**body, "seed": i})[0],
+        lambda i: get(f"{base_url}/sdapi/v1/progress")[0],
+        lambda i: get(f"{base_url}/sdapi/v1/options")[0],
+        lambda i: post(f"{base_url}/sdapi/v1/options", {"bestshot_best_of": 1, f"client_key_{i}": "x" * 100})[0],
+        lambda i: post(f"{base_url}/sdapi/v1/png-info", {"image": png})[0],
+        lambda i: get(f"{base_url}/sdapi/v1/sd-models")[0],
+        lambda i: post(f"{base_url}/sdapi/v1/txt2img", {**body, "cfg_scale": "NaN"})[0],
+        lambda i: post(f"{base_url}/sdapi/v1/txt2img", {**body, "prompt": "x" * 20_000})[0],
+        lambda i: get(f"{base_url}/sdapi/v1/samplers")[0],
+        lambda i: get(f"{base_url}/v1/runs")[0],
+    ]
+    tally: dict[int, int] = {}
+    errors, rss_start = [], None
+    for i in range(n):
+        status = calls[i % len(calls)](i)
+        tally[status] = tally.get(status, 0) + 1
+        if status >= 500:
+            errors.append(f"request {i} (kind {i % len(calls)}): {status}")
+        if i == max(0, n // 10 - 1):
+            rss_start = rss_mib()
+    rss_end = rss_mib()
+    return {"requests": n, "tally": tally, "server_errors": errors, "rss_mib_after_first_tenth": round(rss_start, 1),
+            "rss_mib_end": round(rss_end, 1), "rss_growth_mib": round(rss_end - rss_start, 1)}
+
+
 def fuzz(app: Any, examples: int) -> list[str]:
     """Schema-driven requests to every operation; returns the 5xx found (empty = none)."""
     import schemathesis
@@ -107,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--best-of", type=int, default=1)
     ap.add_argument("--fuzz", type=int, default=0, help="schemathesis examples per operation (0: no fuzz)")
+    ap.add_argument("--soak", type=int, default=0, help="mixed requests one after another (0: no soak)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
 
@@ -147,6 +205,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["burst"] = {k: v for k, v in res.items() if k != "files"}
         print(f"burst of {args.n} (max-queue {args.max_queue}): {res['tally']} in {res['wall_s']} s, "
               f"p50 {res['p50_s'] and round(res['p50_s'], 2)} s, problems: {res['problems'] or 'none'}")
+    if args.soak:
+        app = create_app(ServerSettings(model=model or "embedded", scorer=scorer, out_dir=str(work / "soak_out"),
+                                        curate_dir=str(work / "soak_outputs"), max_queue=args.max_queue))
+        body = {"prompt": "a red circle", "steps": args.steps, "width": args.size, "height": args.size}
+        with BackgroundServer(app) as url:
+            t = time.perf_counter()
+            res = soak(url, args.soak, body)
+            res["wall_s"] = round(time.perf_counter() - t, 2)
+        report["soak"] = res
+        print(f"soak of {args.soak} mixed requests: {res['tally']} in {res['wall_s']} s; RSS "
+              f"{res['rss_mib_after_first_tenth']} → {res['rss_mib_end']} MiB ({res['rss_growth_mib']:+} MiB); "
+              f"server errors: {res['server_errors'] or 'none'}")
     if args.fuzz:
         app = create_app(ServerSettings(model=model or "embedded", scorer=scorer, out_dir=str(work / "fuzz_out"),
                                         curate_dir=str(work / "fuzz_outputs"), max_queue=64, allowed_hosts=("*",),
@@ -162,5 +232,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     rep = main()
-    bad = rep.get("burst", {}).get("problems") or rep.get("fuzz", {}).get("server_errors")
+    bad = (rep.get("burst", {}).get("problems") or rep.get("fuzz", {}).get("server_errors")
+           or rep.get("soak", {}).get("server_errors"))
     sys.exit(1 if bad else 0)

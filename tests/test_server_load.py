@@ -49,3 +49,18 @@ def test_bench_script_runs_tiny(tmp_path, capsys):
         torch.set_num_threads(threads)  # the script pins 1 thread for hand runs
     assert rep["burst"]["problems"] == [] and sum(rep["burst"]["tally"].values()) == 6
     assert "burst of 6" in capsys.readouterr().out
+
+
+def test_soak_of_mixed_requests_has_no_server_error(tmp_path, capsys):
+    """The soak (bench: 1,000 requests, RSS compared) at a small count: every kind of request answers, none 5xx."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        rep = _bench().main(["--tiny", "--n", "0", "--soak", "20", "--workdir", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    soak = rep["soak"]
+    assert soak["server_errors"] == [] and sum(soak["tally"].values()) == 20
+    assert soak["tally"].get(200, 0) >= 14 and soak["tally"].get(422, 0) == 4  # NaN and the long prompt, twice each
+    assert "soak of 20" in capsys.readouterr().out
