@@ -80,19 +80,22 @@ def test_upscale_geometry_crops_the_source_before_scaling():
 
 
 _RSS_SCRIPT = """
-import base64, io, json, resource, sys
+import base64, io, json, sys
+def hwm_kb():  # this process's own peak RSS: VmHWM belongs to the memory map exec made (ru_maxrss would carry
+    # over the forking parent's high-water mark, a whole pytest run's)
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 from PIL import Image
 from fastapi.testclient import TestClient
 from bestshot.server import create_app
 buf = io.BytesIO(); Image.new("RGB", (1, int(sys.argv[2]))).save(buf, format="PNG")
 app = create_app(out_dir=sys.argv[1])
 with TestClient(app, base_url="http://localhost") as c:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = hwm_kb()
     r = c.post("/sdapi/v1/extra-single-image", json={"image": base64.b64encode(buf.getvalue()).decode(),
                "resize_mode": 1, "upscaling_resize_w": 2048, "upscaling_resize_h": 1, "upscaler_1": "Lanczos"})
     out = Image.open(io.BytesIO(base64.b64decode(r.json()["image"]))) if r.status_code == 200 else None
     print(json.dumps({"status": r.status_code, "size": out.size if out else None, "before_kb": before,
-                      "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                      "peak_kb": hwm_kb()}))
 """
 
 
