@@ -30,31 +30,71 @@ def _subst(obj, model):
     return obj
 
 
+def check_reads(data, reads, where) -> None:
+    """The response fields a client reads ("[].name": name of every element; "state.job_count"; "images.0")."""
+    for field in reads:
+        parts = field.split(".")
+        items = [data]
+        for part in parts:
+            if part == "[]":
+                assert all(isinstance(x, list) for x in items), (where, field)
+                items = [y for x in items for y in x]
+            elif part.isdigit():
+                assert all(isinstance(x, list) and len(x) > int(part) for x in items), (where, field)
+                items = [x[int(part)] for x in items]
+            else:
+                assert all(isinstance(x, dict) and part in x for x in items), (where, field)
+                items = [x[part] for x in items]
+
+
+def _wait_running(c, done) -> int:
+    """Not a client request: poll until the job shows progress (or has finished)."""
+    polls = 0
+    for _ in range(3000):
+        r = c.get("/sdapi/v1/progress")
+        assert r.status_code == 200, r.text
+        polls += 1
+        if r.json()["progress"] > 0 or "gen" in done:
+            break
+        time.sleep(0.02)
+    return polls
+
+
 def replay(c, fixture: dict, model: str) -> dict:
     done: dict = {}
     bg = None
     polls = 0
+    options = None  # the last GET /sdapi/v1/options answer, for "$OPTIONS" bodies
+    headers = fixture.get("headers", {})
+    overrides = fixture.get("replay_overrides", {})
     for step in fixture["steps"]:
         method, path = step["method"], step.get("path")
         if method == "WAIT":
             bg.join(600)
             continue
-        body = _subst(step.get("json"), model)
+        if method == "WAIT_RUNNING":
+            polls += _wait_running(c, done)
+            continue
+        body = step.get("json")
+        if body == "$OPTIONS":
+            body = {**options, **step.get("merge", {})}
+        body = _subst(body, model)
+        if path == "/sdapi/v1/txt2img":
+            body = {**body, **overrides}
         if step.get("background"):
-            bg = threading.Thread(target=lambda p=path, b=body: done.setdefault("gen", c.post(p, json=b)))
+            def gen(p=path, b=body):
+                r = c.post(p, json=b, headers=headers)
+                if r.status_code == 200:
+                    check_reads(r.json(), step.get("reads", []), p)
+                done["gen"] = r
+            bg = threading.Thread(target=gen)
             bg.start()
             continue
-        if step.get("poll"):  # as the clients do: poll until the job shows progress (or has finished)
-            for _ in range(3000):
-                r = c.get(path)
-                assert r.status_code == 200, (path, r.text)
-                polls += 1
-                if r.json()["progress"] > 0 or "gen" in done:
-                    break
-                time.sleep(0.02)
-            continue
-        r = c.request(method, path, json=body)
+        r = c.request(method, path, json=body, headers=headers)
         assert r.status_code == 200, (method, path, r.status_code, r.text[:300])
+        check_reads(r.json(), step.get("reads", []), (method, path))
+        if method == "GET" and path == "/sdapi/v1/options":
+            options = r.json()
     done["polls"] = polls
     return done
 
@@ -69,7 +109,7 @@ def test_sillytavern_sequence(tiny_sd15, tiny_clip, tmp_path):
         images = r.json()["images"]
         assert images and images[0]  # SillyTavern reads images[0]
         info = json.loads(r.json()["info"])
-        assert info["sampler_name"] == "DPM++ 2M Karras"
+        assert info["sampler_name"] == "DDIM Normal"  # SillyTavern's defaults: sampler DDIM, schedule type "normal"
         assert c.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
 
 

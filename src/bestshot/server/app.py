@@ -640,7 +640,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
 
     @app.get("/internal/ping", tags=["AUTOMATIC1111"], dependencies=[Depends(auth.check)])
     def internal_ping() -> dict[str, Any]:
-        """A1111's liveness probe (SillyTavern's "connect" calls it)."""
+        """A1111's liveness probe."""
         return {}
 
     # ------------------------------------------------------------------------------ gallery
