@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Install bestshot and everything it uses offline, on a fresh machine.  Usage: scripts/install.sh [--dev]
-#   --dev  also the test tools (pytest, ...)
-# Every version comes from the lock (requirements/lock.txt, or lock-dev.txt with --dev; scripts/update-lock.sh
-# writes them); pip moves already-installed packages to the locked versions.
+# Install bestshot and everything it uses offline, on a fresh machine.  Usage: scripts/install.sh [--dev|--ray]
+#   --dev  also the test tools (pytest, ...) and Ray
+#   --ray  also Ray (the bestshot[ray] extra: --ray on batch generation, metrics and serve)
+# Every version comes from the lock (requirements/lock.txt, lock-ray.txt with --ray, lock-dev.txt with --dev;
+# scripts/update-lock.sh writes them); pip moves already-installed packages to the locked versions.
 # torch: an existing install is kept (e.g. a CUDA build); otherwise the locked torch (2.13.0), whose CPU
 # build this project's machines carry on disk. The locks leave out torch's CUDA-only packages.
 # Packages whose declared dependencies would pull torchvision or compile llama.cpp are installed with
@@ -11,7 +12,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV=0
-[[ "${1:-}" == "--dev" ]] && DEV=1
+RAY=0
+case "${1:-}" in
+  --dev) DEV=1 ;;
+  --ray) RAY=1 ;;
+  "") ;;
+  *) echo "error: unknown option $1 — use --dev, --ray or nothing" >&2; exit 2 ;;
+esac
 PIP="python -m pip install -q --disable-pip-version-check"
 
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
@@ -26,6 +33,7 @@ fi
 
 LOCK=requirements/lock.txt
 [ "$DEV" = 1 ] && LOCK=requirements/lock-dev.txt
+[ "$RAY" = 1 ] && LOCK=requirements/lock-ray.txt
 python -c "import torch" 2>/dev/null || $PIP "$(grep -m1 '^torch==' "$LOCK")"
 REST=$(mktemp)
 trap 'rm -f "$REST"' EXIT

