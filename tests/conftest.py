@@ -45,3 +45,26 @@ tiny_world = _tiny_fixture("world")
 def out(tmp_path):
     """Output settings that keep every test's files in its own folder."""
     return dict(out_dir=str(tmp_path / "images_out"), log_jsonl=str(tmp_path / "images_log.jsonl"))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray (2 CPUs) for the whole test session, shared by every --ray test (started on first use).
+
+    Starting Ray costs seconds, so no test starts its own; tests that need a fresh process (fault tests)
+    run their driver in a subprocess that joins this cluster through ``RAY_ADDRESS``. Yields
+    ``(ray, address, startup_s)``: the module, the cluster's GCS address and the seconds Ray took to start.
+    """
+    import time
+    from types import SimpleNamespace
+
+    import ray
+
+    from bestshot.scale.cluster import connect
+
+    start = time.perf_counter()
+    connect(num_cpus=2)
+    info = SimpleNamespace(ray=ray, address=ray.get_runtime_context().gcs_address,
+                           startup_s=time.perf_counter() - start)
+    yield info
+    ray.shutdown()
