@@ -21,7 +21,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REQ = "requirements"
-INPUTS = ("constraints.in", "cuda-only.in", "no-deps.in")  # under requirements/, hashed with pyproject's tables
+INPUTS = ("constraints.in", "cuda-only.in", "no-deps.in", "vendor.in")  # under requirements/, hashed with pyproject's tables
 CUDA_ONLY = re.compile(r"^(nvidia-|cuda-|triton$)")
 FINGERPRINT = re.compile(r"^# inputs-sha256: ([0-9a-f]{64})$", re.M)
 
@@ -57,7 +57,8 @@ def locks(root: Path) -> dict[str, list[Requirement]]:
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     runtime = [Requirement(r) for r in project.get("dependencies", [])]
     extras = {name: [Requirement(r) for r in reqs] for name, reqs in project.get("optional-dependencies", {}).items()}
-    out = {"lock.txt": runtime, "lock-no-deps.txt": [Requirement(r) for r in _in_lines(root / REQ / "no-deps.in")]}
+    out = {"lock.txt": runtime, "lock-no-deps.txt": [Requirement(r) for r in _in_lines(root / REQ / "no-deps.in")],
+           "lock-vendor.txt": [Requirement(r) for r in _in_lines(root / REQ / "vendor.in")]}
     for name, reqs in extras.items():
         out[f"lock-{name}.txt"] = runtime + reqs
     return out

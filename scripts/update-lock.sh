@@ -9,6 +9,7 @@
 #   lock.txt          runtime: the same versions as lock-dev.txt, without the dev tools
 #   lock-ray.txt      runtime + the ray extra (pip install -r requirements/lock-ray.txt): lock-dev.txt's versions
 #   lock-no-deps.txt  packages scripts/install.sh installs with --no-deps (requirements/no-deps.in)
+#   lock-vendor.txt   packages install.sh puts in a private folder (requirements/vendor.in says why)
 #   lock-vllm.txt     runtime + the vllm extra for Linux x86_64 with CUDA; not used by install.sh
 #   lock-fid.txt      runtime + the fid extra (torch-fidelity, which needs torchvision) for Linux x86_64;
 #                     not used by install.sh
@@ -40,6 +41,8 @@ uv pip compile pyproject.toml --extra ray "${COMMON[@]}" "${CPU[@]}" --constrain
 header $R/lock-ray.txt "bestshot runtime + ray extra (--ray): lock-dev.txt's versions without the dev tools."
 uv pip compile $R/no-deps.in --no-deps "${COMMON[@]}" --universal --generate-hashes -o $R/lock-no-deps.txt "$@"
 header $R/lock-no-deps.txt "Installed with --no-deps by scripts/install.sh (only their files are used)."
+uv pip compile $R/vendor.in --no-deps "${COMMON[@]}" --universal --generate-hashes -o $R/lock-vendor.txt "$@"
+header $R/lock-vendor.txt "Installed with --no-deps --target into a private folder by scripts/install.sh (requirements/vendor.in)."
 uv pip compile pyproject.toml --extra vllm "${COMMON[@]}" --python-platform x86_64-manylinux_2_28 \
   -o $R/lock-vllm.txt "$@"
 header $R/lock-vllm.txt "bestshot runtime + vllm extra, for Linux x86_64 with a CUDA GPU (pulls CUDA torch, ~GBs); not used by scripts/install.sh, not tested on the CPU machines."
