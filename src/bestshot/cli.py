@@ -293,6 +293,9 @@ def main() -> None:
     _quiet.apply()  # third-party noise off, narrowly (see bestshot/_quiet.py); our own warnings stay
     warnings.showwarning = _showwarning
     try:
+        from .scale.cli_options import normalise_argv
+
+        sys.argv[:] = normalise_argv(sys.argv)  # a bare --ray: a local Ray
         _mount_subapps(sys.argv)
         _check_float_flags(app)
         app()
