@@ -50,7 +50,7 @@ class RayJobCfg:
     #                                     the cluster has GPUs, else 0
     cpus_per_worker: float = 1.0
     batch_size: int = 1              # rows per map_batches call (a row maker still makes one row at a time)
-    connect_timeout_s: float = 20.0  # an unreachable address fails within this
+    connect_timeout_s: float = 20.0  # an unreachable address fails within this (env BESTSHOT_RAY_CONNECT_TIMEOUT_S)
 
     def validate(self) -> "RayJobCfg":
         if self.workers is not None and self.workers < 1:
@@ -124,7 +124,9 @@ class _RayWorker:
     """The callable class of ``map_batches``: builds the row maker once, then makes rows."""
 
     def __init__(self, factory: Callable[[Output | None], Callable[[dict[str, Any]], RowOutput]],
-                 output: Output | None, journal: str | None = None):
+                 output: Output | None, journal: str | None = None, cwd: str | None = None):
+        if cwd and os.path.isdir(cwd):  # relative paths of the job mean what they mean on the driver (a shared
+            os.chdir(cwd)               # file system mounted at the same place); this process is the worker's own
         self.output = output
         self.journal = journal
         self.make = factory(output)
@@ -202,7 +204,8 @@ def run_rows(rows: list[dict[str, Any]], factory: Callable[[Output | None], Call
     if cfg.gpus_per_worker:
         remote["num_gpus"] = cfg.gpus_per_worker
     ds = ds.map_batches(_RayWorker, fn_constructor_kwargs={"factory": factory, "output": output,
-                                                                "journal": str(journal) if journal else None},
+                                                                "journal": str(journal) if journal else None,
+                                                                "cwd": os.getcwd()},
                         batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.workers),
                         num_cpus=cfg.cpus_per_worker, batch_format="numpy", **remote)
 

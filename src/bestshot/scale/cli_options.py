@@ -62,8 +62,19 @@ def ray_cfg(address: Optional[str], workers: Optional[int], gpus: Optional[float
             raise BestshotError(f"{', '.join(given)} only apply with --ray — add --ray (a local Ray) or "
                                 "--ray ADDRESS (a cluster)")
         return None
+    import os
+
+    timeout = os.environ.get("BESTSHOT_RAY_CONNECT_TIMEOUT_S")
+    extra = {}
+    if timeout:
+        try:
+            extra["connect_timeout_s"] = float(timeout)
+        except ValueError:
+            from ..errors import BestshotError
+
+            raise BestshotError(f"BESTSHOT_RAY_CONNECT_TIMEOUT_S={timeout!r} is not a number of seconds") from None
     return RayJobCfg(address=address, workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus,
-                     batch_size=batch_size).validate()
+                     batch_size=batch_size, **extra).validate()
 
 
 __all__ = ["RAY", "RAY_WORKERS", "GPUS_PER_WORKER", "CPUS_PER_WORKER", "RAY_BATCH", "normalise_argv", "ray_cfg"]

@@ -33,7 +33,8 @@ class Output:
         if loc.startswith("file://"):
             loc = loc[len("file://"):]
         self.location = loc
-        self.local: Path | None = None if is_uri(loc) else Path(loc)
+        # absolute: a Ray worker may run in another working directory
+        self.local: Path | None = None if is_uri(loc) else Path(loc).absolute()
         self._fs: Any = None
         self._base = ""
 
