@@ -345,7 +345,9 @@ def main() -> None:
         _check_float_flags(app)
         app()
     except BestshotError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # "[ray]" is no markup
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")

@@ -116,20 +116,26 @@ def _row_seeds(cfg, row_id: int) -> list[int]:
     return seeds_for(row_seed(cfg.seed_base, row_id, cfg.n_images), cfg.n_images)
 
 
-def row_done(output: Output, row_id: int, seeds: list[int]) -> bool:
-    """Row ``row_id`` is finished: its PNG opens, its embedded metadata names this row and one of its
-    seeds, and its JSON reads. A half-copied, foreign or corrupt file is not done (made again)."""
-    import io
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
+
+def row_done(output: Output, row_id: int, seeds: list[int]) -> bool:
+    """Row ``row_id`` is finished: its PNG opens, ends whole (the IEND chunk), its embedded metadata names this
+    row and one of its seeds, and its JSON reads. A truncated, foreign or corrupt file is not done (made
+    again). Reads the PNG's head and last bytes only, not its pixels: cheap on 30k-row folders."""
     from PIL import Image
 
-    data = output.read(image_name(row_id))
-    if data is None:
+    f = output.open(image_name(row_id))
+    if f is None:
         return False
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.verify()
-        meta = read_png_info(Image.open(io.BytesIO(data))).get("bestshot") or {}
+        with f:
+            f.seek(-len(_PNG_END), 2)
+            if f.read() != _PNG_END:
+                return False
+            f.seek(0)
+            with Image.open(f) as im:
+                meta = read_png_info(im).get("bestshot") or {}
         side = json.loads(output.read(image_name(row_id).replace(".png", ".json")) or b"null")
     except Exception:  # noqa: BLE001 - any unreadable file means "not done"
         return False

@@ -114,6 +114,20 @@ class Output:
         except (OSError, FileNotFoundError):
             return None
 
+    def open(self, name: str):
+        """A seekable binary file of ``name`` (read lazily: a PNG's header and metadata without its pixels),
+        or None when it does not exist."""
+        if self.local is not None:
+            try:
+                return open(self.local / name, "rb")
+            except OSError:
+                return None
+        fs, base = self._remote()
+        try:
+            return fs.open_input_file(f"{base}/{name}")
+        except (OSError, FileNotFoundError):
+            return None
+
     def exists(self, name: str) -> bool:
         if self.local is not None:
             return (self.local / name).is_file()
