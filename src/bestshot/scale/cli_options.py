@@ -20,7 +20,7 @@ _ADDRESS = re.compile(r"^(local|auto|ray://\S+|\[?[\w.\-:]+\]?:\d+)$")
 
 RAY = typer.Option(None, "--ray", metavar="[ADDRESS]",
                    help="Run on Ray: bare --ray = a local Ray on this machine; --ray auto / HOST:PORT / "
-                        "ray://HOST:PORT = a Ray cluster (needs: pip install 'bestshot[ray]').")
+                        "ray://HOST:PORT = a Ray cluster (needs: pip install 'bestshot\\[ray]').")
 RAY_WORKERS = typer.Option(None, "--ray-workers", min=1,
                            help="Ray workers, each loads the model once (default: one per GPU, or one per "
                                 "--cpus-per-worker CPUs when the cluster has no GPU).")
