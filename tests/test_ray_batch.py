@@ -327,3 +327,47 @@ def test_unreachable_address_fails_fast(kind, manifest, tmp_path, request):
     assert f"127.0.0.1:{port}" in err and "Traceback" not in err
     assert ("cannot reach" if kind == "refused" else "no Ray cluster answered") in err
     assert took < 30, f"{took:.1f} s"
+
+
+def test_prompts_rerun_takes_rows_an_interrupted_ray_run_finished(tmp_path, capsys, monkeypatch):
+    """The driver of `generate --prompts-file --ray` died after its workers had finished rows it never logged:
+    the rerun takes them from the workers' done-markers (no Ray needed to check) instead of making them
+    again; a marker whose image is gone is dropped and its line made again."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square\na blue circle\n")
+    results = tmp_path / "prompts.txt.results.jsonl"
+    markers = tmp_path / "prompts.txt.results.jsonl.ray" / "done"
+    markers.mkdir(parents=True)
+    kept = tmp_path / "kept.png"
+    Image.new("RGB", (8, 8)).save(kept)
+    finished = {"line": 1, "prompt": "a red square", "ok": True, "img_path": str(kept), "run_id": "r1"}
+    (markers / "0.json").write_text(json.dumps({"row": {"key": 0, "line": 1, "prompt": "a red square"},
+                                                "result": finished}))
+    gone = {"line": 2, "prompt": "a blue circle", "ok": True, "img_path": str(tmp_path / "gone.png")}
+    (markers / "1.json").write_text(json.dumps({"row": {"key": 1, "line": 2, "prompt": "a blue circle"},
+                                                "result": gone}))
+    code, stdout, err = run_cli(["generate", "--prompts-file", str(prompts), "-n", "1", "--steps", "2", "--out",
+                                 str(tmp_path / "out"), "--log", str(tmp_path / "log.jsonl")], capsys, monkeypatch)
+    assert code == 0, err
+    assert "took 1 prompt(s) an interrupted --ray run had finished" in err
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert rows[0] == finished
+    assert rows[1]["line"] == 2 and rows[1]["run_id"] and Path(rows[1]["img_path"]).is_file()
+    assert not (markers / "1.json").exists()
+
+
+def test_worker_count_and_fractional_gpus_from_the_cluster():
+    from bestshot.errors import BestshotError
+    from bestshot.scale.batch import RayJobCfg
+
+    gpu_box = {"CPU": 16.0, "GPU": 8.0}
+    assert RayJobCfg().resolved(gpu_box, rows=1000).workers == 8  # one per GPU
+    half = RayJobCfg(gpus_per_worker=0.5).resolved({"CPU": 16.0, "GPU": 1.0}, rows=1000)
+    assert (half.workers, half.gpus_per_worker) == (2, 0.5)  # two workers share the GPU
+    cpu = RayJobCfg(cpus_per_worker=2).resolved({"CPU": 8.0}, rows=1000)
+    assert (cpu.workers, cpu.gpus_per_worker) == (4, 0.0)
+    assert RayJobCfg().resolved(gpu_box, rows=3).workers == 3  # no idle workers for a short job
+    with pytest.raises(BestshotError, match="has 1 GPU"):
+        RayJobCfg(gpus_per_worker=2).resolved({"CPU": 4.0, "GPU": 1.0}, rows=10)
+    with pytest.raises(BestshotError, match="whole number"):
+        RayJobCfg(gpus_per_worker=1.5).validate()

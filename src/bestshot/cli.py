@@ -173,6 +173,24 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job
     done = {(r.get("line"), r.get("prompt")) for r in old if _row_done(r, results)}
     skipped = sum(1 for i, p in todo if (i + 1, p) in done)
     todo = [(i, p) for i, p in todo if (i + 1, p) not in done]
+    markers = results.with_name(results.name + ".ray") / "done"  # --ray: rows its workers finished
+    if todo and markers.is_dir():  # a --ray run whose driver died: take the rows its workers finished
+        from .scale.batch import read_marker
+
+        recovered, left = [], []
+        for i, p in todo:
+            m = read_marker(markers, {"key": i, "line": i + 1, "prompt": p})
+            if m is not None and _row_done(m.result, results):
+                recovered.append(m.result)
+            else:
+                (markers / f"{i}.json").unlink(missing_ok=True)  # stale (its image is gone): make it again
+                left.append((i, p))
+        for r in recovered:
+            append_jsonl(results, r)
+        old += recovered
+        skipped, todo = skipped + len(recovered), left
+        if recovered:
+            err.print(f"took {len(recovered)} prompt(s) an interrupted --ray run had finished into {results}")
 
     def show(r: dict[str, Any]) -> None:
         if as_json:
@@ -194,7 +212,7 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job
                           functools.partial(prompt_row_maker, cfg), job, title="generating",
                           on_result=lambda r: append_jsonl(results, r),  # at once: a killed driver loses only rows in flight
                           progress=not as_json, console=err,
-                          journal=results.with_name(results.name + ".ray"))
+                          journal=results.with_name(results.name + ".ray"), markers=markers)
         # the same file as one process writes: earlier lines, then this run's in line order
         new_lines = "".join(jsonio.dumps(r, ensure_ascii=False) + "\n" for r in report.results)
         atomic_write_text(results, "".join(jsonio.dumps(r, ensure_ascii=False) + "\n" for r in old) + new_lines)

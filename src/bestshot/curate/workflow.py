@@ -291,14 +291,16 @@ class Workflow:
         import functools
 
         from ..scale.batch import run_rows
-        from ..store import ensure_writable, remove_stale_tmp
+        from ..store import ensure_writable, new_run_id, remove_stale_tmp
 
         for sub in ("stage1", "metadata"):
             ensure_writable(self.layout.root / sub, "to the outputs folder")  # before any worker loads a model
             remove_stale_tmp(self.layout.root / sub)
-        report = run_rows([{"key": i, "index": i} for i in range(count)], functools.partial(stage1_row_maker, self.cfg),
-                          job, title="stage1", progress=progress, console=console,
-                          journal=self.layout.root / "ray_journal")
+        run = new_run_id()  # this run's rows: a retried row that had finished is found by its marker, not made twice
+        journal = self.layout.root / "ray_journal"
+        report = run_rows([{"key": i, "index": i, "run": run} for i in range(count)],
+                          functools.partial(stage1_row_maker, self.cfg), job, title="stage1", progress=progress,
+                          console=console, journal=journal, markers=journal / f"stage1-{run}")
         for r in report.results:
             self.say(f"stage1 {r['tag']}: {r['file']}  seed {r['seed']}  {r['prompt'][:80]!r}")
         return [r["tag"] for r in report.results], report

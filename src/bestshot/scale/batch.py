@@ -120,15 +120,32 @@ class BatchReport:
         return self.made / self.seconds if self.seconds > 0 and self.made else None
 
 
+def read_marker(folder: str | os.PathLike | None, row: dict[str, Any]) -> RowOutput | None:
+    """The stored result of ``row`` when ``folder`` holds its done-marker (written after the row's files, for
+    exactly this row), else None."""
+    if not folder:
+        return None
+    try:
+        with open(os.path.join(folder, f"{row['key']}.json"), encoding="utf-8") as f:
+            rec = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or rec.get("row") != row:
+        return None
+    return RowOutput(rec.get("result") or {}, skipped=True)
+
+
 class _RayWorker:
     """The callable class of ``map_batches``: builds the row maker once, then makes rows."""
 
     def __init__(self, factory: Callable[[Output | None], Callable[[dict[str, Any]], RowOutput]],
-                 output: Output | None, journal: str | None = None, cwd: str | None = None):
+                 output: Output | None, journal: str | None = None, cwd: str | None = None,
+                 markers: str | None = None):
         if cwd and os.path.isdir(cwd):  # relative paths of the job mean what they mean on the driver (a shared
             os.chdir(cwd)               # file system mounted at the same place); this process is the worker's own
         self.output = output
         self.journal = journal
+        self.markers = markers
         self.make = factory(output)
         try:
             import ray
@@ -147,10 +164,16 @@ class _RayWorker:
         for payload in batch["row"]:
             row = json.loads(payload)
             t = time.perf_counter()
-            made = self.make(row)
-            if self.output is not None:
-                for name, data in made.files:
-                    self.output.write(name, data)
+            made = read_marker(self.markers, row)
+            if made is None:
+                made = self.make(row)
+                if self.output is not None:
+                    for name, data in made.files:
+                        self.output.write(name, data)
+                if self.markers and not made.skipped:
+                    from ..store import atomic_write_json
+
+                    atomic_write_json(os.path.join(self.markers, f"{row['key']}.json"), {"row": row, "result": made.result})
             rec = {"key": row["key"], "skipped": made.skipped, "worker": self.worker, "node": self.node,
                    "pid": os.getpid(), "seconds": time.perf_counter() - t}
             if self.journal and not made.skipped:
@@ -172,12 +195,19 @@ def _progress(console: Any, enabled: bool):
 def run_rows(rows: list[dict[str, Any]], factory: Callable[[Output | None], Callable[[dict[str, Any]], RowOutput]],
              cfg: RayJobCfg, *, output: Output | None = None, title: str = "rows",
              on_result: Callable[[dict[str, Any]], None] | None = None, progress: bool = True,
-             console: Any = None, journal: str | os.PathLike | None = None) -> BatchReport:
+             console: Any = None, journal: str | os.PathLike | None = None,
+             markers: str | os.PathLike | None = None) -> BatchReport:
     """Make ``rows`` (each a JSON-able dict with an int ``key``) on Ray; see the module docstring.
 
     ``journal``: a folder (shared by the workers) where each worker appends one line per row it made
     (``{worker}.jsonl``: key, worker, node, pid, seconds, finished): which worker made what, kept even when
-    the driver dies."""
+    the driver dies.
+
+    ``markers``: a folder (shared) where a worker writes ``{key}.json`` (the row and its result) once a row's
+    outputs are complete; a row whose marker is there is not made again but reported with the stored result
+    (``skipped``). For jobs whose outputs cannot tell by themselves that a row is done (a retried row whose
+    first attempt finished; a rerun after the driver died, see :func:`read_marker`); keys must then name the
+    same row across runs, or the folder be the run's own."""
     from .cluster import connect
 
     cfg.validate()
@@ -205,7 +235,8 @@ def run_rows(rows: list[dict[str, Any]], factory: Callable[[Output | None], Call
         remote["num_gpus"] = cfg.gpus_per_worker
     ds = ds.map_batches(_RayWorker, fn_constructor_kwargs={"factory": factory, "output": output,
                                                                 "journal": str(journal) if journal else None,
-                                                                "cwd": os.getcwd()},
+                                                                "cwd": os.getcwd(),
+                                                                "markers": str(markers) if markers else None},
                         batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.workers),
                         num_cpus=cfg.cpus_per_worker, batch_format="numpy", **remote)
 
@@ -269,4 +300,4 @@ def report_dict(report: BatchReport) -> dict[str, Any]:
                          "busy_s": round(w.busy_s, 3), "rows_per_s": w.rows_per_s} for w in report.workers]}
 
 
-__all__ = ["RayJobCfg", "RowOutput", "BatchReport", "WorkerStats", "run_rows", "summary_table", "report_dict"]
+__all__ = ["read_marker", "RayJobCfg", "RowOutput", "BatchReport", "WorkerStats", "run_rows", "summary_table", "report_dict"]
