@@ -243,7 +243,7 @@ def generate_rows(manifest: str | Path, out_dir: str | Path, settings: BatchSett
     rows = rows[:num] if num else rows
     cfg = _resolved(settings)
     output = Output(out_dir)
-    out = output.local if output.local is not None else out_dir
+    out = out_dir  # as given (the Output holds it absolute, for Ray workers in other directories)
     used = _used(cfg, settings)
     output.prepare()  # before any model loads
     _check_settings(output, used)
