@@ -371,3 +371,16 @@ def test_worker_count_and_fractional_gpus_from_the_cluster():
         RayJobCfg(gpus_per_worker=2).resolved({"CPU": 4.0, "GPU": 1.0}, rows=10)
     with pytest.raises(BestshotError, match="whole number"):
         RayJobCfg(gpus_per_worker=1.5).validate()
+
+
+def test_scaling_bench_runs(ray_local, tmp_path, monkeypatch, capsys):
+    """bench/ray_scaling.py keeps working (2 rows, 1 worker, 1 step on the session's Ray)."""
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "ray_scaling.py"
+    monkeypatch.setattr(sys, "argv", ["ray_scaling.py", "--rows", "2", "--workers", "1", "--steps", "1",
+                                      "--json", str(tmp_path / "r.json")])
+    runpy.run_path(str(script), run_name="__main__")
+    assert "| 1 | 2 |" in capsys.readouterr().out
+    (run,) = json.loads((tmp_path / "r.json").read_text())["runs"]
+    assert run["rows"] == 2 and run["per_worker"][0]["rows"] == 2
