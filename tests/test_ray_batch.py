@@ -277,10 +277,12 @@ def test_bare_ray_flag_before_a_positional():
 
     assert normalise_argv(["bestshot", "eval", "generate", "--ray", "m.csv"]) == \
         ["bestshot", "eval", "generate", "--ray", "local", "m.csv"]
-    assert normalise_argv(["b", "--ray"]) == ["b", "--ray", "local"]
-    assert normalise_argv(["b", "--ray", "--ray-workers", "2"]) == ["b", "--ray", "local", "--ray-workers", "2"]
+    assert normalise_argv(["b", "stage1", "--ray"]) == ["b", "stage1", "--ray", "local"]
+    assert normalise_argv(["b", "generate", "--ray", "--ray-workers", "2"]) == \
+        ["b", "generate", "--ray", "local", "--ray-workers", "2"]
     for address in ("auto", "10.0.0.5:6379", "ray://head:10001", "head-node:6379"):
-        assert normalise_argv(["b", "--ray", address]) == ["b", "--ray", address]
+        assert normalise_argv(["b", "stage1", "--ray", address]) == ["b", "stage1", "--ray", address]
+    assert normalise_argv(["b", "serve", "--ray"]) == ["b", "serve", "--ray"]  # not a --ray [ADDRESS] command
 
 
 def _free_port():

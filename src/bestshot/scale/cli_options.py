@@ -31,8 +31,15 @@ CPUS_PER_WORKER = typer.Option(1.0, "--cpus-per-worker", min=0.01, help="CPUs pe
 RAY_BATCH = typer.Option(1, "--ray-batch-size", min=1, help="Rows per Ray Data batch (map_batches batch_size).")
 
 
+# the commands whose --ray takes an optional ADDRESS (the RAY option above); others are left alone
+ADDRESS_COMMANDS = {("generate",), ("stage1",), ("eval", "generate")}
+
+
 def normalise_argv(argv: list[str]) -> list[str]:
-    """``--ray`` with no ADDRESS after it becomes ``--ray local``."""
+    """``--ray`` with no ADDRESS after it becomes ``--ray local`` (for the :data:`ADDRESS_COMMANDS`)."""
+    words = [a for a in argv[1:] if not a.startswith("-")]
+    if tuple(words[:1]) not in ADDRESS_COMMANDS and tuple(words[:2]) not in ADDRESS_COMMANDS:
+        return list(argv)
     out = list(argv)
     i = 0
     while i < len(out):
