@@ -17,6 +17,7 @@ from rich.console import Console
 
 from bestshot import jsonio
 from .errors import BestshotError
+from .scale.cli_options import CPUS_PER_WORKER, GPUS_PER_WORKER, RAY, RAY_BATCH, RAY_WORKERS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="bestshot: generate many candidates, keep the best.")
@@ -66,6 +67,11 @@ def generate(
     results: Optional[Path] = typer.Option(None, "--results", help="Batch results JSONL (default PROMPTS_FILE.results.jsonl)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result dict as JSON."),
     show: bool = typer.Option(False, "--show", help="Open the best image in a viewer."),
+    ray: Optional[str] = RAY,
+    ray_workers: Optional[int] = RAY_WORKERS,
+    gpus_per_worker: Optional[float] = GPUS_PER_WORKER,
+    cpus_per_worker: float = CPUS_PER_WORKER,
+    ray_batch_size: int = RAY_BATCH,
 ) -> None:
     """Generate N candidates, rank them with CLIP, keep the best that passes the quality gate."""
     from .config import parse_size
@@ -86,8 +92,13 @@ def generate(
     sources = sum(x is not None for x in (prompt, text_file, prompts_file))
     if sources != 1:
         raise BestshotError("give exactly one of: a PROMPT argument, --text-file FILE (Mode B) or --prompts-file FILE")
+    from .scale.cli_options import ray_cfg
+
+    job = ray_cfg(ray, ray_workers, gpus_per_worker, cpus_per_worker, ray_batch_size)
+    if job is not None and prompts_file is None:
+        raise BestshotError("--ray spreads a batch over workers: use it with --prompts-file FILE")
     if prompts_file is not None:
-        _run_batch(prompts_file, results, cfg, as_json)
+        _run_batch(prompts_file, results, cfg, as_json, job)
         return
     if text_file is not None:
         text = _read_text_file(text_file, "text file", "Mode B needs an article to turn into a prompt")
@@ -139,8 +150,17 @@ def _report(result: dict[str, Any], as_json: bool) -> None:
     out.print(f"prompt: {result['sd_prompt']!r}   time: " + ", ".join(f"{k} {v:.2f}s" for k, v in ts.items()))
 
 
-def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool) -> None:
-    """One result per line of ``prompts_file``; lines already in the results file are skipped."""
+def _row_done(rec: dict[str, Any], results: Path) -> bool:
+    """A results line counts as done when its kept image (if any) is still there: from the working
+    directory of the run or beside the results file."""
+    img = rec.get("img_path")
+    return not img or Path(img).is_file() or (results.parent / img).is_file()
+
+
+def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job=None) -> None:
+    """One result per line of ``prompts_file``; lines already in the results file (with their image) are
+    skipped. With ``job`` (``--ray``) the lines are spread over Ray workers, each running the same
+    ``generate``; the results file then lists this run's lines in line order."""
     from .generation import generate as run
     from .store import append_jsonl, read_jsonl
 
@@ -149,19 +169,62 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool) -> 
     if not todo:
         raise BestshotError(f"{prompts_file} holds no prompts — write one prompt per line")
     results = results or prompts_file.with_name(prompts_file.name + ".results.jsonl")
-    done = {(r.get("line"), r.get("prompt")) for r in read_jsonl(results)} if results.exists() else set()
-    skipped = 0
-    for i, p in todo:
-        if (i + 1, p) in done:
-            skipped += 1
-            continue
-        r = run(p, cfg=cfg)
-        append_jsonl(results, {"line": i + 1, "prompt": p, **r})
+    old = read_jsonl(results) if results.exists() else []
+    done = {(r.get("line"), r.get("prompt")) for r in old if _row_done(r, results)}
+    skipped = sum(1 for i, p in todo if (i + 1, p) in done)
+    todo = [(i, p) for i, p in todo if (i + 1, p) not in done]
+    markers = results.with_name(results.name + ".ray") / "done"  # --ray: rows its workers finished
+    if todo and markers.is_dir():  # a --ray run whose driver died: take the rows its workers finished
+        from .scale.batch import read_marker
+
+        recovered, left = [], []
+        for i, p in todo:
+            m = read_marker(markers, {"key": i, "line": i + 1, "prompt": p})
+            if m is not None and _row_done(m.result, results):
+                recovered.append(m.result)
+            else:
+                (markers / f"{i}.json").unlink(missing_ok=True)  # stale (its image is gone): make it again
+                left.append((i, p))
+        for r in recovered:
+            append_jsonl(results, r)
+        old += recovered
+        skipped, todo = skipped + len(recovered), left
+        if recovered:
+            err.print(f"took {len(recovered)} prompt(s) an interrupted --ray run had finished into {results}")
+
+    def show(r: dict[str, Any]) -> None:
         if as_json:
-            print(jsonio.dumps({"line": i + 1, **r}, default=str), flush=True)
+            print(jsonio.dumps({k: v for k, v in r.items() if k != "prompt"}, default=str), flush=True)
         else:
             state = f"kept {r['img_path']}" if r["ok"] else f"not kept ({r.get('reason')})"
-            out.print(f"{i + 1}: {p[:60]!r} → {state}")
+            out.print(f"{r['line']}: {r['prompt'][:60]!r} → {state}")
+
+    if job is not None and todo:
+        import functools
+
+        from .generation import prompt_row_maker
+        from .scale.batch import run_rows, summary_table
+        from .store import atomic_write_text, ensure_writable
+
+        ensure_writable(cfg.out_dir, "to the output folder")  # before any worker loads a model
+        ensure_writable(results.parent, "the results file in")
+        report = run_rows([{"key": i, "line": i + 1, "prompt": p} for i, p in todo],
+                          functools.partial(prompt_row_maker, cfg), job, title="generating",
+                          on_result=lambda r: append_jsonl(results, r),  # at once: a killed driver loses only rows in flight
+                          progress=not as_json, console=err,
+                          journal=results.with_name(results.name + ".ray"), markers=markers)
+        # the same file as one process writes: earlier lines, then this run's in line order
+        new_lines = "".join(jsonio.dumps(r, ensure_ascii=False) + "\n" for r in report.results)
+        atomic_write_text(results, "".join(jsonio.dumps(r, ensure_ascii=False) + "\n" for r in old) + new_lines)
+        for r in report.results:
+            show(r)
+        if not as_json:
+            err.print(summary_table(report))
+        todo = []
+    for i, p in todo:
+        r = run(p, cfg=cfg)
+        append_jsonl(results, {"line": i + 1, "prompt": p, **r})
+        show({"line": i + 1, "prompt": p, **r})
     if skipped:
         err.print(f"skipped {skipped} prompt(s) already in {results}")
 
@@ -293,11 +356,16 @@ def main() -> None:
     _quiet.apply()  # third-party noise off, narrowly (see bestshot/_quiet.py); our own warnings stay
     warnings.showwarning = _showwarning
     try:
+        from .scale.cli_options import normalise_argv
+
+        sys.argv[:] = normalise_argv(sys.argv)  # a bare --ray: a local Ray
         _mount_subapps(sys.argv)
         _check_float_flags(app)
         app()
     except BestshotError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # "[ray]" is no markup
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")

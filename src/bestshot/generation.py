@@ -338,3 +338,20 @@ def _png_metadata(record: dict[str, Any], seed: int, score: float) -> dict[str, 
 
 def _since(t: float) -> float:
     return round(time.perf_counter() - t, 4)
+
+
+def prompt_row_maker(cfg: ImgCfg, output: Any = None) -> Callable[[dict[str, Any]], Any]:
+    """The per-row function of ``bestshot generate --prompts-file --ray`` in a Ray worker (the factory is
+    ``functools.partial(prompt_row_maker, cfg)``): :func:`generate` itself, so a row's seeds, images, log
+    line and result are the single-process ones. The pipeline loads once per worker (the loader's cache)."""
+    from .scale.batch import RowOutput
+
+    store = Store(root=Path(cfg.out_dir), log_path=Path(cfg.log_jsonl))
+    load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory, scheduler=cfg.scheduler,
+                  compile=cfg.compile, vae_tiling=cfg.vae_tiling, vae_slicing=cfg.vae_slicing, vae_fp16=cfg.vae_fp16)
+
+    def make(row: dict[str, Any]) -> Any:
+        result = generate(row["prompt"], cfg=cfg, store=store)
+        return RowOutput({"line": row["line"], "prompt": row["prompt"], **result})
+
+    return make

@@ -16,6 +16,7 @@ from typing import Iterator, Optional
 import typer
 
 from ..errors import BestshotError
+from ..scale.cli_options import CPUS_PER_WORKER, GPUS_PER_WORKER, RAY, RAY_BATCH, RAY_WORKERS
 
 app = typer.Typer(help="Curation workflow: stage1 → curate → upscale.", no_args_is_help=True)
 
@@ -79,12 +80,23 @@ def _count(once: bool, count: Optional[int]) -> Optional[int]:
     return 1 if once else count
 
 
-def _main(mode: str, config: Path, once: bool, count: Optional[int], init: bool) -> None:
+def _main(mode: str, config: Path, once: bool, count: Optional[int], init: bool, job=None) -> None:
     try:
         count = _count(once, count)
+        if job is not None and count is None:
+            raise BestshotError("--ray makes a fixed number of images: add --count N (or --once)")
         wf, stop = _workflow(config, init)
-        with _sigint(stop):
-            done = wf.run(mode, count)
+        if job is not None:
+            from rich.console import Console
+
+            from ..scale.batch import summary_table
+
+            console = Console(stderr=True)
+            done, report = wf.stage1_on_ray(count, job, console=console)
+            console.print(summary_table(report))
+        else:
+            with _sigint(stop):
+                done = wf.run(mode, count)
     except BestshotError as e:
         _say(f"error: {e}")
         raise typer.Exit(2) from None
@@ -97,9 +109,23 @@ def _main(mode: str, config: Path, once: bool, count: Optional[int], init: bool)
 @app.command("stage1")
 def stage1(once: bool = typer.Option(False, "--once", help="Make one image and stop."),
            count: Optional[int] = typer.Option(None, "--count", "-n", help="Make N images and stop."),
-           config: Path = CONFIG) -> None:
-    """Make base images + metadata only (curate outputs/stage1/, then run `bestshot upscale`)."""
-    _main("stage1", config, once, count, init=True)
+           config: Path = CONFIG,
+           ray: Optional[str] = RAY,
+           ray_workers: Optional[int] = RAY_WORKERS,
+           gpus_per_worker: Optional[float] = GPUS_PER_WORKER,
+           cpus_per_worker: float = CPUS_PER_WORKER,
+           ray_batch_size: int = RAY_BATCH) -> None:
+    """Make base images + metadata only (curate outputs/stage1/, then run `bestshot upscale`).
+
+    With --ray and --count N the N images are spread over Ray workers (same seeds and files)."""
+    from ..scale.cli_options import ray_cfg
+
+    try:
+        job = ray_cfg(ray, ray_workers, gpus_per_worker, cpus_per_worker, ray_batch_size)
+    except BestshotError as e:
+        _say(f"error: {e}")
+        raise typer.Exit(2) from None
+    _main("stage1", config, once, count, init=True, job=job)
 
 
 @app.command("upscale")

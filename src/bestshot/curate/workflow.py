@@ -284,6 +284,27 @@ class Workflow:
             i += 1
         return done
 
+    def stage1_on_ray(self, count: int, job: Any, progress: bool = True, console: Any = None) -> tuple[list[str], Any]:
+        """``stage1 --count N --ray``: images ``0..N-1`` made by Ray workers, each running :meth:`stage1` of its
+        own :class:`Workflow` (same seeds: ``generation.seed + index``). Returns the tags in index order and
+        the run's :class:`~bestshot.scale.batch.BatchReport`."""
+        import functools
+
+        from ..scale.batch import run_rows
+        from ..store import ensure_writable, new_run_id, remove_stale_tmp
+
+        for sub in ("stage1", "metadata"):
+            ensure_writable(self.layout.root / sub, "to the outputs folder")  # before any worker loads a model
+            remove_stale_tmp(self.layout.root / sub)
+        run = new_run_id()  # this run's rows: a retried row that had finished is found by its marker, not made twice
+        journal = self.layout.root / "ray_journal"
+        report = run_rows([{"key": i, "index": i, "run": run} for i in range(count)],
+                          functools.partial(stage1_row_maker, self.cfg), job, title="stage1", progress=progress,
+                          console=console, journal=journal, markers=journal / f"stage1-{run}")
+        for r in report.results:
+            self.say(f"stage1 {r['tag']}: {r['file']}  seed {r['seed']}  {r['prompt'][:80]!r}")
+        return [r["tag"] for r in report.results], report
+
     # ------------------------------------------------------------------ metadata helpers
     def _model_ids(self) -> dict[str, Any]:
         c = self.cfg
@@ -309,3 +330,21 @@ def _rel(path: Path, root: Path) -> str:
         return str(path.relative_to(root))
     except ValueError:
         return str(path)
+
+
+def stage1_row_maker(cfg: CurateCfg, output: Any = None) -> Callable[[dict[str, Any]], Any]:
+    """The per-row function of ``stage1 --count N --ray`` in a Ray worker (the factory is
+    ``functools.partial(stage1_row_maker, cfg)``): one :class:`Workflow` per worker (its pipeline loads once),
+    :meth:`Workflow.stage1` per row, so the images and metadata are the single-process ones."""
+    from ..scale.batch import RowOutput
+
+    wf = Workflow(cfg, say=lambda msg: None)
+    wf.pipe()
+
+    def make(row: dict[str, Any]) -> Any:
+        tag = wf.stage1(int(row["index"]))
+        record = wf.layout.read_metadata(tag)
+        return RowOutput({"index": row["index"], "tag": tag, "seed": record["seed"], "prompt": record["prompt"],
+                          "file": record["stages"]["stage1"]["file"]})
+
+    return make

@@ -8,6 +8,8 @@ import typer
 from bestshot import jsonio
 from rich.console import Console
 
+from ..scale.cli_options import CPUS_PER_WORKER, GPUS_PER_WORKER, RAY, RAY_BATCH, RAY_WORKERS
+
 app = typer.Typer(no_args_is_help=True, help="Evaluate models: the embedded world, COCO-style metrics.")
 out = Console()
 
@@ -116,14 +118,29 @@ def generate_cmd(
     size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT (default: the model's)."),
     scorer: Optional[str] = typer.Option(None, "--scorer", help="Scorer for best-of ranking (default: the model's)."),
     device: Optional[str] = typer.Option(None, "--device"),
+    ray: Optional[str] = RAY,
+    ray_workers: Optional[int] = RAY_WORKERS,
+    gpus_per_worker: Optional[float] = GPUS_PER_WORKER,
+    cpus_per_worker: float = CPUS_PER_WORKER,
+    ray_batch_size: int = RAY_BATCH,
 ) -> None:
-    """Generate one image per manifest row (resumable: rows whose image exists are skipped)."""
+    """Generate one image per manifest row (resumable: rows whose image exists and verifies are skipped).
+
+    With --ray the rows are spread over Ray workers (same seeds, same images and JSON); --out may then
+    also be a URI such as s3://bucket/folder."""
+    from ..scale.cli_options import ray_cfg
     from .batch import BatchSettings, generate_rows
 
+    job = ray_cfg(ray, ray_workers, gpus_per_worker, cpus_per_worker, ray_batch_size)
     w, h = _size(size)
     s = BatchSettings(model=model, steps=steps, guidance=guidance, seed=seed, best_of=best_of, width=w, height=h,
                       scorer=scorer, device=device)
-    res = generate_rows(manifest_csv, out_dir, s, num=num)
+    res = generate_rows(manifest_csv, out_dir, s, num=num, ray=job)
+    report = res.pop("_report", None)
+    if report is not None:
+        from ..scale.batch import summary_table
+
+        out.print(summary_table(report))
     per = f", {res['seconds_per_image']:.3f} s/image" if res.get("seconds_per_image") else ""
     out.print(f"{res['generated']} generated, {res['skipped']} already done, {len(res['blocked'])} blocked "
               f"of {res['rows']} rows → {out_dir}{per}")

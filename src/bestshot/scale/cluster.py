@@ -83,10 +83,51 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     else:
         probe(address, timeout_s)
         kwargs["address"] = address
+    if "address" not in kwargs:  # a local Ray: started here, nothing to wait for (and Ray wants the main thread)
+        _init(ray, kwargs, address)
+    else:
+        _init_with_deadline(ray, kwargs, address, timeout_s)
+    return ray
+
+
+def _init_with_deadline(ray: Any, kwargs: dict[str, Any], address: str, timeout_s: float) -> None:
+    """``ray.init(**kwargs)`` bounded by ``timeout_s``: a server that accepts the connection but is no Ray
+    GCS (a proxy, another service on the port) makes Ray retry for minutes; give up with a clear error.
+
+    ``ray.init`` runs in a daemon thread; on time-out it is left behind (Ray has no way to cancel it) and
+    the error ends the command."""
+    import threading
+
+    box: dict[str, BaseException] = {}
+
+    def target() -> None:
+        try:
+            ray.init(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target, name="bestshot-ray-init", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        raise BestshotError(f"no Ray cluster answered at {address} within {timeout_s:g} s (something accepts "
+                            "connections there but is not a Ray head) — check the address and port (`ray status` "
+                            "on the head prints it; the GCS port is 6379 by default), or leave the address out "
+                            "(plain --ray) to run a local Ray")
+    if "error" in box:
+        _raise(box["error"], address)
+
+
+def _init(ray: Any, kwargs: dict[str, Any], address: str) -> None:
     try:
         ray.init(**kwargs)
-    except (ConnectionError, TimeoutError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - sorted by _raise
+        _raise(exc, address)
+
+
+def _raise(exc: BaseException, address: str) -> None:
+    if isinstance(exc, (ConnectionError, TimeoutError, RuntimeError, ValueError)):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BestshotError(f"could not start or join Ray at {address}: {first} — check the address "
                             "(`ray status` on the head shows it) or leave it out for a local Ray") from None
-    return ray
+    raise exc

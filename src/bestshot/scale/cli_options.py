@@ -1,0 +1,87 @@
+"""The ``--ray`` flags shared by the batch commands (``eval generate``, ``generate --prompts-file``,
+``stage1 --count``), and the argv rule that lets ``--ray`` stand alone.
+
+typer has no option with an optional value, so :func:`normalise_argv` (called by ``bestshot``'s main)
+turns a bare ``--ray`` into ``--ray local``: the word after ``--ray`` is taken as its ADDRESS only when it
+looks like one (``local``, ``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), so ``--ray manifest.csv`` still
+reads the manifest as the positional argument.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import typer
+
+from .batch import RayJobCfg
+
+_ADDRESS = re.compile(r"^(local|auto|ray://\S+|\[?[\w.\-:]+\]?:\d+)$")
+
+RAY = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                   help="Run on Ray: bare --ray = a local Ray on this machine; --ray auto / HOST:PORT / "
+                        "ray://HOST:PORT = a Ray cluster (needs: pip install 'bestshot\\[ray]').")
+RAY_WORKERS = typer.Option(None, "--ray-workers", min=1,
+                           help="Ray workers, each loads the model once (default: one per GPU, or one per "
+                                "--cpus-per-worker CPUs when the cluster has no GPU).")
+GPUS_PER_WORKER = typer.Option(None, "--gpus-per-worker", min=0.0,
+                               help="GPUs per Ray worker: 1, or 0.5 for two workers on one GPU (default: 1 when "
+                                    "the cluster has GPUs, else 0).")
+CPUS_PER_WORKER = typer.Option(1.0, "--cpus-per-worker", min=0.01, help="CPUs per Ray worker.")
+RAY_BATCH = typer.Option(1, "--ray-batch-size", min=1, help="Rows per Ray Data batch (map_batches batch_size).")
+
+
+# the commands whose --ray takes an optional ADDRESS (the RAY option above); others are left alone
+ADDRESS_COMMANDS = {("generate",), ("stage1",), ("eval", "generate")}
+
+
+def normalise_argv(argv: list[str]) -> list[str]:
+    """``--ray`` with no ADDRESS after it becomes ``--ray local`` (for the :data:`ADDRESS_COMMANDS`)."""
+    words = [a for a in argv[1:] if not a.startswith("-")]
+    if tuple(words[:1]) not in ADDRESS_COMMANDS and tuple(words[:2]) not in ADDRESS_COMMANDS:
+        return list(argv)
+    out = list(argv)
+    i = 0
+    while i < len(out):
+        if out[i] == "--":
+            break
+        if out[i] == "--ray":
+            nxt = out[i + 1] if i + 1 < len(out) else None
+            if nxt is None or not _ADDRESS.match(nxt):
+                out.insert(i + 1, "local")
+            i += 1
+        i += 1
+    return out
+
+
+def ray_cfg(address: Optional[str], workers: Optional[int], gpus: Optional[float], cpus: float,
+            batch_size: int) -> Optional[RayJobCfg]:
+    """The job's :class:`RayJobCfg`, or None without ``--ray`` (the ``--ray-*`` flags then refuse)."""
+    if address is None:
+        given = [name for name, v in (("--ray-workers", workers), ("--gpus-per-worker", gpus)) if v is not None]
+        if cpus != 1.0:
+            given.append("--cpus-per-worker")
+        if batch_size != 1:
+            given.append("--ray-batch-size")
+        if given:
+            from ..errors import BestshotError
+
+            raise BestshotError(f"{', '.join(given)} only apply with --ray — add --ray (a local Ray) or "
+                                "--ray ADDRESS (a cluster)")
+        return None
+    import os
+
+    timeout = os.environ.get("BESTSHOT_RAY_CONNECT_TIMEOUT_S")
+    extra = {}
+    if timeout:
+        try:
+            extra["connect_timeout_s"] = float(timeout)
+        except ValueError:
+            from ..errors import BestshotError
+
+            raise BestshotError(f"BESTSHOT_RAY_CONNECT_TIMEOUT_S={timeout!r} is not a number of seconds") from None
+    return RayJobCfg(address=address, workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus,
+                     batch_size=batch_size, **extra).validate()
+
+
+__all__ = ["RAY", "RAY_WORKERS", "GPUS_PER_WORKER", "CPUS_PER_WORKER", "RAY_BATCH", "normalise_argv", "ray_cfg"]
