@@ -201,6 +201,8 @@ def load_image_set(source: str | os.PathLike | Sequence[ImageLike]) -> tuple[lis
 
 def _features_and_logits(extractor: FeatureExtractor, images: Sequence[ImageLike],
                          batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    if hasattr(extractor, "extract_items_and_logits"):  # distributed (bestshot.scale.features), same batches
+        return extractor.extract_items_and_logits(images, batch_size)
     if hasattr(extractor, "features_and_logits"):
         parts = [extractor.features_and_logits(b) for b in iter_batches(images, batch_size)]
         return np.concatenate([f for f, _ in parts]), np.concatenate([lg for _, lg in parts])
