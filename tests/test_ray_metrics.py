@@ -66,23 +66,16 @@ def test_ray_metrics_equal_single_process(ray_local, tiny_clip, tmp_path):
     assert ext.last_workers and os.getpid() not in ext.last_workers  # the images were embedded off the driver
 
 
-def test_ray_features_in_order_and_errors_are_one_line(ray_local, tiny_clip, tmp_path):
-    from bestshot.evaluate.features import ClipExtractor, extract
+def test_ray_worker_errors_are_one_line(ray_local, tiny_clip, tmp_path):
+    from bestshot.evaluate.features import extract
     from bestshot.evaluate.sweep import build_ray_extractors
 
-    real, _ = _sets(tmp_path, n_real=9, n_fake=2)
-    paths = sorted(real.iterdir())
-    ext, _ = build_ray_extractors("clip", None, tiny_clip, "cpu", "clean", workers=2, num_cpus=1)
-    got = extract(ext, paths, batch_size=2)
-    want = extract(ClipExtractor(tiny_clip, device="cpu"), paths, batch_size=2)
-    assert got.shape == want.shape == (9, 32)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # row i is image i's
-
-    (real / "009.png").write_bytes(b"not a png")  # a worker's BestshotError comes back as itself
-    with pytest.raises(BestshotError, match="cannot read image .*009.png"):
-        extract(ext, [*paths, real / "009.png"], batch_size=4)
-    with pytest.raises(BestshotError, match="no CLIP model"):  # the factory fails on the worker: one line
+    with pytest.raises(BestshotError, match="no CLIP model"):  # the factory fails on a worker: its own message
         build_ray_extractors("clip", None, str(tmp_path / "nothing"), "cpu", "clean", workers=1)
+    ext, _ = build_ray_extractors("clip", None, tiny_clip, "cpu", "clean", workers=1)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(BestshotError, match=r"cannot read image .*bad\.png .* remove or replace the file$"):
+        extract(ext, [tmp_path / "bad.png"], batch_size=4)
 
 
 def test_eval_metrics_cli_bare_ray_equals_without(ray_local, tiny_clip, tmp_path, capsys, monkeypatch):
@@ -101,3 +94,26 @@ def test_eval_metrics_cli_bare_ray_equals_without(ray_local, tiny_clip, tmp_path
 
     code, _, err = run_cli([*base, "--workers", "2"], capsys, monkeypatch)
     assert code != 0 and "--workers and --gpus-per-worker need --ray" in err and "Traceback" not in err
+
+
+def test_ray_extractor_with_logits_gives_the_same_inception_score(ray_local, tmp_path):
+    """An extractor with class logits (as the FID Inception has): features and logits come back together."""
+    from bestshot.evaluate import metrics as M
+    from bestshot.scale.features import RayFeatureExtractor
+
+    class MeanColour:  # defined here, so Ray pickles it by value for its workers
+        name, resize, batch_size = "mean-colour+logits", "none", 3
+
+        def features_and_logits(self, images):
+            f = np.stack([np.asarray(im, dtype=np.float64).reshape(-1, 3).mean(0) for im in images])
+            return f, np.concatenate([f / 50.0, -f / 70.0], axis=1)
+
+        def features(self, images):
+            return self.features_and_logits(images)[0]
+
+    real, fake = _sets(tmp_path, n_real=9, n_fake=8)
+    kw = dict(kid_subsets=5, batch_size=3, is_splits=2)
+    single = M.evaluate_sets(real, fake, MeanColour(), **kw)
+    dist = M.evaluate_sets(real, fake, RayFeatureExtractor(MeanColour, workers=1), **kw)
+    for key in ("fid", "kid_mean", "is_mean", "is_std"):
+        assert single[key] is not None and _rel(dist[key], single[key]) <= 1e-6, key

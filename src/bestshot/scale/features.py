@@ -47,35 +47,36 @@ def _open_rgb(item: Any):
 class ExtractWorker:
     """Ray Data ``map_batches`` callable class: loads the extractor once, then embeds one chunk per row.
 
-    Input rows: ``{"start": first index, "items": [paths or captions]}``. Output: one row per item,
-    ``{"index", "features"}`` (+ ``"logits"`` in ``features_and_logits`` mode).
+    Input rows: ``{"job", "start", "mode", "items"}`` — ``items`` a chunk of image paths (modes ``features``,
+    ``features_and_logits``) or captions (``text``), ``start`` the index of its first item in its job. Output:
+    one row per item, ``{"job", "index", "worker", "features"}`` (+ ``"logits"`` in ``features_and_logits``).
     """
 
-    def __init__(self, factory: Factory, mode: str = "features") -> None:
-        if mode not in ("features", "features_and_logits", "text"):
-            raise ValueError(f"unknown mode {mode!r}")
+    def __init__(self, factory: Factory) -> None:
         self.extractor = factory()
-        self.mode = mode
+
+    def _one(self, mode: str, items: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        if mode == "text":
+            return np.asarray(self.extractor.text_features([str(x) for x in items])), None
+        images = [_open_rgb(x) for x in items]
+        if mode == "features":
+            return np.asarray(self.extractor.features(images)), None
+        if hasattr(self.extractor, "features_and_logits"):
+            f, lg = self.extractor.features_and_logits(images)
+            return np.asarray(f), np.asarray(lg)
+        return np.asarray(self.extractor.features(images)), np.asarray(self.extractor.logits(images))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        index, feats, logits = [], [], []
-        for start, items in zip(batch["start"], batch["items"]):
+        jobs, index, feats, logits = [], [], [], []
+        for job, start, mode, items in zip(batch["job"], batch["start"], batch["mode"], batch["items"]):
             items = list(items)
-            if self.mode == "text":
-                f = self.extractor.text_features([str(x) for x in items])
-            else:
-                images = [_open_rgb(x) for x in items]
-                if self.mode == "features":
-                    f = self.extractor.features(images)
-                elif hasattr(self.extractor, "features_and_logits"):
-                    f, lg = self.extractor.features_and_logits(images)
-                    logits.append(np.asarray(lg))
-                else:
-                    f = self.extractor.features(images)
-                    logits.append(np.asarray(self.extractor.logits(images)))
-            feats.append(np.asarray(f))
+            f, lg = self._one(str(mode), items)
+            feats.append(f)
+            if lg is not None:
+                logits.append(lg)
             index.append(np.arange(int(start), int(start) + len(items), dtype=np.int64))
-        out = {"index": np.concatenate(index), "features": np.concatenate(feats)}
+            jobs.append(np.full(len(items), int(job), dtype=np.int64))
+        out = {"job": np.concatenate(jobs), "index": np.concatenate(index), "features": np.concatenate(feats)}
         out["worker"] = np.full(len(out["index"]), os.getpid(), dtype=np.int64)
         if logits:
             out["logits"] = np.concatenate(logits)
@@ -146,19 +147,22 @@ class RayFeatureExtractor:
         self.name, self.resize = self.info["name"], self.info["resize"]
         self.batch_size = self.info["batch_size"]
         self.last_workers: list[int] = []
+        self._memo: dict[tuple, dict[str, np.ndarray]] = {}  # prefetched results, taken once
 
     def __repr__(self) -> str:
         return f"RayFeatureExtractor({self.name!r}, workers={self.workers})"
 
     # ------------------------------------------------------------------------------ the Ray Data job
-    def _run(self, items: Sequence[Any], chunk: int, mode: str) -> dict[str, np.ndarray]:
+    def _run(self, jobs: list[tuple[Sequence[Any], int, str]]) -> list[dict[str, np.ndarray]]:
+        """One Ray Data pipeline for several ``(items, chunk, mode)`` jobs (the workers load the extractor once
+        for all of them); per job, its outputs in item order."""
         ray = require_ray()
-        rows = [{"start": i, "items": [os.fspath(x) if isinstance(x, os.PathLike) else x for x in items[i:i + chunk]]}
-                for i in range(0, len(items), chunk)]
+        rows = [{"job": j, "start": i, "mode": mode,
+                 "items": [os.fspath(x) if isinstance(x, os.PathLike) else x for x in items[i:i + chunk]]}
+                for j, (items, chunk, mode) in enumerate(jobs) for i in range(0, len(items), chunk)]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.map_batches(ExtractWorker, fn_constructor_kwargs={"factory": self.factory, "mode": mode},
-                            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(
-                                size=min(self.workers, len(rows))),
+        ds = ds.map_batches(ExtractWorker, fn_constructor_kwargs={"factory": self.factory}, batch_size=1,
+                            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(rows))),
                             num_cpus=self.num_cpus, num_gpus=self.num_gpus)
         parts: dict[str, list[np.ndarray]] = {}
         try:
@@ -168,23 +172,53 @@ class RayFeatureExtractor:
         except Exception as e:  # noqa: BLE001 - a worker's error, wrapped by Ray Data
             raise _remote_error(e) from None
         out = {k: np.concatenate(v) for k, v in parts.items()}
-        order = np.argsort(out["index"], kind="stable")
-        if not np.array_equal(out["index"][order], np.arange(len(items))):
-            raise BestshotError(f"Ray returned features for {len(out['index'])} of {len(items)} items — rerun")
         self.last_workers = sorted(int(w) for w in np.unique(out["worker"]))  # process ids that did the work
-        return {k: v[order] for k, v in out.items() if k not in ("index", "worker")}
+        results = []
+        for j, (items, _, _) in enumerate(jobs):
+            mine = np.flatnonzero(out["job"] == j)
+            mine = mine[np.argsort(out["index"][mine], kind="stable")]
+            if not np.array_equal(out["index"][mine], np.arange(len(items))):
+                raise BestshotError(f"Ray returned features for {len(mine)} of {len(items)} items — rerun")
+            results.append({k: v[mine] for k, v in out.items() if k not in ("job", "index", "worker")})
+        return results
+
+    @staticmethod
+    def _key(items: Sequence[Any], chunk: int, mode: str) -> tuple | None:
+        if not all(isinstance(x, (str, os.PathLike)) for x in items):
+            return None  # in-memory images are not remembered
+        return (mode, chunk, tuple(os.fspath(x) for x in items))
+
+    def _get(self, items: Sequence[Any], chunk: int, mode: str) -> dict[str, np.ndarray]:
+        for m in ((mode, "features_and_logits") if mode == "features" else (mode,)):
+            key = self._key(items, chunk, m)
+            if key is not None and key in self._memo:
+                return self._memo.pop(key)
+        return self._run([(items, chunk, mode)])[0]
+
+    def prefetch(self, images: Sequence[Any], batch_size: int = 32, captions: Sequence[str] | None = None) -> None:
+        """Embed ``images`` (with logits when the extractor has them) and ``captions`` in one pipeline; the
+        next ``extract_items[_and_logits]`` / ``text_features`` of the same items take the results from here."""
+        mode = "features_and_logits" if self.info["logits"] else "features"
+        jobs = [(list(images), batch_size, mode)] if len(images) else []
+        if captions is not None and len(captions) and self.info["text"] and not self.info["logits"]:
+            jobs.append((list(captions), self.batch_size, "text"))
+        keys = [self._key(*job) for job in jobs]
+        jobs = [job for job, key in zip(jobs, keys) if key is not None]
+        if jobs:
+            for job, res in zip(jobs, self._run(jobs)):
+                self._memo[self._key(*job)] = res
 
     def extract_items(self, items: Sequence[Any], batch_size: int = 32) -> np.ndarray:
         """Features of image paths (or PIL images), in order — ``extract(extractor, items, batch_size)``."""
         if len(items) == 0:
             raise BestshotError("empty image set — point the evaluation at a folder or manifest with images")
-        return self._run(items, batch_size, "features")["features"]
+        return self._get(items, batch_size, "features")["features"]
 
     def extract_items_and_logits(self, items: Sequence[Any], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
         """Features and class logits (None when the extractor has none), in order."""
         if not self.info["logits"]:
             return self.extract_items(items, batch_size), None
-        out = self._run(items, batch_size, "features_and_logits")
+        out = self._get(items, batch_size, "features_and_logits")
         return out["features"], out["logits"]
 
     def features(self, images: list[Any]) -> np.ndarray:
@@ -197,7 +231,7 @@ class RayFeatureExtractor:
             raise BestshotError(f"{self.name} has no text tower — CLIP score needs a CLIP extractor")
         if not captions:
             raise BestshotError("no captions to embed")
-        return self._run(list(captions), self.batch_size, "text")["features"]
+        return self._get(list(captions), self.batch_size, "text")["features"]
 
 
 __all__ = ["RayFeatureExtractor", "ExtractWorker"]
