@@ -109,13 +109,23 @@ def deploy(settings: ServerSettings, plan: ReplicaPlan, *, host: str = "127.0.0.
     return counter
 
 
+def _running_apps() -> set[str]:
+    from ray import serve
+
+    try:
+        return set(serve.status().applications)
+    except Exception:  # noqa: BLE001 - Serve not started on this cluster
+        return set()
+
+
 def _stop(counter: Any) -> None:
     ray = require_ray()
     from ray import serve
 
     try:
         serve.delete(APP_NAME)  # replicas stop gracefully: queued jobs 503, the running one at its next step
-        serve.shutdown()
+        if not serve.status().applications:  # Serve itself only when no other application uses it
+            serve.shutdown()
     finally:
         try:
             ray.kill(counter)
@@ -152,6 +162,8 @@ def serve_on_ray(settings: ServerSettings, *, address: str | None, host: str, po
         if threading.current_thread() is threading.main_thread():
             for s in previous:
                 signal.signal(s, lambda *_: stop.set())
+        if not local and APP_NAME in _running_apps():
+            echo(f"warning: the cluster already runs a Serve application named {APP_NAME!r}: it is replaced")
         try:
             counter = deploy(settings, plan, host=host, port=port)
             per = f"{plan.num_gpus:g} GPU" if plan.num_gpus else f"{plan.num_cpus:g} CPU"
