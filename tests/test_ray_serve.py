@@ -121,20 +121,37 @@ def _post(url: str, body: dict, auth: str | None = AUTH) -> tuple[int, dict, byt
 
 @pytest.fixture(scope="module")
 def on_ray(ray_local, tiny_sd15, tiny_clip, tmp_path_factory):
-    """The app with --max-queue 2 and basic auth, 2 replicas of half a CPU each (the session cluster has 2)."""
+    """`serve --ray --replicas 2 --replica-cpus 0.5 --max-queue 2 --api-auth user:pw` (the code behind the flags,
+    on a thread) on the session's 2-CPU Ray; stopped at the end like Ctrl-C does, so other Ray tests get the
+    CPUs back."""
+    from bestshot.scale.serve import SLOTS_ACTOR
     from bestshot.server.app import ServerSettings
-    from bestshot.server.ray_serve import _stop, deploy
+    from bestshot.server.ray_serve import serve_on_ray
 
     out = tmp_path_factory.mktemp("ray_serve") / "images_out"
     settings = ServerSettings(model=tiny_sd15, scorer=tiny_clip, out_dir=str(out), max_queue=2, api_auth="user:pw")
-    plan = plan_replicas(0, replicas=2, num_cpus=0.5, max_queue=2)
-    port = _free_port()
-    counter = deploy(settings, plan, host="127.0.0.1", port=port)
+    port, stop, said = _free_port(), threading.Event(), []
+    thread = threading.Thread(target=serve_on_ray, args=(settings,), daemon=True, kwargs=dict(
+        address=None, host="127.0.0.1", port=port, replicas=2, num_cpus=0.5, echo=said.append, stop=stop))
+    thread.start()
+    url = f"http://localhost:{port}"
+    for _ in range(600):
+        if said and "http://" in said[-1]:
+            break
+        assert thread.is_alive(), said
+        time.sleep(0.2)
+    assert "2 replica(s), 0.5 CPU each, at most 2 jobs" in said[-1]
+    counter = ray_local.ray.get_actor(SLOTS_ACTOR[0], namespace=SLOTS_ACTOR[1])
     try:
-        yield type("OnRay", (), {"url": f"http://localhost:{port}", "port": port, "out": out, "counter": counter,
-                                 "ray": ray_local.ray})
+        yield type("OnRay", (), {"url": url, "port": port, "out": out, "counter": counter, "ray": ray_local.ray})
     finally:
-        _stop(counter)  # serve.shutdown(): the replicas' CPUs go back to the other Ray tests
+        stop.set()  # what Ctrl-C / SIGTERM do
+        thread.join(120)
+    assert not thread.is_alive() and "stopping" in said[-1]
+    from ray import serve
+
+    assert "bestshot" not in serve.status().applications  # the replicas are gone: their CPUs are free again
+    assert ray_local.ray.is_initialized()  # the session's Ray (not started by serve --ray) keeps running
 
 
 def test_webuiapi_txt2img_through_two_replicas(on_ray):

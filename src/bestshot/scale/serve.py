@@ -99,12 +99,20 @@ def lease_seconds(max_queue: int, job_timeout: float | None) -> float | None:
     return max_queue * job_timeout + 60.0 if job_timeout else None
 
 
+SLOTS_ACTOR = ("bestshot-serve-slots", "bestshot")  # (name, namespace) of the counter, for `ray.get_actor`
+
+
 def start_slot_counter(capacity: int, lease_s: float | None = None) -> Any:
-    """A :class:`SlotCounter` Ray actor (0 CPUs: it must never wait for a CPU the replicas hold). It lives as
-    long as the process that started it (the ``bestshot serve --ray`` driver)."""
+    """A :class:`SlotCounter` Ray actor (0 CPUs: it must never wait for a CPU the replicas hold), named
+    :data:`SLOTS_ACTOR`. It lives as long as the process that started it (the ``bestshot serve --ray`` driver)."""
     ray = require_ray()
+    name, namespace = SLOTS_ACTOR
+    try:
+        ray.kill(ray.get_actor(name, namespace=namespace))  # one left by a driver that did not stop cleanly
+    except ValueError:
+        pass
     actor = ray.remote(num_cpus=0, max_concurrency=1)(SlotCounter)
-    return actor.remote(capacity, lease_s)
+    return actor.options(name=name, namespace=namespace).remote(capacity, lease_s)
 
 
 class RayGate:
