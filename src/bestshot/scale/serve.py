@@ -185,6 +185,7 @@ class ReplicaPlan:
             "max_ongoing_requests": self.max_queue + HEADROOM,
             "max_queued_requests": 4 * (self.max_queue + HEADROOM),
             "backpressure_config": BackpressureConfig(status_code=429, retry_after_s=5),
+            "max_constructor_retry_count": 3,  # a replica that cannot start fails the deploy soon, not after 20 tries
             "graceful_shutdown_timeout_s": 15,
             "graceful_shutdown_wait_loop_s": 1,
         }
