@@ -17,8 +17,8 @@ and the router spreads them by ongoing requests), with ``backpressure_config`` a
 
 A slot is given back when its job ends or is cancelled. A replica that dies holding slots cannot give them
 back: every slot expires after ``lease_s`` (``max_queue`` jobs of at most ``--job-timeout`` each, queued
-behind one another, plus a minute), and a counter that cannot be reached (restarting) admits on the
-replica's own bound instead of refusing everything.
+behind one another, plus a minute), and while the counter cannot be reached (its driver is gone) each replica
+admits on its own ``max_queue`` instead of refusing everything.
 """
 
 from __future__ import annotations
