@@ -289,7 +289,7 @@ def _mount_subapps(argv: list[str]) -> None:
                     app.add_typer(train_app, name="train")
                 train_app.command("captioner", help=cmd.help)(cmd.callback)
             else:
-                app.command(name, help=cmd.help)(cmd.callback)
+                app.command(name, help=cmd.help, cls=cmd.cls)(cmd.callback)  # cls: e.g. a bare --ray
 
 
 

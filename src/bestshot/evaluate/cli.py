@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 from bestshot import jsonio
+from bestshot.scale.flags import RayFlagCommand
 from rich.console import Console
 
 from ..scale.cli_options import CPUS_PER_WORKER, GPUS_PER_WORKER, RAY, RAY_BATCH, RAY_WORKERS
@@ -146,7 +147,7 @@ def generate_cmd(
               f"of {res['rows']} rows → {out_dir}{per}")
 
 
-@app.command("metrics")
+@app.command("metrics", cls=RayFlagCommand)
 def metrics_cmd(
     real: Optional[str] = typer.Option(None, "--real", help="Reference images: a folder or a manifest .csv."),
     fake: str = typer.Option(..., "--fake", help="Generated images folder (e.g. from `bestshot eval generate`)."),
@@ -167,6 +168,15 @@ def metrics_cmd(
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Real-feature cache (default ~/.cache/bestshot)."),
     device: Optional[str] = typer.Option(None, "--device"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Extract features on Ray Data "
+                                      "workers (the statistics are computed here, equal to a run without --ray). "
+                                      "Bare --ray: a local Ray; ADDRESS: auto, HOST:PORT or ray://HOST:PORT (image "
+                                      "paths must be readable on every node)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="With --ray: extractor copies at once (default: "
+                                          "one per GPU, or one per --cpus-per-worker CPUs)."),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="With --ray: GPUs per worker "
+                                                    "(default 1 when the cluster has GPUs, else 0)."),
+    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="With --ray: CPUs per worker."),
 ) -> None:
     """FID, KID, Inception Score, CLIP score and CMMD of generated images against reference images."""
     from rich.table import Table
@@ -180,10 +190,20 @@ def metrics_cmd(
         raise BestshotError("give the reference as --real FOLDER_OR_CSV or as --real-stats STATS.npz (one of them)")
     if save_real_stats and real is None:
         raise BestshotError("--save-real-stats needs --real (the images whose statistics it writes)")
-    ext, clip_ext = build_extractors(extractor, inception_weights, clip, device, resize)
-    res = evaluate_folder(real, fake, ext, clip_ext, captions_manifest=captions,
-                          cache_dir=cache_dir or default_cache_dir(), real_stats=real_stats,
-                          save_real_stats=save_real_stats)
+    if ray is None and (workers is not None or gpus_per_worker is not None):
+        raise BestshotError("--workers and --gpus-per-worker need --ray")
+    if ray is None:
+        ext, clip_ext = build_extractors(extractor, inception_weights, clip, device, resize)
+        res = evaluate_folder(real, fake, ext, clip_ext, captions_manifest=captions,
+                              cache_dir=cache_dir or default_cache_dir(), real_stats=real_stats,
+                              save_real_stats=save_real_stats)
+    else:
+        res = _metrics_on_ray(ray, dict(extractor=extractor, inception_weights=inception_weights, clip=clip,
+                                        device=device, resize=resize, workers=workers, gpus=gpus_per_worker,
+                                        cpus=cpus_per_worker),
+                              dict(real=real, fake=fake, captions_manifest=captions,
+                                   cache_dir=cache_dir or default_cache_dir(), real_stats=real_stats,
+                                   save_real_stats=save_real_stats))
     if out_json:
         atomic_write_json(out_json, res)
     if as_json:
@@ -208,6 +228,28 @@ def metrics_cmd(
         out.print(f"written: {save_real_stats} (reference FID statistics)")
     if out_json:
         out.print(f"written: {out_json}")
+
+
+def _metrics_on_ray(address: str, ext: dict, sets: dict) -> dict:
+    """``evaluate_folder`` with the feature extraction on Ray Data workers (``eval metrics --ray``)."""
+    from ..scale.cluster import LOCAL, connect, require_ray
+    from .sweep import build_ray_extractors, evaluate_folder
+
+    ray_mod = require_ray()
+    started_here = not ray_mod.is_initialized() and address == LOCAL
+    ray_mod = connect(address)
+    try:
+        gpus = ext["gpus"]
+        if gpus is None:
+            gpus = 1.0 if ray_mod.cluster_resources().get("GPU", 0) >= 1 and ext["device"] != "cpu" else 0.0
+        e, c = build_ray_extractors(ext["extractor"], ext["inception_weights"], ext["clip"], ext["device"],
+                                    ext["resize"], workers=ext["workers"], num_gpus=gpus, num_cpus=ext["cpus"])
+        res = evaluate_folder(sets.pop("real"), sets.pop("fake"), e, c, **sets)
+        res["ray"] = {"address": address, "workers": e.workers, "gpus_per_worker": gpus, "cpus_per_worker": ext["cpus"]}
+        return res
+    finally:
+        if started_here:
+            ray_mod.shutdown()
 
 
 @app.command("sweep")

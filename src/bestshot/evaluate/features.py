@@ -322,6 +322,8 @@ def extract(extractor: FeatureExtractor, items: Sequence[ImageLike], batch_size:
     """Features of paths or PIL images, opening files ``batch_size`` at a time."""
     if len(items) == 0:
         raise BestshotError("empty image set — point the evaluation at a folder or manifest with images")
+    if hasattr(extractor, "extract_items"):  # distributed (bestshot.scale.features): workers open the files
+        return extractor.extract_items(items, batch_size)
     return np.concatenate([extractor.features(b) for b in iter_batches(items, batch_size)])
 
 

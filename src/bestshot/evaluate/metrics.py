@@ -199,8 +199,20 @@ def load_image_set(source: str | os.PathLike | Sequence[ImageLike]) -> tuple[lis
     return images, None
 
 
+def _prefetch(extractor: FeatureExtractor, clip, fake_images: Sequence[ImageLike], captions: list[str] | None,
+              batch_size: int) -> None:
+    """A distributed extractor (``bestshot.scale.features``) embeds the generated images and their captions in
+    one Ray job, instead of one job (and one model load per worker) for each."""
+    ok = captions is not None and len(captions) == len(fake_images)
+    for ext in dict.fromkeys(e for e in (extractor, clip) if e is not None):
+        if hasattr(ext, "prefetch"):
+            ext.prefetch(fake_images, batch_size, captions=captions if ok and (ext is clip or clip is None) else None)
+
+
 def _features_and_logits(extractor: FeatureExtractor, images: Sequence[ImageLike],
                          batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    if hasattr(extractor, "extract_items_and_logits"):  # distributed (bestshot.scale.features), same batches
+        return extractor.extract_items_and_logits(images, batch_size)
     if hasattr(extractor, "features_and_logits"):
         parts = [extractor.features_and_logits(b) for b in iter_batches(images, batch_size)]
         return np.concatenate([f for f, _ in parts]), np.concatenate([lg for _, lg in parts])
@@ -238,6 +250,7 @@ def evaluate_sets(real: str | os.PathLike | Sequence[ImageLike], fake: str | os.
     if real_key is None:
         real_key = Path(real).stem if isinstance(real, (str, os.PathLike)) else "real"
     notes: list[str] = []
+    _prefetch(extractor, clip, fake_images, captions, batch_size)
 
     def real_feats(ext: FeatureExtractor) -> np.ndarray:
         if cache_dir is None:
@@ -307,6 +320,7 @@ def _evaluate_against_stats(stats_path, fake, extractor: FeatureExtractor, *, ca
                                 "extractor and resize, or recompute the statistics")
     fake_images, fake_captions = load_image_set(fake)
     captions = captions if captions is not None else fake_captions
+    _prefetch(extractor, clip, fake_images, captions, batch_size)
     ff, logits = _features_and_logits(extractor, fake_images, batch_size)
     if ff.shape[1] != len(st["mu"]):
         raise BestshotError(f"{stats_path} holds {len(st['mu'])}-d statistics but the extractor gives {ff.shape[1]}-d "

@@ -65,6 +65,39 @@ def build_extractors(extractor: str = "clip", inception_weights: str | None = No
         return inc, None  # no embedded CLIP: CMMD / CLIP score are reported as not computed
 
 
+def build_ray_extractors(extractor: str = "clip", inception_weights: str | None = None, clip: str | None = None,
+                         device: str | None = None, resize: str = "clean", *, workers: int | None = None,
+                         num_gpus: float = 0.0, num_cpus: float = 1.0):
+    """``build_extractors`` whose work runs on Ray Data workers (``eval metrics --ray``; Ray must be running).
+
+    Each worker builds the same extractor ``build_extractors`` would (from a factory: the driver loads no
+    model), so the features, and the statistics the driver computes from them, are the single-process ones.
+    With ``clip`` the one extractor serves FID/KID and CMMD / CLIP score, as in the single-process path.
+    """
+    from functools import partial
+
+    from ..scale.features import RayFeatureExtractor
+    from .features import ClipExtractor, InceptionExtractor, _check_resize
+
+    _check_resize(resize)
+    clip = str(Path(clip).expanduser().resolve()) if clip and Path(clip).expanduser().exists() else clip
+    opts = dict(workers=workers, num_gpus=num_gpus, num_cpus=num_cpus)
+    clip_factory = partial(ClipExtractor, clip, device=device, resize=resize)
+    if extractor == "clip":
+        ext = RayFeatureExtractor(clip_factory, **opts)
+        return ext, ext
+    if extractor != "inception":
+        raise BestshotError(f"unknown extractor {extractor!r} — use clip or inception")
+    weights = str(Path(inception_weights).expanduser().resolve()) if inception_weights else None
+    inc = RayFeatureExtractor(partial(InceptionExtractor, weights, device=device, resize=resize), **opts)
+    try:
+        return inc, RayFeatureExtractor(clip_factory, **opts)
+    except BestshotError:
+        if clip is not None:
+            raise
+        return inc, None
+
+
 def evaluate_folder(real: str | Path | Sequence[Path], fake: str | Path | Sequence[Path], extractor, clip=None,
                     captions_manifest: str | Path | None = None, cache_dir: str | Path | None = None,
                     real_key: str | None = None, real_stats: str | Path | None = None,

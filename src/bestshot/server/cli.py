@@ -7,11 +7,12 @@ from typing import Optional
 import typer
 
 from ..errors import BestshotError
+from ..scale.flags import RayFlagCommand
 
 app = typer.Typer(add_completion=False)
 
 
-@app.command("serve")
+@app.command("serve", cls=RayFlagCommand)
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; 0.0.0.0 exposes the server to the network."),
     port: int = typer.Option(7860, "--port", help="TCP port (AUTOMATIC1111's default is 7860)."),
@@ -40,6 +41,19 @@ def serve(
                                 "(a request's best_of, override_settings or POST /options bestshot_best_of wins)."),
     allowed_host: Optional[list[str]] = typer.Option(None, "--allowed-host", help="Host header names accepted "
                                                      "(repeatable; '*' accepts any). Default: localhost names and --host."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Serve on Ray Serve: one replica per "
+                                      "GPU behind one HTTP address, --max-queue shared by all replicas. Bare --ray: a "
+                                      "local Ray on this machine; ADDRESS: auto, HOST:PORT or ray://HOST:PORT. "
+                                      "--out-dir must be on a filesystem every node shares."),
+    replicas: Optional[int] = typer.Option(None, "--replicas", help="With --ray: a fixed replica count (default: one "
+                                           "per GPU of the cluster, one on a cluster without GPUs)."),
+    min_replicas: Optional[int] = typer.Option(None, "--min-replicas", help="With --ray: autoscale down to this many "
+                                               "replicas (0 allowed)."),
+    max_replicas: Optional[int] = typer.Option(None, "--max-replicas", help="With --ray: autoscale up to this many "
+                                               "replicas (default: one per GPU)."),
+    replica_gpus: Optional[float] = typer.Option(None, "--replica-gpus", help="With --ray: GPUs per replica (default "
+                                                 "1 when the cluster has GPUs, else 0; 0.5 puts two on a GPU)."),
+    replica_cpus: Optional[float] = typer.Option(None, "--replica-cpus", help="With --ray: CPUs per replica (default 1)."),
 ) -> None:
     """Serve the AUTOMATIC1111-compatible API (/sdapi/v1), bestshot's API (/v1) and the gallery (/)."""
     try:
@@ -55,6 +69,8 @@ def serve(
         raise BestshotError(f"--max-queue must be >= 1 (got {max_queue})")
     if not 0 < port < 65536:
         raise BestshotError(f"--port must be between 1 and 65535 (got {port})")
+    if ray is None and any(v is not None for v in (replicas, min_replicas, max_replicas, replica_gpus, replica_cpus)):
+        raise BestshotError("--replicas, --min-replicas, --max-replicas, --replica-gpus and --replica-cpus need --ray")
     if host not in ("127.0.0.1", "localhost", "::1") and not (token or api_auth):
         typer.echo(f"warning: serving on {host} without --token or --api-auth: anyone who can reach it can use it",
                    err=True)
@@ -65,6 +81,13 @@ def serve(
                               best_of=best_of, host=host, allowed_hosts=tuple(allowed_host) if allowed_host else None,
                               limits=Limits(max_steps=max_steps, max_side=max_side, max_cost=max_cost,
                                             max_prompt_chars=max_prompt_chars, job_timeout=job_timeout or None))
+    if ray is not None:
+        from .ray_serve import serve_on_ray
+
+        serve_on_ray(settings, address=ray, host=host, port=port, replicas=replicas, min_replicas=min_replicas,
+                     max_replicas=max_replicas, num_gpus=replica_gpus, num_cpus=replica_cpus,
+                     echo=lambda m: typer.echo(m, err=True))
+        return
     application = create_app(settings)
     typer.echo(f"bestshot serving {model} on http://{host}:{port}/  (API docs: /docs, A1111 API: /sdapi/v1)", err=True)
     run_uvicorn(application, host, port)

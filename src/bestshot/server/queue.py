@@ -5,6 +5,10 @@ they must never run on the asyncio loop, and two of them must never run at once 
 ``await job.wait()``, which shields the job from the client: a client that disconnects cancels its own
 wait, never the job, so every accepted job is finished and stored. A full queue refuses at once
 (:class:`QueueFull` → HTTP 429 with Retry-After), before any work is done, so nothing is half-done.
+
+Several processes (``bestshot serve --ray``: one app per Ray Serve replica) share one bound through a
+``gate`` (:class:`AdmissionGate`): a job is admitted only when the gate gives it a slot, and gives the slot
+back when the job ends or is cancelled, so ``max_queue`` holds for all replicas together.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,18 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
+class AdmissionGate(Protocol):
+    """A bound on jobs shared by several job queues (one per server process)."""
+
+    def acquire(self) -> tuple[Any, int]:
+        """``(token, waiting)``: a slot's token (None when every slot is taken) and the jobs holding one."""
+        ...
+
+    def release(self, token: Any) -> None:
+        """Give a slot back (called once per token)."""
+        ...
+
+
 @dataclass
 class Job:
     """A unit of GPU work and what the progress route shows about it."""
@@ -68,6 +84,7 @@ class Job:
     skipped: bool = False  # the current part is being skipped (A1111's /skip); cleared by next_part()
     preview: Any = None  # the latest latents (a CPU tensor) for progress.current_image
     preview_every: int = 0  # keep latents every this many steps (0: never)
+    gate_token: Any = None  # the shared admission slot this job holds (JobQueue.gate), None without one
 
     def on_step(self, step: int, total: int, latents: Any = None) -> bool:
         """The ``on_step`` callback handed to ``generate``: records progress, and returns True when the
@@ -131,11 +148,12 @@ class Job:
 class JobQueue:
     """``submit`` from any thread (or the event loop); one daemon worker runs jobs in order."""
 
-    def __init__(self, max_queue: int = 8, job_timeout: float | None = None):
+    def __init__(self, max_queue: int = 8, job_timeout: float | None = None, gate: AdmissionGate | None = None):
         if max_queue < 1:
             raise ValueError("max_queue must be >= 1")
         self.max_queue = max_queue
         self.job_timeout = job_timeout
+        self.gate = gate  # shared with other processes' queues (serve --ray); None: this queue's bound only
         self.shutting_down = False
         self._q: queue.Queue[Job] = queue.Queue()
         self._lock = threading.Lock()
@@ -164,19 +182,46 @@ class JobQueue:
 
     # ------------------------------------------------------------------ submitting
     def submit(self, kind: str, fn: Callable[[Job], Any], description: str = "", parts: int = 1) -> Job:
-        """Queue ``fn(job)``; raises :class:`QueueFull` when ``max_queue`` jobs wait or run already."""
+        """Queue ``fn(job)``; raises :class:`QueueFull` when ``max_queue`` jobs wait or run already (here, or
+        with a ``gate``, in all the queues that share it)."""
         with self._lock:
             if self.shutting_down:
                 raise ShuttingDown()
             waiting = len(self._pending) + (self.current is not None)
             if waiting >= self.max_queue:
                 raise QueueFull(self._retry_after(waiting))
+        token = None
+        if self.gate is not None:
+            token, shared = self.gate.acquire()
+            if token is None:
+                raise QueueFull(self._retry_after(max(1, shared)))
+        with self._lock:
+            waiting = len(self._pending) + (self.current is not None)
+            if self.shutting_down or waiting >= self.max_queue:  # changed while the gate answered
+                self._release(token)
+                if self.shutting_down:
+                    raise ShuttingDown()
+                raise QueueFull(self._retry_after(waiting))
             job = Job(id=f"job-{next(self._ids)}", kind=kind, fn=fn, description=description, parts=max(1, parts),
-                      timeout=self.job_timeout)
+                      timeout=self.job_timeout, gate_token=token)
             self._pending.append(job)
             self._ensure_worker()  # a job accepted after close() still runs
         self._q.put(job)
         return job
+
+    def _release(self, token: Any) -> None:
+        """Give a shared admission slot back; a gate that fails is logged, never raised into a request."""
+        if token is None or self.gate is None:
+            return
+        try:
+            self.gate.release(token)
+        except Exception:  # noqa: BLE001 - the gate reclaims expired slots itself
+            log.warning("could not give admission slot %r back", token, exc_info=True)
+
+    def _done_with(self, job: Job) -> None:
+        with self._lock:  # the worker and cancel() may both get here: the slot goes back once
+            token, job.gate_token = job.gate_token, None
+        self._release(token)
 
     def _retry_after(self, waiting: int) -> int:
         mean = sum(self._durations) / len(self._durations) if self._durations else 2.0
@@ -214,6 +259,7 @@ class JobQueue:
                 if job in self._pending:
                     self._pending.remove(job)
                 self._recent.append(job)  # GET /v1/jobs/{id} still answers for it
+            self._done_with(job)
             return job
         job.stop("interrupt")
         return job
@@ -241,6 +287,7 @@ class JobQueue:
                     if job in self._pending:
                         self._pending.remove(job)
                     self._recent.append(job)
+                self._done_with(job)
         if cur is not None:
             cur.stop("shutdown")
 
@@ -268,9 +315,12 @@ class JobQueue:
             with self._lock:
                 if job in self._pending:
                     self._pending.remove(job)
-                if job.future.cancelled():  # cancelled while queued: never started
-                    continue
-                self.current = job
+                cancelled = job.future.cancelled()
+                if not cancelled:
+                    self.current = job
+            if cancelled:  # cancelled while queued: never started (its slot went back when it was cancelled)
+                self._done_with(job)
+                continue
             job.started = time.time()
             if job.future.set_running_or_notify_cancel():
                 try:
@@ -280,6 +330,7 @@ class JobQueue:
                         log.exception("job %s aborted", job.id)
                     job.future.set_exception(e)
             job.finished = time.time()
+            self._done_with(job)
             with self._lock:
                 self.current = None
                 self.last = job
