@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 from PIL import Image
 
 from helpers import CAPTIONS, run_cli
@@ -273,16 +274,33 @@ def test_ray_flags_need_ray(manifest, tmp_path, capsys, monkeypatch):
 
 
 def test_bare_ray_flag_before_a_positional():
-    from bestshot.scale.cli_options import normalise_argv
+    from bestshot.scale.flags import normalise_ray_flag
 
-    assert normalise_argv(["bestshot", "eval", "generate", "--ray", "m.csv"]) == \
-        ["bestshot", "eval", "generate", "--ray", "local", "m.csv"]
-    assert normalise_argv(["b", "stage1", "--ray"]) == ["b", "stage1", "--ray", "local"]
-    assert normalise_argv(["b", "generate", "--ray", "--ray-workers", "2"]) == \
-        ["b", "generate", "--ray", "local", "--ray-workers", "2"]
+    assert normalise_ray_flag(["--ray", "m.csv"]) == ["--ray", "local", "m.csv"]
+    assert normalise_ray_flag(["--ray"]) == ["--ray", "local"]
+    assert normalise_ray_flag(["--ray", "--ray-workers", "2"]) == ["--ray", "local", "--ray-workers", "2"]
     for address in ("auto", "10.0.0.5:6379", "ray://head:10001", "head-node:6379"):
-        assert normalise_argv(["b", "stage1", "--ray", address]) == ["b", "stage1", "--ray", address]
-    assert normalise_argv(["b", "serve", "--ray"]) == ["b", "serve", "--ray"]  # not a --ray [ADDRESS] command
+        assert normalise_ray_flag(["--ray", address]) == ["--ray", address]
+
+
+def test_every_ray_command_takes_a_bare_ray():
+    """Each command with --ray [ADDRESS] parses a bare --ray as a local Ray (typer alone would refuse it)."""
+    from bestshot import cli
+
+    root = typer.main.get_command(cli.app)
+    found = []
+
+    def walk(cmd, path):
+        if hasattr(cmd, "commands"):  # a group (typer may carry its own click: no isinstance)
+            for name, sub in cmd.commands.items():
+                walk(sub, path + [name])
+        elif any("--ray" in p.opts for p in cmd.params):
+            found.append(path)
+            ctx = cmd.make_context(path[-1], ["--ray"] + (["x"] if any(
+                p.param_type_name == "argument" and p.required for p in cmd.params) else []), resilient_parsing=True)
+            assert ctx.params["ray"] == "local", path
+    walk(root, [])
+    assert {"generate", "stage1"} <= {p[-1] for p in found} and ["eval", "metrics"] in found, found
 
 
 def _free_port():

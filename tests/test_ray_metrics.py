@@ -39,7 +39,7 @@ def _sets(tmp_path, n_real=21, n_fake=18):
 
 def test_bare_ray_flag_means_local():
     assert normalise_ray_flag(["eval", "metrics", "--ray"]) == ["eval", "metrics", "--ray", "local"]
-    assert normalise_ray_flag(["--ray", "--workers", "2"]) == ["--ray", "local", "--workers", "2"]
+    assert normalise_ray_flag(["--ray", "--ray-workers", "2"]) == ["--ray", "local", "--ray-workers", "2"]
     assert normalise_ray_flag(["generate", "--ray", "manifest.csv"]) == ["generate", "--ray", "local", "manifest.csv"]
     for addr in ("auto", "local", "10.0.0.5:6379", "ray://head:10001", "head-node.example:6379", "[::1]:6379"):
         assert looks_like_address(addr) and normalise_ray_flag(["--ray", addr]) == ["--ray", addr]
@@ -84,7 +84,7 @@ def test_eval_metrics_cli_bare_ray_equals_without(ray_local, tiny_clip, tmp_path
     code, _, err = run_cli([*base, "--cache-dir", str(tmp_path / "c1"), "--out", str(tmp_path / "one.json")],
                            capsys, monkeypatch)
     assert code == 0, err
-    code, out, err = run_cli([*base, "--ray", "--cache-dir", str(tmp_path / "c2"), "--workers", "2",
+    code, out, err = run_cli([*base, "--ray", "--cache-dir", str(tmp_path / "c2"), "--ray-workers", "2",
                               "--out", str(tmp_path / "ray.json")], capsys, monkeypatch)
     assert code == 0, err
     one, dist = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "ray.json"))
@@ -92,7 +92,7 @@ def test_eval_metrics_cli_bare_ray_equals_without(ray_local, tiny_clip, tmp_path
         assert _rel(dist[key], one[key]) <= 1e-6, key
     assert dist["ray"]["workers"] == 2 and dist["ray"]["address"] == "local" and "ray" not in one
 
-    code, _, err = run_cli([*base, "--workers", "2"], capsys, monkeypatch)
+    code, _, err = run_cli([*base, "--ray-workers", "2"], capsys, monkeypatch)
     assert code != 0 and "--workers and --gpus-per-worker need --ray" in err and "Traceback" not in err
 
 

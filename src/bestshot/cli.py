@@ -17,6 +17,7 @@ from rich.console import Console
 
 from bestshot import jsonio
 from .errors import BestshotError
+from .scale.flags import RayFlagCommand
 from .scale.cli_options import CPUS_PER_WORKER, GPUS_PER_WORKER, RAY, RAY_BATCH, RAY_WORKERS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -31,7 +32,7 @@ def _read_text_file(path: Path, what: str, empty_hint: str) -> str:
     return read_user_text(path, what, "check the path", empty_hint)
 
 
-@app.command()
+@app.command(cls=RayFlagCommand)  # a bare --ray: a local Ray
 def generate(
     prompt: Optional[str] = typer.Argument(None, help="What to draw (omit with --text-file or --prompts-file)."),
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="fast | quality_1min | quality_max | custom | embedded"),
@@ -356,9 +357,6 @@ def main() -> None:
     _quiet.apply()  # third-party noise off, narrowly (see bestshot/_quiet.py); our own warnings stay
     warnings.showwarning = _showwarning
     try:
-        from .scale.cli_options import normalise_argv
-
-        sys.argv[:] = normalise_argv(sys.argv)  # a bare --ray: a local Ray
         _mount_subapps(sys.argv)
         _check_float_flags(app)
         app()

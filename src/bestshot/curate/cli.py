@@ -17,6 +17,7 @@ import typer
 
 from ..errors import BestshotError
 from ..scale.cli_options import CPUS_PER_WORKER, GPUS_PER_WORKER, RAY, RAY_BATCH, RAY_WORKERS
+from ..scale.flags import RayFlagCommand
 
 app = typer.Typer(help="Curation workflow: stage1 → curate → upscale.", no_args_is_help=True)
 
@@ -106,7 +107,7 @@ def _main(mode: str, config: Path, once: bool, count: Optional[int], init: bool,
     _say(f"{mode}: {len(done)} image(s) done → {wf.layout.root}")
 
 
-@app.command("stage1")
+@app.command("stage1", cls=RayFlagCommand)
 def stage1(once: bool = typer.Option(False, "--once", help="Make one image and stop."),
            count: Optional[int] = typer.Option(None, "--count", "-n", help="Make N images and stop."),
            config: Path = CONFIG,

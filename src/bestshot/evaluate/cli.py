@@ -106,7 +106,7 @@ def manifest(
     out.print(f"written: {path} ({n} rows)")
 
 
-@app.command("generate")
+@app.command("generate", cls=RayFlagCommand)
 def generate_cmd(
     manifest_csv: str = typer.Argument(..., metavar="MANIFEST", help="Manifest CSV (from `bestshot eval manifest`)."),
     out_dir: str = typer.Option(..., "--out", help="Folder for {row_id:06d}.png + .json; rerun to resume."),
@@ -172,11 +172,9 @@ def metrics_cmd(
                                       "workers (the statistics are computed here, equal to a run without --ray). "
                                       "Bare --ray: a local Ray; ADDRESS: auto, HOST:PORT or ray://HOST:PORT (image "
                                       "paths must be readable on every node)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="With --ray: extractor copies at once (default: "
-                                          "one per GPU, or one per --cpus-per-worker CPUs)."),
-    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="With --ray: GPUs per worker "
-                                                    "(default 1 when the cluster has GPUs, else 0)."),
-    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="With --ray: CPUs per worker."),
+    workers: Optional[int] = RAY_WORKERS,
+    gpus_per_worker: Optional[float] = GPUS_PER_WORKER,
+    cpus_per_worker: float = CPUS_PER_WORKER,
 ) -> None:
     """FID, KID, Inception Score, CLIP score and CMMD of generated images against reference images."""
     from rich.table import Table
@@ -191,7 +189,8 @@ def metrics_cmd(
     if save_real_stats and real is None:
         raise BestshotError("--save-real-stats needs --real (the images whose statistics it writes)")
     if ray is None and (workers is not None or gpus_per_worker is not None):
-        raise BestshotError("--workers and --gpus-per-worker need --ray")
+        raise BestshotError("--ray-workers and --gpus-per-worker only apply with --ray — add --ray (a local Ray) "
+                            "or --ray ADDRESS (a cluster)")
     if ray is None:
         ext, clip_ext = build_extractors(extractor, inception_weights, clip, device, resize)
         res = evaluate_folder(real, fake, ext, clip_ext, captions_manifest=captions,

@@ -1,22 +1,17 @@
-"""The ``--ray`` flags shared by the batch commands (``eval generate``, ``generate --prompts-file``,
-``stage1 --count``), and the argv rule that lets ``--ray`` stand alone.
+"""The ``--ray`` flags shared by the Ray commands (``eval generate``, ``generate --prompts-file``,
+``stage1 --count``, ``eval metrics``).
 
-typer has no option with an optional value, so :func:`normalise_argv` (called by ``bestshot``'s main)
-turns a bare ``--ray`` into ``--ray local``: the word after ``--ray`` is taken as its ADDRESS only when it
-looks like one (``local``, ``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), so ``--ray manifest.csv`` still
-reads the manifest as the positional argument.
+A bare ``--ray`` (a local Ray) works because those commands are declared with
+``cls=scale.flags.RayFlagCommand``, which gives it the value ``local`` before parsing.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Optional
 
 import typer
 
 from .batch import RayJobCfg
-
-_ADDRESS = re.compile(r"^(local|auto|ray://\S+|\[?[\w.\-:]+\]?:\d+)$")
 
 RAY = typer.Option(None, "--ray", metavar="[ADDRESS]",
                    help="Run on Ray: bare --ray = a local Ray on this machine; --ray auto / HOST:PORT / "
@@ -29,29 +24,6 @@ GPUS_PER_WORKER = typer.Option(None, "--gpus-per-worker", min=0.0,
                                     "the cluster has GPUs, else 0).")
 CPUS_PER_WORKER = typer.Option(1.0, "--cpus-per-worker", min=0.01, help="CPUs per Ray worker.")
 RAY_BATCH = typer.Option(1, "--ray-batch-size", min=1, help="Rows per Ray Data batch (map_batches batch_size).")
-
-
-# the commands whose --ray takes an optional ADDRESS (the RAY option above); others are left alone
-ADDRESS_COMMANDS = {("generate",), ("stage1",), ("eval", "generate")}
-
-
-def normalise_argv(argv: list[str]) -> list[str]:
-    """``--ray`` with no ADDRESS after it becomes ``--ray local`` (for the :data:`ADDRESS_COMMANDS`)."""
-    words = [a for a in argv[1:] if not a.startswith("-")]
-    if tuple(words[:1]) not in ADDRESS_COMMANDS and tuple(words[:2]) not in ADDRESS_COMMANDS:
-        return list(argv)
-    out = list(argv)
-    i = 0
-    while i < len(out):
-        if out[i] == "--":
-            break
-        if out[i] == "--ray":
-            nxt = out[i + 1] if i + 1 < len(out) else None
-            if nxt is None or not _ADDRESS.match(nxt):
-                out.insert(i + 1, "local")
-            i += 1
-        i += 1
-    return out
 
 
 def ray_cfg(address: Optional[str], workers: Optional[int], gpus: Optional[float], cpus: float,
@@ -84,4 +56,4 @@ def ray_cfg(address: Optional[str], workers: Optional[int], gpus: Optional[float
                      batch_size=batch_size, **extra).validate()
 
 
-__all__ = ["RAY", "RAY_WORKERS", "GPUS_PER_WORKER", "CPUS_PER_WORKER", "RAY_BATCH", "normalise_argv", "ray_cfg"]
+__all__ = ["RAY", "RAY_WORKERS", "GPUS_PER_WORKER", "CPUS_PER_WORKER", "RAY_BATCH", "ray_cfg"]

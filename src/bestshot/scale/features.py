@@ -133,7 +133,7 @@ class RayFeatureExtractor:
             raise BestshotError(f"workers need GPUs or CPUs: --gpus-per-worker {num_gpus:g}, --cpus-per-worker "
                                 f"{num_cpus:g} (both >= 0, not both 0)")
         if workers is not None and workers < 1:
-            raise BestshotError(f"--workers must be >= 1 (got {workers})")
+            raise BestshotError(f"--ray-workers must be >= 1 (got {workers})")
         self.factory, self.num_gpus, self.num_cpus = factory, float(num_gpus), float(num_cpus)
         if workers is None:
             res = ray.cluster_resources()
