@@ -93,7 +93,7 @@ def test_eval_metrics_cli_bare_ray_equals_without(ray_local, tiny_clip, tmp_path
     assert dist["ray"]["workers"] == 2 and dist["ray"]["address"] == "local" and "ray" not in one
 
     code, _, err = run_cli([*base, "--ray-workers", "2"], capsys, monkeypatch)
-    assert code != 0 and "--workers and --gpus-per-worker need --ray" in err and "Traceback" not in err
+    assert code != 0 and "--ray-workers and --gpus-per-worker only apply with --ray" in err and "Traceback" not in err
 
 
 def test_ray_extractor_with_logits_gives_the_same_inception_score(ray_local, tmp_path):
