@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -158,10 +159,11 @@ def serve_on_ray(settings: ServerSettings, *, address: str | None, host: str, po
         if short:
             echo(f"warning: {short} (waiting for the cluster's autoscaler to add GPUs)")
         stop = stop or threading.Event()
+        signalled: list[bool] = []
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         if threading.current_thread() is threading.main_thread():
-            for s in previous:
-                signal.signal(s, lambda *_: stop.set())
+            for s in previous:  # the handler only sets a flag: Event.set() from a signal handler can deadlock
+                signal.signal(s, lambda *_: signalled.append(True))  # on the lock the interrupted wait holds
         if not local and APP_NAME in _running_apps():
             echo(f"warning: the cluster already runs a Serve application named {APP_NAME!r}: it is replaced")
         try:
@@ -172,8 +174,8 @@ def serve_on_ray(settings: ServerSettings, *, address: str | None, host: str, po
             echo(f"bestshot serving {settings.model} on Ray Serve: {count}, {per} each, at most {settings.max_queue} "
                  f"jobs queued in all — http://{host}:{port}/  (Ctrl-C stops)")
             try:
-                while not stop.wait(0.5):
-                    pass
+                while not (signalled or stop.is_set()):
+                    time.sleep(0.2)
                 echo("stopping: replicas finish or stop their running job, queued jobs are answered 503")
             finally:
                 _stop(counter)
