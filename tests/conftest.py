@@ -10,6 +10,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test starts and ends on one torch thread. The bench scripts the smoke tests run in-process set
+    their own count (``--threads``); left behind, it changed later in-process renders by a rounding step, and
+    the --ray tests, which compare them bit for bit with 1-CPU Ray workers, failed after them."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("tiny_models")
