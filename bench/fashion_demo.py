@@ -119,6 +119,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for every stage (0: the configs' own)")
+    ap.add_argument("--clip-minutes", type=float, default=None, help="the CLIP's time budget (default: its config's)")
+    ap.add_argument("--ddpm-minutes", type=float, default=None,
+                    help="each denoiser's time budget (default: its config's)")
     args = ap.parse_args(argv)
     from bestshot.train import clip_train, ddpm
     from bestshot.train.embed import build_cache
@@ -128,38 +132,61 @@ def main(argv=None) -> dict:
     q = args.quick
     n_img = 256 if q else 60_000
     t0 = time.time()
-    res: dict = {"quick": q, "machine": f"{torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}"}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res: dict = {"quick": q, "machine": f"{torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}",
+                 "argv": list(argv) if argv is not None else __import__("sys").argv[1:]}
+    stages_file = runs / "stages.json"  # each stage's own report, kept across resumed runs
+    stages: dict = json.loads(stages_file.read_text()) if stages_file.exists() else {}
+
+    def stage_done(name: str, report: dict) -> None:
+        stages[name] = report
+        tmp = stages_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(stages, indent=2, default=str))
+        tmp.replace(stages_file)
 
     oracle_path = runs / "oracle.pt"
     if not oracle_path.exists():
-        res.update(train_oracle(oracle_path, 512 if q else None, 1 if q else 5))
+        t = time.time()
+        stage_done("oracle", {**train_oracle(oracle_path, 512 if q else None, 1 if q else 5),
+                              "seconds": round(time.time() - t, 1)})
     oracle = Oracle()
     oracle.load_state_dict(torch.load(oracle_path))
     oracle.eval()
 
     small = dict(vision_hidden=32, vision_layers=1, text_hidden=32, text_layers=1, projection_dim=32, steps=3,
                  batch_size=32, max_minutes=0) if q else {}
+    over = {"threads": args.threads} if args.threads else {}
+    clip_over = {**over, **({"max_minutes": args.clip_minutes} if args.clip_minutes is not None else {})}
+    ddpm_over = {**over, **({"max_minutes": args.ddpm_minutes} if args.ddpm_minutes is not None else {})}
     clip_dir = runs / "clip"
     if not (clip_dir / "config.json").exists():
-        clip_train.run(str(ROOT / "configs/fashion/clip.yaml"), out_dir=str(clip_dir), **small)
+        t = time.time()
+        rep = clip_train.run(str(ROOT / "configs/fashion/clip.yaml"), out_dir=str(clip_dir), **{**clip_over, **small})
+        stage_done("clip", {"report": rep, "seconds": round(time.time() - t, 1)})
     cache = runs / "embeds.safetensors"
     if not cache.exists():
+        t = time.time()
         build_cache("fashion-mnist", clip_dir, cache, img_size=32, length=n_img)
+        stage_done("embed", {"images": n_img, "seconds": round(time.time() - t, 1)})
     dd = dict(block_out_channels=(32, 32), attention_levels=(False, True), steps=3, batch_size=16,
               ckpt_every=3, max_minutes=0) if q else {}
     for name, cfg_file, extra in (("image_embed", "ddpm_image_embed.yaml", {"embed_cache": str(cache)}),
                                   ("text_baseline", "ddpm_text.yaml", {})):
         out = runs / f"ddpm_{name}"
         cfg = ddpm.load_config(ddpm.DDPMConfig, str(ROOT / "configs/fashion" / cfg_file), clip=str(clip_dir),
-                               out_dir=str(out), dataset_length=n_img, **extra, **dd)
+                               out_dir=str(out), dataset_length=n_img, **extra, **{**ddpm_over, **dd})
         if not (out / "summary.json").exists():
-            res[f"train_{name}"] = ddpm.train(cfg, resume=(out / ddpm.CKPT_NAME).exists())
+            t = time.time()
+            rep = ddpm.train(cfg, resume=(out / ddpm.CKPT_NAME).exists())
+            stage_done(f"train_{name}", {"report": rep, "seconds": round(time.time() - t, 1)})
     xt, _ = _split("test", 500 if q else None)
     with torch.no_grad():
         test_feats = oracle.features(_grey(xt)).numpy()
     per_class = 4 if q else args.per_class
     for name in ("image_embed", "text_baseline"):
         res[name] = judge(runs / f"ddpm_{name}", oracle, test_feats, per_class, 2 if q else args.steps, args.guidance)
+    res["stages"] = stages
     res["seconds"] = round(time.time() - t0, 1)
     (runs / "results.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
