@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from ..errors import BestshotError
+from .ensemble import Scale
 
 PICKSCORE = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -109,6 +110,9 @@ def save_image_reward(model: ImageRewardModel, tokenizer: Any, folder: str | Pat
 
 
 class ImageRewardScorer:
+    # the model's output is already (reward - mean) / std with ImageReward's own constants
+    scale = Scale(0.0, 1.0, "imagereward")
+
     def __init__(self, model: ImageRewardModel, tokenizer: Any, *, name: str, device: torch.device | str = "cpu",
                  batch_size: int = 16):
         self.model = model.eval().to(device)

@@ -15,7 +15,9 @@ Head. ``logistic``: ``p(keep | x) = sigmoid(w.x + b)`` over all rows. ``bt`` (Br
 kept/deleted pair of the same prompt, ``p(kept beats deleted) = sigmoid(w.(x_kept - x_deleted))``. Both
 are fitted with L-BFGS and an L2 penalty, cross-validated with k folds split by prompt (no prompt in both
 training and validation), then refitted on everything and saved as ``outputs/taste/head.json``
-(atomic write) with the row count and the validation accuracy. Retraining starts from the saved weights
+(atomic write) with the row count, the validation accuracy and the scale of its logits (their mean and
+std over the training rows: what an ensemble divides by, :mod:`bestshot.scoring.ensemble`; a head saved
+before this has none and the ensemble falls back to its default scale, mean 0 and std 1). Retraining starts from the saved weights
 (warm start) when the embedder and dimension match.
 """
 
@@ -284,7 +286,8 @@ def train_head(ds: Dataset, *, kind: str = "logistic", embedder: str = "embedded
         raise BestshotError("no kept/deleted pair shares a prompt — the Bradley–Terry head needs both verdicts for "
                             "one prompt; use --kind logistic")
     w, b = fit
-    info = {"rows": int(len(ds.y)), "kept": n_keep, "deleted": n_del, "skipped_rows": ds.skipped,
+    z = ds.x @ w + b
+    info = {"logit_mean": float(z.mean()), "logit_std": float(z.std()),"rows": int(len(ds.y)), "kept": n_keep, "deleted": n_del, "skipped_rows": ds.skipped,
             "pairs": len(_pairs(ds.y, ds.prompts, all_idx)), "folds": len(split),
             "cv_accuracy": (right / total) if total else None, "cv_count": total, "l2": l2,
             "warm_start": init is not None, "trained": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -302,6 +305,17 @@ class TasteScorer:
 
     def truncate(self, text: str) -> tuple[str, bool]:
         return text, False
+
+    @property
+    def scale(self) -> Any:
+        """The mean/std of the head's logits on its training rows (``None`` for a head saved without them)."""
+        from .ensemble import Scale
+
+        try:
+            s = Scale(float(self.head.info["logit_mean"]), float(self.head.info["logit_std"]), "taste head")
+        except (KeyError, TypeError, ValueError):
+            return None
+        return s if s.valid() else None
 
     def score(self, images: Sequence[Image.Image], text: str | Sequence[str]) -> list[float]:
         if not images:
