@@ -23,9 +23,9 @@ from (:func:`scale_of`):
 
 from __future__ import annotations
 
-import re
 import logging
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
