@@ -83,3 +83,77 @@ def test_hpsv2_without_open_clip_or_weights_is_a_clear_error(tmp_path):
 def test_not_a_preference_model():
     assert load_preference_model("embedded") is None
     assert load_preference_model("open_clip:ViT-B-32") is None
+
+
+# ------------------------------------------------------------- the original ImageReward.pt (BLIP code base)
+def _to_original_layout(sd):
+    """Our ImageRewardModel's state dict in the key layout of the original ImageReward code (the inverse of
+    convert_image_reward, written out by hand from the BLIP ViT / med.py names)."""
+    import re
+
+    block = {"layer_norm1": "norm1", "layer_norm2": "norm2", "self_attn.qkv": "attn.qkv",
+             "self_attn.projection": "attn.proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+    top = {"embeddings.class_embedding": "cls_token", "embeddings.position_embedding": "pos_embed",
+           "embeddings.patch_embedding.weight": "patch_embed.proj.weight",
+           "embeddings.patch_embedding.bias": "patch_embed.proj.bias",
+           "post_layernorm.weight": "norm.weight", "post_layernorm.bias": "norm.bias"}
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("mlp."):
+            out["mlp.layers." + k[4:]] = v
+        elif k.startswith("text."):
+            out["blip.text_encoder." + k[5:]] = v
+        else:
+            rest = k[len("vision."):]
+            m = re.match(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", rest)
+            out["blip.visual_encoder." + (top[rest] if rest in top else f"blocks.{m[1]}.{block[m[2]]}.{m[3]}")] = v
+    # what the original file also carries and ImageReward's score never reads
+    out["blip.vision_proj.weight"] = torch.zeros(8, 32)
+    out["blip.text_proj.weight"] = torch.zeros(8, 32)
+    out["blip.text_encoder.embeddings.position_ids"] = torch.arange(64)[None]
+    return out
+
+
+def test_original_image_reward_checkpoint_converts_and_scores_the_same(tmp_path):
+    from transformers import BertTokenizer, BlipConfig
+
+    from bestshot.scoring.preference_models import convert_image_reward
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "square", "circle"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizer(str(tmp_path / "vocab.txt"))
+    # one head (what the shapes imply below 64 channels) and BLIP's ViT epsilon, as the original code has
+    cfg = BlipConfig(text_config=dict(vocab_size=len(vocab), hidden_size=32, encoder_hidden_size=32,
+                                      intermediate_size=37, num_attention_heads=1, num_hidden_layers=2,
+                                      max_position_embeddings=64, pad_token_id=0),
+                     vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=1,
+                                        num_hidden_layers=2, image_size=32, patch_size=8, layer_norm_eps=1e-6))
+    torch.manual_seed(1)
+    ours = ImageRewardModel(cfg)
+    for layer in ours.mlp:
+        if isinstance(layer, torch.nn.Linear):
+            torch.nn.init.normal_(layer.weight, std=0.5)
+    original = _to_original_layout(ours.state_dict())
+    assert set(convert_image_reward(original)) == set(ours.state_dict())
+    pt = tmp_path / "ImageReward.pt"
+    torch.save(original, pt)
+
+    s = get_scorer(f"imagereward@{pt}")  # the file itself; its folder (vocab.txt beside it) works too
+    assert isinstance(s, ImageRewardScorer)
+    reference = ImageRewardScorer(ours, tok, name="ref")
+    assert s.score(IMS, "a red square") == pytest.approx(reference.score(IMS, "a red square"), abs=1e-5)
+    assert ImageRewardScorer.from_pretrained(str(tmp_path)).score(IMS, "a blue circle") == pytest.approx(
+        reference.score(IMS, "a blue circle"), abs=1e-5)
+
+
+def test_unknown_image_reward_layout_is_a_clear_error(tmp_path):
+    from bestshot.scoring.preference_models import convert_image_reward
+
+    torch.save({"model.visual.weight": torch.zeros(2)}, tmp_path / "ImageReward.pt")
+    with pytest.raises(BestshotError, match="unknown ImageReward checkpoint layout"):
+        ImageRewardScorer.from_pretrained(str(tmp_path / "ImageReward.pt"))
+    with pytest.raises(BestshotError, match="unknown keys.*blip.visual_encoder.extra"):
+        convert_image_reward({"blip.visual_encoder.extra": torch.zeros(1), "mlp.layers.0.weight": torch.zeros(1)})
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(BestshotError, match="cannot read"):
+        ImageRewardScorer.from_pretrained(str(tmp_path / "junk.pt"))

@@ -88,6 +88,14 @@ def test_gallery_runs_curation_and_screenshot(browser, tiny_sd15, tiny_clip, tmp
             page.locator("[data-testid=stage1-item][data-name='cand1.png'] [data-testid=keep]").click()
             page.wait_for_selector("[data-testid=stage1-item].kept")
             assert json.loads((curate / "curation.json").read_text())["kept"] == ["cand1.png"]
+            page.locator("[data-testid=stage1-item][data-name='cand0.png'] [data-testid=star]").click()
+            page.wait_for_selector("[data-testid=stage1-item][data-name='cand0.png'].starred")
+            assert json.loads((curate / "curation.json").read_text())["starred"] == ["cand0.png"]
+            # every click was a preference row: delete, undo, keep, star
+            rows = [json.loads(x) for x in (curate / "taste" / "preferences.jsonl").read_text().splitlines()]
+            assert [(r["image"], r["verdict"]) for r in rows] == [
+                ("stage1/cand0.png", "delete"), ("stage1/cand0.png", "undo"), ("stage1/cand1.png", "keep"),
+                ("stage1/cand0.png", "star")]
 
             page.locator("[data-testid=upscale]").click()
             page.wait_for_function("document.getElementById('message').textContent.length > 0")

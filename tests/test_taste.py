@@ -10,7 +10,7 @@ from PIL import Image
 from bestshot.curate.layout import Layout
 from bestshot.errors import BestshotError
 from bestshot.scoring import get_scorer
-from bestshot.scoring.ensemble import EnsembleScorer, Term, parse_ensemble, zscore
+from bestshot.scoring.ensemble import DEFAULT_SCALE, MEASURED, EnsembleScorer, Scale, Term, parse_ensemble, scale_of
 from bestshot.curate.preferences import collect_stage1
 from bestshot.scoring.taste import (EmbeddingCache, TasteHead, TasteScorer, add_preference, dataset, latest_verdicts,
                                     read_preferences, train_head)
@@ -160,8 +160,10 @@ def test_ensemble_grammar_errors():
 
 
 class _Const:
-    def __init__(self, name, values):
+    def __init__(self, name, values, scale=None):
         self.name, self.values = name, values
+        if scale is not None:
+            self.scale = scale
 
     def truncate(self, text):
         return text, False
@@ -170,21 +172,46 @@ class _Const:
         return list(self.values[: len(images)])
 
 
-def test_ensemble_arithmetic_zscores_each_term():
-    a = _Const("a", [0.30, 0.31, 0.32])  # a cosine: tiny spread
-    b = _Const("b", [10.0, -10.0, 0.0])  # a logit: huge spread
+def test_ensemble_puts_each_term_on_its_saved_scale():
+    a = _Const("a", [0.30, 0.31, 0.32], Scale(0.31, 0.01))  # a cosine: tiny spread
+    b = _Const("b", [10.0, -10.0, 0.0], (0.0, 5.0))  # a logit: huge spread (a plain (mean, std) pair works too)
     ens = EnsembleScorer([a, b], [1.0, 0.5])
     ims = [Image.new("RGB", (4, 4))] * 3
     got = ens.score(ims, "t")
-    za, _, _ = zscore(a.values)
-    zb, _, _ = zscore(b.values)
-    assert np.allclose(got, za + 0.5 * zb)
-    assert np.allclose(za, [-np.sqrt(1.5), 0, np.sqrt(1.5)])
-    # one image (the re-score of a re-rendered best) keeps the scale of the last set for that text
-    assert np.allclose(ens.score(ims[:1], "t"), [za[0] + 0.5 * zb[0]])
-    assert ens.score(ims[:1], "other text") == [0.0]
-    flat = EnsembleScorer([_Const("c", [1.0, 1.0])], [1.0])
-    assert flat.score(ims[:2], "t") == [0.0, 0.0]
+    assert np.allclose(got, [(0.30 - 0.31) / 0.01 + 0.5 * 10 / 5, 0 + 0.5 * -10 / 5, (0.32 - 0.31) / 0.01])
+    # a weight is "standard deviations of that scorer": one std of a is worth as much as one std of b at weight 1
+    even = EnsembleScorer([_Const("a", [0.32], Scale(0.31, 0.01)), _Const("b", [-5.0], Scale(0.0, 5.0))], [1.0, 1.0])
+    assert np.allclose(even.score(ims[:1], "t"), [0.0])
+    # one image scores what it scores in a set, whatever the text and the other images
+    assert np.allclose(ens.score(ims[:1], "other text"), got[:1])
+    assert ens.score([], "t") == []
+
+
+def test_ensemble_missing_or_bad_scale_falls_back_to_the_default(caplog):
+    assert scale_of(_Const("nameless", [1.0])) == DEFAULT_SCALE
+    assert scale_of(_Const("zero", [1.0], Scale(0.0, 0.0))) == DEFAULT_SCALE
+    assert scale_of(_Const("nan", [1.0], (float("nan"), 1.0))) == DEFAULT_SCALE
+    assert scale_of(_Const("junk", [1.0], ("x", "y"))) == DEFAULT_SCALE
+    assert scale_of(_Const("embedded", [1.0])) == MEASURED["embedded"]  # by name: the measured constants
+    with caplog.at_level("WARNING"):
+        ens = EnsembleScorer([_Const("raw", [3.0, 1.0]), _Const("b", [1.0, 1.0], Scale(1.0, 2.0))], [2.0, 1.0])
+    assert "raw" in caplog.text and "raw score units" in caplog.text
+    assert np.allclose(ens.score([Image.new("RGB", (4, 4))] * 2, "t"), [6.0, 2.0])  # raw units times the weight
+
+
+def test_taste_head_saves_its_logit_scale_and_an_old_head_falls_back(tmp_path):
+    _synthetic(tmp_path)
+    head = train_head(dataset(tmp_path, "fake"), embedder="fake", folds=0)
+    z = dataset(tmp_path, "fake").x @ head.w + head.b
+    assert np.isclose(head.info["logit_mean"], z.mean(), atol=1e-5) and np.isclose(head.info["logit_std"], z.std(), atol=1e-5)
+    back = TasteHead.load(head.save(tmp_path / "head.json"))
+    sc = TasteScorer(back, embedder=None).scale
+    assert sc.valid() and np.isclose(sc.std, head.info["logit_std"])
+    old = json.loads((tmp_path / "head.json").read_text())
+    del old["logit_mean"], old["logit_std"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    old_scorer = TasteScorer(TasteHead.load(tmp_path / "old.json"), embedder=None)
+    assert old_scorer.scale is None and scale_of(old_scorer) == DEFAULT_SCALE
 
 
 def test_ensemble_through_pipeline_scorer_reuses_the_pipelines_clip(tmp_path):

@@ -1,8 +1,11 @@
 """Preference rows from what a person did to a stage-1 curation folder (``bestshot taste collect``).
 
 A stage-1 image whose metadata is still there but whose PNG was deleted is a "delete" row; a survivor is a
-"keep" row. The rows go to the output store's preference log (:mod:`bestshot.scoring.taste`), which the
-taste head learns from.
+"keep" row. The gallery of ``bestshot serve`` moves a deleted image and its metadata to ``outputs/trash/``;
+such an image is a "delete" row too (its metadata is read from ``trash/``, and ``collect`` embeds the PNG
+that waits there). The gallery also records its verdicts as they happen (:func:`record_verdict`: keep,
+delete, star, and ``undo``, which forgets the image's earlier verdict). The rows go to the output store's
+preference log (:mod:`bestshot.scoring.taste`), which the taste head learns from.
 """
 
 from __future__ import annotations
@@ -11,20 +14,61 @@ import json
 from pathlib import Path
 
 from ..errors import BestshotError
-from ..scoring.taste import add_preference, latest_verdicts, read_preferences
+from ..scoring.taste import UNDO, VERDICTS, add_preference, latest_verdicts, read_preferences
 from .layout import Layout
+
+TRASH = "trash"
+
+
+def _metadata_files(root: Path) -> list[Path]:
+    """Stage-1 metadata: ``metadata/*.json``, and ``trash/*.json`` (what the gallery deleted)."""
+    return sorted((root / "metadata").glob("*.json")) + sorted((root / TRASH).glob("*.json"))
+
+
+def image_location(outputs: str | Path, image: str) -> Path | None:
+    """Where the PNG of a row's image is now: ``outputs/IMAGE``, else the gallery's trash, else None."""
+    root = Path(outputs)
+    for p in (root / image, root / TRASH / Path(image).name):
+        if p.is_file():
+            return p
+    return None
+
+
+def record_verdict(outputs: str | Path, name: str, verdict: str, *, source: str = "gallery",
+                   now: float | None = None) -> dict:
+    """One gallery verdict on ``stage1/NAME`` as a preference row (the same row ``collect`` writes).
+
+    ``verdict`` is keep, delete, star or ``undo`` (forget the earlier verdict). The prompt and tag come from
+    the image's metadata (``metadata/`` or ``trash/``); an image without a prompt gets an empty one.
+    """
+    if verdict not in VERDICTS + (UNDO,):
+        raise BestshotError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS + (UNDO,))}")
+    root = Path(outputs)
+    stem = Path(name).stem
+    record: dict = {}
+    for meta in (root / "metadata" / f"{stem}.json", root / TRASH / f"{stem}.json"):
+        try:
+            data = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            record = data
+            break
+    prompt = record.get("prompt") if isinstance(record.get("prompt"), str) else ""
+    tag = record.get("tag") if isinstance(record.get("tag"), str) else stem
+    return add_preference(root, prompt, f"stage1/{name}", verdict, source=source, tag=tag, now=now)
 
 
 def collect_stage1(outputs: str | Path, *, source: str = "stage1-folder", now: float | None = None) -> list[dict]:
     """Turn the state of a curation folder into rows; returns only the rows added (idempotent)."""
     layout = Layout(Path(outputs))
     meta_dir = layout.root / "metadata"
-    if not meta_dir.is_dir():
+    if not meta_dir.is_dir() and not (layout.root / TRASH).is_dir():
         raise BestshotError(f"{meta_dir} does not exist — point --outputs (or --workflow-dir) at a curation "
                             "folder made by `bestshot stage1`")
     latest = latest_verdicts(read_preferences(outputs))
     added = []
-    for meta in sorted(meta_dir.glob("*.json")):
+    for meta in _metadata_files(layout.root):
         try:
             record = json.loads(meta.read_text(encoding="utf-8"))
         except (OSError, ValueError):

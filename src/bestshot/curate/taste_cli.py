@@ -39,18 +39,21 @@ def collect(workflow_dir: Path = WORKFLOW_DIR, outputs: Optional[Path] = OUTPUTS
                                        help="Embed surviving stage-1 images not embedded yet (so later deletions can train)."),
             scorer: str = typer.Option("embedded", "--scorer", help="Embedder of the head (a CLIP scorer spec)."),
             device: Optional[str] = typer.Option(None, "--device")) -> None:
-    """Record stage-1 survivors as keep and deleted stage-1 images as delete (idempotent)."""
+    """Record stage-1 survivors as keep and deleted stage-1 images (also those the gallery moved to trash/) as
+    delete (idempotent)."""
     from ..scoring.taste import EmbeddingCache, embedder_for, read_preferences, taste_dir
-    from .preferences import collect_stage1
+    from .preferences import collect_stage1, image_location
 
     out = outputs_of(workflow_dir, outputs)
     added = collect_stage1(out)
     embedded = 0
     if embed:
-        images = sorted({str(r["image"]) for r in read_preferences(out) if r.get("verdict") != "delete"})
+        # every image with a row whose PNG still exists: in stage1/, or in the gallery's trash/
+        images = sorted({str(r["image"]) for r in read_preferences(out) if r.get("image")})
         cache = EmbeddingCache(out, scorer)
-        if any(p not in cache.vectors and (out / p).is_file() for p in images):
-            embedded = cache.add_missing(images, embedder_for(scorer, device).embed_images)
+        locate = lambda p: image_location(out, p)  # noqa: E731
+        if cache.missing(images, locate):
+            embedded = cache.add_missing(images, embedder_for(scorer, device).embed_images, locate=locate)
     counts = {v: sum(r["verdict"] == v for r in added) for v in ("keep", "delete", "star")}
     typer.echo(json.dumps({"outputs": str(out), "added": counts, "embedded": embedded,
                            "preferences": str(taste_dir(out) / "preferences.jsonl")}, indent=2))

@@ -10,7 +10,7 @@ also reads each object a prompt names where it is in a plain-background image (:
 (``outputs/taste/head.json`` under the working folder; ``taste@PATH`` names the file, see
 :mod:`bestshot.scoring.taste`). Public preference models: ``pickscore`` (or ``yuvalkirstain/PickScore_v1``),
 ``imagereward`` and ``hpsv2``, each also ``NAME@LOCAL_PATH`` (:mod:`bestshot.scoring.preference_models`).
-Weighted sums: ``clip+taste:0.5`` — any term with ``:WEIGHT``, each term z-scored over the candidate set
+Weighted sums: ``clip+taste:0.5`` — any term with ``:WEIGHT``, each term divided by its own saved scale
 (:mod:`bestshot.scoring.ensemble`).
 """
 

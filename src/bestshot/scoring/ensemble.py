@@ -7,16 +7,24 @@ spec is an ensemble when at least one term carries a weight (terms without one w
 scorer (its last part is not a number), and ``clip+taste:0.5`` is CLIP (weight 1) plus the taste head
 (weight 0.5). ``clip`` names the default CLIP (the embedded one, or the model family's default scorer).
 
-Normalisation. Each term's scores are z-scored over the candidate set of the call (``(s - mean) / std``
-over the images scored together for one prompt; a term whose scores are all equal contributes 0), then
-summed with the weights: a weight is then "how many standard deviations of this scorer one unit is worth",
-whatever each scorer's native scale (cosine ~0.3, taste logits ~±5). A call with a single image (the
-re-score of a re-rendered best) uses the mean and std of the last call with several images for the same
-text, so its score stays on the same scale; with none, it scores 0.
+Normalisation. Each term is put on its own saved scale, ``(s - mean) / std``, then summed with the
+weights, so a weight is "how many standard deviations of this scorer one unit is worth" whatever its native
+units (cosine ~0.8 ± 0.03 for the embedded CLIP, taste logits ~±5), and a score does not depend on which
+other images are scored with it (one image scores the same alone as in a set of 8). Where the scale comes
+from (:func:`scale_of`):
+
+* a scorer's own ``scale`` attribute: the taste head's is the mean/std of its logits on its training rows
+  (saved in ``head.json`` by ``bestshot taste train``); ImageReward's output is already standardised by the
+  model (mean 0, std 1);
+* otherwise :data:`MEASURED` by the scorer's name: constants measured with ``bench/scorer_scale.py``;
+* otherwise :data:`DEFAULT_SCALE` (mean 0, std 1: the weight is in the scorer's raw units), and the
+  ensemble logs once which terms fell back to it. A head saved before scales were stored falls back too.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -26,6 +34,7 @@ from PIL import Image
 
 from ..errors import BestshotError
 
+log = logging.getLogger(__name__)
 SUFFIXES = ("regions", "spatial")
 _WEIGHT = re.compile(r"^(?P<spec>.+):(?P<w>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
 
@@ -67,14 +76,58 @@ def parse_ensemble(spec: str) -> list[Term] | None:
     return out
 
 
-def zscore(scores: Sequence[float]) -> tuple[np.ndarray, float, float]:
-    s = np.asarray(scores, dtype=np.float64)
-    mean, std = float(s.mean()), float(s.std())
-    return ((s - mean) / std if std > 1e-12 else np.zeros_like(s)), mean, std
+@dataclass(frozen=True)
+class Scale:
+    """Where a scorer's scores usually lie: ``(s - mean) / std`` puts them on a common scale."""
+
+    mean: float
+    std: float
+    source: str = "given"
+
+    def valid(self) -> bool:
+        return math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 1e-12
+
+
+DEFAULT_SCALE = Scale(0.0, 1.0, "default")
+
+# Measured on 2026-12-05 by `python bench/scorer_scale.py --prompts 40 --n 8` (bench/RESULTS.md): mean and
+# std of the scorer over every candidate of the embedded model (its shipped 16 steps, seeds 0-7) for 40
+# held-out world prompts of seed 31337, each image scored against its own prompt (320 images). The std is
+# over all images together (the spread between prompts included), as the taste head's is over all its
+# training rows; the spread within one prompt's 8 candidates is smaller (0.040, 0.149, 0.076).
+MEASURED: dict[str, Scale] = {
+    "embedded": Scale(0.7790, 0.0571, "measured"),
+    "embedded+regions": Scale(0.6165, 0.2010, "measured"),
+    "embedded+spatial": Scale(0.7382, 0.1117, "measured"),
+}
+
+
+def scale_of(scorer: Any) -> Scale:
+    """The scale of ``scorer``'s scores (see the module doc); never fails: a bad or missing one is the default."""
+    own = getattr(scorer, "scale", None)
+    if isinstance(own, Scale) and own.valid():
+        return own
+    if isinstance(own, (tuple, list)) and len(own) == 2:
+        try:
+            s = Scale(float(own[0]), float(own[1]), "given")
+        except (TypeError, ValueError):
+            s = DEFAULT_SCALE
+        if s.valid():
+            return s
+    measured = MEASURED.get(str(getattr(scorer, "name", "")))
+    return measured if measured is not None else DEFAULT_SCALE
+
+
+def combine(term_scores: Sequence[Sequence[float]], scales: Sequence[Scale], weights: Sequence[float]) -> np.ndarray:
+    """``sum_i w_i * (s_i - mean_i) / std_i``: one number per image."""
+    total = np.zeros(len(term_scores[0]) if term_scores else 0)
+    for raw, sc, w in zip(term_scores, scales, weights):
+        total += w * (np.asarray(raw, dtype=np.float64) - sc.mean) / sc.std
+    return total
 
 
 class EnsembleScorer:
-    """``sum_i w_i * zscore(scorer_i(images, text))`` (see the module doc)."""
+    """``sum_i w_i * (scorer_i(images, text) - mean_i) / std_i`` (see the module doc)."""
 
     def __init__(self, scorers: Sequence[Any], weights: Sequence[float], name: str | None = None):
         if len(scorers) != len(weights) or not scorers:
@@ -82,7 +135,11 @@ class EnsembleScorer:
         self.scorers = list(scorers)
         self.weights = [float(w) for w in weights]
         self.name = name or "+".join(f"{s.name}:{w:g}" for s, w in zip(self.scorers, self.weights))
-        self._stats: dict[tuple[int, str], tuple[float, float]] = {}
+        self.scales = [scale_of(s) for s in self.scorers]
+        unscaled = [s.name for s, sc in zip(self.scorers, self.scales) if sc.source == "default"]
+        if unscaled:
+            log.warning("ensemble %s: no saved scale for %s — their weights are in raw score units",
+                        self.name, ", ".join(map(str, unscaled)))
 
     @property
     def base(self) -> Any:
@@ -98,17 +155,4 @@ class EnsembleScorer:
     def score(self, images: Sequence[Image.Image], text: str | Sequence[str]) -> list[float]:
         if not images:
             return []
-        total = np.zeros(len(images))
-        key_text = text if isinstance(text, str) else "\x00".join(text)
-        for i, (scorer, w) in enumerate(zip(self.scorers, self.weights)):
-            raw = [float(v) for v in scorer.score(images, text)]
-            if len(images) > 1:
-                z, mean, std = zscore(raw)
-                if len(self._stats) >= 1024:  # a long serve session: keep the cache bounded
-                    self._stats.pop(next(iter(self._stats)))
-                self._stats[(i, key_text)] = (mean, std)
-            else:
-                mean, std = self._stats.get((i, key_text), (raw[0], 0.0))
-                z = (np.asarray(raw) - mean) / std if std > 1e-12 else np.zeros(len(raw))
-            total += w * z
-        return total.tolist()
+        return combine(self.term_scores(images, text), self.scales, self.weights).tolist()

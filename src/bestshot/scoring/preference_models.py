@@ -8,9 +8,11 @@
   BERT text encoder cross-attending to the image) with an MLP head 768→1024→128→64→16→1, normalised by the
   training mean and std. Built on transformers' ``BlipVisionModel`` and ``BlipTextModel``; a folder holds
   ``config.json`` (a ``BlipConfig``), ``model.safetensors`` and a BERT tokenizer (see
-  :func:`save_image_reward`). The original ``ImageReward.pt`` of the ``THUDM/ImageReward`` repository is a
-  state dict of the BLIP code base; reading it needs a key conversion that is not written yet, so that
-  path raises a clear error.
+  :func:`save_image_reward`). The original ``ImageReward.pt`` of the ``THUDM/ImageReward`` repository (a
+  state dict of the BLIP code base: ``blip.visual_encoder.*``, ``blip.text_encoder.*``, ``mlp.layers.*``)
+  is read too, ``imagereward@PATH/ImageReward.pt`` (or a folder holding it): :func:`convert_image_reward`
+  renames its keys, the config is read off the tensor shapes (:func:`image_reward_config`), and the BERT
+  tokenizer comes from the file's folder or the local cache of ``bert-base-uncased``.
 * ``hpsv2`` / ``hpsv2@CHECKPOINT``: HPSv2 is open_clip's ViT-H-14 with the ``HPS_v2_compressed.pt``
   weights; it needs ``open_clip_torch`` (which needs torchvision).
 """
@@ -24,6 +26,7 @@ import torch
 from PIL import Image
 
 from ..errors import BestshotError
+from .ensemble import Scale
 
 PICKSCORE = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -108,7 +111,121 @@ def save_image_reward(model: ImageRewardModel, tokenizer: Any, folder: str | Pat
     return folder
 
 
+_VIT_BLOCK = {  # BLIP's ViT block (timm layout) → transformers' BlipEncoderLayer
+    "norm1": "layer_norm1", "norm2": "layer_norm2", "attn.qkv": "self_attn.qkv", "attn.proj": "self_attn.projection",
+    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+}
+_VIT_TOP = {"cls_token": "embeddings.class_embedding", "pos_embed": "embeddings.position_embedding",
+            "patch_embed.proj.weight": "embeddings.patch_embedding.weight",
+            "patch_embed.proj.bias": "embeddings.patch_embedding.bias",
+            "norm.weight": "post_layernorm.weight", "norm.bias": "post_layernorm.bias"}
+# parts of the original checkpoint ImageReward's score never reads: BLIP's other heads (vision_proj, text_proj,
+# anything under blip.* beside the two encoders) and the position-id buffer
+_ENCODERS = ("blip.visual_encoder.", "blip.text_encoder.")
+
+
+def _unused(key: str) -> bool:
+    return (key.startswith("blip.") and not key.startswith(_ENCODERS)) or key.endswith("embeddings.position_ids")
+
+
+def is_original_image_reward(state: dict[str, Any]) -> bool:
+    return any(k.startswith("blip.visual_encoder.") for k in state) and any(k.startswith("mlp.layers.") for k in state)
+
+
+def convert_image_reward(state: dict[str, Any]) -> dict[str, Any]:
+    """The original ImageReward state dict (BLIP code base) with the key names of :class:`ImageRewardModel`.
+
+    ``blip.visual_encoder.*`` (timm-style ViT) → ``vision.*``; ``blip.text_encoder.*`` (BLIP's med.py BERT,
+    the layout transformers' BLIP text model was ported from) → ``text.*``; ``mlp.layers.N`` → ``mlp.N``;
+    BLIP's other heads are dropped. Any other key is an error naming it: the file is not the layout this reads.
+    """
+    import re
+
+    if not is_original_image_reward(state):
+        some = ", ".join(list(state)[:3]) or "no keys"
+        raise BestshotError(f"unknown ImageReward checkpoint layout (keys like {some}) — expected the original "
+                            "ImageReward.pt (blip.visual_encoder.*, blip.text_encoder.*, mlp.layers.*) or a folder "
+                            "written by save_image_reward")
+    out: dict[str, Any] = {}
+    unknown = []
+    for k, v in state.items():
+        if _unused(k):
+            continue
+        if k.startswith("mlp.layers."):
+            out["mlp." + k[len("mlp.layers."):]] = v
+        elif k.startswith("blip.text_encoder."):
+            out["text." + k[len("blip.text_encoder."):]] = v
+        elif k.startswith("blip.visual_encoder."):
+            rest = k[len("blip.visual_encoder."):]
+            m = re.match(r"blocks\.(\d+)\.(.+)\.(weight|bias)$", rest)
+            if rest in _VIT_TOP:
+                out["vision." + _VIT_TOP[rest]] = v
+            elif m and m.group(2) in _VIT_BLOCK:
+                out[f"vision.encoder.layers.{m.group(1)}.{_VIT_BLOCK[m.group(2)]}.{m.group(3)}"] = v
+            else:
+                unknown.append(k)
+        else:
+            unknown.append(k)
+    if unknown:
+        raise BestshotError(f"unknown keys in the ImageReward checkpoint: {', '.join(unknown[:5])} — expected the "
+                            "original ImageReward.pt layout")
+    return out
+
+
+def image_reward_config(state: dict[str, Any]) -> Any:
+    """A ``BlipConfig`` read off the shapes of an original ImageReward state dict (ViT-L/16 at 224 px and
+    BERT-base with cross-attention, for the published file), with the BLIP code base's layer-norm epsilons."""
+    import re
+
+    from transformers import BlipConfig
+
+    def count(prefix: str) -> int:
+        return 1 + max(int(m.group(1)) for k in state for m in [re.match(prefix + r"(\d+)\.", k)] if m)
+
+    try:
+        patch = state["blip.visual_encoder.patch_embed.proj.weight"]
+        width, patch_size = int(patch.shape[0]), int(patch.shape[-1])
+        n_pos = int(state["blip.visual_encoder.pos_embed"].shape[1]) - 1
+        words = state["blip.text_encoder.embeddings.word_embeddings.weight"]
+        text_width = int(words.shape[1])
+        vision = dict(hidden_size=width, patch_size=patch_size, image_size=int(round(n_pos ** 0.5)) * patch_size,
+                      num_hidden_layers=count(r"blip\.visual_encoder\.blocks\."),
+                      intermediate_size=int(state["blip.visual_encoder.blocks.0.mlp.fc1.weight"].shape[0]),
+                      num_attention_heads=max(1, width // 64), layer_norm_eps=1e-6)
+        text = dict(vocab_size=int(words.shape[0]), hidden_size=text_width, encoder_hidden_size=width,
+                    num_hidden_layers=count(r"blip\.text_encoder\.encoder\.layer\."),
+                    intermediate_size=int(state["blip.text_encoder.encoder.layer.0.intermediate.dense.weight"].shape[0]),
+                    num_attention_heads=max(1, text_width // 64), layer_norm_eps=1e-12,
+                    max_position_embeddings=int(state["blip.text_encoder.embeddings.position_embeddings.weight"].shape[0]),
+                    pad_token_id=0, **{k: (v if v < int(words.shape[0]) else None)  # BLIP's [DEC] and [SEP]
+                                        for k, v in (("bos_token_id", 30522), ("sep_token_id", 102))})
+    except (KeyError, ValueError, IndexError) as e:
+        raise BestshotError(f"cannot read the ImageReward configuration off the checkpoint (missing {e}) — expected "
+                            "the original ImageReward.pt layout") from None
+    return BlipConfig(text_config=text, vision_config=vision)
+
+
+def _original_tokenizer(folder: Path) -> Any:
+    """The checkpoint folder's tokenizer (saved files, or a bare ``vocab.txt``), else the cached
+    ``bert-base-uncased`` (BLIP's; its two added tokens, [DEC] and [ENC], never occur in a prompt)."""
+    from transformers import AutoTokenizer, BertTokenizer
+
+    if (folder / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    if (folder / "vocab.txt").is_file():
+        return BertTokenizer(str(folder / "vocab.txt"), do_lower_case=True)
+    try:
+        return BertTokenizer.from_pretrained("bert-base-uncased", local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    raise BestshotError(f"no BERT tokenizer for the ImageReward checkpoint — put its vocab.txt (bert-base-uncased) "
+                        f"beside the file in {folder}, or download bert-base-uncased into the Hugging Face cache")
+
+
 class ImageRewardScorer:
+    # the model's output is already (reward - mean) / std with ImageReward's own constants
+    scale = Scale(0.0, 1.0, "imagereward")
+
     def __init__(self, model: ImageRewardModel, tokenizer: Any, *, name: str, device: torch.device | str = "cpu",
                  batch_size: int = 16):
         self.model = model.eval().to(device)
@@ -130,12 +247,14 @@ class ImageRewardScorer:
         from transformers import AutoTokenizer, BlipConfig
 
         folder = Path(source)
+        original = folder if folder.is_file() else folder / "ImageReward.pt"
+        if original.is_file() and not (folder.is_dir() and (folder / "model.safetensors").is_file()):
+            return cls.from_original(original, device=device, name=name)
         if not folder.is_dir():
             raise BestshotError(
-                f"ImageReward weights {source!r} are not a local folder — the original {IMAGEREWARD} checkpoint "
-                "(ImageReward.pt, BLIP code-base layout) cannot be read yet; give imagereward@FOLDER with "
-                "config.json, model.safetensors and a BERT tokenizer (bestshot.scoring.preference_models."
-                "save_image_reward writes one)")
+                f"ImageReward weights {source!r} are not on disk — download ImageReward.pt from {IMAGEREWARD} and give "
+                "imagereward@PATH/ImageReward.pt, or imagereward@FOLDER with config.json, model.safetensors and a "
+                "BERT tokenizer (bestshot.scoring.preference_models.save_image_reward writes one)")
         weights = folder / "model.safetensors"
         if not (folder / "config.json").is_file() or not weights.is_file():
             raise BestshotError(f"{folder} needs config.json and model.safetensors for an ImageReward scorer — "
@@ -151,6 +270,30 @@ class ImageRewardScorer:
             raise BestshotError(f"{weights} does not match the ImageReward architecture (missing {missing[:3]}, "
                                 f"unexpected {unexpected[:3]})")
         return cls(model, tokenizer, name=name, device=device)
+
+    @classmethod
+    def from_original(cls, path: str | Path, *, device: torch.device | str = "cpu", name: str = "imagereward",
+                      tokenizer: Any = None) -> "ImageRewardScorer":
+        """The original ``ImageReward.pt`` (BLIP code-base state dict), converted by :func:`convert_image_reward`."""
+        path = Path(path)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a pickle of something else, a truncated file, ...
+            raise BestshotError(f"cannot read {path} as a PyTorch state dict ({str(e).splitlines()[0][:160]})") from None
+        for wrapper in ("state_dict", "model"):
+            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+                state = state[wrapper]
+        if not isinstance(state, dict):
+            raise BestshotError(f"{path} holds no state dict — expected the original ImageReward.pt")
+        converted = convert_image_reward(state)
+        model = ImageRewardModel(image_reward_config(state))
+        missing, unexpected = model.load_state_dict(converted, strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise BestshotError(f"{path} does not match the ImageReward architecture (missing {missing[:3]}, "
+                                f"unexpected {unexpected[:3]})")
+        return cls(model, tokenizer if tokenizer is not None else _original_tokenizer(path.parent), name=name,
+                   device=device)
 
     def truncate(self, text: str) -> tuple[str, bool]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -5,7 +5,8 @@ Data. ``bestshot taste collect`` reads a curation folder (``outputs/stage1`` + `
 ``delete`` row, a surviving one a ``keep`` row. Rows go to ``outputs/taste/preferences.jsonl`` (one JSON
 object a line, appended under a file lock: :func:`bestshot.store.append_jsonl`) as
 ``{prompt, image, tag, verdict, source, time}``; the latest row of an image wins, and collecting again adds
-a row only when an image's verdict changed. ``star`` rows (a stronger keep) are accepted too.
+a row only when an image's verdict changed. ``star`` rows (a stronger keep, from the gallery) are accepted
+too, and ``undo`` rows forget an image's earlier verdict.
 
 A deleted PNG cannot be embedded any more, so ``collect`` also embeds every surviving stage-1 image it
 has not embedded yet and keeps the vectors in ``outputs/taste/embeddings-<embedder>.npz``: run it once
@@ -15,7 +16,9 @@ Head. ``logistic``: ``p(keep | x) = sigmoid(w.x + b)`` over all rows. ``bt`` (Br
 kept/deleted pair of the same prompt, ``p(kept beats deleted) = sigmoid(w.(x_kept - x_deleted))``. Both
 are fitted with L-BFGS and an L2 penalty, cross-validated with k folds split by prompt (no prompt in both
 training and validation), then refitted on everything and saved as ``outputs/taste/head.json``
-(atomic write) with the row count and the validation accuracy. Retraining starts from the saved weights
+(atomic write) with the row count, the validation accuracy and the scale of its logits (their mean and
+std over the training rows: what an ensemble divides by, :mod:`bestshot.scoring.ensemble`; a head saved
+before this has none and the ensemble falls back to its default scale, mean 0 and std 1). Retraining starts from the saved weights
 (warm start) when the embedder and dimension match.
 """
 
@@ -36,6 +39,7 @@ from ..errors import BestshotError
 from ..store import append_jsonl, atomic_open, atomic_write_json, read_jsonl
 
 VERDICTS = ("keep", "delete", "star")
+UNDO = "undo"  # a row that forgets the image's earlier verdict (the gallery's undo, unkeep, unstar)
 TASTE_DIR = "taste"
 PREFS = "preferences.jsonl"
 HEAD = "head.json"
@@ -54,8 +58,8 @@ def default_head_path(outputs: str | Path = "outputs") -> Path:
 def add_preference(outputs: str | Path, prompt: str, image: str, verdict: str, *, source: str,
                    tag: str | None = None, now: float | None = None) -> dict:
     """Append one (prompt, image, verdict) row to ``outputs/taste/preferences.jsonl``."""
-    if verdict not in VERDICTS:
-        raise BestshotError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
+    if verdict not in VERDICTS + (UNDO,):
+        raise BestshotError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS + (UNDO,))}")
     row = {"prompt": prompt, "image": image, "tag": tag, "verdict": verdict, "source": source,
            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now if now is not None else time.time()))}
     append_jsonl(taste_dir(outputs) / PREFS, row)
@@ -68,11 +72,13 @@ def read_preferences(outputs: str | Path) -> list[dict]:
 
 
 def latest_verdicts(rows: Sequence[dict]) -> dict[str, dict]:
-    """image → its latest row."""
+    """image → its latest row (an ``undo`` row removes the image)."""
     out: dict[str, dict] = {}
     for r in rows:
         if r.get("verdict") in VERDICTS and r.get("image"):
             out[str(r["image"])] = r
+        elif r.get("verdict") == UNDO and r.get("image"):
+            out.pop(str(r["image"]), None)
     return out
 
 
@@ -92,13 +98,19 @@ class EmbeddingCache:
             with np.load(self.path, allow_pickle=False) as z:
                 self.vectors = dict(zip(z["images"].tolist(), z["vectors"]))
 
-    def add_missing(self, images: Sequence[str], embed: Any, batch: int = 32) -> int:
-        todo = [p for p in images if p not in self.vectors and (self.outputs / p).is_file()]
+    def missing(self, images: Sequence[str], locate: Any = None) -> list[tuple[str, Path]]:
+        """(image, where its file is) of the images not embedded yet whose file exists; ``locate(image)``
+        finds the file (default: ``outputs/IMAGE``)."""
+        locate = locate or (lambda p: self.outputs / p if (self.outputs / p).is_file() else None)
+        return [(p, f) for p in images if p not in self.vectors for f in [locate(p)] if f is not None]
+
+    def add_missing(self, images: Sequence[str], embed: Any, batch: int = 32, locate: Any = None) -> int:
+        todo = self.missing(images, locate)
         for i in range(0, len(todo), batch):
-            chunk = todo[i:i + batch]
+            chunk = [p for p, _ in todo[i:i + batch]]
             pil = []
-            for p in chunk:
-                with Image.open(self.outputs / p) as im:
+            for _, f in todo[i:i + batch]:
+                with Image.open(f) as im:
                     pil.append(im.convert("RGB"))
             for p, v in zip(chunk, embed(pil).float().cpu().numpy()):
                 self.vectors[p] = v.astype(np.float32)
@@ -284,7 +296,8 @@ def train_head(ds: Dataset, *, kind: str = "logistic", embedder: str = "embedded
         raise BestshotError("no kept/deleted pair shares a prompt — the Bradley–Terry head needs both verdicts for "
                             "one prompt; use --kind logistic")
     w, b = fit
-    info = {"rows": int(len(ds.y)), "kept": n_keep, "deleted": n_del, "skipped_rows": ds.skipped,
+    z = ds.x @ w + b
+    info = {"logit_mean": float(z.mean()), "logit_std": float(z.std()),"rows": int(len(ds.y)), "kept": n_keep, "deleted": n_del, "skipped_rows": ds.skipped,
             "pairs": len(_pairs(ds.y, ds.prompts, all_idx)), "folds": len(split),
             "cv_accuracy": (right / total) if total else None, "cv_count": total, "l2": l2,
             "warm_start": init is not None, "trained": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -302,6 +315,17 @@ class TasteScorer:
 
     def truncate(self, text: str) -> tuple[str, bool]:
         return text, False
+
+    @property
+    def scale(self) -> Any:
+        """The mean/std of the head's logits on its training rows (``None`` for a head saved without them)."""
+        from .ensemble import Scale
+
+        try:
+            s = Scale(float(self.head.info["logit_mean"]), float(self.head.info["logit_std"]), "taste head")
+        except (KeyError, TypeError, ValueError):
+            return None
+        return s if s.valid() else None
 
     def score(self, images: Sequence[Image.Image], text: str | Sequence[str]) -> list[float]:
         if not images:

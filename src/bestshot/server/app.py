@@ -103,6 +103,11 @@ class NameRequest(_Body):
     name: str = Field(..., max_length=500)
 
 
+class StarRequest(_Body):
+    name: str = Field(..., max_length=500)
+    star: bool = True
+
+
 def create_app(settings: ServerSettings | None = None, **overrides: Any) -> FastAPI:
     """Build the app. ``create_app(model=..., scorer=..., out_dir=...)`` is shorthand for the settings."""
     settings = settings or ServerSettings(**overrides)
@@ -591,6 +596,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     # ------------------------------------------------------------------------------ curation (gallery)
     @v1.get("/curate")
     def curate_list() -> dict[str, Any]:
+        """Stage-1 images (each with kept, starred, metadata), trash, final."""
         why = upscaler.unavailable()
         return {**curation.listing(), "upscale_available": why is None, "upscale_unavailable_reason": why}
 
@@ -608,14 +614,22 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
 
     @v1.post("/curate/keep")
     def curate_keep(req: KeepRequest) -> dict[str, Any]:
+        """Mark a stage-1 image kept (keep=false: unmark); records a keep (or undo) preference row."""
         return _act(lambda: curation.keep(req.name, req.keep), req.name)
+
+    @v1.post("/curate/star")
+    def curate_star(req: StarRequest) -> dict[str, Any]:
+        """Star a stage-1 image, a stronger keep (star=false: unstar); records a star preference row."""
+        return _act(lambda: curation.star(req.name, req.star), req.name)
 
     @v1.post("/curate/delete")
     def curate_delete(req: NameRequest) -> dict[str, Any]:
+        """Move a stage-1 image to trash (undoable); records a delete preference row."""
         return _act(lambda: curation.delete(req.name), req.name)
 
     @v1.post("/curate/undo")
     def curate_undo(req: NameRequest) -> dict[str, Any]:
+        """Move a deleted image back to stage 1; records an undo row (its verdict is forgotten)."""
         return _act(lambda: curation.undo(req.name), req.name)
 
     @v1.post("/curate/upscale", status_code=202,

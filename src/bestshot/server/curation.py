@@ -4,10 +4,13 @@
     outputs/metadata/NAME.json    their metadata (written by bestshot.curate)
     outputs/final/                upscaled survivors (written by bestshot.curate)
     outputs/trash/                what the gallery deleted (PNG + its metadata), so delete is undoable
-    outputs/curation.json         the gallery's keep marks: {"kept": [NAME.png, ...]}
+    outputs/curation.json         the gallery's marks: {"kept": [NAME.png, ...], "starred": [NAME.png, ...]}
+    outputs/taste/preferences.jsonl  every verdict as a preference row (bestshot.curate.preferences)
 
 Deleting moves files (``os.replace``, atomic on one file system) instead of unlinking, and undo moves
-them back. The upscale itself belongs to ``bestshot.curate`` (:class:`CurateUpscaler` only calls its Workflow).
+them back. Each keep / delete / star (and undo, unkeep, unstar) also appends a (prompt, image, verdict)
+row to the preference log, the rows ``bestshot taste collect`` makes from a curated folder, so
+``bestshot taste train`` learns from the gallery too. A star is a stronger keep (it marks the image kept). The upscale itself belongs to ``bestshot.curate`` (:class:`CurateUpscaler` only calls its Workflow).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..curate.preferences import record_verdict
 from ..errors import BestshotError
 from ..store import Store, atomic_write_json
 
@@ -47,14 +51,15 @@ class Curation:
         return self._name(name, folder)
 
     # ------------------------------------------------------------------ listing
-    def _marks(self) -> set[str]:
+    def _marks(self, key: str = "kept") -> set[str]:
         try:
-            return set(json.loads(self.marks_path.read_text()).get("kept", []))
-        except (FileNotFoundError, ValueError, AttributeError):
+            return set(json.loads(self.marks_path.read_text()).get(key, []))
+        except (FileNotFoundError, ValueError, AttributeError, TypeError):
             return set()
 
-    def _save_marks(self, kept: set[str]) -> None:
-        atomic_write_json(self.marks_path, {"kept": sorted(kept)})
+    def _save_marks(self, kept: set[str], starred: set[str] | None = None) -> None:
+        starred = self._marks("starred") if starred is None else starred
+        atomic_write_json(self.marks_path, {"kept": sorted(kept), "starred": sorted(starred & kept)})
 
     def _images(self, folder: Path) -> list[Path]:
         if not folder.is_dir():
@@ -70,10 +75,11 @@ class Curation:
             return None
 
     def listing(self) -> dict[str, Any]:
-        kept = self._marks()
+        kept, starred = self._marks(), self._marks("starred")
         return {
             "root": str(self.root),
-            "stage1": [{"name": p.name, "kept": p.name in kept, "metadata": self._meta(self.metadata, p.stem)}
+            "stage1": [{"name": p.name, "kept": p.name in kept, "starred": p.name in starred and p.name in kept,
+                        "metadata": self._meta(self.metadata, p.stem)}
                        for p in self._images(self.stage1)],
             "trash": [p.name for p in self._images(self.trash)],
             "final": [p.name for p in self._images(self.final)],
@@ -81,21 +87,46 @@ class Curation:
 
     # ------------------------------------------------------------------ actions
     def keep(self, name: str, keep: bool = True) -> dict[str, Any]:
+        """Mark (or unmark) a stage-1 image kept; the preference log gets ``keep`` (or ``undo``)."""
         with self._lock:
             if not self._name(name, self.stage1).is_file():
                 raise FileNotFoundError(name)
-            kept = self._marks()
-            kept.add(name) if keep else kept.discard(name)
-            self._save_marks(kept)
-        return {"name": name, "kept": keep}
+            kept, starred = self._marks(), self._marks("starred")
+            if keep:
+                kept.add(name)
+            else:
+                kept.discard(name)
+                starred.discard(name)
+            self._save_marks(kept, starred)
+            record_verdict(self.root, name, "keep" if keep else "undo")
+        return {"name": name, "kept": keep, "starred": name in starred}
+
+    def star(self, name: str, star: bool = True) -> dict[str, Any]:
+        """Star (a stronger keep: also kept) or unstar; the log gets ``star`` (unstar: ``keep``, it stays kept)."""
+        with self._lock:
+            if not self._name(name, self.stage1).is_file():
+                raise FileNotFoundError(name)
+            kept, starred = self._marks(), self._marks("starred")
+            if star:
+                kept.add(name)
+                starred.add(name)
+            else:
+                starred.discard(name)
+            self._save_marks(kept, starred)
+            record_verdict(self.root, name, "star" if star else ("keep" if name in kept else "undo"))
+        return {"name": name, "kept": name in kept, "starred": star}
 
     def delete(self, name: str) -> dict[str, Any]:
-        """Move the stage-1 image (and its metadata) into trash/."""
-        return self._move(name, self.stage1, self.metadata, self.trash, self.trash, drop_mark=True)
+        """Move the stage-1 image (and its metadata) into trash/; the log gets ``delete``."""
+        out = self._move(name, self.stage1, self.metadata, self.trash, self.trash, drop_mark=True)
+        record_verdict(self.root, name, "delete")
+        return out
 
     def undo(self, name: str) -> dict[str, Any]:
-        """Move a deleted image (and its metadata) back to stage1/."""
-        return self._move(name, self.trash, self.trash, self.stage1, self.metadata, drop_mark=False)
+        """Move a deleted image (and its metadata) back to stage1/; the log forgets the deletion (``undo``)."""
+        out = self._move(name, self.trash, self.trash, self.stage1, self.metadata, drop_mark=False)
+        record_verdict(self.root, name, "undo")
+        return out
 
     def _move(self, name: str, src: Path, src_meta: Path, dst: Path, dst_meta: Path, drop_mark: bool) -> dict[str, Any]:
         with self._lock:
@@ -112,10 +143,11 @@ class Curation:
                 os.replace(meta, dst_meta / meta.name)
             os.replace(source, target)
             if drop_mark:
-                kept = self._marks()
-                if name in kept:
+                kept, starred = self._marks(), self._marks("starred")
+                if name in kept or name in starred:
                     kept.discard(name)
-                    self._save_marks(kept)
+                    starred.discard(name)
+                    self._save_marks(kept, starred)
         return {"name": name, "folder": dst.name}
 
     def kept(self) -> list[str]:

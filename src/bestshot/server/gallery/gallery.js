@@ -78,10 +78,14 @@ function stageCard(item) {
   const m = item.metadata || {};
   const info = [m.seed != null ? `seed ${m.seed}` : null, m.clip != null ? `clip ${fmt(m.clip)}` : null]
     .filter(Boolean).join(" · ");
-  return el("div", { class: "card" + (item.kept ? " kept" : ""), "data-testid": "stage1-item", "data-name": item.name },
-    img(url, item.name), el("div", { class: "meta" }, item.name, el("br"), info),
+  // every verdict is also a preference row for `bestshot taste train` (star = a stronger keep)
+  return el("div", { class: "card" + (item.kept ? " kept" : "") + (item.starred ? " starred" : ""),
+                     "data-testid": "stage1-item", "data-name": item.name },
+    img(url, item.name), el("div", { class: "meta" }, (item.starred ? "★ " : "") + item.name, el("br"), info),
     el("button", { type: "button", "data-testid": "keep", onclick: () => act("/v1/curate/keep", { name: item.name, keep: !item.kept }) },
       item.kept ? "unkeep" : "keep"),
+    el("button", { type: "button", "data-testid": "star", onclick: () => act("/v1/curate/star", { name: item.name, star: !item.starred }) },
+      item.starred ? "unstar" : "star"),
     el("button", { type: "button", "data-testid": "delete", onclick: () => act("/v1/curate/delete", { name: item.name }) }, "delete"));
 }
 
