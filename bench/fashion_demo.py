@@ -1,6 +1,7 @@
 """Seed 002 on real images: Fashion-MNIST, a denoiser trained WITHOUT captions, sampled from text.
 
-NOT YET RUN at full size (prepared 2026-12-04; about 2 CPU-hours on 2 cores): no results are recorded yet.
+Run shortened on 2026-12-05 (time budgets 20/30/30 min; results in bench/RESULTS.md); the full recipe takes
+about 2 CPU-hours on 2 cores and has not been run yet.
 ``--quick`` runs every stage on a few hundred images in about a minute, to check the recipe works.
 
 Stages (each skipped when its output exists, so the script resumes):
