@@ -175,23 +175,22 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job
     skipped = sum(1 for i, p in todo if (i + 1, p) in done)
     todo = [(i, p) for i, p in todo if (i + 1, p) not in done]
     markers = results.with_name(results.name + ".ray") / "done"  # --ray: rows its workers finished
-    if todo and markers.is_dir():  # a --ray run whose driver died: take the rows its workers finished
-        from .scale.batch import read_marker
+    settings = None
+    if job is not None or markers.is_dir():
+        from .scale.batch import prune_markers, settings_digest
 
-        recovered, left = [], []
-        for i, p in todo:
-            m = read_marker(markers, {"key": i, "line": i + 1, "prompt": p})
-            if m is not None and _row_done(m.result, results):
-                recovered.append(m.result)
-            else:
-                (markers / f"{i}.json").unlink(missing_ok=True)  # stale (its image is gone): make it again
-                left.append((i, p))
+        settings = settings_digest(cfg)  # a marker made under other settings is not this run's row
+    if todo and markers.is_dir():  # a --ray run whose driver died: take the rows its workers finished
+        rows = [{"key": i, "line": i + 1, "prompt": p, "settings": settings} for i, p in todo]
+        recovered = prune_markers(markers, rows, lambda r: _row_done(r, results))
         for r in recovered:
             append_jsonl(results, r)
         old += recovered
-        skipped, todo = skipped + len(recovered), left
+        taken = {r.get("line") for r in recovered}
+        skipped, todo = skipped + len(recovered), [(i, p) for i, p in todo if i + 1 not in taken]
         if recovered:
-            err.print(f"took {len(recovered)} prompt(s) an interrupted --ray run had finished into {results}")
+            err.print(f"took {len(recovered)} prompt(s) that an interrupted --ray run with the same settings had "
+                      f"finished into {results} (to make them again, delete {markers})")
 
     def show(r: dict[str, Any]) -> None:
         if as_json:
@@ -209,7 +208,7 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job
 
         ensure_writable(cfg.out_dir, "to the output folder")  # before any worker loads a model
         ensure_writable(results.parent, "the results file in")
-        report = run_rows([{"key": i, "line": i + 1, "prompt": p} for i, p in todo],
+        report = run_rows([{"key": i, "line": i + 1, "prompt": p, "settings": settings} for i, p in todo],
                           functools.partial(prompt_row_maker, cfg), job, title="generating",
                           on_result=lambda r: append_jsonl(results, r),  # at once: a killed driver loses only rows in flight
                           progress=not as_json, console=err,

@@ -290,17 +290,26 @@ class Workflow:
         the run's :class:`~bestshot.scale.batch.BatchReport`."""
         import functools
 
-        from ..scale.batch import run_rows
-        from ..store import ensure_writable, new_run_id, remove_stale_tmp
+        from ..scale.batch import prune_markers, run_rows, settings_digest
+        from ..store import ensure_writable, remove_stale_tmp
 
         for sub in ("stage1", "metadata"):
             ensure_writable(self.layout.root / sub, "to the outputs folder")  # before any worker loads a model
             remove_stale_tmp(self.layout.root / sub)
-        run = new_run_id()  # this run's rows: a retried row that had finished is found by its marker, not made twice
+        # rows are named by their settings: a retried row, or a rerun of the same command after the driver
+        # died, finds the images already made by their done-markers; other settings start a folder of their own
+        settings = settings_digest(self.cfg)
         journal = self.layout.root / "ray_journal"
-        report = run_rows([{"key": i, "index": i, "run": run} for i in range(count)],
-                          functools.partial(stage1_row_maker, self.cfg), job, title="stage1", progress=progress,
-                          console=console, journal=journal, markers=journal / f"stage1-{run}")
+        markers = journal / f"stage1-{settings}"
+        rows = [{"key": i, "index": i, "settings": settings} for i in range(count)]
+        if markers.is_dir():
+            root = self.layout.root
+            found = prune_markers(markers, rows, lambda r: bool(r.get("file")) and (root / r["file"]).is_file())
+            if found:
+                self.say(f"{len(found)} of the {count} image(s) were made by an earlier stage1 --ray run with the "
+                         f"same settings and are kept (to make them again, delete {markers})")
+        report = run_rows(rows, functools.partial(stage1_row_maker, self.cfg), job, title="stage1", progress=progress,
+                          console=console, journal=journal, markers=markers)
         for r in report.results:
             self.say(f"stage1 {r['tag']}: {r['file']}  seed {r['seed']}  {r['prompt'][:80]!r}")
         return [r["tag"] for r in report.results], report

@@ -170,7 +170,7 @@ def metrics_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Extract features on Ray Data "
                                       "workers (the statistics are computed here, equal to a run without --ray). "
-                                      "Bare --ray: a local Ray; ADDRESS: auto, HOST:PORT or ray://HOST:PORT (image "
+                                      "Bare --ray: a local Ray; ADDRESS: auto or HOST:PORT (the head's GCS) (image "
                                       "paths must be readable on every node)."),
     workers: Optional[int] = RAY_WORKERS,
     gpus_per_worker: Optional[float] = GPUS_PER_WORKER,

@@ -33,6 +33,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import BestshotError
@@ -43,14 +44,15 @@ from .output import Output
 class RayJobCfg:
     """How a job runs on Ray (the ``--ray`` flags)."""
 
-    address: str = "local"           # local: a Ray on this machine; auto, HOST:PORT or ray://HOST:PORT: a cluster
+    address: str = "local"           # local: a Ray on this machine; auto or HOST:PORT: a cluster
     workers: int | None = None       # actors in the pool (one pipeline each); None: one per GPU (or per
     #                                  cpus_per_worker CPUs on a cluster without GPUs), at most one per row
     gpus_per_worker: float | None = None  # 1: one GPU each; 0.5: two workers share a GPU; 0: CPU; None: 1 if
     #                                     the cluster has GPUs, else 0
     cpus_per_worker: float = 1.0
     batch_size: int = 1              # rows per map_batches call (a row maker still makes one row at a time)
-    connect_timeout_s: float = 20.0  # an unreachable address fails within this (env BESTSHOT_RAY_CONNECT_TIMEOUT_S)
+    connect_timeout_s: float | None = None  # an unreachable address fails within this (None: env
+    #                                         BESTSHOT_RAY_CONNECT_TIMEOUT_S, else 20 s)
 
     def validate(self) -> "RayJobCfg":
         if self.workers is not None and self.workers < 1:
@@ -78,10 +80,23 @@ class RayJobCfg:
         if self.cpus_per_worker > cpus_total:
             raise BestshotError(f"--cpus-per-worker {self.cpus_per_worker:g} but the Ray cluster has "
                                 f"{cpus_total:g} CPU(s) — lower it")
-        w = self.workers
-        if w is None:
-            w = int(gpus_total // g) if g else int(cpus_total // self.cpus_per_worker)
+        fits = max(1, int(gpus_total // g) if g else int(cpus_total // self.cpus_per_worker))
+        w = fits if self.workers is None else min(self.workers, fits)
         return replace(self, workers=max(1, min(w, rows)), gpus_per_worker=g)
+
+    def fit_note(self, resources: dict[str, float]) -> str | None:
+        """Why fewer workers than ``--ray-workers`` run (the cluster has room for fewer now), or None."""
+        if self.workers is None:
+            return None
+        gpus_total, cpus_total = float(resources.get("GPU", 0)), float(resources.get("CPU", 1))
+        g = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus_total else 0.0)
+        fits = max(1, int(gpus_total // g) if g else int(cpus_total // self.cpus_per_worker))
+        if self.workers <= fits:
+            return None
+        need = f"{g:g} GPU" if g else f"{self.cpus_per_worker:g} CPU(s)"
+        have = f"{gpus_total:g} GPU(s)" if g else f"{cpus_total:g} CPU(s)"
+        return (f"--ray-workers {self.workers} with {need} each needs more than the Ray cluster's {have}: running "
+                f"{fits} worker(s) — lower --cpus-per-worker / --gpus-per-worker, or add nodes")
 
 
 @dataclass
@@ -118,6 +133,32 @@ class BatchReport:
     @property
     def rows_per_s(self) -> float | None:
         return self.made / self.seconds if self.seconds > 0 and self.made else None
+
+
+def settings_digest(settings: Any) -> str:
+    """A short digest of a job's settings (a dataclass or JSON-able value): put in every row, so a done-marker
+    written under other settings never matches (see :func:`read_marker`)."""
+    import dataclasses
+    import hashlib
+
+    if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
+        settings = dataclasses.asdict(settings)
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def prune_markers(folder: str | os.PathLike, rows: list[dict[str, Any]],
+                  still_there: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """The stored results of ``rows`` whose done-marker in ``folder`` matches (row and settings) and whose
+    outputs are ``still_there``; the marker of any other row is removed (it is made again)."""
+    found = []
+    for row in rows:
+        m = read_marker(folder, row)
+        if m is not None and still_there(m.result):
+            found.append(m.result)
+        else:
+            Path(folder, f"{row['key']}.json").unlink(missing_ok=True)
+    return found
 
 
 def read_marker(folder: str | os.PathLike | None, row: dict[str, Any]) -> RowOutput | None:
@@ -184,6 +225,24 @@ class _RayWorker:
         return {"out": np.array(out, dtype=object)}
 
 
+def _batches(ds: Any, title: str):
+    """The dataset's output batches; a worker's error (its constructor's too: Ray reports an ``ActorDiedError``
+    with the whole traceback) ends the job with one line."""
+    from .remote_errors import remote_error
+
+    it = iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0))
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except BestshotError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a worker's error, wrapped by Ray (Data)
+            raise remote_error(e, title) from None
+        yield batch
+
+
 def _progress(console: Any, enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -206,8 +265,9 @@ def run_rows(rows: list[dict[str, Any]], factory: Callable[[Output | None], Call
     ``markers``: a folder (shared) where a worker writes ``{key}.json`` (the row and its result) once a row's
     outputs are complete; a row whose marker is there is not made again but reported with the stored result
     (``skipped``). For jobs whose outputs cannot tell by themselves that a row is done (a retried row whose
-    first attempt finished; a rerun after the driver died, see :func:`read_marker`); keys must then name the
-    same row across runs, or the folder be the run's own."""
+    first attempt finished; a rerun after the driver died, see :func:`read_marker`). A marker matches only
+    the very same row: put the job's :func:`settings_digest` in each row, so a rerun under other settings
+    makes its rows again."""
     from .cluster import connect
 
     cfg.validate()
@@ -219,7 +279,9 @@ def run_rows(rows: list[dict[str, Any]], factory: Callable[[Output | None], Call
     ray = connect(cfg.address, timeout_s=cfg.connect_timeout_s)
     import ray.data
 
-    cfg = cfg.resolved(ray.cluster_resources(), len(rows))
+    resources = ray.cluster_resources()
+    note = cfg.fit_note(resources)
+    cfg = cfg.resolved(resources, len(rows))
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its per-run INFO lines and "bars disabled" notice
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours is the one bar of the job
@@ -244,13 +306,15 @@ def run_rows(rows: list[dict[str, Any]], factory: Callable[[Output | None], Call
         from rich.console import Console
 
         console = Console(stderr=True)
+    if note:
+        console.print(f"note: {note}", markup=False, highlight=False)
     results: dict[int, dict[str, Any]] = {}
     stats: dict[str, WorkerStats] = {}
     made = 0
     t0 = time.perf_counter()
     with _progress(console, progress) as bar:
         task = bar.add_task(f"{title} on {cfg.workers} Ray worker(s)", total=len(ordered), rate="")
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+        for batch in _batches(ds, title):
             for payload in batch["out"]:
                 rec = json.loads(payload)
                 key = int(rec["key"])
@@ -300,4 +364,4 @@ def report_dict(report: BatchReport) -> dict[str, Any]:
                          "busy_s": round(w.busy_s, 3), "rows_per_s": w.rows_per_s} for w in report.workers]}
 
 
-__all__ = ["read_marker", "RayJobCfg", "RowOutput", "BatchReport", "WorkerStats", "run_rows", "summary_table", "report_dict"]
+__all__ = ["read_marker", "prune_markers", "settings_digest", "RayJobCfg", "RowOutput", "BatchReport", "WorkerStats", "run_rows", "summary_table", "report_dict"]

@@ -14,8 +14,8 @@ import typer
 from .batch import RayJobCfg
 
 RAY = typer.Option(None, "--ray", metavar="[ADDRESS]",
-                   help="Run on Ray: bare --ray = a local Ray on this machine; --ray auto / HOST:PORT / "
-                        "ray://HOST:PORT = a Ray cluster (needs: pip install 'bestshot\\[ray]').")
+                   help="Run on Ray: bare --ray = a local Ray on this machine; --ray auto / HOST:PORT (the head's GCS, "
+                        "port 6379) = a Ray cluster (needs: pip install 'bestshot\\[ray]').")
 RAY_WORKERS = typer.Option(None, "--ray-workers", min=1,
                            help="Ray workers, each loads the model once (default: one per GPU, or one per "
                                 "--cpus-per-worker CPUs when the cluster has no GPU).")
@@ -41,19 +41,8 @@ def ray_cfg(address: Optional[str], workers: Optional[int], gpus: Optional[float
             raise BestshotError(f"{', '.join(given)} only apply with --ray — add --ray (a local Ray) or "
                                 "--ray ADDRESS (a cluster)")
         return None
-    import os
-
-    timeout = os.environ.get("BESTSHOT_RAY_CONNECT_TIMEOUT_S")
-    extra = {}
-    if timeout:
-        try:
-            extra["connect_timeout_s"] = float(timeout)
-        except ValueError:
-            from ..errors import BestshotError
-
-            raise BestshotError(f"BESTSHOT_RAY_CONNECT_TIMEOUT_S={timeout!r} is not a number of seconds") from None
     return RayJobCfg(address=address, workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus,
-                     batch_size=batch_size, **extra).validate()
+                     batch_size=batch_size).validate()
 
 
 __all__ = ["RAY", "RAY_WORKERS", "GPUS_PER_WORKER", "CPUS_PER_WORKER", "RAY_BATCH", "ray_cfg"]

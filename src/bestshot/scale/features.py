@@ -19,7 +19,6 @@ back in order before any statistic is computed.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from ..errors import BestshotError
 from .cluster import require_ray
+from .remote_errors import remote_error
 
 Factory = Callable[[], Any]
 
@@ -91,32 +91,6 @@ def _describe(factory: Factory) -> dict[str, Any]:
             "text": hasattr(ext, "text_features")}
 
 
-def _remote_error(e: BaseException) -> BestshotError:
-    """A worker's error as one line: a BestshotError keeps its own message.
-
-    Ray hands the worker's exception back wrapped (``RayTaskError.cause``; Ray Data's ``UserCodeException``
-    carries it only as text in its message), so both the chain and the text are searched."""
-    chain, todo = [], [e]
-    while todo:
-        x = todo.pop(0)
-        if x is None or any(x is y for y in chain):
-            continue
-        chain.append(x)
-        inner = getattr(x, "cause", None)
-        todo += [inner if isinstance(inner, BaseException) else None, x.__cause__, x.__context__]
-    for x in chain:
-        if isinstance(x, BestshotError) and not isinstance(getattr(x, "cause", None), BaseException):
-            return BestshotError(str(x).strip().splitlines()[0] if str(x).strip() else "error on a Ray worker")
-    for x in chain:
-        found = re.findall(r"BestshotError: ([^\n]+)", str(x))
-        if found:
-            return BestshotError(found[-1].strip())
-    first = chain[0]
-    text = [ln for ln in str(first).strip().splitlines() if ln.strip()]
-    return BestshotError(f"feature extraction on Ray failed: {type(first).__name__}: {(text[-1] if text else '')[:300]} "
-                         "— see the Ray worker logs (`ray logs`)")
-
-
 class RayFeatureExtractor:
     """An extractor whose work runs on Ray Data (see the module docstring); Ray must be initialised.
 
@@ -143,7 +117,7 @@ class RayFeatureExtractor:
             probe = ray.remote(_describe).options(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0)
             self.info = ray.get(probe.remote(factory))
         except Exception as e:  # noqa: BLE001 - a worker's error, wrapped by Ray
-            raise _remote_error(e) from None
+            raise remote_error(e, "feature extraction on Ray") from None
         self.name, self.resize = self.info["name"], self.info["resize"]
         self.batch_size = self.info["batch_size"]
         self.last_workers: list[int] = []
@@ -170,7 +144,7 @@ class RayFeatureExtractor:
                 for k, v in batch.items():
                     parts.setdefault(k, []).append(np.asarray(v))
         except Exception as e:  # noqa: BLE001 - a worker's error, wrapped by Ray Data
-            raise _remote_error(e) from None
+            raise remote_error(e, "feature extraction on Ray") from None
         out = {k: np.concatenate(v) for k, v in parts.items()}
         self.last_workers = sorted(int(w) for w in np.unique(out["worker"]))  # process ids that did the work
         results = []

@@ -16,9 +16,11 @@ well above it (``max_ongoing_requests = max_queue + headroom`` per replica, so j
 and the router spreads them by ongoing requests), with ``backpressure_config`` answering 429 too.
 
 A slot is given back when its job ends or is cancelled. A replica that dies holding slots cannot give them
-back: every slot expires after ``lease_s`` (``max_queue`` jobs of at most ``--job-timeout`` each, queued
-behind one another, plus a minute), and while the counter cannot be reached (its driver is gone) each replica
-admits on its own ``max_queue`` instead of refusing everything.
+back, so slots follow the replica's life: every replica's gate tells the counter it is alive every
+``grace_s / 6`` seconds (:data:`GRACE_S`, 30 s by default), and the slots of a holder not heard from for
+``grace_s`` are freed (``orphaned`` in the stats). A slot also expires after ``lease_s`` (``max_queue`` jobs of at
+most ``--job-timeout`` each, plus a minute: a replica alive but stuck), and while the counter cannot be reached
+(its driver is gone) each replica admits on its own ``max_queue`` instead of refusing everything.
 """
 
 from __future__ import annotations
@@ -37,39 +39,67 @@ from .cluster import require_ray
 log = logging.getLogger(__name__)
 
 HEADROOM = 32  # requests per replica beyond the job bound that Serve lets through (polls, gallery, files)
+GRACE_S = 30.0  # a replica not heard from for this long is taken as dead: its slots are freed
+BEATS_PER_GRACE = 6  # heartbeats a replica sends per grace period
 
 
 class SlotCounter:
-    """At most ``capacity`` slots out at once; each expires ``lease_s`` seconds after it was taken (None: never).
+    """At most ``capacity`` slots out at once; each expires ``lease_s`` seconds after it was taken (None: never),
+    and all of a holder's slots are freed when the holder has not been heard from (:meth:`beat`, :meth:`acquire`)
+    for ``grace_s`` seconds (None: never).
 
     Plain Python (tested without Ray); :func:`start_slot_counter` runs it as a Ray actor. Calls on one Ray
     actor run one at a time, so no lock is needed there; the lock keeps direct use thread-safe too.
     """
 
-    def __init__(self, capacity: int, lease_s: float | None = None) -> None:
+    def __init__(self, capacity: int, lease_s: float | None = None, grace_s: float | None = None,
+                 clock: Any = time.monotonic) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self.capacity = capacity
         self.lease_s = lease_s
+        self.grace_s = grace_s
+        self.clock = clock
         self._held: dict[int, tuple[str, float]] = {}  # token -> (holder, expiry)
+        self._seen: dict[str, float] = {}  # holder -> when it was last heard from
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self.expired = 0
+        self.expired = 0  # slots freed by their lease
+        self.orphaned = 0  # slots freed because their holder went silent (a replica that died)
         self.granted = 0  # slots handed out since the start
         self.peak = 0  # most slots out at once
 
     def _expire(self, now: float) -> None:
+        silent = {h for h, t in self._seen.items() if self.grace_s is not None and now - t > self.grace_s}
+        lost = [t for t, (h, _) in self._held.items() if h in silent]
+        for t in lost:
+            del self._held[t]
+        for h in silent:
+            del self._seen[h]
         dead = [t for t, (_, until) in self._held.items() if until <= now]
         for t in dead:
             del self._held[t]
+        self.orphaned += len(lost)
+        self.expired += len(dead)
+        if lost:
+            log.warning("%d admission slot(s) freed: their replica was not heard from for %gs (it died?)", len(lost),
+                        self.grace_s)
         if dead:
-            self.expired += len(dead)
-            log.warning("%d admission slot(s) expired without being given back (a replica died?)", len(dead))
+            log.warning("%d admission slot(s) expired without being given back (a stuck replica?)", len(dead))
+
+    def beat(self, holder: str) -> int:
+        """``holder`` is alive; returns how many slots it holds."""
+        with self._lock:
+            now = self.clock()
+            self._seen[holder] = now
+            self._expire(now)
+            return sum(1 for h, _ in self._held.values() if h == holder)
 
     def acquire(self, holder: str = "") -> tuple[int | None, int]:
         """``(token, held)``: a new slot's token, or None when all ``capacity`` are out; ``held`` counts them."""
         with self._lock:
-            now = time.monotonic()
+            now = self.clock()
+            self._seen[holder] = now
             self._expire(now)
             if len(self._held) >= self.capacity:
                 return None, len(self._held)
@@ -85,12 +115,12 @@ class SlotCounter:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            self._expire(time.monotonic())
+            self._expire(self.clock())
             holders: dict[str, int] = {}
             for holder, _ in self._held.values():
                 holders[holder] = holders.get(holder, 0) + 1
             return {"capacity": self.capacity, "held": len(self._held), "holders": holders, "expired": self.expired,
-                    "granted": self.granted, "peak": self.peak}
+                    "orphaned": self.orphaned, "granted": self.granted, "peak": self.peak}
 
 
 def lease_seconds(max_queue: int, job_timeout: float | None) -> float | None:
@@ -102,7 +132,7 @@ def lease_seconds(max_queue: int, job_timeout: float | None) -> float | None:
 SLOTS_ACTOR = ("bestshot-serve-slots", "bestshot")  # (name, namespace) of the counter, for `ray.get_actor`
 
 
-def start_slot_counter(capacity: int, lease_s: float | None = None) -> Any:
+def start_slot_counter(capacity: int, lease_s: float | None = None, grace_s: float | None = None) -> Any:
     """A :class:`SlotCounter` Ray actor (0 CPUs: it must never wait for a CPU the replicas hold), named
     :data:`SLOTS_ACTOR`. It lives as long as the process that started it (the ``bestshot serve --ray`` driver)."""
     ray = require_ray()
@@ -112,21 +142,35 @@ def start_slot_counter(capacity: int, lease_s: float | None = None) -> Any:
     except ValueError:
         pass
     actor = ray.remote(num_cpus=0, max_concurrency=1)(SlotCounter)
-    return actor.options(name=name, namespace=namespace).remote(capacity, lease_s)
+    return actor.options(name=name, namespace=namespace).remote(capacity, lease_s, grace_s)
 
 
 class RayGate:
     """``JobQueue.gate`` backed by a :class:`SlotCounter` actor (see the module docstring).
 
-    When the actor cannot be reached the gate admits (the replica's own ``max_queue`` still bounds it) and
-    logs once, rather than refusing every request while the counter is away.
+    ``beat_s``: how often a daemon thread tells the counter this replica is alive (None: no heartbeat; the
+    counter must then have no ``grace_s``). When the actor cannot be reached the gate admits (the replica's own
+    ``max_queue`` still bounds it) and logs once, rather than refusing every request while the counter is away.
     """
 
-    def __init__(self, counter: Any, holder: str = "", timeout_s: float = 10.0) -> None:
+    def __init__(self, counter: Any, holder: str = "", timeout_s: float = 10.0, beat_s: float | None = None) -> None:
         self.counter = counter
         self.holder = holder
         self.timeout_s = timeout_s
         self._warned = False
+        self._stop = threading.Event()
+        if beat_s:
+            threading.Thread(target=self._heartbeat, args=(beat_s,), name="bestshot-slot-heartbeat", daemon=True).start()
+
+    def _heartbeat(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                self._call("beat", self.holder)
+            except Exception:  # noqa: BLE001 - the counter is away (driver gone): acquire() says so
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def _call(self, method: str, *args: Any) -> Any:
         ray = require_ray()

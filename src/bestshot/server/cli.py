@@ -43,7 +43,7 @@ def serve(
                                                      "(repeatable; '*' accepts any). Default: localhost names and --host."),
     ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Serve on Ray Serve: one replica per "
                                       "GPU behind one HTTP address, --max-queue shared by all replicas. Bare --ray: a "
-                                      "local Ray on this machine; ADDRESS: auto, HOST:PORT or ray://HOST:PORT. "
+                                      "local Ray on this machine; ADDRESS: auto or HOST:PORT (the head's GCS). "
                                       "--out-dir must be on a filesystem every node shares."),
     replicas: Optional[int] = typer.Option(None, "--replicas", help="With --ray: a fixed replica count (default: one "
                                            "per GPU of the cluster, one on a cluster without GPUs)."),

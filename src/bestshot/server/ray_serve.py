@@ -10,8 +10,9 @@ What the replicas share:
 
 * **the queue bound** — one :class:`bestshot.scale.serve.SlotCounter` actor, asked by every replica's job
   queue before it accepts a job (``JobQueue.gate``): ``--max-queue`` jobs in the whole deployment, the rest
-  get the app's 429 (A1111 error body, ``Retry-After``). See ``bestshot.scale.serve`` for why not Serve's
-  own backpressure.
+  get the app's 429 (A1111 error body, ``Retry-After``). Each replica sends the counter a heartbeat, so the
+  slots of a replica that dies are freed within ``GRACE_S`` (30 s). See ``bestshot.scale.serve`` for why
+  not Serve's own backpressure.
 * **the output store** — every replica writes to and lists the same ``--out-dir`` (paths are made absolute
   by the driver; on a multi-node cluster it must be a shared filesystem). The store is multi-process safe:
   atomic image files, an ``flock``-ed JSONL log, a SQLite index.
@@ -42,15 +43,16 @@ APP_NAME = "bestshot"
 class BestshotReplica:
     """One Serve replica: the app of ``settings``, its job queue gated by the shared slot counter."""
 
-    def __init__(self, settings: ServerSettings, counter: Any) -> None:
+    def __init__(self, settings: ServerSettings, counter: Any, beat_s: float | None = None) -> None:
         self.settings = settings
         self.counter = counter
+        self.beat_s = beat_s  # how often this replica tells the counter it is alive (its slots follow its life)
 
     def __serve_build_asgi_app__(self):
         ray = require_ray()
         app = create_app(self.settings)
         holder = ray.get_runtime_context().get_actor_id() or ""
-        app.state.jobs.gate = RayGate(self.counter, holder=holder)
+        app.state.jobs.gate = RayGate(self.counter, holder=holder, beat_s=self.beat_s)
         return app
 
 
@@ -82,13 +84,13 @@ def replica_settings(settings: ServerSettings, plan: ReplicaPlan) -> ServerSetti
     return dataclasses.replace(settings, **changes)
 
 
-def application(settings: ServerSettings, plan: ReplicaPlan, counter: Any):
+def application(settings: ServerSettings, plan: ReplicaPlan, counter: Any, beat_s: float | None = None):
     """The Serve application (``Deployment.bind(...)``) of ``settings`` with ``plan``'s replicas."""
     require_ray()
     from ray import serve
 
     deployment = serve.deployment(name="BestshotReplica", **plan.deployment_options())(serve.ingress()(BestshotReplica))
-    return deployment.bind(replica_settings(settings, plan), counter)
+    return deployment.bind(replica_settings(settings, plan), counter, beat_s)
 
 
 def deploy(settings: ServerSettings, plan: ReplicaPlan, *, host: str = "127.0.0.1", port: int = 7860) -> Any:
@@ -97,10 +99,15 @@ def deploy(settings: ServerSettings, plan: ReplicaPlan, *, host: str = "127.0.0.
     require_ray()
     from ray import serve
 
-    counter = start_slot_counter(settings.max_queue, lease_seconds(settings.max_queue, settings.limits.job_timeout))
+    from ..scale import serve as slots
+
+    grace = slots.GRACE_S  # read now: a test may shorten it
+    counter = start_slot_counter(settings.max_queue, lease_seconds(settings.max_queue, settings.limits.job_timeout),
+                                 grace_s=grace)
     serve.start(http_options={"host": host, "port": port})
     try:
-        serve.run(application(settings, plan, counter), name=APP_NAME, route_prefix="/", blocking=False)
+        serve.run(application(settings, plan, counter, beat_s=grace / slots.BEATS_PER_GRACE), name=APP_NAME,
+                  route_prefix="/", blocking=False)
     except Exception as e:  # noqa: BLE001 - Serve wraps the replica's own error (e.g. a BestshotError) in its own
         _stop(counter)
         text = str(e).strip()
