@@ -257,6 +257,16 @@ def test_stage1_count_on_ray_matches_single_process(ray_local, tmp_path):
                         for m in meta}
     for seed in (5, 6, 7):
         assert np.array_equal(images["single"][seed], images["ray"][seed])
+    # a rerun with the same settings (a driver killed before it said "done") keeps what the workers made:
+    # one new image for --count 4, none made twice; the message names the folder that forces a fresh start
+    folder = tmp_path / "ray"
+    res = CliRunner().invoke(app, ["stage1", "--count", "4", "--config", str(folder / "bestshot.yaml"), "--ray",
+                                   "local", "--ray-workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert "3 of the 4 image(s) were made by an earlier stage1 --ray run with the same settings" in res.output
+    assert "delete" in res.output and "ray_journal" in res.output
+    meta = [json.loads(p.read_text()) for p in sorted((folder / "outputs" / "metadata").glob("*.json"))]
+    assert sorted(m["seed"] for m in meta) == [5, 6, 7, 8]
 
 
 def test_without_ray_installed_the_flag_says_how_to_install(manifest, tmp_path, capsys, monkeypatch):
@@ -351,8 +361,14 @@ def test_unreachable_address_fails_fast(kind, manifest, tmp_path, request):
 
 def test_prompts_rerun_takes_rows_an_interrupted_ray_run_finished(tmp_path, capsys, monkeypatch):
     """The driver of `generate --prompts-file --ray` died after its workers had finished rows it never logged:
-    the rerun takes them from the workers' done-markers (no Ray needed to check) instead of making them
-    again; a marker whose image is gone is dropped and its line made again."""
+    the rerun with the same settings takes them from the workers' done-markers (no Ray needed to check)
+    instead of making them again, and says which folder to delete for a fresh start; a marker whose image is
+    gone, or that was made under other settings, is dropped and its line made again."""
+    import bestshot.scale.batch as batch
+
+    digests = []
+    real = batch.settings_digest
+    monkeypatch.setattr(batch, "settings_digest", lambda cfg: digests.append(real(cfg)) or digests[-1])
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square\na blue circle\n")
     results = tmp_path / "prompts.txt.results.jsonl"
@@ -361,19 +377,50 @@ def test_prompts_rerun_takes_rows_an_interrupted_ray_run_finished(tmp_path, caps
     kept = tmp_path / "kept.png"
     Image.new("RGB", (8, 8)).save(kept)
     finished = {"line": 1, "prompt": "a red square", "ok": True, "img_path": str(kept), "run_id": "r1"}
-    (markers / "0.json").write_text(json.dumps({"row": {"key": 0, "line": 1, "prompt": "a red square"},
-                                                "result": finished}))
-    gone = {"line": 2, "prompt": "a blue circle", "ok": True, "img_path": str(tmp_path / "gone.png")}
-    (markers / "1.json").write_text(json.dumps({"row": {"key": 1, "line": 2, "prompt": "a blue circle"},
-                                                "result": gone}))
-    code, stdout, err = run_cli(["generate", "--prompts-file", str(prompts), "-n", "1", "--steps", "2", "--out",
-                                 str(tmp_path / "out"), "--log", str(tmp_path / "log.jsonl")], capsys, monkeypatch)
+    args = ["generate", "--prompts-file", str(prompts), "-n", "1", "--steps", "2", "--out", str(tmp_path / "out"),
+            "--log", str(tmp_path / "log.jsonl")]
+
+    def marker(key, line, prompt, result, settings):
+        (markers / f"{key}.json").write_text(json.dumps(
+            {"row": {"key": key, "line": line, "prompt": prompt, "settings": settings}, "result": result}))
+
+    # a marker of a run with other settings (e.g. --steps 30): not taken, its line made now (line 2 is logged)
+    marker(0, 1, "a red square", finished, "other-settings")
+    results.write_text(json.dumps({**finished, "line": 2, "prompt": "a blue circle"}) + "\n")
+    code, stdout, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
-    assert "took 1 prompt(s) an interrupted --ray run had finished" in err
+    assert "took" not in err and not (markers / "0.json").exists()
+    made = json.loads(results.read_text().splitlines()[-1])
+    assert made["line"] == 1 and made["run_id"] != "r1" and made["img_path"] != str(kept)
+    settings = digests[-1]  # what these settings are named in a marker
+    results.unlink()  # start again, as a user would
+
+    # the same settings: line 1 taken, line 2 (its image gone) made again
+    marker(0, 1, "a red square", finished, settings)
+    gone = {"line": 2, "prompt": "a blue circle", "ok": True, "img_path": str(tmp_path / "gone.png")}
+    marker(1, 2, "a blue circle", gone, settings)
+    code, stdout, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    err = err.replace("\n", "")  # rich wraps long lines
+    assert "took 1 prompt(s) that an interrupted --ray run with the same settings had finished" in err
+    assert f"(to make them again, delete {markers})" in err
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert rows[0] == finished
     assert rows[1]["line"] == 2 and rows[1]["run_id"] and Path(rows[1]["img_path"]).is_file()
     assert not (markers / "1.json").exists()
+
+
+def test_settings_digest_and_marker_pruning(tmp_path):
+    from bestshot.config import ImgCfg
+    from bestshot.scale.batch import prune_markers, settings_digest
+
+    assert settings_digest(ImgCfg(steps_base=4)) == settings_digest(ImgCfg(steps_base=4)) != settings_digest(ImgCfg(steps_base=5))
+    rows = [{"key": k, "settings": "s1"} for k in range(3)]
+    (tmp_path / "0.json").write_text(json.dumps({"row": rows[0], "result": {"file": "a", "ok": True}}))
+    (tmp_path / "1.json").write_text(json.dumps({"row": {**rows[1], "settings": "s0"}, "result": {"file": "b"}}))
+    (tmp_path / "2.json").write_text(json.dumps({"row": rows[2], "result": {"file": "gone"}}))
+    assert prune_markers(tmp_path, rows, lambda r: r["file"] != "gone") == [{"file": "a", "ok": True}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.json"]
 
 
 def test_worker_count_and_fractional_gpus_from_the_cluster():
@@ -391,6 +438,38 @@ def test_worker_count_and_fractional_gpus_from_the_cluster():
         RayJobCfg(gpus_per_worker=2).resolved({"CPU": 4.0, "GPU": 1.0}, rows=10)
     with pytest.raises(BestshotError, match="whole number"):
         RayJobCfg(gpus_per_worker=1.5).validate()
+    # more workers than fit: as many as fit, and a note that says so
+    two_cpus = {"CPU": 2.0}
+    asked = RayJobCfg(workers=4, cpus_per_worker=2)
+    assert asked.resolved(two_cpus, rows=10).workers == 1
+    assert asked.fit_note(two_cpus) == ("--ray-workers 4 with 2 CPU(s) each needs more than the Ray cluster's 2 "
+                                        "CPU(s): running 1 worker(s) — lower --cpus-per-worker / --gpus-per-worker, "
+                                        "or add nodes")
+    assert RayJobCfg(workers=2).fit_note(two_cpus) is None and RayJobCfg().fit_note(two_cpus) is None
+
+
+def test_a_workers_bestshot_error_is_one_line(ray_local, tmp_path):
+    """A row maker that cannot start (here: a model folder that does not exist; offline, the default SDXL
+    config) raises a BestshotError in the worker's constructor: Ray reports an ActorDiedError with the whole
+    traceback; the driver says the worker's own line, and first why fewer workers run than asked."""
+    import functools
+    import io
+
+    from rich.console import Console
+
+    from bestshot.config import ImgCfg
+    from bestshot.errors import BestshotError
+    from bestshot.generation import prompt_row_maker
+    from bestshot.scale.batch import RayJobCfg, run_rows
+
+    cfg = ImgCfg(model=str(tmp_path / "no-such-model"), out_dir=str(tmp_path / "o"), log_jsonl=str(tmp_path / "l"))
+    console = io.StringIO()
+    with pytest.raises(BestshotError) as e:
+        run_rows([{"key": 0, "line": 1, "prompt": "x"}], functools.partial(prompt_row_maker, cfg),
+                 RayJobCfg(workers=4, cpus_per_worker=2), progress=False, console=Console(file=console))
+    msg = str(e.value)
+    assert "no-such-model' does not exist" in msg and "\n" not in msg and "Traceback" not in msg, msg
+    assert "--ray-workers 4 with 2 CPU(s) each" in console.getvalue() and "running 1 worker(s)" in console.getvalue()
 
 
 def test_scaling_bench_runs(ray_local, tmp_path, monkeypatch, capsys):
