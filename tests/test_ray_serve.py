@@ -37,6 +37,22 @@ def test_slot_counter_bounds_releases_and_expires():
     assert lease_seconds(8, 900.0) == 8 * 900 + 60 and lease_seconds(8, None) is None
 
 
+def test_slots_follow_their_holders_life():
+    """A holder that stops beating (a replica that died) loses its slots after the grace; one that beats keeps
+    them, however long its jobs run."""
+    now = [0.0]
+    c = SlotCounter(3, lease_s=None, grace_s=30.0, clock=lambda: now[0])
+    for holder in ("alive", "dead", "dead"):
+        assert c.acquire(holder)[0] is not None
+    assert c.acquire("other")[0] is None  # 3 of 3 out
+    for t in range(5, 60, 5):  # an hour-long job would beat all along; "dead" never beats again
+        now[0] = float(t)
+        assert c.beat("alive") == 1
+    stats = c.stats()
+    assert stats["held"] == 1 and stats["holders"] == {"alive": 1} and stats["orphaned"] == 2
+    assert c.acquire("other")[0] is not None and c.acquire("other")[0] is not None  # capacity 3 again
+
+
 class _Gate:
     """A shared bound of ``capacity`` jobs for several JobQueues, in-process (what the Ray actor does)."""
 
@@ -131,6 +147,8 @@ def on_ray(ray_local, tiny_sd15, tiny_clip, tmp_path_factory):
     out = tmp_path_factory.mktemp("ray_serve") / "images_out"
     settings = ServerSettings(model=tiny_sd15, scorer=tiny_clip, out_dir=str(out), max_queue=2, api_auth="user:pw")
     port, stop, said = _free_port(), threading.Event(), []
+    patch = pytest.MonkeyPatch()
+    patch.setattr("bestshot.scale.serve.GRACE_S", 3.0)  # a killed replica's slots come back within 3 s, not 30
     thread = threading.Thread(target=serve_on_ray, args=(settings,), daemon=True, kwargs=dict(
         address=None, host="127.0.0.1", port=port, replicas=2, num_cpus=0.5, echo=said.append, stop=stop))
     thread.start()
@@ -147,6 +165,7 @@ def on_ray(ray_local, tiny_sd15, tiny_clip, tmp_path_factory):
     finally:
         stop.set()  # what Ctrl-C / SIGTERM do
         thread.join(120)
+        patch.undo()
     assert not thread.is_alive() and "stopping" in said[-1]
     from ray import serve
 
@@ -209,3 +228,37 @@ def test_burst_gets_429s_from_the_shared_bound_and_no_server_error(on_ray):
     stats = on_ray.ray.get(on_ray.counter.stats.remote())
     assert stats["granted"] - before["granted"] == tally[200]  # every served job held a slot of the shared bound
     assert stats["peak"] <= 2 and stats["held"] == 0 and stats["expired"] == 0
+
+
+def test_killed_replica_answers_in_a1111_shape_and_gives_its_slot_back(on_ray):
+    """A replica killed while it runs a job: the client gets a 503 in A1111's error shape (not Serve's
+    plain-text 500), and the slot the job held is freed once the replica stops beating (not after
+    max-queue x job-timeout), so the deployment takes --max-queue jobs again."""
+    ray = on_ray.ray
+    got = {}
+    job = threading.Thread(target=lambda: got.update(r=_post(f"{on_ray.url}/sdapi/v1/txt2img",
+                                                             {**BODY, "steps": 150, "width": 64, "height": 64})))
+    job.start()
+    holder = None
+    for _ in range(1200):
+        holders = ray.get(on_ray.counter.stats.remote())["holders"]
+        if holders:
+            (holder,) = holders
+            break
+        time.sleep(0.05)
+    assert holder, "the job never took a slot"
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "BestshotReplica" in a["name"]]
+    handles = [ray.get_actor(a["name"], namespace=a["namespace"]) for a in replicas]
+    (victim,) = [h for h in handles if h._actor_id.hex() == holder]
+    ray.kill(victim)
+    job.join(300)
+    status, headers, data = got["r"]
+    assert status == 503, (status, data[:300])
+    body = json.loads(data)
+    assert set(body) >= {"error", "detail", "body", "errors"} and body["error"] == "ReplicaLost", body
+    for _ in range(200):  # the grace is 3 s in this module
+        stats = ray.get(on_ray.counter.stats.remote())
+        if holder not in stats["holders"]:
+            break
+        time.sleep(0.1)
+    assert holder not in stats["holders"] and stats["orphaned"] >= 1 and stats["held"] == 0, stats

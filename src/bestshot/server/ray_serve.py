@@ -1,10 +1,11 @@
-"""``bestshot serve --ray``: the same FastAPI app (A1111 routes, native routes, auth, gallery) as a Ray Serve
-deployment, one replica per GPU.
+"""``bestshot serve --ray``: the same FastAPI app (A1111 routes, native routes, auth, gallery) on Ray Serve, one
+replica per GPU.
 
-Each replica builds the ordinary app with :func:`bestshot.server.app.create_app` (Serve's late-bound ingress:
-``__serve_build_asgi_app__`` runs in the replica, so nothing of the app is pickled and its lifespan, with the
-job queue's clean stop, runs there). Requests reach it through Serve's HTTP proxy unchanged: the app's own
-Host check and authentication run in the replica, for every route.
+Each replica builds the ordinary app with :func:`bestshot.server.app.create_app` in its own process (nothing
+of the app is pickled). Serve's HTTP proxy hands every request to a light ingress,
+:class:`bestshot.server.ray_front.Front`, which relays it unchanged to a replica and streams the answer back:
+the app's own Host check and authentication run in the replica, for every route, and a request whose replica
+dies is answered in A1111's error shape (503 ``ReplicaLost``) instead of Serve's plain-text 500.
 
 What the replicas share:
 
@@ -35,25 +36,23 @@ from ..errors import BestshotError
 from ..scale.cluster import LOCAL, connect, require_ray
 from ..scale.serve import RayGate, ReplicaPlan, lease_seconds, shortfall, start_slot_counter
 from .app import ServerSettings, create_app
+from .ray_front import Front, Relay
 
 log = logging.getLogger(__name__)
 APP_NAME = "bestshot"
 
 
-class BestshotReplica:
-    """One Serve replica: the app of ``settings``, its job queue gated by the shared slot counter."""
+class BestshotReplica(Relay):
+    """One Serve replica: the app of ``settings``, its job queue gated by the shared slot counter; requests come
+    relayed by the :class:`~bestshot.server.ray_front.Front`."""
 
     def __init__(self, settings: ServerSettings, counter: Any, beat_s: float | None = None) -> None:
-        self.settings = settings
-        self.counter = counter
-        self.beat_s = beat_s  # how often this replica tells the counter it is alive (its slots follow its life)
-
-    def __serve_build_asgi_app__(self):
         ray = require_ray()
-        app = create_app(self.settings)
+        app = create_app(settings)
         holder = ray.get_runtime_context().get_actor_id() or ""
-        app.state.jobs.gate = RayGate(self.counter, holder=holder, beat_s=self.beat_s)
-        return app
+        # beat_s: how often this replica tells the counter it is alive (its slots follow its life)
+        app.state.jobs.gate = RayGate(counter, holder=holder, beat_s=beat_s)
+        self.start_app(app)
 
 
 def _absolute(value: str | None) -> str | None:
@@ -85,12 +84,17 @@ def replica_settings(settings: ServerSettings, plan: ReplicaPlan) -> ServerSetti
 
 
 def application(settings: ServerSettings, plan: ReplicaPlan, counter: Any, beat_s: float | None = None):
-    """The Serve application (``Deployment.bind(...)``) of ``settings`` with ``plan``'s replicas."""
+    """The Serve application (``Deployment.bind(...)``): the front (the ingress, no CPU) relaying to ``plan``'s
+    replicas of the app of ``settings``."""
     require_ray()
     from ray import serve
 
-    deployment = serve.deployment(name="BestshotReplica", **plan.deployment_options())(serve.ingress()(BestshotReplica))
-    return deployment.bind(replica_settings(settings, plan), counter, beat_s)
+    replicas = serve.deployment(name="BestshotReplica", **plan.deployment_options())(BestshotReplica)
+    # the front holds every request in flight (a coroutine each): room for all the replicas may take, and more
+    front = serve.deployment(name="BestshotFront", num_replicas=1, ray_actor_options={"num_cpus": 0},
+                             max_ongoing_requests=2 * plan.max_replicas * plan.deployment_options()["max_ongoing_requests"]
+                             + 100)(serve.ingress()(Front))
+    return front.bind(replicas.bind(replica_settings(settings, plan), counter, beat_s))
 
 
 def deploy(settings: ServerSettings, plan: ReplicaPlan, *, host: str = "127.0.0.1", port: int = 7860) -> Any:
@@ -195,4 +199,4 @@ def serve_on_ray(settings: ServerSettings, *, address: str | None, host: str, po
             ray.shutdown()
 
 
-__all__ = ["BestshotReplica", "application", "deploy", "replica_settings", "serve_on_ray"]
+__all__ = ["BestshotReplica", "Front", "application", "deploy", "replica_settings", "serve_on_ray"]
