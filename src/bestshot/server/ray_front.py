@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class Front:
             async for message in self.replicas.options(stream=True).relay.remote(plain_scope(scope), b"".join(chunks)):
                 started = started or message["type"] == "http.response.start"
                 await send(message)
-        except Exception as exc:  # noqa: BLE001 - any failure of the replica or its handle
+        except Exception as exc:  # any failure of the replica or its handle
             if started:  # the status line is out: nothing to do but end the response
                 log.warning("a response was cut off: %s", type(exc).__name__)
                 raise
