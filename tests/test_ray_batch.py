@@ -245,10 +245,11 @@ def test_stage1_count_on_ray_matches_single_process(ray_local, tmp_path):
     from test_curate_workflow import write_config
 
     images = {}
+    configs = {}
     for name, extra in (("single", []), ("ray", ["--ray", "local", "--ray-workers", "1"])):
         folder = tmp_path / name
         folder.mkdir()
-        config = write_config(folder, "embedded")
+        config = configs[name] = write_config(folder, "embedded")
         res = CliRunner().invoke(app, ["stage1", "--count", "3", "--config", str(config), *extra])
         assert res.exit_code == 0, res.output
         meta = [json.loads(p.read_text()) for p in sorted((folder / "outputs" / "metadata").glob("*.json"))]
@@ -260,7 +261,7 @@ def test_stage1_count_on_ray_matches_single_process(ray_local, tmp_path):
     # a rerun with the same settings (a driver killed before it said "done") keeps what the workers made:
     # one new image for --count 4, none made twice; the message names the folder that forces a fresh start
     folder = tmp_path / "ray"
-    res = CliRunner().invoke(app, ["stage1", "--count", "4", "--config", str(folder / "bestshot.yaml"), "--ray",
+    res = CliRunner().invoke(app, ["stage1", "--count", "4", "--config", str(configs["ray"]), "--ray",
                                    "local", "--ray-workers", "1"])
     assert res.exit_code == 0, res.output
     assert "3 of the 4 image(s) were made by an earlier stage1 --ray run with the same settings" in res.output
@@ -448,7 +449,7 @@ def test_worker_count_and_fractional_gpus_from_the_cluster():
     assert RayJobCfg(workers=2).fit_note(two_cpus) is None and RayJobCfg().fit_note(two_cpus) is None
 
 
-def test_a_workers_bestshot_error_is_one_line(ray_local, tmp_path):
+def test_a_workers_bestshot_error_is_one_line(ray_local, tmp_path, capfd):
     """A row maker that cannot start (here: a model folder that does not exist; offline, the default SDXL
     config) raises a BestshotError in the worker's constructor: Ray reports an ActorDiedError with the whole
     traceback; the driver says the worker's own line, and first why fewer workers run than asked."""
@@ -470,6 +471,7 @@ def test_a_workers_bestshot_error_is_one_line(ray_local, tmp_path):
     msg = str(e.value)
     assert "no-such-model' does not exist" in msg and "\n" not in msg and "Traceback" not in msg, msg
     assert "--ray-workers 4 with 2 CPU(s) each" in console.getvalue() and "running 1 worker(s)" in console.getvalue()
+    assert "Full stack trace" not in capfd.readouterr().err  # Ray Data's own error log (the 300-line traceback)
 
 
 def test_scaling_bench_runs(ray_local, tmp_path, monkeypatch, capsys):

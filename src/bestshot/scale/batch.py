@@ -230,17 +230,23 @@ def _batches(ds: Any, title: str):
     with the whole traceback) ends the job with one line."""
     from .remote_errors import remote_error
 
-    it = iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0))
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except BestshotError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a worker's error, wrapped by Ray (Data)
-            raise remote_error(e, title) from None
-        yield batch
+    quiet = logging.getLogger("ray.data")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # Ray Data logs a failed job's whole traceback at ERROR: ours is one line
+    try:
+        it = iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0))
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except BestshotError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a worker's error, wrapped by Ray (Data)
+                raise remote_error(e, title) from None
+            yield batch
+    finally:
+        quiet.setLevel(level)
 
 
 def _progress(console: Any, enabled: bool):

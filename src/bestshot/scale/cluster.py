@@ -7,8 +7,8 @@ run on, needs a driver that is part of the cluster.
 
 Joining fails within ``timeout_s`` seconds (``BESTSHOT_RAY_CONNECT_TIMEOUT_S``, 20 by default) with one line
 that says what to do, instead of Ray's own retries: a TCP probe (nothing listens: refused at once), then one
-GCS call (a head with token authentication that refuses this process's token answers within a second or two;
-something that is no Ray head never answers), then ``ray.init``.
+GCS call in a child process (a head with token authentication that refuses this process's token answers
+within a second or two; something that is no Ray head never answers), then ``ray.init``.
 
 Token authentication (Ray 2.60): ``ray start --head`` turns it on when ``RAY_AUTH_MODE=token`` is set or a
 token file exists (``~/.ray/auth_token``, made by ``ray get-auth-token --generate`` or by a local
@@ -135,23 +135,42 @@ def auth_advice(address: str) -> str:
             f"— give it {head}")
 
 
-def _gcs_check(address: str, auto: bool = False) -> None:
-    """One GCS call to ``address`` (HOST:PORT): raises BestshotError when the head refuses our token; returns
-    when it answers; blocks (Ray's own retries) when nothing Ray-like is there. ``auto``: token mode as
+_CHECK = """import sys
+from ray._raylet import GcsClient
+from ray.exceptions import AuthenticationError
+if sys.argv[2] == "auto":
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+try:
+    GcsClient(address=sys.argv[1])
+except AuthenticationError:
+    sys.exit(3)
+except Exception:
+    sys.exit(4)
+"""
+
+
+def _gcs_check(address: str, timeout_s: float, auto: bool = False) -> None:
+    """One GCS call to ``address`` (HOST:PORT), in a child process that is ended at ``timeout_s`` (Ray's client
+    cannot be cancelled, and one left running in a thread crashes the interpreter at exit): BestshotError when
+    the head refuses our token or does not answer; returns when it answers. ``auto``: token mode as
     ``ray.init(address="auto")`` sets it (on when a token file is at hand)."""
-    from ray._raylet import GcsClient
-    from ray.exceptions import AuthenticationError
+    import subprocess
+    import sys
 
-    if auto:
-        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
-
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     try:
-        GcsClient(address=address)
-    except AuthenticationError:
-        raise BestshotError(auth_advice(address)) from None
-    except Exception:  # noqa: BLE001 - anything else: leave the verdict to ray.init
-        return
+        done = subprocess.run([sys.executable, "-c", _CHECK, address, "auto" if auto else "-"], capture_output=True,
+                              timeout=timeout_s, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise BestshotError(_no_head(address, timeout_s)) from None
+    if done.returncode == 3:
+        raise BestshotError(auth_advice(address))
+
+
+def _no_head(address: str, timeout_s: float) -> str:
+    return (f"no Ray cluster answered at {address} within {timeout_s:g} s (something accepts connections there but "
+            "is not a Ray head) — check the address and port (`ray status` on the head prints it; the GCS port is "
+            f"6379 by default), raise {TIMEOUT_ENV}, or leave the address out (plain --ray) to run a local Ray")
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
@@ -189,31 +208,30 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
 
 
 def _init_with_deadline(ray: Any, kwargs: dict[str, Any], address: str, timeout_s: float) -> None:
-    """One GCS call, then ``ray.init(**kwargs)``, bounded by ``timeout_s``: a head that refuses our token
-    answers at once (one line on what to set); a server that accepts the connection but is no Ray GCS (a
-    proxy, another service on the port) makes Ray retry for minutes: give up with a clear error.
+    """One GCS call (:func:`_gcs_check`: a head that refuses our token answers at once, one line on what to
+    set; a server that accepts the connection but is no Ray GCS never answers), then ``ray.init(**kwargs)``,
+    all within ``timeout_s``.
 
-    The work runs in a daemon thread; on time-out it is left behind (Ray has no way to cancel it) and the
+    ``ray.init`` runs in a daemon thread; on time-out it is left behind (Ray has no way to cancel it) and the
     error ends the command."""
     import threading
+    import time
 
+    deadline = time.monotonic() + timeout_s
+    _gcs_check(address, timeout_s, auto=kwargs["address"] == "auto")
     box: dict[str, BaseException] = {}
 
     def target() -> None:
         try:
-            _gcs_check(address, auto=kwargs["address"] == "auto")
             ray.init(**kwargs)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             box["error"] = exc
 
     t = threading.Thread(target=target, name="bestshot-ray-init", daemon=True)
     t.start()
-    t.join(timeout_s)
+    t.join(max(deadline - time.monotonic(), 5.0))
     if t.is_alive():
-        raise BestshotError(f"no Ray cluster answered at {address} within {timeout_s:g} s (something accepts "
-                            "connections there but is not a Ray head) — check the address and port (`ray status` "
-                            "on the head prints it; the GCS port is 6379 by default), raise "
-                            f"{TIMEOUT_ENV}, or leave the address out (plain --ray) to run a local Ray")
+        raise BestshotError(_no_head(address, timeout_s))
     if "error" in box:
         _raise(box["error"], address)
 
