@@ -308,6 +308,8 @@ def train_head(ds: Dataset, *, kind: str = "logistic", embedder: str = "embedded
 class TasteScorer:
     """Scores images by the learned head (the prompt is not read: taste is what the prompt does not say)."""
 
+    units, score_range, default_min = "taste logit", None, None  # a preference, not prompt alignment: no gate
+
     def __init__(self, head: TasteHead, embedder: Any, name: str = "taste"):
         self.head = head
         self.embedder = embedder
