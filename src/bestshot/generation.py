@@ -7,7 +7,8 @@ The flow of the design document (seed 000), with bestshot's rules on top:
 * all candidates come from ONE batched pipeline call (split only when the GPU runs out of memory:
   the batch is halved and retried, no candidate is dropped);
 * the best candidate is kept only if it passes the quality gate, ``score_min`` in the scorer's own units
-  (unset: the scorer's default; :mod:`bestshot.scoring.gate`); otherwise the run reports
+  (unset: the scorer's default; :mod:`bestshot.scoring.gate`: an ensemble keeps its best-scored candidate
+  among those its alignment term passes); otherwise the run reports
   ``ok: False, reason: "low_clip_alignment"`` and no best file is claimed;
 * a blocked prompt generates nothing (``reason: "blocked_prompt"``);
 * every run is one line of the JSONL log (never the images themselves).
@@ -34,7 +35,7 @@ from .errors import BestshotError
 from .models.loader import free_memory, load_pipeline, load_refiner
 from .models.registry import resolve_model, sampler_label
 from .prompts.build import blocked_terms, build_prompt
-from .scoring import clip_score_100, pipeline_scorer, resolve_gate
+from .scoring import clip_score_100, cosine_like, pipeline_scorer, resolve_gate
 from .store import Store, format_parameters, new_run_id
 
 log = logging.getLogger(__name__)
@@ -269,7 +270,7 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
     scores = [float(s) for s in scorer.score(images, clip_prompt)]
     t_clip = _since(t)
 
-    best = max(range(len(seeds)), key=lambda k: scores[k])
+    best = gate.pick(images, scores, clip_prompt)
     t_exact = 0.0
     batch = cfg.prune_start or len(seeds)  # the largest batch the kept image was rendered in
     gate_value = gate.value(images[best], scores[best], clip_prompt)
@@ -280,7 +281,7 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
         gate_value = gate.value(images[best], scores[best], clip_prompt)
         t_exact = _since(t)
     ok = gate.passes(gate_value)
-    cosine = gate.units == "cosine"
+    cosine = cosine_like(scorer)  # the CLIPScore scale (100·max(cos, 0)) means something
     record.update(ok=ok, best_seed=seeds[best], best_score=round(scores[best], 6), best_clip=round(scores[best], 6),
                   best_clip_score=round(clip_score_100(scores[best]), 4) if cosine else None,
                   gate=gate.record(gate_value),

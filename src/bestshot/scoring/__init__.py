@@ -26,12 +26,13 @@ from ..models.loader import CACHE, ModelCache, resolve_device
 from .base import Scorer, clip_score_100
 from .clip import CLIPScorer, OpenCLIPScorer
 from .ensemble import EnsembleScorer, parse_ensemble
-from .gate import Gate, resolve_gate, units_of
+from .gate import Gate, cosine_like, resolve_gate, units_of
 from .regions import RegionScorer, world_nouns
 from .spatial import SpatialScorer
 
 __all__ = ["Scorer", "CLIPScorer", "EnsembleScorer", "OpenCLIPScorer", "SpatialScorer", "RegionScorer", "clip_score_100",
-           "get_scorer", "pipeline_scorer", "scorer_from_pipeline", "Gate", "resolve_gate", "units_of", "spec_range"]
+           "get_scorer", "pipeline_scorer", "scorer_from_pipeline", "Gate", "cosine_like", "resolve_gate", "units_of",
+           "spec_range"]
 
 
 def get_scorer(spec: str | None = None, *, device: str | torch.device | None = None, half: bool | None = None,

@@ -17,8 +17,10 @@ cosine scorer); None means the scorer's default. An ensemble (``clip+taste:0.5``
 score is a weighted sum of standardised terms. Its *default* gate is its first term's default, compared with
 that term's score of the kept image: the gate asks "does the kept image match the prompt", which the primary
 (alignment) term measures, while a taste or preference term does not; a threshold on the whole sum would
-refuse an aligned image for being disliked, and would change meaning with every weight. So
-``clip+taste:0.5`` refuses an image only when its CLIP term (the model's default scorer) would refuse it.
+refuse an aligned image for being disliked, and would change meaning with every weight. The ensemble then
+keeps its best-scored candidate among those the first term passes (:meth:`Gate.pick`), so
+``clip+taste:0.5`` refuses a run exactly when the first term alone (the model's default scorer) would: when
+no candidate passes it.
 An explicit ``score_min`` with an ensemble is in the ensemble's units (the sum).
 """
 
@@ -42,6 +44,13 @@ def units_of(scorer: Any) -> tuple[str, tuple[float, float] | None]:
     units = getattr(scorer, "units", None)
     rng = getattr(scorer, "score_range", None)
     return (str(units) if units else "score"), (tuple(map(float, rng)) if rng is not None else None)
+
+
+def cosine_like(scorer: Any) -> bool:
+    """Whether the scores are cosines or weighted means of them (at most 1): ``100·max(s, 0)``, torchmetrics'
+    CLIPScore scale, means something only then."""
+    rng = units_of(scorer)[1]
+    return rng is not None and rng[1] <= 1.0
 
 
 def default_min(scorer: Any) -> float | None:
@@ -73,6 +82,16 @@ class Gate:
 
     def passes(self, value: float) -> bool:
         return self.minimum is None or value >= self.minimum
+
+    def pick(self, images: Sequence[Image.Image], scores: Sequence[float], text: str) -> int:
+        """The candidate to keep: the best-scored one among those that pass (the best overall when none does,
+        which the gate then refuses). With no judge that is simply the best-scored one."""
+        order = max(range(len(scores)), key=lambda k: scores[k])
+        if self.judge is None or self.minimum is None:
+            return order
+        values = gate_values(self, images, scores, text)
+        passing = [k for k, v in enumerate(values) if self.passes(v)]
+        return max(passing, key=lambda k: scores[k]) if passing else order
 
     def record(self, value: float | None) -> dict[str, Any]:
         return {"min": self.minimum, "on": self.on, "units": self.units, "source": self.source,

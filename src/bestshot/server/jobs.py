@@ -137,7 +137,7 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
     from ..generation import pick_scorer, supported_kwargs
     from ..models.loader import load_pipeline
     from ..models.registry import resolve_model, sampler_label
-    from ..scoring import clip_score_100, resolve_gate
+    from ..scoring import clip_score_100, cosine_like, resolve_gate
 
     cfg = plan.cfg
     ref = resolve_model(cfg.model)
@@ -211,7 +211,7 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
         gate = resolve_gate(scorer, cfg.score_min, enabled=cfg.gate)
         gate_value = gate.value(images[best], scores[best], clip_prompt)
         ok = gate.passes(gate_value)
-        cosine = gate.units == "cosine"
+        cosine = cosine_like(scorer)
         run_id = new_run_id()
         record: dict[str, Any] = {
             "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kind": "img2img",
