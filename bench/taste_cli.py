@@ -1,6 +1,7 @@
 """Taste as users run it: the documented commands, through bestshot's own CLI, judged by the world's oracle.
 
-    stage1 → taste collect → (the user deletes) → taste collect → taste train → generate --scorer clip+taste@HEAD:W
+    stage1 → taste collect → (the user deletes) → taste collect → taste train
+           → generate --scorer clip+taste@HEAD:W
 
 Per curation draw (its own curated prompts and seeds):
 
@@ -176,7 +177,8 @@ def main(argv: Sequence[str] | None = None, say: Callable[[str], None] = print) 
     say(f"default scorer on {len(test)} test prompts: refused {100 * base['refused'].mean():.1f} %, disliked "
         f"{100 * base['disliked'].mean():.1f} %, full match {100 * base['match'].mean():.1f} % "
         f"({time.perf_counter() - t0:.0f} s)")
-    val_base = run_prompts(args.work / "val", "base", args.model, val, args.n, None, gen_args) if len(weights) > 1 else None
+    val_base = (run_prompts(args.work / "val", "base", args.model, val, args.n, None, gen_args)
+                if len(weights) > 1 else None)
     draws = []
     for r in range(args.draws):
         rng = random.Random(9000 + r)
@@ -205,7 +207,8 @@ def main(argv: Sequence[str] | None = None, say: Callable[[str], None] = print) 
     met = bool(mean and mean["disliked_fall_pct"] >= 50 and mean["match_drop_points"] <= 2)
     say(f"mean over {len(draws)} draws: disliked fall {mean.get('disliked_fall_pct', 0):.0f} %, full-match drop "
         f"{mean.get('match_drop_points', 0):.1f} points, refused {mean.get('refused_taste_pct', 0):.1f} % vs "
-        f"{mean.get('refused_base_pct', 0):.1f} % — target (≥ 50 % fall at ≤ 2 points) {'met' if met else 'not met'}; "
+        f"{mean.get('refused_base_pct', 0):.1f} % — target (≥ 50 % fall at ≤ 2 points) "
+        f"{'met' if met else 'not met'}; "
         f"wall {time.perf_counter() - t0:.0f} s")
     return {"base": base, "draws": draws, "mean": mean, "met": met}
 

@@ -78,7 +78,10 @@ def test_ensemble_is_refused_exactly_when_its_clip_term_is(tiny_sd15, tiny_clip,
     prompts = ["a cat", "a red circle", "two dogs", "a blue square on grass"]
     clip = _clip(tiny_clip, None)
     kw = dict(model=tiny_sd15, n_images=3, **SMALL)
-    out = lambda tag: dict(out_dir=str(tmp_path / tag), log_jsonl=str(tmp_path / f"{tag}.jsonl"))  # noqa: E731
+
+    def out(tag):
+        return dict(out_dir=str(tmp_path / tag), log_jsonl=str(tmp_path / f"{tag}.jsonl"))
+
     plain = [generate(p, scorer=clip, score_min=-1.0, **kw, **out("p")) for p in prompts]
     # a default gate in the middle of the best scores: some runs pass, some do not
     best = sorted(r["best_score"] for r in plain)
@@ -100,3 +103,24 @@ def test_ensemble_is_refused_exactly_when_its_clip_term_is(tiny_sd15, tiny_clip,
     assert hi["ok"] is False and hi["score_min"] == 50.0 and hi["gate"]["source"] == "score_min"
     with pytest.raises(BestshotError, match="outside the range"):
         generate(prompts[0], scorer=clip, clip_min=1.2, **kw, **out("x"))
+
+
+def test_a1111_gate_is_in_the_scorers_units():
+    from types import SimpleNamespace
+
+    from bestshot.server.a1111 import FieldError, check_gate_range, gate_info, requested_min
+
+    assert requested_min(SimpleNamespace(score_min=None, clip_min=0.3)) == 0.3  # the old field name
+    assert requested_min(SimpleNamespace(score_min=1.5, clip_min=None)) == 1.5
+    with pytest.raises(FieldError):
+        requested_min(SimpleNamespace(score_min=0.2, clip_min=0.3))
+    check_gate_range(1.2, "clip+taste:0.5", "embedded")  # an ensemble: the weighted sum, no cosine range
+    check_gate_range(-3.0, None, "embedded")  # embedded+regions: no lower bound
+    for scorer in ("embedded", None):  # a cosine; the regions score is at most 1
+        with pytest.raises(FieldError, match="outside the range"):
+            check_gate_range(1.2, scorer, "embedded")
+    with pytest.raises(FieldError, match=r"outside the range \[-1, 1\]"):
+        check_gate_range(1.2, Fixed(), "embedded")
+    info = gate_info([{"seed": 1, "score": 1.5}, {"seed": 2, "score": 0.9}], 1.2, "clip+taste:0.5")["gate"]
+    assert info["failed_seeds"] == [2] and info["score_min"] == info["clip_min"] == 1.2
+    assert info["scorer"] == "clip+taste:0.5"

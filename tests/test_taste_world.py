@@ -30,15 +30,16 @@ def test_taste_world_tiny_prints_the_table_and_the_head_avoids_dark_backgrounds(
 
 
 def test_taste_through_the_cli_runs_the_users_commands(tmp_path, tiny_world):
-    """bench/taste_cli.py on a tiny world model: stage1 → collect → delete → collect → train → generate with the
-    gate, the weight chosen on validation prompts; the default scorer and clip+taste are refused on the same
+    """bench/taste_cli.py on a tiny world model: stage1 → collect → delete → collect → train → generate with
+    the gate, the weight chosen on validation prompts; the default scorer and clip+taste are refused on the same
     prompts (the ensemble's default gate is its clip term's)."""
     bench = runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "taste_cli.py"), run_name="taste_cli")
     lines: list[str] = []
     res = bench["main"](["--model", tiny_world, "--embedder", f"{tiny_world}/clip", "--curate", "6", "--test", "3",
                          "--val", "2", "--n", "2", "--draws", "1", "--weights", "0.5,2", "--train-args=--balanced",
                          "--gen-args=--steps 2 --size 16x16",
-                         "--stage1-yaml", '{"model": {"steps": 2}, "generation": {"base_width": 16, "base_height": 16}}',
+                         "--stage1-yaml", '{"model": {"steps": 2}, '
+                         '"generation": {"base_width": 16, "base_height": 16}}',
                          "--work", str(tmp_path), "--user", "alternate"], say=lines.append)
     (draw,) = res["draws"]
     cur = draw["curation"]

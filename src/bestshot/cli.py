@@ -145,7 +145,8 @@ def _report(result: dict[str, Any], as_json: bool) -> None:
         t.add_row(f"{c['seed']}{mark}", f"{c['score']:.4f}", c["path"] or "")
     out.print(t)
     if result["ok"]:
-        out.print(f"[green]kept[/] seed {result['best_seed']} ({result.get('scorer')} {result['best_score']:.4f}) → {result['img_path']}")
+        out.print(f"[green]kept[/] seed {result['best_seed']} ({result.get('scorer')} {result['best_score']:.4f}) "
+                  f"→ {result['img_path']}")
     else:
         why = result.get("reason")
         gate = result.get("gate") or {}

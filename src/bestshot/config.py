@@ -3,8 +3,8 @@
 The field names and defaults of ``ImgCfg`` are those of the design document (seed 000):
 ``n_images=4, seed_base=42, steps_base=40, guidance=7.5, clip_min=0.22, 1024x1024`` and the
 style suffix / negative prompt it shows. ``clip_min`` is now ``score_min`` (the gate in the scorer's units;
-unset = the scorer's default, 0.22 for a CLIP), ``clip_min`` its alias. Presets are plain dictionaries of overrides, so a preset is
-never more than "these fields, these values".
+unset = the scorer's default, 0.22 for a CLIP), ``clip_min`` its alias. Presets are plain dictionaries of
+overrides, so a preset is never more than "these fields, these values".
 
 Plain settings only: this module knows no model families and reads no model folder. A generate call's
 final settings (preset → the model folder's ``bestshot_defaults.json`` → explicit overrides) are resolved
@@ -115,7 +115,8 @@ class ImgCfg:
             raise BestshotError(f"steps_base must be >= 1 (got {self.steps_base!r})")
         if self.guidance < 0:
             raise BestshotError(f"guidance must be >= 0 (got {self.guidance!r})")
-        if self.score_min is not None and (isinstance(self.score_min, bool) or not isinstance(self.score_min, (int, float))):
+        v = self.score_min
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise BestshotError(f"score_min (alias clip_min) must be a number or unset (got {self.score_min!r}) — "
                                 "it is the quality gate in the scorer's units")
         if self.memory not in MEMORY_STRATEGIES:

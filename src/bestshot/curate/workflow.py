@@ -68,7 +68,8 @@ class Workflow:
         fitted, notes = fit_to_model(cfg, model_defaults(cfg.model.base), size_limits(ref)[1],
                                      ref.family.name.startswith("sdxl"))
         if notes:
-            self.say(f"{cfg.model.base}: its own defaults for the SDXL settings left in config.yaml: " + "; ".join(notes))
+            self.say(f"{cfg.model.base}: its own defaults for the SDXL settings left in config.yaml: "
+                     + "; ".join(notes))
         return fitted
 
     # ------------------------------------------------------------------ models

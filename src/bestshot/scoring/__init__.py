@@ -30,8 +30,9 @@ from .gate import Gate, cosine_like, resolve_gate, units_of
 from .regions import RegionScorer, world_nouns
 from .spatial import SpatialScorer
 
-__all__ = ["Scorer", "CLIPScorer", "EnsembleScorer", "OpenCLIPScorer", "SpatialScorer", "RegionScorer", "clip_score_100",
-           "get_scorer", "pipeline_scorer", "scorer_from_pipeline", "Gate", "cosine_like", "resolve_gate", "units_of",
+__all__ = ["Scorer", "CLIPScorer", "EnsembleScorer", "OpenCLIPScorer", "SpatialScorer", "RegionScorer",
+           "clip_score_100", "get_scorer", "pipeline_scorer", "scorer_from_pipeline", "Gate", "cosine_like",
+           "resolve_gate", "units_of",
            "spec_range"]
 
 

@@ -79,8 +79,9 @@ class Txt2ImgRequest(_A1111):
     # bestshot extras
     best_of: int = Field(1, ge=1, le=256, description="candidates per returned image; the best is returned (default: "
                          "override_settings.bestshot_best_of, POST /options bestshot_best_of, serve --best-of)")
-    score_min: Optional[float] = Field(None, description="quality gate in the scorer's units (a cosine for a CLIP, the "
-                                       "weighted sum for an ensemble); images below it are marked in info.bestshot.gate")
+    score_min: Optional[float] = Field(None, description="quality gate in the scorer's units (a cosine for a CLIP, "
+                                       "the weighted sum for an ensemble); images below it are marked in "
+                                       "info.bestshot.gate")
     clip_min: Optional[float] = Field(None, description="old name of score_min (same setting)")
     scorer: Optional[str] = Field(None, max_length=500, description="one of the server's scorers")
 
