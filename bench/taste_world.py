@@ -14,6 +14,10 @@ CLIP alone by construction.
     python bench/taste_world.py [--heldout 150] [--train-prompts 25] [--per-train 4] [--n 8]
                                 [--ks 0,20,50,100] [--weight 0.5,1,2] [--dislike dark,small]
 
+What this measures is the head's signal, not the documented command: the ensemble's first term here is the
+plain embedded CLIP (``embedded``), while ``clip`` in ``clip+taste:0.5`` is the model's default scorer
+(``embedded+regions``), and no quality gate is applied. ``bench/taste_cli.py`` runs the users' commands.
+
 ``--cache FILE.npz`` keeps the generated images (written as they are made), so a second run only
 re-curates and re-picks. ``--source render`` draws candidates with the world's renderer instead of the
 model (seconds; what tests/test_taste_world.py runs).

@@ -17,7 +17,8 @@ from helpers import run_cli
     (["generate", "a cat", "--model", "./no/such/model"], "does not exist"),
     (["generate", "a cat", "-n", "0"], "n_images must be"),
     (["generate", "a cat", "--clip-min", "1.5"], "clip_min"),
-    (["generate", "a cat", "--clip-min", "-2"], "clip_min"),
+    (["generate", "a cat", "--scorer", "embedded", "--clip-min", "-2"], "clip_min"),  # a cosine scorer
+    (["generate", "a cat", "--scorer", "embedded", "--score-min", "1.2"], "outside the range [-1, 1]"),
     (["generate", "--text-file", "/no/such/article.txt"], "does not exist"),
     (["generate", "a cat", "--scheduler", "warp"], "unknown scheduler"),
     (["generate", "a cat", "--memory", "lots"], "memory must be"),

@@ -41,3 +41,38 @@ def test_sdedit_keeps_the_image_at_low_strength(tiny_world):
     assert low.shape == high.shape == (20, 24, 3)  # odd sizes snap to the UNet's grid and come back
     base = np.asarray(img, dtype=float)
     assert np.abs(low - base).mean() < np.abs(high - base).mean()
+
+
+def test_stage1_on_an_embedded_model_works_from_the_default_config(tmp_path, tiny_world, monkeypatch):
+    """The shipped config.yaml is SDXL's (768x1344, 30 steps, guidance 7, UniPC); naming an embedded-kind model
+    is enough: the settings still at those defaults become the model's own (its bestshot_defaults.json)."""
+    import json
+    import shutil
+
+    import yaml
+
+    from bestshot.curate.config import default_config_text
+    from test_curate_workflow import cli
+
+    model = tmp_path / "world"
+    shutil.copytree(tiny_world, model)
+    (model / "bestshot_defaults.json").write_text(json.dumps({"num_inference_steps": 2, "guidance_scale": 1.0,
+                                                              "width": 16, "height": 16, "scheduler": "ddim"}))
+    cfg = yaml.safe_load(default_config_text())
+    cfg["model"]["base"] = str(model)
+    cfg["upscaler"]["backend"] = "lanczos"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    r = cli("stage1", "--once")
+    assert r.exit_code == 0, r.output
+    assert "768x1344 → 16x16" in r.output and "model.steps 30 → 2" in r.output
+    (png,) = (tmp_path / "outputs" / "stage1").iterdir()
+    with Image.open(png) as im:
+        assert im.size == (16, 16)
+    (meta,) = (tmp_path / "outputs" / "metadata").iterdir()
+    st = json.loads(meta.read_text())["stages"]["stage1"]
+    assert (st["steps"], st["guidance"]) == (2, 1.0)
+    cfg["model"]["steps"] = 3  # a value the user set is kept
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    r = cli("stage1", "--once")
+    assert r.exit_code == 0 and "model.steps" not in r.output

@@ -67,7 +67,11 @@ def test_presets_match_design_document():
     qm = preset_config("quality_max")
     assert qm.model == "stabilityai/stable-diffusion-3.5-large" and qm.width == 1024 and qm.n_images == 4
     c = ImgCfg()
-    assert (c.n_images, c.seed_base, c.steps_base, c.guidance, c.clip_min) == (4, 42, 40, 7.5, 0.22)
+    assert (c.n_images, c.seed_base, c.steps_base, c.guidance) == (4, 42, 40, 7.5)
+    # the design document's clip_min 0.22 is now a CLIP scorer's default gate (score_min unset = the scorer's)
+    from bestshot.scoring import CLIPScorer
+
+    assert c.score_min is None and c.clip_min is None and CLIPScorer.default_min == 0.22
     assert set(PRESETS) >= {"fast", "quality_1min", "quality_max", "custom"}
 
 

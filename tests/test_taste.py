@@ -231,3 +231,22 @@ def test_ensemble_through_pipeline_scorer_reuses_the_pipelines_clip(tmp_path):
     assert isinstance(ens, EnsembleScorer)
     assert ens.scorers[0].model is s.model and ens.scorers[1].embedder.model is s.model
     assert isinstance(ens.scorers[1], TasteScorer) and scorer_from_pipeline(pipe) is not None
+
+
+def test_balanced_head_weighs_both_verdicts_and_reports_the_majority_rate():
+    """A curation that deletes most images: the plain head leans to "delete"; --balanced does not."""
+    import numpy as np
+
+    from bestshot.scoring.taste import Dataset, train_head
+
+    rng = np.random.default_rng(0)
+    n_keep, n_del = 10, 90
+    x = np.concatenate([rng.normal(0.3, 1.0, (n_keep, 4)), rng.normal(-0.3, 1.0, (n_del, 4))]).astype(np.float32)
+    y = np.concatenate([np.ones(n_keep), np.zeros(n_del)]).astype(np.float32)
+    ds = Dataset(x, y, np.ones(len(y), np.float32), [f"p{i}" for i in range(len(y))])
+    plain = train_head(ds, folds=0)
+    bal = train_head(ds, folds=0, balanced=True)
+    assert plain.info["majority_rate"] == bal.info["majority_rate"] == 0.9 and bal.info["balanced"]
+    kept_plain = float(((x @ plain.w + plain.b) > 0).mean())
+    kept_bal = float(((x @ bal.w + bal.b) > 0).mean())
+    assert kept_plain < 0.1 < kept_bal  # the plain head says "keep" for almost nothing

@@ -42,7 +42,10 @@ def generate(
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps."),
     guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale."),
     size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT, multiples of 8, e.g. 1024x1024."),
-    clip_min: Optional[float] = typer.Option(None, "--clip-min", help="Quality gate: minimum cosine similarity."),
+    score_min: Optional[float] = typer.Option(None, "--score-min", "--clip-min",
+                                              help="Quality gate in the scorer's units (a cosine for a CLIP, the "
+                                                   "weighted sum for an ensemble); default: the scorer's own. "
+                                                   "--clip-min is its old name."),
     negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt."),
     style_suffix: Optional[str] = typer.Option(None, "--style-suffix", help="Appended to the prompt (not scored)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="euler, euler_a, dpmpp_2m, ddim, unipc, ..."),
@@ -80,7 +83,7 @@ def generate(
     from .generation import generate as run
 
     overrides: dict[str, Any] = dict(
-        n_images=n, steps_base=steps, guidance=guidance, clip_min=clip_min, negative_prompt=negative,
+        n_images=n, steps_base=steps, guidance=guidance, score_min=score_min, negative_prompt=negative,
         style_suffix=style_suffix, scheduler=scheduler, scorer=scorer, refiner=refiner, dtype=dtype, memory=memory,
         device=device, compile=compile, vae_tiling=vae_tiling, vae_slicing=vae_slicing, max_batch=max_batch, out_dir=out_dir, log_jsonl=log_jsonl,
         save_candidates=save_candidates, seed_base=seed,
@@ -135,17 +138,20 @@ def _report(result: dict[str, Any], as_json: bool) -> None:
 
     t = Table(title=f"run {result['run_id']} — {result['model']}", show_lines=False)
     t.add_column("seed", justify="right")
-    t.add_column("clip", justify="right")
+    t.add_column("score", justify="right")
     t.add_column("file")
-    for c in sorted(result["candidates"], key=lambda c: -c["clip"]):
+    for c in sorted(result["candidates"], key=lambda c: -c["score"]):
         mark = " ★" if c["seed"] == result.get("best_seed") else ""
-        t.add_row(f"{c['seed']}{mark}", f"{c['clip']:.4f}", c["path"] or "")
+        t.add_row(f"{c['seed']}{mark}", f"{c['score']:.4f}", c["path"] or "")
     out.print(t)
     if result["ok"]:
-        out.print(f"[green]kept[/] seed {result['best_seed']} (clip {result['best_clip']:.4f}) → {result['img_path']}")
+        out.print(f"[green]kept[/] seed {result['best_seed']} ({result.get('scorer')} {result['best_score']:.4f}) "
+                  f"→ {result['img_path']}")
     else:
         why = result.get("reason")
-        detail = f" (best {result['best_clip']:.4f})" if result.get("best_clip") is not None else ""
+        gate = result.get("gate") or {}
+        detail = (f" (best {result['best_score']:.4f}; gate {gate.get('on')} {gate.get('value')} < {gate.get('min')})"
+                  if result.get("best_score") is not None else "")
         out.print(f"[yellow]not kept[/]: {why}{detail}")
     ts = result.get("timing_s", {})
     out.print(f"prompt: {result['sd_prompt']!r}   time: " + ", ".join(f"{k} {v:.2f}s" for k, v in ts.items()))
@@ -324,7 +330,8 @@ def _refuse_non_finite(fn):
         default = decls[0] if decls else name.upper()
         if type(p.default).__name__ == "OptionInfo" and not decls:
             default = "--" + name.replace("_", "-")  # typer's own flag name for an undeclared option
-        names[name] = next((d for d in decls if d.startswith("--")), default)
+        longs = [d for d in decls if d.startswith("--")]
+        names[name] = " / ".join(longs) if longs else default  # every long name (an option and its old alias)
 
     @functools.wraps(fn)
     def checked(*args, **kwargs):

@@ -2,8 +2,9 @@
 
 The field names and defaults of ``ImgCfg`` are those of the design document (seed 000):
 ``n_images=4, seed_base=42, steps_base=40, guidance=7.5, clip_min=0.22, 1024x1024`` and the
-style suffix / negative prompt it shows. Presets are plain dictionaries of overrides, so a preset is
-never more than "these fields, these values".
+style suffix / negative prompt it shows. ``clip_min`` is now ``score_min`` (the gate in the scorer's units;
+unset = the scorer's default, 0.22 for a CLIP), ``clip_min`` its alias. Presets are plain dictionaries of
+overrides, so a preset is never more than "these fields, these values".
 
 Plain settings only: this module knows no model families and reads no model folder. A generate call's
 final settings (preset → the model folder's ``bestshot_defaults.json`` → explicit overrides) are resolved
@@ -13,7 +14,7 @@ by :func:`bestshot.models.settings.resolve_config`, which knows models.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields, replace
+from dataclasses import InitVar, dataclass, fields, replace
 from typing import Any
 
 from bestshot import jsonio
@@ -49,7 +50,10 @@ class ImgCfg:
     seed_base: int = 42
     steps_base: int = 40
     guidance: float = 7.5
-    clip_min: float = 0.22
+    # The quality gate, in the scorer's own units (bestshot.scoring.gate): None = the scorer's default (a
+    # CLIP cosine 0.22, the embedded model's own CLIP 0.35, an ensemble its first term's default). The
+    # design document's ``clip_min`` is an alias of it (constructor keyword, YAML key, attribute).
+    score_min: float | None = None
     height: int = 1024
     width: int = 1024
     style_suffix: str = ", cinematic lighting, 8k"
@@ -88,6 +92,14 @@ class ImgCfg:
     # Early pruning: start prune_start candidates, keep the n_images best after prune_at of the steps.
     prune_start: int | None = None
     prune_at: float = 0.3
+    gate: bool = True  # False: keep the best whatever its score (evaluators, the A1111 routes)
+    clip_min: InitVar[float | None] = None  # old name of score_min: given, it sets score_min
+
+    def __post_init__(self, clip_min: float | None) -> None:
+        # dataclasses.replace() passes the alias's current value back in (an _AliasRead): only a value given
+        # by the caller sets score_min
+        if clip_min is not None and not isinstance(clip_min, (property, _AliasRead)):
+            self.score_min = clip_min
 
     def validate(self) -> "ImgCfg":
         """Raise :class:`BestshotError` naming the first bad field and how to fix it."""
@@ -103,8 +115,10 @@ class ImgCfg:
             raise BestshotError(f"steps_base must be >= 1 (got {self.steps_base!r})")
         if self.guidance < 0:
             raise BestshotError(f"guidance must be >= 0 (got {self.guidance!r})")
-        if not -1.0 <= float(self.clip_min) <= 1.0:
-            raise BestshotError(f"clip_min is a cosine similarity and must lie in [-1, 1] (got {self.clip_min!r})")
+        v = self.score_min
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise BestshotError(f"score_min (alias clip_min) must be a number or unset (got {self.score_min!r}) — "
+                                "it is the quality gate in the scorer's units")
         if self.memory not in MEMORY_STRATEGIES:
             raise BestshotError(f"memory must be one of {', '.join(MEMORY_STRATEGIES)} (got {self.memory!r})")
         if self.dtype not in DTYPES:
@@ -137,14 +151,34 @@ class ImgCfg:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ImgCfg":
         data = dict(data)
+        if "clip_min" in data:  # the old key: same setting as score_min
+            old = check_finite(data.pop("clip_min"), "generation setting clip_min",
+                               "give an ordinary number; NaN and infinity are not settings")
+            if data.get("score_min") is not None and old is not None and data["score_min"] != old:
+                raise BestshotError(f"clip_min {old!r} and score_min {data['score_min']!r} disagree — they are one "
+                                    "setting (clip_min is its old name): give only score_min")
+            data["score_min"] = old if old is not None else data.get("score_min")
         if data.get("blocklist") is not None:
             data["blocklist"] = tuple(data["blocklist"])
         return dataclass_from_dict(cls, data, "generation")
 
 
+class _AliasRead(float):
+    """``cfg.clip_min`` as read: the value of score_min, marked so that replace() does not treat it as given."""
+
+
+# the old name reads (and sets) the same value as score_min
+ImgCfg.clip_min = property(  # type: ignore[assignment]
+    lambda self: None if self.score_min is None else _AliasRead(self.score_min),
+    lambda self, v: setattr(self, "score_min", v), doc="Old name of score_min (kept for one release).")
+
+
 def merge(base: ImgCfg, data: dict[str, Any]) -> dict[str, Any]:
     """``base`` as a dict with ``data``'s keys over it (unknown keys refused)."""
     merged = base.to_dict()
+    data = dict(data)
+    if "clip_min" in data:
+        merged["score_min"] = data.pop("clip_min")
     merged.update(data)
     merged["blocklist"] = tuple(merged["blocklist"])
     ImgCfg.from_dict(merged)  # validates the keys
@@ -157,7 +191,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quality_1min": dict(model=SDXL_BASE, refiner=True, height=1024, width=1024, n_images=4, steps_base=40, guidance=7.5),
     "quality_max": dict(model=SD35_LARGE, refiner=False, height=1024, width=1024, n_images=4, steps_base=28, guidance=3.5),
     "custom": dict(),
-    # The embedded model: its folder's bestshot_defaults.json fills in size, steps, guidance, clip_min.
+    # The embedded model: its folder's bestshot_defaults.json fills in size, steps and guidance; its
+    # clip_min is the default gate of the model's own CLIP (bestshot.scoring.gate), not a setting here.
     "embedded": dict(model=EMBEDDED, refiner=False, n_images=8, style_suffix="", negative_prompt=""),
 }
 
@@ -172,7 +207,7 @@ def plain_preset(name: str) -> ImgCfg:
 
 # Keys of a model's bestshot_defaults.json that map onto ImgCfg fields.
 _DEFAULT_KEYS = {"steps": "steps_base", "num_inference_steps": "steps_base", "guidance": "guidance",
-                 "guidance_scale": "guidance", "height": "height", "width": "width", "clip_min": "clip_min",
+                 "guidance_scale": "guidance", "height": "height", "width": "width",
                  "scheduler": "scheduler", "n_images": "n_images"}
 
 

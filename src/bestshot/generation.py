@@ -6,7 +6,9 @@ The flow of the design document (seed 000), with bestshot's rules on top:
   the same image whether it is made alone or inside a batch;
 * all candidates come from ONE batched pipeline call (split only when the GPU runs out of memory:
   the batch is halved and retried, no candidate is dropped);
-* the best candidate is kept only if its score reaches ``clip_min``; otherwise the run reports
+* the best candidate is kept only if it passes the quality gate, ``score_min`` in the scorer's own units
+  (unset: the scorer's default; :mod:`bestshot.scoring.gate`: an ensemble keeps its best-scored candidate
+  among those its alignment term passes); otherwise the run reports
   ``ok: False, reason: "low_clip_alignment"`` and no best file is claimed;
 * a blocked prompt generates nothing (``reason: "blocked_prompt"``);
 * every run is one line of the JSONL log (never the images themselves).
@@ -33,7 +35,7 @@ from .errors import BestshotError
 from .models.loader import free_memory, load_pipeline, load_refiner
 from .models.registry import resolve_model, sampler_label
 from .prompts.build import blocked_terms, build_prompt
-from .scoring import clip_score_100, pipeline_scorer
+from .scoring import clip_score_100, cosine_like, pipeline_scorer, resolve_gate
 from .store import Store, format_parameters, new_run_id
 
 log = logging.getLogger(__name__)
@@ -186,9 +188,12 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
              on_step: StepCallback | None = None, **overrides: Any) -> dict[str, Any]:
     """Generate ``cfg.n_images`` candidates, rank them with CLIP, keep the best if it passes the gate.
 
-    Returns the design document's result dict (``ok``, ``reason``, ``best_seed``, ``best_clip``,
+    Returns the design document's result dict (``ok``, ``reason``, ``best_seed``, ``best_score``,
     ``img_path``, ``timing_s``, ``candidates``, ``sd_prompt``, ``clip_prompt``) plus ``model``,
-    ``preset``, ``run_id`` and the settings used. ``candidate_images`` (PIL images, seed order) is
+    ``preset``, ``run_id``, ``scorer``, ``score_min`` (the gate applied, in the scorer's units; ``gate``
+    says what it compared) and the settings used. ``best_clip`` / ``best_clip_score`` are the old names
+    (``best_clip`` = ``best_score``; ``best_clip_score`` is ``100·max(score, 0)`` for a cosine scorer,
+    None otherwise), kept for one release. ``candidate_images`` (PIL images, seed order) is
     added only when asked and never written to the log.
     """
     t0 = time.perf_counter()
@@ -206,7 +211,7 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
         "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "ok": False, "mode": mode, "model": cfg.model, "preset": cfg.preset,
         "sd_prompt": built.sd_prompt, "clip_prompt": built.clip_prompt, "negative_prompt": built.negative_prompt,
-        "best_seed": None, "best_clip": None, "img_path": None, "candidates": [],
+        "best_seed": None, "best_score": None, "best_clip": None, "img_path": None, "candidates": [],
         "settings": _settings(cfg), "version": __version__,
     }
     if auto_info:
@@ -235,10 +240,11 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
             raise BestshotError(f"the refiner works with SDXL base models only, not {cfg.model!r} — drop --refiner")
         refiner = load_refiner(pipe, cfg.refiner_model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory)
     scorer = pick_scorer(scorer, cfg, ref, pipe)
+    gate = resolve_gate(scorer, cfg.score_min, enabled=cfg.gate)  # a value outside the scorer's range fails here
     clip_prompt, cut = scorer.truncate(built.clip_prompt)
     if cut:
         warnings.warn(f"clip_prompt is longer than the scorer's 77 tokens; scoring with: {clip_prompt!r}")
-    record.update(clip_prompt=clip_prompt, clip_prompt_truncated=cut, scorer=scorer.name)
+    record.update(clip_prompt=clip_prompt, clip_prompt_truncated=cut, scorer=scorer.name, score_min=gate.minimum)
     record["settings"]["sampler"] = sampler_label(pipe.scheduler)
     t_load = _since(t)
 
@@ -264,17 +270,21 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
     scores = [float(s) for s in scorer.score(images, clip_prompt)]
     t_clip = _since(t)
 
-    best = max(range(len(seeds)), key=lambda k: scores[k])
+    best = gate.pick(images, scores, clip_prompt)
     t_exact = 0.0
     batch = cfg.prune_start or len(seeds)  # the largest batch the kept image was rendered in
-    if needs_solo_render(pipe, cfg, batch) and scores[best] >= cfg.clip_min:
+    gate_value = gate.value(images[best], scores[best], clip_prompt)
+    if needs_solo_render(pipe, cfg, batch) and gate.passes(gate_value):
         t = time.perf_counter()
         images[best] = make_candidates(pipe, refiner, built.sd_prompt, built.negative_prompt, [seeds[best]], cfg)[0]
         scores[best] = float(scorer.score([images[best]], clip_prompt)[0])
+        gate_value = gate.value(images[best], scores[best], clip_prompt)
         t_exact = _since(t)
-    ok = scores[best] >= cfg.clip_min
-    record.update(ok=ok, best_seed=seeds[best], best_clip=round(scores[best], 6),
-                  best_clip_score=round(clip_score_100(scores[best]), 4),
+    ok = gate.passes(gate_value)
+    cosine = cosine_like(scorer)  # the CLIPScore scale (100·max(cos, 0)) means something
+    record.update(ok=ok, best_seed=seeds[best], best_score=round(scores[best], 6), best_clip=round(scores[best], 6),
+                  best_clip_score=round(clip_score_100(scores[best]), 4) if cosine else None,
+                  gate=gate.record(gate_value),
                   reproduce=reproduce_note(pipe, min(cfg.max_batch or batch, batch), t_exact > 0))
     if not ok:
         record["reason"] = "low_clip_alignment"
@@ -286,8 +296,8 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
             files.append((target, images[k], _parameters(built, cfg, record, seed, score),
                           _png_metadata(record, seed, score)))
             path = str(target)
-        candidates.append({"seed": seed, "clip": round(score, 6), "clip_score": round(clip_score_100(score), 4),
-                           "path": path})
+        candidates.append({"seed": seed, "score": round(score, 6), "clip": round(score, 6),
+                           "clip_score": round(clip_score_100(score), 4) if cosine else None, "path": path})
     record["candidates"] = candidates
     if ok:
         record["img_path"] = candidates[best]["path"]
@@ -307,12 +317,13 @@ def pick_scorer(scorer: Any, cfg: ImgCfg, ref: Any, pipe: Any):
     embedded model's own CLIP is reused instead of loading a second copy."""
     if scorer is not None and not isinstance(scorer, str):
         return scorer
-    return pipeline_scorer(scorer or cfg.scorer, pipe, ref.family, cfg.device)
+    return pipeline_scorer(scorer or cfg.scorer, pipe, ref.family, cfg.device, model=cfg.model)
 
 
 def _settings(cfg: ImgCfg) -> dict[str, Any]:
     return {"n_images": cfg.n_images, "seed_base": cfg.seed_base, "steps": cfg.steps_base, "guidance": cfg.guidance,
-            "width": cfg.width, "height": cfg.height, "clip_min": cfg.clip_min, "scheduler": cfg.scheduler,
+            "width": cfg.width, "height": cfg.height, "score_min": cfg.score_min, "clip_min": cfg.score_min,
+            "gate": cfg.gate, "scheduler": cfg.scheduler,
             "refiner": cfg.refiner, "refiner_model": cfg.refiner_model if cfg.refiner else None,
             "refiner_split": cfg.refiner_split if cfg.refiner else None, "dtype": cfg.dtype, "memory": cfg.memory,
             "style_suffix": cfg.style_suffix, "exact_best": cfg.exact_best, "vae_fp16": cfg.vae_fp16,
@@ -321,7 +332,8 @@ def _settings(cfg: ImgCfg) -> dict[str, Any]:
 
 
 def _parameters(built: Any, cfg: ImgCfg, record: dict[str, Any], seed: int, score: float) -> str:
-    extra = {"CLIP score": f"{score:.4f}", "Scorer": record.get("scorer"), "bestshot run": record["run_id"]}
+    extra = {"Score": f"{score:.4f}", "CLIP score": f"{score:.4f}", "Scorer": record.get("scorer"),
+             "bestshot run": record["run_id"]}
     if cfg.refiner:
         extra["Refiner"] = cfg.refiner_model
         extra["Refiner switch at"] = cfg.refiner_split
@@ -333,7 +345,7 @@ def _parameters(built: Any, cfg: ImgCfg, record: dict[str, Any], seed: int, scor
 def _png_metadata(record: dict[str, Any], seed: int, score: float) -> dict[str, Any]:
     keep = ("run_id", "created", "mode", "model", "preset", "sd_prompt", "clip_prompt", "negative_prompt",
             "settings", "scorer", "version")
-    return {**{k: record.get(k) for k in keep}, "seed": seed, "clip": round(score, 6)}
+    return {**{k: record.get(k) for k in keep}, "seed": seed, "score": round(score, 6), "clip": round(score, 6)}
 
 
 def _since(t: float) -> float:

@@ -204,6 +204,49 @@ class CurateCfg:
         return self
 
 
+def fit_to_model(cfg: CurateCfg, defaults: dict[str, Any], max_side: int, sdxl: bool) -> tuple[CurateCfg, list[str]]:
+    """``cfg`` with the SDXL defaults it still holds replaced by the model's own, and one note per change.
+
+    The shipped ``config.yaml`` is written for SDXL (768x1344, 30 steps, guidance 7, UniPC). For a model
+    that is not SDXL and ships ``bestshot_defaults.json`` (the embedded model, a ``bestshot train export``
+    folder), each setting still at that SDXL default becomes the model's: the base size its native size
+    (when 768x1344 is larger than it can draw), steps, guidance and scheduler its own (stage 1; stages 2
+    and 3 take its steps and guidance too). A value the user changed is kept.
+    """
+    if sdxl or not defaults:
+        return cfg, []
+    sdxl_model, sdxl_gen = ModelCfg(), GenerationCfg()
+    m, g = dataclasses.replace(cfg.model), dataclasses.replace(cfg.generation)
+    s2, s3 = dataclasses.replace(g.stage2), dataclasses.replace(g.stage3)
+    notes: list[str] = []
+    side = defaults.get("width")
+    if (g.aspect is None and (g.base_width, g.base_height) == (sdxl_gen.base_width, sdxl_gen.base_height)
+            and isinstance(side, int) and side > 0 and max(g.base_width, g.base_height) > max_side):
+        h = defaults.get("height") if isinstance(defaults.get("height"), int) else side
+        g.base_width, g.base_height = side, h
+        notes.append(f"generation.base_width/base_height {sdxl_gen.base_width}x{sdxl_gen.base_height} → {side}x{h}")
+    steps = defaults.get("num_inference_steps", defaults.get("steps"))
+    guidance = defaults.get("guidance_scale", defaults.get("guidance"))
+    for key, st, default in (("model", m, sdxl_model), ("generation.stage2", s2, sdxl_gen.stage2),
+                             ("generation.stage3", s3, sdxl_gen.stage3)):
+        if isinstance(steps, int) and steps > 0 and st.steps == default.steps != steps:
+            notes.append(f"{key}.steps {st.steps} → {steps}")
+            st.steps = steps
+        if isinstance(guidance, (int, float)) and st.guidance == default.guidance != guidance:
+            notes.append(f"{key}.guidance {st.guidance:g} → {guidance:g}")
+            st.guidance = float(guidance)
+    sched = defaults.get("scheduler")
+    if isinstance(sched, str) and m.scheduler == sdxl_model.scheduler != sched:
+        notes.append(f"model.scheduler {m.scheduler} → {sched}")
+        m.scheduler = sched
+    if not notes:
+        return cfg, []
+    g.stage2, g.stage3 = s2, s3
+    out = dataclasses.replace(cfg, model=m, generation=g)
+    out.root = cfg.root
+    return out, notes
+
+
 def _choice(key: str, value: Any, allowed) -> None:
     if value not in allowed:
         shown = ", ".join("null" if a is None else str(a) for a in allowed)

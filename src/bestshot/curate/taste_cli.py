@@ -67,6 +67,9 @@ def train(workflow_dir: Path = WORKFLOW_DIR, outputs: Optional[Path] = OUTPUTS,
           folds: int = typer.Option(5, "--folds", help="Cross-validation folds (split by prompt; <2: none)."),
           l2: float = typer.Option(1e-3, "--l2", help="L2 penalty."),
           fresh: bool = typer.Option(False, "--fresh", help="Start from zero instead of the saved head."),
+          balanced: bool = typer.Option(False, "--balanced/--no-balanced",
+                                        help="Weigh kept and deleted rows equally in total (a curation that deletes "
+                                             "most images otherwise learns mostly 'delete')."),
           out_file: Optional[Path] = typer.Option(None, "--out", help="Head file (default OUTPUTS/taste/head.json).")) -> None:
     """Train (or retrain, warm-started) the taste head; prints its row count and validation accuracy."""
     from ..scoring.taste import HEAD, TasteHead, dataset, taste_dir, train_head
@@ -76,7 +79,8 @@ def train(workflow_dir: Path = WORKFLOW_DIR, outputs: Optional[Path] = OUTPUTS,
     out = outputs_of(workflow_dir, outputs)
     path = out_file or taste_dir(out) / HEAD
     warm = TasteHead.load(path) if path.is_file() and not fresh else None
-    head = train_head(dataset(out, scorer), kind=kind, embedder=scorer, folds=folds, l2=l2, warm=warm)
+    head = train_head(dataset(out, scorer), kind=kind, embedder=scorer, folds=folds, l2=l2, warm=warm,
+                      balanced=balanced)
     head.save(path)
     typer.echo(json.dumps({"head": str(path), "kind": head.kind, **head.info}, indent=2))
     typer.echo(f"use it: --scorer clip+taste@{path}:0.5", err=True)

@@ -23,7 +23,7 @@ from ..errors import BestshotError
 from ..prompts.build import BuiltPrompt
 from ..store import format_parameters, save_png
 from . import stages
-from .config import SDXL_BUCKETS, CurateCfg
+from .config import SDXL_BUCKETS, CurateCfg, fit_to_model
 from .layout import Layout
 from .lora import Lora, LoraSwitcher, discover, pick
 from .prompts import PromptFiles, assemble, sample_options
@@ -50,11 +50,27 @@ class Workflow:
     _upscaler: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        self.cfg = self._fit(self.cfg)
         c = self.cfg
         self.layout = Layout(c.path(c.paths.outputs))
         self.prompt_files = PromptFiles(c.path(c.paths.manual_prompt), c.path(c.paths.manual_negative_prompt),
                                         c.path(c.paths.prompt_options))
         self.switcher = LoraSwitcher({"character": c.lora.character_strength, "style": c.lora.style_strength})
+
+    def _fit(self, cfg: CurateCfg) -> CurateCfg:
+        """The config's SDXL defaults replaced by a non-SDXL model's own (:func:`config.fit_to_model`)."""
+        from ..models.registry import model_defaults, resolve_model, size_limits
+
+        try:
+            ref = resolve_model(cfg.model.base)
+        except BestshotError:
+            return cfg  # loading the model reports it
+        fitted, notes = fit_to_model(cfg, model_defaults(cfg.model.base), size_limits(ref)[1],
+                                     ref.family.name.startswith("sdxl"))
+        if notes:
+            self.say(f"{cfg.model.base}: its own defaults for the SDXL settings left in config.yaml: "
+                     + "; ".join(notes))
+        return fitted
 
     # ------------------------------------------------------------------ models
     @property

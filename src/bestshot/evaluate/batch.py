@@ -78,7 +78,7 @@ def _resolved(s: BatchSettings):
     if s.best_of < 1:
         raise BestshotError(f"--best-of must be >= 1 (got {s.best_of})")
     kw = dict(n_images=s.best_of, seed_base=s.seed, steps_base=s.steps, guidance=s.guidance, height=s.height,
-              width=s.width, clip_min=-1.0, scorer=s.scorer, scheduler=s.scheduler, device=s.device, dtype=s.dtype,
+              width=s.width, gate=False, scorer=s.scorer, scheduler=s.scheduler, device=s.device, dtype=s.dtype,
               style_suffix="", negative_prompt="", exact_best=s.exact_best)
     over = dict(s.overrides)
     model = over.pop("model", s.model)

@@ -125,8 +125,8 @@ _SETTINGS = {"steps": "steps", "steps_base": "steps", "guidance": "guidance", "s
 # the ImgCfg field behind each alias (for its type and rules)
 _FIELD = {"steps": "steps_base", "seed": "seed_base", "best_of": "n_images", "sampler": "scheduler"}
 # fields that change nothing in an eval generate folder (outputs, logs, the gate the sweep switches off)
-_NOT_SWEPT = {"preset", "out_dir", "log_jsonl", "save_candidates", "blocklist", "clip_min", "style_suffix",
-              "negative_prompt"}
+_NOT_SWEPT = {"preset", "out_dir", "log_jsonl", "save_candidates", "blocklist", "clip_min", "score_min", "gate",
+              "style_suffix", "negative_prompt"}
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def evaluate_world(cfg: WorldEvalConfig, progress: bool = True) -> dict[str, Any
         if folder:
             ensure_writable(folder, "to the folder")
     gen_cfg = resolve_config(None, model=cfg.model, n_images=n_max, seed_base=cfg.seed_base,
-                             steps_base=cfg.steps, guidance=cfg.guidance, clip_min=-1.0)
+                             steps_base=cfg.steps, guidance=cfg.guidance, gate=False)
     ref = resolve_model(cfg.model)
     pipe = load_pipeline(cfg.model, dtype=gen_cfg.dtype, device=gen_cfg.device, scheduler=gen_cfg.scheduler)
     scorer = pipeline_scorer(cfg.scorer, pipe, ref.family, gen_cfg.device)

@@ -50,7 +50,7 @@ def resolve_config(cfg: ImgCfg | None = None, preset: str | None = None, model: 
             cfg = apply_model_defaults(cfg, model_defaults(model))
     if model is not None:
         cfg = replace(cfg, model=model)
-    known = {f.name for f in fields(ImgCfg)}
+    known = {f.name for f in fields(ImgCfg)} | {"clip_min"}  # clip_min: the old name of score_min
     bad = sorted(k for k in overrides if k not in known)
     if bad:
         raise BestshotError(f"unknown setting(s) {', '.join(bad)} — valid settings are: {', '.join(sorted(known))}")

@@ -26,11 +26,14 @@ from ..models.loader import CACHE, ModelCache, resolve_device
 from .base import Scorer, clip_score_100
 from .clip import CLIPScorer, OpenCLIPScorer
 from .ensemble import EnsembleScorer, parse_ensemble
+from .gate import Gate, cosine_like, resolve_gate, units_of
 from .regions import RegionScorer, world_nouns
 from .spatial import SpatialScorer
 
-__all__ = ["Scorer", "CLIPScorer", "EnsembleScorer", "OpenCLIPScorer", "SpatialScorer", "RegionScorer", "clip_score_100", "get_scorer",
-           "pipeline_scorer", "scorer_from_pipeline"]
+__all__ = ["Scorer", "CLIPScorer", "EnsembleScorer", "OpenCLIPScorer", "SpatialScorer", "RegionScorer",
+           "clip_score_100", "get_scorer", "pipeline_scorer", "scorer_from_pipeline", "Gate", "cosine_like",
+           "resolve_gate", "units_of",
+           "spec_range"]
 
 
 def get_scorer(spec: str | None = None, *, device: str | torch.device | None = None, half: bool | None = None,
@@ -74,18 +77,31 @@ def get_scorer(spec: str | None = None, *, device: str | torch.device | None = N
         source = str(EMBEDDED_DIR / "clip") if spec == EMBEDDED else spec
         dtype = torch.float16 if half else torch.float32
         scorer = CLIPScorer.from_pretrained(source, device=dev, dtype=dtype, name=spec)
+        if spec == EMBEDDED:
+            _own_gate(scorer, EMBEDDED)
     cache.scorers[key] = scorer
     return scorer
 
 
-def pipeline_scorer(spec: str | None, pipe: Any, family: Any, device: str | torch.device | None = None) -> Scorer:
+def spec_range(spec: str) -> tuple[float, float] | None:
+    """The range of the scores ``spec`` names, without loading it (scoring.gate): a cosine's for CLIP-like
+    specs (``+spatial`` included), at most 1 for ``+regions``, None for ensembles, ``taste`` and ImageReward."""
+    if parse_ensemble(spec) is not None or spec.split("@", 1)[0] in ("taste", "imagereward"):
+        return None
+    from .gate import COSINE_RANGE
+
+    return (float("-inf"), 1.0) if spec.endswith(REGIONS) else COSINE_RANGE
+
+
+def pipeline_scorer(spec: str | None, pipe: Any, family: Any, device: str | torch.device | None = None,
+                    model: str | None = None) -> Scorer:
     """The scorer of a run on ``pipe``: ``spec``, else the model family's default; the embedded model's
     own CLIP is reused (``embedded``, ``embedded+spatial`` or ``embedded+regions``) instead of loading a
-    second copy."""
+    second copy, with the default gate of ``model``'s folder (its ``bestshot_defaults.json`` ``clip_min``)."""
     spec = spec or family.default_scorer
     terms = parse_ensemble(spec)
     if terms is not None:
-        return EnsembleScorer([pipeline_scorer(t.spec, pipe, family, device) for t in terms],
+        return EnsembleScorer([pipeline_scorer(t.spec, pipe, family, device, model) for t in terms],
                               [t.weight for t in terms], name=spec)
     if spec == "clip":
         spec = family.default_scorer
@@ -95,12 +111,22 @@ def pipeline_scorer(spec: str | None, pipe: Any, family: Any, device: str | torc
     if spec in (EMBEDDED, EMBEDDED + SPATIAL, EMBEDDED + REGIONS) and family.name == "embedded":
         own = scorer_from_pipeline(pipe)
         if own is not None:
+            _own_gate(own, model or EMBEDDED)
             if spec.endswith(REGIONS):
                 return RegionScorer(own, nouns=world_nouns())
             if spec.endswith(SPATIAL):
                 return SpatialScorer(own)
             return own
     return get_scorer(spec, device=resolve_device(str(device) if device is not None else None))
+
+
+def _own_gate(scorer: Any, model: str) -> None:
+    """A model's own CLIP gates at its folder's ``clip_min`` (a cosine of that CLIP; scoring.gate)."""
+    from ..models.registry import model_defaults
+
+    value = model_defaults(model).get("clip_min")
+    if isinstance(value, (int, float)) and -1.0 <= value <= 1.0:
+        scorer.default_min = float(value)
 
 
 def scorer_from_pipeline(pipe: Any, name: str = EMBEDDED) -> CLIPScorer | None:

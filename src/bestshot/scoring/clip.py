@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from ..errors import BestshotError
+from .gate import CLIP_DEFAULT_MIN, COSINE_RANGE
 
 
 def _image_processor(folder: str | None, image_size: int):
@@ -28,6 +29,8 @@ def _image_processor(folder: str | None, image_size: int):
 
 class CLIPScorer:
     """Cosine similarity between CLIP image and text embeddings, computed in batches."""
+
+    units, score_range, default_min = "cosine", COSINE_RANGE, CLIP_DEFAULT_MIN  # the gate's units (scoring.gate)
 
     def __init__(self, model: Any, tokenizer: Any, processor: Any, *, name: str, device: torch.device | str = "cpu",
                  dtype: torch.dtype | None = None, batch_size: int = 32):
@@ -124,6 +127,8 @@ def _as_tensor(x: Any) -> torch.Tensor:
 
 class OpenCLIPScorer:
     """open_clip models, e.g. ``open_clip:ViT-B-32:laion2b_s34b_b79k`` (needs the ``open_clip_torch`` package)."""
+
+    units, score_range, default_min = "cosine", COSINE_RANGE, CLIP_DEFAULT_MIN
 
     def __init__(self, model_name: str, pretrained: str | None, *, device: torch.device | str = "cpu"):
         try:

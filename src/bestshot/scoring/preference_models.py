@@ -71,6 +71,7 @@ def pickscore(source: str = PICKSCORE, *, processor: str | None = None, device: 
         processor = source if (local / "vocab.json").exists() else PICKSCORE_PROCESSOR
     scorer = CLIPScorer.from_pretrained(source, device=device, dtype=dtype, tokenizer_source=processor, name=name)
     scorer.processor = _image_processor(processor, scorer.model.config.vision_config.image_size)
+    scorer.default_min = None  # a preference model's cosine: no default gate (scoring.gate)
     return scorer
 
 
@@ -225,6 +226,7 @@ def _original_tokenizer(folder: Path) -> Any:
 class ImageRewardScorer:
     # the model's output is already (reward - mean) / std with ImageReward's own constants
     scale = Scale(0.0, 1.0, "imagereward")
+    units, score_range, default_min = "ImageReward (standardised)", None, None  # a preference: no default gate
 
     def __init__(self, model: ImageRewardModel, tokenizer: Any, *, name: str, device: torch.device | str = "cpu",
                  batch_size: int = 16):
@@ -330,4 +332,5 @@ def hpsv2(checkpoint: str | None = None, *, device: torch.device | str = "cpu") 
                             f"--scorer hpsv2@PATH/{HPSV2_CKPT}")
     scorer = OpenCLIPScorer(HPSV2_ARCH, checkpoint, device=device)
     scorer.name = "hpsv2"
+    scorer.default_min = None  # a preference model's cosine: no default gate (scoring.gate)
     return scorer

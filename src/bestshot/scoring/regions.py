@@ -167,6 +167,9 @@ class RegionScorer:
     """
 
     MISSING_LOG_PROB = -5.0
+    # a weighted mean of cosines (at most 1) plus the nouns' log-probabilities (at most 0): no lower bound; the
+    # gate's default is the wrapped CLIP's (``default_min`` is read through to it)
+    units, score_range = "region score", (float("-inf"), 1.0)
 
     def __init__(self, base: Any, w_obj: float = 4.0, w_rel: float = 0.5, count_penalty: float = 0.1,
                  gain: float = 5.0, nouns: Sequence[str] = (), w_nouns: float = 0.05, temperature: float = 100.0):

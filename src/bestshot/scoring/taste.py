@@ -269,8 +269,12 @@ def prompt_folds(prompts: Sequence[str], k: int, seed: int = 0) -> list[np.ndarr
 
 
 def train_head(ds: Dataset, *, kind: str = "logistic", embedder: str = "embedded", folds: int = 5, l2: float = 1e-3,
-               warm: TasteHead | None = None, seed: int = 0) -> TasteHead:
-    """k-fold cross-validate, then fit on all rows; ``warm`` (same embedder and dimension) is the start point."""
+               warm: TasteHead | None = None, seed: int = 0, balanced: bool = False) -> TasteHead:
+    """k-fold cross-validate, then fit on all rows; ``warm`` (same embedder and dimension) is the start point.
+
+    ``balanced`` (logistic): rows are reweighted so kept and deleted weigh the same in total — a curation that
+    deletes most images otherwise teaches a head that mostly says "delete". ``info`` also gives
+    ``majority_rate``, the accuracy of always answering the commoner verdict, to read ``cv_accuracy`` against."""
     if kind not in KINDS:
         raise BestshotError(f"unknown head kind {kind!r} — use one of {', '.join(KINDS)}")
     n_keep, n_del = int((ds.y > 0.5).sum()), int((ds.y <= 0.5).sum())
@@ -278,6 +282,10 @@ def train_head(ds: Dataset, *, kind: str = "logistic", embedder: str = "embedded
         raise BestshotError(f"the taste head needs kept AND deleted images with embeddings (have {n_keep} kept, "
                             f"{n_del} deleted, {ds.skipped} rows without an embedding) — curate more, and run "
                             "`bestshot taste collect` before deleting so the deleted images get embedded")
+    if balanced:
+        pos = ds.y > 0.5
+        scale = np.where(pos, len(ds.y) / (2.0 * n_keep), len(ds.y) / (2.0 * n_del)).astype(np.float32)
+        ds = Dataset(ds.x, ds.y, ds.weight * scale, ds.prompts, ds.skipped)
     init = None
     if warm is not None and warm.embedder == embedder and warm.w.shape[0] == ds.x.shape[1] and warm.kind == kind:
         init = (warm.w, warm.b)
@@ -300,6 +308,7 @@ def train_head(ds: Dataset, *, kind: str = "logistic", embedder: str = "embedded
     info = {"logit_mean": float(z.mean()), "logit_std": float(z.std()),"rows": int(len(ds.y)), "kept": n_keep, "deleted": n_del, "skipped_rows": ds.skipped,
             "pairs": len(_pairs(ds.y, ds.prompts, all_idx)), "folds": len(split),
             "cv_accuracy": (right / total) if total else None, "cv_count": total, "l2": l2,
+            "majority_rate": max(n_keep, n_del) / len(ds.y), "balanced": bool(balanced),
             "warm_start": init is not None, "trained": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return TasteHead(kind, embedder, w, b, info)
 
@@ -307,6 +316,8 @@ def train_head(ds: Dataset, *, kind: str = "logistic", embedder: str = "embedded
 # --------------------------------------------------------------------------------------------- scorer
 class TasteScorer:
     """Scores images by the learned head (the prompt is not read: taste is what the prompt does not say)."""
+
+    units, score_range, default_min = "taste logit", None, None  # a preference, not prompt alignment: no gate
 
     def __init__(self, head: TasteHead, embedder: Any, name: str = "taste"):
         self.head = head

@@ -4,7 +4,7 @@ Field names follow A1111's ``modules/api/models.py`` (and what the ``webuiapi`` 
 bestshot does not use (hires fix, styles, scripts, face restoration...) are accepted and ignored, as
 A1111 ignores what it does not know. Values bestshot cannot honour are refused with 422 naming the
 field. bestshot's extras ride in the same bodies: ``best_of`` (candidates per returned image),
-``clip_min`` (drop images scoring below it) and ``scorer``.
+``score_min`` (the quality gate in the scorer's units; ``clip_min`` is its old name) and ``scorer``.
 
 Seeds follow A1111: image ``i`` of a request uses ``seed + i``. With ``best_of = k`` image ``i`` is the
 best of seeds ``seed + i*k ... seed + i*k + k - 1`` (so ``best_of=1`` is exactly A1111).
@@ -79,7 +79,10 @@ class Txt2ImgRequest(_A1111):
     # bestshot extras
     best_of: int = Field(1, ge=1, le=256, description="candidates per returned image; the best is returned (default: "
                          "override_settings.bestshot_best_of, POST /options bestshot_best_of, serve --best-of)")
-    clip_min: Optional[float] = Field(None, ge=-1, le=1, description="drop images scoring below this cosine")
+    score_min: Optional[float] = Field(None, description="quality gate in the scorer's units (a cosine for a CLIP, "
+                                       "the weighted sum for an ensemble); images below it are marked in "
+                                       "info.bestshot.gate")
+    clip_min: Optional[float] = Field(None, description="old name of score_min (same setting)")
     scorer: Optional[str] = Field(None, max_length=500, description="one of the server's scorers")
 
 
@@ -472,7 +475,7 @@ def option_defaults(out_dir: Any = "") -> dict[str, Any]:
         "live_preview_content": "Prompt", "show_progressbar": True, "img2img_fix_steps": False,
         "enable_pnginfo": True, "sd_checkpoints_limit": 1, "sd_lora": "None", "forge_additional_modules": [],
         "upscaler_for_img2img": None, "face_restoration_model": None, "sampler_name": None, "scheduler": None,
-        "bestshot_best_of": 1, "bestshot_clip_min": None,
+        "bestshot_best_of": 1, "bestshot_score_min": None, "bestshot_clip_min": None,
     }
 
 
@@ -538,6 +541,7 @@ def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], de
         raise FieldError("override_settings", "sd_model_checkpoint: this server serves one model at a time — "
                          f"use {model!r} or POST /sdapi/v1/options to switch")
     seed = req.seed if req.seed >= 0 else random.randrange(2**32)
+    gate_min = requested_min(req)
     if seed + n * req.best_of > MAX_SEED:
         raise FieldError("seed", f"{seed} is too large for {n * req.best_of} consecutive seeds")
     check_prompt("prompt", req.prompt, limits)
@@ -557,7 +561,7 @@ def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], de
                              "this model's native size")
     overrides = dict(base, steps_base=req.steps, guidance=req.cfg_scale, width=width, height=height,
                      negative_prompt=req.negative_prompt, style_suffix="", scheduler=sampler_of(req),
-                     clip_min=-1.0 if req.clip_min is None else req.clip_min)
+                     score_min=gate_min)
     try:
         cfg = resolve_config(None, model=model, **overrides)
     except BestshotError as e:
@@ -573,13 +577,15 @@ def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], de
         notes.update({"sampler_notes": spec.notes()} if spec.notes() else {})
     k = req.best_of
     cost = check_cost(cfg, n * k, limits)
-    # the clip_min gate is applied here, not in generate(): an A1111 route always returns its best images
+    # the score_min gate is applied here, not in generate(): an A1111 route always returns its best images
     # and says in info which ones failed the gate (clients read images[0])
     if k == 1:  # plain A1111: one batched call, every image kept and saved
-        calls = [replace(cfg, n_images=n, seed_base=seed, save_candidates=True, exact_best=False, clip_min=-1.0)]
+        calls = [replace(cfg, n_images=n, seed_base=seed, save_candidates=True, exact_best=False, gate=False)]
     else:
-        calls = [replace(cfg, n_images=k, seed_base=seed + i * k, clip_min=-1.0) for i in range(n)]
+        calls = [replace(cfg, n_images=k, seed_base=seed + i * k, gate=False) for i in range(n)]
     scorer = scorers[req.scorer] if req.scorer is not None else default_scorer
+    if gate_min is not None:
+        check_gate_range(gate_min, scorer, model)
     return Plan(cfg=cfg, seed=seed, n_images=n, best_of=k, calls=calls, scorer=scorer, notes=notes, cost=cost)
 
 
@@ -605,7 +611,7 @@ def hires_plan(req: Txt2ImgRequest, plan: Plan, limits: Limits) -> Plan | None:
     if max(w, h) > limits.max_side:
         raise FieldError("hr_scale", f"the hires size {w}x{h} is larger than this server's {limits.max_side} a side")
     steps = req.hr_second_pass_steps or cfg.steps_base
-    hr = replace(cfg, width=w, height=h, steps_base=steps, clip_min=-1.0)
+    hr = replace(cfg, width=w, height=h, steps_base=steps, gate=False)
     cost = check_cost(hr, plan.n_images, limits)
     if cost + plan.cost > limits.max_cost:
         raise FieldError("enable_hr", f"the hires pass makes the cost {cost + plan.cost:.0f}, more than this server's "
@@ -618,14 +624,47 @@ def hires_plan(req: Txt2ImgRequest, plan: Plan, limits: Limits) -> Plan | None:
                                  "upscaler": req.hr_upscaler or "Latent"}}, cost=cost)
 
 
-def gate_info(kept: list[dict[str, Any]], clip_min: float | None) -> dict[str, Any]:
-    if clip_min is None:
+def requested_min(req: Any) -> float | None:
+    """The request's gate: ``score_min``, or its old name ``clip_min`` (both given: they must agree)."""
+    new, old = getattr(req, "score_min", None), getattr(req, "clip_min", None)
+    if new is not None and old is not None and new != old:
+        raise FieldError("clip_min", f"{old} disagrees with score_min {new} — they are one setting (clip_min is "
+                         "its old name): send only score_min")
+    return new if new is not None else old
+
+
+def check_gate_range(value: float, scorer: Any, model: str) -> None:
+    """Refuse (422) a gate outside the range of the scorer's units (a cosine range only for a cosine scorer)."""
+    from ..models.registry import resolve_model
+    from ..scoring import spec_range
+
+    if scorer is not None and not isinstance(scorer, str):
+        from ..scoring import resolve_gate
+
+        try:
+            resolve_gate(scorer, value)
+        except BestshotError as e:
+            raise FieldError("score_min", str(e)) from None
+        return
+    try:
+        spec = scorer or resolve_model(model).family.default_scorer
+    except BestshotError:
+        return
+    rng = spec_range(spec)
+    if rng is not None and not rng[0] <= value <= rng[1]:
+        raise FieldError("score_min", f"{value:g} is outside the range [{rng[0]:g}, {rng[1]:g}] of scorer {spec!r} "
+                         "(a cosine) — give a value in that range")
+
+
+def gate_info(kept: list[dict[str, Any]], score_min: float | None, scorer: str | None = None) -> dict[str, Any]:
+    if score_min is None:
         return {}
-    failed = [c["seed"] for c in kept if c["clip"] < clip_min]
-    out: dict[str, Any] = {"gate": {"clip_min": clip_min, "failed_seeds": failed, "passed": not failed}}
+    failed = [c["seed"] for c in kept if c["score"] < score_min]
+    out: dict[str, Any] = {"gate": {"score_min": score_min, "clip_min": score_min, "scorer": scorer,
+                                    "failed_seeds": failed, "passed": not failed}}
     if failed:
-        out["gate"]["note"] = (f"{len(failed)} of {len(kept)} image(s) scored below clip_min {clip_min} and failed the "
-                               "gate; they are returned anyway (the best bestshot found)")
+        out["gate"]["note"] = (f"{len(failed)} of {len(kept)} image(s) scored below score_min {score_min} and failed "
+                               "the gate; they are returned anyway (the best bestshot found)")
     return out
 
 
@@ -642,6 +681,8 @@ def build_response(req: Txt2ImgRequest, plan: Plan, results: list[dict[str, Any]
     infotexts = [read_png_info(c["path"]).get("parameters") or "" for c in kept]
     seeds = [c["seed"] for c in kept]
     cfg = plan.cfg
+    gate_min = requested_min(req)
+    scorer_name = results[0].get("scorer") if results else None
     prompt = results[0]["sd_prompt"] if results else req.prompt
     info = {
         "prompt": prompt, "all_prompts": [prompt] * len(kept),
@@ -657,16 +698,18 @@ def build_response(req: Txt2ImgRequest, plan: Plan, results: list[dict[str, Any]
         "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
         "is_using_inpainting_conditioning": False, "version": f"bestshot {__version__}",
         "bestshot": {
-            "best_of": plan.best_of, "clip_min": None if req.clip_min is None else cfg.clip_min,
+            "best_of": plan.best_of, "score_min": gate_min, "clip_min": gate_min, "scorer": scorer_name,
             "requested_images": plan.n_images, "returned_images": len(kept),
-            "images": [{"seed": c["seed"], "clip": c["clip"], "clip_score": c["clip_score"], "file": rel(c["path"])}
-                       for c in kept],
+            "images": [{"seed": c["seed"], "score": c["score"], "clip": c["score"], "clip_score": c.get("clip_score"),
+                        "file": rel(c["path"])} for c in kept],
             "runs": [{"run_id": r["run_id"], "ok": r["ok"], "reason": r.get("reason"), "best_seed": r["best_seed"],
-                      "best_clip": r["best_clip"], "scorer": r.get("scorer"),
-                      "candidates": [{"seed": c["seed"], "clip": c["clip"], "clip_score": c["clip_score"],
+                      "best_score": r.get("best_score", r.get("best_clip")), "best_clip": r.get("best_clip"),
+                      "scorer": r.get("scorer"),
+                      "candidates": [{"seed": c["seed"], "score": c["score"], "clip": c["score"],
+                                      "clip_score": c.get("clip_score"),
                                       "file": rel(c["path"]) if c["path"] else None} for c in r["candidates"]]}
                      for r in results],
-            "cost": round(plan.cost, 1), **plan.notes, **gate_info(kept, req.clip_min),
+            "cost": round(plan.cost, 1), **plan.notes, **gate_info(kept, gate_min, scorer_name),
             **(extra_info or {}),
         },
     }

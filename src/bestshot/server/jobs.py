@@ -137,7 +137,7 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
     from ..generation import pick_scorer, supported_kwargs
     from ..models.loader import load_pipeline
     from ..models.registry import resolve_model, sampler_label
-    from ..scoring import clip_score_100
+    from ..scoring import clip_score_100, cosine_like, resolve_gate
 
     cfg = plan.cfg
     ref = resolve_model(cfg.model)
@@ -208,17 +208,22 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
         clip_prompt, _ = scorer.truncate(prompt)
         scores = [float(s) for s in scorer.score(images, clip_prompt)]
         best = max(range(len(seeds)), key=lambda k: scores[k])
-        ok = scores[best] >= cfg.clip_min
+        gate = resolve_gate(scorer, cfg.score_min, enabled=cfg.gate)
+        gate_value = gate.value(images[best], scores[best], clip_prompt)
+        ok = gate.passes(gate_value)
+        cosine = cosine_like(scorer)
         run_id = new_run_id()
         record: dict[str, Any] = {
             "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kind": "img2img",
             "ok": ok, "mode": "img2img", "model": cfg.model, "preset": cfg.preset, "sd_prompt": prompt,
             "clip_prompt": clip_prompt, "negative_prompt": cfg.negative_prompt, "scorer": scorer.name,
-            "best_seed": seeds[best], "best_clip": round(scores[best], 6),
-            "best_clip_score": round(clip_score_100(scores[best]), 4), "img_path": None,
+            "best_seed": seeds[best], "best_score": round(scores[best], 6), "best_clip": round(scores[best], 6),
+            "best_clip_score": round(clip_score_100(scores[best]), 4) if cosine else None, "img_path": None,
+            "score_min": gate.minimum, "gate": gate.record(gate_value),
             "settings": {"n_images": len(seeds), "seed_base": call.seed_base, "steps": cfg.steps_base,
                          "guidance": cfg.guidance, "width": cfg.width, "height": cfg.height,
-                         "denoising_strength": strength, "sampler": sampler, "clip_min": cfg.clip_min},
+                         "denoising_strength": strength, "sampler": sampler, "score_min": cfg.score_min,
+                         "clip_min": cfg.score_min},
             "version": __version__,
         }
         if not ok:
@@ -237,10 +242,10 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
                 params = format_parameters(prompt, cfg.negative_prompt, steps=cfg.steps_base, sampler=sampler,
                                            cfg_scale=cfg.guidance, seed=seed, width=cfg.width, height=cfg.height,
                                            model=cfg.model, extra=extra)
-                png_meta = {**meta, "seed": seed, "clip": round(score, 6)}
+                png_meta = {**meta, "seed": seed, "score": round(score, 6), "clip": round(score, 6)}
                 path = str(store.save_candidate(images[k], run_id, seed, score, params, png_meta))
-            cands.append({"seed": seed, "clip": round(score, 6), "clip_score": round(clip_score_100(score), 4),
-                          "path": path})
+            cands.append({"seed": seed, "score": round(score, 6), "clip": round(score, 6),
+                          "clip_score": round(clip_score_100(score), 4) if cosine else None, "path": path})
         record["candidates"] = cands
         record["img_path"] = cands[best]["path"] if ok else None
         record["timing_s"] = {"total": round(time.perf_counter() - t0, 4)}

@@ -194,7 +194,7 @@ def training_set(model: str, n_prompts: int, seed: int = 0, n_candidates: int = 
     from ..models.loader import load_pipeline
     from ..world import heldout_prompts
 
-    gen_cfg = resolve_config(None, model=model, n_images=n_candidates, clip_min=-1.0,
+    gen_cfg = resolve_config(None, model=model, n_images=n_candidates, gate=False,
                              **({"device": device} if device else {}))
     pipe = load_pipeline(model, dtype=gen_cfg.dtype, device=gen_cfg.device, scheduler=gen_cfg.scheduler)
     if getattr(pipe, "clip", None) is None:

@@ -48,12 +48,12 @@ function runCard(run) {
     const pic = c.file ? img("/v1/images/" + encodeURIComponent(c.file), `seed ${c.seed}`)
                        : el("div", { class: "noimg" }, "not saved");
     cands.append(el("div", { class: "card cand" + (best ? " best" : ""), "data-testid": "candidate" }, pic,
-      el("div", { class: "meta" }, `${best ? "★ " : ""}seed ${c.seed}`, el("br"), `clip ${fmt(c.clip)}`)));
+      el("div", { class: "meta" }, `${best ? "★ " : ""}seed ${c.seed}`, el("br"), `score ${fmt(c.score ?? c.clip)}`)));
   }
   return el("div", { class: "run", "data-testid": "run" },
     el("h3", {}, run.sd_prompt || run.prompt || "(no prompt)"),
     el("div", { class: "meta" + (run.ok ? "" : " bad") },
-      `${run.run_id} · ${run.model || ""} · best seed ${run.best_seed ?? "–"} (clip ${fmt(run.best_clip)})${ok}`),
+      `${run.run_id} · ${run.model || ""} · best seed ${run.best_seed ?? "–"} (${run.scorer || "score"} ${fmt(run.best_score ?? run.best_clip)})${ok}`),
     cands);
 }
 
@@ -76,7 +76,7 @@ async function act(path, body) {
 function stageCard(item) {
   const url = "/v1/curate/images/stage1/" + encodeURIComponent(item.name);
   const m = item.metadata || {};
-  const info = [m.seed != null ? `seed ${m.seed}` : null, m.clip != null ? `clip ${fmt(m.clip)}` : null]
+  const info = [m.seed != null ? `seed ${m.seed}` : null, (m.score ?? m.clip) != null ? `score ${fmt(m.score ?? m.clip)}` : null]
     .filter(Boolean).join(" · ");
   // every verdict is also a preference row for `bestshot taste train` (star = a stronger keep)
   return el("div", { class: "card" + (item.kept ? " kept" : "") + (item.starred ? " starred" : ""),
