@@ -112,11 +112,10 @@ def test_embedded_clip_patches_show_where_objects_are():
 
 
 @pytest.mark.skipif(not (EMBEDDED_DIR / "clip" / "config.json").exists(), reason="the embedded CLIP is not trained yet")
-def test_interrogator_takes_the_spatial_spec_of_the_embedded_clip(request):
+def test_interrogator_takes_the_spatial_spec_of_the_embedded_clip(bank_cache):
     from bestshot.interrogate import interrogator as I
 
-    cache = request.config.cache.mkdir("bestshot-interrogate")  # shared with test_interrogate's bank cache
-    eng = I.Interrogator(I.InterrogateConfig(clip="embedded+spatial", cache_dir=str(cache), device="cpu"))
+    eng = I.Interrogator(I.InterrogateConfig(clip="embedded+spatial", cache_dir=str(bank_cache), device="cpu"))
     assert eng.domain == "world" and eng.spatial is eng.scorer
     sc, _ = W.heldout_scenes(1, seed=3, n_objects=2)[0]
     spec = W.parse_prompt(eng.interrogate([W.render(sc, 64)])[0].prompt)
