@@ -31,7 +31,8 @@ from .config import ImgCfg
 from .models.settings import resolve_config
 from .errors import BestshotError
 from .models.loader import free_memory, load_pipeline, load_refiner
-from .models.registry import resolve_model, sampler_label
+from .models.registry import resolve_model
+from .schedulers import sampler_label
 from .prompts.build import blocked_terms, build_prompt
 from .scoring import clip_score_100, pipeline_scorer
 from .store import Store, format_parameters, new_run_id

@@ -307,6 +307,17 @@ def png_bytes(image: Image.Image, parameters: str | None = None, metadata: dict 
     return buf.getvalue()
 
 
+def open_rgb(item: str | os.PathLike | Image.Image) -> Image.Image:
+    """A path or PIL image → RGB PIL image; an unreadable file is a user error naming the file."""
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    try:
+        with Image.open(item) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BestshotError(f"cannot read image {item} ({type(e).__name__}: {e}) — remove or replace the file") from e
+
+
 def read_png_info(path_or_image: str | os.PathLike | Image.Image) -> dict:
     """``{"parameters": str|None, "bestshot": dict|None, "parsed": dict|None}`` from a PNG.
 

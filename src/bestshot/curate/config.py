@@ -195,7 +195,7 @@ class CurateCfg:
             if not -4.0 <= v <= 4.0:
                 raise BestshotError(f"{key} = {v} must lie in -4..4 (1.0 = full strength)")
         if self.model.scheduler:
-            from ..models.registry import scheduler_name
+            from ..schedulers import scheduler_name
 
             try:
                 scheduler_name(self.model.scheduler)

@@ -44,6 +44,7 @@ import torch
 from PIL import Image
 
 from bestshot.errors import BestshotError
+from bestshot.store import open_rgb
 
 ImageLike = Union[str, os.PathLike, Image.Image]
 
@@ -68,17 +69,6 @@ class FeatureExtractor(Protocol):
 
 def _device(device: str | torch.device | None) -> torch.device:
     return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def open_rgb(item: ImageLike) -> Image.Image:
-    """A path or PIL image → RGB PIL image; unreadable files are a user error naming the file."""
-    if isinstance(item, Image.Image):
-        return item.convert("RGB")
-    try:
-        with Image.open(item) as im:
-            return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:
-        raise BestshotError(f"cannot read image {item} ({type(e).__name__}: {e}) — remove or replace the file") from e
 
 
 RESIZE_MODES = ("clean", "legacy")

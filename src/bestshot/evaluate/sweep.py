@@ -194,7 +194,7 @@ def parse_axis(text: str) -> Axis:
     if len(set(values)) != len(values):
         raise BestshotError(f"--axis {name} repeats a value ({', '.join(raw)}) — give each value once")
     if fname == "scheduler":
-        from ..models.registry import scheduler_name
+        from ..schedulers import scheduler_name
 
         values = tuple(None if v is None else scheduler_name(v) for v in values)  # unknown names listed
     base = ImgCfg()

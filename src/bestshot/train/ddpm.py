@@ -585,7 +585,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
     defaults = dict(defaults or {})
     if scheduler:
         from bestshot.models.loader import set_scheduler
-        from bestshot.models.registry import scheduler_name
+        from bestshot.schedulers import scheduler_name
 
         set_scheduler(pipe, scheduler)  # an unknown or unfit name is a BestshotError naming the choices
         defaults["scheduler"] = scheduler_name(scheduler)
