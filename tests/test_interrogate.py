@@ -273,7 +273,7 @@ def test_cli_folder_skips_bad_files_and_writes_csv(tiny_clip, tmp_path, cache):
 
 @pytest.mark.skipif(not (EMBEDDED_DIR / "clip" / "config.json").exists(), reason="the embedded CLIP is not trained yet")
 def test_embedded_clip_recovers_rendered_world_prompts(bank_cache):
-    """The issue's check: on rendered images the interrogated prompt fully matches (oracle) for >= 90 %.
+    """On rendered images the interrogated prompt fully matches (oracle) for >= 90 %.
     (The bench's 200 rendered scenes: 97.0 % with regions, 57.0 % reading whole scenes, 2026-11-27.)"""
     from bestshot.world.oracle import oracle
 

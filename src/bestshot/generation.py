@@ -1,6 +1,7 @@
 """Best-of-N generation: N candidates with reproducible seeds → scorer ranking → quality gate → store.
 
-The flow of the design document (seed 000), with bestshot's rules on top:
+The best-of-N flow (generate N, score each against the prompt, keep the best if it passes the gate), with
+bestshot's rules on top:
 
 * seeds are ``base, base+1, ...``; each candidate gets its own ``torch.Generator``, so candidate k is
   the same image whether it is made alone or inside a batch;
@@ -187,7 +188,7 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
              on_step: StepCallback | None = None, **overrides: Any) -> dict[str, Any]:
     """Generate ``cfg.n_images`` candidates, rank them with CLIP, keep the best if it passes the gate.
 
-    Returns the design document's result dict (``ok``, ``reason``, ``best_seed``, ``best_clip``,
+    Returns the result dict (``ok``, ``reason``, ``best_seed``, ``best_clip``,
     ``img_path``, ``timing_s``, ``candidates``, ``sd_prompt``, ``clip_prompt``) plus ``model``,
     ``preset``, ``run_id`` and the settings used. ``candidate_images`` (PIL images, seed order) is
     added only when asked and never written to the log.

@@ -1,6 +1,6 @@
 """The curation workflow's ``config.yaml``: nested dataclasses, loaded from YAML and validated.
 
-The sections and names are the design document's (``model``, ``generation`` with ``stage2`` /
+The sections are those of the published curation workflow this one follows (``model``, ``generation`` with ``stage2`` /
 ``stage3``, ``lora``, ``memory``, ``performance``) plus ``paths`` and ``upscaler``. Loading is strict:
 an unknown key or a bad value is a :class:`BestshotError` naming the key (``generation.stage3.blend_mode``)
 and what is allowed, so a typo never silently falls back to a default.

@@ -69,7 +69,7 @@ class DDPMConfig:
     layers_per_block: int = 1
     attention_levels: tuple[bool, ...] = (False, False, True)  # cross-attention per resolution
     attention_head_dim: int = 32
-    # the seed's UNet knobs (0 = diffusers' default): width of the timestep embedding (default 4x the first
+    # UNet widths (0 = diffusers' default): width of the timestep embedding (default 4x the first
     # block's channels), and of the conditioning seen by cross-attention (a learnt projection of the CLIP
     # embedding to c_embed_dim; default: the CLIP's own width, no projection)
     t_embed_dim: int = 0
