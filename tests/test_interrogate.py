@@ -97,7 +97,7 @@ def test_world_search_reads_relations_from_patches(world_engine):
     finally:
         world_engine.world.prior_weight = I.InterrogateConfig.prior_weight
         world_engine.cfg.regions = True
-    for im, d, r in zip(images, dense, results):
+    for _im, d, r in zip(images, dense, results):
         spec = W.parse_prompt(r.prompt)
         if len(spec.objects) != 2:
             continue

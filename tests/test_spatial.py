@@ -26,7 +26,7 @@ def test_parse_relation(prompt, expected):
 
 
 def test_parse_relation_reads_every_world_relation_phrase():
-    for scene, prompt in W.heldout_scenes(60, seed=5, n_objects=2):
+    for _scene, prompt in W.heldout_scenes(60, seed=5, n_objects=2):
         rel, spec = S.parse_relation(prompt), W.parse_prompt(prompt)
         assert rel is not None and W.parse_prompt(rel.a).objects[0] == spec.objects[0], prompt
         assert W.parse_prompt(rel.b).objects[0] == spec.objects[1] and rel.relation == spec.relation, prompt

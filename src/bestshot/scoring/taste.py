@@ -284,7 +284,7 @@ def train_head(ds: Dataset, *, kind: str = "logistic", embedder: str = "embedded
     all_idx = np.arange(len(ds.y))
     right = total = 0
     split = prompt_folds(ds.prompts, max(2, folds), seed) if folds >= 2 else []
-    for f, val in enumerate(split if len(split) >= 2 else []):
+    for val in split if len(split) >= 2 else []:
         tr = np.setdiff1d(all_idx, val)
         fit = _fit_kind(ds, tr, kind, l2, init)
         if fit is None:
