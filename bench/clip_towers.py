@@ -18,7 +18,8 @@ back from a GPU machine), and ``assemble`` turns such a file back into a CLIP fo
 
 ``export`` writes such a file for a folder that ``bestshot train clip`` trained on (one tower at a time):
 
-    python bench/clip_towers.py export runs/towers/cont --config configs/embedded/clip_tower_cont.yaml --out cont.vision.safetensors
+    python bench/clip_towers.py export runs/towers/cont --config configs/embedded/clip_tower_cont.yaml \
+        --out cont.vision.safetensors
 """
 
 from __future__ import annotations

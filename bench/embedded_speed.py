@@ -24,7 +24,8 @@ FLOOR = "from diffusers import DiffusionPipeline, UNet2DConditionModel; from tra
 
 
 def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else the architecture: the 2-core dev boxes have differed between runs."""
+    """The CPU's model name (Linux /proc/cpuinfo), else the architecture: the 2-core dev boxes have differed
+    between runs."""
     try:
         with open("/proc/cpuinfo") as f:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))

@@ -1,4 +1,4 @@
-"""What bestshot knows about models: ids → family → pipeline class (sampler and scheduler names are in bestshot.schedulers).
+"""What bestshot knows about models: ids → family → pipeline class (sampler names: bestshot.schedulers).
 
 Nothing here loads weights. A *model reference* is one of
 
