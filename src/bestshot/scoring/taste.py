@@ -18,8 +18,8 @@ are fitted with L-BFGS and an L2 penalty, cross-validated with k folds split by 
 training and validation), then refitted on everything and saved as ``outputs/taste/head.json``
 (atomic write) with the row count, the validation accuracy and the scale of its logits (their mean and
 std over the training rows: what an ensemble divides by, :mod:`bestshot.scoring.ensemble`; a head saved
-before this has none and the ensemble falls back to its default scale, mean 0 and std 1). Retraining starts from the saved weights
-(warm start) when the embedder and dimension match.
+before this has none and the ensemble falls back to its default scale, mean 0 and std 1). Retraining starts from
+the saved weights (warm start) when the embedder and dimension match.
 """
 
 from __future__ import annotations

@@ -249,7 +249,8 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file
-        raise BestshotError(f"{path} is not a readable bestshot checkpoint ({type(e).__name__}) — delete it and resume from an older one") from None
+        raise BestshotError(f"{path} is not a readable bestshot checkpoint ({type(e).__name__}) — delete it and "
+                            "resume from an older one") from None
 
 
 def init_weights(unet: UNet2DConditionModel, path: str | Path) -> None:

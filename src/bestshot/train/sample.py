@@ -29,7 +29,8 @@ def load_pipeline(checkpoint: str | Path):
         return BestshotWorldPipeline.from_pretrained(p, **dtype_kwargs(torch.float32))
     if p.exists():
         return pipeline_from_checkpoint(p)[0]
-    raise BestshotError(f"{checkpoint} is neither a pipeline folder nor a checkpoint — pass a run folder, a .pt file or an exported model folder")
+    raise BestshotError(f"{checkpoint} is neither a pipeline folder nor a checkpoint — pass a run folder, a .pt file "
+                        "or an exported model folder")
 
 
 def set_scheduler(pipe, name: str) -> None:
