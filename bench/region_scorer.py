@@ -67,7 +67,8 @@ def main() -> None:
     groups = {k: v for k, v in groups.items() if v}
     for name, g in groups.items():
         acc = torch.stack([r[1] for r in g]).float()
-        print(f"{name}: {len(g)} prompts, {K} candidates each; random pick {acc.mean():.3f}, any of {K} {acc.any(1).float().mean():.3f}")
+        any_k = acc.any(1).float().mean()
+        print(f"{name}: {len(g)} prompts, {K} candidates each; random pick {acc.mean():.3f}, any of {K} {any_k:.3f}")
 
     def rate(g, n, temp):
         n, hits = min(n, K), 0
