@@ -18,7 +18,8 @@ back from a GPU machine), and ``assemble`` turns such a file back into a CLIP fo
 
 ``export`` writes such a file for a folder that ``bestshot train clip`` trained on (one tower at a time):
 
-    python bench/clip_towers.py export runs/towers/cont --config configs/embedded/clip_tower_cont.yaml --out cont.vision.safetensors
+    python bench/clip_towers.py export runs/towers/cont --config configs/embedded/clip_tower_cont.yaml \
+        --out cont.vision.safetensors
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def parse_tower(spec: str) -> tuple[str, dict]:
         return name, dict(patch_size=int(patch), vision_hidden=int(hidden), vision_layers=int(layers),
                           vision_heads=int(heads))
     except ValueError:
-        raise SystemExit(f"--tower {spec!r}: write NAME:PATCH:HIDDEN:LAYERS:HEADS, e.g. p2w192l6:2:192:6:6")
+        raise SystemExit(f"--tower {spec!r}: write NAME:PATCH:HIDDEN:LAYERS:HEADS, e.g. p2w192l6:2:192:6:6") from None
 
 
 def export_vision(model, cfg, metrics: dict, path: Path) -> None:
@@ -109,7 +110,7 @@ def train(cfg_path: str, towers: list[tuple[str, dict]], export: str | None, sna
         out_dir.mkdir(parents=True, exist_ok=True)
     t0 = last_snap = time.time()
     step = 0
-    for imgs, caps, negs, enc in loader:
+    for imgs, _caps, negs, enc in loader:
         lr = learning_rate(base, step, time.time() - t0)
         if base.blur_max > 0 or base.noise_max > 0:
             imgs = degrade(imgs, base.blur_max, base.noise_max, base.degrade_prob)

@@ -74,7 +74,8 @@ def main() -> None:
             last[v] = run(v, 100 + k)
             times[v].append(time.perf_counter() - t)
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {args.threads}")
-    print("| variant | steps | sampler | warm best-of-8 median s | runs s | timing_s of the last run |\n|---|---|---|---|---|---|")
+    print("| variant | steps | sampler | warm best-of-8 median s | runs s | timing_s of the last run |")
+    print("|---|---|---|---|---|---|")
     for v in args.variants:
         r = last[v]
         ts = {k: round(x, 2) for k, x in r["timing_s"].items() if k != "load"}

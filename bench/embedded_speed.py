@@ -24,7 +24,8 @@ FLOOR = "from diffusers import DiffusionPipeline, UNet2DConditionModel; from tra
 
 
 def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else the architecture: the 2-core dev boxes have differed between runs."""
+    """The CPU's model name (Linux /proc/cpuinfo), else the architecture: the 2-core dev boxes have differed
+    between runs."""
     try:
         with open("/proc/cpuinfo") as f:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -81,7 +82,8 @@ def main() -> None:
     print(f"settings: {json.dumps(first['settings'])}, scorer {first.get('scorer')}")
     print("| measurement | median s | all runs s |\n|---|---|---|")
     print(f"| first call in a process (loads the model) | {first_s:.2f} | {first_s:.2f} |")
-    print(f"| warm best-of-{args.n} `generate()` | {statistics.median(warm):.2f} | {', '.join(f'{x:.2f}' for x in warm)} |")
+    runs = ", ".join(f"{x:.2f}" for x in warm)
+    print(f"| warm best-of-{args.n} `generate()` | {statistics.median(warm):.2f} | {runs} |")
     print(f"| cold `bestshot generate` CLI, best-of-{args.n} | {statistics.median(cold):.2f} | "
           f"{', '.join(f'{x:.2f}' for x in cold)} |")
     print(f"| import floor (`{FLOOR}`) | {statistics.median(floor):.2f} | {', '.join(f'{x:.2f}' for x in floor)} |")

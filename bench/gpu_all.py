@@ -236,7 +236,7 @@ def phase_speed(rep: Report, model_dir: Path, clip_dir: Path, dev: str, tiny: bo
         try:
             box = {}
 
-            def run():
+            def run(box=box, kw=kw):
                 box["r"] = generate(PROMPT, **{**common, **kw}, return_candidates_images=True)
                 return box["r"]
 
@@ -359,7 +359,7 @@ def phase_steps(rep: Report, model_dir: Path, dev: str, tiny: bool):
     for n in (1, 4):
         stamps = []
 
-        def cb(p, i, t, kw):
+        def cb(p, i, t, kw, stamps=stamps):
             _sync()
             stamps.append(time.perf_counter())
             return kw

@@ -126,7 +126,7 @@ def main() -> None:
                               features=args.features, patch_pool=args.patch_pool,
                               generated_model=args.generated_model)
         train_info = train_captioner(cfg, cap_dir, scorer=scorer, log_every=max(1, args.train_steps // 10),
-                                     on_log=lambda s, l: print(f"  captioner step {s} loss {l:.3f}", flush=True))
+                                     on_log=lambda s, loss: print(f"  captioner step {s} loss {loss:.3f}", flush=True))
     captioner = PrefixCaptioner.load(cap_dir, scorer=scorer)
     caps = captioner.caption(images)
     _write_csv(work / "captioner.csv", [(f"{i:03d}.png", p) for i, p in enumerate(caps)])
@@ -172,7 +172,7 @@ def main() -> None:
     }
     atomic_write_json(work / "results.json", res)
     print(json.dumps(res, indent=2))
-    print("\n| method | mean MiniLM cosine (n=%d, %s) | oracle full match | warm s / 64 px image |" % (args.n, res["images"]))
+    print(f"\n| method | mean MiniLM cosine (n={args.n}, {res['images']}) | oracle full match | warm s / 64 px image |")
     print("|---|---|---|---|")
     print(f"| interrogator ({args.mode}) | {res['interrogator_minilm']:.4f} | {res['interrogator_oracle_generated']:.1%} "
           f"| {res['interrogator_s_per_image_warm']:.3f} |")

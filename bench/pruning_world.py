@@ -51,7 +51,7 @@ def main() -> None:
         plain += oracle(ims[max(range(len(sc)), key=sc.__getitem__)], p).match
         t = time.perf_counter()
         pr = run_pruned(pipe, pipeline_kwargs(pipe, p, "", seeds, cfg, None), seeds=seeds, keep=args.keep,
-                        at=args.at, score_fn=lambda x: scorer.score(x, p), family="embedded")
+                        at=args.at, score_fn=lambda x, p=p: scorer.score(x, p), family="embedded")
         sc2 = scorer.score(pr.images, p)
         t_pruned += time.perf_counter() - t
         pruned += oracle(pr.images[max(range(len(sc2)), key=sc2.__getitem__)], p).match

@@ -9,8 +9,8 @@ relation. Tune on a set of *training* prompts, then check once on ``eval world``
     # tune: the 360 training prompts of configs/embedded/clip_rank.yaml (none is in eval world's set)
     python bench/region_scorer.py runs/ranked/pool_train.safetensors
     # check: eval world's candidates (bestshot eval world --prompts 200 --steps 20 --cache runs/eval_cache20)
-    python bench/region_scorer.py runs/eval_cache20/candidates_2_object.safetensors --w-obj 4 --w-rel 0.5 --count-penalty 0.1 \
-        --w-nouns 0.05 --temperature 100
+    python bench/region_scorer.py runs/eval_cache20/candidates_2_object.safetensors --w-obj 4 --w-rel 0.5 \
+        --count-penalty 0.1 --w-nouns 0.05 --temperature 100
 
 ``--w-nouns`` and ``--temperature`` grid the zero-shot noun term (each matched region's log-probability of
 its phrase's shape against the world's other shapes); the region reads are made once per temperature.
@@ -67,7 +67,8 @@ def main() -> None:
     groups = {k: v for k, v in groups.items() if v}
     for name, g in groups.items():
         acc = torch.stack([r[1] for r in g]).float()
-        print(f"{name}: {len(g)} prompts, {K} candidates each; random pick {acc.mean():.3f}, any of {K} {acc.any(1).float().mean():.3f}")
+        any_k = acc.any(1).float().mean()
+        print(f"{name}: {len(g)} prompts, {K} candidates each; random pick {acc.mean():.3f}, any of {K} {any_k:.3f}")
 
     def rate(g, n, temp):
         n, hits = min(n, K), 0

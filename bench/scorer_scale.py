@@ -5,7 +5,8 @@ An ensemble (``--scorer clip+taste:0.5``) puts each term on its own scale, ``(s 
 The images are the embedded model's candidates (shipped settings, best-of-N seeds 0..N-1) for held-out world
 prompts, each scored against its own prompt; the std is over all images together.
 
-    python bench/scorer_scale.py [--prompts 40] [--n 8] [--seed 31337] [--scorers embedded,embedded+regions,embedded+spatial]
+    python bench/scorer_scale.py [--prompts 40] [--n 8] [--seed 31337] \
+        [--scorers embedded,embedded+regions,embedded+spatial]
 """
 
 from __future__ import annotations

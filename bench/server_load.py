@@ -143,7 +143,7 @@ def fuzz(app: Any, examples: int) -> list[str]:
 
         @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(case=strategy)
-        def check(case):
+        def check(case, op=op):
             resp = case.call()
             documented = str(resp.status_code) in case.operation.definition.raw.get("responses", {})
             if resp.status_code >= 500 and not documented:  # a documented 503 is an answer, not a crash

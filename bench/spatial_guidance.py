@@ -43,7 +43,7 @@ def main() -> None:
 
     from bestshot.errors import BestshotError
     from bestshot.models.loader import load_pipeline, set_scheduler
-    from bestshot.models.registry import scheduler_name
+    from bestshot.schedulers import scheduler_name
     from bestshot.train.candidates import ATTRS
     from bestshot.world.oracle import oracle
     from bestshot.world import heldout_prompts

@@ -2,12 +2,14 @@
 
 A candidate set holds N images per prompt from the embedded model and the oracle's verdict on each
 (``bestshot.train.candidates``). This re-ranks them with ``cosine + weight * agreement`` (the scorer
-divides that by ``1 + weight``, which leaves the ranking as it is) for a grid of weights (and softmax temperatures / agreement gains) and prints best-of-N full-match rates for the
-prompts that state a relation. Tune on a set of *training* prompts, then check once on ``eval world``'s.
+divides that by ``1 + weight``, which leaves the ranking as it is) for a grid of weights (and softmax
+temperatures / agreement gains) and prints best-of-N full-match rates for the prompts that state a relation.
+Tune on a set of *training* prompts, then check once on ``eval world``'s.
 
     # tune: the 360 training prompts of configs/embedded/clip_rank.yaml (none is in eval world's set)
     python bench/spatial_scorer.py runs/ranked/pool_train.safetensors --temperature 10,30 --gain 5,15
-    # check: eval world's 200 two-object prompts (bestshot eval world --prompts 200 --steps 20 --cache runs/eval_cache20)
+    # check: eval world's 200 two-object prompts
+    #   (bestshot eval world --prompts 200 --steps 20 --cache runs/eval_cache20)
     python bench/spatial_scorer.py runs/eval_cache20/candidates_2_object.safetensors --weight 0,0.2
 """
 

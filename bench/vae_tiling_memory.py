@@ -69,7 +69,8 @@ def main() -> None:
                "--dtype", a.dtype, "--batch", str(a.batch), "--threads", str(a.threads), "--child", mode]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode:
-            print(f"| {mode} | {a.size} | {a.tile} | {a.batch} | {a.device} | failed: {p.stderr.strip().splitlines()[-1][:80]} | |")
+            why = p.stderr.strip().splitlines()[-1][:80]
+            print(f"| {mode} | {a.size} | {a.tile} | {a.batch} | {a.device} | failed: {why} | |")
             continue
         r = json.loads(p.stdout.strip().splitlines()[-1])
         what = "max allocated" if a.device.startswith("cuda") else "peak RSS"

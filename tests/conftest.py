@@ -1,5 +1,11 @@
+import os
 import sys
 from pathlib import Path
+
+# No test waits on the network: with these set before any Hugging Face library loads, a hub id that is not in the
+# local cache fails at once (as bestshot's own hub check does) instead of retrying with backoff.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest
 import torch
@@ -49,6 +55,15 @@ tiny_sd3 = _tiny_fixture("sd3")
 tiny_sd15 = _tiny_fixture("sd15")
 tiny_clip = _tiny_fixture("clip")
 tiny_world = _tiny_fixture("world")
+
+
+@pytest.fixture(scope="session")
+def bank_cache(request, tmp_path_factory):
+    """A folder for the interrogator's embedded prompt banks, shared by the tests in a session: pytest's cache
+    (kept between runs) when the cache plugin is on, else a session temp folder (``-p no:cacheprovider``, which
+    read-only checkouts use)."""
+    cache = getattr(request.config, "cache", None)
+    return cache.mkdir("bestshot-interrogate") if cache is not None else tmp_path_factory.mktemp("bestshot-interrogate")
 
 
 @pytest.fixture

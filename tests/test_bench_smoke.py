@@ -134,6 +134,8 @@ def test_embedded_ab_bench_interleaves_variants(tiny_world, monkeypatch, capsys,
         runpy.run_path(script, run_name="__main__")
 
 
+@pytest.mark.slow  # a subprocess per phase, each importing torch and diffusers anew (minutes on 2 cores); the
+# levers it times are tested one by one in test_generate, test_gpu_paths and test_pruning
 def test_gpu_all_runs_tiny_on_cpu(tmp_path):
     """bench/gpu_all.sh (every GPU lever in one run) keeps working: its tiny CPU mode, compiled children
     included (compilation itself is a no-op off CUDA), writes a strict JSON and a Markdown table."""

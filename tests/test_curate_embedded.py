@@ -35,8 +35,11 @@ def test_sdedit_keeps_the_image_at_low_strength(tiny_world):
     i2i = stages.img2img_pipeline(pipe, resolve_model(tiny_world).family)
     assert isinstance(i2i, stages.PixelSDEdit)
     img = Image.fromarray(np.tile(np.linspace(0, 255, 24, dtype=np.uint8)[None, :, None], (20, 1, 3)))
-    out = lambda s: np.asarray(i2i("a red circle", image=img, strength=s, num_inference_steps=10, guidance_scale=2.0,
-                                   generator=torch.Generator().manual_seed(0)).images[0], dtype=float)
+
+    def out(s):
+        return np.asarray(i2i("a red circle", image=img, strength=s, num_inference_steps=10, guidance_scale=2.0,
+                              generator=torch.Generator().manual_seed(0)).images[0], dtype=float)
+
     low, high = out(0.1), out(0.9)
     assert low.shape == high.shape == (20, 24, 3)  # odd sizes snap to the UNet's grid and come back
     base = np.asarray(img, dtype=float)

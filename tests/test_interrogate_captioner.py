@@ -40,7 +40,7 @@ def _overfit(model, feats, captions, steps):
 
 def test_training_lowers_the_loss(trained):
     _, result = trained
-    losses = [l for _, l in result["history"]]
+    losses = [loss for _, loss in result["history"]]
     assert len(losses) == 4 and losses[-1] < losses[0] - 1.0
 
 

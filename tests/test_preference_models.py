@@ -21,6 +21,23 @@ def test_pickscore_goes_through_the_clip_path(tiny_clip):
     assert len(scores) == 2 and all(-1 <= v <= 1 for v in scores)
 
 
+def test_pickscore_folder_takes_a_sibling_tokenizer_and_never_waits_on_the_hub(tiny_clip, tmp_path):
+    """A PickScore folder without tokenizer files uses the sibling tokenizer/ (a pipeline-style layout); with
+    neither, the hub's ViT-H-14 tokenizer is needed, and without it (HF_HUB_OFFLINE in the tests) the error is
+    immediate and names it — no retry loop."""
+    import shutil
+
+    model = tmp_path / "pick" / "model"
+    model.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        shutil.copy(f"{tiny_clip}/{name}", model / name)
+    with pytest.raises(BestshotError, match="CLIP-ViT-H-14"):
+        get_scorer(f"pickscore@{model}")
+    shutil.copytree(tiny_clip, tmp_path / "pick" / "tokenizer")
+    s = get_scorer(f"pickscore@{model}")
+    assert isinstance(s, CLIPScorer) and len(s.score(IMS, "a red square")) == 2
+
+
 def test_pickscore_hub_id_without_weights_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for spec in ("pickscore", "yuvalkirstain/PickScore_v1"):

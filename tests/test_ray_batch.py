@@ -225,7 +225,9 @@ def test_prompts_file_on_ray_matches_single_process(ray_local, tmp_path, capsys,
     single, ray = runs["single"], runs["ray"]
     assert [r["line"] for r in ray] == [1, 2, 3, 4]
     assert [list(r) for r in ray] == [list(r) for r in single]  # same fields, same order
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
     assert strip(ray) == strip(single)
     for a, b in zip(single, ray):
         assert [(c["seed"], c["clip"]) for c in a["candidates"]] == [(c["seed"], c["clip"]) for c in b["candidates"]]

@@ -1,4 +1,5 @@
-"""`bestshot serve` as a command, auth, path safety, and curation (keep/delete/undo, upscale through bestshot.curate)."""
+"""`bestshot serve` as a command, auth, path safety, and curation (keep/delete/undo, upscale through
+bestshot.curate)."""
 
 from __future__ import annotations
 

@@ -82,10 +82,10 @@ def replay(c, fixture: dict, model: str) -> dict:
         if path == "/sdapi/v1/txt2img":
             body = {**body, **overrides}
         if step.get("background"):
-            def gen(p=path, b=body):
+            def gen(p=path, b=body, s=step):
                 r = c.post(p, json=b, headers=headers)
                 if r.status_code == 200:
-                    check_reads(r.json(), step.get("reads", []), p)
+                    check_reads(r.json(), s.get("reads", []), p)
                 done["gen"] = r
             bg = threading.Thread(target=gen)
             bg.start()

@@ -37,7 +37,7 @@ def _raw(c, path, text):
 @pytest.mark.parametrize("field", ["cfg_scale", "clip_min", "steps"])
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400"])
 def test_non_finite_numbers_are_422_not_500(c, field, value):
-    r = _raw(c, "/sdapi/v1/txt2img", '{"prompt": "a red circle", "%s": %s}' % (field, value))
+    r = _raw(c, "/sdapi/v1/txt2img", f'{{"prompt": "a red circle", "{field}": {value}}}')
     assert r.status_code == 422, r.text
     body = r.json()  # valid JSON although the refused value is not
     assert set(body) >= {"error", "detail", "body", "errors"} and field in body["errors"]

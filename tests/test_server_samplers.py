@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bestshot.models.loader import load_pipeline  # noqa: E402
-from bestshot.models.registry import SAMPLERS, SCHEDULE_TYPES, scheduler_spec  # noqa: E402
+from bestshot.schedulers import SAMPLERS, SCHEDULE_TYPES, scheduler_spec  # noqa: E402
 from bestshot.server import create_app  # noqa: E402
 from bestshot.store import parse_parameters  # noqa: E402
 

@@ -26,7 +26,7 @@ def test_parse_relation(prompt, expected):
 
 
 def test_parse_relation_reads_every_world_relation_phrase():
-    for scene, prompt in W.heldout_scenes(60, seed=5, n_objects=2):
+    for _scene, prompt in W.heldout_scenes(60, seed=5, n_objects=2):
         rel, spec = S.parse_relation(prompt), W.parse_prompt(prompt)
         assert rel is not None and W.parse_prompt(rel.a).objects[0] == spec.objects[0], prompt
         assert W.parse_prompt(rel.b).objects[0] == spec.objects[1] and rel.relation == spec.relation, prompt
@@ -112,11 +112,12 @@ def test_embedded_clip_patches_show_where_objects_are():
 
 
 @pytest.mark.skipif(not (EMBEDDED_DIR / "clip" / "config.json").exists(), reason="the embedded CLIP is not trained yet")
-def test_interrogator_takes_the_spatial_spec_of_the_embedded_clip(request):
+@pytest.mark.slow  # shares the embedded CLIP's world bank with test_interrogate (minutes to embed, once a session);
+# the spatial reading is covered fast by test_spatial_scorer_* and test_interrogate's world_engine tests
+def test_interrogator_takes_the_spatial_spec_of_the_embedded_clip(bank_cache):
     from bestshot.interrogate import interrogator as I
 
-    cache = request.config.cache.mkdir("bestshot-interrogate")  # shared with test_interrogate's bank cache
-    eng = I.Interrogator(I.InterrogateConfig(clip="embedded+spatial", cache_dir=str(cache), device="cpu"))
+    eng = I.Interrogator(I.InterrogateConfig(clip="embedded+spatial", cache_dir=str(bank_cache), device="cpu"))
     assert eng.domain == "world" and eng.spatial is eng.scorer
     sc, _ = W.heldout_scenes(1, seed=3, n_objects=2)[0]
     spec = W.parse_prompt(eng.interrogate([W.render(sc, 64)])[0].prompt)

@@ -116,7 +116,7 @@ def test_collect_embeds_train_cli_and_taste_scorer(tmp_path, tiny_clip, capsys, 
     code, out, err = run_cli(["taste", "collect", *args], capsys, monkeypatch)
     assert code == 0, err
     assert json.loads(out)["embedded"] == 8
-    for tag, p in tags[1::2]:  # the user deletes every red image
+    for _tag, p in tags[1::2]:  # the user deletes every red image
         p.unlink()
     code, out, err = run_cli(["taste", "collect", *args], capsys, monkeypatch)
     assert code == 0, err

@@ -206,7 +206,8 @@ def _assert_image_side_is(folder, clip):
 
 
 def test_export_with_another_clip_needs_the_same_text_tower(clip_dir, tmp_path):
-    """A CLIP whose image side was fine-tuned (freeze_text) may replace the training CLIP; another text tower may not."""
+    """A CLIP whose image side was fine-tuned (freeze_text) may replace the training CLIP; another text tower may
+    not."""
 
     train(cfg_for(clip_dir, tmp_path / "run", steps=1, ckpt_every=1))
     clip, vision_ft, text_ft = _fine_tuned_clips(clip_dir, tmp_path)

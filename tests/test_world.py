@@ -140,7 +140,9 @@ def test_log_prior_is_the_worlds_distribution():
     import math
 
     kinds = [W.ObjSpec(s, c) for s in W.SHAPES for c in W.COLOURS]
-    sized = lambda objs, sizes: tuple(W.ObjSpec(o.shape, o.colour, z) for o, z in zip(objs, sizes))
+    def sized(objs, sizes):
+        return tuple(W.ObjSpec(o.shape, o.colour, z) for o, z in zip(objs, sizes))
+
     total = 0.0
     for n, groups, relations in ((1, itertools.combinations(kinds, 1), [None]),
                                  (2, itertools.permutations(kinds, 2), ["left of", "above"]),

@@ -14,10 +14,17 @@ import torch
 VOCAB = 49408
 
 
+_TOKENIZERS: dict = {}
+
+
 def clip_tokenizer(max_len: int = 77):
+    """The real CLIP BPE tokenizer, built once per length (seconds each; a copy costs as much) and shared by
+    the tiny models, which only read it and save it with their pipeline."""
     from bestshot.models.clip_tokenizer import build_clip_tokenizer
 
-    return build_clip_tokenizer(model_max_length=max_len)
+    if max_len not in _TOKENIZERS:
+        _TOKENIZERS[max_len] = build_clip_tokenizer(model_max_length=max_len)
+    return _TOKENIZERS[max_len]
 
 
 def _text_config(**kw):

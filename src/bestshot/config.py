@@ -1,6 +1,6 @@
 """Generation settings: the :class:`ImgCfg` dataclass, presets, YAML loading and validation.
 
-The field names and defaults of ``ImgCfg`` are those of the design document (seed 000):
+The field names and defaults of ``ImgCfg`` are those of bestshot's original best-of-N API:
 ``n_images=4, seed_base=42, steps_base=40, guidance=7.5, clip_min=0.22, 1024x1024`` and the
 style suffix / negative prompt it shows. ``clip_min`` is now ``score_min`` (the gate in the scorer's units;
 unset = the scorer's default, 0.22 for a CLIP), ``clip_min`` its alias. Presets are plain dictionaries of
@@ -42,7 +42,7 @@ DEFAULT_BLOCKLIST = ("nsfw", "nude", "naked", "gore", "beheading", "child abuse"
 class ImgCfg:
     """Everything that decides what a ``generate`` call produces.
 
-    The first block is the design document's ``ImgCfg``; the rest are bestshot's additions.
+    The first block is the original best-of-N ``ImgCfg``; the rest were added since.
     """
 
     preset: str = "custom"

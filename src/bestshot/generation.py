@@ -1,6 +1,7 @@
 """Best-of-N generation: N candidates with reproducible seeds → scorer ranking → quality gate → store.
 
-The flow of the design document (seed 000), with bestshot's rules on top:
+The best-of-N flow (generate N, score each against the prompt, keep the best if it passes the gate), with
+bestshot's rules on top:
 
 * seeds are ``base, base+1, ...``; each candidate gets its own ``torch.Generator``, so candidate k is
   the same image whether it is made alone or inside a batch;
@@ -33,7 +34,8 @@ from .config import ImgCfg
 from .models.settings import resolve_config
 from .errors import BestshotError
 from .models.loader import free_memory, load_pipeline, load_refiner
-from .models.registry import resolve_model, sampler_label
+from .models.registry import resolve_model
+from .schedulers import sampler_label
 from .prompts.build import blocked_terms, build_prompt
 from .scoring import clip_score_100, cosine_like, pipeline_scorer, resolve_gate
 from .store import Store, format_parameters, new_run_id
@@ -188,7 +190,7 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
              on_step: StepCallback | None = None, **overrides: Any) -> dict[str, Any]:
     """Generate ``cfg.n_images`` candidates, rank them with CLIP, keep the best if it passes the gate.
 
-    Returns the design document's result dict (``ok``, ``reason``, ``best_seed``, ``best_score``,
+    Returns the result dict (``ok``, ``reason``, ``best_seed``, ``best_score``,
     ``img_path``, ``timing_s``, ``candidates``, ``sd_prompt``, ``clip_prompt``) plus ``model``,
     ``preset``, ``run_id``, ``scorer``, ``score_min`` (the gate applied, in the scorer's units; ``gate``
     says what it compared) and the settings used. ``best_clip`` / ``best_clip_score`` are the old names

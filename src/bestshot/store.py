@@ -12,7 +12,7 @@ the same guarantees:
 * **a queryable index** - a small SQLite table of runs for ``GET /v1/runs`` and the gallery. The JSONL
   log is the source of truth; the index can always be rebuilt from it (:meth:`Store.rebuild_index`).
 
-Layout (design document)::
+Layout::
 
     images_out/{run_id}_seed{N}_clip{score:.4f}.png
     images_out/index.sqlite
@@ -94,7 +94,7 @@ def _check_run_id(run_id: str) -> str:
 
 
 def candidate_filename(run_id: str, seed: int, score: float) -> str:
-    """``{run_id}_seed{seed}_clip{score:.4f}.png`` - the design document's layout, nothing else."""
+    """``{run_id}_seed{seed}_clip{score:.4f}.png`` - the one layout of kept images."""
     return f"{_check_run_id(run_id)}_seed{int(seed)}_clip{float(score):.4f}.png"
 
 
@@ -305,6 +305,17 @@ def png_bytes(image: Image.Image, parameters: str | None = None, metadata: dict 
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
+
+
+def open_rgb(item: str | os.PathLike | Image.Image) -> Image.Image:
+    """A path or PIL image → RGB PIL image; an unreadable file is a user error naming the file."""
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    try:
+        with Image.open(item) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BestshotError(f"cannot read image {item} ({type(e).__name__}: {e}) — remove or replace the file") from e
 
 
 def read_png_info(path_or_image: str | os.PathLike | Image.Image) -> dict:

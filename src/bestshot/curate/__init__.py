@@ -1,1 +1,1 @@
-"""The curation workflow (design document 001): generate many base images, curate, upscale the survivors."""
+"""The curation workflow: generate many base images, curate, upscale the survivors."""

@@ -1,6 +1,6 @@
 """The curation workflow's ``config.yaml``: nested dataclasses, loaded from YAML and validated.
 
-The sections and names are the design document's (``model``, ``generation`` with ``stage2`` /
+The sections are those of the published curation workflow this one follows (``model``, ``generation`` with ``stage2`` /
 ``stage3``, ``lora``, ``memory``, ``performance``) plus ``paths`` and ``upscaler``. Loading is strict:
 an unknown key or a bad value is a :class:`BestshotError` naming the key (``generation.stage3.blend_mode``)
 and what is allowed, so a typo never silently falls back to a default.
@@ -195,7 +195,7 @@ class CurateCfg:
             if not -4.0 <= v <= 4.0:
                 raise BestshotError(f"{key} = {v} must lie in -4..4 (1.0 = full strength)")
         if self.model.scheduler:
-            from ..models.registry import scheduler_name
+            from ..schedulers import scheduler_name
 
             try:
                 scheduler_name(self.model.scheduler)

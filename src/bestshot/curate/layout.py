@@ -1,4 +1,4 @@
-"""The output layout and file names of the design document, and nothing else decides them.
+"""The output layout and file names of the curation workflow: this module alone decides them.
 
 ::
 

@@ -19,7 +19,8 @@ OUTPUTS = typer.Option(None, "--outputs", help="The outputs folder itself (overr
 
 
 def outputs_of(workflow_dir: Path, outputs: Optional[Path]) -> Path:
-    """The outputs folder: ``--outputs``, else the one ``WORKFLOW_DIR/config.yaml`` names, else ``WORKFLOW_DIR/outputs``."""
+    """The outputs folder: ``--outputs``, else the one ``WORKFLOW_DIR/config.yaml`` names, else
+    ``WORKFLOW_DIR/outputs``."""
     if outputs is not None:
         return outputs
     cfg_file = workflow_dir / "config.yaml"

@@ -340,7 +340,7 @@ class Workflow:
                              "weights": c.upscaler.weights if c.upscaler.backend in ("torch", "auto") else None}}
 
     def _parameters(self, record: dict[str, Any], seed: int, w: int, h: int, steps: int, guidance: float) -> str:
-        from ..models.registry import sampler_label
+        from ..schedulers import sampler_label
 
         pipe = self._models.get("pipe")
         return format_parameters(record["prompt"], record.get("negative"), steps=steps,

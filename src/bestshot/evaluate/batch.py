@@ -28,7 +28,8 @@ from ..models.settings import resolve_config
 from ..errors import BestshotError
 from ..generation import make_candidates, needs_solo_render, seeds_for
 from ..models.loader import load_pipeline
-from ..models.registry import resolve_model, sampler_label
+from ..models.registry import resolve_model
+from ..schedulers import sampler_label
 from ..prompts.build import blocked_terms, build_prompt
 from ..scoring import clip_score_100, pipeline_scorer
 from ..scale.batch import RayJobCfg, RowOutput

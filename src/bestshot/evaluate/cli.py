@@ -9,21 +9,22 @@ from bestshot import jsonio
 from bestshot.scale.flags import RayFlagCommand
 from rich.console import Console
 
+from ..errors import BestshotError
 from ..scale.cli_options import CPUS_PER_WORKER, GPUS_PER_WORKER, RAY, RAY_BATCH, RAY_WORKERS
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate models: the embedded world, COCO-style metrics.")
 out = Console()
 
 
-def _ints(text: str, what: str) -> tuple[int, ...]:
-    from ..errors import BestshotError
-
+def _numbers(text: str, what: str, kind: type = int) -> tuple:
+    """``"1,4,8"`` → ``(1, 4, 8)`` (``kind`` int or float); a bad list is one clear error naming the flag."""
+    example, words = ("1,4,8", "whole numbers") if kind is int else ("3,5,7.5", "numbers")
     try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
+        vals = tuple(kind(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise BestshotError(f"{what} must be comma-separated whole numbers, e.g. 1,4,8 (got {text!r})") from None
+        raise BestshotError(f"{what} must be comma-separated {words}, e.g. {example} (got {text!r})") from None
     if not vals:
-        raise BestshotError(f"{what} is empty — e.g. 1,4,8")
+        raise BestshotError(f"{what} is empty — e.g. {example}")
     return vals
 
 
@@ -43,12 +44,12 @@ def world(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Full-match rate (oracle) for N=1 and best-of-N ranked by CLIP, per attribute."""
-    from ..errors import BestshotError
     from .world_eval import WorldEvalConfig, dumps, evaluate_world, to_markdown
 
     if n_prompts < 1:
         raise BestshotError("--prompts must be >= 1")
-    cfg = WorldEvalConfig(model=model, n_prompts=n_prompts, groups=_ints(groups, "--objects"), ns=_ints(ns, "--n"),
+    cfg = WorldEvalConfig(model=model, n_prompts=n_prompts, groups=_numbers(groups, "--objects"),
+                          ns=_numbers(ns, "--n"),
                           steps=steps, guidance=guidance, scorer=scorer, seed=seed, out=out_dir, cache=cache)
     res = evaluate_world(cfg, progress=not as_json)
     if as_json:
@@ -57,18 +58,6 @@ def world(
         out.print(to_markdown(res))
         if out_dir:
             out.print(f"written: {out_dir}/world_eval.json, {out_dir}/world_eval.md")
-
-
-def _floats(text: str, what: str) -> tuple[float, ...]:
-    from ..errors import BestshotError
-
-    try:
-        vals = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise BestshotError(f"{what} must be comma-separated numbers, e.g. 3,5,7.5 (got {text!r})") from None
-    if not vals:
-        raise BestshotError(f"{what} is empty — e.g. 3,5,7.5")
-    return vals
 
 
 def _size(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
@@ -90,7 +79,6 @@ def manifest(
     seed: int = typer.Option(42, "--seed"),
 ) -> None:
     """Build a caption manifest from COCO captions or from a folder of captioned images."""
-    from ..errors import BestshotError
     from .manifest import build_coco_manifest, build_folder_manifest, read_manifest
 
     if (annotations is None) == (folder is None):
@@ -182,7 +170,6 @@ def metrics_cmd(
     from ..store import atomic_write_json
     from .sweep import build_extractors, default_cache_dir, evaluate_folder
 
-    from ..errors import BestshotError
 
     if (real is None) == (real_stats is None):
         raise BestshotError("give the reference as --real FOLDER_OR_CSV or as --real-stats STATS.npz (one of them)")
@@ -285,11 +272,12 @@ def sweep_cmd(
     if axis:
         axes = tuple(parse_axis(a) for a in axis)
         if guidance:
-            axes += (Axis("guidance", _floats(guidance, "--guidance")),)
+            axes += (Axis("guidance", _numbers(guidance, "--guidance", float)),)
         if steps:
-            axes += (Axis("steps", _ints(steps, "--steps")),)
-    cfg = SweepConfig(manifest=manifest_csv, out=out_dir, guidance=_floats(guidance or "3,5,7.5,12", "--guidance"),
-                      steps=_ints(steps or "15,30,60", "--steps"), axes=axes, num=num, model=model, best_of=best_of, seed=seed, width=w,
+            axes += (Axis("steps", _numbers(steps, "--steps")),)
+    cfg = SweepConfig(manifest=manifest_csv, out=out_dir,
+                      guidance=_numbers(guidance or "3,5,7.5,12", "--guidance", float),
+                      steps=_numbers(steps or "15,30,60", "--steps"), axes=axes, num=num, model=model, best_of=best_of, seed=seed, width=w,
                       height=h, scorer=scorer, device=device, extractor=extractor, resize=resize,
                       inception_weights=inception_weights,
                       clip=clip, cache_dir=cache_dir, worst=worst)

@@ -37,15 +37,16 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, Union, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from PIL import Image
 
 from bestshot.errors import BestshotError
+from bestshot.store import open_rgb
 
-ImageLike = Union[str, os.PathLike, Image.Image]
+ImageLike = str | os.PathLike | Image.Image
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_FILE
@@ -68,17 +69,6 @@ class FeatureExtractor(Protocol):
 
 def _device(device: str | torch.device | None) -> torch.device:
     return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def open_rgb(item: ImageLike) -> Image.Image:
-    """A path or PIL image → RGB PIL image; unreadable files are a user error naming the file."""
-    if isinstance(item, Image.Image):
-        return item.convert("RGB")
-    try:
-        with Image.open(item) as im:
-            return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:
-        raise BestshotError(f"cannot read image {item} ({type(e).__name__}: {e}) — remove or replace the file") from e
 
 
 RESIZE_MODES = ("clean", "legacy")

@@ -194,7 +194,7 @@ def parse_axis(text: str) -> Axis:
     if len(set(values)) != len(values):
         raise BestshotError(f"--axis {name} repeats a value ({', '.join(raw)}) — give each value once")
     if fname == "scheduler":
-        from ..models.registry import scheduler_name
+        from ..schedulers import scheduler_name
 
         values = tuple(None if v is None else scheduler_name(v) for v in values)  # unknown names listed
     base = ImgCfg()
@@ -351,7 +351,8 @@ def to_markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
              "|" + "---:|" * (len(axes) + 8)]
     for r in results:
         kid = f"{_fmt(r.get('kid_mean'))} ± {_fmt(r.get('kid_std'))}" if r.get("kid_mean") is not None else "—"
-        lines.append(f"| {' | '.join(_fmt_axis(r.get(a)) for a in axes)} | {r.get('n_fake')} | {_fmt(r.get('fid'), 3)} | {kid} | "
+        point = " | ".join(_fmt_axis(r.get(a)) for a in axes)
+        lines.append(f"| {point} | {r.get('n_fake')} | {_fmt(r.get('fid'), 3)} | {kid} | "
                      f"{_fmt(r.get('cmmd'))} | {_fmt(r.get('clip_score'), 3)} | {_fmt(r.get('clip_cosine'))} | "
                      f"{_fmt(r.get('is_mean'), 3)} | {_fmt(r.get('sec_per_image'), 3)} |")
     return "\n".join(lines) + "\n"

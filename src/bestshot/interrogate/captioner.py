@@ -15,7 +15,7 @@ What the mapper reads (``features``):
 - From scratch (the embedded world): a tiny GPT-2 built from a ``GPT2Config`` over the real CLIP BPE
   vocabulary (no GPT-2 tokenizer exists offline); every LM layer trains.
 - Pretrained (``lm="gpt2"`` or a local folder): its own tokenizer; all LM layers but the last
-  ``trainable_lm_layers`` (default 2, as in the design document) are frozen, embeddings included.
+  ``trainable_lm_layers`` (default 2: the last two, as ClipCap-style fine-tuning does) are frozen, embeddings included.
 
 Only the mapper and the trainable LM layers learn; the CLIP is referenced by its spec and fingerprint,
 never copied into the captioner folder. :func:`load_caption_model` also accepts any transformers

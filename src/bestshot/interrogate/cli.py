@@ -168,7 +168,7 @@ def train_captioner_cmd(
                      batch_size=batch_size, lr=lr, generated_model=generated_model, device=device).items():
         if v is not None:
             setattr(cfg, k, v)
-    result = train_captioner(cfg, out, on_log=lambda s, l: err_console.print(f"step {s}/{cfg.steps} loss {l:.4f}"))
+    result = train_captioner(cfg, out, on_log=lambda s, loss: err_console.print(f"step {s}/{cfg.steps} loss {loss:.4f}"))
     hist = result["history"]
     out_console.print(f"captioner saved to {out} ({result['steps']} steps, {result['seconds']} s, "
                       f"loss {hist[0][1]:.3f} → {hist[-1][1]:.3f})", highlight=False)

@@ -1,4 +1,4 @@
-"""What bestshot knows about models: ids → family → pipeline class, schedulers by name.
+"""What bestshot knows about models: ids → family → pipeline class (sampler names: bestshot.schedulers).
 
 Nothing here loads weights. A *model reference* is one of
 
@@ -21,9 +21,6 @@ from typing import Any
 
 from ..config import CLIP_L14, EMBEDDED, REGIONS, SD15, SD35_LARGE, SDXL_BASE, SDXL_REFINER
 from ..errors import BestshotError
-# scheduler names are looked up here too (bestshot.schedulers holds them so config can validate them)
-from ..schedulers import (SAMPLER_ALIASES, SAMPLERS, SCHEDULE_TYPES, SCHEDULERS, Sampler,  # noqa: F401
-                          SchedulerSpec, sampler_label, scheduler_name, scheduler_spec)
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 

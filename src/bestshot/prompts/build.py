@@ -1,6 +1,6 @@
 """Prompt assembly shared by every job: content filter, style suffix, trigger words, CLIP prompt.
 
-The design document's order: user prompt → content filter → add style suffix → normalise. The CLIP
+The order: user prompt → content filter → add style suffix → normalise. The CLIP
 prompt is the user's words *without* the style suffix (a suffix like ", 8k" says nothing CLIP can
 check), cut to what the scorer reads.
 """

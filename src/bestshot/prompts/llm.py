@@ -372,7 +372,7 @@ def _run_vllm(text: str, model: str, max_chars: int, seed: int, device: str) -> 
     if key not in _CACHE:
         path = resolve_offline(model) or model
         kw: dict = {}
-        if "llama" in model.lower():  # the design document's fix: no CUDA graphs, single GPU
+        if "llama" in model.lower():  # Llama on vllm: no CUDA graphs, single GPU (the known-good setting)
             kw = {"enforce_eager": True, "tensor_parallel_size": 1}
         # Leave most of the GPU to the diffusion pipeline that runs next.
         _CACHE[key] = LLM(model=path, seed=seed, gpu_memory_utilization=0.35, max_model_len=4096, **kw)

@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from ..errors import BestshotError
 from .batch import RayJobCfg
 
 RAY = typer.Option(None, "--ray", metavar="[ADDRESS]",
@@ -36,8 +37,6 @@ def ray_cfg(address: Optional[str], workers: Optional[int], gpus: Optional[float
         if batch_size != 1:
             given.append("--ray-batch-size")
         if given:
-            from ..errors import BestshotError
-
             raise BestshotError(f"{', '.join(given)} only apply with --ray — add --ray (a local Ray) or "
                                 "--ray ADDRESS (a cluster)")
         return None

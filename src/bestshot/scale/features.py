@@ -25,23 +25,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import BestshotError
+from ..store import open_rgb
 from .cluster import require_ray
 from .remote_errors import remote_error
 
 Factory = Callable[[], Any]
-
-
-def _open_rgb(item: Any):
-    """A path or PIL image → RGB PIL image (as ``bestshot.evaluate.features.open_rgb``)."""
-    from PIL import Image
-
-    if isinstance(item, Image.Image):
-        return item.convert("RGB")
-    try:
-        with Image.open(item) as im:
-            return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:
-        raise BestshotError(f"cannot read image {item} ({type(e).__name__}: {e}) — remove or replace the file") from e
 
 
 class ExtractWorker:
@@ -58,7 +46,7 @@ class ExtractWorker:
     def _one(self, mode: str, items: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
         if mode == "text":
             return np.asarray(self.extractor.text_features([str(x) for x in items])), None
-        images = [_open_rgb(x) for x in items]
+        images = [open_rgb(x) for x in items]
         if mode == "features":
             return np.asarray(self.extractor.features(images)), None
         if hasattr(self.extractor, "features_and_logits"):

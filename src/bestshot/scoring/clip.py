@@ -11,6 +11,7 @@ from PIL import Image
 
 from ..errors import BestshotError
 from .gate import CLIP_DEFAULT_MIN, COSINE_RANGE
+from ..models.hub import require_hub_model
 
 
 def _image_processor(folder: str | None, image_size: int):
@@ -50,8 +51,6 @@ class CLIPScorer:
 
         local = Path(source).exists()
         if not local:
-            from ..models.hub import require_hub_model
-
             require_hub_model(source, "CLIP scorer", "pass --scorer with a local CLIP folder or 'embedded'")
         try:
             model = CLIPModel.from_pretrained(source, dtype=dtype or torch.float32).to(device)
@@ -64,6 +63,9 @@ class CLIPScorer:
         tok_src = tokenizer_source or source
         if local and not (Path(tok_src) / "vocab.json").exists() and (Path(source).parent / "tokenizer").exists():
             tok_src = str(Path(source).parent / "tokenizer")
+        if not Path(tok_src).exists():  # a hub tokenizer: fail at once when the hub is out of reach, no retry loop
+            require_hub_model(tok_src, "CLIP tokenizer", "put the tokenizer files (tokenizer.json, or vocab.json and "
+                              "merges.txt) in the model folder")
         try:
             tokenizer = CLIPTokenizer.from_pretrained(tok_src)
         except OSError as e:

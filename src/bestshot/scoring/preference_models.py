@@ -66,13 +66,18 @@ def pickscore(source: str = PICKSCORE, *, processor: str | None = None, device: 
               dtype: torch.dtype = torch.float32, name: str = "pickscore") -> Any:
     from .clip import CLIPScorer, _image_processor
 
-    if processor is None:
+    if processor is None:  # the folder's own tokenizer, else its sibling tokenizer/, else the hub's ViT-H-14 one
         local = Path(source)
-        processor = source if (local / "vocab.json").exists() else PICKSCORE_PROCESSOR
+        mine = [f for f in (local, local.parent / "tokenizer") if local.exists() and _has_tokenizer(f)]
+        processor = str(mine[0]) if mine else PICKSCORE_PROCESSOR
     scorer = CLIPScorer.from_pretrained(source, device=device, dtype=dtype, tokenizer_source=processor, name=name)
     scorer.processor = _image_processor(processor, scorer.model.config.vision_config.image_size)
     scorer.default_min = None  # a preference model's cosine: no default gate (scoring.gate)
     return scorer
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer.json").exists() or (folder / "vocab.json").exists()
 
 
 # --------------------------------------------------------------------------------------- ImageReward

@@ -123,7 +123,8 @@ def parse_objects(prompt: str, max_objects: int = 3) -> ObjectPrompt | None:
     """``prompt`` as object phrases, or None when it is not a short list of objects.
 
     >>> parse_objects("a red circle, a blue square and a green cross on a black background")
-    ObjectPrompt(objects=('a red circle', 'a blue square', 'a green cross'), relation=None, background='on a black background')
+    ObjectPrompt(objects=('a red circle', 'a blue square', 'a green cross'), relation=None, \
+background='on a black background')
     """
     from ..models.maskclip import _LEAD_RE, parse_relation
 

@@ -18,8 +18,8 @@ are fitted with L-BFGS and an L2 penalty, cross-validated with k folds split by 
 training and validation), then refitted on everything and saved as ``outputs/taste/head.json``
 (atomic write) with the row count, the validation accuracy and the scale of its logits (their mean and
 std over the training rows: what an ensemble divides by, :mod:`bestshot.scoring.ensemble`; a head saved
-before this has none and the ensemble falls back to its default scale, mean 0 and std 1). Retraining starts from the saved weights
-(warm start) when the embedder and dimension match.
+before this has none and the ensemble falls back to its default scale, mean 0 and std 1). Retraining starts from
+the saved weights (warm start) when the embedder and dimension match.
 """
 
 from __future__ import annotations
@@ -292,7 +292,7 @@ def train_head(ds: Dataset, *, kind: str = "logistic", embedder: str = "embedded
     all_idx = np.arange(len(ds.y))
     right = total = 0
     split = prompt_folds(ds.prompts, max(2, folds), seed) if folds >= 2 else []
-    for f, val in enumerate(split if len(split) >= 2 else []):
+    for val in split if len(split) >= 2 else []:
         tr = np.setdiff1d(all_idx, val)
         fit = _fit_kind(ds, tr, kind, l2, init)
         if fit is None:

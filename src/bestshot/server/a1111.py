@@ -28,7 +28,7 @@ from .. import __version__
 from ..config import ImgCfg
 from ..models.settings import resolve_config
 from ..errors import BestshotError
-from ..models.registry import SAMPLERS, SCHEDULE_TYPES, scheduler_spec
+from ..schedulers import SAMPLERS, SCHEDULE_TYPES, scheduler_spec
 from .safety import reject_surrogates
 
 MAX_SEED = 2**53 - 1  # what a JavaScript client can hold exactly

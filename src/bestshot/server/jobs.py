@@ -136,7 +136,8 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
 
     from ..generation import pick_scorer, supported_kwargs
     from ..models.loader import load_pipeline
-    from ..models.registry import resolve_model, sampler_label
+    from ..models.registry import resolve_model
+    from ..schedulers import sampler_label
     from ..scoring import clip_score_100, cosine_like, resolve_gate
 
     cfg = plan.cfg

@@ -198,8 +198,6 @@ def training_set(model: str, n_prompts: int, seed: int = 0, n_candidates: int = 
                              **({"device": device} if device else {}))
     pipe = load_pipeline(model, dtype=gen_cfg.dtype, device=gen_cfg.device, scheduler=gen_cfg.scheduler)
     if getattr(pipe, "clip", None) is None:
-        from ..errors import BestshotError
-
         raise BestshotError(f"{model} is not a bestshot world pipeline — ranked_model takes 'embedded' or a folder "
                             "written by `bestshot train export`")
     exclude = heldout_prompts(200, n_objects=1) + heldout_prompts(200, n_objects=2)

@@ -69,7 +69,7 @@ class DDPMConfig:
     layers_per_block: int = 1
     attention_levels: tuple[bool, ...] = (False, False, True)  # cross-attention per resolution
     attention_head_dim: int = 32
-    # the seed's UNet knobs (0 = diffusers' default): width of the timestep embedding (default 4x the first
+    # UNet widths (0 = diffusers' default): width of the timestep embedding (default 4x the first
     # block's channels), and of the conditioning seen by cross-attention (a learnt projection of the CLIP
     # embedding to c_embed_dim; default: the CLIP's own width, no projection)
     t_embed_dim: int = 0
@@ -249,7 +249,8 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file
-        raise BestshotError(f"{path} is not a readable bestshot checkpoint ({type(e).__name__}) — delete it and resume from an older one") from None
+        raise BestshotError(f"{path} is not a readable bestshot checkpoint ({type(e).__name__}) — delete it and "
+                            "resume from an older one") from None
 
 
 def init_weights(unet: UNet2DConditionModel, path: str | Path) -> None:
@@ -585,7 +586,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
     defaults = dict(defaults or {})
     if scheduler:
         from bestshot.models.loader import set_scheduler
-        from bestshot.models.registry import scheduler_name
+        from bestshot.schedulers import scheduler_name
 
         set_scheduler(pipe, scheduler)  # an unknown or unfit name is a BestshotError naming the choices
         defaults["scheduler"] = scheduler_name(scheduler)

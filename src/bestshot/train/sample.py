@@ -29,7 +29,8 @@ def load_pipeline(checkpoint: str | Path):
         return BestshotWorldPipeline.from_pretrained(p, **dtype_kwargs(torch.float32))
     if p.exists():
         return pipeline_from_checkpoint(p)[0]
-    raise BestshotError(f"{checkpoint} is neither a pipeline folder nor a checkpoint — pass a run folder, a .pt file or an exported model folder")
+    raise BestshotError(f"{checkpoint} is neither a pipeline folder nor a checkpoint — pass a run folder, a .pt file "
+                        "or an exported model folder")
 
 
 def set_scheduler(pipe, name: str) -> None:
@@ -65,7 +66,7 @@ def sample(checkpoint: str | Path, prompts: list[str], out: str | Path = "grid.p
            scheduler: str = "ddim", steps: int | None = None, guidance: float | None = None, seed: int = 0,
            gif: str | Path | None = None, gif_mode: str = "x0", similarity: str | Path | None = None) -> Path:
     """Sample ``n`` images per prompt; rows = prompts. ``gif`` records predicted x0 (or x_t) at every step;
-    ``similarity`` plots the model's CLIP cosine similarity of every prompt with every sample (the seed's
+    ``similarity`` plots the model's CLIP cosine similarity of every prompt with every sample (a
     text↔image similarity matrix: a model that follows its prompts has its maxima in the prompt's own block)."""
     if not prompts:
         raise BestshotError("no prompts — pass --prompts \"a red circle\" \"a blue square\"")

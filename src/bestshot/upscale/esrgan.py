@@ -129,7 +129,7 @@ def _rrdbnet_kwargs(state: dict[str, torch.Tensor]) -> dict[str, int]:
     in_ch = state["conv_first.weight"].shape[1]
     out_ch = state["conv_last.weight"].shape[0]
     # x4 models take RGB directly; x2/x1 models pixel-unshuffle 3 channels into 12 / 48.
-    for scale, factor in ((4, 1), (2, 4), (1, 16)):
+    for scale, factor in ((4, 1), (2, 4), (1, 16)):  # noqa: B007 (scale is used after the loop)
         if in_ch % factor == 0 and in_ch // factor == out_ch:
             break
     else:
