@@ -30,9 +30,10 @@ def interrogate(
     mode: str = typer.Option("best", "--mode", help="best | classic | fast"),
     clip: str = typer.Option(EMBEDDED, "--clip", help="CLIP for ranking: 'embedded', a local folder or a hub id."),
     caption: Optional[str] = typer.Option(None, "--caption", help="A transformers image-to-text model (e.g. BLIP)."),
-    captioner: Optional[str] = typer.Option(None, "--captioner", help="A folder written by train-captioner."),
+    captioner: Optional[str] = typer.Option(None, "--captioner", help="A folder written by train-captioner (its "
+                                            "caption starts the prompt: the art domain, also with the embedded CLIP)."),
     banks: Optional[str] = typer.Option(None, "--banks", help="User term banks: a folder of .txt files or one file."),
-    domain: str = typer.Option("auto", "--domain", help="auto (world with the embedded CLIP) | world | art"),
+    domain: str = typer.Option("auto", "--domain", help="auto (world with the embedded CLIP and no captioner) | world | art"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write image,prompt,score rows to this CSV."),
     device: Optional[str] = typer.Option(None, "--device"),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
