@@ -33,7 +33,7 @@ from transformers import CLIPModel, CLIPTokenizer
 
 from bestshot import jsonio
 from bestshot.errors import BestshotError
-from bestshot.train.common import EMA, atomic_torch_save, atomic_write_text, load_config, lr_at, plot_losses
+from bestshot.train.common import EMA, check_clip_spec, atomic_torch_save, atomic_write_text, load_config, lr_at, plot_losses
 
 CKPT_NAME = "latest.pt"
 # fields that may change between a checkpoint and a resumed run (length/logistics, not the model or data)
@@ -146,13 +146,7 @@ class DDPMConfig:
 
 # ------------------------------------------------------------------------------------------ builders
 def load_clip(path: str | Path) -> tuple[CLIPModel, CLIPTokenizer]:
-    spec = str(path)
-    if spec.startswith("open_clip:"):
-        raise BestshotError(f"--clip {spec}: training takes a CLIP folder in transformers' layout (config.json and "
-                            "weights); open_clip CLIPs are not supported here — pass such a folder, e.g. the "
-                            "embedded model's clip/ folder")
-    if not Path(spec).is_dir() and (":" in spec or spec.startswith((".", "/", "~")) or spec.count("/") > 1):
-        raise BestshotError(f"--clip {spec} is not a CLIP folder — pass a folder with config.json and weights")
+    check_clip_spec(path)
     clip = CLIPModel.from_pretrained(path, dtype=torch.float32).eval().requires_grad_(False)
     return clip, CLIPTokenizer.from_pretrained(path)
 
