@@ -116,3 +116,26 @@ def test_delete_and_undo_racing_never_leave_a_contradicting_row(outputs):
         if (root / "trash" / f"{tags[0]}.json").is_file() != in_trash:  # the metadata travels with its image
             bad.append(f"round {rnd}: the metadata is not where the image is")
     assert not bad, bad[:5]
+
+
+def test_a_full_disk_undoes_the_move_and_says_which_folder(outputs, tmp_path, monkeypatch):
+    import errno
+
+    import bestshot.server.curation as C
+
+    root, tags = outputs
+    name = next(p.name for p in (root / "stage1").iterdir() if p.name.startswith(tags[0]))
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(C, "record_verdict", full)
+    app = create_app(out_dir=str(tmp_path / "images_out"), curate_dir=str(root))
+    with TestClient(app, base_url="http://localhost") as c:
+        r = c.post("/v1/curate/delete", json={"name": name})
+        assert r.status_code == 507 and str(root) in r.json()["detail"] and "nothing was changed" in r.json()["detail"]
+        # the image and its metadata are where they were, and no row claims otherwise
+        assert (root / "stage1" / name).is_file() and (root / "metadata" / f"{tags[0]}.json").is_file()
+        assert not (root / "trash" / name).exists() and read_preferences(root) == []
+        r = c.post("/v1/curate/keep", json={"name": name})
+        assert r.status_code == 507 and c.get("/v1/curate").json()["stage1"][0]["kept"] is False
