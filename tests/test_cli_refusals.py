@@ -105,12 +105,29 @@ def test_eval_generate_best_of_1_loads_no_scorer(tmp_path, capsys, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- interrogate
-def test_a_captioner_in_the_world_domain_is_refused():
-    from bestshot.interrogate.interrogator import InterrogateConfig
+def test_interrogate_shows_what_the_captioner_said(tmp_path, capsys, monkeypatch):
+    """With the embedded CLIP (world domain) the caption is one candidate: it is printed, and a caption that
+    is not a world prompt is said to have been no candidate."""
+    import bestshot.interrogate.captioner as cap
+    from bestshot import world as W
 
-    with pytest.raises(BestshotError, match="no effect in the world domain"):
-        InterrogateConfig(domain="world", captioner="some/folder").validate()
-    InterrogateConfig(domain="auto", captioner="some/folder").validate()  # auto: the captioner is used (art)
+    class Says:
+        def __init__(self, text):
+            self.text = text
+
+        def caption(self, images):
+            return [self.text] * len(images)
+
+    img = tmp_path / "a.png"
+    import random
+
+    W.render(W.sample_scene(random.Random(0)), 32).save(img)
+    for text, note in [("a red circle", "CLIP kept it for"), ("an oil painting of a harbour", "not world prompts")]:
+        monkeypatch.setattr(cap, "load_caption_model", lambda *a, _t=text, **k: Says(_t))
+        code, out, err = run_cli(["interrogate", str(img), "--captioner", "stand-in", "--mode", "fast",
+                                  "--cache-dir", str(tmp_path / "cache")], capsys, monkeypatch)
+        assert code == 0, err
+        assert f"(caption: {text})" in out and note in err
 
 
 # ---------------------------------------------------------------------------------------------- DDPM config

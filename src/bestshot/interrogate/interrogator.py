@@ -439,9 +439,6 @@ class InterrogateConfig:
         if not 0 <= self.prior_weight <= 10:
             raise BestshotError(f"prior_weight must be in [0, 10], got {self.prior_weight} — 1 is the world's prior "
                                 "as it is, 0 lets CLIP decide alone")
-        if self.domain == "world" and (self.captioner or self.caption):
-            raise BestshotError("--captioner and --caption have no effect in the world domain (its prompts come from "
-                                "the world's grammar) — drop them, or use --domain art to start from the caption")
         return self
 
 
@@ -462,9 +459,7 @@ class Interrogator:
                               "model (e.g. a saved BLIP) or a --captioner folder")
         self.scorer = scorer or get_scorer(cfg.clip, device=cfg.device)
         embedded = cfg.clip in (EMBEDDED, EMBEDDED + SPATIAL, EMBEDDED + REGIONS)
-        # auto: the world's grammar for the embedded CLIP, unless a captioner is given: then its caption is used
-        self.domain = cfg.domain if cfg.domain != "auto" else (
-            "world" if embedded and not (cfg.captioner or cfg.caption) else "art")
+        self.domain = cfg.domain if cfg.domain != "auto" else ("world" if embedded else "art")
         self.emb = TextEmbeddings(self.scorer, cfg.cache_dir)
         self.captioners = []
         if cfg.captioner or cfg.caption:
