@@ -8,9 +8,9 @@ import json
 
 import pytest
 import yaml
+from helpers import run_cli
 
 from bestshot.errors import BestshotError
-from helpers import run_cli
 
 
 def _one_error_line(code, out, err, needle):
@@ -82,8 +82,9 @@ def test_the_default_scorer_follows_the_model(tmp_path):
 
 
 def test_eval_generate_best_of_1_loads_no_scorer(tmp_path, capsys, monkeypatch):
-    import bestshot.evaluate.batch as B
     from PIL import Image
+
+    import bestshot.evaluate.batch as B
 
     def offline(*a, **k):
         raise BestshotError("no scorer may load for best of 1")

@@ -13,13 +13,15 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from fastapi.testclient import TestClient  # noqa: E402
-from PIL import Image  # noqa: E402
+from fastapi.testclient import TestClient
+from PIL import Image
 
-from bestshot.server import bodies  # noqa: E402
-from bestshot.server import create_app  # noqa: E402
-from bestshot.server.a1111 import Img2ImgRequest, Limits, request_parameters  # noqa: E402
-from bestshot.server.app import ServerSettings  # noqa: E402
+from bestshot.server import (
+    bodies,
+    create_app,
+)
+from bestshot.server.a1111 import Img2ImgRequest, Limits, request_parameters
+from bestshot.server.app import ServerSettings
 
 BASE = "http://localhost"
 SHAPE = {"error", "detail", "body", "errors"}
@@ -90,7 +92,7 @@ def test_the_cap_stops_reading_at_the_limit_not_at_the_end():
         for i in range(n):
             yield {"type": "http.request", "body": b"x" * 1000, "more_body": i < n - 1}
 
-    limit = lambda app: bodies.BodyLimit(app, max_bytes=10_000)  # noqa: E731
+    limit = lambda app: bodies.BodyLimit(app, max_bytes=10_000)
     assert _drive(limit, stream(1000)) == (413, 11)  # refused on the 11th kB of a 1 MB body
     assert _drive(limit, stream(1000), declared=1_000_000) == (413, 0)  # Content-Length: not a byte read
     assert _drive(limit, stream(5)) == (200, 5)
@@ -144,7 +146,7 @@ def test_the_extras_batch_is_bounded_as_a_whole(c):
     assert one.status_code == 200 and len(one.json()["images"]) == 1  # one 128² result: the largest single one
     r = c.post("/sdapi/v1/extra-batch-images", json={"imageList": [item] * 2, **body})
     assert r.status_code == 422 and "per batch" in r.json()["errors"]
-    two = c.post("/sdapi/v1/extra-batch-images", json={"imageList": [item] * 2, **{**body, "upscaling_resize": 2}})
+    two = c.post("/sdapi/v1/extra-batch-images", json={"imageList": [item] * 2, **body, "upscaling_resize": 2})
     assert two.status_code == 200
     assert [Image.open(io.BytesIO(base64.b64decode(x))).size for x in two.json()["images"]] == [(64, 64)] * 2
 

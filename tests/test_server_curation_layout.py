@@ -10,16 +10,16 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
+from test_curate_workflow import write_config
 
-from bestshot.curate.config import load_config  # noqa: E402
-from bestshot.curate.preferences import collect_stage1  # noqa: E402
-from bestshot.curate.workflow import Workflow  # noqa: E402
-from bestshot.errors import BestshotError  # noqa: E402
-from bestshot.scoring.taste import add_preference, latest_verdicts, read_preferences  # noqa: E402
-from bestshot.server import create_app  # noqa: E402
-from bestshot.server.curation import Curation  # noqa: E402
-from test_curate_workflow import write_config  # noqa: E402
+from bestshot.curate.config import load_config
+from bestshot.curate.preferences import collect_stage1
+from bestshot.curate.workflow import Workflow
+from bestshot.errors import BestshotError
+from bestshot.scoring.taste import add_preference, latest_verdicts, read_preferences
+from bestshot.server import create_app
+from bestshot.server.curation import Curation
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_delete_and_undo_racing_never_leave_a_contradicting_row(outputs):
     for rnd in range(40):
         gate = threading.Barrier(8)
 
-        def act(i: int) -> None:
+        def act(i: int, rnd: int = rnd, gate: threading.Barrier = gate) -> None:
             gate.wait()
             try:
                 (cur.delete if (i + rnd) % 2 else cur.undo)(name)
