@@ -4,6 +4,7 @@
     python bench/server_load.py --model embedded --n 50 --steps 4      # the shipped model
     python bench/server_load.py --tiny --fuzz 25                       # schemathesis: 25 examples per route
     python bench/server_load.py --tiny --n 0 --soak 1000               # 1,000 mixed requests, RSS before/after
+    python bench/server_load.py --n 0 --hostile                        # hostile bodies: peak and final RSS
 
 The burst checks what issue 8 asks: every response is 200 or 429 (429 with Retry-After), no 5xx, every
 200 names images that are on disk, and the run index holds exactly one run per 200 (nothing lost, nothing
@@ -11,6 +12,9 @@ half-done). The fuzz sends schema-generated requests to every route of /openapi.
 The soak sends mixed requests one after another (txt2img, progress polls, options read and written,
 png-info, model lists, hostile bodies) and compares the process's RSS after the first tenth with the end:
 a server that keeps something per request grows.
+The hostile run sends oversized bodies (1 GB declared and 1 GB chunked png-info, a body just under the cap,
+3,000,000 list items, 1,000,000 unknown keys, an extras batch of 16 2048² images at x4) one after another and
+reports each one's status, seconds and peak RSS (sampled every 20 ms), and the RSS left at the end.
 Run by hand with `torch.set_num_threads(1)` on a shared machine (it is set here).
 """
 
@@ -130,6 +134,86 @@ def soak(base_url: str, n: int, body: dict[str, Any]) -> dict[str, Any]:
             "rss_mib_end": round(rss_end, 1), "rss_growth_mib": round(rss_end - rss_start, 1)}
 
 
+def _raw_post(base_url: str, path: str, head_length: int | None, chunks: Any) -> int:
+    """POST ``chunks`` (an iterable of bytes) with a declared Content-Length or chunked; the status (0: the
+    server closed the connection before answering)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    u = urlparse(base_url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+    headers = {"Content-Type": "application/json"}
+    if head_length is not None:
+        headers["Content-Length"] = str(head_length)
+    try:
+        conn.request("POST", path, body=chunks, headers=headers, encode_chunked=head_length is None)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused mid-body: read the answer that was sent
+    try:
+        return conn.getresponse().status
+    except (http.client.HTTPException, OSError):
+        return 0
+    finally:
+        conn.close()
+
+
+def hostile(base_url: str, max_body_mb: float) -> dict[str, Any]:
+    """Each hostile body in turn: its status, seconds and the peak RSS while it ran; RSS before and after."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    peak = [0.0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_mib())
+            time.sleep(0.02)
+
+    def gib_of_a(n_mib: int):
+        block = b"A" * (1 << 20)
+        yield b'{"image": "'
+        for _ in range(n_mib):
+            yield block
+        yield b'"}'
+
+    def near_cap() -> int:
+        body = b'{"image": "' + b"QUFB" * int(max_body_mb * 2**20 * 0.95 / 4) + b'"}'
+        return _raw_post(base_url, "/sdapi/v1/png-info", len(body), [body])
+
+    buf = io.BytesIO()
+    Image.new("RGB", (2048, 2048), (30, 60, 90)).save(buf, "PNG")
+    big_png = base64.b64encode(buf.getvalue()).decode()
+    attacks = {
+        "png-info, 1 GB declared": lambda: _raw_post(base_url, "/sdapi/v1/png-info", 1 << 30, gib_of_a(1024)),
+        "png-info, 1 GB chunked": lambda: _raw_post(base_url, "/sdapi/v1/png-info", None, gib_of_a(1024)),
+        f"png-info, {0.95 * max_body_mb:g} MB (under the cap)": near_cap,
+        "img2img, 3,000,000 list items": lambda: post(f"{base_url}/sdapi/v1/img2img",
+                                                       {"prompt": "a", "init_images": [0] * 3_000_000})[0],
+        "generate, 1,000,000 unknown keys": lambda: post(f"{base_url}/v1/generate",
+                                                          {"prompt": "a", **{f"k{i}": 0 for i in range(1_000_000)}})[0],
+        "extras, 16 x 2048² at x4": lambda: post(f"{base_url}/sdapi/v1/extra-batch-images", {
+            "imageList": [{"data": big_png, "name": str(i)} for i in range(16)], "upscaling_resize": 4,
+            "upscaler_1": "Lanczos"})[0],
+    }
+    threading.Thread(target=sample, daemon=True).start()
+    time.sleep(0.1)
+    start = rss_mib()
+    rows = []
+    for name, attack in attacks.items():
+        peak[0] = rss_mib()
+        t = time.perf_counter()
+        status = attack()
+        rows.append({"attack": name, "status": status, "seconds": round(time.perf_counter() - t, 2),
+                     "peak_rss_mib": round(peak[0], 1), "rss_after_mib": round(rss_mib(), 1)})
+    stop.set()
+    time.sleep(0.5)  # the last request's memory release runs after its response
+    return {"rss_start_mib": round(start, 1), "attacks": rows, "rss_end_mib": round(rss_mib(), 1),
+            "max_peak_over_start_mib": round(max(r["peak_rss_mib"] for r in rows) - start, 1)}
+
+
 def fuzz(app: Any, examples: int) -> list[str]:
     """Schema-driven requests to every operation; returns the 5xx found (empty = none)."""
     import schemathesis
@@ -165,6 +249,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--best-of", type=int, default=1)
     ap.add_argument("--fuzz", type=int, default=0, help="schemathesis examples per operation (0: no fuzz)")
     ap.add_argument("--soak", type=int, default=0, help="mixed requests one after another (0: no soak)")
+    ap.add_argument("--hostile", action="store_true", help="oversized bodies one after another: peak and final RSS")
+    ap.add_argument("--max-body-mb", type=float, default=100.0, help="the server's body cap in the hostile run")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
 
@@ -217,6 +303,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"soak of {args.soak} mixed requests: {res['tally']} in {res['wall_s']} s; RSS "
               f"{res['rss_mib_after_first_tenth']} → {res['rss_mib_end']} MiB ({res['rss_growth_mib']:+} MiB); "
               f"server errors: {res['server_errors'] or 'none'}")
+    if args.hostile:
+        app = create_app(ServerSettings(model=model or "embedded", scorer=scorer, out_dir=str(work / "hostile_out"),
+                                        curate_dir=str(work / "hostile_outputs"),
+                                        limits=Limits(max_body_mb=args.max_body_mb)))
+        with BackgroundServer(app) as url:
+            res = hostile(url, args.max_body_mb)
+        report["hostile"] = res
+        print(f"hostile bodies (cap {args.max_body_mb:g} MB): RSS {res['rss_start_mib']} MiB at the start, "
+              f"{res['rss_end_mib']} MiB at the end")
+        for r in res["attacks"]:
+            print(f"  {r['attack']}: {r['status']} in {r['seconds']} s, peak RSS {r['peak_rss_mib']} MiB, "
+                  f"after {r['rss_after_mib']} MiB")
     if args.fuzz:
         app = create_app(ServerSettings(model=model or "embedded", scorer=scorer, out_dir=str(work / "fuzz_out"),
                                         curate_dir=str(work / "fuzz_outputs"), max_queue=64, allowed_hosts=("*",),

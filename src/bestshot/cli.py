@@ -90,6 +90,11 @@ def generate(
     )
     if size:
         overrides["width"], overrides["height"] = parse_size(size)
+    _check_paths(log_jsonl, prompts_file, results)
+    if scorer:
+        from .scoring.ensemble import parse_ensemble
+
+        parse_ensemble(scorer)  # a bad weight (taste:nan) is named here, not taken for a CLIP's name
     cfg = config_from_yaml(config) if config else None
     cfg = resolve_config(cfg, preset=preset, model=model, **overrides)
 
@@ -113,6 +118,18 @@ def generate(
     _report(result, as_json)
     if not result["ok"]:
         raise typer.Exit(1)
+
+
+def _check_paths(log_jsonl: str | None, prompts_file: Path | None, results: Path | None) -> None:
+    """Files given where a folder is (or the other way round) are named before any model loads."""
+    if log_jsonl and Path(log_jsonl).is_dir():
+        raise BestshotError(f"--log {log_jsonl} is a folder — give the log's file, e.g. "
+                            f"{Path(log_jsonl) / 'images_log.jsonl'}")
+    if results is not None and results.is_dir():
+        name = (prompts_file.name if prompts_file else "prompts") + ".results.jsonl"
+        raise BestshotError(f"--results {results} is a folder — give the results file, e.g. {results / name}")
+    if prompts_file is not None and prompts_file.is_dir():
+        raise BestshotError(f"--prompts-file {prompts_file} is a folder — give a text file with one prompt per line")
 
 
 def _with_progress(fn, cfg, quiet: bool) -> dict[str, Any]:

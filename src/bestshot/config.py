@@ -38,6 +38,9 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEFAULT_BLOCKLIST = ("nsfw", "nude", "naked", "gore", "beheading", "child abuse")
 
 
+MAX_SEED = 2**63 - 1  # the largest seed every torch generator takes
+
+
 @dataclass
 class ImgCfg:
     """Everything that decides what a ``generate`` call produces.
@@ -141,6 +144,10 @@ class ImgCfg:
                                     f"{self.steps_base}) — raise --steps or pick another --scheduler")
         if not isinstance(self.seed_base, int) or self.seed_base < 0:
             raise BestshotError(f"seed_base must be a non-negative whole number (got {self.seed_base!r})")
+        last = self.seed_base + max(self.n_images, self.prune_start or 0) - 1
+        if last > MAX_SEED:  # candidates use seed, seed+1, ...; torch's generators take 64-bit seeds
+            raise BestshotError(f"seed_base {self.seed_base} is too large: the candidates' seeds must stay at most "
+                                f"{MAX_SEED} (2**63 - 1) — give a smaller --seed")
         return self
 
     def to_dict(self) -> dict[str, Any]:

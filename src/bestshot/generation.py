@@ -34,7 +34,7 @@ from .config import ImgCfg
 from .models.settings import resolve_config
 from .errors import BestshotError
 from .models.loader import free_memory, load_pipeline, load_refiner
-from .models.registry import resolve_model
+from .models.registry import default_scorer, resolve_model
 from .schedulers import sampler_label
 from .prompts.build import blocked_terms, build_prompt
 from .scoring import clip_score_100, cosine_like, pipeline_scorer, resolve_gate
@@ -232,7 +232,7 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
         from .models.hub import require_model, require_scorer
 
         require_model(ref)
-        require_scorer(scorer or cfg.scorer or ref.family.default_scorer)
+        require_scorer(scorer or cfg.scorer or default_scorer(ref))
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory,
                          scheduler=cfg.scheduler, compile=cfg.compile, vae_tiling=cfg.vae_tiling,
                          vae_slicing=cfg.vae_slicing, vae_fp16=cfg.vae_fp16)
@@ -319,7 +319,7 @@ def pick_scorer(scorer: Any, cfg: ImgCfg, ref: Any, pipe: Any):
     embedded model's own CLIP is reused instead of loading a second copy."""
     if scorer is not None and not isinstance(scorer, str):
         return scorer
-    return pipeline_scorer(scorer or cfg.scorer, pipe, ref.family, cfg.device, model=cfg.model)
+    return pipeline_scorer(scorer or cfg.scorer or default_scorer(ref), pipe, ref.family, cfg.device, model=cfg.model)
 
 
 def _settings(cfg: ImgCfg) -> dict[str, Any]:

@@ -115,6 +115,18 @@ class Layout:
         return sorted(out, key=lambda tp: tag_order(tp[0]))
 
 
+def tag_of(name: str) -> str:
+    """The tag of a stage-1 image name (``{tag}_stage1_{W}x{H}.png`` → ``{tag}``); another name's stem."""
+    m = STAGE1_RE.match(name)
+    return m["tag"] if m else Path(name).stem
+
+
+def metadata_names(name: str) -> list[str]:
+    """The metadata file names a stage-1 image may have, best first: ``{tag}.json`` (what stage 1 writes),
+    then ``{stem}.json`` (folders laid out by hand, and older galleries)."""
+    return list(dict.fromkeys((f"{tag_of(name)}.json", f"{Path(name).stem}.json")))
+
+
 def tag_order(tag: str) -> tuple[str, int]:
     """Creation order: ``..._HHMMSS`` < ``..._HHMMSS_1`` < ``..._HHMMSS_2`` (plain sorting puts _1 first)."""
     stamp, n = tag[:15], tag[16:]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import BestshotError
 from ..scoring.taste import UNDO, VERDICTS, add_preference, latest_verdicts, read_preferences
-from .layout import Layout
+from .layout import Layout, metadata_names, tag_of
 
 TRASH = "trash"
 
@@ -39,14 +39,14 @@ def record_verdict(outputs: str | Path, name: str, verdict: str, *, source: str 
     """One gallery verdict on ``stage1/NAME`` as a preference row (the same row ``collect`` writes).
 
     ``verdict`` is keep, delete, star or ``undo`` (forget the earlier verdict). The prompt and tag come from
-    the image's metadata (``metadata/`` or ``trash/``); an image without a prompt gets an empty one.
+    the image's metadata (``metadata/{tag}.json`` as stage 1 writes it, or ``trash/`` after a delete); an
+    image without metadata gets an empty prompt (``collect`` repairs the row once the metadata is there).
     """
     if verdict not in VERDICTS + (UNDO,):
         raise BestshotError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS + (UNDO,))}")
     root = Path(outputs)
-    stem = Path(name).stem
     record: dict = {}
-    for meta in (root / "metadata" / f"{stem}.json", root / TRASH / f"{stem}.json"):
+    for meta in [root / folder / m for folder in ("metadata", TRASH) for m in metadata_names(name)]:
         try:
             data = json.loads(meta.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -55,12 +55,15 @@ def record_verdict(outputs: str | Path, name: str, verdict: str, *, source: str 
             record = data
             break
     prompt = record.get("prompt") if isinstance(record.get("prompt"), str) else ""
-    tag = record.get("tag") if isinstance(record.get("tag"), str) else stem
+    tag = record.get("tag") if isinstance(record.get("tag"), str) else tag_of(name)
     return add_preference(root, prompt, f"stage1/{name}", verdict, source=source, tag=tag, now=now)
 
 
 def collect_stage1(outputs: str | Path, *, source: str = "stage1-folder", now: float | None = None) -> list[dict]:
-    """Turn the state of a curation folder into rows; returns only the rows added (idempotent)."""
+    """Turn the state of a curation folder into rows; returns only the rows added (idempotent).
+
+    A row whose verdict still holds but which was logged with an empty prompt (its metadata was not found
+    then) is written again with the prompt, so the taste head learns from it."""
     layout = Layout(Path(outputs))
     meta_dir = layout.root / "metadata"
     if not meta_dir.is_dir() and not (layout.root / TRASH).is_dir():
@@ -80,7 +83,9 @@ def collect_stage1(outputs: str | Path, *, source: str = "stage1-folder", now: f
         verdict = "keep" if (layout.root / rel).is_file() else "delete"
         prev = latest.get(rel)
         if prev is not None and (prev["verdict"] == verdict or (verdict == "keep" and prev["verdict"] == "star")):
-            continue
+            if prev.get("prompt") or not record["prompt"]:
+                continue
+            verdict = prev["verdict"]  # the same verdict, logged without its prompt: repaired (a star stays one)
         added.append(add_preference(outputs, record["prompt"], rel, verdict, source=source,
                                     tag=record.get("tag", meta.stem), now=now))
     return added

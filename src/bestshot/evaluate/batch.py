@@ -28,7 +28,7 @@ from ..models.settings import resolve_config
 from ..errors import BestshotError
 from ..generation import make_candidates, needs_solo_render, seeds_for
 from ..models.loader import load_pipeline
-from ..models.registry import resolve_model
+from ..models.registry import default_scorer, resolve_model
 from ..schedulers import sampler_label
 from ..prompts.build import blocked_terms, build_prompt
 from ..scoring import clip_score_100, pipeline_scorer
@@ -155,10 +155,13 @@ class RowMaker:
         from ..models.hub import require_model, require_scorer
 
         require_model(ref)
-        require_scorer(settings.scorer or ref.family.default_scorer)  # an uncached hub scorer: fail before loading
+        # best of 1 ranks nothing: no scorer is loaded unless one is asked for (--scorer)
+        spec = settings.scorer or (default_scorer(ref) if settings.best_of > 1 else None)
+        if spec is not None:
+            require_scorer(spec)  # an uncached hub scorer: fail before loading
         self.pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory,
                                   scheduler=cfg.scheduler)
-        self.scorer = pipeline_scorer(settings.scorer, self.pipe, ref.family, cfg.device)
+        self.scorer = pipeline_scorer(spec, self.pipe, ref.family, cfg.device) if spec is not None else None
         self.sampler = sampler_label(self.pipe.scheduler)
 
     def blocked(self, row: Row) -> list[str]:
@@ -171,27 +174,33 @@ class RowMaker:
         t = time.perf_counter()
         seeds = _row_seeds(cfg, row.row_id)
         images = make_candidates(pipe, None, built.sd_prompt, "", seeds, cfg)
-        clip_prompt, _ = scorer.truncate(built.clip_prompt)
-        scores = [float(x) for x in scorer.score(images, clip_prompt)]
-        best = max(range(len(seeds)), key=lambda k: scores[k])
-        if needs_solo_render(pipe, cfg, len(seeds)):  # the kept image reproducible from its seed alone
-            images[best] = make_candidates(pipe, None, built.sd_prompt, "", [seeds[best]], cfg)[0]
-            scores[best] = float(scorer.score([images[best]], clip_prompt)[0])
+        if scorer is None:  # one candidate, nothing to rank
+            scores: list[Any] = [None] * len(seeds)
+            best = 0
+        else:
+            clip_prompt, _ = scorer.truncate(built.clip_prompt)
+            scores = [float(x) for x in scorer.score(images, clip_prompt)]
+            best = max(range(len(seeds)), key=lambda k: scores[k])
+            if needs_solo_render(pipe, cfg, len(seeds)):  # the kept image reproducible from its seed alone
+                images[best] = make_candidates(pipe, None, built.sd_prompt, "", [seeds[best]], cfg)[0]
+                scores[best] = float(scorer.score([images[best]], clip_prompt)[0])
+        rnd = lambda x, k=6: None if x is None else round(x, k)  # noqa: E731
+        score100 = lambda x: None if x is None else round(clip_score_100(x), 4)  # noqa: E731
+        name = scorer.name if scorer is not None else None
         seconds = round(time.perf_counter() - t, 4)
         meta = {**{k: v for k, v in used.items() if k not in ("seed", "scorer")},
                 "row_id": row.row_id, "image_id": row.image_id, "caption": row.caption,
-                "real_image": str(row.image_path), "seed": seeds[best], "clip": round(scores[best], 6),
-                "clip_score": round(clip_score_100(scores[best]), 4), "scorer": scorer.name,
-                "candidates": [{"seed": s, "clip": round(c, 6), "clip_score": round(clip_score_100(c), 4)}
-                               for s, c in zip(seeds, scores)],
+                "real_image": str(row.image_path), "seed": seeds[best], "clip": rnd(scores[best]),
+                "clip_score": score100(scores[best]), "scorer": name,
+                "candidates": [{"seed": s, "clip": rnd(c), "clip_score": score100(c)} for s, c in zip(seeds, scores)],
                 "sampler": self.sampler, "seconds": seconds}
         params = format_parameters(built.sd_prompt, None, steps=cfg.steps_base, sampler=self.sampler,
                                    cfg_scale=cfg.guidance, seed=seeds[best], width=cfg.width, height=cfg.height,
-                                   model=cfg.model, extra={"CLIP score": f"{scores[best]:.4f}",
-                                                           "Scorer": scorer.name, "Best of": cfg.n_images})
-        name = image_name(row.row_id)
-        return meta, [(name.replace(".png", ".json"), json_bytes(meta)),
-                      (name, png_bytes(images[best], parameters=params, metadata=meta))]
+                                   model=cfg.model, extra={"Best of": cfg.n_images, **({} if scorer is None else {
+                                       "CLIP score": f"{scores[best]:.4f}", "Scorer": name})})
+        file = image_name(row.row_id)
+        return meta, [(file.replace(".png", ".json"), json_bytes(meta)),
+                      (file, png_bytes(images[best], parameters=params, metadata=meta))]
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -259,7 +268,7 @@ def generate_rows(manifest: str | Path, out_dir: str | Path, settings: BatchSett
 
     maker = RowMaker(settings)
     output.write(SETTINGS_FILE, json_bytes({"manifest": str(manifest), "settings": used, "sampler": maker.sampler,
-                                            "scorer_name": maker.scorer.name}))
+                                            "scorer_name": maker.scorer.name if maker.scorer else None}))
     t_all = time.perf_counter()
     with _progress(progress) as bar:
         task = bar.add_task(f"generating → {out}", total=len(todo))

@@ -30,7 +30,8 @@ def interrogate(
     mode: str = typer.Option("best", "--mode", help="best | classic | fast"),
     clip: str = typer.Option(EMBEDDED, "--clip", help="CLIP for ranking: 'embedded', a local folder or a hub id."),
     caption: Optional[str] = typer.Option(None, "--caption", help="A transformers image-to-text model (e.g. BLIP)."),
-    captioner: Optional[str] = typer.Option(None, "--captioner", help="A folder written by train-captioner."),
+    captioner: Optional[str] = typer.Option(None, "--captioner", help="A folder written by train-captioner (printed "
+                                            "beside the prompt; in the world domain its caption is one candidate)."),
     banks: Optional[str] = typer.Option(None, "--banks", help="User term banks: a folder of .txt files or one file."),
     domain: str = typer.Option("auto", "--domain", help="auto (world with the embedded CLIP) | world | art"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write image,prompt,score rows to this CSV."),
@@ -72,6 +73,16 @@ def interrogate(
         done, skipped = interrogate_paths(engine, paths, batch_size)
     for p, why in skipped:
         err_console.print(f"[yellow]skipped[/] {p.name}: {why}", highlight=False, soft_wrap=True)
+    captioned = bool(engine.captioners)
+    if captioned and engine.domain == "world":  # the caption is one candidate of the world search: say what it did
+        from .. import world as W
+
+        kept = sum(1 for _, r in done if r.caption and r.prompt == r.caption)
+        foreign = sum(1 for _, r in done if r.caption and W.parse_prompt(r.caption) is None)
+        err_console.print(f"world domain: the caption is one candidate prompt among the world's; CLIP kept it for "
+                          f"{kept} of {len(done)} image(s)" + (f"; {foreign} caption(s) are not world prompts and "
+                          "were not candidates (--domain art starts from the caption instead)" if foreign else ""),
+                          highlight=False, soft_wrap=True)
     if not done:
         raise BestshotError(f"no readable image in {image_or_folder} ({len(skipped)} skipped) — give PNG/JPEG/WebP files")
     if out is not None:
@@ -79,16 +90,19 @@ def interrogate(
 
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["image", "prompt", "score"])
+        w.writerow(["image", "prompt", "score"] + (["caption"] if captioned else []))
         for p, r in done:
-            w.writerow([p.name, r.prompt, f"{r.score:.4f}"])
+            w.writerow([p.name, r.prompt, f"{r.score:.4f}"] + ([r.caption] if captioned else []))
         atomic_write_text(out, buf.getvalue())
         err_console.print(f"wrote {len(done)} prompts to {out}" + (f" ({len(skipped)} files skipped)" if skipped else ""))
     elif not folder:
-        out_console.print(done[0][1].prompt, highlight=False, soft_wrap=True)
+        r = done[0][1]
+        out_console.print(r.prompt + (f"\t(caption: {r.caption})" if captioned else ""), highlight=False,
+                          soft_wrap=True)
     else:
         for p, r in done:
-            out_console.print(f"{p.name}\t{r.prompt}", highlight=False, soft_wrap=True)
+            out_console.print(f"{p.name}\t{r.prompt}" + (f"\t(caption: {r.caption})" if captioned else ""),
+                              highlight=False, soft_wrap=True)
 
 
 @app.command("interrogate-eval")

@@ -165,6 +165,20 @@ def model_defaults(ref: str | None) -> dict[str, Any]:
     return _load_defaults(m.source)
 
 
+def default_scorer(ref: "ModelRef") -> str:
+    """The scorer a model is ranked with when none is given: its folder's ``bestshot_defaults.json`` "scorer";
+    for a BestshotWorldPipeline conditioned on image embeddings or trained on another dataset than the shapes
+    world, its own CLIP's plain cosine (``embedded``: the region scorer knows the world's nouns only);
+    otherwise the family's default."""
+    d = _load_defaults(ref.source) if ref.local else {}
+    if isinstance(d.get("scorer"), str) and d["scorer"]:
+        return d["scorer"]
+    dataset = str(d.get("dataset") or "world").split(":")[0]
+    if ref.family.name == "embedded" and (d.get("conditioning") == "image_embed" or dataset != "world"):
+        return "embedded"
+    return ref.family.default_scorer
+
+
 @lru_cache(maxsize=32)
 def _load_defaults(folder: str) -> dict[str, Any]:
     f = Path(folder) / "bestshot_defaults.json"

@@ -37,6 +37,7 @@ from ..errors import BestshotError
 log = logging.getLogger(__name__)
 SUFFIXES = ("regions", "spatial")
 _WEIGHT = re.compile(r"^(?P<spec>.+):(?P<w>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
+_NOT_FINITE = re.compile(r"^(?P<spec>.+):(?P<w>[-+]?(?:nan|inf|infinity))$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Term:
 def parse_ensemble(spec: str) -> list[Term] | None:
     """The weighted terms of ``spec``, or None when it is not an ensemble (no term carries a weight)."""
     if "+" not in spec:
-        m = _WEIGHT.match(spec)
+        m = _WEIGHT.match(spec) or _NOT_FINITE.match(spec)
         if m is None:
             return None
         parts = [spec]
@@ -62,6 +63,11 @@ def parse_ensemble(spec: str) -> list[Term] | None:
             terms[-1] += "+" + p  # embedded+regions:0.5 → the term 'embedded+regions' with weight 0.5
         else:
             terms.append(p)
+    for t in terms:  # taste:nan is a bad weight, not a scorer named "embedded+taste:nan"
+        bad = _NOT_FINITE.match(t)
+        if bad is not None:
+            raise BestshotError(f"scorer weight {bad['w']!r} in {t!r} is not a finite number — give a number, "
+                                f"e.g. {bad['spec']}:0.5")
     weighted = [(_WEIGHT.match(t), t) for t in terms]
     if not any(m for m, _ in weighted):
         return None

@@ -29,7 +29,7 @@ from ..config import ImgCfg
 from ..models.settings import resolve_config
 from ..errors import BestshotError
 from ..schedulers import SAMPLERS, SCHEDULE_TYPES, scheduler_spec
-from .safety import reject_surrogates
+from .safety import MAX_ITEMS, oversized_path, reject_surrogates, unknown_keys
 
 MAX_SEED = 2**53 - 1  # what a JavaScript client can hold exactly
 
@@ -48,6 +48,15 @@ class _A1111(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _valid_text(cls, data: Any) -> Any:
+        # one error for an oversized body, not one per item or unknown key (those were built by the million)
+        big = oversized_path(data)
+        if big is not None:
+            raise ValueError(f"{big} holds more than {MAX_ITEMS} items — send at most {MAX_ITEMS}")
+        if cls.model_config.get("extra") == "forbid":
+            extra = unknown_keys(data, cls)
+            if extra:
+                shown = ", ".join(repr(k[:50]) for k in extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+                raise ValueError(f"unknown field(s) {shown} — this route takes only: {', '.join(cls.model_fields)}")
         return reject_surrogates(data)
 
 
@@ -87,7 +96,8 @@ class Txt2ImgRequest(_A1111):
 
 
 class Img2ImgRequest(Txt2ImgRequest):
-    init_images: list[str] = Field(..., min_length=1, description="base64 images (data: URLs accepted)")
+    init_images: list[str] = Field(..., min_length=1, max_length=16, description="base64 images (data: URLs accepted; "
+                                   "the first is used)")
     denoising_strength: float = Field(0.75, ge=0, le=1)
     include_init_images: bool = False
     mask: Optional[str] = Field(None, description="base64 mask: white is repainted (inpainting)")
@@ -137,7 +147,8 @@ class ImageItem(_A1111):
 
 class ExtrasBatchImagesRequest(ExtrasSingleImageRequest):
     image: str = ""  # not used: imageList
-    imageList: list[ImageItem] = Field(..., min_length=1)
+    imageList: list[ImageItem] = Field(..., min_length=1, max_length=256, description="at most the server's "
+                                       "images per request (16 by default)")
 
 
 class ExtrasBatchImagesResponse(BaseModel):
@@ -427,6 +438,9 @@ class Limits:
     job_timeout: float | None = 900.0  # seconds a job may run before it is stopped at its next step
     max_options: int = 64  # unknown keys POST /sdapi/v1/options may add
     max_option_bytes: int = 4096  # JSON size of one such value
+    # request body cap, checked before the body is read (bodies.BodyLimit); a 2048² PNG is at most ~22 MB in
+    # base64, so this fits a few with room to spare. None: no cap
+    max_body_mb: float | None = 100.0
 
 
 def check_prompt(field: str, text: str | None, limits: Limits) -> None:
@@ -727,4 +741,12 @@ def build_response(req: Txt2ImgRequest, plan: Plan, results: list[dict[str, Any]
         for run in info["bestshot"]["runs"]:
             run["candidates"] = [{**x, "file": None} for x in run["candidates"]]
         info["bestshot"]["saved"] = False
-    return {"images": images, "parameters": req.model_dump(), "info": jsonio.dumps(info)}
+    return {"images": images, "parameters": request_parameters(req), "info": jsonio.dumps(info)}
+
+
+def request_parameters(req: Txt2ImgRequest) -> dict[str, Any]:
+    """The response's ``parameters``: the request, with img2img's ``init_images`` and ``mask`` null unless
+    ``include_init_images`` is set (as A1111 does: a 400 MB upload is not echoed back)."""
+    if isinstance(req, Img2ImgRequest) and not req.include_init_images:
+        return {**req.model_dump(exclude={"init_images", "mask"}), "init_images": None, "mask": None}
+    return req.model_dump()

@@ -34,7 +34,9 @@ from ..errors import BestshotError
 from ..store import Store, read_png_info
 from . import a1111 as A
 from .auth import Auth
-from .safety import HostCheck, allowed_hosts, check_writable, json_safe, json_size, surrogate_path
+from .bodies import BodyLimit
+from .safety import (MAX_ITEMS, HostCheck, allowed_hosts, check_writable, json_safe, json_size, oversized_path,
+                     surrogate_path)
 from .curation import IMAGE_SUFFIXES, Curation, CurateUpscaler
 from .jobs import (INTERROGATE_MODES, prepare_mask, run_hires, run_img2img, run_interrogate, run_plan, run_upscale,
                    upscale_geometry)
@@ -183,6 +185,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
                               "bestshot's own API (/v1) and a curation gallery (/).")
     app.state.settings, app.state.store, app.state.jobs, app.state.curation = settings, store, jobs, curation
     app.add_middleware(HostCheck, allowed=allowed_hosts(settings.host, settings.allowed_hosts))
+    app.add_middleware(BodyLimit, max_bytes=None if limits.max_body_mb is None else int(limits.max_body_mb * 2**20))
 
     # error bodies in A1111's shape ({"error", "detail", "body", "errors"}), always valid JSON: a refused
     # NaN, Infinity or lone surrogate is echoed as text, never re-raised while rendering the error
@@ -198,7 +201,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = [{k: v for k, v in e.items() if k != "ctx" and k != "url"} for e in exc.errors()]
+        errs = [{k: v for k, v in e.items() if k != "ctx" and k != "url"} for e in exc.errors()[:10]]
         lines = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}"
                           for e in errs[:10])
         return error_response(422, "RequestValidationError", errs, errors=lines)
@@ -394,6 +397,9 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
 
     @sd.post("/options")
     def set_options(opts: dict[str, Any] = Body(...)) -> None:
+        big = oversized_path(opts)
+        if big is not None:
+            raise A.FieldError(big, f"holds more than {MAX_ITEMS} items — send only the options you set")
         bad = surrogate_path(opts)
         if bad is not None:
             raise A.FieldError(bad, "holds a lone UTF-16 surrogate — send valid UTF-8 text")
@@ -486,16 +492,27 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             raise A.FieldError("imageList", f"{len(req.imageList)} images is more than this server's {limits.max_images}")
         images = [await asyncio.to_thread(A.decode_image, item.data, f"imageList[{i}]", limits.max_side ** 2)
                   for i, item in enumerate(req.imageList)]
-        for im in images:  # refuse a too-large result before any work
-            upscale_geometry(im.size, req, limits.max_side * 4)
+        # refuse a too-large result before any work: each image, and the batch as a whole (sixteen 8192²
+        # results were gigabytes): at most the pixels of one largest single-image result
+        outputs = [upscale_geometry(im.size, req, limits.max_side * 4)[1] for im in images]
+        budget = (limits.max_side * 4) ** 2
+        if sum(w * h for w, h in outputs) > budget:
+            raise A.FieldError("imageList", f"the {len(images)} results would hold {sum(w * h for w, h in outputs):,} "
+                               f"pixels, more than this server's {budget:,} per batch (one {limits.max_side * 4}² "
+                               "image) — send fewer images or a smaller upscaling_resize")
 
-        def work(job: Job) -> list[Any]:
-            return [run_upscale(job, im, req, limits.max_side * 4, settings.device) for im in images]
+        def work(job: Job) -> list[str]:
+            encoded = []
+            for i in range(len(images)):  # encode each result and drop it (and its source) before the next
+                big = run_upscale(job, images[i], req, limits.max_side * 4, settings.device)
+                images[i] = None
+                encoded.append(A.encode_image(big))
+                del big
+            return encoded
 
-        bigs = await run_job("extras", work, f"upscale {len(images)} image(s) ({req.upscaler_1})")
+        encoded = await run_job("extras", work, f"upscale {len(images)} image(s) ({req.upscaler_1})")
         info = f"Postprocess upscale by: {req.upscaling_resize}, Postprocess upscaler: {req.upscaler_1}"
-        return {"html_info": f"<p>{html.escape(info)}</p>",
-                "images": [await asyncio.to_thread(A.encode_image, b) for b in bigs]}
+        return {"html_info": f"<p>{html.escape(info)}</p>", "images": encoded}
 
     # ------------------------------------------------------------------------------ bestshot API
     def with_files(record: dict[str, Any]) -> dict[str, Any]:
@@ -612,6 +629,12 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             return fn()
         except FileNotFoundError:
             raise HTTPException(404, f"no image {name!r} there") from None
+        except OSError as e:  # full disk, read-only folder: nothing was changed (the action rolls back)
+            import errno
+
+            status = 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 503
+            raise HTTPException(status, f"could not write to the curation folder {curation.root}: "
+                                f"{e.strerror or e} — nothing was changed") from None
 
     @v1.post("/curate/keep")
     def curate_keep(req: KeepRequest) -> dict[str, Any]:

@@ -35,6 +35,8 @@ def serve(
     max_cost: float = typer.Option(4000.0, "--max-cost", help="Budget per request in native-size image steps: "
                                    "(width*height / native side²) x steps x candidates."),
     max_prompt_chars: int = typer.Option(10000, "--max-prompt-chars", help="Longest prompt (and negative prompt)."),
+    max_body_mb: float = typer.Option(100.0, "--max-body-mb", help="Largest request body in MB, refused (413) before "
+                                      "it is read; the default fits a few 2048² images in base64 (0: no cap)."),
     job_timeout: float = typer.Option(900.0, "--job-timeout", help="Seconds a job may run; then it stops at its next "
                                       "step and returns what it finished (0: no timeout)."),
     best_of: int = typer.Option(1, "--best-of", help="Default candidates per returned image on the A1111 routes "
@@ -65,6 +67,8 @@ def serve(
 
     if best_of < 1:
         raise BestshotError(f"--best-of must be >= 1 (got {best_of})")
+    if not 0 <= max_body_mb < float("inf"):
+        raise BestshotError(f"--max-body-mb must be a size in MB, >= 0 (got {max_body_mb}; 0: no cap)")
     if max_queue < 1:
         raise BestshotError(f"--max-queue must be >= 1 (got {max_queue})")
     if not 0 < port < 65536:
@@ -80,7 +84,8 @@ def serve(
                               max_batch=max_batch, save_candidates=save_candidates,
                               best_of=best_of, host=host, allowed_hosts=tuple(allowed_host) if allowed_host else None,
                               limits=Limits(max_steps=max_steps, max_side=max_side, max_cost=max_cost,
-                                            max_prompt_chars=max_prompt_chars, job_timeout=job_timeout or None))
+                                            max_prompt_chars=max_prompt_chars, job_timeout=job_timeout or None,
+                                            max_body_mb=max_body_mb or None))
     if ray is not None:
         from .ray_serve import serve_on_ray
 

@@ -1,11 +1,12 @@
 """The gallery's side of the curation workflow, on its documented folder layout::
 
-    outputs/stage1/NAME.png       stage-1 candidates waiting for a human
-    outputs/metadata/NAME.json    their metadata (written by bestshot.curate)
-    outputs/final/                upscaled survivors (written by bestshot.curate)
-    outputs/trash/                what the gallery deleted (PNG + its metadata), so delete is undoable
-    outputs/curation.json         the gallery's marks: {"kept": [NAME.png, ...], "starred": [NAME.png, ...]}
-    outputs/taste/preferences.jsonl  every verdict as a preference row (bestshot.curate.preferences)
+    outputs/stage1/TAG_stage1_WxH.png   stage-1 candidates waiting for a human
+    outputs/metadata/TAG.json           their metadata (written by ``bestshot stage1``; NAME.json for an image
+                                        NAME.png that is not named by a tag is read too)
+    outputs/final/                      upscaled survivors (written by bestshot.curate)
+    outputs/trash/                      what the gallery deleted (PNG + its metadata), so delete is undoable
+    outputs/curation.json               the gallery's marks: {"kept": [NAME.png, ...], "starred": [...]}
+    outputs/taste/preferences.jsonl     every verdict as a preference row (bestshot.curate.preferences)
 
 Deleting moves files (``os.replace``, atomic on one file system) instead of unlinking, and undo moves
 them back. Each keep / delete / star (and undo, unkeep, unstar) also appends a (prompt, image, verdict)
@@ -22,6 +23,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..curate.layout import metadata_names
 from ..curate.preferences import record_verdict
 from ..errors import BestshotError
 from ..store import Store, atomic_write_json
@@ -67,39 +69,51 @@ class Curation:
         return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                        and not p.name.startswith(".")), key=lambda p: (-p.stat().st_mtime, p.name))
 
-    def _meta(self, folder: Path, stem: str) -> dict[str, Any] | None:
+    @staticmethod
+    def _meta_file(folder: Path, name: str) -> Path | None:
+        """The metadata file of image ``name`` in ``folder``: ``{tag}.json`` as stage 1 writes it, else
+        ``{stem}.json`` (a folder laid out by hand); None when there is none."""
+        for m in metadata_names(name):
+            if (folder / m).is_file():
+                return folder / m
+        return None
+
+    def _meta(self, folder: Path, name: str) -> dict[str, Any] | None:
+        path = self._meta_file(folder, name)
         try:
-            data = json.loads((folder / f"{stem}.json").read_text())
-            return data if isinstance(data, dict) else {"value": data}
-        except (FileNotFoundError, ValueError, OSError):
+            data = json.loads(path.read_text()) if path is not None else None
+        except (ValueError, OSError):
             return None
+        return data if isinstance(data, dict) or data is None else {"value": data}
 
     def listing(self) -> dict[str, Any]:
         kept, starred = self._marks(), self._marks("starred")
         return {
             "root": str(self.root),
             "stage1": [{"name": p.name, "kept": p.name in kept, "starred": p.name in starred and p.name in kept,
-                        "metadata": self._meta(self.metadata, p.stem)}
+                        "metadata": self._meta(self.metadata, p.name)}
                        for p in self._images(self.stage1)],
             "trash": [p.name for p in self._images(self.trash)],
             "final": [p.name for p in self._images(self.final)],
         }
 
     # ------------------------------------------------------------------ actions
+    # Each action changes the folder (or the marks) and appends its preference row under one lock, so the
+    # latest row always says where the image is; if the row cannot be written the change is undone.
     def keep(self, name: str, keep: bool = True) -> dict[str, Any]:
         """Mark (or unmark) a stage-1 image kept; the preference log gets ``keep`` (or ``undo``)."""
         with self._lock:
             if not self._name(name, self.stage1).is_file():
                 raise FileNotFoundError(name)
             kept, starred = self._marks(), self._marks("starred")
+            new_kept, new_starred = set(kept), set(starred)
             if keep:
-                kept.add(name)
+                new_kept.add(name)
             else:
-                kept.discard(name)
-                starred.discard(name)
-            self._save_marks(kept, starred)
-            record_verdict(self.root, name, "keep" if keep else "undo")
-        return {"name": name, "kept": keep, "starred": name in starred}
+                new_kept.discard(name)
+                new_starred.discard(name)
+            self._mark_and_record(name, "keep" if keep else "undo", (new_kept, new_starred), (kept, starred))
+        return {"name": name, "kept": keep, "starred": name in new_starred}
 
     def star(self, name: str, star: bool = True) -> dict[str, Any]:
         """Star (a stronger keep: also kept) or unstar; the log gets ``star`` (unstar: ``keep``, it stays kept)."""
@@ -107,28 +121,33 @@ class Curation:
             if not self._name(name, self.stage1).is_file():
                 raise FileNotFoundError(name)
             kept, starred = self._marks(), self._marks("starred")
+            new_kept, new_starred = set(kept), set(starred)
             if star:
-                kept.add(name)
-                starred.add(name)
+                new_kept.add(name)
+                new_starred.add(name)
             else:
-                starred.discard(name)
-            self._save_marks(kept, starred)
-            record_verdict(self.root, name, "star" if star else ("keep" if name in kept else "undo"))
-        return {"name": name, "kept": name in kept, "starred": star}
+                new_starred.discard(name)
+            verdict = "star" if star else ("keep" if name in new_kept else "undo")
+            self._mark_and_record(name, verdict, (new_kept, new_starred), (kept, starred))
+        return {"name": name, "kept": name in new_kept, "starred": star}
+
+    def _mark_and_record(self, name: str, verdict: str, new: tuple[set, set], old: tuple[set, set]) -> None:
+        self._save_marks(*new)
+        try:
+            record_verdict(self.root, name, verdict)
+        except OSError:
+            self._save_marks(*old)
+            raise
 
     def delete(self, name: str) -> dict[str, Any]:
         """Move the stage-1 image (and its metadata) into trash/; the log gets ``delete``."""
-        out = self._move(name, self.stage1, self.metadata, self.trash, self.trash, drop_mark=True)
-        record_verdict(self.root, name, "delete")
-        return out
+        return self._move(name, self.stage1, self.metadata, self.trash, self.trash, "delete")
 
     def undo(self, name: str) -> dict[str, Any]:
         """Move a deleted image (and its metadata) back to stage1/; the log forgets the deletion (``undo``)."""
-        out = self._move(name, self.trash, self.trash, self.stage1, self.metadata, drop_mark=False)
-        record_verdict(self.root, name, "undo")
-        return out
+        return self._move(name, self.trash, self.trash, self.stage1, self.metadata, "undo")
 
-    def _move(self, name: str, src: Path, src_meta: Path, dst: Path, dst_meta: Path, drop_mark: bool) -> dict[str, Any]:
+    def _move(self, name: str, src: Path, src_meta: Path, dst: Path, dst_meta: Path, verdict: str) -> dict[str, Any]:
         with self._lock:
             source = self._name(name, src)
             if not source.is_file():
@@ -137,12 +156,22 @@ class Curation:
             if target.exists():
                 raise BestshotError(f"{name} already exists in {dst.name}/ — nothing was moved")
             dst.mkdir(parents=True, exist_ok=True)
-            meta = src_meta / f"{source.stem}.json"
-            if meta.is_file():
+            meta = self._meta_file(src_meta, name)
+            moved = [(source, target)]
+            if meta is not None:
                 dst_meta.mkdir(parents=True, exist_ok=True)
-                os.replace(meta, dst_meta / meta.name)
-            os.replace(source, target)
-            if drop_mark:
+                moved.insert(0, (meta, dst_meta / meta.name))
+            done: list[tuple[Path, Path]] = []
+            try:
+                for a, b in moved:
+                    os.replace(a, b)
+                    done.append((a, b))
+                record_verdict(self.root, name, verdict)
+            except OSError:
+                for a, b in reversed(done):  # nothing half-moved, nothing moved without its row
+                    os.replace(b, a)
+                raise
+            if verdict == "delete":
                 kept, starred = self._marks(), self._marks("starred")
                 if name in kept or name in starred:
                     kept.discard(name)

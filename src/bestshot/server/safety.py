@@ -78,6 +78,36 @@ def reject_surrogates(data: Any) -> Any:
     return data
 
 
+MAX_ITEMS = 1000  # items of one list, or keys of one object, in a request body
+
+
+def oversized_path(value: Any, max_items: int = MAX_ITEMS, path: str = "") -> str | None:
+    """The path of the first list or object in ``value`` holding more than ``max_items`` items, or None.
+
+    Checked before validation: a model validates a list item by item and builds one error per bad item,
+    so three million bad items meant three million error objects before any could be refused."""
+    stack = [(value, path)]
+    while stack:
+        v, p = stack.pop()
+        if isinstance(v, dict):
+            if len(v) > max_items:
+                return p or "body"
+            stack.extend((x, f"{p}.{k}" if p else str(k)) for k, x in v.items() if isinstance(x, (dict, list)))
+        elif isinstance(v, list):
+            if len(v) > max_items:
+                return p or "body"
+            stack.extend((x, f"{p}[{i}]") for i, x in enumerate(v) if isinstance(x, (dict, list)))
+    return None
+
+
+def unknown_keys(data: Any, model: Any) -> list[str]:
+    """Keys of a request object that ``model`` (a pydantic model class) has no field for."""
+    if not isinstance(data, dict):
+        return []
+    known = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
+    return [str(k) for k in data if k not in known]
+
+
 def json_size(value: Any) -> int:
     """Bytes of ``value`` as JSON (non-finite floats count as refused: a huge size)."""
     try:
@@ -147,5 +177,5 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder", optio
         raise BestshotError(f"the {what} is not writable: {e}; or pass another {option}") from None
 
 
-__all__ = ["json_safe", "reject_surrogates", "surrogate_path", "json_size", "allowed_hosts", "host_name", "HostCheck",
+__all__ = ["json_safe", "reject_surrogates", "oversized_path", "unknown_keys", "MAX_ITEMS", "surrogate_path", "json_size", "allowed_hosts", "host_name", "HostCheck",
            "check_writable"]

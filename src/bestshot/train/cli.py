@@ -46,8 +46,10 @@ def embed(dataset: str = typer.Option("world", help="dataset spec"),
     The dataset needs no captions: a folder of images (flat or class folders, e.g. Tiny ImageNet's
     train/<wnid>/images/*.JPEG), a CSV manifest (image[,caption]), world or fashion-mnist. Any CLIP folder
     works: images are resized to its own resolution and normalised as its processor config says."""
+    from bestshot.train.common import check_clip_spec
     from bestshot.train.embed import build_cache
 
+    check_clip_spec(clip_dir)  # before the dataset is read
     _print(build_cache(dataset, clip_dir, out, img_size, length, seed, text=text, class_caption=class_caption))
 
 

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from bestshot.errors import BestshotError
 from bestshot.store import atomic_open, atomic_write_text  # noqa: F401  (re-exported for train/*)
 from bestshot.yaml_io import dataclass_from_dict, read_yaml_mapping
 
@@ -20,6 +21,18 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, **overrides
     data = read_yaml_mapping(path, "pass an existing YAML file to --config (see configs/embedded/*.yaml)") if path else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     return dataclass_from_dict(cls, data, "training")
+
+
+def check_clip_spec(path: str | os.PathLike) -> None:
+    """Training loads a CLIP with transformers: an open_clip spec or a path that is not a folder is refused in
+    one line (transformers took ``open_clip:...`` for a malformed hub id)."""
+    spec = str(path)
+    if spec.startswith("open_clip:"):
+        raise BestshotError(f"--clip {spec}: training takes a CLIP folder in transformers' layout (config.json and "
+                            "weights); open_clip CLIPs are not supported here — pass such a folder, e.g. the "
+                            "embedded model's clip/ folder")
+    if not Path(spec).is_dir() and (":" in spec or spec.startswith((".", "/", "~")) or spec.count("/") > 1):
+        raise BestshotError(f"--clip {spec} is not a CLIP folder — pass a folder with config.json and weights")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

@@ -33,7 +33,7 @@ from transformers import CLIPModel, CLIPTokenizer
 
 from bestshot import jsonio
 from bestshot.errors import BestshotError
-from bestshot.train.common import EMA, atomic_torch_save, atomic_write_text, load_config, lr_at, plot_losses
+from bestshot.train.common import EMA, check_clip_spec, atomic_torch_save, atomic_write_text, load_config, lr_at, plot_losses
 
 CKPT_NAME = "latest.pt"
 # fields that may change between a checkpoint and a resumed run (length/logistics, not the model or data)
@@ -146,6 +146,7 @@ class DDPMConfig:
 
 # ------------------------------------------------------------------------------------------ builders
 def load_clip(path: str | Path) -> tuple[CLIPModel, CLIPTokenizer]:
+    check_clip_spec(path)
     clip = CLIPModel.from_pretrained(path, dtype=torch.float32).eval().requires_grad_(False)
     return clip, CLIPTokenizer.from_pretrained(path)
 
@@ -571,7 +572,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
     else:
         pipe, cfg, ck = pipeline_from_checkpoint(checkpoint, clip_dir)
         base = {**DEFAULTS, "height": cfg.img_size, "width": cfg.img_size, "trained_steps": ck["step"],
-                "conditioning": cfg.cond}
+                "conditioning": cfg.cond, "dataset": cfg.dataset}
     given = {"spatial_guidance_scale": spatial_guidance_scale, "spatial_guidance_end": spatial_guidance_end,
              "spatial_guidance_every": spatial_guidance_every}
     given = {k: v for k, v in given.items() if v is not None}
@@ -627,5 +628,26 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
     return out_dir
 
 
+# the CLIP-guided DDPM's original config keys, accepted as names of DDPMConfig's fields
+ALIASES = {"img_channels": "channels", "down_channels": "block_out_channels", "learning_rate": "lr",
+           "clip_model": "clip"}
+
+
+def load_ddpm_config(config: str | os.PathLike | None = None, **overrides) -> DDPMConfig:
+    """The YAML config (original key names in :data:`ALIASES` accepted) plus keyword overrides."""
+    from bestshot.yaml_io import read_yaml_mapping
+
+    data = read_yaml_mapping(config, "pass an existing YAML file to --config (see configs/embedded/*.yaml)") \
+        if config else {}
+    for old, new in ALIASES.items():
+        if old in data:
+            if new in data and data[new] != data[old]:
+                raise BestshotError(f"the config sets both {old} and {new} (its new name) to different values — "
+                                    f"keep one")
+            data[new] = data.pop(old)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return load_config(DDPMConfig, None, **data)
+
+
 def run(config: str | None = None, resume: bool = False, **overrides) -> dict:
-    return train(load_config(DDPMConfig, config, **overrides), resume=resume)
+    return train(load_ddpm_config(config, **overrides), resume=resume)
