@@ -402,7 +402,7 @@ def _check_float_flags(typer_app) -> None:
 
 
 def _showwarning(message, category, filename, lineno, file=None, line=None):
-    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)  # one line, as errors
 
 
 def main() -> None:
