@@ -318,6 +318,8 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
 
     stop = tracker.stopped if tracker is not None else None
     steps_done = tracker.steps_done(len(seeds)) if stop else None
+    if steps_done and min(steps_done) >= cfg.steps_base:  # the stop came at the last step: a finished run
+        stop, steps_done = None, None
     best = rank(scores, steps_done)
     t_exact = 0.0
     batch = cfg.prune_start or len(seeds)  # the largest batch the kept image was rendered in

@@ -211,7 +211,7 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
         images = [composite(im) for im in i2i(**kwargs).images]
         clip_prompt, _ = scorer.truncate(prompt)
         scores = [float(s) for s in scorer.score(images, clip_prompt)]
-        stop = tracker.stopped
+        stop = tracker.stopped if tracker.reached < total else None  # a stop at the last step: finished
         steps_done = [tracker.reached or total] * len(seeds) if stop else None  # one call: all at one step
         best = rank(scores, steps_done)
         ok = scores[best] >= cfg.clip_min
