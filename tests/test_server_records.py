@@ -172,3 +172,27 @@ def test_save_images_false_records_that_nothing_was_kept(srv, route, body):
     assert all(c["path"] is None for rec in runs for c in rec["candidates"])
     for run in srv.c.get("/v1/runs").json()["runs"]:
         assert run["img_file"] is None and all(c["file"] is None for c in run["candidates"])
+
+
+@pytest.mark.parametrize("action", ["keep", "delete"])
+def test_a_curation_write_on_a_read_only_folder_is_a_507(tiny_sd15, tiny_clip, tmp_path, monkeypatch, action):
+    """Every route: a gallery verdict whose preference row (keep) or file move (delete) cannot be written."""
+    import bestshot.scoring.taste as T
+
+    curate = tmp_path / "outputs"
+    (curate / "stage1").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(curate / "stage1" / "a.png")
+    app = create_app(model=tiny_sd15, scorer=tiny_clip, out_dir=str(tmp_path / "images_out"), curate_dir=str(curate))
+
+    def ro(*a, **k):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(curate / "stage1"))
+
+    monkeypatch.setattr(T, "append_jsonl", ro)
+    if action == "delete":
+        monkeypatch.setattr(os, "replace", ro)
+    with TestClient(app, base_url=BASE) as c:
+        r = c.post(f"/v1/curate/{action}", json={"name": "a.png"})
+    assert r.status_code == 507, r.text
+    body = r.json()
+    assert set(body) >= {"error", "detail", "body", "errors"} and body["error"] == "StorageError"
+    assert "read-only" in body["detail"] and str(curate) in body["detail"]

@@ -6,11 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli
 from PIL import Image
 
 from bestshot.errors import BestshotError
-from bestshot.scoring.taste import EmbeddingCache, TasteHead, add_preference, dataset, train_head
-from helpers import run_cli
+from bestshot.scoring.taste import (
+    EmbeddingCache,
+    TasteHead,
+    add_preference,
+    dataset,
+    train_head,
+)
 
 
 def _one_error_line(code, out, err, *needles):
@@ -63,7 +69,7 @@ def _good(path):
     ("seven", "7-d"), ("folder", "folder"), ("strings", "not one row of numbers"),
 ])
 def test_a_damaged_embedding_cache_is_one_line_and_the_good_head_stays(trained, capsys, monkeypatch, damage, needle):
-    out, cache, head, before, args = trained
+    _out, cache, head, before, args = trained
     images, vectors = _good(cache)
     if damage == "nan":
         vectors = vectors.copy()
@@ -100,7 +106,7 @@ def test_an_invalid_head_is_refused_on_load(tmp_path, content, needle):
     path = tmp_path / "head.json"
     good = {"format": "bestshot-taste-head", "version": 1, "kind": "logistic", "embedder": "embedded", "dim": 4,
             "w": [0.1, 0.2, 0.3, 0.4], "b": 0.5}
-    text = "[1, 2" if content is None else json.dumps({**good, **content}).replace("NaN", "NaN")
+    text = "[1, 2" if content is None else json.dumps({**good, **content})
     path.write_text(text)
     with pytest.raises(BestshotError, match=needle):
         TasteHead.load(path)
@@ -148,7 +154,7 @@ def test_a_nan_head_makes_generate_fail_with_one_line(tiny_sd15, tiny_clip, tmp_
 
 
 def test_taste_files_that_are_folders(trained, capsys, monkeypatch):
-    out, cache, head, before, args = trained
+    out, _cache, head, before, args = trained
     prefs = out / "taste" / "preferences.jsonl"
     prefs.rename(out / "prefs.bak")
     prefs.mkdir()

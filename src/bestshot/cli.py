@@ -210,7 +210,7 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job
     skipped. With ``job`` (``--ray``) the lines are spread over Ray workers, each running the same
     ``generate``; the results file then lists this run's lines in line order."""
     from .generation import generate as run
-    from .store import append_jsonl, read_jsonl
+    from .store import read_jsonl
 
     lines = [ln.strip() for ln in _read_text_file(prompts_file, "prompts file", "write one prompt per line").splitlines()]
     todo = [(i, p) for i, p in enumerate(lines) if p and not p.startswith("#")]
@@ -234,7 +234,7 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job
                 (markers / f"{i}.json").unlink(missing_ok=True)  # stale (its image is gone): make it again
                 left.append((i, p))
         for r in recovered:
-            append_jsonl(results, r)
+            _append_row(results, r)
         old += recovered
         skipped, todo = skipped + len(recovered), left
         if recovered:
@@ -258,7 +258,7 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job
         ensure_writable(results.parent, "the results file in")
         report = run_rows([{"key": i, "line": i + 1, "prompt": p} for i, p in todo],
                           functools.partial(prompt_row_maker, cfg), job, title="generating",
-                          on_result=lambda r: append_jsonl(results, r),  # at once: a killed driver loses only rows in flight
+                          on_result=lambda r: _append_row(results, r),  # at once: a killed driver loses only rows in flight
                           progress=not as_json, console=err,
                           journal=results.with_name(results.name + ".ray"), markers=markers)
         # the same file as one process writes: earlier lines, then this run's in line order

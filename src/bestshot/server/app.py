@@ -209,6 +209,17 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, "HTTPException", exc.detail, headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        import errno
+
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            from ..store import disk_error  # a write no route wrapped: still a 507 naming the file
+
+            err = disk_error(exc, repr(exc.filename) if exc.filename else f"to {str(out_dir)!r}")
+            return error_response(507, "StorageError", str(err))
+        return await _unexpected(request, exc)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         import logging
