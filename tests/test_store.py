@@ -427,3 +427,26 @@ def test_safe_path(tmp_path):
                 "escape.png", "updir/secret.txt", "", ".", "a\x00.png"):
         with pytest.raises(BestshotError):
             store.safe_path(bad)
+
+
+def test_append_jsonl_takes_back_a_partial_line_when_the_disk_fills(tmp_path, monkeypatch):
+    """ENOSPC after part of the line was written (what a full tmpfs does): the file is as it was before."""
+    import errno
+
+    path = tmp_path / "log.jsonl"
+    append_jsonl(path, {"run_id": "r1"})
+    before = path.read_bytes()
+    real_write = os.write
+
+    def short_then_full(fd, data):
+        if len(data) > 10:
+            return real_write(fd, bytes(data[:10]))  # a partial write, then no space for the rest
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", short_then_full)
+    with pytest.raises(OSError):
+        append_jsonl(path, {"run_id": "r2", "prompt": "a long enough line"})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    append_jsonl(path, {"run_id": "r3"})
+    assert [r["run_id"] for r in read_jsonl(path)] == ["r1", "r3"]

@@ -397,9 +397,14 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 data = b"\n" + data
             view = memoryview(data)
-            while view:  # a regular-file write is normally complete; loop in case it is not
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            try:
+                while view:  # a regular-file write is normally complete; loop in case it is not
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except BaseException:  # a full disk mid-line: take the partial line back, never leave half of one
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
         finally:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_UN)
