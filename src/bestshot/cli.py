@@ -192,7 +192,7 @@ def _rows_in_log(cfg, results: Path, todo: list[tuple[int, str]]) -> tuple[list[
         if rec is None:
             left.append((i, p))
             continue
-        row = {k: v for k, v in rec.items() if k != "path_base"}
+        row = {k: v for k, v in rec.items() if k not in ("path_base", "batch")}
         where = lambda path: str(store.resolve_path(path, rec)) if path else path  # noqa: E731
         row["img_path"] = where(rec.get("img_path"))
         row["candidates"] = [{**c, "path": where(c.get("path"))} if isinstance(c, dict) else c
@@ -278,6 +278,7 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job
             err.print(f"took {len(recovered)} prompt(s) already in the run log {cfg.log_jsonl} into {results}")
     for i, p in todo:
         r = run(p, cfg=cfg, extra_record={"batch": _batch_tag(results, i, p)})
+        r = {k: v for k, v in r.items() if k != "batch"}  # the log's tag; the row says it already (as --ray rows)
         _append_row(results, {"line": i + 1, "prompt": p, **r})
         show({"line": i + 1, "prompt": p, **r})
     if skipped:
