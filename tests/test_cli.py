@@ -63,8 +63,11 @@ def test_generate_json_and_batch_resume(tiny_sd15, tiny_clip, tmp_path, capsys, 
     assert [json.loads(ln)["line"] for ln in out.strip().splitlines()] == [1, 4]
     results = tmp_path / "prompts.txt.results.jsonl"
     assert len(results.read_text().splitlines()) == 2
-    # interrupted batch: drop the last result, run again → only that prompt is redone
+    # interrupted batch (killed while making the last prompt: neither its log line nor its result exist):
+    # run again → only that prompt is redone
+    log = tmp_path / "images_log.jsonl"
     results.write_text(results.read_text().splitlines()[0] + "\n")
+    log.write_text("".join(ln + "\n" for ln in log.read_text().splitlines()[:-1]))
     code, out, err = run_cli(["generate", "--prompts-file", str(prompts), *common, "--json"], capsys, monkeypatch)
     assert [json.loads(ln)["line"] for ln in out.strip().splitlines()] == [4]
     assert "skipped 1" in err

@@ -569,3 +569,50 @@ def test_other_jobs_check_their_output_folder_first(argv, tmp_path, capsys, monk
     # (stage1 first says which default prompt files it wrote: ours, and wanted)
     assert code == 2 and lines[-1].startswith("error:") and "blocked" in lines[-1], err
     assert "Traceback" not in out + err
+
+
+def test_disk_full_at_a_batch_results_line_is_one_error_and_the_rerun_is_consistent(tiny_sd15, tiny_clip, tmp_path,
+                                                                                     capsys, monkeypatch):
+    """ENOSPC while appending the 2nd prompt's results line (its images and log line made it): one error line
+    naming the results file, rc 2; the rerun takes that row from the log instead of making it again, so the
+    log, the results file and the run index agree (one run per prompt)."""
+    import errno
+    import json
+
+    import bestshot.store as st
+    from bestshot.store import Store, read_jsonl
+
+    monkeypatch.chdir(tmp_path)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\na fox\n")
+    results = tmp_path / "prompts.txt.results.jsonl"
+    real = st.append_jsonl
+    seen = []
+
+    def full(path, record):
+        if str(path) == str(results):
+            seen.append(1)
+            if len(seen) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, record)
+
+    monkeypatch.setattr(st, "append_jsonl", full)
+    code, out, err = run_cli(["generate", "--prompts-file", str(prompts), *_tiny_gen(tiny_sd15, tiny_clip, 2), "--json"],
+                             capsys, monkeypatch)
+    _one_error_line(code, out, err, "No space left on device")
+    assert "results.jsonl" in err and "rerunning the same command" in err
+    log = tmp_path / "images_log.jsonl"
+    assert len(read_jsonl(log)) == 2 and len(read_jsonl(results)) == 1
+    monkeypatch.setattr(st, "append_jsonl", real)  # space is back
+    code, out, err = run_cli(["generate", "--prompts-file", str(prompts), *_tiny_gen(tiny_sd15, tiny_clip, 2), "--json"],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    assert "already in the run log" in err
+    assert [json.loads(ln)["line"] for ln in out.strip().splitlines()] == [3]  # only the fox is made
+    runs, rows = read_jsonl(log), read_jsonl(results)
+    assert len(runs) == 3 and sorted(r["line"] for r in rows) == [1, 2, 3]
+    assert {r["run_id"] for r in runs} == {r["run_id"] for r in rows}
+    index = Store(root=tmp_path / "images_out", log_path=log).index.list()
+    assert {r["run_id"] for r in index} == {r["run_id"] for r in runs}
+    for r in rows:  # the recovered row points at its image like the others
+        assert r["img_path"] and (tmp_path / r["img_path"]).is_file()

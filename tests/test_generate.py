@@ -223,3 +223,36 @@ def test_scheduler_choice_does_not_stick_to_the_cached_pipeline(tiny_sd15, tiny_
     assert r["settings"]["sampler"] == "Euler a"
     r = generate("a cat", model=tiny_sd15, scorer=tiny_clip, n_images=1, **SMALL, **out)
     assert r["settings"]["sampler"] == "DDIM"  # the model's own scheduler again
+
+
+@pytest.mark.parametrize("stop_at, max_batch", [(2, None), (2, 2), (5, None)])
+def test_a_stopped_run_is_recorded_as_stopped(tiny_sd15, tiny_clip, tmp_path, stop_at, max_batch):
+    """``on_step`` asking to stop (here a timeout at step 2 of 5) gives a record that says so: not ok, why, the
+    step reached (per candidate too), no reproduce claim, no kept image; only the candidates that got furthest
+    are ranked. A stop at the last step is a finished run."""
+    log = tmp_path / "log.jsonl"
+    seen = []
+
+    def on_step(step, total):  # as a job does: once past its timeout, every later step is told to stop
+        seen.append(step)
+        return "timeout" if step >= stop_at or len(seen) > stop_at else None
+
+    r = generate("a red circle", model=tiny_sd15, scorer=tiny_clip, n_images=4, steps_base=5, width=64, height=64,
+                 clip_min=-1.0, out_dir=str(tmp_path / "o"), log_jsonl=str(log), max_batch=max_batch,
+                 exact_best=True, on_step=on_step)
+    rec = read_jsonl(log)[0]
+    if stop_at == 5:
+        assert rec["ok"] is True and "stopped" not in rec and "bit-exact" in rec["reproduce"]
+        return
+    assert r["interrupted"] is True and r["img_path"] is None  # the returned record says the same
+    assert rec["ok"] is False and rec["reason"] == "interrupted" and rec["interrupted"] is True
+    assert rec["stopped"] == "timeout" and rec["steps_done"] == 2 and rec["reproduce"] is None
+    assert rec["img_path"] is None and rec["settings"]["steps"] == 5
+    done = [c["steps_done"] for c in rec["candidates"]]
+    if max_batch == 2:  # the second batch stops after its first step: it is not ranked against the first
+        assert done == [2, 2, 1, 1] and rec["best_seed"] in [c["seed"] for c in rec["candidates"][:2]]
+    else:
+        assert done == [2, 2, 2, 2]
+    saved = [c for c in rec["candidates"] if c["path"]]
+    assert [c["seed"] for c in saved] == [rec["best_seed"]]  # what an interrupted client gets back, marked
+    assert max(seen) <= 2  # no solo re-render after the stop

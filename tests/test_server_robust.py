@@ -275,6 +275,11 @@ def test_sigterm_stops_the_server_within_10s(tmp_path):
         assert isinstance(q, Exception) or q.status_code == 503
         leftovers = [p for p in (tmp_path / "images_out").rglob("*") if p.is_file() and not p.name.endswith(".png")]
         assert not [p for p in leftovers if ".tmp" in p.name], leftovers  # nothing half-written
+        from bestshot.store import read_jsonl
+
+        logged = read_jsonl(tmp_path / "images_log.jsonl")  # the stopped run is logged as stopped, not finished
+        assert len(logged) == 1 and logged[0]["ok"] is False and logged[0]["stopped"] == "shutdown"
+        assert logged[0]["steps_done"] < 150 and logged[0].get("reproduce") is None
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -342,16 +342,72 @@ def test_store_save_and_log(tmp_path):
 def test_store_log_run_survives_index_failure(tmp_path, monkeypatch):
     store = Store(root=tmp_path / "out", log_path=tmp_path / "log.jsonl")
 
-    def broken(self, record):
+    def broken(self, *a, **k):
         raise st.sqlite3.OperationalError("database is locked")
 
-    monkeypatch.setattr(RunIndex, "add", broken)
+    monkeypatch.setattr(RunIndex, "catch_up", broken)
     with pytest.warns(UserWarning, match="not indexed"):
         store.log_run({"run_id": "r1", "ok": True})
     assert read_jsonl(store.log_path) == [{"run_id": "r1", "ok": True}]
     monkeypatch.undo()
     assert store.rebuild_index() == 1
     assert store.index.get("r1") == {"run_id": "r1", "ok": True}
+
+
+def test_a_run_the_index_missed_is_indexed_by_the_next_run_from_another_process(tmp_path, monkeypatch):
+    """A full disk at the index write (the log line made it): the next run's log_run, even from a new Store
+    (another process), indexes the missed line too; the index never stays behind the log."""
+    import errno
+
+    store = Store(root=tmp_path / "out", log_path=tmp_path / "log.jsonl")
+    store.log_run({"run_id": "r1", "ok": True})
+    real = RunIndex.catch_up
+
+    def full(self, *a, **k):
+        raise st.sqlite3.OperationalError(os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(RunIndex, "catch_up", full)
+    with pytest.warns(UserWarning, match="not indexed yet"):
+        store.log_run({"run_id": "r2", "ok": True})
+    monkeypatch.setattr(RunIndex, "catch_up", real)
+    assert [r["run_id"] for r in store.index.list()] == ["r1"]
+    later = Store(root=tmp_path / "out", log_path=tmp_path / "log.jsonl")
+    later.log_run({"run_id": "r3", "ok": True})
+    assert sorted(r["run_id"] for r in later.index.list()) == ["r1", "r2", "r3"]
+    assert later.sync_index() == 0  # nothing left to read
+
+
+def test_an_unwritable_log_is_one_storage_error_naming_it(tmp_path, monkeypatch):
+    import errno
+
+    from bestshot.errors import StorageError
+
+    store = Store(root=tmp_path / "out", log_path=tmp_path / "logs" / "log.jsonl")
+
+    def ro(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(st, "append_jsonl", ro)
+    with pytest.raises(StorageError, match=r"read-only.*|logs") as e:
+        store.log_run({"run_id": "r1", "ok": True})
+    assert "log.jsonl" in str(e.value) and "read-only" in str(e.value)
+
+
+def test_keep_images_false_logs_no_path_and_leaves_only_temp_files(tmp_path):
+    from PIL import Image
+
+    store = Store(root=tmp_path / "out", log_path=tmp_path / "log.jsonl", keep_images=False)
+    target = store.image_path("20261207-000000-000000-abcdef", 3, 0.5)
+    record = {"run_id": "20261207-000000-000000-abcdef", "ok": True, "img_path": str(target),
+              "candidates": [{"seed": 3, "path": str(target)}]}
+    store.save_run([(target, Image.new("RGB", (4, 4)), "a cat", {"seed": 3})], record)
+    logged = read_jsonl(store.log_path)[0]
+    assert logged["img_path"] is None and logged["candidates"][0]["path"] is None and logged["saved"] is False
+    assert store.index.get(record["run_id"])["saved"] is False
+    tmp = Path(record["img_path"])  # the caller reads the image from its temp file, then deletes it
+    assert tmp.is_file() and tmp.name.startswith(".") and tmp.name.endswith(".tmp")
+    assert record["candidates"][0]["path"] == str(tmp) and not target.exists()
+    assert list((tmp_path / "out").glob("*.png")) == []
 
 
 def test_safe_path(tmp_path):
@@ -371,3 +427,26 @@ def test_safe_path(tmp_path):
                 "escape.png", "updir/secret.txt", "", ".", "a\x00.png"):
         with pytest.raises(BestshotError):
             store.safe_path(bad)
+
+
+def test_append_jsonl_takes_back_a_partial_line_when_the_disk_fills(tmp_path, monkeypatch):
+    """ENOSPC after part of the line was written (what a full tmpfs does): the file is as it was before."""
+    import errno
+
+    path = tmp_path / "log.jsonl"
+    append_jsonl(path, {"run_id": "r1"})
+    before = path.read_bytes()
+    real_write = os.write
+
+    def short_then_full(fd, data):
+        if len(data) > 10:
+            return real_write(fd, bytes(data[:10]))  # a partial write, then no space for the rest
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", short_then_full)
+    with pytest.raises(OSError):
+        append_jsonl(path, {"run_id": "r2", "prompt": "a long enough line"})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    append_jsonl(path, {"run_id": "r3"})
+    assert [r["run_id"] for r in read_jsonl(path)] == ["r1", "r3"]

@@ -181,12 +181,59 @@ def _row_done(rec: dict[str, Any], results: Path) -> bool:
     return not img or Path(img).is_file() or (results.parent / img).is_file()
 
 
+def _batch_tag(results: Path, i: int, prompt: str) -> dict[str, Any]:
+    """What a batch run's log line carries so that a resume finds it: the results file, line and prompt."""
+    return {"results": str(results.resolve()), "line": i + 1, "prompt": prompt}
+
+
+def _append_row(results: Path, row: dict[str, Any]) -> None:
+    from .store import append_jsonl, disk_error
+
+    try:
+        append_jsonl(results, row)
+    except OSError as e:
+        raise disk_error(e, f"the results file {str(results)!r} (run {row.get('run_id')} is in the run log: "
+                            "rerunning the same command takes it from there)") from None
+
+
+def _rows_in_log(cfg, results: Path, todo: list[tuple[int, str]]) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """(results rows rebuilt from the run log, prompts still to make): a run the log has for one of ``todo``'s
+    lines of this results file (its kept image, if any, still there) is not made again."""
+    from .store import Store, read_jsonl
+
+    store = Store(root=Path(cfg.out_dir), log_path=Path(cfg.log_jsonl))
+    found: dict[tuple[int, str], dict[str, Any]] = {}
+    want = {(i + 1, p) for i, p in todo}
+    key = str(results.resolve())
+    for rec in read_jsonl(store.log_path):
+        tag = rec.get("batch")
+        if isinstance(tag, dict) and tag.get("results") == key and (tag.get("line"), tag.get("prompt")) in want:
+            found[(tag["line"], tag["prompt"])] = rec  # the latest run of a line wins
+    rows, left = [], []
+    for i, p in todo:
+        rec = found.get((i + 1, p))
+        if rec is None:
+            left.append((i, p))
+            continue
+        row = {k: v for k, v in rec.items() if k not in ("path_base", "batch")}
+        where = lambda path: str(store.resolve_path(path, rec)) if path else path  # noqa: E731
+        row["img_path"] = where(rec.get("img_path"))
+        row["candidates"] = [{**c, "path": where(c.get("path"))} if isinstance(c, dict) else c
+                             for c in rec.get("candidates") or []]
+        row = {"line": i + 1, "prompt": p, **row}
+        if _row_done(row, results):
+            rows.append(row)
+        else:
+            left.append((i, p))
+    return rows, left
+
+
 def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job=None) -> None:
     """One result per line of ``prompts_file``; lines already in the results file (with their image) are
     skipped. With ``job`` (``--ray``) the lines are spread over Ray workers, each running the same
     ``generate``; the results file then lists this run's lines in line order."""
     from .generation import generate as run
-    from .store import append_jsonl, read_jsonl
+    from .store import read_jsonl
 
     lines = [ln.strip() for ln in _read_text_file(prompts_file, "prompts file", "write one prompt per line").splitlines()]
     todo = [(i, p) for i, p in enumerate(lines) if p and not p.startswith("#")]
@@ -207,7 +254,7 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job
         rows = [{"key": i, "line": i + 1, "prompt": p, "settings": settings} for i, p in todo]
         recovered = prune_markers(markers, rows, lambda r: _row_done(r, results))
         for r in recovered:
-            append_jsonl(results, r)
+            _append_row(results, r)
         old += recovered
         taken = {r.get("line") for r in recovered}
         skipped, todo = skipped + len(recovered), [(i, p) for i, p in todo if i + 1 not in taken]
@@ -233,7 +280,7 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job
         ensure_writable(results.parent, "the results file in")
         report = run_rows([{"key": i, "line": i + 1, "prompt": p, "settings": settings} for i, p in todo],
                           functools.partial(prompt_row_maker, cfg), job, title="generating",
-                          on_result=lambda r: append_jsonl(results, r),  # at once: a killed driver loses only rows in flight
+                          on_result=lambda r: _append_row(results, r),  # at once: a killed driver loses only rows in flight
                           progress=not as_json, console=err,
                           journal=results.with_name(results.name + ".ray"), markers=markers)
         # the same file as one process writes: earlier lines, then this run's in line order
@@ -244,9 +291,17 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job
         if not as_json:
             err.print(summary_table(report))
         todo = []
+    if todo:  # rows whose run is logged but whose results line was lost (a full disk): take them from the log
+        recovered, todo = _rows_in_log(cfg, results, todo)
+        for row in recovered:
+            _append_row(results, row)
+        skipped += len(recovered)
+        if recovered:
+            err.print(f"took {len(recovered)} prompt(s) already in the run log {cfg.log_jsonl} into {results}")
     for i, p in todo:
-        r = run(p, cfg=cfg)
-        append_jsonl(results, {"line": i + 1, "prompt": p, **r})
+        r = run(p, cfg=cfg, extra_record={"batch": _batch_tag(results, i, p)})
+        r = {k: v for k, v in r.items() if k != "batch"}  # the log's tag; the row says it already (as --ray rows)
+        _append_row(results, {"line": i + 1, "prompt": p, **r})
         show({"line": i + 1, "prompt": p, **r})
     if skipped:
         err.print(f"skipped {skipped} prompt(s) already in {results}")
@@ -371,7 +426,7 @@ def _check_float_flags(typer_app) -> None:
 
 
 def _showwarning(message, category, filename, lineno, file=None, line=None):
-    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)  # one line, as errors
 
 
 def main() -> None:

@@ -59,6 +59,48 @@ def supported_kwargs(fn: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
+class StepTracker:
+    """A caller's ``on_step``, watched: the step each pipeline call reached, and whether (and why) the caller
+    asked to stop. ``on_step`` returns something true to stop: ``True`` (an interrupt) or the reason as a
+    string (``"interrupt"``, ``"skip"``, ``"timeout"``, ``"shutdown"``)."""
+
+    def __init__(self, on_step: Callable) -> None:
+        self.on_step = on_step
+        try:
+            self.wants_latents = len(inspect.signature(on_step).parameters) >= 3
+        except (TypeError, ValueError):
+            self.wants_latents = False
+        self.stopped: str | None = None
+        self.reached = 0  # the last step the current pipeline call reported
+        self.calls: list[tuple[int, int]] = []  # (candidates, step reached) of each finished pipeline call
+
+    def __call__(self, step: int, total: int, latents: Any = None) -> Any:
+        self.reached = step
+        stop = self.on_step(step, total, latents) if self.wants_latents else self.on_step(step, total)
+        if stop and self.stopped is None:
+            self.stopped = stop if isinstance(stop, str) else "interrupt"
+        return stop
+
+    def steps_done(self, n: int) -> list[int]:
+        """Denoising steps each of the ``n`` candidates got (seed order)."""
+        per = [s for count, s in self.calls for _ in range(count)]
+        return per if len(per) == n else [self.reached] * n
+
+
+def furthest(steps_done: Sequence[int] | None) -> list[int] | None:
+    """The candidates that may be kept. After a stop (``steps_done`` given) only those that got furthest
+    compete: a partly denoised image is never ranked against a finished one. None: all of them."""
+    if not steps_done:
+        return None
+    top = max(steps_done)
+    return [k for k, done in enumerate(steps_done) if done == top]
+
+
+def rank(scores: Sequence[float], steps_done: Sequence[int] | None = None) -> int:
+    """Index of the best-scored candidate among ``furthest(steps_done)``."""
+    return max(furthest(steps_done) or range(len(scores)), key=lambda k: scores[k])
+
+
 def _step_callback(on_step: StepCallback | None, total: int) -> Callable | None:
     if on_step is None:
         return None
@@ -121,7 +163,11 @@ def make_candidates(pipe: Any, refiner: Any, prompt: str, negative: str, seeds: 
     while i < len(seeds):
         chunk = seeds[i:i + batch]
         try:
+            if isinstance(on_step, StepTracker):
+                on_step.reached = 0
             images += _call_pipeline(pipe, refiner, prompt, negative, chunk, cfg, on_step)
+            if isinstance(on_step, StepTracker):
+                on_step.calls.append((len(chunk), on_step.reached or cfg.steps_base))
             i += len(chunk)
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
             if not _is_oom(e):
@@ -187,7 +233,8 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
              cfg: ImgCfg | None = None, preset: str | None = None, base_seed: int | None = None,
              show: bool = False, return_candidates_images: bool = False, model: str | None = None,
              scorer: Any = None, store: Store | None = None, llm_backend: str = "auto", llm_model: str | None = None,
-             on_step: StepCallback | None = None, **overrides: Any) -> dict[str, Any]:
+             on_step: StepCallback | None = None, extra_record: dict[str, Any] | None = None,
+             **overrides: Any) -> dict[str, Any]:
     """Generate ``cfg.n_images`` candidates, rank them with CLIP, keep the best if it passes the gate.
 
     Returns the result dict (``ok``, ``reason``, ``best_seed``, ``best_score``,
@@ -197,6 +244,12 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
     (``best_clip`` = ``best_score``; ``best_clip_score`` is ``100·max(score, 0)`` for a cosine scorer,
     None otherwise), kept for one release. ``candidate_images`` (PIL images, seed order) is
     added only when asked and never written to the log.
+    ``extra_record`` is merged into the record (e.g. the batch row a run belongs to).
+
+    When ``on_step`` asks to stop (an interrupt, skip or timeout) the run is recorded as stopped: ``ok``
+    false, ``reason: "interrupted"``, ``interrupted``, ``stopped`` (why), ``steps_done`` (the step the kept
+    candidate reached, also per candidate) and no ``reproduce`` claim; its best candidate is still saved
+    (what an interrupted client gets back) but no ``img_path`` is claimed.
     """
     t0 = time.perf_counter()
     cfg = resolve_config(cfg, preset=preset, model=model, **overrides)
@@ -218,6 +271,9 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
     }
     if auto_info:
         record["auto_prompt"] = auto_info
+    record.update(extra_record or {})
+    tracker = StepTracker(on_step) if on_step is not None else None
+    on_step = tracker
     hits = blocked_terms(user_prompt, cfg.blocklist)
     if hits:
         record.update(reason="blocked_prompt", blocked_terms=hits,
@@ -272,11 +328,15 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
     scores = [float(s) for s in scorer.score(images, clip_prompt)]
     t_clip = _since(t)
 
-    best = gate.pick(images, scores, clip_prompt)
+    stop = tracker.stopped if tracker is not None else None
+    steps_done = tracker.steps_done(len(seeds)) if stop else None
+    if steps_done and min(steps_done) >= cfg.steps_base:  # the stop came at the last step: a finished run
+        stop, steps_done = None, None
+    best = gate.pick(images, scores, clip_prompt, eligible=furthest(steps_done))
     t_exact = 0.0
     batch = cfg.prune_start or len(seeds)  # the largest batch the kept image was rendered in
     gate_value = gate.value(images[best], scores[best], clip_prompt)
-    if needs_solo_render(pipe, cfg, batch) and gate.passes(gate_value):
+    if needs_solo_render(pipe, cfg, batch) and gate.passes(gate_value) and not stop:
         t = time.perf_counter()
         images[best] = make_candidates(pipe, refiner, built.sd_prompt, built.negative_prompt, [seeds[best]], cfg)[0]
         scores[best] = float(scorer.score([images[best]], clip_prompt)[0])
@@ -290,16 +350,21 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
                   reproduce=reproduce_note(pipe, min(cfg.max_batch or batch, batch), t_exact > 0))
     if not ok:
         record["reason"] = "low_clip_alignment"
+    if stop:  # interrupted, skipped or timed out: never recorded (nor ranked) as a finished run
+        ok = False
+        mark_stopped(record, stop, steps_done[best])
     candidates, files = [], []
     for k, (seed, score) in enumerate(zip(seeds, scores)):
         path = None
-        if cfg.save_candidates or (ok and k == best):
+        if cfg.save_candidates or (k == best and (ok or stop)):
             target = store.image_path(run_id, seed, score)
             files.append((target, images[k], _parameters(built, cfg, record, seed, score),
                           _png_metadata(record, seed, score)))
             path = str(target)
         candidates.append({"seed": seed, "score": round(score, 6), "clip": round(score, 6),
                            "clip_score": round(clip_score_100(score), 4) if cosine else None, "path": path})
+    for c, done in zip(candidates, steps_done or ()):
+        c["steps_done"] = done
     record["candidates"] = candidates
     if ok:
         record["img_path"] = candidates[best]["path"]
@@ -312,6 +377,13 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
     if return_candidates_images:
         return {**record, "candidate_images": images}
     return record
+
+
+def mark_stopped(record: dict[str, Any], stop: str, steps_done: int) -> None:
+    """Record a run that was stopped before its last denoising step: not ``ok``, why, the step reached, and
+    no claim that its seed reproduces the image (a full render of that seed is a different picture)."""
+    record.update(ok=False, reason="interrupted", interrupted=True, stopped=stop, steps_done=int(steps_done),
+                  reproduce=None)
 
 
 def pick_scorer(scorer: Any, cfg: ImgCfg, ref: Any, pipe: Any):

@@ -42,7 +42,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from bestshot import jsonio
-from bestshot.errors import BestshotError
+from bestshot.errors import BestshotError, StorageError
 
 try:  # POSIX only; on other systems appends are still single writes, just not cross-process locked.
     import fcntl
@@ -53,6 +53,7 @@ __all__ = [
     "new_run_id", "candidate_filename", "atomic_open", "atomic_write_bytes", "atomic_write_text",
     "atomic_write_json", "save_png", "format_parameters", "parse_parameters", "read_png_info",
     "append_jsonl", "read_jsonl", "RunIndex", "Store", "png_bytes", "ensure_writable", "remove_stale_tmp",
+    "disk_error", "unsaved_record",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -407,9 +408,14 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 data = b"\n" + data
             view = memoryview(data)
-            while view:  # a regular-file write is normally complete; loop in case it is not
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            try:
+                while view:  # a regular-file write is normally complete; loop in case it is not
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except BaseException:  # a full disk mid-line: take the partial line back, never leave half of one
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
         finally:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -456,6 +462,7 @@ class RunIndex:
     _SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
         run_id TEXT PRIMARY KEY, created TEXT, kind TEXT, prompt TEXT, model TEXT,
         ok INTEGER, best_path TEXT, record_json TEXT NOT NULL)"""
+    _OFFSETS = "CREATE TABLE IF NOT EXISTS log_offsets (log TEXT PRIMARY KEY, size INTEGER NOT NULL)"
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -463,6 +470,7 @@ class RunIndex:
         with self._connect() as db:
             db.execute(self._SCHEMA)
             db.execute("CREATE INDEX IF NOT EXISTS runs_created ON runs(created)")
+            db.execute(self._OFFSETS)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -473,21 +481,66 @@ class RunIndex:
         finally:
             db.close()
 
-    def add(self, record: dict) -> None:
-        """Index one run record (must have ``run_id``). ``created`` defaults to now (UTC, ISO 8601)."""
+    @staticmethod
+    def _row(record: dict) -> tuple:
         run_id = record.get("run_id")
         if not run_id:
             raise ValueError("RunIndex.add: the record has no 'run_id'")
         created = record.get("created") or datetime.now(timezone.utc).isoformat()
         ok = record.get("ok")
-        row = (
+        return (
             str(run_id), str(created), record.get("kind", "generate"),
             record.get("prompt", record.get("sd_prompt")), record.get("model"),
             None if ok is None else int(bool(ok)), record.get("img_path"),
             jsonio.dumps(record, ensure_ascii=False),
         )
+
+    def add(self, record: dict) -> None:
+        """Index one run record (must have ``run_id``). ``created`` defaults to now (UTC, ISO 8601)."""
+        row = self._row(record)
         with self._connect() as db:
             db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+    def catch_up(self, log_path: str | os.PathLike, restart: bool = False) -> int:
+        """Index every complete line ``log_path`` gained since the index last read it; returns how many runs.
+
+        The index remembers, per log file, the byte size it has read up to, so a line whose indexing failed
+        (a full disk, a locked database, a killed process) is indexed by the next call, from any process:
+        the index cannot stay behind its log. The first call for a log (or ``restart``, or a log that
+        shrank) reads it from the start; re-adding a run is harmless (same run id, same row). One write
+        transaction, so processes catching up at once take turns.
+        """
+        key = str(Path(log_path).resolve())
+        with self._connect() as db:
+            db.execute(self._OFFSETS)
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT size FROM log_offsets WHERE log = ?", (key,)).fetchone()
+            start = 0 if restart or row is None else int(row[0])
+            try:
+                size = os.path.getsize(log_path)
+            except FileNotFoundError:
+                size = 0
+            if start > size:  # the log was replaced by a shorter one: read it all again
+                start = 0
+            if start == size:
+                return 0
+            with open(log_path, "rb") as f:
+                f.seek(start)
+                data = f.read(size - start)
+            end = data.rfind(b"\n") + 1  # complete lines only: a line being appended is read next time
+            n = 0
+            for raw in data[:end].split(b"\n"):
+                if not raw.strip():
+                    continue
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    continue  # read_jsonl warns about it; the index just skips it
+                if isinstance(rec, dict) and rec.get("run_id"):
+                    db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._row(rec))
+                    n += 1
+            db.execute("INSERT OR REPLACE INTO log_offsets VALUES (?, ?)", (key, start + end))
+        return n
 
     def list(self, limit: int = 50, offset: int = 0) -> list[dict]:
         """Run records, newest first (by ``created``, then run id)."""
@@ -513,14 +566,20 @@ class RunIndex:
 STALE_TMP_S = 3600  # a hidden temp file untouched for an hour belongs to a killed run
 
 
-def _disk_error(e: OSError, what: str) -> BestshotError:
+def _disk_error(e: OSError, what: str) -> StorageError:
     fix = {errno.ENOSPC: "free some disk space or choose another folder",
            errno.EDQUOT: "free some disk space (quota) or choose another folder",
            errno.EROFS: "the file system is read-only — choose another folder",
            errno.EACCES: "choose a folder you may write to, or fix its permissions",
            errno.EPERM: "choose a folder you may write to, or fix its permissions"}.get(
         e.errno, "choose another folder or fix this one")
-    return BestshotError(f"cannot write {what}: {e.strerror or e} — {fix}")
+    return StorageError(f"cannot write {what}: {e.strerror or e} — {fix}")
+
+
+def disk_error(e: OSError, what: str) -> StorageError:
+    """A write that failed with ``e`` as one clear :class:`~bestshot.errors.StorageError` (``what`` names the
+    file or folder, e.g. ``"the results file 'runs/p.results.jsonl'"``) with the fix for its errno."""
+    return _disk_error(e, what)
 
 
 def ensure_writable(folder: str | os.PathLike, what: str = "to the output folder") -> Path:
@@ -536,7 +595,7 @@ def ensure_writable(folder: str | os.PathLike, what: str = "to the output folder
         folder.mkdir(parents=True, exist_ok=True)
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:  # a file, not a folder, sits on the path
-        raise BestshotError(f"cannot write {what} {str(folder)!r}: a file of that name is in the way — "
+        raise StorageError(f"cannot write {what} {str(folder)!r}: a file of that name is in the way — "
                             "choose another folder") from None
     except OSError as e:
         raise _disk_error(e, f"{what} {str(folder)!r}") from None
@@ -563,6 +622,15 @@ def remove_stale_tmp(folder: str | os.PathLike, older_than_s: float = STALE_TMP_
     return n
 
 
+def unsaved_record(record: dict) -> dict:
+    """``record`` as logged when its images were not kept (``save_images: false``): no image paths, and
+    ``saved: false`` so that no reader looks for files."""
+    rec = {**record, "img_path": None, "saved": False}
+    if isinstance(rec.get("candidates"), list):
+        rec["candidates"] = [{**c, "path": None} if isinstance(c, dict) else c for c in rec["candidates"]]
+    return rec
+
+
 def _rel_posix(path: str | os.PathLike, base: Path) -> str:
     """``path`` relative to folder ``base`` (``../`` allowed), POSIX style; absolute when no relative form exists."""
     p = Path(path).resolve()
@@ -583,6 +651,9 @@ class Store:
     root: Path = Path("images_out")
     log_path: Path = Path("images_log.jsonl")
     index_path: Path | None = None  # default: root / "index.sqlite"
+    # False: a run's images are written as hidden temp files only (the caller reads, then deletes them) and
+    # its log line says so (no paths, ``saved: false``): A1111's ``save_images: false``
+    keep_images: bool = True
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -615,11 +686,16 @@ class Store:
         ``files`` holds ``(path, image, parameters, metadata)`` as :func:`save_png` takes them. Every
         image goes to a hidden temp file first; only when all are on disk are they renamed into
         place and the line appended. Any failure (a full disk at the third image, a read-only log...) removes
-        the temp files and any image already renamed, and is one :class:`BestshotError`: no image is left
-        without its log line.
+        the temp files and any image already renamed, and is one :class:`~bestshot.errors.StorageError`
+        naming the folder: no image is left without its log line.
+
+        With ``keep_images=False`` nothing is renamed into place: the log line records that no image was
+        kept (:func:`unsaved_record`) and ``record``'s paths are changed to the temp files, for the caller
+        to read and delete (one a killed caller leaves is removed by :func:`remove_stale_tmp`).
         """
         tmps: list[Path] = []
         placed: list[Path] = []
+        where = f"run {record.get('run_id')!r} to {str(self.root)!r}"
         try:
             for path, image, parameters, metadata in files:
                 data = png_bytes(image, parameters, metadata)
@@ -632,16 +708,25 @@ class Store:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-            for tmp, (path, *_) in zip(tmps, files):
-                os.replace(tmp, path)
-                placed.append(Path(path))
-            self.log_run(record)
+            if self.keep_images:
+                for tmp, (path, *_) in zip(tmps, files):
+                    os.replace(tmp, path)
+                    placed.append(Path(path))
+                self.log_run(record)
+            else:
+                self.log_run(unsaved_record(record))
+                moved = {str(path): str(tmp) for tmp, (path, *_) in zip(tmps, files)}
+                record["img_path"] = moved.get(str(record.get("img_path")), record.get("img_path"))
+                for c in record.get("candidates") or []:
+                    if isinstance(c, dict) and c.get("path"):
+                        c["path"] = moved.get(str(c["path"]), c["path"])
+                record["saved"] = False
         except BaseException as e:
             for p in tmps + placed:
                 with contextlib.suppress(OSError):
                     p.unlink()
             if isinstance(e, OSError):
-                raise _disk_error(e, f"run {record.get('run_id')!r} to {str(self.root)!r} (nothing of it was kept)") from None
+                raise _disk_error(e, f"{where} (nothing of it was kept)") from None
             raise
         if files:
             _fsync_dir(self.root)
@@ -677,28 +762,36 @@ class Store:
         return p.resolve() if p.exists() or not in_log_dir.exists() else in_log_dir
 
     def log_run(self, record: dict) -> None:
-        """Append the run to the JSONL log (source of truth), then index it.
+        """Append the run to the JSONL log (source of truth), then bring the index up to date with it.
 
-        Image paths are stored relative to the log's folder (:meth:`log_record`). An index failure
-        (locked or corrupt database, full disk...) only warns: the log line is already on disk and
-        :meth:`rebuild_index` recovers the index from it.
+        Image paths are stored relative to the log's folder (:meth:`log_record`). A log that cannot be
+        written is one :class:`~bestshot.errors.StorageError` naming it. An index failure (locked or corrupt
+        database, full disk...) only warns: the log line is on disk and the next run's (or a server
+        start's) :meth:`sync_index` indexes it.
         """
         record = self.log_record(record)
-        append_jsonl(self.log_path, record)
         try:
-            self.index.add(record)
+            append_jsonl(self.log_path, record)
+        except OSError as e:
+            raise _disk_error(e, f"the run log {str(self.log_path)!r}") from None
+        try:
+            self.index.catch_up(self.log_path)
         except Exception as e:  # noqa: BLE001 - the log line is safe; never fail the run for the index
-            warnings.warn(f"run {record.get('run_id')!r} logged but not indexed ({e}); "
-                          "Store.rebuild_index() will recover it", stacklevel=2)
+            warnings.warn(f"run {record.get('run_id')!r} logged but not indexed yet ({e}); the next run "
+                          "(or bestshot serve starting) indexes it", stacklevel=2)
+
+    def sync_index(self) -> int:
+        """Index the log lines the index has not seen (a run whose indexing failed); returns how many.
+        Warns instead of failing: the log stays the source of truth."""
+        try:
+            return self.index.catch_up(self.log_path)
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"the run index {str(self.index_path)!r} could not be brought up to date ({e})", stacklevel=2)
+            return 0
 
     def rebuild_index(self) -> int:
         """Re-index every record of the JSONL log that has a run id; returns how many."""
-        n = 0
-        for rec in read_jsonl(self.log_path):
-            if rec.get("run_id"):
-                self.index.add(rec)
-                n += 1
-        return n
+        return self.index.catch_up(self.log_path, restart=True)
 
     def safe_path(self, name: str) -> Path:
         """Resolve a user-supplied file name (HTTP request, CLI) to a path that is inside ``root``.

@@ -11,6 +11,7 @@ preference log (:mod:`bestshot.scoring.taste`), which the taste head learns from
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from ..errors import BestshotError
@@ -28,9 +29,12 @@ def _metadata_files(root: Path) -> list[Path]:
 def image_location(outputs: str | Path, image: str) -> Path | None:
     """Where the PNG of a row's image is now: ``outputs/IMAGE``, else the gallery's trash, else None."""
     root = Path(outputs)
-    for p in (root / image, root / TRASH / Path(image).name):
-        if p.is_file():
-            return p
+    try:
+        for p in (root / image, root / TRASH / Path(image).name):
+            if p.is_file():
+                return p
+    except (ValueError, OSError):  # a name no file can have (a NUL byte, too long)
+        return None
     return None
 
 
@@ -75,11 +79,17 @@ def collect_stage1(outputs: str | Path, *, source: str = "stage1-folder", now: f
         try:
             record = json.loads(meta.read_text(encoding="utf-8"))
         except (OSError, ValueError):
+            warnings.warn(f"skipping {meta}: not readable JSON")
             continue
-        st = (record.get("stages") or {}).get("stage1") or {}
-        rel = st.get("file")
-        if not rel or not isinstance(record.get("prompt"), str):
+        stages = record.get("stages") if isinstance(record, dict) else None
+        st = stages.get("stage1") if isinstance(stages, dict) else None
+        rel = st.get("file") if isinstance(st, dict) else None
+        if not isinstance(record, dict):
+            warnings.warn(f"skipping {meta}: not a JSON object")
             continue
+        if not isinstance(rel, str) or not rel or "\x00" in rel or not isinstance(record.get("prompt"), str):
+            continue
+        tag = record.get("tag") if isinstance(record.get("tag"), str) else meta.stem
         verdict = "keep" if (layout.root / rel).is_file() else "delete"
         prev = latest.get(rel)
         if prev is not None and (prev["verdict"] == verdict or (verdict == "keep" and prev["verdict"] == "star")):
@@ -87,5 +97,5 @@ def collect_stage1(outputs: str | Path, *, source: str = "stage1-folder", now: f
                 continue
             verdict = prev["verdict"]  # the same verdict, logged without its prompt: repaired (a star stays one)
         added.append(add_preference(outputs, record["prompt"], rel, verdict, source=source,
-                                    tag=record.get("tag", meta.stem), now=now))
+                                    tag=tag, now=now))
     return added

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -79,9 +80,35 @@ def train(workflow_dir: Path = WORKFLOW_DIR, outputs: Optional[Path] = OUTPUTS,
         raise BestshotError(f"--l2 must be >= 0 (got {l2})")
     out = outputs_of(workflow_dir, outputs)
     path = out_file or taste_dir(out) / HEAD
-    warm = TasteHead.load(path) if path.is_file() and not fresh else None
-    head = train_head(dataset(out, scorer), kind=kind, embedder=scorer, folds=folds, l2=l2, warm=warm,
+    if path.exists() and not path.is_file():
+        raise BestshotError(f"{path} is a folder, not a head file — move it away or give --out FILE")
+    warm = None
+    if path.is_file() and not fresh:
+        try:
+            warm = TasteHead.load(path)
+        except BestshotError as e:
+            warnings.warn(f"not starting from the saved head: {e}")
+    ds = dataset(out, scorer)
+    _check_dim(ds.x.shape[1], scorer, out)
+    head = train_head(ds, kind=kind, embedder=scorer, folds=folds, l2=l2, warm=warm,
                       balanced=balanced)
-    head.save(path)
+    head.save(path)  # written beside the old head, checked, then renamed over it
     typer.echo(json.dumps({"head": str(path), "kind": head.kind, **head.info}, indent=2))
     typer.echo(f"use it: --scorer clip+taste@{path}:0.5", err=True)
+
+
+def _check_dim(dim: int, scorer: str, out: Path) -> None:
+    """The cached vectors must have the embedder's dimension, or the head could never score an image."""
+    from ..scoring.taste import embedder_for
+
+    if dim == 0:
+        return  # no rows: train_head says what is missing
+    try:
+        model = getattr(embedder_for(scorer), "model", None)
+    except BestshotError:
+        return  # the embedder is not here: scoring will say so
+    want = getattr(getattr(model, "config", None), "projection_dim", None)
+    if isinstance(want, int) and want != dim:
+        raise BestshotError(f"the embedding cache in {out / 'taste'} holds {dim}-d vectors but {scorer!r} embeds "
+                            f"images in {want}-d — give the --scorer the cache was made with, or delete the cache "
+                            "and run `bestshot taste collect` again")

@@ -83,14 +83,17 @@ class Gate:
     def passes(self, value: float) -> bool:
         return self.minimum is None or value >= self.minimum
 
-    def pick(self, images: Sequence[Image.Image], scores: Sequence[float], text: str) -> int:
+    def pick(self, images: Sequence[Image.Image], scores: Sequence[float], text: str,
+             eligible: Sequence[int] | None = None) -> int:
         """The candidate to keep: the best-scored one among those that pass (the best overall when none does,
-        which the gate then refuses). With no judge that is simply the best-scored one."""
-        order = max(range(len(scores)), key=lambda k: scores[k])
+        which the gate then refuses). With no judge that is simply the best-scored one. ``eligible`` limits
+        the choice (after a stop: the candidates that got furthest)."""
+        pool = list(range(len(scores))) if eligible is None else list(eligible)
+        order = max(pool, key=lambda k: scores[k])
         if self.judge is None or self.minimum is None:
             return order
         values = gate_values(self, images, scores, text)
-        passing = [k for k, v in enumerate(values) if self.passes(v)]
+        passing = [k for k in pool if self.passes(values[k])]
         return max(passing, key=lambda k: scores[k]) if passing else order
 
     def record(self, value: float | None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ the saved weights (warm start) when the embedder and dimension match.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -36,7 +37,8 @@ import torch
 from PIL import Image
 
 from ..errors import BestshotError
-from ..store import append_jsonl, atomic_open, atomic_write_json, read_jsonl
+from .. import jsonio
+from ..store import append_jsonl, atomic_open, disk_error, read_jsonl
 
 VERDICTS = ("keep", "delete", "star")
 UNDO = "undo"  # a row that forgets the image's earlier verdict (the gallery's undo, unkeep, unstar)
@@ -62,13 +64,22 @@ def add_preference(outputs: str | Path, prompt: str, image: str, verdict: str, *
         raise BestshotError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS + (UNDO,))}")
     row = {"prompt": prompt, "image": image, "tag": tag, "verdict": verdict, "source": source,
            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now if now is not None else time.time()))}
-    append_jsonl(taste_dir(outputs) / PREFS, row)
+    path = taste_dir(outputs) / PREFS
+    try:
+        append_jsonl(path, row)
+    except IsADirectoryError:
+        raise BestshotError(f"{path} is a folder, not the preference log — move it away and try again") from None
+    except OSError as e:
+        raise disk_error(e, f"the preference log {str(path)!r}") from None
     return row
 
 
 def read_preferences(outputs: str | Path) -> list[dict]:
-    """All rows, oldest first."""
-    return read_jsonl(taste_dir(outputs) / PREFS)
+    """All rows, oldest first (a malformed line is skipped with a warning naming it)."""
+    path = taste_dir(outputs) / PREFS
+    if path.exists() and not path.is_file():
+        raise BestshotError(f"{path} is not a file — move it away; `bestshot taste collect` writes a new one")
+    return read_jsonl(path)
 
 
 def latest_verdicts(rows: Sequence[dict]) -> dict[str, dict]:
@@ -95,8 +106,41 @@ class EmbeddingCache:
         self.path = taste_dir(outputs) / f"embeddings-{_safe(embedder)}.npz"
         self.vectors: dict[str, np.ndarray] = {}
         if self.path.exists():
+            self.vectors = self._load()
+
+    def _damaged(self, why: str) -> BestshotError:
+        return BestshotError(f"the embedding cache {self.path} is damaged ({why}) — delete it and run "
+                             "`bestshot taste collect` to embed the images again")
+
+    def _load(self) -> dict[str, np.ndarray]:
+        """The cache's vectors, checked: one finite vector of one dimension per image name."""
+        import zipfile
+
+        try:
             with np.load(self.path, allow_pickle=False) as z:
-                self.vectors = dict(zip(z["images"].tolist(), z["vectors"]))
+                images, vectors = z["images"], z["vectors"]
+        except IsADirectoryError:
+            raise self._damaged("it is a folder") from None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise self._damaged(f"{type(e).__name__}: {e}"[:200]) from None
+        if images.ndim != 1 or images.dtype.kind not in "US":
+            raise self._damaged("its image names are not a list of text")
+        if len(images) == 0:
+            return {}
+        if vectors.ndim != 2 or vectors.dtype.kind not in "fiu" or vectors.shape[1] == 0:
+            raise self._damaged(f"its vectors have shape {vectors.shape} and type {vectors.dtype}, not one row of "
+                                "numbers per image")
+        if len(images) != len(vectors):
+            raise self._damaged(f"{len(images)} image names but {len(vectors)} vectors")
+        vectors = vectors.astype(np.float32)
+        bad = int((~np.isfinite(vectors).all(axis=1)).sum())
+        if bad:
+            raise self._damaged(f"{bad} of {len(vectors)} vectors hold NaN or infinite values")
+        return dict(zip(images.tolist(), vectors))
+
+    @property
+    def dim(self) -> int | None:
+        return next(iter(self.vectors.values())).shape[0] if self.vectors else None
 
     def missing(self, images: Sequence[str], locate: Any = None) -> list[tuple[str, Path]]:
         """(image, where its file is) of the images not embedded yet whose file exists; ``locate(image)``
@@ -105,14 +149,31 @@ class EmbeddingCache:
         return [(p, f) for p in images if p not in self.vectors for f in [locate(p)] if f is not None]
 
     def add_missing(self, images: Sequence[str], embed: Any, batch: int = 32, locate: Any = None) -> int:
-        todo = self.missing(images, locate)
+        """Embed the images not embedded yet; a file that is not a readable image is skipped with a warning.
+        Returns how many were embedded."""
+        import warnings
+
+        todo = []
+        for p, f in self.missing(images, locate):
+            try:
+                with Image.open(f) as im:
+                    im.verify()
+                todo.append((p, f))
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+                warnings.warn(f"skipping {p}: {f} is not a readable image ({type(e).__name__})", stacklevel=2)
         for i in range(0, len(todo), batch):
             chunk = [p for p, _ in todo[i:i + batch]]
             pil = []
             for _, f in todo[i:i + batch]:
                 with Image.open(f) as im:
                     pil.append(im.convert("RGB"))
-            for p, v in zip(chunk, embed(pil).float().cpu().numpy()):
+            vecs = embed(pil).float().cpu().numpy()
+            if self.dim is not None and vecs.shape[1] != self.dim:
+                raise BestshotError(f"the embedder gives {vecs.shape[1]}-d vectors but {self.path} holds {self.dim}-d "
+                                    "ones — use the --scorer the cache was made with, or delete it to start over")
+            if not np.isfinite(vecs).all():
+                raise BestshotError("the embedder returned NaN or infinite values — check the --scorer model")
+            for p, v in zip(chunk, vecs):
                 self.vectors[p] = v.astype(np.float32)
         if todo:
             self.save()
@@ -150,27 +211,78 @@ class TasteHead:
         x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         return x.astype(np.float32) @ self.w.astype(np.float32) + np.float32(self.b)
 
+    def to_dict(self) -> dict:
+        return {"format": "bestshot-taste-head", "version": 1, "kind": self.kind, "embedder": self.embedder,
+                "dim": int(self.w.shape[0]), "w": [float(v) for v in self.w], "b": float(self.b), **self.info}
+
     def save(self, path: str | Path) -> Path:
-        return atomic_write_json(Path(path), {"format": "bestshot-taste-head", "version": 1, "kind": self.kind,
-                                              "embedder": self.embedder, "dim": int(self.w.shape[0]),
-                                              "w": [float(v) for v in self.w], "b": float(self.b), **self.info})
+        """Write the head beside ``path`` (a hidden temp file), read it back and check it, then rename it over
+        ``path``: an invalid head (NaN or overflowing weights...) is refused and the old file stays as it was."""
+        path = Path(path)
+        if path.exists() and not path.is_file():
+            raise BestshotError(f"{path} is a folder, not a head file — move it away or give --out FILE")
+        self.check(str(path))
+        text = jsonio.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        try:
+            with atomic_open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+                TasteHead.from_dict(json.loads(text), str(path))  # what is on disk reads back as a valid head
+        except OSError as e:
+            raise disk_error(e, f"the taste head {str(path)!r}") from None
+        return path
+
+    def check(self, where: str = "the taste head") -> "TasteHead":
+        """One clear error for a head no scorer can use: unknown kind, no weights, NaN or overflowing values."""
+        if self.kind not in KINDS:
+            raise BestshotError(f"{where}: kind {self.kind!r} is not one of {', '.join(KINDS)} — retrain it with "
+                                "`bestshot taste train`")
+        if not isinstance(self.embedder, str) or not self.embedder:
+            raise BestshotError(f"{where}: it names no embedder — retrain it with `bestshot taste train`")
+        if self.w.ndim != 1 or self.w.shape[0] == 0:
+            raise BestshotError(f"{where}: its weights are not a non-empty list of numbers — retrain it")
+        with np.errstate(over="ignore", invalid="ignore"):
+            w = self.w.astype(np.float32)
+            worst = float(np.abs(w).sum()) + abs(float(self.b)) if np.isfinite(w).all() else math.inf
+        if not math.isfinite(worst) or not math.isfinite(float(self.b)) or worst > 1e30:
+            raise BestshotError(f"{where}: its weights hold NaN, infinite or overflowing values — the embedding cache "
+                                "it was trained on may be damaged; retrain with `bestshot taste train --fresh`")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "TasteHead":
+        if not isinstance(d, dict):
+            raise BestshotError(f"{where} is not a taste head (not a JSON object) — retrain it with `bestshot taste train`")
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                w = np.asarray(d["w"], dtype=np.float64)
+            kind, embedder, b = d["kind"], d["embedder"], d.get("b", 0.0)
+            if b is None or isinstance(b, bool) or not isinstance(b, (int, float)):
+                raise TypeError(f"b is {b!r}, not a number")
+            b = float(b)
+        except (ValueError, KeyError, TypeError) as e:
+            raise BestshotError(f"{where} is not a taste head ({type(e).__name__}: {e}"[:300]
+                                + ") — retrain it with `bestshot taste train`") from None
+        if w.ndim == 1 and "dim" in d and d["dim"] != w.shape[0]:
+            raise BestshotError(f"{where}: dim {d['dim']!r} but {w.shape[0]} weights — retrain it with `bestshot taste train`")
+        info = {k: v for k, v in d.items() if k not in ("format", "version", "kind", "embedder", "dim", "w", "b")}
+        head = cls(kind, embedder, w, b, info).check(where)
+        head.w = head.w.astype(np.float32)
+        return head
 
     @classmethod
     def load(cls, path: str | Path) -> "TasteHead":
-        import json
-
         path = Path(path)
+        if path.exists() and not path.is_file():
+            raise BestshotError(f"{path} is a folder, not a taste head — name the head file with taste@PATH")
         if not path.is_file():
             raise BestshotError(f"no taste head at {path} — run `bestshot taste collect` and `bestshot taste train` "
                                 "first, or name the head file with taste@PATH")
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-            w = np.asarray(d["w"], dtype=np.float32)
-            kind, embedder, b = d["kind"], d["embedder"], float(d.get("b", 0.0))
-        except (ValueError, KeyError, TypeError) as e:
-            raise BestshotError(f"{path} is not a taste head ({e}) — retrain it with `bestshot taste train`") from None
-        info = {k: v for k, v in d.items() if k not in ("format", "version", "kind", "embedder", "dim", "w", "b")}
-        return cls(kind, embedder, w, b, info)
+        except (OSError, ValueError) as e:
+            raise BestshotError(f"{path} is not a taste head ({type(e).__name__}) — retrain it with "
+                                "`bestshot taste train`") from None
+        return cls.from_dict(d, str(path))
 
 
 def _fit(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, *, bias: bool, l2: float,
@@ -304,6 +416,9 @@ def train_head(ds: Dataset, *, kind: str = "logistic", embedder: str = "embedded
         raise BestshotError("no kept/deleted pair shares a prompt — the Bradley–Terry head needs both verdicts for "
                             "one prompt; use --kind logistic")
     w, b = fit
+    if not (np.isfinite(w).all() and math.isfinite(b)):
+        raise BestshotError("training the taste head diverged (NaN weights) — check the embedding cache, or retrain "
+                            "with a larger --l2")
     z = ds.x @ w + b
     info = {"logit_mean": float(z.mean()), "logit_std": float(z.std()),"rows": int(len(ds.y)), "kept": n_keep, "deleted": n_del, "skipped_rows": ds.skipped,
             "pairs": len(_pairs(ds.y, ds.prompts, all_idx)), "folds": len(split),
@@ -347,7 +462,11 @@ class TasteScorer:
         if emb.shape[1] != self.head.w.shape[0]:
             raise BestshotError(f"the taste head expects {self.head.w.shape[0]}-d embeddings of {self.head.embedder!r} "
                                 f"but got {emb.shape[1]}-d — retrain it with `bestshot taste train`")
-        return [float(v) for v in self.head.logits(emb)]
+        scores = [float(v) for v in self.head.logits(emb)]
+        if not all(math.isfinite(v) for v in scores):
+            raise BestshotError(f"the taste head ({self.name}) gave NaN or infinite scores — retrain it with "
+                                "`bestshot taste train --fresh`")
+        return scores
 
 
 def sigmoid(z: float) -> float:

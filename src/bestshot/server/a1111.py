@@ -682,6 +682,21 @@ def gate_info(kept: list[dict[str, Any]], score_min: float | None, scorer: str |
     return out
 
 
+def discard_unsaved(results: list[dict[str, Any]]) -> None:
+    """Delete the temp files of runs stored without keeping their images (``saved: false``), once read."""
+    import os
+
+    for r in results:
+        if r.get("saved") is not False:
+            continue
+        for c in r.get("candidates") or []:
+            if c.get("path"):
+                try:
+                    os.unlink(c["path"])
+                except OSError:
+                    pass
+
+
 def build_response(req: Txt2ImgRequest, plan: Plan, results: list[dict[str, Any]], rel: Any,
                    model_title: str, sampler: str, extra_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """A1111's response: base64 images, the request as ``parameters``, the infotext fields as ``info``.
@@ -727,16 +742,8 @@ def build_response(req: Txt2ImgRequest, plan: Plan, results: list[dict[str, Any]
             **(extra_info or {}),
         },
     }
-    if req.save_images is False:  # honoured: nothing of this request stays in the output folder
-        import os
-
-        for r in results:
-            for c in r["candidates"]:
-                if c.get("path"):
-                    try:
-                        os.unlink(c["path"])
-                    except OSError:
-                        pass
+    if req.save_images is False:  # honoured: nothing of this request stays in the output folder (the log says so)
+        discard_unsaved(results)
         info["bestshot"]["images"] = [{**x, "file": None} for x in info["bestshot"]["images"]]
         for run in info["bestshot"]["runs"]:
             run["candidates"] = [{**x, "file": None} for x in run["candidates"]]

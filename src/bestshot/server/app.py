@@ -30,7 +30,7 @@ from pydantic import ConfigDict, Field
 from .. import __version__
 from ..config import EMBEDDED, PRESETS
 from ..models.settings import resolve_config
-from ..errors import BestshotError
+from ..errors import BestshotError, StorageError
 from ..store import Store, read_png_info
 from . import a1111 as A
 from .auth import Auth
@@ -118,6 +118,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     out_dir = check_writable(settings.out_dir)
     log_path = Path(settings.log_jsonl) if settings.log_jsonl else out_dir.parent / "images_log.jsonl"
     store = Store(root=out_dir, log_path=log_path)
+    store.sync_index()  # runs a CLI logged but could not index (a full disk) show in /v1/runs
     upscaler = CurateUpscaler(settings.curate_config)
     curation = Curation(upscaler.outputs() or settings.curate_dir)
     interrogators: dict[Any, Any] = {}
@@ -197,6 +198,8 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
 
     @app.exception_handler(BestshotError)
     async def _bestshot_error(request: Request, exc: BestshotError) -> JSONResponse:
+        if isinstance(exc, StorageError):  # the server's folder, not the request: 507 Insufficient Storage
+            return error_response(507, type(exc).__name__, str(exc))
         return error_response(422, type(exc).__name__, str(exc), field=getattr(exc, "field", None))
 
     @app.exception_handler(RequestValidationError)
@@ -209,6 +212,17 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, "HTTPException", exc.detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        import errno
+
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            from ..store import disk_error  # a write no route wrapped: still a 507 naming the file
+
+            err = disk_error(exc, repr(exc.filename) if exc.filename else f"to {str(out_dir)!r}")
+            return error_response(507, "StorageError", str(err))
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -226,6 +240,14 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             raise A.FieldError("prompt", "empty — bestshot ranks candidates against the prompt, so it needs one")
         return A.plan_request(req, model=state["model"], scorers=scorers, default_scorer=settings.scorer,
                               limits=limits, base=base_cfg(), default_best_of=state["best_of"])
+
+    def store_for(req: A.Txt2ImgRequest) -> Store:
+        """The store of one A1111 request: ``save_images: false`` keeps no image, and its log line says so."""
+        if req.save_images is False:
+            from dataclasses import replace
+
+            return replace(store, keep_images=False)
+        return store
 
     def sampler_of(results: list[dict[str, Any]]) -> str:
         return (results[0].get("settings", {}).get("sampler") or "") if results else ""
@@ -257,12 +279,17 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
                     A.upscaler_backend(req.hr_upscaler)  # 422 for an unknown upscaler, before queueing
                 p.notes.update(hr.notes)
 
+        st = store_for(req)
+
         def work(job: Job) -> tuple[list[dict[str, Any]], str | None, bool]:
             job.preview_every = PREVIEW_EVERY
-            results = run_plan(job, p, req.prompt, store)
+            results = run_plan(job, p, req.prompt, st)
             if hr is None or job.should_stop:
                 return results, job.stopped, False
-            return run_hires(job, p, hr, results, req.prompt, store, req.hr_upscaler, settings.device), job.stopped, True
+            try:
+                return run_hires(job, p, hr, results, req.prompt, st, req.hr_upscaler, settings.device), job.stopped, True
+            finally:
+                A.discard_unsaved(results)  # save_images false: the first pass's temp files
 
         parts = len(p.calls) + (p.n_images if hr is not None else 0)
         results, stopped, hired = await run_job("txt2img", work, describe("txt2img", req, p), parts=parts)
@@ -288,9 +315,11 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             p.notes["inpaint"] = {"mask_blur": req.mask_blur, "inpainting_fill": req.inpainting_fill,
                                   "only_masked": req.inpaint_full_res}
 
+        st = store_for(req)
+
         def work(job: Job) -> tuple[list[dict[str, Any]], str | None]:
             job.preview_every = PREVIEW_EVERY
-            return run_img2img(job, p, req.prompt, init, req.denoising_strength, store, inpaint), job.stopped
+            return run_img2img(job, p, req.prompt, init, req.denoising_strength, st, inpaint), job.stopped
 
         results, stopped = await run_job("img2img", work, describe("img2img", req, p), parts=len(p.calls))
         out = await asyncio.to_thread(A.build_response, req, p, results, rel, state["model"], sampler_of(results),

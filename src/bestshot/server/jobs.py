@@ -134,7 +134,7 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
     """
     from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
-    from ..generation import pick_scorer, supported_kwargs
+    from ..generation import StepTracker, furthest, mark_stopped, pick_scorer, supported_kwargs
     from ..models.loader import load_pipeline
     from ..models.registry import resolve_model
     from ..schedulers import sampler_label
@@ -149,6 +149,7 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
     if int(cfg.steps_base * strength) < 1:
         raise BestshotError(f"denoising_strength: {strength} x {cfg.steps_base} steps leaves no denoising step — raise "
                             "denoising_strength or steps")
+    store.check_writable()  # a read-only or full output folder: one clear error before any model loads
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory, scheduler=cfg.scheduler)
     try:
         if world:
@@ -191,8 +192,11 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
         t0 = time.perf_counter()
         seeds = [call.seed_base + i for i in range(call.n_images)]
 
-        def cb(p, step, timestep, kw, _total=max(1, int(cfg.steps_base * strength))):
-            if job.on_step(min(step + 1, _total), _total, kw.get("latents")):
+        total = max(1, int(cfg.steps_base * strength))
+        tracker = StepTracker(job.on_step)
+
+        def cb(p, step, timestep, kw, _total=total):
+            if tracker(min(step + 1, _total), _total, kw.get("latents")):
                 p._interrupt = True
             return kw
 
@@ -208,8 +212,10 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
         images = [composite(im) for im in i2i(**kwargs).images]
         clip_prompt, _ = scorer.truncate(prompt)
         scores = [float(s) for s in scorer.score(images, clip_prompt)]
-        best = max(range(len(seeds)), key=lambda k: scores[k])
+        stop = tracker.stopped if tracker.reached < total else None  # a stop at the last step: finished
+        steps_done = [tracker.reached or total] * len(seeds) if stop else None  # one call: all at one step
         gate = resolve_gate(scorer, cfg.score_min, enabled=cfg.gate)
+        best = gate.pick(images, scores, clip_prompt, eligible=furthest(steps_done))
         gate_value = gate.value(images[best], scores[best], clip_prompt)
         ok = gate.passes(gate_value)
         cosine = cosine_like(scorer)
@@ -229,11 +235,14 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
         }
         if not ok:
             record["reason"] = "low_clip_alignment"
-        cands = []
+        if stop:
+            ok = False
+            mark_stopped(record, stop, steps_done[best])
+        cands, files = [], []
         meta = {key: record[key] for key in ("run_id", "created", "mode", "model", "sd_prompt", "settings", "scorer")}
         for k, (seed, score) in enumerate(zip(seeds, scores)):
             path = None
-            if call.save_candidates or (ok and k == best):
+            if call.save_candidates or (k == best and (ok or stop)):
                 extra = {"Denoising strength": strength, "CLIP score": f"{score:.4f}", "Scorer": scorer.name,
                          "bestshot run": run_id}
                 if inpaint is not None:
@@ -244,13 +253,16 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
                                            cfg_scale=cfg.guidance, seed=seed, width=cfg.width, height=cfg.height,
                                            model=cfg.model, extra=extra)
                 png_meta = {**meta, "seed": seed, "score": round(score, 6), "clip": round(score, 6)}
-                path = str(store.save_candidate(images[k], run_id, seed, score, params, png_meta))
+                target = store.image_path(run_id, seed, score)
+                files.append((target, images[k], params, png_meta))
+                path = str(target)
             cands.append({"seed": seed, "score": round(score, 6), "clip": round(score, 6),
-                          "clip_score": round(clip_score_100(score), 4) if cosine else None, "path": path})
+                          "clip_score": round(clip_score_100(score), 4) if cosine else None,
+                          "path": path, **({"steps_done": steps_done[k]} if stop else {})})
         record["candidates"] = cands
         record["img_path"] = cands[best]["path"] if ok else None
         record["timing_s"] = {"total": round(time.perf_counter() - t0, 4)}
-        store.log_run(record)
+        store.save_run(files, record)  # images and log line as one unit, as generate() stores them
         results.append(record)
         job.next_part()
     return results

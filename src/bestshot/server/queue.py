@@ -86,9 +86,9 @@ class Job:
     preview_every: int = 0  # keep latents every this many steps (0: never)
     gate_token: Any = None  # the shared admission slot this job holds (JobQueue.gate), None without one
 
-    def on_step(self, step: int, total: int, latents: Any = None) -> bool:
-        """The ``on_step`` callback handed to ``generate``: records progress, and returns True when the
-        pipeline must stop at this step (interrupted, skipped or past its timeout)."""
+    def on_step(self, step: int, total: int, latents: Any = None) -> str | None:
+        """The ``on_step`` callback handed to ``generate``: records progress, and returns why the pipeline
+        must stop at this step (``"interrupt"``, ``"skip"``, ``"timeout"``, ``"shutdown"``), else None."""
         self.step, self.total = step, total
         if latents is not None and self.preview_every and (step % self.preview_every == 0 or step == total):
             try:
@@ -99,7 +99,7 @@ class Job:
                 and time.time() - self.started > self.timeout:
             self.stopped = "timeout"
             log.warning("job %s ran past its %.0fs timeout; stopping at step %d", self.id, self.timeout, step)
-        return self.stopped is not None or self.skipped
+        return self.stopped or ("skip" if self.skipped else None)
 
     def stop(self, why: str = "interrupt") -> None:
         """Ask the job to stop at its next denoising step (what was finished is returned, marked)."""
