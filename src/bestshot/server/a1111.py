@@ -15,8 +15,11 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 import random
 import time
+import types
+import typing
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
@@ -51,7 +54,36 @@ class _A1111(BaseModel):
         return reject_surrogates(data)
 
 
-class Txt2ImgRequest(_A1111):
+def _int_field(annotation: Any) -> bool:
+    """Whether a field holds a whole number (``int`` or ``Optional[int]``, not ``float | int``)."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    args = typing.get_args(annotation) if union else (annotation,)
+    return int in args and float not in args
+
+
+class _Lenient(_A1111):
+    """What A1111's pydantic (v1) models accept, coerced as they coerce it: ``null`` for a field with a default
+    means the default (``batch_size: null``, ``prompt: null``), and a finite number for a whole-number field is
+    truncated (``hr_second_pass_steps: 12.5`` → 12, as a client sending ``steps / 2`` gets from A1111)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a1111_coercion(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, f in cls.model_fields.items():
+            if name not in out:
+                continue
+            v = out[name]
+            if v is None and not f.is_required() and f.default is not None:
+                del out[name]
+            elif isinstance(v, float) and math.isfinite(v) and _int_field(f.annotation):
+                out[name] = int(v)
+        return out
+
+
+class Txt2ImgRequest(_Lenient):
     prompt: str = ""
     negative_prompt: str = ""
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 = random; image i uses seed + i")
@@ -455,6 +487,32 @@ def check_cost(cfg: ImgCfg, candidates: int, limits: Limits) -> float:
 A1111_DEFAULT_SIZE = 512  # what A1111 clients send when the user set nothing
 
 
+def fit_size(width: int | None, height: int | None, model: str) -> tuple[int | None, int | None, str | None]:
+    """A requested size the model cannot draw (a side above its family's largest, e.g. 512² or 1024² on the
+    embedded 32 px model) mapped onto its native grid: the shorter side at the native size, the longer one
+    keeping the aspect ratio (a multiple of 8, at most the largest side). Returns (width, height, the note
+    for info, or None when the size is kept). Sizes the model can draw are kept: the cost budget guards them."""
+    from ..models.registry import resolve_model, size_limits
+
+    if width is None and height is None:
+        return width, height, None
+    try:
+        ref = resolve_model(model)
+        native, top = size_limits(ref)
+    except BestshotError:
+        return width, height, None
+    w, h = width or native, height or native
+    if max(w, h) <= top:
+        return width, height, None
+    short, long_ = min(w, h), max(w, h)
+    side = min(top, max(native, round(native * long_ / short / 8) * 8))
+    fw, fh = (side, native) if w >= h else (native, side)
+    default = " (A1111's default)" if w == h == A1111_DEFAULT_SIZE else ""
+    kept = "the aspect ratio kept" if fw * h == fh * w else "the aspect ratio as near as multiples of 8 allow"
+    return fw, fh, (f"{w}x{h}{default} is more than the {ref.family.name} model draws ({top} px a side at most): "
+                    f"mapped to {fw}x{fh} from its native size {native}x{native}, {kept}")
+
+
 def check_best_of(field: str, value: Any, limits: Limits) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limits.max_candidates:
         raise FieldError(field, f"{value!r} must be a whole number from 1 to {limits.max_candidates}")
@@ -528,8 +586,8 @@ def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], de
                          f"server's {limits.max_candidates} per request")
     if req.steps is not None and req.steps > limits.max_steps:
         raise FieldError("steps", f"{req.steps} is more than this server's {limits.max_steps}")
-    for name in ("width", "height"):
-        v = getattr(req, name)
+    width, height, size_note = fit_size(req.width, req.height, model)
+    for name, v in (("width", width), ("height", height)):
         if v is not None and (v % 8 or v > limits.max_side):
             raise FieldError(name, f"{v} must be a multiple of 8 and at most {limits.max_side}")
     if req.scorer is not None and req.scorer not in scorers:
@@ -542,19 +600,10 @@ def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], de
         raise FieldError("seed", f"{seed} is too large for {n * req.best_of} consecutive seeds")
     check_prompt("prompt", req.prompt, limits)
     check_prompt("negative_prompt", req.negative_prompt, limits)
-    notes: dict[str, Any] = {}
-    width, height = req.width, req.height
-    if width == height == A1111_DEFAULT_SIZE:
-        from ..models.registry import resolve_model, size_limits
-
-        try:
-            native, top = size_limits(resolve_model(model))
-        except BestshotError:
-            native, top = A1111_DEFAULT_SIZE, A1111_DEFAULT_SIZE
-        if top < A1111_DEFAULT_SIZE:  # e.g. the embedded 32 px model: A1111's default means "the default size"
-            width = height = native
-            notes["size"] = (f"{A1111_DEFAULT_SIZE}x{A1111_DEFAULT_SIZE} (A1111's default) mapped to {native}x{native}, "
-                             "this model's native size")
+    notes: dict[str, Any] = {"size": size_note} if size_note else {}
+    if not req.prompt.strip():
+        notes["prompt"] = ("empty: the images are drawn unconditioned (as A1111 does)"
+                           + ("; best_of ranks them against the empty text, which says nothing" if req.best_of > 1 else ""))
     overrides = dict(base, steps_base=req.steps, guidance=req.cfg_scale, width=width, height=height,
                      negative_prompt=req.negative_prompt, style_suffix="", scheduler=sampler_of(req),
                      clip_min=-1.0 if req.clip_min is None else req.clip_min)

@@ -34,6 +34,8 @@ from ..errors import BestshotError
 from ..store import Store, read_png_info
 from . import a1111 as A
 from .auth import Auth
+from .bodies import JSONBodies
+from .cors import add_cors
 from .safety import HostCheck, allowed_hosts, check_writable, json_safe, json_size, surrogate_path
 from .curation import IMAGE_SUFFIXES, Curation, CurateUpscaler
 from .jobs import (INTERROGATE_MODES, prepare_mask, run_hires, run_img2img, run_interrogate, run_plan, run_upscale,
@@ -68,6 +70,8 @@ class ServerSettings:
     best_of: int = 1  # default candidates per image on the A1111 routes (`serve --best-of`)
     host: str = "127.0.0.1"  # the interface served (its name is accepted in the Host header)
     allowed_hosts: tuple[str, ...] | None = None  # Host header names accepted; None: localhost names + host
+    cors_allow_origins: str | None = None  # A1111's --cors-allow-origins (comma-separated); see server/cors.py
+    cors_allow_origins_regex: str | None = None  # both None: loopback origins only
 
 
 class _Body(A._A1111):
@@ -182,6 +186,8 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
                               "bestshot's own API (/v1) and a curation gallery (/).")
     app.state.settings, app.state.store, app.state.jobs, app.state.curation = settings, store, jobs, curation
     app.add_middleware(HostCheck, allowed=allowed_hosts(settings.host, settings.allowed_hosts))
+    app.add_middleware(JSONBodies)  # bodies without Content-Type (or text/plain) are JSON, as A1111 reads them
+    add_cors(app, settings.cors_allow_origins, settings.cors_allow_origins_regex)  # outermost: errors carry it too
 
     # error bodies in A1111's shape ({"error", "detail", "body", "errors"}), always valid JSON: a refused
     # NaN, Infinity or lone surrogate is echoed as text, never re-raised while rendering the error
@@ -218,8 +224,6 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
 
     # ------------------------------------------------------------------------------ A1111: generation
     def plan(req: A.Txt2ImgRequest) -> A.Plan:
-        if not req.prompt.strip():
-            raise A.FieldError("prompt", "empty — bestshot ranks candidates against the prompt, so it needs one")
         return A.plan_request(req, model=state["model"], scorers=scorers, default_scorer=settings.scorer,
                               limits=limits, base=base_cfg(), default_best_of=state["best_of"])
 
