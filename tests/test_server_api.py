@@ -90,7 +90,7 @@ def test_best_of_picks_one_per_image_with_a1111_seed_blocks(env):
 @pytest.mark.parametrize("body,field", [
     ({"steps": 0}, "steps"), ({"width": 100}, "width"), ({"sampler_name": "No Such Sampler"}, "sampler_name"),
     ({"batch_size": 200}, "batch_size"), ({"scorer": "/etc"}, "scorer"), ({"seed": -5}, "seed"),
-    ({"cfg_scale": "lots"}, "cfg_scale"), ({"prompt": "   "}, "prompt"), ({"best_of": 64, "batch_size": 2}, "best_of"),
+    ({"cfg_scale": "lots"}, "cfg_scale"), ({"best_of": 64, "batch_size": 2}, "best_of"),
 ])
 def test_invalid_values_get_422_naming_the_field(env, body, field):
     r = env["client"].post("/sdapi/v1/txt2img", json={"prompt": "a red circle", **SMALL, **body})
