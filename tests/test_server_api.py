@@ -43,7 +43,8 @@ def _png(b64: str) -> Image.Image:
 def test_txt2img_shapes_seeds_and_png_info(env):
     c = env["client"]
     body = {"prompt": "a red circle", "negative_prompt": "blurry", "seed": 7, "batch_size": 2, "sampler_name": "Euler a",
-            **SMALL, "alwayson_scripts": {}, "styles": [], "hr_checkpoint_name": None}  # unknown: ignored
+            **SMALL, "alwayson_scripts": {}, "styles": [], "hr_checkpoint_name": None,  # unknown: ignored
+            "save_images": True}  # A1111's default is false (sent only)
     r = c.post("/sdapi/v1/txt2img", json=body)
     assert r.status_code == 200, r.text
     data = r.json()

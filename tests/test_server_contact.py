@@ -155,3 +155,118 @@ def test_what_a1111_also_refuses_is_still_refused(emb):
     for body in ({**FAST, "steps": "many"}, {**FAST, "batch_size": 0}, {**FAST, "steps": float("inf")}):
         r = emb.post("/sdapi/v1/txt2img", content=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
         assert r.status_code == 422, body
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def test_sd_model_checkpoint_by_model_name_title_or_hash_suffix(tmp_path):
+    from bestshot.models.registry import EMBEDDED_DIR
+
+    folder = str(EMBEDDED_DIR)
+    app = create_app(ServerSettings(model=folder, out_dir=str(tmp_path / "o"), extra_models=("embedded",)))
+    with TestClient(app, base_url="http://localhost") as c:
+        items = c.get("/sdapi/v1/sd-models").json()
+        name = next(m["model_name"] for m in items if m["title"] == folder)
+        assert name != folder  # a folder's model_name is its last part, as A1111 lists file names
+        for value in ("embedded", name, f"{name} [abcdef1234]", folder):
+            r = c.post("/sdapi/v1/options", json={"sd_model_checkpoint": value})
+            assert r.status_code == 200 and r.json() == {}, r.text
+        assert c.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == folder
+        r = c.post("/sdapi/v1/txt2img", json={**FAST, "override_settings": {"sd_model_checkpoint": name}})
+        assert r.status_code == 200, r.text
+        r = c.post("/sdapi/v1/options", json={"sd_model_checkpoint": "nope.safetensors"})
+        assert r.status_code == 422 and "sd-models" in r.json()["detail"]
+
+
+# ------------------------------------------------------------------------------------ samplers
+
+
+@pytest.mark.parametrize("name,schedule,label", [("k_euler_a", None, "Euler a"), ("k_dpmpp_2m_ka", None, "DPM++ 2M Karras"),
+                                                 ("DPM++ 2M", "SGMUniform", "DPM++ 2M SGM Uniform"),
+                                                 ("DPM++ 2M SDE Heun", None, "DPM++ 2M SDE Heun"),
+                                                 ("DPM fast", None, "DPM fast"), ("plms", None, "PLMS")])
+def test_a1111_sampler_aliases_and_names(emb, name, schedule, label):
+    body = {**FAST, "sampler_name": name, "steps": 4, **({"scheduler": schedule} if schedule else {})}
+    assert _info(emb.post("/sdapi/v1/txt2img", json=body))["sampler_name"] == label
+
+
+@pytest.mark.parametrize("name", ["DPM adaptive", "DDIM CFG++", "k_dpm_ad"])
+def test_samplers_bestshot_cannot_run_are_refused_by_name(emb, name):
+    r = emb.post("/sdapi/v1/txt2img", json={**FAST, "sampler_name": name})
+    assert r.status_code == 422 and name in r.json()["detail"] and "not available" in r.json()["detail"]
+
+
+def test_samplers_list_a1111_aliases(emb):
+    by_name = {s["name"]: s["aliases"] for s in emb.get("/sdapi/v1/samplers").json()}
+    assert "k_euler_a" in by_name["Euler a"] and "DPM++ 2M SDE Heun" in by_name and "DPM fast" in by_name
+    assert "DPM adaptive" not in by_name
+
+
+# ------------------------------------------------------------------------------ small answers, ignored fields
+
+
+def test_control_routes_answer_an_empty_object(emb):
+    for path in ("/sdapi/v1/interrupt", "/sdapi/v1/skip"):
+        assert emb.post(path).json() == {}
+    assert emb.post("/sdapi/v1/options", json={"samples_format": "png"}).json() == {}
+    opts = emb.get("/sdapi/v1/options").json()
+    assert opts["img2img_color_correction"] is False and opts["inpainting_mask_weight"] == 1.0
+
+
+def test_save_images_unset_keeps_nothing_as_a1111(emb):
+    info = _info(emb.post("/sdapi/v1/txt2img", json=FAST))
+    assert info["bestshot"]["saved"] is False and info["bestshot"]["images"][0]["file"] is None
+    kept = _info(emb.post("/sdapi/v1/txt2img", json={**FAST, "save_images": True}))["bestshot"]["images"][0]["file"]
+    assert emb.get(f"/v1/images/{kept}").status_code == 200
+
+
+def test_unimplemented_a1111_features_are_named_in_info(emb):
+    body = {**FAST, "subseed": 5, "subseed_strength": 0.3, "script_name": "x/y/z plot", "script_args": [1, 2],
+            "alwayson_scripts": {"controlnet": {"args": [{"enabled": True}]}}}
+    r = emb.post("/sdapi/v1/txt2img", json=body)
+    ignored = _info(r)["bestshot"]["ignored"]
+    assert {"subseed_strength", "script_name", "alwayson_scripts"} <= set(ignored) and "controlnet" in ignored["alwayson_scripts"]
+    assert r.json()["parameters"]["subseed_strength"] == 0.3
+    assert "ignored" not in _info(emb.post("/sdapi/v1/txt2img", json={**FAST, "alwayson_scripts": {}, "subseed": 5}))["bestshot"]
+
+
+def test_internal_routes_clients_read(emb):
+    p = emb.post("/internal/progress", json={"id_task": "task(x1)", "id_live_preview": -1})
+    assert p.status_code == 200 and {"active", "queued", "completed", "progress", "eta", "live_preview",
+                                     "id_live_preview", "textinfo"} <= set(p.json())
+    assert p.json()["active"] is False
+    assert "bestshot" in emb.get("/internal/sysinfo").json()["Version"]
+    assert "version" in emb.get("/config").json()
+
+
+# ------------------------------------------------------------------------------------ /skip, /progress
+
+
+def test_skip_skips_the_current_batch_and_finishes_the_rest(emb):
+    import threading
+    import time
+
+    out = {}
+    body = {**FAST, "steps": 120, "n_iter": 3, "batch_size": 1}
+    th = threading.Thread(target=lambda: out.setdefault("r", emb.post("/sdapi/v1/txt2img", json=body)))
+    th.start()
+    seen = None
+    for _ in range(3000):
+        st = emb.get("/sdapi/v1/progress").json()["state"]
+        if st["sampling_step"] >= 1:
+            seen = st
+            break
+        time.sleep(0.02)
+    assert seen is not None and seen["job_count"] == 3 and seen["job_no"] == 0  # A1111: n_iter, this iteration
+    assert emb.post("/sdapi/v1/skip").json() == {}
+    job_nos = set()
+    while th.is_alive():
+        st = emb.get("/sdapi/v1/progress").json()["state"]
+        job_nos.add(st["job_no"])
+        time.sleep(0.05)
+    th.join()
+    info = _info(out["r"])
+    assert len(out["r"].json()["images"]) == 3 and not info["bestshot"].get("interrupted")  # the rest was drawn
+    assert info["all_seeds"] == [3, 4, 5] and job_nos & {1, 2}
+    assert emb.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0

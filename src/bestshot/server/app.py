@@ -36,6 +36,7 @@ from . import a1111 as A
 from .auth import Auth
 from .bodies import JSONBodies
 from .cors import add_cors
+from .internal import add_internal_routes
 from .safety import HostCheck, allowed_hosts, check_writable, json_safe, json_size, surrogate_path
 from .curation import IMAGE_SUFFIXES, Curation, CurateUpscaler
 from .jobs import (INTERROGATE_MODES, prepare_mask, run_hires, run_img2img, run_interrogate, run_plan, run_upscale,
@@ -347,7 +348,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             eta = elapsed / prog - elapsed if prog > 0 else 0.0
         state_ = {"skipped": bool(cur and cur.skipped), "interrupted": bool(cur and cur.stopped),
                   "stopping_generation": bool(cur and cur.stopped),
-                  "job": cur.id if cur else "", "job_count": len(jobs),
+                  "job": cur.id if cur else "", "job_count": cur.parts if cur else 0,  # A1111: n_iter of the job
                   "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(cur.created)) if cur else "0",
                   "job_no": cur.part if cur else 0, "sampling_step": cur.step if cur else 0,
                   "sampling_steps": cur.total if cur else 0, "bestshot": snap}
@@ -356,20 +357,19 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
                 "textinfo": cur.description if cur else None}
 
     @sd.post("/interrupt")
-    def interrupt() -> None:
+    def interrupt() -> dict[str, Any]:
         """Stop the running job at its next step; its finished images are returned, marked interrupted."""
         jobs.interrupt()
-        return None
+        return {}
 
     @sd.post("/skip")
-    def skip() -> None:
-        """Stop the running job's current image at its next step and go on with the next one."""
+    def skip() -> dict[str, Any]:
+        """Stop the running job's current batch (one n_iter) at its next step and go on with the next one."""
         jobs.interrupt(skip=True)
-        return None
+        return {}
 
     def model_items() -> list[dict[str, Any]]:
-        return [{"title": m, "model_name": Path(m).name or m, "hash": None, "sha256": None, "filename": m, "config": None}
-                for m in models]
+        return [A.model_item(m) for m in models]
 
     @sd.get("/sd-models", response_model=list[A.SDModelItem])
     def sd_models() -> list[dict[str, Any]]:
@@ -396,14 +396,16 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         return options()
 
     @sd.post("/options")
-    def set_options(opts: dict[str, Any] = Body(...)) -> None:
+    def set_options(opts: dict[str, Any] = Body(...)) -> dict[str, Any]:
         bad = surrogate_path(opts)
         if bad is not None:
             raise A.FieldError(bad, "holds a lone UTF-16 surrogate — send valid UTF-8 text")
         ckpt = opts.get("sd_model_checkpoint")
-        if ckpt is not None:
-            if ckpt not in models:
+        if ckpt is not None:  # by title, model_name or filename, as A1111 matches it
+            found = A.find_checkpoint(ckpt, models)
+            if found is None:
                 raise A.FieldError("sd_model_checkpoint", f"unknown model {ckpt!r} — GET /sdapi/v1/sd-models lists them")
+            ckpt = found
         best = opts.get("bestshot_best_of")
         if best is not None:
             A.check_best_of("bestshot_best_of", best, limits)
@@ -425,7 +427,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         if best is not None:
             state["best_of"] = int(best)
         state["options"].update(updates)
-        return None
+        return {}
 
     # ------------------------------------------------------------------------------ A1111: the rest
     # Features bestshot does not have answer what A1111 answers without them (empty lists, null), never 404.
@@ -468,7 +470,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
                 "bestshot_best_of": state["best_of"], "bestshot_max_cost": limits.max_cost}
 
     @sd.post("/unload-checkpoint")
-    def unload_checkpoint() -> None:
+    def unload_checkpoint() -> dict[str, Any]:
         from ..models.loader import CACHE
 
         if jobs.current is None:
@@ -476,11 +478,11 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             from ..models.loader import free_memory
 
             free_memory()
-        return None
+        return {}
 
     @sd.post("/reload-checkpoint")
-    def reload_checkpoint() -> None:
-        return None  # the model loads on the next request
+    def reload_checkpoint() -> dict[str, Any]:
+        return {}  # the model loads on the next request
 
     @sd.post("/extra-batch-images", response_model=A.ExtrasBatchImagesResponse)
     async def extra_batch_images(req: A.ExtrasBatchImagesRequest) -> dict[str, Any]:
@@ -655,6 +657,8 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
 
     app.include_router(sd)
     app.include_router(v1)
+
+    add_internal_routes(app, jobs, A.preview_image, [Depends(auth.check)])  # /internal/progress, sysinfo, /config
 
     @app.get("/internal/ping", tags=["AUTOMATIC1111"], dependencies=[Depends(auth.check)])
     def internal_ping() -> dict[str, Any]:
