@@ -240,7 +240,7 @@ def test_client_disconnect_does_not_kill_the_job(env):
     before = app.state.jobs.completed
     with BackgroundServer(app) as url:
         host, port = url.rsplit("//", 1)[1].split(":")
-        body = json.dumps({"prompt": "an orange triangle", "seed": 99, **SMALL}).encode()
+        body = json.dumps({"prompt": "an orange triangle", "seed": 99, "save_images": True, **SMALL}).encode()
         s = socket.create_connection((host, int(port)))
         s.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                   + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
