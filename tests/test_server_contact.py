@@ -270,3 +270,12 @@ def test_skip_skips_the_current_batch_and_finishes_the_rest(emb):
     assert len(out["r"].json()["images"]) == 3 and not info["bestshot"].get("interrupted")  # the rest was drawn
     assert info["all_seeds"] == [3, 4, 5] and job_nos & {1, 2}
     assert emb.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
+
+
+def test_hires_without_save_images_leaves_no_file(tmp_path):
+    app = create_app(out_dir=str(tmp_path / "o"))
+    with TestClient(app, base_url="http://localhost") as c:
+        info = _info(c.post("/sdapi/v1/txt2img", json={**FAST, "enable_hr": True, "hr_scale": 2, "width": 16,
+                                                      "height": 16, "steps": 4}))
+    assert info["bestshot"]["saved"] is False and info["width"] == 32
+    assert not list((tmp_path / "o").glob("*.png"))  # neither the first pass nor the hires pass

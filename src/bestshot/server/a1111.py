@@ -746,6 +746,19 @@ def gate_info(kept: list[dict[str, Any]], clip_min: float | None) -> dict[str, A
     return out
 
 
+def forget_files(results: list[dict[str, Any]]) -> None:
+    """Delete the stored images of generate() results (a request with save_images false keeps none)."""
+    import os
+
+    for r in results:
+        for c in r["candidates"]:
+            if c.get("path"):
+                try:
+                    os.unlink(c["path"])
+                except OSError:
+                    pass
+
+
 def build_response(req: Txt2ImgRequest, plan: Plan, results: list[dict[str, Any]], rel: Any,
                    model_title: str, sampler: str, extra_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """A1111's response: base64 images, the request as ``parameters``, the infotext fields as ``info``.
@@ -788,15 +801,7 @@ def build_response(req: Txt2ImgRequest, plan: Plan, results: list[dict[str, Any]
         },
     }
     if req.save_images is False:  # honoured: nothing of this request stays in the output folder
-        import os
-
-        for r in results:
-            for c in r["candidates"]:
-                if c.get("path"):
-                    try:
-                        os.unlink(c["path"])
-                    except OSError:
-                        pass
+        forget_files(results)
         info["bestshot"]["images"] = [{**x, "file": None} for x in info["bestshot"]["images"]]
         for run in info["bestshot"]["runs"]:
             run["candidates"] = [{**x, "file": None} for x in run["candidates"]]

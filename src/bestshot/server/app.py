@@ -263,7 +263,10 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             results = run_plan(job, p, req.prompt, store)
             if hr is None or job.should_stop:
                 return results, job.stopped, False
-            return run_hires(job, p, hr, results, req.prompt, store, req.hr_upscaler, settings.device), job.stopped, True
+            hired = run_hires(job, p, hr, results, req.prompt, store, req.hr_upscaler, settings.device)
+            if not req.save_images:  # the first pass is not returned: nothing of it stays either
+                A.forget_files(results)
+            return hired, job.stopped, True
 
         parts = len(p.calls) + (p.n_images if hr is not None else 0)
         results, stopped, hired = await run_job("txt2img", work, describe("txt2img", req, p), parts=parts)
