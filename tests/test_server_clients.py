@@ -106,7 +106,7 @@ def replay(c, fixture: dict, model: str) -> dict:
             def gen(p=path, b=body, st=step):
                 r = _send(c, "POST", p, b, headers, st, origin)
                 if r.status_code == 200:
-                    check_reads(r.json(), step.get("reads", []), p)
+                    check_reads(r.json(), st.get("reads", []), p)
                 done["gen"] = r
             bg = threading.Thread(target=gen)
             bg.start()
