@@ -52,7 +52,7 @@ def burst(base_url: str, n: int, body: dict[str, Any], out_dir: Path) -> dict[st
     def one(i: int) -> tuple[int, dict[str, str], bytes, float]:
         gate.wait()
         t = time.perf_counter()
-        status, headers, data = post(f"{base_url}/sdapi/v1/txt2img", {**body, "seed": 1000 + i})
+        status, headers, data = post(f"{base_url}/sdapi/v1/txt2img", {**body, "seed": 1000 + i, "save_images": True})
         return status, headers, data, time.perf_counter() - t
 
     with ThreadPoolExecutor(n) as pool:

@@ -60,6 +60,26 @@ def _wait_running(c, done) -> int:
     return polls
 
 
+def _send(c, method, path, body, headers, step, origin):
+    """One client request: JSON (or, with "raw", the JSON text without a Content-Type, as the client sends it);
+    a browser client (fixture "origin") sends its CORS preflight first and needs the answer's CORS header."""
+    ctype = step.get("content_type")  # a text/plain body is a "simple" request: no preflight
+    if origin:
+        headers = {**headers, "Origin": origin}
+        if not ctype and (method not in ("GET", "HEAD") or set(headers) - {"Origin", "Accept"}):
+            pre = c.options(path, headers={"Origin": origin, "Access-Control-Request-Method": method,
+                                           "Access-Control-Request-Headers": "content-type,authorization"})
+            assert pre.status_code == 200 and pre.headers.get("access-control-allow-origin") == origin, (path, pre.text)
+    if step.get("raw") or ctype:
+        r = c.request(method, path, content=json.dumps(body).encode(),
+                      headers={**headers, **({"Content-Type": ctype} if ctype else {})})
+    else:
+        r = c.request(method, path, json=body, headers=headers)
+    if origin:
+        assert r.headers.get("access-control-allow-origin") == origin, (method, path)
+    return r
+
+
 def replay(c, fixture: dict, model: str) -> dict:
     done: dict = {}
     bg = None
@@ -67,6 +87,7 @@ def replay(c, fixture: dict, model: str) -> dict:
     options = None  # the last GET /sdapi/v1/options answer, for "$OPTIONS" bodies
     headers = fixture.get("headers", {})
     overrides = fixture.get("replay_overrides", {})
+    origin = fixture.get("origin")
     for step in fixture["steps"]:
         method, path = step["method"], step.get("path")
         if method == "WAIT":
@@ -82,15 +103,15 @@ def replay(c, fixture: dict, model: str) -> dict:
         if path == "/sdapi/v1/txt2img":
             body = {**body, **overrides}
         if step.get("background"):
-            def gen(p=path, b=body, s=step):
-                r = c.post(p, json=b, headers=headers)
+            def gen(p=path, b=body, st=step):
+                r = _send(c, "POST", p, b, headers, st, origin)
                 if r.status_code == 200:
-                    check_reads(r.json(), s.get("reads", []), p)
+                    check_reads(r.json(), st.get("reads", []), p)
                 done["gen"] = r
             bg = threading.Thread(target=gen)
             bg.start()
             continue
-        r = c.request(method, path, json=body, headers=headers)
+        r = _send(c, method, path, body, headers, step, origin)
         assert r.status_code == 200, (method, path, r.status_code, r.text[:300])
         check_reads(r.json(), step.get("reads", []), (method, path))
         if method == "GET" and path == "/sdapi/v1/options":
@@ -123,3 +144,48 @@ def test_openwebui_sequence_on_the_embedded_model(tmp_path):
     info = json.loads(r.json()["info"])
     assert len(r.json()["images"]) == 1 and (info["width"], info["height"]) == (32, 32)  # 512² → native, said so
     assert "native size" in info["bestshot"]["size"]
+
+
+def _embedded_replay(name, tmp_path, model="embedded"):
+    fixture = json.loads((FIXTURES / name).read_text())
+    app = create_app(out_dir=str(tmp_path / "o"))
+    with TestClient(app, base_url="http://127.0.0.1:7860") as c:
+        done = replay(c, fixture, model)
+    r = done["gen"]
+    assert r.status_code == 200, r.text
+    return r, json.loads(r.json()["info"])
+
+
+def test_webuiapi_default_request_with_a_relation_prompt(tmp_path):
+    r, info = _embedded_replay("webuiapi.json", tmp_path)
+    assert info["sampler_name"] == "Euler a" and "native size" in info["bestshot"]["size"]
+
+
+def test_librechat_stable_diffusion_tool(tmp_path):
+    r, info = _embedded_replay("librechat.json", tmp_path)
+    assert (info["width"], info["height"]) == (32, 32) and "1024x1024" in info["bestshot"]["size"]
+    assert info["infotexts"][0].split("\n")[-1].startswith("Steps:") and info["seed"] >= 0  # what LibreChat keeps
+
+
+def test_dify_stable_diffusion_tool(tmp_path):
+    from bestshot.models.registry import EMBEDDED_DIR
+
+    fixture = json.loads((FIXTURES / "dify.json").read_text())
+    folder = str(EMBEDDED_DIR)
+    app = create_app(model=folder, out_dir=str(tmp_path / "o"))
+    with TestClient(app, base_url="http://127.0.0.1:7860") as c:
+        name = c.get("/sdapi/v1/sd-models").json()[0]["model_name"]  # Dify's model setting: a model_name
+        done = replay(c, fixture, name)
+    r = done["gen"]
+    assert r.status_code == 200, r.text
+    assert len(r.json()["images"]) == 1
+
+
+def test_browser_front_end_from_another_origin(tmp_path):
+    r, info = _embedded_replay("browser_app.json", tmp_path)
+    assert (info["width"], info["height"]) == (48, 32) and info["sampler_name"] == "Euler a"
+
+
+def test_browser_front_end_posting_text_plain(tmp_path):
+    r, info = _embedded_replay("browser_plain.json", tmp_path)
+    assert len(r.json()["images"]) == 2 and info["sampler_name"] == "DPM++ 2M Karras"

@@ -211,11 +211,13 @@ def reproduce_note(pipe: Any, batch: int, solo_rendered: bool) -> str:
 
 
 def _resolve_prompt(mode: str, prompt: str | None, text: str | None, seed: int, llm_backend: str,
-                    llm_model: str | None) -> tuple[str, str | None, dict[str, Any] | None]:
+                    llm_model: str | None, allow_empty: bool = False) -> tuple[str, str | None, dict[str, Any] | None]:
     """(user-level prompt, clip prompt or None, auto-prompt record or None)."""
     if mode not in MODES:
         raise BestshotError(f"unknown mode {mode!r} — use user_prompt or auto_prompt")
     if mode == "user_prompt":
+        if allow_empty and prompt is not None:
+            return str(prompt), None, None
         if prompt is None or not str(prompt).strip():
             raise BestshotError("the prompt is empty — give a text prompt, e.g. bestshot generate \"a red circle\"")
         return str(prompt), None, None
@@ -234,7 +236,7 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
              show: bool = False, return_candidates_images: bool = False, model: str | None = None,
              scorer: Any = None, store: Store | None = None, llm_backend: str = "auto", llm_model: str | None = None,
              on_step: StepCallback | None = None, extra_record: dict[str, Any] | None = None,
-             **overrides: Any) -> dict[str, Any]:
+             allow_empty_prompt: bool = False, **overrides: Any) -> dict[str, Any]:
     """Generate ``cfg.n_images`` candidates, rank them with CLIP, keep the best if it passes the gate.
 
     Returns the result dict (``ok``, ``reason``, ``best_seed``, ``best_score``,
@@ -250,6 +252,8 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
     false, ``reason: "interrupted"``, ``interrupted``, ``stopped`` (why), ``steps_done`` (the step the kept
     candidate reached, also per candidate) and no ``reproduce`` claim; its best candidate is still saved
     (what an interrupted client gets back) but no ``img_path`` is claimed.
+    ``allow_empty_prompt``: an empty prompt draws unconditioned images (A1111 allows it) instead of being
+    refused.
     """
     t0 = time.perf_counter()
     cfg = resolve_config(cfg, preset=preset, model=model, **overrides)
@@ -258,9 +262,10 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
     store = store or Store(root=Path(cfg.out_dir), log_path=Path(cfg.log_jsonl))
     store.check_writable()  # a read-only or full output folder: one clear error before any model loads
     run_id = new_run_id()
-    user_prompt, llm_clip, auto_info = _resolve_prompt(mode, prompt, text, cfg.seed_base, llm_backend, llm_model)
+    user_prompt, llm_clip, auto_info = _resolve_prompt(mode, prompt, text, cfg.seed_base, llm_backend, llm_model,
+                                                     allow_empty_prompt)
     built = build_prompt(user_prompt, style_suffix=cfg.style_suffix, negative_prompt=cfg.negative_prompt,
-                         clip_prompt=llm_clip)
+                         clip_prompt=llm_clip, allow_empty=allow_empty_prompt)
     seeds = seeds_for(cfg.seed_base, cfg.n_images)
     record: dict[str, Any] = {
         "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

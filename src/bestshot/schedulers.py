@@ -55,6 +55,11 @@ SAMPLERS: dict[str, Sampler] = {s.key: s for s in (
     _s("lcm", "LCM", "LCMScheduler"),
     _s("restart", "Restart", "HeunDiscreteScheduler",
        note="Restart is not in diffusers; Heun (the solver Restart builds on) is used instead"),
+    _s("dpmpp_2m_sde_heun", "DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++",
+       solver_order=2, solver_type="heun"),
+    _s("dpm_fast", "DPM fast", "DPMSolverSinglestepScheduler", algorithm_type="dpmsolver", solver_order=3,
+       final_sigmas_type="sigma_min",
+       note="DPM fast runs as diffusers' single-step DPM-Solver (order 3), not k-diffusion's order schedule"),
     _s("flow_euler", "Euler", "FlowMatchEulerDiscreteScheduler", flow=True),
 )}
 
@@ -84,6 +89,29 @@ SCHEDULERS["dpmpp_2m_karras"] = ("DPMSolverMultistepScheduler", {"algorithm_type
 _LABELS = {v.label.lower(): k for k, v in SAMPLERS.items() if not v.flow}
 SAMPLER_ALIASES = {**_LABELS, "dpm++ 2m karras": "dpmpp_2m_karras"}
 
+# A1111's sampler aliases (its samplers' `aliases`: the k-diffusion names older clients send) → key, schedule
+K_ALIASES: dict[str, tuple[str, str | None]] = {
+    "k_euler_a": ("euler_a", None), "k_euler_ancestral": ("euler_a", None), "k_euler": ("euler", None),
+    "k_lms": ("lms", None), "k_lms_ka": ("lms", "karras"), "k_heun": ("heun", None), "k_dpm_2": ("dpm2", None),
+    "k_dpm_2_ka": ("dpm2", "karras"), "k_dpm_2_a": ("dpm2_a", None), "k_dpm_2_a_ka": ("dpm2_a", "karras"),
+    "k_dpmpp_2s_a": ("dpmpp_2s_a", None), "k_dpmpp_2s_a_ka": ("dpmpp_2s_a", "karras"),
+    "k_dpmpp_2m": ("dpmpp_2m", None), "k_dpmpp_2m_ka": ("dpmpp_2m", "karras"), "k_dpmpp_sde": ("dpmpp_sde", None),
+    "k_dpmpp_sde_ka": ("dpmpp_sde", "karras"), "k_dpmpp_2m_sde": ("dpmpp_2m_sde", None),
+    "k_dpmpp_2m_sde_ka": ("dpmpp_2m_sde", "karras"), "k_dpmpp_2m_sde_heun": ("dpmpp_2m_sde_heun", None),
+    "k_dpmpp_3m_sde": ("dpmpp_3m_sde", None), "k_dpm_fast": ("dpm_fast", None), "k_lcm": ("lcm", None),
+    "plms": ("pndm", None),
+}
+
+# A1111 samplers bestshot cannot run, refused by name with the reason (never silently replaced)
+UNSUPPORTED: dict[str, str] = {
+    "dpm adaptive": "DPM adaptive picks its own step count (k-diffusion's adaptive solver), which diffusers does not "
+                    "have — use DPM++ 2M or DPM fast",
+    "k_dpm_ad": "DPM adaptive (k_dpm_ad) picks its own step count, which diffusers does not have — use DPM++ 2M",
+    "ddim cfg++": "DDIM CFG++ guides with a different formula (its CFG scale is about 1, not 7) that diffusers does "
+                  "not have — use DDIM",
+    "ddim_cfgpp": "DDIM CFG++ (ddim_cfgpp) guides with a formula diffusers does not have — use DDIM",
+}
+
 
 def _norm(name: str) -> str:
     return name.strip().lower().replace("-", "_").replace(" ", "_").replace("++", "pp")
@@ -112,10 +140,18 @@ class SchedulerSpec:
         return [n for n in (self.sampler.note, SCHEDULE_TYPES[self.schedule][2]) if n]
 
 
+def _compact(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+_SCHEDULE_COMPACT = {_compact(k): k for k in SCHEDULE_TYPES}  # "SGMUniform", "sgm_uniform", "KL-Optimal"...
+
+
 def _schedule_key(name: str | None) -> str:
     key = (name or "automatic").strip().lower().replace("_", " ")
     if key in ("", "none", "default"):
         key = "automatic"
+    key = _SCHEDULE_COMPACT.get(_compact(key), key)
     if key not in SCHEDULE_TYPES:
         raise BestshotError(f"unknown schedule type {name!r} — choose one of: "
                             + ", ".join(v[0] for v in SCHEDULE_TYPES.values()))
@@ -126,6 +162,12 @@ def scheduler_spec(name: str, schedule: str | None = None) -> SchedulerSpec:
     """A sampler name (bestshot key, A1111 name, or either with a schedule type: "DPM++ 2M Karras",
     "dpmpp_2m:karras") and an optional schedule type → a :class:`SchedulerSpec`, or a clear error."""
     raw = name.strip()
+    if raw.lower() in UNSUPPORTED:
+        raise BestshotError(f"sampler {name!r} is not available: {UNSUPPORTED[raw.lower()]}")
+    if raw.lower() in K_ALIASES:
+        key, alias_schedule = K_ALIASES[raw.lower()]
+        return SchedulerSpec(SAMPLERS[key], _schedule_key(schedule if _schedule_key(schedule) != "automatic"
+                                                          else alias_schedule))
     if ":" in raw:
         raw, _, suffix = raw.partition(":")
         schedule = schedule if _schedule_key(schedule) != "automatic" else suffix

@@ -119,11 +119,27 @@ class BestshotWorldPipeline(DiffusionPipeline):
             ca, cb = centroids(dense, ta, tb)
             total = sum(agreement(ca[i], cb[i], r.relation) for i, r in enumerate(rels) if r)
             (grad,) = torch.autograd.grad(total, x)
+        return latents + (scale * self._x0_weight(t) * grad).to(latents.dtype)
+
+    def _x0_weight(self, t) -> float:
+        """How much of the clean image the sample the scheduler just returned holds: ``sqrt(alpha_bar)`` of
+        its noise level where the scheduler samples in alpha space (x = sqrt(a) x0 + sqrt(1 - a) eps: DDIM,
+        DPM++, UniPC), 1 where it samples in sigma space (x = x0 + sigma eps: Euler, Heun, LMS, DPM2, the
+        k-diffusion family, whose timesteps are floats). The noise level is the scheduler's own sigma for
+        the new sample where it keeps sigmas (Karras and other non-uniform schedules included), else the
+        previous integer timestep's alpha_bar."""
         sched = self.scheduler
-        prev = sched.previous_timestep(t) if hasattr(sched, "previous_timestep") else \
+        if float(getattr(sched, "init_noise_sigma", 1.0)) != 1.0:  # sigma space: x0's weight is 1 at every sigma
+            return 1.0
+        sigmas, idx = getattr(sched, "sigmas", None), getattr(sched, "step_index", None)
+        if sigmas is not None and idx is not None:  # VP sigma = sqrt((1 - a) / a)  =>  sqrt(a) = 1 / sqrt(1 + sigma²)
+            sigma = float(sigmas[min(int(idx), len(sigmas) - 1)])
+            return 1.0 / math.sqrt(1.0 + sigma * sigma)
+        t = int(t)
+        prev = int(sched.previous_timestep(t)) if hasattr(sched, "previous_timestep") else \
             t - sched.config.num_train_timesteps // sched.num_inference_steps
         alpha = sched.alphas_cumprod[prev] if prev >= 0 else getattr(sched, "final_alpha_cumprod", torch.tensor(1.0))
-        return latents + (scale * alpha.to(grad.device).sqrt() * grad).to(latents.dtype)
+        return float(alpha) ** 0.5
 
     @staticmethod
     def _pixels(image: Any, width: int, height: int, n: int, device: Any, dtype: Any) -> torch.Tensor:
@@ -329,7 +345,9 @@ class BestshotWorldPipeline(DiffusionPipeline):
                 pred = p_u + guidance_scale * (p_c - p_u)
             step = self.scheduler.step(pred, t, latents, return_dict=True, **step_kw)
             x_t, latents = latents, step.prev_sample
-            if rel_texts is not None and i < n_guided and i % sg_every == 0:
+            # two-stage solvers (Heun, DPM2) call step twice per timestep: steer only the completed sample
+            full_step = getattr(self.scheduler, "state_in_first_order", True)
+            if rel_texts is not None and i < n_guided and i % sg_every == 0 and full_step:
                 x0 = getattr(step, "pred_original_sample", None)
                 if x0 is None:  # multistep solvers (DPM++, UniPC) do not report it
                     x0 = self._predicted_x0(x_t, pred, t)

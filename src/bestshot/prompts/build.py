@@ -39,10 +39,12 @@ class BuiltPrompt:
 
 
 def build_prompt(prompt: str, *, style_suffix: str = "", negative_prompt: str = "",
-                 trigger_words: Sequence[str] = (), clip_prompt: str | None = None) -> BuiltPrompt:
-    """Assemble the pipeline prompt (triggers + prompt + style suffix) and the CLIP prompt."""
+                 trigger_words: Sequence[str] = (), clip_prompt: str | None = None,
+                 allow_empty: bool = False) -> BuiltPrompt:
+    """Assemble the pipeline prompt (triggers + prompt + style suffix) and the CLIP prompt (``allow_empty``:
+    an empty prompt is kept, for unconditioned images, instead of refused)."""
     core = normalise(prompt)
-    if not core:
+    if not core and not allow_empty:
         raise BestshotError("the prompt is empty — give a text prompt, e.g. bestshot generate \"a red circle\"")
     parts = [normalise(t) for t in trigger_words if normalise(t)]
     sd = ", ".join(parts + [core])

@@ -15,8 +15,11 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 import random
 import time
+import types
+import typing
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
@@ -28,7 +31,7 @@ from .. import __version__
 from ..config import ImgCfg
 from ..models.settings import resolve_config
 from ..errors import BestshotError
-from ..schedulers import SAMPLERS, SCHEDULE_TYPES, scheduler_spec
+from ..schedulers import K_ALIASES, SAMPLERS, SCHEDULE_TYPES, scheduler_spec
 from .safety import MAX_ITEMS, oversized_path, reject_surrogates, unknown_keys
 
 MAX_SEED = 2**53 - 1  # what a JavaScript client can hold exactly
@@ -60,7 +63,36 @@ class _A1111(BaseModel):
         return reject_surrogates(data)
 
 
-class Txt2ImgRequest(_A1111):
+def _int_field(annotation: Any) -> bool:
+    """Whether a field holds a whole number (``int`` or ``Optional[int]``, not ``float | int``)."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    args = typing.get_args(annotation) if union else (annotation,)
+    return int in args and float not in args
+
+
+class _Lenient(_A1111):
+    """What A1111's pydantic (v1) models accept, coerced as they coerce it: ``null`` for a field with a default
+    means the default (``batch_size: null``, ``prompt: null``), and a finite number for a whole-number field is
+    truncated (``hr_second_pass_steps: 12.5`` → 12, as a client sending ``steps / 2`` gets from A1111)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a1111_coercion(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, f in cls.model_fields.items():
+            if name not in out:
+                continue
+            v = out[name]
+            if v is None and not f.is_required() and f.default is not None:
+                del out[name]
+            elif isinstance(v, float) and math.isfinite(v) and _int_field(f.annotation):
+                out[name] = int(v)
+        return out
+
+
+class Txt2ImgRequest(_Lenient):
     prompt: str = ""
     negative_prompt: str = ""
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 = random; image i uses seed + i")
@@ -83,8 +115,20 @@ class Txt2ImgRequest(_A1111):
     hr_resize_y: int = Field(0, ge=0, le=16384)
     denoising_strength: Optional[float] = Field(None, ge=0, le=1, description="hires fix strength (default 0.7)")
     send_images: bool = True
-    save_images: Optional[bool] = Field(None, description="false: the images are not kept on the server (only sent); "
-                                        "unset: bestshot keeps them (served by /v1/images)")
+    save_images: bool = Field(False, description="true: the images are kept on the server (served by /v1/images); "
+                              "false, A1111's default: they are only sent")
+    # A1111 features a later change implements; until then info["bestshot"]["ignored"] names what was not honoured
+    subseed: int = Field(-1, description="ignored for now (variation seeds)")
+    subseed_strength: float = Field(0.0, ge=0, le=1, description="ignored for now (variation seeds)")
+    seed_resize_from_w: int = Field(-1, description="ignored for now")
+    seed_resize_from_h: int = Field(-1, description="ignored for now")
+    script_name: Optional[str] = Field(None, max_length=500, description="ignored for now (A1111 scripts)")
+    script_args: list[Any] = Field(default_factory=list, description="ignored for now (A1111 scripts)")
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict, description="ignored for now (ControlNet, ADetailer...)")
+    styles: Optional[list[str]] = Field(None, description="ignored (bestshot has no prompt styles)")
+    restore_faces: Optional[bool] = Field(None, description="ignored (bestshot has no face restoration)")
+    tiling: Optional[bool] = Field(None, description="ignored (no seamless tiling)")
+    refiner_checkpoint: Optional[str] = Field(None, max_length=500, description="ignored for now")
     # bestshot extras
     best_of: int = Field(1, ge=1, le=256, description="candidates per returned image; the best is returned (default: "
                          "override_settings.bestshot_best_of, POST /options bestshot_best_of, serve --best-of)")
@@ -107,6 +151,29 @@ class Img2ImgRequest(Txt2ImgRequest):
     inpaint_full_res: bool = Field(True, description="inpaint only the masked area, at full resolution")
     inpaint_full_res_padding: int = Field(32, ge=0, le=256)
     inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1: repaint what is black in the mask")
+
+
+def ignored_fields(req: Txt2ImgRequest) -> dict[str, str]:
+    """A1111 fields the request set that bestshot does not honour yet, each with what happened instead."""
+    out: dict[str, str] = {}
+    if req.subseed_strength > 0:
+        out["subseed_strength"] = f"{req.subseed_strength:g}: variation seeds are not implemented yet; plain seeds used"
+    if req.seed_resize_from_w > 0 or req.seed_resize_from_h > 0:
+        out["seed_resize_from"] = "not implemented yet; the noise is drawn at the image's size"
+    if req.script_name:
+        out["script_name"] = f"{req.script_name!r}: A1111 scripts are not implemented yet; not run"
+    if req.alwayson_scripts:
+        out["alwayson_scripts"] = (", ".join(sorted(str(k) for k in req.alwayson_scripts))[:300]
+                                   + ": A1111 extensions are not implemented yet; not run")
+    if req.styles:
+        out["styles"] = "bestshot has no prompt styles; the prompt is used as sent"
+    if req.restore_faces:
+        out["restore_faces"] = "bestshot has no face restoration"
+    if req.tiling:
+        out["tiling"] = "seamless tiling is not implemented"
+    if req.refiner_checkpoint:
+        out["refiner_checkpoint"] = "a refiner pass is not implemented yet; not run"
+    return out
 
 
 @dataclass
@@ -281,7 +348,8 @@ def samplers() -> list[dict[str, Any]]:
         if spec.flow:
             continue
         opts = {"scheduler": "", "note": spec.note} if spec.note else {}
-        out.append({"name": spec.label, "aliases": [spec.key], "options": opts})
+        k_names = [k for k, (key, sched) in K_ALIASES.items() if key == spec.key and sched is None]
+        out.append({"name": spec.label, "aliases": [*k_names, spec.key], "options": opts})
     return out
 
 
@@ -472,6 +540,54 @@ def check_cost(cfg: ImgCfg, candidates: int, limits: Limits) -> float:
 A1111_DEFAULT_SIZE = 512  # what A1111 clients send when the user set nothing
 
 
+def fit_size(width: int | None, height: int | None, model: str) -> tuple[int | None, int | None, str | None]:
+    """A requested size the model cannot draw (a side above its family's largest, e.g. 512² or 1024² on the
+    embedded 32 px model) mapped onto its native grid: the shorter side at the native size, the longer one
+    keeping the aspect ratio (a multiple of 8, at most the largest side). Returns (width, height, the note
+    for info, or None when the size is kept). Sizes the model can draw are kept: the cost budget guards them."""
+    from ..models.registry import resolve_model, size_limits
+
+    if width is None and height is None:
+        return width, height, None
+    try:
+        ref = resolve_model(model)
+        native, top = size_limits(ref)
+    except BestshotError:
+        return width, height, None
+    w, h = width or native, height or native
+    if max(w, h) <= top:
+        return width, height, None
+    short, long_ = min(w, h), max(w, h)
+    side = min(top, max(native, round(native * long_ / short / 8) * 8))
+    fw, fh = (side, native) if w >= h else (native, side)
+    default = " (A1111's default)" if w == h == A1111_DEFAULT_SIZE else ""
+    kept = "the aspect ratio kept" if fw * h == fh * w else "the aspect ratio as near as multiples of 8 allow"
+    return fw, fh, (f"{w}x{h}{default} is more than the {ref.family.name} model draws ({top} px a side at most): "
+                    f"mapped to {fw}x{fh} from its native size {native}x{native}, {kept}")
+
+
+def model_item(model: str) -> dict[str, Any]:
+    """A served model as GET /sdapi/v1/sd-models lists it."""
+    from pathlib import Path
+
+    return {"title": model, "model_name": Path(model).name or model, "hash": None, "sha256": None, "filename": model,
+            "config": None}
+
+
+def find_checkpoint(name: Any, models: list[str]) -> str | None:
+    """The served model an ``sd_model_checkpoint`` names, as A1111 matches it: by title, model_name or
+    filename (as /sd-models lists them), also with A1111's " [hash]" suffix; None when none matches."""
+    if not isinstance(name, str):
+        return None
+    wanted = name.strip()
+    for cand in (wanted, wanted.rsplit(" [", 1)[0] if wanted.endswith("]") else wanted):
+        for m in models:
+            item = model_item(m)
+            if cand in (item["title"], item["model_name"], item["filename"]):
+                return m
+    return None
+
+
 def check_best_of(field: str, value: Any, limits: Limits) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limits.max_candidates:
         raise FieldError(field, f"{value!r} must be a whole number from 1 to {limits.max_candidates}")
@@ -489,7 +605,9 @@ def option_defaults(out_dir: Any = "") -> dict[str, Any]:
         "live_preview_content": "Prompt", "show_progressbar": True, "img2img_fix_steps": False,
         "enable_pnginfo": True, "sd_checkpoints_limit": 1, "sd_lora": "None", "forge_additional_modules": [],
         "upscaler_for_img2img": None, "face_restoration_model": None, "sampler_name": None, "scheduler": None,
-        "bestshot_best_of": 1, "bestshot_score_min": None, "bestshot_clip_min": None,
+        "bestshot_best_of": 1, "bestshot_score_min": None, "bestshot_clip_min": None, "img2img_color_correction": False,
+        "inpainting_mask_weight": 1.0, "img2img_background_color": "#ffffff", "samples_filename_pattern": "",
+        "save_to_dirs": False, "sd_vae_checkpoint_cache": 0, "sd_checkpoint_cache": 0,
     }
 
 
@@ -520,6 +638,8 @@ def sampler_of(req: Txt2ImgRequest) -> str | None:
         if "schedule type" in str(e):
             raise FieldError("scheduler", f"{e} (GET /sdapi/v1/schedulers lists them)") from None
         field_ = "sampler_name" if req.sampler_name else "sampler_index"
+        if "not available" in str(e):
+            raise FieldError(field_, str(e)) from None
         raise FieldError(field_, f"unknown sampler {name!r} — GET /sdapi/v1/samplers lists the ones available") from None
 
 
@@ -545,13 +665,14 @@ def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], de
                          f"server's {limits.max_candidates} per request")
     if req.steps is not None and req.steps > limits.max_steps:
         raise FieldError("steps", f"{req.steps} is more than this server's {limits.max_steps}")
-    for name in ("width", "height"):
-        v = getattr(req, name)
+    width, height, size_note = fit_size(req.width, req.height, model)
+    for name, v in (("width", width), ("height", height)):
         if v is not None and (v % 8 or v > limits.max_side):
             raise FieldError(name, f"{v} must be a multiple of 8 and at most {limits.max_side}")
     if req.scorer is not None and req.scorer not in scorers:
         raise FieldError("scorer", f"unknown scorer {req.scorer!r} — this server offers: {', '.join(scorers) or 'none'}")
-    if req.override_settings and req.override_settings.get("sd_model_checkpoint") not in (None, model):
+    ckpt = (req.override_settings or {}).get("sd_model_checkpoint")
+    if ckpt is not None and find_checkpoint(ckpt, [model]) is None:
         raise FieldError("override_settings", "sd_model_checkpoint: this server serves one model at a time — "
                          f"use {model!r} or POST /sdapi/v1/options to switch")
     seed = req.seed if req.seed >= 0 else random.randrange(2**32)
@@ -560,19 +681,13 @@ def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], de
         raise FieldError("seed", f"{seed} is too large for {n * req.best_of} consecutive seeds")
     check_prompt("prompt", req.prompt, limits)
     check_prompt("negative_prompt", req.negative_prompt, limits)
-    notes: dict[str, Any] = {}
-    width, height = req.width, req.height
-    if width == height == A1111_DEFAULT_SIZE:
-        from ..models.registry import resolve_model, size_limits
-
-        try:
-            native, top = size_limits(resolve_model(model))
-        except BestshotError:
-            native, top = A1111_DEFAULT_SIZE, A1111_DEFAULT_SIZE
-        if top < A1111_DEFAULT_SIZE:  # e.g. the embedded 32 px model: A1111's default means "the default size"
-            width = height = native
-            notes["size"] = (f"{A1111_DEFAULT_SIZE}x{A1111_DEFAULT_SIZE} (A1111's default) mapped to {native}x{native}, "
-                             "this model's native size")
+    notes: dict[str, Any] = {"size": size_note} if size_note else {}
+    ignored = ignored_fields(req)
+    if ignored:
+        notes["ignored"] = ignored
+    if not req.prompt.strip():
+        notes["prompt"] = ("empty: the images are drawn unconditioned (as A1111 does)"
+                           + ("; best_of ranks them against the empty text, which says nothing" if req.best_of > 1 else ""))
     overrides = dict(base, steps_base=req.steps, guidance=req.cfg_scale, width=width, height=height,
                      negative_prompt=req.negative_prompt, style_suffix="", scheduler=sampler_of(req),
                      score_min=gate_min)
@@ -593,8 +708,9 @@ def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], de
     cost = check_cost(cfg, n * k, limits)
     # the score_min gate is applied here, not in generate(): an A1111 route always returns its best images
     # and says in info which ones failed the gate (clients read images[0])
-    if k == 1:  # plain A1111: one batched call, every image kept and saved
-        calls = [replace(cfg, n_images=n, seed_base=seed, save_candidates=True, exact_best=False, gate=False)]
+    if k == 1:  # plain A1111: one batched call per n_iter (what /skip skips), every image kept and saved
+        calls = [replace(cfg, n_images=req.batch_size, seed_base=seed + j * req.batch_size, save_candidates=True,
+                         exact_best=False, gate=False) for j in range(req.n_iter)]
     else:
         calls = [replace(cfg, n_images=k, seed_base=seed + i * k, gate=False) for i in range(n)]
     scorer = scorers[req.scorer] if req.scorer is not None else default_scorer

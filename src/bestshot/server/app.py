@@ -34,7 +34,9 @@ from ..errors import BestshotError, StorageError
 from ..store import Store, read_png_info
 from . import a1111 as A
 from .auth import Auth
-from .bodies import BodyLimit
+from .bodies import BodyLimit, JSONBodies
+from .cors import add_cors
+from .internal import add_internal_routes
 from .safety import (MAX_ITEMS, HostCheck, allowed_hosts, check_writable, json_safe, json_size, oversized_path,
                      surrogate_path)
 from .curation import IMAGE_SUFFIXES, Curation, CurateUpscaler
@@ -70,6 +72,8 @@ class ServerSettings:
     best_of: int = 1  # default candidates per image on the A1111 routes (`serve --best-of`)
     host: str = "127.0.0.1"  # the interface served (its name is accepted in the Host header)
     allowed_hosts: tuple[str, ...] | None = None  # Host header names accepted; None: localhost names + host
+    cors_allow_origins: str | None = None  # A1111's --cors-allow-origins (comma-separated); see server/cors.py
+    cors_allow_origins_regex: str | None = None  # both None: loopback origins only
 
 
 class _Body(A._A1111):
@@ -186,7 +190,9 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
                               "bestshot's own API (/v1) and a curation gallery (/).")
     app.state.settings, app.state.store, app.state.jobs, app.state.curation = settings, store, jobs, curation
     app.add_middleware(HostCheck, allowed=allowed_hosts(settings.host, settings.allowed_hosts))
+    app.add_middleware(JSONBodies)  # bodies without Content-Type (or text/plain) are JSON, as A1111 reads them
     app.add_middleware(BodyLimit, max_bytes=None if limits.max_body_mb is None else int(limits.max_body_mb * 2**20))
+    add_cors(app, settings.cors_allow_origins, settings.cors_allow_origins_regex)  # outermost: errors carry it too
 
     # error bodies in A1111's shape ({"error", "detail", "body", "errors"}), always valid JSON: a refused
     # NaN, Infinity or lone surrogate is echoed as text, never re-raised while rendering the error
@@ -236,8 +242,6 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
 
     # ------------------------------------------------------------------------------ A1111: generation
     def plan(req: A.Txt2ImgRequest) -> A.Plan:
-        if not req.prompt.strip():
-            raise A.FieldError("prompt", "empty — bestshot ranks candidates against the prompt, so it needs one")
         return A.plan_request(req, model=state["model"], scorers=scorers, default_scorer=settings.scorer,
                               limits=limits, base=base_cfg(), default_best_of=state["best_of"])
 
@@ -376,7 +380,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             eta = elapsed / prog - elapsed if prog > 0 else 0.0
         state_ = {"skipped": bool(cur and cur.skipped), "interrupted": bool(cur and cur.stopped),
                   "stopping_generation": bool(cur and cur.stopped),
-                  "job": cur.id if cur else "", "job_count": len(jobs),
+                  "job": cur.id if cur else "", "job_count": cur.parts if cur else 0,  # A1111: n_iter of the job
                   "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(cur.created)) if cur else "0",
                   "job_no": cur.part if cur else 0, "sampling_step": cur.step if cur else 0,
                   "sampling_steps": cur.total if cur else 0, "bestshot": snap}
@@ -385,20 +389,19 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
                 "textinfo": cur.description if cur else None}
 
     @sd.post("/interrupt")
-    def interrupt() -> None:
+    def interrupt() -> dict[str, Any]:
         """Stop the running job at its next step; its finished images are returned, marked interrupted."""
         jobs.interrupt()
-        return None
+        return {}
 
     @sd.post("/skip")
-    def skip() -> None:
-        """Stop the running job's current image at its next step and go on with the next one."""
+    def skip() -> dict[str, Any]:
+        """Stop the running job's current batch (one n_iter) at its next step and go on with the next one."""
         jobs.interrupt(skip=True)
-        return None
+        return {}
 
     def model_items() -> list[dict[str, Any]]:
-        return [{"title": m, "model_name": Path(m).name or m, "hash": None, "sha256": None, "filename": m, "config": None}
-                for m in models]
+        return [A.model_item(m) for m in models]
 
     @sd.get("/sd-models", response_model=list[A.SDModelItem])
     def sd_models() -> list[dict[str, Any]]:
@@ -425,7 +428,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         return options()
 
     @sd.post("/options")
-    def set_options(opts: dict[str, Any] = Body(...)) -> None:
+    def set_options(opts: dict[str, Any] = Body(...)) -> dict[str, Any]:
         big = oversized_path(opts)
         if big is not None:
             raise A.FieldError(big, f"holds more than {MAX_ITEMS} items — send only the options you set")
@@ -433,9 +436,11 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         if bad is not None:
             raise A.FieldError(bad, "holds a lone UTF-16 surrogate — send valid UTF-8 text")
         ckpt = opts.get("sd_model_checkpoint")
-        if ckpt is not None:
-            if ckpt not in models:
+        if ckpt is not None:  # by title, model_name or filename, as A1111 matches it
+            found = A.find_checkpoint(ckpt, models)
+            if found is None:
                 raise A.FieldError("sd_model_checkpoint", f"unknown model {ckpt!r} — GET /sdapi/v1/sd-models lists them")
+            ckpt = found
         best = opts.get("bestshot_best_of")
         if best is not None:
             A.check_best_of("bestshot_best_of", best, limits)
@@ -457,7 +462,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         if best is not None:
             state["best_of"] = int(best)
         state["options"].update(updates)
-        return None
+        return {}
 
     # ------------------------------------------------------------------------------ A1111: the rest
     # Features bestshot does not have answer what A1111 answers without them (empty lists, null), never 404.
@@ -500,7 +505,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
                 "bestshot_best_of": state["best_of"], "bestshot_max_cost": limits.max_cost}
 
     @sd.post("/unload-checkpoint")
-    def unload_checkpoint() -> None:
+    def unload_checkpoint() -> dict[str, Any]:
         from ..models.loader import CACHE
 
         if jobs.current is None:
@@ -508,11 +513,11 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             from ..models.loader import free_memory
 
             free_memory()
-        return None
+        return {}
 
     @sd.post("/reload-checkpoint")
-    def reload_checkpoint() -> None:
-        return None  # the model loads on the next request
+    def reload_checkpoint() -> dict[str, Any]:
+        return {}  # the model loads on the next request
 
     @sd.post("/extra-batch-images", response_model=A.ExtrasBatchImagesResponse)
     async def extra_batch_images(req: A.ExtrasBatchImagesRequest) -> dict[str, Any]:
@@ -704,6 +709,8 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
 
     app.include_router(sd)
     app.include_router(v1)
+
+    add_internal_routes(app, jobs, A.preview_image, [Depends(auth.check)])  # /internal/progress, sysinfo, /config
 
     @app.get("/internal/ping", tags=["AUTOMATIC1111"], dependencies=[Depends(auth.check)])
     def internal_ping() -> dict[str, Any]:

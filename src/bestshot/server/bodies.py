@@ -1,4 +1,5 @@
-"""Request bodies are capped before they are read, and memory is given back after a large request.
+"""Request bodies: capped before they are read, read as JSON whatever their Content-Type says, and memory
+given back after a large request.
 
 :class:`BodyLimit` is ASGI middleware: a request whose ``Content-Length`` is over the cap is answered 413
 before a byte of its body is read; a body sent without a length (chunked) is counted as it streams in and
@@ -8,6 +9,12 @@ sets the cap (the default fits a few 2048² images in base64).
 After a request or response of more than ``trim_after`` bytes it calls :func:`release_memory`: Python
 frees the request's buffers, but glibc keeps the freed pages of its heap (a 1 GB upload left the process
 gigabytes larger for good); ``malloc_trim(0)`` hands them back to the system.
+
+:class:`JSONBodies`: some clients post JSON with no ``Content-Type`` (or a browser ``fetch`` with a string body, which sends
+``text/plain``; curl's ``-d`` sends ``application/x-www-form-urlencoded``). FastAPI parses a body as JSON
+only when it is labelled JSON and otherwise refuses it ("Input should be a valid dictionary"); no route
+here takes form data, so such bodies are relabelled ``application/json`` before routing. A body that is
+not JSON still gets a 422 naming the JSON error.
 """
 
 from __future__ import annotations
@@ -116,4 +123,24 @@ def release_memory() -> bool:
     return True
 
 
-__all__ = ["BodyLimit", "BodyTooLarge", "release_memory"]
+RELABELLED = (b"", b"text/plain", b"application/x-www-form-urlencoded")
+_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+class JSONBodies:
+    """ASGI middleware: an unlabelled, text/plain or form-urlencoded request body is labelled JSON."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("method") in _METHODS:
+            headers = list(scope.get("headers") or [])
+            kinds = [v.split(b";")[0].strip().lower() for k, v in headers if k == b"content-type"]
+            if not kinds or kinds[0] in RELABELLED:
+                headers = [(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", b"application/json")]
+                scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)
+
+
+__all__ = ["BodyLimit", "BodyTooLarge", "JSONBodies", "release_memory"]

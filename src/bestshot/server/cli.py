@@ -43,6 +43,12 @@ def serve(
                                 "(a request's best_of, override_settings or POST /options bestshot_best_of wins)."),
     allowed_host: Optional[list[str]] = typer.Option(None, "--allowed-host", help="Host header names accepted "
                                                      "(repeatable; '*' accepts any). Default: localhost names and --host."),
+    cors_allow_origins: Optional[str] = typer.Option(None, "--cors-allow-origins", help="Browser origins allowed to "
+                                                     "read answers, comma-separated ('*': any). Default: only "
+                                                     "localhost / 127.0.0.1 / [::1] origins, any port."),
+    cors_allow_origins_regex: Optional[str] = typer.Option(None, "--cors-allow-origins-regex", help="Browser origins "
+                                                           "allowed, as a regular expression (with or without "
+                                                           "--cors-allow-origins)."),
     ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Serve on Ray Serve: one replica per "
                                       "GPU behind one HTTP address, --max-queue shared by all replicas. Bare --ray: a "
                                       "local Ray on this machine; ADDRESS: auto or HOST:PORT (the head's GCS). "
@@ -83,6 +89,7 @@ def serve(
                               token=token, api_auth=api_auth, device=device, dtype=dtype, memory=memory,
                               max_batch=max_batch, save_candidates=save_candidates,
                               best_of=best_of, host=host, allowed_hosts=tuple(allowed_host) if allowed_host else None,
+                              cors_allow_origins=cors_allow_origins, cors_allow_origins_regex=cors_allow_origins_regex,
                               limits=Limits(max_steps=max_steps, max_side=max_side, max_cost=max_cost,
                                             max_prompt_chars=max_prompt_chars, job_timeout=job_timeout or None,
                                             max_body_mb=max_body_mb or None))

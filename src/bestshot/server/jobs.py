@@ -30,7 +30,8 @@ def run_plan(job: Job, plan: Plan, prompt: str, store: Store) -> list[dict[str, 
     for cfg in plan.calls:
         if job.should_stop:  # interrupted (or timed out) between images: the finished ones are returned
             break
-        results.append(generate(prompt, cfg=cfg, scorer=plan.scorer, store=store, on_step=job.on_step))
+        results.append(generate(prompt, cfg=cfg, scorer=plan.scorer, store=store, on_step=job.on_step,
+                                allow_empty_prompt=True))  # A1111 draws an empty prompt unconditioned
         job.next_part()
     return results
 

@@ -12,7 +12,7 @@ A1111_ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/sdapi/v1/extra-single-image"): "upscale one image", ("POST", "/sdapi/v1/extra-batch-images"): "upscale images",
     ("POST", "/sdapi/v1/png-info"): "read an image's infotext", ("GET", "/sdapi/v1/progress"): "progress, live preview",
     ("POST", "/sdapi/v1/interrogate"): "caption an image", ("POST", "/sdapi/v1/interrupt"): "stop the running job",
-    ("POST", "/sdapi/v1/skip"): "skip the current image", ("GET", "/sdapi/v1/options"): "settings",
+    ("POST", "/sdapi/v1/skip"): "skip the current batch (one n_iter)", ("GET", "/sdapi/v1/options"): "settings",
     ("POST", "/sdapi/v1/options"): "change settings", ("GET", "/sdapi/v1/cmd-flags"): "command-line flags",
     ("GET", "/sdapi/v1/samplers"): "samplers", ("GET", "/sdapi/v1/schedulers"): "schedule types",
     ("GET", "/sdapi/v1/upscalers"): "upscalers", ("GET", "/sdapi/v1/latent-upscale-modes"): "latent upscale modes",
@@ -30,7 +30,8 @@ A1111_ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/sdapi/v1/train/embedding"): "train an embedding", ("POST", "/sdapi/v1/train/hypernetwork"): "train a hypernetwork",
     ("POST", "/sdapi/v1/server-kill"): "stop the server (--api-server-stop)",
     ("POST", "/sdapi/v1/server-restart"): "restart (--api-server-stop)", ("POST", "/sdapi/v1/server-stop"): "stop (--api-server-stop)",
-    ("GET", "/internal/ping"): "liveness probe",
+    ("GET", "/internal/ping"): "liveness probe", ("POST", "/internal/progress"): "the web UI's progress poll",
+    ("GET", "/internal/sysinfo"): "system information", ("GET", "/config"): "the Gradio UI's config",
 }
 
 
