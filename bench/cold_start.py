@@ -104,7 +104,7 @@ print(json.dumps({"first": walls[0], "warm": walls[1:], "timing_s": r["timing_s"
 
 
 def measure_warm(reps: int, env: dict[str, str]) -> dict:
-    p = subprocess.run([sys.executable, "-c", WARM, str(reps), PROMPT], env=env, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-c", WARM, str(reps), PROMPT], env=env, capture_output=True, text=True, check=False)
     if p.returncode:
         raise SystemExit(f"warm run failed: {p.stderr.strip()[-800:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -115,7 +115,7 @@ def measure_imports(env: dict[str, str]) -> list[tuple[str, float]]:
     code = ("import json, time\nout = []\n" + "".join(
         f"t = time.process_time()\n{stmt}\nout.append(({name!r}, time.process_time() - t))\n"
         for name, stmt in IMPORT_STAGES) + "print(json.dumps(out))\n")
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     if p.returncode:
         raise SystemExit(f"import breakdown failed: {p.stderr.strip()[-800:]}")
     return [tuple(x) for x in json.loads(p.stdout.strip().splitlines()[-1])]
