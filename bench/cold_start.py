@@ -40,7 +40,7 @@ IMPORT_STAGES = (
     ("torch", "import torch"),
     ("transformers CLIP", "from transformers import CLIPModel, CLIPTokenizer"),
     ("diffusers UNet + pipeline", "from diffusers import DiffusionPipeline, UNet2DConditionModel, DDIMScheduler"),
-    ("bestshot.cli", "import bestshot.cli"),
+    ("bestshot.cli as `bestshot generate`", "import sys; sys.argv[:] = ['bestshot', 'generate']; import bestshot.cli"),
     ("bestshot generate path", "import bestshot.generation, bestshot.models.world_pipeline"),
 )
 
