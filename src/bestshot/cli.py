@@ -372,15 +372,23 @@ def _mount_subapps(argv: list[str]) -> None:
 
 
 
-def _startup_argv() -> list[str]:
-    """When started as the ``bestshot`` command, mount only what argv needs; imported as a library
-    (tests, ``from bestshot.cli import app``), mount everything."""
+def _started_as_command() -> bool:
     import os
 
     prog = os.path.basename(sys.argv[0]) if sys.argv else ""
-    return list(sys.argv) if prog in ("bestshot", "cli.py") else ["bestshot"]
+    return prog in ("bestshot", "cli.py")
 
 
+def _startup_argv() -> list[str]:
+    """When started as the ``bestshot`` command, mount only what argv needs; imported as a library
+    (tests, ``from bestshot.cli import app``), mount everything."""
+    return list(sys.argv) if _started_as_command() else ["bestshot"]
+
+
+if _started_as_command():
+    from . import _omp
+
+    _omp.apply()  # before any module loads torch (a sub-command's may, when mounted just below)
 _mount_subapps(_startup_argv())
 
 
