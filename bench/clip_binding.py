@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 
 def probe(clip: str, n: int, seed: int, objects: tuple[int, ...]) -> dict[int, tuple[float, float, float]]:
-    from bestshot.scoring import get_scorer
     from bestshot import world as W
+    from bestshot.scoring import get_scorer
 
     scorer = get_scorer(clip, device="cpu", half=False)
     out = {}

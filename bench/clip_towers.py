@@ -36,8 +36,9 @@ import torch
 def parse_tower(spec: str) -> tuple[str, dict]:
     try:
         name, patch, hidden, layers, heads = spec.split(":")
-        return name, dict(patch_size=int(patch), vision_hidden=int(hidden), vision_layers=int(layers),
-                          vision_heads=int(heads))
+        return name, dict(
+            patch_size=int(patch), vision_hidden=int(hidden), vision_layers=int(layers), vision_heads=int(heads)
+        )
     except ValueError:
         raise SystemExit(f"--tower {spec!r}: write NAME:PATCH:HIDDEN:LAYERS:HEADS, e.g. p2w192l6:2:192:6:6") from None
 
@@ -48,8 +49,11 @@ def export_vision(model, cfg, metrics: dict, path: Path) -> None:
 
     from bestshot.store import atomic_write_bytes
 
-    sd = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()
-          if k.startswith(("vision_model.", "visual_projection.")) or k == "logit_scale"}
+    sd = {
+        k: v.detach().to("cpu", torch.float16).contiguous()
+        for k, v in model.state_dict().items()
+        if k.startswith(("vision_model.", "visual_projection.")) or k == "logit_scale"
+    }
     meta = {"bestshot_clip_config": json.dumps(dataclasses.asdict(cfg)), "metrics": json.dumps(metrics)}
     atomic_write_bytes(path, save(sd, metadata=meta))
 
@@ -69,24 +73,41 @@ def assemble(vision_file: str, out: str, text_from: str | None = None) -> Path:
     model, tok = clip_with_text_from(cfg, text_from or cfg.init_text_from)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if unexpected or any(k.startswith(("vision_model.", "visual_projection.")) for k in missing):
-        raise SystemExit(f"{vision_file} does not fit its own config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise SystemExit(
+            f"{vision_file} does not fit its own config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     save_clip_folder(model, tok, cfg, Path(out))
     atomic_write_text(Path(out) / "metrics.json", meta.get("metrics", "{}"))
     return Path(out)
 
 
-def train(cfg_path: str, towers: list[tuple[str, dict]], export: str | None, snapshot_s: float,
-          overrides: dict) -> dict:
+def train(
+    cfg_path: str, towers: list[tuple[str, dict]], export: str | None, snapshot_s: float, overrides: dict
+) -> dict:
     from bestshot.models.loader import resolve_device
     from bestshot.store import atomic_write_text
-    from bestshot.train.clip_train import (ClipTrainConfig, clip_with_text_from, contrastive_loss, degrade, evaluate,
-                                           image_features, learning_rate, make_optimizer, negatives_per_image,
-                                           save_clip_folder, text_features, to_clip_pixels, training_loader)
+    from bestshot.train.clip_train import (
+        ClipTrainConfig,
+        clip_with_text_from,
+        contrastive_loss,
+        degrade,
+        evaluate,
+        image_features,
+        learning_rate,
+        make_optimizer,
+        negatives_per_image,
+        save_clip_folder,
+        text_features,
+        to_clip_pixels,
+        training_loader,
+    )
     from bestshot.train.common import load_config
 
     base = load_config(ClipTrainConfig, cfg_path, **overrides)
     if not (base.init_text_from and base.freeze_text):
-        raise SystemExit("the towers share one frozen text tower: the config needs init_text_from and freeze_text: true")
+        raise SystemExit(
+            "the towers share one frozen text tower: the config needs init_text_from and freeze_text: true"
+        )
     if base.threads:
         torch.set_num_threads(base.threads)
     device = resolve_device()
@@ -98,7 +119,10 @@ def train(cfg_path: str, towers: list[tuple[str, dict]], export: str | None, sna
         model.to(device).train()
         opt = make_optimizer(model, cfg)  # cfg.freeze_text is checked above: the text side is frozen here
         n_vis = sum(p.numel() for p in model.vision_model.parameters())
-        print(f"{name}: {n_vis / 1e6:.2f} M vision parameters, {(cfg.img_size // cfg.patch_size) ** 2} patches", flush=True)
+        print(
+            f"{name}: {n_vis / 1e6:.2f} M vision parameters, {(cfg.img_size // cfg.patch_size) ** 2} patches",
+            flush=True,
+        )
         runs.append(dict(name=name, cfg=cfg, model=model, opt=opt, losses=[]))
     text = runs[0]["model"]  # the frozen text tower all of them share
     k = negatives_per_image(base)
@@ -132,11 +156,16 @@ def train(cfg_path: str, towers: list[tuple[str, dict]], export: str | None, sna
         step += 1
         elapsed = time.time() - t0
         if step % base.log_every == 0:
-            cur = " ".join(f"{r['name']} {torch.stack(r['losses'][-base.log_every:]).mean().item():.3f}" for r in runs)
-            print(f"step {step} {elapsed:.0f}s {step * base.batch_size / elapsed:.0f} img/s lr {lr:.2e} | {cur}", flush=True)
+            cur = " ".join(f"{r['name']} {torch.stack(r['losses'][-base.log_every :]).mean().item():.3f}" for r in runs)
+            print(
+                f"step {step} {elapsed:.0f}s {step * base.batch_size / elapsed:.0f} img/s lr {lr:.2e} | {cur}",
+                flush=True,
+            )
         if out_dir and snapshot_s and time.time() - last_snap > snapshot_s:
             for r in runs:
-                export_vision(r["model"], r["cfg"], {"steps": step, "snapshot": True}, out_dir / f"{r['name']}.vision.safetensors")
+                export_vision(
+                    r["model"], r["cfg"], {"steps": step, "snapshot": True}, out_dir / f"{r['name']}.vision.safetensors"
+                )
             last_snap = time.time()
         if step >= base.steps or (base.max_minutes and elapsed > 60 * base.max_minutes):
             break
@@ -146,8 +175,13 @@ def train(cfg_path: str, towers: list[tuple[str, dict]], export: str | None, sna
         model, cfg = r["model"], r["cfg"]
         metrics = evaluate(model, tok, cfg)
         losses = [v.item() for v in r["losses"][-20:]]
-        metrics.update(steps=step, seconds=round(elapsed, 1), final_loss=sum(losses) / max(1, len(losses)),
-                       device=device.type, images_per_s=round(step * base.batch_size / elapsed, 1))
+        metrics.update(
+            steps=step,
+            seconds=round(elapsed, 1),
+            final_loss=sum(losses) / max(1, len(losses)),
+            device=device.type,
+            images_per_s=round(step * base.batch_size / elapsed, 1),
+        )
         print(r["name"], json.dumps(metrics), flush=True)
         if out_dir:
             export_vision(model, cfg, metrics, out_dir / f"{r['name']}.vision.safetensors")
@@ -165,7 +199,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "export":
         ap = argparse.ArgumentParser(prog="clip_towers.py export")
         ap.add_argument("folder", help="a CLIP folder written by `bestshot train clip` (with metrics.json)")
-        ap.add_argument("--config", required=True, help="the config that trained it (its vision sizes rebuild the tower)")
+        ap.add_argument(
+            "--config", required=True, help="the config that trained it (its vision sizes rebuild the tower)"
+        )
         ap.add_argument("--out", required=True, help="the .vision.safetensors file to write")
         a = ap.parse_args(sys.argv[2:])
         from transformers import CLIPModel
@@ -174,8 +210,12 @@ def main() -> None:
         from bestshot.train.common import load_config
 
         metrics = Path(a.folder) / "metrics.json"
-        export_vision(CLIPModel.from_pretrained(a.folder), load_config(ClipTrainConfig, a.config),
-                      json.loads(metrics.read_text()) if metrics.exists() else {}, Path(a.out))
+        export_vision(
+            CLIPModel.from_pretrained(a.folder),
+            load_config(ClipTrainConfig, a.config),
+            json.loads(metrics.read_text()) if metrics.exists() else {},
+            Path(a.out),
+        )
         print(a.out)
         return
     if len(sys.argv) > 1 and sys.argv[1] == "assemble":
@@ -190,15 +230,26 @@ def main() -> None:
     ap.add_argument("--config", required=True, help="a ClipTrainConfig YAML with init_text_from and freeze_text")
     ap.add_argument("--tower", action="append", required=True, help="NAME:PATCH:HIDDEN:LAYERS:HEADS (repeat)")
     ap.add_argument("--export", default=None, help="also write each image side (fp16) and the metrics here")
-    ap.add_argument("--snapshot-minutes", type=float, default=0.0, help="re-export every so many minutes while training")
+    ap.add_argument(
+        "--snapshot-minutes", type=float, default=0.0, help="re-export every so many minutes while training"
+    )
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--num-workers", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--out-dir", default=None)
     a = ap.parse_args()
-    over = {k: v for k, v in dict(steps=a.steps, max_minutes=a.max_minutes, num_workers=a.num_workers,
-                                  batch_size=a.batch_size, out_dir=a.out_dir).items() if v is not None}
+    over = {
+        k: v
+        for k, v in dict(
+            steps=a.steps,
+            max_minutes=a.max_minutes,
+            num_workers=a.num_workers,
+            batch_size=a.batch_size,
+            out_dir=a.out_dir,
+        ).items()
+        if v is not None
+    }
     train(a.config, [parse_tower(t) for t in a.tower], a.export, 60 * a.snapshot_minutes, over)
 
 

@@ -64,8 +64,14 @@ def run_cold(extra: list[str], env: dict[str, str]) -> dict:
     """One cold run of the README command in a fresh folder: wall, user+sys and the run's log line."""
     with tempfile.TemporaryDirectory(prefix="bestshot-cold-") as work:
         t = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", LAUNCH, "generate", PROMPT, *extra], cwd=work, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", LAUNCH, "generate", PROMPT, *extra],
+            cwd=work,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         out, err = proc.communicate()
         wall = time.perf_counter() - t
         log = Path(work) / "images_log.jsonl"
@@ -86,8 +92,11 @@ def measure_cold(reps: int, extra: list[str], env: dict[str, str]) -> list[dict]
         ts = r["rec"].get("timing_s", {})
         r["startup"] = r["wall"] - ts.get("total", 0.0) + ts.get("load", 0.0)
         runs.append(r)
-        print(f"  cold: wall {r['wall']:.2f} s, user+sys {r['cpu']:.2f} s, startup {r['startup']:.2f} s, "
-              f"timing_s {json.dumps(ts)}, kept seed {r['rec'].get('best_seed')}, pixels {r['hash']}", flush=True)
+        print(
+            f"  cold: wall {r['wall']:.2f} s, user+sys {r['cpu']:.2f} s, startup {r['startup']:.2f} s, "
+            f"timing_s {json.dumps(ts)}, kept seed {r['rec'].get('best_seed')}, pixels {r['hash']}",
+            flush=True,
+        )
     return runs
 
 
@@ -104,7 +113,9 @@ print(json.dumps({"first": walls[0], "warm": walls[1:], "timing_s": r["timing_s"
 
 
 def measure_warm(reps: int, env: dict[str, str]) -> dict:
-    p = subprocess.run([sys.executable, "-c", WARM, str(reps), PROMPT], env=env, capture_output=True, text=True, check=False)
+    p = subprocess.run(
+        [sys.executable, "-c", WARM, str(reps), PROMPT], env=env, capture_output=True, text=True, check=False
+    )
     if p.returncode:
         raise SystemExit(f"warm run failed: {p.stderr.strip()[-800:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -112,9 +123,14 @@ def measure_warm(reps: int, env: dict[str, str]) -> dict:
 
 def measure_imports(env: dict[str, str]) -> list[tuple[str, float]]:
     """CPU seconds of each import stage, in order, in one fresh interpreter (each stage on top of the last)."""
-    code = ("import json, time\nout = []\n" + "".join(
-        f"t = time.process_time()\n{stmt}\nout.append(({name!r}, time.process_time() - t))\n"
-        for name, stmt in IMPORT_STAGES) + "print(json.dumps(out))\n")
+    code = (
+        "import json, time\nout = []\n"
+        + "".join(
+            f"t = time.process_time()\n{stmt}\nout.append(({name!r}, time.process_time() - t))\n"
+            for name, stmt in IMPORT_STAGES
+        )
+        + "print(json.dumps(out))\n"
+    )
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     if p.returncode:
         raise SystemExit(f"import breakdown failed: {p.stderr.strip()[-800:]}")
@@ -127,8 +143,8 @@ def _med(xs: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5, help="cold runs (a new process each)")
     ap.add_argument("--warm-reps", type=int, default=5, help="warm generate() calls in one process (0: skip)")
@@ -138,8 +154,11 @@ def main(argv: list[str] | None = None) -> dict:
     env = dict(os.environ)
     import bestshot
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}; "
-          f"bestshot from {Path(bestshot.__file__).parent}", flush=True)
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}; "
+        f"bestshot from {Path(bestshot.__file__).parent}",
+        flush=True,
+    )
     cold = measure_cold(args.reps, extra, env)
     imports = [] if args.no_imports else measure_imports(env)
     warm = measure_warm(args.warm_reps, env) if args.warm_reps > 0 else None
@@ -156,8 +175,14 @@ def main(argv: list[str] | None = None) -> dict:
     for name, cpu in imports:
         print(f"| import {name} (CPU s) | {cpu:.2f} |")
     print(f"kept seed {seeds}, kept pixels {hashes}, load avg now {os.getloadavg()[0]:.1f}")
-    report = {"machine": cpu_model(), "cold": [{k: v for k, v in r.items() if k != "stdout"} for r in cold],
-              "warm": warm, "imports": imports, "kept_seed": seeds, "kept_pixels": hashes}
+    report = {
+        "machine": cpu_model(),
+        "cold": [{k: v for k, v in r.items() if k != "stdout"} for r in cold],
+        "warm": warm,
+        "imports": imports,
+        "kept_seed": seeds,
+        "kept_pixels": hashes,
+    }
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=1, default=str))
     return report

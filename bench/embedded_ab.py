@@ -79,8 +79,10 @@ def main() -> None:
     for v in args.variants:
         r = last[v]
         ts = {k: round(x, 2) for k, x in r["timing_s"].items() if k != "load"}
-        print(f"| {v} | {r['settings']['steps']} | {r['settings']['sampler']} | {statistics.median(times[v]):.2f} | "
-              f"{', '.join(f'{x:.2f}' for x in times[v])} | {ts} |")
+        print(
+            f"| {v} | {r['settings']['steps']} | {r['settings']['sampler']} | {statistics.median(times[v]):.2f} | "
+            f"{', '.join(f'{x:.2f}' for x in times[v])} | {ts} |"
+        )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ import tempfile
 import time
 
 PROMPT = "a red circle above a blue square"
-FLOOR = "from diffusers import DiffusionPipeline, UNet2DConditionModel; from transformers import CLIPModel, CLIPTokenizer"
+FLOOR = (
+    "from diffusers import DiffusionPipeline, UNet2DConditionModel; from transformers import CLIPModel, CLIPTokenizer"
+)
 
 
 def cpu_model() -> str:
@@ -67,9 +69,26 @@ def main() -> None:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     for k in range(max(1, args.runs // 2)):
         t = time.perf_counter()
-        p = subprocess.run(["bestshot", "generate", PROMPT, "-n", str(args.n), "--seed", str(200 + k), "--json",
-                            "--out", out["out_dir"], "--log", out["log_jsonl"]] + extra_cli,
-                           capture_output=True, text=True, env=env)
+        p = subprocess.run(
+            [
+                "bestshot",
+                "generate",
+                PROMPT,
+                "-n",
+                str(args.n),
+                "--seed",
+                str(200 + k),
+                "--json",
+                "--out",
+                out["out_dir"],
+                "--log",
+                out["log_jsonl"],
+            ]
+            + extra_cli,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         cold.append(time.perf_counter() - t)
         if p.returncode not in (0, 1):
             sys.exit(f"CLI failed: {p.stderr[-500:]}")
@@ -84,8 +103,10 @@ def main() -> None:
     print(f"| first call in a process (loads the model) | {first_s:.2f} | {first_s:.2f} |")
     runs = ", ".join(f"{x:.2f}" for x in warm)
     print(f"| warm best-of-{args.n} `generate()` | {statistics.median(warm):.2f} | {runs} |")
-    print(f"| cold `bestshot generate` CLI, best-of-{args.n} | {statistics.median(cold):.2f} | "
-          f"{', '.join(f'{x:.2f}' for x in cold)} |")
+    print(
+        f"| cold `bestshot generate` CLI, best-of-{args.n} | {statistics.median(cold):.2f} | "
+        f"{', '.join(f'{x:.2f}' for x in cold)} |"
+    )
     print(f"| import floor (`{FLOOR}`) | {statistics.median(floor):.2f} | {', '.join(f'{x:.2f}' for x in floor)} |")
     print(f"last warm timing_s: {json.dumps(r['timing_s'])}")
 

@@ -53,13 +53,25 @@ def build_standin(folder: Path) -> Path:
     cc = load_config(ClipTrainConfig, root / "clip.yaml")
     dc = load_config(DDPMConfig, root / "ddpm.yaml")
     clip = build_clip(cc).eval()
-    pipe = BestshotWorldPipeline(unet=build_unet(dc, clip.config).eval(), scheduler=sampling_scheduler(dc), clip=clip,
-                                 tokenizer=build_clip_tokenizer(cc.max_length), conditioning=dc.cond)
+    pipe = BestshotWorldPipeline(
+        unet=build_unet(dc, clip.config).eval(),
+        scheduler=sampling_scheduler(dc),
+        clip=clip,
+        tokenizer=build_clip_tokenizer(cc.max_length),
+        conditioning=dc.cond,
+    )
     pipe.save_pretrained(folder)
     # bestshot's keys (config._DEFAULT_KEYS) next to the diffusers names of world_pipeline.DEFAULTS
-    atomic_write_json(folder / "bestshot_defaults.json", {**DEFAULTS, "steps": DEFAULTS["num_inference_steps"],
-                                                          "guidance": DEFAULTS["guidance_scale"],
-                                                          "height": dc.img_size, "width": dc.img_size})
+    atomic_write_json(
+        folder / "bestshot_defaults.json",
+        {
+            **DEFAULTS,
+            "steps": DEFAULTS["num_inference_steps"],
+            "guidance": DEFAULTS["guidance_scale"],
+            "height": dc.img_size,
+            "width": dc.img_size,
+        },
+    )
     return folder
 
 
@@ -83,15 +95,19 @@ def main() -> int:
     if args.standin:
         args.model = str(build_standin(out / "standin_model"))
         args.clip = args.clip or str(Path(args.model) / "clip")
-    from bestshot.models.settings import resolve_config
     from bestshot.evaluate.manifest import build_folder_manifest
     from bestshot.evaluate.sweep import SweepConfig, run_sweep, to_markdown
+    from bestshot.models.settings import resolve_config
     from bestshot.store import atomic_write_json
 
     base = resolve_config(None, model=args.model)  # the model's own defaults (bestshot_defaults.json)
     size = args.size or base.width
-    guidance = tuple(float(x) for x in args.guidance.split(",")) if args.guidance else (base.guidance, 2 * base.guidance)
-    steps = tuple(int(x) for x in args.steps.split(",")) if args.steps else (max(1, base.steps_base // 2), base.steps_base)
+    guidance = (
+        tuple(float(x) for x in args.guidance.split(",")) if args.guidance else (base.guidance, 2 * base.guidance)
+    )
+    steps = (
+        tuple(int(x) for x in args.steps.split(",")) if args.steps else (max(1, base.steps_base // 2), base.steps_base)
+    )
 
     for sub in ("real", "sweep"):  # time from scratch: only the bench's own folders are cleared
         shutil.rmtree(out / sub, ignore_errors=True)
@@ -99,18 +115,44 @@ def main() -> int:
     render_reference(out / "real", args.n, size, args.seed)
     manifest = build_folder_manifest(out / "real", out / "manifest.csv")
     t_ref = time.perf_counter() - t0
-    cfg = SweepConfig(manifest=str(manifest), out=str(out / "sweep"), guidance=guidance, steps=steps, num=args.n,
-                      model=args.model, scorer=args.scorer, clip=args.clip, width=size, height=size, device="cpu")
+    cfg = SweepConfig(
+        manifest=str(manifest),
+        out=str(out / "sweep"),
+        guidance=guidance,
+        steps=steps,
+        num=args.n,
+        model=args.model,
+        scorer=args.scorer,
+        clip=args.clip,
+        width=size,
+        height=size,
+        device="cpu",
+    )
     res = run_sweep(cfg, progress=False, log=lambda m: print(m, flush=True))
     total = time.perf_counter() - t0
     print(to_markdown(res["rows"], res["info"]))
-    report = {"total_s": round(total, 1), "reference_s": round(t_ref, 2), "sweep_s": res["info"]["seconds"],
-              "cells": len(res["rows"]), "samples_per_cell": args.n, "size": size, "guidance": guidance,
-              "steps": steps, "threads": args.threads, "model": args.model, "standin_random_weights": args.standin, "cpu": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "target_s": 600, "rows": res["rows"]}
+    report = {
+        "total_s": round(total, 1),
+        "reference_s": round(t_ref, 2),
+        "sweep_s": res["info"]["seconds"],
+        "cells": len(res["rows"]),
+        "samples_per_cell": args.n,
+        "size": size,
+        "guidance": guidance,
+        "steps": steps,
+        "threads": args.threads,
+        "model": args.model,
+        "standin_random_weights": args.standin,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "target_s": 600,
+        "rows": res["rows"],
+    }
     atomic_write_json(out / "bench.json", report)
-    print(f"eval sweep bench: {len(res['rows'])} cells x {args.n} samples at {size}px, {args.threads} threads: "
-          f"{total:.1f} s total ({'under' if total < 600 else 'OVER'} the 600 s target) → {out}/bench.json")
+    print(
+        f"eval sweep bench: {len(res['rows'])} cells x {args.n} samples at {size}px, {args.threads} threads: "
+        f"{total:.1f} s total ({'under' if total < 600 else 'OVER'} the 600 s target) → {out}/bench.json"
+    )
     return 0
 
 

@@ -41,9 +41,17 @@ class Oracle(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(64, 128, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+            torch.nn.Conv2d(1, 32, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(32, 64, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(64, 128, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+        )
         self.head = torch.nn.Linear(128, 10)
 
     def features(self, x):
@@ -77,7 +85,7 @@ def train_oracle(path: Path, n_train: int | None, epochs: int, seed: int = 123) 
     for _ in range(epochs):
         perm = torch.randperm(len(x))
         for i in range(0, len(x), 128):
-            idx = perm[i:i + 128]
+            idx = perm[i : i + 128]
             xb = _grey(x[idx])
             xb = torch.where(torch.rand(len(idx), 1, 1, 1) < 0.5, xb.flip(-1), xb)
             loss = F.cross_entropy(net(xb), y[idx])
@@ -92,8 +100,9 @@ def train_oracle(path: Path, n_train: int | None, epochs: int, seed: int = 123) 
 
 
 @torch.no_grad()
-def judge(run_dir: Path, oracle: Oracle, test_feats: np.ndarray, per_class: int, steps: int, guidance: float,
-          seed: int = 0) -> dict:
+def judge(
+    run_dir: Path, oracle: Oracle, test_feats: np.ndarray, per_class: int, steps: int, guidance: float, seed: int = 0
+) -> dict:
     from bestshot.evaluate.metrics import fid
     from bestshot.train.ddpm import pipeline_from_checkpoint
 
@@ -101,16 +110,25 @@ def judge(run_dir: Path, oracle: Oracle, test_feats: np.ndarray, per_class: int,
     pipe.set_progress_bar_config(disable=True)
     prompts = [f"a photo of {'an' if n[0] in 'aeiou' else 'a'} {n}" for n in NOUNS]
     gens = [torch.Generator().manual_seed(seed + k) for k in range(per_class * len(prompts))]
-    imgs = pipe(prompts, num_images_per_prompt=per_class, num_inference_steps=steps, guidance_scale=guidance,
-                generator=gens, output_type="np").images
+    imgs = pipe(
+        prompts,
+        num_images_per_prompt=per_class,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=gens,
+        output_type="np",
+    ).images
     x = torch.from_numpy(np.asarray(imgs, dtype=np.float32)).permute(0, 3, 1, 2) * 2 - 1
     labels = torch.arange(len(prompts)).repeat_interleave(per_class)
     pred = oracle(_grey(x)).argmax(1)
     shuffled = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
     feats = oracle.features(_grey(x)).numpy()
-    return {"class_match": round(float((pred == labels).float().mean()), 4),
-            "random_label_floor": round(float((pred == shuffled).float().mean()), 4),
-            "frechet_oracle_features": round(fid(test_feats, feats), 4), "samples": len(labels)}
+    return {
+        "class_match": round(float((pred == labels).float().mean()), 4),
+        "random_label_floor": round(float((pred == shuffled).float().mean()), 4),
+        "frechet_oracle_features": round(fid(test_feats, feats), 4),
+        "samples": len(labels),
+    }
 
 
 def main(argv=None) -> dict:
@@ -122,8 +140,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads for every stage (0: the configs' own)")
     ap.add_argument("--clip-minutes", type=float, default=None, help="the CLIP's time budget (default: its config's)")
-    ap.add_argument("--ddpm-minutes", type=float, default=None,
-                    help="each denoiser's time budget (default: its config's)")
+    ap.add_argument(
+        "--ddpm-minutes", type=float, default=None, help="each denoiser's time budget (default: its config's)"
+    )
     args = ap.parse_args(argv)
     from bestshot.train import clip_train, ddpm
     from bestshot.train.embed import build_cache
@@ -135,8 +154,11 @@ def main(argv=None) -> dict:
     t0 = time.time()
     if args.threads:
         torch.set_num_threads(args.threads)
-    res: dict = {"quick": q, "machine": f"{torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}",
-                 "argv": list(argv) if argv is not None else __import__("sys").argv[1:]}
+    res: dict = {
+        "quick": q,
+        "machine": f"{torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}",
+        "argv": list(argv) if argv is not None else __import__("sys").argv[1:],
+    }
     stages_file = runs / "stages.json"  # each stage's own report, kept across resumed runs
     stages: dict = json.loads(stages_file.read_text()) if stages_file.exists() else {}
 
@@ -149,14 +171,28 @@ def main(argv=None) -> dict:
     oracle_path = runs / "oracle.pt"
     if not oracle_path.exists():
         t = time.time()
-        stage_done("oracle", {**train_oracle(oracle_path, 512 if q else None, 1 if q else 5),
-                              "seconds": round(time.time() - t, 1)})
+        stage_done(
+            "oracle",
+            {**train_oracle(oracle_path, 512 if q else None, 1 if q else 5), "seconds": round(time.time() - t, 1)},
+        )
     oracle = Oracle()
     oracle.load_state_dict(torch.load(oracle_path))
     oracle.eval()
 
-    small = dict(vision_hidden=32, vision_layers=1, text_hidden=32, text_layers=1, projection_dim=32, steps=3,
-                 batch_size=32, max_minutes=0) if q else {}
+    small = (
+        dict(
+            vision_hidden=32,
+            vision_layers=1,
+            text_hidden=32,
+            text_layers=1,
+            projection_dim=32,
+            steps=3,
+            batch_size=32,
+            max_minutes=0,
+        )
+        if q
+        else {}
+    )
     over = {"threads": args.threads} if args.threads else {}
     clip_over = {**over, **({"max_minutes": args.clip_minutes} if args.clip_minutes is not None else {})}
     ddpm_over = {**over, **({"max_minutes": args.ddpm_minutes} if args.ddpm_minutes is not None else {})}
@@ -170,13 +206,32 @@ def main(argv=None) -> dict:
         t = time.time()
         build_cache("fashion-mnist", clip_dir, cache, img_size=32, length=n_img)
         stage_done("embed", {"images": n_img, "seconds": round(time.time() - t, 1)})
-    dd = dict(block_out_channels=(32, 32), attention_levels=(False, True), steps=3, batch_size=16,
-              ckpt_every=3, max_minutes=0) if q else {}
-    for name, cfg_file, extra in (("image_embed", "ddpm_image_embed.yaml", {"embed_cache": str(cache)}),
-                                  ("text_baseline", "ddpm_text.yaml", {})):
+    dd = (
+        dict(
+            block_out_channels=(32, 32),
+            attention_levels=(False, True),
+            steps=3,
+            batch_size=16,
+            ckpt_every=3,
+            max_minutes=0,
+        )
+        if q
+        else {}
+    )
+    for name, cfg_file, extra in (
+        ("image_embed", "ddpm_image_embed.yaml", {"embed_cache": str(cache)}),
+        ("text_baseline", "ddpm_text.yaml", {}),
+    ):
         out = runs / f"ddpm_{name}"
-        cfg = ddpm.load_config(ddpm.DDPMConfig, str(ROOT / "configs/fashion" / cfg_file), clip=str(clip_dir),
-                               out_dir=str(out), dataset_length=n_img, **extra, **{**ddpm_over, **dd})
+        cfg = ddpm.load_config(
+            ddpm.DDPMConfig,
+            str(ROOT / "configs/fashion" / cfg_file),
+            clip=str(clip_dir),
+            out_dir=str(out),
+            dataset_length=n_img,
+            **extra,
+            **{**ddpm_over, **dd},
+        )
         if not (out / "summary.json").exists():
             t = time.time()
             rep = ddpm.train(cfg, resume=(out / ddpm.CKPT_NAME).exists())

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,7 @@ def psnr(a, b) -> float:
     """PSNR in dB between two uint8 images (inf when identical)."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     mse = float(np.mean((x - y) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def min_psnr(images, ref) -> float:
@@ -83,20 +83,29 @@ class Report:
     def save(self):
         from bestshot.store import atomic_write_text
 
-        atomic_write_text(self.out / "gpu_all.json", json.dumps(_clean(self.data), indent=1, default=str,
-                                                                allow_nan=False))
+        atomic_write_text(
+            self.out / "gpu_all.json", json.dumps(_clean(self.data), indent=1, default=str, allow_nan=False)
+        )
         atomic_write_text(self.out / "gpu_all.md", self.markdown())
 
     def markdown(self) -> str:
         m = self.data["meta"]
-        lines = [f"# bestshot GPU bench ({m['date']})", "",
-                 f"{m['device']}; torch {m['torch']}, diffusers {m['diffusers']}, transformers {m['transformers']}; "
-                 f"{m['setup']}", "", f"Command: `{m['command']}`", "",
-                 "| path | s per best-of-4 | gen s | CLIP s | peak GiB | min PSNR vs eager fp16 (dB) | note |",
-                 "|---|---|---|---|---|---|---|"]
+        lines = [
+            f"# bestshot GPU bench ({m['date']})",
+            "",
+            f"{m['device']}; torch {m['torch']}, diffusers {m['diffusers']}, transformers {m['transformers']}; "
+            f"{m['setup']}",
+            "",
+            f"Command: `{m['command']}`",
+            "",
+            "| path | s per best-of-4 | gen s | CLIP s | peak GiB | min PSNR vs eager fp16 (dB) | note |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in self.data["rows"]:
-            lines.append(f"| {r['path']} | {_fmt(r.get('s'))} | {_fmt(r.get('gen'))} | {_fmt(r.get('clip'))} | "
-                         f"{_fmt(r.get('peak_gib'), 1)} | {_fmt(r.get('psnr_db'), 1)} | {r.get('note', '')} |")
+            lines.append(
+                f"| {r['path']} | {_fmt(r.get('s'))} | {_fmt(r.get('gen'))} | {_fmt(r.get('clip'))} | "
+                f"{_fmt(r.get('peak_gib'), 1)} | {_fmt(r.get('psnr_db'), 1)} | {r.get('note', '')} |"
+            )
         lines += ["", "| fact | value |", "|---|---|"]
         lines += [f"| {k} | {json.dumps(_clean(v))} |" for k, v in self.data["facts"].items()]
         if self.data["errors"]:
@@ -171,8 +180,9 @@ def phase_load(rep: Report, model_dir: Path, dev: str):
     rep.fact("load_s", [round(x, 3) for x in times])
 
 
-def phase_speed(rep: Report, model_dir: Path, clip_dir: Path, dev: str, tiny: bool, reps: int,
-                variants_too: bool = True):
+def phase_speed(
+    rep: Report, model_dir: Path, clip_dir: Path, dev: str, tiny: bool, reps: int, variants_too: bool = True
+):
     from bestshot.generation import generate
     from bestshot.models.loader import load_pipeline
 
@@ -183,13 +193,25 @@ def phase_speed(rep: Report, model_dir: Path, clip_dir: Path, dev: str, tiny: bo
     def plain(batched):
         ims = []
         if batched:
-            ims = pipe(prompt=PROMPT, num_inference_steps=s["steps"], height=s["size"], width=s["size"],
-                       guidance_scale=7.5, num_images_per_prompt=len(SEEDS),
-                       generator=[torch.Generator("cpu").manual_seed(x) for x in SEEDS]).images
+            ims = pipe(
+                prompt=PROMPT,
+                num_inference_steps=s["steps"],
+                height=s["size"],
+                width=s["size"],
+                guidance_scale=7.5,
+                num_images_per_prompt=len(SEEDS),
+                generator=[torch.Generator("cpu").manual_seed(x) for x in SEEDS],
+            ).images
         else:
             for x in SEEDS:
-                ims += pipe(prompt=PROMPT, num_inference_steps=s["steps"], height=s["size"], width=s["size"],
-                            guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(x)).images
+                ims += pipe(
+                    prompt=PROMPT,
+                    num_inference_steps=s["steps"],
+                    height=s["size"],
+                    width=s["size"],
+                    guidance_scale=7.5,
+                    generator=torch.Generator("cpu").manual_seed(x),
+                ).images
         return ims
 
     def timed(fn, repeats, warm=True):
@@ -215,21 +237,43 @@ def phase_speed(rep: Report, model_dir: Path, clip_dir: Path, dev: str, tiny: bo
     t2, again, _ = timed(lambda: plain(True), 1, warm=False)
     rep.fact("plain_batched_deterministic", bool(min_psnr(again, ref) == float("inf")))
     t, loop, peak = timed(lambda: plain(False), 1, warm=False)
-    rep.row(path="plain diffusers, per-seed loop", s=t, peak_gib=peak, psnr_db=min_psnr(loop, ref),
-            note="seed 000's way; PSNR = solo vs batch render")
+    rep.row(
+        path="plain diffusers, per-seed loop",
+        s=t,
+        peak_gib=peak,
+        psnr_db=min_psnr(loop, ref),
+        note="seed 000's way; PSNR = solo vs batch render",
+    )
     rep.fact("solo_vs_batch_psnr_db", [round(psnr(a, b), 2) for a, b in zip(loop, ref)])
 
-    common = dict(model=str(model_dir), scorer=str(clip_dir), n_images=len(SEEDS), steps_base=s["steps"],
-                  height=s["size"], width=s["size"], clip_min=-1.0, device=dev, style_suffix="", negative_prompt="",
-                  out_dir=str(out), log_jsonl=str(out / "log.jsonl"), seed_base=SEEDS[0], guidance=7.5)
+    common = dict(
+        model=str(model_dir),
+        scorer=str(clip_dir),
+        n_images=len(SEEDS),
+        steps_base=s["steps"],
+        height=s["size"],
+        width=s["size"],
+        clip_min=-1.0,
+        device=dev,
+        style_suffix="",
+        negative_prompt="",
+        out_dir=str(out),
+        log_jsonl=str(out / "log.jsonl"),
+        seed_base=SEEDS[0],
+        guidance=7.5,
+    )
     variants = [
         ("bestshot, eager (before: fp32 VAE upcast, exact_best off)", dict(vae_fp16=False, exact_best=False)),
         ("bestshot, eager + exact-best solo re-render", dict(vae_fp16=False, exact_best=True)),
         ("bestshot, fp16 VAE (checked)", dict(vae_fp16=True, exact_best=False)),
-        ("bestshot, fp16 VAE + pruning 4→2 at 30 %", dict(vae_fp16=True, exact_best=False, n_images=2,
-                                                          prune_start=4, prune_at=0.3)),
-        ("bestshot, fp16 VAE + pruning 4→1 at 30 %", dict(vae_fp16=True, exact_best=False, n_images=1,
-                                                          prune_start=4, prune_at=0.3)),
+        (
+            "bestshot, fp16 VAE + pruning 4→2 at 30 %",
+            dict(vae_fp16=True, exact_best=False, n_images=2, prune_start=4, prune_at=0.3),
+        ),
+        (
+            "bestshot, fp16 VAE + pruning 4→1 at 30 %",
+            dict(vae_fp16=True, exact_best=False, n_images=1, prune_start=4, prune_at=0.3),
+        ),
     ]
     by_seed = dict(zip(SEEDS, ref))
     for name, kw in variants:
@@ -249,8 +293,15 @@ def phase_speed(rep: Report, model_dir: Path, clip_dir: Path, dev: str, tiny: bo
             if "prune_start" in kw:
                 work = r["pruning"]["cost_ratio"] * kw["n_images"] / kw["prune_start"]
                 note = f"denoiser work {work:.0%} of best of 4; kept seeds {seeds}"
-            rep.row(path=name, s=t, gen=r["timing_s"]["gen"], clip=r["timing_s"]["clip"], peak_gib=peak,
-                    psnr_db=min_psnr(ims, [by_seed[x] for x in seeds]), note=note)
+            rep.row(
+                path=name,
+                s=t,
+                gen=r["timing_s"]["gen"],
+                clip=r["timing_s"]["clip"],
+                peak_gib=peak,
+                psnr_db=min_psnr(ims, [by_seed[x] for x in seeds]),
+                note=note,
+            )
         except Exception as e:  # one lever failing must not cost the others
             rep.error(name, e)
     # the CLIP scorer's own cost at batch 4 (fp16 on CUDA)
@@ -287,9 +338,15 @@ def phase_child(rep: Report, name: str, args: list[str], timeout: int, ref_npz: 
     r = json.loads(res.read_text())
     ref = list(np.load(ref_npz).values())
     ims = list(np.load(out / "images.npz").values())
-    rep.row(path=name, s=r["s"], gen=r["gen"], clip=r["clip"], peak_gib=r["peak_gib"],
-            psnr_db=min_psnr(ims, ref[: len(ims)]),
-            note=f"first call {r['first_call_s']:.1f} s (compile), load {r['load_s']:.1f} s, process {wall:.0f} s")
+    rep.row(
+        path=name,
+        s=r["s"],
+        gen=r["gen"],
+        clip=r["clip"],
+        peak_gib=r["peak_gib"],
+        psnr_db=min_psnr(ims, ref[: len(ims)]),
+        note=f"first call {r['first_call_s']:.1f} s (compile), load {r['load_s']:.1f} s, process {wall:.0f} s",
+    )
 
 
 def child_main(argv: list[str]) -> None:
@@ -317,10 +374,25 @@ def child_main(argv: list[str]) -> None:
     if dev == "cuda":
         compile_pipeline(pipe)
     load_s = time.perf_counter() - t
-    common = dict(model=a.model, scorer=a.clip, n_images=len(SEEDS), steps_base=s["steps"], height=s["size"],
-                  width=s["size"], clip_min=-1.0, device=dev, style_suffix="", negative_prompt="", out_dir=str(out),
-                  log_jsonl=str(out / "log.jsonl"), seed_base=SEEDS[0], guidance=7.5, exact_best=False, vae_fp16=True,
-                  dtype=a.dtype)
+    common = dict(
+        model=a.model,
+        scorer=a.clip,
+        n_images=len(SEEDS),
+        steps_base=s["steps"],
+        height=s["size"],
+        width=s["size"],
+        clip_min=-1.0,
+        device=dev,
+        style_suffix="",
+        negative_prompt="",
+        out_dir=str(out),
+        log_jsonl=str(out / "log.jsonl"),
+        seed_base=SEEDS[0],
+        guidance=7.5,
+        exact_best=False,
+        vae_fp16=True,
+        dtype=a.dtype,
+    )
     _sync()
     t = time.perf_counter()
     generate(PROMPT, **common)
@@ -337,8 +409,18 @@ def child_main(argv: list[str]) -> None:
         best = min(best, time.perf_counter() - t)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     np.savez_compressed(out / "images.npz", *[np.asarray(x) for x in r["candidate_images"]])
-    (out / "child.json").write_text(json.dumps(dict(s=best, gen=r["timing_s"]["gen"], clip=r["timing_s"]["clip"],
-                                                    peak_gib=peak, first_call_s=first, load_s=load_s)))
+    (out / "child.json").write_text(
+        json.dumps(
+            dict(
+                s=best,
+                gen=r["timing_s"]["gen"],
+                clip=r["timing_s"]["clip"],
+                peak_gib=peak,
+                first_call_s=first,
+                load_s=load_s,
+            )
+        )
+    )
 
 
 def parse_configs(text: str) -> list[tuple[int, int, float | None]]:
@@ -364,9 +446,16 @@ def phase_steps(rep: Report, model_dir: Path, dev: str, tiny: bool):
             stamps.append(time.perf_counter())
             return kw
 
-        pipe(prompt=PROMPT, num_inference_steps=max(4, s["steps"] // 3), height=s["size"], width=s["size"],
-             num_images_per_prompt=n, generator=[torch.Generator("cpu").manual_seed(x) for x in SEEDS[:n]],
-             callback_on_step_end=cb, output_type="latent")
+        pipe(
+            prompt=PROMPT,
+            num_inference_steps=max(4, s["steps"] // 3),
+            height=s["size"],
+            width=s["size"],
+            num_images_per_prompt=n,
+            generator=[torch.Generator("cpu").manual_seed(x) for x in SEEDS[:n]],
+            callback_on_step_end=cb,
+            output_type="latent",
+        )
         gaps = sorted(b - a for a, b in zip(stamps, stamps[1:]))
         rep.fact(f"unet_ms_per_step_batch_{2 * n}", round(1000 * gaps[len(gaps) // 2], 1))
 
@@ -375,34 +464,56 @@ def phase_cold_cli(rep: Report, model_dir: Path, clip_dir: Path, tiny: bool):
     """The README's way on this model: one fresh ``bestshot generate`` process, wall time."""
     s = settings(tiny)
     out = Path(tempfile.mkdtemp(prefix="bestshot-cli-"))
-    cmd = [sys.executable, "-m", "bestshot.cli", "generate", PROMPT, "--model", str(model_dir), "--scorer",
-           str(clip_dir), "-n", "4", "--steps", str(s["steps"]), "--size", f"{s['size']}x{s['size']}",
-           "--clip-min", "-1", "--out", str(out), "--log", str(out / "log.jsonl"), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bestshot.cli",
+        "generate",
+        PROMPT,
+        "--model",
+        str(model_dir),
+        "--scorer",
+        str(clip_dir),
+        "-n",
+        "4",
+        "--steps",
+        str(s["steps"]),
+        "--size",
+        f"{s['size']}x{s['size']}",
+        "--clip-min",
+        "-1",
+        "--out",
+        str(out),
+        "--log",
+        str(out / "log.jsonl"),
+        "--json",
+    ]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=out)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         rep.error("cold CLI", RuntimeError((proc.stderr or proc.stdout)[-400:]))
         return
-    rec = json.loads(proc.stdout[proc.stdout.index("{"):])
+    rec = json.loads(proc.stdout[proc.stdout.index("{") :])
     rep.fact("cold_cli_wall_s", round(wall, 2))
     rep.fact("cold_cli_timing_s", rec.get("timing_s"))
 
 
-def phase_world(rep: Report, dev: str, prompts: int, configs: list[tuple[int, int, float | None]],
-                objects: tuple[int, ...] = (2, 1)):
+def phase_world(
+    rep: Report, dev: str, prompts: int, configs: list[tuple[int, int, float | None]], objects: tuple[int, ...] = (2, 1)
+):
     """Plain best-of-N against pruned configurations on the embedded model, judged by the oracle.
 
     A configuration is (started, kept, prune_at); prune_at None = plain best-of-started. Work is counted in
     denoiser image-steps per kept image; the rates are the oracle's full match of the scorer's pick."""
-    from bestshot.models.settings import resolve_config
     from bestshot.generation import make_candidates, pipeline_kwargs, seeds_for
     from bestshot.models.loader import load_pipeline
+    from bestshot.models.registry import resolve_model
+    from bestshot.models.settings import resolve_config
     from bestshot.pruning import cost_ratio, run_pruned
     from bestshot.scoring import pipeline_scorer
-    from bestshot.models.registry import resolve_model
-    from bestshot.world.oracle import oracle
     from bestshot.world import heldout_prompts
+    from bestshot.world.oracle import oracle
 
     cfg = resolve_config(None, clip_min=-1.0, device=dev)
     pipe = load_pipeline("embedded", device=dev)
@@ -418,16 +529,25 @@ def phase_world(rep: Report, dev: str, prompts: int, configs: list[tuple[int, in
                 if at is None:
                     ims = make_candidates(pipe, None, p, "", seeds, c)
                 else:
-                    ims = run_pruned(pipe, pipeline_kwargs(pipe, p, "", seeds, c, None), seeds=seeds, keep=keep,
-                                     at=at, score_fn=lambda x, p=p: scorer.score(x, p), family="embedded").images
+                    ims = run_pruned(
+                        pipe,
+                        pipeline_kwargs(pipe, p, "", seeds, c, None),
+                        seeds=seeds,
+                        keep=keep,
+                        at=at,
+                        score_fn=lambda x, p=p: scorer.score(x, p),
+                        family="embedded",
+                    ).images
                 sc = scorer.score(ims, p)
                 hits += oracle(ims[max(range(len(sc)), key=sc.__getitem__)], p).match
             work = start * steps if at is None else cost_ratio(steps, start, keep, at) * keep * steps
-            rep.row(path=f"embedded world, {n_obj} object(s): "
-                         + (f"best of {start}" if at is None else f"{start} started → {keep} at {at:.0%}"),
-                    s=(time.perf_counter() - t0) / len(ps),
-                    note=f"full match {hits}/{len(ps)} = {hits / len(ps):.1%}; work {work:.0f} image-steps per "
-                         f"kept image ({work / (start * steps):.0%} of best of {start})")
+            rep.row(
+                path=f"embedded world, {n_obj} object(s): "
+                + (f"best of {start}" if at is None else f"{start} started → {keep} at {at:.0%}"),
+                s=(time.perf_counter() - t0) / len(ps),
+                note=f"full match {hits}/{len(ps)} = {hits / len(ps):.1%}; work {work:.0f} image-steps per "
+                f"kept image ({work / (start * steps):.0%} of best of {start})",
+            )
 
 
 def main() -> None:
@@ -438,13 +558,19 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny configs on CPU (forced without CUDA)")
     ap.add_argument("--out", default="bench_out/gpu_all")
     ap.add_argument("--workdir", default=None, help="where the random-weight models are built (reused)")
-    ap.add_argument("--skip", default="",
-                    help="comma list of phases to skip: load,steps,cli,speed (all of it),variants (all but "
-                         "the reference images),compile,fp8,world")
+    ap.add_argument(
+        "--skip",
+        default="",
+        help="comma list of phases to skip: load,steps,cli,speed (all of it),variants (all but "
+        "the reference images),compile,fp8,world",
+    )
     ap.add_argument("--reps", type=int, default=2, help="timed repeats per variant (after one warm-up)")
     ap.add_argument("--world-prompts", type=int, default=24)
-    ap.add_argument("--world-configs", default="8:8,8:2:0.3,4:4,4:1:0.3",
-                    help="started:kept[:prune_at], comma-separated; no prune_at = plain best-of-started")
+    ap.add_argument(
+        "--world-configs",
+        default="8:8,8:2:0.3,4:4,4:1:0.3",
+        help="started:kept[:prune_at], comma-separated; no prune_at = plain best-of-started",
+    )
     ap.add_argument("--world-objects", default="2,1", help="objects per prompt, comma-separated")
     ap.add_argument("--child-timeout", type=int, default=150)
     args = ap.parse_args()
@@ -455,12 +581,20 @@ def main() -> None:
     import diffusers
     import transformers
 
-    meta = dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                device=torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()})",
-                torch=torch.__version__, diffusers=diffusers.__version__, transformers=transformers.__version__,
-                setup=("tiny SDXL, 64², 2 steps" if tiny else "SDXL architecture, random weights, fp16, 1024², "
-                       "30 Euler steps, CFG 7.5, best of 4, CLIP ViT-L/14 (random) scorer"),
-                command="python bench/gpu_all.py " + " ".join(sys.argv[1:]))
+    meta = dict(
+        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        device=torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()})",
+        torch=torch.__version__,
+        diffusers=diffusers.__version__,
+        transformers=transformers.__version__,
+        setup=(
+            "tiny SDXL, 64², 2 steps"
+            if tiny
+            else "SDXL architecture, random weights, fp16, 1024², "
+            "30 Euler steps, CFG 7.5, best of 4, CLIP ViT-L/14 (random) scorer"
+        ),
+        command="python bench/gpu_all.py " + " ".join(sys.argv[1:]),
+    )
     rep = Report(Path(args.out), meta)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bestshot-gpu-all-"))
     t = time.perf_counter()
@@ -471,8 +605,10 @@ def main() -> None:
             phase_load(rep, model_dir, dev)
         except Exception as e:
             rep.error("load", e)
-    for phase, fn in (("steps", lambda: phase_steps(rep, model_dir, dev, tiny)),
-                      ("cli", lambda: phase_cold_cli(rep, model_dir, clip_dir, tiny))):
+    for phase, fn in (
+        ("steps", lambda: phase_steps(rep, model_dir, dev, tiny)),
+        ("cli", lambda: phase_cold_cli(rep, model_dir, clip_dir, tiny)),
+    ):
         if phase not in skip:
             try:
                 fn()
@@ -489,22 +625,40 @@ def main() -> None:
     CACHE.clear()
     if ref_npz is not None:
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(work / "inductor"))
-        base = ["--model", str(model_dir), "--clip", str(clip_dir), "--reps", str(args.reps)] + (["--tiny"] if tiny else [])
+        base = ["--model", str(model_dir), "--clip", str(clip_dir), "--reps", str(args.reps)] + (
+            ["--tiny"] if tiny else []
+        )
         if "compile" not in skip:
             for label in ("cold cache", "warm cache"):
-                phase_child(rep, f"bestshot, fp16 VAE + regional compile ({label})", base + ["--lever", "compile"],
-                            args.child_timeout, ref_npz, env)
+                phase_child(
+                    rep,
+                    f"bestshot, fp16 VAE + regional compile ({label})",
+                    base + ["--lever", "compile"],
+                    args.child_timeout,
+                    ref_npz,
+                    env,
+                )
         if "fp8" not in skip and cuda:
-            phase_child(rep, "bestshot, bf16 + float8 GEMMs (torchao, per-row) + regional compile",
-                        base + ["--lever", "fp8", "--dtype", "bfloat16"], args.child_timeout,
-                        ref_npz, dict(env, TORCHINDUCTOR_CACHE_DIR=str(work / "inductor-fp8")))
+            phase_child(
+                rep,
+                "bestshot, bf16 + float8 GEMMs (torchao, per-row) + regional compile",
+                base + ["--lever", "fp8", "--dtype", "bfloat16"],
+                args.child_timeout,
+                ref_npz,
+                dict(env, TORCHINDUCTOR_CACHE_DIR=str(work / "inductor-fp8")),
+            )
     if "world" not in skip:
         try:
             if tiny:
                 phase_world(rep, dev, 1, [(2, 2, None), (2, 1, 0.5)], (2, 1))
             else:
-                phase_world(rep, dev, args.world_prompts, parse_configs(args.world_configs),
-                            tuple(int(x) for x in args.world_objects.split(",")))
+                phase_world(
+                    rep,
+                    dev,
+                    args.world_prompts,
+                    parse_configs(args.world_configs),
+                    tuple(int(x) for x in args.world_objects.split(",")),
+                )
         except Exception as e:
             rep.error("world", e)
     print(rep.markdown())

@@ -38,9 +38,19 @@ def _sync():
 def _text_cfg(hidden, layers, heads, inter, act, proj):
     from transformers import CLIPTextConfig
 
-    return CLIPTextConfig(vocab_size=49408, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                          intermediate_size=inter, hidden_act=act, projection_dim=proj, max_position_embeddings=77,
-                          bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+        hidden_act=act,
+        projection_dim=proj,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
 
 
 def build_full(family: str, folder: Path, dtype: torch.dtype | None = None) -> None:
@@ -51,49 +61,118 @@ def build_full(family: str, folder: Path, dtype: torch.dtype | None = None) -> N
     from tiny_models import clip_tokenizer
 
     tok = clip_tokenizer()
-    vae_kw = dict(in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                  down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
+    vae_kw = dict(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+    )
     te_l = _text_cfg(768, 12, 12, 3072, "quick_gelu", 768)
     te_g = _text_cfg(1280, 32, 20, 5120, "gelu", 1280)
     if family == "sdxl":
         unet = d.UNet2DConditionModel(
-            sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+            sample_size=128,
+            block_out_channels=(320, 640, 1280),
+            layers_per_block=2,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816)
-        sched = d.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                         steps_offset=1, timestep_spacing="leading")
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            cross_attention_dim=2048,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+        )
+        sched = d.EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
+        )
         vae = d.AutoencoderKL(latent_channels=4, sample_size=1024, scaling_factor=0.13025, force_upcast=True, **vae_kw)
-        pipe = d.StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(te_l), tokenizer=tok,
-                                           text_encoder_2=CLIPTextModelWithProjection(te_g), tokenizer_2=tok,
-                                           unet=unet, scheduler=sched)
+        pipe = d.StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=CLIPTextModel(te_l),
+            tokenizer=tok,
+            text_encoder_2=CLIPTextModelWithProjection(te_g),
+            tokenizer_2=tok,
+            unet=unet,
+            scheduler=sched,
+        )
     elif family == "sd3":
         from transformers import T5Config, T5EncoderModel
 
-        tr = d.SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, num_layers=38,
-                                     attention_head_dim=64, num_attention_heads=38, joint_attention_dim=4096,
-                                     caption_projection_dim=2432, pooled_projection_dim=2048, out_channels=16,
-                                     pos_embed_max_size=192, qk_norm="rms_norm")
-        vae = d.AutoencoderKL(latent_channels=16, sample_size=1024, scaling_factor=1.5305, shift_factor=0.0609,
-                              use_quant_conv=False, use_post_quant_conv=False, **vae_kw)
-        t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
-                                     num_heads=64, feed_forward_proj="gated-gelu"))
+        tr = d.SD3Transformer2DModel(
+            sample_size=128,
+            patch_size=2,
+            in_channels=16,
+            num_layers=38,
+            attention_head_dim=64,
+            num_attention_heads=38,
+            joint_attention_dim=4096,
+            caption_projection_dim=2432,
+            pooled_projection_dim=2048,
+            out_channels=16,
+            pos_embed_max_size=192,
+            qk_norm="rms_norm",
+        )
+        vae = d.AutoencoderKL(
+            latent_channels=16,
+            sample_size=1024,
+            scaling_factor=1.5305,
+            shift_factor=0.0609,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            **vae_kw,
+        )
+        t5 = T5EncoderModel(
+            T5Config(
+                vocab_size=32128,
+                d_model=4096,
+                d_kv=64,
+                d_ff=10240,
+                num_layers=24,
+                num_heads=64,
+                feed_forward_proj="gated-gelu",
+            )
+        )
         del t5  # no T5 tokenizer offline: SD 3.5 runs without T5 (diffusers pads zeros); time it that way
-        pipe = d.StableDiffusion3Pipeline(transformer=tr, scheduler=d.FlowMatchEulerDiscreteScheduler(shift=3.0),
-                                          vae=vae, text_encoder=CLIPTextModelWithProjection(te_l), tokenizer=tok,
-                                          text_encoder_2=CLIPTextModelWithProjection(te_g), tokenizer_2=tok,
-                                          text_encoder_3=None, tokenizer_3=None)
+        pipe = d.StableDiffusion3Pipeline(
+            transformer=tr,
+            scheduler=d.FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=vae,
+            text_encoder=CLIPTextModelWithProjection(te_l),
+            tokenizer=tok,
+            text_encoder_2=CLIPTextModelWithProjection(te_g),
+            tokenizer_2=tok,
+            text_encoder_3=None,
+            tokenizer_3=None,
+        )
     else:
-        unet = d.UNet2DConditionModel(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
-                                      cross_attention_dim=768, attention_head_dim=8)
+        unet = d.UNet2DConditionModel(
+            sample_size=64,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+        )
         vae = d.AutoencoderKL(latent_channels=4, sample_size=512, **vae_kw)
-        pipe = d.StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel(te_l), tokenizer=tok, unet=unet,
-                                         scheduler=d.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
-                                                                            beta_schedule="scaled_linear",
-                                                                            steps_offset=1),
-                                         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe = d.StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=CLIPTextModel(te_l),
+            tokenizer=tok,
+            unet=unet,
+            scheduler=d.EulerDiscreteScheduler(
+                beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+            ),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     if dtype is not None:
         pipe.to(dtype)
     pipe.save_pretrained(folder)
@@ -104,10 +183,20 @@ def build_clip_l14(folder: Path) -> None:
 
     from tiny_models import clip_tokenizer
 
-    cfg = CLIPConfig(text_config=_text_cfg(768, 12, 12, 3072, "quick_gelu", 768).to_dict(),
-                     vision_config=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                                        intermediate_size=4096, patch_size=14, image_size=224, projection_dim=768,
-                                        hidden_act="quick_gelu"), projection_dim=768)
+    cfg = CLIPConfig(
+        text_config=_text_cfg(768, 12, 12, 3072, "quick_gelu", 768).to_dict(),
+        vision_config=dict(
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            intermediate_size=4096,
+            patch_size=14,
+            image_size=224,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+        ),
+        projection_dim=768,
+    )
     CLIPModel(cfg).save_pretrained(folder)
     clip_tokenizer().save_pretrained(folder)
     CLIPImageProcessorPil().save_pretrained(folder)
@@ -158,26 +247,54 @@ def main() -> None:
     def plain(batched: bool):
         def run():
             if batched:
-                pipe(prompt="a lighthouse at dusk", num_inference_steps=steps, height=size, width=size,
-                     num_images_per_prompt=len(seeds), generator=[torch.Generator("cpu").manual_seed(s) for s in seeds])
+                pipe(
+                    prompt="a lighthouse at dusk",
+                    num_inference_steps=steps,
+                    height=size,
+                    width=size,
+                    num_images_per_prompt=len(seeds),
+                    generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+                )
             else:
                 for s in seeds:
-                    pipe(prompt="a lighthouse at dusk", num_inference_steps=steps, height=size, width=size,
-                         generator=torch.Generator("cpu").manual_seed(s))
+                    pipe(
+                        prompt="a lighthouse at dusk",
+                        num_inference_steps=steps,
+                        height=size,
+                        width=size,
+                        generator=torch.Generator("cpu").manual_seed(s),
+                    )
+
         return run
 
     out = work / "out"
     res = {}
 
     def ours():
-        res["r"] = generate("a lighthouse at dusk", model=str(model_dir), scorer=str(clip_dir), n_images=args.n,
-                            steps_base=steps, height=size, width=size, clip_min=-1, device=dev, style_suffix="",
-                            negative_prompt="", out_dir=str(out), log_jsonl=str(out / "log.jsonl"), exact_best=False)
+        res["r"] = generate(
+            "a lighthouse at dusk",
+            model=str(model_dir),
+            scorer=str(clip_dir),
+            n_images=args.n,
+            steps_base=steps,
+            height=size,
+            width=size,
+            clip_min=-1,
+            device=dev,
+            style_suffix="",
+            negative_prompt="",
+            out_dir=str(out),
+            log_jsonl=str(out / "log.jsonl"),
+            exact_best=False,
+        )
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    rows = {"plain per-seed loop": timed(plain(False), 1), "plain batched": timed(plain(True)),
-            "bestshot generate": timed(ours)}
+    rows = {
+        "plain per-seed loop": timed(plain(False), 1),
+        "plain batched": timed(plain(True)),
+        "bestshot generate": timed(ours),
+    }
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     step_ms, flops = denoiser_step(pipe, seeds, steps, size)
     vae_ms = vae_decode_ms(pipe, len(seeds), size)
@@ -187,11 +304,15 @@ def main() -> None:
     print("| path | seconds per best-of-N |\n|---|---|")
     for k, v in rows.items():
         print(f"| {k} | {v:.3f} |")
-    print(f"denoiser: {step_ms:.1f} ms/step at batch {2 * len(seeds)} (CFG), {flops / 1e12:.2f} TFLOP/step; "
-          f"VAE decode {vae_ms:.1f} ms; CLIP scoring {1000 * r['timing_s']['clip']:.1f} ms; "
-          f"peak GPU memory {peak:.2f} GiB")
-    print(f"FLOP floor at {args.peak_tflops:.0f} TFLOP/s: {floor:.3f} s for {steps} steps; "
-          f"bestshot end to end is {floor / rows['bestshot generate']:.0%} of the floor")
+    print(
+        f"denoiser: {step_ms:.1f} ms/step at batch {2 * len(seeds)} (CFG), {flops / 1e12:.2f} TFLOP/step; "
+        f"VAE decode {vae_ms:.1f} ms; CLIP scoring {1000 * r['timing_s']['clip']:.1f} ms; "
+        f"peak GPU memory {peak:.2f} GiB"
+    )
+    print(
+        f"FLOP floor at {args.peak_tflops:.0f} TFLOP/s: {floor:.3f} s for {steps} steps; "
+        f"bestshot end to end is {floor / rows['bestshot generate']:.0%} of the floor"
+    )
     print(f"bestshot timing_s: {json.dumps(r['timing_s'])}")
 
 
@@ -218,11 +339,23 @@ def denoiser_step(pipe, seeds, steps, size):
 
     den.forward = fwd
     try:
-        pipe(prompt="a lighthouse", num_inference_steps=2, height=size, width=size, num_images_per_prompt=len(seeds),
-             generator=[torch.Generator("cpu").manual_seed(s) for s in seeds])
-        pipe(prompt="a lighthouse", num_inference_steps=steps, height=size, width=size,
-             num_images_per_prompt=len(seeds), generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-             callback_on_step_end=cb)
+        pipe(
+            prompt="a lighthouse",
+            num_inference_steps=2,
+            height=size,
+            width=size,
+            num_images_per_prompt=len(seeds),
+            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+        )
+        pipe(
+            prompt="a lighthouse",
+            num_inference_steps=steps,
+            height=size,
+            width=size,
+            num_images_per_prompt=len(seeds),
+            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            callback_on_step_end=cb,
+        )
     finally:
         den.forward = orig
     gaps = sorted(b - a for a, b in zip(stamps, stamps[1:])) or [float("nan")]

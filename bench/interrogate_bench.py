@@ -41,8 +41,8 @@ def generated_images(pipe, prompts: list[str], folder: Path) -> list:
     """One image per prompt, cached as PNGs so re-runs only score."""
     from PIL import Image
 
-    from bestshot.models.settings import resolve_config
     from bestshot.generation import make_candidates
+    from bestshot.models.settings import resolve_config
 
     folder.mkdir(parents=True, exist_ok=True)
     cfg = resolve_config(preset="embedded", n_images=1)
@@ -66,20 +66,32 @@ def main() -> None:
     ap.add_argument("--mode", default="best", choices=["best", "classic", "fast"])
     ap.add_argument("--captioner", default=None, help="a trained captioner folder (default: train one here)")
     ap.add_argument("--train-steps", type=int, default=1500)
-    ap.add_argument("--features", default="pooled", choices=["pooled", "patches"], help="what the trained captioner reads")
+    ap.add_argument(
+        "--features", default="pooled", choices=["pooled", "patches"], help="what the trained captioner reads"
+    )
     ap.add_argument("--patch-pool", type=int, default=1, help="patches: average the patch grid over this many cells")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timing-images", type=int, default=20)
     ap.add_argument("--rendered", action="store_true", help="score rendered held-out images instead of generated ones")
     ap.add_argument("--clip", default="embedded", help="CLIP folder for --rendered runs (default: the embedded CLIP)")
-    ap.add_argument("--prior-weight", type=float, default=None, help="the world prior's weight (default: the interrogator's)")
-    ap.add_argument("--no-spatial", action="store_true", help="relations from the pooled cosine, not from patch embeddings")
-    ap.add_argument("--no-regions", action="store_true", help="read the whole scene at once, not each object cut out alone")
-    ap.add_argument("--generated-model", default="", help="train the captioner on renders and, every other image, "
-                    "world items redrawn by this model (e.g. embedded)")
+    ap.add_argument(
+        "--prior-weight", type=float, default=None, help="the world prior's weight (default: the interrogator's)"
+    )
+    ap.add_argument(
+        "--no-spatial", action="store_true", help="relations from the pooled cosine, not from patch embeddings"
+    )
+    ap.add_argument(
+        "--no-regions", action="store_true", help="read the whole scene at once, not each object cut out alone"
+    )
+    ap.add_argument(
+        "--generated-model",
+        default="",
+        help="train the captioner on renders and, every other image, world items redrawn by this model (e.g. embedded)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    from bestshot import world as W
     from bestshot.interrogate.captioner import CaptionerConfig, PrefixCaptioner, train_captioner
     from bestshot.interrogate.interrogator import InterrogateConfig, Interrogator
     from bestshot.interrogate.metric import prompt_similarity
@@ -87,7 +99,6 @@ def main() -> None:
     from bestshot.models.registry import EMBEDDED_DIR
     from bestshot.scoring import get_scorer, scorer_from_pipeline
     from bestshot.store import atomic_write_json
-    from bestshot import world as W
     from bestshot.world.oracle import oracle
 
     work = Path(args.workdir)
@@ -107,8 +118,9 @@ def main() -> None:
     _write_csv(work / "truth.csv", [(f"{i:03d}.png", p) for i, p in enumerate(prompts)])
 
     # interrogator (the world search: InterrogateConfig's domain is set explicitly since the scorer is given)
-    icfg = InterrogateConfig(mode=args.mode, clip=args.clip, domain="world", spatial=not args.no_spatial,
-                             regions=not args.no_regions)
+    icfg = InterrogateConfig(
+        mode=args.mode, clip=args.clip, domain="world", spatial=not args.no_spatial, regions=not args.no_regions
+    )
     if args.prior_weight is not None:
         icfg.prior_weight = args.prior_weight
     engine = Interrogator(icfg, scorer=scorer)
@@ -122,11 +134,21 @@ def main() -> None:
     cap_dir = Path(args.captioner) if args.captioner else work / "captioner"
     train_info = None
     if not args.captioner:
-        cfg = CaptionerConfig(clip=args.clip, steps=args.train_steps, checkpoint_every=max(1, args.train_steps // 4),
-                              features=args.features, patch_pool=args.patch_pool,
-                              generated_model=args.generated_model)
-        train_info = train_captioner(cfg, cap_dir, scorer=scorer, log_every=max(1, args.train_steps // 10),
-                                     on_log=lambda s, loss: print(f"  captioner step {s} loss {loss:.3f}", flush=True))
+        cfg = CaptionerConfig(
+            clip=args.clip,
+            steps=args.train_steps,
+            checkpoint_every=max(1, args.train_steps // 4),
+            features=args.features,
+            patch_pool=args.patch_pool,
+            generated_model=args.generated_model,
+        )
+        train_info = train_captioner(
+            cfg,
+            cap_dir,
+            scorer=scorer,
+            log_every=max(1, args.train_steps // 10),
+            on_log=lambda s, loss: print(f"  captioner step {s} loss {loss:.3f}", flush=True),
+        )
     captioner = PrefixCaptioner.load(cap_dir, scorer=scorer)
     caps = captioner.caption(images)
     _write_csv(work / "captioner.csv", [(f"{i:03d}.png", p) for i, p in enumerate(caps)])
@@ -156,8 +178,14 @@ def main() -> None:
         cap_times.append(time.perf_counter() - t)
 
     res = {
-        "n": args.n, "mode": args.mode, "threads": args.threads, "images": "rendered" if args.rendered else "generated",
-        "clip": args.clip, "prior_weight": icfg.prior_weight, "spatial": icfg.spatial, "regions": icfg.regions,
+        "n": args.n,
+        "mode": args.mode,
+        "threads": args.threads,
+        "images": "rendered" if args.rendered else "generated",
+        "clip": args.clip,
+        "prior_weight": icfg.prior_weight,
+        "spatial": icfg.spatial,
+        "regions": icfg.regions,
         "generate_s": round(gen_s, 1),
         "interrogator_minilm": float(prompt_similarity(inter, prompts).mean()),
         "captioner_minilm": float(prompt_similarity(caps, prompts).mean()),
@@ -168,16 +196,22 @@ def main() -> None:
         "captioner_s_per_image_warm": sorted(cap_times)[len(cap_times) // 2],
         "interrogator_batch_s_per_image": inter_s / args.n,
         "captioner_train": {k: v for k, v in (train_info or {}).items() if k != "history"} or str(cap_dir),
-        "examples": [{"truth": p, "interrogator": a, "captioner": b} for p, a, b in list(zip(prompts, inter, caps))[:8]],
+        "examples": [
+            {"truth": p, "interrogator": a, "captioner": b} for p, a, b in list(zip(prompts, inter, caps))[:8]
+        ],
     }
     atomic_write_json(work / "results.json", res)
     print(json.dumps(res, indent=2))
     print(f"\n| method | mean MiniLM cosine (n={args.n}, {res['images']}) | oracle full match | warm s / 64 px image |")
     print("|---|---|---|---|")
-    print(f"| interrogator ({args.mode}) | {res['interrogator_minilm']:.4f} | {res['interrogator_oracle_generated']:.1%} "
-          f"| {res['interrogator_s_per_image_warm']:.3f} |")
-    print(f"| captioner | {res['captioner_minilm']:.4f} | {res['captioner_oracle_generated']:.1%} "
-          f"| {res['captioner_s_per_image_warm']:.3f} |")
+    print(
+        f"| interrogator ({args.mode}) | {res['interrogator_minilm']:.4f} | {res['interrogator_oracle_generated']:.1%} "
+        f"| {res['interrogator_s_per_image_warm']:.3f} |"
+    )
+    print(
+        f"| captioner | {res['captioner_minilm']:.4f} | {res['captioner_oracle_generated']:.1%} "
+        f"| {res['captioner_s_per_image_warm']:.3f} |"
+    )
     print(f"\ninterrogator on rendered images: oracle full match {res['interrogator_oracle_rendered']:.1%}")
 
 

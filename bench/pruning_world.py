@@ -28,13 +28,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from bestshot.models.settings import resolve_config
     from bestshot.generation import make_candidates, pipeline_kwargs, seeds_for
     from bestshot.models.loader import load_pipeline
+    from bestshot.models.settings import resolve_config
     from bestshot.pruning import cost_ratio, run_pruned
     from bestshot.scoring import scorer_from_pipeline
-    from bestshot.world.oracle import oracle
     from bestshot.world import heldout_prompts
+    from bestshot.world.oracle import oracle
 
     cfg = resolve_config(None, n_images=args.n, clip_min=-1.0)
     pipe = load_pipeline("embedded")
@@ -50,8 +50,15 @@ def main() -> None:
         t_plain += time.perf_counter() - t
         plain += oracle(ims[max(range(len(sc)), key=sc.__getitem__)], p).match
         t = time.perf_counter()
-        pr = run_pruned(pipe, pipeline_kwargs(pipe, p, "", seeds, cfg, None), seeds=seeds, keep=args.keep,
-                        at=args.at, score_fn=lambda x, p=p: scorer.score(x, p), family="embedded")
+        pr = run_pruned(
+            pipe,
+            pipeline_kwargs(pipe, p, "", seeds, cfg, None),
+            seeds=seeds,
+            keep=args.keep,
+            at=args.at,
+            score_fn=lambda x, p=p: scorer.score(x, p),
+            family="embedded",
+        )
         sc2 = scorer.score(pr.images, p)
         t_pruned += time.perf_counter() - t
         pruned += oracle(pr.images[max(range(len(sc2)), key=sc2.__getitem__)], p).match
@@ -62,8 +69,10 @@ def main() -> None:
     print("| method | oracle full match % | denoiser image-steps per kept image | wall s per prompt |")
     print("|---|---|---|---|")
     print(f"| plain best-of-{args.n} | {100 * plain / n:.1f} | {work_plain:.0f} | {t_plain / n:.2f} |")
-    print(f"| pruned {args.n}→{args.keep} at {args.at:.0%} | {100 * pruned / n:.1f} | {work_pruned:.0f} "
-          f"({1 - work_pruned / work_plain:.0%} less) | {t_pruned / n:.2f} |")
+    print(
+        f"| pruned {args.n}→{args.keep} at {args.at:.0%} | {100 * pruned / n:.1f} | {work_pruned:.0f} "
+        f"({1 - work_pruned / work_plain:.0%} less) | {t_pruned / n:.2f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -27,9 +27,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CAPTIONS = ["a red square on a white background", "a blue circle on a gray background",
-            "a green triangle above a yellow star", "a small purple cross on a black background",
-            "two orange circles next to each other"]
+CAPTIONS = [
+    "a red square on a white background",
+    "a blue circle on a gray background",
+    "a green triangle above a yellow star",
+    "a small purple cross on a black background",
+    "two orange circles next to each other",
+]
 
 
 def build_manifest(folder: Path, rows: int) -> Path:
@@ -89,18 +93,31 @@ def main() -> None:
             summary.pop("_report", None)
             r = summary["ray"]
             steady = sum(w["rows_per_s"] or 0 for w in r["workers"])
-            rows_out.append({"workers": n, "gpus_per_worker": gpw, "rows": r["made"], "wall_s": r["seconds"],
-                             "wall_rows_per_s": r["rows_per_s"], "steady_rows_per_s": steady,
-                             "per_worker": r["workers"]})
-            print(f"{n} worker(s): {r['made']} rows in {r['seconds']:.1f} s = {r['rows_per_s']:.2f} rows/s wall, "
-                  f"{steady:.2f} rows/s steady", flush=True)
+            rows_out.append(
+                {
+                    "workers": n,
+                    "gpus_per_worker": gpw,
+                    "rows": r["made"],
+                    "wall_s": r["seconds"],
+                    "wall_rows_per_s": r["rows_per_s"],
+                    "steady_rows_per_s": steady,
+                    "per_worker": r["workers"],
+                }
+            )
+            print(
+                f"{n} worker(s): {r['made']} rows in {r['seconds']:.1f} s = {r['rows_per_s']:.2f} rows/s wall, "
+                f"{steady:.2f} rows/s steady",
+                flush=True,
+            )
     base = rows_out[0]
     print("\n| workers | rows | wall s | wall rows/s | steady rows/s | speed-up (steady) |")
     print("|---|---|---|---|---|---|")
     for r in rows_out:
         up = r["steady_rows_per_s"] / base["steady_rows_per_s"] if base["steady_rows_per_s"] else float("nan")
-        print(f"| {r['workers']} | {r['rows']} | {r['wall_s']:.1f} | {r['wall_rows_per_s']:.2f} | "
-              f"{r['steady_rows_per_s']:.2f} | {up:.2f}x |")
+        print(
+            f"| {r['workers']} | {r['rows']} | {r['wall_s']:.1f} | {r['wall_rows_per_s']:.2f} | "
+            f"{r['steady_rows_per_s']:.2f} | {up:.2f}x |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"ray_startup_s": startup, "resources": res, "runs": rows_out}, indent=2))
 

@@ -60,8 +60,15 @@ def main() -> None:
                 reader.temperature = temp
                 reads[temp] = reader.read(cs.pil(p), text, prompt)
             first = reads[args.temperature[0]]
-            rows.append((prompt.relation is not None, cs.verdicts[p, :, 0], [c for c, *_ in first],
-                         [{t: r[k][1:] for t, r in reads.items()} for k in range(len(first))], prompt))
+            rows.append(
+                (
+                    prompt.relation is not None,
+                    cs.verdicts[p, :, 0],
+                    [c for c, *_ in first],
+                    [{t: r[k][1:] for t, r in reads.items()} for k in range(len(first))],
+                    prompt,
+                )
+            )
     K = len(rows[0][1])
     groups = {"relation": [r for r in rows if r[0]], "no relation": [r for r in rows if not r[0]]}
     groups = {k: v for k, v in groups.items() if v}
@@ -81,10 +88,13 @@ def main() -> None:
         return hits / len(g)
 
     results = []
-    for w_obj, w_rel, pen, w_n, temp in itertools.product(args.w_obj, args.w_rel, args.count_penalty, args.w_nouns,
-                                                          args.temperature):
+    for w_obj, w_rel, pen, w_n, temp in itertools.product(
+        args.w_obj, args.w_rel, args.count_penalty, args.w_nouns, args.temperature
+    ):
         reader.w_obj, reader.w_rel, reader.count_penalty, reader.w_nouns = w_obj, w_rel, pen, w_n
-        results.append(((w_obj, w_rel, pen, w_n, temp), {name: (rate(g, 4, temp), rate(g, K, temp)) for name, g in groups.items()}))
+        results.append(
+            ((w_obj, w_rel, pen, w_n, temp), {name: (rate(g, 4, temp), rate(g, K, temp)) for name, g in groups.items()})
+        )
     key = "relation" if "relation" in groups else "no relation"
     results.sort(key=lambda r: r[1][key][1], reverse=True)
     head = " | ".join(f"{n} best of 4 | {n} best of {K}" for n in groups)

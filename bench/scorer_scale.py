@@ -29,9 +29,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from bestshot.generation import make_candidates, seeds_for
     from bestshot.models.loader import load_pipeline
+    from bestshot.models.registry import FAMILIES
     from bestshot.models.settings import resolve_config
     from bestshot.scoring import pipeline_scorer
-    from bestshot.models.registry import FAMILIES
     from bestshot.world import heldout_prompts
 
     cfg = resolve_config(None, n_images=args.n, clip_min=-1.0)

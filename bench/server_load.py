@@ -76,9 +76,13 @@ def burst(base_url: str, n: int, body: dict[str, Any], out_dir: Path) -> dict[st
                 problems.append("a 429 without Retry-After")
         else:
             problems.append(f"status {status}: {data[:200]!r}")
-    return {"tally": tally, "problems": problems, "files": files,
-            "p50_s": statistics.median(latency_ok) if latency_ok else None,
-            "max_s": max(latency_ok) if latency_ok else None}
+    return {
+        "tally": tally,
+        "problems": problems,
+        "files": files,
+        "p50_s": statistics.median(latency_ok) if latency_ok else None,
+        "max_s": max(latency_ok) if latency_ok else None,
+    }
 
 
 def rss_mib() -> float:
@@ -130,8 +134,14 @@ def soak(base_url: str, n: int, body: dict[str, Any]) -> dict[str, Any]:
         if i == max(0, n // 10 - 1):
             rss_start = rss_mib()
     rss_end = rss_mib()
-    return {"requests": n, "tally": tally, "server_errors": errors, "rss_mib_after_first_tenth": round(rss_start, 1),
-            "rss_mib_end": round(rss_end, 1), "rss_growth_mib": round(rss_end - rss_start, 1)}
+    return {
+        "requests": n,
+        "tally": tally,
+        "server_errors": errors,
+        "rss_mib_after_first_tenth": round(rss_start, 1),
+        "rss_mib_end": round(rss_end, 1),
+        "rss_growth_mib": round(rss_end - rss_start, 1),
+    }
 
 
 def _raw_post(base_url: str, path: str, head_length: int | None, chunks: Any) -> int:
@@ -190,13 +200,20 @@ def hostile(base_url: str, max_body_mb: float) -> dict[str, Any]:
         "png-info, 1 GB declared": lambda: _raw_post(base_url, "/sdapi/v1/png-info", 1 << 30, gib_of_a(1024)),
         "png-info, 1 GB chunked": lambda: _raw_post(base_url, "/sdapi/v1/png-info", None, gib_of_a(1024)),
         f"png-info, {0.95 * max_body_mb:g} MB (under the cap)": near_cap,
-        "img2img, 3,000,000 list items": lambda: post(f"{base_url}/sdapi/v1/img2img",
-                                                       {"prompt": "a", "init_images": [0] * 3_000_000})[0],
-        "generate, 1,000,000 unknown keys": lambda: post(f"{base_url}/v1/generate",
-                                                          {"prompt": "a", **{f"k{i}": 0 for i in range(1_000_000)}})[0],
-        "extras, 16 x 2048² at x4": lambda: post(f"{base_url}/sdapi/v1/extra-batch-images", {
-            "imageList": [{"data": big_png, "name": str(i)} for i in range(16)], "upscaling_resize": 4,
-            "upscaler_1": "Lanczos"})[0],
+        "img2img, 3,000,000 list items": lambda: post(
+            f"{base_url}/sdapi/v1/img2img", {"prompt": "a", "init_images": [0] * 3_000_000}
+        )[0],
+        "generate, 1,000,000 unknown keys": lambda: post(
+            f"{base_url}/v1/generate", {"prompt": "a", **{f"k{i}": 0 for i in range(1_000_000)}}
+        )[0],
+        "extras, 16 x 2048² at x4": lambda: post(
+            f"{base_url}/sdapi/v1/extra-batch-images",
+            {
+                "imageList": [{"data": big_png, "name": str(i)} for i in range(16)],
+                "upscaling_resize": 4,
+                "upscaler_1": "Lanczos",
+            },
+        )[0],
     }
     threading.Thread(target=sample, daemon=True).start()
     time.sleep(0.1)
@@ -206,12 +223,23 @@ def hostile(base_url: str, max_body_mb: float) -> dict[str, Any]:
         peak[0] = rss_mib()
         t = time.perf_counter()
         status = attack()
-        rows.append({"attack": name, "status": status, "seconds": round(time.perf_counter() - t, 2),
-                     "peak_rss_mib": round(peak[0], 1), "rss_after_mib": round(rss_mib(), 1)})
+        rows.append(
+            {
+                "attack": name,
+                "status": status,
+                "seconds": round(time.perf_counter() - t, 2),
+                "peak_rss_mib": round(peak[0], 1),
+                "rss_after_mib": round(rss_mib(), 1),
+            }
+        )
     stop.set()
     time.sleep(0.5)  # the last request's memory release runs after its response
-    return {"rss_start_mib": round(start, 1), "attacks": rows, "rss_end_mib": round(rss_mib(), 1),
-            "max_peak_over_start_mib": round(max(r["peak_rss_mib"] for r in rows) - start, 1)}
+    return {
+        "rss_start_mib": round(start, 1),
+        "attacks": rows,
+        "rss_end_mib": round(rss_mib(), 1),
+        "max_peak_over_start_mib": round(max(r["peak_rss_mib"] for r in rows) - start, 1),
+    }
 
 
 def fuzz(app: Any, examples: int) -> list[str]:
@@ -275,10 +303,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = work / "images_out"
     report: dict[str, Any] = {"model": model or "embedded"}
     if args.n:
-        app = create_app(ServerSettings(model=model or "embedded", scorer=scorer, out_dir=str(out),
-                                        curate_dir=str(work / "outputs"), max_queue=args.max_queue))
-        body = {"prompt": "a red circle", "steps": args.steps, "width": args.size, "height": args.size,
-                "best_of": args.best_of}
+        app = create_app(
+            ServerSettings(
+                model=model or "embedded",
+                scorer=scorer,
+                out_dir=str(out),
+                curate_dir=str(work / "outputs"),
+                max_queue=args.max_queue,
+            )
+        )
+        body = {
+            "prompt": "a red circle",
+            "steps": args.steps,
+            "width": args.size,
+            "height": args.size,
+            "best_of": args.best_of,
+        }
         before = len(app.state.store.index.list(limit=1_000_000))  # a reused --workdir keeps older runs
         with BackgroundServer(app) as url:
             t = time.perf_counter()
@@ -289,47 +329,84 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if new_runs != served:  # one generate() run per served request (batch_size 1)
                 res["problems"].append(f"{new_runs} runs indexed for {served} served requests")
         report["burst"] = {k: v for k, v in res.items() if k != "files"}
-        print(f"burst of {args.n} (max-queue {args.max_queue}): {res['tally']} in {res['wall_s']} s, "
-              f"p50 {res['p50_s'] and round(res['p50_s'], 2)} s, problems: {res['problems'] or 'none'}")
+        print(
+            f"burst of {args.n} (max-queue {args.max_queue}): {res['tally']} in {res['wall_s']} s, "
+            f"p50 {res['p50_s'] and round(res['p50_s'], 2)} s, problems: {res['problems'] or 'none'}"
+        )
     if args.soak:
-        app = create_app(ServerSettings(model=model or "embedded", scorer=scorer, out_dir=str(work / "soak_out"),
-                                        curate_dir=str(work / "soak_outputs"), max_queue=args.max_queue))
+        app = create_app(
+            ServerSettings(
+                model=model or "embedded",
+                scorer=scorer,
+                out_dir=str(work / "soak_out"),
+                curate_dir=str(work / "soak_outputs"),
+                max_queue=args.max_queue,
+            )
+        )
         body = {"prompt": "a red circle", "steps": args.steps, "width": args.size, "height": args.size}
         with BackgroundServer(app) as url:
             t = time.perf_counter()
             res = soak(url, args.soak, body)
             res["wall_s"] = round(time.perf_counter() - t, 2)
         report["soak"] = res
-        print(f"soak of {args.soak} mixed requests: {res['tally']} in {res['wall_s']} s; RSS "
-              f"{res['rss_mib_after_first_tenth']} → {res['rss_mib_end']} MiB ({res['rss_growth_mib']:+} MiB); "
-              f"server errors: {res['server_errors'] or 'none'}")
+        print(
+            f"soak of {args.soak} mixed requests: {res['tally']} in {res['wall_s']} s; RSS "
+            f"{res['rss_mib_after_first_tenth']} → {res['rss_mib_end']} MiB ({res['rss_growth_mib']:+} MiB); "
+            f"server errors: {res['server_errors'] or 'none'}"
+        )
     if args.hostile:
-        app = create_app(ServerSettings(model=model or "embedded", scorer=scorer, out_dir=str(work / "hostile_out"),
-                                        curate_dir=str(work / "hostile_outputs"),
-                                        limits=Limits(max_body_mb=args.max_body_mb)))
+        app = create_app(
+            ServerSettings(
+                model=model or "embedded",
+                scorer=scorer,
+                out_dir=str(work / "hostile_out"),
+                curate_dir=str(work / "hostile_outputs"),
+                limits=Limits(max_body_mb=args.max_body_mb),
+            )
+        )
         with BackgroundServer(app) as url:
             res = hostile(url, args.max_body_mb)
         report["hostile"] = res
-        print(f"hostile bodies (cap {args.max_body_mb:g} MB): RSS {res['rss_start_mib']} MiB at the start, "
-              f"{res['rss_end_mib']} MiB at the end")
+        print(
+            f"hostile bodies (cap {args.max_body_mb:g} MB): RSS {res['rss_start_mib']} MiB at the start, "
+            f"{res['rss_end_mib']} MiB at the end"
+        )
         for r in res["attacks"]:
-            print(f"  {r['attack']}: {r['status']} in {r['seconds']} s, peak RSS {r['peak_rss_mib']} MiB, "
-                  f"after {r['rss_after_mib']} MiB")
+            print(
+                f"  {r['attack']}: {r['status']} in {r['seconds']} s, peak RSS {r['peak_rss_mib']} MiB, "
+                f"after {r['rss_after_mib']} MiB"
+            )
     if args.fuzz:
-        app = create_app(ServerSettings(model=model or "embedded", scorer=scorer, out_dir=str(work / "fuzz_out"),
-                                        curate_dir=str(work / "fuzz_outputs"), max_queue=64, allowed_hosts=("*",),
-                                        limits=Limits(max_steps=2, max_side=64, max_images=2, max_candidates=4)))
+        app = create_app(
+            ServerSettings(
+                model=model or "embedded",
+                scorer=scorer,
+                out_dir=str(work / "fuzz_out"),
+                curate_dir=str(work / "fuzz_outputs"),
+                max_queue=64,
+                allowed_hosts=("*",),
+                limits=Limits(max_steps=2, max_side=64, max_images=2, max_candidates=4),
+            )
+        )
         t = time.perf_counter()
         failures = fuzz(app, args.fuzz)
-        report["fuzz"] = {"examples_per_operation": args.fuzz, "server_errors": failures,
-                          "wall_s": round(time.perf_counter() - t, 2)}
-        print(f"fuzz, {args.fuzz} examples per operation: {len(failures)} server errors in "
-              f"{report['fuzz']['wall_s']} s" + "".join(f"\n  {f}" for f in failures[:20]))
+        report["fuzz"] = {
+            "examples_per_operation": args.fuzz,
+            "server_errors": failures,
+            "wall_s": round(time.perf_counter() - t, 2),
+        }
+        print(
+            f"fuzz, {args.fuzz} examples per operation: {len(failures)} server errors in "
+            f"{report['fuzz']['wall_s']} s" + "".join(f"\n  {f}" for f in failures[:20])
+        )
     return report
 
 
 if __name__ == "__main__":
     rep = main()
-    bad = (rep.get("burst", {}).get("problems") or rep.get("fuzz", {}).get("server_errors")
-           or rep.get("soak", {}).get("server_errors"))
+    bad = (
+        rep.get("burst", {}).get("problems")
+        or rep.get("fuzz", {}).get("server_errors")
+        or rep.get("soak", {}).get("server_errors")
+    )
     sys.exit(1 if bad else 0)

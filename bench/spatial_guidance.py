@@ -45,8 +45,8 @@ def main() -> None:
     from bestshot.models.loader import load_pipeline, set_scheduler
     from bestshot.schedulers import scheduler_name
     from bestshot.train.candidates import ATTRS
-    from bestshot.world.oracle import oracle
     from bestshot.world import heldout_prompts
+    from bestshot.world.oracle import oracle
 
     for sched, *_ in settings:  # a misspelt sampler stops the run before the model loads, with the choices
         try:
@@ -58,23 +58,34 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     prompts = heldout_prompts(args.pairs, seed=args.seed, n_objects=2)
     print(f"model {args.model}, {len(prompts)} two-object prompts (seed {args.seed}) x {args.n} seeds")
-    print("| sampler | steps | scale | end | every | " + " | ".join(f"{a} %" for a in ATTRS)
-          + f" | any of {args.n} % | s |")
+    print(
+        "| sampler | steps | scale | end | every | "
+        + " | ".join(f"{a} %" for a in ATTRS)
+        + f" | any of {args.n} % | s |"
+    )
     print("|" + "---|" * (len(ATTRS) + 7))
     for sched, steps, scale, end, every in settings:
         set_scheduler(pipe, sched)
         t0 = time.perf_counter()
         verdicts = []
         for p in prompts:
-            images = pipe([p] * args.n, num_inference_steps=steps, guidance_scale=1.0,
-                          generator=[torch.Generator().manual_seed(k) for k in range(args.n)],
-                          spatial_guidance_scale=scale, spatial_guidance_end=end,
-                          spatial_guidance_every=every).images
+            images = pipe(
+                [p] * args.n,
+                num_inference_steps=steps,
+                guidance_scale=1.0,
+                generator=[torch.Generator().manual_seed(k) for k in range(args.n)],
+                spatial_guidance_scale=scale,
+                spatial_guidance_end=end,
+                spatial_guidance_every=every,
+            ).images
             verdicts.append([[bool(getattr(oracle(im, p), a)) for a in ATTRS] for im in images])
         v = np.array(verdicts)  # (prompts, n, attributes)
         rates = " | ".join(f"{100 * v[:, :, j].mean():.1f}" for j in range(len(ATTRS)))
-        print(f"| {sched} | {steps} | {scale:g} | {end:g} | {every} | {rates} | {100 * v[:, :, 0].any(1).mean():.1f} | "
-              f"{time.perf_counter() - t0:.0f} |", flush=True)
+        print(
+            f"| {sched} | {steps} | {scale:g} | {end:g} | {every} | {rates} | {100 * v[:, :, 0].any(1).mean():.1f} | "
+            f"{time.perf_counter() - t0:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

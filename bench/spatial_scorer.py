@@ -55,12 +55,18 @@ def main() -> None:
         phrases.append(sp.embed_texts([rel.a, rel.b]).cpu())
     cos = torch.stack(cos)
     accepted = cs.verdicts[[p for p, _ in rows], :, 0]
-    print(f"{args.candidates}: {len(rows)} prompts with a relation, {K} candidates each; "
-          f"random pick {accepted.float().mean():.3f}, any of {K} {accepted.any(1).float().mean():.3f}")
+    print(
+        f"{args.candidates}: {len(rows)} prompts with a relation, {K} candidates each; "
+        f"random pick {accepted.float().mean():.3f}, any of {K} {accepted.any(1).float().mean():.3f}"
+    )
     print(f"| temperature | gain | weight | best of 4 | best of {K} |\n|---|---|---|---|---|")
     for temp, gain in itertools.product(args.temperature, args.gain):
-        agree = torch.stack([S.agreement(*S.centroids(d, ta, tb, temp), rel.relation, gain)
-                             for d, (ta, tb), (_, rel) in zip(dense, phrases, rows)])
+        agree = torch.stack(
+            [
+                S.agreement(*S.centroids(d, ta, tb, temp), rel.relation, gain)
+                for d, (ta, tb), (_, rel) in zip(dense, phrases, rows)
+            ]
+        )
         for w in args.weight:
             score = cos + w * agree
             best = {n: accepted.gather(1, score[:, :n].argmax(1, keepdim=True)).float().mean().item() for n in (4, K)}

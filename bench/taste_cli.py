@@ -34,8 +34,9 @@ import random
 import shlex
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,8 +68,17 @@ def verdict(path: str | Path, prompt: str) -> tuple[bool, bool]:
     return bool(_judge(parse_prompt(prompt), an).match), an.background in DARK
 
 
-def curate(work: Path, model: str, prompts: Sequence[str], per_prompt: int, seed: int, embedder: str,
-           train_args: Sequence[str], extra_cfg: dict[str, Any], user: str = "oracle") -> dict[str, Any]:
+def curate(
+    work: Path,
+    model: str,
+    prompts: Sequence[str],
+    per_prompt: int,
+    seed: int,
+    embedder: str,
+    train_args: Sequence[str],
+    extra_cfg: dict[str, Any],
+    user: str = "oracle",
+) -> dict[str, Any]:
     """One curation draw through the CLI; returns the head path and what the user deleted."""
     import yaml
 
@@ -104,19 +114,40 @@ def curate(work: Path, model: str, prompts: Sequence[str], per_prompt: int, seed
     cli("taste", "train", "-w", str(work), "--scorer", embedder, *train_args)
     head = out / "taste" / "head.json"
     info = json.loads(head.read_text()).get("info", {})
-    return {"head": str(head), "kept": kept, "deleted": deleted, "disliked": disliked,
-            "cv_accuracy": info.get("cv_accuracy"), "always_delete": deleted / max(1, kept + deleted)}
+    return {
+        "head": str(head),
+        "kept": kept,
+        "deleted": deleted,
+        "disliked": disliked,
+        "cv_accuracy": info.get("cv_accuracy"),
+        "always_delete": deleted / max(1, kept + deleted),
+    }
 
 
-def run_prompts(work: Path, tag: str, model: str, prompts: Sequence[str], n: int, scorer: str | None,
-                gen_args: Sequence[str]) -> dict[str, np.ndarray]:
+def run_prompts(
+    work: Path, tag: str, model: str, prompts: Sequence[str], n: int, scorer: str | None, gen_args: Sequence[str]
+) -> dict[str, np.ndarray]:
     """``bestshot generate --prompts-file`` and the oracle's verdict on each kept image."""
     work.mkdir(parents=True, exist_ok=True)
     pf = work / f"{tag}.txt"
     pf.write_text("\n".join(prompts) + "\n")
     res = work / f"{tag}.results.jsonl"
-    args = ["generate", "--prompts-file", str(pf), "--results", str(res), "--model", model, "-n", str(n),
-            "--out", str(work / f"{tag}_images"), "--log", str(work / f"{tag}.log.jsonl"), *gen_args]
+    args = [
+        "generate",
+        "--prompts-file",
+        str(pf),
+        "--results",
+        str(res),
+        "--model",
+        model,
+        "-n",
+        str(n),
+        "--out",
+        str(work / f"{tag}_images"),
+        "--log",
+        str(work / f"{tag}.log.jsonl"),
+        *gen_args,
+    ]
     cli(*args, *(["--scorer", scorer] if scorer else []), ok=(0, 1))  # 1: some rows refused by the gate
     rows = {r["line"]: r for r in map(json.loads, res.read_text().splitlines())}
     refused, disliked, match = (np.zeros(len(prompts)) for _ in range(3))
@@ -132,11 +163,16 @@ def run_prompts(work: Path, tag: str, model: str, prompts: Sequence[str], n: int
 
 def summary(base: dict[str, np.ndarray], taste: dict[str, np.ndarray]) -> dict[str, float]:
     bd, td = base["disliked"].mean(), taste["disliked"].mean()
-    return {"refused_base_pct": 100 * base["refused"].mean(), "refused_taste_pct": 100 * taste["refused"].mean(),
-            "disliked_base_pct": 100 * bd, "disliked_taste_pct": 100 * td,
-            "disliked_fall_pct": 100 * (1 - td / bd) if bd > 0 else 0.0,
-            "match_base_pct": 100 * base["match"].mean(), "match_taste_pct": 100 * taste["match"].mean(),
-            "match_drop_points": 100 * (base["match"].mean() - taste["match"].mean())}
+    return {
+        "refused_base_pct": 100 * base["refused"].mean(),
+        "refused_taste_pct": 100 * taste["refused"].mean(),
+        "disliked_base_pct": 100 * bd,
+        "disliked_taste_pct": 100 * td,
+        "disliked_fall_pct": 100 * (1 - td / bd) if bd > 0 else 0.0,
+        "match_base_pct": 100 * base["match"].mean(),
+        "match_taste_pct": 100 * taste["match"].mean(),
+        "match_drop_points": 100 * (base["match"].mean() - taste["match"].mean()),
+    }
 
 
 def choose_weight(scores: dict[float, dict[str, float]], max_drop: float) -> float:
@@ -163,9 +199,13 @@ def main(argv: Sequence[str] | None = None, say: Callable[[str], None] = print) 
     ap.add_argument("--gen-args", default="", help="extra `generate` options for every run (e.g. --steps 2)")
     ap.add_argument("--stage1-yaml", default="{}", help="JSON of config.yaml sections to override (tests)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bestshot_taste_cli"))
-    ap.add_argument("--user", choices=("oracle", "alternate"), default="oracle",
-                    help="oracle: deletes mismatches and disliked images; alternate: every second image (smoke tests "
-                         "on models whose images the oracle cannot read)")
+    ap.add_argument(
+        "--user",
+        choices=("oracle", "alternate"),
+        default="oracle",
+        help="oracle: deletes mismatches and disliked images; alternate: every second image (smoke tests "
+        "on models whose images the oracle cannot read)",
+    )
     args = ap.parse_args(argv)
     weights = [float(w) for w in args.weights.split(",")]
     gen_args, train_args = shlex.split(args.gen_args), shlex.split(args.train_args)
@@ -174,42 +214,63 @@ def main(argv: Sequence[str] | None = None, say: Callable[[str], None] = print) 
     val = free_prompts(args.val, seed=4242)
     assert not set(test) & set(val)
     base = run_prompts(args.work / "test", "base", args.model, test, args.n, None, gen_args)
-    say(f"default scorer on {len(test)} test prompts: refused {100 * base['refused'].mean():.1f} %, disliked "
+    say(
+        f"default scorer on {len(test)} test prompts: refused {100 * base['refused'].mean():.1f} %, disliked "
         f"{100 * base['disliked'].mean():.1f} %, full match {100 * base['match'].mean():.1f} % "
-        f"({time.perf_counter() - t0:.0f} s)")
-    val_base = (run_prompts(args.work / "val", "base", args.model, val, args.n, None, gen_args)
-                if len(weights) > 1 else None)
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
+    val_base = (
+        run_prompts(args.work / "val", "base", args.model, val, args.n, None, gen_args) if len(weights) > 1 else None
+    )
     draws = []
     for r in range(args.draws):
         rng = random.Random(9000 + r)
         pool = free_prompts(3 * args.curate, seed=2026)
         curated = rng.sample(pool, args.curate)
         work = args.work / f"draw{r}"
-        cur = curate(work / "curation", args.model, curated, args.per_prompt, 10_000 * (r + 1), args.embedder,
-                     train_args, json.loads(args.stage1_yaml), args.user)
+        cur = curate(
+            work / "curation",
+            args.model,
+            curated,
+            args.per_prompt,
+            10_000 * (r + 1),
+            args.embedder,
+            train_args,
+            json.loads(args.stage1_yaml),
+            args.user,
+        )
         head = cur["head"]
         if val_base is not None:
-            val_scores = {w: summary(val_base, run_prompts(work / "val", f"w{w:g}", args.model, val, args.n,
-                                                           f"clip+taste@{head}:{w:g}", gen_args)) for w in weights}
+            val_scores = {
+                w: summary(
+                    val_base,
+                    run_prompts(work / "val", f"w{w:g}", args.model, val, args.n, f"clip+taste@{head}:{w:g}", gen_args),
+                )
+                for w in weights
+            }
             w = choose_weight(val_scores, args.max_drop)
         else:
             val_scores, w = {}, weights[0]
         taste = run_prompts(work / "test", "taste", args.model, test, args.n, f"clip+taste@{head}:{w:g}", gen_args)
         s = summary(base, taste)
         draws.append({"curation": cur, "validation": val_scores, "weight": w, "test": s})
-        say(f"draw {r}: kept {cur['kept']}, deleted {cur['deleted']} ({cur['disliked']} disliked); head CV accuracy "
+        say(
+            f"draw {r}: kept {cur['kept']}, deleted {cur['deleted']} ({cur['disliked']} disliked); head CV accuracy "
             f"{cur['cv_accuracy']} vs always-delete {cur['always_delete']:.2f}; weight {w:g}: refused "
             f"{s['refused_taste_pct']:.1f} % (default {s['refused_base_pct']:.1f} %), disliked "
             f"{s['disliked_base_pct']:.1f} → {s['disliked_taste_pct']:.1f} % ({s['disliked_fall_pct']:+.0f} % fall), "
             f"full match {s['match_base_pct']:.1f} → {s['match_taste_pct']:.1f} % "
-            f"({s['match_drop_points']:+.1f} points drop) ({time.perf_counter() - t0:.0f} s)")
+            f"({s['match_drop_points']:+.1f} points drop) ({time.perf_counter() - t0:.0f} s)"
+        )
     mean = {k: float(np.mean([d["test"][k] for d in draws])) for k in draws[0]["test"]} if draws else {}
     met = bool(mean and mean["disliked_fall_pct"] >= 50 and mean["match_drop_points"] <= 2)
-    say(f"mean over {len(draws)} draws: disliked fall {mean.get('disliked_fall_pct', 0):.0f} %, full-match drop "
+    say(
+        f"mean over {len(draws)} draws: disliked fall {mean.get('disliked_fall_pct', 0):.0f} %, full-match drop "
         f"{mean.get('match_drop_points', 0):.1f} points, refused {mean.get('refused_taste_pct', 0):.1f} % vs "
         f"{mean.get('refused_base_pct', 0):.1f} % — target (≥ 50 % fall at ≤ 2 points) "
         f"{'met' if met else 'not met'}; "
-        f"wall {time.perf_counter() - t0:.0f} s")
+        f"wall {time.perf_counter() - t0:.0f} s"
+    )
     return {"base": base, "draws": draws, "mean": mean, "met": met}
 
 

@@ -30,8 +30,9 @@ import dataclasses
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -93,8 +94,10 @@ def render_candidates(n: int) -> tuple[Callable[[str, int], list], Any]:
         out = []
         while len(out) < n:
             scene = sample_scene(rng, n_objects=len(spec.objects))
-            objs = [dataclasses.replace(o, shape=s.shape, colour=s.colour or o.colour)
-                    for o, s in zip(scene.objects, spec.objects)]
+            objs = [
+                dataclasses.replace(o, shape=s.shape, colour=s.colour or o.colour)
+                for o, s in zip(scene.objects, spec.objects)
+            ]
             if spec.relation is not None:
                 from bestshot.world.oracle import relation_holds
 
@@ -117,8 +120,14 @@ def _save(path: Path, data: dict[str, np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
-def images_for(prompts: Sequence[str], make: Callable[[str, int], list], seed_base: int, cache: Path | None,
-               key: str, say: Callable[[str], None]) -> np.ndarray:
+def images_for(
+    prompts: Sequence[str],
+    make: Callable[[str, int], list],
+    seed_base: int,
+    cache: Path | None,
+    key: str,
+    say: Callable[[str], None],
+) -> np.ndarray:
     """(len(prompts), n, H, W, 3) uint8; with ``cache``, the images made so far are kept there."""
     done: list[np.ndarray] = []
     if cache is not None and cache.is_file():
@@ -149,8 +158,11 @@ def judge(images: np.ndarray, prompts: Sequence[str], clip: Any, dislikes: Seque
     from bestshot.world.oracle import _judge, analyse
 
     P, n = images.shape[:2]
-    out = {"clip": np.zeros((P, n)), "match": np.zeros((P, n), bool),
-           **{f"dislike_{d}": np.zeros((P, n), bool) for d in dislikes}}
+    out = {
+        "clip": np.zeros((P, n)),
+        "match": np.zeros((P, n), bool),
+        **{f"dislike_{d}": np.zeros((P, n), bool) for d in dislikes},
+    }
     embs = []
     for i, p in enumerate(prompts):
         ims = [Image.fromarray(a) for a in images[i]]
@@ -176,9 +188,17 @@ def bootstrap(values: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[floa
     return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def taste_curve(train: dict[str, np.ndarray], train_prompts: Sequence[str], held: dict[str, np.ndarray],
-                clip_scale: Any, dislike: str, ks: Sequence[int], weight: float, repeats: int,
-                seed: int = 0) -> dict[Any, dict[str, np.ndarray]]:
+def taste_curve(
+    train: dict[str, np.ndarray],
+    train_prompts: Sequence[str],
+    held: dict[str, np.ndarray],
+    clip_scale: Any,
+    dislike: str,
+    ks: Sequence[int],
+    weight: float,
+    repeats: int,
+    seed: int = 0,
+) -> dict[Any, dict[str, np.ndarray]]:
     """method → per-prompt picked (disliked, match), averaged over ``repeats`` orders of the curated images."""
     from bestshot.scoring.ensemble import Scale, combine
     from bestshot.scoring.taste import Dataset, train_head
@@ -210,8 +230,9 @@ def taste_curve(train: dict[str, np.ndarray], train_prompts: Sequence[str], held
                 head = train_head(ds, kind="logistic", embedder="embedded", folds=0)
                 logits = (held["emb"] @ head.w + head.b).astype(np.float64)
                 ts = Scale(head.info["logit_mean"], head.info["logit_std"], "taste head")
-                scores = np.stack([combine([c, z], [clip_scale, ts], [1.0, weight])
-                                   for c, z in zip(held["clip"], logits)])
+                scores = np.stack(
+                    [combine([c, z], [clip_scale, ts], [1.0, weight]) for c, z in zip(held["clip"], logits)]
+                )
                 d, mt = pick(scores)
                 heads += 1
             dis += d / repeats
@@ -221,16 +242,22 @@ def taste_curve(train: dict[str, np.ndarray], train_prompts: Sequence[str], held
 
 
 def table(curve: dict[Any, dict[str, Any]], dislike: str, weight: float, repeats: int, reps: int = 2000) -> str:
-    lines = [f"dislike `{dislike}`, ensemble clip + taste:{weight:g}, {len(curve['clip']['match'])} held-out prompts, "
-             f"{repeats} draw(s) of the K curated images",
-             "| method | disliked picks % [95 % CI] | oracle full match % [95 % CI] | heads trained | deleted of K |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"dislike `{dislike}`, ensemble clip + taste:{weight:g}, {len(curve['clip']['match'])} held-out prompts, "
+        f"{repeats} draw(s) of the K curated images",
+        "| method | disliked picks % [95 % CI] | oracle full match % [95 % CI] | heads trained | deleted of K |",
+        "|---|---|---|---|---|",
+    ]
     for key, r in curve.items():
         d, dlo, dhi = bootstrap(r["disliked"], reps)
         mt, mlo, mhi = bootstrap(r["match"], reps)
-        name, heads, deleted = ("CLIP alone", "–", "–") if key == "clip" else (f"K = {key}", r["heads"], f"{r['deleted']:.1f}")
-        lines.append(f"| {name} | {100 * d:.1f} [{100 * dlo:.1f}, {100 * dhi:.1f}] | "
-                     f"{100 * mt:.1f} [{100 * mlo:.1f}, {100 * mhi:.1f}] | {heads} | {deleted} |")
+        name, heads, deleted = (
+            ("CLIP alone", "–", "–") if key == "clip" else (f"K = {key}", r["heads"], f"{r['deleted']:.1f}")
+        )
+        lines.append(
+            f"| {name} | {100 * d:.1f} [{100 * dlo:.1f}, {100 * dhi:.1f}] | "
+            f"{100 * mt:.1f} [{100 * mlo:.1f}, {100 * mhi:.1f}] | {heads} | {deleted} |"
+        )
     return "\n".join(lines)
 
 
@@ -241,8 +268,11 @@ def target(curve: dict[Any, dict[str, Any]], k: int = 50) -> dict[str, float] | 
     base_d, base_m = curve["clip"]["disliked"].mean(), curve["clip"]["match"].mean()
     d, mt = curve[k]["disliked"].mean(), curve[k]["match"].mean()
     fall = 1 - d / base_d if base_d > 0 else 0.0
-    return {"disliked_fall": float(fall), "match_drop_points": float(100 * (base_m - mt)),
-            "met": bool(fall >= 0.5 and 100 * (base_m - mt) <= 2)}
+    return {
+        "disliked_fall": float(fall),
+        "match_drop_points": float(100 * (base_m - mt)),
+        "met": bool(fall >= 0.5 and 100 * (base_m - mt) <= 2),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -290,11 +320,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     clip_scale = scale_of(clip)
     result: dict[str, Any] = {"tables": [], "targets": {}, "clip_scale": clip_scale}
-    print(f"source {args.source}; curated pool {args.train_prompts} prompts x {args.per_train}; held-out "
-          f"{args.heldout} prompts x {args.n} candidates; CLIP scale {clip_scale}")
+    print(
+        f"source {args.source}; curated pool {args.train_prompts} prompts x {args.per_train}; held-out "
+        f"{args.heldout} prompts x {args.n} candidates; CLIP scale {clip_scale}"
+    )
     for d in dislikes:
-        print(f"dislike {d}: {100 * train[f'dislike_{d}'].mean():.1f} % of curated images, "
-              f"{100 * held[f'dislike_{d}'].mean():.1f} % of held-out candidates")
+        print(
+            f"dislike {d}: {100 * train[f'dislike_{d}'].mean():.1f} % of curated images, "
+            f"{100 * held[f'dislike_{d}'].mean():.1f} % of held-out candidates"
+        )
         for w in (float(x) for x in args.weight.split(",")):
             curve = taste_curve(train, train_prompts, held, clip_scale, d, ks, w, args.repeats)
             t = table(curve, d, w, args.repeats, args.boot)
@@ -302,9 +336,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             print()
             print(t)
             if tg is not None:
-                print(f"target at K=50 (disliked picks fall >= 50 %, full match drops <= 2 points): "
-                      f"fall {100 * tg['disliked_fall']:.0f} %, drop {tg['match_drop_points']:.1f} points — "
-                      f"{'met' if tg['met'] else 'not met'}")
+                print(
+                    f"target at K=50 (disliked picks fall >= 50 %, full match drops <= 2 points): "
+                    f"fall {100 * tg['disliked_fall']:.0f} %, drop {tg['match_drop_points']:.1f} points — "
+                    f"{'met' if tg['met'] else 'not met'}"
+                )
             result["tables"].append(t)
             result["targets"][(d, w)] = tg
             result[(d, w)] = curve

@@ -45,9 +45,14 @@ def run_esrgan(size: int, num_block: int, tile: int, tile_pad: int, threads: int
     base = peak_rss_mb()
     start = time.perf_counter()
     out = up.upscale(img, 4)
-    return dict(case=f"RRDBNet x4 (num_block={num_block}, num_feat=64), tile {tile}/pad {tile_pad}",
-                size=f"{size}² → {out.width}×{out.height}", seconds=time.perf_counter() - start,
-                base_mb=base, peak_mb=peak_rss_mb(), threads=threads)
+    return dict(
+        case=f"RRDBNet x4 (num_block={num_block}, num_feat=64), tile {tile}/pad {tile_pad}",
+        size=f"{size}² → {out.width}×{out.height}",
+        seconds=time.perf_counter() - start,
+        base_mb=base,
+        peak_mb=peak_rss_mb(),
+        threads=threads,
+    )
 
 
 def run_refine(size: int, tile: int, overlap: int) -> dict:
@@ -63,14 +68,21 @@ def run_refine(size: int, tile: int, overlap: int) -> dict:
     seconds = time.perf_counter() - start
     assert np.array_equal(np.asarray(out), np.asarray(img)), "identity refinement changed the image"
     n = len(tile_grid(size, size, tile, overlap))
-    return dict(case=f"refine_tiled identity, {n} tiles of {tile}/overlap {overlap}, cosine",
-                size=f"{size}² → {out.width}×{out.height}", seconds=seconds, base_mb=base,
-                peak_mb=peak_rss_mb(), threads=1)
+    return dict(
+        case=f"refine_tiled identity, {n} tiles of {tile}/overlap {overlap}, cosine",
+        size=f"{size}² → {out.width}×{out.height}",
+        seconds=seconds,
+        base_mb=base,
+        peak_mb=peak_rss_mb(),
+        threads=1,
+    )
 
 
 def row(r: dict) -> str:
-    return (f"| {r['case']} | {r['size']} | {r['threads']} | {r['seconds']:.1f} s | "
-            f"{r['base_mb']:.0f} MB | {r['peak_mb']:.0f} MB |")
+    return (
+        f"| {r['case']} | {r['size']} | {r['threads']} | {r['seconds']:.1f} s | "
+        f"{r['base_mb']:.0f} MB | {r['peak_mb']:.0f} MB |"
+    )
 
 
 def main() -> None:
@@ -88,8 +100,20 @@ def main() -> None:
     if args.case == "all":  # one subprocess per case so each peak RSS is its own
         print("| case | size | threads | wall time | RSS before | peak RSS |\n|---|---|---|---|---|---|", flush=True)
         for case in ("esrgan", "refine"):
-            cmd = [sys.executable, __file__, "--case", case, "--num-block", str(args.num_block),
-                   "--tile-pad", str(args.tile_pad), "--overlap", str(args.overlap), "--threads", str(args.threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--case",
+                case,
+                "--num-block",
+                str(args.num_block),
+                "--tile-pad",
+                str(args.tile_pad),
+                "--overlap",
+                str(args.overlap),
+                "--threads",
+                str(args.threads),
+            ]
             res = subprocess.run(cmd + ["--json"], capture_output=True, text=True, check=True)
             print(row(json.loads(res.stdout.strip().splitlines()[-1])), flush=True)
         return

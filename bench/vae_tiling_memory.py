@@ -26,9 +26,20 @@ def run(size: int, tile: int, mode: str, device: str, dtype: str, batch: int, th
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dt = getattr(torch, dtype)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        layers_per_block=2, sample_size=tile).to(device, dt).eval()
+    vae = (
+        AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            sample_size=tile,
+        )
+        .to(device, dt)
+        .eval()
+    )
     if "tiling" in mode:
         vae.enable_tiling()
     if "slicing" in mode:
@@ -45,8 +56,17 @@ def run(size: int, tile: int, mode: str, device: str, dtype: str, batch: int, th
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return dict(mode=mode, size=size, tile=tile, batch=batch, device=device, dtype=dtype,
-                seconds=round(time.perf_counter() - t, 1), peak_mb=round(peak), out=list(img.shape))
+    return dict(
+        mode=mode,
+        size=size,
+        tile=tile,
+        batch=batch,
+        device=device,
+        dtype=dtype,
+        seconds=round(time.perf_counter() - t, 1),
+        peak_mb=round(peak),
+        out=list(img.shape),
+    )
 
 
 def main() -> None:
@@ -63,10 +83,28 @@ def main() -> None:
     if a.child:
         print(json.dumps(run(a.size, a.tile, a.child, a.device, a.dtype, a.batch, a.threads)))
         return
-    print("| decode | size | tile | batch | device | wall time | peak memory |\n|---|---|---|---|---|---|---|", flush=True)
+    print(
+        "| decode | size | tile | batch | device | wall time | peak memory |\n|---|---|---|---|---|---|---|", flush=True
+    )
     for mode in a.modes.split(","):
-        cmd = [sys.executable, __file__, "--size", str(a.size), "--tile", str(a.tile), "--device", a.device,
-               "--dtype", a.dtype, "--batch", str(a.batch), "--threads", str(a.threads), "--child", mode]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--size",
+            str(a.size),
+            "--tile",
+            str(a.tile),
+            "--device",
+            a.device,
+            "--dtype",
+            a.dtype,
+            "--batch",
+            str(a.batch),
+            "--threads",
+            str(a.threads),
+            "--child",
+            mode,
+        ]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode:
             why = p.stderr.strip().splitlines()[-1][:80]
@@ -74,8 +112,11 @@ def main() -> None:
             continue
         r = json.loads(p.stdout.strip().splitlines()[-1])
         what = "max allocated" if a.device.startswith("cuda") else "peak RSS"
-        print(f"| {mode} | {r['size']}² | {r['tile']} | {r['batch']} | {r['device']} {r['dtype']} | {r['seconds']} s | "
-              f"{r['peak_mb']} MiB {what} |", flush=True)
+        print(
+            f"| {mode} | {r['size']}² | {r['tile']} | {r['batch']} | {r['device']} {r['dtype']} | {r['seconds']} s | "
+            f"{r['peak_mb']} MiB {what} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

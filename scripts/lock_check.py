@@ -21,7 +21,12 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REQ = "requirements"
-INPUTS = ("constraints.in", "cuda-only.in", "no-deps.in", "vendor.in")  # under requirements/, hashed with pyproject's tables
+INPUTS = (
+    "constraints.in",
+    "cuda-only.in",
+    "no-deps.in",
+    "vendor.in",
+)  # under requirements/, hashed with pyproject's tables
 CUDA_ONLY = re.compile(r"^(nvidia-|cuda-|triton$)")
 FINGERPRINT = re.compile(r"^# inputs-sha256: ([0-9a-f]{64})$", re.M)
 
@@ -57,8 +62,11 @@ def locks(root: Path) -> dict[str, list[Requirement]]:
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     runtime = [Requirement(r) for r in project.get("dependencies", [])]
     extras = {name: [Requirement(r) for r in reqs] for name, reqs in project.get("optional-dependencies", {}).items()}
-    out = {"lock.txt": runtime, "lock-no-deps.txt": [Requirement(r) for r in _in_lines(root / REQ / "no-deps.in")],
-           "lock-vendor.txt": [Requirement(r) for r in _in_lines(root / REQ / "vendor.in")]}
+    out = {
+        "lock.txt": runtime,
+        "lock-no-deps.txt": [Requirement(r) for r in _in_lines(root / REQ / "no-deps.in")],
+        "lock-vendor.txt": [Requirement(r) for r in _in_lines(root / REQ / "vendor.in")],
+    }
     for name, reqs in extras.items():
         out[f"lock-{name}.txt"] = runtime + reqs
     return out
@@ -76,8 +84,10 @@ def problems(root: Path) -> list[str]:
             continue
         match = FINGERPRINT.search(path.read_text())
         if not match or match.group(1) != expected:
-            found.append(f"{REQ}/{lock_name} was not generated from this pyproject.toml/{REQ}/*.in "
-                         "(inputs-sha256 differs) — run scripts/update-lock.sh")
+            found.append(
+                f"{REQ}/{lock_name} was not generated from this pyproject.toml/{REQ}/*.in "
+                "(inputs-sha256 differs) — run scripts/update-lock.sh"
+            )
         pins = pinned[lock_name] = read_lock(path)
         for req in direct:
             lines = pins.get(canonicalize_name(req.name))
@@ -91,8 +101,11 @@ def problems(root: Path) -> list[str]:
                 elif not req.specifier.contains(version, prereleases=True):
                     found.append(f"{REQ}/{lock_name}: {req.name}=={version} does not satisfy pyproject's {req}")
         if lock_name in ("lock.txt", "lock-dev.txt"):
-            found += [f"{REQ}/{lock_name}: {name} is CUDA-only; add it to {REQ}/cuda-only.in"
-                      for name in pins if CUDA_ONLY.match(name)]
+            found += [
+                f"{REQ}/{lock_name}: {name} is CUDA-only; add it to {REQ}/cuda-only.in"
+                for name in pins
+                if CUDA_ONLY.match(name)
+            ]
     if "lock.txt" in pinned and "lock-dev.txt" in pinned:
         dev = pinned["lock-dev.txt"]
         for name, lines in pinned["lock.txt"].items():

@@ -89,7 +89,8 @@ def ray_local():
 
     start = time.perf_counter()
     connect(num_cpus=2)
-    info = SimpleNamespace(ray=ray, address=ray.get_runtime_context().gcs_address,
-                           startup_s=time.perf_counter() - start)
+    info = SimpleNamespace(
+        ray=ray, address=ray.get_runtime_context().gcs_address, startup_s=time.perf_counter() - start
+    )
     yield info
     ray.shutdown()

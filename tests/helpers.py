@@ -5,13 +5,17 @@ import sys
 import numpy as np
 import torch
 
-from bestshot.cli import main
 from bestshot import world as W
+from bestshot.cli import main
 
 # captions for the evaluation tests' small manifests
-CAPTIONS = ["a red square on a white background", "a blue circle on a gray background",
-            "a green triangle above a yellow star", "a small purple cross on a black background",
-            "two orange circles next to each other"]
+CAPTIONS = [
+    "a red square on a white background",
+    "a blue circle on a gray background",
+    "a green triangle above a yellow star",
+    "a small purple cross on a black background",
+    "two orange circles next to each other",
+]
 
 
 def run_cli(argv, capsys, monkeypatch):

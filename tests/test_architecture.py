@@ -27,14 +27,22 @@ def importlinter_available():
     try:
         import importlinter  # noqa: F401
     except ImportError:
-        pytest.fail("import-linter is not installed, so the import contracts cannot be checked — install the dev "
-                    "dependencies: bash scripts/install.sh --dev (or pip install import-linter)")
+        pytest.fail(
+            "import-linter is not installed, so the import contracts cannot be checked — install the dev "
+            "dependencies: bash scripts/install.sh --dev (or pip install import-linter)"
+        )
 
 
 def lint(src: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(src)}
-    return subprocess.run([sys.executable, "-c", LINT, "--no-cache", "--no-logo", str(CONFIG)], cwd=src, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", LINT, "--no-cache", "--no-logo", str(CONFIG)],
+        cwd=src,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_the_package_keeps_its_import_contracts(importlinter_available):
@@ -43,18 +51,28 @@ def test_the_package_keeps_its_import_contracts(importlinter_available):
     assert "0 broken" in r.stdout
 
 
-@pytest.mark.parametrize("module, planted, broken", [
-    # the runtime model reaching into training
-    ("models/embedded_clip.py", "import bestshot.train.common", "Models never import train"),
-    # the config <-> registry circle coming back
-    ("config.py", "import bestshot.models.registry", "Layers"),
-    # the world depending on a scorer
-    ("world/vocabulary.py", "import bestshot.scoring.regions", "World imports no train, models, scoring, evaluate or job"),
-])
+@pytest.mark.parametrize(
+    "module, planted, broken",
+    [
+        # the runtime model reaching into training
+        ("models/embedded_clip.py", "import bestshot.train.common", "Models never import train"),
+        # the config <-> registry circle coming back
+        ("config.py", "import bestshot.models.registry", "Layers"),
+        # the world depending on a scorer
+        (
+            "world/vocabulary.py",
+            "import bestshot.scoring.regions",
+            "World imports no train, models, scoring, evaluate or job",
+        ),
+    ],
+)
 def test_a_planted_violation_breaks_a_contract(importlinter_available, tmp_path, module, planted, broken):
     src = tmp_path / "src"
-    shutil.copytree(ROOT / "src" / "bestshot", src / "bestshot",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.safetensors", "*.png", "*.bin"))
+    shutil.copytree(
+        ROOT / "src" / "bestshot",
+        src / "bestshot",
+        ignore=shutil.ignore_patterns("__pycache__", "*.safetensors", "*.png", "*.bin"),
+    )
     target = src / "bestshot" / module
     target.write_text(target.read_text() + f"\n{planted}  # planted by the test\n")
     r = lint(src)

@@ -12,8 +12,9 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "gpu_generate.py"
 
 @pytest.mark.parametrize("family", ["sd15", "sd3"])
 def test_gpu_bench_runs_tiny_on_cpu(family, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["gpu_generate.py", "--family", family, "--tiny", "--n", "2",
-                                      "--workdir", str(tmp_path)])
+    monkeypatch.setattr(
+        sys, "argv", ["gpu_generate.py", "--family", family, "--tiny", "--n", "2", "--workdir", str(tmp_path)]
+    )
     runpy.run_path(str(BENCH), run_name="__main__")
     out = capsys.readouterr().out
     assert "| bestshot generate |" in out and "ms/step" in out and "VAE decode" in out
@@ -27,20 +28,50 @@ def test_clip_towers_train_side_by_side_and_reassemble(tmp_path, monkeypatch):
 
     from bestshot.train.clip_train import ClipTrainConfig, train_clip
 
-    tiny = dict(img_size=16, patch_size=4, vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32,
-                text_layers=1, text_heads=2, projection_dim=16, max_length=32)
-    train_clip(ClipTrainConfig(**tiny, batch_size=8, steps=1, hard_negatives=2, eval_size=8, out_dir=str(tmp_path / "t")))
+    tiny = dict(
+        img_size=16,
+        patch_size=4,
+        vision_hidden=32,
+        vision_layers=1,
+        vision_heads=2,
+        text_hidden=32,
+        text_layers=1,
+        text_heads=2,
+        projection_dim=16,
+        max_length=32,
+    )
+    train_clip(
+        ClipTrainConfig(**tiny, batch_size=8, steps=1, hard_negatives=2, eval_size=8, out_dir=str(tmp_path / "t"))
+    )
     cfg = tmp_path / "towers.yaml"
-    cfg.write_text(f"img_size: 16\nhard_negatives: 2\nbatch_size: 8\nsteps: 3\neval_size: 8\nlog_every: 1\n"
-                   f"init_text_from: {tmp_path / 't'}\nfreeze_text: true\nout_dir: {tmp_path / 'runs'}\n")
+    cfg.write_text(
+        f"img_size: 16\nhard_negatives: 2\nbatch_size: 8\nsteps: 3\neval_size: 8\nlog_every: 1\n"
+        f"init_text_from: {tmp_path / 't'}\nfreeze_text: true\nout_dir: {tmp_path / 'runs'}\n"
+    )
     script = Path(__file__).resolve().parents[1] / "bench" / "clip_towers.py"
-    monkeypatch.setattr(sys, "argv", ["clip_towers.py", "--config", str(cfg), "--tower", "a:4:32:1:2",
-                                      "--tower", "b:2:16:2:2", "--export", str(tmp_path / "out")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "clip_towers.py",
+            "--config",
+            str(cfg),
+            "--tower",
+            "a:4:32:1:2",
+            "--tower",
+            "b:2:16:2:2",
+            "--export",
+            str(tmp_path / "out"),
+        ],
+    )
     runpy.run_path(str(script), run_name="__main__")
     report = json.loads((tmp_path / "out" / "towers_metrics.json").read_text())
     assert set(report) == {"a", "b"} and all(m["steps"] == 3 for m in report.values())
-    monkeypatch.setattr(sys, "argv", ["clip_towers.py", "assemble", str(tmp_path / "out" / "b.vision.safetensors"),
-                                      "--out", str(tmp_path / "b")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["clip_towers.py", "assemble", str(tmp_path / "out" / "b.vision.safetensors"), "--out", str(tmp_path / "b")],
+    )
     runpy.run_path(str(script), run_name="__main__")
     rebuilt, trained = CLIPModel.from_pretrained(tmp_path / "b"), CLIPModel.from_pretrained(tmp_path / "runs" / "b")
     text = CLIPModel.from_pretrained(tmp_path / "t")
@@ -63,11 +94,13 @@ def test_region_scorer_bench_ranks_a_candidate_set(tmp_path, monkeypatch, capsys
     from helpers import ColourCLIP
 
     prompts, images, verdicts = [], [], []
-    scenes = [sc for sc, _ in W.heldout_scenes(20, seed=3, n_objects=2)
-              if sc.objects[0].colour != sc.objects[1].colour][:4]
+    scenes = [
+        sc for sc, _ in W.heldout_scenes(20, seed=3, n_objects=2) if sc.objects[0].colour != sc.objects[1].colour
+    ][:4]
     for sc in scenes:
-        mirror = W.Scene(tuple(W.Obj(o.shape, o.colour, o.size, 1 - o.cx, 1 - o.cy) for o in sc.objects),
-                         sc.background, sc.relation)
+        mirror = W.Scene(
+            tuple(W.Obj(o.shape, o.colour, o.size, 1 - o.cx, 1 - o.cy) for o in sc.objects), sc.background, sc.relation
+        )
         prompt = W.prompt_for(W.spec_of(sc))
         ims = [W.render(mirror, 32), W.render(sc, 32)]
         prompts.append(prompt)
@@ -77,13 +110,30 @@ def test_region_scorer_bench_ranks_a_candidate_set(tmp_path, monkeypatch, capsys
     _save(path, CandidateSet(prompts, torch.stack(images), torch.stack(verdicts), {"smoke": 1}))
     monkeypatch.setattr(bestshot.scoring, "get_scorer", lambda spec, device=None: ColourCLIP())
     script = Path(__file__).resolve().parents[1] / "bench" / "region_scorer.py"
-    monkeypatch.setattr(sys, "argv", ["region_scorer.py", str(path), "--w-obj", "0,4", "--w-rel", "0,0.5",
-                                      "--count-penalty", "0.1", "--w-nouns", "0,0.05"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "region_scorer.py",
+            str(path),
+            "--w-obj",
+            "0,4",
+            "--w-rel",
+            "0,0.5",
+            "--count-penalty",
+            "0.1",
+            "--w-nouns",
+            "0,0.05",
+        ],
+    )
     runpy.run_path(str(script), run_name="__main__")
     out = capsys.readouterr().out
     assert "relation: 4 prompts, 2 candidates each; random pick 0.500, any of 2 1.000" in out
-    rows = {tuple(c.strip() for c in line.split("|")[1:5]): line.split("|")[7].strip() for line in out.splitlines()
-            if line.startswith("| ") and line.split("|")[1].strip()[0].isdigit()}
+    rows = {
+        tuple(c.strip() for c in line.split("|")[1:5]): line.split("|")[7].strip()
+        for line in out.splitlines()
+        if line.startswith("| ") and line.split("|")[1].strip()[0].isdigit()
+    }
     assert len(rows) == 8, out  # 2 x 2 x 1 x 2 weights, one temperature
     # the stand-in sees no shapes: the noun term is the same for both candidates and changes nothing
     assert rows[("0", "0.5", "0.1", "0")] == rows[("4", "0.5", "0.1", "0")] == "1.000", out
@@ -94,13 +144,30 @@ def test_spatial_guidance_bench_compares_settings(tiny_world, monkeypatch, capsy
     """bench/spatial_guidance.py draws each setting's candidates (tiny model: what it prints is noise, that
     it runs and reports each setting is what CI checks) and refuses a malformed setting."""
     script = str(Path(__file__).resolve().parents[1] / "bench" / "spatial_guidance.py")
-    monkeypatch.setattr(sys, "argv", ["spatial_guidance.py", "--model", tiny_world, "--pairs", "2", "--n", "2",
-                                      "--setting", "2:0", "--setting", "dpmpp_2m@3:5:0.5:2"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "spatial_guidance.py",
+            "--model",
+            tiny_world,
+            "--pairs",
+            "2",
+            "--n",
+            "2",
+            "--setting",
+            "2:0",
+            "--setting",
+            "dpmpp_2m@3:5:0.5:2",
+        ],
+    )
     runpy.run_path(script, run_name="__main__")
     out = capsys.readouterr().out
     rows = [line.split("|")[1:6] for line in out.splitlines() if line.startswith("| ") and line[2:4] in ("dd", "dp")]
-    assert [[c.strip() for c in r] for r in rows] == [["ddim", "2", "0", "1", "1"],
-                                                     ["dpmpp_2m", "3", "5", "0.5", "2"]], out
+    assert [[c.strip() for c in r] for r in rows] == [
+        ["ddim", "2", "0", "1", "1"],
+        ["dpmpp_2m", "3", "5", "0.5", "2"],
+    ], out
     monkeypatch.setattr(sys, "argv", ["spatial_guidance.py", "--setting", "20"])
     with pytest.raises(SystemExit, match="steps:scale"):
         runpy.run_path(script, run_name="__main__")
@@ -122,7 +189,9 @@ def test_embedded_ab_bench_interleaves_variants(tiny_world, monkeypatch, capsys,
     variants = [tiny_world, f"{tiny_world}+plain", str(fast), f"{tiny_world}+solo"]
     monkeypatch.setattr(sys, "argv", ["embedded_ab.py", "--runs", "1", *variants])
     runpy.run_path(script, run_name="__main__")
-    rows = [line.split("|")[1:7] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "/" in line]
+    rows = [
+        line.split("|")[1:7] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "/" in line
+    ]
     got = [[c.strip() for c in r] for r in rows]
     assert [r[0] for r in got] == variants
     assert got[2][1:3] == ["2", "DPM++ 2M"] and got[0][2] == got[1][2] != "DPM++ 2M"
@@ -143,8 +212,24 @@ def test_gpu_all_runs_tiny_on_cpu(tmp_path):
 
     script = Path(__file__).resolve().parents[1] / "bench" / "gpu_all.sh"
     out = tmp_path / "out"
-    proc = subprocess.run(["bash", str(script), "--tiny", "--out", str(out), "--workdir", str(tmp_path / "w"),
-                           "--reps", "1", "--skip", "load,cli,world"], capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [
+            "bash",
+            str(script),
+            "--tiny",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path / "w"),
+            "--reps",
+            "1",
+            "--skip",
+            "load,cli,world",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "gpu_all.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     paths = [r["path"] for r in data["rows"]]

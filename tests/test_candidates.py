@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from bestshot.models.settings import resolve_config
 from bestshot.errors import BestshotError
 from bestshot.evaluate.world_eval import WorldEvalConfig, evaluate_world
 from bestshot.generation import make_candidates
 from bestshot.models.loader import load_pipeline
+from bestshot.models.settings import resolve_config
 from bestshot.train import candidates as C
 from bestshot.train.clip_train import ClipTrainConfig, ranked_loss, ranked_top1, train_clip
 from bestshot.world import heldout_prompts
@@ -130,14 +130,35 @@ def test_ranked_loss_teaches_the_scorer_to_put_accepted_candidates_first(tiny_wo
 
 
 def test_train_clip_with_a_ranking_set(tiny_world, tmp_path):
-    cfg = ClipTrainConfig(img_size=16, patch_size=4, vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32,
-                          text_layers=1, text_heads=2, projection_dim=16, max_length=16, batch_size=4, steps=2,
-                          hard_negatives=2, eval_size=8, out_dir=str(tmp_path / "c"), ranked_model=tiny_world,
-                          ranked_prompts=4, ranked_candidates=2, ranked_groups=2, ranked_holdout=0.25)
+    cfg = ClipTrainConfig(
+        img_size=16,
+        patch_size=4,
+        vision_hidden=32,
+        vision_layers=1,
+        vision_heads=2,
+        text_hidden=32,
+        text_layers=1,
+        text_heads=2,
+        projection_dim=16,
+        max_length=16,
+        batch_size=4,
+        steps=2,
+        hard_negatives=2,
+        eval_size=8,
+        out_dir=str(tmp_path / "c"),
+        ranked_model=tiny_world,
+        ranked_prompts=4,
+        ranked_candidates=2,
+        ranked_groups=2,
+        ranked_holdout=0.25,
+    )
     cache = tmp_path / "c" / "ranked_pool.safetensors"
     cs = C.training_set(tiny_world, 4, 0, 2, cache=cache, progress=False)  # what train_clip will find
     assert cache.exists() and len(cs) == 4
-    cs.verdicts[:, 0, 0], cs.verdicts[:, 1, 0] = True, False  # a random tiny model draws nothing right: fake mixed verdicts
+    cs.verdicts[:, 0, 0], cs.verdicts[:, 1, 0] = (
+        True,
+        False,
+    )  # a random tiny model draws nothing right: fake mixed verdicts
     C._save(cache, cs)
     m = train_clip(cfg)
     assert m["ranked_train_groups"] == 3 and m["ranked_heldout_groups"] == 1
@@ -162,8 +183,25 @@ def test_eval_world_from_a_cache_scores_again_without_generating(tiny_world, tmp
 def test_eval_world_cli_cache_option(tiny_world, tmp_path, capsys, monkeypatch):
     from helpers import run_cli
 
-    argv = ["eval", "world", "--model", tiny_world, "--prompts", "1", "--objects", "1", "--n", "1,2", "--steps", "2",
-            "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--json"]
+    argv = [
+        "eval",
+        "world",
+        "--model",
+        tiny_world,
+        "--prompts",
+        "1",
+        "--objects",
+        "1",
+        "--n",
+        "1,2",
+        "--steps",
+        "2",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "out"),
+        "--json",
+    ]
     code, out, err = run_cli(argv, capsys, monkeypatch)
     assert code == 0, err
     assert (tmp_path / "cache" / "candidates_1_object.safetensors").exists()

@@ -9,21 +9,24 @@ import pytest
 from helpers import run_cli
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["generate", ""], "prompt is empty"),
-    (["generate", "a cat", "--size", "1001x1024"], "multiple of 8"),
-    (["generate", "a cat", "--size", "big"], "WIDTHxHEIGHT"),
-    (["generate", "a cat", "--preset", "nope"], "unknown preset 'nope'"),
-    (["generate", "a cat", "--model", "./no/such/model"], "does not exist"),
-    (["generate", "a cat", "-n", "0"], "n_images must be"),
-    (["generate", "a cat", "--clip-min", "1.5"], "clip_min"),
-    (["generate", "a cat", "--scorer", "embedded", "--clip-min", "-2"], "clip_min"),  # a cosine scorer
-    (["generate", "a cat", "--scorer", "embedded", "--score-min", "1.2"], "outside the range [-1, 1]"),
-    (["generate", "--text-file", "/no/such/article.txt"], "does not exist"),
-    (["generate", "a cat", "--scheduler", "warp"], "unknown scheduler"),
-    (["generate", "a cat", "--memory", "lots"], "memory must be"),
-    (["generate"], "exactly one of"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["generate", ""], "prompt is empty"),
+        (["generate", "a cat", "--size", "1001x1024"], "multiple of 8"),
+        (["generate", "a cat", "--size", "big"], "WIDTHxHEIGHT"),
+        (["generate", "a cat", "--preset", "nope"], "unknown preset 'nope'"),
+        (["generate", "a cat", "--model", "./no/such/model"], "does not exist"),
+        (["generate", "a cat", "-n", "0"], "n_images must be"),
+        (["generate", "a cat", "--clip-min", "1.5"], "clip_min"),
+        (["generate", "a cat", "--scorer", "embedded", "--clip-min", "-2"], "clip_min"),  # a cosine scorer
+        (["generate", "a cat", "--scorer", "embedded", "--score-min", "1.2"], "outside the range [-1, 1]"),
+        (["generate", "--text-file", "/no/such/article.txt"], "does not exist"),
+        (["generate", "a cat", "--scheduler", "warp"], "unknown scheduler"),
+        (["generate", "a cat", "--memory", "lots"], "memory must be"),
+        (["generate"], "exactly one of"),
+    ],
+)
 def test_bad_input_one_line_error(argv, needle, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli(argv, capsys, monkeypatch)
@@ -49,8 +52,20 @@ def test_yaml_config_unknown_key(tmp_path, capsys, monkeypatch):
 
 def test_generate_json_and_batch_resume(tiny_sd15, tiny_clip, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    common = ["--model", tiny_sd15, "--scorer", tiny_clip, "-n", "2", "--steps", "2", "--size", "64x64",
-              "--clip-min", "-1"]
+    common = [
+        "--model",
+        tiny_sd15,
+        "--scorer",
+        tiny_clip,
+        "-n",
+        "2",
+        "--steps",
+        "2",
+        "--size",
+        "64x64",
+        "--clip-min",
+        "-1",
+    ]
     code, out, err = run_cli(["generate", "a red fox", *common, "--json"], capsys, monkeypatch)
     assert code == 0, err
     r = json.loads(out)
@@ -75,14 +90,37 @@ def test_generate_json_and_batch_resume(tiny_sd15, tiny_clip, tmp_path, capsys, 
 
 def test_low_clip_exits_1(tiny_sd15, tiny_clip, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, _ = run_cli(["generate", "a cat", "--model", tiny_sd15, "--scorer", tiny_clip, "-n", "1", "--steps",
-                            "1", "--size", "64x64", "--clip-min", "0.999"], capsys, monkeypatch)
+    code, out, _ = run_cli(
+        [
+            "generate",
+            "a cat",
+            "--model",
+            tiny_sd15,
+            "--scorer",
+            tiny_clip,
+            "-n",
+            "1",
+            "--steps",
+            "1",
+            "--size",
+            "64x64",
+            "--clip-min",
+            "0.999",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 1 and "low_clip_alignment" in out
 
 
 def test_real_process_prints_no_traceback(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "bestshot.cli", "generate", "a cat", "--size", "100x100"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "bestshot.cli", "generate", "a cat", "--size", "100x100"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1].startswith("error: width 100")
     assert "Traceback" not in p.stderr

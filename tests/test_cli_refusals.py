@@ -8,9 +8,9 @@ import json
 
 import pytest
 import yaml
-from helpers import run_cli
 
 from bestshot.errors import BestshotError
+from helpers import run_cli
 
 
 def _one_error_line(code, out, err, needle):
@@ -23,10 +23,15 @@ def _one_error_line(code, out, err, needle):
 
 # ---------------------------------------------------------------------------------------------- generate
 def test_a_seed_past_64_bits_is_one_line(tmp_path, capsys, monkeypatch):
-    r = run_cli(["generate", "a red circle", "--seed", "1180591620717411303424", "--out", str(tmp_path / "o")],
-                capsys, monkeypatch)
+    r = run_cli(
+        ["generate", "a red circle", "--seed", "1180591620717411303424", "--out", str(tmp_path / "o")],
+        capsys,
+        monkeypatch,
+    )
     _one_error_line(*r, "give a smaller --seed")
-    r = run_cli(["generate", "a", "--seed", str(2**63 - 2), "-n", "4", "--out", str(tmp_path / "o")], capsys, monkeypatch)
+    r = run_cli(
+        ["generate", "a", "--seed", str(2**63 - 2), "-n", "4", "--out", str(tmp_path / "o")], capsys, monkeypatch
+    )
     _one_error_line(*r, "seed_base")  # seed + 3 passes 2**63 - 1 too
     assert not (tmp_path / "o").exists()
 
@@ -50,11 +55,26 @@ def test_a_non_finite_scorer_weight_blames_the_weight(spec, tmp_path, capsys, mo
 
 
 def test_train_embed_refuses_an_open_clip_in_one_line(tmp_path, capsys, monkeypatch):
-    r = run_cli(["train", "embed", "--clip", "open_clip:ViT-B-32:openai", "--out", str(tmp_path / "c.safetensors"),
-                 "--length", "4"], capsys, monkeypatch)
+    r = run_cli(
+        [
+            "train",
+            "embed",
+            "--clip",
+            "open_clip:ViT-B-32:openai",
+            "--out",
+            str(tmp_path / "c.safetensors"),
+            "--length",
+            "4",
+        ],
+        capsys,
+        monkeypatch,
+    )
     _one_error_line(*r, "open_clip CLIPs are not supported")
-    r = run_cli(["train", "embed", "--clip", str(tmp_path / "nope"), "--out", str(tmp_path / "c.safetensors"),
-                 "--length", "4"], capsys, monkeypatch)
+    r = run_cli(
+        ["train", "embed", "--clip", str(tmp_path / "nope"), "--out", str(tmp_path / "c.safetensors"), "--length", "4"],
+        capsys,
+        monkeypatch,
+    )
     _one_error_line(*r, "is not a CLIP folder")
 
 
@@ -77,8 +97,10 @@ def test_the_default_scorer_follows_the_model(tmp_path):
     assert default_scorer(_world_model(tmp_path / "a", conditioning="image_embed")) == "embedded"
     assert default_scorer(_world_model(tmp_path / "b", dataset="fashion-mnist")) == "embedded"
     assert default_scorer(_world_model(tmp_path / "c", dataset="world:1-2")) == "embedded+regions"
-    assert default_scorer(_world_model(tmp_path / "d", conditioning="image_embed", scorer="embedded+spatial")) \
+    assert (
+        default_scorer(_world_model(tmp_path / "d", conditioning="image_embed", scorer="embedded+spatial"))
         == "embedded+spatial"
+    )
 
 
 def test_eval_generate_best_of_1_loads_no_scorer(tmp_path, capsys, monkeypatch):
@@ -98,8 +120,11 @@ def test_eval_generate_best_of_1_loads_no_scorer(tmp_path, capsys, monkeypatch):
 
     manifest = build_folder_manifest(folder, tmp_path / "m.csv")
     out = tmp_path / "gen"
-    code, _, err = run_cli(["eval", "generate", str(manifest), "--out", str(out), "--steps", "2", "--best-of", "1",
-                            "--num", "1"], capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["eval", "generate", str(manifest), "--out", str(out), "--steps", "2", "--best-of", "1", "--num", "1"],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     meta = json.loads((out / "000000.json").read_text())
     assert meta["scorer"] is None and meta["clip"] is None and (out / "000000.png").is_file()
@@ -125,8 +150,20 @@ def test_interrogate_shows_what_the_captioner_said(tmp_path, capsys, monkeypatch
     W.render(W.sample_scene(random.Random(0)), 32).save(img)
     for text, note in [("a red circle", "CLIP kept it for"), ("an oil painting of a harbour", "not world prompts")]:
         monkeypatch.setattr(cap, "load_caption_model", lambda *a, _t=text, **k: Says(_t))
-        code, out, err = run_cli(["interrogate", str(img), "--captioner", "stand-in", "--mode", "fast",
-                                  "--cache-dir", str(tmp_path / "cache")], capsys, monkeypatch)
+        code, out, err = run_cli(
+            [
+                "interrogate",
+                str(img),
+                "--captioner",
+                "stand-in",
+                "--mode",
+                "fast",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ],
+            capsys,
+            monkeypatch,
+        )
         assert code == 0, err
         assert f"(caption: {text})" in out and note in err
 
@@ -136,8 +173,18 @@ def test_ddpm_config_takes_the_original_key_names(tmp_path):
     from bestshot.train.ddpm import load_ddpm_config
 
     p = tmp_path / "ddpm.yaml"
-    p.write_text(yaml.safe_dump({"img_channels": 1, "down_channels": [32, 64], "attention_levels": [False, True],
-                                 "learning_rate": 0.001, "clip_model": "my/clip", "img_size": 28}))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "img_channels": 1,
+                "down_channels": [32, 64],
+                "attention_levels": [False, True],
+                "learning_rate": 0.001,
+                "clip_model": "my/clip",
+                "img_size": 28,
+            }
+        )
+    )
     cfg = load_ddpm_config(p, steps=5)
     assert (cfg.channels, cfg.block_out_channels, cfg.lr, cfg.clip, cfg.steps) == (1, (32, 64), 0.001, "my/clip", 5)
     p.write_text(yaml.safe_dump({"learning_rate": 0.001, "lr": 0.002}))

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from helpers import run_cli
 from bestshot.errors import BestshotError
+from helpers import run_cli
 
 
 def _one_error_line(code, out, err, needle):
@@ -29,14 +29,18 @@ def _strict(text):
 
 # ---------------------------------------------------------------------------------------------- NaN / inf
 
-@pytest.mark.parametrize("argv, flag", [
-    (["generate", "a red circle", "--guidance", "nan"], "--guidance"),
-    (["generate", "a red circle", "--guidance", "inf"], "--guidance"),
-    (["generate", "a red circle", "--clip-min", "-inf"], "--clip-min"),
-    (["eval", "world", "--guidance", "nan"], "--guidance"),
-    (["train", "ddpm", "--max-minutes", "nan"], "--max-minutes"),
-    (["interrogate", "x.png", "--prior-weight", "inf"], "--prior-weight"),
-])
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["generate", "a red circle", "--guidance", "nan"], "--guidance"),
+        (["generate", "a red circle", "--guidance", "inf"], "--guidance"),
+        (["generate", "a red circle", "--clip-min", "-inf"], "--clip-min"),
+        (["eval", "world", "--guidance", "nan"], "--guidance"),
+        (["train", "ddpm", "--max-minutes", "nan"], "--max-minutes"),
+        (["interrogate", "x.png", "--prior-weight", "inf"], "--prior-weight"),
+    ],
+)
 def test_non_finite_flag_is_one_error_and_writes_nothing(argv, flag, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli(argv, capsys, monkeypatch)
@@ -45,8 +49,10 @@ def test_non_finite_flag_is_one_error_and_writes_nothing(argv, flag, tmp_path, c
     assert list(tmp_path.iterdir()) == []  # no log, no image folder
 
 
-@pytest.mark.parametrize("text, key", [("guidance: .nan\n", "guidance"), ("clip_min: -.inf\n", "clip_min"),
-                                       ("refiner_split: .inf\n", "refiner_split")])
+@pytest.mark.parametrize(
+    "text, key",
+    [("guidance: .nan\n", "guidance"), ("clip_min: -.inf\n", "clip_min"), ("refiner_split: .inf\n", "refiner_split")],
+)
 def test_non_finite_yaml_setting_is_one_error(text, key, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = tmp_path / "cfg.yaml"
@@ -102,8 +108,19 @@ def test_computed_nan_score_still_writes_strict_json(tiny_sd15, tmp_path):
             return text, False
 
     log = tmp_path / "images_log.jsonl"
-    r = generate("a cat", model=tiny_sd15, scorer=NanScorer(), n_images=2, steps_base=1, height=64, width=64,
-                 clip_min=-1.0, save_candidates=True, out_dir=str(tmp_path / "images_out"), log_jsonl=str(log))
+    r = generate(
+        "a cat",
+        model=tiny_sd15,
+        scorer=NanScorer(),
+        n_images=2,
+        steps_base=1,
+        height=64,
+        width=64,
+        clip_min=-1.0,
+        save_candidates=True,
+        out_dir=str(tmp_path / "images_out"),
+        log_jsonl=str(log),
+    )
     lines = log.read_text().splitlines()
     assert len(lines) == 1
     rec = _strict(lines[0])
@@ -111,17 +128,20 @@ def test_computed_nan_score_still_writes_strict_json(tiny_sd15, tmp_path):
     for c in r["candidates"]:
         png = tmp_path / "images_out" / c["path"].rsplit("/", 1)[-1]
         from PIL import Image
+
         with Image.open(png) as im:
             _strict(im.info["bestshot"])
         assert read_png_info(png)["bestshot"] is not None
     idx = RunIndex(tmp_path / "images_out" / "index.sqlite")
     import sqlite3
+
     with sqlite3.connect(idx.path) as db:
         for (js,) in db.execute("SELECT record_json FROM runs"):
             _strict(js)
 
 
 # ---------------------------------------------------------------------------------------------- input files
+
 
 def _bad_file(kind, tmp_path):
     p = tmp_path / f"in_{kind}"
@@ -185,6 +205,7 @@ def test_eval_world_objects_out_of_range(tmp_path, capsys, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- training
 
+
 @pytest.fixture(scope="module")
 def small_clip(tmp_path_factory):
     from tiny_models import build_train_clip
@@ -195,8 +216,19 @@ def small_clip(tmp_path_factory):
 def _ddpm_cfg(clip, out, **kw):
     from bestshot.train.ddpm import DDPMConfig
 
-    base = dict(clip=str(clip), img_size=16, block_out_channels=(32, 32), attention_levels=(False, True),
-                batch_size=4, steps=6, ckpt_every=100, out_dir=str(out), warmup_steps=1, lr=1e-3, log_every=100)
+    base = dict(
+        clip=str(clip),
+        img_size=16,
+        block_out_channels=(32, 32),
+        attention_levels=(False, True),
+        batch_size=4,
+        steps=6,
+        ckpt_every=100,
+        out_dir=str(out),
+        warmup_steps=1,
+        lr=1e-3,
+        log_every=100,
+    )
     base.update(kw)
     return DDPMConfig(**base)
 
@@ -235,6 +267,7 @@ def test_sample_ddpm_honours_steps(small_clip, tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- offline hub ids
 
+
 def _hub_argvs(tmp_path):
     from PIL import Image
 
@@ -244,10 +277,14 @@ def _hub_argvs(tmp_path):
         (["interrogate", str(tmp_path / "img.png"), "--caption", "nope/blip"], "caption model 'nope/blip'"),
         (["generate", "a cat", "--model", "nope/x"], "model 'nope/x'"),
         (["generate", "a cat", "--scorer", "nope/x"], "CLIP scorer 'nope/x'"),
-        (["eval", "generate", str(tmp_path / "m.csv"), "--out", str(tmp_path / "eo"), "--model", "nope/x"],
-         "model 'nope/x'"),
-        (["eval", "generate", str(tmp_path / "m.csv"), "--out", str(tmp_path / "eo"), "--scorer", "nope/x"],
-         "CLIP scorer 'nope/x'"),
+        (
+            ["eval", "generate", str(tmp_path / "m.csv"), "--out", str(tmp_path / "eo"), "--model", "nope/x"],
+            "model 'nope/x'",
+        ),
+        (
+            ["eval", "generate", str(tmp_path / "m.csv"), "--out", str(tmp_path / "eo"), "--scorer", "nope/x"],
+            "CLIP scorer 'nope/x'",
+        ),
     ]
 
 
@@ -293,9 +330,22 @@ def test_cached_or_local_model_needs_no_network(tiny_clip, no_network, monkeypat
 
 # ---------------------------------------------------------------------------------------------- output folder
 
+
 def _tiny_gen(tiny_sd15, tiny_clip, n=3):
-    return ["--model", tiny_sd15, "--scorer", tiny_clip, "-n", str(n), "--steps", "1", "--size", "64x64",
-            "--clip-min", "-1"]
+    return [
+        "--model",
+        tiny_sd15,
+        "--scorer",
+        tiny_clip,
+        "-n",
+        str(n),
+        "--steps",
+        "1",
+        "--size",
+        "64x64",
+        "--clip-min",
+        "-1",
+    ]
 
 
 def _no_model_load(monkeypatch):
@@ -383,8 +433,9 @@ def test_disk_full_mid_run_leaves_no_orphan(where, tiny_sd15, tiny_clip, tmp_pat
             return real_replace(src, dst, *a, **k)
 
         monkeypatch.setattr(os, "replace", replace)
-    code, out, err = run_cli(["generate", "a cat", *_tiny_gen(tiny_sd15, tiny_clip), "--save-candidates"],
-                             capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["generate", "a cat", *_tiny_gen(tiny_sd15, tiny_clip), "--save-candidates"], capsys, monkeypatch
+    )
     _one_error_line(code, out, err, "No space left on device")
     assert len(calls) == 3
     folder = tmp_path / "images_out"
@@ -418,6 +469,7 @@ def test_stale_tmp_files_are_ignored_and_cleaned(tiny_sd15, tiny_clip, tmp_path,
 
 # ---------------------------------------------------------------------------------------------- paths that travel
 
+
 def test_logged_paths_resolve_from_another_directory(tiny_sd15, tiny_clip, tmp_path, capsys, monkeypatch):
     from bestshot.store import Store, read_jsonl
 
@@ -425,8 +477,11 @@ def test_logged_paths_resolve_from_another_directory(tiny_sd15, tiny_clip, tmp_p
     a.mkdir()
     b.mkdir()
     monkeypatch.chdir(a)
-    code, out, err = run_cli(["generate", "a cat", *_tiny_gen(tiny_sd15, tiny_clip, 2), "--save-candidates",
-                              "--log", "logs/run.jsonl"], capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["generate", "a cat", *_tiny_gen(tiny_sd15, tiny_clip, 2), "--save-candidates", "--log", "logs/run.jsonl"],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     monkeypatch.chdir(b)
     store = Store(root=a / "images_out", log_path=a / "logs" / "run.jsonl")
@@ -473,6 +528,7 @@ def test_old_logs_with_working_directory_paths_still_resolve(tmp_path, monkeypat
 
 # ---------------------------------------------------------------------------------------------- quiet runs
 
+
 def test_generate_prints_only_our_lines(tmp_path):
     """A normal run on the embedded model: no third-party line (torchvision notice, loading bars...)."""
     import os
@@ -484,9 +540,26 @@ def test_generate_prints_only_our_lines(tmp_path):
 
     src = str(Path(bestshot.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""), "COLUMNS": "200"}
-    p = subprocess.run([sys.executable, "-m", "bestshot.cli", "generate", "a red circle above a blue square",
-                        "-n", "2", "--steps", "2", "--clip-min", "-1"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bestshot.cli",
+            "generate",
+            "a red circle above a blue square",
+            "-n",
+            "2",
+            "--steps",
+            "2",
+            "--clip-min",
+            "-1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     assert [ln for ln in p.stderr.splitlines() if ln.strip() and not ln.startswith(("warning:", "error:"))] == []
     ours = ("run ", "┏", "┃", "┡", "│", "└", "kept ", "not kept", "prompt:", "images_out/", "1.")
@@ -509,11 +582,17 @@ def test_quiet_filters_are_narrow():
             seen.append(record.getMessage())
 
     for name, msg, dropped in [
-        ("transformers.utils.import_utils", "`CLIPImageProcessor` requires torchvision (not installed); falling back "
-         "to `CLIPImageProcessorPil`", True),
+        (
+            "transformers.utils.import_utils",
+            "`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil`",
+            True,
+        ),
         ("transformers.utils.import_utils", "`x` is deprecated", False),
-        ("diffusers.models.modeling_utils", "There are modules in AutoencoderKL that should be kept in float32: "
-         "['x']", True),
+        (
+            "diffusers.models.modeling_utils",
+            "There are modules in AutoencoderKL that should be kept in float32: ['x']",
+            True,
+        ),
         ("diffusers.models.modeling_utils", "There are modules in UNet2DModel that should be kept in float32", False),
         ("bestshot.generation", "our own warning", False),
     ]:
@@ -539,15 +618,19 @@ def test_quiet_c_output_swallows_fd_prints(capfd):
     assert out == "ours\n" and err == ""
 
 
-@pytest.mark.parametrize("argv", [
-    ["eval", "world", "--objects", "1", "--prompts", "1", "--out", "{blocked}/w"],
-    ["eval", "generate", "{manifest}", "--out", "{blocked}/g"],
-    ["stage1", "--count", "1", "--config", "{curate}"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "world", "--objects", "1", "--prompts", "1", "--out", "{blocked}/w"],
+        ["eval", "generate", "{manifest}", "--out", "{blocked}/g"],
+        ["stage1", "--count", "1", "--config", "{curate}"],
+    ],
+)
 def test_other_jobs_check_their_output_folder_first(argv, tmp_path, capsys, monkeypatch):
     """A file in the way of the output folder: one error before any model loads."""
-    import bestshot.models.loader as L
     from PIL import Image
+
+    import bestshot.models.loader as L
 
     def refuse(*a, **k):
         raise AssertionError("the output folder must be checked before a model loads")
@@ -555,6 +638,7 @@ def test_other_jobs_check_their_output_folder_first(argv, tmp_path, capsys, monk
     monkeypatch.setattr(L, "load_pipeline", refuse)
     import bestshot.evaluate.batch as B
     import bestshot.evaluate.world_eval as WE
+
     monkeypatch.setattr(B, "load_pipeline", refuse)
     monkeypatch.setattr(WE, "load_pipeline", refuse)
     monkeypatch.chdir(tmp_path)
@@ -562,8 +646,9 @@ def test_other_jobs_check_their_output_folder_first(argv, tmp_path, capsys, monk
     Image.new("RGB", (32, 32)).save(tmp_path / "img.png")
     (tmp_path / "m.csv").write_text("image_path,caption,image_id\nimg.png,a red circle,1\n")
     (tmp_path / "c.yaml").write_text("paths:\n  outputs: blocked/out\nmodel:\n  base: embedded\n")
-    argv = [a.format(blocked="blocked", manifest=str(tmp_path / "m.csv"), curate=str(tmp_path / "c.yaml"))
-            for a in argv]
+    argv = [
+        a.format(blocked="blocked", manifest=str(tmp_path / "m.csv"), curate=str(tmp_path / "c.yaml")) for a in argv
+    ]
     code, out, err = run_cli(argv, capsys, monkeypatch)
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     # (stage1 first says which default prompt files it wrote: ours, and wanted)
@@ -571,8 +656,9 @@ def test_other_jobs_check_their_output_folder_first(argv, tmp_path, capsys, monk
     assert "Traceback" not in out + err
 
 
-def test_disk_full_at_a_batch_results_line_is_one_error_and_the_rerun_is_consistent(tiny_sd15, tiny_clip, tmp_path,
-                                                                                     capsys, monkeypatch):
+def test_disk_full_at_a_batch_results_line_is_one_error_and_the_rerun_is_consistent(
+    tiny_sd15, tiny_clip, tmp_path, capsys, monkeypatch
+):
     """ENOSPC while appending the 2nd prompt's results line (its images and log line made it): one error line
     naming the results file, rc 2; the rerun takes that row from the log instead of making it again, so the
     log, the results file and the run index agree (one run per prompt)."""
@@ -597,15 +683,17 @@ def test_disk_full_at_a_batch_results_line_is_one_error_and_the_rerun_is_consist
         return real(path, record)
 
     monkeypatch.setattr(st, "append_jsonl", full)
-    code, out, err = run_cli(["generate", "--prompts-file", str(prompts), *_tiny_gen(tiny_sd15, tiny_clip, 2), "--json"],
-                             capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["generate", "--prompts-file", str(prompts), *_tiny_gen(tiny_sd15, tiny_clip, 2), "--json"], capsys, monkeypatch
+    )
     _one_error_line(code, out, err, "No space left on device")
     assert "results.jsonl" in err and "rerunning the same command" in err
     log = tmp_path / "images_log.jsonl"
     assert len(read_jsonl(log)) == 2 and len(read_jsonl(results)) == 1
     monkeypatch.setattr(st, "append_jsonl", real)  # space is back
-    code, out, err = run_cli(["generate", "--prompts-file", str(prompts), *_tiny_gen(tiny_sd15, tiny_clip, 2), "--json"],
-                             capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["generate", "--prompts-file", str(prompts), *_tiny_gen(tiny_sd15, tiny_clip, 2), "--json"], capsys, monkeypatch
+    )
     assert code == 0, err
     assert "already in the run log" in err
     assert [json.loads(ln)["line"] for ln in out.strip().splitlines()] == [3]  # only the fox is made

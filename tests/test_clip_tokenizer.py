@@ -1,11 +1,11 @@
 """The offline CLIP tokenizer reproduces the real CLIP vocabulary (open_clip's SimpleTokenizer)."""
 
-import pytest
 import gzip
 
+import pytest
 from transformers import CLIPTokenizer
 
-from bestshot.models.clip_tokenizer import build_clip_tokenizer, bpe_vocab_path, clip_vocab_and_merges
+from bestshot.models.clip_tokenizer import bpe_vocab_path, build_clip_tokenizer, clip_vocab_and_merges
 
 
 def test_vocab_size_and_special_ids():

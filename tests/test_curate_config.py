@@ -6,8 +6,7 @@ import threading
 import pytest
 import yaml
 
-from bestshot.curate.config import (SDXL_BUCKETS, CurateCfg, default_config_text, ensure_config, from_dict,
-                                    load_config)
+from bestshot.curate.config import SDXL_BUCKETS, CurateCfg, default_config_text, ensure_config, from_dict, load_config
 from bestshot.curate.layout import Layout
 from bestshot.curate.prompts import PromptFiles, assemble, sample_options
 from bestshot.errors import BestshotError
@@ -29,22 +28,25 @@ def test_aspect_picks_the_sdxl_bucket():
     assert from_dict({"generation": {"base_width": 832, "base_height": 1216}}).base_size == (832, 1216)
 
 
-@pytest.mark.parametrize("data,needle", [
-    ({"generation": {"stage3": {"blend_mode": "gauss"}}}, "generation.stage3.blend_mode"),
-    ({"generation": {"stage3": {"tile_overlap": 2048}}}, "generation.stage3.tile_overlap"),
-    ({"generation": {"stage3": {"tile_size": 100}}}, "generation.stage3.tile_size"),
-    ({"generation": {"stage2": {"strength": 1.5}}}, "generation.stage2.strength"),
-    ({"generation": {"stage2": {"scale": "2x"}}}, "generation.stage2.scale"),
-    ({"generation": {"base_width": 770}}, "generation.base_width"),
-    ({"generation": {"aspect": "4:3"}}, "generation.aspect"),
-    ({"memory": {"strategy": "cloud"}}, "memory.strategy"),
-    ({"performance": {"dtype": "int8"}}, "performance.dtype"),
-    ({"performance": {"compile_unet": "yes"}}, "performance.compile_unet"),
-    ({"model": {"scheduler": "nope"}}, "model.scheduler"),
-    ({"generation": {"stage3": {"tile_sise": 512}}}, "generation.stage3.tile_sise"),
-    ({"modle": {}}, "modle"),
-    ({"generation": {"stage2": {"scale": 4}, "stage3": {"scale": 2}}}, "generation.stage3.scale"),
-])
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        ({"generation": {"stage3": {"blend_mode": "gauss"}}}, "generation.stage3.blend_mode"),
+        ({"generation": {"stage3": {"tile_overlap": 2048}}}, "generation.stage3.tile_overlap"),
+        ({"generation": {"stage3": {"tile_size": 100}}}, "generation.stage3.tile_size"),
+        ({"generation": {"stage2": {"strength": 1.5}}}, "generation.stage2.strength"),
+        ({"generation": {"stage2": {"scale": "2x"}}}, "generation.stage2.scale"),
+        ({"generation": {"base_width": 770}}, "generation.base_width"),
+        ({"generation": {"aspect": "4:3"}}, "generation.aspect"),
+        ({"memory": {"strategy": "cloud"}}, "memory.strategy"),
+        ({"performance": {"dtype": "int8"}}, "performance.dtype"),
+        ({"performance": {"compile_unet": "yes"}}, "performance.compile_unet"),
+        ({"model": {"scheduler": "nope"}}, "model.scheduler"),
+        ({"generation": {"stage3": {"tile_sise": 512}}}, "generation.stage3.tile_sise"),
+        ({"modle": {}}, "modle"),
+        ({"generation": {"stage2": {"scale": 4}, "stage3": {"scale": 2}}}, "generation.stage3.scale"),
+    ],
+)
 def test_bad_settings_name_the_key(data, needle):
     with pytest.raises(BestshotError) as e:
         from_dict(data)
@@ -121,8 +123,9 @@ def test_tags_unique_within_one_second(tmp_path):
     assert all(lay.read_metadata(t)["tag"] == t for t in tags)
     # several threads racing for the same second still get distinct tags, each with its own record
     out: list[str] = []
-    threads = [threading.Thread(target=lambda i=i: out.append(lay.claim_tag({"seed": 100 + i}, now=now + 1)))
-               for i in range(8)]
+    threads = [
+        threading.Thread(target=lambda i=i: out.append(lay.claim_tag({"seed": 100 + i}, now=now + 1))) for i in range(8)
+    ]
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert len(set(out)) == 8

@@ -37,8 +37,17 @@ def test_sdedit_keeps_the_image_at_low_strength(tiny_world):
     img = Image.fromarray(np.tile(np.linspace(0, 255, 24, dtype=np.uint8)[None, :, None], (20, 1, 3)))
 
     def out(s):
-        return np.asarray(i2i("a red circle", image=img, strength=s, num_inference_steps=10, guidance_scale=2.0,
-                              generator=torch.Generator().manual_seed(0)).images[0], dtype=float)
+        return np.asarray(
+            i2i(
+                "a red circle",
+                image=img,
+                strength=s,
+                num_inference_steps=10,
+                guidance_scale=2.0,
+                generator=torch.Generator().manual_seed(0),
+            ).images[0],
+            dtype=float,
+        )
 
     low, high = out(0.1), out(0.9)
     assert low.shape == high.shape == (20, 24, 3)  # odd sizes snap to the UNet's grid and come back
@@ -59,8 +68,9 @@ def test_stage1_on_an_embedded_model_works_from_the_default_config(tmp_path, tin
 
     model = tmp_path / "world"
     shutil.copytree(tiny_world, model)
-    (model / "bestshot_defaults.json").write_text(json.dumps({"num_inference_steps": 2, "guidance_scale": 1.0,
-                                                              "width": 16, "height": 16, "scheduler": "ddim"}))
+    (model / "bestshot_defaults.json").write_text(
+        json.dumps({"num_inference_steps": 2, "guidance_scale": 1.0, "width": 16, "height": 16, "scheduler": "ddim"})
+    )
     cfg = yaml.safe_load(default_config_text())
     cfg["model"]["base"] = str(model)
     cfg["upscaler"]["backend"] = "lanczos"

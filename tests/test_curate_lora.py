@@ -67,16 +67,21 @@ def test_discovery_triggers_and_seeded_pick(loras):
     assert found["character"][0].trigger_words == ("hero_token", "red cape")
     assert found["style"][0].path.suffix == ".safetensor"
     many = {k: found[k] * 1 for k in found}
-    many["style"] = [found["style"][0]] + [Lora("style", f"s{i}", Path(f"s{i}.safetensors"), ())
-                                           for i in range(5)]
+    many["style"] = [found["style"][0]] + [Lora("style", f"s{i}", Path(f"s{i}.safetensors"), ()) for i in range(5)]
     assert all(pick(many, s) == pick(many, s) for s in range(20))
     assert len({pick(many, s)[1].name for s in range(40)}) > 1
     assert pick({"character": [], "style": []}, 1) == []
 
 
 def _img(pipe, seed=3):
-    out = pipe("a cat", num_inference_steps=2, height=32, width=32, generator=torch.Generator().manual_seed(seed),
-               output_type="np").images[0]
+    out = pipe(
+        "a cat",
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    ).images[0]
     return np.asarray(out)
 
 
@@ -122,6 +127,8 @@ def test_workflow_records_loras_and_prepends_triggers(loras, tiny_sd15, tmp_path
     assert not [w for w in caught if "skipping" in str(w.message)]  # both LoRAs fit
     meta = wf.layout.read_metadata(tag)
     assert [(lo["kind"], lo["name"], lo["strength"]) for lo in meta["loras"]] == [
-        ("character", "hero", 1.0), ("style", "ink", 0.85)]
+        ("character", "hero", 1.0),
+        ("style", "ink", 0.85),
+    ]
     assert meta["prompt"].startswith("hero_token, red cape, inkstyle, ")
     assert meta["loras_skipped"] == [] and wf.layout.finals(tag)

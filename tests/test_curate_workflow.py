@@ -196,4 +196,3 @@ def test_unavailable_esrgan_falls_back_to_lanczos_with_warning(tmp_path):
     img = Image.new("RGB", (10, 6), (200, 10, 10))
     out = stages.esrgan_upscale(up, img, (30, 18))
     assert up.name == "lanczos" and out.size == (30, 18)
-

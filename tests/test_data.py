@@ -8,8 +8,7 @@ import torch
 from PIL import Image
 
 from bestshot.errors import BestshotError
-from bestshot.train.data import (FASHION_MNIST_ROOT, CaptionFolderDataset, FashionMNISTDataset,
-                                 build_dataset)
+from bestshot.train.data import FASHION_MNIST_ROOT, CaptionFolderDataset, FashionMNISTDataset, build_dataset
 from bestshot.world import WorldDataset
 
 
@@ -50,7 +49,9 @@ def test_caption_folder(folder):
 def test_csv_manifest(tmp_path):
     _img(tmp_path / "imgs" / "a.png", (10, 20, 30))
     _img(tmp_path / "imgs" / "b.png", (200, 100, 0))
-    (tmp_path / "m.csv").write_text('image,caption\nimgs/a.png,"dark, bluish"\nimgs/b.png,orange\nimgs/gone.png,missing\n')
+    (tmp_path / "m.csv").write_text(
+        'image,caption\nimgs/a.png,"dark, bluish"\nimgs/b.png,orange\nimgs/gone.png,missing\n'
+    )
     with pytest.warns(UserWarning, match="gone.png"):
         ds = build_dataset(str(tmp_path / "m.csv"), size=8, seed=0)
     assert [ds[i][1] for i in range(len(ds))] == ["dark, bluish", "orange"]

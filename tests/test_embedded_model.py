@@ -13,8 +13,9 @@ import pytest
 
 from bestshot.models.registry import EMBEDDED_DIR
 
-pytestmark = pytest.mark.skipif(not (EMBEDDED_DIR / "model_index.json").exists(),
-                                reason="the embedded model is not exported into the package")
+pytestmark = pytest.mark.skipif(
+    not (EMBEDDED_DIR / "model_index.json").exists(), reason="the embedded model is not exported into the package"
+)
 PROMPT = "a red circle above a blue square"  # the set-up command's: two objects in a relation, so guided
 
 
@@ -35,17 +36,45 @@ def test_generate_defaults_to_the_embedded_model_offline_and_the_kept_seed_repro
 
     from bestshot import generate
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "no_hf_cache"),
-               HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-m", "bestshot.cli", "generate", PROMPT, "--clip-min=-1", "--json",
-                        "--out", str(tmp_path / "images_out")],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HOME=str(tmp_path / "no_hf_cache"),
+        HTTP_PROXY="http://127.0.0.1:9",
+        HTTPS_PROXY="http://127.0.0.1:9",
+        OMP_NUM_THREADS="1",
+    )
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bestshot.cli",
+            "generate",
+            PROMPT,
+            "--clip-min=-1",
+            "--json",
+            "--out",
+            str(tmp_path / "images_out"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout)
     assert r["model"] == "embedded" and r["preset"] == "embedded" and len(r["candidates"]) == 8
     assert r["ok"] and os.path.exists(r["img_path"]) and "exact_best" not in r["timing_s"]
-    alone = generate(PROMPT, n_images=1, seed_base=r["best_seed"], clip_min=-1.0, out_dir=str(tmp_path / "alone"),
-                     log_jsonl=str(tmp_path / "alone.jsonl"))
+    alone = generate(
+        PROMPT,
+        n_images=1,
+        seed_base=r["best_seed"],
+        clip_min=-1.0,
+        out_dir=str(tmp_path / "alone"),
+        log_jsonl=str(tmp_path / "alone.jsonl"),
+    )
     assert np.array_equal(np.asarray(Image.open(r["img_path"])), np.asarray(Image.open(alone["img_path"])))
 
 

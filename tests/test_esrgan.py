@@ -11,8 +11,7 @@ from typer.testing import CliRunner
 from bestshot.errors import BestshotError
 from bestshot.upscale import esrgan
 from bestshot.upscale.cli import app
-from bestshot.upscale.esrgan import (LanczosUpscaler, RRDBNet, TorchUpscaler, get_upscaler, load_rrdbnet,
-                                     tile_forward)
+from bestshot.upscale.esrgan import LanczosUpscaler, RRDBNet, TorchUpscaler, get_upscaler, load_rrdbnet, tile_forward
 
 TINY = dict(num_feat=8, num_grow_ch=4)
 
@@ -37,8 +36,16 @@ def noise_image(w, h, seed=0):
 
 def test_official_key_layout():
     keys = set(RRDBNet(num_block=23).state_dict())
-    for k in ("conv_first.weight", "body.0.rdb1.conv1.weight", "body.22.rdb3.conv5.bias", "conv_body.weight",
-              "conv_up1.weight", "conv_up2.weight", "conv_hr.weight", "conv_last.bias"):
+    for k in (
+        "conv_first.weight",
+        "body.0.rdb1.conv1.weight",
+        "body.22.rdb3.conv5.bias",
+        "conv_body.weight",
+        "conv_up1.weight",
+        "conv_up2.weight",
+        "conv_hr.weight",
+        "conv_last.bias",
+    ):
         assert k in keys
     assert "body.23.rdb1.conv1.weight" not in keys
     # x4plus has 16,697,987 parameters (published size of RealESRGAN_x4plus.pth, 64 MB fp32)

@@ -24,7 +24,10 @@ def coco(tmp_path):
         name = f"{i:012d}.jpg"
         _png(root / name, i)
         images.append({"id": i + 1, "file_name": name})
-        anns += [{"image_id": i + 1, "id": 10 * i, "caption": cap}, {"image_id": i + 1, "id": 10 * i + 1, "caption": "short"}]
+        anns += [
+            {"image_id": i + 1, "id": 10 * i, "caption": cap},
+            {"image_id": i + 1, "id": 10 * i + 1, "caption": "short"},
+        ]
     ann = tmp_path / "captions_train2017.json"
     ann.write_text(json.dumps({"images": images, "annotations": anns}))
     return ann, root
@@ -48,26 +51,76 @@ def _rows(path):
 
 def test_manifest_cli_coco_and_folder(coco, captioned, tmp_path, capsys, monkeypatch):
     ann, root = coco
-    code, out, err = run_cli(["eval", "manifest", "--annotations", str(ann), "--images-root", str(root),
-                              "--out", str(tmp_path / "m.csv"), "--k", "3", "--min-len", "5", "--seed", "42"],
-                             capsys, monkeypatch)
+    code, out, err = run_cli(
+        [
+            "eval",
+            "manifest",
+            "--annotations",
+            str(ann),
+            "--images-root",
+            str(root),
+            "--out",
+            str(tmp_path / "m.csv"),
+            "--k",
+            "3",
+            "--min-len",
+            "5",
+            "--seed",
+            "42",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     rows = _rows(tmp_path / "m.csv")
     assert len(rows) == 3 and list(rows[0]) == ["image_path", "caption", "image_id"]
     assert all(r["caption"] in CAPTIONS for r in rows)  # "short" (1 word) never chosen
-    code, _, err = run_cli(["eval", "manifest", "--folder", str(captioned), "--out", str(tmp_path / "f.csv")],
-                           capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["eval", "manifest", "--folder", str(captioned), "--out", str(tmp_path / "f.csv")], capsys, monkeypatch
+    )
     assert code == 0, err
     assert sorted(r["caption"] for r in _rows(tmp_path / "f.csv")) == sorted(CAPTIONS[:4])
     # exactly one source
-    code, _, err = run_cli(["eval", "manifest", "--folder", str(captioned), "--annotations", str(ann),
-                            "--images-root", str(root), "--out", str(tmp_path / "x.csv")], capsys, monkeypatch)
+    code, _, err = run_cli(
+        [
+            "eval",
+            "manifest",
+            "--folder",
+            str(captioned),
+            "--annotations",
+            str(ann),
+            "--images-root",
+            str(root),
+            "--out",
+            str(tmp_path / "x.csv"),
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 2 and "exactly one" in err and not (tmp_path / "x.csv").exists()
 
 
 def _gen_args(manifest, out, tiny_sd15, tiny_clip, *extra):
-    return ["eval", "generate", str(manifest), "--out", str(out), "--model", tiny_sd15, "--scorer", tiny_clip,
-            "--steps", "2", "--guidance", "3", "--size", "32x32", "--seed", "7", *extra]
+    return [
+        "eval",
+        "generate",
+        str(manifest),
+        "--out",
+        str(out),
+        "--model",
+        tiny_sd15,
+        "--scorer",
+        tiny_clip,
+        "--steps",
+        "2",
+        "--guidance",
+        "3",
+        "--size",
+        "32x32",
+        "--seed",
+        "7",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -116,8 +169,9 @@ def test_generate_resumes_and_skips_bad_rows(captioned, tmp_path, tiny_sd15, tin
     assert not list(out.glob(".*.tmp"))
 
     # other settings into the same folder would mix two runs: refused
-    code, _, err = run_cli(_gen_args(manifest, out, tiny_sd15, tiny_clip, "--num", "3", "--steps", "3"),
-                           capsys, monkeypatch)
+    code, _, err = run_cli(
+        _gen_args(manifest, out, tiny_sd15, tiny_clip, "--num", "3", "--steps", "3"), capsys, monkeypatch
+    )
     assert code == 2 and "other settings" in err
 
 
@@ -126,13 +180,16 @@ def test_generate_best_of_records_candidates(captioned, tmp_path, tiny_sd15, tin
 
     manifest = build_folder_manifest(captioned, tmp_path / "m.csv")
     out = tmp_path / "gen"
-    code, _, err = run_cli(_gen_args(manifest, out, tiny_sd15, tiny_clip, "--num", "1", "--best-of", "3"),
-                           capsys, monkeypatch)
+    code, _, err = run_cli(
+        _gen_args(manifest, out, tiny_sd15, tiny_clip, "--num", "1", "--best-of", "3"), capsys, monkeypatch
+    )
     assert code == 0, err
     meta = json.loads((out / "000000.json").read_text())
     assert [c["seed"] for c in meta["candidates"]] == [7, 8, 9] and meta["best_of"] == 3
-    assert meta["clip"] == max(c["clip"] for c in meta["candidates"]) or abs(
-        meta["clip"] - max(c["clip"] for c in meta["candidates"])) < 1e-3  # kept one re-rendered alone
+    assert (
+        meta["clip"] == max(c["clip"] for c in meta["candidates"])
+        or abs(meta["clip"] - max(c["clip"] for c in meta["candidates"])) < 1e-3
+    )  # kept one re-rendered alone
     assert meta["seed"] == max(meta["candidates"], key=lambda c: c["clip"])["seed"]
 
 
@@ -143,8 +200,20 @@ def test_metrics_cli_fields_and_cache(captioned, tmp_path, tiny_sd15, tiny_clip,
     out = tmp_path / "gen"
     assert run_cli(_gen_args(manifest, out, tiny_sd15, tiny_clip), capsys, monkeypatch)[0] == 0
     cache = tmp_path / "cache"
-    args = ["eval", "metrics", "--real", str(manifest), "--fake", str(out), "--clip", tiny_clip,
-            "--cache-dir", str(cache), "--out", str(tmp_path / "metrics.json")]
+    args = [
+        "eval",
+        "metrics",
+        "--real",
+        str(manifest),
+        "--fake",
+        str(out),
+        "--clip",
+        tiny_clip,
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(tmp_path / "metrics.json"),
+    ]
     code, stdout, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
     res = json.loads((tmp_path / "metrics.json").read_text())
@@ -164,24 +233,31 @@ def test_metrics_cli_fields_and_cache(captioned, tmp_path, tiny_sd15, tiny_clip,
     code, stdout, err = run_cli(args[:-2] + ["--json", "--captions", str(manifest)], capsys, monkeypatch)
     assert code == 0 and json.loads(stdout)["clip_score"] == pytest.approx(res["clip_score"], rel=1e-6)
 
-    code, _, err = run_cli(["eval", "metrics", "--real", str(manifest), "--fake", str(out), "--extractor",
-                            "inception"], capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["eval", "metrics", "--real", str(manifest), "--fake", str(out), "--extractor", "inception"],
+        capsys,
+        monkeypatch,
+    )
     assert code == 2 and "Inception weights" in err
 
     # the reference as FID statistics: saved once, then used instead of the images (same FID)
     stats = tmp_path / "ref_stats.npz"
     code, stdout, err = run_cli(args[:-2] + ["--save-real-stats", str(stats)], capsys, monkeypatch)
     assert code == 0 and stats.is_file(), err
-    code, stdout, err = run_cli(["eval", "metrics", "--real-stats", str(stats), "--fake", str(out), "--clip", tiny_clip,
-                                 "--json"], capsys, monkeypatch)
+    code, stdout, err = run_cli(
+        ["eval", "metrics", "--real-stats", str(stats), "--fake", str(out), "--clip", tiny_clip, "--json"],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     got = json.loads(stdout)
     assert got["fid"] == pytest.approx(res["fid"], rel=1e-6) and got["kid_mean"] is None
     assert got["resize"].startswith("clean:")
-    for bad, msg in ((["--fake", str(out)], "--real-stats"),
-                     (["--real", str(manifest), "--real-stats", str(stats), "--fake", str(out)], "one of them"),
-                     (["--real-stats", str(stats), "--fake", str(out), "--clip", tiny_clip, "--resize", "legacy"],
-                      "resize"),
-                     (["--real", str(manifest), "--fake", str(out), "--resize", "bilinear"], "clean")):
+    for bad, msg in (
+        (["--fake", str(out)], "--real-stats"),
+        (["--real", str(manifest), "--real-stats", str(stats), "--fake", str(out)], "one of them"),
+        (["--real-stats", str(stats), "--fake", str(out), "--clip", tiny_clip, "--resize", "legacy"], "resize"),
+        (["--real", str(manifest), "--fake", str(out), "--resize", "bilinear"], "clean"),
+    ):
         code, _, err = run_cli(["eval", "metrics", *bad], capsys, monkeypatch)
         assert code == 2 and msg in err and "Traceback" not in err, (bad, err)

@@ -9,8 +9,14 @@ from PIL import Image
 from bestshot.errors import BestshotError
 from bestshot.evaluate.manifest import build_coco_manifest, build_folder_manifest, read_manifest
 
-LONG = ["a dog runs on the beach today", "two people ride bikes down a street", "a plate of food on a table",
-        "a red car parked near a tree", "a cat sleeping on a sofa in the sun", "a man holding an umbrella in rain"]
+LONG = [
+    "a dog runs on the beach today",
+    "two people ride bikes down a street",
+    "a plate of food on a table",
+    "a red car parked near a tree",
+    "a cat sleeping on a sofa in the sun",
+    "a man holding an umbrella in rain",
+]
 
 
 def _png(path, color=(200, 10, 10)):
@@ -55,8 +61,13 @@ def test_coco_manifest_is_seeded_filtered_and_one_caption_per_image(coco, tmp_pa
     assert all(r["image_id"] != "999" for r in rows)
     again = build_coco_manifest(ann, root, tmp_path / "b.csv", k=3, min_len=5, seed=42)
     assert _read_csv(again) == rows
-    seeds = {tuple((r["image_id"], r["caption"]) for r in _read_csv(build_coco_manifest(ann, root, tmp_path / "c.csv", k=3, seed=s)))
-             for s in range(6)}
+    seeds = {
+        tuple(
+            (r["image_id"], r["caption"])
+            for r in _read_csv(build_coco_manifest(ann, root, tmp_path / "c.csv", k=3, seed=s))
+        )
+        for s in range(6)
+    }
     assert len(seeds) > 1  # the seed really changes the subset / caption choice
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
 
@@ -97,11 +108,13 @@ def test_read_manifest_skips_missing_and_corrupt_rows(tmp_path):
     _png(tmp_path / "ok2.png")
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     m = tmp_path / "m.csv"
-    m.write_text("image_path,caption,image_id\n"
-                 "ok.png,a fine picture,1\n"
-                 "missing.png,gone,2\n"
-                 "corrupt.png,broken,3\n"
-                 f"{tmp_path / 'ok2.png'},absolute path,4\n")
+    m.write_text(
+        "image_path,caption,image_id\n"
+        "ok.png,a fine picture,1\n"
+        "missing.png,gone,2\n"
+        "corrupt.png,broken,3\n"
+        f"{tmp_path / 'ok2.png'},absolute path,4\n"
+    )
     with pytest.warns(UserWarning) as rec:
         rows = read_manifest(m)
     msg = " ".join(str(w.message) for w in rec)

@@ -144,10 +144,22 @@ def tiny_clip(tmp_path_factory):
 
     torch.manual_seed(0)
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=1, num_attention_heads=2),
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
         projection_dim=16,
     )
     folder = tmp_path_factory.mktemp("clip") / "tiny-clip"
@@ -171,7 +183,9 @@ def test_evaluate_sets_records_extractor_and_counts(tiny_clip, tmp_path):
     _pngs(tmp_path / "real", 6)
     fake = _pngs(tmp_path / "fake", 5, size=(20, 12), offset=3)
     manifest = tmp_path / "fake.csv"
-    manifest.write_text("image_path,caption,image_id\n" + "".join(f"{p},a picture number {i},{i}\n" for i, p in enumerate(fake)))
+    manifest.write_text(
+        "image_path,caption,image_id\n" + "".join(f"{p},a picture number {i},{i}\n" for i, p in enumerate(fake))
+    )
     ext = ClipExtractor(tiny_clip, device="cpu")
     with pytest.warns(UserWarning, match="singular"):
         res = M.evaluate_sets(tmp_path / "real", manifest, ext, cache_dir=tmp_path / "cache", kid_subsets=5)

@@ -24,8 +24,9 @@ def manifest(tmp_path):
     return build_folder_manifest(folder, tmp_path / "m.csv")
 
 
-def test_sweep_2x2_writes_tables_plots_and_contact_sheet_and_resumes(manifest, tmp_path, tiny_sd15, tiny_clip,
-                                                                     capsys, monkeypatch):
+def test_sweep_2x2_writes_tables_plots_and_contact_sheet_and_resumes(
+    manifest, tmp_path, tiny_sd15, tiny_clip, capsys, monkeypatch
+):
     import bestshot.evaluate.batch as B
     import bestshot.evaluate.sweep as S
 
@@ -34,9 +35,30 @@ def test_sweep_2x2_writes_tables_plots_and_contact_sheet_and_resumes(manifest, t
     monkeypatch.setattr(B, "make_candidates", lambda *a, **k: calls.append(a[2]) or real_mc(*a, **k))
     monkeypatch.setattr(S, "evaluate_folder", lambda *a, **k: evals.append(a[1]) or real_eval(*a, **k))
     out = tmp_path / "sweep"
-    argv = ["eval", "sweep", "--manifest", str(manifest), "--guidance", "1,4.5", "--steps", "1,2", "--num", "4",
-            "--out", str(out), "--model", tiny_sd15, "--scorer", tiny_clip, "--clip", tiny_clip, "--size", "32x32",
-            "--worst", "6"]
+    argv = [
+        "eval",
+        "sweep",
+        "--manifest",
+        str(manifest),
+        "--guidance",
+        "1,4.5",
+        "--steps",
+        "1,2",
+        "--num",
+        "4",
+        "--out",
+        str(out),
+        "--model",
+        tiny_sd15,
+        "--scorer",
+        tiny_clip,
+        "--clip",
+        tiny_clip,
+        "--size",
+        "32x32",
+        "--worst",
+        "6",
+    ]
     code, stdout, err = run_cli(argv, capsys, monkeypatch)
     assert code == 0, err
     assert "im2.png: corrupt" in err
@@ -107,17 +129,41 @@ def test_sweep_any_imgcfg_fields_with_xyz_grid(manifest, tmp_path, tiny_sd15, ti
     """--axis scheduler=... --axis steps=...: every point generated with its settings, an image grid per point,
     an X/Y/Z grid, plots over the first axis; the old flags still add their axes."""
     out = tmp_path / "xyz"
-    argv = ["eval", "sweep", "--manifest", str(manifest), "--axis", "scheduler=euler,ddim", "--axis", "steps=1,2",
-            "--num", "2", "--out", str(out), "--model", tiny_sd15, "--scorer", tiny_clip, "--clip", tiny_clip,
-            "--size", "32x32", "--worst", "2"]
+    argv = [
+        "eval",
+        "sweep",
+        "--manifest",
+        str(manifest),
+        "--axis",
+        "scheduler=euler,ddim",
+        "--axis",
+        "steps=1,2",
+        "--num",
+        "2",
+        "--out",
+        str(out),
+        "--model",
+        tiny_sd15,
+        "--scorer",
+        tiny_clip,
+        "--clip",
+        tiny_clip,
+        "--size",
+        "32x32",
+        "--worst",
+        "2",
+    ]
     code, stdout, err = run_cli(argv, capsys, monkeypatch)
     assert code == 0, err
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0])[:2] == ["scheduler", "steps"]
     assert [(r["scheduler"], r["steps"], r["folder"]) for r in rows] == [
-        ("euler", "1", "scheduler-euler_steps-1"), ("euler", "2", "scheduler-euler_steps-2"),
-        ("ddim", "1", "scheduler-ddim_steps-1"), ("ddim", "2", "scheduler-ddim_steps-2")]
+        ("euler", "1", "scheduler-euler_steps-1"),
+        ("euler", "2", "scheduler-euler_steps-2"),
+        ("ddim", "1", "scheduler-ddim_steps-1"),
+        ("ddim", "2", "scheduler-ddim_steps-2"),
+    ]
     for r in rows:
         meta = json.loads(next((out / r["folder"]).glob("0*.json")).read_text())
         assert meta["scheduler"] == r["scheduler"] and meta["steps"] == int(r["steps"])
@@ -134,19 +180,25 @@ def test_sweep_any_imgcfg_fields_with_xyz_grid(manifest, tmp_path, tiny_sd15, ti
     assert sorted(p.name for p in out.glob("xyz_grid_*.png")) == ["xyz_grid_steps-1.png"]
 
 
-@pytest.mark.parametrize("axis, message", [
-    ("schedular=euler", "unknown or unsweepable field 'schedular'"),
-    ("scheduler=euler,eulr", "unknown scheduler 'eulr'"),
-    ("steps=10,ten", "'ten' is not a whole number"),
-    ("width=500", "multiple of 8"),
-    ("blocklist=a,b", "unknown or unsweepable field 'blocklist'"),
-    ("guidance=", "has no values"),
-    ("steps", "FIELD=V1,V2"),
-    ("refiner=yes,maybe", "'maybe' is not true or false"),
-])
+@pytest.mark.parametrize(
+    "axis, message",
+    [
+        ("schedular=euler", "unknown or unsweepable field 'schedular'"),
+        ("scheduler=euler,eulr", "unknown scheduler 'eulr'"),
+        ("steps=10,ten", "'ten' is not a whole number"),
+        ("width=500", "multiple of 8"),
+        ("blocklist=a,b", "unknown or unsweepable field 'blocklist'"),
+        ("guidance=", "has no values"),
+        ("steps", "FIELD=V1,V2"),
+        ("refiner=yes,maybe", "'maybe' is not true or false"),
+    ],
+)
 def test_sweep_axis_errors(axis, message, manifest, tmp_path, capsys, monkeypatch):
-    code, _, err = run_cli(["eval", "sweep", "--manifest", str(manifest), "--axis", axis, "--out", str(tmp_path / "o")],
-                           capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["eval", "sweep", "--manifest", str(manifest), "--axis", axis, "--out", str(tmp_path / "o")],
+        capsys,
+        monkeypatch,
+    )
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
 
@@ -157,7 +209,9 @@ def test_sweep_axis_parsing():
 
     assert parse_axis("refiner_split=0.7,0.8").values == (0.7, 0.8)
     assert parse_axis("scheduler=none,DPM++ 2M").values == (None, "dpmpp_2m")
-    assert point_name((parse_axis("scheduler=euler"), parse_axis("steps=10")), ("euler", 10)) == "scheduler-euler_steps-10"
+    assert (
+        point_name((parse_axis("scheduler=euler"), parse_axis("steps=10")), ("euler", 10)) == "scheduler-euler_steps-10"
+    )
     assert point_name((Axis("guidance", (7.5,)), Axis("steps", (30,))), (7.5, 30)) == "g7.5_s30"
     with pytest.raises(BestshotError, match="same field"):
         SweepConfig("m.csv", "o", axes=(parse_axis("steps=1"), parse_axis("steps_base=2"))).sweep_axes()

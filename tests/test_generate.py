@@ -16,8 +16,9 @@ SMALL = dict(steps_base=2, height=64, width=64, clip_min=-1.0, style_suffix=", 8
 
 
 def test_sdxl_best_seed_regenerates_bit_for_bit(tiny_sdxl, tiny_clip, out):
-    r = generate("a red circle above a blue square", model=tiny_sdxl, scorer=tiny_clip, n_images=3, seed_base=7,
-                 **SMALL, **out)
+    r = generate(
+        "a red circle above a blue square", model=tiny_sdxl, scorer=tiny_clip, n_images=3, seed_base=7, **SMALL, **out
+    )
     assert r["ok"] is True and "reason" not in r
     assert [c["seed"] for c in r["candidates"]] == [7, 8, 9]
     assert r["best_seed"] == max(r["candidates"], key=lambda c: c["clip"])["seed"]
@@ -29,28 +30,52 @@ def test_sdxl_best_seed_regenerates_bit_for_bit(tiny_sdxl, tiny_clip, out):
     assert path.name == f"{r['run_id']}_seed{r['best_seed']}_clip{r['best_clip']:.4f}.png"
     best = np.asarray(Image.open(path))
 
-    alone = generate("a red circle above a blue square", model=tiny_sdxl, scorer=tiny_clip, n_images=1,
-                     seed_base=r["best_seed"], **SMALL, **out)
+    alone = generate(
+        "a red circle above a blue square",
+        model=tiny_sdxl,
+        scorer=tiny_clip,
+        n_images=1,
+        seed_base=r["best_seed"],
+        **SMALL,
+        **out,
+    )
     assert np.array_equal(best, np.asarray(Image.open(alone["img_path"])))
 
     lines = read_jsonl(out["log_jsonl"])
     assert [ln["run_id"] for ln in lines] == [r["run_id"], alone["run_id"]]
     # the log stores image paths relative to its own folder, so they resolve from any working directory
     log_dir = Path(out["log_jsonl"]).parent
-    assert [{**c, "path": c["path"] and str((log_dir / c["path"]).resolve())} for c in lines[0]["candidates"]] == \
-        [{**c, "path": c["path"] and str(Path(c["path"]).resolve())} for c in r["candidates"]]
+    assert [{**c, "path": c["path"] and str((log_dir / c["path"]).resolve())} for c in lines[0]["candidates"]] == [
+        {**c, "path": c["path"] and str(Path(c["path"]).resolve())} for c in r["candidates"]
+    ]
 
 
 def test_seed_k_same_alone_or_in_batch(tiny_sd15, tiny_clip, out):
     """Each seed has its own generator, so a candidate is the same image alone or in a batch. CPU/GPU
     matmuls are not bitwise batch-invariant, so inside a batch pixels may differ by one level; the KEPT
     image is re-rendered alone (exact_best) and is bit-identical."""
-    r = generate("a cat", model=tiny_sd15, scorer=tiny_clip, n_images=3, seed_base=100,
-                 return_candidates_images=True, **SMALL, **out)
+    r = generate(
+        "a cat",
+        model=tiny_sd15,
+        scorer=tiny_clip,
+        n_images=3,
+        seed_base=100,
+        return_candidates_images=True,
+        **SMALL,
+        **out,
+    )
     batch = [np.asarray(im).astype(int) for im in r["candidate_images"]]
     for k, seed in enumerate([100, 101, 102]):
-        one = generate("a cat", model=tiny_sd15, scorer=tiny_clip, n_images=1, seed_base=seed,
-                       return_candidates_images=True, **SMALL, **out)
+        one = generate(
+            "a cat",
+            model=tiny_sd15,
+            scorer=tiny_clip,
+            n_images=1,
+            seed_base=seed,
+            return_candidates_images=True,
+            **SMALL,
+            **out,
+        )
         solo = np.asarray(one["candidate_images"][0]).astype(int)
         assert np.abs(batch[k] - solo).max() <= 1, f"seed {seed} differs"
         if seed == r["best_seed"]:
@@ -63,16 +88,23 @@ def test_batch_invariant_pipeline_keeps_the_batch_render(tiny_world, out):
     """The world pipeline renders each image the same in any batch on CPU, so best-of-N keeps the
     candidate as rendered (no solo re-render) and its seed alone still reproduces the file bit for bit."""
     kw = dict(model=tiny_world, steps_base=3, clip_min=-1.0, **out)
-    r = generate("a blue square above a green triangle", n_images=4, seed_base=20, save_candidates=True,
-                 return_candidates_images=True, **kw)
+    r = generate(
+        "a blue square above a green triangle",
+        n_images=4,
+        seed_base=20,
+        save_candidates=True,
+        return_candidates_images=True,
+        **kw,
+    )
     assert r["ok"] and "exact_best" not in r["timing_s"]
     alone = generate("a blue square above a green triangle", n_images=1, seed_base=r["best_seed"], **kw)
     assert np.array_equal(np.asarray(Image.open(r["img_path"])), np.asarray(Image.open(alone["img_path"])))
     assert alone["best_clip"] == r["best_clip"]
     k = [c["seed"] for c in r["candidates"]].index(r["best_seed"])
     other = (k + 1) % 4  # every candidate, not only the kept one, is its seed's solo render
-    solo = generate("a blue square above a green triangle", n_images=1, seed_base=20 + other,
-                    return_candidates_images=True, **kw)
+    solo = generate(
+        "a blue square above a green triangle", n_images=1, seed_base=20 + other, return_candidates_images=True, **kw
+    )
     assert np.array_equal(np.asarray(r["candidate_images"][other]), np.asarray(solo["candidate_images"][0]))
 
 
@@ -86,8 +118,16 @@ def test_initial_noise_is_per_seed():
 
 
 def test_png_parameters_parse_like_a1111(tiny_sd15, tiny_clip, out):
-    r = generate("a lighthouse at dusk", model=tiny_sd15, scorer=tiny_clip, n_images=2, seed_base=5,
-                 guidance=6.5, **{**SMALL, "steps_base": 3}, **out)
+    r = generate(
+        "a lighthouse at dusk",
+        model=tiny_sd15,
+        scorer=tiny_clip,
+        n_images=2,
+        seed_base=5,
+        guidance=6.5,
+        **{**SMALL, "steps_base": 3},
+        **out,
+    )
     info = read_png_info(r["img_path"])
     p = parse_parameters(info["parameters"])
     assert p["prompt"] == "a lighthouse at dusk, 8k"
@@ -123,8 +163,16 @@ def test_sdxl_refiner_ensemble_of_experts(tiny_sdxl, tiny_refiner, tiny_clip, ou
 
     monkeypatch.setattr(StableDiffusionXLPipeline, "__call__", spy_base)
     monkeypatch.setattr(StableDiffusionXLImg2ImgPipeline, "__call__", spy_ref)
-    r = generate("a fox", model=tiny_sdxl, refiner=True, refiner_model=tiny_refiner, scorer=tiny_clip, n_images=2,
-                 **{**SMALL, "steps_base": 5}, **out)
+    r = generate(
+        "a fox",
+        model=tiny_sdxl,
+        refiner=True,
+        refiner_model=tiny_refiner,
+        scorer=tiny_clip,
+        n_images=2,
+        **{**SMALL, "steps_base": 5},
+        **out,
+    )
     assert r["ok"] and len(r["candidates"]) == 2
     assert seen["base"] == (0.8, "latent")
     assert seen["refiner"] == (0.8, (2, 4, 32, 32))  # latents, not images (tiny VAE: factor 2)
@@ -207,11 +255,26 @@ def test_family_switch_unloads_other_family(tiny_sd15, tiny_sd3):
 def test_auto_prompt_mode_uses_llm_result(tiny_sd15, tiny_clip, out, monkeypatch):
     import bestshot.prompts.llm as llm
 
-    monkeypatch.setattr(llm, "auto_prompt", lambda text, **k: llm.AutoPrompt(
-        sd_prompt="polar bears on melting sea ice at dawn", clip_prompt="polar bears on sea ice",
-        backend="stub", model=None, raw="PROMPT: ..."))
-    r = generate(mode="auto_prompt", text="Arctic ice is changing fast. " * 20, model=tiny_sd15, scorer=tiny_clip,
-                 n_images=1, **SMALL, **out)
+    monkeypatch.setattr(
+        llm,
+        "auto_prompt",
+        lambda text, **k: llm.AutoPrompt(
+            sd_prompt="polar bears on melting sea ice at dawn",
+            clip_prompt="polar bears on sea ice",
+            backend="stub",
+            model=None,
+            raw="PROMPT: ...",
+        ),
+    )
+    r = generate(
+        mode="auto_prompt",
+        text="Arctic ice is changing fast. " * 20,
+        model=tiny_sd15,
+        scorer=tiny_clip,
+        n_images=1,
+        **SMALL,
+        **out,
+    )
     assert r["sd_prompt"] == "polar bears on melting sea ice at dawn, 8k"
     assert r["clip_prompt"] == "polar bears on sea ice" and r["auto_prompt"]["backend"] == "stub"
     with pytest.raises(BestshotError, match="auto_prompt mode needs"):
@@ -237,9 +300,21 @@ def test_a_stopped_run_is_recorded_as_stopped(tiny_sd15, tiny_clip, tmp_path, st
         seen.append(step)
         return "timeout" if step >= stop_at or len(seen) > stop_at else None
 
-    r = generate("a red circle", model=tiny_sd15, scorer=tiny_clip, n_images=4, steps_base=5, width=64, height=64,
-                 clip_min=-1.0, out_dir=str(tmp_path / "o"), log_jsonl=str(log), max_batch=max_batch,
-                 exact_best=True, on_step=on_step)
+    r = generate(
+        "a red circle",
+        model=tiny_sd15,
+        scorer=tiny_clip,
+        n_images=4,
+        steps_base=5,
+        width=64,
+        height=64,
+        clip_min=-1.0,
+        out_dir=str(tmp_path / "o"),
+        log_jsonl=str(log),
+        max_batch=max_batch,
+        exact_best=True,
+        on_step=on_step,
+    )
     rec = read_jsonl(log)[0]
     if stop_at == 5:
         assert rec["ok"] is True and "stopped" not in rec and "bit-exact" in rec["reproduce"]

@@ -13,9 +13,16 @@ from bestshot.models.loader import decode_vae_in_fp16
 def _tiny_vae():
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(block_out_channels=[8], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"],
-                         up_block_types=["UpDecoderBlock2D"], latent_channels=4, norm_num_groups=4,
-                         force_upcast=True).to(torch.float16)
+    return AutoencoderKL(
+        block_out_channels=[8],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=4,
+        force_upcast=True,
+    ).to(torch.float16)
 
 
 def _fake_decode(calls, overflow):

@@ -11,11 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from bestshot import world as W
 from bestshot.errors import BestshotError
 from bestshot.interrogate import interrogator as I
 from bestshot.models.registry import EMBEDDED_DIR
 from bestshot.scoring import get_scorer
-from bestshot import world as W
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +106,12 @@ def test_world_search_reads_relations_from_patches(world_engine):
         ta, tb = world_engine.emb.texts(bare)
         assert spec.relation == read_relation(*centroids(d[None], ta, tb))[0], r.prompt
     assert pairs
-    eng = I.Interrogator(I.InterrogateConfig(clip=world_engine.cfg.clip, domain="world", spatial=False,
-                                             cache_dir=world_engine.cfg.cache_dir), scorer=world_engine.scorer)
+    eng = I.Interrogator(
+        I.InterrogateConfig(
+            clip=world_engine.cfg.clip, domain="world", spatial=False, cache_dir=world_engine.cfg.cache_dir
+        ),
+        scorer=world_engine.scorer,
+    )
     assert eng.spatial is None and len(eng.interrogate(images[:1])) == 1
 
 
@@ -226,8 +230,9 @@ def test_art_modes_and_user_banks(tiny_clip, tmp_path):
     loaded = I.load_banks(banks)
     assert loaded["artists"].terms == ("Ada Painter", "Bo Sketcher") and "moods" in loaded
     assert set(I.ART_BANKS) <= set(loaded)
-    eng = I.Interrogator(I.InterrogateConfig(clip=tiny_clip, domain="art", banks=str(banks), cache_dir=str(tmp_path / "c"),
-                                             chain_max=5))
+    eng = I.Interrogator(
+        I.InterrogateConfig(clip=tiny_clip, domain="art", banks=str(banks), cache_dir=str(tmp_path / "c"), chain_max=5)
+    )
     _, images = _images(2)
     fast = eng.interrogate(images, "fast")
     for r in fast:
@@ -254,20 +259,50 @@ def test_cli_folder_skips_bad_files_and_writes_csv(tiny_clip, tmp_path, cache):
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (folder / "readme.txt").write_text("not an image")
     out = tmp_path / "prompts.csv"
-    res = CliRunner().invoke(app, ["interrogate", str(folder), "--clip", tiny_clip, "--domain", "world", "--mode", "fast",
-                                   "--out", str(out), "--cache-dir", cache])
+    res = CliRunner().invoke(
+        app,
+        [
+            "interrogate",
+            str(folder),
+            "--clip",
+            tiny_clip,
+            "--domain",
+            "world",
+            "--mode",
+            "fast",
+            "--out",
+            str(out),
+            "--cache-dir",
+            cache,
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "broken.png" in res.output and "readme.txt" in res.output
     rows = list(csv.DictReader(out.open()))
     assert [r["image"] for r in rows] == ["img0.png", "img1.png", "img2.png"]
     assert all(W.parse_prompt(r["prompt"]) for r in rows)
-    one = CliRunner().invoke(app, ["interrogate", str(folder / "img0.png"), "--clip", tiny_clip, "--domain", "world",
-                                   "--mode", "fast", "--cache-dir", cache])
+    one = CliRunner().invoke(
+        app,
+        [
+            "interrogate",
+            str(folder / "img0.png"),
+            "--clip",
+            tiny_clip,
+            "--domain",
+            "world",
+            "--mode",
+            "fast",
+            "--cache-dir",
+            cache,
+        ],
+    )
     assert one.exit_code == 0 and one.output.strip() == rows[0]["prompt"]
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.jpg").write_bytes(b"nope")
-    res = CliRunner().invoke(app, ["interrogate", str(bad), "--clip", tiny_clip, "--domain", "world", "--cache-dir", cache])
+    res = CliRunner().invoke(
+        app, ["interrogate", str(bad), "--clip", tiny_clip, "--domain", "world", "--cache-dir", cache]
+    )
     assert res.exit_code != 0 and isinstance(res.exception, BestshotError)
 
 
@@ -281,8 +316,11 @@ def test_embedded_clip_recovers_rendered_world_prompts(bank_cache):
 
     eng = I.Interrogator(I.InterrogateConfig(clip="embedded", cache_dir=str(bank_cache), device="cpu"))
     assert eng.domain == "world"
-    pairs = (W.heldout_scenes(15, seed=2024, n_objects=1) + W.heldout_scenes(15, seed=2025, n_objects=2)
-             + W.heldout_scenes(10, seed=2026, n_objects=3))
+    pairs = (
+        W.heldout_scenes(15, seed=2024, n_objects=1)
+        + W.heldout_scenes(15, seed=2025, n_objects=2)
+        + W.heldout_scenes(10, seed=2026, n_objects=3)
+    )
     images = [W.render(sc, 64) for sc, _ in pairs]
     results = eng.interrogate(images, "best")
     ok = [oracle(im, r.prompt).match for im, r in zip(images, results)]
@@ -364,7 +402,9 @@ def test_search_recovers_prompts_with_an_exact_clip(tmp_path):
     the similarity is right: >= 95 % oracle full matches on rendered scenes of 1-3 objects."""
     from bestshot.world.oracle import oracle
 
-    eng = I.Interrogator(I.InterrogateConfig(clip="oracle", domain="world", cache_dir=str(tmp_path)), scorer=OracleCLIP())
+    eng = I.Interrogator(
+        I.InterrogateConfig(clip="oracle", domain="world", cache_dir=str(tmp_path)), scorer=OracleCLIP()
+    )
     pairs = W.heldout_scenes(30, seed=99)
     images = [W.render(sc, 64) for sc, _ in pairs]
     results = eng.interrogate(images, "best")

@@ -7,13 +7,24 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from bestshot import world as W
 from bestshot.errors import BestshotError
 from bestshot.interrogate.captioner import CaptionerConfig, PrefixCaptioner, load_caption_model, train_captioner
 from bestshot.scoring import get_scorer
-from bestshot import world as W
 
-TINY = dict(n_embd=32, n_layer=3, n_head=2, mapper_layers=1, mapper_heads=2, prefix_len=4, image_size=32,
-            batch_size=16, lr=3e-3, warmup=5, max_tokens=24)
+TINY = dict(
+    n_embd=32,
+    n_layer=3,
+    n_head=2,
+    mapper_layers=1,
+    mapper_heads=2,
+    prefix_len=4,
+    image_size=32,
+    batch_size=16,
+    lr=3e-3,
+    warmup=5,
+    max_tokens=24,
+)
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +123,9 @@ def test_patch_features_learn_save_and_load(tiny_clip, tmp_path):
     assert model.features(images).shape == (2, g * g + 1, v.hidden_size)
     feats = pooled.features(images)
     assert feats.shape == (2, (g // 2) ** 2 + 1, v.hidden_size)
-    assert torch.allclose(feats[:, 1], model.features(images)[:, 1:].reshape(2, g, g, -1)[:, :2, :2].mean((1, 2)),
-                          atol=1e-5)  # a pooled token is the mean of its 2×2 patches
+    assert torch.allclose(
+        feats[:, 1], model.features(images)[:, 1:].reshape(2, g, g, -1)[:, :2, :2].mean((1, 2)), atol=1e-5
+    )  # a pooled token is the mean of its 2×2 patches
     _overfit(pooled, feats, captions, 100)
     assert pooled.caption(images, rerank=1) == captions  # the top beam (a random CLIP would re-rank at will)
     pooled.save(tmp_path / "cap")
@@ -132,7 +144,17 @@ def test_pretrained_lm_freezes_all_but_the_last_two_layers(tiny_clip, tmp_path):
 
     tok = build_clip_tokenizer()
     lm_dir = tmp_path / "gpt2-tiny"
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=4, n_head=2, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(lm_dir)
+    GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tok),
+            n_positions=64,
+            n_embd=32,
+            n_layer=4,
+            n_head=2,
+            bos_token_id=tok.eos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    ).save_pretrained(lm_dir)
     tok.save_pretrained(lm_dir)
     s = get_scorer(tiny_clip, device="cpu")
     model = PrefixCaptioner.create(CaptionerConfig(clip=tiny_clip, lm=str(lm_dir), prefix_len=4, mapper_heads=2), s)
@@ -153,11 +175,27 @@ def test_cli_train_captioner(tiny_clip, tmp_path):
 
     cfg = tmp_path / "cap.yaml"
     cfg.write_text(yaml.safe_dump({**TINY, "clip": tiny_clip, "dataset": "world:1", "length": 32}))
-    res = CliRunner().invoke(app, ["train-captioner", "--config", str(cfg), "--steps", "3", "--out", str(tmp_path / "c")])
+    res = CliRunner().invoke(
+        app, ["train-captioner", "--config", str(cfg), "--steps", "3", "--out", str(tmp_path / "c")]
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "c" / "captioner.json").exists() and (tmp_path / "c" / "model.safetensors").exists()
-    res = CliRunner().invoke(app, ["train-captioner", "--config", str(cfg), "--steps", "2", "--features", "patches",
-                                   "--patch-pool", "2", "--out", str(tmp_path / "p")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train-captioner",
+            "--config",
+            str(cfg),
+            "--steps",
+            "2",
+            "--features",
+            "patches",
+            "--patch-pool",
+            "2",
+            "--out",
+            str(tmp_path / "p"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     meta = json.loads((tmp_path / "p" / "captioner.json").read_text())
     assert meta["config"]["features"] == "patches" and meta["config"]["patch_pool"] == 2 and meta["n_tokens"] == 5
@@ -169,7 +207,13 @@ def test_cli_train_captioner(tiny_clip, tmp_path):
 def test_hf_caption_model_feeds_the_art_interrogator(tiny_clip, tmp_path):
     """Any transformers image-to-text model (here a tiny random BLIP) supplies the caption."""
     from PIL import Image
-    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessorPil,
+        BlipProcessor,
+    )
 
     from bestshot.interrogate.interrogator import InterrogateConfig, Interrogator
 
@@ -178,19 +222,40 @@ def test_hf_caption_model_feeds_the_art_interrogator(tiny_clip, tmp_path):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "red", "circle"] + [f"w{i}" for i in range(20)]
     (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizer(str(d / "vocab.txt"), bos_token="[DEC]")
-    cfg = BlipConfig(text_config=dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=37, bos_token_id=5, pad_token_id=0, sep_token_id=3,
-                                      max_position_embeddings=64),
-                     vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-                                        image_size=32, patch_size=8), projection_dim=32)
+    cfg = BlipConfig(
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+            bos_token_id=5,
+            pad_token_id=0,
+            sep_token_id=3,
+            max_position_embeddings=64,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=32,
+    )
     BlipForConditionalGeneration(cfg).save_pretrained(d)
-    BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(d)
+    BlipProcessor(
+        image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tok
+    ).save_pretrained(d)
     eng = Interrogator(InterrogateConfig(clip=tiny_clip, domain="art", caption=str(d), cache_dir=str(tmp_path / "c")))
     images = [Image.new("RGB", (48, 48), (200, 30, 30)), Image.new("RGB", (48, 48), (30, 30, 200))]
     for r in eng.interrogate(images, "fast"):
         assert r.caption and r.prompt.startswith(r.caption + ", ")
     with pytest.raises(BestshotError):
-        Interrogator(InterrogateConfig(clip=tiny_clip, domain="art", caption=str(tmp_path), cache_dir=str(tmp_path / "c")))
+        Interrogator(
+            InterrogateConfig(clip=tiny_clip, domain="art", caption=str(tmp_path), cache_dir=str(tmp_path / "c"))
+        )
 
 
 def test_train_on_a_generated_pool(tiny_clip, tiny_world, tmp_path):
@@ -198,8 +263,16 @@ def test_train_on_a_generated_pool(tiny_clip, tiny_world, tmp_path):
     from bestshot.interrogate.captioner import GeneratedWorldCaptions
 
     out = tmp_path / "cap"
-    cfg = CaptionerConfig(clip=tiny_clip, steps=2, checkpoint_every=2, generated_model=tiny_world, generated_pool=4,
-                          generated_size=16, generated_strength=(0.3, 0.3), **{**TINY, "batch_size": 4})
+    cfg = CaptionerConfig(
+        clip=tiny_clip,
+        steps=2,
+        checkpoint_every=2,
+        generated_model=tiny_world,
+        generated_pool=4,
+        generated_size=16,
+        generated_strength=(0.3, 0.3),
+        **{**TINY, "batch_size": 4},
+    )
     result = train_captioner(cfg, out, scorer=get_scorer(tiny_clip, device="cpu"))
     assert result["steps"] == 2 and (out / "generated_pool.safetensors").exists()
     pool = torch.zeros((3, 3, 16, 16), dtype=torch.uint8)
@@ -209,5 +282,8 @@ def test_train_on_a_generated_pool(tiny_clip, tiny_world, tmp_path):
     scene, rng = W.scene_for(9, 1)
     assert cap == W.caption(scene, rng) and img.shape == (3, 32, 32) and torch.all(img == 1.0)
     with pytest.raises(BestshotError, match="generated_model needs dataset: world"):
-        train_captioner(CaptionerConfig(**{**cfg.__dict__, "dataset": "fashion-mnist"}), tmp_path / "d",
-                        scorer=get_scorer(tiny_clip, device="cpu"))
+        train_captioner(
+            CaptionerConfig(**{**cfg.__dict__, "dataset": "fashion-mnist"}),
+            tmp_path / "d",
+            scorer=get_scorer(tiny_clip, device="cpu"),
+        )

@@ -13,12 +13,18 @@ pytest.importorskip("sentence_transformers")
 
 from bestshot.interrogate import metric  # noqa: E402
 
-TRUTH = {"a1": "a red circle above a blue square on a white background",
-         "b2": "ultra realistic photo of a cat wearing a tiny hat, 8k, trending on artstation",
-         "c3": "a small green triangle",
-         "d4": "portrait of an old fisherman, oil painting by rembrandt"}
-PRED = {"a1": "a red circle over a blue square", "b2": "a cat in a hat, photo",
-        "c3": "a small green triangle", "d4": "a painting of a sailor"}
+TRUTH = {
+    "a1": "a red circle above a blue square on a white background",
+    "b2": "ultra realistic photo of a cat wearing a tiny hat, 8k, trending on artstation",
+    "c3": "a small green triangle",
+    "d4": "portrait of an old fisherman, oil painting by rembrandt",
+}
+PRED = {
+    "a1": "a red circle over a blue square",
+    "b2": "a cat in a hat, photo",
+    "c3": "a small green triangle",
+    "d4": "a painting of a sailor",
+}
 
 
 def _write(path, rows, id_col="imgId"):

@@ -24,20 +24,26 @@ biologist. Scientists warn that melting ice speeds up warming, because dark ocea
 # ------------------------------------------------------------------------------------ sanitize
 
 SANITIZE_CASES = [
-    ('Sure! Here\'s a prompt for your image:\n\n"A polar bear on melting sea ice, golden hour"',
-     "A polar bear on melting sea ice, golden hour"),
+    (
+        'Sure! Here\'s a prompt for your image:\n\n"A polar bear on melting sea ice, golden hour"',
+        "A polar bear on melting sea ice, golden hour",
+    ),
     ("Prompt: A lone polar bear on cracked ice floes.", "A lone polar bear on cracked ice floes"),
     ("Image prompt - a red fox in fresh snow, soft dawn light", "a red fox in fresh snow, soft dawn light"),
     ("**Image Prompt:** *A polar bear* standing on ice", "A polar bear standing on ice"),
     ("- polar bear\n- melting ice\n- golden hour light", "polar bear, melting ice, golden hour light"),
     ("```\nA foggy harbor at dawn with fishing boats\n```", "A foggy harbor at dawn with fishing boats"),
-    ("Certainly. Here is the image prompt:\nA foggy harbor at dawn\nThis prompt captures the mood.",
-     "A foggy harbor at dawn"),
+    (
+        "Certainly. Here is the image prompt:\nA foggy harbor at dawn\nThis prompt captures the mood.",
+        "A foggy harbor at dawn",
+    ),
     ("A cat on a windowsill at sunset.\nNote: I avoided text.", "A cat on a windowsill at sunset"),
     ("A cat on a windowsill at sunset --ar 16:9 --v 5", "A cat on a windowsill at sunset"),
     ("A cat on a windowsill. Negative prompt: blurry, text", "A cat on a windowsill"),
-    ("<think>the user wants a cat</think>A lighthouse in a storm, dramatic clouds",
-     "A lighthouse in a storm, dramatic clouds"),
+    (
+        "<think>the user wants a cat</think>A lighthouse in a storm, dramatic clouds",
+        "A lighthouse in a storm, dramatic clouds",
+    ),
     ("'A child's red kite over green hills'", "A child's red kite over green hills"),
     ("A fox, snow, a fox, Snow, pine forest", "A fox, snow, pine forest"),
     ("I'm sorry, but I can't help with that.", None),
@@ -140,9 +146,11 @@ def test_fallback_when_backend_raises(offline_cpu, monkeypatch):
 
 def test_llm_answer_is_parsed_and_recorded(offline_cpu, monkeypatch):
     monkeypatch.setitem(
-        llm.BACKENDS, "smollm2",
-        lambda *a: 'Here you go!\nPROMPT: "Polar bear swimming between ice floes, overcast light"\n'
-        "CLIP: a polar bear swimming",
+        llm.BACKENDS,
+        "smollm2",
+        lambda *a: (
+            'Here you go!\nPROMPT: "Polar bear swimming between ice floes, overcast light"\nCLIP: a polar bear swimming'
+        ),
     )
     res = auto_prompt(ARTICLE)
     assert (res.backend, res.model) == ("smollm2", "/nonexistent/SmolLM2.gguf")
@@ -217,17 +225,27 @@ def _tiny_llama_dir(folder):
     trainer = trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "<s>", "</s>"])
     corpus = [ARTICLE, llm.build_messages(ARTICLE)[0]["content"], "PROMPT: CLIP: system user assistant"]
     raw.train_from_iterator(corpus, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", pad_token="<pad>",
-                                  bos_token="<s>", eos_token="</s>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=raw, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
     tok.chat_template = (
         "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} </s> {% endfor %}"
         "{% if add_generation_prompt %}assistant {% endif %}"
     )
     tok.save_pretrained(folder)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      bos_token_id=2, eos_token_id=3, pad_token_id=1)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=1,
+    )
     LlamaForCausalLM(cfg).save_pretrained(folder)
     return str(folder)
 

@@ -60,8 +60,10 @@ def test_a_changed_dependency_without_a_new_lock_fails(copy):
 
 def test_a_specifier_the_lock_refuses_fails(copy):
     _edit(copy / "pyproject.toml", '"diffusers>=0.35"', '"diffusers>=99"')
-    assert any("diffusers==" in line and "does not satisfy" in line and line.startswith("requirements/lock.txt")
-               for line in lock_check.problems(copy))
+    assert any(
+        "diffusers==" in line and "does not satisfy" in line and line.startswith("requirements/lock.txt")
+        for line in lock_check.problems(copy)
+    )
 
 
 def test_a_new_dependency_missing_from_the_lock_fails(copy):
@@ -96,5 +98,6 @@ def test_a_changed_input_file_fails(copy):
     assert any("inputs-sha256 differs" in line for line in lock_check.problems(copy))
     # comments do not count
     (copy / "requirements" / "constraints.in").write_text(
-        (ROOT / "requirements" / "constraints.in").read_text() + "# a note\n")
+        (ROOT / "requirements" / "constraints.in").read_text() + "# a note\n"
+    )
     assert lock_check.problems(copy) == []

@@ -46,9 +46,13 @@ def test_no_load_average_means_quiet(clean_env):
 def test_cli_sets_it_before_torch_is_imported():
     """As the `bestshot generate` command, importing the CLI loads no torch (libgomp reads the variable when
     torch loads it), and on a busy machine the variable is set by then."""
-    code = ("import os, sys; os.getloadavg = lambda: (99.0, 99.0, 99.0); sys.argv[:] = ['bestshot', 'generate']; "
-            "import bestshot.cli; print('torch' in sys.modules, os.environ.get('OMP_WAIT_POLICY'))")
+    code = (
+        "import os, sys; os.getloadavg = lambda: (99.0, 99.0, 99.0); sys.argv[:] = ['bestshot', 'generate']; "
+        "import bestshot.cli; print('torch' in sys.modules, os.environ.get('OMP_WAIT_POLICY'))"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "PASSIVE"]

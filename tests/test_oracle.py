@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from bestshot.errors import BestshotError
 from bestshot import world as W
+from bestshot.errors import BestshotError
 from bestshot.world.oracle import analyse, match_rate, oracle
 
 
@@ -85,7 +85,9 @@ def test_rejects_mismatched_prompts_on_the_right_attribute():
 
 
 def test_swapped_objects_in_relation_fail_position_only():
-    scene = W.Scene((W.Obj("circle", "red", "small", 0.5, 0.2), W.Obj("square", "blue", "large", 0.5, 0.7)), "white", "above")
+    scene = W.Scene(
+        (W.Obj("circle", "red", "small", 0.5, 0.2), W.Obj("square", "blue", "large", 0.5, 0.7)), "white", "above"
+    )
     img = W.render(scene, 64)
     assert oracle(img, "a red circle above a blue square").match
     assert oracle(img, "a blue square below a red circle").match
@@ -96,8 +98,10 @@ def test_swapped_objects_in_relation_fail_position_only():
 
 
 # the last three: soft edges without grain (what the embedded denoiser draws: about a pixel of blur at 32 px)
-@pytest.mark.parametrize("size,noise,blur", [(64, 0.08, 0.7), (64, 0.05, 0.7), (32, 0.03, 0.0),
-                                             (32, 0.0, 0.8), (32, 0.0, 1.0), (64, 0.0, 2.0)])
+@pytest.mark.parametrize(
+    "size,noise,blur",
+    [(64, 0.08, 0.7), (64, 0.05, 0.7), (32, 0.03, 0.0), (32, 0.0, 0.8), (32, 0.0, 1.0), (64, 0.0, 2.0)],
+)
 def test_robust_to_noise_and_blur(size, noise, blur):
     rng, nrng = random.Random(size * 1000 + int(noise * 100)), np.random.default_rng(0)
     ok = 0

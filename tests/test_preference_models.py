@@ -7,8 +7,12 @@ from PIL import Image
 from bestshot.errors import BestshotError
 from bestshot.scoring import get_scorer
 from bestshot.scoring.clip import CLIPScorer
-from bestshot.scoring.preference_models import (ImageRewardModel, ImageRewardScorer, load_preference_model,
-                                                save_image_reward)
+from bestshot.scoring.preference_models import (
+    ImageRewardModel,
+    ImageRewardScorer,
+    load_preference_model,
+    save_image_reward,
+)
 
 _g = torch.Generator().manual_seed(0)
 IMS = [Image.fromarray(torch.randint(0, 256, (40, 40, 3), generator=_g, dtype=torch.uint8).numpy()) for _ in range(2)]
@@ -52,11 +56,29 @@ def _tiny_blip_folder(folder):
     (folder).mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizer(str(folder / "vocab.txt"))
-    cfg = BlipConfig(text_config=dict(vocab_size=len(vocab), hidden_size=32, encoder_hidden_size=32,
-                                      intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                                      max_position_embeddings=64, bos_token_id=2, sep_token_id=3, pad_token_id=0),
-                     vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                                        num_hidden_layers=2, image_size=32, patch_size=8, initializer_range=0.02))
+    cfg = BlipConfig(
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            encoder_hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=64,
+            bos_token_id=2,
+            sep_token_id=3,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            image_size=32,
+            patch_size=8,
+            initializer_range=0.02,
+        ),
+    )
     torch.manual_seed(0)
     model = ImageRewardModel(cfg)
     for layer in model.mlp:  # random weights large enough that the image visibly moves the reward
@@ -108,12 +130,22 @@ def _to_original_layout(sd):
     convert_image_reward, written out by hand from the BLIP ViT / med.py names)."""
     import re
 
-    block = {"layer_norm1": "norm1", "layer_norm2": "norm2", "self_attn.qkv": "attn.qkv",
-             "self_attn.projection": "attn.proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
-    top = {"embeddings.class_embedding": "cls_token", "embeddings.position_embedding": "pos_embed",
-           "embeddings.patch_embedding.weight": "patch_embed.proj.weight",
-           "embeddings.patch_embedding.bias": "patch_embed.proj.bias",
-           "post_layernorm.weight": "norm.weight", "post_layernorm.bias": "norm.bias"}
+    block = {
+        "layer_norm1": "norm1",
+        "layer_norm2": "norm2",
+        "self_attn.qkv": "attn.qkv",
+        "self_attn.projection": "attn.proj",
+        "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2",
+    }
+    top = {
+        "embeddings.class_embedding": "cls_token",
+        "embeddings.position_embedding": "pos_embed",
+        "embeddings.patch_embedding.weight": "patch_embed.proj.weight",
+        "embeddings.patch_embedding.bias": "patch_embed.proj.bias",
+        "post_layernorm.weight": "norm.weight",
+        "post_layernorm.bias": "norm.bias",
+    }
     out = {}
     for k, v in sd.items():
         if k.startswith("mlp."):
@@ -121,7 +153,7 @@ def _to_original_layout(sd):
         elif k.startswith("text."):
             out["blip.text_encoder." + k[5:]] = v
         else:
-            rest = k[len("vision."):]
+            rest = k[len("vision.") :]
             m = re.match(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", rest)
             out["blip.visual_encoder." + (top[rest] if rest in top else f"blocks.{m[1]}.{block[m[2]]}.{m[3]}")] = v
     # what the original file also carries and ImageReward's score never reads
@@ -140,11 +172,27 @@ def test_original_image_reward_checkpoint_converts_and_scores_the_same(tmp_path)
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizer(str(tmp_path / "vocab.txt"))
     # one head (what the shapes imply below 64 channels) and BLIP's ViT epsilon, as the original code has
-    cfg = BlipConfig(text_config=dict(vocab_size=len(vocab), hidden_size=32, encoder_hidden_size=32,
-                                      intermediate_size=37, num_attention_heads=1, num_hidden_layers=2,
-                                      max_position_embeddings=64, pad_token_id=0),
-                     vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=1,
-                                        num_hidden_layers=2, image_size=32, patch_size=8, layer_norm_eps=1e-6))
+    cfg = BlipConfig(
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            encoder_hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=1,
+            num_hidden_layers=2,
+            max_position_embeddings=64,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=1,
+            num_hidden_layers=2,
+            image_size=32,
+            patch_size=8,
+            layer_norm_eps=1e-6,
+        ),
+    )
     torch.manual_seed(1)
     ours = ImageRewardModel(cfg)
     for layer in ours.mlp:
@@ -160,7 +208,8 @@ def test_original_image_reward_checkpoint_converts_and_scores_the_same(tmp_path)
     reference = ImageRewardScorer(ours, tok, name="ref")
     assert s.score(IMS, "a red square") == pytest.approx(reference.score(IMS, "a red square"), abs=1e-5)
     assert ImageRewardScorer.from_pretrained(str(tmp_path)).score(IMS, "a blue circle") == pytest.approx(
-        reference.score(IMS, "a blue circle"), abs=1e-5)
+        reference.score(IMS, "a blue circle"), abs=1e-5
+    )
 
 
 def test_unknown_image_reward_layout_is_a_clear_error(tmp_path):

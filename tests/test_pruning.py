@@ -13,8 +13,18 @@ SMALL = dict(steps_base=4, height=64, width=64, clip_min=-1.0, style_suffix="", 
 @pytest.mark.parametrize("model", ["tiny_sd15", "tiny_sdxl"])
 def test_pruned_candidates_are_the_best_previews(model, tiny_clip, out, request):
     path = request.getfixturevalue(model)
-    r = generate("a red circle", model=path, scorer=tiny_clip, n_images=2, prune_start=5, prune_at=0.5,
-                 save_candidates=True, return_candidates_images=True, **SMALL, **out)
+    r = generate(
+        "a red circle",
+        model=path,
+        scorer=tiny_clip,
+        n_images=2,
+        prune_start=5,
+        prune_at=0.5,
+        save_candidates=True,
+        return_candidates_images=True,
+        **SMALL,
+        **out,
+    )
     pr = r["pruning"]
     assert pr["started"] == [42, 43, 44, 45, 46] and pr["prune_step"] == 1
     kept = [c["seed"] for c in r["candidates"]]
@@ -23,8 +33,16 @@ def test_pruned_candidates_are_the_best_previews(model, tiny_clip, out, request)
     assert pr["cost_ratio"] == pytest.approx(cost_ratio(4, 5, 2, 0.5))
     # a kept candidate is the same image as its seed generated alone, without pruning
     for c, im in list(zip(r["candidates"], r["candidate_images"]))[:1]:
-        solo = generate("a red circle", model=path, scorer=tiny_clip, n_images=1, seed_base=c["seed"],
-                        return_candidates_images=True, **SMALL, **out)
+        solo = generate(
+            "a red circle",
+            model=path,
+            scorer=tiny_clip,
+            n_images=1,
+            seed_base=c["seed"],
+            return_candidates_images=True,
+            **SMALL,
+            **out,
+        )
         diff = np.abs(np.asarray(im, int) - np.asarray(solo["candidate_images"][0], int))
         assert diff.max() <= 1
 
@@ -61,6 +79,13 @@ def test_a_pipeline_that_never_calls_back_is_refused():
 
     pipe = SilentPipeline()
     with pytest.raises(BestshotError, match="SilentPipeline did not call it at step 2"):
-        run_pruned(pipe, {"num_inference_steps": 4, "generator": [None] * 4}, seeds=[1, 2, 3, 4], keep=2, at=0.5,
-                   score_fn=lambda ims: [0.0] * len(ims), family="embedded")
+        run_pruned(
+            pipe,
+            {"num_inference_steps": 4, "generator": [None] * 4},
+            seeds=[1, 2, 3, 4],
+            keep=2,
+            at=0.5,
+            score_fn=lambda ims: [0.0] * len(ims),
+            family="embedded",
+        )
     assert "step" not in vars(pipe.scheduler)  # the scheduler's own step is back

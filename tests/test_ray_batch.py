@@ -44,8 +44,14 @@ def _env(**extra):
 
 
 def _bestshot(args, env, **kw):
-    return subprocess.Popen([sys.executable, "-m", "bestshot.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bestshot.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +113,15 @@ def test_ray_startup_cost(ray_local):
     assert ray_local.ray.is_initialized() and ray_local.ray.cluster_resources().get("CPU") == 2
 
 
-def test_eval_generate_on_two_workers_matches_single_process(ray_local, manifest, single, tmp_path, capsys,
-                                                             monkeypatch):
+def test_eval_generate_on_two_workers_matches_single_process(
+    ray_local, manifest, single, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "ray"
-    code, stdout, err = run_cli(["eval", "generate", str(manifest), "--out", str(out), "--steps", STEPS, "--ray",
-                                 "--ray-workers", "2"], capsys, monkeypatch)
+    code, stdout, err = run_cli(
+        ["eval", "generate", str(manifest), "--out", str(out), "--steps", STEPS, "--ray", "--ray-workers", "2"],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     assert f"{ROWS} generated, 0 already done" in stdout
     assert "Ray workers" in stdout and "rows/s" in stdout  # the per-worker summary
@@ -126,8 +136,9 @@ def test_eval_generate_on_two_workers_matches_single_process(ray_local, manifest
     # folder as a file:// URI: the pyarrow writer of s3:// and the like, on a local file system
     png = out / "000005.png"
     png.write_bytes(png.read_bytes()[:-100])
-    code, stdout, err = run_cli(["eval", "generate", str(manifest), "--out", f"file://{out}", "--steps", STEPS,
-                                 "--ray"], capsys, monkeypatch)
+    code, stdout, err = run_cli(
+        ["eval", "generate", str(manifest), "--out", f"file://{out}", "--steps", STEPS, "--ray"], capsys, monkeypatch
+    )
     assert code == 0, err
     assert f"1 generated, {ROWS - 1} already done" in stdout
     assert np.array_equal(_pixels(out, 5), _pixels(single, 5))
@@ -157,8 +168,23 @@ def _alive(pid):
 
 def test_killed_worker_rows_retried_once(ray_local, manifest, tmp_path):
     out = tmp_path / "kill_worker"
-    proc = _bestshot(["eval", "generate", str(manifest), "--out", str(out), "--steps", "12", "--num", str(KILL_ROWS),
-                      "--ray", "--ray-workers", "2"], _env(RAY_ADDRESS=ray_local.address))
+    proc = _bestshot(
+        [
+            "eval",
+            "generate",
+            str(manifest),
+            "--out",
+            str(out),
+            "--steps",
+            "12",
+            "--num",
+            str(KILL_ROWS),
+            "--ray",
+            "--ray-workers",
+            "2",
+        ],
+        _env(RAY_ADDRESS=ray_local.address),
+    )
     try:
         _wait(lambda: len(_journal(out)) >= 2 or proc.poll() is not None, 180, "two rows")
         victim = _journal(out)[0]["pid"]
@@ -180,8 +206,20 @@ def test_killed_worker_rows_retried_once(ray_local, manifest, tmp_path):
 
 def test_killed_driver_resumes_without_redoing_rows(ray_local, manifest, tmp_path):
     out = tmp_path / "kill_driver"
-    args = ["eval", "generate", str(manifest), "--out", str(out), "--steps", "12", "--num", str(KILL_ROWS), "--ray",
-            "--ray-workers", "2"]
+    args = [
+        "eval",
+        "generate",
+        str(manifest),
+        "--out",
+        str(out),
+        "--steps",
+        "12",
+        "--num",
+        str(KILL_ROWS),
+        "--ray",
+        "--ray-workers",
+        "2",
+    ]
     env = _env(RAY_ADDRESS=ray_local.address)
     proc = _bestshot(args, env)
     try:
@@ -217,14 +255,32 @@ def test_prompts_file_on_ray_matches_single_process(ray_local, tmp_path, capsys,
     runs = {}
     for name, extra in (("single", []), ("ray", ["--ray", "--ray-workers", "1"])):
         res = tmp_path / f"{name}.jsonl"
-        code, stdout, err = run_cli(["generate", "--prompts-file", str(prompts), "--results", str(res), "-n", "2",
-                                     "--steps", STEPS, "--out", str(tmp_path / name), "--log",
-                                     str(tmp_path / f"{name}_log.jsonl"), *extra], capsys, monkeypatch)
+        code, stdout, err = run_cli(
+            [
+                "generate",
+                "--prompts-file",
+                str(prompts),
+                "--results",
+                str(res),
+                "-n",
+                "2",
+                "--steps",
+                STEPS,
+                "--out",
+                str(tmp_path / name),
+                "--log",
+                str(tmp_path / f"{name}_log.jsonl"),
+                *extra,
+            ],
+            capsys,
+            monkeypatch,
+        )
         assert code == 0, err
         runs[name] = [json.loads(line) for line in res.read_text().splitlines()]
     single, ray = runs["single"], runs["ray"]
     assert [r["line"] for r in ray] == [1, 2, 3, 4]
     assert [list(r) for r in ray] == [list(r) for r in single]  # same fields, same order
+
     def strip(rows):
         return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
 
@@ -234,9 +290,24 @@ def test_prompts_file_on_ray_matches_single_process(ray_local, tmp_path, capsys,
         if a["img_path"]:
             assert np.array_equal(np.asarray(Image.open(a["img_path"])), np.asarray(Image.open(b["img_path"])))
     # a rerun skips every line
-    code, stdout, err = run_cli(["generate", "--prompts-file", str(prompts), "--results", str(tmp_path / "ray.jsonl"),
-                                 "-n", "2", "--steps", STEPS, "--out", str(tmp_path / "ray"), "--ray"], capsys,
-                                monkeypatch)
+    code, stdout, err = run_cli(
+        [
+            "generate",
+            "--prompts-file",
+            str(prompts),
+            "--results",
+            str(tmp_path / "ray.jsonl"),
+            "-n",
+            "2",
+            "--steps",
+            STEPS,
+            "--out",
+            str(tmp_path / "ray"),
+            "--ray",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0 and "skipped 4 prompt(s)" in err
 
 
@@ -256,15 +327,17 @@ def test_stage1_count_on_ray_matches_single_process(ray_local, tmp_path):
         assert res.exit_code == 0, res.output
         meta = [json.loads(p.read_text()) for p in sorted((folder / "outputs" / "metadata").glob("*.json"))]
         assert sorted(m["seed"] for m in meta) == [5, 6, 7]
-        images[name] = {m["seed"]: np.asarray(Image.open(folder / "outputs" / m["stages"]["stage1"]["file"]))
-                        for m in meta}
+        images[name] = {
+            m["seed"]: np.asarray(Image.open(folder / "outputs" / m["stages"]["stage1"]["file"])) for m in meta
+        }
     for seed in (5, 6, 7):
         assert np.array_equal(images["single"][seed], images["ray"][seed])
     # a rerun with the same settings (a driver killed before it said "done") keeps what the workers made:
     # one new image for --count 4, none made twice; the message names the folder that forces a fresh start
     folder = tmp_path / "ray"
-    res = CliRunner().invoke(app, ["stage1", "--count", "4", "--config", str(configs["ray"]), "--ray",
-                                   "local", "--ray-workers", "1"])
+    res = CliRunner().invoke(
+        app, ["stage1", "--count", "4", "--config", str(configs["ray"]), "--ray", "local", "--ray-workers", "1"]
+    )
     assert res.exit_code == 0, res.output
     assert "3 of the 4 image(s) were made by an earlier stage1 --ray run with the same settings" in res.output
     assert "delete" in res.output and "ray_journal" in res.output
@@ -274,15 +347,17 @@ def test_stage1_count_on_ray_matches_single_process(ray_local, tmp_path):
 
 def test_without_ray_installed_the_flag_says_how_to_install(manifest, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
-    code, stdout, err = run_cli(["eval", "generate", str(manifest), "--out", str(tmp_path / "o"), "--ray"], capsys,
-                                monkeypatch)
+    code, stdout, err = run_cli(
+        ["eval", "generate", str(manifest), "--out", str(tmp_path / "o"), "--ray"], capsys, monkeypatch
+    )
     assert code == 2
     assert "pip install 'bestshot[ray]'" in err and "Traceback" not in err
 
 
 def test_ray_flags_need_ray(manifest, tmp_path, capsys, monkeypatch):
-    code, _, err = run_cli(["eval", "generate", str(manifest), "--out", str(tmp_path / "o"), "--ray-workers", "2"],
-                           capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["eval", "generate", str(manifest), "--out", str(tmp_path / "o"), "--ray-workers", "2"], capsys, monkeypatch
+    )
     assert code == 2 and "only apply with --ray" in err
 
 
@@ -309,9 +384,13 @@ def test_every_ray_command_takes_a_bare_ray():
                 walk(sub, path + [name])
         elif any("--ray" in p.opts for p in cmd.params):
             found.append(path)
-            ctx = cmd.make_context(path[-1], ["--ray"] + (["x"] if any(
-                p.param_type_name == "argument" and p.required for p in cmd.params) else []), resilient_parsing=True)
+            ctx = cmd.make_context(
+                path[-1],
+                ["--ray"] + (["x"] if any(p.param_type_name == "argument" and p.required for p in cmd.params) else []),
+                resilient_parsing=True,
+            )
             assert ctx.params["ray"] == "local", path
+
     walk(root, [])
     assert {"generate", "stage1"} <= {p[-1] for p in found} and ["eval", "metrics"] in found, found
 
@@ -352,8 +431,10 @@ def silent_server():
 def test_unreachable_address_fails_fast(kind, manifest, tmp_path, request):
     port = _free_port() if kind == "refused" else request.getfixturevalue("silent_server")
     t = time.monotonic()
-    proc = _bestshot(["eval", "generate", str(manifest), "--out", str(tmp_path / "o"), "--ray", f"127.0.0.1:{port}"],
-                     _env(BESTSHOT_RAY_CONNECT_TIMEOUT_S="8"))
+    proc = _bestshot(
+        ["eval", "generate", str(manifest), "--out", str(tmp_path / "o"), "--ray", f"127.0.0.1:{port}"],
+        _env(BESTSHOT_RAY_CONNECT_TIMEOUT_S="8"),
+    )
     stdout, err = proc.communicate(timeout=120)
     took = time.monotonic() - t
     assert proc.returncode == 2, err
@@ -380,12 +461,24 @@ def test_prompts_rerun_takes_rows_an_interrupted_ray_run_finished(tmp_path, caps
     kept = tmp_path / "kept.png"
     Image.new("RGB", (8, 8)).save(kept)
     finished = {"line": 1, "prompt": "a red square", "ok": True, "img_path": str(kept), "run_id": "r1"}
-    args = ["generate", "--prompts-file", str(prompts), "-n", "1", "--steps", "2", "--out", str(tmp_path / "out"),
-            "--log", str(tmp_path / "log.jsonl")]
+    args = [
+        "generate",
+        "--prompts-file",
+        str(prompts),
+        "-n",
+        "1",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+        "--log",
+        str(tmp_path / "log.jsonl"),
+    ]
 
     def marker(key, line, prompt, result, settings):
-        (markers / f"{key}.json").write_text(json.dumps(
-            {"row": {"key": key, "line": line, "prompt": prompt, "settings": settings}, "result": result}))
+        (markers / f"{key}.json").write_text(
+            json.dumps({"row": {"key": key, "line": line, "prompt": prompt, "settings": settings}, "result": result})
+        )
 
     # a marker of a run with other settings (e.g. --steps 30): not taken, its line made now (line 2 is logged)
     marker(0, 1, "a red square", finished, "other-settings")
@@ -417,7 +510,11 @@ def test_settings_digest_and_marker_pruning(tmp_path):
     from bestshot.config import ImgCfg
     from bestshot.scale.batch import prune_markers, settings_digest
 
-    assert settings_digest(ImgCfg(steps_base=4)) == settings_digest(ImgCfg(steps_base=4)) != settings_digest(ImgCfg(steps_base=5))
+    assert (
+        settings_digest(ImgCfg(steps_base=4))
+        == settings_digest(ImgCfg(steps_base=4))
+        != settings_digest(ImgCfg(steps_base=5))
+    )
     rows = [{"key": k, "settings": "s1"} for k in range(3)]
     (tmp_path / "0.json").write_text(json.dumps({"row": rows[0], "result": {"file": "a", "ok": True}}))
     (tmp_path / "1.json").write_text(json.dumps({"row": {**rows[1], "settings": "s0"}, "result": {"file": "b"}}))
@@ -445,9 +542,11 @@ def test_worker_count_and_fractional_gpus_from_the_cluster():
     two_cpus = {"CPU": 2.0}
     asked = RayJobCfg(workers=4, cpus_per_worker=2)
     assert asked.resolved(two_cpus, rows=10).workers == 1
-    assert asked.fit_note(two_cpus) == ("--ray-workers 4 with 2 CPU(s) each needs more than the Ray cluster's 2 "
-                                        "CPU(s): running 1 worker(s) — lower --cpus-per-worker / --gpus-per-worker, "
-                                        "or add nodes")
+    assert asked.fit_note(two_cpus) == (
+        "--ray-workers 4 with 2 CPU(s) each needs more than the Ray cluster's 2 "
+        "CPU(s): running 1 worker(s) — lower --cpus-per-worker / --gpus-per-worker, "
+        "or add nodes"
+    )
     assert RayJobCfg(workers=2).fit_note(two_cpus) is None and RayJobCfg().fit_note(two_cpus) is None
 
 
@@ -468,8 +567,13 @@ def test_a_workers_bestshot_error_is_one_line(ray_local, tmp_path, capfd):
     cfg = ImgCfg(model=str(tmp_path / "no-such-model"), out_dir=str(tmp_path / "o"), log_jsonl=str(tmp_path / "l"))
     console = io.StringIO()
     with pytest.raises(BestshotError) as e:
-        run_rows([{"key": 0, "line": 1, "prompt": "x"}], functools.partial(prompt_row_maker, cfg),
-                 RayJobCfg(workers=4, cpus_per_worker=2), progress=False, console=Console(file=console))
+        run_rows(
+            [{"key": 0, "line": 1, "prompt": "x"}],
+            functools.partial(prompt_row_maker, cfg),
+            RayJobCfg(workers=4, cpus_per_worker=2),
+            progress=False,
+            console=Console(file=console),
+        )
     msg = str(e.value)
     assert "no-such-model' does not exist" in msg and "\n" not in msg and "Traceback" not in msg, msg
     assert "--ray-workers 4 with 2 CPU(s) each" in console.getvalue() and "running 1 worker(s)" in console.getvalue()
@@ -481,8 +585,11 @@ def test_scaling_bench_runs(ray_local, tmp_path, monkeypatch, capsys):
     import runpy
 
     script = Path(__file__).resolve().parents[1] / "bench" / "ray_scaling.py"
-    monkeypatch.setattr(sys, "argv", ["ray_scaling.py", "--rows", "2", "--workers", "1", "--steps", "1",
-                                      "--json", str(tmp_path / "r.json")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["ray_scaling.py", "--rows", "2", "--workers", "1", "--steps", "1", "--json", str(tmp_path / "r.json")],
+    )
     runpy.run_path(str(script), run_name="__main__")
     assert "| 1 | 2 |" in capsys.readouterr().out
     (run,) = json.loads((tmp_path / "r.json").read_text())["runs"]

@@ -93,18 +93,43 @@ def token_head(tmp_path_factory):
     token = secrets.token_hex(16)
     port = _free_port()
     lo = _free_port() // 100 * 100  # a hundred worker ports; a clash only costs a retry on Ray's side
-    ports = {"--dashboard-port": _free_port(), "--ray-client-server-port": _free_port(),
-             "--node-manager-port": _free_port(), "--object-manager-port": _free_port(),
-             "--dashboard-agent-listen-port": _free_port(), "--dashboard-agent-grpc-port": _free_port(),
-             "--runtime-env-agent-port": _free_port(), "--metrics-export-port": _free_port()}
-    cmd = ["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "1",
-           "--num-gpus", "0", "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", temp_dir,
-           "--min-worker-port", str(lo), "--max-worker-port", str(lo + 99)]
+    ports = {
+        "--dashboard-port": _free_port(),
+        "--ray-client-server-port": _free_port(),
+        "--node-manager-port": _free_port(),
+        "--object-manager-port": _free_port(),
+        "--dashboard-agent-listen-port": _free_port(),
+        "--dashboard-agent-grpc-port": _free_port(),
+        "--runtime-env-agent-port": _free_port(),
+        "--metrics-export-port": _free_port(),
+    }
+    cmd = [
+        "ray",
+        "start",
+        "--head",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num-cpus",
+        "1",
+        "--num-gpus",
+        "0",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        "--temp-dir",
+        temp_dir,
+        "--min-worker-port",
+        str(lo),
+        "--max-worker-port",
+        str(lo + 99),
+    ]
     for flag, value in ports.items():
         cmd += [flag, str(value)]
     t = time.monotonic()
-    started = subprocess.run(cmd, env=_env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token), capture_output=True,
-                             text=True, timeout=180)
+    started = subprocess.run(
+        cmd, env=_env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token), capture_output=True, text=True, timeout=180
+    )
     try:
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         print(f"\nray start --head (token auth) took {time.monotonic() - t:.1f} s")
@@ -114,11 +139,13 @@ def token_head(tmp_path_factory):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-JOIN = ("import sys, time; t = time.monotonic()\n"
-        "from bestshot.scale.cluster import connect\nfrom bestshot.errors import BestshotError\n"
-        "try:\n    ray = connect(sys.argv[1], timeout_s=60)\n"
-        "    print('joined', int(ray.cluster_resources()['CPU']), f'{time.monotonic() - t:.1f}')\n"
-        "except BestshotError as e:\n    print('error:', e, f'{time.monotonic() - t:.1f}')\n")
+JOIN = (
+    "import sys, time; t = time.monotonic()\n"
+    "from bestshot.scale.cluster import connect\nfrom bestshot.errors import BestshotError\n"
+    "try:\n    ray = connect(sys.argv[1], timeout_s=60)\n"
+    "    print('joined', int(ray.cluster_resources()['CPU']), f'{time.monotonic() - t:.1f}')\n"
+    "except BestshotError as e:\n    print('error:', e, f'{time.monotonic() - t:.1f}')\n"
+)
 
 
 def _join(address: str, env: dict[str, str]) -> tuple[str, str]:
@@ -207,12 +234,19 @@ def test_serve_and_metrics_honour_the_connect_timeout(command, tmp_path):
     srv.bind(("127.0.0.1", 0))
     srv.listen(16)
     port = srv.getsockname()[1]
-    args = (["serve", "--ray", f"127.0.0.1:{port}", "--out-dir", str(tmp_path / "out"), "--port", str(_free_port())]
-            if command == "serve" else
-            ["eval", "metrics", "--real", str(tmp_path), "--fake", str(tmp_path), "--ray", f"127.0.0.1:{port}"])
+    args = (
+        ["serve", "--ray", f"127.0.0.1:{port}", "--out-dir", str(tmp_path / "out"), "--port", str(_free_port())]
+        if command == "serve"
+        else ["eval", "metrics", "--real", str(tmp_path), "--fake", str(tmp_path), "--ray", f"127.0.0.1:{port}"]
+    )
     try:
-        p = subprocess.run([sys.executable, "-m", "bestshot.cli", *args], capture_output=True, text=True, timeout=120,
-                           env=_env(tmp_path, BESTSHOT_RAY_CONNECT_TIMEOUT_S="3"))
+        p = subprocess.run(
+            [sys.executable, "-m", "bestshot.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=_env(tmp_path, BESTSHOT_RAY_CONNECT_TIMEOUT_S="3"),
+        )
     finally:
         srv.close()
     assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr[-3000:]

@@ -32,8 +32,12 @@ def _sets(tmp_path, n_real=21, n_fake=18):
             Image.fromarray(arr).save(tmp_path / folder / f"{i:03d}.png")
     words = ["red", "green", "blue", "round", "square", "small"]
     manifest = tmp_path / "fake.csv"
-    manifest.write_text("image_path,caption,image_id\n" + "".join(
-        f"{tmp_path / 'fake' / f'{i:03d}.png'},a {words[i % 6]} thing number {i},{i}\n" for i in range(n_fake)))
+    manifest.write_text(
+        "image_path,caption,image_id\n"
+        + "".join(
+            f"{tmp_path / 'fake' / f'{i:03d}.png'},a {words[i % 6]} thing number {i},{i}\n" for i in range(n_fake)
+        )
+    )
     return tmp_path / "real", manifest
 
 
@@ -81,11 +85,24 @@ def test_ray_worker_errors_are_one_line(ray_local, tiny_clip, tmp_path):
 def test_eval_metrics_cli_bare_ray_equals_without(ray_local, tiny_clip, tmp_path, capsys, monkeypatch):
     real, fake = _sets(tmp_path, n_real=10, n_fake=8)
     base = ["eval", "metrics", "--real", str(real), "--fake", str(fake), "--clip", tiny_clip, "--device", "cpu"]
-    code, _, err = run_cli([*base, "--cache-dir", str(tmp_path / "c1"), "--out", str(tmp_path / "one.json")],
-                           capsys, monkeypatch)
+    code, _, err = run_cli(
+        [*base, "--cache-dir", str(tmp_path / "c1"), "--out", str(tmp_path / "one.json")], capsys, monkeypatch
+    )
     assert code == 0, err
-    code, out, err = run_cli([*base, "--ray", "--cache-dir", str(tmp_path / "c2"), "--ray-workers", "2",
-                              "--out", str(tmp_path / "ray.json")], capsys, monkeypatch)
+    code, out, err = run_cli(
+        [
+            *base,
+            "--ray",
+            "--cache-dir",
+            str(tmp_path / "c2"),
+            "--ray-workers",
+            "2",
+            "--out",
+            str(tmp_path / "ray.json"),
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     one, dist = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "ray.json"))
     for key in ("fid", "kid_mean", "cmmd", "clip_score"):

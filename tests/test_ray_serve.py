@@ -149,8 +149,12 @@ def on_ray(ray_local, tiny_sd15, tiny_clip, tmp_path_factory):
     port, stop, said = _free_port(), threading.Event(), []
     patch = pytest.MonkeyPatch()
     patch.setattr("bestshot.scale.serve.GRACE_S", 3.0)  # a killed replica's slots come back within 3 s, not 30
-    thread = threading.Thread(target=serve_on_ray, args=(settings,), daemon=True, kwargs=dict(
-        address=None, host="127.0.0.1", port=port, replicas=2, num_cpus=0.5, echo=said.append, stop=stop))
+    thread = threading.Thread(
+        target=serve_on_ray,
+        args=(settings,),
+        daemon=True,
+        kwargs=dict(address=None, host="127.0.0.1", port=port, replicas=2, num_cpus=0.5, echo=said.append, stop=stop),
+    )
     thread.start()
     url = f"http://localhost:{port}"
     for _ in range(600):
@@ -183,7 +187,8 @@ def test_webuiapi_txt2img_through_two_replicas(on_ray):
 
     with pytest.raises(RuntimeError, match="401"):  # auth is enforced behind the proxy
         webuiapi.WebUIApi(host="localhost", port=on_ray.port, sampler="Euler").txt2img(
-            prompt="a red circle", steps=1, width=32, height=32)
+            prompt="a red circle", steps=1, width=32, height=32
+        )
     api = webuiapi.WebUIApi(host="localhost", port=on_ray.port, sampler="Euler", username="user", password="pw")
     for seed in (11, 12, 13):
         res = api.txt2img(prompt="a red circle", seed=seed, steps=1, width=32, height=32, save_images=True)
@@ -236,8 +241,11 @@ def test_killed_replica_answers_in_a1111_shape_and_gives_its_slot_back(on_ray):
     max-queue x job-timeout), so the deployment takes --max-queue jobs again."""
     ray = on_ray.ray
     got = {}
-    job = threading.Thread(target=lambda: got.update(r=_post(f"{on_ray.url}/sdapi/v1/txt2img",
-                                                             {**BODY, "steps": 150, "width": 64, "height": 64})))
+    job = threading.Thread(
+        target=lambda: got.update(
+            r=_post(f"{on_ray.url}/sdapi/v1/txt2img", {**BODY, "steps": 150, "width": 64, "height": 64})
+        )
+    )
     job.start()
     holder = None
     for _ in range(1200):

@@ -25,10 +25,30 @@ def test_sigterm_stops_serve_on_ray(ray_local, tmp_path):
     from ray import serve
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "bestshot.cli", "serve", "--ray", ray_local.address, "--replicas", "1",
-           "--replica-cpus", "0.5", "--port", str(port), "--out-dir", str(tmp_path / "out")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    cmd = [
+        sys.executable,
+        "-m",
+        "bestshot.cli",
+        "serve",
+        "--ray",
+        ray_local.address,
+        "--replicas",
+        "1",
+        "--replica-cpus",
+        "0.5",
+        "--port",
+        str(port),
+        "--out-dir",
+        str(tmp_path / "out"),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:

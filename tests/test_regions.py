@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
+from bestshot import world as W
 from bestshot.scoring.regions import background_colour, find_regions
 from helpers import ColourCLIP
-from bestshot import world as W
 
 
 def _nearest(region, scene):
@@ -75,9 +75,11 @@ def test_parse_objects():
     from bestshot.scoring.regions import ObjectPrompt, parse_objects
 
     assert parse_objects("a red circle, a blue square and a green cross on a black background") == ObjectPrompt(
-        ("a red circle", "a blue square", "a green cross"), None, "on a black background")
+        ("a red circle", "a blue square", "a green cross"), None, "on a black background"
+    )
     assert parse_objects("A picture of a small pink triangle to the left of a cyan diamond on white.") == ObjectPrompt(
-        ("a small pink triangle", "a cyan diamond"), "left of", "on white")
+        ("a small pink triangle", "a cyan diamond"), "left of", "on white"
+    )
     assert parse_objects("a fish") == ObjectPrompt(("a fish",), None, "")
     assert parse_objects("a castle at dusk, highly detailed matte painting by a famous old master") is None
     assert parse_objects("a, b, c, d") is None
@@ -88,8 +90,9 @@ def test_region_scorer_prefers_the_stated_relation_and_count():
 
     scorer = RegionScorer(ColourCLIP())
     assert scorer.name == "colour+regions"
-    left = W.Scene((W.Obj("circle", "red", "medium", 0.25, 0.5), W.Obj("square", "blue", "medium", 0.75, 0.5)),
-                   "white", "left of")
+    left = W.Scene(
+        (W.Obj("circle", "red", "medium", 0.25, 0.5), W.Obj("square", "blue", "medium", 0.75, 0.5)), "white", "left of"
+    )
     right = W.Scene(tuple(W.Obj(o.shape, o.colour, o.size, 1 - o.cx, o.cy) for o in left.objects), "white", "right of")
     extra = W.Scene(left.objects + (W.Obj("cross", "green", "small", 0.5, 0.15),), "white", None)
     images = [W.render(s, 64) for s in (left, right, extra)]
@@ -140,8 +143,9 @@ def test_region_scorer_noun_term_asks_what_kind_each_object_is():
     phrase whose noun is not in the vocabulary adds nothing, and without a vocabulary nothing changes."""
     from bestshot.scoring.regions import RegionScorer, parse_objects
 
-    right = W.Scene((W.Obj("circle", "red", "medium", 0.25, 0.5), W.Obj("square", "blue", "medium", 0.75, 0.5)),
-                    "white", "left of")
+    right = W.Scene(
+        (W.Obj("circle", "red", "medium", 0.25, 0.5), W.Obj("square", "blue", "medium", 0.75, 0.5)), "white", "left of"
+    )
     wrong = W.Scene((W.Obj("triangle", "red", "medium", 0.25, 0.5),) + right.objects[1:], "white", "left of")
     images = [W.render(s, 64) for s in (right, wrong)]
     prompt = "a red circle left of a blue square on a white background"
@@ -164,6 +168,7 @@ def test_region_scorer_noun_term_asks_what_kind_each_object_is():
     (_, _, regs, logp), _ = nouns.read(images, fish, parse_objects(fish))
     assert torch.isnan(logp[:, 0]).all() and not torch.isnan(logp[:, 1]).any()
     assert nouns.score(images[:1], fish)[0] == pytest.approx(
-        plain.score(images[:1], fish)[0] + 0.05 * float(logp[1 - red0, 1]), abs=1e-5)
+        plain.score(images[:1], fish)[0] + 0.05 * float(logp[1 - red0, 1]), abs=1e-5
+    )
     # no vocabulary: read gives no log-probabilities and the score is the plain one
     assert plain.read(images, prompt, parse_objects(prompt))[0][3] is None

@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from bestshot.config import ImgCfg, PRESETS
-from bestshot.models.settings import config_from_yaml, preset_config, resolve_config
+from bestshot.config import PRESETS, ImgCfg
 from bestshot.errors import BestshotError
+from bestshot.models.settings import config_from_yaml, preset_config, resolve_config
 from bestshot.scoring import Scorer, clip_score_100, get_scorer
 
 
@@ -61,7 +61,11 @@ def test_missing_scorer_is_a_clear_error(tmp_path):
 
 
 def test_presets_match_design_document():
-    assert (preset_config("fast").width, preset_config("fast").n_images, preset_config("fast").refiner) == (768, 2, False)
+    assert (preset_config("fast").width, preset_config("fast").n_images, preset_config("fast").refiner) == (
+        768,
+        2,
+        False,
+    )
     q1 = preset_config("quality_1min")
     assert (q1.width, q1.height, q1.n_images, q1.refiner) == (1024, 1024, 4, True)
     qm = preset_config("quality_max")
@@ -98,17 +102,26 @@ def test_an_exported_world_folder_gets_the_embedded_preset(tmp_path):
         (folder / "model_index.json").write_text(json.dumps({"_class_name": cls}))
     (world / "bestshot_defaults.json").write_text(json.dumps({"num_inference_steps": 9, "height": 32, "width": 32}))
     cfg = resolve_config(None, model=str(world))
-    assert (cfg.preset, cfg.style_suffix, cfg.negative_prompt, cfg.steps_base, cfg.model) == ("embedded", "", "", 9, str(world))
+    assert (cfg.preset, cfg.style_suffix, cfg.negative_prompt, cfg.steps_base, cfg.model) == (
+        "embedded",
+        "",
+        "",
+        9,
+        str(world),
+    )
     cfg = resolve_config(None, model=str(other))
     assert cfg.preset == "custom" and cfg.style_suffix == ImgCfg().style_suffix
 
 
-@pytest.mark.parametrize("ref, family", [
-    ("stabilityai/stable-diffusion-xl-base-1.0", "sdxl"),
-    ("stabilityai/stable-diffusion-3.5-large", "sd3"),
-    ("stable-diffusion-v1-5/stable-diffusion-v1-5", "sd15"),
-    ("someone/some-model.v2", "generic"),
-])
+@pytest.mark.parametrize(
+    "ref, family",
+    [
+        ("stabilityai/stable-diffusion-xl-base-1.0", "sdxl"),
+        ("stabilityai/stable-diffusion-3.5-large", "sd3"),
+        ("stable-diffusion-v1-5/stable-diffusion-v1-5", "sd15"),
+        ("someone/some-model.v2", "generic"),
+    ],
+)
 def test_hub_ids_resolve_without_touching_the_network(ref, family):
     from bestshot.models.registry import resolve_model
 
@@ -128,8 +141,8 @@ def test_embedded_clip_scores_non_square_images_as_their_centre_crop():
     """Photos are rarely square: the embedded CLIP (32 px, trained on square images) centre-crops them."""
     from PIL import Image
 
-    from bestshot.scoring import get_scorer
     from bestshot import world as W
+    from bestshot.scoring import get_scorer
 
     scorer = get_scorer("embedded", device="cpu", half=False)
     square = W.render(W.heldout_scenes(1, n_objects=1)[0][0], 64)

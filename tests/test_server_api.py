@@ -9,7 +9,6 @@ import json
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -30,8 +29,14 @@ SMALL = {"steps": 2, "width": 32, "height": 32, "cfg_scale": 5.0}
 @pytest.fixture(scope="module")
 def env(tiny_sd15, tiny_clip, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    app = create_app(model=tiny_sd15, scorer=tiny_clip, out_dir=str(root / "images_out"),
-                     curate_dir=str(root / "outputs"), max_queue=4, interrogate_cache=str(root / "cache"))
+    app = create_app(
+        model=tiny_sd15,
+        scorer=tiny_clip,
+        out_dir=str(root / "images_out"),
+        curate_dir=str(root / "outputs"),
+        max_queue=4,
+        interrogate_cache=str(root / "cache"),
+    )
     with TestClient(app, base_url="http://localhost") as client:
         yield {"app": app, "client": client, "root": root, "model": tiny_sd15}
 
@@ -42,9 +47,18 @@ def _png(b64: str) -> Image.Image:
 
 def test_txt2img_shapes_seeds_and_png_info(env):
     c = env["client"]
-    body = {"prompt": "a red circle", "negative_prompt": "blurry", "seed": 7, "batch_size": 2, "sampler_name": "Euler a",
-            **SMALL, "alwayson_scripts": {}, "styles": [], "hr_checkpoint_name": None,  # unknown: ignored
-            "save_images": True}  # A1111's default is false (sent only)
+    body = {
+        "prompt": "a red circle",
+        "negative_prompt": "blurry",
+        "seed": 7,
+        "batch_size": 2,
+        "sampler_name": "Euler a",
+        **SMALL,
+        "alwayson_scripts": {},
+        "styles": [],
+        "hr_checkpoint_name": None,  # unknown: ignored
+        "save_images": True,
+    }  # A1111's default is false (sent only)
     r = c.post("/sdapi/v1/txt2img", json=body)
     assert r.status_code == 200, r.text
     data = r.json()
@@ -57,8 +71,15 @@ def test_txt2img_shapes_seeds_and_png_info(env):
         im = _png(b64)
         assert im.size == (32, 32)
         p = parse_parameters(im.info["parameters"])
-        assert (p["prompt"], p["negative_prompt"], p["Seed"], p["Steps"], p["CFG scale"], p["Size-1"], p["Size-2"]) == \
-            ("a red circle", "blurry", 7 + i, 2, 5.0, 32, 32)
+        assert (p["prompt"], p["negative_prompt"], p["Seed"], p["Steps"], p["CFG scale"], p["Size-1"], p["Size-2"]) == (
+            "a red circle",
+            "blurry",
+            7 + i,
+            2,
+            5.0,
+            32,
+            32,
+        )
         assert p["Sampler"] == "Euler a"
     images = info["bestshot"]["images"]
     assert [x["seed"] for x in images] == [7, 8]
@@ -83,16 +104,26 @@ def test_best_of_picks_one_per_image_with_a1111_seed_blocks(env):
     info = json.loads(r.json()["info"])
     assert r.status_code == 200 and len(r.json()["images"]) == 1 and info["bestshot"]["returned_images"] == 1
     assert info["bestshot"]["gate"]["failed_seeds"] == [1] and "failed the gate" in info["bestshot"]["gate"]["note"]
-    r = c.post("/sdapi/v1/txt2img", json={"prompt": "a blue square", "seed": 1, "clip_min": 0.999, "best_of": 2, **SMALL})
+    r = c.post(
+        "/sdapi/v1/txt2img", json={"prompt": "a blue square", "seed": 1, "clip_min": 0.999, "best_of": 2, **SMALL}
+    )
     gate = json.loads(r.json()["info"])["bestshot"]["gate"]
     assert len(r.json()["images"]) == 1 and gate["passed"] is False
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"steps": 0}, "steps"), ({"width": 100}, "width"), ({"sampler_name": "No Such Sampler"}, "sampler_name"),
-    ({"batch_size": 200}, "batch_size"), ({"scorer": "/etc"}, "scorer"), ({"seed": -5}, "seed"),
-    ({"cfg_scale": "lots"}, "cfg_scale"), ({"best_of": 64, "batch_size": 2}, "best_of"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"steps": 0}, "steps"),
+        ({"width": 100}, "width"),
+        ({"sampler_name": "No Such Sampler"}, "sampler_name"),
+        ({"batch_size": 200}, "batch_size"),
+        ({"scorer": "/etc"}, "scorer"),
+        ({"seed": -5}, "seed"),
+        ({"cfg_scale": "lots"}, "cfg_scale"),
+        ({"best_of": 64, "batch_size": 2}, "best_of"),
+    ],
+)
 def test_invalid_values_get_422_naming_the_field(env, body, field):
     r = env["client"].post("/sdapi/v1/txt2img", json={"prompt": "a red circle", **SMALL, **body})
     assert r.status_code == 422, r.text
@@ -103,15 +134,21 @@ def test_png_info_interrogate_and_extras(env):
     c = env["client"]
     img = c.post("/sdapi/v1/txt2img", json={"prompt": "a green cross", "seed": 3, **SMALL}).json()["images"][0]
     info = c.post("/sdapi/v1/png-info", json={"image": "data:image/png;base64," + img}).json()
-    assert info["parameters"]["Seed"] == "3" and info["parameters"]["Prompt"] == "a green cross" and info["info"].startswith("a green cross")
+    assert (
+        info["parameters"]["Seed"] == "3"
+        and info["parameters"]["Prompt"] == "a green cross"
+        and info["info"].startswith("a green cross")
+    )
     assert json.loads(info["items"]["bestshot"])["seed"] == 3
     cap = c.post("/sdapi/v1/interrogate", json={"image": img, "model": "clip"})
     assert cap.status_code == 200 and isinstance(cap.json()["caption"], str) and cap.json()["caption"]
     assert c.post("/sdapi/v1/interrogate", json={"image": img, "model": "deepdanbooru"}).status_code == 422
     up = c.post("/sdapi/v1/extra-single-image", json={"image": img, "upscaling_resize": 2, "upscaler_1": "Lanczos"})
     assert up.status_code == 200 and _png(up.json()["image"]).size == (64, 64)
-    up = c.post("/sdapi/v1/extra-single-image", json={"image": img, "resize_mode": 1, "upscaling_resize_w": 96,
-                                                      "upscaling_resize_h": 48, "upscaler_1": "None"})
+    up = c.post(
+        "/sdapi/v1/extra-single-image",
+        json={"image": img, "resize_mode": 1, "upscaling_resize_w": 96, "upscaling_resize_h": 48, "upscaler_1": "None"},
+    )
     assert up.status_code == 200 and _png(up.json()["image"]).size == (96, 48)
     assert c.post("/sdapi/v1/extra-single-image", json={"image": img, "upscaler_1": "Nope"}).status_code == 422
     assert c.post("/sdapi/v1/png-info", json={"image": "bm90IGFuIGltYWdl"}).status_code == 422
@@ -120,24 +157,54 @@ def test_png_info_interrogate_and_extras(env):
 def test_img2img_on_sd15(env):
     c = env["client"]
     init = c.post("/sdapi/v1/txt2img", json={"prompt": "a red circle", "seed": 1, **SMALL}).json()["images"][0]
-    r = c.post("/sdapi/v1/img2img", json={"prompt": "a blue circle", "init_images": [init], "seed": 4, "steps": 4,
-                                          "width": 32, "height": 32, "denoising_strength": 0.5, "best_of": 2})
+    r = c.post(
+        "/sdapi/v1/img2img",
+        json={
+            "prompt": "a blue circle",
+            "init_images": [init],
+            "seed": 4,
+            "steps": 4,
+            "width": 32,
+            "height": 32,
+            "denoising_strength": 0.5,
+            "best_of": 2,
+        },
+    )
     assert r.status_code == 200, r.text
     info = json.loads(r.json()["info"])
     p = parse_parameters(_png(r.json()["images"][0]).info["parameters"])
     assert p["Denoising strength"] == 0.5 and p["Seed"] in (4, 5) and p["prompt"] == "a blue circle"
     assert info["denoising_strength"] == 0.5
-    r = c.post("/sdapi/v1/img2img", json={"prompt": "x", "init_images": [init], "steps": 1, "denoising_strength": 0.2, **{
-        "width": 32, "height": 32}})
+    r = c.post(
+        "/sdapi/v1/img2img",
+        json={
+            "prompt": "x",
+            "init_images": [init],
+            "steps": 1,
+            "denoising_strength": 0.2,
+            **{"width": 32, "height": 32},
+        },
+    )
     assert r.status_code == 422 and "denoising_strength" in r.text
 
 
 def test_v1_generate_runs_and_pagination(env):
     c = env["client"]
     assert c.post("/sdapi/v1/txt2img", json={"prompt": "an older run", **SMALL}).status_code == 200
-    r = c.post("/v1/generate", json={"prompt": "a purple diamond", "n_images": 2, "steps_base": 2, "width": 32,
-                                     "height": 32, "clip_min": -1, "seed_base": 5, "save_candidates": True,
-                                     "exact_best": False})
+    r = c.post(
+        "/v1/generate",
+        json={
+            "prompt": "a purple diamond",
+            "n_images": 2,
+            "steps_base": 2,
+            "width": 32,
+            "height": 32,
+            "clip_min": -1,
+            "seed_base": 5,
+            "save_candidates": True,
+            "exact_best": False,
+        },
+    )
     assert r.status_code == 200, r.text
     res = r.json()
     assert res["ok"] and [x["seed"] for x in res["candidates"]] == [5, 6]
@@ -242,8 +309,11 @@ def test_client_disconnect_does_not_kill_the_job(env):
         host, port = url.rsplit("//", 1)[1].split(":")
         body = json.dumps({"prompt": "an orange triangle", "seed": 99, "save_images": True, **SMALL}).encode()
         s = socket.create_connection((host, int(port)))
-        s.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        s.sendall(
+            b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         time.sleep(0.2)
         s.close()  # gone before the answer
         deadline = time.time() + 30

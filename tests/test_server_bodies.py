@@ -36,8 +36,11 @@ def _b64(size=(8, 8), color="red") -> str:
 @pytest.fixture(scope="module")
 def c(tmp_path_factory):
     root = tmp_path_factory.mktemp("bodies")
-    settings = ServerSettings(out_dir=str(root / "images_out"), curate_dir=str(root / "outputs"),
-                              limits=Limits(max_body_mb=1, max_side=32, max_steps=4))
+    settings = ServerSettings(
+        out_dir=str(root / "images_out"),
+        curate_dir=str(root / "outputs"),
+        limits=Limits(max_body_mb=1, max_side=32, max_steps=4),
+    )
     with TestClient(create_app(settings), base_url=BASE) as client:
         yield client
 
@@ -92,7 +95,9 @@ def test_the_cap_stops_reading_at_the_limit_not_at_the_end():
         for i in range(n):
             yield {"type": "http.request", "body": b"x" * 1000, "more_body": i < n - 1}
 
-    limit = lambda app: bodies.BodyLimit(app, max_bytes=10_000)
+    def limit(app):
+        return bodies.BodyLimit(app, max_bytes=10_000)
+
     assert _drive(limit, stream(1000)) == (413, 11)  # refused on the 11th kB of a 1 MB body
     assert _drive(limit, stream(1000), declared=1_000_000) == (413, 0)  # Content-Length: not a byte read
     assert _drive(limit, stream(5)) == (200, 5)
@@ -162,7 +167,16 @@ def test_img2img_parameters_do_not_echo_the_images():
 
 @pytest.mark.slow  # loads the embedded model (the unit test above is the fast check)
 def test_img2img_route_answers_null_images_in_parameters(c):
-    r = c.post("/sdapi/v1/img2img", json={"prompt": "a red circle", "init_images": [_b64((32, 32))], "steps": 2,
-                                          "width": 32, "height": 32, "denoising_strength": 0.5})
+    r = c.post(
+        "/sdapi/v1/img2img",
+        json={
+            "prompt": "a red circle",
+            "init_images": [_b64((32, 32))],
+            "steps": 2,
+            "width": 32,
+            "height": 32,
+            "denoising_strength": 0.5,
+        },
+    )
     assert r.status_code == 200, r.text
     assert r.json()["parameters"]["init_images"] is None and r.json()["parameters"]["mask"] is None

@@ -29,11 +29,30 @@ def test_serve_command_runs_uvicorn(tiny_sd15, tiny_clip, tmp_path):
     from bestshot.server.background import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bestshot.cli", "serve", "--port", str(port), "--model", tiny_sd15,
-                             "--scorer", tiny_clip, "--out-dir", str(tmp_path / "o"), "--token", "tok"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bestshot.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--model",
+            tiny_sd15,
+            "--scorer",
+            tiny_clip,
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--token",
+            "tok",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/sdapi/v1/sd-models", headers={"Authorization": "Bearer tok"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/sdapi/v1/sd-models", headers={"Authorization": "Bearer tok"}
+        )
         for _ in range(600):
             try:
                 with urllib.request.urlopen(req, timeout=2) as r:
@@ -55,8 +74,11 @@ def test_serve_command_refuses_bad_options():
     from bestshot.cli import app
     from bestshot.errors import BestshotError
 
-    for args, msg in ((["--api-auth", "nopassword"], "--api-auth expects user:password"),
-                      (["--max-queue", "0"], "--max-queue must be >= 1"), (["--token", " "], "--token is empty")):
+    for args, msg in (
+        (["--api-auth", "nopassword"], "--api-auth expects user:password"),
+        (["--max-queue", "0"], "--max-queue must be >= 1"),
+        (["--token", " "], "--token is empty"),
+    ):
         res = CliRunner().invoke(app, ["serve", *args])
         assert isinstance(res.exception, BestshotError) and msg in str(res.exception), (args, res.output)
 
@@ -86,10 +108,19 @@ def test_image_routes_cannot_escape_the_output_folder(tmp_path):
     app = create_app(model="embedded", out_dir=str(out), curate_dir=str(tmp_path / "outputs"))
     with BackgroundServer(app) as url:
         assert _raw_get(url, "/v1/images/fine.png")[0] == 200
-        for path in ["/v1/images/../secret.png", "/v1/images/%2e%2e%2fsecret.png", "/v1/images/..%2fsecret.png",
-                     "/v1/images/%2e%2e/secret.png", f"/v1/images/{secret}", f"/v1/images/%2F{str(secret)[1:]}",
-                     "/v1/images/link.png", "/v1/images/index.sqlite", "/v1/images/..%5csecret.png",
-                     "/v1/curate/images/stage1/..%2f..%2fsecret.png", "/v1/curate/images/..%2fsecret.png/x.png"]:
+        for path in [
+            "/v1/images/../secret.png",
+            "/v1/images/%2e%2e%2fsecret.png",
+            "/v1/images/..%2fsecret.png",
+            "/v1/images/%2e%2e/secret.png",
+            f"/v1/images/{secret}",
+            f"/v1/images/%2F{str(secret)[1:]}",
+            "/v1/images/link.png",
+            "/v1/images/index.sqlite",
+            "/v1/images/..%5csecret.png",
+            "/v1/curate/images/stage1/..%2f..%2fsecret.png",
+            "/v1/curate/images/..%2fsecret.png/x.png",
+        ]:
             status, body = _raw_get(url, path)
             assert status in (400, 404, 422), (path, status)
             assert secret_bytes not in body
@@ -142,20 +173,33 @@ def test_upscale_kept_runs_the_curate_workflow(tiny_sd15, tmp_path):
     pytest.importorskip("bestshot.curate.workflow")
     import yaml
 
-    cfg = {"model": {"base": tiny_sd15, "scheduler": None},
-           "generation": {"base_width": 32, "base_height": 32, "stage2": {"enabled": False},
-                          "stage3": {"enabled": False, "scale": 2}},
-           "upscaler": {"backend": "lanczos"}, "lora": {"enabled": False}, "paths": {"outputs": "outputs"}}
+    cfg = {
+        "model": {"base": tiny_sd15, "scheduler": None},
+        "generation": {
+            "base_width": 32,
+            "base_height": 32,
+            "stage2": {"enabled": False},
+            "stage3": {"enabled": False, "scale": 2},
+        },
+        "upscaler": {"backend": "lanczos"},
+        "lora": {"enabled": False},
+        "paths": {"outputs": "outputs"},
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     root = tmp_path / "outputs"
     (root / "stage1").mkdir(parents=True)
     (root / "metadata").mkdir()
     for tag in ("20261123_101010", "20261123_101011"):
         Image.new("RGB", (32, 32), (200, 10, 10)).save(root / "stage1" / f"{tag}_stage1_32x32.png")
-        (root / "metadata" / f"{tag}.json").write_text(json.dumps({"tag": tag, "prompt": "a red circle", "seed": 5,
-                                                                   "negative": ""}))
-    app = create_app(model=tiny_sd15, out_dir=str(tmp_path / "o"), curate_config=str(tmp_path / "config.yaml"),
-                     curate_dir=str(tmp_path / "elsewhere"))
+        (root / "metadata" / f"{tag}.json").write_text(
+            json.dumps({"tag": tag, "prompt": "a red circle", "seed": 5, "negative": ""})
+        )
+    app = create_app(
+        model=tiny_sd15,
+        out_dir=str(tmp_path / "o"),
+        curate_config=str(tmp_path / "config.yaml"),
+        curate_dir=str(tmp_path / "elsewhere"),
+    )
     with TestClient(app, base_url="http://localhost") as c:
         listing = c.get("/v1/curate").json()
         assert listing["upscale_available"] and len(listing["stage1"]) == 2  # the config's outputs folder wins

@@ -67,12 +67,22 @@ def _send(c, method, path, body, headers, step, origin):
     if origin:
         headers = {**headers, "Origin": origin}
         if not ctype and (method not in ("GET", "HEAD") or set(headers) - {"Origin", "Accept"}):
-            pre = c.options(path, headers={"Origin": origin, "Access-Control-Request-Method": method,
-                                           "Access-Control-Request-Headers": "content-type,authorization"})
+            pre = c.options(
+                path,
+                headers={
+                    "Origin": origin,
+                    "Access-Control-Request-Method": method,
+                    "Access-Control-Request-Headers": "content-type,authorization",
+                },
+            )
             assert pre.status_code == 200 and pre.headers.get("access-control-allow-origin") == origin, (path, pre.text)
     if step.get("raw") or ctype:
-        r = c.request(method, path, content=json.dumps(body).encode(),
-                      headers={**headers, **({"Content-Type": ctype} if ctype else {})})
+        r = c.request(
+            method,
+            path,
+            content=json.dumps(body).encode(),
+            headers={**headers, **({"Content-Type": ctype} if ctype else {})},
+        )
     else:
         r = c.request(method, path, json=body, headers=headers)
     if origin:
@@ -103,11 +113,13 @@ def replay(c, fixture: dict, model: str) -> dict:
         if path == "/sdapi/v1/txt2img":
             body = {**body, **overrides}
         if step.get("background"):
+
             def gen(p=path, b=body, st=step):
                 r = _send(c, "POST", p, b, headers, st, origin)
                 if r.status_code == 200:
                     check_reads(r.json(), st.get("reads", []), p)
                 done["gen"] = r
+
             bg = threading.Thread(target=gen)
             bg.start()
             continue

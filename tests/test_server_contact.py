@@ -34,9 +34,14 @@ def _info(r) -> dict:
 
 
 def test_preflight_and_answers_carry_cors_for_a_local_browser_app(emb):
-    pre = emb.options("/sdapi/v1/txt2img", headers={"Origin": "http://localhost:3000",
-                                                    "Access-Control-Request-Method": "POST",
-                                                    "Access-Control-Request-Headers": "content-type,authorization"})
+    pre = emb.options(
+        "/sdapi/v1/txt2img",
+        headers={
+            "Origin": "http://localhost:3000",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,authorization",
+        },
+    )
     assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "http://localhost:3000"
     assert "POST" in pre.headers["access-control-allow-methods"]
     r = emb.get("/sdapi/v1/sd-models", headers={"Origin": "http://127.0.0.1:5173"})
@@ -44,22 +49,30 @@ def test_preflight_and_answers_carry_cors_for_a_local_browser_app(emb):
 
 
 def test_other_sites_are_not_allowed_by_default(emb):
-    pre = emb.options("/sdapi/v1/txt2img", headers={"Origin": "https://example.com",
-                                                    "Access-Control-Request-Method": "POST"})
+    pre = emb.options(
+        "/sdapi/v1/txt2img", headers={"Origin": "https://example.com", "Access-Control-Request-Method": "POST"}
+    )
     assert pre.status_code == 400 and "access-control-allow-origin" not in pre.headers
     r = emb.get("/sdapi/v1/sd-models", headers={"Origin": "https://example.com"})
     assert "access-control-allow-origin" not in r.headers
 
 
 def test_cors_flags_as_a1111_names_them(tmp_path):
-    app = create_app(ServerSettings(out_dir=str(tmp_path / "o"), cors_allow_origins="https://app.example, https://b.example",
-                                    cors_allow_origins_regex=r"https://.*\.tools\.example"))
+    app = create_app(
+        ServerSettings(
+            out_dir=str(tmp_path / "o"),
+            cors_allow_origins="https://app.example, https://b.example",
+            cors_allow_origins_regex=r"https://.*\.tools\.example",
+        )
+    )
     with TestClient(app, base_url="http://localhost") as c:
         for origin in ("https://app.example", "https://b.example", "https://x.tools.example"):
             r = c.get("/sdapi/v1/options", headers={"Origin": origin})
             assert r.headers.get("access-control-allow-origin") == origin, origin
-        assert "access-control-allow-origin" not in c.get("/sdapi/v1/options",
-                                                          headers={"Origin": "http://localhost:3000"}).headers
+        assert (
+            "access-control-allow-origin"
+            not in c.get("/sdapi/v1/options", headers={"Origin": "http://localhost:3000"}).headers
+        )
 
 
 def test_serve_passes_the_cors_flags_on(monkeypatch, tmp_path):
@@ -69,11 +82,23 @@ def test_serve_passes_the_cors_flags_on(monkeypatch, tmp_path):
 
     seen = {}
     monkeypatch.setattr(cli, "run_uvicorn", lambda application, host, port: seen.setdefault("app", application))
-    res = CliRunner().invoke(cli.app, ["--out-dir", str(tmp_path / "o"), "--cors-allow-origins", "https://app.example",
-                                       "--cors-allow-origins-regex", r"https://.*\.example"])
+    res = CliRunner().invoke(
+        cli.app,
+        [
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--cors-allow-origins",
+            "https://app.example",
+            "--cors-allow-origins-regex",
+            r"https://.*\.example",
+        ],
+    )
     assert res.exit_code == 0, res.output
     settings = seen["app"].state.settings
-    assert (settings.cors_allow_origins, settings.cors_allow_origins_regex) == ("https://app.example", r"https://.*\.example")
+    assert (settings.cors_allow_origins, settings.cors_allow_origins_regex) == (
+        "https://app.example",
+        r"https://.*\.example",
+    )
 
 
 def test_a_bad_cors_regex_is_one_clear_error(tmp_path):
@@ -100,8 +125,16 @@ def test_json_bodies_without_a_json_content_type(emb, ctype):
 # ------------------------------------------------------------------------------------------- sizes
 
 
-@pytest.mark.parametrize("size,expect", [((1024, 1024), (32, 32)), ((768, 512), (48, 32)), ((512, 768), (32, 48)),
-                                         ((1024, 576), (56, 32)), ((512, 512), (32, 32))])
+@pytest.mark.parametrize(
+    "size,expect",
+    [
+        ((1024, 1024), (32, 32)),
+        ((768, 512), (48, 32)),
+        ((512, 768), (32, 48)),
+        ((1024, 576), (56, 32)),
+        ((512, 512), (32, 32)),
+    ],
+)
 def test_sizes_the_embedded_model_cannot_draw_map_onto_its_native_grid(emb, size, expect):
     r = emb.post("/sdapi/v1/txt2img", json={**FAST, "width": size[0], "height": size[1]})
     info = _info(r)
@@ -114,8 +147,9 @@ def test_sizes_the_embedded_model_cannot_draw_map_onto_its_native_grid(emb, size
 def test_sizes_it_can_draw_are_kept_and_the_budget_still_guards(emb):
     info = _info(emb.post("/sdapi/v1/txt2img", json={**FAST, "width": 64, "height": 48}))
     assert (info["width"], info["height"]) == (64, 48) and "size" not in info["bestshot"]
-    r = emb.post("/sdapi/v1/txt2img", json={**FAST, "width": 1024, "height": 1024, "steps": 150, "batch_size": 16,
-                                            "best_of": 4})
+    r = emb.post(
+        "/sdapi/v1/txt2img", json={**FAST, "width": 1024, "height": 1024, "steps": 150, "batch_size": 16, "best_of": 4}
+    )
     assert r.status_code == 422 and "budget" in r.text
 
 
@@ -123,9 +157,23 @@ def test_sizes_it_can_draw_are_kept_and_the_budget_still_guards(emb):
 
 
 def test_nulls_mean_the_defaults_and_fractions_are_truncated(emb):
-    body = {**FAST, "batch_size": None, "n_iter": None, "denoising_strength": None, "enable_hr": True,
-            "hr_scale": 2, "hr_second_pass_steps": 2.5, "cfg_scale": None, "seed": None, "sampler_name": None,
-            "send_images": None, "restore_faces": None, "width": 16, "height": 16, "steps": 2.0}
+    body = {
+        **FAST,
+        "batch_size": None,
+        "n_iter": None,
+        "denoising_strength": None,
+        "enable_hr": True,
+        "hr_scale": 2,
+        "hr_second_pass_steps": 2.5,
+        "cfg_scale": None,
+        "seed": None,
+        "sampler_name": None,
+        "send_images": None,
+        "restore_faces": None,
+        "width": 16,
+        "height": 16,
+        "steps": 2.0,
+    }
     info = _info(emb.post("/sdapi/v1/txt2img", json=body))
     assert info["bestshot"]["hires"]["steps"] == 2 and info["bestshot"]["hires"]["denoising_strength"] == 0.7
     assert info["batch_size"] == 1 and info["width"] == 32
@@ -153,7 +201,9 @@ def test_an_empty_or_missing_prompt_draws_unconditioned(emb, prompt):
 
 def test_what_a1111_also_refuses_is_still_refused(emb):
     for body in ({**FAST, "steps": "many"}, {**FAST, "batch_size": 0}, {**FAST, "steps": float("inf")}):
-        r = emb.post("/sdapi/v1/txt2img", content=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        r = emb.post(
+            "/sdapi/v1/txt2img", content=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         assert r.status_code == 422, body
 
 
@@ -182,10 +232,17 @@ def test_sd_model_checkpoint_by_model_name_title_or_hash_suffix(tmp_path):
 # ------------------------------------------------------------------------------------ samplers
 
 
-@pytest.mark.parametrize("name,schedule,label", [("k_euler_a", None, "Euler a"), ("k_dpmpp_2m_ka", None, "DPM++ 2M Karras"),
-                                                 ("DPM++ 2M", "SGMUniform", "DPM++ 2M SGM Uniform"),
-                                                 ("DPM++ 2M SDE Heun", None, "DPM++ 2M SDE Heun"),
-                                                 ("DPM fast", None, "DPM fast"), ("plms", None, "PLMS")])
+@pytest.mark.parametrize(
+    "name,schedule,label",
+    [
+        ("k_euler_a", None, "Euler a"),
+        ("k_dpmpp_2m_ka", None, "DPM++ 2M Karras"),
+        ("DPM++ 2M", "SGMUniform", "DPM++ 2M SGM Uniform"),
+        ("DPM++ 2M SDE Heun", None, "DPM++ 2M SDE Heun"),
+        ("DPM fast", None, "DPM fast"),
+        ("plms", None, "PLMS"),
+    ],
+)
 def test_a1111_sampler_aliases_and_names(emb, name, schedule, label):
     body = {**FAST, "sampler_name": name, "steps": 4, **({"scheduler": schedule} if schedule else {})}
     assert _info(emb.post("/sdapi/v1/txt2img", json=body))["sampler_name"] == label
@@ -222,19 +279,38 @@ def test_save_images_unset_keeps_nothing_as_a1111(emb):
 
 
 def test_unimplemented_a1111_features_are_named_in_info(emb):
-    body = {**FAST, "subseed": 5, "subseed_strength": 0.3, "script_name": "x/y/z plot", "script_args": [1, 2],
-            "alwayson_scripts": {"controlnet": {"args": [{"enabled": True}]}}}
+    body = {
+        **FAST,
+        "subseed": 5,
+        "subseed_strength": 0.3,
+        "script_name": "x/y/z plot",
+        "script_args": [1, 2],
+        "alwayson_scripts": {"controlnet": {"args": [{"enabled": True}]}},
+    }
     r = emb.post("/sdapi/v1/txt2img", json=body)
     ignored = _info(r)["bestshot"]["ignored"]
-    assert {"subseed_strength", "script_name", "alwayson_scripts"} <= set(ignored) and "controlnet" in ignored["alwayson_scripts"]
+    assert {"subseed_strength", "script_name", "alwayson_scripts"} <= set(ignored) and "controlnet" in ignored[
+        "alwayson_scripts"
+    ]
     assert r.json()["parameters"]["subseed_strength"] == 0.3
-    assert "ignored" not in _info(emb.post("/sdapi/v1/txt2img", json={**FAST, "alwayson_scripts": {}, "subseed": 5}))["bestshot"]
+    assert (
+        "ignored"
+        not in _info(emb.post("/sdapi/v1/txt2img", json={**FAST, "alwayson_scripts": {}, "subseed": 5}))["bestshot"]
+    )
 
 
 def test_internal_routes_clients_read(emb):
     p = emb.post("/internal/progress", json={"id_task": "task(x1)", "id_live_preview": -1})
-    assert p.status_code == 200 and {"active", "queued", "completed", "progress", "eta", "live_preview",
-                                     "id_live_preview", "textinfo"} <= set(p.json())
+    assert p.status_code == 200 and {
+        "active",
+        "queued",
+        "completed",
+        "progress",
+        "eta",
+        "live_preview",
+        "id_live_preview",
+        "textinfo",
+    } <= set(p.json())
     assert p.json()["active"] is False
     assert "bestshot" in emb.get("/internal/sysinfo").json()["Version"]
     assert "version" in emb.get("/config").json()
@@ -275,7 +351,11 @@ def test_skip_skips_the_current_batch_and_finishes_the_rest(emb):
 def test_hires_without_save_images_leaves_no_file(tmp_path):
     app = create_app(out_dir=str(tmp_path / "o"))
     with TestClient(app, base_url="http://localhost") as c:
-        info = _info(c.post("/sdapi/v1/txt2img", json={**FAST, "enable_hr": True, "hr_scale": 2, "width": 16,
-                                                      "height": 16, "steps": 4}))
+        info = _info(
+            c.post(
+                "/sdapi/v1/txt2img",
+                json={**FAST, "enable_hr": True, "hr_scale": 2, "width": 16, "height": 16, "steps": 4},
+            )
+        )
     assert info["bestshot"]["saved"] is False and info["width"] == 32
     assert not list((tmp_path / "o").glob("*.png"))  # neither the first pass nor the hires pass

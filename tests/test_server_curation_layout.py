@@ -11,7 +11,6 @@ import pytest
 pytest.importorskip("fastapi")
 
 from fastapi.testclient import TestClient
-from test_curate_workflow import write_config
 
 from bestshot.curate.config import load_config
 from bestshot.curate.preferences import collect_stage1
@@ -20,6 +19,7 @@ from bestshot.errors import BestshotError
 from bestshot.scoring.taste import add_preference, latest_verdicts, read_preferences
 from bestshot.server import create_app
 from bestshot.server.curation import Curation
+from test_curate_workflow import write_config
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,8 @@ def test_gallery_reads_moves_and_records_the_stage1_layout(outputs, tmp_path):
         rows = read_preferences(root)
         assert [(r["image"], r["verdict"], r["prompt"], r["tag"]) for r in rows] == [
             (f"stage1/{names[t0]}", "keep", meta[t0]["prompt"], t0),
-            (f"stage1/{names[t1]}", "delete", meta[t1]["prompt"], t1)]
+            (f"stage1/{names[t1]}", "delete", meta[t1]["prompt"], t1),
+        ]
         assert c.post("/v1/curate/undo", json={"name": names[t1]}).status_code == 200
         assert (root / "metadata" / f"{t1}.json").is_file() and not (root / "trash" / f"{t1}.json").exists()
         assert read_preferences(root)[-1]["prompt"] == meta[t1]["prompt"]

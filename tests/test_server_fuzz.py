@@ -22,9 +22,17 @@ from bestshot.server.a1111 import Limits  # noqa: E402
 def fuzz_app(tiny_sd15, tiny_clip, tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     (root / "outputs" / "stage1").mkdir(parents=True)
-    return create_app(ServerSettings(model=tiny_sd15, scorer=tiny_clip, out_dir=str(root / "images_out"),
-                                     curate_dir=str(root / "outputs"), max_queue=64, allowed_hosts=("*",),
-                                     limits=Limits(max_steps=2, max_side=64, max_images=2, max_candidates=4)))
+    return create_app(
+        ServerSettings(
+            model=tiny_sd15,
+            scorer=tiny_clip,
+            out_dir=str(root / "images_out"),
+            curate_dir=str(root / "outputs"),
+            max_queue=64,
+            allowed_hosts=("*",),
+            limits=Limits(max_steps=2, max_side=64, max_images=2, max_candidates=4),
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,5 +49,6 @@ def test_no_server_errors(case):
     response = case.call()
     documented = str(response.status_code) in case.operation.definition.raw.get("responses", {})
     # a 5xx the schema documents (503: the curate package is not installed) is an answer, not a crash
-    assert response.status_code < 500 or documented, \
+    assert response.status_code < 500 or documented, (
         f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:300]}"
+    )

@@ -23,8 +23,16 @@ from PIL import Image, ImageStat  # noqa: E402
 from bestshot.server import create_app  # noqa: E402
 from bestshot.server.background import BackgroundServer  # noqa: E402
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 VIEW = {"width": 1000, "height": 700}
 
 
@@ -51,8 +59,19 @@ def test_gallery_runs_curation_and_screenshot(browser, tiny_sd15, tiny_clip, tmp
     _stage1(curate)
     app = create_app(model=tiny_sd15, scorer=tiny_clip, out_dir=str(tmp_path / "images_out"), curate_dir=str(curate))
     with TestClient(app, base_url="http://localhost") as c:
-        r = c.post("/v1/generate", json={"prompt": "a yellow star", "n_images": 3, "steps_base": 2, "width": 32,
-                                         "height": 32, "clip_min": -1, "save_candidates": True, "exact_best": False})
+        r = c.post(
+            "/v1/generate",
+            json={
+                "prompt": "a yellow star",
+                "n_images": 3,
+                "steps_base": 2,
+                "width": 32,
+                "height": 32,
+                "clip_min": -1,
+                "save_candidates": True,
+                "exact_best": False,
+            },
+        )
         assert r.status_code == 200, r.text
         run = r.json()
 
@@ -71,8 +90,10 @@ def test_gallery_runs_curation_and_screenshot(browser, tiny_sd15, tiny_clip, tmp
             assert page.locator("[data-testid=candidate]").count() == 3
             for cand in run["candidates"]:
                 assert f"seed {cand['seed']}" in text and f"{cand['clip']:.4f}" in text
-            page.wait_for_function("[...document.querySelectorAll('[data-testid=candidate] img')]"
-                                   ".every(i => i.complete && i.naturalWidth === 32)")
+            page.wait_for_function(
+                "[...document.querySelectorAll('[data-testid=candidate] img')]"
+                ".every(i => i.complete && i.naturalWidth === 32)"
+            )
 
             # stage 1: delete then undo, keep
             items = page.locator("[data-testid=stage1-item]")
@@ -94,8 +115,11 @@ def test_gallery_runs_curation_and_screenshot(browser, tiny_sd15, tiny_clip, tmp
             # every click was a preference row: delete, undo, keep, star
             rows = [json.loads(x) for x in (curate / "taste" / "preferences.jsonl").read_text().splitlines()]
             assert [(r["image"], r["verdict"]) for r in rows] == [
-                ("stage1/cand0.png", "delete"), ("stage1/cand0.png", "undo"), ("stage1/cand1.png", "keep"),
-                ("stage1/cand0.png", "star")]
+                ("stage1/cand0.png", "delete"),
+                ("stage1/cand0.png", "undo"),
+                ("stage1/cand1.png", "keep"),
+                ("stage1/cand0.png", "star"),
+            ]
 
             page.locator("[data-testid=upscale]").click()
             page.wait_for_function("document.getElementById('message').textContent.length > 0")
@@ -127,10 +151,19 @@ def test_gallery_with_bearer_token(browser, tmp_path):
     out.mkdir()
     Image.new("RGB", (16, 16), (0, 200, 0)).save(out / "r1_seed3_clip0.3000.png")
     app = create_app(model="embedded", out_dir=str(out), curate_dir=str(tmp_path / "outputs"), token="tok")
-    app.state.store.index.add({"run_id": "r1", "created": "2026-01-01T00:00:00+00:00", "ok": True,
-                               "sd_prompt": "a green square", "model": "embedded", "best_seed": 3, "best_clip": 0.3,
-                               "candidates": [{"seed": 3, "clip": 0.3, "path": str(out / "r1_seed3_clip0.3000.png")}],
-                               "img_path": str(out / "r1_seed3_clip0.3000.png")})
+    app.state.store.index.add(
+        {
+            "run_id": "r1",
+            "created": "2026-01-01T00:00:00+00:00",
+            "ok": True,
+            "sd_prompt": "a green square",
+            "model": "embedded",
+            "best_seed": 3,
+            "best_clip": 0.3,
+            "candidates": [{"seed": 3, "clip": 0.3, "path": str(out / "r1_seed3_clip0.3000.png")}],
+            "img_path": str(out / "r1_seed3_clip0.3000.png"),
+        }
+    )
     with BackgroundServer(app) as url:
         page = browser.new_page(viewport=VIEW)
         try:

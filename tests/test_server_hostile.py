@@ -24,8 +24,12 @@ BASE = "http://localhost"
 @pytest.fixture(scope="module")
 def c(tiny_sd15, tiny_clip, tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
-    settings = ServerSettings(model=tiny_sd15, scorer=tiny_clip, out_dir=str(root / "images_out"),
-                              limits=Limits(max_prompt_chars=1000, max_options=8, max_option_bytes=256))
+    settings = ServerSettings(
+        model=tiny_sd15,
+        scorer=tiny_clip,
+        out_dir=str(root / "images_out"),
+        limits=Limits(max_prompt_chars=1000, max_options=8, max_option_bytes=256),
+    )
     with TestClient(create_app(settings), base_url=BASE) as client:
         yield client
 
@@ -48,12 +52,15 @@ def test_non_finite_on_the_native_api_too(c):
     assert r.status_code == 422 and "guidance" in r.json()["errors"]
 
 
-@pytest.mark.parametrize("path,body", [
-    ("/sdapi/v1/txt2img", '{"prompt": "a \\ud800 b"}'),
-    ("/sdapi/v1/txt2img", '{"prompt": "a", "negative_prompt": "\\udfff"}'),
-    ("/v1/generate", '{"prompt": "\\ud800"}'),
-    ("/sdapi/v1/options", '{"some_key": "\\ud800"}'),
-])
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/sdapi/v1/txt2img", '{"prompt": "a \\ud800 b"}'),
+        ("/sdapi/v1/txt2img", '{"prompt": "a", "negative_prompt": "\\udfff"}'),
+        ("/v1/generate", '{"prompt": "\\ud800"}'),
+        ("/sdapi/v1/options", '{"some_key": "\\ud800"}'),
+    ],
+)
 def test_lone_surrogates_are_422(c, path, body):
     r = _raw(c, path, body)
     assert r.status_code == 422, r.text
@@ -67,12 +74,15 @@ def test_plms_with_two_steps_is_422(c):
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.parametrize("path,body", [
-    ("/sdapi/v1/txt2img", {"prompt": "x" * 1001}),
-    ("/sdapi/v1/txt2img", {"prompt": "a", "negative_prompt": "x" * 1001}),
-    ("/sdapi/v1/img2img", {"prompt": "x" * 1001, "init_images": ["AAAA"]}),
-    ("/v1/generate", {"prompt": "x" * 1001}),
-])
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/sdapi/v1/txt2img", {"prompt": "x" * 1001}),
+        ("/sdapi/v1/txt2img", {"prompt": "a", "negative_prompt": "x" * 1001}),
+        ("/sdapi/v1/img2img", {"prompt": "x" * 1001, "init_images": ["AAAA"]}),
+        ("/v1/generate", {"prompt": "x" * 1001}),
+    ],
+)
 def test_prompts_are_capped_on_every_route(c, path, body):
     r = c.post(path, json=body)
     assert r.status_code == 422, r.text
@@ -106,9 +116,9 @@ def test_non_ascii_token_matches_as_utf8_bytes(tiny_sd15, tmp_path):
     app = create_app(model=tiny_sd15, out_dir=str(tmp_path / "o"), token="pässwörd-ключ")
     with TestClient(app, base_url=BASE) as c:
         assert c.get("/sdapi/v1/progress").status_code == 401
-        ok = c.get("/sdapi/v1/progress", headers={"Authorization": "Bearer pässwörd-ключ".encode("utf-8")})
+        ok = c.get("/sdapi/v1/progress", headers={"Authorization": "Bearer pässwörd-ключ".encode()})
         assert ok.status_code == 200, ok.text
-        bad = c.get("/sdapi/v1/progress", headers={"Authorization": "Bearer pässwörd-ключx".encode("utf-8")})
+        bad = c.get("/sdapi/v1/progress", headers={"Authorization": "Bearer pässwörd-ключx".encode()})
         assert bad.status_code == 401 and set(bad.json()) >= {"error", "detail"}
 
 

@@ -43,9 +43,20 @@ ImageDraw.Draw(MASK).rectangle((8, 8, 23, 23), fill=255)
 @pytest.mark.parametrize("only_masked", [False, True])
 @pytest.mark.parametrize("fill", [0, 1, 2, 3])
 def test_mask_repaints_only_the_masked_part(c, only_masked, fill):
-    body = {"prompt": "a blue square", "init_images": [_b64(INIT)], "mask": _b64(MASK), "mask_blur": 0,
-            "inpainting_fill": fill, "inpaint_full_res": only_masked, "inpaint_full_res_padding": 4,
-            "denoising_strength": 1.0, "steps": 4, "width": 32, "height": 32, "seed": 3}
+    body = {
+        "prompt": "a blue square",
+        "init_images": [_b64(INIT)],
+        "mask": _b64(MASK),
+        "mask_blur": 0,
+        "inpainting_fill": fill,
+        "inpaint_full_res": only_masked,
+        "inpaint_full_res_padding": 4,
+        "denoising_strength": 1.0,
+        "steps": 4,
+        "width": 32,
+        "height": 32,
+        "seed": 3,
+    }
     r = c.post("/sdapi/v1/img2img", json=body)
     assert r.status_code == 200, r.text
     out = _img(r.json()["images"][0])
@@ -58,11 +69,19 @@ def test_mask_repaints_only_the_masked_part(c, only_masked, fill):
 
 
 def test_inverted_and_empty_masks(c):
-    body = {"prompt": "a blue square", "init_images": [_b64(INIT)], "mask": _b64(Image.new("L", (32, 32), 0)),
-            "steps": 4, "width": 32, "height": 32}
+    body = {
+        "prompt": "a blue square",
+        "init_images": [_b64(INIT)],
+        "mask": _b64(Image.new("L", (32, 32), 0)),
+        "steps": 4,
+        "width": 32,
+        "height": 32,
+    }
     r = c.post("/sdapi/v1/img2img", json=body)
     assert r.status_code == 422 and "mask" in r.text
-    r = c.post("/sdapi/v1/img2img", json={**body, "inpainting_mask_invert": 1, "mask_blur": 0, "denoising_strength": 1.0})
+    r = c.post(
+        "/sdapi/v1/img2img", json={**body, "inpainting_mask_invert": 1, "mask_blur": 0, "denoising_strength": 1.0}
+    )
     assert r.status_code == 200, r.text
 
 
@@ -77,8 +96,16 @@ def test_mask_helpers():
 def test_embedded_model_masked_sdedit(tmp_path):
     """The embedded pixel-space model has no diffusers img2img: its own pipeline does SDEdit, masked."""
     with TestClient(create_app(out_dir=str(tmp_path / "o")), base_url="http://localhost") as c:
-        body = {"prompt": "a blue square", "init_images": [_b64(INIT)], "mask": _b64(MASK), "mask_blur": 0,
-                "inpaint_full_res": False, "denoising_strength": 1.0, "steps": 8, "seed": 2}
+        body = {
+            "prompt": "a blue square",
+            "init_images": [_b64(INIT)],
+            "mask": _b64(MASK),
+            "mask_blur": 0,
+            "inpaint_full_res": False,
+            "denoising_strength": 1.0,
+            "steps": 8,
+            "seed": 2,
+        }
         r = c.post("/sdapi/v1/img2img", json=body)
         assert r.status_code == 200, r.text
         out = _img(r.json()["images"][0])
@@ -86,14 +113,32 @@ def test_embedded_model_masked_sdedit(tmp_path):
         outside = np.asarray(MASK) == 0
         assert np.abs(out[outside] - init[outside]).max() <= 2
         assert np.abs(out[~outside] - init[~outside]).mean() > 5
-        plain = c.post("/sdapi/v1/img2img", json={"prompt": "a blue square", "init_images": [_b64(INIT)],
-                                                  "denoising_strength": 0.5, "steps": 8, "seed": 2})
+        plain = c.post(
+            "/sdapi/v1/img2img",
+            json={
+                "prompt": "a blue square",
+                "init_images": [_b64(INIT)],
+                "denoising_strength": 0.5,
+                "steps": 8,
+                "seed": 2,
+            },
+        )
         assert plain.status_code == 200, plain.text  # unmasked SDEdit too
 
 
 def test_enable_hr_upscales_and_repaints(c):
-    body = {"prompt": "a red circle", "seed": 11, "steps": 4, "width": 32, "height": 32, "enable_hr": True,
-            "hr_scale": 2, "hr_upscaler": "Latent", "denoising_strength": 0.5, "batch_size": 2}
+    body = {
+        "prompt": "a red circle",
+        "seed": 11,
+        "steps": 4,
+        "width": 32,
+        "height": 32,
+        "enable_hr": True,
+        "hr_scale": 2,
+        "hr_upscaler": "Latent",
+        "denoising_strength": 0.5,
+        "batch_size": 2,
+    }
     r = c.post("/sdapi/v1/txt2img", json=body)
     assert r.status_code == 200, r.text
     ims = [Image.open(io.BytesIO(base64.b64decode(b))) for b in r.json()["images"]]
@@ -113,8 +158,10 @@ def test_enable_hr_upscales_and_repaints(c):
 
 def test_enable_hr_on_the_embedded_model(tmp_path):
     with TestClient(create_app(out_dir=str(tmp_path / "o")), base_url="http://localhost") as c:
-        r = c.post("/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 4, "enable_hr": True,
-                                              "denoising_strength": 0.5})
+        r = c.post(
+            "/sdapi/v1/txt2img",
+            json={"prompt": "a red circle", "steps": 4, "enable_hr": True, "denoising_strength": 0.5},
+        )
     assert r.status_code == 200, r.text
     info = json.loads(r.json()["info"])
     assert info["bestshot"]["hires"]["size"] == "64x64"

@@ -43,8 +43,13 @@ def srv(tiny_sd15, tiny_clip, tmp_path):
     out = tmp_path / "images_out"
     app = create_app(model=tiny_sd15, scorer=tiny_clip, out_dir=str(out), max_queue=4)
     with TestClient(app, base_url=BASE) as client:
-        yield SimpleNamespace(app=app, c=client, out=out, log=tmp_path / "images_log.jsonl",
-                              store=Store(root=out, log_path=tmp_path / "images_log.jsonl"))
+        yield SimpleNamespace(
+            app=app,
+            c=client,
+            out=out,
+            log=tmp_path / "images_log.jsonl",
+            store=Store(root=out, log_path=tmp_path / "images_log.jsonl"),
+        )
 
 
 def _start(c, body):
@@ -136,10 +141,12 @@ def _block_folder(monkeypatch, folder: Path, eno):
 
 
 @pytest.mark.parametrize("route, body", [("txt2img", SHORT), ("img2img", I2I)])
-@pytest.mark.parametrize("where, eno, needle", [("rename", errno.ENOSPC, "disk space"),
-                                                ("folder", errno.EROFS, "read-only")])
-def test_storage_failure_is_a_507_naming_the_folder_and_the_server_serves_again(srv, monkeypatch, route, body,
-                                                                                where, eno, needle):
+@pytest.mark.parametrize(
+    "where, eno, needle", [("rename", errno.ENOSPC, "disk space"), ("folder", errno.EROFS, "read-only")]
+)
+def test_storage_failure_is_a_507_naming_the_folder_and_the_server_serves_again(
+    srv, monkeypatch, route, body, where, eno, needle
+):
     if where == "rename":
         _fail_png_renames(monkeypatch, eno)
     else:
@@ -160,8 +167,14 @@ def test_storage_failure_is_a_507_naming_the_folder_and_the_server_serves_again(
 # ------------------------------------------------------------------------------ save_images: false
 
 
-@pytest.mark.parametrize("route, body", [("txt2img", dict(SHORT, n_iter=2)), ("img2img", I2I),
-                                         ("txt2img", dict(SHORT, enable_hr=True, hr_scale=1.5, steps=3))])
+@pytest.mark.parametrize(
+    "route, body",
+    [
+        ("txt2img", dict(SHORT, n_iter=2)),
+        ("img2img", I2I),
+        ("txt2img", dict(SHORT, enable_hr=True, hr_scale=1.5, steps=3)),
+    ],
+)
 def test_save_images_false_records_that_nothing_was_kept(srv, route, body):
     r = srv.c.post(f"/sdapi/v1/{route}", json=dict(body, save_images=False))
     assert r.status_code == 200, r.text

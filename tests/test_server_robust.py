@@ -71,10 +71,18 @@ def test_upscale_geometry_crops_the_source_before_scaling():
     box, target = upscale_geometry((1, 512), _req(upscaling_resize_w=2048, upscaling_resize_h=1), 2048)
     assert target == (2048, 1) and (box[2] - box[0], box[3] - box[1]) == (1, 1)
     # A1111's cover-and-centre-crop on an ordinary case
-    assert upscale_geometry((100, 50), _req(upscaling_resize_w=50, upscaling_resize_h=50), 2048) == ((25, 0, 75, 50), (50, 50))
-    assert upscale_geometry((50, 100), _req(upscaling_resize_w=100, upscaling_resize_h=50), 2048) == ((0, 37, 50, 62), (100, 50))
+    assert upscale_geometry((100, 50), _req(upscaling_resize_w=50, upscaling_resize_h=50), 2048) == (
+        (25, 0, 75, 50),
+        (50, 50),
+    )
+    assert upscale_geometry((50, 100), _req(upscaling_resize_w=100, upscaling_resize_h=50), 2048) == (
+        (0, 37, 50, 62),
+        (100, 50),
+    )
     # no crop: stretched to the size asked
-    assert upscale_geometry((1, 512), _req(upscaling_resize_w=64, upscaling_resize_h=8, upscaling_crop=False), 2048)[1] == (64, 8)
+    assert upscale_geometry((1, 512), _req(upscaling_resize_w=64, upscaling_resize_h=8, upscaling_crop=False), 2048)[
+        1
+    ] == (64, 8)
     with pytest.raises(Exception, match="larger than this server"):
         upscale_geometry((1, 2048), _req(resize_mode=0, upscaling_resize=8), 2048)
 
@@ -102,8 +110,13 @@ with TestClient(app, base_url="http://localhost") as c:
 @pytest.mark.parametrize("height", [512, 2048])
 def test_extra_single_image_thin_to_wide_peaks_below_2gb(tmp_path, height):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    p = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(tmp_path / "out"), str(height)], capture_output=True,
-                       text=True, env=env, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(tmp_path / "out"), str(height)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert res["status"] == 200 and res["size"] == [2048, 1]
@@ -114,7 +127,9 @@ def test_extra_single_image_thin_to_wide_peaks_below_2gb(tmp_path, height):
 
 
 def test_embedded_maps_a1111_default_size_to_native_and_says_so(emb):
-    r = emb.c.post("/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 2, "width": 512, "height": 512, "seed": 3})
+    r = emb.c.post(
+        "/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 2, "width": 512, "height": 512, "seed": 3}
+    )
     assert r.status_code == 200, r.text
     info = json.loads(r.json()["info"])
     assert (info["width"], info["height"]) == (32, 32) and _png(r.json()["images"][0]).size == (32, 32)
@@ -128,8 +143,10 @@ def test_quality_max_on_embedded_is_refused_naming_the_limit(emb):
 
 
 def test_cost_over_the_budget_is_422_naming_it(emb):
-    r = emb.c.post("/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 150, "width": 128, "height": 128,
-                                              "batch_size": 4, "best_of": 16})
+    r = emb.c.post(
+        "/sdapi/v1/txt2img",
+        json={"prompt": "a red circle", "steps": 150, "width": 128, "height": 128, "batch_size": 4, "best_of": 16},
+    )
     assert r.status_code == 422, r.text
     assert "budget" in r.text and "--max-cost" in r.text
     r = emb.c.post("/v1/generate", json={"prompt": "a", "n_images": 64, "steps_base": 150, "width": 128, "height": 128})
@@ -213,8 +230,9 @@ def test_delete_job_cancels_a_queued_job_and_stops_a_running_one(sd):
 
 
 def test_job_timeout_stops_the_job_and_says_so(tiny_sd15, tiny_clip, tmp_path):
-    settings = ServerSettings(model=tiny_sd15, scorer=tiny_clip, out_dir=str(tmp_path / "o"),
-                              limits=Limits(job_timeout=0.0))
+    settings = ServerSettings(
+        model=tiny_sd15, scorer=tiny_clip, out_dir=str(tmp_path / "o"), limits=Limits(job_timeout=0.0)
+    )
     with TestClient(create_app(settings), base_url=BASE) as c:
         r = c.post("/sdapi/v1/txt2img", json=dict(LONG, n_iter=3))
     assert r.status_code == 200, r.text
@@ -232,9 +250,24 @@ def test_sigterm_stops_the_server_within_10s(tmp_path):
 
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.Popen([sys.executable, "-m", "bestshot.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--out-dir", str(tmp_path / "images_out")], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bestshot.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--out-dir",
+            str(tmp_path / "images_out"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -249,8 +282,11 @@ def test_sigterm_stops_the_server_within_10s(tmp_path):
 
         def post(key):
             try:
-                out[key] = requests.post(url + "/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 150,
-                                      "n_iter": 16, "width": 32, "height": 32}, timeout=120)
+                out[key] = requests.post(
+                    url + "/sdapi/v1/txt2img",
+                    json={"prompt": "a red circle", "steps": 150, "n_iter": 16, "width": 32, "height": 32},
+                    timeout=120,
+                )
             except requests.RequestException as e:
                 out[key] = e
 

@@ -20,17 +20,39 @@ from bestshot.server.app import ServerSettings  # noqa: E402
 SMALL = {"steps": 2, "width": 32, "height": 32, "cfg_scale": 5.0}
 
 GET_ROUTES = {
-    "/sdapi/v1/schedulers": list, "/sdapi/v1/latent-upscale-modes": list, "/sdapi/v1/sd-vae": list,
-    "/sdapi/v1/sd-modules": list, "/sdapi/v1/loras": list, "/sdapi/v1/embeddings": dict, "/sdapi/v1/prompt-styles": list,
-    "/sdapi/v1/memory": dict, "/sdapi/v1/cmd-flags": dict, "/sdapi/v1/face-restorers": list,
-    "/sdapi/v1/hypernetworks": list, "/sdapi/v1/realesrgan-models": list, "/sdapi/v1/scripts": dict,
-    "/sdapi/v1/script-info": list, "/sdapi/v1/extensions": list, "/sdapi/v1/samplers": list, "/sdapi/v1/upscalers": list,
-    "/sdapi/v1/sd-models": list, "/sdapi/v1/options": dict, "/sdapi/v1/progress": dict,
+    "/sdapi/v1/schedulers": list,
+    "/sdapi/v1/latent-upscale-modes": list,
+    "/sdapi/v1/sd-vae": list,
+    "/sdapi/v1/sd-modules": list,
+    "/sdapi/v1/loras": list,
+    "/sdapi/v1/embeddings": dict,
+    "/sdapi/v1/prompt-styles": list,
+    "/sdapi/v1/memory": dict,
+    "/sdapi/v1/cmd-flags": dict,
+    "/sdapi/v1/face-restorers": list,
+    "/sdapi/v1/hypernetworks": list,
+    "/sdapi/v1/realesrgan-models": list,
+    "/sdapi/v1/scripts": dict,
+    "/sdapi/v1/script-info": list,
+    "/sdapi/v1/extensions": list,
+    "/sdapi/v1/samplers": list,
+    "/sdapi/v1/upscalers": list,
+    "/sdapi/v1/sd-models": list,
+    "/sdapi/v1/options": dict,
+    "/sdapi/v1/progress": dict,
 }
-POST_ROUTES = ["/sdapi/v1/refresh-loras", "/sdapi/v1/refresh-checkpoints", "/sdapi/v1/refresh-vae",
-               "/sdapi/v1/refresh-embeddings"]  # A1111 answers null
-EMPTY_POST_ROUTES = ["/sdapi/v1/unload-checkpoint", "/sdapi/v1/reload-checkpoint", "/sdapi/v1/interrupt",
-                     "/sdapi/v1/skip"]  # A1111 answers {}
+POST_ROUTES = [
+    "/sdapi/v1/refresh-loras",
+    "/sdapi/v1/refresh-checkpoints",
+    "/sdapi/v1/refresh-vae",
+    "/sdapi/v1/refresh-embeddings",
+]  # A1111 answers null
+EMPTY_POST_ROUTES = [
+    "/sdapi/v1/unload-checkpoint",
+    "/sdapi/v1/reload-checkpoint",
+    "/sdapi/v1/interrupt",
+    "/sdapi/v1/skip",
+]  # A1111 answers {}
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +89,18 @@ def test_error_bodies_have_a1111_shape(env):
 
 def test_png_info_in_a1111_format(env):
     c, _ = env
-    img = c.post("/sdapi/v1/txt2img", json={"prompt": "a green cross", "negative_prompt": "blur", "seed": 3,
-                                            "best_of": 1, "sampler_name": "DPM++ 2M", "scheduler": "Karras",
-                                            **SMALL}).json()["images"][0]
+    img = c.post(
+        "/sdapi/v1/txt2img",
+        json={
+            "prompt": "a green cross",
+            "negative_prompt": "blur",
+            "seed": 3,
+            "best_of": 1,
+            "sampler_name": "DPM++ 2M",
+            "scheduler": "Karras",
+            **SMALL,
+        },
+    ).json()["images"][0]
     p = c.post("/sdapi/v1/png-info", json={"image": img}).json()
     params = p["parameters"]
     assert params["Prompt"] == "a green cross" and params["Negative prompt"] == "blur"
@@ -83,8 +114,14 @@ def test_extra_batch_images(env):
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), "red").save(buf, format="PNG")
     b64 = base64.b64encode(buf.getvalue()).decode()
-    r = c.post("/sdapi/v1/extra-batch-images", json={"imageList": [{"data": b64, "name": "a"}, {"data": b64, "name": "b"}],
-                                                    "upscaling_resize": 2, "upscaler_1": "Lanczos"})
+    r = c.post(
+        "/sdapi/v1/extra-batch-images",
+        json={
+            "imageList": [{"data": b64, "name": "a"}, {"data": b64, "name": "b"}],
+            "upscaling_resize": 2,
+            "upscaler_1": "Lanczos",
+        },
+    )
     assert r.status_code == 200, r.text
     ims = [Image.open(io.BytesIO(base64.b64decode(x))) for x in r.json()["images"]]
     assert [im.size for im in ims] == [(16, 16), (16, 16)]
@@ -108,7 +145,9 @@ def test_best_of_reachable_from_serve_options_and_override(env):
     assert c.post("/sdapi/v1/options", json={"bestshot_best_of": 3}).status_code == 200
     info = json.loads(c.post("/sdapi/v1/txt2img", json=body).json()["info"])
     assert info["bestshot"]["best_of"] == 3 and len(info["bestshot"]["runs"][0]["candidates"]) == 3
-    info = json.loads(c.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"bestshot_best_of": 1}}).json()["info"])
+    info = json.loads(
+        c.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"bestshot_best_of": 1}}).json()["info"]
+    )
     assert info["bestshot"]["best_of"] == 1
     info = json.loads(c.post("/sdapi/v1/txt2img", json={**body, "best_of": 4}).json()["info"])
     assert info["bestshot"]["best_of"] == 4  # the request's own value wins

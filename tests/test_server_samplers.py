@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 
 import numpy as np
 import pytest
@@ -20,10 +19,38 @@ from bestshot.schedulers import SAMPLERS, SCHEDULE_TYPES, scheduler_spec  # noqa
 from bestshot.server import create_app  # noqa: E402
 from bestshot.store import parse_parameters  # noqa: E402
 
-A1111_SAMPLERS = ["Euler", "Euler a", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE", "DPM++ 3M SDE", "DPM++ 2S a", "DPM2",
-                  "DPM2 a", "Heun", "LMS", "DDIM", "PLMS", "UniPC", "LCM", "Restart"]
-A1111_TYPES = ["Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
-               "Align Your Steps", "Simple", "Normal", "DDIM", "Beta"]
+A1111_SAMPLERS = [
+    "Euler",
+    "Euler a",
+    "DPM++ 2M",
+    "DPM++ 2M SDE",
+    "DPM++ SDE",
+    "DPM++ 3M SDE",
+    "DPM++ 2S a",
+    "DPM2",
+    "DPM2 a",
+    "Heun",
+    "LMS",
+    "DDIM",
+    "PLMS",
+    "UniPC",
+    "LCM",
+    "Restart",
+]
+A1111_TYPES = [
+    "Automatic",
+    "Uniform",
+    "Karras",
+    "Exponential",
+    "Polyexponential",
+    "SGM Uniform",
+    "KL Optimal",
+    "Align Your Steps",
+    "Simple",
+    "Normal",
+    "DDIM",
+    "Beta",
+]
 
 
 def test_every_a1111_sampler_and_schedule_type_is_in_the_table():
@@ -63,8 +90,9 @@ def test_interleaved_requests_give_the_same_pixels(tiny_sd15, tiny_clip, tmp_pat
     body = {"prompt": "a red circle", "seed": 42, "steps": 4, "width": 32, "height": 32, "cfg_scale": 5.0}
     with TestClient(app, base_url="http://localhost") as c:
         alone, p_alone = _pixels(c.post("/sdapi/v1/txt2img", json={**body, "sampler_name": "UniPC"}))
-        karras, p_karras = _pixels(c.post("/sdapi/v1/txt2img", json={**body, "sampler_name": "DPM++ 2M",
-                                                                     "scheduler": "Karras"}))
+        karras, p_karras = _pixels(
+            c.post("/sdapi/v1/txt2img", json={**body, "sampler_name": "DPM++ 2M", "scheduler": "Karras"})
+        )
         after, p_after = _pixels(c.post("/sdapi/v1/txt2img", json={**body, "sampler_name": "UniPC"}))
         plain, _ = _pixels(c.post("/sdapi/v1/txt2img", json={**body, "sampler_name": "DPM++ 2M Karras"}))
         samplers = [s["name"] for s in c.get("/sdapi/v1/samplers").json()]

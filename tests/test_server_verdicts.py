@@ -23,8 +23,9 @@ def _stage1(root, n=3):
     (root / "metadata").mkdir()
     for i in range(n):
         Image.new("RGB", (16, 16), (40 * i, 0, 200)).save(root / "stage1" / f"img{i}.png")
-        (root / "metadata" / f"img{i}.json").write_text(json.dumps(
-            {"tag": f"t{i}", "prompt": f"prompt {i}", "stages": {"stage1": {"file": f"stage1/img{i}.png"}}}))
+        (root / "metadata" / f"img{i}.json").write_text(
+            json.dumps({"tag": f"t{i}", "prompt": f"prompt {i}", "stages": {"stage1": {"file": f"stage1/img{i}.png"}}})
+        )
 
 
 def _latest(root):
@@ -50,11 +51,14 @@ def test_keep_star_delete_undo_are_preference_rows(client):
     assert [(x["image"], x["verdict"], x["prompt"], x["tag"], x["source"]) for x in rows] == [
         ("stage1/img0.png", "keep", "prompt 0", "t0", "gallery"),
         ("stage1/img1.png", "star", "prompt 1", "t1", "gallery"),
-        ("stage1/img2.png", "delete", "prompt 2", "t2", "gallery")]  # its metadata is in trash/ by then
+        ("stage1/img2.png", "delete", "prompt 2", "t2", "gallery"),
+    ]  # its metadata is in trash/ by then
     items = {x["name"]: x for x in c.get("/v1/curate").json()["stage1"]}
     assert items["img1.png"]["starred"] and items["img1.png"]["kept"] and not items["img0.png"]["starred"]
-    assert json.loads((root / "curation.json").read_text()) == {"kept": ["img0.png", "img1.png"],
-                                                               "starred": ["img1.png"]}
+    assert json.loads((root / "curation.json").read_text()) == {
+        "kept": ["img0.png", "img1.png"],
+        "starred": ["img1.png"],
+    }
     # unstar keeps it kept; unkeep forgets the verdict; undo brings a deletion back and forgets it
     assert c.post("/v1/curate/star", json={"name": "img1.png", "star": False}).json()["kept"] is True
     assert c.post("/v1/curate/keep", json={"name": "img0.png", "keep": False}).status_code == 200
@@ -67,14 +71,17 @@ def test_keep_star_delete_undo_are_preference_rows(client):
     assert not {x["name"]: x for x in c.get("/v1/curate").json()["stage1"]}["img2.png"]["starred"]
 
 
-@pytest.mark.parametrize("body, status", [
-    ({"name": "nope.png"}, 404),
-    ({"name": "../img0.png"}, 422),
-    ({"name": "img0.txt"}, 422),
-    ({"name": "img0.png", "star": "maybe"}, 422),
-    ({"name": "img0.png", "extra": 1}, 422),
-    ({}, 422),
-])
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        ({"name": "nope.png"}, 404),
+        ({"name": "../img0.png"}, 422),
+        ({"name": "img0.txt"}, 422),
+        ({"name": "img0.png", "star": "maybe"}, 422),
+        ({"name": "img0.png", "extra": 1}, 422),
+        ({}, 422),
+    ],
+)
 def test_star_bad_input_is_a_clear_4xx(client, body, status):
     c, root = client
     r = c.post("/v1/curate/star", json=body)
@@ -105,7 +112,9 @@ def test_collect_reads_the_gallery_trash_and_embeds_trashed_images(client, tiny_
     (root / "taste" / "preferences.jsonl").unlink()  # as if the gallery had not logged: collect alone finds it
     added = {x["image"]: x["verdict"] for x in collect_stage1(root)}
     assert added == {"stage1/img0.png": "keep", "stage1/img1.png": "delete", "stage1/img2.png": "keep"}
-    code, out, err = run_cli(["taste", "collect", "--outputs", str(root), "--scorer", str(tiny_clip)], capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["taste", "collect", "--outputs", str(root), "--scorer", str(tiny_clip)], capsys, monkeypatch
+    )
     assert code == 0, err
     assert json.loads(out)["embedded"] == 3  # the trashed PNG too, under its stage-1 name
     assert "stage1/img1.png" in EmbeddingCache(root, str(tiny_clip)).vectors

@@ -3,23 +3,32 @@
 import pytest
 import torch
 
+from bestshot import world as W
 from bestshot.errors import BestshotError
 from bestshot.models.registry import EMBEDDED_DIR
 from bestshot.scoring import SpatialScorer, get_scorer
 from bestshot.scoring import spatial as S
-from bestshot import world as W
 
 
-@pytest.mark.parametrize("prompt, expected", [
-    ("a red circle to the left of a blue square on a white background", ("a red circle", "left of", "a blue square")),
-    ("a small red circle under a large blue square on gray", ("a small red circle", "below", "a large blue square")),
-    ("a picture of a cat above a dog, oil painting, 4k", ("a cat", "above", "a dog")),
-    ("A Tree right of a house", ("a tree", "right of", "a house")),
-    ("a red circle and a blue square", None),  # no relation
-    ("a cat left of a dog above a bird", None),  # two relations: ambiguous, left to the plain cosine
-    ("underwater city, unrelated", None),  # "under" only as a whole word
-    ("a red circle, a blue square and a cyan cross left of a pink diamond", None),  # three objects
-])
+@pytest.mark.parametrize(
+    "prompt, expected",
+    [
+        (
+            "a red circle to the left of a blue square on a white background",
+            ("a red circle", "left of", "a blue square"),
+        ),
+        (
+            "a small red circle under a large blue square on gray",
+            ("a small red circle", "below", "a large blue square"),
+        ),
+        ("a picture of a cat above a dog, oil painting, 4k", ("a cat", "above", "a dog")),
+        ("A Tree right of a house", ("a tree", "right of", "a house")),
+        ("a red circle and a blue square", None),  # no relation
+        ("a cat left of a dog above a bird", None),  # two relations: ambiguous, left to the plain cosine
+        ("underwater city, unrelated", None),  # "under" only as a whole word
+        ("a red circle, a blue square and a cyan cross left of a pink diamond", None),  # three objects
+    ],
+)
 def test_parse_relation(prompt, expected):
     rel = S.parse_relation(prompt)
     assert (rel if rel is None else (rel.a, rel.relation, rel.b)) == expected

@@ -33,8 +33,15 @@ def embedded_client(tmp_path_factory):
 
 @pytest.mark.parametrize("sampler", NOISE_SAMPLERS, ids=lambda s: s.key)
 def test_every_sampler_with_a_relation_prompt_over_http(embedded_client, sampler):
-    body = {"prompt": RELATION, "sampler_name": sampler.label, "steps": max(4, sampler.min_steps), "width": 32,
-            "height": 32, "seed": 3, "save_images": False}
+    body = {
+        "prompt": RELATION,
+        "sampler_name": sampler.label,
+        "steps": max(4, sampler.min_steps),
+        "width": 32,
+        "height": 32,
+        "seed": 3,
+        "save_images": False,
+    }
     r = embedded_client.post("/sdapi/v1/txt2img", json=body)
     assert r.status_code == 200, r.text
     info = json.loads(r.json()["info"])
@@ -51,13 +58,16 @@ def test_x0_weight_follows_each_schedulers_noise_level():
     cfg = pipe.scheduler.config
     acp = DDIMScheduler.from_config(cfg).alphas_cumprod
     # alpha space, integer timesteps, Karras sigmas included: sqrt(alpha_bar) of the returned sample's timestep
-    for sched in (DPMSolverMultistepScheduler.from_config(cfg), DPMSolverMultistepScheduler.from_config(cfg, use_karras_sigmas=True)):
+    for sched in (
+        DPMSolverMultistepScheduler.from_config(cfg),
+        DPMSolverMultistepScheduler.from_config(cfg, use_karras_sigmas=True),
+    ):
         pipe.scheduler = sched
         sched.set_timesteps(10)
         for k in range(1, 10):
             sched._step_index = k
             sigma = float(sched.sigmas[k])
-            expect = 1 / math.sqrt(1 + sigma ** 2)
+            expect = 1 / math.sqrt(1 + sigma**2)
             assert pipe._x0_weight(sched.timesteps[k - 1]) == pytest.approx(expect, rel=1e-6)
             if not sched.config.use_karras_sigmas:  # on the training grid: the table's alpha_bar itself
                 assert expect == pytest.approx(float(acp[int(sched.timesteps[k])]) ** 0.5, rel=1e-3)
@@ -76,8 +86,13 @@ def test_spatial_guidance_steers_sigma_space_samplers(key):
     pipe = load_pipeline(str(EMBEDDED_DIR), device="cpu", scheduler=key)
 
     def run(scale):
-        return pipe(RELATION, num_inference_steps=4, generator=torch.Generator().manual_seed(1), output_type="pt",
-                    spatial_guidance_scale=scale).images
+        return pipe(
+            RELATION,
+            num_inference_steps=4,
+            generator=torch.Generator().manual_seed(1),
+            output_type="pt",
+            spatial_guidance_scale=scale,
+        ).images
 
     free, steered = run(0.0), run(5.0)
     assert torch.isfinite(steered).all()
@@ -89,7 +104,10 @@ def test_cli_sigma_sampler_with_a_relation_prompt(key, tmp_path, capsys, monkeyp
     from helpers import run_cli
 
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(["generate", RELATION, "--scheduler", key, "--steps", "4", "-n", "1", "--clip-min", "-1",
-                              "--json"], capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["generate", RELATION, "--scheduler", key, "--steps", "4", "-n", "1", "--clip-min", "-1", "--json"],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     assert "Traceback" not in err and json.loads(out)["ok"]

@@ -6,7 +6,7 @@ import json
 import multiprocessing as mp
 import os
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,18 @@ from PIL import Image
 from bestshot import store as st
 from bestshot.errors import BestshotError
 from bestshot.store import (
-    RunIndex, Store, append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text,
-    candidate_filename, format_parameters, new_run_id, parse_parameters, read_jsonl, read_png_info,
+    RunIndex,
+    Store,
+    append_jsonl,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    candidate_filename,
+    format_parameters,
+    new_run_id,
+    parse_parameters,
+    read_jsonl,
+    read_png_info,
     save_png,
 )
 
@@ -47,7 +57,6 @@ def test_run_ids_unique_and_time_sorted():
         assert Path(candidate_filename(rid, 0, 0.0)).name.startswith(rid)
 
 
-
 def test_run_ids_strictly_increase_when_the_clock_stalls(monkeypatch):
     monkeypatch.setattr(st.time, "time_ns", lambda: 1_795_000_000_123_456_789)  # a frozen clock
     ids = [new_run_id() for _ in range(50)]
@@ -55,7 +64,7 @@ def test_run_ids_strictly_increase_when_the_clock_stalls(monkeypatch):
 
 
 def test_run_ids_from_explicit_times():
-    t0 = datetime(2026, 11, 23, 9, 45, 12, tzinfo=timezone.utc)
+    t0 = datetime(2026, 11, 23, 9, 45, 12, tzinfo=UTC)
     later = [new_run_id(t0 + timedelta(seconds=s)) for s in (0, 1, 59, 3600, 86400 * 40)]
     assert later == sorted(later)
     assert later[0].startswith("20261123-094512-")
@@ -70,16 +79,27 @@ def test_run_ids_from_explicit_times():
 
 
 def test_format_parameters_layout():
-    text = format_parameters("a cat", "", steps=30, sampler="Euler a", cfg_scale=7.5, seed=42,
-                             width=1024, height=1024, model="sdxl")
+    text = format_parameters(
+        "a cat", "", steps=30, sampler="Euler a", cfg_scale=7.5, seed=42, width=1024, height=1024, model="sdxl"
+    )
     assert text == "a cat\nSteps: 30, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 1024x1024, Model: sdxl"
-    text = format_parameters("a cat", "blurry", steps=2, sampler="DDIM", cfg_scale=7, seed=1, width=64,
-                             height=32, extra={"Scheduler": "karras", "Skipped": None})
-    assert text == ("a cat\nNegative prompt: blurry\n"
-                    "Steps: 2, Sampler: DDIM, CFG scale: 7.0, Seed: 1, Size: 64x32, Scheduler: karras")
+    text = format_parameters(
+        "a cat",
+        "blurry",
+        steps=2,
+        sampler="DDIM",
+        cfg_scale=7,
+        seed=1,
+        width=64,
+        height=32,
+        extra={"Scheduler": "karras", "Skipped": None},
+    )
+    assert text == (
+        "a cat\nNegative prompt: blurry\n"
+        "Steps: 2, Sampler: DDIM, CFG scale: 7.0, Seed: 1, Size: 64x32, Scheduler: karras"
+    )
     with pytest.raises(ValueError):
-        format_parameters("x", None, steps=1, sampler="s", cfg_scale=1, seed=1, width=8, height=8,
-                          extra={"bad:key": 1})
+        format_parameters("x", None, steps=1, sampler="s", cfg_scale=1, seed=1, width=8, height=8, extra={"bad:key": 1})
 
 
 @pytest.mark.parametrize(
@@ -92,11 +112,25 @@ def test_format_parameters_layout():
     ],
 )
 def test_parameters_round_trip(prompt, negative):
-    extra = {"Style": 'photo, "35mm"', "Refiner": "sdxl-refiner: 0.8", "Lines": "a\nb", "Clip skip": 2,
-             "Quoted": '"already"'}
-    text = format_parameters(prompt, negative, steps=25, sampler="DPM++ 2M Karras", cfg_scale=5.5,
-                             seed=2**32 + 5, width=832, height=1216,
-                             model="C:\\models\\sdxl, v1.safetensors", extra=extra)
+    extra = {
+        "Style": 'photo, "35mm"',
+        "Refiner": "sdxl-refiner: 0.8",
+        "Lines": "a\nb",
+        "Clip skip": 2,
+        "Quoted": '"already"',
+    }
+    text = format_parameters(
+        prompt,
+        negative,
+        steps=25,
+        sampler="DPM++ 2M Karras",
+        cfg_scale=5.5,
+        seed=2**32 + 5,
+        width=832,
+        height=1216,
+        model="C:\\models\\sdxl, v1.safetensors",
+        extra=extra,
+    )
     p = parse_parameters(text)
     assert p["prompt"] == prompt
     assert p["negative_prompt"] == (negative or "")
@@ -109,23 +143,38 @@ def test_parameters_round_trip(prompt, negative):
 
 
 def test_parse_hand_written_a1111_text():
-    text = ("a cat\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 123, "
-            "Size: 512x768, Model hash: abc, Model: v1-5")
+    text = (
+        "a cat\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 123, "
+        "Size: 512x768, Model hash: abc, Model: v1-5"
+    )
     p = parse_parameters(text)
-    assert p == {"prompt": "a cat", "negative_prompt": "blurry", "Steps": 20, "Sampler": "Euler a",
-                 "CFG scale": 7.0, "Seed": 123, "Size-1": 512, "Size-2": 768, "Model hash": "abc",
-                 "Model": "v1-5"}
+    assert p == {
+        "prompt": "a cat",
+        "negative_prompt": "blurry",
+        "Steps": 20,
+        "Sampler": "Euler a",
+        "CFG scale": 7.0,
+        "Seed": 123,
+        "Size-1": 512,
+        "Size-2": 768,
+        "Model hash": "abc",
+        "Model": "v1-5",
+    }
     # a multi-line negative prompt and a quoted value, as A1111 writes them
-    text = ('girl, blue eyes\nby Mucha\nNegative prompt: ugly,\nbad hands\n'
-            'Steps: 30, Sampler: DPM++ 2M, CFG scale: 4.5, Seed: 9, Size: 64x64, '
-            'Lora hashes: "add_detail: 7c6bad76eb54, x: 1"')
+    text = (
+        "girl, blue eyes\nby Mucha\nNegative prompt: ugly,\nbad hands\n"
+        "Steps: 30, Sampler: DPM++ 2M, CFG scale: 4.5, Seed: 9, Size: 64x64, "
+        'Lora hashes: "add_detail: 7c6bad76eb54, x: 1"'
+    )
     p = parse_parameters(text)
     assert p["prompt"] == "girl, blue eyes\nby Mucha"
     assert p["negative_prompt"] == "ugly,\nbad hands"
     assert p["Lora hashes"] == "add_detail: 7c6bad76eb54, x: 1"
     # no parameter line at all: everything is prompt
     assert parse_parameters("just a prompt, nothing else") == {
-        "prompt": "just a prompt, nothing else", "negative_prompt": ""}
+        "prompt": "just a prompt, nothing else",
+        "negative_prompt": "",
+    }
 
 
 # ---------------------------------------------------------------- PNG
@@ -140,8 +189,9 @@ def _image(mode: str = "RGB") -> Image.Image:
 @pytest.mark.parametrize("mode", ["RGB", "RGBA"])
 def test_save_png_chunks_and_pixels(tmp_path, mode):
     img = _image(mode)
-    params = format_parameters("a cat\non a mat", "blurry", steps=4, sampler="Euler", cfg_scale=7.5,
-                               seed=42, width=16, height=24, model="tiny")
+    params = format_parameters(
+        "a cat\non a mat", "blurry", steps=4, sampler="Euler", cfg_scale=7.5, seed=42, width=16, height=24, model="tiny"
+    )
     meta = {"run_id": "r1", "seed": 42, "clip": 0.3, "prompt": "a cat ✓"}
     out = save_png(tmp_path / "sub" / "x.png", img, params, meta)
     assert out == tmp_path / "sub" / "x.png"
@@ -157,8 +207,7 @@ def test_save_png_chunks_and_pixels(tmp_path, mode):
 
 
 def test_save_png_non_latin1_parameters_and_missing_chunks(tmp_path):
-    params = format_parameters("一只猫", None, steps=1, sampler="Euler", cfg_scale=1, seed=0, width=8,
-                               height=8)
+    params = format_parameters("一只猫", None, steps=1, sampler="Euler", cfg_scale=1, seed=0, width=8, height=8)
     out = save_png(tmp_path / "u.png", _image(), params)
     info = read_png_info(out)
     assert info["parameters"] == params and info["bestshot"] is None
@@ -301,12 +350,18 @@ def test_read_jsonl_skips_truncated_last_line_and_append_recovers(tmp_path):
 
 def test_run_index_add_list_get(tmp_path):
     idx = RunIndex(tmp_path / "db" / "index.sqlite")
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
     recs = []
     for k in range(5):
         rid = new_run_id(t0 + timedelta(minutes=k))
-        rec = {"run_id": rid, "created": (t0 + timedelta(minutes=k)).isoformat(), "prompt": f"p{k}",
-               "model": "tiny", "ok": k % 2 == 0, "img_path": f"images_out/{rid}.png"}
+        rec = {
+            "run_id": rid,
+            "created": (t0 + timedelta(minutes=k)).isoformat(),
+            "prompt": f"p{k}",
+            "model": "tiny",
+            "ok": k % 2 == 0,
+            "img_path": f"images_out/{rid}.png",
+        }
         recs.append(rec)
     for rec in (recs[2], recs[0], recs[4], recs[1], recs[3]):  # insertion order must not matter
         idx.add(rec)
@@ -327,8 +382,7 @@ def test_store_save_and_log(tmp_path):
     store = Store(root=tmp_path / "images_out", log_path=tmp_path / "images_log.jsonl")
     assert store.index_path == tmp_path / "images_out" / "index.sqlite"
     rid = new_run_id()
-    path = store.save_candidate(_image(), rid, 3, 0.28765, "a cat\nSteps: 1, Sampler: x, CFG scale: 1",
-                                {"run_id": rid})
+    path = store.save_candidate(_image(), rid, 3, 0.28765, "a cat\nSteps: 1, Sampler: x, CFG scale: 1", {"run_id": rid})
     assert path == tmp_path / "images_out" / f"{rid}_seed3_clip0.2877.png" == store.image_path(rid, 3, 0.28765)
     rec = {"run_id": rid, "ok": True, "prompt": "a cat", "img_path": str(path)}
     store.log_run(rec)
@@ -398,8 +452,12 @@ def test_keep_images_false_logs_no_path_and_leaves_only_temp_files(tmp_path):
 
     store = Store(root=tmp_path / "out", log_path=tmp_path / "log.jsonl", keep_images=False)
     target = store.image_path("20261207-000000-000000-abcdef", 3, 0.5)
-    record = {"run_id": "20261207-000000-000000-abcdef", "ok": True, "img_path": str(target),
-              "candidates": [{"seed": 3, "path": str(target)}]}
+    record = {
+        "run_id": "20261207-000000-000000-abcdef",
+        "ok": True,
+        "img_path": str(target),
+        "candidates": [{"seed": 3, "path": str(target)}],
+    }
     store.save_run([(target, Image.new("RGB", (4, 4)), "a cat", {"seed": 3})], record)
     logged = read_jsonl(store.log_path)[0]
     assert logged["img_path"] is None and logged["candidates"][0]["path"] is None and logged["saved"] is False
@@ -423,8 +481,17 @@ def test_safe_path(tmp_path):
     assert store.safe_path("a.png") == (root / "a.png").resolve()
     assert store.safe_path("sub/new.png") == (root / "sub" / "new.png").resolve()
     assert store.safe_path("inside.png") == (root / "a.png").resolve()
-    for bad in ("../secret.txt", "sub/../../secret.txt", str(tmp_path / "secret.txt"), "/etc/passwd",
-                "escape.png", "updir/secret.txt", "", ".", "a\x00.png"):
+    for bad in (
+        "../secret.txt",
+        "sub/../../secret.txt",
+        str(tmp_path / "secret.txt"),
+        "/etc/passwd",
+        "escape.png",
+        "updir/secret.txt",
+        "",
+        ".",
+        "a\x00.png",
+    ):
         with pytest.raises(BestshotError):
             store.safe_path(bad)
 

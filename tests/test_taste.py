@@ -4,16 +4,23 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from bestshot.curate.layout import Layout
+from bestshot.curate.preferences import collect_stage1
 from bestshot.errors import BestshotError
 from bestshot.scoring import get_scorer
 from bestshot.scoring.ensemble import DEFAULT_SCALE, MEASURED, EnsembleScorer, Scale, Term, parse_ensemble, scale_of
-from bestshot.curate.preferences import collect_stage1
-from bestshot.scoring.taste import (EmbeddingCache, TasteHead, TasteScorer, add_preference, dataset, latest_verdicts,
-                                    read_preferences, train_head)
+from bestshot.scoring.taste import (
+    EmbeddingCache,
+    TasteHead,
+    TasteScorer,
+    add_preference,
+    dataset,
+    latest_verdicts,
+    read_preferences,
+    train_head,
+)
 from helpers import run_cli
 
 
@@ -26,8 +33,14 @@ def _curation(root, n=4, size=32):
         p = lay.stage1(tag, size, size)
         colour = (255, 0, 0) if i % 2 else (0, 0, 255)
         Image.new("RGB", (size, size), colour).save(p)
-        lay.write_metadata(tag, {"tag": tag, "prompt": f"prompt {i // 2}",
-                                 "stages": {"stage1": {"file": f"stage1/{p.name}", "size": [size, size]}}})
+        lay.write_metadata(
+            tag,
+            {
+                "tag": tag,
+                "prompt": f"prompt {i // 2}",
+                "stages": {"stage1": {"file": f"stage1/{p.name}", "size": [size, size]}},
+            },
+        )
         tags.append((tag, p))
     return lay, tags
 
@@ -62,7 +75,9 @@ def test_collect_cli_and_missing_folder(tmp_path, capsys, monkeypatch):
     code, out, err = run_cli(["taste", "collect", "--workflow-dir", str(tmp_path), "--no-embed"], capsys, monkeypatch)
     assert code == 0, err
     assert json.loads(out)["added"] == {"keep": 3, "delete": 1, "star": 0}
-    code, out, err = run_cli(["taste", "collect", "--outputs", str(tmp_path / "nope"), "--no-embed"], capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["taste", "collect", "--outputs", str(tmp_path / "nope"), "--no-embed"], capsys, monkeypatch
+    )
     assert code == 2 and "does not exist" in err and "Traceback" not in err
 
 
@@ -138,16 +153,19 @@ def test_collect_embeds_train_cli_and_taste_scorer(tmp_path, tiny_clip, capsys, 
 
 
 # ------------------------------------------------------------------------------------------ ensembles
-@pytest.mark.parametrize("spec, terms", [
-    ("embedded", None),
-    ("embedded+regions", None),
-    ("embedded+spatial", None),
-    ("open_clip:ViT-B-32:laion2b_s34b_b79k", None),
-    ("clip+taste:0.5", [Term("clip", 1.0), Term("taste", 0.5)]),
-    ("embedded+regions:2+taste:-0.5", [Term("embedded+regions", 2.0), Term("taste", -0.5)]),
-    ("embedded+regions+taste@h.json:1e-1", [Term("embedded+regions", 1.0), Term("taste@h.json", 0.1)]),
-    ("pickscore:1", [Term("pickscore", 1.0)]),
-])
+@pytest.mark.parametrize(
+    "spec, terms",
+    [
+        ("embedded", None),
+        ("embedded+regions", None),
+        ("embedded+spatial", None),
+        ("open_clip:ViT-B-32:laion2b_s34b_b79k", None),
+        ("clip+taste:0.5", [Term("clip", 1.0), Term("taste", 0.5)]),
+        ("embedded+regions:2+taste:-0.5", [Term("embedded+regions", 2.0), Term("taste", -0.5)]),
+        ("embedded+regions+taste@h.json:1e-1", [Term("embedded+regions", 1.0), Term("taste@h.json", 0.1)]),
+        ("pickscore:1", [Term("pickscore", 1.0)]),
+    ],
+)
 def test_ensemble_grammar(spec, terms):
     assert parse_ensemble(spec) == terms
 
@@ -203,7 +221,9 @@ def test_taste_head_saves_its_logit_scale_and_an_old_head_falls_back(tmp_path):
     _synthetic(tmp_path)
     head = train_head(dataset(tmp_path, "fake"), embedder="fake", folds=0)
     z = dataset(tmp_path, "fake").x @ head.w + head.b
-    assert np.isclose(head.info["logit_mean"], z.mean(), atol=1e-5) and np.isclose(head.info["logit_std"], z.std(), atol=1e-5)
+    assert np.isclose(head.info["logit_mean"], z.mean(), atol=1e-5) and np.isclose(
+        head.info["logit_std"], z.std(), atol=1e-5
+    )
     back = TasteHead.load(head.save(tmp_path / "head.json"))
     sc = TasteScorer(back, embedder=None).scale
     assert sc.valid() and np.isclose(sc.std, head.info["logit_std"])
@@ -217,8 +237,8 @@ def test_taste_head_saves_its_logit_scale_and_an_old_head_falls_back(tmp_path):
 def test_ensemble_through_pipeline_scorer_reuses_the_pipelines_clip(tmp_path):
     from types import SimpleNamespace
 
-    from bestshot.scoring import pipeline_scorer, scorer_from_pipeline
     from bestshot.models.registry import EMBEDDED_DIR  # noqa: F401  (the embedded model ships with the package)
+    from bestshot.scoring import pipeline_scorer, scorer_from_pipeline
 
     head = TasteHead("logistic", "embedded", np.zeros(1, np.float32))
     s = get_scorer("embedded")

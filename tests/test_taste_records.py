@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run_cli
 from PIL import Image
 
 from bestshot.errors import BestshotError
@@ -17,6 +16,7 @@ from bestshot.scoring.taste import (
     dataset,
     train_head,
 )
+from helpers import run_cli
 
 
 def _one_error_line(code, out, err, *needles):
@@ -64,10 +64,18 @@ def _good(path):
         return z["images"], z["vectors"]
 
 
-@pytest.mark.parametrize("damage, needle", [
-    ("nan", "NaN"), ("garbage", "damaged"), ("truncated", "damaged"), ("length", "image names but"),
-    ("seven", "7-d"), ("folder", "folder"), ("strings", "not one row of numbers"),
-])
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        ("nan", "NaN"),
+        ("garbage", "damaged"),
+        ("truncated", "damaged"),
+        ("length", "image names but"),
+        ("seven", "7-d"),
+        ("folder", "folder"),
+        ("strings", "not one row of numbers"),
+    ],
+)
 def test_a_damaged_embedding_cache_is_one_line_and_the_good_head_stays(trained, capsys, monkeypatch, damage, needle):
     _out, cache, head, before, args = trained
     images, vectors = _good(cache)
@@ -93,19 +101,29 @@ def test_a_damaged_embedding_cache_is_one_line_and_the_good_head_stays(trained, 
     assert head.read_bytes() == before
 
 
-@pytest.mark.parametrize("content, needle", [
-    ({"w": [float("nan")] * 4}, "NaN"),
-    ({"w": [1e308] * 4}, "overflowing"),
-    ({"kind": "svm"}, "svm"),
-    ({"b": None}, "not a number"),
-    ({"w": "abc"}, "not a taste head"),
-    ({"dim": 5}, "dim 5"),
-    (None, "not a taste head"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ({"w": [float("nan")] * 4}, "NaN"),
+        ({"w": [1e308] * 4}, "overflowing"),
+        ({"kind": "svm"}, "svm"),
+        ({"b": None}, "not a number"),
+        ({"w": "abc"}, "not a taste head"),
+        ({"dim": 5}, "dim 5"),
+        (None, "not a taste head"),
+    ],
+)
 def test_an_invalid_head_is_refused_on_load(tmp_path, content, needle):
     path = tmp_path / "head.json"
-    good = {"format": "bestshot-taste-head", "version": 1, "kind": "logistic", "embedder": "embedded", "dim": 4,
-            "w": [0.1, 0.2, 0.3, 0.4], "b": 0.5}
+    good = {
+        "format": "bestshot-taste-head",
+        "version": 1,
+        "kind": "logistic",
+        "embedder": "embedded",
+        "dim": 4,
+        "w": [0.1, 0.2, 0.3, 0.4],
+        "b": 0.5,
+    }
     text = "[1, 2" if content is None else json.dumps({**good, **content})
     path.write_text(text)
     with pytest.raises(BestshotError, match=needle):
@@ -118,9 +136,11 @@ def test_an_invalid_head_is_never_written_over_a_good_one(tmp_path):
     path = tmp_path / "head.json"
     TasteHead("logistic", "embedded", np.ones(4, np.float32), 0.0).save(path)
     before = path.read_bytes()
-    for bad in (TasteHead("logistic", "embedded", np.full(4, np.nan, np.float32), 0.0),
-                TasteHead("logistic", "embedded", np.ones(4, np.float32), float("nan")),
-                TasteHead("svm", "embedded", np.ones(4, np.float32), 0.0)):
+    for bad in (
+        TasteHead("logistic", "embedded", np.full(4, np.nan, np.float32), 0.0),
+        TasteHead("logistic", "embedded", np.ones(4, np.float32), float("nan")),
+        TasteHead("svm", "embedded", np.ones(4, np.float32), 0.0),
+    ):
         with pytest.raises(BestshotError):
             bad.save(path)
         assert path.read_bytes() == before
@@ -144,13 +164,32 @@ def test_training_that_diverges_is_refused(tmp_path, monkeypatch):
 def test_a_nan_head_makes_generate_fail_with_one_line(tiny_sd15, tiny_clip, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     head = tmp_path / "head.json"
-    head.write_text(json.dumps({"kind": "logistic", "embedder": str(tiny_clip), "w": [float("nan")] * _dim(tiny_clip),
-                                "b": 0.0}))
-    code, out, err = run_cli(["generate", "a cat", "--model", tiny_sd15, "--scorer", f"taste@{head}", "-n", "2",
-                              "--steps", "1", "--size", "64x64"], capsys, monkeypatch)
+    head.write_text(
+        json.dumps({"kind": "logistic", "embedder": str(tiny_clip), "w": [float("nan")] * _dim(tiny_clip), "b": 0.0})
+    )
+    code, out, err = run_cli(
+        [
+            "generate",
+            "a cat",
+            "--model",
+            tiny_sd15,
+            "--scorer",
+            f"taste@{head}",
+            "-n",
+            "2",
+            "--steps",
+            "1",
+            "--size",
+            "64x64",
+        ],
+        capsys,
+        monkeypatch,
+    )
     _one_error_line(code, out, err, "NaN")
-    assert not (tmp_path / "images_log.jsonl").exists() or "low_clip_alignment" not in (
-        tmp_path / "images_log.jsonl").read_text()
+    assert (
+        not (tmp_path / "images_log.jsonl").exists()
+        or "low_clip_alignment" not in (tmp_path / "images_log.jsonl").read_text()
+    )
 
 
 def test_taste_files_that_are_folders(trained, capsys, monkeypatch):
@@ -177,8 +216,10 @@ def test_collect_skips_a_non_image_row_and_bad_metadata_in_one_warning_each(tmp_
     lay = Layout(tmp_path / "outputs").make()
     p = lay.stage1("20261207_120000", 32, 32)
     Image.new("RGB", (32, 32), (255, 0, 0)).save(p)
-    lay.write_metadata("20261207_120000", {"tag": "20261207_120000", "prompt": "red",
-                                           "stages": {"stage1": {"file": f"stage1/{p.name}"}}})
+    lay.write_metadata(
+        "20261207_120000",
+        {"tag": "20261207_120000", "prompt": "red", "stages": {"stage1": {"file": f"stage1/{p.name}"}}},
+    )
     (lay.root / "stage1" / "notes.png").write_text("not an image")
     add_preference(lay.root, "x", "stage1/notes.png", "keep", source="test")
     meta = lay.root / "metadata"
@@ -186,8 +227,9 @@ def test_collect_skips_a_non_image_row_and_bad_metadata_in_one_warning_each(tmp_
     (meta / "stages.json").write_text(json.dumps({"prompt": "p", "stages": ["stage1"]}))
     (meta / "file.json").write_text(json.dumps({"prompt": "p", "stages": {"stage1": {"file": 7}}}))
     (meta / "broken.json").write_text("{not json")
-    code, out, err = run_cli(["taste", "collect", "--outputs", str(lay.root), "--scorer", str(tiny_clip)],
-                             capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["taste", "collect", "--outputs", str(lay.root), "--scorer", str(tiny_clip)], capsys, monkeypatch
+    )
     assert code == 0, err
     assert "Traceback" not in err and json.loads(out)["embedded"] == 1
     warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]

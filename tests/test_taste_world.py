@@ -13,9 +13,30 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "taste_world.py"
 
 def test_taste_world_tiny_prints_the_table_and_the_head_avoids_dark_backgrounds(capsys):
     bench = runpy.run_path(str(BENCH), run_name="taste_world")
-    res = bench["main"](["--source", "render", "--heldout", "16", "--train-prompts", "10", "--per-train", "4",
-                         "--n", "4", "--ks", "0,40", "--dislike", "dark", "--weight", "1", "--repeats", "1",
-                         "--boot", "200"])
+    res = bench["main"](
+        [
+            "--source",
+            "render",
+            "--heldout",
+            "16",
+            "--train-prompts",
+            "10",
+            "--per-train",
+            "4",
+            "--n",
+            "4",
+            "--ks",
+            "0,40",
+            "--dislike",
+            "dark",
+            "--weight",
+            "1",
+            "--repeats",
+            "1",
+            "--boot",
+            "200",
+        ]
+    )
     out = capsys.readouterr().out
     assert "| method | disliked picks % [95 % CI] | oracle full match % [95 % CI]" in out
     assert "| CLIP alone |" in out and "| K = 0 |" in out and "| K = 40 |" in out and "16 held-out prompts" in out
@@ -35,12 +56,35 @@ def test_taste_through_the_cli_runs_the_users_commands(tmp_path, tiny_world):
     prompts (the ensemble's default gate is its clip term's)."""
     bench = runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "taste_cli.py"), run_name="taste_cli")
     lines: list[str] = []
-    res = bench["main"](["--model", tiny_world, "--embedder", f"{tiny_world}/clip", "--curate", "6", "--test", "3",
-                         "--val", "2", "--n", "2", "--draws", "1", "--weights", "0.5,2", "--train-args=--balanced",
-                         "--gen-args=--steps 2 --size 16x16",
-                         "--stage1-yaml", '{"model": {"steps": 2}, '
-                         '"generation": {"base_width": 16, "base_height": 16}}',
-                         "--work", str(tmp_path), "--user", "alternate"], say=lines.append)
+    res = bench["main"](
+        [
+            "--model",
+            tiny_world,
+            "--embedder",
+            f"{tiny_world}/clip",
+            "--curate",
+            "6",
+            "--test",
+            "3",
+            "--val",
+            "2",
+            "--n",
+            "2",
+            "--draws",
+            "1",
+            "--weights",
+            "0.5,2",
+            "--train-args=--balanced",
+            "--gen-args=--steps 2 --size 16x16",
+            "--stage1-yaml",
+            '{"model": {"steps": 2}, "generation": {"base_width": 16, "base_height": 16}}',
+            "--work",
+            str(tmp_path),
+            "--user",
+            "alternate",
+        ],
+        say=lines.append,
+    )
     (draw,) = res["draws"]
     cur = draw["curation"]
     assert (cur["kept"], cur["deleted"]) == (3, 3) and Path(cur["head"]).is_file()

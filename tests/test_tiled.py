@@ -5,13 +5,19 @@ import pytest
 from PIL import Image
 
 from bestshot.errors import BestshotError
-from bestshot.upscale.tiled import (TileBlender, blend_tiles, blend_weights, refine_tiled,
-                                    tile_grid)
+from bestshot.upscale.tiled import TileBlender, blend_tiles, blend_weights, refine_tiled, tile_grid
 
 # (width, height, tile, overlap): regular, not divisible by the stride, smaller than a tile,
 # one axis smaller than a tile, overlap 0, overlap more than half the tile.
-CASES = [(96, 64, 32, 8), (101, 77, 32, 8), (20, 13, 32, 8), (150, 20, 64, 16),
-         (70, 70, 32, 0), (90, 61, 40, 24), (33, 33, 32, 31)]
+CASES = [
+    (96, 64, 32, 8),
+    (101, 77, 32, 8),
+    (20, 13, 32, 8),
+    (150, 20, 64, 16),
+    (70, 70, 32, 0),
+    (90, 61, 40, 24),
+    (33, 33, 32, 31),
+]
 
 
 @pytest.mark.parametrize("width,height,tile,overlap", CASES)
@@ -60,8 +66,9 @@ def test_weights_ramp_only_in_the_overlap():
 @pytest.mark.parametrize("width,height,tile,overlap", CASES)
 def test_constant_image_stays_constant(width, height, tile, overlap, mode):
     value = np.array([0.37, 0.5, 0.91])
-    tiles = [(b, np.broadcast_to(value, (b[3] - b[1], b[2] - b[0], 3)))
-             for b in tile_grid(width, height, tile, overlap)]
+    tiles = [
+        (b, np.broadcast_to(value, (b[3] - b[1], b[2] - b[0], 3))) for b in tile_grid(width, height, tile, overlap)
+    ]
     out = blend_tiles(tiles, width, height, mode)
     assert out.shape == (height, width, 3)
     np.testing.assert_allclose(out, np.broadcast_to(value, out.shape), atol=1e-6)
@@ -94,8 +101,15 @@ def test_refine_tiled_identity_calls_fn_per_tile_and_saves_tiles(tmp_path):
         assert tile.size == (box[2] - box[0], box[3] - box[1])
         return tile
 
-    out = refine_tiled(image, identity, tile_size=32, overlap=8, progress=False,
-                       tiles_dir=tmp_path / "tiles", tile_name="tag_tile_{index:03d}.png")
+    out = refine_tiled(
+        image,
+        identity,
+        tile_size=32,
+        overlap=8,
+        progress=False,
+        tiles_dir=tmp_path / "tiles",
+        tile_name="tag_tile_{index:03d}.png",
+    )
     assert seen == tile_grid(70, 50, 32, 8)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(image))
     saved = sorted(p.name for p in (tmp_path / "tiles").iterdir())
@@ -104,8 +118,14 @@ def test_refine_tiled_identity_calls_fn_per_tile_and_saves_tiles(tmp_path):
 
 def test_refine_tiled_blends_refined_tiles_and_resizes_wrong_sized_output():
     image = Image.new("RGB", (60, 40), (10, 20, 30))
-    out = refine_tiled(image, lambda tile, box: Image.new("RGB", (16, 16), (200, 100, 50)),
-                       tile_size=32, overlap=8, mode="linear", progress=False)
+    out = refine_tiled(
+        image,
+        lambda tile, box: Image.new("RGB", (16, 16), (200, 100, 50)),
+        tile_size=32,
+        overlap=8,
+        mode="linear",
+        progress=False,
+    )
     assert out.size == (60, 40)
     assert set(map(tuple, np.asarray(out).reshape(-1, 3))) == {(200, 100, 50)}
 

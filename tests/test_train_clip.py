@@ -8,13 +8,32 @@ import pytest
 import torch
 from transformers import CLIPModel, CLIPTokenizer
 
-from bestshot.errors import BestshotError
 from bestshot import world as W
-from bestshot.train.clip_train import (ClipTrainConfig, TokenizingCollate, WorldHardNegatives, _collate, build_clip,
-                                       clip_loss, hard_negative_captions, learning_rate, train_clip)
+from bestshot.errors import BestshotError
+from bestshot.train.clip_train import (
+    ClipTrainConfig,
+    TokenizingCollate,
+    WorldHardNegatives,
+    _collate,
+    build_clip,
+    clip_loss,
+    hard_negative_captions,
+    learning_rate,
+    train_clip,
+)
 
-TINY = dict(img_size=16, patch_size=4, vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32,
-            text_layers=1, text_heads=2, projection_dim=16, max_length=32)
+TINY = dict(
+    img_size=16,
+    patch_size=4,
+    vision_hidden=32,
+    vision_layers=1,
+    vision_heads=2,
+    text_hidden=32,
+    text_layers=1,
+    text_heads=2,
+    projection_dim=16,
+    max_length=32,
+)
 
 
 def test_hard_negatives_are_one_edit_away_and_never_the_positive():
@@ -26,7 +45,9 @@ def test_hard_negatives_are_one_edit_away_and_never_the_positive():
         again.setstate(state)
         assert pos == W.caption(scene, again)  # the positive is the dataset's own caption
         assert len(negs) == 3 and pos not in negs and len(set(negs)) == 3
-    scene = W.Scene((W.Obj("circle", "red", "small", 0.3, 0.2), W.Obj("square", "blue", "small", 0.3, 0.7)), "white", "above")
+    scene = W.Scene(
+        (W.Obj("circle", "red", "small", 0.3, 0.2), W.Obj("square", "blue", "small", 0.3, 0.7)), "white", "above"
+    )
     negs = hard_negative_captions(scene, random.Random(0), 8)[1]
     flipped = [n for n in negs if ("below" in n or "under" in n or "beneath" in n) and "red circle" in n]
     swapped = [n for n in negs if "blue circle" in n and "red square" in n]
@@ -42,12 +63,15 @@ def test_shape_negatives_add_distinct_shape_edits():
 
 
 def test_every_object_gets_its_shape_edits():
-    scene = W.Scene((W.Obj("circle", "red", "small", 0.3, 0.5), W.Obj("square", "blue", "small", 0.7, 0.5)),
-                    "white", "left of")
+    scene = W.Scene(
+        (W.Obj("circle", "red", "small", 0.3, 0.5), W.Obj("square", "blue", "small", 0.7, 0.5)), "white", "left of"
+    )
     negs = hard_negative_captions(scene, random.Random(0), 14, n_shape=4, every_object=True)[1]
     red = {s for n in negs for s in W.SHAPES if f"red {s}" in n and "blue square" in n}
     blue = {s for n in negs for s in W.SHAPES if f"blue {s}" in n and "red circle" in n}
-    assert red >= {"square", "triangle", "diamond", "cross"} and blue >= {"circle", "triangle", "diamond", "cross"}, negs
+    assert red >= {"square", "triangle", "diamond", "cross"} and blue >= {"circle", "triangle", "diamond", "cross"}, (
+        negs
+    )
     # off (the default): one object's shape is edited, as the shipped stages were trained
     negs = hard_negative_captions(scene, random.Random(0), 14, n_shape=4)[1]
     red = {s for n in negs for s in W.SHAPES if f"red {s}" in n and "blue square" in n} - {"circle"}
@@ -98,11 +122,21 @@ def test_train_clip_writes_a_loadable_folder_with_metrics(tmp_path):
     proc = json.loads((d / "preprocessor_config.json").read_text())
     assert proc["do_center_crop"] is True and proc["size"]["shortest_edge"] == 16
     # continue with the text tower frozen: text weights unchanged, vision weights changed
-    cfg2 = ClipTrainConfig(**TINY, batch_size=8, steps=2, hard_negatives=2, eval_size=16, init_from=str(d),
-                           freeze_text=True, out_dir=str(tmp_path / "c2"))
+    cfg2 = ClipTrainConfig(
+        **TINY,
+        batch_size=8,
+        steps=2,
+        hard_negatives=2,
+        eval_size=16,
+        init_from=str(d),
+        freeze_text=True,
+        out_dir=str(tmp_path / "c2"),
+    )
     train_clip(cfg2)
     clip2 = CLIPModel.from_pretrained(tmp_path / "c2")
-    assert torch.equal(clip.text_model.embeddings.token_embedding.weight, clip2.text_model.embeddings.token_embedding.weight)
+    assert torch.equal(
+        clip.text_model.embeddings.token_embedding.weight, clip2.text_model.embeddings.token_embedding.weight
+    )
     assert torch.equal(clip.text_projection.weight, clip2.text_projection.weight)
     assert not torch.equal(clip.visual_projection.weight, clip2.visual_projection.weight)
 
@@ -139,9 +173,16 @@ def test_init_text_from_joins_a_new_image_tower_to_a_trained_text_tower(tmp_path
     train_clip(ClipTrainConfig(**TINY, batch_size=8, steps=1, hard_negatives=2, eval_size=8, out_dir=str(d)))
     src = CLIPModel.from_pretrained(d)
     # a finer patch grid and a deeper, wider image tower; the text side is the trained one, frozen
-    cfg = ClipTrainConfig(**{**TINY, "patch_size": 2, "vision_hidden": 48, "vision_layers": 2, "vision_heads": 4},
-                          batch_size=8, steps=2, hard_negatives=2, eval_size=8, init_text_from=str(d), freeze_text=True,
-                          out_dir=str(tmp_path / "big"))
+    cfg = ClipTrainConfig(
+        **{**TINY, "patch_size": 2, "vision_hidden": 48, "vision_layers": 2, "vision_heads": 4},
+        batch_size=8,
+        steps=2,
+        hard_negatives=2,
+        eval_size=8,
+        init_text_from=str(d),
+        freeze_text=True,
+        out_dir=str(tmp_path / "big"),
+    )
     train_clip(cfg)
     big = CLIPModel.from_pretrained(tmp_path / "big")
     v = big.config.vision_config

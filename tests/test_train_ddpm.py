@@ -9,9 +9,18 @@ from PIL import Image
 from bestshot.errors import BestshotError
 from bestshot.models.loader import dtype_kwargs
 from bestshot.train.clip_train import ClipTrainConfig, save_clip_folder
-from tiny_models import build_train_clip
 from bestshot.train.common import load_config
-from bestshot.train.ddpm import DDPMConfig, build_unet, encode_text, export, load_checkpoint, load_clip, noise_scheduler, train
+from bestshot.train.ddpm import (
+    DDPMConfig,
+    build_unet,
+    encode_text,
+    export,
+    load_checkpoint,
+    load_clip,
+    noise_scheduler,
+    train,
+)
+from tiny_models import build_train_clip
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +44,20 @@ def _kill_in_step(monkeypatch, n: int) -> None:
 
 
 def cfg_for(clip_dir, out, **kw) -> DDPMConfig:
-    base = dict(clip=str(clip_dir), img_size=16, block_out_channels=(32, 32), attention_levels=(False, True),
-                batch_size=4, steps=6, ckpt_every=3, out_dir=str(out), dataset_length=64, warmup_steps=1, lr=1e-3,
-                log_every=100)
+    base = dict(
+        clip=str(clip_dir),
+        img_size=16,
+        block_out_channels=(32, 32),
+        attention_levels=(False, True),
+        batch_size=4,
+        steps=6,
+        ckpt_every=3,
+        out_dir=str(out),
+        dataset_length=64,
+        warmup_steps=1,
+        lr=1e-3,
+        log_every=100,
+    )
     base.update(kw)
     return DDPMConfig(**base)
 
@@ -56,7 +76,9 @@ def fixed_loss(cfg: DDPMConfig, state: dict) -> float:
     t = torch.tensor([50, 200, 400, 700])
     noise = torch.randn(x0.shape, generator=g)
     with torch.no_grad():
-        pred = unet(noise_scheduler(cfg).add_noise(x0, noise, t), t, encoder_hidden_states=hidden, class_labels=pooled).sample
+        pred = unet(
+            noise_scheduler(cfg).add_noise(x0, noise, t), t, encoder_hidden_states=hidden, class_labels=pooled
+        ).sample
     return (pred - noise).pow(2).mean().item()
 
 
@@ -131,8 +153,9 @@ def test_export_and_sample_grid_and_gif(clip_dir, tmp_path):
 def test_v_prediction_learns_and_exports_its_objective(clip_dir, tmp_path):
     from bestshot.train.ddpm import pipeline_from_checkpoint
 
-    cfg = cfg_for(clip_dir, tmp_path / "v", dataset_length=4, steps=25, ckpt_every=25, lr=2e-3,
-                  prediction_type="v_prediction")
+    cfg = cfg_for(
+        clip_dir, tmp_path / "v", dataset_length=4, steps=25, ckpt_every=25, lr=2e-3, prediction_type="v_prediction"
+    )
     summary = train(cfg)
     losses = [v for _, v in load_checkpoint(tmp_path / "v")["losses"]]
     assert summary["step"] == 25 and sum(losses[-5:]) < 0.8 * sum(losses[:5])
@@ -146,8 +169,18 @@ def test_init_from_starts_a_new_run_from_another_runs_ema(clip_dir, tmp_path):
     train(cfg_for(clip_dir, tmp_path / "a", steps=3, ckpt_every=3))
     src = load_checkpoint(tmp_path / "a")["ema"]["shadow"]
     # steps=0 would not run; one step at lr 0 leaves the weights where init_from put them
-    train(cfg_for(clip_dir, tmp_path / "b", steps=1, ckpt_every=1, lr=0.0, warmup_steps=0,
-                  prediction_type="v_prediction", init_from=str(tmp_path / "a")))
+    train(
+        cfg_for(
+            clip_dir,
+            tmp_path / "b",
+            steps=1,
+            ckpt_every=1,
+            lr=0.0,
+            warmup_steps=0,
+            prediction_type="v_prediction",
+            init_from=str(tmp_path / "a"),
+        )
+    )
     got = load_checkpoint(tmp_path / "b")["model"]
     for k in src:
         torch.testing.assert_close(got[k].float(), src[k], atol=1e-6, rtol=0)
@@ -157,8 +190,11 @@ def test_init_from_starts_a_new_run_from_another_runs_ema(clip_dir, tmp_path):
         cfg_for(clip_dir, tmp_path / "d", init_from=str(tmp_path / "nope")).validate()
     # an exported pipeline folder (its unet/, stored in fp16) starts a run too: fine-tuning a shipped model
     export(tmp_path / "a", tmp_path / "model")
-    train(cfg_for(clip_dir, tmp_path / "e", steps=1, ckpt_every=1, lr=0.0, warmup_steps=0,
-                  init_from=str(tmp_path / "model")))
+    train(
+        cfg_for(
+            clip_dir, tmp_path / "e", steps=1, ckpt_every=1, lr=0.0, warmup_steps=0, init_from=str(tmp_path / "model")
+        )
+    )
     got = load_checkpoint(tmp_path / "e")["model"]
     for k in src:
         torch.testing.assert_close(got[k].float(), src[k].half().float(), atol=1e-6, rtol=0)
@@ -247,18 +283,26 @@ def test_reexport_an_exported_folder_with_a_new_image_side(clip_dir, tmp_path):
         export(first, tmp_path / "bad", spatial_guidance_end=0.0)
     every = export(kept, tmp_path / "every", spatial_guidance_every=2)
     index = json.loads((every / "model_index.json").read_text())
-    assert (index["spatial_guidance_scale"], index["spatial_guidance_end"], index["spatial_guidance_every"]) == (5.0, 0.5, 2)
+    assert (index["spatial_guidance_scale"], index["spatial_guidance_end"], index["spatial_guidance_every"]) == (
+        5.0,
+        0.5,
+        2,
+    )
     with pytest.raises(BestshotError, match="spatial_guidance_every"):
         export(first, tmp_path / "bad", spatial_guidance_every=0)
     # a sampler named at export is the folder's scheduler and its default for generate; a re-export keeps it
     dpm = export(every, tmp_path / "dpm", scheduler="DPM++ 2M", defaults={"num_inference_steps": 8})
-    assert json.loads((dpm / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == \
-        "DPMSolverMultistepScheduler"
+    assert (
+        json.loads((dpm / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+        == "DPMSolverMultistepScheduler"
+    )
     assert json.loads((dpm / "bestshot_defaults.json").read_text())["scheduler"] == "dpmpp_2m"
     again = export(dpm, tmp_path / "dpm2")
     assert json.loads((again / "bestshot_defaults.json").read_text())["scheduler"] == "dpmpp_2m"
-    assert json.loads((again / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == \
-        "DPMSolverMultistepScheduler"
+    assert (
+        json.loads((again / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+        == "DPMSolverMultistepScheduler"
+    )
     with pytest.raises(BestshotError, match="unknown scheduler"):
         export(first, tmp_path / "bad", scheduler="dpm-fast")
 
@@ -274,7 +318,7 @@ def test_augment_flip_and_crop():
     # each crop is an 8x8 window of the reflect-padded image
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
     for i in range(2):
-        windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        windows = [padded[i, :, dy : dy + 8, dx : dx + 8] for dy in range(5) for dx in range(5)]
         windows += [w.flip(-1) for w in windows]
         assert any(torch.equal(a[i], w) for w in windows)
 
@@ -284,8 +328,18 @@ def test_unet_knobs_accumulation_history_and_similarity(clip_dir, tmp_path, monk
     and one per epoch; the exported model samples and plots its prompt↔sample similarity."""
     from bestshot.train.sample import sample
 
-    kw = dict(t_embed_dim=24, c_embed_dim=20, grad_accum=2, batch_size=2, dataset_length=8, aug_hflip=0.5,
-              aug_crop_pad=2, ckpt_every=1, ckpt_keep_last=2, ckpt_every_epochs=1.0)
+    kw = dict(
+        t_embed_dim=24,
+        c_embed_dim=20,
+        grad_accum=2,
+        batch_size=2,
+        dataset_length=8,
+        aug_hflip=0.5,
+        aug_crop_pad=2,
+        ckpt_every=1,
+        ckpt_keep_last=2,
+        ckpt_every_epochs=1.0,
+    )
     cfg = cfg_for(clip_dir, tmp_path / "a", **kw)
     clip, _ = load_clip(cfg.clip)
     unet = build_unet(cfg, clip.config)
@@ -327,15 +381,40 @@ def test_data_parallel_on_two_cpu_processes(clip_dir, tmp_path):
 
     import yaml
 
-    cfg = dict(clip=str(clip_dir), img_size=16, block_out_channels=[32, 32], attention_levels=[False, True],
-               batch_size=2, grad_accum=2, steps=2, ckpt_every=2, dataset_length=16, warmup_steps=1, log_every=1,
-               threads=1, ckpt_every_epochs=1.0, out_dir=str(tmp_path / "run"))
+    cfg = dict(
+        clip=str(clip_dir),
+        img_size=16,
+        block_out_channels=[32, 32],
+        attention_levels=[False, True],
+        batch_size=2,
+        grad_accum=2,
+        steps=2,
+        ckpt_every=2,
+        dataset_length=16,
+        warmup_steps=1,
+        log_every=1,
+        threads=1,
+        ckpt_every_epochs=1.0,
+        out_dir=str(tmp_path / "run"),
+    )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
 
     def launch(*extra):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m",
-               "bestshot.train.cli", "ddpm", "--config", str(tmp_path / "c.yaml"), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            "-m",
+            "bestshot.train.cli",
+            "ddpm",
+            "--config",
+            str(tmp_path / "c.yaml"),
+            *extra,
+        ]
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
     p = launch()

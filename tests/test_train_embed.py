@@ -57,8 +57,14 @@ def test_preprocess_matches_the_clip_image_processor(clip64):
 
 
 def test_preprocess_config_fields():
-    pre = ClipPreprocess.from_config({"size": {"shortest_edge": 8}, "crop_size": {"height": 8, "width": 6},
-                                      "image_mean": [0.5] * 3, "image_std": [0.5] * 3})
+    pre = ClipPreprocess.from_config(
+        {
+            "size": {"shortest_edge": 8},
+            "crop_size": {"height": 8, "width": 6},
+            "image_mean": [0.5] * 3,
+            "image_std": [0.5] * 3,
+        }
+    )
     x = torch.zeros(2, 3, 4, 8)  # landscape: short side 4 → 8, long side 16, then an 8×6 centre crop
     assert pre(x).shape == (2, 3, 8, 6) and pre(x).abs().max() < 1e-5
     with pytest.raises(BestshotError, match="image_std"):
@@ -91,8 +97,24 @@ def test_flat_folder_and_path_only_manifest(tmp_path):
 def test_embed_cli_32px_images_64px_clip(tiny_imagenet, clip64, tmp_path, capsys, monkeypatch):
     """Issue 24: images of another size than the CLIP's crashed encode_images with a ValueError traceback."""
     out = tmp_path / "cache.safetensors"
-    code, stdout, err = run_cli(["train", "embed", "--dataset", str(tiny_imagenet), "--clip", str(clip64), "--out",
-                                 str(out), "--img-size", "32", "--length", "100"], capsys, monkeypatch)
+    code, stdout, err = run_cli(
+        [
+            "train",
+            "embed",
+            "--dataset",
+            str(tiny_imagenet),
+            "--clip",
+            str(clip64),
+            "--out",
+            str(out),
+            "--img-size",
+            "32",
+            "--length",
+            "100",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     assert "Traceback" not in err
     emb = load_file(str(out))["image_embeds"]
@@ -112,13 +134,40 @@ def test_embed_cli_32px_images_64px_clip(tiny_imagenet, clip64, tmp_path, capsys
     with pytest.raises(BestshotError, match="holds 6 images"):
         load_cache(out, str(tiny_imagenet), 32, clip64, length=5)
     # with text: class captions make the uncaptioned folder usable
-    code, _, err = run_cli(["train", "embed", "--dataset", str(tiny_imagenet), "--clip", str(clip64), "--out",
-                            str(tmp_path / "t.safetensors"), "--text", "--class-caption", "a photo of a {class}"],
-                           capsys, monkeypatch)
+    code, _, err = run_cli(
+        [
+            "train",
+            "embed",
+            "--dataset",
+            str(tiny_imagenet),
+            "--clip",
+            str(clip64),
+            "--out",
+            str(tmp_path / "t.safetensors"),
+            "--text",
+            "--class-caption",
+            "a photo of a {class}",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     assert load_file(str(tmp_path / "t.safetensors"))["text_embeds"].shape == (6, 32)
-    code, _, err = run_cli(["train", "embed", "--dataset", str(tiny_imagenet), "--clip", str(clip64), "--out",
-                            str(tmp_path / "u.safetensors"), "--text"], capsys, monkeypatch)
+    code, _, err = run_cli(
+        [
+            "train",
+            "embed",
+            "--dataset",
+            str(tiny_imagenet),
+            "--clip",
+            str(clip64),
+            "--out",
+            str(tmp_path / "u.safetensors"),
+            "--text",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 2 and "error:" in err and "class_caption" in err and "Traceback" not in err
 
 
@@ -133,16 +182,31 @@ def test_ddpm_trains_on_image_embeddings_of_an_uncaptioned_folder(tiny_imagenet,
     from bestshot.train.ddpm import DDPMConfig, train
 
     cache = build_cache(str(tiny_imagenet), clip64, tmp_path / "c.safetensors", img_size=16, length=6)
-    cfg = DDPMConfig(dataset=str(tiny_imagenet), dataset_length=6, img_size=16, clip=str(clip64), cond="image_embed",
-                     embed_cache=str(cache), block_out_channels=(32, 32), attention_levels=(False, True),
-                     batch_size=3, steps=2, ckpt_every=2, warmup_steps=1, log_every=100, out_dir=str(tmp_path / "run"))
+    cfg = DDPMConfig(
+        dataset=str(tiny_imagenet),
+        dataset_length=6,
+        img_size=16,
+        clip=str(clip64),
+        cond="image_embed",
+        embed_cache=str(cache),
+        block_out_channels=(32, 32),
+        attention_levels=(False, True),
+        batch_size=3,
+        steps=2,
+        ckpt_every=2,
+        warmup_steps=1,
+        log_every=100,
+        out_dir=str(tmp_path / "run"),
+    )
     assert train(cfg)["step"] == 2
 
 
 def test_open_clip_preprocess_config(tmp_path):
     """open_clip hub folders (open_clip_config.json): size, mean/std and resize mode are read the same way."""
-    conf = {"model_cfg": {"vision_cfg": {"image_size": 48}},
-            "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "resize_mode": "shortest"}}
+    conf = {
+        "model_cfg": {"vision_cfg": {"image_size": 48}},
+        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "resize_mode": "shortest"},
+    }
     (tmp_path / "open_clip_config.json").write_text(json.dumps(conf))
     pre = ClipPreprocess.from_folder(tmp_path)
     assert (pre.shortest_edge, pre.crop_hw, pre.mean) == (48, (48, 48), (0.5, 0.5, 0.5))

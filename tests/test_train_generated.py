@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from bestshot.errors import BestshotError
 from bestshot import world as W
+from bestshot.errors import BestshotError
 from bestshot.train.clip_train import ClipTrainConfig, WorldHardNegatives, train_clip
 from bestshot.train.generated import GeneratedWorldHardNegatives, Interleaved, build_pool
 
@@ -23,8 +23,9 @@ def test_sdedit_keeps_the_input_at_zero_strength_and_is_seeded(tiny_world):
 
 def test_pool_is_cached_and_served_with_its_own_captions(tiny_world, tmp_path):
     cache = tmp_path / "pool.safetensors"
-    pool = build_pool(tiny_world, seed=5, n=6, size=16, strength=(0.3, 0.5), steps=10, batch_size=4,
-                      cache=cache, progress=False)
+    pool = build_pool(
+        tiny_world, seed=5, n=6, size=16, strength=(0.3, 0.5), steps=10, batch_size=4, cache=cache, progress=False
+    )
     assert pool.shape == (6, 3, 16, 16) and pool.dtype == torch.uint8 and cache.exists()
     stamp = cache.stat().st_mtime_ns
     again = build_pool(tiny_world, seed=5, n=6, size=16, strength=(0.3, 0.5), steps=10, cache=cache, progress=False)
@@ -43,10 +44,26 @@ def test_pool_is_cached_and_served_with_its_own_captions(tiny_world, tmp_path):
 
 
 def test_train_clip_on_a_generated_pool(tiny_world, tmp_path):
-    cfg = ClipTrainConfig(img_size=16, patch_size=4, vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32,
-                          text_layers=1, text_heads=2, projection_dim=16, max_length=16, batch_size=4, steps=2,
-                          hard_negatives=2, eval_size=8, out_dir=str(tmp_path / "c"), generated_model=tiny_world,
-                          generated_pool=4, generated_strength=(0.3, 0.3))
+    cfg = ClipTrainConfig(
+        img_size=16,
+        patch_size=4,
+        vision_hidden=32,
+        vision_layers=1,
+        vision_heads=2,
+        text_hidden=32,
+        text_layers=1,
+        text_heads=2,
+        projection_dim=16,
+        max_length=16,
+        batch_size=4,
+        steps=2,
+        hard_negatives=2,
+        eval_size=8,
+        out_dir=str(tmp_path / "c"),
+        generated_model=tiny_world,
+        generated_pool=4,
+        generated_strength=(0.3, 0.3),
+    )
     m = train_clip(cfg)
     assert m["steps"] == 2 and (tmp_path / "c" / "generated_pool.safetensors").exists()
     with pytest.raises(BestshotError, match="generated_model needs dataset: world"):

@@ -49,8 +49,29 @@ def test_generate_cli_flags_reach_the_vae(tiny_sdxl, tiny_clip, tmp_path, capsys
     seen = []
     real = L.apply_vae_options
     monkeypatch.setattr(L, "apply_vae_options", lambda p, t=False, s=False: seen.append((t, s)) or real(p, t, s))
-    args = ["generate", "a red circle", "--model", tiny_sdxl, "--scorer", tiny_clip, "-n", "1", "--steps", "2",
-            "--size", "32x32", "--clip-min", "-1", "--out", str(tmp_path / "o"), "--log", str(tmp_path / "log.jsonl"), "--json", "--device", "cpu"]
+    args = [
+        "generate",
+        "a red circle",
+        "--model",
+        tiny_sdxl,
+        "--scorer",
+        tiny_clip,
+        "-n",
+        "1",
+        "--steps",
+        "2",
+        "--size",
+        "32x32",
+        "--clip-min",
+        "-1",
+        "--out",
+        str(tmp_path / "o"),
+        "--log",
+        str(tmp_path / "log.jsonl"),
+        "--json",
+        "--device",
+        "cpu",
+    ]
     code, stdout, err = run_cli(args + ["--vae-tiling", "--vae-slicing"], capsys, monkeypatch)
     assert code == 0, err
     assert seen[-1] == (True, True)

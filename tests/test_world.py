@@ -140,13 +140,16 @@ def test_log_prior_is_the_worlds_distribution():
     import math
 
     kinds = [W.ObjSpec(s, c) for s in W.SHAPES for c in W.COLOURS]
+
     def sized(objs, sizes):
         return tuple(W.ObjSpec(o.shape, o.colour, z) for o, z in zip(objs, sizes))
 
     total = 0.0
-    for n, groups, relations in ((1, itertools.combinations(kinds, 1), [None]),
-                                 (2, itertools.permutations(kinds, 2), ["left of", "above"]),
-                                 (3, itertools.combinations(kinds, 3), [None])):
+    for n, groups, relations in (
+        (1, itertools.combinations(kinds, 1), [None]),
+        (2, itertools.permutations(kinds, 2), ["left of", "above"]),
+        (3, itertools.combinations(kinds, 3), [None]),
+    ):
         objs_list = list(groups)
         spec = W.PromptSpec(sized(objs_list[0], ["small"] * n), "white", relations[0])
         # every scene of a count has the same prior: sum it as count * exp(prior)
@@ -160,6 +163,8 @@ def test_log_prior_is_the_worlds_distribution():
     bare = W.log_prior(W.PromptSpec((W.ObjSpec("circle", "red"),), None, None))
     assert math.log(sum(math.exp(v) for v in full)) == pytest.approx(bare)
     pair = W.log_prior(W.PromptSpec((a, b), None, None))
-    assert math.log(sum(math.exp(W.log_prior(W.PromptSpec((a, b), None, r))) for r in W.RELATIONS)) == pytest.approx(pair)
+    assert math.log(sum(math.exp(W.log_prior(W.PromptSpec((a, b), None, r))) for r in W.RELATIONS)) == pytest.approx(
+        pair
+    )
     with pytest.raises(ValueError, match="1-3 objects"):
         W.log_prior(W.PromptSpec((), None, None))

@@ -27,15 +27,26 @@ def test_gate_table_without_mismatches_writes_strict_json():
     g = gate_table([(0.7, True), (0.8, True)])
     assert g["suggested_clip_min"] == pytest.approx(0.7)
     assert all(r["mismatches_rejected_pct"] is None and r["matches_kept_pct"] is not None for r in g["table"])
-    results = {"model": "m", "scorer": "s", "n_prompts": 2, "prompt_seed": 1, "steps": 2, "guidance": 1.0,
-               "size": [32, 32], "ns": [2], "groups": {}, "quality_gate": g}
+    results = {
+        "model": "m",
+        "scorer": "s",
+        "n_prompts": 2,
+        "prompt_seed": 1,
+        "steps": 2,
+        "guidance": 1.0,
+        "size": [32, 32],
+        "ns": [2],
+        "groups": {},
+        "quality_gate": g,
+    }
     json.loads(dumps(results), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
     assert "| 0.700 | 100.0 | – |" in to_markdown(results)
 
 
 def test_evaluate_world_on_a_tiny_model(tiny_world, tmp_path):
-    res = evaluate_world(WorldEvalConfig(model=tiny_world, n_prompts=2, ns=(1, 2), steps=2, out=str(tmp_path)),
-                         progress=False)
+    res = evaluate_world(
+        WorldEvalConfig(model=tiny_world, n_prompts=2, ns=(1, 2), steps=2, out=str(tmp_path)), progress=False
+    )
     assert set(res["groups"]) == {"1_object", "2_object"}
     for group in res["groups"].values():
         assert set(group) == {"random_pick", "best_of_1", "best_of_2"}

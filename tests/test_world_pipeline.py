@@ -15,14 +15,25 @@ from bestshot.train.ddpm import DDPMConfig, build_unet, sampling_scheduler
 
 def tiny_pipeline(cond: str = "text_tokens", class_embed: bool = True) -> BestshotWorldPipeline:
     torch.manual_seed(0)
-    cc = ClipTrainConfig(img_size=16, patch_size=4, vision_hidden=32, vision_layers=1, vision_heads=2,
-                         text_hidden=32, text_layers=1, text_heads=2, projection_dim=16)
+    cc = ClipTrainConfig(
+        img_size=16,
+        patch_size=4,
+        vision_hidden=32,
+        vision_layers=1,
+        vision_heads=2,
+        text_hidden=32,
+        text_layers=1,
+        text_heads=2,
+        projection_dim=16,
+    )
     clip = build_clip(cc).eval()
-    cfg = DDPMConfig(img_size=16, block_out_channels=(32, 32), attention_levels=(False, True), cond=cond,
-                     class_embed=class_embed)
+    cfg = DDPMConfig(
+        img_size=16, block_out_channels=(32, 32), attention_levels=(False, True), cond=cond, class_embed=class_embed
+    )
     unet = build_unet(cfg, clip.config).eval()
-    return BestshotWorldPipeline(unet=unet, scheduler=sampling_scheduler(cfg), clip=clip,
-                                 tokenizer=build_clip_tokenizer(16), conditioning=cond)
+    return BestshotWorldPipeline(
+        unet=unet, scheduler=sampling_scheduler(cfg), clip=clip, tokenizer=build_clip_tokenizer(16), conditioning=cond
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +64,13 @@ def test_image_k_same_alone_and_in_batch_bit_for_bit(pipe, sg):
     bit alone, in a batch of other prompts and seeds, or in batches of other sizes, with the relation
     guidance on or off. Without the row-wise products the 1-row and 5-row time embeddings round apart."""
     assert pipe.batch_invariant
-    prompts = ["a red circle", "a blue square above a green cross", "a pink diamond", "a grey star left of a cross",
-               "a red circle"]
+    prompts = [
+        "a red circle",
+        "a blue square above a green cross",
+        "a pink diamond",
+        "a grey star left of a cross",
+        "a red circle",
+    ]
     kw = dict(num_inference_steps=3, output_type="pt", spatial_guidance_scale=sg)
     batch = pipe(prompts, generator=gens(5, 6, 7, 8, 9), **kw).images
     for k in (1, 3):
@@ -115,29 +131,41 @@ def test_pruning_slices_conditioning_and_keeps_each_seed(pipe):
         return [float(np.asarray(im, float).mean()) for im in images]
 
     prompts = ["a red circle", "a blue square", "a pink diamond", "a green cross"]
-    kw = dict(prompt=prompts, negative_prompt="blurry", num_inference_steps=4, guidance_scale=3.0,
-              generator=gens(10, 11, 12, 13))
+    kw = dict(
+        prompt=prompts,
+        negative_prompt="blurry",
+        num_inference_steps=4,
+        guidance_scale=3.0,
+        generator=gens(10, 11, 12, 13),
+    )
     res = run_pruned(pipe, kw, seeds=[10, 11, 12, 13], keep=2, at=0.5, score_fn=brightness, family="embedded")
     assert res.prune_step == 1 and len(res.images) == 2
     assert res.kept == sorted(sorted(range(4), key=lambda j: -res.preview_scores[j])[:2])
     for j, im in zip(res.kept, res.images):  # each kept row kept its own prompt and noise: its solo render,
-        solo = pipe(prompts[j], negative_prompt="blurry", num_inference_steps=4, guidance_scale=3.0,
-                    generator=gens(10 + j)).images[0]  # bit for bit (the batch shrank mid-run)
+        solo = pipe(
+            prompts[j], negative_prompt="blurry", num_inference_steps=4, guidance_scale=3.0, generator=gens(10 + j)
+        ).images[0]  # bit for bit (the batch shrank mid-run)
         assert np.array_equal(np.asarray(im), np.asarray(solo))
 
 
 def test_unknown_callback_tensor_is_an_error(pipe):
     with pytest.raises(ValueError, match="not in"):
-        pipe("a red circle", num_inference_steps=2, generator=gens(1),
-             callback_on_step_end=lambda p, i, t, kw: kw, callback_on_step_end_tensor_inputs=["noise"])
+        pipe(
+            "a red circle",
+            num_inference_steps=2,
+            generator=gens(1),
+            callback_on_step_end=lambda p, i, t, kw: kw,
+            callback_on_step_end_tensor_inputs=["noise"],
+        )
 
 
 def _agreement(pipe, images, prompt):
     from bestshot.scoring import spatial as S
     from bestshot.scoring.clip import CLIPScorer, _image_processor
 
-    base = CLIPScorer(pipe.clip, pipe.tokenizer, _image_processor(None, pipe.clip.config.vision_config.image_size),
-                      name="tiny")
+    base = CLIPScorer(
+        pipe.clip, pipe.tokenizer, _image_processor(None, pipe.clip.config.vision_config.image_size), name="tiny"
+    )
     sp = S.SpatialScorer(base)
     _, dense = sp.dense_images(images)
     return sp.relation_scores(dense, S.parse_relation(prompt))
@@ -161,8 +189,9 @@ def test_spatial_guidance_steers_relation_prompts_only(pipe, tmp_path):
     with pytest.raises(ValueError, match="spatial_guidance_scale"):
         pipe(rel, generator=gens(1), spatial_guidance_scale=-1.0, num_inference_steps=2)
     # the scale is part of the saved pipeline, and the pipeline's own scale is the default of a call
-    guided = BestshotWorldPipeline(unet=pipe.unet, scheduler=pipe.scheduler, clip=pipe.clip, tokenizer=pipe.tokenizer,
-                                   spatial_guidance_scale=40.0)
+    guided = BestshotWorldPipeline(
+        unet=pipe.unet, scheduler=pipe.scheduler, clip=pipe.clip, tokenizer=pipe.tokenizer, spatial_guidance_scale=40.0
+    )
     guided.save_pretrained(tmp_path)
     again = BestshotWorldPipeline.from_pretrained(tmp_path, **dtype_kwargs(torch.float32))
     again.set_progress_bar_config(disable=True)
@@ -176,10 +205,21 @@ def _refused_then_saved(pipe, folder, name, bad_values, value):
     ``value`` given to the constructor survives save_pretrained / from_pretrained."""
     for bad in bad_values:
         with pytest.raises(ValueError, match=name):
-            pipe("a red circle left of a blue square", generator=gens(1), spatial_guidance_scale=5.0,
-                 num_inference_steps=2, **{name: bad})
-    guided = BestshotWorldPipeline(unet=pipe.unet, scheduler=pipe.scheduler, clip=pipe.clip, tokenizer=pipe.tokenizer,
-                                   spatial_guidance_scale=40.0, **{name: value})
+            pipe(
+                "a red circle left of a blue square",
+                generator=gens(1),
+                spatial_guidance_scale=5.0,
+                num_inference_steps=2,
+                **{name: bad},
+            )
+    guided = BestshotWorldPipeline(
+        unet=pipe.unet,
+        scheduler=pipe.scheduler,
+        clip=pipe.clip,
+        tokenizer=pipe.tokenizer,
+        spatial_guidance_scale=40.0,
+        **{name: value},
+    )
     guided.save_pretrained(folder)
     again = BestshotWorldPipeline.from_pretrained(folder, **dtype_kwargs(torch.float32))
     assert again.config[name] == value
@@ -198,6 +238,7 @@ def test_spatial_guidance_end_steers_only_the_first_steps(pipe, tmp_path):
         def keep(p, i, t, tensors):
             xs.append(tensors["latents"].clone())
             return {}
+
         pipe([rel] * 3, generator=gens(*seeds), spatial_guidance_end=end, callback_on_step_end=keep, **kw)
         return xs
 
@@ -221,6 +262,7 @@ def test_spatial_guidance_every_steers_every_kth_step(pipe, tmp_path):
         def keep(p, i, t, tensors):
             xs.append(tensors["latents"].clone())
             return {}
+
         pipe([rel] * 3, generator=gens(*seeds), callback_on_step_end=keep, **kw, **extra)
         return xs
 
@@ -246,15 +288,23 @@ def test_spatial_guidance_works_with_multistep_solvers(pipe):
     ours = with_ddim._predicted_x0(x, eps, t)
     assert torch.allclose(ours, reported, atol=1e-4) and torch.allclose(ours, clean, atol=1e-4)
 
-    dpm = BestshotWorldPipeline(unet=pipe.unet, scheduler=DPMSolverMultistepScheduler.from_config(pipe.scheduler.config),
-                                clip=pipe.clip, tokenizer=pipe.tokenizer)
+    dpm = BestshotWorldPipeline(
+        unet=pipe.unet,
+        scheduler=DPMSolverMultistepScheduler.from_config(pipe.scheduler.config),
+        clip=pipe.clip,
+        tokenizer=pipe.tokenizer,
+    )
     dpm.set_progress_bar_config(disable=True)
     rel, kw = "a red circle left of a blue square", dict(num_inference_steps=4, output_type="pt")
     off = dpm([rel] * 6, generator=gens(*range(6)), num_inference_steps=4).images
     on = dpm([rel] * 6, generator=gens(*range(6)), spatial_guidance_scale=40.0, num_inference_steps=4).images
     assert _agreement(dpm, on, rel).mean() > _agreement(dpm, off, rel).mean()  # steered towards the relation
-    unipc = BestshotWorldPipeline(unet=pipe.unet, scheduler=UniPCMultistepScheduler.from_config(pipe.scheduler.config),
-                                  clip=pipe.clip, tokenizer=pipe.tokenizer)
+    unipc = BestshotWorldPipeline(
+        unet=pipe.unet,
+        scheduler=UniPCMultistepScheduler.from_config(pipe.scheduler.config),
+        clip=pipe.clip,
+        tokenizer=pipe.tokenizer,
+    )
     unipc.set_progress_bar_config(disable=True)
     a = unipc([rel] * 2, generator=gens(0, 1), spatial_guidance_scale=40.0, **kw).images
     assert torch.equal(a, unipc([rel] * 2, generator=gens(0, 1), spatial_guidance_scale=40.0, **kw).images)
@@ -267,13 +317,22 @@ def test_spatial_guidance_survives_pruning(pipe):
     def brightness(images):
         return [float(np.asarray(im, float).mean()) for im in images]
 
-    kw = dict(prompt="a red circle above a blue square", num_inference_steps=4, generator=gens(10, 11, 12, 13),
-              spatial_guidance_scale=40.0, num_images_per_prompt=4)
+    kw = dict(
+        prompt="a red circle above a blue square",
+        num_inference_steps=4,
+        generator=gens(10, 11, 12, 13),
+        spatial_guidance_scale=40.0,
+        num_images_per_prompt=4,
+    )
     res = run_pruned(pipe, kw, seeds=[10, 11, 12, 13], keep=2, at=0.5, score_fn=brightness, family="embedded")
     assert len(res.images) == 2
     for j, im in zip(res.kept, res.images):  # a kept row goes on exactly as it would alone
-        solo = pipe("a red circle above a blue square", num_inference_steps=4, generator=gens(10 + j),
-                    spatial_guidance_scale=40.0).images[0]
+        solo = pipe(
+            "a red circle above a blue square",
+            num_inference_steps=4,
+            generator=gens(10 + j),
+            spatial_guidance_scale=40.0,
+        ).images[0]
         assert np.array_equal(np.asarray(im), np.asarray(solo))
 
 
@@ -290,7 +349,7 @@ def test_rowwise_linears_is_installed_once_and_changes_only_rounding():
     assert len(handles) == 2 and rowwise_linears(mlp) == []  # one hook per layer, however often asked
     rows = mlp(x)
     torch.testing.assert_close(rows, plain)  # the same products, summed in another order at most
-    assert all(torch.equal(rows[i:i + 1], mlp(x[i:i + 1])) for i in (0, 7, 15))  # a row is its solo self
+    assert all(torch.equal(rows[i : i + 1], mlp(x[i : i + 1])) for i in (0, 7, 15))  # a row is its solo self
     seq = torch.randn(3, 5, 64)  # token sequences pass through untouched
     assert torch.equal(mlp(seq), mlp[2](mlp[1](torch.nn.functional.linear(seq, mlp[0].weight, mlp[0].bias))))
     for h in handles:

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 # logger → (start of the message, text it must also contain) of each message dropped
 _DROP: dict[str, tuple[str, str | None]] = {

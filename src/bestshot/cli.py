@@ -10,18 +10,23 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
 
 from bestshot import jsonio
-from .errors import BestshotError
-from .scale.flags import RayFlagCommand
-from .scale.cli_options import CPUS_PER_WORKER, GPUS_PER_WORKER, RAY, RAY_BATCH, RAY_WORKERS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="bestshot: generate many candidates, keep the best.")
+from .errors import BestshotError
+from .scale.cli_options import CPUS_PER_WORKER, GPUS_PER_WORKER, RAY, RAY_BATCH, RAY_WORKERS
+from .scale.flags import RayFlagCommand
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="bestshot: generate many candidates, keep the best.",
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -34,59 +39,91 @@ def _read_text_file(path: Path, what: str, empty_hint: str) -> str:
 
 @app.command(cls=RayFlagCommand)  # a bare --ray: a local Ray
 def generate(
-    prompt: Optional[str] = typer.Argument(None, help="What to draw (omit with --text-file or --prompts-file)."),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="fast | quality_1min | quality_max | custom | embedded"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="'embedded' (default), a pipeline folder or a hub id."),
-    n: Optional[int] = typer.Option(None, "-n", "--n-images", help="Number of candidates."),
-    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Base seed; candidates use seed, seed+1, ..."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale."),
-    size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT, multiples of 8, e.g. 1024x1024."),
-    score_min: Optional[float] = typer.Option(None, "--score-min", "--clip-min",
-                                              help="Quality gate in the scorer's units (a cosine for a CLIP, the "
-                                                   "weighted sum for an ensemble); default: the scorer's own. "
-                                                   "--clip-min is its old name."),
-    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt."),
-    style_suffix: Optional[str] = typer.Option(None, "--style-suffix", help="Appended to the prompt (not scored)."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="euler, euler_a, dpmpp_2m, ddim, unipc, ..."),
-    scorer: Optional[str] = typer.Option(None, "--scorer", help="CLIP for ranking: 'embedded', a folder, a hub id, open_clip:NAME:TAG."),
-    refiner: Optional[bool] = typer.Option(None, "--refiner/--no-refiner", help="SDXL refiner (ensemble of experts)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | float16 | bfloat16"),
-    memory: Optional[str] = typer.Option(None, "--memory", help="gpu | model_offload | sequential_offload"),
-    device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:1, cpu (default: cuda if present)."),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the denoiser (CUDA)."),
-    vae_tiling: Optional[bool] = typer.Option(None, "--vae-tiling/--no-vae-tiling",
-                                              help="Decode in VAE tiles: large images in bounded memory."),
-    vae_slicing: Optional[bool] = typer.Option(None, "--vae-slicing/--no-vae-slicing",
-                                               help="Decode the batch one image at a time (less peak memory)."),
-    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch per pipeline call."),
-    out_dir: Optional[str] = typer.Option(None, "--out", help="Image folder (default images_out)."),
-    log_jsonl: Optional[str] = typer.Option(None, "--log", help="JSONL run log (default images_log.jsonl)."),
-    save_candidates: Optional[bool] = typer.Option(None, "--save-candidates/--best-only", help="Save every candidate."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of ImgCfg settings."),
-    text_file: Optional[Path] = typer.Option(None, "--text-file", help="Mode B: an article turned into a prompt by an LLM."),
+    prompt: str | None = typer.Argument(None, help="What to draw (omit with --text-file or --prompts-file)."),
+    preset: str | None = typer.Option(
+        None, "--preset", "-p", help="fast | quality_1min | quality_max | custom | embedded"
+    ),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="'embedded' (default), a pipeline folder or a hub id."
+    ),
+    n: int | None = typer.Option(None, "-n", "--n-images", help="Number of candidates."),
+    seed: int | None = typer.Option(None, "--seed", "-s", help="Base seed; candidates use seed, seed+1, ..."),
+    steps: int | None = typer.Option(None, "--steps", help="Denoising steps."),
+    guidance: float | None = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale."),
+    size: str | None = typer.Option(None, "--size", help="WIDTHxHEIGHT, multiples of 8, e.g. 1024x1024."),
+    score_min: float | None = typer.Option(
+        None,
+        "--score-min",
+        "--clip-min",
+        help="Quality gate in the scorer's units (a cosine for a CLIP, the "
+        "weighted sum for an ensemble); default: the scorer's own. "
+        "--clip-min is its old name.",
+    ),
+    negative: str | None = typer.Option(None, "--negative", help="Negative prompt."),
+    style_suffix: str | None = typer.Option(None, "--style-suffix", help="Appended to the prompt (not scored)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="euler, euler_a, dpmpp_2m, ddim, unipc, ..."),
+    scorer: str | None = typer.Option(
+        None, "--scorer", help="CLIP for ranking: 'embedded', a folder, a hub id, open_clip:NAME:TAG."
+    ),
+    refiner: bool | None = typer.Option(None, "--refiner/--no-refiner", help="SDXL refiner (ensemble of experts)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="auto | float32 | float16 | bfloat16"),
+    memory: str | None = typer.Option(None, "--memory", help="gpu | model_offload | sequential_offload"),
+    device: str | None = typer.Option(None, "--device", help="cuda, cuda:1, cpu (default: cuda if present)."),
+    compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the denoiser (CUDA)."),
+    vae_tiling: bool | None = typer.Option(
+        None, "--vae-tiling/--no-vae-tiling", help="Decode in VAE tiles: large images in bounded memory."
+    ),
+    vae_slicing: bool | None = typer.Option(
+        None, "--vae-slicing/--no-vae-slicing", help="Decode the batch one image at a time (less peak memory)."
+    ),
+    max_batch: int | None = typer.Option(None, "--max-batch", help="Largest batch per pipeline call."),
+    out_dir: str | None = typer.Option(None, "--out", help="Image folder (default images_out)."),
+    log_jsonl: str | None = typer.Option(None, "--log", help="JSONL run log (default images_log.jsonl)."),
+    save_candidates: bool | None = typer.Option(None, "--save-candidates/--best-only", help="Save every candidate."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file of ImgCfg settings."),
+    text_file: Path | None = typer.Option(
+        None, "--text-file", help="Mode B: an article turned into a prompt by an LLM."
+    ),
     llm_backend: str = typer.Option("auto", "--llm-backend", help="auto | vllm | transformers | smollm2 | extractive"),
-    llm_model: Optional[str] = typer.Option(None, "--llm-model", help="LLM id or folder for Mode B."),
-    prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", help="One prompt per line; resumable batch."),
-    results: Optional[Path] = typer.Option(None, "--results", help="Batch results JSONL (default PROMPTS_FILE.results.jsonl)."),
+    llm_model: str | None = typer.Option(None, "--llm-model", help="LLM id or folder for Mode B."),
+    prompts_file: Path | None = typer.Option(None, "--prompts-file", help="One prompt per line; resumable batch."),
+    results: Path | None = typer.Option(
+        None, "--results", help="Batch results JSONL (default PROMPTS_FILE.results.jsonl)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result dict as JSON."),
     show: bool = typer.Option(False, "--show", help="Open the best image in a viewer."),
-    ray: Optional[str] = RAY,
-    ray_workers: Optional[int] = RAY_WORKERS,
-    gpus_per_worker: Optional[float] = GPUS_PER_WORKER,
+    ray: str | None = RAY,
+    ray_workers: int | None = RAY_WORKERS,
+    gpus_per_worker: float | None = GPUS_PER_WORKER,
     cpus_per_worker: float = CPUS_PER_WORKER,
     ray_batch_size: int = RAY_BATCH,
 ) -> None:
     """Generate N candidates, rank them with CLIP, keep the best that passes the quality gate."""
     from .config import parse_size
-    from .models.settings import config_from_yaml, resolve_config
     from .generation import generate as run
+    from .models.settings import config_from_yaml, resolve_config
 
     overrides: dict[str, Any] = dict(
-        n_images=n, steps_base=steps, guidance=guidance, score_min=score_min, negative_prompt=negative,
-        style_suffix=style_suffix, scheduler=scheduler, scorer=scorer, refiner=refiner, dtype=dtype, memory=memory,
-        device=device, compile=compile, vae_tiling=vae_tiling, vae_slicing=vae_slicing, max_batch=max_batch, out_dir=out_dir, log_jsonl=log_jsonl,
-        save_candidates=save_candidates, seed_base=seed,
+        n_images=n,
+        steps_base=steps,
+        guidance=guidance,
+        score_min=score_min,
+        negative_prompt=negative,
+        style_suffix=style_suffix,
+        scheduler=scheduler,
+        scorer=scorer,
+        refiner=refiner,
+        dtype=dtype,
+        memory=memory,
+        device=device,
+        compile=compile,
+        vae_tiling=vae_tiling,
+        vae_slicing=vae_slicing,
+        max_batch=max_batch,
+        out_dir=out_dir,
+        log_jsonl=log_jsonl,
+        save_candidates=save_candidates,
+        seed_base=seed,
     )
     if size:
         overrides["width"], overrides["height"] = parse_size(size)
@@ -111,8 +148,19 @@ def generate(
         return
     if text_file is not None:
         text = _read_text_file(text_file, "text file", "Mode B needs an article to turn into a prompt")
-        result = _with_progress(lambda cb: run(mode="auto_prompt", text=text, cfg=cfg, llm_backend=llm_backend,
-                                               llm_model=llm_model, show=show, on_step=cb), cfg, as_json)
+        result = _with_progress(
+            lambda cb: run(
+                mode="auto_prompt",
+                text=text,
+                cfg=cfg,
+                llm_backend=llm_backend,
+                llm_model=llm_model,
+                show=show,
+                on_step=cb,
+            ),
+            cfg,
+            as_json,
+        )
     else:
         result = _with_progress(lambda cb: run(prompt, cfg=cfg, show=show, on_step=cb), cfg, as_json)
     _report(result, as_json)
@@ -123,8 +171,9 @@ def generate(
 def _check_paths(log_jsonl: str | None, prompts_file: Path | None, results: Path | None) -> None:
     """Files given where a folder is (or the other way round) are named before any model loads."""
     if log_jsonl and Path(log_jsonl).is_dir():
-        raise BestshotError(f"--log {log_jsonl} is a folder — give the log's file, e.g. "
-                            f"{Path(log_jsonl) / 'images_log.jsonl'}")
+        raise BestshotError(
+            f"--log {log_jsonl} is a folder — give the log's file, e.g. {Path(log_jsonl) / 'images_log.jsonl'}"
+        )
     if results is not None and results.is_dir():
         name = (prompts_file.name if prompts_file else "prompts") + ".results.jsonl"
         raise BestshotError(f"--results {results} is a folder — give the results file, e.g. {results / name}")
@@ -137,8 +186,14 @@ def _with_progress(fn, cfg, quiet: bool) -> dict[str, Any]:
         return fn(None)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=err, transient=True) as prog:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as prog:
         task = prog.add_task(f"{cfg.n_images} candidates", total=cfg.steps_base)
 
         def cb(step: int, total: int) -> None:
@@ -162,13 +217,18 @@ def _report(result: dict[str, Any], as_json: bool) -> None:
         t.add_row(f"{c['seed']}{mark}", f"{c['score']:.4f}", c["path"] or "")
     out.print(t)
     if result["ok"]:
-        out.print(f"[green]kept[/] seed {result['best_seed']} ({result.get('scorer')} {result['best_score']:.4f}) "
-                  f"→ {result['img_path']}")
+        out.print(
+            f"[green]kept[/] seed {result['best_seed']} ({result.get('scorer')} {result['best_score']:.4f}) "
+            f"→ {result['img_path']}"
+        )
     else:
         why = result.get("reason")
         gate = result.get("gate") or {}
-        detail = (f" (best {result['best_score']:.4f}; gate {gate.get('on')} {gate.get('value')} < {gate.get('min')})"
-                  if result.get("best_score") is not None else "")
+        detail = (
+            f" (best {result['best_score']:.4f}; gate {gate.get('on')} {gate.get('value')} < {gate.get('min')})"
+            if result.get("best_score") is not None
+            else ""
+        )
         out.print(f"[yellow]not kept[/]: {why}{detail}")
     ts = result.get("timing_s", {})
     out.print(f"prompt: {result['sd_prompt']!r}   time: " + ", ".join(f"{k} {v:.2f}s" for k, v in ts.items()))
@@ -192,8 +252,11 @@ def _append_row(results: Path, row: dict[str, Any]) -> None:
     try:
         append_jsonl(results, row)
     except OSError as e:
-        raise disk_error(e, f"the results file {str(results)!r} (run {row.get('run_id')} is in the run log: "
-                            "rerunning the same command takes it from there)") from None
+        raise disk_error(
+            e,
+            f"the results file {str(results)!r} (run {row.get('run_id')} is in the run log: "
+            "rerunning the same command takes it from there)",
+        ) from None
 
 
 def _rows_in_log(cfg, results: Path, todo: list[tuple[int, str]]) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
@@ -216,10 +279,11 @@ def _rows_in_log(cfg, results: Path, todo: list[tuple[int, str]]) -> tuple[list[
             left.append((i, p))
             continue
         row = {k: v for k, v in rec.items() if k not in ("path_base", "batch")}
-        where = lambda path: str(store.resolve_path(path, rec)) if path else path  # noqa: E731
+        where = lambda path, rec=rec: str(store.resolve_path(path, rec)) if path else path  # noqa: E731
         row["img_path"] = where(rec.get("img_path"))
-        row["candidates"] = [{**c, "path": where(c.get("path"))} if isinstance(c, dict) else c
-                             for c in rec.get("candidates") or []]
+        row["candidates"] = [
+            {**c, "path": where(c.get("path"))} if isinstance(c, dict) else c for c in rec.get("candidates") or []
+        ]
         row = {"line": i + 1, "prompt": p, **row}
         if _row_done(row, results):
             rows.append(row)
@@ -235,7 +299,9 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job
     from .generation import generate as run
     from .store import read_jsonl
 
-    lines = [ln.strip() for ln in _read_text_file(prompts_file, "prompts file", "write one prompt per line").splitlines()]
+    lines = [
+        ln.strip() for ln in _read_text_file(prompts_file, "prompts file", "write one prompt per line").splitlines()
+    ]
     todo = [(i, p) for i, p in enumerate(lines) if p and not p.startswith("#")]
     if not todo:
         raise BestshotError(f"{prompts_file} holds no prompts — write one prompt per line")
@@ -259,8 +325,10 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job
         taken = {r.get("line") for r in recovered}
         skipped, todo = skipped + len(recovered), [(i, p) for i, p in todo if i + 1 not in taken]
         if recovered:
-            err.print(f"took {len(recovered)} prompt(s) that an interrupted --ray run with the same settings had "
-                      f"finished into {results} (to make them again, delete {markers})")
+            err.print(
+                f"took {len(recovered)} prompt(s) that an interrupted --ray run with the same settings had "
+                f"finished into {results} (to make them again, delete {markers})"
+            )
 
     def show(r: dict[str, Any]) -> None:
         if as_json:
@@ -278,11 +346,17 @@ def _run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job
 
         ensure_writable(cfg.out_dir, "to the output folder")  # before any worker loads a model
         ensure_writable(results.parent, "the results file in")
-        report = run_rows([{"key": i, "line": i + 1, "prompt": p, "settings": settings} for i, p in todo],
-                          functools.partial(prompt_row_maker, cfg), job, title="generating",
-                          on_result=lambda r: _append_row(results, r),  # at once: a killed driver loses only rows in flight
-                          progress=not as_json, console=err,
-                          journal=results.with_name(results.name + ".ray"), markers=markers)
+        report = run_rows(
+            [{"key": i, "line": i + 1, "prompt": p, "settings": settings} for i, p in todo],
+            functools.partial(prompt_row_maker, cfg),
+            job,
+            title="generating",
+            on_result=lambda r: _append_row(results, r),  # at once: a killed driver loses only rows in flight
+            progress=not as_json,
+            console=err,
+            journal=results.with_name(results.name + ".ray"),
+            markers=markers,
+        )
         # the same file as one process writes: earlier lines, then this run's in line order
         new_lines = "".join(jsonio.dumps(r, ensure_ascii=False) + "\n" for r in report.results)
         atomic_write_text(results, "".join(jsonio.dumps(r, ensure_ascii=False) + "\n" for r in old) + new_lines)
@@ -368,8 +442,6 @@ def _mount_subapps(argv: list[str]) -> None:
                 train_app.command("captioner", help=cmd.help)(cmd.callback)
             else:
                 app.command(name, help=cmd.help, cls=cmd.cls)(cmd.callback)  # cls: e.g. a bare --ray
-
-
 
 
 def _started_as_command() -> bool:

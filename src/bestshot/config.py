@@ -18,6 +18,7 @@ from dataclasses import InitVar, dataclass, fields, replace
 from typing import Any
 
 from bestshot import jsonio
+
 from .errors import BestshotError
 from .jsonio import check_finite
 from .schedulers import scheduler_spec
@@ -104,12 +105,14 @@ class ImgCfg:
         if clip_min is not None and not isinstance(clip_min, (property, _AliasRead)):
             self.score_min = clip_min
 
-    def validate(self) -> "ImgCfg":
+    def validate(self) -> ImgCfg:
         """Raise :class:`BestshotError` naming the first bad field and how to fix it."""
         for f in fields(self):
             check_finite(getattr(self, f.name), f.name, "give an ordinary number; NaN and infinity are not settings")
         if not isinstance(self.n_images, int) or self.n_images < 1:
-            raise BestshotError(f"n_images must be a whole number >= 1 (got {self.n_images!r}) — ask for at least one candidate")
+            raise BestshotError(
+                f"n_images must be a whole number >= 1 (got {self.n_images!r}) — ask for at least one candidate"
+            )
         for name in ("height", "width"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 8 or v % 8:
@@ -120,8 +123,10 @@ class ImgCfg:
             raise BestshotError(f"guidance must be >= 0 (got {self.guidance!r})")
         v = self.score_min
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise BestshotError(f"score_min (alias clip_min) must be a number or unset (got {self.score_min!r}) — "
-                                "it is the quality gate in the scorer's units")
+            raise BestshotError(
+                f"score_min (alias clip_min) must be a number or unset (got {self.score_min!r}) — "
+                "it is the quality gate in the scorer's units"
+            )
         if self.memory not in MEMORY_STRATEGIES:
             raise BestshotError(f"memory must be one of {', '.join(MEMORY_STRATEGIES)} (got {self.memory!r})")
         if self.dtype not in DTYPES:
@@ -130,24 +135,36 @@ class ImgCfg:
             raise BestshotError(f"refiner_split must lie strictly between 0 and 1 (got {self.refiner_split!r})")
         if self.max_batch is not None and self.max_batch < 1:
             raise BestshotError(f"max_batch must be >= 1 or unset (got {self.max_batch!r})")
-        if self.prune_start is not None and (not isinstance(self.prune_start, int) or self.prune_start <= self.n_images):
-            raise BestshotError(f"prune_start must be larger than n_images={self.n_images} (got {self.prune_start!r}) "
-                                "— it is how many candidates start before pruning")
+        if self.prune_start is not None and (
+            not isinstance(self.prune_start, int) or self.prune_start <= self.n_images
+        ):
+            raise BestshotError(
+                f"prune_start must be larger than n_images={self.n_images} (got {self.prune_start!r}) "
+                "— it is how many candidates start before pruning"
+            )
         if not 0.0 < self.prune_at < 1.0:
-            raise BestshotError(f"prune_at is a fraction of the steps, strictly between 0 and 1 (got {self.prune_at!r})")
+            raise BestshotError(
+                f"prune_at is a fraction of the steps, strictly between 0 and 1 (got {self.prune_at!r})"
+            )
         if self.prune_start and self.refiner:
-            raise BestshotError("early pruning and the refiner cannot be combined yet — drop --refiner or --prune-start")
+            raise BestshotError(
+                "early pruning and the refiner cannot be combined yet — drop --refiner or --prune-start"
+            )
         if self.scheduler:
             spec = scheduler_spec(self.scheduler)
             if isinstance(self.steps_base, int) and self.steps_base < spec.sampler.min_steps:
-                raise BestshotError(f"{spec.sampler.label} needs at least {spec.sampler.min_steps} steps (got "
-                                    f"{self.steps_base}) — raise --steps or pick another --scheduler")
+                raise BestshotError(
+                    f"{spec.sampler.label} needs at least {spec.sampler.min_steps} steps (got "
+                    f"{self.steps_base}) — raise --steps or pick another --scheduler"
+                )
         if not isinstance(self.seed_base, int) or self.seed_base < 0:
             raise BestshotError(f"seed_base must be a non-negative whole number (got {self.seed_base!r})")
         last = self.seed_base + max(self.n_images, self.prune_start or 0) - 1
         if last > MAX_SEED:  # candidates use seed, seed+1, ...; torch's generators take 64-bit seeds
-            raise BestshotError(f"seed_base {self.seed_base} is too large: the candidates' seeds must stay at most "
-                                f"{MAX_SEED} (2**63 - 1) — give a smaller --seed")
+            raise BestshotError(
+                f"seed_base {self.seed_base} is too large: the candidates' seeds must stay at most "
+                f"{MAX_SEED} (2**63 - 1) — give a smaller --seed"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,14 +173,19 @@ class ImgCfg:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ImgCfg":
+    def from_dict(cls, data: dict[str, Any]) -> ImgCfg:
         data = dict(data)
         if "clip_min" in data:  # the old key: same setting as score_min
-            old = check_finite(data.pop("clip_min"), "generation setting clip_min",
-                               "give an ordinary number; NaN and infinity are not settings")
+            old = check_finite(
+                data.pop("clip_min"),
+                "generation setting clip_min",
+                "give an ordinary number; NaN and infinity are not settings",
+            )
             if data.get("score_min") is not None and old is not None and data["score_min"] != old:
-                raise BestshotError(f"clip_min {old!r} and score_min {data['score_min']!r} disagree — they are one "
-                                    "setting (clip_min is its old name): give only score_min")
+                raise BestshotError(
+                    f"clip_min {old!r} and score_min {data['score_min']!r} disagree — they are one "
+                    "setting (clip_min is its old name): give only score_min"
+                )
             data["score_min"] = old if old is not None else data.get("score_min")
         if data.get("blocklist") is not None:
             data["blocklist"] = tuple(data["blocklist"])
@@ -177,7 +199,9 @@ class _AliasRead(float):
 # the old name reads (and sets) the same value as score_min
 ImgCfg.clip_min = property(  # type: ignore[assignment]
     lambda self: None if self.score_min is None else _AliasRead(self.score_min),
-    lambda self, v: setattr(self, "score_min", v), doc="Old name of score_min (kept for one release).")
+    lambda self, v: setattr(self, "score_min", v),
+    doc="Old name of score_min (kept for one release).",
+)
 
 
 def merge(base: ImgCfg, data: dict[str, Any]) -> dict[str, Any]:
@@ -195,8 +219,12 @@ def merge(base: ImgCfg, data: dict[str, Any]) -> dict[str, Any]:
 # Presets: what each one changes relative to the ImgCfg defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": dict(model=SDXL_BASE, refiner=False, height=768, width=768, n_images=2, steps_base=25, guidance=7.0),
-    "quality_1min": dict(model=SDXL_BASE, refiner=True, height=1024, width=1024, n_images=4, steps_base=40, guidance=7.5),
-    "quality_max": dict(model=SD35_LARGE, refiner=False, height=1024, width=1024, n_images=4, steps_base=28, guidance=3.5),
+    "quality_1min": dict(
+        model=SDXL_BASE, refiner=True, height=1024, width=1024, n_images=4, steps_base=40, guidance=7.5
+    ),
+    "quality_max": dict(
+        model=SD35_LARGE, refiner=False, height=1024, width=1024, n_images=4, steps_base=28, guidance=3.5
+    ),
     "custom": dict(),
     # The embedded model: its folder's bestshot_defaults.json fills in size, steps and guidance; its
     # clip_min is the default gate of the model's own CLIP (bestshot.scoring.gate), not a setting here.
@@ -213,9 +241,16 @@ def plain_preset(name: str) -> ImgCfg:
 
 
 # Keys of a model's bestshot_defaults.json that map onto ImgCfg fields.
-_DEFAULT_KEYS = {"steps": "steps_base", "num_inference_steps": "steps_base", "guidance": "guidance",
-                 "guidance_scale": "guidance", "height": "height", "width": "width",
-                 "scheduler": "scheduler", "n_images": "n_images"}
+_DEFAULT_KEYS = {
+    "steps": "steps_base",
+    "num_inference_steps": "steps_base",
+    "guidance": "guidance",
+    "guidance_scale": "guidance",
+    "height": "height",
+    "width": "width",
+    "scheduler": "scheduler",
+    "n_images": "n_images",
+}
 
 
 def apply_model_defaults(cfg: ImgCfg, defaults: dict[str, Any]) -> ImgCfg:

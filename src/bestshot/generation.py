@@ -21,22 +21,23 @@ import inspect
 import logging
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 
 from . import __version__
 from .config import ImgCfg
-from .models.settings import resolve_config
 from .errors import BestshotError
 from .models.loader import free_memory, load_pipeline, load_refiner
 from .models.registry import default_scorer, resolve_model
-from .schedulers import sampler_label
+from .models.settings import resolve_config
 from .prompts.build import blocked_terms, build_prompt
+from .schedulers import sampler_label
 from .scoring import clip_score_100, cosine_like, pipeline_scorer, resolve_gate
 from .store import Store, format_parameters, new_run_id
 
@@ -122,20 +123,27 @@ def _step_callback(on_step: StepCallback | None, total: int) -> Callable | None:
     return cb
 
 
-def pipeline_kwargs(pipe: Any, prompt: str, negative: str, seeds: Sequence[int], cfg: ImgCfg,
-                     on_step: StepCallback | None) -> dict[str, Any]:
+def pipeline_kwargs(
+    pipe: Any, prompt: str, negative: str, seeds: Sequence[int], cfg: ImgCfg, on_step: StepCallback | None
+) -> dict[str, Any]:
     """Keyword arguments of one batched text-to-image call: one CPU generator per seed."""
     kwargs: dict[str, Any] = dict(
-        prompt=prompt, negative_prompt=negative or None, num_inference_steps=cfg.steps_base,
-        guidance_scale=cfg.guidance, height=cfg.height, width=cfg.width, num_images_per_prompt=len(seeds),
+        prompt=prompt,
+        negative_prompt=negative or None,
+        num_inference_steps=cfg.steps_base,
+        guidance_scale=cfg.guidance,
+        height=cfg.height,
+        width=cfg.width,
+        num_images_per_prompt=len(seeds),
         generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
         callback_on_step_end=_step_callback(on_step, cfg.steps_base),
     )
     return supported_kwargs(pipe.__call__, kwargs)
 
 
-def _call_pipeline(pipe: Any, refiner: Any, prompt: str, negative: str, seeds: Sequence[int], cfg: ImgCfg,
-                   on_step: StepCallback | None) -> list[Image.Image]:
+def _call_pipeline(
+    pipe: Any, refiner: Any, prompt: str, negative: str, seeds: Sequence[int], cfg: ImgCfg, on_step: StepCallback | None
+) -> list[Image.Image]:
     """One batched pipeline call for ``seeds`` (plus the refiner's call when enabled)."""
     n = len(seeds)
     kwargs = pipeline_kwargs(pipe, prompt, negative, seeds, cfg, on_step)
@@ -144,9 +152,15 @@ def _call_pipeline(pipe: Any, refiner: Any, prompt: str, negative: str, seeds: S
     # ensemble of experts: the base denoises the high-noise part and hands over latents
     latents = pipe(**kwargs, denoising_end=cfg.refiner_split, output_type="latent").images
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    out = refiner(prompt=[prompt] * n, negative_prompt=[negative] * n if negative else None, image=latents,
-                  num_inference_steps=cfg.steps_base, denoising_start=cfg.refiner_split,
-                  guidance_scale=cfg.guidance, generator=gens)
+    out = refiner(
+        prompt=[prompt] * n,
+        negative_prompt=[negative] * n if negative else None,
+        image=latents,
+        num_inference_steps=cfg.steps_base,
+        denoising_start=cfg.refiner_split,
+        guidance_scale=cfg.guidance,
+        generator=gens,
+    )
     return list(out.images)
 
 
@@ -154,14 +168,21 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def make_candidates(pipe: Any, refiner: Any, prompt: str, negative: str, seeds: Sequence[int], cfg: ImgCfg,
-                    on_step: StepCallback | None = None) -> list[Image.Image]:
+def make_candidates(
+    pipe: Any,
+    refiner: Any,
+    prompt: str,
+    negative: str,
+    seeds: Sequence[int],
+    cfg: ImgCfg,
+    on_step: StepCallback | None = None,
+) -> list[Image.Image]:
     """All candidates, in seed order. On CUDA out-of-memory the batch is halved and retried."""
     batch = min(cfg.max_batch or len(seeds), len(seeds))
     images: list[Image.Image] = []
     i = 0
     while i < len(seeds):
-        chunk = seeds[i:i + batch]
+        chunk = seeds[i : i + batch]
         try:
             if isinstance(on_step, StepTracker):
                 on_step.reached = 0
@@ -206,12 +227,21 @@ def reproduce_note(pipe: Any, batch: int, solo_rendered: bool) -> str:
     """What regenerating the kept image reproduces, for the record."""
     if batch < 2 or solo_rendered or getattr(pipe, "batch_invariant", False):
         return "bit-exact with --seed BEST_SEED -n 1"
-    return ("bit-exact by repeating this call (same seeds, batch, device and versions); --seed BEST_SEED -n 1 "
-            "renders it alone, equal up to the device's batch rounding")
+    return (
+        "bit-exact by repeating this call (same seeds, batch, device and versions); --seed BEST_SEED -n 1 "
+        "renders it alone, equal up to the device's batch rounding"
+    )
 
 
-def _resolve_prompt(mode: str, prompt: str | None, text: str | None, seed: int, llm_backend: str,
-                    llm_model: str | None, allow_empty: bool = False) -> tuple[str, str | None, dict[str, Any] | None]:
+def _resolve_prompt(
+    mode: str,
+    prompt: str | None,
+    text: str | None,
+    seed: int,
+    llm_backend: str,
+    llm_model: str | None,
+    allow_empty: bool = False,
+) -> tuple[str, str | None, dict[str, Any] | None]:
     """(user-level prompt, clip prompt or None, auto-prompt record or None)."""
     if mode not in MODES:
         raise BestshotError(f"unknown mode {mode!r} — use user_prompt or auto_prompt")
@@ -219,24 +249,43 @@ def _resolve_prompt(mode: str, prompt: str | None, text: str | None, seed: int, 
         if allow_empty and prompt is not None:
             return str(prompt), None, None
         if prompt is None or not str(prompt).strip():
-            raise BestshotError("the prompt is empty — give a text prompt, e.g. bestshot generate \"a red circle\"")
+            raise BestshotError('the prompt is empty — give a text prompt, e.g. bestshot generate "a red circle"')
         return str(prompt), None, None
     if text is None or not str(text).strip():
         raise BestshotError("auto_prompt mode needs a non-empty text (an article) — pass text=... or --text-file FILE")
     from .prompts.llm import auto_prompt
 
     ap = auto_prompt(str(text), backend=llm_backend, model=llm_model, seed=seed)
-    info = {"backend": ap.backend, "model": ap.model, "raw": ap.raw, "sd_prompt": ap.sd_prompt,
-            "clip_prompt": ap.clip_prompt}
+    info = {
+        "backend": ap.backend,
+        "model": ap.model,
+        "raw": ap.raw,
+        "sd_prompt": ap.sd_prompt,
+        "clip_prompt": ap.clip_prompt,
+    }
     return ap.sd_prompt, ap.clip_prompt, info
 
 
-def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str | None = None,
-             cfg: ImgCfg | None = None, preset: str | None = None, base_seed: int | None = None,
-             show: bool = False, return_candidates_images: bool = False, model: str | None = None,
-             scorer: Any = None, store: Store | None = None, llm_backend: str = "auto", llm_model: str | None = None,
-             on_step: StepCallback | None = None, extra_record: dict[str, Any] | None = None,
-             allow_empty_prompt: bool = False, **overrides: Any) -> dict[str, Any]:
+def generate(
+    prompt: str | None = None,
+    *,
+    mode: str = "user_prompt",
+    text: str | None = None,
+    cfg: ImgCfg | None = None,
+    preset: str | None = None,
+    base_seed: int | None = None,
+    show: bool = False,
+    return_candidates_images: bool = False,
+    model: str | None = None,
+    scorer: Any = None,
+    store: Store | None = None,
+    llm_backend: str = "auto",
+    llm_model: str | None = None,
+    on_step: StepCallback | None = None,
+    extra_record: dict[str, Any] | None = None,
+    allow_empty_prompt: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Generate ``cfg.n_images`` candidates, rank them with CLIP, keep the best if it passes the gate.
 
     Returns the result dict (``ok``, ``reason``, ``best_seed``, ``best_score``,
@@ -262,17 +311,34 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
     store = store or Store(root=Path(cfg.out_dir), log_path=Path(cfg.log_jsonl))
     store.check_writable()  # a read-only or full output folder: one clear error before any model loads
     run_id = new_run_id()
-    user_prompt, llm_clip, auto_info = _resolve_prompt(mode, prompt, text, cfg.seed_base, llm_backend, llm_model,
-                                                     allow_empty_prompt)
-    built = build_prompt(user_prompt, style_suffix=cfg.style_suffix, negative_prompt=cfg.negative_prompt,
-                         clip_prompt=llm_clip, allow_empty=allow_empty_prompt)
+    user_prompt, llm_clip, auto_info = _resolve_prompt(
+        mode, prompt, text, cfg.seed_base, llm_backend, llm_model, allow_empty_prompt
+    )
+    built = build_prompt(
+        user_prompt,
+        style_suffix=cfg.style_suffix,
+        negative_prompt=cfg.negative_prompt,
+        clip_prompt=llm_clip,
+        allow_empty=allow_empty_prompt,
+    )
     seeds = seeds_for(cfg.seed_base, cfg.n_images)
     record: dict[str, Any] = {
-        "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "ok": False, "mode": mode, "model": cfg.model, "preset": cfg.preset,
-        "sd_prompt": built.sd_prompt, "clip_prompt": built.clip_prompt, "negative_prompt": built.negative_prompt,
-        "best_seed": None, "best_score": None, "best_clip": None, "img_path": None, "candidates": [],
-        "settings": _settings(cfg), "version": __version__,
+        "run_id": run_id,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "ok": False,
+        "mode": mode,
+        "model": cfg.model,
+        "preset": cfg.preset,
+        "sd_prompt": built.sd_prompt,
+        "clip_prompt": built.clip_prompt,
+        "negative_prompt": built.negative_prompt,
+        "best_seed": None,
+        "best_score": None,
+        "best_clip": None,
+        "img_path": None,
+        "candidates": [],
+        "settings": _settings(cfg),
+        "version": __version__,
     }
     if auto_info:
         record["auto_prompt"] = auto_info
@@ -281,8 +347,11 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
     on_step = tracker
     hits = blocked_terms(user_prompt, cfg.blocklist)
     if hits:
-        record.update(reason="blocked_prompt", blocked_terms=hits,
-                      timing_s={"load": 0.0, "gen": 0.0, "clip": 0.0, "total": _since(t0)})
+        record.update(
+            reason="blocked_prompt",
+            blocked_terms=hits,
+            timing_s={"load": 0.0, "gen": 0.0, "clip": 0.0, "total": _since(t0)},
+        )
         store.log_run(record)
         return record
 
@@ -294,9 +363,17 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
 
         require_model(ref)
         require_scorer(scorer or cfg.scorer or default_scorer(ref))
-    pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory,
-                         scheduler=cfg.scheduler, compile=cfg.compile, vae_tiling=cfg.vae_tiling,
-                         vae_slicing=cfg.vae_slicing, vae_fp16=cfg.vae_fp16)
+    pipe = load_pipeline(
+        cfg.model,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        memory=cfg.memory,
+        scheduler=cfg.scheduler,
+        compile=cfg.compile,
+        vae_tiling=cfg.vae_tiling,
+        vae_slicing=cfg.vae_slicing,
+        vae_fp16=cfg.vae_fp16,
+    )
     refiner = None
     if cfg.refiner:
         if ref.family.name != "sdxl":
@@ -317,13 +394,22 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
         from .pruning import cost_ratio, run_pruned
 
         started = seeds_for(cfg.seed_base, cfg.prune_start)
-        pr = run_pruned(pipe, pipeline_kwargs(pipe, built.sd_prompt, built.negative_prompt, started, cfg, on_step),
-                        seeds=started, keep=cfg.n_images, at=cfg.prune_at, family=ref.family.name,
-                        score_fn=lambda ims: scorer.score(ims, clip_prompt))
+        pr = run_pruned(
+            pipe,
+            pipeline_kwargs(pipe, built.sd_prompt, built.negative_prompt, started, cfg, on_step),
+            seeds=started,
+            keep=cfg.n_images,
+            at=cfg.prune_at,
+            family=ref.family.name,
+            score_fn=lambda ims: scorer.score(ims, clip_prompt),
+        )
         seeds, images = [started[j] for j in pr.kept], pr.images
-        record["pruning"] = {"started": started, "preview_clip": [round(x, 6) for x in pr.preview_scores],
-                             "prune_step": pr.prune_step,
-                             "cost_ratio": round(cost_ratio(cfg.steps_base, cfg.prune_start, cfg.n_images, cfg.prune_at), 4)}
+        record["pruning"] = {
+            "started": started,
+            "preview_clip": [round(x, 6) for x in pr.preview_scores],
+            "prune_step": pr.prune_step,
+            "cost_ratio": round(cost_ratio(cfg.steps_base, cfg.prune_start, cfg.n_images, cfg.prune_at), 4),
+        }
     else:
         images = make_candidates(pipe, refiner, built.sd_prompt, built.negative_prompt, seeds, cfg, on_step)
     t_gen = _since(t)
@@ -349,10 +435,15 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
         t_exact = _since(t)
     ok = gate.passes(gate_value)
     cosine = cosine_like(scorer)  # the CLIPScore scale (100·max(cos, 0)) means something
-    record.update(ok=ok, best_seed=seeds[best], best_score=round(scores[best], 6), best_clip=round(scores[best], 6),
-                  best_clip_score=round(clip_score_100(scores[best]), 4) if cosine else None,
-                  gate=gate.record(gate_value),
-                  reproduce=reproduce_note(pipe, min(cfg.max_batch or batch, batch), t_exact > 0))
+    record.update(
+        ok=ok,
+        best_seed=seeds[best],
+        best_score=round(scores[best], 6),
+        best_clip=round(scores[best], 6),
+        best_clip_score=round(clip_score_100(scores[best]), 4) if cosine else None,
+        gate=gate.record(gate_value),
+        reproduce=reproduce_note(pipe, min(cfg.max_batch or batch, batch), t_exact > 0),
+    )
     if not ok:
         record["reason"] = "low_clip_alignment"
     if stop:  # interrupted, skipped or timed out: never recorded (nor ranked) as a finished run
@@ -363,11 +454,19 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
         path = None
         if cfg.save_candidates or (k == best and (ok or stop)):
             target = store.image_path(run_id, seed, score)
-            files.append((target, images[k], _parameters(built, cfg, record, seed, score),
-                          _png_metadata(record, seed, score)))
+            files.append(
+                (target, images[k], _parameters(built, cfg, record, seed, score), _png_metadata(record, seed, score))
+            )
             path = str(target)
-        candidates.append({"seed": seed, "score": round(score, 6), "clip": round(score, 6),
-                           "clip_score": round(clip_score_100(score), 4) if cosine else None, "path": path})
+        candidates.append(
+            {
+                "seed": seed,
+                "score": round(score, 6),
+                "clip": round(score, 6),
+                "clip_score": round(clip_score_100(score), 4) if cosine else None,
+                "path": path,
+            }
+        )
     for c, done in zip(candidates, steps_done or ()):
         c["steps_done"] = done
     record["candidates"] = candidates
@@ -387,8 +486,9 @@ def generate(prompt: str | None = None, *, mode: str = "user_prompt", text: str 
 def mark_stopped(record: dict[str, Any], stop: str, steps_done: int) -> None:
     """Record a run that was stopped before its last denoising step: not ``ok``, why, the step reached, and
     no claim that its seed reproduces the image (a full render of that seed is a different picture)."""
-    record.update(ok=False, reason="interrupted", interrupted=True, stopped=stop, steps_done=int(steps_done),
-                  reproduce=None)
+    record.update(
+        ok=False, reason="interrupted", interrupted=True, stopped=stop, steps_done=int(steps_done), reproduce=None
+    )
 
 
 def pick_scorer(scorer: Any, cfg: ImgCfg, ref: Any, pipe: Any):
@@ -400,30 +500,68 @@ def pick_scorer(scorer: Any, cfg: ImgCfg, ref: Any, pipe: Any):
 
 
 def _settings(cfg: ImgCfg) -> dict[str, Any]:
-    return {"n_images": cfg.n_images, "seed_base": cfg.seed_base, "steps": cfg.steps_base, "guidance": cfg.guidance,
-            "width": cfg.width, "height": cfg.height, "score_min": cfg.score_min, "clip_min": cfg.score_min,
-            "gate": cfg.gate, "scheduler": cfg.scheduler,
-            "refiner": cfg.refiner, "refiner_model": cfg.refiner_model if cfg.refiner else None,
-            "refiner_split": cfg.refiner_split if cfg.refiner else None, "dtype": cfg.dtype, "memory": cfg.memory,
-            "style_suffix": cfg.style_suffix, "exact_best": cfg.exact_best, "vae_fp16": cfg.vae_fp16,
-            "prune_start": cfg.prune_start,
-            "prune_at": cfg.prune_at if cfg.prune_start else None}
+    return {
+        "n_images": cfg.n_images,
+        "seed_base": cfg.seed_base,
+        "steps": cfg.steps_base,
+        "guidance": cfg.guidance,
+        "width": cfg.width,
+        "height": cfg.height,
+        "score_min": cfg.score_min,
+        "clip_min": cfg.score_min,
+        "gate": cfg.gate,
+        "scheduler": cfg.scheduler,
+        "refiner": cfg.refiner,
+        "refiner_model": cfg.refiner_model if cfg.refiner else None,
+        "refiner_split": cfg.refiner_split if cfg.refiner else None,
+        "dtype": cfg.dtype,
+        "memory": cfg.memory,
+        "style_suffix": cfg.style_suffix,
+        "exact_best": cfg.exact_best,
+        "vae_fp16": cfg.vae_fp16,
+        "prune_start": cfg.prune_start,
+        "prune_at": cfg.prune_at if cfg.prune_start else None,
+    }
 
 
 def _parameters(built: Any, cfg: ImgCfg, record: dict[str, Any], seed: int, score: float) -> str:
-    extra = {"Score": f"{score:.4f}", "CLIP score": f"{score:.4f}", "Scorer": record.get("scorer"),
-             "bestshot run": record["run_id"]}
+    extra = {
+        "Score": f"{score:.4f}",
+        "CLIP score": f"{score:.4f}",
+        "Scorer": record.get("scorer"),
+        "bestshot run": record["run_id"],
+    }
     if cfg.refiner:
         extra["Refiner"] = cfg.refiner_model
         extra["Refiner switch at"] = cfg.refiner_split
-    return format_parameters(built.sd_prompt, built.negative_prompt, steps=cfg.steps_base,
-                             sampler=record["settings"]["sampler"], cfg_scale=cfg.guidance, seed=seed,
-                             width=cfg.width, height=cfg.height, model=cfg.model, extra=extra)
+    return format_parameters(
+        built.sd_prompt,
+        built.negative_prompt,
+        steps=cfg.steps_base,
+        sampler=record["settings"]["sampler"],
+        cfg_scale=cfg.guidance,
+        seed=seed,
+        width=cfg.width,
+        height=cfg.height,
+        model=cfg.model,
+        extra=extra,
+    )
 
 
 def _png_metadata(record: dict[str, Any], seed: int, score: float) -> dict[str, Any]:
-    keep = ("run_id", "created", "mode", "model", "preset", "sd_prompt", "clip_prompt", "negative_prompt",
-            "settings", "scorer", "version")
+    keep = (
+        "run_id",
+        "created",
+        "mode",
+        "model",
+        "preset",
+        "sd_prompt",
+        "clip_prompt",
+        "negative_prompt",
+        "settings",
+        "scorer",
+        "version",
+    )
     return {**{k: record.get(k) for k in keep}, "seed": seed, "score": round(score, 6), "clip": round(score, 6)}
 
 
@@ -438,8 +576,17 @@ def prompt_row_maker(cfg: ImgCfg, output: Any = None) -> Callable[[dict[str, Any
     from .scale.batch import RowOutput
 
     store = Store(root=Path(cfg.out_dir), log_path=Path(cfg.log_jsonl))
-    load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory, scheduler=cfg.scheduler,
-                  compile=cfg.compile, vae_tiling=cfg.vae_tiling, vae_slicing=cfg.vae_slicing, vae_fp16=cfg.vae_fp16)
+    load_pipeline(
+        cfg.model,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        memory=cfg.memory,
+        scheduler=cfg.scheduler,
+        compile=cfg.compile,
+        vae_tiling=cfg.vae_tiling,
+        vae_slicing=cfg.vae_slicing,
+        vae_fp16=cfg.vae_fp16,
+    )
 
     def make(row: dict[str, Any]) -> Any:
         result = generate(row["prompt"], cfg=cfg, store=store)

@@ -13,8 +13,9 @@ Cost per kept image, with S steps, ``start`` candidates, ``keep`` kept and pruni
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -23,10 +24,14 @@ from .errors import BestshotError
 
 # Linear latent → RGB maps (least-squares fits used for live previews by ComfyUI / A1111's "Approx cheap").
 _LATENT_RGB = {
-    "sdxl": ([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362],
-              [-0.3165, -0.2492, -0.2188]], [0.1084, -0.0175, -0.0011]),
-    "sd15": ([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721],
-              [-0.2120, -0.2616, -0.7177]], [0.0, 0.0, 0.0]),
+    "sdxl": (
+        [[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]],
+        [0.1084, -0.0175, -0.0011],
+    ),
+    "sd15": (
+        [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]],
+        [0.0, 0.0, 0.0],
+    ),
 }
 
 
@@ -77,8 +82,16 @@ def _slice(t: Any, idx: torch.Tensor, batch: int) -> Any:
     return t
 
 
-def run_pruned(pipe: Any, call_kwargs: dict[str, Any], *, seeds: Sequence[int], keep: int, at: float,
-               score_fn: Callable[[list[Image.Image]], list[float]], family: str) -> PruneResult:
+def run_pruned(
+    pipe: Any,
+    call_kwargs: dict[str, Any],
+    *,
+    seeds: Sequence[int],
+    keep: int,
+    at: float,
+    score_fn: Callable[[list[Image.Image]], list[float]],
+    family: str,
+) -> PruneResult:
     """One pipeline call that starts ``len(seeds)`` candidates and finishes the best ``keep``."""
     start = len(seeds)
     steps = int(call_kwargs["num_inference_steps"])
@@ -119,6 +132,8 @@ def run_pruned(pipe: Any, call_kwargs: dict[str, Any], *, seeds: Sequence[int], 
     finally:
         del sched.step  # back to the class method
     if state["idx"] is None:  # k < steps, so the pipeline never called back at the prune step
-        raise BestshotError(f"early pruning needs a pipeline that calls callback_on_step_end at every step; "
-                            f"{type(pipe).__name__} did not call it at step {k + 1} — drop --prune-start")
+        raise BestshotError(
+            f"early pruning needs a pipeline that calls callback_on_step_end at every step; "
+            f"{type(pipe).__name__} did not call it at step {k + 1} — drop --prune-start"
+        )
     return PruneResult(state["idx"].tolist(), images, state["scores"], k)

@@ -30,38 +30,83 @@ class Sampler:
     flow: bool = False
 
 
-def _s(key: str, label: str, cls: str, min_steps: int = 1, note: str | None = None, flow: bool = False, **kw: Any) -> Sampler:
+def _s(
+    key: str, label: str, cls: str, min_steps: int = 1, note: str | None = None, flow: bool = False, **kw: Any
+) -> Sampler:
     return Sampler(key, label, cls, tuple(sorted(kw.items())), min_steps, note, flow)
 
 
-SAMPLERS: dict[str, Sampler] = {s.key: s for s in (
-    _s("euler", "Euler", "EulerDiscreteScheduler"),
-    _s("euler_a", "Euler a", "EulerAncestralDiscreteScheduler"),
-    _s("dpmpp_2m", "DPM++ 2M", "DPMSolverMultistepScheduler", algorithm_type="dpmsolver++", solver_order=2),
-    _s("dpmpp_2m_sde", "DPM++ 2M SDE", "DPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++", solver_order=2),
-    _s("dpmpp_3m_sde", "DPM++ 3M SDE", "DPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++", solver_order=3),
-    _s("dpmpp_sde", "DPM++ SDE", "DPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++", solver_order=2,
-       note="DPM++ SDE runs as diffusers' SDE DPM-Solver++ (2M): its Brownian-tree variant needs torchsde"),
-    _s("dpmpp_2s_a", "DPM++ 2S a", "DPMSolverSinglestepScheduler", algorithm_type="dpmsolver++", solver_order=2,
-       note="DPM++ 2S a runs as diffusers' single-step DPM-Solver++ (no ancestral noise)"),
-    _s("dpm2", "DPM2", "KDPM2DiscreteScheduler"),
-    _s("dpm2_a", "DPM2 a", "KDPM2AncestralDiscreteScheduler"),
-    _s("heun", "Heun", "HeunDiscreteScheduler"),
-    _s("lms", "LMS", "LMSDiscreteScheduler"),
-    _s("ddim", "DDIM", "DDIMScheduler"),
-    _s("ddpm", "DDPM", "DDPMScheduler"),
-    _s("pndm", "PLMS", "PNDMScheduler", min_steps=4),  # its 4-step warm-up breaks below 4 steps
-    _s("unipc", "UniPC", "UniPCMultistepScheduler"),
-    _s("lcm", "LCM", "LCMScheduler"),
-    _s("restart", "Restart", "HeunDiscreteScheduler",
-       note="Restart is not in diffusers; Heun (the solver Restart builds on) is used instead"),
-    _s("dpmpp_2m_sde_heun", "DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++",
-       solver_order=2, solver_type="heun"),
-    _s("dpm_fast", "DPM fast", "DPMSolverSinglestepScheduler", algorithm_type="dpmsolver", solver_order=3,
-       final_sigmas_type="sigma_min",
-       note="DPM fast runs as diffusers' single-step DPM-Solver (order 3), not k-diffusion's order schedule"),
-    _s("flow_euler", "Euler", "FlowMatchEulerDiscreteScheduler", flow=True),
-)}
+SAMPLERS: dict[str, Sampler] = {
+    s.key: s
+    for s in (
+        _s("euler", "Euler", "EulerDiscreteScheduler"),
+        _s("euler_a", "Euler a", "EulerAncestralDiscreteScheduler"),
+        _s("dpmpp_2m", "DPM++ 2M", "DPMSolverMultistepScheduler", algorithm_type="dpmsolver++", solver_order=2),
+        _s(
+            "dpmpp_2m_sde",
+            "DPM++ 2M SDE",
+            "DPMSolverMultistepScheduler",
+            algorithm_type="sde-dpmsolver++",
+            solver_order=2,
+        ),
+        _s(
+            "dpmpp_3m_sde",
+            "DPM++ 3M SDE",
+            "DPMSolverMultistepScheduler",
+            algorithm_type="sde-dpmsolver++",
+            solver_order=3,
+        ),
+        _s(
+            "dpmpp_sde",
+            "DPM++ SDE",
+            "DPMSolverMultistepScheduler",
+            algorithm_type="sde-dpmsolver++",
+            solver_order=2,
+            note="DPM++ SDE runs as diffusers' SDE DPM-Solver++ (2M): its Brownian-tree variant needs torchsde",
+        ),
+        _s(
+            "dpmpp_2s_a",
+            "DPM++ 2S a",
+            "DPMSolverSinglestepScheduler",
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            note="DPM++ 2S a runs as diffusers' single-step DPM-Solver++ (no ancestral noise)",
+        ),
+        _s("dpm2", "DPM2", "KDPM2DiscreteScheduler"),
+        _s("dpm2_a", "DPM2 a", "KDPM2AncestralDiscreteScheduler"),
+        _s("heun", "Heun", "HeunDiscreteScheduler"),
+        _s("lms", "LMS", "LMSDiscreteScheduler"),
+        _s("ddim", "DDIM", "DDIMScheduler"),
+        _s("ddpm", "DDPM", "DDPMScheduler"),
+        _s("pndm", "PLMS", "PNDMScheduler", min_steps=4),  # its 4-step warm-up breaks below 4 steps
+        _s("unipc", "UniPC", "UniPCMultistepScheduler"),
+        _s("lcm", "LCM", "LCMScheduler"),
+        _s(
+            "restart",
+            "Restart",
+            "HeunDiscreteScheduler",
+            note="Restart is not in diffusers; Heun (the solver Restart builds on) is used instead",
+        ),
+        _s(
+            "dpmpp_2m_sde_heun",
+            "DPM++ 2M SDE Heun",
+            "DPMSolverMultistepScheduler",
+            algorithm_type="sde-dpmsolver++",
+            solver_order=2,
+            solver_type="heun",
+        ),
+        _s(
+            "dpm_fast",
+            "DPM fast",
+            "DPMSolverSinglestepScheduler",
+            algorithm_type="dpmsolver",
+            solver_order=3,
+            final_sigmas_type="sigma_min",
+            note="DPM fast runs as diffusers' single-step DPM-Solver (order 3), not k-diffusion's order schedule",
+        ),
+        _s("flow_euler", "Euler", "FlowMatchEulerDiscreteScheduler", flow=True),
+    )
+}
 
 # A1111 schedule types ("scheduler" in a request, or a suffix of an old-style sampler name) → kwargs
 SCHEDULE_TYPES: dict[str, tuple[str, dict[str, Any], str | None]] = {
@@ -76,39 +121,61 @@ SCHEDULE_TYPES: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "beta": ("Beta", {"use_beta_sigmas": True}, None),
     "ddim": ("DDIM", {"timestep_spacing": "leading"}, None),
     "kl optimal": ("KL Optimal", {}, "KL Optimal is not in diffusers; the model's own schedule is used"),
-    "align your steps": ("Align Your Steps", {}, "Align Your Steps is not in diffusers; the model's own schedule is used"),
+    "align your steps": (
+        "Align Your Steps",
+        {},
+        "Align Your Steps is not in diffusers; the model's own schedule is used",
+    ),
     "turbo": ("Turbo", {"timestep_spacing": "trailing"}, "Turbo runs as trailing timesteps"),
 }
 
 # legacy table (bestshot name → (class, kwargs, A1111 label)), kept for callers that list schedulers
 SCHEDULERS: dict[str, tuple[str, dict[str, Any], str]] = {
-    k: (v.cls, dict(v.kwargs), v.label) for k, v in SAMPLERS.items()}
-SCHEDULERS["dpmpp_2m_karras"] = ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
-                                                                 "use_karras_sigmas": True}, "DPM++ 2M Karras")
+    k: (v.cls, dict(v.kwargs), v.label) for k, v in SAMPLERS.items()
+}
+SCHEDULERS["dpmpp_2m_karras"] = (
+    "DPMSolverMultistepScheduler",
+    {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    "DPM++ 2M Karras",
+)
 
 _LABELS = {v.label.lower(): k for k, v in SAMPLERS.items() if not v.flow}
 SAMPLER_ALIASES = {**_LABELS, "dpm++ 2m karras": "dpmpp_2m_karras"}
 
 # A1111's sampler aliases (its samplers' `aliases`: the k-diffusion names older clients send) → key, schedule
 K_ALIASES: dict[str, tuple[str, str | None]] = {
-    "k_euler_a": ("euler_a", None), "k_euler_ancestral": ("euler_a", None), "k_euler": ("euler", None),
-    "k_lms": ("lms", None), "k_lms_ka": ("lms", "karras"), "k_heun": ("heun", None), "k_dpm_2": ("dpm2", None),
-    "k_dpm_2_ka": ("dpm2", "karras"), "k_dpm_2_a": ("dpm2_a", None), "k_dpm_2_a_ka": ("dpm2_a", "karras"),
-    "k_dpmpp_2s_a": ("dpmpp_2s_a", None), "k_dpmpp_2s_a_ka": ("dpmpp_2s_a", "karras"),
-    "k_dpmpp_2m": ("dpmpp_2m", None), "k_dpmpp_2m_ka": ("dpmpp_2m", "karras"), "k_dpmpp_sde": ("dpmpp_sde", None),
-    "k_dpmpp_sde_ka": ("dpmpp_sde", "karras"), "k_dpmpp_2m_sde": ("dpmpp_2m_sde", None),
-    "k_dpmpp_2m_sde_ka": ("dpmpp_2m_sde", "karras"), "k_dpmpp_2m_sde_heun": ("dpmpp_2m_sde_heun", None),
-    "k_dpmpp_3m_sde": ("dpmpp_3m_sde", None), "k_dpm_fast": ("dpm_fast", None), "k_lcm": ("lcm", None),
+    "k_euler_a": ("euler_a", None),
+    "k_euler_ancestral": ("euler_a", None),
+    "k_euler": ("euler", None),
+    "k_lms": ("lms", None),
+    "k_lms_ka": ("lms", "karras"),
+    "k_heun": ("heun", None),
+    "k_dpm_2": ("dpm2", None),
+    "k_dpm_2_ka": ("dpm2", "karras"),
+    "k_dpm_2_a": ("dpm2_a", None),
+    "k_dpm_2_a_ka": ("dpm2_a", "karras"),
+    "k_dpmpp_2s_a": ("dpmpp_2s_a", None),
+    "k_dpmpp_2s_a_ka": ("dpmpp_2s_a", "karras"),
+    "k_dpmpp_2m": ("dpmpp_2m", None),
+    "k_dpmpp_2m_ka": ("dpmpp_2m", "karras"),
+    "k_dpmpp_sde": ("dpmpp_sde", None),
+    "k_dpmpp_sde_ka": ("dpmpp_sde", "karras"),
+    "k_dpmpp_2m_sde": ("dpmpp_2m_sde", None),
+    "k_dpmpp_2m_sde_ka": ("dpmpp_2m_sde", "karras"),
+    "k_dpmpp_2m_sde_heun": ("dpmpp_2m_sde_heun", None),
+    "k_dpmpp_3m_sde": ("dpmpp_3m_sde", None),
+    "k_dpm_fast": ("dpm_fast", None),
+    "k_lcm": ("lcm", None),
     "plms": ("pndm", None),
 }
 
 # A1111 samplers bestshot cannot run, refused by name with the reason (never silently replaced)
 UNSUPPORTED: dict[str, str] = {
     "dpm adaptive": "DPM adaptive picks its own step count (k-diffusion's adaptive solver), which diffusers does not "
-                    "have — use DPM++ 2M or DPM fast",
+    "have — use DPM++ 2M or DPM fast",
     "k_dpm_ad": "DPM adaptive (k_dpm_ad) picks its own step count, which diffusers does not have — use DPM++ 2M",
     "ddim cfg++": "DDIM CFG++ guides with a different formula (its CFG scale is about 1, not 7) that diffusers does "
-                  "not have — use DDIM",
+    "not have — use DDIM",
     "ddim_cfgpp": "DDIM CFG++ (ddim_cfgpp) guides with a formula diffusers does not have — use DDIM",
 }
 
@@ -126,12 +193,20 @@ class SchedulerSpec:
 
     @property
     def key(self) -> str:
-        return self.sampler.key if self.schedule == "automatic" else f"{self.sampler.key}:{self.schedule.replace(' ', '_')}"
+        return (
+            self.sampler.key
+            if self.schedule == "automatic"
+            else f"{self.sampler.key}:{self.schedule.replace(' ', '_')}"
+        )
 
     @property
     def label(self) -> str:
         """A1111's name: "DPM++ 2M", or with a schedule type "DPM++ 2M Karras" (the infotext's Sampler field)."""
-        return self.sampler.label if self.schedule == "automatic" else f"{self.sampler.label} {SCHEDULE_TYPES[self.schedule][0]}"
+        return (
+            self.sampler.label
+            if self.schedule == "automatic"
+            else f"{self.sampler.label} {SCHEDULE_TYPES[self.schedule][0]}"
+        )
 
     def kwargs(self) -> dict[str, Any]:
         return {**dict(self.sampler.kwargs), **SCHEDULE_TYPES[self.schedule][1]}
@@ -153,8 +228,9 @@ def _schedule_key(name: str | None) -> str:
         key = "automatic"
     key = _SCHEDULE_COMPACT.get(_compact(key), key)
     if key not in SCHEDULE_TYPES:
-        raise BestshotError(f"unknown schedule type {name!r} — choose one of: "
-                            + ", ".join(v[0] for v in SCHEDULE_TYPES.values()))
+        raise BestshotError(
+            f"unknown schedule type {name!r} — choose one of: " + ", ".join(v[0] for v in SCHEDULE_TYPES.values())
+        )
     return key
 
 
@@ -166,8 +242,9 @@ def scheduler_spec(name: str, schedule: str | None = None) -> SchedulerSpec:
         raise BestshotError(f"sampler {name!r} is not available: {UNSUPPORTED[raw.lower()]}")
     if raw.lower() in K_ALIASES:
         key, alias_schedule = K_ALIASES[raw.lower()]
-        return SchedulerSpec(SAMPLERS[key], _schedule_key(schedule if _schedule_key(schedule) != "automatic"
-                                                          else alias_schedule))
+        return SchedulerSpec(
+            SAMPLERS[key], _schedule_key(schedule if _schedule_key(schedule) != "automatic" else alias_schedule)
+        )
     if ":" in raw:
         raw, _, suffix = raw.partition(":")
         schedule = schedule if _schedule_key(schedule) != "automatic" else suffix
@@ -183,8 +260,10 @@ def scheduler_spec(name: str, schedule: str | None = None) -> SchedulerSpec:
                     schedule = st
                 break
     if sampler is None:
-        raise BestshotError(f"unknown scheduler {name!r} — choose one of: "
-                            + ", ".join(dict.fromkeys(v.label for v in SAMPLERS.values())))
+        raise BestshotError(
+            f"unknown scheduler {name!r} — choose one of: "
+            + ", ".join(dict.fromkeys(v.label for v in SAMPLERS.values()))
+        )
     return SchedulerSpec(sampler, _schedule_key(schedule))
 
 

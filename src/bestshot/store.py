@@ -32,11 +32,12 @@ import sqlite3
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -50,10 +51,25 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
-    "new_run_id", "candidate_filename", "atomic_open", "atomic_write_bytes", "atomic_write_text",
-    "atomic_write_json", "save_png", "format_parameters", "parse_parameters", "read_png_info",
-    "append_jsonl", "read_jsonl", "RunIndex", "Store", "png_bytes", "ensure_writable", "remove_stale_tmp",
-    "disk_error", "unsaved_record",
+    "new_run_id",
+    "candidate_filename",
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "save_png",
+    "format_parameters",
+    "parse_parameters",
+    "read_png_info",
+    "append_jsonl",
+    "read_jsonl",
+    "RunIndex",
+    "Store",
+    "png_bytes",
+    "ensure_writable",
+    "remove_stale_tmp",
+    "disk_error",
+    "unsaved_record",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -79,9 +95,9 @@ def new_run_id(now: datetime | None = None) -> str:
         with _last_us_lock:
             us = max(time.time_ns() // 1000, _last_us + 1)
             _last_us = us
-        now = datetime.fromtimestamp(us // 1_000_000, tz=timezone.utc).replace(microsecond=us % 1_000_000)
+        now = datetime.fromtimestamp(us // 1_000_000, tz=UTC).replace(microsecond=us % 1_000_000)
     elif now.tzinfo is not None:
-        now = now.astimezone(timezone.utc)
+        now = now.astimezone(UTC)
     return f"{now:%Y%m%d-%H%M%S-%f}-{secrets.token_hex(3)}"
 
 
@@ -410,7 +426,7 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
             view = memoryview(data)
             try:
                 while view:  # a regular-file write is normally complete; loop in case it is not
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             except BaseException:  # a full disk mid-line: take the partial line back, never leave half of one
                 with contextlib.suppress(OSError):
@@ -486,12 +502,16 @@ class RunIndex:
         run_id = record.get("run_id")
         if not run_id:
             raise ValueError("RunIndex.add: the record has no 'run_id'")
-        created = record.get("created") or datetime.now(timezone.utc).isoformat()
+        created = record.get("created") or datetime.now(UTC).isoformat()
         ok = record.get("ok")
         return (
-            str(run_id), str(created), record.get("kind", "generate"),
-            record.get("prompt", record.get("sd_prompt")), record.get("model"),
-            None if ok is None else int(bool(ok)), record.get("img_path"),
+            str(run_id),
+            str(created),
+            record.get("kind", "generate"),
+            record.get("prompt", record.get("sd_prompt")),
+            record.get("model"),
+            None if ok is None else int(bool(ok)),
+            record.get("img_path"),
             jsonio.dumps(record, ensure_ascii=False),
         )
 
@@ -567,12 +587,13 @@ STALE_TMP_S = 3600  # a hidden temp file untouched for an hour belongs to a kill
 
 
 def _disk_error(e: OSError, what: str) -> StorageError:
-    fix = {errno.ENOSPC: "free some disk space or choose another folder",
-           errno.EDQUOT: "free some disk space (quota) or choose another folder",
-           errno.EROFS: "the file system is read-only — choose another folder",
-           errno.EACCES: "choose a folder you may write to, or fix its permissions",
-           errno.EPERM: "choose a folder you may write to, or fix its permissions"}.get(
-        e.errno, "choose another folder or fix this one")
+    fix = {
+        errno.ENOSPC: "free some disk space or choose another folder",
+        errno.EDQUOT: "free some disk space (quota) or choose another folder",
+        errno.EROFS: "the file system is read-only — choose another folder",
+        errno.EACCES: "choose a folder you may write to, or fix its permissions",
+        errno.EPERM: "choose a folder you may write to, or fix its permissions",
+    }.get(e.errno, "choose another folder or fix this one")
     return StorageError(f"cannot write {what}: {e.strerror or e} — {fix}")
 
 
@@ -595,8 +616,9 @@ def ensure_writable(folder: str | os.PathLike, what: str = "to the output folder
         folder.mkdir(parents=True, exist_ok=True)
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:  # a file, not a folder, sits on the path
-        raise StorageError(f"cannot write {what} {str(folder)!r}: a file of that name is in the way — "
-                            "choose another folder") from None
+        raise StorageError(
+            f"cannot write {what} {str(folder)!r}: a file of that name is in the way — choose another folder"
+        ) from None
     except OSError as e:
         raise _disk_error(e, f"{what} {str(folder)!r}") from None
     with contextlib.suppress(OSError):
@@ -741,8 +763,10 @@ class Store:
         if rec.get("img_path"):
             rec["img_path"] = _rel_posix(rec["img_path"], base)
         if isinstance(rec.get("candidates"), list):
-            rec["candidates"] = [{**c, "path": _rel_posix(c["path"], base)} if isinstance(c, dict) and c.get("path")
-                                 else c for c in rec["candidates"]]
+            rec["candidates"] = [
+                {**c, "path": _rel_posix(c["path"], base)} if isinstance(c, dict) and c.get("path") else c
+                for c in rec["candidates"]
+            ]
         if rec.get("img_path") or any(isinstance(c, dict) and c.get("path") for c in rec.get("candidates") or []):
             rec["path_base"] = "log_dir"
         return rec
@@ -777,8 +801,11 @@ class Store:
         try:
             self.index.catch_up(self.log_path)
         except Exception as e:  # noqa: BLE001 - the log line is safe; never fail the run for the index
-            warnings.warn(f"run {record.get('run_id')!r} logged but not indexed yet ({e}); the next run "
-                          "(or bestshot serve starting) indexes it", stacklevel=2)
+            warnings.warn(
+                f"run {record.get('run_id')!r} logged but not indexed yet ({e}); the next run "
+                "(or bestshot serve starting) indexes it",
+                stacklevel=2,
+            )
 
     def sync_index(self) -> int:
         """Index the log lines the index has not seen (a run whose indexing failed); returns how many.

@@ -19,8 +19,9 @@ from .jsonio import check_finite
 T = TypeVar("T")
 
 
-def read_user_text(path: str | os.PathLike, what: str, hint: str = "check the path",
-                   empty_hint: str | None = None) -> str:
+def read_user_text(
+    path: str | os.PathLike, what: str, hint: str = "check the path", empty_hint: str | None = None
+) -> str:
     """The UTF-8 text of a file the user named; every problem is one BestshotError naming the file.
 
     Missing, a folder, unreadable, binary (NUL bytes), not UTF-8 and - when ``empty_hint`` is given -
@@ -34,15 +35,20 @@ def read_user_text(path: str | os.PathLike, what: str, hint: str = "check the pa
     except IsADirectoryError:
         raise BestshotError(f"{what} {p} is a folder, not a file — {hint}") from None
     except OSError as e:
-        raise BestshotError(f"cannot read {what} {p}: {e.strerror or e} — check the file exists and is readable "
-                            "(permissions)") from None
+        raise BestshotError(
+            f"cannot read {what} {p}: {e.strerror or e} — check the file exists and is readable (permissions)"
+        ) from None
     if b"\x00" in data:
-        raise BestshotError(f"cannot read {what} {p}: it is a binary file (it holds NUL bytes) — pass a UTF-8 text file")
+        raise BestshotError(
+            f"cannot read {what} {p}: it is a binary file (it holds NUL bytes) — pass a UTF-8 text file"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise BestshotError(f"cannot read {what} {p}: it is not UTF-8 text (byte {e.start}) — pass a readable "
-                            "UTF-8 text file (re-save it as UTF-8)") from None
+        raise BestshotError(
+            f"cannot read {what} {p}: it is not UTF-8 text (byte {e.start}) — pass a readable "
+            "UTF-8 text file (re-save it as UTF-8)"
+        ) from None
     if empty_hint is not None and not text.strip():
         raise BestshotError(f"{what} {p} is empty — {empty_hint}")
     return text
@@ -57,12 +63,15 @@ def read_yaml_mapping(path: str | os.PathLike, hint: str = "pass an existing YAM
     except yaml.YAMLError as e:
         raise BestshotError(f"config file {p} is not valid YAML ({str(e).splitlines()[0]}) — fix the syntax") from None
     if data is None:
-        raise BestshotError(f"config file {p} is empty (no settings) — write one `setting: value` per line, "
-                            "or leave the config out")
+        raise BestshotError(
+            f"config file {p} is empty (no settings) — write one `setting: value` per line, or leave the config out"
+        )
     if not isinstance(data, dict):
         raise BestshotError(f"config file {p} must hold a mapping of setting: value, not a {type(data).__name__}")
     for key, value in data.items():
-        check_finite(value, f"setting {key} in config file {p}", "write an ordinary number (YAML's .nan/.inf are not settings)")
+        check_finite(
+            value, f"setting {key} in config file {p}", "write an ordinary number (YAML's .nan/.inf are not settings)"
+        )
     return data
 
 
@@ -71,8 +80,9 @@ def dataclass_from_dict(cls: type[T], data: dict[str, Any], what: str = "config"
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise BestshotError(f"unknown {what} setting(s) {', '.join(unknown)} — valid settings are: "
-                            f"{', '.join(sorted(fields))}")
+        raise BestshotError(
+            f"unknown {what} setting(s) {', '.join(unknown)} — valid settings are: {', '.join(sorted(fields))}"
+        )
     data = dict(data)
     for name, value in data.items():
         check_finite(value, f"{what} setting {name}", "give an ordinary number; NaN and infinity are not settings")

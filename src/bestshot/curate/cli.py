@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
 
 import typer
 
@@ -75,13 +75,13 @@ def _workflow(config: Path, init: bool):
     return wf, stop
 
 
-def _count(once: bool, count: Optional[int]) -> Optional[int]:
+def _count(once: bool, count: int | None) -> int | None:
     if count is not None and count < 1:
         raise BestshotError(f"--count must be >= 1 (got {count})")
     return 1 if once else count
 
 
-def _main(mode: str, config: Path, once: bool, count: Optional[int], init: bool, job=None) -> None:
+def _main(mode: str, config: Path, once: bool, count: int | None, init: bool, job=None) -> None:
     try:
         count = _count(once, count)
         if job is not None and count is None:
@@ -108,14 +108,16 @@ def _main(mode: str, config: Path, once: bool, count: Optional[int], init: bool,
 
 
 @app.command("stage1", cls=RayFlagCommand)
-def stage1(once: bool = typer.Option(False, "--once", help="Make one image and stop."),
-           count: Optional[int] = typer.Option(None, "--count", "-n", help="Make N images and stop."),
-           config: Path = CONFIG,
-           ray: Optional[str] = RAY,
-           ray_workers: Optional[int] = RAY_WORKERS,
-           gpus_per_worker: Optional[float] = GPUS_PER_WORKER,
-           cpus_per_worker: float = CPUS_PER_WORKER,
-           ray_batch_size: int = RAY_BATCH) -> None:
+def stage1(
+    once: bool = typer.Option(False, "--once", help="Make one image and stop."),
+    count: int | None = typer.Option(None, "--count", "-n", help="Make N images and stop."),
+    config: Path = CONFIG,
+    ray: str | None = RAY,
+    ray_workers: int | None = RAY_WORKERS,
+    gpus_per_worker: float | None = GPUS_PER_WORKER,
+    cpus_per_worker: float = CPUS_PER_WORKER,
+    ray_batch_size: int = RAY_BATCH,
+) -> None:
     """Make base images + metadata only (curate outputs/stage1/, then run `bestshot upscale`).
 
     With --ray and --count N the N images are spread over Ray workers (same seeds and files)."""
@@ -136,9 +138,11 @@ def upscale(config: Path = CONFIG) -> None:
 
 
 @app.command("run")
-def run(once: bool = typer.Option(False, "--once", help="Make one image and stop."),
-        count: Optional[int] = typer.Option(None, "--count", "-n", help="Make N images and stop."),
-        config: Path = CONFIG) -> None:
+def run(
+    once: bool = typer.Option(False, "--once", help="Make one image and stop."),
+    count: int | None = typer.Option(None, "--count", "-n", help="Make N images and stop."),
+    config: Path = CONFIG,
+) -> None:
     """All enabled stages per image, continuously until Ctrl-C (or --once / --count N)."""
     _main("run", config, once, count, init=True)
 

@@ -30,8 +30,15 @@ SDXL_BUCKETS: dict[str, tuple[int, int]] = {
     "3:2": (1216, 832),
 }
 # the document's names (fp16, bf16) and the loader's (float16, ...) both work
-DTYPES = {"auto": "auto", "fp16": "float16", "bf16": "bfloat16", "fp32": "float32",
-          "float16": "float16", "bfloat16": "bfloat16", "float32": "float32"}
+DTYPES = {
+    "auto": "auto",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+    "fp32": "float32",
+    "float16": "float16",
+    "bfloat16": "bfloat16",
+    "float32": "float32",
+}
 MEMORY = ("gpu", "model_offload", "sequential_offload")
 BLEND_MODES = ("cosine", "linear")
 UPSCALE_BACKENDS = ("ncnn", "torch", "lanczos", "auto")
@@ -155,13 +162,15 @@ class CurateCfg:
         d.pop("root")
         return d
 
-    def validate(self) -> "CurateCfg":
+    def validate(self) -> CurateCfg:
         g, s2, s3 = self.generation, self.generation.stage2, self.generation.stage3
         _choice("generation.aspect", g.aspect, [None, *SDXL_BUCKETS])
         for key, v in (("generation.base_width", g.base_width), ("generation.base_height", g.base_height)):
             if v < 8 or v % 8:
-                raise BestshotError(f"{key} = {v} must be a positive multiple of 8 — e.g. an SDXL bucket size "
-                                    f"({', '.join(f'{w}x{h}' for w, h in SDXL_BUCKETS.values())})")
+                raise BestshotError(
+                    f"{key} = {v} must be a positive multiple of 8 — e.g. an SDXL bucket size "
+                    f"({', '.join(f'{w}x{h}' for w, h in SDXL_BUCKETS.values())})"
+                )
         if g.seed is not None and g.seed < 0:
             raise BestshotError(f"generation.seed = {g.seed} must be >= 0, or null for a random seed per image")
         if not 0 <= g.max_prompt_options <= 5:
@@ -177,21 +186,26 @@ class CurateCfg:
         if s2.scale < 1 or s3.scale < 1:
             raise BestshotError("generation.stage2.scale and generation.stage3.scale must be whole numbers >= 1")
         if s3.scale < (s2.scale if s2.enabled else 1):
-            raise BestshotError(f"generation.stage3.scale = {s3.scale} is smaller than generation.stage2.scale = "
-                                f"{s2.scale} — both are relative to the base size, so stage 3's must be the larger")
+            raise BestshotError(
+                f"generation.stage3.scale = {s3.scale} is smaller than generation.stage2.scale = "
+                f"{s2.scale} — both are relative to the base size, so stage 3's must be the larger"
+            )
         if s3.tile_size < 8 or s3.tile_size % 8:
             raise BestshotError(f"generation.stage3.tile_size = {s3.tile_size} must be a positive multiple of 8")
         if not 0 <= s3.tile_overlap < s3.tile_size:
-            raise BestshotError(f"generation.stage3.tile_overlap = {s3.tile_overlap} must lie in "
-                                f"0..tile_size-1 ({s3.tile_size - 1})")
+            raise BestshotError(
+                f"generation.stage3.tile_overlap = {s3.tile_overlap} must lie in 0..tile_size-1 ({s3.tile_size - 1})"
+            )
         _choice("generation.stage3.blend_mode", s3.blend_mode, BLEND_MODES)
         if not 0.0 < self.model.refiner_split < 1.0:
             raise BestshotError(f"model.refiner_split = {self.model.refiner_split} must lie strictly between 0 and 1")
         _choice("upscaler.backend", self.upscaler.backend, UPSCALE_BACKENDS)
         _choice("memory.strategy", self.memory.strategy, MEMORY)
         _choice("performance.dtype", self.performance.dtype, list(DTYPES))
-        for key, v in (("lora.character_strength", self.lora.character_strength),
-                       ("lora.style_strength", self.lora.style_strength)):
+        for key, v in (
+            ("lora.character_strength", self.lora.character_strength),
+            ("lora.style_strength", self.lora.style_strength),
+        ):
             if not -4.0 <= v <= 4.0:
                 raise BestshotError(f"{key} = {v} must lie in -4..4 (1.0 = full strength)")
         if self.model.scheduler:
@@ -220,15 +234,23 @@ def fit_to_model(cfg: CurateCfg, defaults: dict[str, Any], max_side: int, sdxl: 
     s2, s3 = dataclasses.replace(g.stage2), dataclasses.replace(g.stage3)
     notes: list[str] = []
     side = defaults.get("width")
-    if (g.aspect is None and (g.base_width, g.base_height) == (sdxl_gen.base_width, sdxl_gen.base_height)
-            and isinstance(side, int) and side > 0 and max(g.base_width, g.base_height) > max_side):
+    if (
+        g.aspect is None
+        and (g.base_width, g.base_height) == (sdxl_gen.base_width, sdxl_gen.base_height)
+        and isinstance(side, int)
+        and side > 0
+        and max(g.base_width, g.base_height) > max_side
+    ):
         h = defaults.get("height") if isinstance(defaults.get("height"), int) else side
         g.base_width, g.base_height = side, h
         notes.append(f"generation.base_width/base_height {sdxl_gen.base_width}x{sdxl_gen.base_height} → {side}x{h}")
     steps = defaults.get("num_inference_steps", defaults.get("steps"))
     guidance = defaults.get("guidance_scale", defaults.get("guidance"))
-    for key, st, default in (("model", m, sdxl_model), ("generation.stage2", s2, sdxl_gen.stage2),
-                             ("generation.stage3", s3, sdxl_gen.stage3)):
+    for key, st, default in (
+        ("model", m, sdxl_model),
+        ("generation.stage2", s2, sdxl_gen.stage2),
+        ("generation.stage3", s3, sdxl_gen.stage3),
+    ):
         if isinstance(steps, int) and steps > 0 and st.steps == default.steps != steps:
             notes.append(f"{key}.steps {st.steps} → {steps}")
             st.steps = steps
@@ -276,7 +298,8 @@ def _type_name(tp: Any) -> str:
     if args:
         return " or ".join("null" if a is type(None) else a.__name__ for a in args)
     return {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string"}.get(
-        tp.__name__, tp.__name__)
+        tp.__name__, tp.__name__
+    )
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -289,8 +312,10 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     unknown = sorted(set(data) - known)
     if unknown:
         where = f" in {prefix}" if prefix else ""
-        raise BestshotError(f"unknown setting(s) {', '.join(f'{prefix}.{k}' if prefix else k for k in unknown)}"
-                            f"{where} — valid keys are: {', '.join(sorted(known))}")
+        raise BestshotError(
+            f"unknown setting(s) {', '.join(f'{prefix}.{k}' if prefix else k for k in unknown)}"
+            f"{where} — valid keys are: {', '.join(sorted(known))}"
+        )
     kwargs = {}
     for name, value in data.items():
         tp, key = hints[name], f"{prefix}.{name}" if prefix else name

@@ -28,10 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from bestshot import jsonio
+
 from ..store import atomic_write_json
 
-FOLDERS = ("stage1", "metadata", "final", "intermediates/stage2_up", "intermediates/stage2",
-           "intermediates/stage3_up", "intermediates/tiles")
+FOLDERS = (
+    "stage1",
+    "metadata",
+    "final",
+    "intermediates/stage2_up",
+    "intermediates/stage2",
+    "intermediates/stage3_up",
+    "intermediates/tiles",
+)
 STAGE1_RE = re.compile(r"^(?P<tag>\d{8}_\d{6}(?:_\d+)?)_stage1_(?P<w>\d+)x(?P<h>\d+)\.png$")
 
 
@@ -39,7 +47,7 @@ STAGE1_RE = re.compile(r"^(?P<tag>\d{8}_\d{6}(?:_\d+)?)_stage1_(?P<w>\d+)x(?P<h>
 class Layout:
     root: Path  # the outputs folder
 
-    def make(self) -> "Layout":
+    def make(self) -> Layout:
         for f in FOLDERS:
             (self.root / f).mkdir(parents=True, exist_ok=True)
         return self

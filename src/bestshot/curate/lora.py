@@ -84,12 +84,21 @@ class LoraSwitcher:
         if applied:
             if hasattr(pipe, "enable_lora"):
                 pipe.enable_lora()
-            pipe.set_adapters([lo.adapter for lo in applied],
-                              adapter_weights=[self.strengths[lo.kind] for lo in applied])
+            pipe.set_adapters(
+                [lo.adapter for lo in applied], adapter_weights=[self.strengths[lo.kind] for lo in applied]
+            )
         elif have and hasattr(pipe, "disable_lora"):
             pipe.disable_lora()
-        return [{"kind": lo.kind, "name": lo.name, "file": str(lo.path), "strength": self.strengths[lo.kind],
-                 "trigger_words": list(lo.trigger_words)} for lo in applied]
+        return [
+            {
+                "kind": lo.kind,
+                "name": lo.name,
+                "file": str(lo.path),
+                "strength": self.strengths[lo.kind],
+                "trigger_words": list(lo.trigger_words),
+            }
+            for lo in applied
+        ]
 
     def _load(self, pipe: Any, lora: Lora) -> bool:
         if not hasattr(pipe, "load_lora_weights"):
@@ -111,8 +120,11 @@ class LoraSwitcher:
 
     def _skip(self, lora: Lora, why: str) -> None:
         self.failed.add(lora.path)
-        warnings.warn(f"skipping {lora.kind} LoRA {lora.path.name}: it does not fit this model ({why}) — "
-                      f"use a LoRA trained for this base model, or remove it from {lora.path.parent}", stacklevel=3)
+        warnings.warn(
+            f"skipping {lora.kind} LoRA {lora.path.name}: it does not fit this model ({why}) — "
+            f"use a LoRA trained for this base model, or remove it from {lora.path.parent}",
+            stacklevel=3,
+        )
 
     @staticmethod
     def _cleanup(pipe: Any, lora: Lora) -> None:

@@ -38,8 +38,9 @@ def image_location(outputs: str | Path, image: str) -> Path | None:
     return None
 
 
-def record_verdict(outputs: str | Path, name: str, verdict: str, *, source: str = "gallery",
-                   now: float | None = None) -> dict:
+def record_verdict(
+    outputs: str | Path, name: str, verdict: str, *, source: str = "gallery", now: float | None = None
+) -> dict:
     """One gallery verdict on ``stage1/NAME`` as a preference row (the same row ``collect`` writes).
 
     ``verdict`` is keep, delete, star or ``undo`` (forget the earlier verdict). The prompt and tag come from
@@ -71,8 +72,10 @@ def collect_stage1(outputs: str | Path, *, source: str = "stage1-folder", now: f
     layout = Layout(Path(outputs))
     meta_dir = layout.root / "metadata"
     if not meta_dir.is_dir() and not (layout.root / TRASH).is_dir():
-        raise BestshotError(f"{meta_dir} does not exist — point --outputs (or --workflow-dir) at a curation "
-                            "folder made by `bestshot stage1`")
+        raise BestshotError(
+            f"{meta_dir} does not exist — point --outputs (or --workflow-dir) at a curation "
+            "folder made by `bestshot stage1`"
+        )
     latest = latest_verdicts(read_preferences(outputs))
     added = []
     for meta in _metadata_files(layout.root):
@@ -96,6 +99,5 @@ def collect_stage1(outputs: str | Path, *, source: str = "stage1-folder", now: f
             if prev.get("prompt") or not record["prompt"]:
                 continue
             verdict = prev["verdict"]  # the same verdict, logged without its prompt: repaired (a star stays one)
-        added.append(add_preference(outputs, record["prompt"], rel, verdict, source=source,
-                                    tag=tag, now=now))
+        added.append(add_preference(outputs, record["prompt"], rel, verdict, source=source, tag=tag, now=now))
     return added

@@ -18,9 +18,11 @@ from ..store import atomic_write_text
 DEFAULTS = {
     "manual_prompt": "a lighthouse on a rocky coast at dusk, dramatic sky, highly detailed\n",
     "manual_negative_prompt": "blurry, low quality, watermark, text, deformed\n",
-    "prompt_options": ("# one phrase per line; 0-5 of them are added to each image's prompt\n"
-                       "golden hour\nsoft rim light\nwide angle\nfilm grain\nvolumetric fog\n"
-                       "shallow depth of field\nmoody colours\n"),
+    "prompt_options": (
+        "# one phrase per line; 0-5 of them are added to each image's prompt\n"
+        "golden hour\nsoft rim light\nwide angle\nfilm grain\nvolumetric fog\n"
+        "shallow depth of field\nmoody colours\n"
+    ),
 }
 
 
@@ -33,16 +35,22 @@ class PromptFiles:
     def ensure(self) -> list[Path]:
         """Write the default file for each one that is missing; returns those written."""
         written = []
-        for key, path in (("manual_prompt", self.prompt), ("manual_negative_prompt", self.negative),
-                          ("prompt_options", self.options)):
+        for key, path in (
+            ("manual_prompt", self.prompt),
+            ("manual_negative_prompt", self.negative),
+            ("prompt_options", self.options),
+        ):
             if not path.exists():
                 atomic_write_text(path, DEFAULTS[key])
                 written.append(path)
         return written
 
     def read(self) -> tuple[str, str, list[str]]:
-        return (_join(_read(self.prompt, required=True)), _join(_read(self.negative)),
-                parse_options(_read(self.options)))
+        return (
+            _join(_read(self.prompt, required=True)),
+            _join(_read(self.negative)),
+            parse_options(_read(self.options)),
+        )
 
 
 def _read(path: Path, required: bool = False) -> str:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from PIL import Image
@@ -29,13 +30,29 @@ from ..errors import BestshotError
 from ..prompts.build import BuiltPrompt
 
 
-def txt2img(pipe: Any, refiner: Any, prompt: BuiltPrompt, seed: int, width: int, height: int,
-            steps: int, guidance: float, refiner_split: float) -> Image.Image:
+def txt2img(
+    pipe: Any,
+    refiner: Any,
+    prompt: BuiltPrompt,
+    seed: int,
+    width: int,
+    height: int,
+    steps: int,
+    guidance: float,
+    refiner_split: float,
+) -> Image.Image:
     """One stage 1 image (the shared candidate maker with a batch of one)."""
     from ..generation import make_candidates
 
-    cfg = ImgCfg(n_images=1, steps_base=steps, guidance=guidance, width=width, height=height,
-                 refiner_split=refiner_split, max_batch=1)
+    cfg = ImgCfg(
+        n_images=1,
+        steps_base=steps,
+        guidance=guidance,
+        width=width,
+        height=height,
+        refiner_split=refiner_split,
+        max_batch=1,
+    )
     return make_candidates(pipe, refiner, prompt.sd_prompt, prompt.negative_prompt, [seed], cfg)[0]
 
 
@@ -68,8 +85,16 @@ class PixelSDEdit:
         self.pipe = pipe
 
     @torch.no_grad()
-    def __call__(self, prompt: str, image: Image.Image, strength: float, num_inference_steps: int,
-                 guidance_scale: float, generator: torch.Generator, negative_prompt: str | None = None):
+    def __call__(
+        self,
+        prompt: str,
+        image: Image.Image,
+        strength: float,
+        num_inference_steps: int,
+        guidance_scale: float,
+        generator: torch.Generator,
+        negative_prompt: str | None = None,
+    ):
         from types import SimpleNamespace
 
         import numpy as np
@@ -80,8 +105,9 @@ class PixelSDEdit:
             return SimpleNamespace(images=[image])
         arr = np.asarray(lanczos(image.convert("RGB"), snap), dtype=np.float32) / 127.5 - 1.0
         x0 = torch.from_numpy(arr).permute(2, 0, 1)[None]
-        x = self.pipe.sdedit(x0, [prompt], strength, num_inference_steps, guidance_scale,
-                             [negative_prompt or ""], generator)
+        x = self.pipe.sdedit(
+            x0, [prompt], strength, num_inference_steps, guidance_scale, [negative_prompt or ""], generator
+        )
         out = ((x[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
         return SimpleNamespace(images=[lanczos(Image.fromarray(out), size)])
 
@@ -90,8 +116,17 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(int(seed))
 
 
-def img2img(i2i: Any, refiner: Any, image: Image.Image, prompt: BuiltPrompt, seed: int, strength: float,
-            steps: int, guidance: float, refiner_split: float = 0.8) -> Image.Image:
+def img2img(
+    i2i: Any,
+    refiner: Any,
+    image: Image.Image,
+    prompt: BuiltPrompt,
+    seed: int,
+    strength: float,
+    steps: int,
+    guidance: float,
+    refiner_split: float = 0.8,
+) -> Image.Image:
     """Denoise ``image`` from ``strength`` of the way (SDEdit); with ``refiner`` the last part is its.
 
     ``steps`` is raised to at least ``1/strength`` so at least one step runs (diffusers runs
@@ -99,15 +134,28 @@ def img2img(i2i: Any, refiner: Any, image: Image.Image, prompt: BuiltPrompt, see
     """
     steps = max(int(steps), math.ceil(1.0 / strength))
     neg = prompt.negative_prompt or None
-    kw: dict[str, Any] = dict(prompt=prompt.sd_prompt, negative_prompt=neg, image=image.convert("RGB"),
-                              strength=strength, num_inference_steps=steps, guidance_scale=guidance,
-                              generator=_generator(seed))
+    kw: dict[str, Any] = dict(
+        prompt=prompt.sd_prompt,
+        negative_prompt=neg,
+        image=image.convert("RGB"),
+        strength=strength,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=_generator(seed),
+    )
     if refiner is None:
         return i2i(**kw).images[0]
     latents = i2i(**kw, denoising_end=refiner_split, output_type="latent").images
-    return refiner(prompt=prompt.sd_prompt, negative_prompt=neg, image=latents, strength=strength,
-                   num_inference_steps=steps, denoising_start=refiner_split, guidance_scale=guidance,
-                   generator=_generator(seed)).images[0]
+    return refiner(
+        prompt=prompt.sd_prompt,
+        negative_prompt=neg,
+        image=latents,
+        strength=strength,
+        num_inference_steps=steps,
+        denoising_start=refiner_split,
+        guidance_scale=guidance,
+        generator=_generator(seed),
+    ).images[0]
 
 
 def lanczos(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -121,8 +169,14 @@ def make_upscaler(backend: str, model: str, weights: Path | None, tile: int, til
     if backend == "auto" and weights is not None and not Path(weights).is_file():
         weights = None  # auto: the .pth when present, else ncnn, else Lanczos
     try:
-        return get_upscaler(backend, model=model, weights=weights if backend in ("torch", "auto") else None,
-                            tile=tile, tile_pad=tile_pad, device=device if backend == "torch" else None)
+        return get_upscaler(
+            backend,
+            model=model,
+            weights=weights if backend in ("torch", "auto") else None,
+            tile=tile,
+            tile_pad=tile_pad,
+            device=device if backend == "torch" else None,
+        )
     except BestshotError as e:
         warnings.warn(f"Real-ESRGAN ({backend}) is not available, falling back to Lanczos, which adds no detail: {e}")
         return get_upscaler("lanczos")
@@ -135,13 +189,28 @@ def esrgan_upscale(upscaler: Any, image: Image.Image, size: tuple[int, int]) -> 
     return lanczos(out, size)
 
 
-def refine_tiles(image: Image.Image, refine: Callable[[Image.Image, int], Image.Image], tile_size: int,
-                 overlap: int, mode: str, tiles_dir: Path | None, tile_name: str) -> Image.Image:
+def refine_tiles(
+    image: Image.Image,
+    refine: Callable[[Image.Image, int], Image.Image],
+    tile_size: int,
+    overlap: int,
+    mode: str,
+    tiles_dir: Path | None,
+    tile_name: str,
+) -> Image.Image:
     """Sliding-window img2img: ``refine(tile, index)`` per tile, blended with cosine/linear ramps."""
-    from ..upscale.tiled import refine_tiled
-
     import sys
 
+    from ..upscale.tiled import refine_tiled
+
     counter = iter(range(1 << 30))
-    return refine_tiled(image, lambda tile, box: refine(tile, next(counter)), tile_size=tile_size,
-                        overlap=overlap, mode=mode, progress=sys.stderr.isatty(), tiles_dir=tiles_dir, tile_name=tile_name)
+    return refine_tiled(
+        image,
+        lambda tile, box: refine(tile, next(counter)),
+        tile_size=tile_size,
+        overlap=overlap,
+        mode=mode,
+        progress=sys.stderr.isatty(),
+        tiles_dir=tiles_dir,
+        tile_name=tile_name,
+    )

@@ -5,21 +5,23 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from ..errors import BestshotError
 
-app = typer.Typer(help="Learn what you keep: collect curation verdicts, train a taste head (--scorer clip+taste:0.5).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Learn what you keep: collect curation verdicts, train a taste head (--scorer clip+taste:0.5).",
+    no_args_is_help=True,
+)
 
-WORKFLOW_DIR = typer.Option(Path("."), "--workflow-dir", "-w",
-                            help="Curation folder (with config.yaml, or its outputs/ folder inside).")
+WORKFLOW_DIR = typer.Option(
+    Path("."), "--workflow-dir", "-w", help="Curation folder (with config.yaml, or its outputs/ folder inside)."
+)
 OUTPUTS = typer.Option(None, "--outputs", help="The outputs folder itself (overrides --workflow-dir).")
 
 
-def outputs_of(workflow_dir: Path, outputs: Optional[Path]) -> Path:
+def outputs_of(workflow_dir: Path, outputs: Path | None) -> Path:
     """The outputs folder: ``--outputs``, else the one ``WORKFLOW_DIR/config.yaml`` names, else
     ``WORKFLOW_DIR/outputs``."""
     if outputs is not None:
@@ -36,11 +38,17 @@ def outputs_of(workflow_dir: Path, outputs: Optional[Path]) -> Path:
 
 
 @app.command("collect")
-def collect(workflow_dir: Path = WORKFLOW_DIR, outputs: Optional[Path] = OUTPUTS,
-            embed: bool = typer.Option(True, "--embed/--no-embed",
-                                       help="Embed surviving stage-1 images not embedded yet (so later deletions can train)."),
-            scorer: str = typer.Option("embedded", "--scorer", help="Embedder of the head (a CLIP scorer spec)."),
-            device: Optional[str] = typer.Option(None, "--device")) -> None:
+def collect(
+    workflow_dir: Path = WORKFLOW_DIR,
+    outputs: Path | None = OUTPUTS,
+    embed: bool = typer.Option(
+        True,
+        "--embed/--no-embed",
+        help="Embed surviving stage-1 images not embedded yet (so later deletions can train).",
+    ),
+    scorer: str = typer.Option("embedded", "--scorer", help="Embedder of the head (a CLIP scorer spec)."),
+    device: str | None = typer.Option(None, "--device"),
+) -> None:
     """Record stage-1 survivors as keep and deleted stage-1 images (also those the gallery moved to trash/) as
     delete (idempotent)."""
     from ..scoring.taste import EmbeddingCache, embedder_for, read_preferences, taste_dir
@@ -57,22 +65,40 @@ def collect(workflow_dir: Path = WORKFLOW_DIR, outputs: Optional[Path] = OUTPUTS
         if cache.missing(images, locate):
             embedded = cache.add_missing(images, embedder_for(scorer, device).embed_images, locate=locate)
     counts = {v: sum(r["verdict"] == v for r in added) for v in ("keep", "delete", "star")}
-    typer.echo(json.dumps({"outputs": str(out), "added": counts, "embedded": embedded,
-                           "preferences": str(taste_dir(out) / "preferences.jsonl")}, indent=2))
+    typer.echo(
+        json.dumps(
+            {
+                "outputs": str(out),
+                "added": counts,
+                "embedded": embedded,
+                "preferences": str(taste_dir(out) / "preferences.jsonl"),
+            },
+            indent=2,
+        )
+    )
 
 
 @app.command("train")
-def train(workflow_dir: Path = WORKFLOW_DIR, outputs: Optional[Path] = OUTPUTS,
-          kind: str = typer.Option("logistic", "--kind", help="logistic (every row) or bt (Bradley–Terry on "
-                                   "kept-vs-deleted pairs of the same prompt)."),
-          scorer: str = typer.Option("embedded", "--scorer", help="Embedder the head reads (as given to collect)."),
-          folds: int = typer.Option(5, "--folds", help="Cross-validation folds (split by prompt; <2: none)."),
-          l2: float = typer.Option(1e-3, "--l2", help="L2 penalty."),
-          fresh: bool = typer.Option(False, "--fresh", help="Start from zero instead of the saved head."),
-          balanced: bool = typer.Option(False, "--balanced/--no-balanced",
-                                        help="Weigh kept and deleted rows equally in total (a curation that deletes "
-                                             "most images otherwise learns mostly 'delete')."),
-          out_file: Optional[Path] = typer.Option(None, "--out", help="Head file (default OUTPUTS/taste/head.json).")) -> None:
+def train(
+    workflow_dir: Path = WORKFLOW_DIR,
+    outputs: Path | None = OUTPUTS,
+    kind: str = typer.Option(
+        "logistic",
+        "--kind",
+        help="logistic (every row) or bt (Bradley–Terry on kept-vs-deleted pairs of the same prompt).",
+    ),
+    scorer: str = typer.Option("embedded", "--scorer", help="Embedder the head reads (as given to collect)."),
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds (split by prompt; <2: none)."),
+    l2: float = typer.Option(1e-3, "--l2", help="L2 penalty."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start from zero instead of the saved head."),
+    balanced: bool = typer.Option(
+        False,
+        "--balanced/--no-balanced",
+        help="Weigh kept and deleted rows equally in total (a curation that deletes "
+        "most images otherwise learns mostly 'delete').",
+    ),
+    out_file: Path | None = typer.Option(None, "--out", help="Head file (default OUTPUTS/taste/head.json)."),
+) -> None:
     """Train (or retrain, warm-started) the taste head; prints its row count and validation accuracy."""
     from ..scoring.taste import HEAD, TasteHead, dataset, taste_dir, train_head
 
@@ -90,8 +116,7 @@ def train(workflow_dir: Path = WORKFLOW_DIR, outputs: Optional[Path] = OUTPUTS,
             warnings.warn(f"not starting from the saved head: {e}")
     ds = dataset(out, scorer)
     _check_dim(ds.x.shape[1], scorer, out)
-    head = train_head(ds, kind=kind, embedder=scorer, folds=folds, l2=l2, warm=warm,
-                      balanced=balanced)
+    head = train_head(ds, kind=kind, embedder=scorer, folds=folds, l2=l2, warm=warm, balanced=balanced)
     head.save(path)  # written beside the old head, checked, then renamed over it
     typer.echo(json.dumps({"head": str(path), "kind": head.kind, **head.info}, indent=2))
     typer.echo(f"use it: --scorer clip+taste@{path}:0.5", err=True)
@@ -109,6 +134,8 @@ def _check_dim(dim: int, scorer: str, out: Path) -> None:
         return  # the embedder is not here: scoring will say so
     want = getattr(getattr(model, "config", None), "projection_dim", None)
     if isinstance(want, int) and want != dim:
-        raise BestshotError(f"the embedding cache in {out / 'taste'} holds {dim}-d vectors but {scorer!r} embeds "
-                            f"images in {want}-d — give the --scorer the cache was made with, or delete the cache "
-                            "and run `bestshot taste collect` again")
+        raise BestshotError(
+            f"the embedding cache in {out / 'taste'} holds {dim}-d vectors but {scorer!r} embeds "
+            f"images in {want}-d — give the --scorer the cache was made with, or delete the cache "
+            "and run `bestshot taste collect` again"
+        )

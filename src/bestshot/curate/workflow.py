@@ -11,11 +11,12 @@ from __future__ import annotations
 import secrets
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image
 
@@ -53,8 +54,9 @@ class Workflow:
         self.cfg = self._fit(self.cfg)
         c = self.cfg
         self.layout = Layout(c.path(c.paths.outputs))
-        self.prompt_files = PromptFiles(c.path(c.paths.manual_prompt), c.path(c.paths.manual_negative_prompt),
-                                        c.path(c.paths.prompt_options))
+        self.prompt_files = PromptFiles(
+            c.path(c.paths.manual_prompt), c.path(c.paths.manual_negative_prompt), c.path(c.paths.prompt_options)
+        )
         self.switcher = LoraSwitcher({"character": c.lora.character_strength, "style": c.lora.style_strength})
 
     def _fit(self, cfg: CurateCfg) -> CurateCfg:
@@ -65,11 +67,13 @@ class Workflow:
             ref = resolve_model(cfg.model.base)
         except BestshotError:
             return cfg  # loading the model reports it
-        fitted, notes = fit_to_model(cfg, model_defaults(cfg.model.base), size_limits(ref)[1],
-                                     ref.family.name.startswith("sdxl"))
+        fitted, notes = fit_to_model(
+            cfg, model_defaults(cfg.model.base), size_limits(ref)[1], ref.family.name.startswith("sdxl")
+        )
         if notes:
-            self.say(f"{cfg.model.base}: its own defaults for the SDXL settings left in config.yaml: "
-                     + "; ".join(notes))
+            self.say(
+                f"{cfg.model.base}: its own defaults for the SDXL settings left in config.yaml: " + "; ".join(notes)
+            )
         return fitted
 
     # ------------------------------------------------------------------ models
@@ -84,10 +88,16 @@ class Workflow:
             from ..models.loader import load_pipeline
 
             c = self.cfg
-            self._models["pipe"] = load_pipeline(c.model.base, dtype=c.torch_dtype_name, device=c.performance.device,
-                                                 memory=c.memory.strategy, scheduler=c.model.scheduler,
-                                                 compile=c.performance.compile_unet, vae_tiling=c.memory.vae_tiling,
-                                                 vae_slicing=c.memory.vae_slicing)
+            self._models["pipe"] = load_pipeline(
+                c.model.base,
+                dtype=c.torch_dtype_name,
+                device=c.performance.device,
+                memory=c.memory.strategy,
+                scheduler=c.model.scheduler,
+                compile=c.performance.compile_unet,
+                vae_tiling=c.memory.vae_tiling,
+                vae_slicing=c.memory.vae_slicing,
+            )
             self._check_size()
         return self._models["pipe"]
 
@@ -98,23 +108,32 @@ class Workflow:
             key = f"warned_refiner_{where}"
             if key not in self._models:
                 self._models[key] = True
-                warnings.warn(f"{where}.use_refiner is set but {self.cfg.model.base!r} is not an SDXL base model; "
-                              "running without the refiner")
+                warnings.warn(
+                    f"{where}.use_refiner is set but {self.cfg.model.base!r} is not an SDXL base model; "
+                    "running without the refiner"
+                )
             return None
         if "refiner" not in self._models:
             from ..models.loader import load_refiner
 
             c = self.cfg
-            self._models["refiner"] = load_refiner(self.pipe(), c.model.refiner, dtype=c.torch_dtype_name,
-                                                   device=c.performance.device, memory=c.memory.strategy)
+            self._models["refiner"] = load_refiner(
+                self.pipe(),
+                c.model.refiner,
+                dtype=c.torch_dtype_name,
+                device=c.performance.device,
+                memory=c.memory.strategy,
+            )
         return self._models["refiner"]
 
     def i2i(self) -> Any | None:
         if "i2i" not in self._models:
             i2i = stages.img2img_pipeline(self.pipe(), self.family)
             if i2i is None:
-                warnings.warn(f"the {self.family.name} model {self.cfg.model.base!r} has no img2img; stages 2 and 3 "
-                              "upscale without diffusion refinement")
+                warnings.warn(
+                    f"the {self.family.name} model {self.cfg.model.base!r} has no img2img; stages 2 and 3 "
+                    "upscale without diffusion refinement"
+                )
             self._models["i2i"] = i2i
         return self._models["i2i"]
 
@@ -122,14 +141,17 @@ class Workflow:
         if self._upscaler is None:
             u = self.cfg.upscaler
             weights = self.cfg.path(u.weights) if u.weights else None
-            self._upscaler = stages.make_upscaler(u.backend, u.model, weights, u.tile, u.tile_pad,
-                                                  self.cfg.performance.device)
+            self._upscaler = stages.make_upscaler(
+                u.backend, u.model, weights, u.tile, u.tile_pad, self.cfg.performance.device
+            )
         return self._upscaler
 
     def _check_size(self) -> None:
         if self.family.name == "sdxl" and self.cfg.base_size not in SDXL_BUCKETS.values():
-            warnings.warn(f"base size {self.cfg.base_size[0]}x{self.cfg.base_size[1]} is not an SDXL bucket "
-                          f"({', '.join(f'{k} {w}x{h}' for k, (w, h) in SDXL_BUCKETS.items())}); SDXL may compose badly")
+            warnings.warn(
+                f"base size {self.cfg.base_size[0]}x{self.cfg.base_size[1]} is not an SDXL bucket "
+                f"({', '.join(f'{k} {w}x{h}' for k, (w, h) in SDXL_BUCKETS.items())}); SDXL may compose badly"
+            )
 
     # ------------------------------------------------------------------ stage 1
     def new_seed(self, index: int) -> int:
@@ -149,24 +171,49 @@ class Workflow:
         triggers = [t for lo in applied for t in lo["trigger_words"]]
         built = assemble(manual, chosen_options, negative, triggers)
         w, h = c.base_size
-        image = stages.txt2img(pipe, self.refiner(c.model.use_refiner, "model"), built, seed, w, h,
-                               c.model.steps, c.model.guidance, c.model.refiner_split)
+        image = stages.txt2img(
+            pipe,
+            self.refiner(c.model.use_refiner, "model"),
+            built,
+            seed,
+            w,
+            h,
+            c.model.steps,
+            c.model.guidance,
+            c.model.refiner_split,
+        )
         record = {
-            "prompt": built.sd_prompt, "negative": built.negative_prompt, "manual_prompt": manual,
-            "prompt_options": chosen_options, "seed": seed, "loras": applied,
+            "prompt": built.sd_prompt,
+            "negative": built.negative_prompt,
+            "manual_prompt": manual,
+            "prompt_options": chosen_options,
+            "seed": seed,
+            "loras": applied,
             "loras_skipped": [lo.name for lo in chosen if lo.path in self.switcher.failed],
-            "models": self._model_ids(), "settings": c.to_dict(), "versions": package_versions(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stages": {},
+            "models": self._model_ids(),
+            "settings": c.to_dict(),
+            "versions": package_versions(),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "stages": {},
         }
         tag = self.layout.make().claim_tag(record)
         record = {**record, "tag": tag}
         path = self.layout.stage1(tag, w, h)
-        save_png(path, image, self._parameters(record, seed, w, h, c.model.steps, c.model.guidance),
-                 {"tag": tag, "stage": "stage1", "seed": seed})
-        record["stages"]["stage1"] = {"file": _rel(path, self.layout.root), "size": [w, h], "seed": seed,
-                                      "steps": c.model.steps, "guidance": c.model.guidance,
-                                      "refiner": self.refiner(c.model.use_refiner, "model") is not None,
-                                      "seconds": round(time.perf_counter() - t0, 3)}
+        save_png(
+            path,
+            image,
+            self._parameters(record, seed, w, h, c.model.steps, c.model.guidance),
+            {"tag": tag, "stage": "stage1", "seed": seed},
+        )
+        record["stages"]["stage1"] = {
+            "file": _rel(path, self.layout.root),
+            "size": [w, h],
+            "seed": seed,
+            "steps": c.model.steps,
+            "guidance": c.model.guidance,
+            "refiner": self.refiner(c.model.use_refiner, "model") is not None,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         self.layout.write_metadata(tag, record)
         self.say(f"stage1 {tag}: {path.name}  seed {seed}  {built.sd_prompt[:80]!r}")
         return tag
@@ -207,17 +254,36 @@ class Workflow:
                     save_png(self.layout.stage2_up(tag, *size), up)
                 i2i = self.i2i()
                 refiner = self.refiner(s2.use_refiner, "generation.stage2")
-                image = up if i2i is None else stages.img2img(i2i, refiner, up, built, seed + s2.seed_offset,
-                                                              s2.strength, s2.steps, s2.guidance,
-                                                              c.model.refiner_split)
+                image = (
+                    up
+                    if i2i is None
+                    else stages.img2img(
+                        i2i,
+                        refiner,
+                        up,
+                        built,
+                        seed + s2.seed_offset,
+                        s2.strength,
+                        s2.steps,
+                        s2.guidance,
+                        c.model.refiner_split,
+                    )
+                )
                 image = stages.lanczos(image, size)
                 path = self.layout.stage2(tag, *size)
                 save_png(path, image)  # kept even without save_intermediates: it lets a killed run resume
-                stages_rec["stage2"] = {"file": _rel(path, self.layout.root), "size": list(size),
-                                        "seed": seed + s2.seed_offset, "strength": s2.strength, "steps": s2.steps,
-                                        "guidance": s2.guidance, "img2img": i2i is not None,
-                                        "refiner": refiner is not None, "upscale": "lanczos",
-                                        "seconds": round(time.perf_counter() - t0, 3)}
+                stages_rec["stage2"] = {
+                    "file": _rel(path, self.layout.root),
+                    "size": list(size),
+                    "seed": seed + s2.seed_offset,
+                    "strength": s2.strength,
+                    "steps": s2.steps,
+                    "guidance": s2.guidance,
+                    "img2img": i2i is not None,
+                    "refiner": refiner is not None,
+                    "upscale": "lanczos",
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
                 self.layout.write_metadata(tag, record)
                 self.say(f"stage2 {tag}: {path.name}")
 
@@ -238,22 +304,51 @@ class Workflow:
             def refine(tile: Image.Image, index: int) -> Image.Image:
                 nonlocal tiles
                 tiles += 1
-                return stages.img2img(i2i, refiner, tile, built, base_seed + index, s3.strength, s3.steps,
-                                      s3.guidance, c.model.refiner_split)
+                return stages.img2img(
+                    i2i,
+                    refiner,
+                    tile,
+                    built,
+                    base_seed + index,
+                    s3.strength,
+                    s3.steps,
+                    s3.guidance,
+                    c.model.refiner_split,
+                )
 
-            image = stages.refine_tiles(image, refine, s3.tile_size, s3.tile_overlap, s3.blend_mode,
-                                        self.layout.tiles_dir if s3.save_tiles else None, self.layout.tile_name(tag))
+            image = stages.refine_tiles(
+                image,
+                refine,
+                s3.tile_size,
+                s3.tile_overlap,
+                s3.blend_mode,
+                self.layout.tiles_dir if s3.save_tiles else None,
+                self.layout.tile_name(tag),
+            )
         final = self.layout.final(tag, *size)
-        stages_rec["stage3"] = {"size": list(size), "upscaler": getattr(upscaler, "name", "?"),
-                                "upscaler_model": getattr(upscaler, "model_name", None), "tiled_refinement": tiles > 0,
-                                "tiles": tiles, "tile_size": s3.tile_size, "tile_overlap": s3.tile_overlap,
-                                "blend_mode": s3.blend_mode, "strength": s3.strength, "steps": s3.steps,
-                                "refiner": refiner is not None,
-                                "seed": seed + s3.seed_offset, "seconds": round(time.perf_counter() - t0, 3),
-                                "file": _rel(final, self.layout.root)}
+        stages_rec["stage3"] = {
+            "size": list(size),
+            "upscaler": getattr(upscaler, "name", "?"),
+            "upscaler_model": getattr(upscaler, "model_name", None),
+            "tiled_refinement": tiles > 0,
+            "tiles": tiles,
+            "tile_size": s3.tile_size,
+            "tile_overlap": s3.tile_overlap,
+            "blend_mode": s3.blend_mode,
+            "strength": s3.strength,
+            "steps": s3.steps,
+            "refiner": refiner is not None,
+            "seed": seed + s3.seed_offset,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "file": _rel(final, self.layout.root),
+        }
         record["final"] = _rel(final, self.layout.root)
-        save_png(final, image, self._parameters(record, seed, *size, s3.steps, s3.guidance),
-                 {k: record.get(k) for k in ("tag", "prompt", "negative", "seed", "loras", "models", "stages")})
+        save_png(
+            final,
+            image,
+            self._parameters(record, seed, *size, s3.steps, s3.guidance),
+            {k: record.get(k) for k in ("tag", "prompt", "negative", "seed", "loras", "models", "stages")},
+        )
         self.layout.write_metadata(tag, record)
         if not g.save_intermediates and "stage2" in stages_rec:  # it was kept only for resuming
             (self.layout.root / stages_rec["stage2"]["file"]).unlink(missing_ok=True)
@@ -277,7 +372,7 @@ class Workflow:
         done: list[str] = []
         from ..store import ensure_writable, remove_stale_tmp
 
-        for sub in (("final", "intermediates") if mode == "upscale" else ("stage1", "metadata")):
+        for sub in ("final", "intermediates") if mode == "upscale" else ("stage1", "metadata"):
             ensure_writable(self.layout.root / sub, "to the outputs folder")  # before any model loads
             remove_stale_tmp(self.layout.root / sub)
         if mode == "upscale":
@@ -322,10 +417,20 @@ class Workflow:
             root = self.layout.root
             found = prune_markers(markers, rows, lambda r: bool(r.get("file")) and (root / r["file"]).is_file())
             if found:
-                self.say(f"{len(found)} of the {count} image(s) were made by an earlier stage1 --ray run with the "
-                         f"same settings and are kept (to make them again, delete {markers})")
-        report = run_rows(rows, functools.partial(stage1_row_maker, self.cfg), job, title="stage1", progress=progress,
-                          console=console, journal=journal, markers=markers)
+                self.say(
+                    f"{len(found)} of the {count} image(s) were made by an earlier stage1 --ray run with the "
+                    f"same settings and are kept (to make them again, delete {markers})"
+                )
+        report = run_rows(
+            rows,
+            functools.partial(stage1_row_maker, self.cfg),
+            job,
+            title="stage1",
+            progress=progress,
+            console=console,
+            journal=journal,
+            markers=markers,
+        )
         for r in report.results:
             self.say(f"stage1 {r['tag']}: {r['file']}  seed {r['seed']}  {r['prompt'][:80]!r}")
         return [r["tag"] for r in report.results], report
@@ -335,19 +440,33 @@ class Workflow:
         c = self.cfg
         sdxl = self.family.name == "sdxl"
         uses = c.model.use_refiner or c.generation.stage2.use_refiner or c.generation.stage3.use_refiner
-        return {"base": c.model.base, "family": self.family.name, "refiner": c.model.refiner if sdxl and uses else None,
-                "upscaler": {"backend": c.upscaler.backend, "model": c.upscaler.model,
-                             "weights": c.upscaler.weights if c.upscaler.backend in ("torch", "auto") else None}}
+        return {
+            "base": c.model.base,
+            "family": self.family.name,
+            "refiner": c.model.refiner if sdxl and uses else None,
+            "upscaler": {
+                "backend": c.upscaler.backend,
+                "model": c.upscaler.model,
+                "weights": c.upscaler.weights if c.upscaler.backend in ("torch", "auto") else None,
+            },
+        }
 
     def _parameters(self, record: dict[str, Any], seed: int, w: int, h: int, steps: int, guidance: float) -> str:
         from ..schedulers import sampler_label
 
         pipe = self._models.get("pipe")
-        return format_parameters(record["prompt"], record.get("negative"), steps=steps,
-                                 sampler=sampler_label(pipe.scheduler) if pipe is not None else None,
-                                 cfg_scale=guidance, seed=seed,
-                                 width=w, height=h, model=self.cfg.model.base,
-                                 extra={"bestshot tag": record.get("tag")})
+        return format_parameters(
+            record["prompt"],
+            record.get("negative"),
+            steps=steps,
+            sampler=sampler_label(pipe.scheduler) if pipe is not None else None,
+            cfg_scale=guidance,
+            seed=seed,
+            width=w,
+            height=h,
+            model=self.cfg.model.base,
+            extra={"bestshot tag": record.get("tag")},
+        )
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -369,7 +488,14 @@ def stage1_row_maker(cfg: CurateCfg, output: Any = None) -> Callable[[dict[str, 
     def make(row: dict[str, Any]) -> Any:
         tag = wf.stage1(int(row["index"]))
         record = wf.layout.read_metadata(tag)
-        return RowOutput({"index": row["index"], "tag": tag, "seed": record["seed"], "prompt": record["prompt"],
-                          "file": record["stages"]["stage1"]["file"]})
+        return RowOutput(
+            {
+                "index": row["index"],
+                "tag": tag,
+                "seed": record["seed"],
+                "prompt": record["prompt"],
+                "file": record["stages"]["stage1"]["file"],
+            }
+        )
 
     return make

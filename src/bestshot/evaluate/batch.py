@@ -24,16 +24,16 @@ from typing import Any
 from bestshot import jsonio
 
 from ..config import EMBEDDED
-from ..models.settings import resolve_config
 from ..errors import BestshotError
 from ..generation import make_candidates, needs_solo_render, seeds_for
 from ..models.loader import load_pipeline
 from ..models.registry import default_scorer, resolve_model
-from ..schedulers import sampler_label
+from ..models.settings import resolve_config
 from ..prompts.build import blocked_terms, build_prompt
-from ..scoring import clip_score_100, pipeline_scorer
 from ..scale.batch import RayJobCfg, RowOutput
 from ..scale.output import Output, is_uri
+from ..schedulers import sampler_label
+from ..scoring import clip_score_100, pipeline_scorer
 from ..store import format_parameters, png_bytes, read_png_info
 from .manifest import Row, read_manifest
 
@@ -71,16 +71,35 @@ def row_seed(seed: int, row_id: int, best_of: int) -> int:
 def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    transient=True, disable=not enabled)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        disable=not enabled,
+    )
 
 
 def _resolved(s: BatchSettings):
     if s.best_of < 1:
         raise BestshotError(f"--best-of must be >= 1 (got {s.best_of})")
-    kw = dict(n_images=s.best_of, seed_base=s.seed, steps_base=s.steps, guidance=s.guidance, height=s.height,
-              width=s.width, gate=False, scorer=s.scorer, scheduler=s.scheduler, device=s.device, dtype=s.dtype,
-              style_suffix="", negative_prompt="", exact_best=s.exact_best)
+    kw = dict(
+        n_images=s.best_of,
+        seed_base=s.seed,
+        steps_base=s.steps,
+        guidance=s.guidance,
+        height=s.height,
+        width=s.width,
+        gate=False,
+        scorer=s.scorer,
+        scheduler=s.scheduler,
+        device=s.device,
+        dtype=s.dtype,
+        style_suffix="",
+        negative_prompt="",
+        exact_best=s.exact_best,
+    )
     over = dict(s.overrides)
     model = over.pop("model", s.model)
     cfg = resolve_config(None, model=model, **kw)
@@ -100,15 +119,25 @@ def _check_settings(output: Output, record: dict[str, Any]) -> None:
     diff = sorted(k for k in record if k in old and old[k] != record[k])
     if diff:
         shown = ", ".join(f"{k}: {old[k]!r} → {record[k]!r}" for k in diff)
-        raise BestshotError(f"{out} holds images made with other settings ({shown}) — use a new --out folder, "
-                            "or delete the old images to regenerate them")
+        raise BestshotError(
+            f"{out} holds images made with other settings ({shown}) — use a new --out folder, "
+            "or delete the old images to regenerate them"
+        )
 
 
 def _used(cfg, settings: BatchSettings) -> dict[str, Any]:
     """The settings record of a folder (the model's defaults filled in); also in every row's JSON."""
-    used = {"model": cfg.model, "steps": cfg.steps_base, "guidance": cfg.guidance, "seed": cfg.seed_base,
-            "best_of": cfg.n_images, "width": cfg.width, "height": cfg.height, "scorer": settings.scorer,
-            "scheduler": cfg.scheduler}
+    used = {
+        "model": cfg.model,
+        "steps": cfg.steps_base,
+        "guidance": cfg.guidance,
+        "seed": cfg.seed_base,
+        "best_of": cfg.n_images,
+        "width": cfg.width,
+        "height": cfg.height,
+        "scorer": settings.scorer,
+        "scheduler": cfg.scheduler,
+    }
     used.update({k: getattr(cfg, k) for k in settings.overrides if k not in used})
     return used
 
@@ -140,8 +169,12 @@ def row_done(output: Output, row_id: int, seeds: list[int]) -> bool:
         side = json.loads(output.read(image_name(row_id).replace(".png", ".json")) or b"null")
     except Exception:  # noqa: BLE001 - any unreadable file means "not done"
         return False
-    return (isinstance(side, dict) and meta.get("row_id") == row_id and meta.get("seed") in seeds
-            and side.get("row_id") == row_id)
+    return (
+        isinstance(side, dict)
+        and meta.get("row_id") == row_id
+        and meta.get("seed") in seeds
+        and side.get("row_id") == row_id
+    )
 
 
 class RowMaker:
@@ -159,8 +192,9 @@ class RowMaker:
         spec = settings.scorer or (default_scorer(ref) if settings.best_of > 1 else None)
         if spec is not None:
             require_scorer(spec)  # an uncached hub scorer: fail before loading
-        self.pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory,
-                                  scheduler=cfg.scheduler)
+        self.pipe = load_pipeline(
+            cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory, scheduler=cfg.scheduler
+        )
         self.scorer = pipeline_scorer(spec, self.pipe, ref.family, cfg.device) if spec is not None else None
         self.sampler = sampler_label(self.pipe.scheduler)
 
@@ -188,19 +222,40 @@ class RowMaker:
         score100 = lambda x: None if x is None else round(clip_score_100(x), 4)  # noqa: E731
         name = scorer.name if scorer is not None else None
         seconds = round(time.perf_counter() - t, 4)
-        meta = {**{k: v for k, v in used.items() if k not in ("seed", "scorer")},
-                "row_id": row.row_id, "image_id": row.image_id, "caption": row.caption,
-                "real_image": str(row.image_path), "seed": seeds[best], "clip": rnd(scores[best]),
-                "clip_score": score100(scores[best]), "scorer": name,
-                "candidates": [{"seed": s, "clip": rnd(c), "clip_score": score100(c)} for s, c in zip(seeds, scores)],
-                "sampler": self.sampler, "seconds": seconds}
-        params = format_parameters(built.sd_prompt, None, steps=cfg.steps_base, sampler=self.sampler,
-                                   cfg_scale=cfg.guidance, seed=seeds[best], width=cfg.width, height=cfg.height,
-                                   model=cfg.model, extra={"Best of": cfg.n_images, **({} if scorer is None else {
-                                       "CLIP score": f"{scores[best]:.4f}", "Scorer": name})})
+        meta = {
+            **{k: v for k, v in used.items() if k not in ("seed", "scorer")},
+            "row_id": row.row_id,
+            "image_id": row.image_id,
+            "caption": row.caption,
+            "real_image": str(row.image_path),
+            "seed": seeds[best],
+            "clip": rnd(scores[best]),
+            "clip_score": score100(scores[best]),
+            "scorer": name,
+            "candidates": [{"seed": s, "clip": rnd(c), "clip_score": score100(c)} for s, c in zip(seeds, scores)],
+            "sampler": self.sampler,
+            "seconds": seconds,
+        }
+        params = format_parameters(
+            built.sd_prompt,
+            None,
+            steps=cfg.steps_base,
+            sampler=self.sampler,
+            cfg_scale=cfg.guidance,
+            seed=seeds[best],
+            width=cfg.width,
+            height=cfg.height,
+            model=cfg.model,
+            extra={
+                "Best of": cfg.n_images,
+                **({} if scorer is None else {"CLIP score": f"{scores[best]:.4f}", "Scorer": name}),
+            },
+        )
         file = image_name(row.row_id)
-        return meta, [(file.replace(".png", ".json"), json_bytes(meta)),
-                      (file, png_bytes(images[best], parameters=params, metadata=meta))]
+        return meta, [
+            (file.replace(".png", ".json"), json_bytes(meta)),
+            (file, png_bytes(images[best], parameters=params, metadata=meta)),
+        ]
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -209,8 +264,13 @@ def json_bytes(obj: Any) -> bytes:
 
 
 def _row_dict(row: Row) -> dict[str, Any]:
-    return {"key": row.row_id, "row_id": row.row_id, "image_path": str(row.image_path), "caption": row.caption,
-            "image_id": row.image_id}
+    return {
+        "key": row.row_id,
+        "row_id": row.row_id,
+        "image_path": str(row.image_path),
+        "caption": row.caption,
+        "image_id": row.image_id,
+    }
 
 
 def ray_row_maker(settings: BatchSettings, output: Output):
@@ -232,8 +292,15 @@ def ray_row_maker(settings: BatchSettings, output: Output):
     return make
 
 
-def generate_rows(manifest: str | Path, out_dir: str | Path, settings: BatchSettings, num: int | None = None,
-                  progress: bool = True, ray: RayJobCfg | None = None, console: Any = None) -> dict[str, Any]:
+def generate_rows(
+    manifest: str | Path,
+    out_dir: str | Path,
+    settings: BatchSettings,
+    num: int | None = None,
+    progress: bool = True,
+    ray: RayJobCfg | None = None,
+    console: Any = None,
+) -> dict[str, Any]:
     """Generate the first ``num`` usable rows of ``manifest`` into ``out_dir``; skip rows already done.
 
     Returns a summary: rows considered, generated now, skipped (already done), seconds of generation
@@ -258,17 +325,34 @@ def generate_rows(manifest: str | Path, out_dir: str | Path, settings: BatchSett
     output.prepare()  # before any model loads
     _check_settings(output, used)
     todo = [r for r in rows if not row_done(output, r.row_id, _row_seeds(cfg, r.row_id))]
-    summary: dict[str, Any] = {"manifest": str(manifest), "out": str(out), "rows": len(rows), "generated": 0,
-                               "skipped": len(rows) - len(todo), "blocked": [], "seconds": 0.0, "seconds_per_image": None,
-                               "settings": used}
+    summary: dict[str, Any] = {
+        "manifest": str(manifest),
+        "out": str(out),
+        "rows": len(rows),
+        "generated": 0,
+        "skipped": len(rows) - len(todo),
+        "blocked": [],
+        "seconds": 0.0,
+        "seconds_per_image": None,
+        "settings": used,
+    }
     if not todo:
         return summary
     if ray is not None:
         return _generate_on_ray(manifest, output, settings, used, todo, summary, ray, progress, console)
 
     maker = RowMaker(settings)
-    output.write(SETTINGS_FILE, json_bytes({"manifest": str(manifest), "settings": used, "sampler": maker.sampler,
-                                            "scorer_name": maker.scorer.name if maker.scorer else None}))
+    output.write(
+        SETTINGS_FILE,
+        json_bytes(
+            {
+                "manifest": str(manifest),
+                "settings": used,
+                "sampler": maker.sampler,
+                "scorer_name": maker.scorer.name if maker.scorer else None,
+            }
+        ),
+    )
     t_all = time.perf_counter()
     with _progress(progress) as bar:
         task = bar.add_task(f"generating → {out}", total=len(todo))
@@ -289,8 +373,17 @@ def generate_rows(manifest: str | Path, out_dir: str | Path, settings: BatchSett
     return summary
 
 
-def _generate_on_ray(manifest, output: Output, settings: BatchSettings, used: dict[str, Any], todo: list[Row],
-                     summary: dict[str, Any], ray: RayJobCfg, progress: bool, console: Any) -> dict[str, Any]:
+def _generate_on_ray(
+    manifest,
+    output: Output,
+    settings: BatchSettings,
+    used: dict[str, Any],
+    todo: list[Row],
+    summary: dict[str, Any],
+    ray: RayJobCfg,
+    progress: bool,
+    console: Any,
+) -> dict[str, Any]:
     import functools
 
     from ..scale.batch import report_dict, run_rows
@@ -300,14 +393,31 @@ def _generate_on_ray(manifest, output: Output, settings: BatchSettings, used: di
     def on_result(res: dict[str, Any]) -> None:
         meta = res.get("meta")
         if meta and not wrote_settings:  # the first image: the workers' sampler and scorer are known
-            output.write(SETTINGS_FILE, json_bytes({"manifest": str(manifest), "settings": used,
-                                                    "sampler": meta["sampler"], "scorer_name": meta["scorer"]}))
+            output.write(
+                SETTINGS_FILE,
+                json_bytes(
+                    {
+                        "manifest": str(manifest),
+                        "settings": used,
+                        "sampler": meta["sampler"],
+                        "scorer_name": meta["scorer"],
+                    }
+                ),
+            )
             wrote_settings.append(True)
 
     journal = output.local / "ray_journal" if output.local is not None else None
-    report = run_rows([_row_dict(r) for r in todo], functools.partial(ray_row_maker, settings), ray, output=output,
-                      title=f"generating → {output.location}", on_result=on_result, progress=progress,
-                      console=console, journal=journal)
+    report = run_rows(
+        [_row_dict(r) for r in todo],
+        functools.partial(ray_row_maker, settings),
+        ray,
+        output=output,
+        title=f"generating → {output.location}",
+        on_result=on_result,
+        progress=progress,
+        console=console,
+        journal=journal,
+    )
     for res in report.results:  # by row, as the single-process run warns
         if res.get("blocked"):
             summary["blocked"].append(res["row_id"])

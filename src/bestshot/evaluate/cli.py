@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
+from rich.console import Console
+
 from bestshot import jsonio
 from bestshot.scale.flags import RayFlagCommand
-from rich.console import Console
 
 from ..errors import BestshotError
 from ..scale.cli_options import CPUS_PER_WORKER, GPUS_PER_WORKER, RAY, RAY_BATCH, RAY_WORKERS
@@ -34,13 +33,17 @@ def world(
     n_prompts: int = typer.Option(200, "--prompts", help="Held-out prompts per group (>= 200 for the report)."),
     groups: str = typer.Option("1,2", "--objects", help="Object counts per prompt group, e.g. 1,2."),
     ns: str = typer.Option("1,4,8", "--n", help="Candidate counts to compare, e.g. 1,4,8."),
-    steps: Optional[int] = typer.Option(None, "--steps"),
-    guidance: Optional[float] = typer.Option(None, "--guidance"),
-    scorer: Optional[str] = typer.Option(None, "--scorer"),
+    steps: int | None = typer.Option(None, "--steps"),
+    guidance: float | None = typer.Option(None, "--guidance"),
+    scorer: str | None = typer.Option(None, "--scorer"),
     seed: int = typer.Option(12345, "--prompt-seed", help="Seed of the held-out prompt set."),
-    out_dir: Optional[str] = typer.Option("eval_world", "--out", help="Folder for world_eval.json and .md."),
-    cache: Optional[str] = typer.Option(None, "--cache", help="Folder that keeps the candidates and oracle verdicts: "
-                                        "a rerun with the same model only scores them again (compare --scorer)."),
+    out_dir: str | None = typer.Option("eval_world", "--out", help="Folder for world_eval.json and .md."),
+    cache: str | None = typer.Option(
+        None,
+        "--cache",
+        help="Folder that keeps the candidates and oracle verdicts: "
+        "a rerun with the same model only scores them again (compare --scorer).",
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Full-match rate (oracle) for N=1 and best-of-N ranked by CLIP, per attribute."""
@@ -48,9 +51,18 @@ def world(
 
     if n_prompts < 1:
         raise BestshotError("--prompts must be >= 1")
-    cfg = WorldEvalConfig(model=model, n_prompts=n_prompts, groups=_numbers(groups, "--objects"),
-                          ns=_numbers(ns, "--n"),
-                          steps=steps, guidance=guidance, scorer=scorer, seed=seed, out=out_dir, cache=cache)
+    cfg = WorldEvalConfig(
+        model=model,
+        n_prompts=n_prompts,
+        groups=_numbers(groups, "--objects"),
+        ns=_numbers(ns, "--n"),
+        steps=steps,
+        guidance=guidance,
+        scorer=scorer,
+        seed=seed,
+        out=out_dir,
+        cache=cache,
+    )
     res = evaluate_world(cfg, progress=not as_json)
     if as_json:
         print(dumps(res))
@@ -60,7 +72,7 @@ def world(
             out.print(f"written: {out_dir}/world_eval.json, {out_dir}/world_eval.md")
 
 
-def _size(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+def _size(text: str | None) -> tuple[int | None, int | None]:
     if not text:
         return None, None
     from ..config import parse_size
@@ -70,11 +82,11 @@ def _size(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
 
 @app.command("manifest")
 def manifest(
-    annotations: Optional[str] = typer.Option(None, "--annotations", help="COCO captions JSON (captions_train2017.json)."),
-    images_root: Optional[str] = typer.Option(None, "--images-root", help="Folder holding the COCO images."),
-    folder: Optional[str] = typer.Option(None, "--folder", help="Instead of COCO: images with NAME.txt captions beside."),
+    annotations: str | None = typer.Option(None, "--annotations", help="COCO captions JSON (captions_train2017.json)."),
+    images_root: str | None = typer.Option(None, "--images-root", help="Folder holding the COCO images."),
+    folder: str | None = typer.Option(None, "--folder", help="Instead of COCO: images with NAME.txt captions beside."),
     out_csv: str = typer.Option(..., "--out", help="Manifest CSV to write (image_path, caption, image_id)."),
-    k: Optional[int] = typer.Option(None, "--k", help="How many images (COCO default 1000; folder default all)."),
+    k: int | None = typer.Option(None, "--k", help="How many images (COCO default 1000; folder default all)."),
     min_len: int = typer.Option(5, "--min-len", help="Drop captions with fewer words."),
     seed: int = typer.Option(42, "--seed"),
 ) -> None:
@@ -86,8 +98,9 @@ def manifest(
     if annotations is not None:
         if images_root is None:
             raise BestshotError("--annotations needs --images-root DIR, the folder of the COCO images")
-        path = build_coco_manifest(annotations, images_root, out_csv, k=1000 if k is None else k, min_len=min_len,
-                                   seed=seed)
+        path = build_coco_manifest(
+            annotations, images_root, out_csv, k=1000 if k is None else k, min_len=min_len, seed=seed
+        )
     else:
         path = build_folder_manifest(folder, out_csv, k=k, min_len=min_len, seed=seed)
     n = len(read_manifest(path, check_images=False))
@@ -98,18 +111,18 @@ def manifest(
 def generate_cmd(
     manifest_csv: str = typer.Argument(..., metavar="MANIFEST", help="Manifest CSV (from `bestshot eval manifest`)."),
     out_dir: str = typer.Option(..., "--out", help="Folder for {row_id:06d}.png + .json; rerun to resume."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (default: the model's)."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
-    num: Optional[int] = typer.Option(None, "--num", help="Only the first NUM usable rows."),
+    steps: int | None = typer.Option(None, "--steps", help="Denoising steps (default: the model's)."),
+    guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
+    num: int | None = typer.Option(None, "--num", help="Only the first NUM usable rows."),
     seed: int = typer.Option(42, "--seed", help="Row i uses seeds seed + i*best_of, ..."),
     model: str = typer.Option("embedded", "--model", "-m"),
     best_of: int = typer.Option(1, "--best-of", help="Candidates per row; the scorer keeps the best."),
-    size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT (default: the model's)."),
-    scorer: Optional[str] = typer.Option(None, "--scorer", help="Scorer for best-of ranking (default: the model's)."),
-    device: Optional[str] = typer.Option(None, "--device"),
-    ray: Optional[str] = RAY,
-    ray_workers: Optional[int] = RAY_WORKERS,
-    gpus_per_worker: Optional[float] = GPUS_PER_WORKER,
+    size: str | None = typer.Option(None, "--size", help="WIDTHxHEIGHT (default: the model's)."),
+    scorer: str | None = typer.Option(None, "--scorer", help="Scorer for best-of ranking (default: the model's)."),
+    device: str | None = typer.Option(None, "--device"),
+    ray: str | None = RAY,
+    ray_workers: int | None = RAY_WORKERS,
+    gpus_per_worker: float | None = GPUS_PER_WORKER,
     cpus_per_worker: float = CPUS_PER_WORKER,
     ray_batch_size: int = RAY_BATCH,
 ) -> None:
@@ -122,8 +135,17 @@ def generate_cmd(
 
     job = ray_cfg(ray, ray_workers, gpus_per_worker, cpus_per_worker, ray_batch_size)
     w, h = _size(size)
-    s = BatchSettings(model=model, steps=steps, guidance=guidance, seed=seed, best_of=best_of, width=w, height=h,
-                      scorer=scorer, device=device)
+    s = BatchSettings(
+        model=model,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        best_of=best_of,
+        width=w,
+        height=h,
+        scorer=scorer,
+        device=device,
+    )
     res = generate_rows(manifest_csv, out_dir, s, num=num, ray=job)
     report = res.pop("_report", None)
     if report is not None:
@@ -131,37 +153,62 @@ def generate_cmd(
 
         out.print(summary_table(report))
     per = f", {res['seconds_per_image']:.3f} s/image" if res.get("seconds_per_image") else ""
-    out.print(f"{res['generated']} generated, {res['skipped']} already done, {len(res['blocked'])} blocked "
-              f"of {res['rows']} rows → {out_dir}{per}")
+    out.print(
+        f"{res['generated']} generated, {res['skipped']} already done, {len(res['blocked'])} blocked "
+        f"of {res['rows']} rows → {out_dir}{per}"
+    )
 
 
 @app.command("metrics", cls=RayFlagCommand)
 def metrics_cmd(
-    real: Optional[str] = typer.Option(None, "--real", help="Reference images: a folder or a manifest .csv."),
+    real: str | None = typer.Option(None, "--real", help="Reference images: a folder or a manifest .csv."),
     fake: str = typer.Option(..., "--fake", help="Generated images folder (e.g. from `bestshot eval generate`)."),
-    real_stats: Optional[str] = typer.Option(None, "--real-stats", help="Precomputed FID statistics of the reference "
-                                             "(.npz with mu, sigma: ours, clean-fid's or pytorch-fid's) instead of "
-                                             "--real; FID only (KID/CMMD need the images)."),
-    save_real_stats: Optional[str] = typer.Option(None, "--save-real-stats", help="Write the reference's FID "
-                                                  "statistics (.npz, mu/sigma) for later --real-stats runs."),
-    resize: str = typer.Option("clean", "--resize", help="clean: clean-fid's PIL bicubic with antialias (default); "
-                               "legacy: torch-fidelity's TF1 bilinear / the CLIP processor's 8-bit resize."),
-    extractor: str = typer.Option("clip", "--extractor", help="clip (offline, NOT comparable with published FID) "
-                                  "or inception (standard FID, needs --inception-weights)."),
-    inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="pt_inception-2015-12-05 .pth."),
-    clip: Optional[str] = typer.Option(None, "--clip", help="CLIP folder (default: the embedded model's CLIP)."),
-    captions: Optional[str] = typer.Option(None, "--captions", help="Manifest giving the generated images' captions "
-                                           "by row id (default: the JSON beside each image)."),
-    out_json: Optional[str] = typer.Option(None, "--out", help="Write the results as JSON."),
-    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Real-feature cache (default ~/.cache/bestshot)."),
-    device: Optional[str] = typer.Option(None, "--device"),
+    real_stats: str | None = typer.Option(
+        None,
+        "--real-stats",
+        help="Precomputed FID statistics of the reference "
+        "(.npz with mu, sigma: ours, clean-fid's or pytorch-fid's) instead of "
+        "--real; FID only (KID/CMMD need the images).",
+    ),
+    save_real_stats: str | None = typer.Option(
+        None,
+        "--save-real-stats",
+        help="Write the reference's FID statistics (.npz, mu/sigma) for later --real-stats runs.",
+    ),
+    resize: str = typer.Option(
+        "clean",
+        "--resize",
+        help="clean: clean-fid's PIL bicubic with antialias (default); "
+        "legacy: torch-fidelity's TF1 bilinear / the CLIP processor's 8-bit resize.",
+    ),
+    extractor: str = typer.Option(
+        "clip",
+        "--extractor",
+        help="clip (offline, NOT comparable with published FID) "
+        "or inception (standard FID, needs --inception-weights).",
+    ),
+    inception_weights: str | None = typer.Option(None, "--inception-weights", help="pt_inception-2015-12-05 .pth."),
+    clip: str | None = typer.Option(None, "--clip", help="CLIP folder (default: the embedded model's CLIP)."),
+    captions: str | None = typer.Option(
+        None,
+        "--captions",
+        help="Manifest giving the generated images' captions by row id (default: the JSON beside each image).",
+    ),
+    out_json: str | None = typer.Option(None, "--out", help="Write the results as JSON."),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Real-feature cache (default ~/.cache/bestshot)."),
+    device: str | None = typer.Option(None, "--device"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Extract features on Ray Data "
-                                      "workers (the statistics are computed here, equal to a run without --ray). "
-                                      "Bare --ray: a local Ray; ADDRESS: auto or HOST:PORT (the head's GCS) (image "
-                                      "paths must be readable on every node)."),
-    workers: Optional[int] = RAY_WORKERS,
-    gpus_per_worker: Optional[float] = GPUS_PER_WORKER,
+    ray: str | None = typer.Option(
+        None,
+        "--ray",
+        metavar="[ADDRESS]",
+        help="Extract features on Ray Data "
+        "workers (the statistics are computed here, equal to a run without --ray). "
+        "Bare --ray: a local Ray; ADDRESS: auto or HOST:PORT (the head's GCS) (image "
+        "paths must be readable on every node).",
+    ),
+    workers: int | None = RAY_WORKERS,
+    gpus_per_worker: float | None = GPUS_PER_WORKER,
     cpus_per_worker: float = CPUS_PER_WORKER,
 ) -> None:
     """FID, KID, Inception Score, CLIP score and CMMD of generated images against reference images."""
@@ -170,40 +217,72 @@ def metrics_cmd(
     from ..store import atomic_write_json
     from .sweep import build_extractors, default_cache_dir, evaluate_folder
 
-
     if (real is None) == (real_stats is None):
         raise BestshotError("give the reference as --real FOLDER_OR_CSV or as --real-stats STATS.npz (one of them)")
     if save_real_stats and real is None:
         raise BestshotError("--save-real-stats needs --real (the images whose statistics it writes)")
     if ray is None and (workers is not None or gpus_per_worker is not None):
-        raise BestshotError("--ray-workers and --gpus-per-worker only apply with --ray — add --ray (a local Ray) "
-                            "or --ray ADDRESS (a cluster)")
+        raise BestshotError(
+            "--ray-workers and --gpus-per-worker only apply with --ray — add --ray (a local Ray) "
+            "or --ray ADDRESS (a cluster)"
+        )
     if ray is None:
         ext, clip_ext = build_extractors(extractor, inception_weights, clip, device, resize)
-        res = evaluate_folder(real, fake, ext, clip_ext, captions_manifest=captions,
-                              cache_dir=cache_dir or default_cache_dir(), real_stats=real_stats,
-                              save_real_stats=save_real_stats)
+        res = evaluate_folder(
+            real,
+            fake,
+            ext,
+            clip_ext,
+            captions_manifest=captions,
+            cache_dir=cache_dir or default_cache_dir(),
+            real_stats=real_stats,
+            save_real_stats=save_real_stats,
+        )
     else:
-        res = _metrics_on_ray(ray, dict(extractor=extractor, inception_weights=inception_weights, clip=clip,
-                                        device=device, resize=resize, workers=workers, gpus=gpus_per_worker,
-                                        cpus=cpus_per_worker),
-                              dict(real=real, fake=fake, captions_manifest=captions,
-                                   cache_dir=cache_dir or default_cache_dir(), real_stats=real_stats,
-                                   save_real_stats=save_real_stats))
+        res = _metrics_on_ray(
+            ray,
+            dict(
+                extractor=extractor,
+                inception_weights=inception_weights,
+                clip=clip,
+                device=device,
+                resize=resize,
+                workers=workers,
+                gpus=gpus_per_worker,
+                cpus=cpus_per_worker,
+            ),
+            dict(
+                real=real,
+                fake=fake,
+                captions_manifest=captions,
+                cache_dir=cache_dir or default_cache_dir(),
+                real_stats=real_stats,
+                save_real_stats=save_real_stats,
+            ),
+        )
     if out_json:
         atomic_write_json(out_json, res)
     if as_json:
         print(jsonio.dumps(res, indent=2))
         return
-    t = Table(title=f"{res['n_fake']} generated vs " + (f"{res['n_real']} real images" if not real_stats else
-                                                        f"FID statistics {real_stats}"))
+    t = Table(
+        title=f"{res['n_fake']} generated vs "
+        + (f"{res['n_real']} real images" if not real_stats else f"FID statistics {real_stats}")
+    )
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for label, key, std in (("FID", "fid", None), ("KID", "kid_mean", "kid_std"), ("Inception Score", "is_mean", "is_std"),
-                            ("CMMD", "cmmd", None), ("CLIP score (100·max(cos,0))", "clip_score", None),
-                            ("CLIP cosine", "clip_cosine", None)):
+    for label, key, std in (
+        ("FID", "fid", None),
+        ("KID", "kid_mean", "kid_std"),
+        ("Inception Score", "is_mean", "is_std"),
+        ("CMMD", "cmmd", None),
+        ("CLIP score (100·max(cos,0))", "clip_score", None),
+        ("CLIP cosine", "clip_cosine", None),
+    ):
         v = res.get(key)
-        t.add_row(label, "—" if v is None else f"{v:.6g}" + (f" ± {res[std]:.3g}" if std and res.get(std) is not None else ""))
+        t.add_row(
+            label, "—" if v is None else f"{v:.6g}" + (f" ± {res[std]:.3g}" if std and res.get(std) is not None else "")
+        )
     out.print(t)
     out.print(f"extractor: {res['extractor']}\nresize: {res['resize']}")
     if res.get("clip_extractor"):
@@ -228,8 +307,16 @@ def _metrics_on_ray(address: str, ext: dict, sets: dict) -> dict:
         gpus = ext["gpus"]
         if gpus is None:
             gpus = 1.0 if ray_mod.cluster_resources().get("GPU", 0) >= 1 and ext["device"] != "cpu" else 0.0
-        e, c = build_ray_extractors(ext["extractor"], ext["inception_weights"], ext["clip"], ext["device"],
-                                    ext["resize"], workers=ext["workers"], num_gpus=gpus, num_cpus=ext["cpus"])
+        e, c = build_ray_extractors(
+            ext["extractor"],
+            ext["inception_weights"],
+            ext["clip"],
+            ext["device"],
+            ext["resize"],
+            workers=ext["workers"],
+            num_gpus=gpus,
+            num_cpus=ext["cpus"],
+        )
         res = evaluate_folder(sets.pop("real"), sets.pop("fake"), e, c, **sets)
         res["ray"] = {"address": address, "workers": e.workers, "gpus_per_worker": gpus, "cpus_per_worker": ext["cpus"]}
         return res
@@ -241,27 +328,33 @@ def _metrics_on_ray(address: str, ext: dict, sets: dict) -> dict:
 @app.command("sweep")
 def sweep_cmd(
     manifest_csv: str = typer.Option(..., "--manifest", help="Manifest CSV: captions to generate, real images."),
-    guidance: Optional[str] = typer.Option(None, "--guidance", help="Comma-separated guidance scales "
-                                           "(default without --axis: 3,5,7.5,12)."),
-    steps: Optional[str] = typer.Option(None, "--steps", help="Comma-separated step counts (default without --axis: "
-                                        "15,30,60)."),
-    axis: Optional[list[str]] = typer.Option(None, "--axis", help="FIELD=V1,V2,...: sweep any generate setting "
-                                             "(an ImgCfg field: scheduler, steps, guidance, refiner_split, width, ...); "
-                                             "repeat for more axes (X, Y, Z...). --guidance/--steps add their axes."),
+    guidance: str | None = typer.Option(
+        None, "--guidance", help="Comma-separated guidance scales (default without --axis: 3,5,7.5,12)."
+    ),
+    steps: str | None = typer.Option(
+        None, "--steps", help="Comma-separated step counts (default without --axis: 15,30,60)."
+    ),
+    axis: list[str] | None = typer.Option(
+        None,
+        "--axis",
+        help="FIELD=V1,V2,...: sweep any generate setting "
+        "(an ImgCfg field: scheduler, steps, guidance, refiner_split, width, ...); "
+        "repeat for more axes (X, Y, Z...). --guidance/--steps add their axes.",
+    ),
     num: int = typer.Option(64, "--num", help="Rows (images) per cell."),
     out_dir: str = typer.Option("eval_sweep", "--out"),
     model: str = typer.Option("embedded", "--model", "-m"),
     best_of: int = typer.Option(1, "--best-of"),
     seed: int = typer.Option(42, "--seed"),
-    size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT (default: the model's)."),
-    scorer: Optional[str] = typer.Option(None, "--scorer"),
+    size: str | None = typer.Option(None, "--size", help="WIDTHxHEIGHT (default: the model's)."),
+    scorer: str | None = typer.Option(None, "--scorer"),
     extractor: str = typer.Option("clip", "--extractor", help="clip or inception (see `eval metrics`)."),
     resize: str = typer.Option("clean", "--resize", help="clean (clean-fid, default) or legacy (see `eval metrics`)."),
-    inception_weights: Optional[str] = typer.Option(None, "--inception-weights"),
-    clip: Optional[str] = typer.Option(None, "--clip", help="CLIP folder for metrics (default: the embedded one)."),
-    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Real-feature cache (default OUT/feature_cache)."),
+    inception_weights: str | None = typer.Option(None, "--inception-weights"),
+    clip: str | None = typer.Option(None, "--clip", help="CLIP folder for metrics (default: the embedded one)."),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Real-feature cache (default OUT/feature_cache)."),
     worst: int = typer.Option(16, "--worst", help="Images on the worst-CLIP contact sheet."),
-    device: Optional[str] = typer.Option(None, "--device"),
+    device: str | None = typer.Option(None, "--device"),
 ) -> None:
     """A grid over generate settings (guidance × steps by default, any ImgCfg field with --axis): generate each
     point, measure it, write results.csv/.md, plots, an image grid per point, an X/Y/Z grid, contact sheet."""
@@ -275,13 +368,30 @@ def sweep_cmd(
             axes += (Axis("guidance", _numbers(guidance, "--guidance", float)),)
         if steps:
             axes += (Axis("steps", _numbers(steps, "--steps")),)
-    cfg = SweepConfig(manifest=manifest_csv, out=out_dir,
-                      guidance=_numbers(guidance or "3,5,7.5,12", "--guidance", float),
-                      steps=_numbers(steps or "15,30,60", "--steps"), axes=axes, num=num, model=model, best_of=best_of, seed=seed, width=w,
-                      height=h, scorer=scorer, device=device, extractor=extractor, resize=resize,
-                      inception_weights=inception_weights,
-                      clip=clip, cache_dir=cache_dir, worst=worst)
+    cfg = SweepConfig(
+        manifest=manifest_csv,
+        out=out_dir,
+        guidance=_numbers(guidance or "3,5,7.5,12", "--guidance", float),
+        steps=_numbers(steps or "15,30,60", "--steps"),
+        axes=axes,
+        num=num,
+        model=model,
+        best_of=best_of,
+        seed=seed,
+        width=w,
+        height=h,
+        scorer=scorer,
+        device=device,
+        extractor=extractor,
+        resize=resize,
+        inception_weights=inception_weights,
+        clip=clip,
+        cache_dir=cache_dir,
+        worst=worst,
+    )
     res = run_sweep(cfg, log=out.print)
     out.print(to_markdown(res["rows"], res["info"]))
-    out.print(f"written: {out_dir}/results.csv, results.md, plot_*.png, xyz_grid*.png, worst_clip.png, "
-              f"<point>/grid.png ({res['info']['seconds']} s)")
+    out.print(
+        f"written: {out_dir}/results.csv, results.md, plot_*.png, xyz_grid*.png, worst_clip.png, "
+        f"<point>/grid.png ({res['info']['seconds']} s)"
+    )

@@ -80,8 +80,10 @@ def clean_resize(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     arr = np.asarray(img.convert("RGB"), dtype=np.float32)
     if (arr.shape[1], arr.shape[0]) == tuple(size):
         return arr
-    chans = [np.asarray(Image.fromarray(arr[..., c], mode="F").resize(size, resample=Image.BICUBIC), dtype=np.float32)
-             for c in range(3)]
+    chans = [
+        np.asarray(Image.fromarray(arr[..., c], mode="F").resize(size, resample=Image.BICUBIC), dtype=np.float32)
+        for c in range(3)
+    ]
     return np.clip(np.stack(chans, axis=-1), 0, 255)
 
 
@@ -125,11 +127,13 @@ def _fidelity_inception_class(vendor_dir: Path | None = None) -> type:
         raise BestshotError(
             f"the FID Inception needs torch-fidelity, not found (looked in {folder.parent}) — run "
             "scripts/install.sh, or `pip install 'bestshot[fid]'` with the torchvision build that matches "
-            "your torch, or use --extractor clip")
+            "your torch, or use --extractor clip"
+        )
     package = types.ModuleType("torch_fidelity")
     package.__path__ = [str(folder)]
-    package.__spec__ = importlib.util.spec_from_file_location("torch_fidelity", folder / "__init__.py",
-                                                              submodule_search_locations=[str(folder)])
+    package.__spec__ = importlib.util.spec_from_file_location(
+        "torch_fidelity", folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
     sys.modules["torch_fidelity"] = package
     return importlib.import_module("torch_fidelity.feature_extractor_inceptionv3").FeatureExtractorInceptionV3
 
@@ -143,11 +147,18 @@ class InceptionExtractor:
     """
 
     LEGACY_RESIZE = "legacy: any size -> 299x299 bilinear, TF1-compatible (torch-fidelity), aspect ratio not kept"
-    CLEAN_RESIZE = ("clean: any size -> 299x299 PIL bicubic with antialias per float32 channel (clean-fid), "
-                    "rounded to uint8 for the network, aspect ratio not kept")
+    CLEAN_RESIZE = (
+        "clean: any size -> 299x299 PIL bicubic with antialias per float32 channel (clean-fid), "
+        "rounded to uint8 for the network, aspect ratio not kept"
+    )
 
-    def __init__(self, weights_path: str | os.PathLike | None, device: str | torch.device | None = None,
-                 batch_size: int = 32, resize: str = "clean") -> None:
+    def __init__(
+        self,
+        weights_path: str | os.PathLike | None,
+        device: str | torch.device | None = None,
+        batch_size: int = 32,
+        resize: str = "clean",
+    ) -> None:
         self.resize_mode = _check_resize(resize)
         self.resize = self.CLEAN_RESIZE if resize == "clean" else self.LEGACY_RESIZE
         path = Path(weights_path) if weights_path else None
@@ -162,12 +173,18 @@ class InceptionExtractor:
         self.batch_size = batch_size
         self.name = f"inception-v3-fid ({path.name}, torch-fidelity)"
         try:
-            self.model = FeatureExtractorInceptionV3(
-                "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path)
-            ).to(self.device).eval()
+            self.model = (
+                FeatureExtractorInceptionV3(
+                    "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path)
+                )
+                .to(self.device)
+                .eval()
+            )
         except (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise BestshotError(f"{path} is not the FID Inception's weights ({first}) — pass {FID_WEIGHTS_FILE}") from None
+            raise BestshotError(
+                f"{path} is not the FID Inception's weights ({first}) — pass {FID_WEIGHTS_FILE}"
+            ) from None
 
     @torch.no_grad()
     def features_and_logits(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
@@ -178,7 +195,9 @@ class InceptionExtractor:
             size = (self.model.INPUT_IMAGE_SIZE,) * 2
             for i in range(0, len(images), self.batch_size):
                 # torch-fidelity's network takes uint8, so the float resize is rounded once, at the end
-                arr = np.stack([np.round(clean_resize(im, size)).astype(np.uint8) for im in images[i:i + self.batch_size]])
+                arr = np.stack(
+                    [np.round(clean_resize(im, size)).astype(np.uint8) for im in images[i : i + self.batch_size]]
+                )
                 x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().to(self.device)
                 f, lg = self.model(x)
                 feats.append(f.float().cpu().numpy())
@@ -213,8 +232,15 @@ class ClipExtractor:
     folder's, else the real CLIP BPE vocabulary bundled offline.
     """
 
-    def __init__(self, clip: str | os.PathLike | torch.nn.Module | None = None, processor=None, tokenizer=None,
-                 device: str | torch.device | None = None, batch_size: int = 32, resize: str = "clean") -> None:
+    def __init__(
+        self,
+        clip: str | os.PathLike | torch.nn.Module | None = None,
+        processor=None,
+        tokenizer=None,
+        device: str | torch.device | None = None,
+        batch_size: int = 32,
+        resize: str = "clean",
+    ) -> None:
         from transformers import CLIPModel
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -227,8 +253,10 @@ class ClipExtractor:
         else:
             folder = Path(clip) if clip is not None else EMBEDDED_CLIP_DIR
             if not (folder / "config.json").is_file():
-                raise BestshotError(f"no CLIP model at {folder} (config.json missing) — pass a folder saved with "
-                                    "CLIPModel.save_pretrained, or reinstall bestshot for the embedded CLIP")
+                raise BestshotError(
+                    f"no CLIP model at {folder} (config.json missing) — pass a folder saved with "
+                    "CLIPModel.save_pretrained, or reinstall bestshot for the embedded CLIP"
+                )
             model = CLIPModel.from_pretrained(folder)
             self.folder, label = folder, folder.name
         self.model = model.to(self.device).eval()
@@ -237,15 +265,19 @@ class ClipExtractor:
             if self.folder is not None and (self.folder / "preprocessor_config.json").is_file():
                 processor = CLIPImageProcessorPil.from_pretrained(self.folder)
             else:
-                processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+                processor = CLIPImageProcessorPil(
+                    size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+                )
         self.processor = processor
         self._tokenizer = tokenizer
         self.name = f"clip-image-embeds:{label} (NOT comparable with published FID)"
         self.resize_mode = _check_resize(resize)
         self.size = size
         if resize == "clean":
-            self.resize = (f"clean: shortest side -> {size} PIL bicubic with antialias per float32 channel (clean-fid) "
-                           f"+ centre crop {size}x{size}, the CLIP processor's mean/std")
+            self.resize = (
+                f"clean: shortest side -> {size} PIL bicubic with antialias per float32 channel (clean-fid) "
+                f"+ centre crop {size}x{size}, the CLIP processor's mean/std"
+            )
         else:
             self.resize = f"legacy: shortest side -> {size} bicubic + centre crop {size}x{size} (CLIP processor, 8-bit)"
 
@@ -260,8 +292,11 @@ class ClipExtractor:
         out = []
         for i in range(0, len(images), self.batch_size):
             batch = [im.convert("RGB") for im in images[i : i + self.batch_size]]
-            px = self._clean_pixels(batch) if self.resize_mode == "clean" else \
-                self.processor(images=batch, return_tensors="pt")["pixel_values"]
+            px = (
+                self._clean_pixels(batch)
+                if self.resize_mode == "clean"
+                else self.processor(images=batch, return_tensors="pt")["pixel_values"]
+            )
             emb = self._embeds(self.model.get_image_features(pixel_values=px.to(self.device, self.model.dtype)))
             out.append(emb.float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.config.projection_dim), np.float32)
@@ -275,7 +310,7 @@ class ClipExtractor:
             size = (s, max(s, round(h * s / w))) if w <= h else (max(s, round(w * s / h)), s)
             arr = clean_resize(im, size)
             top, left = (arr.shape[0] - s) // 2, (arr.shape[1] - s) // 2
-            out.append(arr[top:top + s, left:left + s])
+            out.append(arr[top : top + s, left : left + s])
         x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2) / 255.0
         mean = torch.tensor(getattr(self.processor, "image_mean", None) or [0.48145466, 0.4578275, 0.40821073])
         std = torch.tensor(getattr(self.processor, "image_std", None) or [0.26862954, 0.26130258, 0.27577711])
@@ -300,10 +335,18 @@ class ClipExtractor:
         out = []
         max_len = int(self.model.config.text_config.max_position_embeddings)
         for i in range(0, len(captions), self.batch_size):
-            tok = self.tokenizer(list(captions[i : i + self.batch_size]), padding="max_length", truncation=True,
-                                 max_length=max_len, return_tensors="pt")
-            emb = self._embeds(self.model.get_text_features(input_ids=tok["input_ids"].to(self.device),
-                                                            attention_mask=tok["attention_mask"].to(self.device)))
+            tok = self.tokenizer(
+                list(captions[i : i + self.batch_size]),
+                padding="max_length",
+                truncation=True,
+                max_length=max_len,
+                return_tensors="pt",
+            )
+            emb = self._embeds(
+                self.model.get_text_features(
+                    input_ids=tok["input_ids"].to(self.device), attention_mask=tok["attention_mask"].to(self.device)
+                )
+            )
             out.append(emb.float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.config.projection_dim), np.float32)
 
@@ -339,8 +382,13 @@ def _slug(s: str, n: int = 40) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-")[:n] or "x"
 
 
-def cached_features(extractor: FeatureExtractor, dataset_key: str, images_or_paths: Sequence[ImageLike],
-                    cache_dir: str | os.PathLike, batch_size: int = 32) -> np.ndarray:
+def cached_features(
+    extractor: FeatureExtractor,
+    dataset_key: str,
+    images_or_paths: Sequence[ImageLike],
+    cache_dir: str | os.PathLike,
+    batch_size: int = 32,
+) -> np.ndarray:
     """``extract`` with an on-disk cache keyed by (dataset content, extractor name, resize, count).
 
     ``dataset_key`` is a readable label for the file name (e.g. ``coco-train1k``); the key itself is the
@@ -363,8 +411,14 @@ def cached_features(extractor: FeatureExtractor, dataset_key: str, images_or_pat
     fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, features=feats, key=np.array(key), extractor=np.array(extractor.name),
-                     resize=np.array(extractor.resize), n=np.array(len(images_or_paths)))
+            np.savez(
+                f,
+                features=feats,
+                key=np.array(key),
+                extractor=np.array(extractor.name),
+                resize=np.array(extractor.resize),
+                n=np.array(len(images_or_paths)),
+            )
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -381,8 +435,15 @@ def fid_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
-def save_fid_stats(path: str | os.PathLike, features: np.ndarray | None = None, *, mu: np.ndarray | None = None,
-                   sigma: np.ndarray | None = None, extractor: str = "", resize: str = "") -> Path:
+def save_fid_stats(
+    path: str | os.PathLike,
+    features: np.ndarray | None = None,
+    *,
+    mu: np.ndarray | None = None,
+    sigma: np.ndarray | None = None,
+    extractor: str = "",
+    resize: str = "",
+) -> Path:
     """Write FID statistics as clean-fid / pytorch-fid do (``np.savez`` with ``mu`` and ``sigma``), plus what
     made them (``extractor``, ``resize``, ``n``), atomically."""
     if features is not None:
@@ -394,8 +455,14 @@ def save_fid_stats(path: str | os.PathLike, features: np.ndarray | None = None, 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), extractor=np.array(extractor),
-                     resize=np.array(resize), n=np.array(-1 if features is None else len(features)))
+            np.savez(
+                f,
+                mu=np.asarray(mu, np.float64),
+                sigma=np.asarray(sigma, np.float64),
+                extractor=np.array(extractor),
+                resize=np.array(resize),
+                n=np.array(-1 if features is None else len(features)),
+            )
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -410,8 +477,10 @@ def load_fid_stats(path: str | os.PathLike) -> dict:
     try:
         with np.load(path, allow_pickle=False) as z:
             if "mu" not in z or "sigma" not in z:
-                raise BestshotError(f"{path} holds {sorted(z.files)}, not FID statistics — it needs arrays mu and sigma "
-                                    "(as clean-fid and pytorch-fid write them)")
+                raise BestshotError(
+                    f"{path} holds {sorted(z.files)}, not FID statistics — it needs arrays mu and sigma "
+                    "(as clean-fid and pytorch-fid write them)"
+                )
             mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
             meta = {k: (z[k].item() if k in z else None) for k in ("extractor", "resize", "n")}
     except (OSError, ValueError, EOFError) as e:

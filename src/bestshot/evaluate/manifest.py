@@ -70,8 +70,14 @@ def _clean(caption: str) -> str:
     return " ".join(caption.split())
 
 
-def build_coco_manifest(annotations: str | os.PathLike, images_root: str | os.PathLike, out_csv: str | os.PathLike,
-                        k: int = 1000, min_len: int = 5, seed: int = 42) -> Path:
+def build_coco_manifest(
+    annotations: str | os.PathLike,
+    images_root: str | os.PathLike,
+    out_csv: str | os.PathLike,
+    k: int = 1000,
+    min_len: int = 5,
+    seed: int = 42,
+) -> Path:
     """COCO captions JSON → manifest of ``k`` images, one caption each.
 
     Captions with fewer than ``min_len`` words are dropped; each image keeps one of its remaining
@@ -80,7 +86,9 @@ def build_coco_manifest(annotations: str | os.PathLike, images_root: str | os.Pa
     """
     ann_path = Path(annotations)
     if not ann_path.is_file():
-        raise BestshotError(f"COCO annotations not found: {ann_path} — pass --annotations path/to/captions_train2017.json")
+        raise BestshotError(
+            f"COCO annotations not found: {ann_path} — pass --annotations path/to/captions_train2017.json"
+        )
     try:
         data = json.loads(ann_path.read_text(encoding="utf-8"))
         files = {int(im["id"]): str(im["file_name"]) for im in data["images"]}
@@ -88,8 +96,10 @@ def build_coco_manifest(annotations: str | os.PathLike, images_root: str | os.Pa
         for ann in data["annotations"]:
             captions.setdefault(int(ann["image_id"]), []).append(_clean(str(ann["caption"])))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise BestshotError(f"{ann_path} is not a COCO captions file ({type(e).__name__}: {e}) — "
-                            "expected images[] with id/file_name and annotations[] with image_id/caption") from e
+        raise BestshotError(
+            f"{ann_path} is not a COCO captions file ({type(e).__name__}: {e}) — "
+            "expected images[] with id/file_name and annotations[] with image_id/caption"
+        ) from e
     if k < 1:
         raise BestshotError(f"--k must be at least 1, got {k}")
 
@@ -115,15 +125,18 @@ def build_coco_manifest(annotations: str | os.PathLike, images_root: str | os.Pa
     if missing:
         _report(f"COCO images missing under {root}", missing)
     if not rows:
-        raise BestshotError(f"no usable image in {ann_path} (min_len={min_len}, images root {root}) — "
-                            "check --images-root points at the train2017 folder and --min-len is not too high")
+        raise BestshotError(
+            f"no usable image in {ann_path} (min_len={min_len}, images root {root}) — "
+            "check --images-root points at the train2017 folder and --min-len is not too high"
+        )
     if len(rows) < k:
         warnings.warn(f"only {len(rows)} images qualify, fewer than --k {k}", stacklevel=2)
     return write_manifest(rows, out_csv)
 
 
-def build_folder_manifest(folder: str | os.PathLike, out_csv: str | os.PathLike, k: int | None = None,
-                          min_len: int = 0, seed: int = 42) -> Path:
+def build_folder_manifest(
+    folder: str | os.PathLike, out_csv: str | os.PathLike, k: int | None = None, min_len: int = 0, seed: int = 42
+) -> Path:
     """Folder of images with ``name.txt`` captions beside ``name.png`` → manifest.
 
     ``image_id`` is the image path relative to ``folder`` without its suffix. Images without a caption
@@ -176,8 +189,10 @@ def read_manifest(path: str | os.PathLike, check_images: bool = True) -> list[Ro
         reader = csv.DictReader(f)
         missing_cols = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing_cols:
-            raise BestshotError(f"{path} is not a manifest: missing column(s) {', '.join(missing_cols)} "
-                                f"(found {reader.fieldnames}) — expected a CSV header {','.join(COLUMNS)}")
+            raise BestshotError(
+                f"{path} is not a manifest: missing column(s) {', '.join(missing_cols)} "
+                f"(found {reader.fieldnames}) — expected a CSV header {','.join(COLUMNS)}"
+            )
         raw = list(reader)
     rows, bad = [], []
     for i, r in enumerate(raw):

@@ -29,7 +29,14 @@ from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from bestshot.errors import BestshotError
-from bestshot.evaluate.features import ClipExtractor, FeatureExtractor, ImageLike, cached_features, extract, iter_batches
+from bestshot.evaluate.features import (
+    ClipExtractor,
+    FeatureExtractor,
+    ImageLike,
+    cached_features,
+    extract,
+    iter_batches,
+)
 from bestshot.evaluate.manifest import IMAGE_SUFFIXES, check_image, read_manifest
 
 
@@ -53,7 +60,9 @@ def _as2d(x: Any, what: str) -> torch.Tensor:
 
 def _same_dim(a: torch.Tensor, b: torch.Tensor) -> None:
     if a.shape[1] != b.shape[1]:
-        raise BestshotError(f"feature sizes differ ({a.shape[1]} vs {b.shape[1]}) — both sets must use the same extractor")
+        raise BestshotError(
+            f"feature sizes differ ({a.shape[1]} vs {b.shape[1]}) — both sets must use the same extractor"
+        )
 
 
 def fid(feats_real: Any, feats_fake: Any) -> float:
@@ -63,9 +72,11 @@ def fid(feats_real: Any, feats_fake: Any) -> float:
     if min(len(real), len(fake)) < 2:
         raise BestshotError("FID needs at least 2 images in each set")
     if min(len(real), len(fake)) <= real.shape[1]:
-        warnings.warn(f"FID with {min(len(real), len(fake))} samples for {real.shape[1]}-d features: the covariances "
-                      "are singular and the value is biased upwards — compare only runs with equal sample counts",
-                      stacklevel=2)
+        warnings.warn(
+            f"FID with {min(len(real), len(fake))} samples for {real.shape[1]}-d features: the covariances "
+            "are singular and the value is biased upwards — compare only runs with equal sample counts",
+            stacklevel=2,
+        )
     metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]))
     metric.update(real, real=True)
     metric.update(fake, real=False)
@@ -79,16 +90,26 @@ def fid_from_stats(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
     mu1, mu2 = (torch.as_tensor(np.asarray(m), dtype=torch.float64) for m in (mu1, mu2))
     s1, s2 = (torch.as_tensor(np.asarray(s), dtype=torch.float64) for s in (sigma1, sigma2))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (len(mu1), len(mu1)):
-        raise BestshotError(f"FID statistics do not fit together (mu {tuple(mu1.shape)} vs {tuple(mu2.shape)}, "
-                            f"sigma {tuple(s1.shape)} vs {tuple(s2.shape)}) — both must come from the same extractor")
+        raise BestshotError(
+            f"FID statistics do not fit together (mu {tuple(mu1.shape)} vs {tuple(mu2.shape)}, "
+            f"sigma {tuple(s1.shape)} vs {tuple(s2.shape)}) — both must come from the same extractor"
+        )
     a = (mu1 - mu2).square().sum()
     b = s1.trace() + s2.trace()
     c = torch.linalg.eigvals(s1 @ s2).sqrt().real.sum()
     return float(a + b - 2 * c)
 
 
-def kid(feats_real: Any, feats_fake: Any, subsets: int = 100, subset_size: int = 1000, degree: int = 3,
-        gamma: float | None = None, coef: float = 1.0, seed: int = 0) -> tuple[float, float]:
+def kid(
+    feats_real: Any,
+    feats_fake: Any,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef: float = 1.0,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Kernel Inception Distance (unbiased polynomial-kernel MMD², torchmetrics) → (mean, std) over
     ``subsets`` random subsets. ``subset_size`` is capped at the smaller set size; seeded."""
     real, fake = _as2d(feats_real, "real features"), _as2d(feats_fake, "fake features")
@@ -98,8 +119,14 @@ def kid(feats_real: Any, feats_fake: Any, subsets: int = 100, subset_size: int =
         raise BestshotError("KID needs at least 2 images in each set")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "will save all extracted features in buffer"
-        metric = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=size,
-                                         degree=degree, gamma=gamma, coef=coef)
+        metric = KernelInceptionDistance(
+            feature=_Precomputed(real.shape[1]),
+            subsets=subsets,
+            subset_size=size,
+            degree=degree,
+            gamma=gamma,
+            coef=coef,
+        )
     metric.update(real, real=True)
     metric.update(fake, real=False)
     with torch.random.fork_rng(devices=[]):
@@ -171,7 +198,9 @@ def cmmd(emb_a: Any, emb_b: Any, sigma: float = 10.0, scale: float = 1000.0, nor
         x = torch.nn.functional.normalize(x, dim=1)
         y = torch.nn.functional.normalize(y, dim=1)
     gamma = 1.0 / (2 * sigma**2)
-    mmd2 = _gaussian_kernel_mean(x, x, gamma) + _gaussian_kernel_mean(y, y, gamma) - 2 * _gaussian_kernel_mean(x, y, gamma)
+    mmd2 = (
+        _gaussian_kernel_mean(x, x, gamma) + _gaussian_kernel_mean(y, y, gamma) - 2 * _gaussian_kernel_mean(x, y, gamma)
+    )
     return float(scale * mmd2)
 
 
@@ -199,8 +228,9 @@ def load_image_set(source: str | os.PathLike | Sequence[ImageLike]) -> tuple[lis
     return images, None
 
 
-def _prefetch(extractor: FeatureExtractor, clip, fake_images: Sequence[ImageLike], captions: list[str] | None,
-              batch_size: int) -> None:
+def _prefetch(
+    extractor: FeatureExtractor, clip, fake_images: Sequence[ImageLike], captions: list[str] | None, batch_size: int
+) -> None:
     """A distributed extractor (``bestshot.scale.features``) embeds the generated images and their captions in
     one Ray job, instead of one job (and one model load per worker) for each."""
     ok = captions is not None and len(captions) == len(fake_images)
@@ -209,8 +239,9 @@ def _prefetch(extractor: FeatureExtractor, clip, fake_images: Sequence[ImageLike
             ext.prefetch(fake_images, batch_size, captions=captions if ok and (ext is clip or clip is None) else None)
 
 
-def _features_and_logits(extractor: FeatureExtractor, images: Sequence[ImageLike],
-                         batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+def _features_and_logits(
+    extractor: FeatureExtractor, images: Sequence[ImageLike], batch_size: int
+) -> tuple[np.ndarray, np.ndarray | None]:
     if hasattr(extractor, "extract_items_and_logits"):  # distributed (bestshot.scale.features), same batches
         return extractor.extract_items_and_logits(images, batch_size)
     if hasattr(extractor, "features_and_logits"):
@@ -218,17 +249,30 @@ def _features_and_logits(extractor: FeatureExtractor, images: Sequence[ImageLike
         return np.concatenate([f for f, _ in parts]), np.concatenate([lg for _, lg in parts])
     if hasattr(extractor, "logits"):
         batches = list(iter_batches(images, batch_size))
-        return (np.concatenate([extractor.features(b) for b in batches]),
-                np.concatenate([extractor.logits(b) for b in batches]))
+        return (
+            np.concatenate([extractor.features(b) for b in batches]),
+            np.concatenate([extractor.logits(b) for b in batches]),
+        )
     return extract(extractor, images, batch_size), None
 
 
-def evaluate_sets(real: str | os.PathLike | Sequence[ImageLike], fake: str | os.PathLike | Sequence[ImageLike],
-                  extractor: FeatureExtractor, *, clip: ClipExtractor | None = None, captions: list[str] | None = None,
-                  cache_dir: str | os.PathLike | None = None, real_key: str | None = None, kid_subsets: int = 100,
-                  kid_subset_size: int = 1000, is_splits: int = 10, seed: int = 0, batch_size: int = 32,
-                  real_stats: str | os.PathLike | None = None,
-                  save_real_stats: str | os.PathLike | None = None) -> dict[str, Any]:
+def evaluate_sets(
+    real: str | os.PathLike | Sequence[ImageLike],
+    fake: str | os.PathLike | Sequence[ImageLike],
+    extractor: FeatureExtractor,
+    *,
+    clip: ClipExtractor | None = None,
+    captions: list[str] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    real_key: str | None = None,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    is_splits: int = 10,
+    seed: int = 0,
+    batch_size: int = 32,
+    real_stats: str | os.PathLike | None = None,
+    save_real_stats: str | os.PathLike | None = None,
+) -> dict[str, Any]:
     """All metrics for one generated set against a reference set, with what they were computed with.
 
     ``real`` / ``fake``: a folder, a manifest CSV or a list of paths / PIL images. ``extractor`` gives
@@ -242,8 +286,16 @@ def evaluate_sets(real: str | os.PathLike | Sequence[ImageLike], fake: str | os.
     reference's features. ``save_real_stats`` writes the reference's statistics for next time.
     """
     if real_stats is not None:
-        return _evaluate_against_stats(real_stats, fake, extractor, captions=captions, clip=clip,
-                                       is_splits=is_splits, seed=seed, batch_size=batch_size)
+        return _evaluate_against_stats(
+            real_stats,
+            fake,
+            extractor,
+            captions=captions,
+            clip=clip,
+            is_splits=is_splits,
+            seed=seed,
+            batch_size=batch_size,
+        )
     real_images, _ = load_image_set(real)
     fake_images, fake_captions = load_image_set(fake)
     captions = captions if captions is not None else fake_captions
@@ -265,20 +317,57 @@ def evaluate_sets(real: str | os.PathLike | Sequence[ImageLike], fake: str | os.
     ff, logits = _features_and_logits(extractor, fake_images, batch_size)
     kid_mean, kid_std = kid(fr, ff, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
     result: dict[str, Any] = {
-        "extractor": extractor.name, "resize": extractor.resize, "n_real": len(real_images), "n_fake": len(fake_images),
-        "fid": fid(fr, ff), "kid_mean": kid_mean, "kid_std": kid_std,
-        "kid_subsets": kid_subsets, "kid_subset_size": min(kid_subset_size, len(real_images), len(fake_images)),
-        "is_mean": None, "is_std": None, "is_splits": None,
-        "cmmd": None, "clip_score": None, "clip_cosine": None, "clip_extractor": None, "clip_resize": None,
+        "extractor": extractor.name,
+        "resize": extractor.resize,
+        "n_real": len(real_images),
+        "n_fake": len(fake_images),
+        "fid": fid(fr, ff),
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        "kid_subsets": kid_subsets,
+        "kid_subset_size": min(kid_subset_size, len(real_images), len(fake_images)),
+        "is_mean": None,
+        "is_std": None,
+        "is_splits": None,
+        "cmmd": None,
+        "clip_score": None,
+        "clip_cosine": None,
+        "clip_extractor": None,
+        "clip_resize": None,
     }
-    _inception_and_clip(result, notes, logits, is_splits, seed, extractor, ff, fake_images, captions, clip, batch_size,
-                        real_feats=real_feats, fr=fr)
+    _inception_and_clip(
+        result,
+        notes,
+        logits,
+        is_splits,
+        seed,
+        extractor,
+        ff,
+        fake_images,
+        captions,
+        clip,
+        batch_size,
+        real_feats=real_feats,
+        fr=fr,
+    )
     return result
 
 
-def _inception_and_clip(result: dict[str, Any], notes: list[str], logits, is_splits: int, seed: int,
-                        extractor: FeatureExtractor, ff: np.ndarray, fake_images, captions, clip, batch_size: int,
-                        real_feats=None, fr: np.ndarray | None = None) -> None:
+def _inception_and_clip(
+    result: dict[str, Any],
+    notes: list[str],
+    logits,
+    is_splits: int,
+    seed: int,
+    extractor: FeatureExtractor,
+    ff: np.ndarray,
+    fake_images,
+    captions,
+    clip,
+    batch_size: int,
+    real_feats=None,
+    fr: np.ndarray | None = None,
+) -> None:
     """Fill in the Inception score (from the extractor's logits) and, with a CLIP, CMMD (when the reference's
     features are at hand: ``real_feats``) and the CLIP score of the captions; a metric that cannot be computed
     stays None with the reason in ``notes``."""
@@ -306,8 +395,17 @@ def _inception_and_clip(result: dict[str, Any], notes: list[str], logits, is_spl
     result["notes"] = notes
 
 
-def _evaluate_against_stats(stats_path, fake, extractor: FeatureExtractor, *, captions=None, clip=None,
-                            is_splits: int = 10, seed: int = 0, batch_size: int = 32) -> dict[str, Any]:
+def _evaluate_against_stats(
+    stats_path,
+    fake,
+    extractor: FeatureExtractor,
+    *,
+    captions=None,
+    clip=None,
+    is_splits: int = 10,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> dict[str, Any]:
     from bestshot.evaluate.features import load_fid_stats
 
     st = load_fid_stats(stats_path)
@@ -316,25 +414,52 @@ def _evaluate_against_stats(stats_path, fake, extractor: FeatureExtractor, *, ca
         if st[key] is None:
             notes.append(f"{Path(stats_path).name} does not record its {key}: assumed to be {mine!r}")
         elif st[key] != mine:
-            raise BestshotError(f"{stats_path} was computed with {key} {st[key]!r}, not {mine!r} — use the same "
-                                "extractor and resize, or recompute the statistics")
+            raise BestshotError(
+                f"{stats_path} was computed with {key} {st[key]!r}, not {mine!r} — use the same "
+                "extractor and resize, or recompute the statistics"
+            )
     fake_images, fake_captions = load_image_set(fake)
     captions = captions if captions is not None else fake_captions
     _prefetch(extractor, clip, fake_images, captions, batch_size)
     ff, logits = _features_and_logits(extractor, fake_images, batch_size)
     if ff.shape[1] != len(st["mu"]):
-        raise BestshotError(f"{stats_path} holds {len(st['mu'])}-d statistics but the extractor gives {ff.shape[1]}-d "
-                            "features — use the extractor the statistics were computed with")
+        raise BestshotError(
+            f"{stats_path} holds {len(st['mu'])}-d statistics but the extractor gives {ff.shape[1]}-d "
+            "features — use the extractor the statistics were computed with"
+        )
     mu, sigma = np.mean(ff.astype(np.float64), axis=0), np.cov(ff.astype(np.float64), rowvar=False)
     result: dict[str, Any] = {
-        "extractor": extractor.name, "resize": extractor.resize, "n_real": st["n"] if st["n"] and st["n"] > 0 else None,
-        "n_fake": len(fake_images), "fid": fid_from_stats(st["mu"], st["sigma"], mu, sigma),
-        "real_stats": str(stats_path), "kid_mean": None, "kid_std": None, "kid_subsets": None, "kid_subset_size": None,
-        "is_mean": None, "is_std": None, "is_splits": None,
-        "cmmd": None, "clip_score": None, "clip_cosine": None, "clip_extractor": None, "clip_resize": None,
+        "extractor": extractor.name,
+        "resize": extractor.resize,
+        "n_real": st["n"] if st["n"] and st["n"] > 0 else None,
+        "n_fake": len(fake_images),
+        "fid": fid_from_stats(st["mu"], st["sigma"], mu, sigma),
+        "real_stats": str(stats_path),
+        "kid_mean": None,
+        "kid_std": None,
+        "kid_subsets": None,
+        "kid_subset_size": None,
+        "is_mean": None,
+        "is_std": None,
+        "is_splits": None,
+        "cmmd": None,
+        "clip_score": None,
+        "clip_cosine": None,
+        "clip_extractor": None,
+        "clip_resize": None,
     }
     _inception_and_clip(result, notes, logits, is_splits, seed, extractor, ff, fake_images, captions, clip, batch_size)
     return result
 
 
-__all__ = ["fid", "fid_from_stats", "kid", "inception_score", "clip_score", "pairwise_cosine", "cmmd", "load_image_set", "evaluate_sets"]
+__all__ = [
+    "fid",
+    "fid_from_stats",
+    "kid",
+    "inception_score",
+    "clip_score",
+    "pairwise_cosine",
+    "cmmd",
+    "load_image_set",
+    "evaluate_sets",
+]

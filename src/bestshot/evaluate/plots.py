@@ -70,8 +70,9 @@ def metric_plots(rows: Sequence[dict[str, Any]], out_dir: str | Path, subtitle: 
     return written
 
 
-def contact_sheet(items: Sequence[dict[str, Any]], out_path: str | Path, cols: int = 4, thumb: int = 160,
-                  title: str = "") -> Path:
+def contact_sheet(
+    items: Sequence[dict[str, Any]], out_path: str | Path, cols: int = 4, thumb: int = 160, title: str = ""
+) -> Path:
     """A grid of images (``path``), each with ``label`` (one line) and ``caption`` (wrapped) under it.
 
     Small images are enlarged with nearest-neighbour so their pixels stay visible.
@@ -96,8 +97,10 @@ def contact_sheet(items: Sequence[dict[str, Any]], out_path: str | Path, cols: i
             im = im.convert("RGB")
             scale = thumb / max(im.size)
             if scale != 1:
-                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                               Image.NEAREST if scale > 1 else Image.BICUBIC)
+                im = im.resize(
+                    (max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                    Image.NEAREST if scale > 1 else Image.BICUBIC,
+                )
             sheet.paste(im, (x, y))
         for j, line in enumerate(lines):
             draw.text((x, y + thumb + 3 + j * line_h), line, fill="red" if j == 0 else "black", font=font)
@@ -110,7 +113,9 @@ def _label(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def axis_plots(rows: Sequence[dict[str, Any]], axes: Sequence[str], out_dir: str | Path, subtitle: str = "") -> list[Path]:
+def axis_plots(
+    rows: Sequence[dict[str, Any]], axes: Sequence[str], out_dir: str | Path, subtitle: str = ""
+) -> list[Path]:
     """One PNG per metric present in ``rows``: the metric against the first axis (numbers on a number line,
     names such as schedulers side by side), one line per combination of the other axes' values."""
     import matplotlib
@@ -188,11 +193,21 @@ def xyz_grid(rows: Sequence[dict[str, Any]], axes: Sequence[str], out_dir: str |
                 with Image.open(cells[(x, y)]) as im:
                     im = im.convert("RGB")
                     scale = thumb / max(im.size)
-                    im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                                   Image.NEAREST if scale > 1 else Image.BICUBIC)
+                    im = im.resize(
+                        (max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                        Image.NEAREST if scale > 1 else Image.BICUBIC,
+                    )
                     sheet.paste(im, (left + i * (thumb + pad), top + j * (thumb + pad)))
-        name = "xyz_grid.png" if not z else "xyz_grid_" + "_".join(
-            "".join(c if c.isalnum() or c in ".+-" else "-" for c in f"{a}-{_label(v)}") for a, v in zip(axes[2:], z)) + ".png"
+        name = (
+            "xyz_grid.png"
+            if not z
+            else "xyz_grid_"
+            + "_".join(
+                "".join(c if c.isalnum() or c in ".+-" else "-" for c in f"{a}-{_label(v)}")
+                for a, v in zip(axes[2:], z)
+            )
+            + ".png"
+        )
         buf = io.BytesIO()
         sheet.save(buf, format="PNG")
         written.append(atomic_write_bytes(out / name, buf.getvalue()))

@@ -22,10 +22,11 @@ import io
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from itertools import product
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import BestshotError
 from ..store import atomic_write_json, atomic_write_text
@@ -33,16 +34,36 @@ from .batch import BatchSettings, captions_for, generate_rows, read_outputs
 from .manifest import read_manifest
 from .plots import axis_plots, contact_sheet, metric_plots, xyz_grid
 
-COLUMNS = ("guidance", "steps", "n_real", "n_fake", "fid", "kid_mean", "kid_std", "is_mean", "is_std", "cmmd",
-           "clip_score", "clip_cosine", "sec_per_image", "generated_now", "folder")
+COLUMNS = (
+    "guidance",
+    "steps",
+    "n_real",
+    "n_fake",
+    "fid",
+    "kid_mean",
+    "kid_std",
+    "is_mean",
+    "is_std",
+    "cmmd",
+    "clip_score",
+    "clip_cosine",
+    "sec_per_image",
+    "generated_now",
+    "folder",
+)
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bestshot" / "eval_features"
 
 
-def build_extractors(extractor: str = "clip", inception_weights: str | None = None, clip: str | None = None,
-                     device: str | None = None, resize: str = "clean"):
+def build_extractors(
+    extractor: str = "clip",
+    inception_weights: str | None = None,
+    clip: str | None = None,
+    device: str | None = None,
+    resize: str = "clean",
+):
     """(feature extractor for FID/KID/IS, CLIP extractor for CMMD/CLIP score or None).
 
     ``clip`` uses a CLIP image tower for everything (offline; NOT comparable with published FID).
@@ -65,9 +86,17 @@ def build_extractors(extractor: str = "clip", inception_weights: str | None = No
         return inc, None  # no embedded CLIP: CMMD / CLIP score are reported as not computed
 
 
-def build_ray_extractors(extractor: str = "clip", inception_weights: str | None = None, clip: str | None = None,
-                         device: str | None = None, resize: str = "clean", *, workers: int | None = None,
-                         num_gpus: float = 0.0, num_cpus: float = 1.0):
+def build_ray_extractors(
+    extractor: str = "clip",
+    inception_weights: str | None = None,
+    clip: str | None = None,
+    device: str | None = None,
+    resize: str = "clean",
+    *,
+    workers: int | None = None,
+    num_gpus: float = 0.0,
+    num_cpus: float = 1.0,
+):
     """``build_extractors`` whose work runs on Ray Data workers (``eval metrics --ray``; Ray must be running).
 
     Each worker builds the same extractor ``build_extractors`` would (from a factory: the driver loads no
@@ -98,10 +127,17 @@ def build_ray_extractors(extractor: str = "clip", inception_weights: str | None 
         return inc, None
 
 
-def evaluate_folder(real: str | Path | Sequence[Path], fake: str | Path | Sequence[Path], extractor, clip=None,
-                    captions_manifest: str | Path | None = None, cache_dir: str | Path | None = None,
-                    real_key: str | None = None, real_stats: str | Path | None = None,
-                    save_real_stats: str | Path | None = None) -> dict[str, Any]:
+def evaluate_folder(
+    real: str | Path | Sequence[Path],
+    fake: str | Path | Sequence[Path],
+    extractor,
+    clip=None,
+    captions_manifest: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    real_key: str | None = None,
+    real_stats: str | Path | None = None,
+    save_real_stats: str | Path | None = None,
+) -> dict[str, Any]:
     """``evaluate_sets`` for generated images (a folder, a manifest or a list of paths) with their
     captions — from ``captions_manifest`` by row id, else the manifest's own, else the JSON beside each
     image — so CLIP score can be computed."""
@@ -109,24 +145,60 @@ def evaluate_folder(real: str | Path | Sequence[Path], fake: str | Path | Sequen
 
     images, own = load_image_set(fake)
     captions = own if own is not None and captions_manifest is None else captions_for(images, captions_manifest)
-    res = evaluate_sets(real, images, extractor, clip=clip, captions=captions, cache_dir=cache_dir,
-                        real_key=real_key, real_stats=real_stats, save_real_stats=save_real_stats)
-    res.update(real=str(real) if isinstance(real, (str, Path)) else
-               (f"FID statistics {real_stats}" if real is None else f"{len(real)} images"),
-               fake=str(fake) if isinstance(fake, (str, Path)) else f"{len(images)} images")
+    res = evaluate_sets(
+        real,
+        images,
+        extractor,
+        clip=clip,
+        captions=captions,
+        cache_dir=cache_dir,
+        real_key=real_key,
+        real_stats=real_stats,
+        save_real_stats=save_real_stats,
+    )
+    res.update(
+        real=str(real)
+        if isinstance(real, (str, Path))
+        else (f"FID statistics {real_stats}" if real is None else f"{len(real)} images"),
+        fake=str(fake) if isinstance(fake, (str, Path)) else f"{len(images)} images",
+    )
     return res
 
 
 # sweep axis → the BatchSettings attribute it sets; any other ImgCfg field goes to BatchSettings.overrides
-_SETTINGS = {"steps": "steps", "steps_base": "steps", "guidance": "guidance", "seed": "seed", "seed_base": "seed",
-             "best_of": "best_of", "n_images": "best_of", "width": "width", "height": "height",
-             "scheduler": "scheduler", "sampler": "scheduler", "model": "model", "scorer": "scorer",
-             "device": "device", "dtype": "dtype", "exact_best": "exact_best"}
+_SETTINGS = {
+    "steps": "steps",
+    "steps_base": "steps",
+    "guidance": "guidance",
+    "seed": "seed",
+    "seed_base": "seed",
+    "best_of": "best_of",
+    "n_images": "best_of",
+    "width": "width",
+    "height": "height",
+    "scheduler": "scheduler",
+    "sampler": "scheduler",
+    "model": "model",
+    "scorer": "scorer",
+    "device": "device",
+    "dtype": "dtype",
+    "exact_best": "exact_best",
+}
 # the ImgCfg field behind each alias (for its type and rules)
 _FIELD = {"steps": "steps_base", "seed": "seed_base", "best_of": "n_images", "sampler": "scheduler"}
 # fields that change nothing in an eval generate folder (outputs, logs, the gate the sweep switches off)
-_NOT_SWEPT = {"preset", "out_dir", "log_jsonl", "save_candidates", "blocklist", "clip_min", "score_min", "gate",
-              "style_suffix", "negative_prompt"}
+_NOT_SWEPT = {
+    "preset",
+    "out_dir",
+    "log_jsonl",
+    "save_candidates",
+    "blocklist",
+    "clip_min",
+    "score_min",
+    "gate",
+    "style_suffix",
+    "negative_prompt",
+}
 
 
 @dataclass(frozen=True)
@@ -259,7 +331,9 @@ def cell_name(guidance: float, steps: int) -> str:
 def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict[str, Any]:
     """Run (or resume) the grid; write the tables, plots and contact sheet; return the rows."""
     if not cfg.axes and (not cfg.guidance or not cfg.steps):
-        raise BestshotError("the sweep needs at least one guidance and one steps value, e.g. --guidance 3,7.5 --steps 15,30")
+        raise BestshotError(
+            "the sweep needs at least one guidance and one steps value, e.g. --guidance 3,7.5 --steps 15,30"
+        )
     axes = cfg.sweep_axes()
     if cfg.num < 2:
         raise BestshotError(f"--num must be >= 2 for FID/KID (got {cfg.num})")
@@ -276,8 +350,15 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict[str, A
     results: list[dict[str, Any]] = []
     for point in product(*(a.values for a in axes)):
         folder = out / point_name(axes, point)
-        settings = BatchSettings(model=cfg.model, seed=cfg.seed, best_of=cfg.best_of, width=cfg.width,
-                                 height=cfg.height, scorer=cfg.scorer, device=cfg.device)
+        settings = BatchSettings(
+            model=cfg.model,
+            seed=cfg.seed,
+            best_of=cfg.best_of,
+            width=cfg.width,
+            height=cfg.height,
+            scorer=cfg.scorer,
+            device=cfg.device,
+        )
         for a, v in zip(axes, point):
             if a.name in _SETTINGS:
                 setattr(settings, _SETTINGS[a.name], v)
@@ -291,31 +372,53 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict[str, A
             raise BestshotError(f"{folder} has {len(outputs)} finished image(s) — FID/KID need at least 2")
         metrics = _reuse(metrics_path, summary, len(outputs), extractor.name, extractor.resize)
         if metrics is None:
-            metrics = evaluate_folder(real, [Path(o["path"]) for o in outputs], extractor, clip,
-                                      cache_dir=cache_dir, real_key=real_key)
+            metrics = evaluate_folder(
+                real, [Path(o["path"]) for o in outputs], extractor, clip, cache_dir=cache_dir, real_key=real_key
+            )
             metrics["fake"] = str(folder)
             atomic_write_json(metrics_path, metrics)
         secs = [o["seconds"] for o in outputs if isinstance(o.get("seconds"), (int, float))]
         used = summary["settings"]
-        results.append({"guidance": used["guidance"], "steps": used["steps"],
-                        **{a.name: v for a, v in zip(axes, point)},
-                        **{k: metrics.get(k) for k in COLUMNS if k in metrics},
-                        "sec_per_image": round(sum(secs) / len(secs), 4) if secs else None,
-                        "generated_now": summary["generated"], "folder": folder.name,
-                        "_meta": metrics, "_outputs": outputs})
-        log(f"cell {folder.name}: {summary['generated']} generated, {summary['skipped']} already done; "
-            f"FID {_fmt(metrics.get('fid'))}, CLIP score {_fmt(metrics.get('clip_score'))}")
-    info = {"extractor": extractor.name, "resize": extractor.resize, "n_real": len(real),
-            "clip_extractor": results[0]["_meta"].get("clip_extractor"), "model": cfg.model, "best_of": cfg.best_of,
-            "seed": cfg.seed, "manifest": str(cfg.manifest), "seconds": round(time.perf_counter() - t0, 2),
-            "axes": [a.name for a in axes]}
+        results.append(
+            {
+                "guidance": used["guidance"],
+                "steps": used["steps"],
+                **{a.name: v for a, v in zip(axes, point)},
+                **{k: metrics.get(k) for k in COLUMNS if k in metrics},
+                "sec_per_image": round(sum(secs) / len(secs), 4) if secs else None,
+                "generated_now": summary["generated"],
+                "folder": folder.name,
+                "_meta": metrics,
+                "_outputs": outputs,
+            }
+        )
+        log(
+            f"cell {folder.name}: {summary['generated']} generated, {summary['skipped']} already done; "
+            f"FID {_fmt(metrics.get('fid'))}, CLIP score {_fmt(metrics.get('clip_score'))}"
+        )
+    info = {
+        "extractor": extractor.name,
+        "resize": extractor.resize,
+        "n_real": len(real),
+        "clip_extractor": results[0]["_meta"].get("clip_extractor"),
+        "model": cfg.model,
+        "best_of": cfg.best_of,
+        "seed": cfg.seed,
+        "manifest": str(cfg.manifest),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "axes": [a.name for a in axes],
+    }
     files = write_reports(results, out, info, cfg.worst)
-    return {"info": info, "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
-            "files": [str(f) for f in files]}
+    return {
+        "info": info,
+        "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
+        "files": [str(f) for f in files],
+    }
 
 
-def _reuse(path: Path, summary: dict[str, Any], n_outputs: int, extractor_name: str,
-           resize: str | None = None) -> dict[str, Any] | None:
+def _reuse(
+    path: Path, summary: dict[str, Any], n_outputs: int, extractor_name: str, resize: str | None = None
+) -> dict[str, Any] | None:
     """The cell's saved metrics when nothing was generated since and they cover the same images."""
     if summary["generated"] or not path.is_file():
         return None
@@ -342,19 +445,26 @@ def _columns(info: dict[str, Any]) -> list[str]:
 
 def to_markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
     axes = info.get("axes") or ["guidance", "steps"]
-    lines = [f"# Sweep: {' × '.join(axes)} — model `{info['model']}`, best-of {info['best_of']}", "",
-             f"- feature extractor (FID/KID): {info['extractor']}", f"- resize: {info['resize']}",
-             f"- CLIP for CMMD / CLIP score: {info.get('clip_extractor') or '—'}",
-             f"- samples: {info['n_real']} real images ({info['manifest']}), generated per cell: see n_fake",
-             "- FID with fewer samples than feature dimensions is biased upwards: compare cells, not papers", "",
-             "| " + " | ".join(axes) + " | n_fake | FID | KID | CMMD | CLIP score | CLIP cos | IS | s/image |",
-             "|" + "---:|" * (len(axes) + 8)]
+    lines = [
+        f"# Sweep: {' × '.join(axes)} — model `{info['model']}`, best-of {info['best_of']}",
+        "",
+        f"- feature extractor (FID/KID): {info['extractor']}",
+        f"- resize: {info['resize']}",
+        f"- CLIP for CMMD / CLIP score: {info.get('clip_extractor') or '—'}",
+        f"- samples: {info['n_real']} real images ({info['manifest']}), generated per cell: see n_fake",
+        "- FID with fewer samples than feature dimensions is biased upwards: compare cells, not papers",
+        "",
+        "| " + " | ".join(axes) + " | n_fake | FID | KID | CMMD | CLIP score | CLIP cos | IS | s/image |",
+        "|" + "---:|" * (len(axes) + 8),
+    ]
     for r in results:
         kid = f"{_fmt(r.get('kid_mean'))} ± {_fmt(r.get('kid_std'))}" if r.get("kid_mean") is not None else "—"
         point = " | ".join(_fmt_axis(r.get(a)) for a in axes)
-        lines.append(f"| {point} | {r.get('n_fake')} | {_fmt(r.get('fid'), 3)} | {kid} | "
-                     f"{_fmt(r.get('cmmd'))} | {_fmt(r.get('clip_score'), 3)} | {_fmt(r.get('clip_cosine'))} | "
-                     f"{_fmt(r.get('is_mean'), 3)} | {_fmt(r.get('sec_per_image'), 3)} |")
+        lines.append(
+            f"| {point} | {r.get('n_fake')} | {_fmt(r.get('fid'), 3)} | {kid} | "
+            f"{_fmt(r.get('cmmd'))} | {_fmt(r.get('clip_score'), 3)} | {_fmt(r.get('clip_cosine'))} | "
+            f"{_fmt(r.get('is_mean'), 3)} | {_fmt(r.get('sec_per_image'), 3)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -365,15 +475,18 @@ def _fmt_axis(v: Any) -> str:
 def write_reports(results: list[dict[str, Any]], out: Path, info: dict[str, Any], worst: int = 16) -> list[Path]:
     cols = _columns(info)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols + ["extractor", "resize"], lineterminator="\n",
-                       extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=cols + ["extractor", "resize"], lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for r in results:
         w.writerow({**{k: r.get(k) for k in cols}, "extractor": info["extractor"], "resize": info["resize"]})
-    files = [atomic_write_text(out / "results.csv", buf.getvalue()),
-             atomic_write_text(out / "results.md", to_markdown(results, info)),
-             atomic_write_json(out / "results.json", {"info": info, "rows": [
-                 {k: v for k, v in r.items() if not k.startswith("_")} for r in results]})]
+    files = [
+        atomic_write_text(out / "results.csv", buf.getvalue()),
+        atomic_write_text(out / "results.md", to_markdown(results, info)),
+        atomic_write_json(
+            out / "results.json",
+            {"info": info, "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]},
+        ),
+    ]
     subtitle = f"{info['extractor'].split(' ')[0]}, n_real={info['n_real']}"
     axes = info.get("axes") or ["guidance", "steps"]
     if axes == ["guidance", "steps"]:
@@ -381,18 +494,38 @@ def write_reports(results: list[dict[str, Any]], out: Path, info: dict[str, Any]
     else:
         files += axis_plots(results, axes, out, subtitle=subtitle)
     for r in results:  # a contact sheet of every sweep point's images
-        items = [{"path": o["path"], "caption": o.get("caption", ""),
-                  "label": f"#{o.get('row_id')} cos {o['clip']:.3f}" if o.get("clip") is not None else f"#{o.get('row_id')}"}
-                 for o in r["_outputs"]]
+        items = [
+            {
+                "path": o["path"],
+                "caption": o.get("caption", ""),
+                "label": f"#{o.get('row_id')} cos {o['clip']:.3f}"
+                if o.get("clip") is not None
+                else f"#{o.get('row_id')}",
+            }
+            for o in r["_outputs"]
+        ]
         if items:
-            files.append(contact_sheet(items, out / r["folder"] / "grid.png", thumb=128,
-                                       title=", ".join(f"{a}={_fmt_axis(r.get(a))}" for a in axes)))
+            files.append(
+                contact_sheet(
+                    items,
+                    out / r["folder"] / "grid.png",
+                    thumb=128,
+                    title=", ".join(f"{a}={_fmt_axis(r.get(a))}" for a in axes),
+                )
+            )
     files += xyz_grid(results, axes, out)
     cases = [{**o, "cell": r["folder"]} for r in results for o in r["_outputs"] if o.get("clip") is not None]
     cases.sort(key=lambda o: o["clip"])
     if cases:
-        items = [{"path": o["path"], "caption": o["caption"],
-                  "label": f"{o['cell']} #{o['row_id']} cos {o['clip']:.3f}"} for o in cases[:worst]]
-        files.append(contact_sheet(items, out / "worst_clip.png",
-                                   title=f"lowest CLIP cosine (scorer {cases[0].get('scorer')}) of {len(cases)} images"))
+        items = [
+            {"path": o["path"], "caption": o["caption"], "label": f"{o['cell']} #{o['row_id']} cos {o['clip']:.3f}"}
+            for o in cases[:worst]
+        ]
+        files.append(
+            contact_sheet(
+                items,
+                out / "worst_clip.png",
+                title=f"lowest CLIP cosine (scorer {cases[0].get('scorer')}) of {len(cases)} images",
+            )
+        )
     return files

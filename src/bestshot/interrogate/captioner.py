@@ -30,9 +30,10 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -88,11 +89,11 @@ class CaptionerConfig:
     generated_size: int = 32
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CaptionerConfig":
+    def from_dict(cls, data: dict[str, Any]) -> CaptionerConfig:
         return dataclass_from_dict(cls, data, "captioner")
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "CaptionerConfig":
+    def from_yaml(cls, path: str | os.PathLike) -> CaptionerConfig:
         return cls.from_dict(read_yaml_mapping(path, "check the path given to --config"))
 
 
@@ -120,8 +121,9 @@ class Mapper(nn.Module):
         else:
             self.proj = nn.Linear(clip_dim, prefix_len * lm_dim)
             self.const = nn.Parameter(torch.randn(prefix_len, lm_dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(lm_dim, heads, 4 * lm_dim, dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            lm_dim, heads, 4 * lm_dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.tf = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
@@ -129,7 +131,7 @@ class Mapper(nn.Module):
             return self.tf(self.proj(e) + self.pos)
         x = self.proj(e).view(e.shape[0], self.prefix_len, self.lm_dim)
         x = torch.cat([x, self.const.expand(e.shape[0], -1, -1)], 1)
-        return self.tf(x)[:, self.prefix_len:]
+        return self.tf(x)[:, self.prefix_len :]
 
 
 def vision_tokens(scorer: Any, images: Sequence[Image.Image], pool: int = 1) -> torch.Tensor:
@@ -150,7 +152,7 @@ def vision_tokens(scorer: Any, images: Sequence[Image.Image], pool: int = 1) -> 
     return torch.cat(out)
 
 
-def _feature_shape(cfg: "CaptionerConfig", scorer: Any) -> tuple[int, int]:
+def _feature_shape(cfg: CaptionerConfig, scorer: Any) -> tuple[int, int]:
     """(clip_dim, n_tokens) of what the mapper reads from ``scorer``'s CLIP."""
     if cfg.features not in FEATURES:
         raise BestshotError(f"captioner features {cfg.features!r} is not one of {', '.join(FEATURES)}")
@@ -179,8 +181,15 @@ def _tokenizer_for(cfg: CaptionerConfig):
 
 
 class PrefixCaptioner(nn.Module):
-    def __init__(self, cfg: CaptionerConfig, clip_dim: int, lm: Any, tokenizer: Any, clip_fingerprint: str = "",
-                 n_tokens: int = 0):
+    def __init__(
+        self,
+        cfg: CaptionerConfig,
+        clip_dim: int,
+        lm: Any,
+        tokenizer: Any,
+        clip_fingerprint: str = "",
+        n_tokens: int = 0,
+    ):
         super().__init__()
         self.cfg, self.clip_dim, self.lm, self.tokenizer = cfg, clip_dim, lm, tokenizer
         self.clip_fingerprint, self.n_tokens = clip_fingerprint, n_tokens
@@ -190,7 +199,7 @@ class PrefixCaptioner(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def create(cls, cfg: CaptionerConfig, scorer: Any) -> "PrefixCaptioner":
+    def create(cls, cfg: CaptionerConfig, scorer: Any) -> PrefixCaptioner:
         from transformers import GPT2Config, GPT2LMHeadModel
 
         from .fingerprint import model_fingerprint
@@ -201,14 +210,24 @@ class PrefixCaptioner(nn.Module):
             try:
                 lm = GPT2LMHeadModel.from_pretrained(cfg.lm)
             except OSError as e:
-                raise BestshotError(f"cannot load the language model {cfg.lm!r} ({str(e).splitlines()[0][:160]}) — "
-                                    "give a local GPT-2 folder, or leave lm empty to train a tiny one") from None
+                raise BestshotError(
+                    f"cannot load the language model {cfg.lm!r} ({str(e).splitlines()[0][:160]}) — "
+                    "give a local GPT-2 folder, or leave lm empty to train a tiny one"
+                ) from None
         else:
             prefix = n_tokens or cfg.prefix_len
-            lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=prefix + cfg.max_tokens + 1,
-                                            n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                                            bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-                                            pad_token_id=tok.pad_token_id))
+            lm = GPT2LMHeadModel(
+                GPT2Config(
+                    vocab_size=len(tok),
+                    n_positions=prefix + cfg.max_tokens + 1,
+                    n_embd=cfg.n_embd,
+                    n_layer=cfg.n_layer,
+                    n_head=cfg.n_head,
+                    bos_token_id=tok.eos_token_id,
+                    eos_token_id=tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id,
+                )
+            )
         model = cls(cfg, clip_dim, lm, tok, model_fingerprint(scorer), n_tokens)
         model.scorer = scorer
         return model
@@ -223,7 +242,7 @@ class PrefixCaptioner(nn.Module):
             self.lm.requires_grad_(True)
             return
         self.lm.requires_grad_(False)
-        for block in self.lm.transformer.h[n - k:]:
+        for block in self.lm.transformer.h[n - k :]:
             block.requires_grad_(True)
         if k:
             self.lm.transformer.ln_f.requires_grad_(True)
@@ -260,22 +279,33 @@ class PrefixCaptioner(nn.Module):
         att = torch.cat([torch.ones(len(ids), P, dtype=torch.long, device=dev), mask], 1)
         hidden = self.lm.transformer(inputs_embeds=emb, attention_mask=att).last_hidden_state
         # position P-1+t predicts token t; the (large-vocabulary) head runs only where a label exists
-        h = hidden[:, P - 1: P - 1 + T][mask.bool()]
+        h = hidden[:, P - 1 : P - 1 + T][mask.bool()]
         return nn.functional.cross_entropy(self.lm.lm_head(h).float(), tok[mask.bool()])
 
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
-    def generate(self, clip_emb: torch.Tensor, num_beams: int = 1, max_new_tokens: int | None = None,
-                 num_return_sequences: int = 1) -> list[str]:
+    def generate(
+        self,
+        clip_emb: torch.Tensor,
+        num_beams: int = 1,
+        max_new_tokens: int | None = None,
+        num_return_sequences: int = 1,
+    ) -> list[str]:
         """Greedy (``num_beams=1``) or beam-search captions for CLIP features (see :meth:`features`); with
         ``num_return_sequences`` n, the n best beams of each image, image by image (n * len(clip_emb) texts)."""
         self.eval()
         prefix = self.mapper(clip_emb.to(self.mapper.proj.weight.device, self.mapper.proj.weight.dtype))
         att = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
-        out = self.lm.generate(inputs_embeds=prefix, attention_mask=att, do_sample=False,
-                               num_beams=max(num_beams, num_return_sequences), num_return_sequences=num_return_sequences,
-                               max_new_tokens=max_new_tokens or self.cfg.max_tokens,
-                               eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+        out = self.lm.generate(
+            inputs_embeds=prefix,
+            attention_mask=att,
+            do_sample=False,
+            num_beams=max(num_beams, num_return_sequences),
+            num_return_sequences=num_return_sequences,
+            max_new_tokens=max_new_tokens or self.cfg.max_tokens,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         # CLIP's BPE decodes "circle, a" as "circle , a": tidy the spaces before punctuation
         return [re.sub(r"\s+([,.;:!?])", r"\1", " ".join(t.split())) for t in texts]
@@ -297,7 +327,7 @@ class PrefixCaptioner(nn.Module):
         emb = dict(zip(unique, self.scorer.embed_texts(unique).float().cpu()))
         out = []
         for i in range(len(images)):
-            options = list(dict.fromkeys(texts[i * n:(i + 1) * n]))
+            options = list(dict.fromkeys(texts[i * n : (i + 1) * n]))
             sims = torch.stack([emb[t] for t in options]) @ img[i]
             out.append(options[int(sims.argmax())])
         return out
@@ -318,13 +348,20 @@ class PrefixCaptioner(nn.Module):
             for f in Path(tmp).iterdir():
                 os.replace(f, folder / "tokenizer" / f.name)
         atomic_write_bytes(folder / WEIGHTS_NAME, save(state))
-        atomic_write_json(folder / CONFIG_NAME, {"config": asdict(self.cfg), "clip_dim": self.clip_dim,
-                                                 "n_tokens": self.n_tokens, "lm_config": self.lm.config.to_dict(),
-                                                 "clip_fingerprint": self.clip_fingerprint})
+        atomic_write_json(
+            folder / CONFIG_NAME,
+            {
+                "config": asdict(self.cfg),
+                "clip_dim": self.clip_dim,
+                "n_tokens": self.n_tokens,
+                "lm_config": self.lm.config.to_dict(),
+                "clip_fingerprint": self.clip_fingerprint,
+            },
+        )
         return folder
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, scorer: Any = None, device: str | None = None) -> "PrefixCaptioner":
+    def load(cls, folder: str | os.PathLike, scorer: Any = None, device: str | None = None) -> PrefixCaptioner:
         from safetensors.torch import load_file
         from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
@@ -337,16 +374,19 @@ class PrefixCaptioner(nn.Module):
             state = load_file(str(folder / WEIGHTS_NAME))
             tok = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
         except (OSError, KeyError, ValueError) as e:
-            raise BestshotError(f"{folder} is not a complete captioner folder ({e}) — train one with "
-                                "`bestshot train-captioner`") from None
+            raise BestshotError(
+                f"{folder} is not a complete captioner folder ({e}) — train one with `bestshot train-captioner`"
+            ) from None
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         lm = GPT2LMHeadModel(GPT2Config.from_dict(meta["lm_config"]))
         model = cls(cfg, int(meta["clip_dim"]), lm, tok, meta.get("clip_fingerprint", ""), int(meta.get("n_tokens", 0)))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or [k for k in missing if k != "lm.lm_head.weight"]:
-            raise BestshotError(f"captioner weights in {folder} do not fit its config (missing {missing[:3]}, "
-                                f"unexpected {unexpected[:3]}) — retrain it")
+            raise BestshotError(
+                f"captioner weights in {folder} do not fit its config (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}) — retrain it"
+            )
         if scorer is None or model_fingerprint(scorer) != model.clip_fingerprint:
             from ..scoring import get_scorer
 
@@ -354,8 +394,9 @@ class PrefixCaptioner(nn.Module):
             if model.clip_fingerprint and model_fingerprint(scorer) != model.clip_fingerprint:
                 import warnings
 
-                warnings.warn(f"the CLIP {cfg.clip!r} changed since this captioner was trained; retrain it "
-                              "for good captions")
+                warnings.warn(
+                    f"the CLIP {cfg.clip!r} changed since this captioner was trained; retrain it for good captions"
+                )
         model.scorer = scorer
         return model.to(scorer.device).eval()
 
@@ -366,19 +407,23 @@ class HFCaptioner:
     def __init__(self, spec: str, device: str | None = None, max_new_tokens: int = 40):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        from ..models.hub import require_hub_model
         from ..models.loader import resolve_device
 
-        from ..models.hub import require_hub_model
-
-        require_hub_model(spec, "caption model", "pass a local folder of a transformers image-to-text model "
-                          "(e.g. a saved BLIP) or a --captioner folder")
+        require_hub_model(
+            spec,
+            "caption model",
+            "pass a local folder of a transformers image-to-text model (e.g. a saved BLIP) or a --captioner folder",
+        )
         self.device = resolve_device(device)
         try:
             self.processor = AutoProcessor.from_pretrained(spec)
             self.model = AutoModelForImageTextToText.from_pretrained(spec).to(self.device).eval()
         except (OSError, ValueError) as e:
-            raise BestshotError(f"cannot load the caption model {spec!r} ({str(e).splitlines()[0][:160]}) — give a "
-                                "local folder or a cached hub id such as Salesforce/blip-image-captioning-large") from None
+            raise BestshotError(
+                f"cannot load the caption model {spec!r} ({str(e).splitlines()[0][:160]}) — give a "
+                "local folder or a cached hub id such as Salesforce/blip-image-captioning-large"
+            ) from None
         self.max_new_tokens = max_new_tokens
 
     @torch.no_grad()
@@ -435,14 +480,25 @@ def _with_generated(cfg: CaptionerConfig, ds: Any, out: Path) -> Any:
     from ..train.generated import Interleaved, build_pool
 
     pool_seed = cfg.seed + 104729  # world items the render stream does not start with
-    pool = build_pool(cfg.generated_model, pool_seed, cfg.generated_pool, cfg.generated_size,
-                      tuple(cfg.generated_strength), cache=out / "generated_pool.safetensors",
-                      device=cfg.device or "cpu")
+    pool = build_pool(
+        cfg.generated_model,
+        pool_seed,
+        cfg.generated_pool,
+        cfg.generated_size,
+        tuple(cfg.generated_strength),
+        cache=out / "generated_pool.safetensors",
+        device=cfg.device or "cpu",
+    )
     return Interleaved(ds, GeneratedWorldCaptions(pool, pool_seed, cfg.image_size), cfg.generated_every)
 
 
-def train_captioner(cfg: CaptionerConfig, out: str | os.PathLike, scorer: Any = None,
-                    on_log: Callable[[int, float], None] | None = None, log_every: int = 25) -> dict[str, Any]:
+def train_captioner(
+    cfg: CaptionerConfig,
+    out: str | os.PathLike,
+    scorer: Any = None,
+    on_log: Callable[[int, float], None] | None = None,
+    log_every: int = 25,
+) -> dict[str, Any]:
     """Train on ``cfg.dataset``; checkpoints (the whole folder) every ``checkpoint_every`` steps and at the end."""
     from ..scoring import get_scorer
     from ..train.data import build_dataset
@@ -461,12 +517,17 @@ def train_captioner(cfg: CaptionerConfig, out: str | os.PathLike, scorer: Any = 
     if cfg.generated_model:
         ds = _with_generated(cfg, ds, Path(out))
     gen = torch.Generator().manual_seed(cfg.seed)
-    loader = torch.utils.data.DataLoader(ds, batch_size=min(cfg.batch_size, len(ds)), shuffle=True, generator=gen,
-                                         drop_last=len(ds) >= cfg.batch_size)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=min(cfg.batch_size, len(ds)), shuffle=True, generator=gen, drop_last=len(ds) >= cfg.batch_size
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+        opt,
+        lambda s: (
+            min(1.0, (s + 1) / max(1, cfg.warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
+        ),
+    )
     history: list[tuple[int, float]] = []
     it, t0, running = iter(loader), time.time(), []
     model.train()
@@ -491,5 +552,10 @@ def train_captioner(cfg: CaptionerConfig, out: str | os.PathLike, scorer: Any = 
                 on_log(step, history[-1][1])
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             model.save(out)
-    return {"out": str(out), "steps": cfg.steps, "history": history, "seconds": round(time.time() - t0, 1),
-            "trainable_params": sum(p.numel() for p in params)}
+    return {
+        "out": str(out),
+        "steps": cfg.steps,
+        "history": history,
+        "seconds": round(time.time() - t0, 1),
+        "trainable_params": sum(p.numel() for p in params),
+    }

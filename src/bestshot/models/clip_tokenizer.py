@@ -27,12 +27,16 @@ def bpe_vocab_path() -> Path:
     """Path of open_clip's bundled BPE merges file (without importing open_clip)."""
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise BestshotError("open_clip is not installed — run `pip install --no-deps open_clip_torch` "
-                            "(only its vocabulary file is used)")
+        raise BestshotError(
+            "open_clip is not installed — run `pip install --no-deps open_clip_torch` "
+            "(only its vocabulary file is used)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():
-        raise BestshotError(f"CLIP vocabulary not found at {path} — reinstall open_clip_torch with "
-                            "`pip install --no-deps --force-reinstall open_clip_torch`")
+        raise BestshotError(
+            f"CLIP vocabulary not found at {path} — reinstall open_clip_torch with "
+            "`pip install --no-deps --force-reinstall open_clip_torch`"
+        )
     return path
 
 

@@ -24,8 +24,14 @@ def image_processor(size: int):
 
     The centre crop only matters for non-square images (training images are square, where it crops
     nothing); without it a 64×48 photo would reach the vision tower as 43×32 and fail."""
-    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                              do_center_crop=True, image_mean=CLIP_MEAN, image_std=CLIP_STD, resample=3)
+    return CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        do_center_crop=True,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        resample=3,
+    )
 
 
 def to_clip_pixels(images: torch.Tensor) -> torch.Tensor:
@@ -41,6 +47,8 @@ def image_features(model: CLIPModel, pixel_values: torch.Tensor) -> torch.Tensor
     return model.visual_projection(model.vision_model(pixel_values=pixel_values).pooler_output)
 
 
-def text_features(model: CLIPModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def text_features(
+    model: CLIPModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Projected text embedding (pooled at the first end-of-text token)."""
     return model.text_projection(model.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output)

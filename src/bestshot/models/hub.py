@@ -87,14 +87,20 @@ def require_hub_model(source: str, what: str = "model", fix: str = "pass a local
         return  # a local path, or a missing one (the loader names it): nothing to ask the hub
     if is_cached(source):
         return
-    how = (f"download it on a machine with network (`huggingface-cli download {source}`) and copy the Hugging Face "
-           f"cache here, or {fix}")
+    how = (
+        f"download it on a machine with network (`huggingface-cli download {source}`) and copy the Hugging Face "
+        f"cache here, or {fix}"
+    )
     if hub_offline():
-        raise BestshotError(f"{what} {source!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set — {how}")
+        raise BestshotError(
+            f"{what} {source!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set — {how}"
+        )
     endpoint = hub_endpoint()
     if not hub_reachable(endpoint):
-        raise BestshotError(f"{what} {source!r} is not in the local Hugging Face cache and the hub ({endpoint}) "
-                            f"cannot be reached (no network?) — {how}")
+        raise BestshotError(
+            f"{what} {source!r} is not in the local Hugging Face cache and the hub ({endpoint}) "
+            f"cannot be reached (no network?) — {how}"
+        )
 
 
 def require_model(ref) -> None:

@@ -110,7 +110,7 @@ def _from_pretrained(cls, source: str, ref: ModelRef, **kwargs):
         return cls.from_pretrained(source, **kwargs)
     except BestshotError:
         raise
-    except (OSError, EnvironmentError, ValueError) as e:
+    except (OSError, ValueError) as e:
         if not ref.local:
             raise BestshotError(
                 f"could not load {source!r}: it is not a local folder and not in the Hugging Face cache "
@@ -131,8 +131,11 @@ def _absent_components(ref: ModelRef) -> dict[str, None]:
     from pathlib import Path
 
     index = json.loads((Path(ref.source) / "model_index.json").read_text())
-    return {k: None for k, v in index.items()
-            if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] is None and v[1] is None}
+    return {
+        k: None
+        for k, v in index.items()
+        if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] is None and v[1] is None
+    }
 
 
 def build_scheduler(base: Any, name: str) -> Any:
@@ -157,8 +160,9 @@ def build_scheduler(base: Any, name: str) -> Any:
     kwargs = {k: v for k, v in spec.kwargs().items() if k in accepted}
     sched = cls.from_config(dict(base.config), **kwargs)
     sched._bestshot_label = spec.label
-    sched._bestshot_notes = spec.notes() + [f"{k}={v} does not apply to {spec.sampler.cls}; ignored"
-                                            for k, v in spec.kwargs().items() if k not in accepted]
+    sched._bestshot_notes = spec.notes() + [
+        f"{k}={v} does not apply to {spec.sampler.cls}; ignored" for k, v in spec.kwargs().items() if k not in accepted
+    ]
     return sched
 
 
@@ -258,9 +262,19 @@ def apply_vae_options(pipe: Any, tiling: bool = False, slicing: bool = False) ->
     return pipe
 
 
-def load_pipeline(model: str | None, *, dtype: str = "auto", device: str | None = None, memory: str = "gpu",
-                  scheduler: str | None = None, compile: bool = False, vae_fp16: bool | None = None,
-                  vae_tiling: bool = False, vae_slicing: bool = False, cache: ModelCache = CACHE) -> Any:
+def load_pipeline(
+    model: str | None,
+    *,
+    dtype: str = "auto",
+    device: str | None = None,
+    memory: str = "gpu",
+    scheduler: str | None = None,
+    compile: bool = False,
+    vae_fp16: bool | None = None,
+    vae_tiling: bool = False,
+    vae_slicing: bool = False,
+    cache: ModelCache = CACHE,
+) -> Any:
     """Load (or fetch from the cache) the text-to-image pipeline for ``model``.
 
     ``vae_fp16``: decode with the fp16 VAE even where its config asks for an fp32 upcast, checked and
@@ -298,8 +312,15 @@ def load_pipeline(model: str | None, *, dtype: str = "auto", device: str | None 
     return entry.pipe
 
 
-def load_refiner(base: Any, model: str, *, dtype: str = "auto", device: str | None = None, memory: str = "gpu",
-                 cache: ModelCache = CACHE) -> Any:
+def load_refiner(
+    base: Any,
+    model: str,
+    *,
+    dtype: str = "auto",
+    device: str | None = None,
+    memory: str = "gpu",
+    cache: ModelCache = CACHE,
+) -> Any:
     """The SDXL refiner, sharing the base's second text encoder and VAE (as diffusers' docs do)."""
     ref = resolve_model(model)
     dev = resolve_device(device)

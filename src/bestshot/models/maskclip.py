@@ -24,10 +24,19 @@ from ..errors import BestshotError
 
 # phrase → canonical relation ("A <relation> B")
 RELATION_PHRASES: dict[str, str] = {
-    "to the left of": "left of", "left of": "left of", "to the right of": "right of", "right of": "right of",
-    "above": "above", "over": "above", "below": "below", "under": "below", "beneath": "below",
+    "to the left of": "left of",
+    "left of": "left of",
+    "to the right of": "right of",
+    "right of": "right of",
+    "above": "above",
+    "over": "above",
+    "below": "below",
+    "under": "below",
+    "beneath": "below",
 }
-_REL_RE = re.compile(r"\b(" + "|".join(sorted((re.escape(p) for p in RELATION_PHRASES), key=len, reverse=True)) + r")\b")
+_REL_RE = re.compile(
+    r"\b(" + "|".join(sorted((re.escape(p) for p in RELATION_PHRASES), key=len, reverse=True)) + r")\b"
+)
 _TAIL_RE = re.compile(r"\s+(?:on|against|in front of)\s+(?:an?\s+)?[\w-]+(?:\s+background)?\s*$")
 _LEAD_RE = re.compile(r"^(?:a picture of|an image of|a drawing of|a photo of)\s+")
 
@@ -51,7 +60,7 @@ def parse_relation(prompt: str) -> Relation | None:
         return None
     m = hits[0]
     a = _LEAD_RE.sub("", clause[: m.start()].strip())
-    b = _TAIL_RE.sub("", clause[m.end():].strip()).strip()
+    b = _TAIL_RE.sub("", clause[m.end() :].strip()).strip()
     if not a or not b or " and " in a or " and " in b:
         return None
     return Relation(a, RELATION_PHRASES[m.group(1)], b)
@@ -61,8 +70,10 @@ def _vision_parts(model: Any):
     vm = getattr(model, "vision_model", None)
     layers = getattr(getattr(vm, "encoder", None), "layers", None)
     if vm is None or not layers or not hasattr(layers[-1], "self_attn") or not hasattr(model, "visual_projection"):
-        raise BestshotError(f"{type(model).__name__} has no ViT vision tower — spatial scoring needs a transformers "
-                            "CLIPModel (drop '+spatial' from the scorer)")
+        raise BestshotError(
+            f"{type(model).__name__} has no ViT vision tower — spatial scoring needs a transformers "
+            "CLIPModel (drop '+spatial' from the scorer)"
+        )
     return vm, layers[-1]
 
 
@@ -81,15 +92,16 @@ def image_features(model: Any, pixel_values: torch.Tensor) -> tuple[torch.Tensor
     return F.normalize(pooled.float(), dim=-1), F.normalize(dense.float(), dim=-1)
 
 
-def centroids(dense: torch.Tensor, ta: torch.Tensor, tb: torch.Tensor, temperature: float = 10.0
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def centroids(
+    dense: torch.Tensor, ta: torch.Tensor, tb: torch.Tensor, temperature: float = 10.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Where A and B are: ``(B, 2)`` (x, y) centroids in [0, 1] image coordinates (y down).
 
     ``dense``: (B, N, D) patch embeddings on a square grid; ``ta``/``tb``: (B, D) or (D,) text embeddings.
     A's weight on a patch is softmax(temperature * (cos(patch, A) - cos(patch, B))), B's the reverse.
     """
     n = dense.shape[1]
-    g = int(round(n ** 0.5))
+    g = int(round(n**0.5))
     if g * g != n:
         raise BestshotError(f"spatial scoring needs a square patch grid, got {n} patches")
     coords = (torch.arange(g, dtype=torch.float32, device=dense.device) + 0.5) / g
@@ -117,7 +129,7 @@ def agreement(ca: torch.Tensor, cb: torch.Tensor, relation: str, gain: float = 5
 def read_relation(ca: torch.Tensor, cb: torch.Tensor) -> list[str]:
     """The relation of A to B that the centroids show, one per row: the dominant axis, then its sign."""
     out = []
-    for (dx, dy) in (cb - ca).tolist():
+    for dx, dy in (cb - ca).tolist():
         if abs(dx) >= abs(dy):
             out.append("left of" if dx > 0 else "right of")
         else:

@@ -37,14 +37,41 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "sdxl": Family("sdxl", "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", CLIP_L14,
-                   native_size=1024, max_side=2048, inpaint=True),
-    "sdxl_refiner": Family("sdxl_refiner", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLImg2ImgPipeline", CLIP_L14,
-                           native_size=1024, max_side=2048),
-    "sd3": Family("sd3", "StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", CLIP_L14,
-                  native_size=1024, max_side=2048, inpaint=True),
-    "sd15": Family("sd15", "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", CLIP_L14,
-                   native_size=512, max_side=2048, inpaint=True),
+    "sdxl": Family(
+        "sdxl",
+        "StableDiffusionXLPipeline",
+        "StableDiffusionXLImg2ImgPipeline",
+        CLIP_L14,
+        native_size=1024,
+        max_side=2048,
+        inpaint=True,
+    ),
+    "sdxl_refiner": Family(
+        "sdxl_refiner",
+        "StableDiffusionXLImg2ImgPipeline",
+        "StableDiffusionXLImg2ImgPipeline",
+        CLIP_L14,
+        native_size=1024,
+        max_side=2048,
+    ),
+    "sd3": Family(
+        "sd3",
+        "StableDiffusion3Pipeline",
+        "StableDiffusion3Img2ImgPipeline",
+        CLIP_L14,
+        native_size=1024,
+        max_side=2048,
+        inpaint=True,
+    ),
+    "sd15": Family(
+        "sd15",
+        "StableDiffusionPipeline",
+        "StableDiffusionImg2ImgPipeline",
+        CLIP_L14,
+        native_size=512,
+        max_side=2048,
+        inpaint=True,
+    ),
     # regions: each object read alone where it is (two objects best of 8: 37.0 % with +spatial, 52.5 %; RESULTS.md)
     # a 32 px pixel-space model: larger sizes only cost time (and give noise), so it is capped at 4x native
     "embedded": Family("embedded", "BestshotWorldPipeline", None, EMBEDDED + REGIONS, native_size=32, max_side=128),
@@ -52,7 +79,7 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def native_size(ref: "ModelRef") -> int:
+def native_size(ref: ModelRef) -> int:
     """The side a model samples best at: its folder's defaults (e.g. the embedded UNet's sample size), else
     its family's."""
     if ref.local:
@@ -62,10 +89,11 @@ def native_size(ref: "ModelRef") -> int:
     return ref.family.native_size
 
 
-def size_limits(ref: "ModelRef") -> tuple[int, int]:
+def size_limits(ref: ModelRef) -> tuple[int, int]:
     """(native side, largest side) of a model: a folder trained at N px is capped at ``max(family max, N)``."""
     native = native_size(ref)
     return native, max(ref.family.max_side, native)
+
 
 KNOWN_IDS: dict[str, str] = {
     SDXL_BASE: "sdxl",
@@ -142,7 +170,9 @@ def resolve_model(ref: str | None) -> ModelRef:
         return ModelRef(ref, ref, False, FAMILIES[KNOWN_IDS[ref]])
     looks_like_path = ref.startswith((".", "/", "~")) or ref.count("/") != 1
     if path.exists():
-        raise BestshotError(f"model {ref!r} is a file, not a pipeline folder — pass the folder holding model_index.json")
+        raise BestshotError(
+            f"model {ref!r} is a file, not a pipeline folder — pass the folder holding model_index.json"
+        )
     if looks_like_path or not _HUB_ID.match(ref):
         raise BestshotError(
             f"model path {ref!r} does not exist — pass an existing pipeline folder, a hub id such as "
@@ -165,7 +195,7 @@ def model_defaults(ref: str | None) -> dict[str, Any]:
     return _load_defaults(m.source)
 
 
-def default_scorer(ref: "ModelRef") -> str:
+def default_scorer(ref: ModelRef) -> str:
     """The scorer a model is ranked with when none is given: its folder's ``bestshot_defaults.json`` "scorer";
     for a BestshotWorldPipeline conditioned on image embeddings or trained on another dataset than the shapes
     world, its own CLIP's plain cosine (``embedded``: the region scorer knows the world's nouns only);

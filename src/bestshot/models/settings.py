@@ -33,8 +33,9 @@ def config_from_yaml(path: str | Path) -> ImgCfg:
     return ImgCfg.from_dict(merge(base, data)).validate()
 
 
-def resolve_config(cfg: ImgCfg | None = None, preset: str | None = None, model: str | None = None,
-                   **overrides: Any) -> ImgCfg:
+def resolve_config(
+    cfg: ImgCfg | None = None, preset: str | None = None, model: str | None = None, **overrides: Any
+) -> ImgCfg:
     """Build the final, validated config of one generate call.
 
     ``cfg`` wins over ``preset``; with neither, the preset is ``embedded`` when no model, the embedded

@@ -34,7 +34,8 @@ neighbours, and the guidance's sums are plain reductions.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,18 +67,29 @@ class BestshotWorldPipeline(DiffusionPipeline):
     # tensors a step-end callback may read and replace (e.g. bestshot.pruning slices all of them)
     _callback_tensor_inputs = ["latents", "prompt_embeds", "class_labels", "pred_original_sample"]
 
-    def __init__(self, unet: UNet2DConditionModel, scheduler, clip: CLIPModel, tokenizer: CLIPTokenizer,
-                 conditioning: str = "text_tokens", spatial_guidance_scale: float = 0.0,
-                 spatial_guidance_end: float = 1.0, spatial_guidance_every: int = 1):
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        scheduler,
+        clip: CLIPModel,
+        tokenizer: CLIPTokenizer,
+        conditioning: str = "text_tokens",
+        spatial_guidance_scale: float = 0.0,
+        spatial_guidance_end: float = 1.0,
+        spatial_guidance_every: int = 1,
+    ):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
         check_guidance(spatial_guidance_scale, spatial_guidance_end, spatial_guidance_every)
         self.register_modules(unet=unet, scheduler=scheduler, clip=clip, tokenizer=tokenizer)
         rowwise_linears(unet, clip)  # each image the same alone or in a batch (see batch_invariance)
-        self.register_to_config(conditioning=conditioning, spatial_guidance_scale=float(spatial_guidance_scale),
-                                spatial_guidance_end=float(spatial_guidance_end),
-                                spatial_guidance_every=int(spatial_guidance_every))
+        self.register_to_config(
+            conditioning=conditioning,
+            spatial_guidance_scale=float(spatial_guidance_scale),
+            spatial_guidance_end=float(spatial_guidance_end),
+            spatial_guidance_every=int(spatial_guidance_every),
+        )
 
     @property
     def batch_invariant(self) -> bool:
@@ -90,8 +102,8 @@ class BestshotWorldPipeline(DiffusionPipeline):
     @torch.no_grad()
     def _relation_texts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list] | None:
         """(A texts, B texts, relations) embedded for every prompt, or None when no prompt states a relation."""
-        from .maskclip import parse_relation
         from .embedded_clip import text_features
+        from .maskclip import parse_relation
 
         rels = [parse_relation(p) for p in prompts]
         if not any(rels):
@@ -106,15 +118,18 @@ class BestshotWorldPipeline(DiffusionPipeline):
 
     def _spatial_step(self, latents: torch.Tensor, x0: torch.Tensor, t, texts, scale: float) -> torch.Tensor:
         """``latents`` nudged up the gradient of the relation agreement of ``x0`` (rows without a relation kept)."""
-        from .maskclip import agreement, centroids, image_features
         from .embedded_clip import to_clip_pixels
+        from .maskclip import agreement, centroids, image_features
 
         ta, tb, rels = texts
         size = self.clip.config.vision_config.image_size
         with torch.enable_grad():
             x = x0.detach().float().clamp(-1, 1).requires_grad_(True)
-            img = x if x.shape[-1] == size and x.shape[-2] == size else F.interpolate(
-                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            img = (
+                x
+                if x.shape[-1] == size and x.shape[-2] == size
+                else F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            )
             _, dense = image_features(self.clip, to_clip_pixels(img).to(self.clip.dtype))
             ca, cb = centroids(dense, ta, tb)
             total = sum(agreement(ca[i], cb[i], r.relation) for i, r in enumerate(rels) if r)
@@ -136,8 +151,11 @@ class BestshotWorldPipeline(DiffusionPipeline):
             sigma = float(sigmas[min(int(idx), len(sigmas) - 1)])
             return 1.0 / math.sqrt(1.0 + sigma * sigma)
         t = int(t)
-        prev = int(sched.previous_timestep(t)) if hasattr(sched, "previous_timestep") else \
-            t - sched.config.num_train_timesteps // sched.num_inference_steps
+        prev = (
+            int(sched.previous_timestep(t))
+            if hasattr(sched, "previous_timestep")
+            else t - sched.config.num_train_timesteps // sched.num_inference_steps
+        )
         alpha = sched.alphas_cumprod[prev] if prev >= 0 else getattr(sched, "final_alpha_cumprod", torch.tensor(1.0))
         return float(alpha) ** 0.5
 
@@ -148,8 +166,10 @@ class BestshotWorldPipeline(DiffusionPipeline):
             x = image if image.dim() == 4 else image[None]
         else:
             ims = image if isinstance(image, (list, tuple)) else [image]
-            arrs = [np.asarray(im.convert("RGB").resize((width, height), Image.Resampling.LANCZOS), dtype=np.float32) / 255
-                    for im in ims]
+            arrs = [
+                np.asarray(im.convert("RGB").resize((width, height), Image.Resampling.LANCZOS), dtype=np.float32) / 255
+                for im in ims
+            ]
             x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)
         x = x.to(device=device, dtype=dtype)
         if x.shape[-2:] != (height, width):
@@ -185,8 +205,13 @@ class BestshotWorldPipeline(DiffusionPipeline):
         """(encoder_hidden_states, class_labels) for the UNet, one row per prompt (each distinct prompt
         encoded once)."""
         unique = list(dict.fromkeys(prompts))
-        enc = self.tokenizer(unique, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt")
+        enc = self.tokenizer(
+            unique,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
         ids = enc.input_ids.to(self.clip.device)
         out = self.clip.text_model(input_ids=ids)  # causal mask: padding (EOS) never leaks into real tokens
         where = {p: i for i, p in enumerate(unique)}
@@ -202,9 +227,16 @@ class BestshotWorldPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------ img2img
     @torch.no_grad()
-    def sdedit(self, images: torch.Tensor, prompt: list[str], strength: float, num_inference_steps: int = 30,
-               guidance_scale: float = 1.0, negative_prompt: list[str] | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def sdedit(
+        self,
+        images: torch.Tensor,
+        prompt: list[str],
+        strength: float,
+        num_inference_steps: int = 30,
+        guidance_scale: float = 1.0,
+        negative_prompt: list[str] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """img2img by SDEdit: noise ``images`` ([-1, 1], (B, 3, H, W), H and W multiples of 8) to ``strength``
         of the schedule, then denoise the remaining steps conditioned on ``prompt`` (one per image). Returns
         [-1, 1] images; ``strength`` so small that no step runs returns the input unchanged."""
@@ -288,7 +320,9 @@ class BestshotWorldPipeline(DiffusionPipeline):
         cb_names = callback_on_step_end_tensor_inputs or ["latents"]
         unknown = set(cb_names) - set(self._callback_tensor_inputs)
         if callback_on_step_end is not None and unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} not in {self._callback_tensor_inputs}")
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs {sorted(unknown)} not in {self._callback_tensor_inputs}"
+            )
 
         hidden, cls = self.encode_prompt(prompts)
         if do_cfg:
@@ -299,7 +333,9 @@ class BestshotWorldPipeline(DiffusionPipeline):
         shape = (n, self.unet.config.in_channels, height, width)
         if latents is None:
             if isinstance(generator, list):  # image k depends on generator[k] alone (batch-invariant)
-                latents = torch.cat([randn_tensor((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
+                latents = torch.cat(
+                    [randn_tensor((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator]
+                )
             else:
                 latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         else:
@@ -321,9 +357,13 @@ class BestshotWorldPipeline(DiffusionPipeline):
                 mask = (self._pixels(mask_image, width, height, n, device, dtype)[:, :1] > 0.5).to(dtype)
         else:
             latents = latents * self.scheduler.init_noise_sigma
-        sg = self.config.get("spatial_guidance_scale", 0.0) if spatial_guidance_scale is None else spatial_guidance_scale
+        sg = (
+            self.config.get("spatial_guidance_scale", 0.0) if spatial_guidance_scale is None else spatial_guidance_scale
+        )
         sg_end = self.config.get("spatial_guidance_end", 1.0) if spatial_guidance_end is None else spatial_guidance_end
-        sg_every = self.config.get("spatial_guidance_every", 1) if spatial_guidance_every is None else spatial_guidance_every
+        sg_every = (
+            self.config.get("spatial_guidance_every", 1) if spatial_guidance_every is None else spatial_guidance_every
+        )
         check_guidance(sg, sg_end, sg_every)
         rel_texts = self._relation_texts(prompts) if sg > 0 else None
         n_steps = len(timesteps)
@@ -354,15 +394,21 @@ class BestshotWorldPipeline(DiffusionPipeline):
                 if x0 is not None:
                     latents = self._spatial_step(latents, x0, t, rel_texts, sg)
             if callback_on_step_end is not None:
-                kw = {"latents": latents, "prompt_embeds": hidden, "class_labels": cls,
-                      "pred_original_sample": getattr(step, "pred_original_sample", None)}
+                kw = {
+                    "latents": latents,
+                    "prompt_embeds": hidden,
+                    "class_labels": cls,
+                    "pred_original_sample": getattr(step, "pred_original_sample", None),
+                }
                 res = callback_on_step_end(self, i, t, {k: kw[k] for k in cb_names}) or {}
                 latents = res.get("latents", latents)
                 hidden = res.get("prompt_embeds", hidden)
                 cls = res.get("class_labels", cls)
                 if rel_texts is not None and latents.shape[0] != rel_texts[0].shape[0]:  # a callback dropped rows
                     m = latents.shape[0]  # (pruning: one prompt, so every row has the same relation)
-                    rel_texts = (rel_texts[0][:m], rel_texts[1][:m], rel_texts[2][:m]) if len(set(prompts)) == 1 else None
+                    rel_texts = (
+                        (rel_texts[0][:m], rel_texts[1][:m], rel_texts[2][:m]) if len(set(prompts)) == 1 else None
+                    )
 
         if mask is not None:
             latents = mask * latents + (1 - mask) * init

@@ -8,8 +8,8 @@ check), cut to what the scorer reads.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from ..errors import BestshotError
 
@@ -38,18 +38,25 @@ class BuiltPrompt:
     negative_prompt: str
 
 
-def build_prompt(prompt: str, *, style_suffix: str = "", negative_prompt: str = "",
-                 trigger_words: Sequence[str] = (), clip_prompt: str | None = None,
-                 allow_empty: bool = False) -> BuiltPrompt:
+def build_prompt(
+    prompt: str,
+    *,
+    style_suffix: str = "",
+    negative_prompt: str = "",
+    trigger_words: Sequence[str] = (),
+    clip_prompt: str | None = None,
+    allow_empty: bool = False,
+) -> BuiltPrompt:
     """Assemble the pipeline prompt (triggers + prompt + style suffix) and the CLIP prompt (``allow_empty``:
     an empty prompt is kept, for unconditioned images, instead of refused)."""
     core = normalise(prompt)
     if not core and not allow_empty:
-        raise BestshotError("the prompt is empty — give a text prompt, e.g. bestshot generate \"a red circle\"")
+        raise BestshotError('the prompt is empty — give a text prompt, e.g. bestshot generate "a red circle"')
     parts = [normalise(t) for t in trigger_words if normalise(t)]
     sd = ", ".join(parts + [core])
     suffix = (style_suffix or "").strip()
     if suffix:
         sd = f"{sd}{suffix}" if suffix.startswith(",") else f"{sd}, {suffix}"
-    return BuiltPrompt(sd_prompt=normalise(sd), clip_prompt=normalise(clip_prompt or core),
-                       negative_prompt=normalise(negative_prompt))
+    return BuiltPrompt(
+        sd_prompt=normalise(sd), clip_prompt=normalise(clip_prompt or core), negative_prompt=normalise(negative_prompt)
+    )

@@ -20,8 +20,8 @@ import importlib.util
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from bestshot.errors import BestshotError
 from bestshot.prompts.extractive import extractive_prompt, lead_sentence
@@ -83,10 +83,8 @@ _REFUSAL = re.compile(
     r"as an ai|unfortunately,? i)",
     re.I,
 )
-_TRAILING_JUNK = re.compile(
-    r"\s*(?:\bnegative prompt\b|\(note\b|\bnote:|\s--[a-z]+\b|#\w).*$", re.I
-)
-_QUOTES = "\"“”„«»`"
+_TRAILING_JUNK = re.compile(r"\s*(?:\bnegative prompt\b|\(note\b|\bnote:|\s--[a-z]+\b|#\w).*$", re.I)
+_QUOTES = '"“”„«»`'
 _PLACEHOLDER = re.compile(r"<[^<>]{2,}>")
 
 
@@ -429,9 +427,7 @@ def plan(backend: str = "auto", model: str | None = None, device: str | None = N
         return [("smollm2", gguf), ("extractive", None)]
     if backend in ("vllm", "transformers"):
         if backend == "vllm" and not vllm_available():
-            raise BestshotError(
-                f"backend 'vllm' is not available (vllm not installed or no CUDA) — {_INSTALL['vllm']}"
-            )
+            raise BestshotError(f"backend 'vllm' is not available (vllm not installed or no CUDA) — {_INSTALL['vllm']}")
         candidates = [model] if model else list(DEFAULT_MODELS)
         found = [m for m in candidates if resolve_offline(m)]
         if not found:

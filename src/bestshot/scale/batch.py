@@ -32,9 +32,10 @@ import math
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import BestshotError
 from .output import Output
@@ -44,17 +45,17 @@ from .output import Output
 class RayJobCfg:
     """How a job runs on Ray (the ``--ray`` flags)."""
 
-    address: str = "local"           # local: a Ray on this machine; auto or HOST:PORT: a cluster
-    workers: int | None = None       # actors in the pool (one pipeline each); None: one per GPU (or per
+    address: str = "local"  # local: a Ray on this machine; auto or HOST:PORT: a cluster
+    workers: int | None = None  # actors in the pool (one pipeline each); None: one per GPU (or per
     #                                  cpus_per_worker CPUs on a cluster without GPUs), at most one per row
     gpus_per_worker: float | None = None  # 1: one GPU each; 0.5: two workers share a GPU; 0: CPU; None: 1 if
     #                                     the cluster has GPUs, else 0
     cpus_per_worker: float = 1.0
-    batch_size: int = 1              # rows per map_batches call (a row maker still makes one row at a time)
+    batch_size: int = 1  # rows per map_batches call (a row maker still makes one row at a time)
     connect_timeout_s: float | None = None  # an unreachable address fails within this (None: env
     #                                         BESTSHOT_RAY_CONNECT_TIMEOUT_S, else 20 s)
 
-    def validate(self) -> "RayJobCfg":
+    def validate(self) -> RayJobCfg:
         if self.workers is not None and self.workers < 1:
             raise BestshotError(f"--ray-workers must be >= 1 (got {self.workers})")
         if self.batch_size < 1:
@@ -68,18 +69,21 @@ class RayJobCfg:
             raise BestshotError(f"--cpus-per-worker must be > 0 (got {self.cpus_per_worker})")
         return self
 
-    def resolved(self, resources: dict[str, float], rows: int) -> "RayJobCfg":
+    def resolved(self, resources: dict[str, float], rows: int) -> RayJobCfg:
         """Fill the automatic fields from the cluster's resources (``ray.cluster_resources()``)."""
         from dataclasses import replace
 
         gpus_total, cpus_total = float(resources.get("GPU", 0)), float(resources.get("CPU", 1))
         g = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus_total else 0.0)
         if g > gpus_total:
-            raise BestshotError(f"--gpus-per-worker {g:g} but the Ray cluster has {gpus_total:g} GPU(s) — lower it, "
-                                "or give --gpus-per-worker 0 to run on CPUs")
+            raise BestshotError(
+                f"--gpus-per-worker {g:g} but the Ray cluster has {gpus_total:g} GPU(s) — lower it, "
+                "or give --gpus-per-worker 0 to run on CPUs"
+            )
         if self.cpus_per_worker > cpus_total:
-            raise BestshotError(f"--cpus-per-worker {self.cpus_per_worker:g} but the Ray cluster has "
-                                f"{cpus_total:g} CPU(s) — lower it")
+            raise BestshotError(
+                f"--cpus-per-worker {self.cpus_per_worker:g} but the Ray cluster has {cpus_total:g} CPU(s) — lower it"
+            )
         fits = max(1, int(gpus_total // g) if g else int(cpus_total // self.cpus_per_worker))
         w = fits if self.workers is None else min(self.workers, fits)
         return replace(self, workers=max(1, min(w, rows)), gpus_per_worker=g)
@@ -95,17 +99,19 @@ class RayJobCfg:
             return None
         need = f"{g:g} GPU" if g else f"{self.cpus_per_worker:g} CPU(s)"
         have = f"{gpus_total:g} GPU(s)" if g else f"{cpus_total:g} CPU(s)"
-        return (f"--ray-workers {self.workers} with {need} each needs more than the Ray cluster's {have}: running "
-                f"{fits} worker(s) — lower --cpus-per-worker / --gpus-per-worker, or add nodes")
+        return (
+            f"--ray-workers {self.workers} with {need} each needs more than the Ray cluster's {have}: running "
+            f"{fits} worker(s) — lower --cpus-per-worker / --gpus-per-worker, or add nodes"
+        )
 
 
 @dataclass
 class RowOutput:
     """What a row maker returns for one row."""
 
-    result: dict[str, Any]                                             # JSON-able; the job's results table row
-    files: list[tuple[str, bytes]] = field(default_factory=list)       # written atomically, in this order
-    skipped: bool = False                                              # found done (verified), nothing made
+    result: dict[str, Any]  # JSON-able; the job's results table row
+    files: list[tuple[str, bytes]] = field(default_factory=list)  # written atomically, in this order
+    skipped: bool = False  # found done (verified), nothing made
 
 
 @dataclass
@@ -124,10 +130,10 @@ class WorkerStats:
 
 @dataclass
 class BatchReport:
-    results: list[dict[str, Any]]        # by key
-    rows: int                            # rows handed to the workers
-    made: int                            # rows made now (not found done by a worker)
-    seconds: float                       # wall time of the distributed part (workers starting included)
+    results: list[dict[str, Any]]  # by key
+    rows: int  # rows handed to the workers
+    made: int  # rows made now (not found done by a worker)
+    seconds: float  # wall time of the distributed part (workers starting included)
     workers: list[WorkerStats]
 
     @property
@@ -147,8 +153,9 @@ def settings_digest(settings: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def prune_markers(folder: str | os.PathLike, rows: list[dict[str, Any]],
-                  still_there: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+def prune_markers(
+    folder: str | os.PathLike, rows: list[dict[str, Any]], still_there: Callable[[dict[str, Any]], bool]
+) -> list[dict[str, Any]]:
     """The stored results of ``rows`` whose done-marker in ``folder`` matches (row and settings) and whose
     outputs are ``still_there``; the marker of any other row is removed (it is made again)."""
     found = []
@@ -179,11 +186,16 @@ def read_marker(folder: str | os.PathLike | None, row: dict[str, Any]) -> RowOut
 class _RayWorker:
     """The callable class of ``map_batches``: builds the row maker once, then makes rows."""
 
-    def __init__(self, factory: Callable[[Output | None], Callable[[dict[str, Any]], RowOutput]],
-                 output: Output | None, journal: str | None = None, cwd: str | None = None,
-                 markers: str | None = None):
+    def __init__(
+        self,
+        factory: Callable[[Output | None], Callable[[dict[str, Any]], RowOutput]],
+        output: Output | None,
+        journal: str | None = None,
+        cwd: str | None = None,
+        markers: str | None = None,
+    ):
         if cwd and os.path.isdir(cwd):  # relative paths of the job mean what they mean on the driver (a shared
-            os.chdir(cwd)               # file system mounted at the same place); this process is the worker's own
+            os.chdir(cwd)  # file system mounted at the same place); this process is the worker's own
         self.output = output
         self.journal = journal
         self.markers = markers
@@ -214,9 +226,17 @@ class _RayWorker:
                 if self.markers and not made.skipped:
                     from ..store import atomic_write_json
 
-                    atomic_write_json(os.path.join(self.markers, f"{row['key']}.json"), {"row": row, "result": made.result})
-            rec = {"key": row["key"], "skipped": made.skipped, "worker": self.worker, "node": self.node,
-                   "pid": os.getpid(), "seconds": time.perf_counter() - t}
+                    atomic_write_json(
+                        os.path.join(self.markers, f"{row['key']}.json"), {"row": row, "result": made.result}
+                    )
+            rec = {
+                "key": row["key"],
+                "skipped": made.skipped,
+                "worker": self.worker,
+                "node": self.node,
+                "pid": os.getpid(),
+                "seconds": time.perf_counter() - t,
+            }
             if self.journal and not made.skipped:
                 from ..store import append_jsonl
 
@@ -252,16 +272,32 @@ def _batches(ds: Any, title: str):
 def _progress(console: Any, enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
-                    console=console, transient=True, disable=not enabled)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not enabled,
+    )
 
 
-def run_rows(rows: list[dict[str, Any]], factory: Callable[[Output | None], Callable[[dict[str, Any]], RowOutput]],
-             cfg: RayJobCfg, *, output: Output | None = None, title: str = "rows",
-             on_result: Callable[[dict[str, Any]], None] | None = None, progress: bool = True,
-             console: Any = None, journal: str | os.PathLike | None = None,
-             markers: str | os.PathLike | None = None) -> BatchReport:
+def run_rows(
+    rows: list[dict[str, Any]],
+    factory: Callable[[Output | None], Callable[[dict[str, Any]], RowOutput]],
+    cfg: RayJobCfg,
+    *,
+    output: Output | None = None,
+    title: str = "rows",
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
+    console: Any = None,
+    journal: str | os.PathLike | None = None,
+    markers: str | os.PathLike | None = None,
+) -> BatchReport:
     """Make ``rows`` (each a JSON-able dict with an int ``key``) on Ray; see the module docstring.
 
     ``journal``: a folder (shared by the workers) where each worker appends one line per row it made
@@ -283,7 +319,7 @@ def run_rows(rows: list[dict[str, Any]], factory: Callable[[Output | None], Call
     if not rows:
         return BatchReport([], 0, 0, 0.0, [])
     ray = connect(cfg.address, timeout_s=cfg.connect_timeout_s)
-    import ray.data
+    import ray.data  # noqa: F811 -- the submodule, loaded once a cluster is joined
 
     resources = ray.cluster_resources()
     note = cfg.fit_note(resources)
@@ -301,12 +337,21 @@ def run_rows(rows: list[dict[str, Any]], factory: Callable[[Output | None], Call
     remote: dict[str, Any] = {}
     if cfg.gpus_per_worker:
         remote["num_gpus"] = cfg.gpus_per_worker
-    ds = ds.map_batches(_RayWorker, fn_constructor_kwargs={"factory": factory, "output": output,
-                                                                "journal": str(journal) if journal else None,
-                                                                "cwd": os.getcwd(),
-                                                                "markers": str(markers) if markers else None},
-                        batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.workers),
-                        num_cpus=cfg.cpus_per_worker, batch_format="numpy", **remote)
+    ds = ds.map_batches(
+        _RayWorker,
+        fn_constructor_kwargs={
+            "factory": factory,
+            "output": output,
+            "journal": str(journal) if journal else None,
+            "cwd": os.getcwd(),
+            "markers": str(markers) if markers else None,
+        },
+        batch_size=cfg.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=cfg.workers),
+        num_cpus=cfg.cpus_per_worker,
+        batch_format="numpy",
+        **remote,
+    )
 
     if console is None:
         from rich.console import Console
@@ -340,10 +385,17 @@ def run_rows(rows: list[dict[str, Any]], factory: Callable[[Output | None], Call
                 bar.update(task, advance=1, rate=f"{made / elapsed:.2f} images/s" if made and elapsed > 0 else "")
     missing = sorted(set(keys) - set(results))
     if missing:  # Ray Data raises when a row fails for good; this would be a bug, so say it plainly
-        raise BestshotError(f"{len(missing)} row(s) came back from no Ray worker (first: {missing[:5]}) — "
-                            "rerun the same command: finished rows are skipped")
-    return BatchReport([results[k] for k in sorted(results)], len(ordered), made,
-                       round(time.perf_counter() - t0, 3), sorted(stats.values(), key=lambda s: (s.node, s.worker)))
+        raise BestshotError(
+            f"{len(missing)} row(s) came back from no Ray worker (first: {missing[:5]}) — "
+            "rerun the same command: finished rows are skipped"
+        )
+    return BatchReport(
+        [results[k] for k in sorted(results)],
+        len(ordered),
+        made,
+        round(time.perf_counter() - t0, 3),
+        sorted(stats.values(), key=lambda s: (s.node, s.worker)),
+    )
 
 
 def summary_table(report: BatchReport, title: str = "Ray workers"):
@@ -351,23 +403,63 @@ def summary_table(report: BatchReport, title: str = "Ray workers"):
     from rich.table import Table
 
     t = Table(title=title)
-    for col, just in (("worker", "left"), ("node", "left"), ("rows", "right"), ("skipped", "right"),
-                      ("busy s", "right"), ("rows/s", "right")):
+    for col, just in (
+        ("worker", "left"),
+        ("node", "left"),
+        ("rows", "right"),
+        ("skipped", "right"),
+        ("busy s", "right"),
+        ("rows/s", "right"),
+    ):
         t.add_column(col, justify=just)
     for w in report.workers:
         rate = w.rows_per_s
-        t.add_row(w.worker, w.node, str(w.rows), str(w.skipped), f"{w.busy_s:.1f}", "—" if rate is None else f"{rate:.2f}")
+        t.add_row(
+            w.worker, w.node, str(w.rows), str(w.skipped), f"{w.busy_s:.1f}", "—" if rate is None else f"{rate:.2f}"
+        )
     total = report.rows_per_s
-    t.add_row("all", "", str(report.made), str(report.rows - report.made), f"{report.seconds:.1f} (wall)",
-              "—" if total is None else f"{total:.2f}")
+    t.add_row(
+        "all",
+        "",
+        str(report.made),
+        str(report.rows - report.made),
+        f"{report.seconds:.1f} (wall)",
+        "—" if total is None else f"{total:.2f}",
+    )
     return t
 
 
 def report_dict(report: BatchReport) -> dict[str, Any]:
     """The report as JSON (for ``--json`` outputs and the bench)."""
-    return {"rows": report.rows, "made": report.made, "seconds": report.seconds, "rows_per_s": report.rows_per_s,
-            "workers": [{"worker": w.worker, "node": w.node, "pid": w.pid, "rows": w.rows, "skipped": w.skipped,
-                         "busy_s": round(w.busy_s, 3), "rows_per_s": w.rows_per_s} for w in report.workers]}
+    return {
+        "rows": report.rows,
+        "made": report.made,
+        "seconds": report.seconds,
+        "rows_per_s": report.rows_per_s,
+        "workers": [
+            {
+                "worker": w.worker,
+                "node": w.node,
+                "pid": w.pid,
+                "rows": w.rows,
+                "skipped": w.skipped,
+                "busy_s": round(w.busy_s, 3),
+                "rows_per_s": w.rows_per_s,
+            }
+            for w in report.workers
+        ],
+    }
 
 
-__all__ = ["read_marker", "prune_markers", "settings_digest", "RayJobCfg", "RowOutput", "BatchReport", "WorkerStats", "run_rows", "summary_table", "report_dict"]
+__all__ = [
+    "read_marker",
+    "prune_markers",
+    "settings_digest",
+    "RayJobCfg",
+    "RowOutput",
+    "BatchReport",
+    "WorkerStats",
+    "run_rows",
+    "summary_table",
+    "report_dict",
+]

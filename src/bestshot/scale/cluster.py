@@ -30,9 +30,11 @@ INSTALL_HINT = "install it with: pip install 'bestshot[ray]' (or: bash scripts/i
 LOCAL = "local"
 TIMEOUT_ENV = "BESTSHOT_RAY_CONNECT_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 20.0
-CLIENT_REFUSED = ("Ray Client addresses (ray://) are not supported: Ray Data needs a driver inside the cluster — "
-                  "give the head's GCS address instead (--ray HEAD:6379, from a machine that reaches the cluster's "
-                  "nodes), or run bestshot on the head (--ray auto) or as a Ray job (ray job submit -- bestshot ...)")
+CLIENT_REFUSED = (
+    "Ray Client addresses (ray://) are not supported: Ray Data needs a driver inside the cluster — "
+    "give the head's GCS address instead (--ray HEAD:6379, from a machine that reaches the cluster's "
+    "nodes), or run bestshot on the head (--ray auto) or as a Ray job (ray job submit -- bestshot ...)"
+)
 
 
 def require_ray() -> Any:
@@ -65,8 +67,10 @@ def parse_address(address: str) -> tuple[str, int] | None:
     if address.startswith("ray://"):
         raise BestshotError(f"--ray {address}: {CLIENT_REFUSED}")
     if "://" in address:
-        raise BestshotError(f"--ray {address!r}: unknown scheme — give HOST:PORT (the head's GCS, e.g. "
-                            "10.0.0.5:6379), auto, or no address for a local Ray")
+        raise BestshotError(
+            f"--ray {address!r}: unknown scheme — give HOST:PORT (the head's GCS, e.g. "
+            "10.0.0.5:6379), auto, or no address for a local Ray"
+        )
     host, _, port = address.rpartition(":") if ":" in address else (address, "", "")
     host = host.strip("[]")
     if not host:
@@ -86,8 +90,10 @@ def resolve_auto() -> str:
         found = services.get_ray_address_from_environment("auto", None)
     except ConnectionError as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise BestshotError(f"--ray auto found no Ray cluster on this machine ({first}) — start one with "
-                            "`ray start --head`, set RAY_ADDRESS=HEAD:6379, or use plain --ray for a local Ray") from None
+        raise BestshotError(
+            f"--ray auto found no Ray cluster on this machine ({first}) — start one with "
+            "`ray start --head`, set RAY_ADDRESS=HEAD:6379, or use plain --ray for a local Ray"
+        ) from None
     return found
 
 
@@ -105,7 +111,8 @@ def probe(address: str, timeout_s: float = DEFAULT_TIMEOUT_S, *, shown: str | No
         raise BestshotError(
             f"cannot reach the Ray cluster at {address}{via}: {exc.strerror or exc} — start its head with "
             "`ray start --head`, check the address and firewall, or leave the address out "
-            "(plain --ray) to run a local Ray on this machine") from None
+            "(plain --ray) to run a local Ray on this machine"
+        ) from None
 
 
 def token_source() -> str | None:
@@ -123,16 +130,25 @@ def auth_advice(address: str) -> str:
     """One line: the cluster at ``address`` refused this process's (missing or wrong) token, and the fix."""
     mode = os.environ.get("RAY_AUTH_MODE", "").strip().lower()
     source = token_source()
-    head = ("the head's token (`ray get-auth-token` on the head prints it): set RAY_AUTH_TOKEN=THAT, or copy the "
-            "head's ~/.ray/auth_token here, or point RAY_AUTH_TOKEN_PATH at a file with it")
+    head = (
+        "the head's token (`ray get-auth-token` on the head prints it): set RAY_AUTH_TOKEN=THAT, or copy the "
+        "head's ~/.ray/auth_token here, or point RAY_AUTH_TOKEN_PATH at a file with it"
+    )
     if mode != "token":
-        have = (f"; a token is at hand ({source}), but Ray sends it to an explicit address only in token mode"
-                if source else "")
-        return (f"the Ray cluster at {address} uses token authentication and this process sent no token — set "
-                f"RAY_AUTH_MODE=token and give it {head}{have}")
+        have = (
+            f"; a token is at hand ({source}), but Ray sends it to an explicit address only in token mode"
+            if source
+            else ""
+        )
+        return (
+            f"the Ray cluster at {address} uses token authentication and this process sent no token — set "
+            f"RAY_AUTH_MODE=token and give it {head}{have}"
+        )
     where = source or "none found"
-    return (f"the Ray cluster at {address} refused this process's auth token (from {where}): it is not the head's "
-            f"— give it {head}")
+    return (
+        f"the Ray cluster at {address} refused this process's auth token (from {where}): it is not the head's "
+        f"— give it {head}"
+    )
 
 
 _CHECK = """import sys
@@ -159,8 +175,12 @@ def _gcs_check(address: str, timeout_s: float, auto: bool = False) -> None:
     import sys
 
     try:
-        done = subprocess.run([sys.executable, "-c", _CHECK, address, "auto" if auto else "-"], capture_output=True,
-                              timeout=timeout_s, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            [sys.executable, "-c", _CHECK, address, "auto" if auto else "-"],
+            capture_output=True,
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
         raise BestshotError(_no_head(address, timeout_s)) from None
     if done.returncode == 3:
@@ -168,13 +188,20 @@ def _gcs_check(address: str, timeout_s: float, auto: bool = False) -> None:
 
 
 def _no_head(address: str, timeout_s: float) -> str:
-    return (f"no Ray cluster answered at {address} within {timeout_s:g} s (something accepts connections there but "
-            "is not a Ray head) — check the address and port (`ray status` on the head prints it; the GCS port is "
-            f"6379 by default), raise {TIMEOUT_ENV}, or leave the address out (plain --ray) to run a local Ray")
+    return (
+        f"no Ray cluster answered at {address} within {timeout_s:g} s (something accepts connections there but "
+        "is not a Ray head) — check the address and port (`ray status` on the head prints it; the GCS port is "
+        f"6379 by default), raise {TIMEOUT_ENV}, or leave the address out (plain --ray) to run a local Ray"
+    )
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
-            timeout_s: float | None = None) -> Any:
+def connect(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    timeout_s: float | None = None,
+) -> Any:
     """Initialise Ray once per process and return the module.
 
     ``address`` None / ``local``: a local Ray sized by ``num_cpus`` / ``num_gpus`` (all of the machine's by
@@ -252,6 +279,8 @@ def _raise(exc: BaseException, address: str) -> None:
         raise BestshotError(auth_advice(address)) from None
     if isinstance(exc, (ConnectionError, TimeoutError, RuntimeError, ValueError)):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BestshotError(f"could not start or join Ray at {address}: {first} — check the address "
-                            "(`ray status` on the head shows it) or leave it out for a local Ray") from None
+        raise BestshotError(
+            f"could not start or join Ray at {address}: {first} — check the address "
+            "(`ray status` on the head shows it) or leave it out for a local Ray"
+        ) from None
     raise exc

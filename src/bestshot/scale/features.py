@@ -74,9 +74,13 @@ class ExtractWorker:
 def _describe(factory: Factory) -> dict[str, Any]:
     """What the driver needs to know about the extractor, read on a worker (the driver loads no model)."""
     ext = factory()
-    return {"name": ext.name, "resize": ext.resize, "batch_size": int(getattr(ext, "batch_size", 32) or 32),
-            "logits": hasattr(ext, "features_and_logits") or hasattr(ext, "logits"),
-            "text": hasattr(ext, "text_features")}
+    return {
+        "name": ext.name,
+        "resize": ext.resize,
+        "batch_size": int(getattr(ext, "batch_size", 32) or 32),
+        "logits": hasattr(ext, "features_and_logits") or hasattr(ext, "logits"),
+        "text": hasattr(ext, "text_features"),
+    }
 
 
 class RayFeatureExtractor:
@@ -86,14 +90,17 @@ class RayFeatureExtractor:
     ``num_gpus`` > 0, else one per ``num_cpus`` CPUs); ``num_gpus`` / ``num_cpus``: per worker.
     """
 
-    def __init__(self, factory: Factory, *, workers: int | None = None, num_gpus: float = 0.0,
-                 num_cpus: float = 1.0) -> None:
+    def __init__(
+        self, factory: Factory, *, workers: int | None = None, num_gpus: float = 0.0, num_cpus: float = 1.0
+    ) -> None:
         ray = require_ray()
         if not ray.is_initialized():
             raise BestshotError("RayFeatureExtractor needs a running Ray — connect first (bestshot.scale.cluster)")
         if num_gpus < 0 or num_cpus < 0 or (num_gpus == 0 and num_cpus == 0):
-            raise BestshotError(f"workers need GPUs or CPUs: --gpus-per-worker {num_gpus:g}, --cpus-per-worker "
-                                f"{num_cpus:g} (both >= 0, not both 0)")
+            raise BestshotError(
+                f"workers need GPUs or CPUs: --gpus-per-worker {num_gpus:g}, --cpus-per-worker "
+                f"{num_cpus:g} (both >= 0, not both 0)"
+            )
         if workers is not None and workers < 1:
             raise BestshotError(f"--ray-workers must be >= 1 (got {workers})")
         self.factory, self.num_gpus, self.num_cpus = factory, float(num_gpus), float(num_cpus)
@@ -119,13 +126,26 @@ class RayFeatureExtractor:
         """One Ray Data pipeline for several ``(items, chunk, mode)`` jobs (the workers load the extractor once
         for all of them); per job, its outputs in item order."""
         ray = require_ray()
-        rows = [{"job": j, "start": i, "mode": mode,
-                 "items": [os.fspath(x) if isinstance(x, os.PathLike) else x for x in items[i:i + chunk]]}
-                for j, (items, chunk, mode) in enumerate(jobs) for i in range(0, len(items), chunk)]
+        rows = [
+            {
+                "job": j,
+                "start": i,
+                "mode": mode,
+                "items": [os.fspath(x) if isinstance(x, os.PathLike) else x for x in items[i : i + chunk]],
+            }
+            for j, (items, chunk, mode) in enumerate(jobs)
+            for i in range(0, len(items), chunk)
+        ]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.map_batches(ExtractWorker, fn_constructor_kwargs={"factory": self.factory}, batch_size=1,
-                            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(rows))),
-                            num_cpus=self.num_cpus, num_gpus=self.num_gpus)
+        ds = ds.map_batches(
+            ExtractWorker,
+            fn_constructor_kwargs={"factory": self.factory},
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(rows))),
+            num_cpus=self.num_cpus,
+            num_gpus=self.num_gpus,
+        )
         parts: dict[str, list[np.ndarray]] = {}
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -151,7 +171,7 @@ class RayFeatureExtractor:
         return (mode, chunk, tuple(os.fspath(x) for x in items))
 
     def _get(self, items: Sequence[Any], chunk: int, mode: str) -> dict[str, np.ndarray]:
-        for m in ((mode, "features_and_logits") if mode == "features" else (mode,)):
+        for m in (mode, "features_and_logits") if mode == "features" else (mode,):
             key = self._key(items, chunk, m)
             if key is not None and key in self._memo:
                 return self._memo.pop(key)
@@ -176,7 +196,9 @@ class RayFeatureExtractor:
             raise BestshotError("empty image set — point the evaluation at a folder or manifest with images")
         return self._get(items, batch_size, "features")["features"]
 
-    def extract_items_and_logits(self, items: Sequence[Any], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+    def extract_items_and_logits(
+        self, items: Sequence[Any], batch_size: int = 32
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Features and class logits (None when the extractor has none), in order."""
         if not self.info["logits"]:
             return self.extract_items(items, batch_size), None

@@ -29,7 +29,7 @@ def normalise_ray_flag(args: list[str], flag: str = FLAG) -> list[str]:
     for i, word in enumerate(args):
         out.append(word)
         if word == "--":
-            out.extend(args[i + 1:])
+            out.extend(args[i + 1 :])
             break
         if word == flag and (i + 1 >= len(args) or not looks_like_address(args[i + 1])):
             out.append(LOCAL)

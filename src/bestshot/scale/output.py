@@ -31,7 +31,7 @@ class Output:
     def __init__(self, location: str | Path):
         loc = str(location)
         if loc.startswith("file://"):
-            loc = loc[len("file://"):]
+            loc = loc[len("file://") :]
         self.location = loc
         # absolute: a Ray worker may run in another working directory
         self.local: Path | None = None if is_uri(loc) else Path(loc).absolute()
@@ -53,13 +53,17 @@ class Output:
             try:
                 from pyarrow import fs as pafs
             except ImportError:
-                raise BestshotError(f"writing to {self.location} needs pyarrow — install it with: "
-                                    "pip install 'bestshot[ray]', or give a local folder") from None
+                raise BestshotError(
+                    f"writing to {self.location} needs pyarrow — install it with: "
+                    "pip install 'bestshot[ray]', or give a local folder"
+                ) from None
             try:
                 self._fs, self._base = pafs.FileSystem.from_uri(self.location)
             except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError subclasses
-                raise BestshotError(f"cannot open {self.location}: {str(exc).splitlines()[0]} — check the URI "
-                                    "(e.g. s3://bucket/folder) and its credentials") from None
+                raise BestshotError(
+                    f"cannot open {self.location}: {str(exc).splitlines()[0]} — check the URI "
+                    "(e.g. s3://bucket/folder) and its credentials"
+                ) from None
             self._base = self._base.rstrip("/")
         return self._fs, self._base
 
@@ -79,8 +83,10 @@ class Output:
         try:
             fs.create_dir(base, recursive=True)
         except Exception as exc:  # noqa: BLE001
-            raise BestshotError(f"cannot write to {self.location}: {str(exc).splitlines()[0]} — check the URI "
-                                "and that its credentials may write there") from None
+            raise BestshotError(
+                f"cannot write to {self.location}: {str(exc).splitlines()[0]} — check the URI "
+                "and that its credentials may write there"
+            ) from None
 
     def write(self, name: str, data: bytes) -> None:
         """Write ``data`` as ``name`` atomically."""

@@ -33,8 +33,10 @@ def remote_error(e: BaseException, what: str = "the Ray job") -> BestshotError:
             return BestshotError(found[-1].strip())
     first = chain[0]
     text = [ln for ln in str(first).strip().splitlines() if ln.strip()]
-    return BestshotError(f"{what} failed: {type(first).__name__}: {(text[-1] if text else '')[:300]} "
-                         "— see the Ray worker logs (`ray logs`)")
+    return BestshotError(
+        f"{what} failed: {type(first).__name__}: {(text[-1] if text else '')[:300]} "
+        "— see the Ray worker logs (`ray logs`)"
+    )
 
 
 __all__ = ["remote_error"]

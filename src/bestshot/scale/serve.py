@@ -52,8 +52,9 @@ class SlotCounter:
     actor run one at a time, so no lock is needed there; the lock keeps direct use thread-safe too.
     """
 
-    def __init__(self, capacity: int, lease_s: float | None = None, grace_s: float | None = None,
-                 clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, capacity: int, lease_s: float | None = None, grace_s: float | None = None, clock: Any = time.monotonic
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self.capacity = capacity
@@ -82,8 +83,11 @@ class SlotCounter:
         self.orphaned += len(lost)
         self.expired += len(dead)
         if lost:
-            log.warning("%d admission slot(s) freed: their replica was not heard from for %gs (it died?)", len(lost),
-                        self.grace_s)
+            log.warning(
+                "%d admission slot(s) freed: their replica was not heard from for %gs (it died?)",
+                len(lost),
+                self.grace_s,
+            )
         if dead:
             log.warning("%d admission slot(s) expired without being given back (a stuck replica?)", len(dead))
 
@@ -119,8 +123,15 @@ class SlotCounter:
             holders: dict[str, int] = {}
             for holder, _ in self._held.values():
                 holders[holder] = holders.get(holder, 0) + 1
-            return {"capacity": self.capacity, "held": len(self._held), "holders": holders, "expired": self.expired,
-                    "orphaned": self.orphaned, "granted": self.granted, "peak": self.peak}
+            return {
+                "capacity": self.capacity,
+                "held": len(self._held),
+                "holders": holders,
+                "expired": self.expired,
+                "orphaned": self.orphaned,
+                "granted": self.granted,
+                "peak": self.peak,
+            }
 
 
 def lease_seconds(max_queue: int, job_timeout: float | None) -> float | None:
@@ -160,7 +171,9 @@ class RayGate:
         self._warned = False
         self._stop = threading.Event()
         if beat_s:
-            threading.Thread(target=self._heartbeat, args=(beat_s,), name="bestshot-slot-heartbeat", daemon=True).start()
+            threading.Thread(
+                target=self._heartbeat, args=(beat_s,), name="bestshot-slot-heartbeat", daemon=True
+            ).start()
 
     def _heartbeat(self, every: float) -> None:
         while not self._stop.wait(every):
@@ -181,8 +194,10 @@ class RayGate:
             token, held = self._call("acquire", self.holder)
         except Exception as e:  # noqa: BLE001 - actor died, timed out, cluster shutting down
             if not self._warned:
-                log.warning("the shared admission counter is unreachable (%s): admitting on this replica's own "
-                            "--max-queue", type(e).__name__)
+                log.warning(
+                    "the shared admission counter is unreachable (%s): admitting on this replica's own --max-queue",
+                    type(e).__name__,
+                )
                 self._warned = True
             return "local", 0
         self._warned = False
@@ -207,11 +222,15 @@ class ReplicaPlan:
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < 1 or self.min_replicas > self.max_replicas:
-            raise BestshotError(f"replicas: need 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1 "
-                                f"(got {self.min_replicas} and {self.max_replicas})")
+            raise BestshotError(
+                f"replicas: need 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1 "
+                f"(got {self.min_replicas} and {self.max_replicas})"
+            )
         if self.num_gpus < 0 or self.num_cpus < 0 or (self.num_gpus == 0 and self.num_cpus == 0):
-            raise BestshotError(f"replica resources: --replica-gpus and --replica-cpus must be >= 0 and not both 0 "
-                                f"(got {self.num_gpus:g} GPU, {self.num_cpus:g} CPU)")
+            raise BestshotError(
+                f"replica resources: --replica-gpus and --replica-cpus must be >= 0 and not both 0 "
+                f"(got {self.num_gpus:g} GPU, {self.num_cpus:g} CPU)"
+            )
         if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
             raise BestshotError(f"--replica-gpus {self.num_gpus:g}: above 1 it must be a whole number of GPUs")
 
@@ -234,17 +253,27 @@ class ReplicaPlan:
             "graceful_shutdown_wait_loop_s": 1,
         }
         if self.autoscaling:
-            opts["autoscaling_config"] = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
-                                          "initial_replicas": max(1, self.min_replicas),
-                                          "target_ongoing_requests": self.target_ongoing_requests}
+            opts["autoscaling_config"] = {
+                "min_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+                "initial_replicas": max(1, self.min_replicas),
+                "target_ongoing_requests": self.target_ongoing_requests,
+            }
         else:
             opts["num_replicas"] = self.max_replicas
         return opts
 
 
-def plan_replicas(cluster_gpus: float, *, replicas: int | None = None, min_replicas: int | None = None,
-                  max_replicas: int | None = None, num_gpus: float | None = None, num_cpus: float | None = None,
-                  max_queue: int = 8) -> ReplicaPlan:
+def plan_replicas(
+    cluster_gpus: float,
+    *,
+    replicas: int | None = None,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+    num_gpus: float | None = None,
+    num_cpus: float | None = None,
+    max_queue: int = 8,
+) -> ReplicaPlan:
     """The replica plan for a cluster with ``cluster_gpus`` GPUs. By default a fixed one replica per GPU
     (``num_gpus=1``), or one CPU replica on a cluster without GPUs; ``replicas`` fixes another count;
     ``min_replicas`` / ``max_replicas`` autoscale between them (a missing max: one per GPU; a missing min: 1)."""
@@ -253,8 +282,9 @@ def plan_replicas(cluster_gpus: float, *, replicas: int | None = None, min_repli
     per_gpu = int(cluster_gpus // gpus) if gpus > 0 else 1
     if replicas is not None:
         if min_replicas is not None or max_replicas is not None:
-            raise BestshotError("give --replicas N (a fixed count) or --min-replicas/--max-replicas (autoscaling), "
-                                "not both")
+            raise BestshotError(
+                "give --replicas N (a fixed count) or --min-replicas/--max-replicas (autoscaling), not both"
+            )
         lo = hi = replicas
     elif min_replicas is None and max_replicas is None:
         lo = hi = max(1, per_gpu)  # one replica per GPU (or one on CPU)
@@ -269,9 +299,11 @@ def shortfall(plan: ReplicaPlan, cluster_gpus: float) -> str | None:
     autoscaler may still add GPU nodes, so callers warn on a remote cluster and refuse on a local one."""
     need = plan.num_gpus * max(plan.min_replicas, 1)
     if plan.num_gpus > 0 and cluster_gpus < need:
-        return (f"the Ray cluster has {cluster_gpus:g} GPU(s), fewer than {max(plan.min_replicas, 1)} replica(s) x "
-                f"{plan.num_gpus:g} GPU — lower the replica count, share GPUs (--replica-gpus 0.5) or run on CPU "
-                "(--replica-gpus 0)")
+        return (
+            f"the Ray cluster has {cluster_gpus:g} GPU(s), fewer than {max(plan.min_replicas, 1)} replica(s) x "
+            f"{plan.num_gpus:g} GPU — lower the replica count, share GPUs (--replica-gpus 0.5) or run on CPU "
+            "(--replica-gpus 0)"
+        )
     return None
 
 

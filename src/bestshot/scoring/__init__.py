@@ -30,14 +30,32 @@ from .gate import Gate, cosine_like, resolve_gate, units_of
 from .regions import RegionScorer, world_nouns
 from .spatial import SpatialScorer
 
-__all__ = ["Scorer", "CLIPScorer", "EnsembleScorer", "OpenCLIPScorer", "SpatialScorer", "RegionScorer",
-           "clip_score_100", "get_scorer", "pipeline_scorer", "scorer_from_pipeline", "Gate", "cosine_like",
-           "resolve_gate", "units_of",
-           "spec_range"]
+__all__ = [
+    "Scorer",
+    "CLIPScorer",
+    "EnsembleScorer",
+    "OpenCLIPScorer",
+    "SpatialScorer",
+    "RegionScorer",
+    "clip_score_100",
+    "get_scorer",
+    "pipeline_scorer",
+    "scorer_from_pipeline",
+    "Gate",
+    "cosine_like",
+    "resolve_gate",
+    "units_of",
+    "spec_range",
+]
 
 
-def get_scorer(spec: str | None = None, *, device: str | torch.device | None = None, half: bool | None = None,
-               cache: ModelCache = CACHE) -> Scorer:
+def get_scorer(
+    spec: str | None = None,
+    *,
+    device: str | torch.device | None = None,
+    half: bool | None = None,
+    cache: ModelCache = CACHE,
+) -> Scorer:
     """Build (or fetch from the model cache) the scorer named by ``spec``."""
     from ..models.registry import EMBEDDED_DIR
 
@@ -49,8 +67,11 @@ def get_scorer(spec: str | None = None, *, device: str | torch.device | None = N
         return cache.scorers[key]
     terms = parse_ensemble(spec)
     if terms is not None:
-        scorer: Any = EnsembleScorer([get_scorer(t.spec, device=dev, half=half, cache=cache) for t in terms],
-                                     [t.weight for t in terms], name=spec)
+        scorer: Any = EnsembleScorer(
+            [get_scorer(t.spec, device=dev, half=half, cache=cache) for t in terms],
+            [t.weight for t in terms],
+            name=spec,
+        )
         cache.scorers[key] = scorer
         return scorer
     if spec == "clip":
@@ -64,8 +85,9 @@ def get_scorer(spec: str | None = None, *, device: str | torch.device | None = N
         scorer = pref
     elif spec.endswith(REGIONS):
         inner = spec[: -len(REGIONS)]
-        scorer = RegionScorer(get_scorer(inner, device=dev, half=half, cache=cache),
-                                   nouns=world_nouns() if inner == EMBEDDED else ())
+        scorer = RegionScorer(
+            get_scorer(inner, device=dev, half=half, cache=cache), nouns=world_nouns() if inner == EMBEDDED else ()
+        )
     elif spec.endswith(SPATIAL):
         if spec.startswith("open_clip:"):
             raise BestshotError(f"{spec!r}: spatial scoring needs a transformers CLIP — drop '{SPATIAL}'")
@@ -93,16 +115,18 @@ def spec_range(spec: str) -> tuple[float, float] | None:
     return (float("-inf"), 1.0) if spec.endswith(REGIONS) else COSINE_RANGE
 
 
-def pipeline_scorer(spec: str | None, pipe: Any, family: Any, device: str | torch.device | None = None,
-                    model: str | None = None) -> Scorer:
+def pipeline_scorer(
+    spec: str | None, pipe: Any, family: Any, device: str | torch.device | None = None, model: str | None = None
+) -> Scorer:
     """The scorer of a run on ``pipe``: ``spec``, else the model family's default; the embedded model's
     own CLIP is reused (``embedded``, ``embedded+spatial`` or ``embedded+regions``) instead of loading a
     second copy, with the default gate of ``model``'s folder (its ``bestshot_defaults.json`` ``clip_min``)."""
     spec = spec or family.default_scorer
     terms = parse_ensemble(spec)
     if terms is not None:
-        return EnsembleScorer([pipeline_scorer(t.spec, pipe, family, device, model) for t in terms],
-                              [t.weight for t in terms], name=spec)
+        return EnsembleScorer(
+            [pipeline_scorer(t.spec, pipe, family, device, model) for t in terms], [t.weight for t in terms], name=spec
+        )
     if spec == "clip":
         spec = family.default_scorer
     if spec == "taste" or spec.startswith("taste@"):

@@ -7,7 +7,8 @@ number on torchmetrics' ``CLIPScore`` scale (``100 * max(cos, 0)``).
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 from PIL import Image
 

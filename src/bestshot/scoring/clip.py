@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 
 from ..errors import BestshotError
-from .gate import CLIP_DEFAULT_MIN, COSINE_RANGE
 from ..models.hub import require_hub_model
+from .gate import CLIP_DEFAULT_MIN, COSINE_RANGE
 
 
 def _image_processor(folder: str | None, image_size: int):
@@ -24,8 +25,9 @@ def _image_processor(folder: str | None, image_size: int):
             return CLIPImageProcessorPil.from_pretrained(folder)
         except OSError:
             pass
-    return CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                                 crop_size={"height": image_size, "width": image_size})
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
 
 
 class CLIPScorer:
@@ -33,8 +35,17 @@ class CLIPScorer:
 
     units, score_range, default_min = "cosine", COSINE_RANGE, CLIP_DEFAULT_MIN  # the gate's units (scoring.gate)
 
-    def __init__(self, model: Any, tokenizer: Any, processor: Any, *, name: str, device: torch.device | str = "cpu",
-                 dtype: torch.dtype | None = None, batch_size: int = 32):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        processor: Any,
+        *,
+        name: str,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        batch_size: int = 32,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.processor = processor
@@ -45,8 +56,15 @@ class CLIPScorer:
         self.max_tokens = int(getattr(model.config.text_config, "max_position_embeddings", 77))
 
     @classmethod
-    def from_pretrained(cls, source: str, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                        tokenizer_source: str | None = None, name: str | None = None) -> "CLIPScorer":
+    def from_pretrained(
+        cls,
+        source: str,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        tokenizer_source: str | None = None,
+        name: str | None = None,
+    ) -> CLIPScorer:
         from transformers import CLIPModel, CLIPTokenizer
 
         local = Path(source).exists()
@@ -64,12 +82,17 @@ class CLIPScorer:
         if local and not (Path(tok_src) / "vocab.json").exists() and (Path(source).parent / "tokenizer").exists():
             tok_src = str(Path(source).parent / "tokenizer")
         if not Path(tok_src).exists():  # a hub tokenizer: fail at once when the hub is out of reach, no retry loop
-            require_hub_model(tok_src, "CLIP tokenizer", "put the tokenizer files (tokenizer.json, or vocab.json and "
-                              "merges.txt) in the model folder")
+            require_hub_model(
+                tok_src,
+                "CLIP tokenizer",
+                "put the tokenizer files (tokenizer.json, or vocab.json and merges.txt) in the model folder",
+            )
         try:
             tokenizer = CLIPTokenizer.from_pretrained(tok_src)
         except OSError as e:
-            raise BestshotError(f"cannot load a CLIP tokenizer from {tok_src!r} — it needs vocab.json and merges.txt [{e}]") from None
+            raise BestshotError(
+                f"cannot load a CLIP tokenizer from {tok_src!r} — it needs vocab.json and merges.txt [{e}]"
+            ) from None
         processor = _image_processor(source, model.config.vision_config.image_size)
         return cls(model, tokenizer, processor, name=name or source, device=device, dtype=dtype)
 
@@ -85,8 +108,13 @@ class CLIPScorer:
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         out = []
         for i in range(0, len(texts), self.batch_size):
-            tok = self.tokenizer(list(texts[i:i + self.batch_size]), padding="max_length", truncation=True,
-                                 max_length=self.max_tokens, return_tensors="pt").to(self.device)
+            tok = self.tokenizer(
+                list(texts[i : i + self.batch_size]),
+                padding="max_length",
+                truncation=True,
+                max_length=self.max_tokens,
+                return_tensors="pt",
+            ).to(self.device)
             feats = self.model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
             out.append(_as_tensor(feats).float())
         return torch.nn.functional.normalize(torch.cat(out), dim=-1)
@@ -95,12 +123,14 @@ class CLIPScorer:
     def pixel_batches(self, images: Sequence[Image.Image]) -> Iterator[torch.Tensor]:
         """``images`` as the vision tower's ``pixel_values`` (RGB, processed, on its device), a batch at a time."""
         for i in range(0, len(images), self.batch_size):
-            batch = [im.convert("RGB") for im in images[i:i + self.batch_size]]
+            batch = [im.convert("RGB") for im in images[i : i + self.batch_size]]
             yield self.processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
 
     @torch.no_grad()
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        out = [_as_tensor(self.model.get_image_features(pixel_values=pix)).float() for pix in self.pixel_batches(images)]
+        out = [
+            _as_tensor(self.model.get_image_features(pixel_values=pix)).float() for pix in self.pixel_batches(images)
+        ]
         return torch.nn.functional.normalize(torch.cat(out), dim=-1)
 
     def score(self, images: Sequence[Image.Image], text: str | Sequence[str]) -> list[float]:
@@ -141,7 +171,9 @@ class OpenCLIPScorer:
                 "pip install open_clip_torch torchvision, or use a transformers CLIP (--scorer PATH)"
             ) from None
         try:
-            self.model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained, device=device
+            )
         except Exception as e:  # open_clip raises RuntimeError/ValueError for unknown names, OSError offline
             raise BestshotError(f"cannot create open_clip model {model_name!r} / {pretrained!r}: {e}") from None
         self.tokenizer = open_clip.get_tokenizer(model_name)
@@ -161,7 +193,9 @@ class OpenCLIPScorer:
         pix = torch.stack([self.preprocess(im.convert("RGB")) for im in images]).to(self.device)
         img = torch.nn.functional.normalize(self.model.encode_image(pix).float(), dim=-1)
         texts = [text] if isinstance(text, str) else list(text)
-        txt = torch.nn.functional.normalize(self.model.encode_text(self.tokenizer(texts).to(self.device)).float(), dim=-1)
+        txt = torch.nn.functional.normalize(
+            self.model.encode_text(self.tokenizer(texts).to(self.device)).float(), dim=-1
+        )
         return (img @ txt[0]).tolist() if isinstance(text, str) else (img * txt).sum(-1).tolist()
 
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -66,8 +67,9 @@ def parse_ensemble(spec: str) -> list[Term] | None:
     for t in terms:  # taste:nan is a bad weight, not a scorer named "embedded+taste:nan"
         bad = _NOT_FINITE.match(t)
         if bad is not None:
-            raise BestshotError(f"scorer weight {bad['w']!r} in {t!r} is not a finite number — give a number, "
-                                f"e.g. {bad['spec']}:0.5")
+            raise BestshotError(
+                f"scorer weight {bad['w']!r} in {t!r} is not a finite number — give a number, e.g. {bad['spec']}:0.5"
+            )
     weighted = [(_WEIGHT.match(t), t) for t in terms]
     if not any(m for m, _ in weighted):
         return None
@@ -144,8 +146,11 @@ class EnsembleScorer:
         self.scales = [scale_of(s) for s in self.scorers]
         unscaled = [s.name for s, sc in zip(self.scorers, self.scales) if sc.source == "default"]
         if unscaled:
-            log.warning("ensemble %s: no saved scale for %s — their weights are in raw score units",
-                        self.name, ", ".join(map(str, unscaled)))
+            log.warning(
+                "ensemble %s: no saved scale for %s — their weights are in raw score units",
+                self.name,
+                ", ".join(map(str, unscaled)),
+            )
 
     @property
     def base(self) -> Any:

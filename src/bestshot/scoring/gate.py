@@ -26,8 +26,9 @@ An explicit ``score_min`` with an ensemble is in the ensemble's units (the sum).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -83,8 +84,9 @@ class Gate:
     def passes(self, value: float) -> bool:
         return self.minimum is None or value >= self.minimum
 
-    def pick(self, images: Sequence[Image.Image], scores: Sequence[float], text: str,
-             eligible: Sequence[int] | None = None) -> int:
+    def pick(
+        self, images: Sequence[Image.Image], scores: Sequence[float], text: str, eligible: Sequence[int] | None = None
+    ) -> int:
         """The candidate to keep: the best-scored one among those that pass (the best overall when none does,
         which the gate then refuses). With no judge that is simply the best-scored one. ``eligible`` limits
         the choice (after a stop: the candidates that got furthest)."""
@@ -97,8 +99,13 @@ class Gate:
         return max(passing, key=lambda k: scores[k]) if passing else order
 
     def record(self, value: float | None) -> dict[str, Any]:
-        return {"min": self.minimum, "on": self.on, "units": self.units, "source": self.source,
-                "value": None if value is None else round(float(value), 6)}
+        return {
+            "min": self.minimum,
+            "on": self.on,
+            "units": self.units,
+            "source": self.source,
+            "value": None if value is None else round(float(value), 6),
+        }
 
 
 def resolve_gate(scorer: Any, score_min: float | None, *, enabled: bool = True) -> Gate:
@@ -112,8 +119,10 @@ def resolve_gate(scorer: Any, score_min: float | None, *, enabled: bool = True) 
         if rng is not None and not rng[0] <= v <= rng[1]:
             d = default_min(scorer)
             hint = f"its default is {d:g}" if d is not None else "leave it unset for no gate"
-            raise BestshotError(f"score_min (--score-min, old name clip_min) {v:g} is outside the range [{rng[0]:g}, "
-                                f"{rng[1]:g}] of scorer {name!r} ({units}) — give a value in that range ({hint})")
+            raise BestshotError(
+                f"score_min (--score-min, old name clip_min) {v:g} is outside the range [{rng[0]:g}, "
+                f"{rng[1]:g}] of scorer {name!r} ({units}) — give a value in that range ({hint})"
+            )
         return Gate(v, units, name, "score_min")
     if _is_ensemble(scorer):
         primary = scorer.scorers[0]

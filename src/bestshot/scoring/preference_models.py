@@ -19,8 +19,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -62,8 +63,14 @@ def load_preference_model(spec: str, *, device: torch.device | str = "cpu", half
 
 
 # ------------------------------------------------------------------------------------------ PickScore
-def pickscore(source: str = PICKSCORE, *, processor: str | None = None, device: torch.device | str = "cpu",
-              dtype: torch.dtype = torch.float32, name: str = "pickscore") -> Any:
+def pickscore(
+    source: str = PICKSCORE,
+    *,
+    processor: str | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    name: str = "pickscore",
+) -> Any:
     from .clip import CLIPScorer, _image_processor
 
     if processor is None:  # the folder's own tokenizer, else its sibling tokenizer/, else the hub's ViT-H-14 one
@@ -94,14 +101,27 @@ class ImageRewardModel(torch.nn.Module):
         self.text = BlipTextModel(config.text_config, add_pooling_layer=False)
         width = config.text_config.hidden_size
         self.mlp = torch.nn.Sequential(
-            torch.nn.Linear(width, 1024), torch.nn.Dropout(0.2), torch.nn.Linear(1024, 128), torch.nn.Dropout(0.2),
-            torch.nn.Linear(128, 64), torch.nn.Dropout(0.1), torch.nn.Linear(64, 16), torch.nn.Linear(16, 1))
+            torch.nn.Linear(width, 1024),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(1024, 128),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(128, 64),
+            torch.nn.Dropout(0.1),
+            torch.nn.Linear(64, 16),
+            torch.nn.Linear(16, 1),
+        )
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         image = self.vision(pixel_values=pixel_values).last_hidden_state
         image_mask = torch.ones(image.shape[:2], dtype=torch.long, device=image.device)
-        out = self.text(input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=image,
-                        encoder_attention_mask=image_mask).last_hidden_state
+        out = self.text(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=image,
+            encoder_attention_mask=image_mask,
+        ).last_hidden_state
         return ((self.mlp(out[:, 0, :]).squeeze(-1)) - IMAGEREWARD_MEAN) / IMAGEREWARD_STD
 
 
@@ -118,13 +138,21 @@ def save_image_reward(model: ImageRewardModel, tokenizer: Any, folder: str | Pat
 
 
 _VIT_BLOCK = {  # BLIP's ViT block (timm layout) → transformers' BlipEncoderLayer
-    "norm1": "layer_norm1", "norm2": "layer_norm2", "attn.qkv": "self_attn.qkv", "attn.proj": "self_attn.projection",
-    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+    "norm1": "layer_norm1",
+    "norm2": "layer_norm2",
+    "attn.qkv": "self_attn.qkv",
+    "attn.proj": "self_attn.projection",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
 }
-_VIT_TOP = {"cls_token": "embeddings.class_embedding", "pos_embed": "embeddings.position_embedding",
-            "patch_embed.proj.weight": "embeddings.patch_embedding.weight",
-            "patch_embed.proj.bias": "embeddings.patch_embedding.bias",
-            "norm.weight": "post_layernorm.weight", "norm.bias": "post_layernorm.bias"}
+_VIT_TOP = {
+    "cls_token": "embeddings.class_embedding",
+    "pos_embed": "embeddings.position_embedding",
+    "patch_embed.proj.weight": "embeddings.patch_embedding.weight",
+    "patch_embed.proj.bias": "embeddings.patch_embedding.bias",
+    "norm.weight": "post_layernorm.weight",
+    "norm.bias": "post_layernorm.bias",
+}
 # parts of the original checkpoint ImageReward's score never reads: BLIP's other heads (vision_proj, text_proj,
 # anything under blip.* beside the two encoders) and the position-id buffer
 _ENCODERS = ("blip.visual_encoder.", "blip.text_encoder.")
@@ -149,20 +177,22 @@ def convert_image_reward(state: dict[str, Any]) -> dict[str, Any]:
 
     if not is_original_image_reward(state):
         some = ", ".join(list(state)[:3]) or "no keys"
-        raise BestshotError(f"unknown ImageReward checkpoint layout (keys like {some}) — expected the original "
-                            "ImageReward.pt (blip.visual_encoder.*, blip.text_encoder.*, mlp.layers.*) or a folder "
-                            "written by save_image_reward")
+        raise BestshotError(
+            f"unknown ImageReward checkpoint layout (keys like {some}) — expected the original "
+            "ImageReward.pt (blip.visual_encoder.*, blip.text_encoder.*, mlp.layers.*) or a folder "
+            "written by save_image_reward"
+        )
     out: dict[str, Any] = {}
     unknown = []
     for k, v in state.items():
         if _unused(k):
             continue
         if k.startswith("mlp.layers."):
-            out["mlp." + k[len("mlp.layers."):]] = v
+            out["mlp." + k[len("mlp.layers.") :]] = v
         elif k.startswith("blip.text_encoder."):
-            out["text." + k[len("blip.text_encoder."):]] = v
+            out["text." + k[len("blip.text_encoder.") :]] = v
         elif k.startswith("blip.visual_encoder."):
-            rest = k[len("blip.visual_encoder."):]
+            rest = k[len("blip.visual_encoder.") :]
             m = re.match(r"blocks\.(\d+)\.(.+)\.(weight|bias)$", rest)
             if rest in _VIT_TOP:
                 out["vision." + _VIT_TOP[rest]] = v
@@ -173,8 +203,10 @@ def convert_image_reward(state: dict[str, Any]) -> dict[str, Any]:
         else:
             unknown.append(k)
     if unknown:
-        raise BestshotError(f"unknown keys in the ImageReward checkpoint: {', '.join(unknown[:5])} — expected the "
-                            "original ImageReward.pt layout")
+        raise BestshotError(
+            f"unknown keys in the ImageReward checkpoint: {', '.join(unknown[:5])} — expected the "
+            "original ImageReward.pt layout"
+        )
     return out
 
 
@@ -194,20 +226,35 @@ def image_reward_config(state: dict[str, Any]) -> Any:
         n_pos = int(state["blip.visual_encoder.pos_embed"].shape[1]) - 1
         words = state["blip.text_encoder.embeddings.word_embeddings.weight"]
         text_width = int(words.shape[1])
-        vision = dict(hidden_size=width, patch_size=patch_size, image_size=int(round(n_pos ** 0.5)) * patch_size,
-                      num_hidden_layers=count(r"blip\.visual_encoder\.blocks\."),
-                      intermediate_size=int(state["blip.visual_encoder.blocks.0.mlp.fc1.weight"].shape[0]),
-                      num_attention_heads=max(1, width // 64), layer_norm_eps=1e-6)
-        text = dict(vocab_size=int(words.shape[0]), hidden_size=text_width, encoder_hidden_size=width,
-                    num_hidden_layers=count(r"blip\.text_encoder\.encoder\.layer\."),
-                    intermediate_size=int(state["blip.text_encoder.encoder.layer.0.intermediate.dense.weight"].shape[0]),
-                    num_attention_heads=max(1, text_width // 64), layer_norm_eps=1e-12,
-                    max_position_embeddings=int(state["blip.text_encoder.embeddings.position_embeddings.weight"].shape[0]),
-                    pad_token_id=0, **{k: (v if v < int(words.shape[0]) else None)  # BLIP's [DEC] and [SEP]
-                                        for k, v in (("bos_token_id", 30522), ("sep_token_id", 102))})
+        vision = dict(
+            hidden_size=width,
+            patch_size=patch_size,
+            image_size=int(round(n_pos**0.5)) * patch_size,
+            num_hidden_layers=count(r"blip\.visual_encoder\.blocks\."),
+            intermediate_size=int(state["blip.visual_encoder.blocks.0.mlp.fc1.weight"].shape[0]),
+            num_attention_heads=max(1, width // 64),
+            layer_norm_eps=1e-6,
+        )
+        text = dict(
+            vocab_size=int(words.shape[0]),
+            hidden_size=text_width,
+            encoder_hidden_size=width,
+            num_hidden_layers=count(r"blip\.text_encoder\.encoder\.layer\."),
+            intermediate_size=int(state["blip.text_encoder.encoder.layer.0.intermediate.dense.weight"].shape[0]),
+            num_attention_heads=max(1, text_width // 64),
+            layer_norm_eps=1e-12,
+            max_position_embeddings=int(state["blip.text_encoder.embeddings.position_embeddings.weight"].shape[0]),
+            pad_token_id=0,
+            **{
+                k: (v if v < int(words.shape[0]) else None)  # BLIP's [DEC] and [SEP]
+                for k, v in (("bos_token_id", 30522), ("sep_token_id", 102))
+            },
+        )
     except (KeyError, ValueError, IndexError) as e:
-        raise BestshotError(f"cannot read the ImageReward configuration off the checkpoint (missing {e}) — expected "
-                            "the original ImageReward.pt layout") from None
+        raise BestshotError(
+            f"cannot read the ImageReward configuration off the checkpoint (missing {e}) — expected "
+            "the original ImageReward.pt layout"
+        ) from None
     return BlipConfig(text_config=text, vision_config=vision)
 
 
@@ -224,8 +271,10 @@ def _original_tokenizer(folder: Path) -> Any:
         return BertTokenizer.from_pretrained("bert-base-uncased", local_files_only=True)
     except (OSError, ValueError):
         pass
-    raise BestshotError(f"no BERT tokenizer for the ImageReward checkpoint — put its vocab.txt (bert-base-uncased) "
-                        f"beside the file in {folder}, or download bert-base-uncased into the Hugging Face cache")
+    raise BestshotError(
+        f"no BERT tokenizer for the ImageReward checkpoint — put its vocab.txt (bert-base-uncased) "
+        f"beside the file in {folder}, or download bert-base-uncased into the Hugging Face cache"
+    )
 
 
 class ImageRewardScorer:
@@ -233,8 +282,15 @@ class ImageRewardScorer:
     scale = Scale(0.0, 1.0, "imagereward")
     units, score_range, default_min = "ImageReward (standardised)", None, None  # a preference: no default gate
 
-    def __init__(self, model: ImageRewardModel, tokenizer: Any, *, name: str, device: torch.device | str = "cpu",
-                 batch_size: int = 16):
+    def __init__(
+        self,
+        model: ImageRewardModel,
+        tokenizer: Any,
+        *,
+        name: str,
+        device: torch.device | str = "cpu",
+        batch_size: int = 16,
+    ):
         self.model = model.eval().to(device)
         self.tokenizer = tokenizer
         self.name = name
@@ -261,32 +317,42 @@ class ImageRewardScorer:
             raise BestshotError(
                 f"ImageReward weights {source!r} are not on disk — download ImageReward.pt from {IMAGEREWARD} and give "
                 "imagereward@PATH/ImageReward.pt, or imagereward@FOLDER with config.json, model.safetensors and a "
-                "BERT tokenizer (bestshot.scoring.preference_models.save_image_reward writes one)")
+                "BERT tokenizer (bestshot.scoring.preference_models.save_image_reward writes one)"
+            )
         weights = folder / "model.safetensors"
         if not (folder / "config.json").is_file() or not weights.is_file():
-            raise BestshotError(f"{folder} needs config.json and model.safetensors for an ImageReward scorer — "
-                                "write it with save_image_reward")
+            raise BestshotError(
+                f"{folder} needs config.json and model.safetensors for an ImageReward scorer — "
+                "write it with save_image_reward"
+            )
         try:
             config = BlipConfig.from_pretrained(folder)
             tokenizer = AutoTokenizer.from_pretrained(folder)
         except (OSError, ValueError) as e:
-            raise BestshotError(f"cannot read the ImageReward config/tokenizer in {folder}: {str(e).splitlines()[0]}") from None
+            raise BestshotError(
+                f"cannot read the ImageReward config/tokenizer in {folder}: {str(e).splitlines()[0]}"
+            ) from None
         model = ImageRewardModel(config)
         missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
         if missing or unexpected:
-            raise BestshotError(f"{weights} does not match the ImageReward architecture (missing {missing[:3]}, "
-                                f"unexpected {unexpected[:3]})")
+            raise BestshotError(
+                f"{weights} does not match the ImageReward architecture (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]})"
+            )
         return cls(model, tokenizer, name=name, device=device)
 
     @classmethod
-    def from_original(cls, path: str | Path, *, device: torch.device | str = "cpu", name: str = "imagereward",
-                      tokenizer: Any = None) -> "ImageRewardScorer":
+    def from_original(
+        cls, path: str | Path, *, device: torch.device | str = "cpu", name: str = "imagereward", tokenizer: Any = None
+    ) -> ImageRewardScorer:
         """The original ``ImageReward.pt`` (BLIP code-base state dict), converted by :func:`convert_image_reward`."""
         path = Path(path)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a pickle of something else, a truncated file, ...
-            raise BestshotError(f"cannot read {path} as a PyTorch state dict ({str(e).splitlines()[0][:160]})") from None
+            raise BestshotError(
+                f"cannot read {path} as a PyTorch state dict ({str(e).splitlines()[0][:160]})"
+            ) from None
         for wrapper in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
                 state = state[wrapper]
@@ -297,10 +363,13 @@ class ImageRewardScorer:
         missing, unexpected = model.load_state_dict(converted, strict=False)
         missing = [k for k in missing if not k.endswith("position_ids")]
         if missing or unexpected:
-            raise BestshotError(f"{path} does not match the ImageReward architecture (missing {missing[:3]}, "
-                                f"unexpected {unexpected[:3]})")
-        return cls(model, tokenizer if tokenizer is not None else _original_tokenizer(path.parent), name=name,
-                   device=device)
+            raise BestshotError(
+                f"{path} does not match the ImageReward architecture (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]})"
+            )
+        return cls(
+            model, tokenizer if tokenizer is not None else _original_tokenizer(path.parent), name=name, device=device
+        )
 
     def truncate(self, text: str) -> tuple[str, bool]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -313,10 +382,15 @@ class ImageRewardScorer:
         texts = texts_per_image(images, text)
         out: list[float] = []
         for i in range(0, len(images), self.batch_size):
-            ims = [im.convert("RGB") for im in images[i:i + self.batch_size]]
+            ims = [im.convert("RGB") for im in images[i : i + self.batch_size]]
             pix = self.processor(images=ims, return_tensors="pt")["pixel_values"].to(self.device)
-            tok = self.tokenizer(texts[i:i + self.batch_size], padding="max_length", truncation=True, max_length=35,
-                                 return_tensors="pt").to(self.device)
+            tok = self.tokenizer(
+                texts[i : i + self.batch_size],
+                padding="max_length",
+                truncation=True,
+                max_length=35,
+                return_tensors="pt",
+            ).to(self.device)
             out += self.model(pix, tok["input_ids"], tok["attention_mask"]).float().tolist()
         return out
 
@@ -330,11 +404,15 @@ def hpsv2(checkpoint: str | None = None, *, device: torch.device | str = "cpu") 
     try:
         import open_clip  # noqa: F401
     except ImportError as e:
-        raise BestshotError(f"HPSv2 is open_clip's {HPSV2_ARCH} and needs open_clip_torch with torchvision ({e}) — "
-                            "pip install open_clip_torch torchvision, then --scorer hpsv2@PATH/" + HPSV2_CKPT) from None
+        raise BestshotError(
+            f"HPSv2 is open_clip's {HPSV2_ARCH} and needs open_clip_torch with torchvision ({e}) — "
+            "pip install open_clip_torch torchvision, then --scorer hpsv2@PATH/" + HPSV2_CKPT
+        ) from None
     if checkpoint is None:
-        raise BestshotError(f"HPSv2 weights are not bundled — download {HPSV2_CKPT} (xswu/HPSv2 on the hub) and pass "
-                            f"--scorer hpsv2@PATH/{HPSV2_CKPT}")
+        raise BestshotError(
+            f"HPSv2 weights are not bundled — download {HPSV2_CKPT} (xswu/HPSv2 on the hub) and pass "
+            f"--scorer hpsv2@PATH/{HPSV2_CKPT}"
+        )
     scorer = OpenCLIPScorer(HPSV2_ARCH, checkpoint, device=device)
     scorer.name = "hpsv2"
     scorer.default_min = None  # a preference model's cosine: no default gate (scoring.gate)

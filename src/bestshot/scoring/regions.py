@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,16 +57,23 @@ class Region:
 def background_colour(arr: np.ndarray, ring: int = 2) -> tuple[np.ndarray, float]:
     """Median colour of the border ring of an (H, W, 3) float array, and the ring's noise (a robust standard
     deviation, averaged over the channels)."""
-    border = np.concatenate([arr[:ring].reshape(-1, 3), arr[-ring:].reshape(-1, 3),
-                             arr[:, :ring].reshape(-1, 3), arr[:, -ring:].reshape(-1, 3)])
+    border = np.concatenate(
+        [
+            arr[:ring].reshape(-1, 3),
+            arr[-ring:].reshape(-1, 3),
+            arr[:, :ring].reshape(-1, 3),
+            arr[:, -ring:].reshape(-1, 3),
+        ]
+    )
     bg = np.median(border, 0)
     # robust spread: the median absolute deviation (objects touching the border do not inflate it)
     noise = float(np.median(np.abs(border - bg), 0).mean() * 1.4826)
     return bg, noise
 
 
-def find_regions(image: Image.Image, threshold: float = 40.0, min_area: float = 0.006, max_regions: int = 4,
-                 grow: int = 1) -> tuple[list[Region], list[Image.Image]]:
+def find_regions(
+    image: Image.Image, threshold: float = 40.0, min_area: float = 0.006, max_regions: int = 4, grow: int = 1
+) -> tuple[list[Region], list[Image.Image]]:
     """The foreground regions of ``image`` (largest first) and, for each, the image with only that region.
 
     ``threshold``: RGB distance (0-255 scale) from the background colour above which a pixel is foreground;
@@ -87,16 +95,22 @@ def find_regions(image: Image.Image, threshold: float = 40.0, min_area: float = 
     fill = np.clip(np.rint(bg), 0, 255).astype(np.uint8)
     # every pixel that is foreground before smoothing (or near it) belongs to some object: paint others over
     raw_dist = dist if smooth is arr else np.linalg.norm(arr - bg, axis=-1)
-    loose = ndimage.binary_dilation(raw_dist > max(threshold / 2, 3.0 * noise),
-                                    iterations=grow) | ndimage.binary_dilation(fg, iterations=grow)
+    loose = ndimage.binary_dilation(
+        raw_dist > max(threshold / 2, 3.0 * noise), iterations=grow
+    ) | ndimage.binary_dilation(fg, iterations=grow)
     for lab in keep:
         mask = labels == lab
         ys, xs = np.nonzero(mask)
         weight = dist[ys, xs]
         cx, cy = float((xs + 0.5) @ weight / weight.sum() / w), float((ys + 0.5) @ weight / weight.sum() / h)
-        regions.append(Region(cx, cy, float(mask.sum() / (h * w)),
-                              (float(xs.min() / w), float(ys.min() / h), float((xs.max() + 1) / w),
-                               float((ys.max() + 1) / h))))
+        regions.append(
+            Region(
+                cx,
+                cy,
+                float(mask.sum() / (h * w)),
+                (float(xs.min() / w), float(ys.min() / h), float((xs.max() + 1) / w), float((ys.max() + 1) / h)),
+            )
+        )
         own = ndimage.binary_dilation(mask, iterations=grow + 1)
         out = raw.copy()
         out[loose & ~own] = fill
@@ -172,8 +186,17 @@ class RegionScorer:
     # gate's default is the wrapped CLIP's (``default_min`` is read through to it)
     units, score_range = "region score", (float("-inf"), 1.0)
 
-    def __init__(self, base: Any, w_obj: float = 4.0, w_rel: float = 0.5, count_penalty: float = 0.1,
-                 gain: float = 5.0, nouns: Sequence[str] = (), w_nouns: float = 0.05, temperature: float = 100.0):
+    def __init__(
+        self,
+        base: Any,
+        w_obj: float = 4.0,
+        w_rel: float = 0.5,
+        count_penalty: float = 0.1,
+        gain: float = 5.0,
+        nouns: Sequence[str] = (),
+        w_nouns: float = 0.05,
+        temperature: float = 100.0,
+    ):
         if min(w_obj, w_rel, count_penalty, w_nouns, temperature) < 0:
             raise BestshotError("region scorer weights must be >= 0")
         self.base, self.w_obj, self.w_rel, self.count_penalty, self.gain = base, w_obj, w_rel, count_penalty, gain
@@ -193,8 +216,9 @@ class RegionScorer:
             return None
         return [" ".join(words[:-1] + [n]) for n in self.nouns], self.nouns.index(words[-1])
 
-    def read(self, images: Sequence[Image.Image], text: str, prompt: ObjectPrompt
-             ) -> list[tuple[float, torch.Tensor, list[Region], torch.Tensor | None]]:
+    def read(
+        self, images: Sequence[Image.Image], text: str, prompt: ObjectPrompt
+    ) -> list[tuple[float, torch.Tensor, list[Region], torch.Tensor | None]]:
         """Per image: its pooled cosine with ``text``, the (regions, phrases) cosine matrix of its regions
         seen alone, the regions, and (with ``nouns``) each region's log-probability of each phrase's noun
         against the other nouns, (regions, phrases), NaN for a phrase without a known noun. The images and
@@ -208,33 +232,46 @@ class RegionScorer:
         t = self.base.embed_texts(texts).float().cpu()
         e = self.base.embed_images(flat).float().cpu()
         k = len(prompt.objects)
-        cos, parts = (e[: len(images)] @ t[0]).tolist(), e[len(images):] @ t[1:k + 1].T
+        cos, parts = (e[: len(images)] @ t[0]).tolist(), e[len(images) :] @ t[1 : k + 1].T
         logp = None
         if alt_texts:
             logp = torch.full((len(flat) - len(images), k), float("nan"))
-            a_emb, j0 = t[k + 1:], 0
+            a_emb, j0 = t[k + 1 :], 0
             for j, alt in enumerate(alts):
                 if alt:
-                    sims = e[len(images):] @ a_emb[j0:j0 + len(alt[0])].T
+                    sims = e[len(images) :] @ a_emb[j0 : j0 + len(alt[0])].T
                     logp[:, j] = torch.log_softmax(self.temperature * sims, dim=-1)[:, alt[1]]
                     j0 += len(alt[0])
         out, i = [], 0
         for c, (regs, _) in zip(cos, found):
-            out.append((c, parts[i:i + len(regs)], regs, None if logp is None else logp[i:i + len(regs)]))
+            out.append((c, parts[i : i + len(regs)], regs, None if logp is None else logp[i : i + len(regs)]))
             i += len(regs)
         return out
 
-    def combine(self, cos: float, sims: torch.Tensor, regions: Sequence[Region], prompt: ObjectPrompt,
-                logp: torch.Tensor | None = None) -> float:
+    def combine(
+        self,
+        cos: float,
+        sims: torch.Tensor,
+        regions: Sequence[Region],
+        prompt: ObjectPrompt,
+        logp: torch.Tensor | None = None,
+    ) -> float:
         """The score of one image from its pooled ``cos``, its region ``sims`` and (with ``nouns``) its
         regions' noun log-probabilities ``logp`` (see the class doc and :meth:`read`)."""
         from ..models.maskclip import agreement
 
         k, r = len(prompt.objects), len(regions)
         # phrase j → region perm[j] (>= r: no region); the first of equally good assignments wins
-        best, assign = max(((sum(float(sims[perm[j], j]) for j in range(k) if perm[j] < r) / k,
-                             {j: perm[j] for j in range(k) if perm[j] < r})
-                            for perm in itertools.permutations(range(max(r, k)), k)), key=lambda c: c[0])
+        best, assign = max(
+            (
+                (
+                    sum(float(sims[perm[j], j]) for j in range(k) if perm[j] < r) / k,
+                    {j: perm[j] for j in range(k) if perm[j] < r},
+                )
+                for perm in itertools.permutations(range(max(r, k)), k)
+            ),
+            key=lambda c: c[0],
+        )
         agree = 0.0
         if prompt.relation and k == 2 and len(assign) == 2:
             a, b = regions[assign[0]], regions[assign[1]]
@@ -260,8 +297,10 @@ class RegionScorer:
             if prompt is None:
                 scores = self.base.score([images[i] for i in rows], t)
             else:
-                scores = [self.combine(c, sims, regs, prompt, logp)
-                          for c, sims, regs, logp in self.read([images[i] for i in rows], t, prompt)]
+                scores = [
+                    self.combine(c, sims, regs, prompt, logp)
+                    for c, sims, regs, logp in self.read([images[i] for i in rows], t, prompt)
+                ]
             for i, v in zip(rows, scores):
                 out[i] = v
         return out

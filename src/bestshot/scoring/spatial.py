@@ -18,15 +18,26 @@ the wrapped scorer does.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 
 from ..errors import BestshotError
-from ..models.maskclip import (_LEAD_RE, RELATION_PHRASES, Relation, _vision_parts, agreement,  # noqa: F401
-                               centroids, image_features, parse_relation, read_relation)
+from ..models.maskclip import (  # noqa: F401
+    _LEAD_RE,
+    RELATION_PHRASES,
+    Relation,
+    _vision_parts,
+    agreement,
+    centroids,
+    image_features,
+    parse_relation,
+    read_relation,
+)
 from .base import texts_per_image
+
 
 class SpatialScorer:
     """A CLIP scorer that also checks the relation a prompt states (see the module doc).

@@ -28,16 +28,17 @@ import json
 import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import BestshotError
 from .. import jsonio
+from ..errors import BestshotError
 from ..store import append_jsonl, atomic_open, disk_error, read_jsonl
 
 VERDICTS = ("keep", "delete", "star")
@@ -57,13 +58,27 @@ def default_head_path(outputs: str | Path = "outputs") -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- rows
-def add_preference(outputs: str | Path, prompt: str, image: str, verdict: str, *, source: str,
-                   tag: str | None = None, now: float | None = None) -> dict:
+def add_preference(
+    outputs: str | Path,
+    prompt: str,
+    image: str,
+    verdict: str,
+    *,
+    source: str,
+    tag: str | None = None,
+    now: float | None = None,
+) -> dict:
     """Append one (prompt, image, verdict) row to ``outputs/taste/preferences.jsonl``."""
     if verdict not in VERDICTS + (UNDO,):
         raise BestshotError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS + (UNDO,))}")
-    row = {"prompt": prompt, "image": image, "tag": tag, "verdict": verdict, "source": source,
-           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now if now is not None else time.time()))}
+    row = {
+        "prompt": prompt,
+        "image": image,
+        "tag": tag,
+        "verdict": verdict,
+        "source": source,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now if now is not None else time.time())),
+    }
     path = taste_dir(outputs) / PREFS
     try:
         append_jsonl(path, row)
@@ -109,8 +124,10 @@ class EmbeddingCache:
             self.vectors = self._load()
 
     def _damaged(self, why: str) -> BestshotError:
-        return BestshotError(f"the embedding cache {self.path} is damaged ({why}) — delete it and run "
-                             "`bestshot taste collect` to embed the images again")
+        return BestshotError(
+            f"the embedding cache {self.path} is damaged ({why}) — delete it and run "
+            "`bestshot taste collect` to embed the images again"
+        )
 
     def _load(self) -> dict[str, np.ndarray]:
         """The cache's vectors, checked: one finite vector of one dimension per image name."""
@@ -128,8 +145,9 @@ class EmbeddingCache:
         if len(images) == 0:
             return {}
         if vectors.ndim != 2 or vectors.dtype.kind not in "fiu" or vectors.shape[1] == 0:
-            raise self._damaged(f"its vectors have shape {vectors.shape} and type {vectors.dtype}, not one row of "
-                                "numbers per image")
+            raise self._damaged(
+                f"its vectors have shape {vectors.shape} and type {vectors.dtype}, not one row of numbers per image"
+            )
         if len(images) != len(vectors):
             raise self._damaged(f"{len(images)} image names but {len(vectors)} vectors")
         vectors = vectors.astype(np.float32)
@@ -162,15 +180,17 @@ class EmbeddingCache:
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
                 warnings.warn(f"skipping {p}: {f} is not a readable image ({type(e).__name__})", stacklevel=2)
         for i in range(0, len(todo), batch):
-            chunk = [p for p, _ in todo[i:i + batch]]
+            chunk = [p for p, _ in todo[i : i + batch]]
             pil = []
-            for _, f in todo[i:i + batch]:
+            for _, f in todo[i : i + batch]:
                 with Image.open(f) as im:
                     pil.append(im.convert("RGB"))
             vecs = embed(pil).float().cpu().numpy()
             if self.dim is not None and vecs.shape[1] != self.dim:
-                raise BestshotError(f"the embedder gives {vecs.shape[1]}-d vectors but {self.path} holds {self.dim}-d "
-                                    "ones — use the --scorer the cache was made with, or delete it to start over")
+                raise BestshotError(
+                    f"the embedder gives {vecs.shape[1]}-d vectors but {self.path} holds {self.dim}-d "
+                    "ones — use the --scorer the cache was made with, or delete it to start over"
+                )
             if not np.isfinite(vecs).all():
                 raise BestshotError("the embedder returned NaN or infinite values — check the --scorer model")
             for p, v in zip(chunk, vecs):
@@ -182,8 +202,11 @@ class EmbeddingCache:
     def save(self) -> None:
         keys = sorted(self.vectors)
         with atomic_open(self.path, "wb") as f:
-            np.savez(f, images=np.array(keys, dtype=str),
-                     vectors=np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32))
+            np.savez(
+                f,
+                images=np.array(keys, dtype=str),
+                vectors=np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32),
+            )
 
 
 def embedder_for(spec: str, device: Any = None) -> Any:
@@ -193,8 +216,10 @@ def embedder_for(spec: str, device: Any = None) -> Any:
     scorer = get_scorer(spec, device=device)
     base = getattr(scorer, "base", scorer)
     if not hasattr(base, "embed_images"):
-        raise BestshotError(f"scorer {spec!r} has no image embeddings — the taste head needs a CLIP scorer "
-                            "('embedded', a transformers CLIP hub id or folder)")
+        raise BestshotError(
+            f"scorer {spec!r} has no image embeddings — the taste head needs a CLIP scorer "
+            "('embedded', a transformers CLIP hub id or folder)"
+        )
     return base
 
 
@@ -212,8 +237,16 @@ class TasteHead:
         return x.astype(np.float32) @ self.w.astype(np.float32) + np.float32(self.b)
 
     def to_dict(self) -> dict:
-        return {"format": "bestshot-taste-head", "version": 1, "kind": self.kind, "embedder": self.embedder,
-                "dim": int(self.w.shape[0]), "w": [float(v) for v in self.w], "b": float(self.b), **self.info}
+        return {
+            "format": "bestshot-taste-head",
+            "version": 1,
+            "kind": self.kind,
+            "embedder": self.embedder,
+            "dim": int(self.w.shape[0]),
+            "w": [float(v) for v in self.w],
+            "b": float(self.b),
+            **self.info,
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write the head beside ``path`` (a hidden temp file), read it back and check it, then rename it over
@@ -231,11 +264,12 @@ class TasteHead:
             raise disk_error(e, f"the taste head {str(path)!r}") from None
         return path
 
-    def check(self, where: str = "the taste head") -> "TasteHead":
+    def check(self, where: str = "the taste head") -> TasteHead:
         """One clear error for a head no scorer can use: unknown kind, no weights, NaN or overflowing values."""
         if self.kind not in KINDS:
-            raise BestshotError(f"{where}: kind {self.kind!r} is not one of {', '.join(KINDS)} — retrain it with "
-                                "`bestshot taste train`")
+            raise BestshotError(
+                f"{where}: kind {self.kind!r} is not one of {', '.join(KINDS)} — retrain it with `bestshot taste train`"
+            )
         if not isinstance(self.embedder, str) or not self.embedder:
             raise BestshotError(f"{where}: it names no embedder — retrain it with `bestshot taste train`")
         if self.w.ndim != 1 or self.w.shape[0] == 0:
@@ -244,14 +278,18 @@ class TasteHead:
             w = self.w.astype(np.float32)
             worst = float(np.abs(w).sum()) + abs(float(self.b)) if np.isfinite(w).all() else math.inf
         if not math.isfinite(worst) or not math.isfinite(float(self.b)) or worst > 1e30:
-            raise BestshotError(f"{where}: its weights hold NaN, infinite or overflowing values — the embedding cache "
-                                "it was trained on may be damaged; retrain with `bestshot taste train --fresh`")
+            raise BestshotError(
+                f"{where}: its weights hold NaN, infinite or overflowing values — the embedding cache "
+                "it was trained on may be damaged; retrain with `bestshot taste train --fresh`"
+            )
         return self
 
     @classmethod
-    def from_dict(cls, d: Any, where: str) -> "TasteHead":
+    def from_dict(cls, d: Any, where: str) -> TasteHead:
         if not isinstance(d, dict):
-            raise BestshotError(f"{where} is not a taste head (not a JSON object) — retrain it with `bestshot taste train`")
+            raise BestshotError(
+                f"{where} is not a taste head (not a JSON object) — retrain it with `bestshot taste train`"
+            )
         try:
             with np.errstate(over="ignore", invalid="ignore"):
                 w = np.asarray(d["w"], dtype=np.float64)
@@ -260,33 +298,48 @@ class TasteHead:
                 raise TypeError(f"b is {b!r}, not a number")
             b = float(b)
         except (ValueError, KeyError, TypeError) as e:
-            raise BestshotError(f"{where} is not a taste head ({type(e).__name__}: {e}"[:300]
-                                + ") — retrain it with `bestshot taste train`") from None
+            raise BestshotError(
+                f"{where} is not a taste head ({type(e).__name__}: {e}"[:300]
+                + ") — retrain it with `bestshot taste train`"
+            ) from None
         if w.ndim == 1 and "dim" in d and d["dim"] != w.shape[0]:
-            raise BestshotError(f"{where}: dim {d['dim']!r} but {w.shape[0]} weights — retrain it with `bestshot taste train`")
+            raise BestshotError(
+                f"{where}: dim {d['dim']!r} but {w.shape[0]} weights — retrain it with `bestshot taste train`"
+            )
         info = {k: v for k, v in d.items() if k not in ("format", "version", "kind", "embedder", "dim", "w", "b")}
         head = cls(kind, embedder, w, b, info).check(where)
         head.w = head.w.astype(np.float32)
         return head
 
     @classmethod
-    def load(cls, path: str | Path) -> "TasteHead":
+    def load(cls, path: str | Path) -> TasteHead:
         path = Path(path)
         if path.exists() and not path.is_file():
             raise BestshotError(f"{path} is a folder, not a taste head — name the head file with taste@PATH")
         if not path.is_file():
-            raise BestshotError(f"no taste head at {path} — run `bestshot taste collect` and `bestshot taste train` "
-                                "first, or name the head file with taste@PATH")
+            raise BestshotError(
+                f"no taste head at {path} — run `bestshot taste collect` and `bestshot taste train` "
+                "first, or name the head file with taste@PATH"
+            )
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise BestshotError(f"{path} is not a taste head ({type(e).__name__}) — retrain it with "
-                                "`bestshot taste train`") from None
+            raise BestshotError(
+                f"{path} is not a taste head ({type(e).__name__}) — retrain it with `bestshot taste train`"
+            ) from None
         return cls.from_dict(d, str(path))
 
 
-def _fit(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, *, bias: bool, l2: float,
-         init: tuple[np.ndarray, float] | None, steps: int = 100) -> tuple[np.ndarray, float]:
+def _fit(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    bias: bool,
+    l2: float,
+    init: tuple[np.ndarray, float] | None,
+    steps: int = 100,
+) -> tuple[np.ndarray, float]:
     """Weighted logistic regression by L-BFGS (also Bradley–Terry when ``x`` are differences, no bias)."""
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -301,7 +354,9 @@ def _fit(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, *, bias: bool, 
     def closure():
         opt.zero_grad()
         z = x @ w + (b if bias else 0.0)
-        loss = (torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none") * weight).sum() / weight.sum()
+        loss = (
+            torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none") * weight
+        ).sum() / weight.sum()
         loss = loss + l2 * (w * w).sum()
         loss.backward()
         return loss
@@ -333,8 +388,13 @@ def dataset(outputs: str | Path, embedder: str) -> Dataset:
         ws.append(2.0 if r["verdict"] == "star" else 1.0)
         ps.append(str(r.get("prompt", "")))
     d = xs[0].shape[0] if xs else 0
-    return Dataset(np.stack(xs) if xs else np.zeros((0, d), np.float32), np.asarray(ys, np.float32),
-                   np.asarray(ws, np.float32), ps, skipped)
+    return Dataset(
+        np.stack(xs) if xs else np.zeros((0, d), np.float32),
+        np.asarray(ys, np.float32),
+        np.asarray(ws, np.float32),
+        ps,
+        skipped,
+    )
 
 
 def _pairs(y: np.ndarray, prompts: Sequence[str], idx: np.ndarray) -> list[tuple[int, int]]:
@@ -380,8 +440,17 @@ def prompt_folds(prompts: Sequence[str], k: int, seed: int = 0) -> list[np.ndarr
     return [f for f in folds if len(f)]
 
 
-def train_head(ds: Dataset, *, kind: str = "logistic", embedder: str = "embedded", folds: int = 5, l2: float = 1e-3,
-               warm: TasteHead | None = None, seed: int = 0, balanced: bool = False) -> TasteHead:
+def train_head(
+    ds: Dataset,
+    *,
+    kind: str = "logistic",
+    embedder: str = "embedded",
+    folds: int = 5,
+    l2: float = 1e-3,
+    warm: TasteHead | None = None,
+    seed: int = 0,
+    balanced: bool = False,
+) -> TasteHead:
     """k-fold cross-validate, then fit on all rows; ``warm`` (same embedder and dimension) is the start point.
 
     ``balanced`` (logistic): rows are reweighted so kept and deleted weigh the same in total — a curation that
@@ -391,9 +460,11 @@ def train_head(ds: Dataset, *, kind: str = "logistic", embedder: str = "embedded
         raise BestshotError(f"unknown head kind {kind!r} — use one of {', '.join(KINDS)}")
     n_keep, n_del = int((ds.y > 0.5).sum()), int((ds.y <= 0.5).sum())
     if n_keep == 0 or n_del == 0:
-        raise BestshotError(f"the taste head needs kept AND deleted images with embeddings (have {n_keep} kept, "
-                            f"{n_del} deleted, {ds.skipped} rows without an embedding) — curate more, and run "
-                            "`bestshot taste collect` before deleting so the deleted images get embedded")
+        raise BestshotError(
+            f"the taste head needs kept AND deleted images with embeddings (have {n_keep} kept, "
+            f"{n_del} deleted, {ds.skipped} rows without an embedding) — curate more, and run "
+            "`bestshot taste collect` before deleting so the deleted images get embedded"
+        )
     if balanced:
         pos = ds.y > 0.5
         scale = np.where(pos, len(ds.y) / (2.0 * n_keep), len(ds.y) / (2.0 * n_del)).astype(np.float32)
@@ -413,18 +484,33 @@ def train_head(ds: Dataset, *, kind: str = "logistic", embedder: str = "embedded
         right, total = right + r, total + t
     fit = _fit_kind(ds, all_idx, kind, l2, init)
     if fit is None:
-        raise BestshotError("no kept/deleted pair shares a prompt — the Bradley–Terry head needs both verdicts for "
-                            "one prompt; use --kind logistic")
+        raise BestshotError(
+            "no kept/deleted pair shares a prompt — the Bradley–Terry head needs both verdicts for "
+            "one prompt; use --kind logistic"
+        )
     w, b = fit
     if not (np.isfinite(w).all() and math.isfinite(b)):
-        raise BestshotError("training the taste head diverged (NaN weights) — check the embedding cache, or retrain "
-                            "with a larger --l2")
+        raise BestshotError(
+            "training the taste head diverged (NaN weights) — check the embedding cache, or retrain with a larger --l2"
+        )
     z = ds.x @ w + b
-    info = {"logit_mean": float(z.mean()), "logit_std": float(z.std()),"rows": int(len(ds.y)), "kept": n_keep, "deleted": n_del, "skipped_rows": ds.skipped,
-            "pairs": len(_pairs(ds.y, ds.prompts, all_idx)), "folds": len(split),
-            "cv_accuracy": (right / total) if total else None, "cv_count": total, "l2": l2,
-            "majority_rate": max(n_keep, n_del) / len(ds.y), "balanced": bool(balanced),
-            "warm_start": init is not None, "trained": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    info = {
+        "logit_mean": float(z.mean()),
+        "logit_std": float(z.std()),
+        "rows": int(len(ds.y)),
+        "kept": n_keep,
+        "deleted": n_del,
+        "skipped_rows": ds.skipped,
+        "pairs": len(_pairs(ds.y, ds.prompts, all_idx)),
+        "folds": len(split),
+        "cv_accuracy": (right / total) if total else None,
+        "cv_count": total,
+        "l2": l2,
+        "majority_rate": max(n_keep, n_del) / len(ds.y),
+        "balanced": bool(balanced),
+        "warm_start": init is not None,
+        "trained": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     return TasteHead(kind, embedder, w, b, info)
 
 
@@ -460,12 +546,16 @@ class TasteScorer:
             raise BestshotError(f"got {len(images)} images but {len(text)} texts — give one text, or one per image")
         emb = self.embedder.embed_images(list(images))
         if emb.shape[1] != self.head.w.shape[0]:
-            raise BestshotError(f"the taste head expects {self.head.w.shape[0]}-d embeddings of {self.head.embedder!r} "
-                                f"but got {emb.shape[1]}-d — retrain it with `bestshot taste train`")
+            raise BestshotError(
+                f"the taste head expects {self.head.w.shape[0]}-d embeddings of {self.head.embedder!r} "
+                f"but got {emb.shape[1]}-d — retrain it with `bestshot taste train`"
+            )
         scores = [float(v) for v in self.head.logits(emb)]
         if not all(math.isfinite(v) for v in scores):
-            raise BestshotError(f"the taste head ({self.name}) gave NaN or infinite scores — retrain it with "
-                                "`bestshot taste train --fresh`")
+            raise BestshotError(
+                f"the taste head ({self.name}) gave NaN or infinite scores — retrain it with "
+                "`bestshot taste train --fresh`"
+            )
         return scores
 
 

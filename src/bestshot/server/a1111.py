@@ -21,16 +21,17 @@ import time
 import types
 import typing
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bestshot import jsonio
+
 from .. import __version__
 from ..config import ImgCfg
-from ..models.settings import resolve_config
 from ..errors import BestshotError
+from ..models.settings import resolve_config
 from ..schedulers import K_ALIASES, SAMPLERS, SCHEDULE_TYPES, scheduler_spec
 from .safety import MAX_ITEMS, oversized_path, reject_surrogates, unknown_keys
 
@@ -58,7 +59,9 @@ class _A1111(BaseModel):
         if cls.model_config.get("extra") == "forbid":
             extra = unknown_keys(data, cls)
             if extra:
-                shown = ", ".join(repr(k[:50]) for k in extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+                shown = ", ".join(repr(k[:50]) for k in extra[:5]) + (
+                    f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+                )
                 raise ValueError(f"unknown field(s) {shown} — this route takes only: {', '.join(cls.model_fields)}")
         return reject_surrogates(data)
 
@@ -96,58 +99,81 @@ class Txt2ImgRequest(_Lenient):
     prompt: str = ""
     negative_prompt: str = ""
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 = random; image i uses seed + i")
-    steps: Optional[int] = Field(None, ge=1, le=1000, description="None = the model's default")
-    cfg_scale: Optional[float] = Field(None, ge=0, le=100)
-    width: Optional[int] = Field(None, ge=8, le=16384)
-    height: Optional[int] = Field(None, ge=8, le=16384)
+    steps: int | None = Field(None, ge=1, le=1000, description="None = the model's default")
+    cfg_scale: float | None = Field(None, ge=0, le=100)
+    width: int | None = Field(None, ge=8, le=16384)
+    height: int | None = Field(None, ge=8, le=16384)
     batch_size: int = Field(1, ge=1, le=256)
     n_iter: int = Field(1, ge=1, le=256)
-    sampler_name: Optional[str] = Field(None, max_length=100)
-    sampler_index: Optional[str] = Field(None, max_length=100, description="deprecated alias of sampler_name")
-    scheduler: Optional[str] = Field(None, max_length=100, description="A1111 schedule type; 'Karras' picks the "
-                                     "Karras variant of the sampler where bestshot has one, others are ignored")
-    override_settings: Optional[dict[str, Any]] = None
+    sampler_name: str | None = Field(None, max_length=100)
+    sampler_index: str | None = Field(None, max_length=100, description="deprecated alias of sampler_name")
+    scheduler: str | None = Field(
+        None,
+        max_length=100,
+        description="A1111 schedule type; 'Karras' picks the "
+        "Karras variant of the sampler where bestshot has one, others are ignored",
+    )
+    override_settings: dict[str, Any] | None = None
     enable_hr: bool = Field(False, description="hires fix: upscale each image, then img2img it at denoising_strength")
     hr_scale: float = Field(2.0, ge=1, le=8)
-    hr_upscaler: Optional[str] = Field(None, max_length=200, description="A1111 upscaler name; Latent modes use Lanczos")
+    hr_upscaler: str | None = Field(None, max_length=200, description="A1111 upscaler name; Latent modes use Lanczos")
     hr_second_pass_steps: int = Field(0, ge=0, le=1000, description="0: the first pass's steps")
     hr_resize_x: int = Field(0, ge=0, le=16384)
     hr_resize_y: int = Field(0, ge=0, le=16384)
-    denoising_strength: Optional[float] = Field(None, ge=0, le=1, description="hires fix strength (default 0.7)")
+    denoising_strength: float | None = Field(None, ge=0, le=1, description="hires fix strength (default 0.7)")
     send_images: bool = True
-    save_images: bool = Field(False, description="true: the images are kept on the server (served by /v1/images); "
-                              "false, A1111's default: they are only sent")
+    save_images: bool = Field(
+        False,
+        description="true: the images are kept on the server (served by /v1/images); "
+        "false, A1111's default: they are only sent",
+    )
     # A1111 features a later change implements; until then info["bestshot"]["ignored"] names what was not honoured
     subseed: int = Field(-1, description="ignored for now (variation seeds)")
     subseed_strength: float = Field(0.0, ge=0, le=1, description="ignored for now (variation seeds)")
     seed_resize_from_w: int = Field(-1, description="ignored for now")
     seed_resize_from_h: int = Field(-1, description="ignored for now")
-    script_name: Optional[str] = Field(None, max_length=500, description="ignored for now (A1111 scripts)")
+    script_name: str | None = Field(None, max_length=500, description="ignored for now (A1111 scripts)")
     script_args: list[Any] = Field(default_factory=list, description="ignored for now (A1111 scripts)")
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict, description="ignored for now (ControlNet, ADetailer...)")
-    styles: Optional[list[str]] = Field(None, description="ignored (bestshot has no prompt styles)")
-    restore_faces: Optional[bool] = Field(None, description="ignored (bestshot has no face restoration)")
-    tiling: Optional[bool] = Field(None, description="ignored (no seamless tiling)")
-    refiner_checkpoint: Optional[str] = Field(None, max_length=500, description="ignored for now")
+    alwayson_scripts: dict[str, Any] = Field(
+        default_factory=dict, description="ignored for now (ControlNet, ADetailer...)"
+    )
+    styles: list[str] | None = Field(None, description="ignored (bestshot has no prompt styles)")
+    restore_faces: bool | None = Field(None, description="ignored (bestshot has no face restoration)")
+    tiling: bool | None = Field(None, description="ignored (no seamless tiling)")
+    refiner_checkpoint: str | None = Field(None, max_length=500, description="ignored for now")
     # bestshot extras
-    best_of: int = Field(1, ge=1, le=256, description="candidates per returned image; the best is returned (default: "
-                         "override_settings.bestshot_best_of, POST /options bestshot_best_of, serve --best-of)")
-    score_min: Optional[float] = Field(None, description="quality gate in the scorer's units (a cosine for a CLIP, "
-                                       "the weighted sum for an ensemble); images below it are marked in "
-                                       "info.bestshot.gate")
-    clip_min: Optional[float] = Field(None, description="old name of score_min (same setting)")
-    scorer: Optional[str] = Field(None, max_length=500, description="one of the server's scorers")
+    best_of: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="candidates per returned image; the best is returned (default: "
+        "override_settings.bestshot_best_of, POST /options bestshot_best_of, serve --best-of)",
+    )
+    score_min: float | None = Field(
+        None,
+        description="quality gate in the scorer's units (a cosine for a CLIP, "
+        "the weighted sum for an ensemble); images below it are marked in "
+        "info.bestshot.gate",
+    )
+    clip_min: float | None = Field(None, description="old name of score_min (same setting)")
+    scorer: str | None = Field(None, max_length=500, description="one of the server's scorers")
 
 
 class Img2ImgRequest(Txt2ImgRequest):
-    init_images: list[str] = Field(..., min_length=1, max_length=16, description="base64 images (data: URLs accepted; "
-                                   "the first is used)")
+    init_images: list[str] = Field(
+        ..., min_length=1, max_length=16, description="base64 images (data: URLs accepted; the first is used)"
+    )
     denoising_strength: float = Field(0.75, ge=0, le=1)
     include_init_images: bool = False
-    mask: Optional[str] = Field(None, description="base64 mask: white is repainted (inpainting)")
+    mask: str | None = Field(None, description="base64 mask: white is repainted (inpainting)")
     mask_blur: int = Field(4, ge=0, le=64, description="Gaussian blur radius of the mask's edge, in pixels")
-    inpainting_fill: int = Field(1, ge=0, le=3, description="masked content: 0 fill, 1 original, 2 latent noise, "
-                                 "3 latent nothing (done in pixels before encoding)")
+    inpainting_fill: int = Field(
+        1,
+        ge=0,
+        le=3,
+        description="masked content: 0 fill, 1 original, 2 latent noise, "
+        "3 latent nothing (done in pixels before encoding)",
+    )
     inpaint_full_res: bool = Field(True, description="inpaint only the masked area, at full resolution")
     inpaint_full_res_padding: int = Field(32, ge=0, le=256)
     inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1: repaint what is black in the mask")
@@ -163,8 +189,10 @@ def ignored_fields(req: Txt2ImgRequest) -> dict[str, str]:
     if req.script_name:
         out["script_name"] = f"{req.script_name!r}: A1111 scripts are not implemented yet; not run"
     if req.alwayson_scripts:
-        out["alwayson_scripts"] = (", ".join(sorted(str(k) for k in req.alwayson_scripts))[:300]
-                                   + ": A1111 extensions are not implemented yet; not run")
+        out["alwayson_scripts"] = (
+            ", ".join(sorted(str(k) for k in req.alwayson_scripts))[:300]
+            + ": A1111 extensions are not implemented yet; not run"
+        )
     if req.styles:
         out["styles"] = "bestshot has no prompt styles; the prompt is used as sent"
     if req.restore_faces:
@@ -188,7 +216,7 @@ class Inpaint:
 
 
 class TextToImageResponse(BaseModel):
-    images: Optional[list[str]] = Field(None, description="base64 PNGs with their `parameters` chunk")
+    images: list[str] | None = Field(None, description="base64 PNGs with their `parameters` chunk")
     parameters: dict[str, Any]
     info: str = Field(..., description="JSON text: A1111's infotext fields plus `bestshot`")
 
@@ -204,7 +232,7 @@ class ExtrasSingleImageRequest(_A1111):
     upscaling_resize_w: int = Field(512, ge=1, le=16384)
     upscaling_resize_h: int = Field(512, ge=1, le=16384)
     upscaling_crop: bool = True
-    upscaler_1: Optional[str] = Field("None", max_length=200)
+    upscaler_1: str | None = Field("None", max_length=200)
 
 
 class ImageItem(_A1111):
@@ -214,8 +242,9 @@ class ImageItem(_A1111):
 
 class ExtrasBatchImagesRequest(ExtrasSingleImageRequest):
     image: str = ""  # not used: imageList
-    imageList: list[ImageItem] = Field(..., min_length=1, max_length=256, description="at most the server's "
-                                       "images per request (16 by default)")
+    imageList: list[ImageItem] = Field(
+        ..., min_length=1, max_length=256, description="at most the server's images per request (16 by default)"
+    )
 
 
 class ExtrasBatchImagesResponse(BaseModel):
@@ -226,9 +255,9 @@ class ExtrasBatchImagesResponse(BaseModel):
 class SchedulerItem(BaseModel):
     name: str
     label: str
-    aliases: Optional[list[str]] = None
-    default_rho: Optional[float] = None
-    need_inner_model: Optional[bool] = None
+    aliases: list[str] | None = None
+    default_rho: float | None = None
+    need_inner_model: bool | None = None
 
 
 class LatentUpscalerModeItem(BaseModel):
@@ -237,12 +266,18 @@ class LatentUpscalerModeItem(BaseModel):
 
 class RealesrganItem(BaseModel):
     name: str
-    path: Optional[str] = None
-    scale: Optional[int] = None
+    path: str | None = None
+    scale: int | None = None
 
 
-LATENT_UPSCALE_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
-                        "Latent (nearest)", "Latent (nearest-exact)")
+LATENT_UPSCALE_MODES = (
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+)
 
 
 def empty_list() -> list[Any]:
@@ -269,13 +304,22 @@ def memory_info() -> dict[str, Any]:
         stats = torch.cuda.memory_stats()
         cuda: dict[str, Any] = {
             "system": {"free": free, "used": total - free, "total": total},
-            "active": {"current": stats.get("active_bytes.all.current", 0), "peak": stats.get("active_bytes.all.peak", 0)},
-            "allocated": {"current": stats.get("allocated_bytes.all.current", 0),
-                          "peak": stats.get("allocated_bytes.all.peak", 0)},
-            "reserved": {"current": stats.get("reserved_bytes.all.current", 0),
-                         "peak": stats.get("reserved_bytes.all.peak", 0)},
-            "inactive": {"current": stats.get("inactive_split_bytes.all.current", 0),
-                         "peak": stats.get("inactive_split_bytes.all.peak", 0)},
+            "active": {
+                "current": stats.get("active_bytes.all.current", 0),
+                "peak": stats.get("active_bytes.all.peak", 0),
+            },
+            "allocated": {
+                "current": stats.get("allocated_bytes.all.current", 0),
+                "peak": stats.get("allocated_bytes.all.peak", 0),
+            },
+            "reserved": {
+                "current": stats.get("reserved_bytes.all.current", 0),
+                "peak": stats.get("reserved_bytes.all.peak", 0),
+            },
+            "inactive": {
+                "current": stats.get("inactive_split_bytes.all.current", 0),
+                "peak": stats.get("inactive_split_bytes.all.peak", 0),
+            },
             "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)},
         }
     except Exception as e:  # noqa: BLE001 - A1111 reports the error in the body
@@ -311,17 +355,17 @@ class ProgressResponse(BaseModel):
     progress: float
     eta_relative: float
     state: dict[str, Any]
-    current_image: Optional[str] = None
-    textinfo: Optional[str] = None
+    current_image: str | None = None
+    textinfo: str | None = None
 
 
 class SDModelItem(BaseModel):
     title: str
     model_name: str
-    hash: Optional[str] = None
-    sha256: Optional[str] = None
+    hash: str | None = None
+    sha256: str | None = None
     filename: str
-    config: Optional[str] = None
+    config: str | None = None
 
 
 class SamplerItem(BaseModel):
@@ -332,10 +376,10 @@ class SamplerItem(BaseModel):
 
 class UpscalerItem(BaseModel):
     name: str
-    model_name: Optional[str] = None
-    model_path: Optional[str] = None
-    model_url: Optional[str] = None
-    scale: Optional[float] = None
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
 
 
 # ---------------------------------------------------------------------------------- samplers, upscalers
@@ -355,21 +399,33 @@ def samplers() -> list[dict[str, Any]]:
 
 def schedulers() -> list[dict[str, Any]]:
     """A1111's GET /sdapi/v1/schedulers: schedule types (name, label, aliases, default_rho, need_inner_model)."""
-    return [{"name": key.replace(" ", "_"), "label": label, "aliases": None, "default_rho": -1,
-             "need_inner_model": False} for key, (label, _, _) in SCHEDULE_TYPES.items()]
+    return [
+        {"name": key.replace(" ", "_"), "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+        for key, (label, _, _) in SCHEDULE_TYPES.items()
+    ]
 
 
 # A1111 upscaler names → bestshot upscale backend ("None" in A1111 still resizes, with Lanczos)
-UPSCALERS = {"none": "lanczos", "lanczos": "lanczos", "nearest": "lanczos",
-             "r-esrgan 4x+": "auto", "r-esrgan 4x+ anime6b": "auto", "esrgan_4x": "auto", "realesrgan": "auto",
-             "realesrgan_x4plus": "auto"}
+UPSCALERS = {
+    "none": "lanczos",
+    "lanczos": "lanczos",
+    "nearest": "lanczos",
+    "r-esrgan 4x+": "auto",
+    "r-esrgan 4x+ anime6b": "auto",
+    "esrgan_4x": "auto",
+    "realesrgan": "auto",
+    "realesrgan_x4plus": "auto",
+}
 UPSCALER_MODELS = {"r-esrgan 4x+ anime6b": "realesrgan-x4plus-anime"}
 
 
 def upscalers() -> list[dict[str, Any]]:
-    return [{"name": "None", "scale": 1}, {"name": "Lanczos", "scale": 4},
-            {"name": "R-ESRGAN 4x+", "model_name": "realesrgan-x4plus", "scale": 4},
-            {"name": "R-ESRGAN 4x+ Anime6B", "model_name": "realesrgan-x4plus-anime", "scale": 4}]
+    return [
+        {"name": "None", "scale": 1},
+        {"name": "Lanczos", "scale": 4},
+        {"name": "R-ESRGAN 4x+", "model_name": "realesrgan-x4plus", "scale": 4},
+        {"name": "R-ESRGAN 4x+ Anime6B", "model_name": "realesrgan-x4plus-anime", "scale": 4},
+    ]
 
 
 def upscaler_backend(name: str | None) -> tuple[str, str]:
@@ -385,12 +441,28 @@ def upscaler_backend(name: str | None) -> tuple[str, str]:
 
 
 _A1111_PNGINFO_DEFAULTS: dict[str, Any] = {
-    "Clip skip": "1", "Hires resize-1": 0, "Hires resize-2": 0, "Hires sampler": "Use same sampler",
-    "Hires schedule type": "Use same scheduler", "Hires checkpoint": "Use same checkpoint", "Hires prompt": "",
-    "Hires negative prompt": "", "Mask mode": "Inpaint masked", "Masked content": "original",
-    "Inpaint area": "Whole picture", "Masked area padding": 32, "RNG": "GPU", "Schedule type": "Automatic",
-    "Schedule max sigma": 0, "Schedule min sigma": 0, "Schedule rho": 0, "VAE Encoder": "Full",
-    "VAE Decoder": "Full", "FP8 weight": "Disable", "Cache FP16 weight for LoRA": False, "Emphasis": "Original",
+    "Clip skip": "1",
+    "Hires resize-1": 0,
+    "Hires resize-2": 0,
+    "Hires sampler": "Use same sampler",
+    "Hires schedule type": "Use same scheduler",
+    "Hires checkpoint": "Use same checkpoint",
+    "Hires prompt": "",
+    "Hires negative prompt": "",
+    "Mask mode": "Inpaint masked",
+    "Masked content": "original",
+    "Inpaint area": "Whole picture",
+    "Masked area padding": 32,
+    "RNG": "GPU",
+    "Schedule type": "Automatic",
+    "Schedule max sigma": 0,
+    "Schedule min sigma": 0,
+    "Schedule rho": 0,
+    "VAE Encoder": "Full",
+    "VAE Decoder": "Full",
+    "FP8 weight": "Disable",
+    "Cache FP16 weight for LoRA": False,
+    "Emphasis": "Original",
     "Refiner switch by sampling steps": False,
 }
 
@@ -405,8 +477,11 @@ def a1111_parameters(infotext: str) -> dict[str, Any]:
     parsed = parse_parameters(infotext)
     out: dict[str, Any] = {"Prompt": parsed.pop("prompt", ""), "Negative prompt": parsed.pop("negative_prompt", "")}
     for k, v in parsed.items():
-        out[k] = v if isinstance(v, str) else (str(int(v)) if isinstance(v, float) and v.is_integer() and k != "CFG scale"
-                                               else str(v))
+        out[k] = (
+            v
+            if isinstance(v, str)
+            else (str(int(v)) if isinstance(v, float) and v.is_integer() and k != "CFG scale" else str(v))
+        )
     sampler = out.get("Sampler", "")
     if "Schedule type" not in out and sampler:
         for key, (label, _, _) in SCHEDULE_TYPES.items():
@@ -432,7 +507,9 @@ def decode_image(data: str, field: str = "image", max_pixels: int = 4096 * 4096)
         with Image.open(io.BytesIO(raw)) as probe:
             w, h = probe.size
             if w * h > max_pixels or w < 1 or h < 1:
-                raise FieldError(field, f"image of {w}x{h} pixels is larger than this server accepts ({max_pixels} pixels)")
+                raise FieldError(
+                    field, f"image of {w}x{h} pixels is larger than this server accepts ({max_pixels} pixels)"
+                )
             img = probe.copy() if probe.format == "PNG" else probe.convert("RGB")
             if img.mode not in ("RGB", "RGBA", "L", "LA"):  # palette, 16-bit, CMYK...: what the models take
                 img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
@@ -441,7 +518,9 @@ def decode_image(data: str, field: str = "image", max_pixels: int = 4096 * 4096)
     except FieldError:
         raise
     except (binascii.Error, ValueError, UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-        raise FieldError(field, f"not a readable base64 image ({type(e).__name__}) — send a base64-encoded PNG or JPEG") from None
+        raise FieldError(
+            field, f"not a readable base64 image ({type(e).__name__}) — send a base64-encoded PNG or JPEG"
+        ) from None
     return img
 
 
@@ -514,8 +593,11 @@ class Limits:
 def check_prompt(field: str, text: str | None, limits: Limits) -> None:
     """422 for a prompt longer than the server's cap (each route checks every prompt it takes)."""
     if text is not None and len(text) > limits.max_prompt_chars:
-        raise FieldError(field, f"{len(text)} characters is more than this server's {limits.max_prompt_chars} "
-                         "(bestshot serve --max-prompt-chars)")
+        raise FieldError(
+            field,
+            f"{len(text)} characters is more than this server's {limits.max_prompt_chars} "
+            "(bestshot serve --max-prompt-chars)",
+        )
 
 
 def check_cost(cfg: ImgCfg, candidates: int, limits: Limits) -> float:
@@ -527,13 +609,19 @@ def check_cost(cfg: ImgCfg, candidates: int, limits: Limits) -> float:
     for name in ("width", "height"):
         v = getattr(cfg, name)
         if v > top:
-            raise FieldError(name, f"{v} px is more than the {ref.family.name} model family's {top} px (it samples at "
-                             f"{native} px) — ask for at most {top}")
-    cost = cfg.width * cfg.height / native ** 2 * cfg.steps_base * candidates
+            raise FieldError(
+                name,
+                f"{v} px is more than the {ref.family.name} model family's {top} px (it samples at "
+                f"{native} px) — ask for at most {top}",
+            )
+    cost = cfg.width * cfg.height / native**2 * cfg.steps_base * candidates
     if cost > limits.max_cost:
-        raise FieldError("request", f"cost {cost:.0f} (width x height / {native}² native x {cfg.steps_base} steps x "
-                         f"{candidates} candidates) is more than this server's budget of {limits.max_cost:g} "
-                         "(bestshot serve --max-cost) — ask for fewer steps, candidates or pixels")
+        raise FieldError(
+            "request",
+            f"cost {cost:.0f} (width x height / {native}² native x {cfg.steps_base} steps x "
+            f"{candidates} candidates) is more than this server's budget of {limits.max_cost:g} "
+            "(bestshot serve --max-cost) — ask for fewer steps, candidates or pixels",
+        )
     return cost
 
 
@@ -562,16 +650,28 @@ def fit_size(width: int | None, height: int | None, model: str) -> tuple[int | N
     fw, fh = (side, native) if w >= h else (native, side)
     default = " (A1111's default)" if w == h == A1111_DEFAULT_SIZE else ""
     kept = "the aspect ratio kept" if fw * h == fh * w else "the aspect ratio as near as multiples of 8 allow"
-    return fw, fh, (f"{w}x{h}{default} is more than the {ref.family.name} model draws ({top} px a side at most): "
-                    f"mapped to {fw}x{fh} from its native size {native}x{native}, {kept}")
+    return (
+        fw,
+        fh,
+        (
+            f"{w}x{h}{default} is more than the {ref.family.name} model draws ({top} px a side at most): "
+            f"mapped to {fw}x{fh} from its native size {native}x{native}, {kept}"
+        ),
+    )
 
 
 def model_item(model: str) -> dict[str, Any]:
     """A served model as GET /sdapi/v1/sd-models lists it."""
     from pathlib import Path
 
-    return {"title": model, "model_name": Path(model).name or model, "hash": None, "sha256": None, "filename": model,
-            "config": None}
+    return {
+        "title": model,
+        "model_name": Path(model).name or model,
+        "hash": None,
+        "sha256": None,
+        "filename": model,
+        "config": None,
+    }
 
 
 def find_checkpoint(name: Any, models: list[str]) -> str | None:
@@ -597,17 +697,45 @@ def check_best_of(field: str, value: Any, limits: Limits) -> int:
 def option_defaults(out_dir: Any = "") -> dict[str, Any]:
     """The options A1111 clients read (GET /sdapi/v1/options), with what bestshot does for each."""
     return {
-        "sd_model_checkpoint": None, "sd_checkpoint_hash": None, "sd_vae": "Automatic", "sd_vae_as_default": True,
-        "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0, "samples_save": True, "samples_format": "png",
-        "grid_save": False, "grid_format": "png", "jpeg_quality": 80, "save_images_add_number": True,
-        "outdir_samples": str(out_dir), "outdir_txt2img_samples": str(out_dir), "outdir_img2img_samples": str(out_dir),
-        "outdir_extras_samples": str(out_dir), "live_previews_enable": True, "show_progress_every_n_steps": 4,
-        "live_preview_content": "Prompt", "show_progressbar": True, "img2img_fix_steps": False,
-        "enable_pnginfo": True, "sd_checkpoints_limit": 1, "sd_lora": "None", "forge_additional_modules": [],
-        "upscaler_for_img2img": None, "face_restoration_model": None, "sampler_name": None, "scheduler": None,
-        "bestshot_best_of": 1, "bestshot_score_min": None, "bestshot_clip_min": None, "img2img_color_correction": False,
-        "inpainting_mask_weight": 1.0, "img2img_background_color": "#ffffff", "samples_filename_pattern": "",
-        "save_to_dirs": False, "sd_vae_checkpoint_cache": 0, "sd_checkpoint_cache": 0,
+        "sd_model_checkpoint": None,
+        "sd_checkpoint_hash": None,
+        "sd_vae": "Automatic",
+        "sd_vae_as_default": True,
+        "CLIP_stop_at_last_layers": 1,
+        "eta_noise_seed_delta": 0,
+        "samples_save": True,
+        "samples_format": "png",
+        "grid_save": False,
+        "grid_format": "png",
+        "jpeg_quality": 80,
+        "save_images_add_number": True,
+        "outdir_samples": str(out_dir),
+        "outdir_txt2img_samples": str(out_dir),
+        "outdir_img2img_samples": str(out_dir),
+        "outdir_extras_samples": str(out_dir),
+        "live_previews_enable": True,
+        "show_progress_every_n_steps": 4,
+        "live_preview_content": "Prompt",
+        "show_progressbar": True,
+        "img2img_fix_steps": False,
+        "enable_pnginfo": True,
+        "sd_checkpoints_limit": 1,
+        "sd_lora": "None",
+        "forge_additional_modules": [],
+        "upscaler_for_img2img": None,
+        "face_restoration_model": None,
+        "sampler_name": None,
+        "scheduler": None,
+        "bestshot_best_of": 1,
+        "bestshot_score_min": None,
+        "bestshot_clip_min": None,
+        "img2img_color_correction": False,
+        "inpainting_mask_weight": 1.0,
+        "img2img_background_color": "#ffffff",
+        "samples_filename_pattern": "",
+        "save_to_dirs": False,
+        "sd_vae_checkpoint_cache": 0,
+        "sd_checkpoint_cache": 0,
     }
 
 
@@ -640,11 +768,21 @@ def sampler_of(req: Txt2ImgRequest) -> str | None:
         field_ = "sampler_name" if req.sampler_name else "sampler_index"
         if "not available" in str(e):
             raise FieldError(field_, str(e)) from None
-        raise FieldError(field_, f"unknown sampler {name!r} — GET /sdapi/v1/samplers lists the ones available") from None
+        raise FieldError(
+            field_, f"unknown sampler {name!r} — GET /sdapi/v1/samplers lists the ones available"
+        ) from None
 
 
-def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], default_scorer: Any, limits: Limits,
-                 base: dict[str, Any], default_best_of: int = 1) -> Plan:
+def plan_request(
+    req: Txt2ImgRequest,
+    *,
+    model: str,
+    scorers: dict[str, Any],
+    default_scorer: Any,
+    limits: Limits,
+    base: dict[str, Any],
+    default_best_of: int = 1,
+) -> Plan:
     """Validate ``req`` against the server's limits and build the generate() configs it needs.
 
     ``base`` holds the server-controlled ImgCfg fields (out_dir, device, dtype, ...). A1111 adds no
@@ -659,10 +797,15 @@ def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], de
     else:
         req.best_of = default_best_of  # `serve --best-of` or POST /options bestshot_best_of
     if n > limits.max_images:
-        raise FieldError("batch_size", f"batch_size * n_iter = {n} is more than this server's {limits.max_images} images per request")
+        raise FieldError(
+            "batch_size", f"batch_size * n_iter = {n} is more than this server's {limits.max_images} images per request"
+        )
     if n * req.best_of > limits.max_candidates:
-        raise FieldError("best_of", f"batch_size * n_iter * best_of = {n * req.best_of} candidates is more than this "
-                         f"server's {limits.max_candidates} per request")
+        raise FieldError(
+            "best_of",
+            f"batch_size * n_iter * best_of = {n * req.best_of} candidates is more than this "
+            f"server's {limits.max_candidates} per request",
+        )
     if req.steps is not None and req.steps > limits.max_steps:
         raise FieldError("steps", f"{req.steps} is more than this server's {limits.max_steps}")
     width, height, size_note = fit_size(req.width, req.height, model)
@@ -670,11 +813,16 @@ def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], de
         if v is not None and (v % 8 or v > limits.max_side):
             raise FieldError(name, f"{v} must be a multiple of 8 and at most {limits.max_side}")
     if req.scorer is not None and req.scorer not in scorers:
-        raise FieldError("scorer", f"unknown scorer {req.scorer!r} — this server offers: {', '.join(scorers) or 'none'}")
+        raise FieldError(
+            "scorer", f"unknown scorer {req.scorer!r} — this server offers: {', '.join(scorers) or 'none'}"
+        )
     ckpt = (req.override_settings or {}).get("sd_model_checkpoint")
     if ckpt is not None and find_checkpoint(ckpt, [model]) is None:
-        raise FieldError("override_settings", "sd_model_checkpoint: this server serves one model at a time — "
-                         f"use {model!r} or POST /sdapi/v1/options to switch")
+        raise FieldError(
+            "override_settings",
+            "sd_model_checkpoint: this server serves one model at a time — "
+            f"use {model!r} or POST /sdapi/v1/options to switch",
+        )
     seed = req.seed if req.seed >= 0 else random.randrange(2**32)
     gate_min = requested_min(req)
     if seed + n * req.best_of > MAX_SEED:
@@ -686,31 +834,56 @@ def plan_request(req: Txt2ImgRequest, *, model: str, scorers: dict[str, Any], de
     if ignored:
         notes["ignored"] = ignored
     if not req.prompt.strip():
-        notes["prompt"] = ("empty: the images are drawn unconditioned (as A1111 does)"
-                           + ("; best_of ranks them against the empty text, which says nothing" if req.best_of > 1 else ""))
-    overrides = dict(base, steps_base=req.steps, guidance=req.cfg_scale, width=width, height=height,
-                     negative_prompt=req.negative_prompt, style_suffix="", scheduler=sampler_of(req),
-                     score_min=gate_min)
+        notes["prompt"] = "empty: the images are drawn unconditioned (as A1111 does)" + (
+            "; best_of ranks them against the empty text, which says nothing" if req.best_of > 1 else ""
+        )
+    overrides = dict(
+        base,
+        steps_base=req.steps,
+        guidance=req.cfg_scale,
+        width=width,
+        height=height,
+        negative_prompt=req.negative_prompt,
+        style_suffix="",
+        scheduler=sampler_of(req),
+        score_min=gate_min,
+    )
     try:
         cfg = resolve_config(None, model=model, **overrides)
     except BestshotError as e:
         raise FieldError("request", str(e)) from None
     if cfg.steps_base > limits.max_steps or max(cfg.width, cfg.height) > limits.max_side:
-        cfg = replace(cfg, steps_base=min(cfg.steps_base, limits.max_steps),
-                      width=min(cfg.width, limits.max_side), height=min(cfg.height, limits.max_side))
+        cfg = replace(
+            cfg,
+            steps_base=min(cfg.steps_base, limits.max_steps),
+            width=min(cfg.width, limits.max_side),
+            height=min(cfg.height, limits.max_side),
+        )
     if cfg.scheduler:
         spec = scheduler_spec(cfg.scheduler)
         if cfg.steps_base < spec.sampler.min_steps:
-            raise FieldError("steps", f"{spec.sampler.label} needs at least {spec.sampler.min_steps} steps (got "
-                             f"{cfg.steps_base}) — raise steps or pick another sampler")
+            raise FieldError(
+                "steps",
+                f"{spec.sampler.label} needs at least {spec.sampler.min_steps} steps (got "
+                f"{cfg.steps_base}) — raise steps or pick another sampler",
+            )
         notes.update({"sampler_notes": spec.notes()} if spec.notes() else {})
     k = req.best_of
     cost = check_cost(cfg, n * k, limits)
     # the score_min gate is applied here, not in generate(): an A1111 route always returns its best images
     # and says in info which ones failed the gate (clients read images[0])
     if k == 1:  # plain A1111: one batched call per n_iter (what /skip skips), every image kept and saved
-        calls = [replace(cfg, n_images=req.batch_size, seed_base=seed + j * req.batch_size, save_candidates=True,
-                         exact_best=False, gate=False) for j in range(req.n_iter)]
+        calls = [
+            replace(
+                cfg,
+                n_images=req.batch_size,
+                seed_base=seed + j * req.batch_size,
+                save_candidates=True,
+                exact_best=False,
+                gate=False,
+            )
+            for j in range(req.n_iter)
+        ]
     else:
         calls = [replace(cfg, n_images=k, seed_base=seed + i * k, gate=False) for i in range(n)]
     scorer = scorers[req.scorer] if req.scorer is not None else default_scorer
@@ -744,22 +917,42 @@ def hires_plan(req: Txt2ImgRequest, plan: Plan, limits: Limits) -> Plan | None:
     hr = replace(cfg, width=w, height=h, steps_base=steps, gate=False)
     cost = check_cost(hr, plan.n_images, limits)
     if cost + plan.cost > limits.max_cost:
-        raise FieldError("enable_hr", f"the hires pass makes the cost {cost + plan.cost:.0f}, more than this server's "
-                         f"budget of {limits.max_cost:g} (bestshot serve --max-cost)")
+        raise FieldError(
+            "enable_hr",
+            f"the hires pass makes the cost {cost + plan.cost:.0f}, more than this server's "
+            f"budget of {limits.max_cost:g} (bestshot serve --max-cost)",
+        )
     strength = 0.7 if req.denoising_strength is None else req.denoising_strength
     if int(steps * strength) < 1:
         raise FieldError("denoising_strength", f"{strength} x {steps} steps leaves no hires denoising step")
-    return Plan(cfg=hr, seed=plan.seed, n_images=plan.n_images, best_of=1, calls=[], scorer=plan.scorer,
-                notes={"hires": {"size": f"{w}x{h}", "steps": steps, "denoising_strength": strength,
-                                 "upscaler": req.hr_upscaler or "Latent"}}, cost=cost)
+    return Plan(
+        cfg=hr,
+        seed=plan.seed,
+        n_images=plan.n_images,
+        best_of=1,
+        calls=[],
+        scorer=plan.scorer,
+        notes={
+            "hires": {
+                "size": f"{w}x{h}",
+                "steps": steps,
+                "denoising_strength": strength,
+                "upscaler": req.hr_upscaler or "Latent",
+            }
+        },
+        cost=cost,
+    )
 
 
 def requested_min(req: Any) -> float | None:
     """The request's gate: ``score_min``, or its old name ``clip_min`` (both given: they must agree)."""
     new, old = getattr(req, "score_min", None), getattr(req, "clip_min", None)
     if new is not None and old is not None and new != old:
-        raise FieldError("clip_min", f"{old} disagrees with score_min {new} — they are one setting (clip_min is "
-                         "its old name): send only score_min")
+        raise FieldError(
+            "clip_min",
+            f"{old} disagrees with score_min {new} — they are one setting (clip_min is "
+            "its old name): send only score_min",
+        )
     return new if new is not None else old
 
 
@@ -782,19 +975,31 @@ def check_gate_range(value: float, scorer: Any, model: str) -> None:
         return
     rng = spec_range(spec)
     if rng is not None and not rng[0] <= value <= rng[1]:
-        raise FieldError("score_min", f"{value:g} is outside the range [{rng[0]:g}, {rng[1]:g}] of scorer {spec!r} "
-                         "(a cosine) — give a value in that range")
+        raise FieldError(
+            "score_min",
+            f"{value:g} is outside the range [{rng[0]:g}, {rng[1]:g}] of scorer {spec!r} "
+            "(a cosine) — give a value in that range",
+        )
 
 
 def gate_info(kept: list[dict[str, Any]], score_min: float | None, scorer: str | None = None) -> dict[str, Any]:
     if score_min is None:
         return {}
     failed = [c["seed"] for c in kept if c["score"] < score_min]
-    out: dict[str, Any] = {"gate": {"score_min": score_min, "clip_min": score_min, "scorer": scorer,
-                                    "failed_seeds": failed, "passed": not failed}}
+    out: dict[str, Any] = {
+        "gate": {
+            "score_min": score_min,
+            "clip_min": score_min,
+            "scorer": scorer,
+            "failed_seeds": failed,
+            "passed": not failed,
+        }
+    }
     if failed:
-        out["gate"]["note"] = (f"{len(failed)} of {len(kept)} image(s) scored below score_min {score_min} and failed "
-                               "the gate; they are returned anyway (the best bestshot found)")
+        out["gate"]["note"] = (
+            f"{len(failed)} of {len(kept)} image(s) scored below score_min {score_min} and failed "
+            "the gate; they are returned anyway (the best bestshot found)"
+        )
     return out
 
 
@@ -813,8 +1018,15 @@ def discard_unsaved(results: list[dict[str, Any]]) -> None:
                     pass
 
 
-def build_response(req: Txt2ImgRequest, plan: Plan, results: list[dict[str, Any]], rel: Any,
-                   model_title: str, sampler: str, extra_info: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_response(
+    req: Txt2ImgRequest,
+    plan: Plan,
+    results: list[dict[str, Any]],
+    rel: Any,
+    model_title: str,
+    sampler: str,
+    extra_info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A1111's response: base64 images, the request as ``parameters``, the infotext fields as ``info``.
 
     ``rel`` maps a stored path to the name GET /v1/images/{name} serves.
@@ -830,31 +1042,80 @@ def build_response(req: Txt2ImgRequest, plan: Plan, results: list[dict[str, Any]
     scorer_name = results[0].get("scorer") if results else None
     prompt = results[0]["sd_prompt"] if results else req.prompt
     info = {
-        "prompt": prompt, "all_prompts": [prompt] * len(kept),
-        "negative_prompt": req.negative_prompt, "all_negative_prompts": [req.negative_prompt] * len(kept),
-        "seed": seeds[0] if seeds else plan.seed, "all_seeds": seeds,
-        "subseed": -1, "all_subseeds": [-1] * len(kept), "subseed_strength": 0,
-        "width": cfg.width, "height": cfg.height, "sampler_name": sampler, "cfg_scale": cfg.guidance,
-        "steps": cfg.steps_base, "batch_size": req.batch_size, "restore_faces": False,
-        "face_restoration_model": None, "sd_model_name": model_title, "sd_model_hash": None,
-        "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
-        "denoising_strength": getattr(req, "denoising_strength", None), "extra_generation_params": {},
-        "index_of_first_image": 0, "infotexts": infotexts, "styles": [],
-        "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
-        "is_using_inpainting_conditioning": False, "version": f"bestshot {__version__}",
+        "prompt": prompt,
+        "all_prompts": [prompt] * len(kept),
+        "negative_prompt": req.negative_prompt,
+        "all_negative_prompts": [req.negative_prompt] * len(kept),
+        "seed": seeds[0] if seeds else plan.seed,
+        "all_seeds": seeds,
+        "subseed": -1,
+        "all_subseeds": [-1] * len(kept),
+        "subseed_strength": 0,
+        "width": cfg.width,
+        "height": cfg.height,
+        "sampler_name": sampler,
+        "cfg_scale": cfg.guidance,
+        "steps": cfg.steps_base,
+        "batch_size": req.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": model_title,
+        "sd_model_hash": None,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": getattr(req, "denoising_strength", None),
+        "extra_generation_params": {},
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": [],
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+        "clip_skip": 1,
+        "is_using_inpainting_conditioning": False,
+        "version": f"bestshot {__version__}",
         "bestshot": {
-            "best_of": plan.best_of, "score_min": gate_min, "clip_min": gate_min, "scorer": scorer_name,
-            "requested_images": plan.n_images, "returned_images": len(kept),
-            "images": [{"seed": c["seed"], "score": c["score"], "clip": c["score"], "clip_score": c.get("clip_score"),
-                        "file": rel(c["path"])} for c in kept],
-            "runs": [{"run_id": r["run_id"], "ok": r["ok"], "reason": r.get("reason"), "best_seed": r["best_seed"],
-                      "best_score": r.get("best_score", r.get("best_clip")), "best_clip": r.get("best_clip"),
-                      "scorer": r.get("scorer"),
-                      "candidates": [{"seed": c["seed"], "score": c["score"], "clip": c["score"],
-                                      "clip_score": c.get("clip_score"),
-                                      "file": rel(c["path"]) if c["path"] else None} for c in r["candidates"]]}
-                     for r in results],
-            "cost": round(plan.cost, 1), **plan.notes, **gate_info(kept, gate_min, scorer_name),
+            "best_of": plan.best_of,
+            "score_min": gate_min,
+            "clip_min": gate_min,
+            "scorer": scorer_name,
+            "requested_images": plan.n_images,
+            "returned_images": len(kept),
+            "images": [
+                {
+                    "seed": c["seed"],
+                    "score": c["score"],
+                    "clip": c["score"],
+                    "clip_score": c.get("clip_score"),
+                    "file": rel(c["path"]),
+                }
+                for c in kept
+            ],
+            "runs": [
+                {
+                    "run_id": r["run_id"],
+                    "ok": r["ok"],
+                    "reason": r.get("reason"),
+                    "best_seed": r["best_seed"],
+                    "best_score": r.get("best_score", r.get("best_clip")),
+                    "best_clip": r.get("best_clip"),
+                    "scorer": r.get("scorer"),
+                    "candidates": [
+                        {
+                            "seed": c["seed"],
+                            "score": c["score"],
+                            "clip": c["score"],
+                            "clip_score": c.get("clip_score"),
+                            "file": rel(c["path"]) if c["path"] else None,
+                        }
+                        for c in r["candidates"]
+                    ],
+                }
+                for r in results
+            ],
+            "cost": round(plan.cost, 1),
+            **plan.notes,
+            **gate_info(kept, gate_min, scorer_name),
             **(extra_info or {}),
         },
     }

@@ -16,33 +16,50 @@ import asyncio
 import contextlib
 import html
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..config import EMBEDDED, PRESETS
-from ..models.settings import resolve_config
 from ..errors import BestshotError, StorageError
+from ..models.settings import resolve_config
 from ..store import Store, read_png_info
 from . import a1111 as A
 from .auth import Auth
 from .bodies import BodyLimit, JSONBodies
 from .cors import add_cors
+from .curation import IMAGE_SUFFIXES, CurateUpscaler, Curation
 from .internal import add_internal_routes
-from .safety import (MAX_ITEMS, HostCheck, allowed_hosts, check_writable, json_safe, json_size, oversized_path,
-                     surrogate_path)
-from .curation import IMAGE_SUFFIXES, Curation, CurateUpscaler
-from .jobs import (INTERROGATE_MODES, prepare_mask, run_hires, run_img2img, run_interrogate, run_plan, run_upscale,
-                   upscale_geometry)
+from .jobs import (
+    INTERROGATE_MODES,
+    prepare_mask,
+    run_hires,
+    run_img2img,
+    run_interrogate,
+    run_plan,
+    run_upscale,
+    upscale_geometry,
+)
 from .queue import Job, JobCancelled, JobQueue, QueueFull, ShuttingDown
+from .safety import (
+    MAX_ITEMS,
+    HostCheck,
+    allowed_hosts,
+    check_writable,
+    json_safe,
+    json_size,
+    oversized_path,
+    surrogate_path,
+)
 
 GALLERY_DIR = Path(__file__).parent / "gallery"
 PREVIEW_EVERY = 4  # progress.current_image: keep the latents every this many steps
@@ -78,27 +95,29 @@ class ServerSettings:
 
 class _Body(A._A1111):
     """The native API's bodies: A1111's checks (no NaN/∞, no lone surrogates), unknown fields refused."""
+
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class GenerateRequest(_Body):
     """POST /v1/generate: a prompt and ImgCfg fields (the server keeps model, device and output paths)."""
+
     prompt: str = Field(..., description="capped by the server's --max-prompt-chars")
-    preset: Optional[str] = Field(None, description=f"one of {', '.join(PRESETS)} (the server's model is kept)")
-    n_images: Optional[int] = Field(None, ge=1, le=256)
-    seed_base: Optional[int] = Field(None, ge=0, le=A.MAX_SEED)
-    steps_base: Optional[int] = Field(None, ge=1, le=1000)
-    guidance: Optional[float] = Field(None, ge=0, le=100)
-    score_min: Optional[float] = Field(None, description="quality gate in the scorer's units (unset: its default)")
-    clip_min: Optional[float] = Field(None, description="old name of score_min")
-    width: Optional[int] = Field(None, ge=8, le=16384)
-    height: Optional[int] = Field(None, ge=8, le=16384)
-    style_suffix: Optional[str] = Field(None, max_length=2000)
-    negative_prompt: Optional[str] = None
-    scheduler: Optional[str] = Field(None, max_length=100)
-    scorer: Optional[str] = Field(None, max_length=500)
-    save_candidates: Optional[bool] = None
-    exact_best: Optional[bool] = None
+    preset: str | None = Field(None, description=f"one of {', '.join(PRESETS)} (the server's model is kept)")
+    n_images: int | None = Field(None, ge=1, le=256)
+    seed_base: int | None = Field(None, ge=0, le=A.MAX_SEED)
+    steps_base: int | None = Field(None, ge=1, le=1000)
+    guidance: float | None = Field(None, ge=0, le=100)
+    score_min: float | None = Field(None, description="quality gate in the scorer's units (unset: its default)")
+    clip_min: float | None = Field(None, description="old name of score_min")
+    width: int | None = Field(None, ge=8, le=16384)
+    height: int | None = Field(None, ge=8, le=16384)
+    style_suffix: str | None = Field(None, max_length=2000)
+    negative_prompt: str | None = None
+    scheduler: str | None = Field(None, max_length=100)
+    scorer: str | None = Field(None, max_length=500)
+    save_candidates: bool | None = None
+    exact_best: bool | None = None
 
 
 class KeepRequest(_Body):
@@ -150,8 +169,15 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             return None
 
     def base_cfg() -> dict[str, Any]:
-        return dict(out_dir=str(out_dir), log_jsonl=str(log_path), device=settings.device, dtype=settings.dtype,
-                    memory=settings.memory, max_batch=settings.max_batch, save_candidates=settings.save_candidates)
+        return dict(
+            out_dir=str(out_dir),
+            log_jsonl=str(log_path),
+            device=settings.device,
+            dtype=settings.dtype,
+            memory=settings.memory,
+            max_batch=settings.max_batch,
+            save_candidates=settings.save_candidates,
+        )
 
     def rel(path: str | None, record: dict[str, Any] | None = None) -> str | None:
         """The name GET /v1/images/{name} serves for a stored path (None when outside the output folder).
@@ -185,9 +211,13 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         jobs.shutdown()  # queued jobs are answered 503, the running one stops at its next step
         await asyncio.to_thread(jobs.close, 8)
 
-    app = FastAPI(title="bestshot", version=__version__, lifespan=lifespan,
-                  description="Best-of-N text-to-image with an AUTOMATIC1111-compatible API (/sdapi/v1), "
-                              "bestshot's own API (/v1) and a curation gallery (/).")
+    app = FastAPI(
+        title="bestshot",
+        version=__version__,
+        lifespan=lifespan,
+        description="Best-of-N text-to-image with an AUTOMATIC1111-compatible API (/sdapi/v1), "
+        "bestshot's own API (/v1) and a curation gallery (/).",
+    )
     app.state.settings, app.state.store, app.state.jobs, app.state.curation = settings, store, jobs, curation
     app.add_middleware(HostCheck, allowed=allowed_hosts(settings.host, settings.allowed_hosts))
     app.add_middleware(JSONBodies)  # bodies without Content-Type (or text/plain) are JSON, as A1111 reads them
@@ -196,10 +226,22 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
 
     # error bodies in A1111's shape ({"error", "detail", "body", "errors"}), always valid JSON: a refused
     # NaN, Infinity or lone surrogate is echoed as text, never re-raised while rendering the error
-    def error_response(status: int, error: str, detail: Any, errors: Any = None, body: Any = "",
-                       headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-        content = {"error": error, "detail": detail, "body": body,
-                   "errors": errors if errors is not None else (detail if isinstance(detail, str) else ""), **extra}
+    def error_response(
+        status: int,
+        error: str,
+        detail: Any,
+        errors: Any = None,
+        body: Any = "",
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> JSONResponse:
+        content = {
+            "error": error,
+            "detail": detail,
+            "body": body,
+            "errors": errors if errors is not None else (detail if isinstance(detail, str) else ""),
+            **extra,
+        }
         return JSONResponse(json_safe(content), status_code=status, headers=headers)
 
     @app.exception_handler(BestshotError)
@@ -211,8 +253,9 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errs = [{k: v for k, v in e.items() if k != "ctx" and k != "url"} for e in exc.errors()[:10]]
-        lines = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}"
-                          for e in errs[:10])
+        lines = "; ".join(
+            f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}" for e in errs[:10]
+        )
         return error_response(422, "RequestValidationError", errs, errors=lines)
 
     @app.exception_handler(StarletteHTTPException)
@@ -235,15 +278,24 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         import logging
 
         logging.getLogger(__name__).exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, type(exc).__name__, "internal error — the server log has the details", errors=str(exc)[:500])
+        return error_response(
+            500, type(exc).__name__, "internal error — the server log has the details", errors=str(exc)[:500]
+        )
 
     sd = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"], dependencies=[Depends(auth.check)])
     v1 = APIRouter(prefix="/v1", tags=["bestshot"], dependencies=[Depends(auth.check)])
 
     # ------------------------------------------------------------------------------ A1111: generation
     def plan(req: A.Txt2ImgRequest) -> A.Plan:
-        return A.plan_request(req, model=state["model"], scorers=scorers, default_scorer=settings.scorer,
-                              limits=limits, base=base_cfg(), default_best_of=state["best_of"])
+        return A.plan_request(
+            req,
+            model=state["model"],
+            scorers=scorers,
+            default_scorer=settings.scorer,
+            limits=limits,
+            base=base_cfg(),
+            default_best_of=state["best_of"],
+        )
 
     def store_for(req: A.Txt2ImgRequest) -> Store:
         """The store of one A1111 request: ``save_images: false`` keeps no image, and its log line says so."""
@@ -259,10 +311,16 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     def stopped_info(stopped: str | None) -> dict[str, Any]:
         if stopped is None:
             return {}
-        why = {"interrupt": "interrupted", "timeout": f"stopped after the {limits.job_timeout:g}s job timeout",
-               "shutdown": "stopped: the server is shutting down"}.get(stopped, stopped)
-        return {"interrupted": True, "stopped": stopped,
-                "note": f"{why}: the images returned are those finished (the last one at the step it had reached)"}
+        why = {
+            "interrupt": "interrupted",
+            "timeout": f"stopped after the {limits.job_timeout:g}s job timeout",
+            "shutdown": "stopped: the server is shutting down",
+        }.get(stopped, stopped)
+        return {
+            "interrupted": True,
+            "stopped": stopped,
+            "note": f"{why}: the images returned are those finished (the last one at the step it had reached)",
+        }
 
     def describe(kind: str, req: A.Txt2ImgRequest, p: A.Plan) -> str:
         return f"{kind}: {p.n_images} image(s), best of {p.best_of}, {req.prompt[:60]!r}"
@@ -291,33 +349,56 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             if hr is None or job.should_stop:
                 return results, job.stopped, False
             try:
-                return run_hires(job, p, hr, results, req.prompt, st, req.hr_upscaler, settings.device), job.stopped, True
+                return (
+                    run_hires(job, p, hr, results, req.prompt, st, req.hr_upscaler, settings.device),
+                    job.stopped,
+                    True,
+                )
             finally:
                 A.discard_unsaved(results)  # save_images false: the first pass's temp files
 
         parts = len(p.calls) + (p.n_images if hr is not None else 0)
         results, stopped, hired = await run_job("txt2img", work, describe("txt2img", req, p), parts=parts)
         if hired:  # the returned images are the hires pass's (one per first-pass image)
-            p = A.Plan(cfg=hr.cfg, seed=p.seed, n_images=p.n_images, best_of=p.best_of, calls=p.calls, scorer=p.scorer,
-                       notes=p.notes, cost=p.cost + hr.cost)
-        return await asyncio.to_thread(A.build_response, req, p, results, rel, state["model"], sampler_of(results),
-                                       stopped_info(stopped))
+            p = A.Plan(
+                cfg=hr.cfg,
+                seed=p.seed,
+                n_images=p.n_images,
+                best_of=p.best_of,
+                calls=p.calls,
+                scorer=p.scorer,
+                notes=p.notes,
+                cost=p.cost + hr.cost,
+            )
+        return await asyncio.to_thread(
+            A.build_response, req, p, results, rel, state["model"], sampler_of(results), stopped_info(stopped)
+        )
 
     @sd.post("/img2img", response_model=A.ImageToImageResponse)
     async def img2img(req: A.Img2ImgRequest) -> dict[str, Any]:
         p = plan(req)
-        init = await asyncio.to_thread(A.decode_image, req.init_images[0], "init_images", limits.max_side ** 2 * 4)
+        init = await asyncio.to_thread(A.decode_image, req.init_images[0], "init_images", limits.max_side**2 * 4)
         inpaint = None
         if req.mask:
-            raw = await asyncio.to_thread(A.decode_image, req.mask, "mask", limits.max_side ** 2 * 4)
+            raw = await asyncio.to_thread(A.decode_image, req.mask, "mask", limits.max_side**2 * 4)
             mask = prepare_mask(raw, (p.cfg.width, p.cfg.height), req.mask_blur, bool(req.inpainting_mask_invert))
             if mask.getextrema()[1] == 0:
-                raise A.FieldError("mask", "is all black: nothing to repaint — white marks what to repaint "
-                                   "(or set inpainting_mask_invert)")
-            inpaint = A.Inpaint(mask=mask, fill=req.inpainting_fill, only_masked=req.inpaint_full_res,
-                                padding=req.inpaint_full_res_padding, blur=req.mask_blur)
-            p.notes["inpaint"] = {"mask_blur": req.mask_blur, "inpainting_fill": req.inpainting_fill,
-                                  "only_masked": req.inpaint_full_res}
+                raise A.FieldError(
+                    "mask",
+                    "is all black: nothing to repaint — white marks what to repaint (or set inpainting_mask_invert)",
+                )
+            inpaint = A.Inpaint(
+                mask=mask,
+                fill=req.inpainting_fill,
+                only_masked=req.inpaint_full_res,
+                padding=req.inpaint_full_res_padding,
+                blur=req.mask_blur,
+            )
+            p.notes["inpaint"] = {
+                "mask_blur": req.mask_blur,
+                "inpainting_fill": req.inpainting_fill,
+                "only_masked": req.inpaint_full_res,
+            }
 
         st = store_for(req)
 
@@ -326,8 +407,9 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             return run_img2img(job, p, req.prompt, init, req.denoising_strength, st, inpaint), job.stopped
 
         results, stopped = await run_job("img2img", work, describe("img2img", req, p), parts=len(p.calls))
-        out = await asyncio.to_thread(A.build_response, req, p, results, rel, state["model"], sampler_of(results),
-                                      stopped_info(stopped))
+        out = await asyncio.to_thread(
+            A.build_response, req, p, results, rel, state["model"], sampler_of(results), stopped_info(stopped)
+        )
         if req.include_init_images:
             out["images"] = out["images"] + list(req.init_images)
         return out
@@ -335,7 +417,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     @sd.post("/extra-single-image", response_model=A.ExtrasSingleImageResponse)
     async def extra_single_image(req: A.ExtrasSingleImageRequest) -> dict[str, Any]:
         A.upscaler_backend(req.upscaler_1)  # 422 before queueing
-        image = await asyncio.to_thread(A.decode_image, req.image, "image", limits.max_side ** 2)
+        image = await asyncio.to_thread(A.decode_image, req.image, "image", limits.max_side**2)
         holder: dict[str, Any] = {}
 
         def work(job: Job):
@@ -344,13 +426,15 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             return big
 
         big = await run_job("extras", work, f"upscale x{req.upscaling_resize} ({req.upscaler_1})")
-        info = (f"Postprocess upscale by: {req.upscaling_resize}, Postprocess upscaler: {req.upscaler_1} "
-                f"({holder.get('upscaler')})")
+        info = (
+            f"Postprocess upscale by: {req.upscaling_resize}, Postprocess upscaler: {req.upscaler_1} "
+            f"({holder.get('upscaler')})"
+        )
         return {"html_info": f"<p>{html.escape(info)}</p>", "image": await asyncio.to_thread(A.encode_image, big)}
 
     @sd.post("/png-info", response_model=A.PNGInfoResponse)
     def png_info(req: A.PNGInfoRequest) -> dict[str, Any]:
-        image = A.decode_image(req.image, "image", limits.max_side ** 2 * 4)
+        image = A.decode_image(req.image, "image", limits.max_side**2 * 4)
         info = read_png_info(image)
         items = {k: v for k, v in image.info.items() if isinstance(v, str) and k != "parameters"}
         text = info.get("parameters") or ""
@@ -359,13 +443,17 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     @sd.post("/interrogate", response_model=A.InterrogateResponse)
     async def interrogate(req: A.InterrogateRequest) -> dict[str, Any]:
         if req.model.strip().lower() not in INTERROGATE_MODES:
-            raise A.FieldError("model", f"interrogator {req.model!r} is not available — use one of: "
-                               + ", ".join(INTERROGATE_MODES))
-        image = await asyncio.to_thread(A.decode_image, req.image, "image", limits.max_side ** 2 * 4)
+            raise A.FieldError(
+                "model", f"interrogator {req.model!r} is not available — use one of: " + ", ".join(INTERROGATE_MODES)
+            )
+        image = await asyncio.to_thread(A.decode_image, req.image, "image", limits.max_side**2 * 4)
         clip = settings.scorer if settings.scorer is not None else EMBEDDED
         domain = "world" if family(state["model"]) == "embedded" else "auto"
-        caption = await run_job("interrogate", lambda job: run_interrogate(
-            job, image, req.model, clip, interrogators, settings.interrogate_cache, domain), "interrogate")
+        caption = await run_job(
+            "interrogate",
+            lambda job: run_interrogate(job, image, req.model, clip, interrogators, settings.interrogate_cache, domain),
+            "interrogate",
+        )
         return {"caption": caption}
 
     # ------------------------------------------------------------------------------ A1111: state
@@ -378,15 +466,25 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             prog = cur.progress
             elapsed = time.time() - cur.started
             eta = elapsed / prog - elapsed if prog > 0 else 0.0
-        state_ = {"skipped": bool(cur and cur.skipped), "interrupted": bool(cur and cur.stopped),
-                  "stopping_generation": bool(cur and cur.stopped),
-                  "job": cur.id if cur else "", "job_count": cur.parts if cur else 0,  # A1111: n_iter of the job
-                  "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(cur.created)) if cur else "0",
-                  "job_no": cur.part if cur else 0, "sampling_step": cur.step if cur else 0,
-                  "sampling_steps": cur.total if cur else 0, "bestshot": snap}
-        return {"progress": round(prog, 4), "eta_relative": round(max(0.0, eta), 3), "state": state_,
-                "current_image": None if skip_current_image or cur is None else A.preview_image(cur.preview),
-                "textinfo": cur.description if cur else None}
+        state_ = {
+            "skipped": bool(cur and cur.skipped),
+            "interrupted": bool(cur and cur.stopped),
+            "stopping_generation": bool(cur and cur.stopped),
+            "job": cur.id if cur else "",
+            "job_count": cur.parts if cur else 0,  # A1111: n_iter of the job
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(cur.created)) if cur else "0",
+            "job_no": cur.part if cur else 0,
+            "sampling_step": cur.step if cur else 0,
+            "sampling_steps": cur.total if cur else 0,
+            "bestshot": snap,
+        }
+        return {
+            "progress": round(prog, 4),
+            "eta_relative": round(max(0.0, eta), 3),
+            "state": state_,
+            "current_image": None if skip_current_image or cur is None else A.preview_image(cur.preview),
+            "textinfo": cur.description if cur else None,
+        }
 
     @sd.post("/interrupt")
     def interrupt() -> dict[str, Any]:
@@ -420,8 +518,13 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         return {"txt2img": [], "img2img": []}
 
     def options() -> dict[str, Any]:
-        return {**A.option_defaults(out_dir), **state["options"], "sd_model_checkpoint": state["model"],
-                "bestshot_best_of": state["best_of"], "bestshot_version": __version__}
+        return {
+            **A.option_defaults(out_dir),
+            **state["options"],
+            "sd_model_checkpoint": state["model"],
+            "bestshot_best_of": state["best_of"],
+            "bestshot_version": __version__,
+        }
 
     @sd.get("/options")
     def get_options() -> dict[str, Any]:
@@ -439,7 +542,9 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         if ckpt is not None:  # by title, model_name or filename, as A1111 matches it
             found = A.find_checkpoint(ckpt, models)
             if found is None:
-                raise A.FieldError("sd_model_checkpoint", f"unknown model {ckpt!r} — GET /sdapi/v1/sd-models lists them")
+                raise A.FieldError(
+                    "sd_model_checkpoint", f"unknown model {ckpt!r} — GET /sdapi/v1/sd-models lists them"
+                )
             ckpt = found
         best = opts.get("bestshot_best_of")
         if best is not None:
@@ -450,13 +555,19 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             if k in ("sd_model_checkpoint", "bestshot_best_of", "bestshot_version"):
                 continue
             if json_size(v) > limits.max_option_bytes:
-                raise A.FieldError(k, f"value of {json_size(v)} bytes is more than this server's "
-                                   f"{limits.max_option_bytes} per option (or not finite)")
+                raise A.FieldError(
+                    k,
+                    f"value of {json_size(v)} bytes is more than this server's "
+                    f"{limits.max_option_bytes} per option (or not finite)",
+                )
             updates[k] = v
         unknown = {k for k in {*state["options"], *updates} if k not in known}
         if len(unknown) > limits.max_options:
-            raise A.FieldError("options", f"{len(unknown)} options unknown to bestshot is more than this server keeps "
-                               f"({limits.max_options}) — send only the options you use")
+            raise A.FieldError(
+                "options",
+                f"{len(unknown)} options unknown to bestshot is more than this server keeps "
+                f"({limits.max_options}) — send only the options you use",
+            )
         if ckpt is not None:
             state["model"] = ckpt
         if best is not None:
@@ -476,13 +587,27 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
 
     @sd.get("/realesrgan-models", response_model=list[A.RealesrganItem])
     def realesrgan_models() -> list[dict[str, Any]]:
-        return [{"name": u["name"], "path": None, "scale": int(u["scale"])} for u in A.upscalers()
-                if u.get("model_name")]
+        return [
+            {"name": u["name"], "path": None, "scale": int(u["scale"])} for u in A.upscalers() if u.get("model_name")
+        ]
 
-    for path_ in ("/sd-vae", "/sd-modules", "/loras", "/prompt-styles", "/face-restorers", "/hypernetworks",
-                  "/script-info", "/extensions"):
-        sd.add_api_route(path_, A.empty_list, methods=["GET"], response_model=list[dict[str, Any]],
-                         summary=f"GET {path_}: an empty list (bestshot has none)")
+    for path_ in (
+        "/sd-vae",
+        "/sd-modules",
+        "/loras",
+        "/prompt-styles",
+        "/face-restorers",
+        "/hypernetworks",
+        "/script-info",
+        "/extensions",
+    ):
+        sd.add_api_route(
+            path_,
+            A.empty_list,
+            methods=["GET"],
+            response_model=list[dict[str, Any]],
+            summary=f"GET {path_}: an empty list (bestshot has none)",
+        )
     for path_ in ("/refresh-loras", "/refresh-checkpoints", "/refresh-vae", "/refresh-embeddings"):
         sd.add_api_route(path_, A.nothing, methods=["POST"], summary=f"POST {path_}: nothing to refresh")
 
@@ -496,13 +621,29 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
 
     @sd.get("/cmd-flags")
     def cmd_flags() -> dict[str, Any]:
-        return {"api": True, "nowebui": True, "listen": settings.host not in ("127.0.0.1", "localhost", "::1"),
-                "server_name": settings.host, "port": None, "api_auth": None, "ckpt": state["model"],
-                "ckpt_dir": None, "vae_dir": None, "lora_dir": None, "embeddings_dir": None, "hypernetwork_dir": None,
-                "data_dir": str(out_dir.parent), "outdir_samples": str(out_dir), "device_id": settings.device,
-                "precision": settings.dtype, "medvram": settings.memory == "model_offload",
-                "lowvram": settings.memory == "sequential_offload", "skip_torch_cuda_test": True,
-                "bestshot_best_of": state["best_of"], "bestshot_max_cost": limits.max_cost}
+        return {
+            "api": True,
+            "nowebui": True,
+            "listen": settings.host not in ("127.0.0.1", "localhost", "::1"),
+            "server_name": settings.host,
+            "port": None,
+            "api_auth": None,
+            "ckpt": state["model"],
+            "ckpt_dir": None,
+            "vae_dir": None,
+            "lora_dir": None,
+            "embeddings_dir": None,
+            "hypernetwork_dir": None,
+            "data_dir": str(out_dir.parent),
+            "outdir_samples": str(out_dir),
+            "device_id": settings.device,
+            "precision": settings.dtype,
+            "medvram": settings.memory == "model_offload",
+            "lowvram": settings.memory == "sequential_offload",
+            "skip_torch_cuda_test": True,
+            "bestshot_best_of": state["best_of"],
+            "bestshot_max_cost": limits.max_cost,
+        }
 
     @sd.post("/unload-checkpoint")
     def unload_checkpoint() -> dict[str, Any]:
@@ -523,17 +664,24 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     async def extra_batch_images(req: A.ExtrasBatchImagesRequest) -> dict[str, Any]:
         A.upscaler_backend(req.upscaler_1)
         if len(req.imageList) > limits.max_images:
-            raise A.FieldError("imageList", f"{len(req.imageList)} images is more than this server's {limits.max_images}")
-        images = [await asyncio.to_thread(A.decode_image, item.data, f"imageList[{i}]", limits.max_side ** 2)
-                  for i, item in enumerate(req.imageList)]
+            raise A.FieldError(
+                "imageList", f"{len(req.imageList)} images is more than this server's {limits.max_images}"
+            )
+        images = [
+            await asyncio.to_thread(A.decode_image, item.data, f"imageList[{i}]", limits.max_side**2)
+            for i, item in enumerate(req.imageList)
+        ]
         # refuse a too-large result before any work: each image, and the batch as a whole (sixteen 8192²
         # results were gigabytes): at most the pixels of one largest single-image result
         outputs = [upscale_geometry(im.size, req, limits.max_side * 4)[1] for im in images]
         budget = (limits.max_side * 4) ** 2
         if sum(w * h for w, h in outputs) > budget:
-            raise A.FieldError("imageList", f"the {len(images)} results would hold {sum(w * h for w, h in outputs):,} "
-                               f"pixels, more than this server's {budget:,} per batch (one {limits.max_side * 4}² "
-                               "image) — send fewer images or a smaller upscaling_resize")
+            raise A.FieldError(
+                "imageList",
+                f"the {len(images)} results would hold {sum(w * h for w, h in outputs):,} "
+                f"pixels, more than this server's {budget:,} per batch (one {limits.max_side * 4}² "
+                "image) — send fewer images or a smaller upscaling_resize",
+            )
 
         def work(job: Job) -> list[str]:
             encoded = []
@@ -560,11 +708,17 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         if req.preset is not None and req.preset not in PRESETS:
             raise A.FieldError("preset", f"unknown preset {req.preset!r} — choose one of: {', '.join(PRESETS)}")
         if req.scorer is not None and req.scorer not in scorers:
-            raise A.FieldError("scorer", f"unknown scorer {req.scorer!r} — this server offers: {', '.join(scorers) or 'none'}")
+            raise A.FieldError(
+                "scorer", f"unknown scorer {req.scorer!r} — this server offers: {', '.join(scorers) or 'none'}"
+            )
         fields = req.model_dump(exclude={"prompt", "preset", "scorer"}, exclude_none=True)
         base = {k: v for k, v in base_cfg().items() if k not in fields}
-        lim = {"steps_base": limits.max_steps, "width": limits.max_side, "height": limits.max_side,
-               "n_images": limits.max_candidates}
+        lim = {
+            "steps_base": limits.max_steps,
+            "width": limits.max_side,
+            "height": limits.max_side,
+            "n_images": limits.max_candidates,
+        }
         for k, top in lim.items():
             if k in fields and fields[k] > top:
                 raise A.FieldError(k, f"{fields[k]} is more than this server's {top}")
@@ -578,8 +732,11 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             raise A.FieldError("request", str(e)) from None
         for k, top in lim.items():  # preset / model defaults above the server's caps
             if getattr(cfg, k) > top:
-                raise A.FieldError(k, f"{getattr(cfg, k)} (from the preset or model defaults) is more than this "
-                                   f"server's {top} — set {k} explicitly")
+                raise A.FieldError(
+                    k,
+                    f"{getattr(cfg, k)} (from the preset or model defaults) is more than this "
+                    f"server's {top} — set {k} explicitly",
+                )
         A.check_cost(cfg, cfg.n_images, limits)
         scorer = scorers[req.scorer] if req.scorer else settings.scorer
 
@@ -642,7 +799,9 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         elif job.future.done():
             err = job.future.exception()
             out["error"] = None if err is None else str(err)
-            out["result"] = None if err is not None or not isinstance(job.future.result(), dict) else job.future.result()
+            out["result"] = (
+                None if err is not None or not isinstance(job.future.result(), dict) else job.future.result()
+            )
         return out
 
     # ------------------------------------------------------------------------------ curation (gallery)
@@ -667,8 +826,10 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             import errno
 
             status = 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 503
-            raise HTTPException(status, f"could not write to the curation folder {curation.root}: "
-                                f"{e.strerror or e} — nothing was changed") from None
+            raise HTTPException(
+                status,
+                f"could not write to the curation folder {curation.root}: {e.strerror or e} — nothing was changed",
+            ) from None
 
     @v1.post("/curate/keep")
     def curate_keep(req: KeepRequest) -> dict[str, Any]:
@@ -690,9 +851,14 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         """Move a deleted image back to stage 1; records an undo row (its verdict is forgotten)."""
         return _act(lambda: curation.undo(req.name), req.name)
 
-    @v1.post("/curate/upscale", status_code=202,
-             responses={503: {"description": "bestshot.curate (the upscale step) is not installed"},
-                        429: {"description": "the job queue is full; see Retry-After"}})
+    @v1.post(
+        "/curate/upscale",
+        status_code=202,
+        responses={
+            503: {"description": "bestshot.curate (the upscale step) is not installed"},
+            429: {"description": "the job queue is full; see Retry-After"},
+        },
+    )
     def curate_upscale() -> dict[str, Any]:
         why = upscaler.unavailable()
         if why is not None:
@@ -701,8 +867,12 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         if not names:
             raise A.FieldError("kept", "no stage-1 image is marked keep — mark some first")
         try:
-            job = jobs.submit("curate-upscale", lambda job: upscaler.run(job, curation, names),
-                              f"upscale {len(names)} kept image(s)", parts=len(names))
+            job = jobs.submit(
+                "curate-upscale",
+                lambda job: upscaler.run(job, curation, names),
+                f"upscale {len(names)} kept image(s)",
+                parts=len(names),
+            )
         except QueueFull as e:
             raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
         return {"job": job.id, "images": names}

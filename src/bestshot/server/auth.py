@@ -23,7 +23,7 @@ class Auth:
     users: tuple[tuple[str, str], ...] = ()  # (user, password) pairs
 
     @classmethod
-    def from_options(cls, token: str | None = None, api_auth: str | None = None) -> "Auth":
+    def from_options(cls, token: str | None = None, api_auth: str | None = None) -> Auth:
         """``api_auth`` is A1111's format: ``user:pass`` pairs separated by commas."""
         users = []
         for pair in (api_auth or "").split(","):
@@ -53,9 +53,12 @@ class Auth:
         if self.users and scheme == "basic" and self._basic_ok(value.strip()):
             return
         challenge = 'Basic realm="bestshot"' if self.users else "Bearer"
-        raise HTTPException(status_code=401, detail="authentication required — send Authorization: "
-                            + ("Bearer <token>" if self.token else "Basic <user:pass>"),
-                            headers={"WWW-Authenticate": challenge})
+        raise HTTPException(
+            status_code=401,
+            detail="authentication required — send Authorization: "
+            + ("Bearer <token>" if self.token else "Basic <user:pass>"),
+            headers={"WWW-Authenticate": challenge},
+        )
 
     def _basic_ok(self, value: str) -> bool:
         try:

@@ -23,8 +23,16 @@ class BackgroundServer:
         import uvicorn
 
         self.host, self.port = host, port or free_port(host)
-        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", lifespan="on",
-                                timeout_keep_alive=30, limit_concurrency=1000, backlog=2048)
+        config = uvicorn.Config(
+            app,
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            timeout_keep_alive=30,
+            limit_concurrency=1000,
+            backlog=2048,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="bestshot-uvicorn", daemon=True)
         self.startup_timeout = startup_timeout

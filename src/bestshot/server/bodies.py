@@ -10,9 +10,9 @@ After a request or response of more than ``trim_after`` bytes it calls :func:`re
 frees the request's buffers, but glibc keeps the freed pages of its heap (a 1 GB upload left the process
 gigabytes larger for good); ``malloc_trim(0)`` hands them back to the system.
 
-:class:`JSONBodies`: some clients post JSON with no ``Content-Type`` (or a browser ``fetch`` with a string body, which sends
-``text/plain``; curl's ``-d`` sends ``application/x-www-form-urlencoded``). FastAPI parses a body as JSON
-only when it is labelled JSON and otherwise refuses it ("Input should be a valid dictionary"); no route
+:class:`JSONBodies`: some clients post JSON with no ``Content-Type`` (or a browser ``fetch`` with a string
+body, which sends ``text/plain``; curl's ``-d`` sends ``application/x-www-form-urlencoded``). FastAPI
+parses a body as JSON only when it is labelled JSON and otherwise refuses it ("Input should be a valid dictionary"); no route
 here takes form data, so such bodies are relabelled ``application/json`` before routing. A body that is
 not JSON still gets a 422 naming the JSON error.
 """
@@ -35,8 +35,11 @@ class BodyTooLarge(HTTPException):
 
     def __init__(self, limit: int, seen: int | None = None):
         got = f"{seen} bytes" if seen is not None else "more"
-        super().__init__(413, f"request body of {got} is larger than this server's {limit / 2**20:g} MB "
-                              "(bestshot serve --max-body-mb) — send smaller images or fewer of them")
+        super().__init__(
+            413,
+            f"request body of {got} is larger than this server's {limit / 2**20:g} MB "
+            "(bestshot serve --max-body-mb) — send smaller images or fewer of them",
+        )
 
 
 class BodyLimit:
@@ -138,7 +141,9 @@ class JSONBodies:
             headers = list(scope.get("headers") or [])
             kinds = [v.split(b";")[0].strip().lower() for k, v in headers if k == b"content-type"]
             if not kinds or kinds[0] in RELABELLED:
-                headers = [(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", b"application/json")]
+                headers = [(k, v) for k, v in headers if k != b"content-type"] + [
+                    (b"content-type", b"application/json")
+                ]
                 scope = {**scope, "headers": headers}
         await self.app(scope, receive, send)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from ..errors import BestshotError
@@ -14,58 +12,103 @@ app = typer.Typer(add_completion=False)
 
 @app.command("serve", cls=RayFlagCommand)
 def serve(
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; 0.0.0.0 exposes the server to the network."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Interface to bind; 0.0.0.0 exposes the server to the network."
+    ),
     port: int = typer.Option(7860, "--port", help="TCP port (AUTOMATIC1111's default is 7860)."),
-    token: Optional[str] = typer.Option(None, "--token", envvar="BESTSHOT_TOKEN", help="Require Authorization: Bearer TOKEN."),
-    api_auth: Optional[str] = typer.Option(None, "--api-auth", help="A1111-style basic auth: user:pass[,user2:pass2]."),
+    token: str | None = typer.Option(
+        None, "--token", envvar="BESTSHOT_TOKEN", help="Require Authorization: Bearer TOKEN."
+    ),
+    api_auth: str | None = typer.Option(None, "--api-auth", help="A1111-style basic auth: user:pass[,user2:pass2]."),
     max_queue: int = typer.Option(8, "--max-queue", help="Jobs waiting or running before new requests get 429."),
     model: str = typer.Option("embedded", "--model", "-m", help="'embedded', a pipeline folder or a hub id."),
-    scorer: Optional[str] = typer.Option(None, "--scorer", help="CLIP used for ranking (default: the model's own)."),
+    scorer: str | None = typer.Option(None, "--scorer", help="CLIP used for ranking (default: the model's own)."),
     out_dir: str = typer.Option("images_out", "--out-dir", help="Where images go (and what /v1/images serves)."),
-    curate_dir: str = typer.Option("outputs", "--curate-dir", help="Curation folder (stage1/, metadata/, final/, trash/)."),
-    curate_config: Optional[str] = typer.Option(None, "--curate-config", help="The curation workflow's config.yaml: "
-                                                "enables 'upscale kept' and sets the curation folder to its outputs."),
-    device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:1, cpu (default: cuda if present)."),
+    curate_dir: str = typer.Option(
+        "outputs", "--curate-dir", help="Curation folder (stage1/, metadata/, final/, trash/)."
+    ),
+    curate_config: str | None = typer.Option(
+        None,
+        "--curate-config",
+        help="The curation workflow's config.yaml: enables 'upscale kept' and sets the curation folder to its outputs.",
+    ),
+    device: str | None = typer.Option(None, "--device", help="cuda, cuda:1, cpu (default: cuda if present)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | float16 | bfloat16"),
     memory: str = typer.Option("gpu", "--memory", help="gpu | model_offload | sequential_offload"),
-    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch per pipeline call."),
+    max_batch: int | None = typer.Option(None, "--max-batch", help="Largest batch per pipeline call."),
     save_candidates: bool = typer.Option(False, "--save-candidates/--best-only", help="Also save losing candidates."),
     max_side: int = typer.Option(2048, "--max-side", help="Largest width/height a request may ask for."),
     max_steps: int = typer.Option(150, "--max-steps", help="Most denoising steps a request may ask for."),
-    max_cost: float = typer.Option(4000.0, "--max-cost", help="Budget per request in native-size image steps: "
-                                   "(width*height / native side²) x steps x candidates."),
+    max_cost: float = typer.Option(
+        4000.0,
+        "--max-cost",
+        help="Budget per request in native-size image steps: (width*height / native side²) x steps x candidates.",
+    ),
     max_prompt_chars: int = typer.Option(10000, "--max-prompt-chars", help="Longest prompt (and negative prompt)."),
-    max_body_mb: float = typer.Option(100.0, "--max-body-mb", help="Largest request body in MB, refused (413) before "
-                                      "it is read; the default fits a few 2048² images in base64 (0: no cap)."),
-    job_timeout: float = typer.Option(900.0, "--job-timeout", help="Seconds a job may run; then it stops at its next "
-                                      "step and returns what it finished (0: no timeout)."),
-    best_of: int = typer.Option(1, "--best-of", help="Default candidates per returned image on the A1111 routes "
-                                "(a request's best_of, override_settings or POST /options bestshot_best_of wins)."),
-    allowed_host: Optional[list[str]] = typer.Option(None, "--allowed-host", help="Host header names accepted "
-                                                     "(repeatable; '*' accepts any). Default: localhost names and --host."),
-    cors_allow_origins: Optional[str] = typer.Option(None, "--cors-allow-origins", help="Browser origins allowed to "
-                                                     "read answers, comma-separated ('*': any). Default: only "
-                                                     "localhost / 127.0.0.1 / [::1] origins, any port."),
-    cors_allow_origins_regex: Optional[str] = typer.Option(None, "--cors-allow-origins-regex", help="Browser origins "
-                                                           "allowed, as a regular expression (with or without "
-                                                           "--cors-allow-origins)."),
-    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Serve on Ray Serve: one replica per "
-                                      "GPU behind one HTTP address, --max-queue shared by all replicas. Bare --ray: a "
-                                      "local Ray on this machine; ADDRESS: auto or HOST:PORT (the head's GCS). "
-                                      "--out-dir must be on a filesystem every node shares."),
-    replicas: Optional[int] = typer.Option(None, "--replicas", help="With --ray: a fixed replica count (default: one "
-                                           "per GPU of the cluster, one on a cluster without GPUs)."),
-    min_replicas: Optional[int] = typer.Option(None, "--min-replicas", help="With --ray: autoscale down to this many "
-                                               "replicas (0 allowed)."),
-    max_replicas: Optional[int] = typer.Option(None, "--max-replicas", help="With --ray: autoscale up to this many "
-                                               "replicas (default: one per GPU)."),
-    replica_gpus: Optional[float] = typer.Option(None, "--replica-gpus", help="With --ray: GPUs per replica (default "
-                                                 "1 when the cluster has GPUs, else 0; 0.5 puts two on a GPU)."),
-    replica_cpus: Optional[float] = typer.Option(None, "--replica-cpus", help="With --ray: CPUs per replica (default 1)."),
+    max_body_mb: float = typer.Option(
+        100.0,
+        "--max-body-mb",
+        help="Largest request body in MB, refused (413) before "
+        "it is read; the default fits a few 2048² images in base64 (0: no cap).",
+    ),
+    job_timeout: float = typer.Option(
+        900.0,
+        "--job-timeout",
+        help="Seconds a job may run; then it stops at its next step and returns what it finished (0: no timeout).",
+    ),
+    best_of: int = typer.Option(
+        1,
+        "--best-of",
+        help="Default candidates per returned image on the A1111 routes "
+        "(a request's best_of, override_settings or POST /options bestshot_best_of wins).",
+    ),
+    allowed_host: list[str] | None = typer.Option(
+        None,
+        "--allowed-host",
+        help="Host header names accepted (repeatable; '*' accepts any). Default: localhost names and --host.",
+    ),
+    cors_allow_origins: str | None = typer.Option(
+        None,
+        "--cors-allow-origins",
+        help="Browser origins allowed to "
+        "read answers, comma-separated ('*': any). Default: only "
+        "localhost / 127.0.0.1 / [::1] origins, any port.",
+    ),
+    cors_allow_origins_regex: str | None = typer.Option(
+        None,
+        "--cors-allow-origins-regex",
+        help="Browser origins allowed, as a regular expression (with or without --cors-allow-origins).",
+    ),
+    ray: str | None = typer.Option(
+        None,
+        "--ray",
+        metavar="[ADDRESS]",
+        help="Serve on Ray Serve: one replica per "
+        "GPU behind one HTTP address, --max-queue shared by all replicas. Bare --ray: a "
+        "local Ray on this machine; ADDRESS: auto or HOST:PORT (the head's GCS). "
+        "--out-dir must be on a filesystem every node shares.",
+    ),
+    replicas: int | None = typer.Option(
+        None,
+        "--replicas",
+        help="With --ray: a fixed replica count (default: one per GPU of the cluster, one on a cluster without GPUs).",
+    ),
+    min_replicas: int | None = typer.Option(
+        None, "--min-replicas", help="With --ray: autoscale down to this many replicas (0 allowed)."
+    ),
+    max_replicas: int | None = typer.Option(
+        None, "--max-replicas", help="With --ray: autoscale up to this many replicas (default: one per GPU)."
+    ),
+    replica_gpus: float | None = typer.Option(
+        None,
+        "--replica-gpus",
+        help="With --ray: GPUs per replica (default 1 when the cluster has GPUs, else 0; 0.5 puts two on a GPU).",
+    ),
+    replica_cpus: float | None = typer.Option(None, "--replica-cpus", help="With --ray: CPUs per replica (default 1)."),
 ) -> None:
     """Serve the AUTOMATIC1111-compatible API (/sdapi/v1), bestshot's API (/v1) and the gallery (/)."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 -- checked here, started by the code below
     except ImportError:
         raise BestshotError("bestshot serve needs fastapi and uvicorn — pip install fastapi uvicorn") from None
     from .a1111 import Limits
@@ -82,23 +125,52 @@ def serve(
     if ray is None and any(v is not None for v in (replicas, min_replicas, max_replicas, replica_gpus, replica_cpus)):
         raise BestshotError("--replicas, --min-replicas, --max-replicas, --replica-gpus and --replica-cpus need --ray")
     if host not in ("127.0.0.1", "localhost", "::1") and not (token or api_auth):
-        typer.echo(f"warning: serving on {host} without --token or --api-auth: anyone who can reach it can use it",
-                   err=True)
-    settings = ServerSettings(model=model, scorer=scorer, out_dir=out_dir, curate_dir=curate_dir,
-                              curate_config=curate_config, max_queue=max_queue,
-                              token=token, api_auth=api_auth, device=device, dtype=dtype, memory=memory,
-                              max_batch=max_batch, save_candidates=save_candidates,
-                              best_of=best_of, host=host, allowed_hosts=tuple(allowed_host) if allowed_host else None,
-                              cors_allow_origins=cors_allow_origins, cors_allow_origins_regex=cors_allow_origins_regex,
-                              limits=Limits(max_steps=max_steps, max_side=max_side, max_cost=max_cost,
-                                            max_prompt_chars=max_prompt_chars, job_timeout=job_timeout or None,
-                                            max_body_mb=max_body_mb or None))
+        typer.echo(
+            f"warning: serving on {host} without --token or --api-auth: anyone who can reach it can use it", err=True
+        )
+    settings = ServerSettings(
+        model=model,
+        scorer=scorer,
+        out_dir=out_dir,
+        curate_dir=curate_dir,
+        curate_config=curate_config,
+        max_queue=max_queue,
+        token=token,
+        api_auth=api_auth,
+        device=device,
+        dtype=dtype,
+        memory=memory,
+        max_batch=max_batch,
+        save_candidates=save_candidates,
+        best_of=best_of,
+        host=host,
+        allowed_hosts=tuple(allowed_host) if allowed_host else None,
+        cors_allow_origins=cors_allow_origins,
+        cors_allow_origins_regex=cors_allow_origins_regex,
+        limits=Limits(
+            max_steps=max_steps,
+            max_side=max_side,
+            max_cost=max_cost,
+            max_prompt_chars=max_prompt_chars,
+            job_timeout=job_timeout or None,
+            max_body_mb=max_body_mb or None,
+        ),
+    )
     if ray is not None:
         from .ray_serve import serve_on_ray
 
-        serve_on_ray(settings, address=ray, host=host, port=port, replicas=replicas, min_replicas=min_replicas,
-                     max_replicas=max_replicas, num_gpus=replica_gpus, num_cpus=replica_cpus,
-                     echo=lambda m: typer.echo(m, err=True))
+        serve_on_ray(
+            settings,
+            address=ray,
+            host=host,
+            port=port,
+            replicas=replicas,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            num_gpus=replica_gpus,
+            num_cpus=replica_cpus,
+            echo=lambda m: typer.echo(m, err=True),
+        )
         return
     application = create_app(settings)
     typer.echo(f"bestshot serving {model} on http://{host}:{port}/  (API docs: /docs, A1111 API: /sdapi/v1)", err=True)

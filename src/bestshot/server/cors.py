@@ -20,8 +20,13 @@ def cors_options(allow_origins: str | None = None, allow_origins_regex: str | No
     regex = allow_origins_regex or None
     if not origins and regex is None:
         regex = LOOPBACK_ORIGINS
-    return {"allow_origins": origins, "allow_origin_regex": regex, "allow_methods": ["*"], "allow_headers": ["*"],
-            "allow_credentials": True}
+    return {
+        "allow_origins": origins,
+        "allow_origin_regex": regex,
+        "allow_methods": ["*"],
+        "allow_headers": ["*"],
+        "allow_credentials": True,
+    }
 
 
 def add_cors(app: Any, allow_origins: str | None = None, allow_origins_regex: str | None = None) -> None:
@@ -36,6 +41,7 @@ def add_cors(app: Any, allow_origins: str | None = None, allow_origins_regex: st
         try:
             re.compile(allow_origins_regex)
         except re.error as e:
-            raise BestshotError(f"--cors-allow-origins-regex {allow_origins_regex!r} is not a regular expression "
-                                f"({e})") from None
+            raise BestshotError(
+                f"--cors-allow-origins-regex {allow_origins_regex!r} is not a regular expression ({e})"
+            ) from None
     app.add_middleware(CORSMiddleware, **cors_options(allow_origins, allow_origins_regex))

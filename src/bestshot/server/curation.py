@@ -11,7 +11,8 @@
 Deleting moves files (``os.replace``, atomic on one file system) instead of unlinking, and undo moves
 them back. Each keep / delete / star (and undo, unkeep, unstar) also appends a (prompt, image, verdict)
 row to the preference log, the rows ``bestshot taste collect`` makes from a curated folder, so
-``bestshot taste train`` learns from the gallery too. A star is a stronger keep (it marks the image kept). The upscale itself belongs to ``bestshot.curate`` (:class:`CurateUpscaler` only calls its Workflow).
+``bestshot taste train`` learns from the gallery too. A star is a stronger keep (it marks the image kept).
+The upscale itself belongs to ``bestshot.curate`` (:class:`CurateUpscaler` only calls its Workflow).
 """
 
 from __future__ import annotations
@@ -66,8 +67,14 @@ class Curation:
     def _images(self, folder: Path) -> list[Path]:
         if not folder.is_dir():
             return []
-        return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                       and not p.name.startswith(".")), key=lambda p: (-p.stat().st_mtime, p.name))
+        return sorted(
+            (
+                p
+                for p in folder.iterdir()
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+            ),
+            key=lambda p: (-p.stat().st_mtime, p.name),
+        )
 
     @staticmethod
     def _meta_file(folder: Path, name: str) -> Path | None:
@@ -90,9 +97,15 @@ class Curation:
         kept, starred = self._marks(), self._marks("starred")
         return {
             "root": str(self.root),
-            "stage1": [{"name": p.name, "kept": p.name in kept, "starred": p.name in starred and p.name in kept,
-                        "metadata": self._meta(self.metadata, p.name)}
-                       for p in self._images(self.stage1)],
+            "stage1": [
+                {
+                    "name": p.name,
+                    "kept": p.name in kept,
+                    "starred": p.name in starred and p.name in kept,
+                    "metadata": self._meta(self.metadata, p.name),
+                }
+                for p in self._images(self.stage1)
+            ],
             "trash": [p.name for p in self._images(self.trash)],
             "final": [p.name for p in self._images(self.final)],
         }
@@ -200,8 +213,10 @@ class CurateUpscaler:
         except ImportError:
             return "upscaling needs bestshot.curate, which is not installed in this build"
         if self.config_path is None or not self.config_path.is_file():
-            return ("upscaling needs the curation workflow's config — start the server with --curate-config "
-                    "config.yaml (the file `bestshot stage1` writes)")
+            return (
+                "upscaling needs the curation workflow's config — start the server with --curate-config "
+                "config.yaml (the file `bestshot stage1` writes)"
+            )
         return None
 
     def outputs(self) -> Path | None:

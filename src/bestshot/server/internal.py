@@ -8,7 +8,8 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -17,7 +18,7 @@ from .. import __version__
 
 class InternalProgressRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    id_task: Optional[str] = None
+    id_task: str | None = None
     id_live_preview: int = -1
     live_preview: bool = True
 
@@ -44,21 +45,45 @@ def add_internal_routes(app: Any, jobs: Any, preview: Callable[[Any], str | None
             elapsed = time.time() - job.started
             eta = round(max(0.0, elapsed / prog - elapsed), 3) if prog else None
         live = preview(job.preview) if active and req.live_preview else None
-        return {"active": active, "queued": queued, "completed": completed, "progress": prog, "eta": eta,
-                "live_preview": f"data:image/png;base64,{live}" if live else None,
-                "id_live_preview": (req.id_live_preview + 1) if live else req.id_live_preview,
-                "textinfo": job.description if job is not None else "Waiting..."}
+        return {
+            "active": active,
+            "queued": queued,
+            "completed": completed,
+            "progress": prog,
+            "eta": eta,
+            "live_preview": f"data:image/png;base64,{live}" if live else None,
+            "id_live_preview": (req.id_live_preview + 1) if live else req.id_live_preview,
+            "textinfo": job.description if job is not None else "Waiting...",
+        }
 
     @router.get("/internal/sysinfo")
     def internal_sysinfo() -> dict[str, Any]:
-        return {"Platform": platform.platform(), "Python": sys.version.split()[0], "Version": f"bestshot {__version__}",
-                "Commit": None, "Script path": None, "Data path": None, "Extensions": [], "Inactive extensions": [],
-                "Environment": {}, "Config": {}, "Startup": {}, "Packages": [], "Exceptions": []}
+        return {
+            "Platform": platform.platform(),
+            "Python": sys.version.split()[0],
+            "Version": f"bestshot {__version__}",
+            "Commit": None,
+            "Script path": None,
+            "Data path": None,
+            "Extensions": [],
+            "Inactive extensions": [],
+            "Environment": {},
+            "Config": {},
+            "Startup": {},
+            "Packages": [],
+            "Exceptions": [],
+        }
 
     @router.get("/config")
     def config() -> dict[str, Any]:
         """What clients read of Gradio's /config: the version (no UI components are served)."""
-        return {"version": f"bestshot {__version__}", "mode": "api", "title": "bestshot", "components": [],
-                "dependencies": [], "layout": {}}
+        return {
+            "version": f"bestshot {__version__}",
+            "mode": "api",
+            "title": "bestshot",
+            "components": [],
+            "dependencies": [],
+            "layout": {},
+        }
 
     app.include_router(router)

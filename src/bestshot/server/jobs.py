@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import torch
@@ -30,14 +30,23 @@ def run_plan(job: Job, plan: Plan, prompt: str, store: Store) -> list[dict[str, 
     for cfg in plan.calls:
         if job.should_stop:  # interrupted (or timed out) between images: the finished ones are returned
             break
-        results.append(generate(prompt, cfg=cfg, scorer=plan.scorer, store=store, on_step=job.on_step,
-                                allow_empty_prompt=True))  # A1111 draws an empty prompt unconditioned
+        results.append(
+            generate(prompt, cfg=cfg, scorer=plan.scorer, store=store, on_step=job.on_step, allow_empty_prompt=True)
+        )  # A1111 draws an empty prompt unconditioned
         job.next_part()
     return results
 
 
-def run_hires(job: Job, plan: Plan, hr: Plan, results: list[dict[str, Any]], prompt: str, store: Store,
-              hr_upscaler: str | None, device: str | None) -> list[dict[str, Any]]:
+def run_hires(
+    job: Job,
+    plan: Plan,
+    hr: Plan,
+    results: list[dict[str, Any]],
+    prompt: str,
+    store: Store,
+    hr_upscaler: str | None,
+    device: str | None,
+) -> list[dict[str, Any]]:
     """A1111's hires fix on the images a txt2img plan returns: each is upscaled (the named upscaler, or
     Lanczos for the Latent modes) and repainted by img2img at ``denoising_strength`` with its own seed."""
     from dataclasses import replace as _replace
@@ -49,8 +58,9 @@ def run_hires(job: Job, plan: Plan, hr: Plan, results: list[dict[str, Any]], pro
     backend, model = ("lanczos", "") if name.lower().startswith("latent") else upscaler_backend(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        up = get_upscaler(backend=backend, model=model or "realesrgan-x4plus",
-                          device=device if backend == "torch" else None)
+        up = get_upscaler(
+            backend=backend, model=model or "realesrgan-x4plus", device=device if backend == "torch" else None
+        )
     strength = hr.notes["hires"]["denoising_strength"]
     out = []
     for r in results:
@@ -62,8 +72,14 @@ def run_hires(job: Job, plan: Plan, hr: Plan, results: list[dict[str, Any]], pro
             factor = max(hr.cfg.width / small.width, hr.cfg.height / small.height)
             big = up.upscale(small, max(1, min(4, math.ceil(factor)))) if factor > 1 else small
             big = big.resize((hr.cfg.width, hr.cfg.height), Image.Resampling.LANCZOS)
-            one = Plan(cfg=hr.cfg, seed=c["seed"], n_images=1, best_of=1, scorer=plan.scorer,
-                       calls=[_replace(hr.cfg, n_images=1, seed_base=c["seed"], save_candidates=True, exact_best=False)])
+            one = Plan(
+                cfg=hr.cfg,
+                seed=c["seed"],
+                n_images=1,
+                best_of=1,
+                scorer=plan.scorer,
+                calls=[_replace(hr.cfg, n_images=1, seed_base=c["seed"], save_candidates=True, exact_best=False)],
+            )
             out += run_img2img(job, one, prompt, big, strength, store)
     return out
 
@@ -110,7 +126,12 @@ def _crop_region(mask: Image.Image, padding: int, aspect: float) -> tuple[int, i
     """The mask's bounding box plus padding, widened to the generation's aspect (A1111's "only masked")."""
     w, h = mask.size
     box = mask.point(lambda v: 255 if v > 0 else 0).getbbox() or (0, 0, w, h)
-    x0, y0, x1, y1 = max(0, box[0] - padding), max(0, box[1] - padding), min(w, box[2] + padding), min(h, box[3] + padding)
+    x0, y0, x1, y1 = (
+        max(0, box[0] - padding),
+        max(0, box[1] - padding),
+        min(w, box[2] + padding),
+        min(h, box[3] + padding),
+    )
     cw, ch = x1 - x0, y1 - y0
     if cw / ch < aspect:  # too tall: widen
         grow = min(w, round(ch * aspect)) - cw
@@ -123,8 +144,9 @@ def _crop_region(mask: Image.Image, padding: int, aspect: float) -> tuple[int, i
     return x0, y0, x1, y1
 
 
-def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: float,
-                store: Store, inpaint: Any = None) -> list[dict[str, Any]]:
+def run_img2img(
+    job: Job, plan: Plan, prompt: str, init: Image.Image, strength: float, store: Store, inpaint: Any = None
+) -> list[dict[str, Any]]:
     """Best-of-N image-to-image: ``AutoPipelineForImage2Image.from_pipe`` on the loaded text-to-image
     pipeline (same weights, no second load), candidates scored and stored like generate()'s.
 
@@ -145,11 +167,15 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
     ref = resolve_model(cfg.model)
     world = ref.family.pipeline_class == "BestshotWorldPipeline"  # its own masked SDEdit, no diffusers class
     if ref.family.img2img_class is None and not world:
-        raise BestshotError(f"img2img is not available for model {cfg.model!r} (family {ref.family.name}): it has no "
-                            "image-to-image pipeline — use /sdapi/v1/txt2img, or serve an SD 1.5 / SDXL / SD3 model")
+        raise BestshotError(
+            f"img2img is not available for model {cfg.model!r} (family {ref.family.name}): it has no "
+            "image-to-image pipeline — use /sdapi/v1/txt2img, or serve an SD 1.5 / SDXL / SD3 model"
+        )
     if int(cfg.steps_base * strength) < 1:
-        raise BestshotError(f"denoising_strength: {strength} x {cfg.steps_base} steps leaves no denoising step — raise "
-                            "denoising_strength or steps")
+        raise BestshotError(
+            f"denoising_strength: {strength} x {cfg.steps_base} steps leaves no denoising step — raise "
+            "denoising_strength or steps"
+        )
     store.check_writable()  # a read-only or full output folder: one clear error before any model loads
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory, scheduler=cfg.scheduler)
     try:
@@ -157,8 +183,10 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
             i2i = pipe
         elif inpaint is not None:
             if not ref.family.inpaint:
-                raise BestshotError(f"inpainting is not available for model {cfg.model!r} (family {ref.family.name}) "
-                                    "— send img2img without a mask, or serve an SD 1.5 / SDXL / SD3 model")
+                raise BestshotError(
+                    f"inpainting is not available for model {cfg.model!r} (family {ref.family.name}) "
+                    "— send img2img without a mask, or serve an SD 1.5 / SDXL / SD3 model"
+                )
             i2i = AutoPipelineForInpainting.from_pipe(pipe)
         else:
             i2i = AutoPipelineForImage2Image.from_pipe(pipe)
@@ -196,7 +224,7 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
         total = max(1, int(cfg.steps_base * strength))
         tracker = StepTracker(job.on_step)
 
-        def cb(p, step, timestep, kw, _total=total):
+        def cb(p, step, timestep, kw, _total=total, tracker=tracker):
             if tracker(min(step + 1, _total), _total, kw.get("latents")):
                 p._interrupt = True
             return kw
@@ -206,10 +234,21 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
         if mask is not None:
             m = mask.crop(region).resize(size, Image.Resampling.LANCZOS) if region is not None else mask
             extra["mask_image"] = m
-        kwargs = supported_kwargs(i2i.__call__, dict(
-            prompt=prompt, negative_prompt=cfg.negative_prompt or None, image=image, strength=strength,
-            num_inference_steps=cfg.steps_base, guidance_scale=cfg.guidance, num_images_per_prompt=len(seeds),
-            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], callback_on_step_end=cb, **extra))
+        kwargs = supported_kwargs(
+            i2i.__call__,
+            dict(
+                prompt=prompt,
+                negative_prompt=cfg.negative_prompt or None,
+                image=image,
+                strength=strength,
+                num_inference_steps=cfg.steps_base,
+                guidance_scale=cfg.guidance,
+                num_images_per_prompt=len(seeds),
+                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+                callback_on_step_end=cb,
+                **extra,
+            ),
+        )
         images = [composite(im) for im in i2i(**kwargs).images]
         clip_prompt, _ = scorer.truncate(prompt)
         scores = [float(s) for s in scorer.score(images, clip_prompt)]
@@ -222,16 +261,36 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
         cosine = cosine_like(scorer)
         run_id = new_run_id()
         record: dict[str, Any] = {
-            "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kind": "img2img",
-            "ok": ok, "mode": "img2img", "model": cfg.model, "preset": cfg.preset, "sd_prompt": prompt,
-            "clip_prompt": clip_prompt, "negative_prompt": cfg.negative_prompt, "scorer": scorer.name,
-            "best_seed": seeds[best], "best_score": round(scores[best], 6), "best_clip": round(scores[best], 6),
-            "best_clip_score": round(clip_score_100(scores[best]), 4) if cosine else None, "img_path": None,
-            "score_min": gate.minimum, "gate": gate.record(gate_value),
-            "settings": {"n_images": len(seeds), "seed_base": call.seed_base, "steps": cfg.steps_base,
-                         "guidance": cfg.guidance, "width": cfg.width, "height": cfg.height,
-                         "denoising_strength": strength, "sampler": sampler, "score_min": cfg.score_min,
-                         "clip_min": cfg.score_min},
+            "run_id": run_id,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "kind": "img2img",
+            "ok": ok,
+            "mode": "img2img",
+            "model": cfg.model,
+            "preset": cfg.preset,
+            "sd_prompt": prompt,
+            "clip_prompt": clip_prompt,
+            "negative_prompt": cfg.negative_prompt,
+            "scorer": scorer.name,
+            "best_seed": seeds[best],
+            "best_score": round(scores[best], 6),
+            "best_clip": round(scores[best], 6),
+            "best_clip_score": round(clip_score_100(scores[best]), 4) if cosine else None,
+            "img_path": None,
+            "score_min": gate.minimum,
+            "gate": gate.record(gate_value),
+            "settings": {
+                "n_images": len(seeds),
+                "seed_base": call.seed_base,
+                "steps": cfg.steps_base,
+                "guidance": cfg.guidance,
+                "width": cfg.width,
+                "height": cfg.height,
+                "denoising_strength": strength,
+                "sampler": sampler,
+                "score_min": cfg.score_min,
+                "clip_min": cfg.score_min,
+            },
             "version": __version__,
         }
         if not ok:
@@ -244,22 +303,46 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
         for k, (seed, score) in enumerate(zip(seeds, scores)):
             path = None
             if call.save_candidates or (k == best and (ok or stop)):
-                extra = {"Denoising strength": strength, "CLIP score": f"{score:.4f}", "Scorer": scorer.name,
-                         "bestshot run": run_id}
+                extra = {
+                    "Denoising strength": strength,
+                    "CLIP score": f"{score:.4f}",
+                    "Scorer": scorer.name,
+                    "bestshot run": run_id,
+                }
                 if inpaint is not None:
-                    extra.update({"Mask blur": inpaint.blur,
-                                  "Masked content": ("fill", "original", "latent noise", "latent nothing")[inpaint.fill],
-                                  "Inpaint area": "Only masked" if inpaint.only_masked else "Whole picture"})
-                params = format_parameters(prompt, cfg.negative_prompt, steps=cfg.steps_base, sampler=sampler,
-                                           cfg_scale=cfg.guidance, seed=seed, width=cfg.width, height=cfg.height,
-                                           model=cfg.model, extra=extra)
+                    extra.update(
+                        {
+                            "Mask blur": inpaint.blur,
+                            "Masked content": ("fill", "original", "latent noise", "latent nothing")[inpaint.fill],
+                            "Inpaint area": "Only masked" if inpaint.only_masked else "Whole picture",
+                        }
+                    )
+                params = format_parameters(
+                    prompt,
+                    cfg.negative_prompt,
+                    steps=cfg.steps_base,
+                    sampler=sampler,
+                    cfg_scale=cfg.guidance,
+                    seed=seed,
+                    width=cfg.width,
+                    height=cfg.height,
+                    model=cfg.model,
+                    extra=extra,
+                )
                 png_meta = {**meta, "seed": seed, "score": round(score, 6), "clip": round(score, 6)}
                 target = store.image_path(run_id, seed, score)
                 files.append((target, images[k], params, png_meta))
                 path = str(target)
-            cands.append({"seed": seed, "score": round(score, 6), "clip": round(score, 6),
-                          "clip_score": round(clip_score_100(score), 4) if cosine else None,
-                          "path": path, **({"steps_done": steps_done[k]} if stop else {})})
+            cands.append(
+                {
+                    "seed": seed,
+                    "score": round(score, 6),
+                    "clip": round(score, 6),
+                    "clip_score": round(clip_score_100(score), 4) if cosine else None,
+                    "path": path,
+                    **({"steps_done": steps_done[k]} if stop else {}),
+                }
+            )
         record["candidates"] = cands
         record["img_path"] = cands[best]["path"] if ok else None
         record["timing_s"] = {"total": round(time.perf_counter() - t0, 4)}
@@ -272,7 +355,9 @@ def run_img2img(job: Job, plan: Plan, prompt: str, init: Image.Image, strength: 
 # ------------------------------------------------------------------------------------------ extras
 
 
-def upscale_geometry(size: tuple[int, int], req: Any, max_side: int) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+def upscale_geometry(
+    size: tuple[int, int], req: Any, max_side: int
+) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
     """(crop box in the source, output size) of an A1111 extras upscale, checked BEFORE any pixel is made.
 
     ``resize_mode`` 1 with ``upscaling_crop`` is A1111's "scale to cover, then centre-crop"; cropping the
@@ -295,8 +380,10 @@ def upscale_geometry(size: tuple[int, int], req: Any, max_side: int) -> tuple[tu
         factor = float(req.upscaling_resize)
         target = (max(1, round(w * factor)), max(1, round(h * factor)))
     if max(target) > max_side:
-        raise BestshotError(f"upscaling_resize: the result would be {target[0]}x{target[1]}, larger than this "
-                            f"server's {max_side} pixels a side — ask for a smaller size")
+        raise BestshotError(
+            f"upscaling_resize: the result would be {target[0]}x{target[1]}, larger than this "
+            f"server's {max_side} pixels a side — ask for a smaller size"
+        )
     return box, target
 
 
@@ -353,8 +440,15 @@ def interrogator_for(clip: Any, cache: dict[Any, Any], cache_dir: str | None = N
     return cache[key]
 
 
-def run_interrogate(job: Job, image: Image.Image, model: str, clip: Any, cache: dict[Any, Any],
-                    cache_dir: str | None = None, domain: str = "auto") -> str:
+def run_interrogate(
+    job: Job,
+    image: Image.Image,
+    model: str,
+    clip: Any,
+    cache: dict[Any, Any],
+    cache_dir: str | None = None,
+    domain: str = "auto",
+) -> str:
     """A caption for ``image``: bestshot's CLIP interrogator when installed, else a tiny CLIP ranking over
     the procedural world's vocabulary (shapes, colours, backgrounds). ``domain`` "world" describes images
     of the procedural world (the embedded model family), "art" anything else, "auto" decides by the CLIP.

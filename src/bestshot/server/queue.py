@@ -20,9 +20,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,11 @@ class JobCancelled(Exception):
     """A queued job was cancelled (DELETE /v1/jobs/{id}, or the server shutting down) before it ran."""
 
     def __init__(self, why: str = "cancelled"):
-        super().__init__("the job was cancelled before it started" if why != "shutdown"
-                         else "the server is shutting down; the job was not run — retry against a running server")
+        super().__init__(
+            "the job was cancelled before it started"
+            if why != "shutdown"
+            else "the server is shutting down; the job was not run — retry against a running server"
+        )
         self.why = why
 
 
@@ -69,7 +73,7 @@ class Job:
 
     id: str
     kind: str
-    fn: Callable[["Job"], Any]
+    fn: Callable[[Job], Any]
     description: str = ""
     parts: int = 1  # e.g. one generate() call per returned image
     part: int = 0
@@ -95,8 +99,12 @@ class Job:
                 self.preview = latents[:1].detach().float().cpu()
             except (AttributeError, TypeError, IndexError):
                 self.preview = None
-        if self.stopped is None and self.timeout is not None and self.started is not None \
-                and time.time() - self.started > self.timeout:
+        if (
+            self.stopped is None
+            and self.timeout is not None
+            and self.started is not None
+            and time.time() - self.started > self.timeout
+        ):
             self.stopped = "timeout"
             log.warning("job %s ran past its %.0fs timeout; stopping at step %d", self.id, self.timeout, step)
         return self.stopped or ("skip" if self.skipped else None)
@@ -128,10 +136,19 @@ class Job:
         state = "done" if self.finished else "running" if self.started else "queued"
         if self.future.cancelled():
             state = "cancelled"
-        return {"id": self.id, "kind": self.kind, "description": self.description, "state": state,
-                "stopped": self.stopped,
-                "progress": round(self.progress, 4), "part": self.part, "parts": self.parts,
-                "step": self.step, "total": self.total, "created": self.created}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "description": self.description,
+            "state": state,
+            "stopped": self.stopped,
+            "progress": round(self.progress, 4),
+            "part": self.part,
+            "parts": self.parts,
+            "step": self.step,
+            "total": self.total,
+            "created": self.created,
+        }
 
     async def wait(self) -> Any:
         """The job's result; cancelling this wait (client gone) leaves the job running. A job cancelled
@@ -202,8 +219,15 @@ class JobQueue:
                 if self.shutting_down:
                     raise ShuttingDown()
                 raise QueueFull(self._retry_after(waiting))
-            job = Job(id=f"job-{next(self._ids)}", kind=kind, fn=fn, description=description, parts=max(1, parts),
-                      timeout=self.job_timeout, gate_token=token)
+            job = Job(
+                id=f"job-{next(self._ids)}",
+                kind=kind,
+                fn=fn,
+                description=description,
+                parts=max(1, parts),
+                timeout=self.job_timeout,
+                gate_token=token,
+            )
             self._pending.append(job)
             self._ensure_worker()  # a job accepted after close() still runs
         self._q.put(job)
@@ -229,9 +253,13 @@ class JobQueue:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {"current": self.current.info() if self.current else None,
-                    "queued": [j.info() for j in self._pending], "max_queue": self.max_queue,
-                    "completed": self.completed, "last": self.last.info() if self.last else None}
+            return {
+                "current": self.current.info() if self.current else None,
+                "queued": [j.info() for j in self._pending],
+                "max_queue": self.max_queue,
+                "completed": self.completed,
+                "last": self.last.info() if self.last else None,
+            }
 
     def find(self, job_id: str) -> Job | None:
         """A queued, running or recently finished job by id."""

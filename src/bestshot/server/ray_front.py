@@ -23,8 +23,20 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SCOPE_KEYS = ("type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "root_path", "query_string",
-              "headers", "client", "server")
+SCOPE_KEYS = (
+    "type",
+    "asgi",
+    "http_version",
+    "method",
+    "scheme",
+    "path",
+    "raw_path",
+    "root_path",
+    "query_string",
+    "headers",
+    "client",
+    "server",
+)
 
 
 def plain_scope(scope: dict[str, Any]) -> dict[str, Any]:
@@ -40,8 +52,10 @@ def error_messages(status: int, error: str, detail: str, headers: dict[str, str]
     body = json.dumps({"error": error, "detail": detail, "body": "", "errors": detail}).encode()
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     head += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    return [{"type": "http.response.start", "status": status, "headers": head},
-            {"type": "http.response.body", "body": body, "more_body": False}]
+    return [
+        {"type": "http.response.start", "status": status, "headers": head},
+        {"type": "http.response.body", "body": body, "more_body": False},
+    ]
 
 
 def answer_for(exc: BaseException) -> list[dict]:
@@ -50,15 +64,22 @@ def answer_for(exc: BaseException) -> list[dict]:
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
     if isinstance(exc, RayActorError):
-        return error_messages(503, "ReplicaLost", "the replica running this request stopped (it was killed, ran out "
-                              "of memory or lost its node): the request is lost — send it again",
-                              {"Retry-After": "5"})
+        return error_messages(
+            503,
+            "ReplicaLost",
+            "the replica running this request stopped (it was killed, ran out "
+            "of memory or lost its node): the request is lost — send it again",
+            {"Retry-After": "5"},
+        )
     if isinstance(exc, BackPressureError):
         return error_messages(429, "QueueFull", "the server's queue is full — retry later", {"Retry-After": "5"})
     if isinstance(exc, DeploymentUnavailableError):
         return error_messages(503, "Unavailable", "no replica is running — retry later", {"Retry-After": "5"})
-    return error_messages(500, type(exc).__name__, f"the request failed on its replica: {str(exc).strip()[:300]} — "
-                          "see the replica log (`ray logs`)")
+    return error_messages(
+        500,
+        type(exc).__name__,
+        f"the request failed on its replica: {str(exc).strip()[:300]} — see the replica log (`ray logs`)",
+    )
 
 
 class Front:

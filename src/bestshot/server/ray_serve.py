@@ -29,8 +29,9 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import BestshotError
 from ..scale.cluster import LOCAL, connect, require_ray
@@ -70,8 +71,9 @@ def replica_settings(settings: ServerSettings, plan: ReplicaPlan) -> ServerSetti
         "out_dir": str(Path(settings.out_dir).expanduser().resolve()),
         "curate_dir": str(Path(settings.curate_dir).expanduser().resolve()),
         "log_jsonl": str(Path(settings.log_jsonl).expanduser().resolve()) if settings.log_jsonl else None,
-        "interrogate_cache": (str(Path(settings.interrogate_cache).expanduser().resolve())
-                              if settings.interrogate_cache else None),
+        "interrogate_cache": (
+            str(Path(settings.interrogate_cache).expanduser().resolve()) if settings.interrogate_cache else None
+        ),
         "curate_config": _absolute(settings.curate_config),
         "model": _absolute(settings.model),
         "extra_models": tuple(_absolute(m) for m in settings.extra_models),
@@ -91,9 +93,12 @@ def application(settings: ServerSettings, plan: ReplicaPlan, counter: Any, beat_
 
     replicas = serve.deployment(name="BestshotReplica", **plan.deployment_options())(BestshotReplica)
     # the front holds every request in flight (a coroutine each): room for all the replicas may take, and more
-    front = serve.deployment(name="BestshotFront", num_replicas=1, ray_actor_options={"num_cpus": 0},
-                             max_ongoing_requests=2 * plan.max_replicas * plan.deployment_options()["max_ongoing_requests"]
-                             + 100)(serve.ingress()(Front))
+    front = serve.deployment(
+        name="BestshotFront",
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=2 * plan.max_replicas * plan.deployment_options()["max_ongoing_requests"] + 100,
+    )(serve.ingress()(Front))
     return front.bind(replicas.bind(replica_settings(settings, plan), counter, beat_s))
 
 
@@ -106,18 +111,27 @@ def deploy(settings: ServerSettings, plan: ReplicaPlan, *, host: str = "127.0.0.
     from ..scale import serve as slots
 
     grace = slots.GRACE_S  # read now: a test may shorten it
-    counter = start_slot_counter(settings.max_queue, lease_seconds(settings.max_queue, settings.limits.job_timeout),
-                                 grace_s=grace)
+    counter = start_slot_counter(
+        settings.max_queue, lease_seconds(settings.max_queue, settings.limits.job_timeout), grace_s=grace
+    )
     serve.start(http_options={"host": host, "port": port})
     try:
-        serve.run(application(settings, plan, counter, beat_s=grace / slots.BEATS_PER_GRACE), name=APP_NAME,
-                  route_prefix="/", blocking=False)
+        serve.run(
+            application(settings, plan, counter, beat_s=grace / slots.BEATS_PER_GRACE),
+            name=APP_NAME,
+            route_prefix="/",
+            blocking=False,
+        )
     except Exception as e:  # noqa: BLE001 - Serve wraps the replica's own error (e.g. a BestshotError) in its own
         _stop(counter)
         text = str(e).strip()
-        line = next((x for x in reversed(text.splitlines()) if "BestshotError" in x), text.splitlines()[-1] if text else "")
-        raise BestshotError(f"the Ray Serve deployment did not start: {line.split('BestshotError:')[-1].strip()[:300]} "
-                            "— see the replica log (`ray logs` / the Ray dashboard)") from None
+        line = next(
+            (x for x in reversed(text.splitlines()) if "BestshotError" in x), text.splitlines()[-1] if text else ""
+        )
+        raise BestshotError(
+            f"the Ray Serve deployment did not start: {line.split('BestshotError:')[-1].strip()[:300]} "
+            "— see the replica log (`ray logs` / the Ray dashboard)"
+        ) from None
     return counter
 
 
@@ -145,10 +159,20 @@ def _stop(counter: Any) -> None:
             pass
 
 
-def serve_on_ray(settings: ServerSettings, *, address: str | None, host: str, port: int, replicas: int | None = None,
-                 min_replicas: int | None = None, max_replicas: int | None = None, num_gpus: float | None = None,
-                 num_cpus: float | None = None, echo: Callable[[str], None] = print,
-                 stop: threading.Event | None = None) -> None:
+def serve_on_ray(
+    settings: ServerSettings,
+    *,
+    address: str | None,
+    host: str,
+    port: int,
+    replicas: int | None = None,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+    num_gpus: float | None = None,
+    num_cpus: float | None = None,
+    echo: Callable[[str], None] = print,
+    stop: threading.Event | None = None,
+) -> None:
     """``bestshot serve --ray``: deploy, wait for Ctrl-C / SIGTERM (or ``stop``), then shut Serve down
     cleanly: replicas stop taking jobs, queued jobs are answered 503, running ones stop at their next step."""
     ray = require_ray()
@@ -162,8 +186,15 @@ def serve_on_ray(settings: ServerSettings, *, address: str | None, host: str, po
         gpus = float(ray.cluster_resources().get("GPU", 0))
         from ..scale.serve import plan_replicas
 
-        plan = plan_replicas(gpus, replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
-                             num_gpus=num_gpus, num_cpus=num_cpus, max_queue=settings.max_queue)
+        plan = plan_replicas(
+            gpus,
+            replicas=replicas,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            num_gpus=num_gpus,
+            num_cpus=num_cpus,
+            max_queue=settings.max_queue,
+        )
         short = shortfall(plan, gpus)
         if short and local:
             raise BestshotError(short)
@@ -180,10 +211,15 @@ def serve_on_ray(settings: ServerSettings, *, address: str | None, host: str, po
         try:
             counter = deploy(settings, plan, host=host, port=port)
             per = f"{plan.num_gpus:g} GPU" if plan.num_gpus else f"{plan.num_cpus:g} CPU"
-            count = (f"{plan.min_replicas}-{plan.max_replicas} replicas (autoscaling)" if plan.autoscaling
-                     else f"{plan.max_replicas} replica(s)")
-            echo(f"bestshot serving {settings.model} on Ray Serve: {count}, {per} each, at most {settings.max_queue} "
-                 f"jobs queued in all — http://{host}:{port}/  (Ctrl-C stops)")
+            count = (
+                f"{plan.min_replicas}-{plan.max_replicas} replicas (autoscaling)"
+                if plan.autoscaling
+                else f"{plan.max_replicas} replica(s)"
+            )
+            echo(
+                f"bestshot serving {settings.model} on Ray Serve: {count}, {per} each, at most {settings.max_queue} "
+                f"jobs queued in all — http://{host}:{port}/  (Ctrl-C stops)"
+            )
             try:
                 while not (signalled or stop.is_set()):
                     time.sleep(0.2)

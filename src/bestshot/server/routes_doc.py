@@ -8,30 +8,52 @@ from typing import Any
 # A1111's API routes (modules/api/api.py, 1.10; /loras and /refresh-loras come with its built-in Lora
 # extension, /sd-modules with Forge, /internal/ping with the web UI) and what A1111 does there
 A1111_ROUTES: dict[tuple[str, str], str] = {
-    ("POST", "/sdapi/v1/txt2img"): "text to image", ("POST", "/sdapi/v1/img2img"): "image to image, inpainting",
-    ("POST", "/sdapi/v1/extra-single-image"): "upscale one image", ("POST", "/sdapi/v1/extra-batch-images"): "upscale images",
-    ("POST", "/sdapi/v1/png-info"): "read an image's infotext", ("GET", "/sdapi/v1/progress"): "progress, live preview",
-    ("POST", "/sdapi/v1/interrogate"): "caption an image", ("POST", "/sdapi/v1/interrupt"): "stop the running job",
-    ("POST", "/sdapi/v1/skip"): "skip the current batch (one n_iter)", ("GET", "/sdapi/v1/options"): "settings",
-    ("POST", "/sdapi/v1/options"): "change settings", ("GET", "/sdapi/v1/cmd-flags"): "command-line flags",
-    ("GET", "/sdapi/v1/samplers"): "samplers", ("GET", "/sdapi/v1/schedulers"): "schedule types",
-    ("GET", "/sdapi/v1/upscalers"): "upscalers", ("GET", "/sdapi/v1/latent-upscale-modes"): "latent upscale modes",
-    ("GET", "/sdapi/v1/sd-models"): "checkpoints", ("GET", "/sdapi/v1/sd-vae"): "VAEs",
-    ("GET", "/sdapi/v1/sd-modules"): "Forge: extra modules", ("GET", "/sdapi/v1/hypernetworks"): "hypernetworks",
-    ("GET", "/sdapi/v1/face-restorers"): "face restorers", ("GET", "/sdapi/v1/realesrgan-models"): "Real-ESRGAN models",
-    ("GET", "/sdapi/v1/prompt-styles"): "saved styles", ("GET", "/sdapi/v1/embeddings"): "textual inversions",
-    ("GET", "/sdapi/v1/loras"): "LoRAs", ("POST", "/sdapi/v1/refresh-loras"): "rescan LoRAs",
-    ("POST", "/sdapi/v1/refresh-checkpoints"): "rescan checkpoints", ("POST", "/sdapi/v1/refresh-vae"): "rescan VAEs",
-    ("POST", "/sdapi/v1/refresh-embeddings"): "rescan embeddings", ("GET", "/sdapi/v1/memory"): "RAM and CUDA memory",
-    ("POST", "/sdapi/v1/unload-checkpoint"): "free the model", ("POST", "/sdapi/v1/reload-checkpoint"): "load it again",
-    ("GET", "/sdapi/v1/scripts"): "script names", ("GET", "/sdapi/v1/script-info"): "script arguments",
-    ("GET", "/sdapi/v1/extensions"): "installed extensions", ("POST", "/sdapi/v1/create/embedding"): "train: new embedding",
+    ("POST", "/sdapi/v1/txt2img"): "text to image",
+    ("POST", "/sdapi/v1/img2img"): "image to image, inpainting",
+    ("POST", "/sdapi/v1/extra-single-image"): "upscale one image",
+    ("POST", "/sdapi/v1/extra-batch-images"): "upscale images",
+    ("POST", "/sdapi/v1/png-info"): "read an image's infotext",
+    ("GET", "/sdapi/v1/progress"): "progress, live preview",
+    ("POST", "/sdapi/v1/interrogate"): "caption an image",
+    ("POST", "/sdapi/v1/interrupt"): "stop the running job",
+    ("POST", "/sdapi/v1/skip"): "skip the current batch (one n_iter)",
+    ("GET", "/sdapi/v1/options"): "settings",
+    ("POST", "/sdapi/v1/options"): "change settings",
+    ("GET", "/sdapi/v1/cmd-flags"): "command-line flags",
+    ("GET", "/sdapi/v1/samplers"): "samplers",
+    ("GET", "/sdapi/v1/schedulers"): "schedule types",
+    ("GET", "/sdapi/v1/upscalers"): "upscalers",
+    ("GET", "/sdapi/v1/latent-upscale-modes"): "latent upscale modes",
+    ("GET", "/sdapi/v1/sd-models"): "checkpoints",
+    ("GET", "/sdapi/v1/sd-vae"): "VAEs",
+    ("GET", "/sdapi/v1/sd-modules"): "Forge: extra modules",
+    ("GET", "/sdapi/v1/hypernetworks"): "hypernetworks",
+    ("GET", "/sdapi/v1/face-restorers"): "face restorers",
+    ("GET", "/sdapi/v1/realesrgan-models"): "Real-ESRGAN models",
+    ("GET", "/sdapi/v1/prompt-styles"): "saved styles",
+    ("GET", "/sdapi/v1/embeddings"): "textual inversions",
+    ("GET", "/sdapi/v1/loras"): "LoRAs",
+    ("POST", "/sdapi/v1/refresh-loras"): "rescan LoRAs",
+    ("POST", "/sdapi/v1/refresh-checkpoints"): "rescan checkpoints",
+    ("POST", "/sdapi/v1/refresh-vae"): "rescan VAEs",
+    ("POST", "/sdapi/v1/refresh-embeddings"): "rescan embeddings",
+    ("GET", "/sdapi/v1/memory"): "RAM and CUDA memory",
+    ("POST", "/sdapi/v1/unload-checkpoint"): "free the model",
+    ("POST", "/sdapi/v1/reload-checkpoint"): "load it again",
+    ("GET", "/sdapi/v1/scripts"): "script names",
+    ("GET", "/sdapi/v1/script-info"): "script arguments",
+    ("GET", "/sdapi/v1/extensions"): "installed extensions",
+    ("POST", "/sdapi/v1/create/embedding"): "train: new embedding",
     ("POST", "/sdapi/v1/create/hypernetwork"): "train: new hypernetwork",
-    ("POST", "/sdapi/v1/train/embedding"): "train an embedding", ("POST", "/sdapi/v1/train/hypernetwork"): "train a hypernetwork",
+    ("POST", "/sdapi/v1/train/embedding"): "train an embedding",
+    ("POST", "/sdapi/v1/train/hypernetwork"): "train a hypernetwork",
     ("POST", "/sdapi/v1/server-kill"): "stop the server (--api-server-stop)",
-    ("POST", "/sdapi/v1/server-restart"): "restart (--api-server-stop)", ("POST", "/sdapi/v1/server-stop"): "stop (--api-server-stop)",
-    ("GET", "/internal/ping"): "liveness probe", ("POST", "/internal/progress"): "the web UI's progress poll",
-    ("GET", "/internal/sysinfo"): "system information", ("GET", "/config"): "the Gradio UI's config",
+    ("POST", "/sdapi/v1/server-restart"): "restart (--api-server-stop)",
+    ("POST", "/sdapi/v1/server-stop"): "stop (--api-server-stop)",
+    ("GET", "/internal/ping"): "liveness probe",
+    ("POST", "/internal/progress"): "the web UI's progress poll",
+    ("GET", "/internal/sysinfo"): "system information",
+    ("GET", "/config"): "the Gradio UI's config",
 }
 
 
@@ -48,18 +70,30 @@ def routes(app: Any) -> dict[tuple[str, str], str]:
 def route_table(app: Any) -> str:
     """Markdown: every route of the app and of A1111, what each does in both (``—``: not there)."""
     ours = routes(app)
-    keys = sorted(set(ours) | set(A1111_ROUTES), key=lambda k: (not k[1].startswith("/sdapi"), not k[1].startswith("/internal"), k[1], k[0]))
-    lines = ["# bestshot serve: routes", "",
-             "Generated from the app by `python -m bestshot.server.routes_doc > docs/API.md`; "
-             "tests/test_server_routes_doc.py fails when this file and the app disagree.", "",
-             "Every AUTOMATIC1111 route a client calls answers in A1111's shape; where bestshot has no such feature "
-             "it answers what A1111 answers without it (an empty list, null). `—`: the route does not exist there.", "",
-             "| route | A1111 | bestshot |", "|---|---|---|"]
+    keys = sorted(
+        set(ours) | set(A1111_ROUTES),
+        key=lambda k: (not k[1].startswith("/sdapi"), not k[1].startswith("/internal"), k[1], k[0]),
+    )
+    lines = [
+        "# bestshot serve: routes",
+        "",
+        "Generated from the app by `python -m bestshot.server.routes_doc > docs/API.md`; "
+        "tests/test_server_routes_doc.py fails when this file and the app disagree.",
+        "",
+        "Every AUTOMATIC1111 route a client calls answers in A1111's shape; where bestshot has no such feature "
+        "it answers what A1111 answers without it (an empty list, null). `—`: the route does not exist there.",
+        "",
+        "| route | A1111 | bestshot |",
+        "|---|---|---|",
+    ]
     for m, p in keys:
         lines.append(f"| `{m} {p}` | {A1111_ROUTES.get((m, p), '—')} | {ours.get((m, p), '—')} |")
     missing = [f"`{m} {p}`" for m, p in keys if (m, p) in A1111_ROUTES and (m, p) not in ours]
-    lines += ["", "A1111 routes bestshot does not serve (training and server control; none of the clients in "
-              "tests/fixtures/clients calls them): " + (", ".join(missing) if missing else "none") + "."]
+    lines += [
+        "",
+        "A1111 routes bestshot does not serve (training and server control; none of the clients in "
+        "tests/fixtures/clients calls them): " + (", ".join(missing) if missing else "none") + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import BestshotError
 
@@ -59,7 +60,9 @@ def surrogate_path(value: Any, path: str = "") -> str | None:
         return None
     if isinstance(value, dict):
         for k, v in value.items():
-            found = surrogate_path(k, f"{path}.{k!s}" if path else "key") or surrogate_path(v, f"{path}.{k}" if path else str(k))
+            found = surrogate_path(k, f"{path}.{k!s}" if path else "key") or surrogate_path(
+                v, f"{path}.{k}" if path else str(k)
+            )
             if found:
                 return found
     elif isinstance(value, (list, tuple)):
@@ -133,7 +136,7 @@ def host_name(header: str) -> str:
     """``example.com:7860`` → ``example.com``; ``[::1]:7860`` → ``::1``."""
     h = header.strip().lower()
     if h.startswith("["):
-        return h[1:h.find("]")] if "]" in h else h
+        return h[1 : h.find("]")] if "]" in h else h
     return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
 
 
@@ -158,8 +161,10 @@ class HostCheck:
             return
         from starlette.responses import JSONResponse
 
-        detail = (f"Host {header!r} is not served here — use one of {', '.join(self.allowed)}, or start the server "
-                  "with --allowed-host NAME")
+        detail = (
+            f"Host {header!r} is not served here — use one of {', '.join(self.allowed)}, or start the server "
+            "with --allowed-host NAME"
+        )
         body = {"error": "InvalidHost", "detail": detail, "body": "", "errors": detail}
         await JSONResponse(json_safe(body), status_code=400)(scope, receive, send)
 
@@ -177,5 +182,16 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder", optio
         raise BestshotError(f"the {what} is not writable: {e}; or pass another {option}") from None
 
 
-__all__ = ["json_safe", "reject_surrogates", "oversized_path", "unknown_keys", "MAX_ITEMS", "surrogate_path", "json_size", "allowed_hosts", "host_name", "HostCheck",
-           "check_writable"]
+__all__ = [
+    "json_safe",
+    "reject_surrogates",
+    "oversized_path",
+    "unknown_keys",
+    "MAX_ITEMS",
+    "surrogate_path",
+    "json_size",
+    "allowed_hosts",
+    "host_name",
+    "HostCheck",
+    "check_writable",
+]

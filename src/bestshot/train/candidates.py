@@ -20,14 +20,16 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from bestshot import jsonio
+
 from ..errors import BestshotError
 
 ATTRS = ("match", "shape", "colour", "count", "position")
@@ -127,22 +129,37 @@ def _save(path: Path, cs: CandidateSet) -> None:
     from ..store import atomic_write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    blob = save({"images": cs.images.contiguous(), "verdicts": cs.verdicts.contiguous()},
-                metadata={"bestshot": jsonio.dumps({**cs.meta, "prompts": cs.prompts})})
+    blob = save(
+        {"images": cs.images.contiguous(), "verdicts": cs.verdicts.contiguous()},
+        metadata={"bestshot": jsonio.dumps({**cs.meta, "prompts": cs.prompts})},
+    )
     atomic_write_bytes(path, blob)
 
 
-def build_candidates(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], gen_cfg: Any,
-                     cache: str | Path | None = None, prompts_per_call: int = 4, save_every: int = 16,
-                     progress: bool = True, label: str = "candidates") -> CandidateSet:
+def build_candidates(
+    pipe: Any,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    gen_cfg: Any,
+    cache: str | Path | None = None,
+    prompts_per_call: int = 4,
+    save_every: int = 16,
+    progress: bool = True,
+    label: str = "candidates",
+) -> CandidateSet:
     """Candidates ``seeds`` of every prompt (the same images ``bestshot generate`` would make: image k
     depends on its seed alone) with oracle verdicts. With ``cache``, finished prompts are reused."""
     from ..generation import pipeline_kwargs
     from ..world.oracle import oracle
 
-    meta = {"generator": generator_fingerprint(pipe) if cache else None, "seeds": [int(s) for s in seeds],
-            "steps": gen_cfg.steps_base, "guidance": gen_cfg.guidance, "size": [gen_cfg.width, gen_cfg.height],
-            "scheduler": gen_cfg.scheduler}
+    meta = {
+        "generator": generator_fingerprint(pipe) if cache else None,
+        "seeds": [int(s) for s in seeds],
+        "steps": gen_cfg.steps_base,
+        "guidance": gen_cfg.guidance,
+        "size": [gen_cfg.width, gen_cfg.height],
+        "scheduler": gen_cfg.scheduler,
+    }
     path = Path(cache) if cache else None
     done = _load(path, meta) if path else None
     prompts = list(prompts)
@@ -150,8 +167,12 @@ def build_candidates(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], ge
         have = min(len(done.prompts), len(prompts))
         cs = CandidateSet(prompts[:have], done.images[:have], done.verdicts[:have], meta)
     else:
-        cs = CandidateSet([], torch.empty((0, len(seeds), 3, gen_cfg.height, gen_cfg.width), dtype=torch.uint8),
-                          torch.empty((0, len(seeds), len(ATTRS)), dtype=torch.bool), meta)
+        cs = CandidateSet(
+            [],
+            torch.empty((0, len(seeds), 3, gen_cfg.height, gen_cfg.width), dtype=torch.uint8),
+            torch.empty((0, len(seeds), len(ATTRS)), dtype=torch.bool),
+            meta,
+        )
     todo = list(range(len(cs), len(prompts), prompts_per_call))
     if progress and todo:
         from rich.progress import track
@@ -164,16 +185,22 @@ def build_candidates(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], ge
         # one call for the whole chunk: prompt k's images use the same per-seed generators as generate()
         kw = pipeline_kwargs(pipe, chunk[0], "", list(seeds), gen_cfg, None)
         kw.pop("num_images_per_prompt", None)
-        kw.update(prompt=[p for p in chunk for _ in seeds],
-                  generator=[torch.Generator("cpu").manual_seed(int(s)) for _ in chunk for s in seeds])
+        kw.update(
+            prompt=[p for p in chunk for _ in seeds],
+            generator=[torch.Generator("cpu").manual_seed(int(s)) for _ in chunk for s in seeds],
+        )
         images = pipe(**kw).images
         arr = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])).permute(0, 3, 1, 2)
-        verdicts = torch.tensor([[bool(getattr(oracle(im, p), a)) for a in ATTRS]
-                                 for p, im in zip(kw["prompt"], images)])
+        verdicts = torch.tensor(
+            [[bool(getattr(oracle(im, p), a)) for a in ATTRS] for p, im in zip(kw["prompt"], images)]
+        )
         k = len(seeds)
-        cs = CandidateSet(cs.prompts + chunk,
-                          torch.cat([cs.images, arr.reshape(len(chunk), k, *arr.shape[1:])]),
-                          torch.cat([cs.verdicts, verdicts.reshape(len(chunk), k, len(ATTRS))]), meta)
+        cs = CandidateSet(
+            cs.prompts + chunk,
+            torch.cat([cs.images, arr.reshape(len(chunk), k, *arr.shape[1:])]),
+            torch.cat([cs.verdicts, verdicts.reshape(len(chunk), k, len(ATTRS))]),
+            meta,
+        )
         since_save += len(chunk)
         if path and since_save >= save_every:
             _save(path, cs)
@@ -186,25 +213,44 @@ def build_candidates(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], ge
 RANKED_SEED_BASE = 1000  # candidate seeds of training sets (evaluation uses 0..N-1)
 
 
-def training_set(model: str, n_prompts: int, seed: int = 0, n_candidates: int = 8, cache: str | Path | None = None,
-                 device: str | None = None, prompts_per_call: int = 4, progress: bool = True) -> CandidateSet:
+def training_set(
+    model: str,
+    n_prompts: int,
+    seed: int = 0,
+    n_candidates: int = 8,
+    cache: str | Path | None = None,
+    device: str | None = None,
+    prompts_per_call: int = 4,
+    progress: bool = True,
+) -> CandidateSet:
     """The ranking training set of ``bestshot train clip`` (``ranked_model``): ``n_prompts`` training prompts
     (none of them in ``bestshot eval world``'s held-out set), ``n_candidates`` candidates each, with verdicts."""
-    from ..models.settings import resolve_config
     from ..models.loader import load_pipeline
+    from ..models.settings import resolve_config
     from ..world import heldout_prompts
 
-    gen_cfg = resolve_config(None, model=model, n_images=n_candidates, gate=False,
-                             **({"device": device} if device else {}))
+    gen_cfg = resolve_config(
+        None, model=model, n_images=n_candidates, gate=False, **({"device": device} if device else {})
+    )
     pipe = load_pipeline(model, dtype=gen_cfg.dtype, device=gen_cfg.device, scheduler=gen_cfg.scheduler)
     if getattr(pipe, "clip", None) is None:
-        raise BestshotError(f"{model} is not a bestshot world pipeline — ranked_model takes 'embedded' or a folder "
-                            "written by `bestshot train export`")
+        raise BestshotError(
+            f"{model} is not a bestshot world pipeline — ranked_model takes 'embedded' or a folder "
+            "written by `bestshot train export`"
+        )
     exclude = heldout_prompts(200, n_objects=1) + heldout_prompts(200, n_objects=2)
     prompts = training_prompts(n_prompts, seed, exclude=exclude)
     seeds = [RANKED_SEED_BASE + k for k in range(n_candidates)]
-    return build_candidates(pipe, prompts, seeds, gen_cfg, cache=cache, prompts_per_call=prompts_per_call,
-                            progress=progress, label="ranking candidates")
+    return build_candidates(
+        pipe,
+        prompts,
+        seeds,
+        gen_cfg,
+        cache=cache,
+        prompts_per_call=prompts_per_call,
+        progress=progress,
+        label="ranking candidates",
+    )
 
 
 def mixed_groups(cs: CandidateSet) -> list[int]:

@@ -27,6 +27,7 @@ from bestshot.models.embedded_clip import image_features, image_processor, text_
 from bestshot.train.common import atomic_write_text, load_config, lr_at, plot_losses
 from bestshot.train.hard_negatives import hard_negative_captions
 
+
 @dataclass
 class ClipTrainConfig:
     dataset: str = "world"
@@ -103,8 +104,16 @@ class ClipTrainConfig:
 class WorldHardNegatives(torch.utils.data.Dataset):
     """World items with hard-negative captions: ``(image, caption, [neg captions])``, deterministic per i."""
 
-    def __init__(self, length: int, size: int, seed: int, k: int, n_shape: int = 1, every_object: bool = False,
-                 object_weights: dict[int, float] | None = None):
+    def __init__(
+        self,
+        length: int,
+        size: int,
+        seed: int,
+        k: int,
+        n_shape: int = 1,
+        every_object: bool = False,
+        object_weights: dict[int, float] | None = None,
+    ):
         self.length, self.size, self.seed, self.k, self.n_shape = length, size, seed, k, n_shape
         self.every_object, self.object_weights = every_object, object_weights
 
@@ -122,21 +131,38 @@ class WorldHardNegatives(torch.utils.data.Dataset):
 # ------------------------------------------------------------------------------------------- model
 def _vision_config(cfg: ClipTrainConfig, projection_dim: int) -> dict:
     if cfg.vision_hidden % cfg.vision_heads:
-        raise BestshotError(f"vision_hidden {cfg.vision_hidden} is not a multiple of vision_heads {cfg.vision_heads} "
-                            "— pick a head count that divides it")
-    return dict(hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden,
-                num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
-                image_size=cfg.img_size, patch_size=cfg.patch_size, projection_dim=projection_dim)
+        raise BestshotError(
+            f"vision_hidden {cfg.vision_hidden} is not a multiple of vision_heads {cfg.vision_heads} "
+            "— pick a head count that divides it"
+        )
+    return dict(
+        hidden_size=cfg.vision_hidden,
+        intermediate_size=4 * cfg.vision_hidden,
+        num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.vision_heads,
+        image_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        projection_dim=projection_dim,
+    )
 
 
 def build_clip(cfg: ClipTrainConfig) -> CLIPModel:
     tok = build_clip_tokenizer()
-    text = dict(vocab_size=len(tok), hidden_size=cfg.text_hidden, intermediate_size=4 * cfg.text_hidden,
-                num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, max_position_embeddings=77,
-                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                projection_dim=cfg.projection_dim)
-    config = CLIPConfig(text_config=text, vision_config=_vision_config(cfg, cfg.projection_dim),
-                        projection_dim=cfg.projection_dim)
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=cfg.text_hidden,
+        intermediate_size=4 * cfg.text_hidden,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        max_position_embeddings=77,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        projection_dim=cfg.projection_dim,
+    )
+    config = CLIPConfig(
+        text_config=text, vision_config=_vision_config(cfg, cfg.projection_dim), projection_dim=cfg.projection_dim
+    )
     return CLIPModel(config)
 
 
@@ -146,12 +172,15 @@ def clip_with_text_from(cfg: ClipTrainConfig, folder: str | Path):
     from transformers import CLIPTokenizer
 
     if not Path(folder).is_dir():
-        raise BestshotError(f"init_text_from {folder} is not a CLIP folder — pass a folder written by `bestshot train clip`")
+        raise BestshotError(
+            f"init_text_from {folder} is not a CLIP folder — pass a folder written by `bestshot train clip`"
+        )
     src = CLIPModel.from_pretrained(str(folder), dtype=torch.float32)
     tok = CLIPTokenizer.from_pretrained(str(folder))
     dim = src.config.projection_dim
-    config = CLIPConfig(text_config=src.config.text_config.to_dict(), vision_config=_vision_config(cfg, dim),
-                        projection_dim=dim)
+    config = CLIPConfig(
+        text_config=src.config.text_config.to_dict(), vision_config=_vision_config(cfg, dim), projection_dim=dim
+    )
     model = CLIPModel(config)
     model.text_model.load_state_dict(src.text_model.state_dict())
     model.text_projection.load_state_dict(src.text_projection.state_dict())
@@ -186,24 +215,40 @@ def _object_weights(cfg: ClipTrainConfig) -> dict[int, float] | None:
         return None
     w = [float(x) for x in cfg.object_weights]
     if len(w) != 3 or min(w) < 0 or sum(w) <= 0:
-        raise BestshotError(f"object_weights {list(cfg.object_weights)} must be three weights >= 0 for 1, 2 and 3 "
-                            "objects, not all zero — e.g. [0.3, 0.5, 0.2]")
+        raise BestshotError(
+            f"object_weights {list(cfg.object_weights)} must be three weights >= 0 for 1, 2 and 3 "
+            "objects, not all zero — e.g. [0.3, 0.5, 0.2]"
+        )
     return {1: w[0], 2: w[1], 3: w[2]}
 
 
 def _dataset(cfg: ClipTrainConfig, length: int, seed: int, generated: bool = False):
     if cfg.dataset == "world" and cfg.hard_negatives > 0:
-        ds = WorldHardNegatives(length, cfg.img_size, seed, cfg.hard_negatives, cfg.shape_negatives,
-                                cfg.shape_negatives_every_object, _object_weights(cfg))
+        ds = WorldHardNegatives(
+            length,
+            cfg.img_size,
+            seed,
+            cfg.hard_negatives,
+            cfg.shape_negatives,
+            cfg.shape_negatives_every_object,
+            _object_weights(cfg),
+        )
         if generated and cfg.generated_model:
             from bestshot.train.generated import GeneratedWorldHardNegatives, Interleaved, build_pool
 
             pool_seed = seed + 104729  # world items the render stream does not start with
-            pool = build_pool(cfg.generated_model, pool_seed, cfg.generated_pool, cfg.img_size,
-                              tuple(cfg.generated_strength), cache=Path(cfg.out_dir) / "generated_pool.safetensors",
-                              device="auto")
-            gen = GeneratedWorldHardNegatives(pool, pool_seed, cfg.hard_negatives, cfg.shape_negatives,
-                                              cfg.shape_negatives_every_object)
+            pool = build_pool(
+                cfg.generated_model,
+                pool_seed,
+                cfg.generated_pool,
+                cfg.img_size,
+                tuple(cfg.generated_strength),
+                cache=Path(cfg.out_dir) / "generated_pool.safetensors",
+                device="auto",
+            )
+            gen = GeneratedWorldHardNegatives(
+                pool, pool_seed, cfg.hard_negatives, cfg.shape_negatives, cfg.shape_negatives_every_object
+            )
             ds = Interleaved(ds, gen, cfg.generated_every)
         return ds
     if generated and cfg.generated_model:
@@ -213,8 +258,9 @@ def _dataset(cfg: ClipTrainConfig, length: int, seed: int, generated: bool = Fal
     return build_dataset(cfg.dataset, cfg.img_size, length, seed)
 
 
-def degrade(images: torch.Tensor, blur_max: float, noise_max: float, prob: float = 0.5,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+def degrade(
+    images: torch.Tensor, blur_max: float, noise_max: float, prob: float = 0.5, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Blur and grain a batch of [-1, 1] images, a random amount per image (see ClipTrainConfig.blur_max).
 
     Why: the scorer ranks *generated* images, whose shapes have soft, rounded edges and whose flat areas
@@ -226,7 +272,7 @@ def degrade(images: torch.Tensor, blur_max: float, noise_max: float, prob: float
         sigma = torch.where(torch.rand(B, generator=generator) < prob, sigma, torch.zeros(B))
         r = max(1, int(math.ceil(2 * blur_max)))
         x = torch.arange(-r, r + 1, dtype=images.dtype)
-        k = torch.exp(-x[None] ** 2 / (2 * sigma.clamp(min=1e-3)[:, None] ** 2))
+        k = torch.exp(-(x[None] ** 2) / (2 * sigma.clamp(min=1e-3)[:, None] ** 2))
         k = (k / k.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (B*C, 2r+1); sigma ~0 gives a delta
         y = F.pad(out.reshape(1, B * C, H, W), (r, r, r, r), mode="replicate")
         y = F.conv2d(y, k[:, None, None, :], groups=B * C)
@@ -312,14 +358,22 @@ def _ranked_split(cfg: ClipTrainConfig):
         raise BestshotError("ranked_holdout must be in [0, 1) and ranked_groups >= 1, e.g. 0.15 and 8")
     from bestshot.train.candidates import mixed_groups, training_set
 
-    cs = training_set(cfg.ranked_model, cfg.ranked_prompts, cfg.ranked_seed, cfg.ranked_candidates,
-                      cache=cfg.ranked_cache or Path(cfg.out_dir) / "ranked_pool.safetensors", device=None)
+    cs = training_set(
+        cfg.ranked_model,
+        cfg.ranked_prompts,
+        cfg.ranked_seed,
+        cfg.ranked_candidates,
+        cache=cfg.ranked_cache or Path(cfg.out_dir) / "ranked_pool.safetensors",
+        device=None,
+    )
     mixed = mixed_groups(cs)
     cut = len(cs) - int(round(cfg.ranked_holdout * len(cs)))  # the last prompts are held out
     train, held = [p for p in mixed if p < cut], [p for p in mixed if p >= cut]
     if not train:
-        raise BestshotError(f"none of the {len(cs)} ranking prompts has both accepted and rejected candidates — "
-                            "raise ranked_prompts or ranked_candidates")
+        raise BestshotError(
+            f"none of the {len(cs)} ranking prompts has both accepted and rejected candidates — "
+            "raise ranked_prompts or ranked_candidates"
+        )
     return cs, train, held
 
 
@@ -332,15 +386,25 @@ def make_optimizer(model: CLIPModel, cfg: ClipTrainConfig) -> torch.optim.Optimi
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in params if p.ndim >= 2 and "embedding" not in n]
     other = [p for n, p in params if not (p.ndim >= 2 and "embedding" not in n)]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
-                             lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
 
 
 def training_loader(cfg: ClipTrainConfig, tok) -> torch.utils.data.DataLoader:
     """The training stream: ``steps`` batches of ``(images, captions, negatives, encoding)`` in a fixed order."""
     ds = _dataset(cfg, cfg.steps * cfg.batch_size, cfg.seed, generated=True)
-    return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=TokenizingCollate(tok),
-                                       drop_last=True, num_workers=cfg.num_workers)
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        collate_fn=TokenizingCollate(tok),
+        drop_last=True,
+        num_workers=cfg.num_workers,
+    )
 
 
 def negatives_per_image(cfg: ClipTrainConfig) -> int:
@@ -385,22 +449,30 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     if cfg.img_size % cfg.patch_size:
-        raise BestshotError(f"img_size {cfg.img_size} is not a multiple of patch_size {cfg.patch_size} — pick a divisor")
+        raise BestshotError(
+            f"img_size {cfg.img_size} is not a multiple of patch_size {cfg.patch_size} — pick a divisor"
+        )
     if cfg.generated_model and cfg.generated_every < 1:
         raise BestshotError("generated_every must be >= 1 (1 = every image generated, 2 = every other one)")
     if cfg.blur_max < 0 or cfg.noise_max < 0 or not 0 <= cfg.degrade_prob <= 1:
-        raise BestshotError("blur_max and noise_max must be >= 0 and degrade_prob in [0, 1] — e.g. blur_max: 1.0, "
-                            "noise_max: 0.08, degrade_prob: 0.5")
+        raise BestshotError(
+            "blur_max and noise_max must be >= 0 and degrade_prob in [0, 1] — e.g. blur_max: 1.0, "
+            "noise_max: 0.08, degrade_prob: 0.5"
+        )
     if cfg.init_from and cfg.init_text_from:
-        raise BestshotError("init_from and init_text_from exclude each other — init_from continues a whole CLIP, "
-                            "init_text_from starts a new image tower beside a trained text tower")
+        raise BestshotError(
+            "init_from and init_text_from exclude each other — init_from continues a whole CLIP, "
+            "init_text_from starts a new image tower beside a trained text tower"
+        )
     if cfg.schedule_by_time and not cfg.max_minutes:
         raise BestshotError("schedule_by_time needs max_minutes > 0 (the budget the schedule runs over)")
     if cfg.init_text_from:
         model, tok = clip_with_text_from(cfg, cfg.init_text_from)
     elif cfg.init_from:
         if not Path(cfg.init_from).is_dir():
-            raise BestshotError(f"init_from {cfg.init_from} is not a CLIP folder — pass a folder written by `bestshot train clip`")
+            raise BestshotError(
+                f"init_from {cfg.init_from} is not a CLIP folder — pass a folder written by `bestshot train clip`"
+            )
         from transformers import CLIPTokenizer
 
         model = CLIPModel.from_pretrained(cfg.init_from, dtype=torch.float32)
@@ -427,8 +499,13 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
     step = 0
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("clip"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn()) as bar:
+    with Progress(
+        TextColumn("clip"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ) as bar:
         task = bar.add_task("clip", total=cfg.steps, loss="-")
         for imgs, caps, negs, enc in loader:
             for g in opt.param_groups:
@@ -457,11 +534,18 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
     elapsed = time.time() - t0
     metrics = evaluate(model, tok, cfg)
     if ranked is not None:
-        metrics.update(ranked_heldout_groups=len(rank_held), ranked_train_groups=len(rank_train),
-                       ranked_top1_before=rank_before,
-                       ranked_top1=ranked_top1(model, tok, ranked, rank_held) if rank_held else None)
-    metrics.update(steps=step, seconds=round(elapsed, 1), final_loss=sum(v for _, v in losses[-20:]) / max(1, len(losses[-20:])),
-                   device=device.type)
+        metrics.update(
+            ranked_heldout_groups=len(rank_held),
+            ranked_train_groups=len(rank_train),
+            ranked_top1_before=rank_before,
+            ranked_top1=ranked_top1(model, tok, ranked, rank_held) if rank_held else None,
+        )
+    metrics.update(
+        steps=step,
+        seconds=round(elapsed, 1),
+        final_loss=sum(v for _, v in losses[-20:]) / max(1, len(losses[-20:])),
+        device=device.type,
+    )
     save_clip_folder(model.cpu(), tok, cfg, out)
     atomic_write_text(out / "metrics.json", jsonio.dumps(metrics, indent=2))
     plot_losses(losses, out / "loss.png", "CLIP InfoNCE")

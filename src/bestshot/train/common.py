@@ -18,7 +18,9 @@ T = TypeVar("T")
 
 def load_config(cls: type[T], path: str | os.PathLike | None = None, **overrides: Any) -> T:
     """Dataclass ``cls`` from a YAML file plus keyword overrides; unknown keys are a BestshotError."""
-    data = read_yaml_mapping(path, "pass an existing YAML file to --config (see configs/embedded/*.yaml)") if path else {}
+    data = (
+        read_yaml_mapping(path, "pass an existing YAML file to --config (see configs/embedded/*.yaml)") if path else {}
+    )
     data.update({k: v for k, v in overrides.items() if v is not None})
     return dataclass_from_dict(cls, data, "training")
 
@@ -28,9 +30,11 @@ def check_clip_spec(path: str | os.PathLike) -> None:
     one line (transformers took ``open_clip:...`` for a malformed hub id)."""
     spec = str(path)
     if spec.startswith("open_clip:"):
-        raise BestshotError(f"--clip {spec}: training takes a CLIP folder in transformers' layout (config.json and "
-                            "weights); open_clip CLIPs are not supported here — pass such a folder, e.g. the "
-                            "embedded model's clip/ folder")
+        raise BestshotError(
+            f"--clip {spec}: training takes a CLIP folder in transformers' layout (config.json and "
+            "weights); open_clip CLIPs are not supported here — pass such a folder, e.g. the "
+            "embedded model's clip/ folder"
+        )
     if not Path(spec).is_dir() and (":" in spec or spec.startswith((".", "/", "~")) or spec.count("/") > 1):
         raise BestshotError(f"--clip {spec} is not a CLIP folder — pass a folder with config.json and weights")
 
@@ -120,7 +124,9 @@ def plot_similarity(sim, row_labels: list[str], col_labels: list[str], path: str
 
     sim = np.asarray(sim, dtype=float)
     if sim.shape != (len(row_labels), len(col_labels)):
-        raise ValueError(f"similarity matrix {sim.shape} does not match {len(row_labels)} rows x {len(col_labels)} columns")
+        raise ValueError(
+            f"similarity matrix {sim.shape} does not match {len(row_labels)} rows x {len(col_labels)} columns"
+        )
     r, c = sim.shape
     fig, ax = plt.subplots(figsize=(min(2 + 0.6 * c, 24), min(1.5 + 0.45 * r, 18)), dpi=100)
     im = ax.imshow(sim, cmap="viridis", aspect="auto")
@@ -129,8 +135,15 @@ def plot_similarity(sim, row_labels: list[str], col_labels: list[str], path: str
     if r * c <= 400:
         for i in range(r):
             for j in range(c):
-                ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if sim[i, j] < sim.mean() else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{sim[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if sim[i, j] < sim.mean() else "black",
+                )
     fig.colorbar(im, ax=ax, label="cosine similarity")
     ax.set_title(title)
     fig.tight_layout()

@@ -26,13 +26,39 @@ from bestshot.world import WorldDataset, image_to_tensor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_LABELS = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 # how each label reads inside a sentence ("a photo of a pair of trousers")
-_FASHION_NOUNS = ("t-shirt", "pair of trousers", "pullover", "dress", "coat",
-                  "sandal", "shirt", "sneaker", "bag", "ankle boot")
-_FASHION_TEMPLATES = ("a photo of {a} {noun}", "{a} {noun}", "a picture of {a} {noun}",
-                      "a black and white photo of {a} {noun}", "a product photo of {a} {noun}", "{noun}")
+_FASHION_NOUNS = (
+    "t-shirt",
+    "pair of trousers",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
+_FASHION_TEMPLATES = (
+    "a photo of {a} {noun}",
+    "{a} {noun}",
+    "a picture of {a} {noun}",
+    "a black and white photo of {a} {noun}",
+    "a product photo of {a} {noun}",
+    "{noun}",
+)
 
 
 def load_rgb(path: str | Path, size: int) -> Image.Image:
@@ -46,7 +72,9 @@ def load_rgb(path: str | Path, size: int) -> Image.Image:
     w, h = im.size
     s = min(w, h)
     im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    return im if s == size else im.resize((size, size), Image.Resampling.LANCZOS if s > size else Image.Resampling.BICUBIC)
+    return (
+        im if s == size else im.resize((size, size), Image.Resampling.LANCZOS if s > size else Image.Resampling.BICUBIC)
+    )
 
 
 def _readable(path: Path) -> bool:
@@ -90,14 +118,17 @@ class CaptionFolderDataset(torch.utils.data.Dataset):
     ``"optional"`` (image embeddings, e.g. ``cond: image_embed``) keeps them with the caption ``""``.
     """
 
-    def __init__(self, root: str | Path, size: int = 64, check: bool = True, captions: str = "required",
-                 class_caption: str = ""):
+    def __init__(
+        self, root: str | Path, size: int = 64, check: bool = True, captions: str = "required", class_caption: str = ""
+    ):
         root = Path(root).expanduser()
         if captions not in ("required", "optional"):
             raise ValueError(f"captions must be 'required' or 'optional', not {captions!r}")
         if not root.exists():
-            raise BestshotError(f"dataset {root} does not exist — pass a folder of images (with .txt captions, or "
-                                f"class folders) or a CSV manifest")
+            raise BestshotError(
+                f"dataset {root} does not exist — pass a folder of images (with .txt captions, or "
+                f"class folders) or a CSV manifest"
+            )
         self.size, self.root = size, root
         required = captions == "required"
         pairs = self._from_csv(root, required) if root.is_file() else self._from_folder(root, required, class_caption)
@@ -105,11 +136,15 @@ class CaptionFolderDataset(torch.utils.data.Dataset):
             pairs = [(p, c) for p, c in pairs if _readable(p)]
         if not pairs:
             if required:
-                raise BestshotError(f"no readable captioned images in {root} — put a .txt caption beside each image "
-                                    f"(photo.png + photo.txt), caption class folders with class_caption "
-                                    f"(e.g. 'a photo of a {{class}}'), or give a CSV manifest with columns image,caption")
-            raise BestshotError(f"no readable images in {root} — pass a folder of images ({', '.join(IMAGE_EXTENSIONS)}) "
-                                f"or a CSV manifest with a column image")
+                raise BestshotError(
+                    f"no readable captioned images in {root} — put a .txt caption beside each image "
+                    f"(photo.png + photo.txt), caption class folders with class_caption "
+                    f"(e.g. 'a photo of a {{class}}'), or give a CSV manifest with columns image,caption"
+                )
+            raise BestshotError(
+                f"no readable images in {root} — pass a folder of images ({', '.join(IMAGE_EXTENSIONS)}) "
+                f"or a CSV manifest with a column image"
+            )
         self.items = pairs
 
     @staticmethod
@@ -132,30 +167,39 @@ class CaptionFolderDataset(torch.utils.data.Dataset):
             if len(csvs) == 1:
                 return CaptionFolderDataset._from_csv(csvs[0], required)
         if missing:
-            warnings.warn(f"{len(missing)} image(s) in {root} have no (or an empty) .txt caption and are skipped, "
-                          f"e.g. {', '.join(missing[:3])}", stacklevel=3)
+            warnings.warn(
+                f"{len(missing)} image(s) in {root} have no (or an empty) .txt caption and are skipped, "
+                f"e.g. {', '.join(missing[:3])}",
+                stacklevel=3,
+            )
         return pairs
 
     @staticmethod
     def _from_csv(path: Path, required: bool = True) -> list[tuple[Path, str]]:
         if path.suffix.lower() != ".csv":
-            raise BestshotError(f"{path} is a file but not a .csv manifest — pass a folder or a CSV with columns image,caption")
+            raise BestshotError(
+                f"{path} is a file but not a .csv manifest — pass a folder or a CSV with columns image,caption"
+            )
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             fields = [c.strip().lower() for c in reader.fieldnames or []]
             col = next((c for c in ("image", "path", "file") if c in fields), None)
             if col is None or (required and "caption" not in fields):
                 need = "image,caption" if required else "image (and optionally caption)"
-                raise BestshotError(f"{path} needs the columns {need} (found: {', '.join(fields) or 'none'}) — "
-                                    f"add a header line '{'image,caption' if required else 'image'}'")
+                raise BestshotError(
+                    f"{path} needs the columns {need} (found: {', '.join(fields) or 'none'}) — "
+                    f"add a header line '{'image,caption' if required else 'image'}'"
+                )
             rows = [{k.strip().lower(): (v or "") for k, v in row.items() if k} for row in reader]
         pairs = []
         for n, row in enumerate(rows, start=2):
             img, cap = row[col].strip(), " ".join(row.get("caption", "").split())
             p = (path.parent / img) if img else None
             if p is None or (required and not cap) or not p.is_file():
-                warnings.warn(f"{path}:{n}: skipping row (missing image file{' or empty caption' if required else ''}): "
-                              f"{img!r}", stacklevel=3)
+                warnings.warn(
+                    f"{path}:{n}: skipping row (missing image file{' or empty caption' if required else ''}): {img!r}",
+                    stacklevel=3,
+                )
                 continue
             pairs.append((p, cap))
         return pairs
@@ -174,12 +218,14 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         data = f.read()
-    got, = struct.unpack(">I", data[:4])
+    (got,) = struct.unpack(">I", data[:4])
     if got != magic:
-        raise BestshotError(f"{path} is not an IDX file of the expected kind (magic {got}, want {magic}) — "
-                            f"reinstall it: apt-get install --reinstall dataset-fashion-mnist")
+        raise BestshotError(
+            f"{path} is not an IDX file of the expected kind (magic {got}, want {magic}) — "
+            f"reinstall it: apt-get install --reinstall dataset-fashion-mnist"
+        )
     ndim = magic & 0xFF
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -187,7 +233,9 @@ def _find(root: Path, stem: str) -> Path:
     for name in (f"{stem}.gz", stem):
         if (root / name).is_file():
             return root / name
-    raise BestshotError(f"Fashion-MNIST file {stem}(.gz) missing in {root} — install it: apt-get install dataset-fashion-mnist")
+    raise BestshotError(
+        f"Fashion-MNIST file {stem}(.gz) missing in {root} — install it: apt-get install dataset-fashion-mnist"
+    )
 
 
 class FashionMNISTDataset(torch.utils.data.Dataset):
@@ -201,13 +249,17 @@ class FashionMNISTDataset(torch.utils.data.Dataset):
         if split not in ("train", "test"):
             raise BestshotError(f"Fashion-MNIST split must be 'train' or 'test', not {split!r}")
         if not root.is_dir():
-            raise BestshotError(f"Fashion-MNIST not found in {root} — install it with "
-                                f"`apt-get install dataset-fashion-mnist` (or pass root=...)")
+            raise BestshotError(
+                f"Fashion-MNIST not found in {root} — install it with "
+                f"`apt-get install dataset-fashion-mnist` (or pass root=...)"
+            )
         prefix = "train" if split == "train" else "t10k"
         self.images = _read_idx(_find(root, f"{prefix}-images-idx3-ubyte"), 2051)
         self.labels = _read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"), 2049).astype(np.int64)
         if len(self.images) != len(self.labels):
-            raise BestshotError(f"Fashion-MNIST {split} images and labels disagree in length in {root} — reinstall the package")
+            raise BestshotError(
+                f"Fashion-MNIST {split} images and labels disagree in length in {root} — reinstall the package"
+            )
         self.size, self.seed = size, seed
 
     def __len__(self) -> int:
@@ -231,8 +283,9 @@ class FashionMNISTDataset(torch.utils.data.Dataset):
 DEFAULT_WORLD_LENGTH = 100_000
 
 
-def build_dataset(spec: str, size: int, length: int | None = None, seed: int = 0, captions: str = "required",
-                  class_caption: str = "") -> torch.utils.data.Dataset:
+def build_dataset(
+    spec: str, size: int, length: int | None = None, seed: int = 0, captions: str = "required", class_caption: str = ""
+) -> torch.utils.data.Dataset:
     """Dataset from a CLI string.
 
     - ``world`` (1-3 objects), ``world:1`` or ``world:1-2`` (object counts): the procedural world,
@@ -252,16 +305,21 @@ def build_dataset(spec: str, size: int, length: int | None = None, seed: int = 0
             except ValueError:
                 lo = hi = -1
             if not (1 <= lo <= hi <= 3 and len(parts) <= 2):
-                raise BestshotError(f"bad world dataset {spec!r} — use world, world:1, world:2 or world:1-2 (1 to 3 objects)")
+                raise BestshotError(
+                    f"bad world dataset {spec!r} — use world, world:1, world:2 or world:1-2 (1 to 3 objects)"
+                )
         return WorldDataset(length or DEFAULT_WORLD_LENGTH, size=size, seed=seed, max_objects=hi, min_objects=lo)
     if s.lower() in ("fashion-mnist", "fashion-mnist:train", "fashion-mnist:test", "fashionmnist"):
-        ds: torch.utils.data.Dataset = FashionMNISTDataset(split="test" if s.lower().endswith(":test") else "train",
-                                                           size=size, seed=seed)
+        ds: torch.utils.data.Dataset = FashionMNISTDataset(
+            split="test" if s.lower().endswith(":test") else "train", size=size, seed=seed
+        )
     elif Path(s).expanduser().is_dir() or s.lower().endswith(".csv"):
         ds = CaptionFolderDataset(s, size=size, captions=captions, class_caption=class_caption)
     else:
-        raise BestshotError(f"unknown dataset {spec!r} — use 'world', 'fashion-mnist', a folder of images (.txt "
-                            f"captions or class folders), or a .csv manifest with columns image[,caption]")
+        raise BestshotError(
+            f"unknown dataset {spec!r} — use 'world', 'fashion-mnist', a folder of images (.txt "
+            f"captions or class folders), or a .csv manifest with columns image[,caption]"
+        )
     if length is not None and length < len(ds):
         ds = torch.utils.data.Subset(ds, range(length))
     return ds

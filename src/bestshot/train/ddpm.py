@@ -33,12 +33,31 @@ from transformers import CLIPModel, CLIPTokenizer
 
 from bestshot import jsonio
 from bestshot.errors import BestshotError
-from bestshot.train.common import EMA, check_clip_spec, atomic_torch_save, atomic_write_text, load_config, lr_at, plot_losses
+from bestshot.train.common import (
+    EMA,
+    atomic_torch_save,
+    atomic_write_text,
+    check_clip_spec,
+    load_config,
+    lr_at,
+    plot_losses,
+)
 
 CKPT_NAME = "latest.pt"
 # fields that may change between a checkpoint and a resumed run (length/logistics, not the model or data)
-RESUMABLE_FIELDS = {"steps", "epochs", "max_minutes", "ckpt_every", "log_every", "num_workers", "threads", "out_dir",
-                    "init_from", "ckpt_keep_last", "ckpt_every_epochs"}
+RESUMABLE_FIELDS = {
+    "steps",
+    "epochs",
+    "max_minutes",
+    "ckpt_every",
+    "log_every",
+    "num_workers",
+    "threads",
+    "out_dir",
+    "init_from",
+    "ckpt_keep_last",
+    "ckpt_every_epochs",
+}
 
 
 @dataclass
@@ -120,15 +139,23 @@ class DDPMConfig:
         if self.cond not in ("text_tokens", "text_embed", "image_embed"):
             raise BestshotError(f"cond {self.cond!r} is not supported — use text_tokens, text_embed or image_embed")
         if len(self.attention_levels) != len(self.block_out_channels):
-            raise BestshotError("attention_levels needs one true/false per entry of block_out_channels — fix the config")
+            raise BestshotError(
+                "attention_levels needs one true/false per entry of block_out_channels — fix the config"
+            )
         if self.img_size % 2 ** (len(self.block_out_channels) - 1):
-            raise BestshotError(f"img_size {self.img_size} must be divisible by {2 ** (len(self.block_out_channels) - 1)}")
+            raise BestshotError(
+                f"img_size {self.img_size} must be divisible by {2 ** (len(self.block_out_channels) - 1)}"
+            )
         if not Path(self.clip).is_dir():
-            raise BestshotError(f"CLIP folder {self.clip} not found — train one with `bestshot train clip` or set clip:")
+            raise BestshotError(
+                f"CLIP folder {self.clip} not found — train one with `bestshot train clip` or set clip:"
+            )
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise BestshotError(f"prediction_type {self.prediction_type!r} — use epsilon or v_prediction")
         if self.init_from and not Path(self.init_from).exists():
-            raise BestshotError(f"init_from {self.init_from} not found — give a checkpoint file or run folder, or leave it empty")
+            raise BestshotError(
+                f"init_from {self.init_from} not found — give a checkpoint file or run folder, or leave it empty"
+            )
         if self.amp not in ("auto", "bf16", "none"):
             raise BestshotError(f"amp {self.amp!r} — use auto, bf16 or none")
         if not 0 <= self.aug_hflip <= 1:
@@ -157,13 +184,22 @@ def build_unet(cfg: DDPMConfig, clip_config) -> UNet2DConditionModel:
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels))
     groups = 32 if all(c % 32 == 0 for c in cfg.block_out_channels) else 8
     # c_embed_dim: diffusers' encoder_hid_proj maps the CLIP's xdim to the width cross-attention works in
-    proj = dict(cross_attention_dim=cfg.c_embed_dim, encoder_hid_dim=xdim, encoder_hid_dim_type="text_proj") \
-        if cfg.c_embed_dim else dict(cross_attention_dim=xdim)
+    proj = (
+        dict(cross_attention_dim=cfg.c_embed_dim, encoder_hid_dim=xdim, encoder_hid_dim_type="text_proj")
+        if cfg.c_embed_dim
+        else dict(cross_attention_dim=xdim)
+    )
     return UNet2DConditionModel(
-        sample_size=cfg.img_size, in_channels=cfg.channels, out_channels=cfg.channels,
-        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
-        down_block_types=down, up_block_types=up, **proj,
-        attention_head_dim=cfg.attention_head_dim, norm_num_groups=groups,
+        sample_size=cfg.img_size,
+        in_channels=cfg.channels,
+        out_channels=cfg.channels,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=down,
+        up_block_types=up,
+        **proj,
+        attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=groups,
         time_embedding_dim=cfg.t_embed_dim or None,
         class_embed_type="projection" if cfg.class_embed else None,
         projection_class_embeddings_input_dim=clip_config.projection_dim if cfg.class_embed else None,
@@ -182,20 +218,33 @@ def augment(x: torch.Tensor, hflip: float, crop_pad: int, g: torch.Generator) ->
         padded = F.pad(x, (p, p, p, p), mode="reflect")
         dy = torch.randint(0, 2 * p + 1, (b,), generator=g).tolist()
         dx = torch.randint(0, 2 * p + 1, (b,), generator=g).tolist()
-        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+        x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
     return x
 
 
 def noise_scheduler(cfg: DDPMConfig) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=cfg.timesteps, beta_schedule=cfg.beta_schedule, beta_start=cfg.beta_start,
-                         beta_end=cfg.beta_end, prediction_type=cfg.prediction_type, clip_sample=True)
+    return DDPMScheduler(
+        num_train_timesteps=cfg.timesteps,
+        beta_schedule=cfg.beta_schedule,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        prediction_type=cfg.prediction_type,
+        clip_sample=True,
+    )
 
 
 def sampling_scheduler(cfg: DDPMConfig) -> DDIMScheduler:
     """DDIM with trailing timesteps: good at ~20 steps, starts from pure noise."""
-    return DDIMScheduler(num_train_timesteps=cfg.timesteps, beta_schedule=cfg.beta_schedule, beta_start=cfg.beta_start,
-                         beta_end=cfg.beta_end, prediction_type=cfg.prediction_type, clip_sample=True, set_alpha_to_one=False,
-                         timestep_spacing="trailing")
+    return DDIMScheduler(
+        num_train_timesteps=cfg.timesteps,
+        beta_schedule=cfg.beta_schedule,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        prediction_type=cfg.prediction_type,
+        clip_sample=True,
+        set_alpha_to_one=False,
+        timestep_spacing="trailing",
+    )
 
 
 @torch.no_grad()
@@ -237,8 +286,10 @@ def check_compatible(saved: dict, cfg: DDPMConfig, path: Path) -> None:
         if old != v:
             diffs.append(f"{k}: checkpoint {old!r} vs config {v!r}")
     if diffs:
-        raise BestshotError(f"checkpoint {path} was made with a different config ({'; '.join(diffs)}) — "
-                            f"use the original config or another out_dir")
+        raise BestshotError(
+            f"checkpoint {path} was made with a different config ({'; '.join(diffs)}) — "
+            f"use the original config or another out_dir"
+        )
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -250,8 +301,10 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file
-        raise BestshotError(f"{path} is not a readable bestshot checkpoint ({type(e).__name__}) — delete it and "
-                            "resume from an older one") from None
+        raise BestshotError(
+            f"{path} is not a readable bestshot checkpoint ({type(e).__name__}) — delete it and "
+            "resume from an older one"
+        ) from None
 
 
 def init_weights(unet: UNet2DConditionModel, path: str | Path) -> None:
@@ -270,8 +323,10 @@ def init_weights(unet: UNet2DConditionModel, path: str | Path) -> None:
         unet.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1].strip()[:200]
-        raise BestshotError(f"init_from {path} has another UNet architecture ({first}) — use the block_out_channels, "
-                            f"layers_per_block and attention settings it was trained with") from None
+        raise BestshotError(
+            f"init_from {path} has another UNet architecture ({first}) — use the block_out_channels, "
+            f"layers_per_block and attention settings it was trained with"
+        ) from None
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -382,8 +437,14 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
     from bestshot.train.data import build_dataset
 
     pre = clip_preprocess(cfg.clip, clip)
-    ds = build_dataset(cfg.dataset, cfg.img_size, cfg.dataset_length, cfg.seed,
-                       captions="optional" if cfg.cond == "image_embed" else "required", class_caption=cfg.class_caption)
+    ds = build_dataset(
+        cfg.dataset,
+        cfg.img_size,
+        cfg.dataset_length,
+        cfg.seed,
+        captions="optional" if cfg.cond == "image_embed" else "required",
+        class_caption=cfg.class_caption,
+    )
     if cfg.cond == "image_embed" and cfg.embed_cache:
         from bestshot.train.embed_cache import load_cache
 
@@ -394,22 +455,29 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
     total = cfg.total_steps(n, W)
     # micro-batch m is items [m*B, (m+1)*B) (mod n); step s sums micro-batches (s*A + k)*W + r, k < A, of process r
     indices = [((m * W + r) * B + j) % n for m in range(step * A, total * A) for j in range(B)]
-    loader = torch.utils.data.DataLoader(_Indexed(ds), batch_size=B, sampler=indices, num_workers=cfg.num_workers,
-                                         collate_fn=_collate, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        _Indexed(ds), batch_size=B, sampler=indices, num_workers=cfg.num_workers, collate_fn=_collate, drop_last=True
+    )
     empty_hidden, empty_pooled = encode_text(clip, tok, [""], cfg.cond)
     history = out / "checkpoints"
 
     def save(final: bool = False) -> None:
         if not dist.main:
             return
-        state = {"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                 "step": step, "config": dataclasses.asdict(cfg), "losses": losses,
-                 "elapsed": elapsed_before + time.time() - t0}
+        state = {
+            "model": unet.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "config": dataclasses.asdict(cfg),
+            "losses": losses,
+            "elapsed": elapsed_before + time.time() - t0,
+        }
         atomic_torch_save(state, ckpt_path)
         if cfg.ckpt_keep_last:
             history.mkdir(exist_ok=True)
             atomic_torch_save(state, history / f"step_{step:08d}.pt")
-            for old in sorted(history.glob("step_*.pt"))[:-cfg.ckpt_keep_last]:
+            for old in sorted(history.glob("step_*.pt"))[: -cfg.ckpt_keep_last]:
                 old.unlink(missing_ok=True)
         plot_losses(losses, out / "loss.png", f"DDPM loss ({cfg.cond})")
 
@@ -423,8 +491,16 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
         history.mkdir(exist_ok=True)
         e = epoch_of(step) * cfg.ckpt_every_epochs
         name = f"epoch_{int(e):04d}.pt" if float(e).is_integer() else f"epoch_{e:09.3f}.pt"
-        atomic_torch_save({"model": unet.state_dict(), "ema": ema.state_dict(), "step": step,
-                           "config": dataclasses.asdict(cfg), "epoch": e}, history / name)
+        atomic_torch_save(
+            {
+                "model": unet.state_dict(),
+                "ema": ema.state_dict(),
+                "step": step,
+                "config": dataclasses.asdict(cfg),
+                "epoch": e,
+            },
+            history / name,
+        )
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -432,8 +508,14 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
     stopped_early = False
     micro, step_loss = 0, 0.0
     model = dist.wrap(unet)  # DDP when several processes, else the UNet itself
-    with Progress(TextColumn("ddpm"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), disable=not dist.main) as bar:
+    with Progress(
+        TextColumn("ddpm"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not dist.main,
+    ) as bar:
         task = bar.add_task("ddpm", total=total, completed=step, loss="-")
         for idx, x0, caps in loader:
             if micro == 0:  # one generator per step (and process); the micro-batches of a step draw from it in turn
@@ -454,16 +536,23 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
                 hidden, pooled = encode_text(clip, tok, caps, cfg.cond)
             hidden = torch.where(drop[:, None, None], empty_hidden.to(hidden.dtype).expand_as(hidden), hidden)
             pooled = torch.where(drop[:, None], empty_pooled.expand_as(pooled), pooled)
-            xt = sched.add_noise(x0, noise, t.cpu()).to(device) if device.type == "cpu" else sched.add_noise(x0, noise, t)
+            xt = (
+                sched.add_noise(x0, noise, t.cpu()).to(device)
+                if device.type == "cpu"
+                else sched.add_noise(x0, noise, t)
+            )
             with dist.no_sync(model, skip=micro + 1 < A):  # gradients are averaged once per step
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    pred = model(xt, t, encoder_hidden_states=hidden,
-                                 class_labels=pooled if cfg.class_embed else None).sample
+                    pred = model(
+                        xt, t, encoder_hidden_states=hidden, class_labels=pooled if cfg.class_embed else None
+                    ).sample
                 target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
                 mse = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
                 if cfg.min_snr_gamma > 0:  # weight min(snr, gamma) on the x0 error, expressed for eps or v
                     snr = acp[t] / (1 - acp[t])
-                    mse = mse * snr.clamp(max=cfg.min_snr_gamma) / (snr if cfg.prediction_type == "epsilon" else snr + 1)
+                    mse = (
+                        mse * snr.clamp(max=cfg.min_snr_gamma) / (snr if cfg.prediction_type == "epsilon" else snr + 1)
+                    )
                 loss = mse.mean() / A
                 loss.backward()
             step_loss += loss.item()
@@ -482,7 +571,7 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
             losses.append((step, step_loss))
             bar.update(task, advance=1, loss=f"{step_loss:.4f}")
             if step % cfg.log_every == 0 and dist.main:
-                recent = [v for _, v in losses[-cfg.log_every:]]
+                recent = [v for _, v in losses[-cfg.log_every :]]
                 print(f"step {step}/{total} loss {sum(recent) / len(recent):.4f} {time.time() - t0:.0f}s", flush=True)
             if cfg.ckpt_every_epochs and epoch_of(step) > epoch_of(step - 1):
                 save_epoch()
@@ -494,8 +583,13 @@ def train(cfg: DDPMConfig, resume: bool = False) -> dict:
     save()
     dist.barrier()
     recent = [v for _, v in losses[-50:]]
-    summary = {"step": step, "total_steps": total, "final_loss": sum(recent) / max(1, len(recent)),
-               "seconds": round(elapsed_before + time.time() - t0, 1), "stopped_early": stopped_early}
+    summary = {
+        "step": step,
+        "total_steps": total,
+        "final_loss": sum(recent) / max(1, len(recent)),
+        "seconds": round(elapsed_before + time.time() - t0, 1),
+        "stopped_early": stopped_early,
+    }
     if dist.world > 1:
         summary["processes"] = dist.world
     if dist.main:
@@ -510,9 +604,11 @@ def _check_same_text_tower(clip, trained_with, clip_dir: str, trained_dir: str) 
     b = {**trained_with.text_model.state_dict(), **trained_with.text_projection.state_dict()}
     # compared at float16 precision: an exported model stores its CLIP in float16
     if a.keys() != b.keys() or any(not torch.equal(a[k].half(), b[k].half()) for k in a):
-        raise BestshotError(f"{clip_dir} has another text tower than {trained_dir}, the CLIP this denoiser was trained "
-                            "with — its prompts would mean nothing to the denoiser. Pass a CLIP fine-tuned from "
-                            f"{trained_dir} with freeze_text: true, or leave --clip out")
+        raise BestshotError(
+            f"{clip_dir} has another text tower than {trained_dir}, the CLIP this denoiser was trained "
+            "with — its prompts would mean nothing to the denoiser. Pass a CLIP fine-tuned from "
+            f"{trained_dir} with freeze_text: true, or leave --clip out"
+        )
 
 
 def pipeline_from_checkpoint(checkpoint: str | Path, clip_dir: str | None = None, use_ema: bool = True):
@@ -532,7 +628,13 @@ def pipeline_from_checkpoint(checkpoint: str | Path, clip_dir: str | None = None
     else:
         unet.load_state_dict(ck["model"])
     unet.eval()
-    return BestshotWorldPipeline(unet=unet, scheduler=sampling_scheduler(cfg), clip=clip, tokenizer=tok, conditioning=cfg.cond), cfg, ck
+    return (
+        BestshotWorldPipeline(
+            unet=unet, scheduler=sampling_scheduler(cfg), clip=clip, tokenizer=tok, conditioning=cfg.cond
+        ),
+        cfg,
+        ck,
+    )
 
 
 def pipeline_from_folder(folder: str | Path, clip_dir: str | None = None):
@@ -551,10 +653,17 @@ def pipeline_from_folder(folder: str | Path, clip_dir: str | None = None):
     return pipe, (json.loads(path.read_text()) if path.exists() else {})
 
 
-def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = None, fp16: bool = True,
-           defaults: dict | None = None, spatial_guidance_scale: float | None = None,
-           spatial_guidance_end: float | None = None, spatial_guidance_every: int | None = None,
-           scheduler: str | None = None) -> Path:
+def export(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    clip_dir: str | None = None,
+    fp16: bool = True,
+    defaults: dict | None = None,
+    spatial_guidance_scale: float | None = None,
+    spatial_guidance_end: float | None = None,
+    spatial_guidance_every: int | None = None,
+    scheduler: str | None = None,
+) -> Path:
     """Write a BestshotWorldPipeline folder + bestshot_defaults.json (fp16 storage keeps it small).
 
     ``checkpoint`` is a training run (its EMA weights are exported) or an exported pipeline folder (re-exported,
@@ -571,18 +680,33 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
         pipe, base = pipeline_from_folder(checkpoint, clip_dir)
     else:
         pipe, cfg, ck = pipeline_from_checkpoint(checkpoint, clip_dir)
-        base = {**DEFAULTS, "height": cfg.img_size, "width": cfg.img_size, "trained_steps": ck["step"],
-                "conditioning": cfg.cond, "dataset": cfg.dataset}
-    given = {"spatial_guidance_scale": spatial_guidance_scale, "spatial_guidance_end": spatial_guidance_end,
-             "spatial_guidance_every": spatial_guidance_every}
+        base = {
+            **DEFAULTS,
+            "height": cfg.img_size,
+            "width": cfg.img_size,
+            "trained_steps": ck["step"],
+            "conditioning": cfg.cond,
+            "dataset": cfg.dataset,
+        }
+    given = {
+        "spatial_guidance_scale": spatial_guidance_scale,
+        "spatial_guidance_end": spatial_guidance_end,
+        "spatial_guidance_every": spatial_guidance_every,
+    }
     given = {k: v for k, v in given.items() if v is not None}
     if given:  # checked as the pipeline checks them, together with the settings the folder keeps
-        final = {k: pipe.config[k] for k in ("spatial_guidance_scale", "spatial_guidance_end", "spatial_guidance_every")}
+        final = {
+            k: pipe.config[k] for k in ("spatial_guidance_scale", "spatial_guidance_end", "spatial_guidance_every")
+        }
         final.update(given)
         try:
-            check_guidance(final["spatial_guidance_scale"], final["spatial_guidance_end"], final["spatial_guidance_every"])
+            check_guidance(
+                final["spatial_guidance_scale"], final["spatial_guidance_end"], final["spatial_guidance_every"]
+            )
         except ValueError as e:
-            raise BestshotError(f"{e} (export --spatial-guidance, --spatial-guidance-end, --spatial-guidance-every)") from None
+            raise BestshotError(
+                f"{e} (export --spatial-guidance, --spatial-guidance-end, --spatial-guidance-every)"
+            ) from None
         pipe.register_to_config(**{k: int(v) if k == "spatial_guidance_every" else float(v) for k, v in given.items()})
     defaults = dict(defaults or {})
     if scheduler:
@@ -612,8 +736,11 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
     pipe.tokenizer.save_pretrained(tmp / "clip")
     for sub in ("clip", "tokenizer"):
         write_tokenizer_files(tmp / sub)
-    keep = [p for p in [Path("TRAINING.md"), *(p.relative_to(out_dir) for p in out_dir.glob("*.png"))]
-            if (out_dir / p).exists()]  # the model card and its plots survive a re-export
+    keep = [
+        p
+        for p in [Path("TRAINING.md"), *(p.relative_to(out_dir) for p in out_dir.glob("*.png"))]
+        if (out_dir / p).exists()
+    ]  # the model card and its plots survive a re-export
     for p in keep:
         shutil.copy(out_dir / p, tmp / p)
     if out_dir.exists():
@@ -629,21 +756,29 @@ def export(checkpoint: str | Path, out_dir: str | Path, clip_dir: str | None = N
 
 
 # the CLIP-guided DDPM's original config keys, accepted as names of DDPMConfig's fields
-ALIASES = {"img_channels": "channels", "down_channels": "block_out_channels", "learning_rate": "lr",
-           "clip_model": "clip"}
+ALIASES = {
+    "img_channels": "channels",
+    "down_channels": "block_out_channels",
+    "learning_rate": "lr",
+    "clip_model": "clip",
+}
 
 
 def load_ddpm_config(config: str | os.PathLike | None = None, **overrides) -> DDPMConfig:
     """The YAML config (original key names in :data:`ALIASES` accepted) plus keyword overrides."""
     from bestshot.yaml_io import read_yaml_mapping
 
-    data = read_yaml_mapping(config, "pass an existing YAML file to --config (see configs/embedded/*.yaml)") \
-        if config else {}
+    data = (
+        read_yaml_mapping(config, "pass an existing YAML file to --config (see configs/embedded/*.yaml)")
+        if config
+        else {}
+    )
     for old, new in ALIASES.items():
         if old in data:
             if new in data and data[new] != data[old]:
-                raise BestshotError(f"the config sets both {old} and {new} (its new name) to different values — "
-                                    f"keep one")
+                raise BestshotError(
+                    f"the config sets both {old} and {new} (its new name) to different values — keep one"
+                )
             data[new] = data.pop(old)
     data.update({k: v for k, v in overrides.items() if v is not None})
     return load_config(DDPMConfig, None, **data)

@@ -19,8 +19,17 @@ from bestshot.train.embed_cache import cache_key, clip_hash, describe, load_cach
 
 
 @torch.no_grad()
-def build_cache(dataset: str, clip_dir: str | Path, out: str | Path, img_size: int = 32, length: int = 10_000,
-                seed: int = 0, batch_size: int = 256, text: bool = False, class_caption: str = "") -> Path:
+def build_cache(
+    dataset: str,
+    clip_dir: str | Path,
+    out: str | Path,
+    img_size: int = 32,
+    length: int = 10_000,
+    seed: int = 0,
+    batch_size: int = 256,
+    text: bool = False,
+    class_caption: str = "",
+) -> Path:
     """Embed ``length`` items of ``dataset`` (images loaded at ``img_size``) with the CLIP in ``clip_dir``.
 
     Images need no captions unless ``text`` is set (then each needs one: a .txt, a CSV column, or its class
@@ -32,10 +41,13 @@ def build_cache(dataset: str, clip_dir: str | Path, out: str | Path, img_size: i
 
     clip, tok = load_clip(clip_dir)
     pre = clip_preprocess(clip_dir, clip)
-    ds = build_dataset(dataset, img_size, length, seed, captions="required" if text else "optional",
-                       class_caption=class_caption)
+    ds = build_dataset(
+        dataset, img_size, length, seed, captions="required" if text else "optional", class_caption=class_caption
+    )
     imgs, txts = [], []
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=lambda b: (torch.stack([x[0] for x in b]), [x[1] for x in b]))
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, collate_fn=lambda b: (torch.stack([x[0] for x in b]), [x[1] for x in b])
+    )
     for x, caps in loader:
         imgs.append(encode_images(clip, x, pre))
         if text:

@@ -31,12 +31,18 @@ def clip_hash(clip_dir: str | Path) -> str:
 
 
 def cache_key(dataset: str, img_size: int, length: int, clip_dir: str | Path, seed: int = 0) -> dict:
-    return {"dataset": dataset, "img_size": str(img_size), "length": str(length), "seed": str(seed),
-            "clip_hash": clip_hash(clip_dir)}
+    return {
+        "dataset": dataset,
+        "img_size": str(img_size),
+        "length": str(length),
+        "seed": str(seed),
+        "clip_hash": clip_hash(clip_dir),
+    }
 
 
-def load_cache(path: str | Path, dataset: str, img_size: int, clip_dir: str | Path, seed: int = 0,
-               length: int | None = None) -> torch.Tensor:
+def load_cache(
+    path: str | Path, dataset: str, img_size: int, clip_dir: str | Path, seed: int = 0, length: int | None = None
+) -> torch.Tensor:
     """The image embeddings of a cache, after checking it was made for this dataset (of ``length`` items,
     when given) and CLIP."""
     path = Path(path)
@@ -47,11 +53,15 @@ def load_cache(path: str | Path, dataset: str, img_size: int, clip_dir: str | Pa
     want = {"dataset": dataset, "img_size": str(img_size), "seed": str(seed), "clip_hash": clip_hash(clip_dir)}
     bad = [f"{k}: cache {meta.get(k)!r} vs {v!r}" for k, v in want.items() if meta.get(k) != v]
     if bad:
-        raise BestshotError(f"embedding cache {path} does not match ({'; '.join(bad)}) — rebuild it with `bestshot train embed`")
+        raise BestshotError(
+            f"embedding cache {path} does not match ({'; '.join(bad)}) — rebuild it with `bestshot train embed`"
+        )
     embeds = load_file(str(path))["image_embeds"]
     if length is not None and len(embeds) != length:
-        raise BestshotError(f"embedding cache {path} holds {len(embeds)} images but the dataset has {length} — rebuild "
-                            f"it with `bestshot train embed` and the same --length")
+        raise BestshotError(
+            f"embedding cache {path} holds {len(embeds)} images but the dataset has {length} — rebuild "
+            f"it with `bestshot train embed` and the same --length"
+        )
     return embeds
 
 

@@ -23,21 +23,36 @@ from bestshot.errors import BestshotError
 
 
 def pool_meta(model: str, seed: int, n: int, size: int, strength: tuple[float, float], steps: int) -> dict:
-    return {"model": str(model), "seed": seed, "n": n, "size": size, "strength": [float(s) for s in strength],
-            "steps": steps}
+    return {
+        "model": str(model),
+        "seed": seed,
+        "n": n,
+        "size": size,
+        "strength": [float(s) for s in strength],
+        "steps": steps,
+    }
 
 
-def build_pool(model: str, seed: int, n: int, size: int, strength: tuple[float, float] = (0.2, 0.4),
-               steps: int = 30, batch_size: int = 64, cache: str | Path | None = None, progress: bool = True,
-               device: str = "cpu") -> torch.Tensor:
+def build_pool(
+    model: str,
+    seed: int,
+    n: int,
+    size: int,
+    strength: tuple[float, float] = (0.2, 0.4),
+    steps: int = 30,
+    batch_size: int = 64,
+    cache: str | Path | None = None,
+    progress: bool = True,
+    device: str = "cpu",
+) -> torch.Tensor:
     """World items ``0..n-1`` of ``seed`` redrawn by ``model`` at strengths spread over ``strength``:
     a uint8 tensor (n, 3, size, size). With ``cache``, a matching file is reused and a new one saved.
     ``device``: where the model runs (``auto`` = CUDA when present)."""
     from safetensors.torch import load_file, save
 
+    from bestshot import world as W
     from bestshot.models.loader import load_pipeline
     from bestshot.store import atomic_write_bytes
-    from bestshot import world as W
 
     lo, hi = strength
     if not 0.0 < lo <= hi <= 1.0:
@@ -51,8 +66,10 @@ def build_pool(model: str, seed: int, n: int, size: int, strength: tuple[float, 
                 return load_file(str(cache))["images"]
     pipe = load_pipeline(model, dtype="float32", device=device)
     if getattr(pipe, "sdedit", None) is None:
-        raise BestshotError(f"{model} is not a bestshot world pipeline (no sdedit) — pass the embedded model or a "
-                            "folder written by `bestshot train export`")
+        raise BestshotError(
+            f"{model} is not a bestshot world pipeline (no sdedit) — pass the embedded model or a "
+            "folder written by `bestshot train export`"
+        )
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(seed)
     out = torch.empty((n, 3, size, size), dtype=torch.uint8)

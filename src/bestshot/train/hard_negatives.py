@@ -41,10 +41,10 @@ def _hard_negative_scenes(scene, rng: random.Random, n_shape: int = 1, every_obj
     o = objs[:]
     o[k] = dataclasses.replace(objs[k], colour=rng.choice([c for c in colours if c != objs[k].colour]))
     out.append(dataclasses.replace(scene, objects=tuple(o)))
-    for j in (range(len(objs)) if every_object else [k]):
+    for j in range(len(objs)) if every_object else [k]:
         others = [s for s in shapes if s != objs[j].shape]
         # n_shape 1 keeps the single rng.choice draw, so stage-1 configs still make the same captions
-        for shape in ([rng.choice(others)] if n_shape <= 1 else rng.sample(others, min(n_shape, len(others)))):
+        for shape in [rng.choice(others)] if n_shape <= 1 else rng.sample(others, min(n_shape, len(others))):
             o = objs[:]
             o[j] = dataclasses.replace(objs[j], shape=shape)
             out.append(dataclasses.replace(scene, objects=tuple(o)))
@@ -61,13 +61,19 @@ def _hard_negative_scenes(scene, rng: random.Random, n_shape: int = 1, every_obj
     out.append(dataclasses.replace(scene, background=rng.choice([b for b in W.BACKGROUNDS if b != scene.background])))
     rng.shuffle(out)
     # the relation/colour/shape edits are the ones best-of-N needs: put them first
-    out.sort(key=lambda s: 0 if (s.relation != scene.relation and len(s.objects) == len(objs)) else
-             (1 if len(s.objects) == len(objs) and s.background == scene.background else 2))
+    out.sort(
+        key=lambda s: (
+            0
+            if (s.relation != scene.relation and len(s.objects) == len(objs))
+            else (1 if len(s.objects) == len(objs) and s.background == scene.background else 2)
+        )
+    )
     return out
 
 
-def hard_negative_captions(scene, rng: random.Random, k: int, n_shape: int = 1,
-                           every_object: bool = False) -> tuple[str, list[str]]:
+def hard_negative_captions(
+    scene, rng: random.Random, k: int, n_shape: int = 1, every_object: bool = False
+) -> tuple[str, list[str]]:
     """(positive caption, k captions of edited scenes) drawn with the same template as the positive."""
     from bestshot import world as W
 

@@ -29,8 +29,10 @@ def load_pipeline(checkpoint: str | Path):
         return BestshotWorldPipeline.from_pretrained(p, **dtype_kwargs(torch.float32))
     if p.exists():
         return pipeline_from_checkpoint(p)[0]
-    raise BestshotError(f"{checkpoint} is neither a pipeline folder nor a checkpoint — pass a run folder, a .pt file "
-                        "or an exported model folder")
+    raise BestshotError(
+        f"{checkpoint} is neither a pipeline folder nor a checkpoint — pass a run folder, a .pt file "
+        "or an exported model folder"
+    )
 
 
 def set_scheduler(pipe, name: str) -> None:
@@ -62,14 +64,24 @@ def _save_atomic(img: Image.Image, path: Path, **kw) -> None:
     os.replace(tmp, path)
 
 
-def sample(checkpoint: str | Path, prompts: list[str], out: str | Path = "grid.png", n: int = 4,
-           scheduler: str = "ddim", steps: int | None = None, guidance: float | None = None, seed: int = 0,
-           gif: str | Path | None = None, gif_mode: str = "x0", similarity: str | Path | None = None) -> Path:
+def sample(
+    checkpoint: str | Path,
+    prompts: list[str],
+    out: str | Path = "grid.png",
+    n: int = 4,
+    scheduler: str = "ddim",
+    steps: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    gif: str | Path | None = None,
+    gif_mode: str = "x0",
+    similarity: str | Path | None = None,
+) -> Path:
     """Sample ``n`` images per prompt; rows = prompts. ``gif`` records predicted x0 (or x_t) at every step;
     ``similarity`` plots the model's CLIP cosine similarity of every prompt with every sample (a
     text↔image similarity matrix: a model that follows its prompts has its maxima in the prompt's own block)."""
     if not prompts:
-        raise BestshotError("no prompts — pass --prompts \"a red circle\" \"a blue square\"")
+        raise BestshotError('no prompts — pass --prompts "a red circle" "a blue square"')
     if gif_mode not in ("x0", "xt"):
         raise BestshotError("gif mode must be x0 or xt")
     pipe = load_pipeline(checkpoint)
@@ -91,8 +103,11 @@ def sample(checkpoint: str | Path, prompts: list[str], out: str | Path = "grid.p
             steps = max(steps, 100)  # ancestral DDPM needs many steps; the default for it is 100
     elif scheduler == "ddpm" and steps < 50:
         # honoured as asked (DDPMScheduler.set_timesteps takes any count), but said out loud
-        warnings.warn(f"ancestral DDPM with {steps} steps gives rough images — 100 or more is usual "
-                      "(or use --scheduler ddim for few steps)", stacklevel=2)
+        warnings.warn(
+            f"ancestral DDPM with {steps} steps gives rough images — 100 or more is usual "
+            "(or use --scheduler ddim for few steps)",
+            stacklevel=2,
+        )
     guidance = guidance if guidance is not None else defaults.get("guidance_scale", DEFAULTS["guidance_scale"])
     gens = [torch.Generator().manual_seed(seed + k) for k in range(n * len(prompts))]
     frames: list[Image.Image] = []
@@ -105,9 +120,16 @@ def sample(checkpoint: str | Path, prompts: list[str], out: str | Path = "grid.p
         frames.append(to_grid(arr, rows=len(prompts)))
         return {}
 
-    res = pipe(prompts, num_images_per_prompt=n, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
-               output_type="np", callback_on_step_end=record if gif else None,
-               callback_on_step_end_tensor_inputs=["latents", "pred_original_sample"])
+    res = pipe(
+        prompts,
+        num_images_per_prompt=n,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=gens,
+        output_type="np",
+        callback_on_step_end=record if gif else None,
+        callback_on_step_end_tensor_inputs=["latents", "pred_original_sample"],
+    )
     out = Path(out)
     grid = to_grid(res.images, rows=len(prompts))
     _save_atomic(grid, out)

@@ -6,7 +6,6 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from PIL import Image
@@ -51,13 +50,15 @@ def upscale_image(
     image: Path = typer.Argument(..., help="Input image (PNG, JPEG, WebP...)."),
     scale: int = typer.Option(4, "--scale", "-s", help="Upscale factor; non-native factors are Lanczos-resized."),
     backend: str = typer.Option("auto", help="auto | ncnn | torch | lanczos (auto: torch if --weights, else ncnn)."),
-    weights: Optional[Path] = typer.Option(None, help="Official Real-ESRGAN .pth for the torch backend."),
-    model: str = typer.Option("realesrgan-x4plus", help="ncnn model: realesrgan-x4plus, realesrgan-x4plus-anime, "
-                              "realesr-animevideov3-x2/x3/x4."),
+    weights: Path | None = typer.Option(None, help="Official Real-ESRGAN .pth for the torch backend."),
+    model: str = typer.Option(
+        "realesrgan-x4plus",
+        help="ncnn model: realesrgan-x4plus, realesrgan-x4plus-anime, realesr-animevideov3-x2/x3/x4.",
+    ),
     tile: int = typer.Option(512, help="Tile size in input pixels (0: whole image at once)."),
     tile_pad: int = typer.Option(32, help="Context pixels around each tile (torch backend)."),
-    device: Optional[str] = typer.Option(None, help="torch device (cpu, cuda) or vulkan:N for ncnn."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output path (default: <input>_x<scale>.png)."),
+    device: str | None = typer.Option(None, help="torch device (cpu, cuda) or vulkan:N for ncnn."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output path (default: <input>_x<scale>.png)."),
 ) -> None:
     """Upscale IMAGE by --scale and write the result."""
     from bestshot.upscale.esrgan import get_upscaler
@@ -72,5 +73,7 @@ def upscale_image(
     except BestshotError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"{image} {src.width}x{src.height} -> {dest} {result.width}x{result.height} "
-               f"({up.name}, {time.perf_counter() - start:.1f} s)")
+    typer.echo(
+        f"{image} {src.width}x{src.height} -> {dest} {result.width}x{result.height} "
+        f"({up.name}, {time.perf_counter() - start:.1f} s)"
+    )

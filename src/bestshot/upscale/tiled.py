@@ -40,12 +40,14 @@ def tile_grid(width: int, height: int, tile_size: int, overlap: int) -> list[Box
     if width < 1 or height < 1:
         raise BestshotError(f"cannot tile an empty image ({width}x{height})")
     if tile_size < 1 or overlap < 0 or overlap >= tile_size:
-        raise BestshotError(f"bad tiling: tile_size={tile_size}, overlap={overlap} — "
-                            "need tile_size > 0 and 0 <= overlap < tile_size")
+        raise BestshotError(
+            f"bad tiling: tile_size={tile_size}, overlap={overlap} — need tile_size > 0 and 0 <= overlap < tile_size"
+        )
     stride = tile_size - overlap
     tw, th = min(tile_size, width), min(tile_size, height)
-    return [(x, y, x + tw, y + th)
-            for y in _starts(height, tile_size, stride) for x in _starts(width, tile_size, stride)]
+    return [
+        (x, y, x + tw, y + th) for y in _starts(height, tile_size, stride) for x in _starts(width, tile_size, stride)
+    ]
 
 
 def _ramp(n: int, overlap: int, mode: str, start: bool, end: bool) -> np.ndarray:
@@ -64,8 +66,13 @@ def _ramp(n: int, overlap: int, mode: str, start: bool, end: bool) -> np.ndarray
     return w
 
 
-def blend_weights(tile_w: int, tile_h: int, overlap: int, mode: str = "cosine",
-                  edges: tuple[bool, bool, bool, bool] = (True, True, True, True)) -> np.ndarray:
+def blend_weights(
+    tile_w: int,
+    tile_h: int,
+    overlap: int,
+    mode: str = "cosine",
+    edges: tuple[bool, bool, bool, bool] = (True, True, True, True),
+) -> np.ndarray:
     """Per-pixel weight (tile_h x tile_w, float64) of one tile.
 
     The weight ramps only inside the ``overlap`` band of each edge flagged in ``edges``
@@ -99,8 +106,9 @@ class TileBlender:
         tile = tile if tile.ndim == 3 else tile[..., None]
         if tile.shape[:2] != (y1 - y0, x1 - x0):
             raise ValueError(f"tile of shape {tile.shape[:2]} does not fit box {box}")
-        w = blend_weights(x1 - x0, y1 - y0, self.overlap, self.mode,
-                          _inner_edges(box, self.width, self.height)).astype(np.float32)
+        w = blend_weights(x1 - x0, y1 - y0, self.overlap, self.mode, _inner_edges(box, self.width, self.height)).astype(
+            np.float32
+        )
         self.acc[y0:y1, x0:x1] += tile * w[..., None]
         self.wsum[y0:y1, x0:x1] += w
 
@@ -122,8 +130,9 @@ def _infer_overlap(boxes: list[Box]) -> int:
     return best
 
 
-def blend_tiles(tiles: Iterable[tuple[Box, np.ndarray]], width: int, height: int, mode: str = "cosine",
-                overlap: int | None = None) -> np.ndarray:
+def blend_tiles(
+    tiles: Iterable[tuple[Box, np.ndarray]], width: int, height: int, mode: str = "cosine", overlap: int | None = None
+) -> np.ndarray:
     """Blend ``(box, HxWxC float array)`` tiles into one height x width x C float32 array.
 
     ``overlap`` sets the ramp width; by default it is read off the grid (tile size minus stride).
@@ -151,9 +160,16 @@ def _save_atomic(image: Image.Image, path: Path) -> None:
         raise
 
 
-def refine_tiled(image: Image.Image, refine_fn: Callable[[Image.Image, Box], Image.Image],
-                 tile_size: int = 1024, overlap: int = 128, mode: str = "cosine", progress: bool = True,
-                 tiles_dir: str | Path | None = None, tile_name: str = "tile_{index:03d}.png") -> Image.Image:
+def refine_tiled(
+    image: Image.Image,
+    refine_fn: Callable[[Image.Image, Box], Image.Image],
+    tile_size: int = 1024,
+    overlap: int = 128,
+    mode: str = "cosine",
+    progress: bool = True,
+    tiles_dir: str | Path | None = None,
+    tile_name: str = "tile_{index:03d}.png",
+) -> Image.Image:
     """Refine ``image`` tile by tile with ``refine_fn(tile_image, box)`` and blend the results.
 
     ``refine_fn`` is the per-tile img2img call; it gets the crop and its box in the full image and
@@ -174,6 +190,7 @@ def refine_tiled(image: Image.Image, refine_fn: Callable[[Image.Image, Box], Ima
     indexed: Iterable[tuple[int, Box]] = enumerate(boxes)
     if progress:
         from rich.progress import track
+
         indexed = track(indexed, total=len(boxes), description=f"refining {len(boxes)} tiles")
     for i, box in indexed:
         out = refine_fn(image.crop(box), box).convert(src_mode)

@@ -40,8 +40,14 @@ _REL_PHRASES: dict[str, tuple[str, ...]] = {
     "below": ("below", "under"),
 }
 _PREFIXES = ("a picture of ", "an image of ", "a drawing of ")
-_SIZE_WORDS = {"small": "small", "tiny": "small", "medium": "medium", "medium-sized": "medium",
-               "large": "large", "big": "large"}
+_SIZE_WORDS = {
+    "small": "small",
+    "tiny": "small",
+    "medium": "medium",
+    "medium-sized": "medium",
+    "large": "large",
+    "big": "large",
+}
 _SHAPE_WORDS = {**{s: s for s in SHAPES}, "rhombus": "diamond", "plus": "cross", "ball": "circle"}
 _COLOUR_WORDS = {**{c: c for c in COLOURS}, "violet": "purple"}
 _BG_WORDS = {**{b: b for b in BACKGROUNDS}, "grey": "gray"}
@@ -95,7 +101,9 @@ def caption(scene: Scene, rng: random.Random, require_relation: bool = False) ->
 
 def spec_of(scene: Scene) -> PromptSpec:
     """Everything a prompt can say about ``scene`` (what a fully specific caption states)."""
-    return PromptSpec(tuple(ObjSpec(o.shape, o.colour, o.size) for o in scene.objects), scene.background, scene.relation)
+    return PromptSpec(
+        tuple(ObjSpec(o.shape, o.colour, o.size) for o in scene.objects), scene.background, scene.relation
+    )
 
 
 def prompt_for(spec: PromptSpec) -> str:
@@ -139,7 +147,7 @@ def parse_prompt(prompt: str) -> PromptSpec | None:
     text = re.sub(r"\s+", " ", prompt.lower().strip().rstrip(".!").strip())
     for p in _PREFIXES + ("a photo of ", "a render of "):
         if text.startswith(p):
-            text = text[len(p):]
+            text = text[len(p) :]
             break
     background = None
     m = re.search(r" (?:on|against|with) (?:a |an )?([a-z]+)(?: background| backdrop)?$", text)

@@ -32,6 +32,7 @@ from PIL import Image
 from scipy import ndimage
 
 from bestshot.errors import BestshotError
+
 from .captions import PromptSpec, parse_prompt
 from .render import SHAPE_AREA, SHAPE_CENTROID_DY, coverage
 from .scenes import Obj
@@ -227,11 +228,21 @@ def _judge(spec: PromptSpec, an: Analysis) -> OracleResult:
     count = len(blobs) == len(objs)
     position = True
     if spec.relation:
-        position = len(got) >= 2 and got[0] is not None and got[1] is not None \
+        position = (
+            len(got) >= 2
+            and got[0] is not None
+            and got[1] is not None
             and relation_holds(got[0], got[1], spec.relation)
+        )
     background = None if spec.background is None else spec.background == an.background
-    checks = {"shape": shape, "colour": colour, "count": count, "position": position, "size": size,
-              "background": background}
+    checks = {
+        "shape": shape,
+        "colour": colour,
+        "count": count,
+        "position": position,
+        "size": size,
+        "background": background,
+    }
     failed = [name for name, ok in checks.items() if ok is False]
     found = ", ".join(b.describe() for b in blobs) or "nothing"
     detail = f"{'ok' if not failed else 'wrong ' + '/'.join(failed)}; {an.background} background; found {found}"
@@ -242,9 +253,11 @@ def oracle(image, prompt: str) -> OracleResult:
     """Check ``image`` against a world ``prompt``; every attribute the prompt mentions must hold."""
     spec = parse_prompt(prompt)
     if spec is None:
-        raise BestshotError(f"{prompt!r} is not a prompt of the procedural world — use shapes "
-                            f"({', '.join(SHAPES)}), colours ({', '.join(COLOURS)}) and relations "
-                            f"({', '.join(RELATIONS)}), e.g. 'a red circle above a blue square'")
+        raise BestshotError(
+            f"{prompt!r} is not a prompt of the procedural world — use shapes "
+            f"({', '.join(SHAPES)}), colours ({', '.join(COLOURS)}) and relations "
+            f"({', '.join(RELATIONS)}), e.g. 'a red circle above a blue square'"
+        )
     return _judge(spec, analyse(image))
 
 
@@ -256,7 +269,9 @@ def match_rate(images, prompts) -> dict:
     prompts that mention them). ``results`` keeps the per-pair :class:`OracleResult`."""
     images, prompts = list(images), list(prompts)
     if len(images) != len(prompts):
-        raise BestshotError(f"match_rate got {len(images)} images but {len(prompts)} prompts — pass one prompt per image")
+        raise BestshotError(
+            f"match_rate got {len(images)} images but {len(prompts)} prompts — pass one prompt per image"
+        )
     results = [oracle(im, p) for im, p in zip(images, prompts)]
     out: dict = {"n": len(results), "match": float(np.mean([r.match for r in results])) if results else 0.0}
     for a in ATTRIBUTES:

@@ -48,8 +48,16 @@ SHAPE_AREA: dict[str, float] = {
 SHAPE_CENTROID_DY: dict[str, float] = {"circle": 0.0, "square": 0.0, "triangle": 1 / 6, "diamond": 0.0, "cross": 0.0}
 
 
-def coverage(shape: str, cx: float, cy: float, side: float, height: int, width: int,
-             window: tuple[int, int, int, int] | None = None, ss: int = SUPERSAMPLE) -> np.ndarray:
+def coverage(
+    shape: str,
+    cx: float,
+    cy: float,
+    side: float,
+    height: int,
+    width: int,
+    window: tuple[int, int, int, int] | None = None,
+    ss: int = SUPERSAMPLE,
+) -> np.ndarray:
     """Fraction of each pixel covered by ``shape`` (box centre and side in *pixels*).
 
     Returns a ``(height, width)`` float32 array, computed only inside ``window = (y0, y1, x0, x1)``

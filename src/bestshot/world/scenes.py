@@ -52,7 +52,9 @@ def _boxes_apart(a: tuple[float, float, float], b: tuple[float, float, float]) -
     return abs(ax - bx) >= need or abs(ay - by) >= need
 
 
-def _place_pair(rng: random.Random, sa: float, sb: float, relation: str) -> tuple[tuple[float, float], tuple[float, float]] | None:
+def _place_pair(
+    rng: random.Random, sa: float, sb: float, relation: str
+) -> tuple[tuple[float, float], tuple[float, float]] | None:
     """Centres for A and B with ``A <relation> B``, or None when the sizes cannot fit."""
     horizontal = relation in ("left of", "right of")
     need = (sa + sb) / 2 + GAP  # minimum centre distance along the relation axis
@@ -72,8 +74,11 @@ def _place_pair(rng: random.Random, sa: float, sb: float, relation: str) -> tupl
         d = p2 - p1
         # cross axis: free within the canvas, off-axis offset bounded by the slope
         q_a = rng.uniform(lo_a if horizontal else lo_a, hi_a)
-        q_b = rng.uniform(max(lo_b, q_a - RELATION_SLOPE * d), min(hi_b, q_a + RELATION_SLOPE * d)) \
-            if max(lo_b, q_a - RELATION_SLOPE * d) <= min(hi_b, q_a + RELATION_SLOPE * d) else None
+        q_b = (
+            rng.uniform(max(lo_b, q_a - RELATION_SLOPE * d), min(hi_b, q_a + RELATION_SLOPE * d))
+            if max(lo_b, q_a - RELATION_SLOPE * d) <= min(hi_b, q_a + RELATION_SLOPE * d)
+            else None
+        )
         if q_b is None:
             continue
         pa, pb = (p1, p2) if first_is_a else (p2, p1)
@@ -83,8 +88,13 @@ def _place_pair(rng: random.Random, sa: float, sb: float, relation: str) -> tupl
     return None
 
 
-def sample_scene(rng: random.Random, n_objects: int | None = None, max_objects: int = 3,
-                 min_objects: int = 1, object_weights: dict[int, float] | None = None) -> Scene:
+def sample_scene(
+    rng: random.Random,
+    n_objects: int | None = None,
+    max_objects: int = 3,
+    min_objects: int = 1,
+    object_weights: dict[int, float] | None = None,
+) -> Scene:
     """A random scene: 1-3 distinct (shape, colour) objects, non-overlapping, inside the canvas.
 
     Two-object scenes always carry a relation (objects[0] <relation> objects[1]) and positions that
@@ -95,7 +105,9 @@ def sample_scene(rng: random.Random, n_objects: int | None = None, max_objects: 
         weights = N_OBJECT_WEIGHTS if object_weights is None else object_weights
         ns = [n for n in N_OBJECT_WEIGHTS if min_objects <= n <= max_objects and weights.get(n, 0) > 0]
         if not ns:
-            raise ValueError(f"no object count in [{min_objects}, {max_objects}] with a positive weight (supported: 1-3)")
+            raise ValueError(
+                f"no object count in [{min_objects}, {max_objects}] with a positive weight (supported: 1-3)"
+            )
         n_objects = rng.choices(ns, weights=[weights[n] for n in ns])[0]
     if not 1 <= n_objects <= 3:
         raise ValueError(f"n_objects must be 1, 2 or 3, got {n_objects}")
@@ -116,16 +128,20 @@ def sample_scene(rng: random.Random, n_objects: int | None = None, max_objects: 
         else:
             centres = None
             for _ in range(200):
-                cand = [(rng.uniform(MARGIN + s / 2, 1 - MARGIN - s / 2), rng.uniform(MARGIN + s / 2, 1 - MARGIN - s / 2))
-                        for s in sides]
+                cand = [
+                    (rng.uniform(MARGIN + s / 2, 1 - MARGIN - s / 2), rng.uniform(MARGIN + s / 2, 1 - MARGIN - s / 2))
+                    for s in sides
+                ]
                 boxes = [(x, y, s) for (x, y), s in zip(cand, sides)]
                 if all(_boxes_apart(boxes[i], boxes[j]) for i in range(n_objects) for j in range(i)):
                     centres = cand
                     break
         if centres is not None:
             break
-    objects = tuple(Obj(shape, colour, size, round(x, 4), round(y, 4))
-                    for (shape, colour), size, (x, y) in zip(kinds, sizes, centres))
+    objects = tuple(
+        Obj(shape, colour, size, round(x, 4), round(y, 4))
+        for (shape, colour), size, (x, y) in zip(kinds, sizes, centres)
+    )
     return Scene(objects, background, relation)
 
 
@@ -134,8 +150,9 @@ def _item_rng(namespace: str, seed: int, i: int) -> random.Random:
     return random.Random(f"bestshot-world:{namespace}:{seed}:{i}")
 
 
-def scene_for(seed: int, i: int, max_objects: int = 3, min_objects: int = 1,
-              object_weights: dict[int, float] | None = None) -> tuple[Scene, random.Random]:
+def scene_for(
+    seed: int, i: int, max_objects: int = 3, min_objects: int = 1, object_weights: dict[int, float] | None = None
+) -> tuple[Scene, random.Random]:
     """The scene of training item ``i`` (and the rng positioned to draw its caption)."""
     rng = _item_rng("train", seed, i)
     return sample_scene(rng, max_objects=max_objects, min_objects=min_objects, object_weights=object_weights), rng
