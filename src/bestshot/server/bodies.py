@@ -12,9 +12,9 @@ gigabytes larger for good); ``malloc_trim(0)`` hands them back to the system.
 
 :class:`JSONBodies`: some clients post JSON with no ``Content-Type`` (or a browser ``fetch`` with a string
 body, which sends ``text/plain``; curl's ``-d`` sends ``application/x-www-form-urlencoded``). FastAPI
-parses a body as JSON only when it is labelled JSON and otherwise refuses it ("Input should be a valid dictionary"); no route
-here takes form data, so such bodies are relabelled ``application/json`` before routing. A body that is
-not JSON still gets a 422 naming the JSON error.
+parses a body as JSON only when it is labelled JSON and otherwise refuses it ("Input should be a valid
+dictionary"); no route here takes form data, so such bodies are relabelled ``application/json`` before
+routing. A body that is not JSON still gets a 422 naming the JSON error.
 """
 
 from __future__ import annotations
