@@ -147,6 +147,7 @@ def _block_folder(monkeypatch, folder: Path, eno):
 def test_storage_failure_is_a_507_naming_the_folder_and_the_server_serves_again(
     srv, monkeypatch, route, body, where, eno, needle
 ):
+    body = dict(body, save_images=True)  # the images are to be kept (A1111's API default keeps none)
     if where == "rename":
         _fail_png_renames(monkeypatch, eno)
     else:

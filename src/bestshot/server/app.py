@@ -823,13 +823,10 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
         except FileNotFoundError:
             raise HTTPException(404, f"no image {name!r} there") from None
         except OSError as e:  # full disk, read-only folder: nothing was changed (the action rolls back)
-            import errno
+            from ..store import disk_error
 
-            status = 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 503
-            raise HTTPException(
-                status,
-                f"could not write to the curation folder {curation.root}: {e.strerror or e} — nothing was changed",
-            ) from None
+            err = disk_error(e, f"the curation folder {str(curation.root)!r}")
+            raise StorageError(f"{err} (nothing was changed)") from None
 
     @v1.post("/curate/keep")
     def curate_keep(req: KeepRequest) -> dict[str, Any]:

@@ -254,7 +254,7 @@ def run_img2img(
         scores = [float(s) for s in scorer.score(images, clip_prompt)]
         stop = tracker.stopped if tracker.reached < total else None  # a stop at the last step: finished
         steps_done = [tracker.reached or total] * len(seeds) if stop else None  # one call: all at one step
-        gate = resolve_gate(scorer, cfg.score_min, enabled=cfg.gate)
+        gate = resolve_gate(scorer, call.score_min, enabled=call.gate)  # A1111 routes: off, info reports it
         best = gate.pick(images, scores, clip_prompt, eligible=furthest(steps_done))
         gate_value = gate.value(images[best], scores[best], clip_prompt)
         ok = gate.passes(gate_value)
