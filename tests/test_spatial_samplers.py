@@ -17,7 +17,8 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from fastapi.testclient import TestClient  # noqa: E402
 
 from bestshot.models.loader import load_pipeline  # noqa: E402
-from bestshot.models.registry import EMBEDDED_DIR, SAMPLERS  # noqa: E402
+from bestshot.models.registry import EMBEDDED_DIR  # noqa: E402
+from bestshot.schedulers import SAMPLERS  # noqa: E402
 from bestshot.server import create_app  # noqa: E402
 
 RELATION = "a red circle above a blue square"
