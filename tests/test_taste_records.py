@@ -235,3 +235,16 @@ def test_collect_skips_a_non_image_row_and_bad_metadata_in_one_warning_each(tmp_
     warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
     assert any("notes.png" in w and "not a readable image" in w for w in warnings), err
     assert any("list.json" in w for w in warnings) and any("broken.json" in w for w in warnings), err
+
+
+def test_a_retrain_keeps_the_previous_head(trained, capsys, monkeypatch):
+    """A good head is never lost to a retrain: it is copied to head.prev.json before the new one replaces it,
+    with --fresh too; a first training (nothing to keep) writes no copy."""
+    out, _cache, head, before, args = trained
+    prev = head.with_name("head.prev.json")
+    assert not prev.exists()
+    code, _, err = run_cli([*args, "--fresh", "--l2", "10"], capsys, monkeypatch)
+    assert code == 0, err
+    assert prev.read_bytes() == before and head.read_bytes() != before
+    assert "previous head is kept" in err
+    TasteHead.load(prev)  # the copy is a usable head

@@ -108,18 +108,44 @@ def train(
     path = out_file or taste_dir(out) / HEAD
     if path.exists() and not path.is_file():
         raise BestshotError(f"{path} is a folder, not a head file — move it away or give --out FILE")
-    warm = None
-    if path.is_file() and not fresh:
+    previous = None
+    if path.is_file():
         try:
-            warm = TasteHead.load(path)
+            previous = TasteHead.load(path)
         except BestshotError as e:
-            warnings.warn(f"not starting from the saved head: {e}")
+            warnings.warn(f"the saved head is not used: {e}")
+    warm = None if fresh else previous
     ds = dataset(out, scorer)
     _check_dim(ds.x.shape[1], scorer, out)
     head = train_head(ds, kind=kind, embedder=scorer, folds=folds, l2=l2, warm=warm, balanced=balanced)
+    kept = _keep_previous(path, previous, head)
     head.save(path)  # written beside the old head, checked, then renamed over it
+    if kept is not None:
+        typer.echo(f"the previous head is kept as {kept}", err=True)
     typer.echo(json.dumps({"head": str(path), "kind": head.kind, **head.info}, indent=2))
     typer.echo(f"use it: --scorer clip+taste@{path}:0.5", err=True)
+
+
+def _keep_previous(path: Path, previous, head) -> Path | None:
+    """Copy a valid head about to be replaced to ``<name>.prev.json`` (atomically), so a retrain never loses a
+    good head; warn when the new one validates worse. ``previous`` is the loaded old head (None: none, or
+    invalid — nothing worth keeping)."""
+    from ..store import atomic_write_bytes, disk_error
+
+    if previous is None or not path.is_file():
+        return None
+    prev = path.with_name(path.stem + ".prev" + path.suffix)
+    try:
+        atomic_write_bytes(prev, path.read_bytes())
+    except OSError as e:
+        raise disk_error(e, f"the copy of the previous taste head {str(prev)!r}") from None
+    old, new = previous.info.get("cv_accuracy"), head.info.get("cv_accuracy")
+    if isinstance(old, (int, float)) and isinstance(new, (int, float)) and new < old:
+        warnings.warn(
+            f"the new head validates at {new:.3f}, the previous one at {old:.3f} (on the rows it had) — "
+            f"to go back: cp {prev} {path}"
+        )
+    return prev
 
 
 def _check_dim(dim: int, scorer: str, out: Path) -> None:
