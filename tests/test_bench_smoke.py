@@ -171,8 +171,8 @@ def test_spatial_guidance_bench_compares_settings(tiny_world, monkeypatch, capsy
     monkeypatch.setattr(sys, "argv", ["spatial_guidance.py", "--setting", "20"])
     with pytest.raises(SystemExit, match="steps:scale"):
         runpy.run_path(script, run_name="__main__")
-    monkeypatch.setattr(sys, "argv", ["spatial_guidance.py", "--setting", "dpm-fast@8:5"])
-    with pytest.raises(SystemExit, match="unknown scheduler 'dpm-fast'"):
+    monkeypatch.setattr(sys, "argv", ["spatial_guidance.py", "--setting", "no-such-sampler@8:5"])
+    with pytest.raises(SystemExit, match="unknown scheduler 'no-such-sampler'"):
         runpy.run_path(script, run_name="__main__")
 
 

@@ -304,7 +304,7 @@ def test_reexport_an_exported_folder_with_a_new_image_side(clip_dir, tmp_path):
         == "DPMSolverMultistepScheduler"
     )
     with pytest.raises(BestshotError, match="unknown scheduler"):
-        export(first, tmp_path / "bad", scheduler="dpm-fast")
+        export(first, tmp_path / "bad", scheduler="no-such-sampler")
 
 
 def test_augment_flip_and_crop():
