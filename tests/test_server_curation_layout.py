@@ -88,7 +88,8 @@ def test_delete_and_undo_racing_never_leave_a_contradicting_row(outputs):
     """8 threads alternate delete and undo on one image; after every round the latest row says where it is."""
     root, tags = outputs
     cur = Curation(root)
-    name = next(p.name for p in (root / "stage1").iterdir() if p.name.startswith(tags[0]))
+    # the image of tag 1 exactly: a second tag made in the same second is tag 1 + "_1"
+    name = next(p.name for p in (root / "stage1").iterdir() if p.name.startswith(f"{tags[0]}_stage1_"))
     image = f"stage1/{name}"
     bad = []
     for rnd in range(40):
@@ -125,7 +126,8 @@ def test_a_full_disk_undoes_the_move_and_says_which_folder(outputs, tmp_path, mo
     import bestshot.server.curation as C
 
     root, tags = outputs
-    name = next(p.name for p in (root / "stage1").iterdir() if p.name.startswith(tags[0]))
+    # the image of tag 1 exactly: a second tag made in the same second is tag 1 + "_1"
+    name = next(p.name for p in (root / "stage1").iterdir() if p.name.startswith(f"{tags[0]}_stage1_"))
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
