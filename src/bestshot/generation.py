@@ -88,6 +88,21 @@ class StepTracker:
         return per if len(per) == n else [self.reached] * n
 
 
+def load_for(cfg: ImgCfg) -> Any:
+    """The pipeline ``cfg`` generates with (cached by the loader: the same settings load once)."""
+    return load_pipeline(
+        cfg.model,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        memory=cfg.memory,
+        scheduler=cfg.scheduler,
+        compile=cfg.compile,
+        vae_tiling=cfg.vae_tiling,
+        vae_slicing=cfg.vae_slicing,
+        vae_fp16=cfg.vae_fp16,
+    )
+
+
 def furthest(steps_done: Sequence[int] | None) -> list[int] | None:
     """The candidates that may be kept. After a stop (``steps_done`` given) only those that got furthest
     compete: a partly denoised image is never ranked against a finished one. None: all of them."""
@@ -95,11 +110,6 @@ def furthest(steps_done: Sequence[int] | None) -> list[int] | None:
         return None
     top = max(steps_done)
     return [k for k, done in enumerate(steps_done) if done == top]
-
-
-def rank(scores: Sequence[float], steps_done: Sequence[int] | None = None) -> int:
-    """Index of the best-scored candidate among ``furthest(steps_done)``."""
-    return max(furthest(steps_done) or range(len(scores)), key=lambda k: scores[k])
 
 
 def _step_callback(on_step: StepCallback | None, total: int) -> Callable | None:
@@ -363,17 +373,7 @@ def generate(
 
         require_model(ref)
         require_scorer(scorer or cfg.scorer or default_scorer(ref))
-    pipe = load_pipeline(
-        cfg.model,
-        dtype=cfg.dtype,
-        device=cfg.device,
-        memory=cfg.memory,
-        scheduler=cfg.scheduler,
-        compile=cfg.compile,
-        vae_tiling=cfg.vae_tiling,
-        vae_slicing=cfg.vae_slicing,
-        vae_fp16=cfg.vae_fp16,
-    )
+    pipe = load_for(cfg)
     refiner = None
     if cfg.refiner:
         if ref.family.name != "sdxl":
@@ -576,17 +576,7 @@ def prompt_row_maker(cfg: ImgCfg, output: Any = None) -> Callable[[dict[str, Any
     from .scale.batch import RowOutput
 
     store = Store(root=Path(cfg.out_dir), log_path=Path(cfg.log_jsonl))
-    load_pipeline(
-        cfg.model,
-        dtype=cfg.dtype,
-        device=cfg.device,
-        memory=cfg.memory,
-        scheduler=cfg.scheduler,
-        compile=cfg.compile,
-        vae_tiling=cfg.vae_tiling,
-        vae_slicing=cfg.vae_slicing,
-        vae_fp16=cfg.vae_fp16,
-    )
+    load_for(cfg)  # once per worker: generate() below finds it in the loader's cache
 
     def make(row: dict[str, Any]) -> Any:
         result = generate(row["prompt"], cfg=cfg, store=store)
