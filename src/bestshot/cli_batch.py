@@ -108,57 +108,15 @@ def run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job=
     markers = results.with_name(results.name + ".ray") / "done"  # --ray: rows its workers finished
     settings = None
     if job is not None or markers.is_dir():
-        from .scale.batch import prune_markers, settings_digest
+        from .scale.batch import settings_digest
 
         settings = settings_digest(cfg)  # a marker made under other settings is not this run's row
     if todo and markers.is_dir():  # a --ray run whose driver died: take the rows its workers finished
-        rows = [{"key": i, "line": i + 1, "prompt": p, "settings": settings} for i, p in todo]
-        recovered = prune_markers(markers, rows, lambda r: _row_done(r, results))
-        for r in recovered:
-            _append_row(results, r)
+        recovered, todo = _rows_from_markers(markers, results, todo, settings)
         old += recovered
-        taken = {r.get("line") for r in recovered}
-        skipped, todo = skipped + len(recovered), [(i, p) for i, p in todo if i + 1 not in taken]
-        if recovered:
-            err.print(
-                f"took {len(recovered)} prompt(s) that an interrupted --ray run with the same settings had "
-                f"finished into {results} (to make them again, delete {markers})"
-            )
-
-    def show(r: dict[str, Any]) -> None:
-        if as_json:
-            print(jsonio.dumps({k: v for k, v in r.items() if k != "prompt"}, default=str), flush=True)
-        else:
-            state = f"kept {r['img_path']}" if r["ok"] else f"not kept ({r.get('reason')})"
-            out.print(f"{r['line']}: {r['prompt'][:60]!r} → {state}")
-
+        skipped += len(recovered)
     if job is not None and todo:
-        import functools
-
-        from .generation import prompt_row_maker
-        from .scale.batch import run_rows, summary_table
-        from .store import atomic_write_text, ensure_writable
-
-        ensure_writable(cfg.out_dir, "to the output folder")  # before any worker loads a model
-        ensure_writable(results.parent, "the results file in")
-        report = run_rows(
-            [{"key": i, "line": i + 1, "prompt": p, "settings": settings} for i, p in todo],
-            functools.partial(prompt_row_maker, cfg),
-            job,
-            title="generating",
-            on_result=lambda r: _append_row(results, r),  # at once: a killed driver loses only rows in flight
-            progress=not as_json,
-            console=err,
-            journal=results.with_name(results.name + ".ray"),
-            markers=markers,
-        )
-        # the same file as one process writes: earlier lines, then this run's in line order
-        new_lines = "".join(jsonio.dumps(r, ensure_ascii=False) + "\n" for r in report.results)
-        atomic_write_text(results, "".join(jsonio.dumps(r, ensure_ascii=False) + "\n" for r in old) + new_lines)
-        for r in report.results:
-            show(r)
-        if not as_json:
-            err.print(summary_table(report))
+        _run_on_ray(cfg, job, results, todo, settings, old, as_json)
         todo = []
     if todo:  # rows whose run is logged but whose results line was lost (a full disk): take them from the log
         recovered, todo = _rows_in_log(cfg, results, todo)
@@ -171,6 +129,65 @@ def run_batch(prompts_file: Path, results: Path | None, cfg, as_json: bool, job=
         r = run(p, cfg=cfg, extra_record={"batch": _batch_tag(results, i, p)})
         r = {k: v for k, v in r.items() if k != "batch"}  # the log's tag; the row says it already (as --ray rows)
         _append_row(results, {"line": i + 1, "prompt": p, **r})
-        show({"line": i + 1, "prompt": p, **r})
+        _show({"line": i + 1, "prompt": p, **r}, as_json)
     if skipped:
         err.print(f"skipped {skipped} prompt(s) already in {results}")
+
+
+def _show(r: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(jsonio.dumps({k: v for k, v in r.items() if k != "prompt"}, default=str), flush=True)
+    else:
+        state = f"kept {r['img_path']}" if r["ok"] else f"not kept ({r.get('reason')})"
+        out.print(f"{r['line']}: {r['prompt'][:60]!r} → {state}")
+
+
+def _rows_from_markers(
+    markers: Path, results: Path, todo: list[tuple[int, str]], settings: str | None
+) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """(rows an interrupted ``--ray`` run's workers finished under the same settings, appended to the results
+    file; the prompts still to make)."""
+    from .scale.batch import prune_markers
+
+    rows = [{"key": i, "line": i + 1, "prompt": p, "settings": settings} for i, p in todo]
+    recovered = prune_markers(markers, rows, lambda r: _row_done(r, results))
+    for r in recovered:
+        _append_row(results, r)
+    taken = {r.get("line") for r in recovered}
+    if recovered:
+        err.print(
+            f"took {len(recovered)} prompt(s) that an interrupted --ray run with the same settings had "
+            f"finished into {results} (to make them again, delete {markers})"
+        )
+    return recovered, [(i, p) for i, p in todo if i + 1 not in taken]
+
+
+def _run_on_ray(cfg, job, results: Path, todo: list[tuple[int, str]], settings, old: list, as_json: bool) -> None:
+    """Make ``todo``'s prompts on Ray workers; the results file then holds ``old`` and these rows in line order."""
+    import functools
+
+    from .generation import prompt_row_maker
+    from .scale.batch import run_rows, summary_table
+    from .store import atomic_write_text, ensure_writable
+
+    ensure_writable(cfg.out_dir, "to the output folder")  # before any worker loads a model
+    ensure_writable(results.parent, "the results file in")
+    journal = results.with_name(results.name + ".ray")
+    report = run_rows(
+        [{"key": i, "line": i + 1, "prompt": p, "settings": settings} for i, p in todo],
+        functools.partial(prompt_row_maker, cfg),
+        job,
+        title="generating",
+        on_result=lambda r: _append_row(results, r),  # at once: a killed driver loses only rows in flight
+        progress=not as_json,
+        console=err,
+        journal=journal,
+        markers=journal / "done",
+    )
+    # the same file as one process writes: earlier lines, then this run's in line order
+    new_lines = "".join(jsonio.dumps(r, ensure_ascii=False) + "\n" for r in report.results)
+    atomic_write_text(results, "".join(jsonio.dumps(r, ensure_ascii=False) + "\n" for r in old) + new_lines)
+    for r in report.results:
+        _show(r, as_json)
+    if not as_json:
+        err.print(summary_table(report))

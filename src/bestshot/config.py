@@ -46,7 +46,9 @@ MAX_SEED = 2**63 - 1  # the largest seed every torch generator takes
 class ImgCfg:
     """Everything that decides what a ``generate`` call produces.
 
-    The first block is the original best-of-N ``ImgCfg``; the rest were added since.
+    The first block is the original best-of-N ``ImgCfg``; the rest were added since. A field with
+    ``metadata={"help": ..., "flag": ...}`` is also a ``bestshot generate`` flag (bestshot.config_flags
+    builds it from the annotation and the optional "short", "aliases", "min", "max", "choices", "repeatable").
     """
 
     preset: str = field(
@@ -98,9 +100,7 @@ class ImgCfg:
     memory: str = field(
         default="gpu", metadata={"help": "gpu | model_offload | sequential_offload", "flag": "--memory"}
     )
-    compile: bool = field(
-        default=False, metadata={"help": "torch.compile the denoiser (CUDA).", "flag": "--compile"}
-    )
+    compile: bool = field(default=False, metadata={"help": "torch.compile the denoiser (CUDA).", "flag": "--compile"})
     # large decodes (e.g. 4096² after an upscale): the VAE decodes in overlapping tiles (memory bounded by
     # the tile) / one image of the batch at a time; a little slower, and tiles may show faint seams
     vae_tiling: bool = field(
