@@ -1,4 +1,4 @@
-"""``bestshot serve``: run the HTTP API and gallery with uvicorn (mounted by bestshot/cli.py)."""
+"""``bestshot serve``: run the HTTP API and gallery with uvicorn (a command of bestshot/cli.py, imported when used)."""
 
 from __future__ import annotations
 
