@@ -14,7 +14,7 @@ by :func:`bestshot.models.settings.resolve_config`, which knows models.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import InitVar, dataclass, fields, replace
+from dataclasses import InitVar, dataclass, field, fields, replace
 from typing import Any
 
 from bestshot import jsonio
@@ -46,42 +46,92 @@ MAX_SEED = 2**63 - 1  # the largest seed every torch generator takes
 class ImgCfg:
     """Everything that decides what a ``generate`` call produces.
 
-    The first block is the original best-of-N ``ImgCfg``; the rest were added since.
+    The first block is the original best-of-N ``ImgCfg``; the rest were added since. A field with
+    ``metadata={"help": ..., "flag": ...}`` is also a ``bestshot generate`` flag (bestshot.config_flags
+    builds it from the annotation and the optional "short", "aliases", "min", "max", "choices", "repeatable").
     """
 
-    preset: str = "custom"
-    n_images: int = 4
-    seed_base: int = 42
-    steps_base: int = 40
-    guidance: float = 7.5
+    preset: str = field(
+        default="custom",
+        metadata={"help": "fast | quality_1min | quality_max | custom | embedded", "flag": "--preset", "short": "-p"},
+    )
+    n_images: int = field(default=4, metadata={"help": "Number of candidates.", "flag": "--n-images", "short": "-n"})
+    seed_base: int = field(
+        default=42,
+        metadata={"help": "Base seed; candidates use seed, seed+1, ...", "flag": "--seed", "short": "-s"},
+    )
+    steps_base: int = field(default=40, metadata={"help": "Denoising steps.", "flag": "--steps"})
+    guidance: float = field(
+        default=7.5, metadata={"help": "Classifier-free guidance scale.", "flag": "--guidance", "short": "-g"}
+    )
     # The quality gate, in the scorer's own units (bestshot.scoring.gate): None = the scorer's default (a
     # CLIP cosine 0.22, the embedded model's own CLIP 0.35, an ensemble its first term's default). The
     # design document's ``clip_min`` is an alias of it (constructor keyword, YAML key, attribute).
-    score_min: float | None = None
+    score_min: float | None = field(
+        default=None,
+        metadata={
+            "help": "Quality gate in the scorer's units (a cosine for a CLIP, the weighted sum for an ensemble); "
+            "default: the scorer's own. --clip-min is its old name.",
+            "flag": "--score-min",
+            "aliases": ("--clip-min",),
+        },
+    )
     height: int = 1024
     width: int = 1024
-    style_suffix: str = ", cinematic lighting, 8k"
-    negative_prompt: str = "blurry, low quality, watermark"
+    style_suffix: str = field(
+        default=", cinematic lighting, 8k",
+        metadata={"help": "Appended to the prompt (not scored).", "flag": "--style-suffix"},
+    )
+    negative_prompt: str = field(
+        default="blurry, low quality, watermark", metadata={"help": "Negative prompt.", "flag": "--negative"}
+    )
 
-    model: str = SDXL_BASE
-    refiner: bool = False
+    model: str = field(
+        default=SDXL_BASE,
+        metadata={"help": "'embedded' (default), a pipeline folder or a hub id.", "flag": "--model", "short": "-m"},
+    )
+    refiner: bool = field(default=False, metadata={"help": "SDXL refiner (ensemble of experts).", "flag": "--refiner"})
     refiner_model: str = SDXL_REFINER
     refiner_split: float = 0.8  # base denoises [0, 0.8), refiner [0.8, 1] (ensemble of experts)
-    scheduler: str | None = None  # None keeps the pipeline's own scheduler
-    dtype: str = "auto"
-    memory: str = "gpu"
-    compile: bool = False
+    scheduler: str | None = field(  # None keeps the pipeline's own scheduler
+        default=None, metadata={"help": "euler, euler_a, dpmpp_2m, ddim, unipc, ...", "flag": "--scheduler"}
+    )
+    dtype: str = field(default="auto", metadata={"help": "auto | float32 | float16 | bfloat16", "flag": "--dtype"})
+    memory: str = field(
+        default="gpu", metadata={"help": "gpu | model_offload | sequential_offload", "flag": "--memory"}
+    )
+    compile: bool = field(default=False, metadata={"help": "torch.compile the denoiser (CUDA).", "flag": "--compile"})
     # large decodes (e.g. 4096² after an upscale): the VAE decodes in overlapping tiles (memory bounded by
     # the tile) / one image of the batch at a time; a little slower, and tiles may show faint seams
-    vae_tiling: bool = False
-    vae_slicing: bool = False
-    device: str | None = None  # None: cuda when available, else cpu
-    max_batch: int | None = None  # largest batch per pipeline call; None = all candidates at once
-    scorer: str | None = None  # None: the model's own CLIP (embedded) or openai/clip-vit-large-patch14
+    vae_tiling: bool = field(
+        default=False,
+        metadata={"help": "Decode in VAE tiles: large images in bounded memory.", "flag": "--vae-tiling"},
+    )
+    vae_slicing: bool = field(
+        default=False,
+        metadata={"help": "Decode the batch one image at a time (less peak memory).", "flag": "--vae-slicing"},
+    )
+    device: str | None = field(  # None: cuda when available, else cpu
+        default=None, metadata={"help": "cuda, cuda:1, cpu (default: cuda if present).", "flag": "--device"}
+    )
+    max_batch: int | None = field(  # None = all candidates at once
+        default=None, metadata={"help": "Largest batch per pipeline call.", "flag": "--max-batch"}
+    )
+    scorer: str | None = field(  # None: the model's own CLIP (embedded) or openai/clip-vit-large-patch14
+        default=None,
+        metadata={
+            "help": "CLIP for ranking: 'embedded', a folder, a hub id, open_clip:NAME:TAG.",
+            "flag": "--scorer",
+        },
+    )
     blocklist: tuple[str, ...] = DEFAULT_BLOCKLIST
-    out_dir: str = "images_out"
-    log_jsonl: str = "images_log.jsonl"
-    save_candidates: bool = False
+    out_dir: str = field(default="images_out", metadata={"help": "Image folder (default images_out).", "flag": "--out"})
+    log_jsonl: str = field(
+        default="images_log.jsonl", metadata={"help": "JSONL run log (default images_log.jsonl).", "flag": "--log"}
+    )
+    save_candidates: bool = field(
+        default=False, metadata={"help": "Save every candidate.", "flag": "--save-candidates/--best-only"}
+    )
     # Batched GPU/CPU kernels are not bitwise batch-invariant (a matmul over 8 rows may round differently
     # from one over 2). With exact_best the kept image is re-rendered alone, so regenerating its seed
     # reproduces the file bit for bit; costs one single-image pass. Skipped for pipelines that declare

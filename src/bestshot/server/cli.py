@@ -1,9 +1,11 @@
-"""``bestshot serve``: run the HTTP API and gallery with uvicorn (mounted by bestshot/cli.py)."""
+"""``bestshot serve``: run the HTTP API and gallery with uvicorn (a command of bestshot/cli.py, imported when used)."""
 
 from __future__ import annotations
 
 import typer
 
+from ..config import ImgCfg
+from ..config_flags import option
 from ..errors import BestshotError
 from ..scale.flags import RayFlagCommand
 
@@ -32,10 +34,10 @@ def serve(
         "--curate-config",
         help="The curation workflow's config.yaml: enables 'upscale kept' and sets the curation folder to its outputs.",
     ),
-    device: str | None = typer.Option(None, "--device", help="cuda, cuda:1, cpu (default: cuda if present)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | float16 | bfloat16"),
-    memory: str = typer.Option("gpu", "--memory", help="gpu | model_offload | sequential_offload"),
-    max_batch: int | None = typer.Option(None, "--max-batch", help="Largest batch per pipeline call."),
+    device: str | None = option(ImgCfg, "device"),  # flag and help: the ImgCfg field's metadata
+    dtype: str = option(ImgCfg, "dtype", default="auto"),
+    memory: str = option(ImgCfg, "memory", default="gpu"),
+    max_batch: int | None = option(ImgCfg, "max_batch"),
     save_candidates: bool = typer.Option(False, "--save-candidates/--best-only", help="Also save losing candidates."),
     max_side: int = typer.Option(2048, "--max-side", help="Largest width/height a request may ask for."),
     max_steps: int = typer.Option(150, "--max-steps", help="Most denoising steps a request may ask for."),
