@@ -232,6 +232,12 @@ def evaluate_geneval(cfg: GenevalConfig, detector: Any = None, progress: bool = 
     return results
 
 
+def _cell(v: dict[str, Any], tag: str) -> str:
+    if v.get("pct") is None:
+        return ""
+    return f"{v['pct']:.1f}" if tag == "overall" else f"{v['pct']:.1f} ({v['correct']}/{v['n']})"
+
+
 def rich_table(results: dict[str, Any]):
     from rich.table import Table
 
@@ -243,15 +249,5 @@ def rich_table(results: dict[str, Any]):
         t.add_column(m, justify="right")
     for tag in [*TAGS, "overall"]:
         if any(tag in table[m] for m in methods):
-            cells = []
-            for m in methods:
-                v = table[m].get(tag, {})
-                cells.append(
-                    ""
-                    if v.get("pct") is None
-                    else f"{v['pct']:.1f} ({v.get('correct', '')}/{v['n']})"
-                    if tag != "overall"
-                    else f"{v['pct']:.1f}"
-                )
-            t.add_row(tag, *cells)
+            t.add_row(tag, *(_cell(table[m].get(tag, {}), tag) for m in methods))
     return t
