@@ -15,6 +15,7 @@ from bestshot.layout import Layout, LayoutObject, layout_from_dict, read_layout
 from bestshot.prompts import layout_llm
 from bestshot.prompts.layout import parse_world, plan_layout, resolve_layout, save_layout, world_scene
 from bestshot.world import GAP, MARGIN, caption, parse_prompt, render, sample_scene
+from bestshot.world.captions import _REL_PHRASES
 from bestshot.world.oracle import oracle, relation_holds
 from bestshot.world.scenes import _item_rng
 
@@ -252,3 +253,17 @@ def test_random_world_prompts_round_trip_through_the_planner():
         scene = sample_scene(rng)
         layout = plan_layout(caption(scene, rng), "world")
         assert layout_from_dict(json.loads(layout.to_json())) == layout
+
+
+@pytest.mark.parametrize(
+    "phrase, relation",
+    [(p, r) for r, ps in _REL_PHRASES.items() for p in ps] + [("beneath", "below")],
+)
+@pytest.mark.parametrize("size", ["", "large "])
+def test_every_relation_phrase_is_placed_on_its_axis(phrase, relation, size):
+    prompt = f"a {size}red circle {phrase} a {size}blue square"
+    layout = plan_layout(prompt, "world")
+    a, b = (_centre(o) for o in layout.objects)
+    assert relation_holds(a, b, relation) and (a.cy == b.cy if relation in ("left of", "right of") else a.cx == b.cx)
+    _check_geometry(layout)
+    assert oracle(render(world_scene(parse_world(prompt)), 64), prompt).match
