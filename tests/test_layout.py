@@ -185,6 +185,11 @@ class StubChat:
             ["a dog"],
             (0.1, 0.2, 0.4, 0.9),
         ),
+        (  # cut off right after the first box, before its object closes
+            '{"background": "a beach", "objects": [{"phrase": "a dog", "box": [0.1, 0.2, 0.4, 0.9]',
+            ["a dog"],
+            (0.1, 0.2, 0.4, 0.9),
+        ),
         (  # a bare list, one entry unusable, one box a little outside the image
             '[{"phrase": "a dog", "box": [-0.02, 0.2, 0.4, 1.01]}, {"phrase": "a cat", "box": [0.9, 0.1, 0.2, 0.5]}]',
             ["a dog"],
@@ -215,6 +220,8 @@ def test_llm_answers_are_parsed_leniently(answer, phrases, first_box):
 def test_llm_fallback_is_no_layout_with_the_reason(answer, why):
     layout = plan_layout("a dog on a beach", "llm", llm=StubChat(answer))
     assert not layout and layout.source == "none" and layout.reason.startswith("no layout") and why in layout.reason
+    if not isinstance(answer, Exception):
+        assert layout.extra["raw"] == {"given": answer}  # kept to see what the model said
 
 
 def test_llm_chain_tries_backends_in_order(monkeypatch):

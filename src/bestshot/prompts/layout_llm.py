@@ -67,15 +67,16 @@ def _json_candidates(raw: str) -> list[str]:
     body = text[start:]
     end = max(body.rfind("}"), body.rfind("]"))
     out = [body[: end + 1]] if end >= 0 else []
-    # an answer cut off by the token limit: keep what ends with the last complete object, close what is open
-    cut = re.sub(r",\s*$", "", body[: body.rfind("}") + 1].rstrip())
-    stack: list[str] = []
-    for c in re.sub(r'"[^"]*"', "", cut):
-        if c in "{[":
-            stack.append("}" if c == "{" else "]")
-        elif c in "}]" and stack:
-            stack.pop()
-    out.append(cut + "".join(reversed(stack)))
+    # an answer cut off by the token limit: keep what ends with the last complete object (or box), close the rest
+    for closer in ("}", "]"):
+        cut = re.sub(r",\s*$", "", body[: body.rfind(closer) + 1].rstrip())
+        stack: list[str] = []
+        for c in re.sub(r'"[^"]*"', "", cut):
+            if c in "{[":
+                stack.append("}" if c == "{" else "]")
+            elif c in "}]" and stack:
+                stack.pop()
+        out.append(cut + "".join(reversed(stack)))
     return out
 
 
@@ -227,7 +228,7 @@ def llm_layout(
         attempts = [(n, m, None) for n, m in steps]
     if not attempts:
         return Layout(prompt=prompt, source="none", reason="no layout: no LLM available offline")
-    reasons = []
+    reasons, answers = [], {}
     for name, mid, chat in attempts:
         try:
             chat = chat or OPENER(name, mid or "", _llm._device(device))
@@ -241,4 +242,5 @@ def llm_layout(
         if objects:
             return Layout(tuple(objects), background.strip(), prompt, "llm", notes, extra)
         reasons.append(f"{name} gave no usable box ({notes or 'empty objects list'})")
-    return Layout(prompt=prompt, source="none", reason="no layout: " + "; ".join(reasons), extra={})
+        answers[name] = (raw or "")[:2000]
+    return Layout(prompt=prompt, source="none", reason="no layout: " + "; ".join(reasons), extra={"raw": answers})
