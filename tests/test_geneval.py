@@ -270,6 +270,11 @@ def test_run_tabulates_methods_and_writes_json_and_csv(tmp_path, monkeypatch):
     rows = list(csv.reader((out / "geneval.csv").open()))
     assert rows[0] == ["category", "red", "green"] and ["colors", "50.0", "50.0"] in rows and rows[-1][0] == "overall"
     assert rich_table(res).row_count == 3
+    empty = tmp_path / "cwd"
+    empty.mkdir()
+    monkeypatch.chdir(empty)  # without --out nothing is written anywhere
+    cfg.out = None
+    assert evaluate_geneval(cfg, detector=DET, progress=False)["table"] == t and not list(empty.iterdir())
 
 
 def test_methods_are_checked_before_anything_loads(tmp_path):

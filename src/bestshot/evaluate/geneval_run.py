@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -62,7 +63,7 @@ class MethodContext:
     """What a method gets besides the prompt and seed: the run's settings and a store for its images."""
 
     cfg: GenevalConfig
-    store: Store | None
+    store: Store
 
 
 Method = Callable[[str, int, MethodContext], tuple[Image.Image, dict[str, Any]]]
@@ -193,6 +194,9 @@ def evaluate_geneval(cfg: GenevalConfig, detector: Any = None, progress: bool = 
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     total = len(prompts) * len(cfg.methods) * cfg.samples
+    scratch = None if cfg.out else tempfile.TemporaryDirectory(prefix="bestshot-geneval-")  # no --out: nothing kept
+    root = Path(cfg.out or scratch.name)
+    stores = {m: Store(root / "images" / m, root / f"generate_{m}.jsonl") for m in cfg.methods}
     try:
         with _progress(total, progress) as bar:
             task = bar.add_task("geneval", total=total)
@@ -200,12 +204,7 @@ def evaluate_geneval(cfg: GenevalConfig, detector: Any = None, progress: bool = 
                 for k in range(cfg.samples):
                     seed = cfg.seed + (i * cfg.samples + k) * cfg.n
                     for m in cfg.methods:
-                        store = (
-                            Store(Path(cfg.out) / "images" / m, Path(cfg.out) / f"generate_{m}.jsonl")
-                            if cfg.out
-                            else None
-                        )
-                        image, info = METHODS[m](meta.prompt, seed, MethodContext(cfg, store))
+                        image, info = METHODS[m](meta.prompt, seed, MethodContext(cfg, stores[m]))
                         verdict = judge_image(image, meta, detector, cfg.rules)
                         rows.append(
                             {
@@ -221,6 +220,9 @@ def evaluate_geneval(cfg: GenevalConfig, detector: Any = None, progress: bool = 
                         bar.advance(task)
     except KeyboardInterrupt:
         results["interrupted"] = True
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
     results["table"] = summarise(rows, cfg.methods)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     results["rows"] = rows
