@@ -168,6 +168,22 @@ def test_position_rules():
     assert relative_position((0, 0, 10, 10), (20, 20, 30, 30)) == {"left of", "above"}  # a diagonal is both
 
 
+def test_the_detector_is_asked_for_all_80_classes_and_answers_for_the_prompts():
+    asked = []
+
+    class Recorder(ShapeDetector):
+        def detect(self, image, classes, *args, **kw):
+            asked.append(list(classes))
+            return super().detect(image, classes, *args, **kw)
+
+    m = meta("two_object", [{"class": "car", "count": 1}, {"class": "unicorn", "count": 1}])
+    out = judge_image(draw(("car", "red", 5, 5), ("cup", "red", 60, 60)), m, Recorder(), RULES)
+    assert asked[0][:2] == ["car", "unicorn"] and len(asked[0]) == 81 and "cup" in asked[0]
+    assert set(out["detections"]) == {"car"}  # the cup was found but the prompt does not name it
+    judge_image(draw(("car", "red", 5, 5)), m, Recorder(), GenevalRules(all_classes=False))
+    assert asked[1] == ["car", "unicorn"]
+
+
 # ------------------------------------------------------------------------------------------- OWLv2
 
 

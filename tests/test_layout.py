@@ -190,6 +190,12 @@ class StubChat:
             ["a dog"],
             (0.1, 0.2, 0.4, 0.9),
         ),
+        (  # mismatched brackets (what SmolLM2-135M wrote): read pair by pair
+            '{"background": "a car", "objects": [{"phrase": "a dog", "box": [0.35, 0.1, 0.65, 0.4]}}, '
+            '{"phrase": "a red ball", "box": [0.3, 0.5, 0.9, 0.9]}}, {"phrase": "a red apple", "box": [0, 0, 1, 1]}}',
+            ["a dog", "a red ball"],  # the apple of the few-shot example is not in the prompt: dropped
+            (0.35, 0.1, 0.65, 0.4),
+        ),
         (  # a bare list, one entry unusable, one box a little outside the image
             '[{"phrase": "a dog", "box": [-0.02, 0.2, 0.4, 1.01]}, {"phrase": "a cat", "box": [0.9, 0.1, 0.2, 0.5]}]',
             ["a dog"],
@@ -199,11 +205,14 @@ class StubChat:
 )
 def test_llm_answers_are_parsed_leniently(answer, phrases, first_box):
     chat = StubChat(answer)
-    layout = plan_layout("a dog on a beach", "auto", llm=chat)
+    layout = plan_layout("a dog on a beach with a red ball", "auto", llm=chat)
     assert layout.source == "llm" and [o.phrase for o in layout.objects] == phrases
     if first_box:
         assert layout.objects[0].box == pytest.approx(first_box)
-    assert chat.sent[0][-1]["content"].endswith("a dog on a beach") and "JSON" in chat.sent[0][0]["content"]
+    assert (
+        chat.sent[0][-1]["content"].endswith("a dog on a beach with a red ball")
+        and "JSON" in chat.sent[0][0]["content"]
+    )
     assert layout.extra["raw"] == answer[:2000]
 
 

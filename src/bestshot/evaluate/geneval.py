@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,14 @@ THRESHOLD = 0.3  # GenEval's confidence threshold (Mask2Former); OWLv2's scores 
 COUNTING_THRESHOLD = 0.9
 POSITION_MARGIN = 0.1
 SHIPPED = "evaluation_metadata.jsonl"
+NAMES = "object_names.txt"  # GenEval's 80 detector classes (COCO's)
+
+
+@cache
+def object_names() -> tuple[str, ...]:
+    """GenEval's 80 object classes, shipped beside its prompts."""
+    text = resources.files("bestshot.evaluate").joinpath("geneval_data", NAMES).read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
 @dataclass(frozen=True)
@@ -185,6 +194,9 @@ class GenevalRules:
     nms: float = 0.5
     max_objects: int = 16
     position_margin: float = POSITION_MARGIN
+    # ask the detector for all 80 GenEval classes, not only the prompt's: a box then goes to the class it looks
+    # most like (as GenEval's closed-set detector does), so a cat is not counted as the prompt's dog
+    all_classes: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def threshold_for(self, tag: str) -> float:
@@ -239,7 +251,9 @@ def judge(
 
 def judge_image(image: Image.Image, meta: GenevalPrompt, detector: Any, rules: GenevalRules) -> dict[str, Any]:
     """Detect the prompt's classes and judge: ``{"correct", "reason", "detections"}``."""
-    found = detector.detect(image, meta.classes, rules.threshold_for(meta.tag), rules.nms, rules.max_objects)
+    queries = meta.classes + ([c for c in object_names() if c not in meta.classes] if rules.all_classes else [])
+    found = detector.detect(image, queries, rules.threshold_for(meta.tag), rules.nms, rules.max_objects)
+    found = {c: found.get(c, []) for c in meta.classes}
     correct, reason = judge(image, meta, found, rules)
     dets = {c: [[round(v, 1) for v in d.box] + [round(d.score, 4)] for d in ds] for c, ds in found.items() if ds}
     return {"correct": correct, "reason": reason, "detections": dets}

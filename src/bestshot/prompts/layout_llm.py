@@ -119,15 +119,42 @@ def _entry(item: Any, width: int | None, height: int | None) -> tuple[str, list[
     return phrase.strip(), nums
 
 
-def parse_answer(raw: str, width: int | None = None, height: int | None = None) -> tuple[list[LayoutObject], str, str]:
-    """(valid objects, background, notes on what was dropped) from a raw LLM answer; never raises."""
+_KEY_PHRASE, _KEY_BOX = "|".join(_PHRASE_KEYS), "|".join(_BOX_KEYS)
+_PAIR = re.compile(
+    rf"""["']?(?:{_KEY_PHRASE})["']?\s*:\s*["']([^"']+)["'][^\[\]{{}}]*?["']?(?:{_KEY_BOX})["']?\s*:\s*\[([^\]]*)\]""",
+    re.I,
+)
+
+
+def _pairs(raw: str) -> list[dict[str, Any]]:
+    """Last resort for JSON too broken to load (mismatched brackets): every "phrase": "...", "box": [...]."""
+    return [{"phrase": p, "box": [v.strip() for v in b.split(",")]} for p, b in _PAIR.findall(raw)]
+
+
+_STOP = {"a", "an", "the", "of", "on", "in", "with", "and", "to", "at", "by", "sitting", "standing"}
+
+
+def _words(text: str) -> list[str]:
+    return [w.rstrip("s") for w in re.findall(r"[a-z]+", text.lower()) if w not in _STOP]
+
+
+def parse_answer(
+    raw: str, width: int | None = None, height: int | None = None, prompt: str | None = None
+) -> tuple[list[LayoutObject], str, str]:
+    """(valid objects, background, notes on what was dropped) from a raw LLM answer; never raises.
+
+    With ``prompt``, an object whose head word (its last word) is not in it is dropped: small models copy the
+    few-shot example.
+    """
     data = None
     for cand in _json_candidates(raw or ""):
         data = _loads(cand)
         if data is not None:
             break
     if data is None:
-        return [], "", "no JSON in the answer"
+        data = {"objects": _pairs(raw or "")}
+        if not data["objects"]:
+            return [], "", "no JSON in the answer"
     items = data if isinstance(data, list) else data.get("objects") if isinstance(data, dict) else None
     background = data.get("background", "") if isinstance(data, dict) else ""
     if not isinstance(items, list):
@@ -137,6 +164,10 @@ def parse_answer(raw: str, width: int | None = None, height: int | None = None) 
         got = _entry(item, width, height)
         if got is None:
             dropped.append(f"objects[{i}] has no phrase and box")
+            continue
+        head = _words(got[0])[-1:]  # "a red apple" -> apple
+        if prompt and head and head[0] not in _words(prompt):
+            dropped.append(f"objects[{i}] {got[0]!r} is not in the prompt")
             continue
         try:
             objects.append(LayoutObject(" ".join(got[0].split()), check_box(got[1], f"objects[{i}] box")))
@@ -237,7 +268,7 @@ def llm_layout(
             reasons.append(f"{name} failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
             log.warning("layout: %s", reasons[-1])
             continue
-        objects, background, notes = parse_answer(raw, width, height)
+        objects, background, notes = parse_answer(raw, width, height, prompt)
         extra = {"raw": (raw or "")[:2000], "backend": name, "model": mid}
         if objects:
             return Layout(tuple(objects), background.strip(), prompt, "llm", notes, extra)
