@@ -62,7 +62,8 @@ class OwlDetector:
         import torch
 
         image = image.convert("RGB")
-        inputs = self.processor(text=[[QUERY.format(c) for c in classes]], images=image, return_tensors="pt")
+        queries = [[QUERY.format(c) for c in classes]]
+        inputs = self.processor(text=queries, images=image, return_tensors="pt", truncation=True)
         with torch.no_grad():
             out = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
         probs = out.logits[0].sigmoid().float().cpu()  # (boxes, classes)
