@@ -21,6 +21,7 @@ from bestshot import jsonio
 
 from .errors import BestshotError
 from .jsonio import check_finite
+from .layout import check_layout_setting
 from .schedulers import scheduler_spec
 from .yaml_io import dataclass_from_dict
 
@@ -147,6 +148,16 @@ class ImgCfg:
     prune_start: int | None = None
     prune_at: float = 0.3
     gate: bool = True  # False: keep the best whatever its score (evaluators, the A1111 routes)
+
+    # Composition: where each object of the prompt goes (bestshot.layout; planned by bestshot.prompts.layout).
+    layout: str | None = field(
+        default=None,
+        metadata={
+            "help": "Object layout: 'auto' (plan boxes from the prompt), 'off', or a layout.json file (planning only "
+            "for now).",
+            "flag": "--layout",
+        },
+    )
     clip_min: InitVar[float | None] = None  # old name of score_min: given, it sets score_min
 
     def __post_init__(self, clip_min: float | None) -> None:
@@ -215,6 +226,7 @@ class ImgCfg:
                 f"seed_base {self.seed_base} is too large: the candidates' seeds must stay at most "
                 f"{MAX_SEED} (2**63 - 1) — give a smaller --seed"
             )
+        check_layout_setting(self.layout)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from bestshot.scale.flags import RayFlagCommand
 from ..errors import BestshotError
 from ..scale.cli_options import CPUS_PER_WORKER, GPUS_PER_WORKER, RAY, RAY_BATCH, RAY_WORKERS
 
-app = typer.Typer(no_args_is_help=True, help="Evaluate models: the embedded world, COCO-style metrics.")
+app = typer.Typer(no_args_is_help=True, help="Evaluate models: the embedded world, GenEval, COCO-style metrics.")
 out = Console()
 
 
@@ -70,6 +70,61 @@ def world(
         out.print(to_markdown(res))
         if out_dir:
             out.print(f"written: {out_dir}/world_eval.json, {out_dir}/world_eval.md")
+
+
+@app.command("geneval")
+def geneval(
+    methods: str = typer.Option("plain,best_of_n", "--methods", help="Generation methods, one column each."),
+    n: int = typer.Option(4, "--n", help="Candidates of best_of_n."),
+    samples: int = typer.Option(1, "--samples", help="Images per prompt and method (GenEval's paper: 4)."),
+    prompts: str | None = typer.Option(None, "--prompts", help="GenEval metadata .jsonl (default: the shipped set)."),
+    tags: str | None = typer.Option(None, "--tags", help="Only these categories, e.g. position,counting."),
+    limit: int | None = typer.Option(None, "--limit", help="At most this many prompts per category."),
+    model: str = typer.Option("embedded", "--model", "-m"),
+    steps: int | None = typer.Option(None, "--steps"),
+    guidance: float | None = typer.Option(None, "--guidance"),
+    scorer: str | None = typer.Option(None, "--scorer", help="Scorer ranking best_of_n (default: the model's)."),
+    seed: int = typer.Option(0, "--seed"),
+    detector: str = typer.Option(
+        "google/owlv2-base-patch16-ensemble", "--detector", help="OWLv2 / OWL-ViT hub id or local folder."
+    ),
+    threshold: float = typer.Option(0.15, "--threshold", help="Detection confidence threshold."),
+    counting_threshold: float = typer.Option(0.3, "--counting-threshold", help="Threshold of the counting prompts."),
+    device: str | None = typer.Option(None, "--device"),
+    out_dir: str | None = typer.Option("eval_geneval", "--out", help="Folder for geneval.json, geneval.csv, images."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+) -> None:
+    """GenEval: object, count, colour and position correctness per category, one column per method."""
+    from .geneval import GenevalRules
+    from .geneval_run import GenevalConfig, evaluate_geneval, rich_table
+
+    cfg = GenevalConfig(
+        methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+        n=n,
+        samples=samples,
+        prompts=prompts,
+        tags=tuple(t.strip() for t in (tags or "").split(",") if t.strip()),
+        limit=limit,
+        model=model,
+        steps=steps,
+        guidance=guidance,
+        scorer=scorer,
+        seed=seed,
+        device=device,
+        detector=detector,
+        rules=GenevalRules(threshold=threshold, counting_threshold=counting_threshold),
+        out=out_dir,
+    )
+    try:
+        res = evaluate_geneval(cfg, progress=not as_json)
+    except KeyboardInterrupt:
+        raise BestshotError(f"interrupted — the finished part is in {out_dir}/geneval.json") from None
+    if as_json:
+        print(jsonio.dumps(res["table"], indent=2))
+    else:
+        out.print(rich_table(res))
+        if out_dir:
+            out.print(f"written: {out_dir}/geneval.json, {out_dir}/geneval.csv")
 
 
 def _size(text: str | None) -> tuple[int | None, int | None]:
