@@ -50,7 +50,7 @@ def test_each_app_has_its_own_context(tmp_path):
     two = create_app(out_dir=str(tmp_path / "b"), curate_dir=str(tmp_path / "cb"), best_of=3)
     assert isinstance(one.state.ctx, ServerContext) and one.state.ctx is not two.state.ctx
     assert one.state.jobs is one.state.ctx.jobs and one.state.store is one.state.ctx.store
-    with TestClient(one) as a, TestClient(two) as b:
+    with TestClient(one, base_url="http://localhost") as a, TestClient(two, base_url="http://localhost") as b:
         assert a.post("/sdapi/v1/options", json={"bestshot_best_of": 2, "some_option": 1}).status_code == 200
         assert a.get("/sdapi/v1/options").json()["bestshot_best_of"] == 2
         got = b.get("/sdapi/v1/options").json()
@@ -60,7 +60,7 @@ def test_each_app_has_its_own_context(tmp_path):
 
 def test_auth_covers_the_routers_but_not_the_gallery_page(tmp_path):
     app = create_app(out_dir=str(tmp_path / "o"), curate_dir=str(tmp_path / "c"), token="s3cret")
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         for path in ("/sdapi/v1/options", "/sdapi/v1/progress", "/v1/jobs", "/v1/curate", "/internal/ping", "/config"):
             r = c.get(path)
             assert r.status_code == 401 and r.json()["error"] == "HTTPException", path
