@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from . import __version__
 from .config import ImgCfg
 from .errors import BestshotError
 from .models.loader import free_memory, load_pipeline, load_refiner
@@ -37,7 +38,7 @@ from .models.settings import resolve_config
 from .modes import Mode, Source, denoise_steps, read_source, upscale_all
 from .modes import check as check_mode
 from .prompts.build import blocked_terms, build_prompt
-from .record import Candidate, RunRecord, png_metadata, settings_of
+from .record import Candidate, RunRecord, png_metadata
 from .schedulers import sampler_label
 from .scoring import cosine_like, pipeline_scorer, resolve_gate
 from .store import Store, format_parameters, new_run_id
@@ -516,16 +517,8 @@ def generate(
         clip_prompt=llm_clip,
         allow_empty=allow_empty_prompt,
     )
-    record = RunRecord(
-        run_id=new_run_id(),
-        mode=mode,
-        model=cfg.model,
-        preset=cfg.preset,
-        sd_prompt=built.sd_prompt,
-        clip_prompt=built.clip_prompt,
-        negative_prompt=built.negative_prompt,
-        settings=settings_of(cfg),
-    )
+    record = RunRecord.of(cfg, built, new_run_id(), mode)
+    record.version = __version__
     if auto_info:
         record.extra["auto_prompt"] = auto_info
     if source is not None and source.notes:

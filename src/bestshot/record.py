@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import __version__
 from .config import ImgCfg
 from .scoring import clip_score_100
 
@@ -73,7 +72,21 @@ class RunRecord:
     reason: str | None = None
     timing_s: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
-    version: str = __version__
+    version: str = ""  # bestshot's version, set by generate()
+
+    @classmethod
+    def of(cls, cfg: ImgCfg, built: Any, run_id: str = "", mode: str = "user_prompt") -> RunRecord:
+        """A new, unscored record of a run of ``cfg`` on ``built`` (a :class:`~bestshot.prompts.build.BuiltPrompt`)."""
+        return cls(
+            run_id=run_id,
+            mode=mode,
+            model=cfg.model,
+            preset=cfg.preset,
+            sd_prompt=built.sd_prompt,
+            clip_prompt=built.clip_prompt,
+            negative_prompt=built.negative_prompt,
+            settings=settings_of(cfg),
+        )
 
     @property
     def best_seed(self) -> int | None:
