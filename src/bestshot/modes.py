@@ -143,7 +143,8 @@ def check(cfg: ImgCfg, source: Source | None) -> None:
     """Refuse settings that would run no denoising step, before any model loads."""
     if source is not None and cfg.strength > 0 and int(cfg.steps_base * cfg.strength) < 1:
         raise BestshotError(
-            f"strength: {cfg.strength} x {cfg.steps_base} steps leaves no denoising step — raise strength or steps"
+            f"strength (A1111's denoising_strength): {cfg.strength} x {cfg.steps_base} steps leaves no denoising "
+            "step — raise it or the steps"
         )
     if cfg.hires:
         steps = cfg.hires_steps or cfg.steps_base
