@@ -123,7 +123,8 @@ class ImgCfg:
         metadata={
             "help": "What the masked part starts from: 0 fill, 1 original, 2 latent noise, 3 latent nothing.",
             "flag": "--inpainting-fill",
-            "choices": (0, 1, 2, 3),
+            "min": 0,
+            "max": 3,
         },
     )
     inpaint_full_res: bool = field(
