@@ -125,8 +125,8 @@ def _gen_args(manifest, out, tiny_sd15, tiny_clip, *extra):
 
 @pytest.fixture
 def counted(monkeypatch):
-    """Count pipeline calls made by eval generate (the shared make_candidates)."""
-    import bestshot.evaluate.batch as B
+    """Count pipeline calls made by eval generate (the shared make_candidates, which the best-of-N core calls)."""
+    import bestshot.generation as B
 
     calls = []
     real = B.make_candidates

@@ -27,8 +27,8 @@ def manifest(tmp_path):
 def test_sweep_2x2_writes_tables_plots_and_contact_sheet_and_resumes(
     manifest, tmp_path, tiny_sd15, tiny_clip, capsys, monkeypatch
 ):
-    import bestshot.evaluate.batch as B
     import bestshot.evaluate.sweep as S
+    import bestshot.generation as B  # the best-of-N core's candidate maker, which eval generate runs through
 
     calls, evals = [], []
     real_mc, real_eval = B.make_candidates, S.evaluate_folder

@@ -158,6 +158,64 @@ class ImgCfg:
             "flag": "--layout",
         },
     )
+
+    # Modes of the same best-of-N run (A1111's names and defaults): img2img from init_image, inpainting with
+    # a mask, hires fix (each candidate upscaled and repainted at hires_denoise).
+    init_image: str | None = field(
+        default=None, metadata={"help": "Start every candidate from this image (img2img).", "flag": "--init-image"}
+    )
+    strength: float = field(
+        default=0.75,
+        metadata={
+            "help": "How much of the init image is repainted: 0 keeps it, 1 ignores it.",
+            "flag": "--strength",
+            "min": 0.0,
+            "max": 1.0,
+        },
+    )
+    mask: str | None = field(
+        default=None,
+        metadata={"help": "Inpaint: repaint only where this mask is white (needs --init-image).", "flag": "--mask"},
+    )
+    mask_blur: int = field(
+        default=4, metadata={"help": "Blur radius of the mask's edge, in pixels.", "flag": "--mask-blur", "min": 0}
+    )
+    inpainting_fill: int = field(
+        default=1,
+        metadata={
+            "help": "What the masked part starts from: 0 fill, 1 original, 2 latent noise, 3 latent nothing.",
+            "flag": "--inpainting-fill",
+            "min": 0,
+            "max": 3,
+        },
+    )
+    inpaint_full_res: bool = field(
+        default=False,
+        metadata={"help": "Inpaint only the masked region, at the full generation size.", "flag": "--inpaint-full-res"},
+    )
+    inpaint_full_res_padding: int = field(
+        default=32,
+        metadata={
+            "help": "Pixels around the mask kept as context with --inpaint-full-res.",
+            "flag": "--inpaint-padding",
+        },
+    )
+    hires_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "Hires fix: upscale each candidate by this factor and repaint it (1 or unset: off).",
+            "flag": "--hires-scale",
+            "min": 1.0,
+            "max": 4.0,
+        },
+    )
+    hires_steps: int | None = field(
+        default=None, metadata={"help": "Steps of the hires pass (unset: --steps).", "flag": "--hires-steps", "min": 1}
+    )
+    hires_denoise: float = field(
+        default=0.7,
+        metadata={"help": "Denoising strength of the hires pass.", "flag": "--hires-denoise", "min": 0.0, "max": 1.0},
+    )
     clip_min: InitVar[float | None] = None  # old name of score_min: given, it sets score_min
 
     def __post_init__(self, clip_min: float | None) -> None:
@@ -220,6 +278,7 @@ class ImgCfg:
                 )
         if not isinstance(self.seed_base, int) or self.seed_base < 0:
             raise BestshotError(f"seed_base must be a non-negative whole number (got {self.seed_base!r})")
+        self._validate_modes()
         last = self.seed_base + max(self.n_images, self.prune_start or 0) - 1
         if last > MAX_SEED:  # candidates use seed, seed+1, ...; torch's generators take 64-bit seeds
             raise BestshotError(
@@ -228,6 +287,40 @@ class ImgCfg:
             )
         check_layout_setting(self.layout)
         return self
+
+    def _validate_modes(self) -> None:
+        """The img2img / inpaint / hires fields: one line naming the field (files are checked when read)."""
+
+        def number(name: str, low: float, high: float | None) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < low or (high is not None and v > high):
+                span = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+                raise BestshotError(f"{name} must be a number {span} (got {v!r})")
+
+        number("strength", 0.0, 1.0)
+        number("hires_denoise", 0.0, 1.0)
+        number("mask_blur", 0, None)
+        number("inpaint_full_res_padding", 0, None)
+        if self.inpainting_fill not in (0, 1, 2, 3) or isinstance(self.inpainting_fill, bool):
+            raise BestshotError(
+                f"inpainting_fill must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing) "
+                f"(got {self.inpainting_fill!r})"
+            )
+        if self.mask is not None and self.init_image is None:
+            raise BestshotError("mask needs an init_image to repaint — give --init-image too")
+        if self.hires_scale is not None:
+            number("hires_scale", 1.0, 4.0)
+            if self.hires_scale > 1 and self.init_image is not None:
+                raise BestshotError("hires_scale applies to text-to-image runs — drop --hires-scale or --init-image")
+        if self.hires_steps is not None and (not isinstance(self.hires_steps, int) or self.hires_steps < 1):
+            raise BestshotError(f"hires_steps must be a whole number >= 1 or unset (got {self.hires_steps!r})")
+        if (self.init_image is not None or self.hires) and self.prune_start:
+            raise BestshotError("early pruning works on text-to-image runs only — drop --prune-start")
+
+    @property
+    def hires(self) -> bool:
+        """Whether the hires fix is on."""
+        return self.hires_scale is not None and self.hires_scale > 1
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -23,7 +23,6 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,12 @@ from .errors import BestshotError
 from .models.loader import free_memory, load_pipeline, load_refiner
 from .models.registry import default_scorer, resolve_model
 from .models.settings import resolve_config
+from .modes import Mode, Source, denoise_steps, read_source, upscale_all
+from .modes import check as check_mode
 from .prompts.build import blocked_terms, build_prompt
+from .record import Candidate, RunRecord, png_metadata
 from .schedulers import sampler_label
-from .scoring import clip_score_100, cosine_like, pipeline_scorer, resolve_gate
+from .scoring import cosine_like, pipeline_scorer, resolve_gate
 from .store import Store, format_parameters, new_run_id
 
 log = logging.getLogger(__name__)
@@ -122,10 +124,8 @@ def _step_callback(on_step: StepCallback | None, total: int) -> Callable | None:
         wants_latents = False
 
     def cb(pipe, step, timestep, callback_kwargs):
-        if wants_latents:
-            stop = on_step(step + 1, total, callback_kwargs.get("latents"))
-        else:
-            stop = on_step(step + 1, total)
+        done = min(step + 1, total)
+        stop = on_step(done, total, callback_kwargs.get("latents")) if wants_latents else on_step(done, total)
         if stop:  # the caller asked to stop: diffusers skips the remaining steps and decodes what it has
             pipe._interrupt = True
         return callback_kwargs
@@ -134,9 +134,17 @@ def _step_callback(on_step: StepCallback | None, total: int) -> Callable | None:
 
 
 def pipeline_kwargs(
-    pipe: Any, prompt: str, negative: str, seeds: Sequence[int], cfg: ImgCfg, on_step: StepCallback | None
+    pipe: Any,
+    prompt: str,
+    negative: str,
+    seeds: Sequence[int],
+    cfg: ImgCfg,
+    on_step: StepCallback | None,
+    image: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments of one batched text-to-image call: one CPU generator per seed."""
+    """Keyword arguments of one batched call: one CPU generator per seed; ``image``: a mode's image keywords
+    (:meth:`bestshot.modes.Mode.image_kwargs`), whose denoising steps the step callback counts."""
+    total = denoise_steps(cfg.steps_base, image["strength"]) if image else cfg.steps_base
     kwargs: dict[str, Any] = dict(
         prompt=prompt,
         negative_prompt=negative or None,
@@ -146,32 +154,54 @@ def pipeline_kwargs(
         width=cfg.width,
         num_images_per_prompt=len(seeds),
         generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-        callback_on_step_end=_step_callback(on_step, cfg.steps_base),
+        callback_on_step_end=_step_callback(on_step, total),
+        **(image or {}),
     )
     return supported_kwargs(pipe.__call__, kwargs)
 
 
 def _call_pipeline(
-    pipe: Any, refiner: Any, prompt: str, negative: str, seeds: Sequence[int], cfg: ImgCfg, on_step: StepCallback | None
+    pipe: Any,
+    refiner: Any,
+    prompt: str,
+    negative: str,
+    seeds: Sequence[int],
+    cfg: ImgCfg,
+    on_step: StepCallback | None,
+    mode: Mode | None = None,
 ) -> list[Image.Image]:
-    """One batched pipeline call for ``seeds`` (plus the refiner's call when enabled)."""
+    """THE one place where a batch of candidates is drawn, for every mode and caller: one batched pipeline
+    call for ``seeds`` (text-to-image, plus the refiner's call when enabled; or the mode's image-to-image /
+    inpainting call, composited over the original), then the hires pass when on. Features that change a
+    pipeline call hook in here."""
     n = len(seeds)
+    if mode is not None and mode.source is not None:  # img2img / inpaint
+        if cfg.strength == 0:  # nothing repainted: the init image itself
+            return [mode.composite(mode.source.init.copy()) for _ in seeds]
+        kwargs = pipeline_kwargs(mode.pipe, prompt, negative, seeds, cfg, on_step, mode.image_kwargs(cfg))
+        return [mode.composite(im) for im in mode.pipe(**kwargs).images]
     kwargs = pipeline_kwargs(pipe, prompt, negative, seeds, cfg, on_step)
     if refiner is None:
-        return list(pipe(**kwargs).images)
-    # ensemble of experts: the base denoises the high-noise part and hands over latents
-    latents = pipe(**kwargs, denoising_end=cfg.refiner_split, output_type="latent").images
-    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    out = refiner(
-        prompt=[prompt] * n,
-        negative_prompt=[negative] * n if negative else None,
-        image=latents,
-        num_inference_steps=cfg.steps_base,
-        denoising_start=cfg.refiner_split,
-        guidance_scale=cfg.guidance,
-        generator=gens,
-    )
-    return list(out.images)
+        images = list(pipe(**kwargs).images)
+    else:  # ensemble of experts: the base denoises the high-noise part and hands over latents
+        latents = pipe(**kwargs, denoising_end=cfg.refiner_split, output_type="latent").images
+        gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        out = refiner(
+            prompt=[prompt] * n,
+            negative_prompt=[negative] * n if negative else None,
+            image=latents,
+            num_inference_steps=cfg.steps_base,
+            denoising_start=cfg.refiner_split,
+            guidance_scale=cfg.guidance,
+            generator=gens,
+        )
+        images = list(out.images)
+    if mode is None or mode.hires is None or (isinstance(on_step, StepTracker) and on_step.stopped):
+        return images
+    hr = mode.hires  # hires fix: each candidate upscaled, then repainted with its own seed
+    big = upscale_all(images, (hr.width, hr.height))
+    kwargs = pipeline_kwargs(mode.pipe, prompt, negative, seeds, hr, on_step, mode.image_kwargs(hr, big))
+    return list(mode.pipe(**kwargs).images)
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -186,8 +216,11 @@ def make_candidates(
     seeds: Sequence[int],
     cfg: ImgCfg,
     on_step: StepCallback | None = None,
+    mode: Mode | None = None,
 ) -> list[Image.Image]:
-    """All candidates, in seed order. On CUDA out-of-memory the batch is halved and retried."""
+    """All candidates, in seed order (:func:`_call_pipeline` per batch). On CUDA out-of-memory the batch is
+    halved and retried."""
+    total = mode.steps(cfg) if mode is not None else cfg.steps_base
     batch = min(cfg.max_batch or len(seeds), len(seeds))
     images: list[Image.Image] = []
     i = 0
@@ -196,9 +229,9 @@ def make_candidates(
         try:
             if isinstance(on_step, StepTracker):
                 on_step.reached = 0
-            images += _call_pipeline(pipe, refiner, prompt, negative, chunk, cfg, on_step)
+            images += _call_pipeline(pipe, refiner, prompt, negative, chunk, cfg, on_step, mode)
             if isinstance(on_step, StepTracker):
-                on_step.calls.append((len(chunk), on_step.reached or cfg.steps_base))
+                on_step.calls.append((len(chunk), on_step.reached or total))
             i += len(chunk)
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
             if not _is_oom(e):
@@ -276,6 +309,153 @@ def _resolve_prompt(
     return ap.sd_prompt, ap.clip_prompt, info
 
 
+def best_of_n(
+    pipe: Any,
+    cfg: ImgCfg,
+    built: Any,
+    scorer: Any,
+    record: RunRecord,
+    *,
+    refiner: Any = None,
+    mode: Mode | None = None,
+    on_step: StepCallback | None = None,
+    family: str = "",
+) -> list[Image.Image]:
+    """THE best-of-N core of every run (``generate()``, the server's routes, ``eval generate``, curate's stage 1).
+
+    Draws ``cfg.n_images`` candidates (:func:`make_candidates`: batched, OOM halving, step callbacks and
+    stops; or early pruning), scores them against ``record.clip_prompt``, ranks and gates them
+    (:meth:`bestshot.scoring.gate.Gate.pick`; ``scorer`` None: one candidate, nothing ranked), re-renders the
+    kept one alone where its seed must reproduce it (``exact_best``) and fills ``record``. Returns the
+    candidate images in seed order; :func:`save_run` writes the kept ones and the log line as one unit.
+    """
+    mode = mode or Mode("txt2img")
+    tracker = on_step if isinstance(on_step, StepTracker) or on_step is None else StepTracker(on_step)
+    seeds = seeds_for(cfg.seed_base, cfg.n_images)
+    text = record.clip_prompt
+    gate = resolve_gate(scorer, cfg.score_min, enabled=cfg.gate) if scorer is not None else None
+    t = time.perf_counter()
+    if cfg.prune_start:
+        from .pruning import cost_ratio, run_pruned
+
+        started = seeds_for(cfg.seed_base, cfg.prune_start)
+        pr = run_pruned(
+            pipe,
+            pipeline_kwargs(pipe, built.sd_prompt, built.negative_prompt, started, cfg, tracker),
+            seeds=started,
+            keep=cfg.n_images,
+            at=cfg.prune_at,
+            family=family,
+            score_fn=lambda ims: scorer.score(ims, text),
+        )
+        seeds, images = [started[j] for j in pr.kept], pr.images
+        record.extra["pruning"] = {
+            "started": started,
+            "preview_clip": [round(x, 6) for x in pr.preview_scores],
+            "prune_step": pr.prune_step,
+            "cost_ratio": round(cost_ratio(cfg.steps_base, cfg.prune_start, cfg.n_images, cfg.prune_at), 4),
+        }
+    else:
+        images = make_candidates(pipe, refiner, built.sd_prompt, built.negative_prompt, seeds, cfg, tracker, mode)
+    record.timing_s["gen"] = _since(t)
+
+    t = time.perf_counter()
+    scores: list[Any] = [float(s) for s in scorer.score(images, text)] if scorer is not None else [None] * len(seeds)
+    record.timing_s["clip"] = _since(t)
+
+    total = mode.steps(cfg)
+    stop = tracker.stopped if tracker is not None else None
+    steps_done = tracker.steps_done(len(seeds)) if stop else None
+    if steps_done and min(steps_done) >= total:  # the stop came at the last step: a finished run
+        stop, steps_done = None, None
+    best, value, ok = 0, None, True
+    if gate is not None:
+        best = gate.pick(images, scores, text, eligible=furthest(steps_done))
+        value = gate.value(images[best], scores[best], text)
+        ok = gate.passes(value)
+    batch = cfg.prune_start or len(seeds)  # the largest batch the kept image was rendered in
+    solo = needs_solo_render(pipe, cfg, batch) and ok and not stop
+    if solo:
+        t = time.perf_counter()
+        one = make_candidates(pipe, refiner, built.sd_prompt, built.negative_prompt, [seeds[best]], cfg, None, mode)
+        images[best] = one[0]
+        if scorer is not None:
+            scores[best] = float(scorer.score([images[best]], text)[0])
+            value = gate.value(images[best], scores[best], text)
+            ok = gate.passes(value)
+        record.timing_s["exact_best"] = _since(t)
+    record.candidates = [Candidate(s, sc) for s, sc in zip(seeds, scores)]
+    for c, done in zip(record.candidates, steps_done or ()):
+        c.steps_done = done
+    record.best, record.ok = best, ok
+    if gate is not None:
+        record.scorer, record.cosine, record.score_min = scorer.name, cosine_like(scorer), gate.minimum
+        record.gate = gate.record(value)
+    record.reproduce = reproduce_note(pipe, min(cfg.max_batch or batch, batch), solo)
+    if not ok:
+        record.reason = "low_clip_alignment"
+    if stop:  # interrupted, skipped or timed out: never recorded (nor ranked) as a finished run
+        mark_stopped(record, stop, steps_done[best])
+    return images
+
+
+def save_run(
+    store: Store, record: RunRecord, images: Sequence[Image.Image], cfg: ImgCfg, mode: Mode | None, t0: float
+) -> dict[str, Any]:
+    """Write a run's kept images (the best, or every candidate with ``save_candidates``) and its log line as
+    one unit (:meth:`Store.save_run`); returns the record as logged. A stopped run's best image is saved
+    (what an interrupted client gets back) but no ``img_path`` is claimed."""
+    mode = mode or Mode("txt2img")
+    stopped = bool(record.extra.get("interrupted"))
+    keep = [
+        k for k in range(len(record.candidates)) if cfg.save_candidates or (k == record.best and (record.ok or stopped))
+    ]
+    for k in keep:
+        c = record.candidates[k]
+        c.path = str(store.image_path(record.run_id, c.seed, c.score if c.score is not None else 0.0))
+    if record.ok and record.best is not None:
+        record.img_path = record.candidates[record.best].path
+    record.timing_s["total"] = _since(t0)
+    d = record.to_dict()
+    files = [
+        (
+            Path(record.candidates[k].path),
+            images[k],
+            parameters(record, cfg, mode, k),
+            png_metadata(d, record.candidates[k].seed, record.candidates[k].score),
+        )
+        for k in keep
+    ]
+    store.save_run(files, d)  # images and log line as one unit: a failure keeps none of them
+    return d
+
+
+def parameters(record: RunRecord, cfg: ImgCfg, mode: Mode | None, k: int) -> str:
+    """A1111's ``parameters`` infotext of candidate ``k`` (the mode's keys as A1111 writes them)."""
+    c = record.candidates[k]
+    extra: dict[str, Any] = {}
+    if mode is not None:
+        extra.update(mode.infotext(cfg))
+    if c.score is not None:
+        extra.update({"Score": f"{c.score:.4f}", "CLIP score": f"{c.score:.4f}", "Scorer": record.scorer})
+    extra["bestshot run"] = record.run_id
+    if cfg.refiner:
+        extra["Refiner"] = cfg.refiner_model
+        extra["Refiner switch at"] = cfg.refiner_split
+    return format_parameters(
+        record.sd_prompt,
+        record.negative_prompt,
+        steps=cfg.steps_base,
+        sampler=record.settings.get("sampler", ""),
+        cfg_scale=cfg.guidance,
+        seed=c.seed,
+        width=cfg.width,  # A1111 writes the first pass's size (and Hires upscale) for a hires image
+        height=cfg.height,
+        model=cfg.model,
+        extra=extra,
+    )
+
+
 def generate(
     prompt: str | None = None,
     *,
@@ -294,6 +474,7 @@ def generate(
     on_step: StepCallback | None = None,
     extra_record: dict[str, Any] | None = None,
     allow_empty_prompt: bool = False,
+    source: Source | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Generate ``cfg.n_images`` candidates, rank them with CLIP, keep the best if it passes the gate.
@@ -306,6 +487,10 @@ def generate(
     None otherwise), kept for one release. ``candidate_images`` (PIL images, seed order) is
     added only when asked and never written to the log.
     ``extra_record`` is merged into the record (e.g. the batch row a run belongs to).
+
+    Modes (:mod:`bestshot.modes`) are settings: ``init_image=`` / ``strength=`` (img2img), ``mask=``
+    (inpaint), ``hires_scale=`` (hires fix); ``source`` gives the init image and mask in memory instead
+    (the server's decoded request). The record's ``kind`` says which mode ran.
 
     When ``on_step`` asks to stop (an interrupt, skip or timeout) the run is recorded as stopped: ``ok``
     false, ``reason: "interrupted"``, ``interrupted``, ``stopped`` (why), ``steps_done`` (the step the kept
@@ -320,7 +505,8 @@ def generate(
         cfg = replace(cfg, seed_base=int(base_seed)).validate()
     store = store or Store(root=Path(cfg.out_dir), log_path=Path(cfg.log_jsonl))
     store.check_writable()  # a read-only or full output folder: one clear error before any model loads
-    run_id = new_run_id()
+    source = source if source is not None else read_source(cfg)  # a bad init image / mask: before any load
+    check_mode(cfg, source)
     user_prompt, llm_clip, auto_info = _resolve_prompt(
         mode, prompt, text, cfg.seed_base, llm_backend, llm_model, allow_empty_prompt
     )
@@ -331,39 +517,21 @@ def generate(
         clip_prompt=llm_clip,
         allow_empty=allow_empty_prompt,
     )
-    seeds = seeds_for(cfg.seed_base, cfg.n_images)
-    record: dict[str, Any] = {
-        "run_id": run_id,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "ok": False,
-        "mode": mode,
-        "model": cfg.model,
-        "preset": cfg.preset,
-        "sd_prompt": built.sd_prompt,
-        "clip_prompt": built.clip_prompt,
-        "negative_prompt": built.negative_prompt,
-        "best_seed": None,
-        "best_score": None,
-        "best_clip": None,
-        "img_path": None,
-        "candidates": [],
-        "settings": _settings(cfg),
-        "version": __version__,
-    }
+    record = RunRecord.of(cfg, built, new_run_id(), mode)
+    record.version = __version__
     if auto_info:
-        record["auto_prompt"] = auto_info
-    record.update(extra_record or {})
-    tracker = StepTracker(on_step) if on_step is not None else None
-    on_step = tracker
+        record.extra["auto_prompt"] = auto_info
+    if source is not None and source.notes:
+        record.extra["inputs"] = list(source.notes)
+    record.extra.update(extra_record or {})
     hits = blocked_terms(user_prompt, cfg.blocklist)
     if hits:
-        record.update(
-            reason="blocked_prompt",
-            blocked_terms=hits,
-            timing_s={"load": 0.0, "gen": 0.0, "clip": 0.0, "total": _since(t0)},
-        )
-        store.log_run(record)
-        return record
+        record.reason = "blocked_prompt"
+        record.extra["blocked_terms"] = hits
+        record.timing_s = {"load": 0.0, "gen": 0.0, "clip": 0.0, "total": _since(t0)}
+        d = record.to_dict()
+        store.log_run(d)
+        return d
 
     # ---- load
     t = time.perf_counter()
@@ -379,116 +547,33 @@ def generate(
         if ref.family.name != "sdxl":
             raise BestshotError(f"the refiner works with SDXL base models only, not {cfg.model!r} — drop --refiner")
         refiner = load_refiner(pipe, cfg.refiner_model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory)
+    run_mode = Mode.build(pipe, ref.family, cfg, source)
+    record.kind = run_mode.kind
     scorer = pick_scorer(scorer, cfg, ref, pipe)
-    gate = resolve_gate(scorer, cfg.score_min, enabled=cfg.gate)  # a value outside the scorer's range fails here
-    clip_prompt, cut = scorer.truncate(built.clip_prompt)
-    if cut:
-        warnings.warn(f"clip_prompt is longer than the scorer's 77 tokens; scoring with: {clip_prompt!r}")
-    record.update(clip_prompt=clip_prompt, clip_prompt_truncated=cut, scorer=scorer.name, score_min=gate.minimum)
-    record["settings"]["sampler"] = sampler_label(pipe.scheduler)
-    t_load = _since(t)
+    resolve_gate(scorer, cfg.score_min, enabled=cfg.gate)  # a value outside the scorer's range fails here
+    record.clip_prompt, record.clip_prompt_truncated = scorer.truncate(built.clip_prompt)
+    if record.clip_prompt_truncated:
+        warnings.warn(f"clip_prompt is longer than the scorer's 77 tokens; scoring with: {record.clip_prompt!r}")
+    record.settings["sampler"] = sampler_label(pipe.scheduler)
+    record.settings.update(run_mode.settings(cfg))
+    record.timing_s["load"] = _since(t)
 
-    # ---- generate
-    t = time.perf_counter()
-    if cfg.prune_start:
-        from .pruning import cost_ratio, run_pruned
-
-        started = seeds_for(cfg.seed_base, cfg.prune_start)
-        pr = run_pruned(
-            pipe,
-            pipeline_kwargs(pipe, built.sd_prompt, built.negative_prompt, started, cfg, on_step),
-            seeds=started,
-            keep=cfg.n_images,
-            at=cfg.prune_at,
-            family=ref.family.name,
-            score_fn=lambda ims: scorer.score(ims, clip_prompt),
-        )
-        seeds, images = [started[j] for j in pr.kept], pr.images
-        record["pruning"] = {
-            "started": started,
-            "preview_clip": [round(x, 6) for x in pr.preview_scores],
-            "prune_step": pr.prune_step,
-            "cost_ratio": round(cost_ratio(cfg.steps_base, cfg.prune_start, cfg.n_images, cfg.prune_at), 4),
-        }
-    else:
-        images = make_candidates(pipe, refiner, built.sd_prompt, built.negative_prompt, seeds, cfg, on_step)
-    t_gen = _since(t)
-
-    # ---- score
-    t = time.perf_counter()
-    scores = [float(s) for s in scorer.score(images, clip_prompt)]
-    t_clip = _since(t)
-
-    stop = tracker.stopped if tracker is not None else None
-    steps_done = tracker.steps_done(len(seeds)) if stop else None
-    if steps_done and min(steps_done) >= cfg.steps_base:  # the stop came at the last step: a finished run
-        stop, steps_done = None, None
-    best = gate.pick(images, scores, clip_prompt, eligible=furthest(steps_done))
-    t_exact = 0.0
-    batch = cfg.prune_start or len(seeds)  # the largest batch the kept image was rendered in
-    gate_value = gate.value(images[best], scores[best], clip_prompt)
-    if needs_solo_render(pipe, cfg, batch) and gate.passes(gate_value) and not stop:
-        t = time.perf_counter()
-        images[best] = make_candidates(pipe, refiner, built.sd_prompt, built.negative_prompt, [seeds[best]], cfg)[0]
-        scores[best] = float(scorer.score([images[best]], clip_prompt)[0])
-        gate_value = gate.value(images[best], scores[best], clip_prompt)
-        t_exact = _since(t)
-    ok = gate.passes(gate_value)
-    cosine = cosine_like(scorer)  # the CLIPScore scale (100·max(cos, 0)) means something
-    record.update(
-        ok=ok,
-        best_seed=seeds[best],
-        best_score=round(scores[best], 6),
-        best_clip=round(scores[best], 6),
-        best_clip_score=round(clip_score_100(scores[best]), 4) if cosine else None,
-        gate=gate.record(gate_value),
-        reproduce=reproduce_note(pipe, min(cfg.max_batch or batch, batch), t_exact > 0),
+    images = best_of_n(
+        pipe, cfg, built, scorer, record, refiner=refiner, mode=run_mode, on_step=on_step, family=ref.family.name
     )
-    if not ok:
-        record["reason"] = "low_clip_alignment"
-    if stop:  # interrupted, skipped or timed out: never recorded (nor ranked) as a finished run
-        ok = False
-        mark_stopped(record, stop, steps_done[best])
-    candidates, files = [], []
-    for k, (seed, score) in enumerate(zip(seeds, scores)):
-        path = None
-        if cfg.save_candidates or (k == best and (ok or stop)):
-            target = store.image_path(run_id, seed, score)
-            files.append(
-                (target, images[k], _parameters(built, cfg, record, seed, score), _png_metadata(record, seed, score))
-            )
-            path = str(target)
-        candidates.append(
-            {
-                "seed": seed,
-                "score": round(score, 6),
-                "clip": round(score, 6),
-                "clip_score": round(clip_score_100(score), 4) if cosine else None,
-                "path": path,
-            }
-        )
-    for c, done in zip(candidates, steps_done or ()):
-        c["steps_done"] = done
-    record["candidates"] = candidates
-    if ok:
-        record["img_path"] = candidates[best]["path"]
-    record["timing_s"] = {"load": t_load, "gen": t_gen, "clip": t_clip, "total": _since(t0)}
-    if t_exact:
-        record["timing_s"]["exact_best"] = t_exact
-    store.save_run(files, record)  # images and log line as one unit: a failure keeps none of them
-    if show and ok:
-        images[best].show()
+    result = save_run(store, record, images, cfg, run_mode, t0)
+    if show and record.ok:
+        images[record.best].show()
     if return_candidates_images:
-        return {**record, "candidate_images": images}
-    return record
+        return {**result, "candidate_images": images}
+    return result
 
 
-def mark_stopped(record: dict[str, Any], stop: str, steps_done: int) -> None:
+def mark_stopped(record: RunRecord, stop: str, steps_done: int) -> None:
     """Record a run that was stopped before its last denoising step: not ``ok``, why, the step reached, and
     no claim that its seed reproduces the image (a full render of that seed is a different picture)."""
-    record.update(
-        ok=False, reason="interrupted", interrupted=True, stopped=stop, steps_done=int(steps_done), reproduce=None
-    )
+    record.ok, record.reason, record.reproduce = False, "interrupted", None
+    record.extra.update(interrupted=True, stopped=stop, steps_done=int(steps_done))
 
 
 def pick_scorer(scorer: Any, cfg: ImgCfg, ref: Any, pipe: Any):
@@ -497,72 +582,6 @@ def pick_scorer(scorer: Any, cfg: ImgCfg, ref: Any, pipe: Any):
     if scorer is not None and not isinstance(scorer, str):
         return scorer
     return pipeline_scorer(scorer or cfg.scorer or default_scorer(ref), pipe, ref.family, cfg.device, model=cfg.model)
-
-
-def _settings(cfg: ImgCfg) -> dict[str, Any]:
-    return {
-        "n_images": cfg.n_images,
-        "seed_base": cfg.seed_base,
-        "steps": cfg.steps_base,
-        "guidance": cfg.guidance,
-        "width": cfg.width,
-        "height": cfg.height,
-        "score_min": cfg.score_min,
-        "clip_min": cfg.score_min,
-        "gate": cfg.gate,
-        "scheduler": cfg.scheduler,
-        "refiner": cfg.refiner,
-        "refiner_model": cfg.refiner_model if cfg.refiner else None,
-        "refiner_split": cfg.refiner_split if cfg.refiner else None,
-        "dtype": cfg.dtype,
-        "memory": cfg.memory,
-        "style_suffix": cfg.style_suffix,
-        "exact_best": cfg.exact_best,
-        "vae_fp16": cfg.vae_fp16,
-        "prune_start": cfg.prune_start,
-        "prune_at": cfg.prune_at if cfg.prune_start else None,
-    }
-
-
-def _parameters(built: Any, cfg: ImgCfg, record: dict[str, Any], seed: int, score: float) -> str:
-    extra = {
-        "Score": f"{score:.4f}",
-        "CLIP score": f"{score:.4f}",
-        "Scorer": record.get("scorer"),
-        "bestshot run": record["run_id"],
-    }
-    if cfg.refiner:
-        extra["Refiner"] = cfg.refiner_model
-        extra["Refiner switch at"] = cfg.refiner_split
-    return format_parameters(
-        built.sd_prompt,
-        built.negative_prompt,
-        steps=cfg.steps_base,
-        sampler=record["settings"]["sampler"],
-        cfg_scale=cfg.guidance,
-        seed=seed,
-        width=cfg.width,
-        height=cfg.height,
-        model=cfg.model,
-        extra=extra,
-    )
-
-
-def _png_metadata(record: dict[str, Any], seed: int, score: float) -> dict[str, Any]:
-    keep = (
-        "run_id",
-        "created",
-        "mode",
-        "model",
-        "preset",
-        "sd_prompt",
-        "clip_prompt",
-        "negative_prompt",
-        "settings",
-        "scorer",
-        "version",
-    )
-    return {**{k: record.get(k) for k in keep}, "seed": seed, "score": round(score, 6), "clip": round(score, 6)}
 
 
 def _since(t: float) -> float:

@@ -1,7 +1,7 @@
 """The model work of each stage, on PIL images; no files here (the workflow names and writes them).
 
-* stage 1: text → image through :func:`bestshot.generation.make_candidates` (seeded generator, OOM
-  halving, SDXL refiner handoff), so a stage 1 image is made exactly like a ``generate`` candidate;
+* stage 1: text → image through the best-of-N core :func:`bestshot.generation.best_of_n` (seeded generator,
+  OOM halving, SDXL refiner handoff), so a stage 1 image is made exactly like a ``generate`` candidate;
 * stage 2: Lanczos ×scale, then img2img at a low strength (optionally handing the last part to the
   SDXL refiner);
 * stage 3: Real-ESRGAN (or Lanczos) ×scale, then optional sliding-window img2img over overlapping
@@ -41,19 +41,22 @@ def txt2img(
     guidance: float,
     refiner_split: float,
 ) -> Image.Image:
-    """One stage 1 image (the shared candidate maker with a batch of one)."""
-    from ..generation import make_candidates
+    """One stage 1 image: the best-of-N core (:func:`bestshot.generation.best_of_n`) with one candidate."""
+    from ..generation import best_of_n
+    from ..record import RunRecord
 
     cfg = ImgCfg(
         n_images=1,
+        seed_base=seed,
         steps_base=steps,
         guidance=guidance,
         width=width,
         height=height,
+        refiner=refiner is not None,
         refiner_split=refiner_split,
         max_batch=1,
     )
-    return make_candidates(pipe, refiner, prompt.sd_prompt, prompt.negative_prompt, [seed], cfg)[0]
+    return best_of_n(pipe, cfg, prompt, None, RunRecord.of(cfg, prompt), refiner=refiner)[0]
 
 
 def img2img_pipeline(pipe: Any, family: Any) -> Any | None:

@@ -6,8 +6,9 @@ A row is *done* when its PNG exists: the JSON is written first and the PNG last,
 interrupted run never leaves a half-written image that would be mistaken for a finished one. Rerunning
 the same command therefore only fills the gaps.
 
-Generation reuses the shared path: ``load_pipeline`` (cached), ``make_candidates`` (one batched call
-per row, one generator per seed) and the same scorer choice as ``generate()``. Row ``i`` uses seeds
+Generation reuses the shared path: ``load_pipeline`` (cached), the best-of-N core
+:func:`bestshot.generation.best_of_n` (one batched call per row, one generator per seed, ranking, exact
+best) and the same scorer choice as ``generate()``. Row ``i`` uses seeds
 ``seed + i*best_of ... seed + i*best_of + best_of - 1``, so a row's image does not depend on ``--num``,
 on which rows were skipped, or on resuming.
 """
@@ -25,11 +26,12 @@ from bestshot import jsonio
 
 from ..config import EMBEDDED
 from ..errors import BestshotError
-from ..generation import make_candidates, needs_solo_render, seeds_for
+from ..generation import best_of_n, seeds_for
 from ..models.loader import load_pipeline
 from ..models.registry import default_scorer, resolve_model
 from ..models.settings import resolve_config
 from ..prompts.build import blocked_terms, build_prompt
+from ..record import RunRecord
 from ..scale.batch import RayJobCfg, RowOutput
 from ..scale.output import Output, is_uri
 from ..schedulers import sampler_label
@@ -206,18 +208,14 @@ class RowMaker:
         cfg, used, pipe, scorer = self.cfg, self.used, self.pipe, self.scorer
         built = build_prompt(row.caption)
         t = time.perf_counter()
-        seeds = _row_seeds(cfg, row.row_id)
-        images = make_candidates(pipe, None, built.sd_prompt, "", seeds, cfg)
-        if scorer is None:  # one candidate, nothing to rank
-            scores: list[Any] = [None] * len(seeds)
-            best = 0
-        else:
-            clip_prompt, _ = scorer.truncate(built.clip_prompt)
-            scores = [float(x) for x in scorer.score(images, clip_prompt)]
-            best = max(range(len(seeds)), key=lambda k: scores[k])
-            if needs_solo_render(pipe, cfg, len(seeds)):  # the kept image reproducible from its seed alone
-                images[best] = make_candidates(pipe, None, built.sd_prompt, "", [seeds[best]], cfg)[0]
-                scores[best] = float(scorer.score([images[best]], clip_prompt)[0])
+        row_cfg = replace(cfg, seed_base=row_seed(cfg.seed_base, row.row_id, cfg.n_images))
+        record = RunRecord.of(row_cfg, built)
+        if scorer is not None:
+            record.clip_prompt, _ = scorer.truncate(built.clip_prompt)
+        images = best_of_n(pipe, row_cfg, built, scorer, record)  # the shared core; gate off: the best-scored
+        seeds = [c.seed for c in record.candidates]
+        scores = [c.score for c in record.candidates]
+        best = record.best
         rnd = lambda x, k=6: None if x is None else round(x, k)  # noqa: E731
         score100 = lambda x: None if x is None else round(clip_score_100(x), 4)  # noqa: E731
         name = scorer.name if scorer is not None else None
