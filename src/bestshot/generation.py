@@ -22,6 +22,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,9 +34,11 @@ from PIL import Image
 from . import __version__
 from .config import ImgCfg
 from .errors import BestshotError
+from .models import embeddings, lora  # prompting: LoRA and textual-inversion hooks of the draw
 from .models.loader import free_memory, load_pipeline, load_refiner
 from .models.registry import default_scorer, resolve_model
 from .models.settings import resolve_config
+from .prompts import extra_networks, weighting  # prompting: <lora:...> tags, A1111 weighting and clip skip
 from .prompts.build import blocked_terms, build_prompt
 from .schedulers import sampler_label
 from .scoring import clip_score_100, cosine_like, pipeline_scorer, resolve_gate
@@ -157,10 +160,13 @@ def _call_pipeline(
     """One batched pipeline call for ``seeds`` (plus the refiner's call when enabled)."""
     n = len(seeds)
     kwargs = pipeline_kwargs(pipe, prompt, negative, seeds, cfg, on_step)
-    if refiner is None:
-        return list(pipe(**kwargs).images)
-    # ensemble of experts: the base denoises the high-noise part and hands over latents
-    latents = pipe(**kwargs, denoising_end=cfg.refiner_split, output_type="latent").images
+    with ExitStack() as undo:  # prompting: LoRAs, then embeddings, then the prompt embeds; each undone after the draw
+        for feature in (lora, embeddings, weighting):
+            kwargs.update(undo.enter_context(feature.prepared(pipe, cfg, prompt, negative, seeds)))
+        if refiner is None:
+            return list(pipe(**kwargs).images)
+        # ensemble of experts: the base denoises the high-noise part and hands over latents
+        latents = pipe(**kwargs, denoising_end=cfg.refiner_split, output_type="latent").images
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     out = refiner(
         prompt=[prompt] * n,
@@ -324,12 +330,15 @@ def generate(
     user_prompt, llm_clip, auto_info = _resolve_prompt(
         mode, prompt, text, cfg.seed_base, llm_backend, llm_model, allow_empty_prompt
     )
+    user_prompt, cfg, triggers = extra_networks.apply(user_prompt, cfg)  # prompting: <lora:...> tags → cfg.loras
     built = build_prompt(
         user_prompt,
         style_suffix=cfg.style_suffix,
         negative_prompt=cfg.negative_prompt,
         clip_prompt=llm_clip,
         allow_empty=allow_empty_prompt,
+        trigger_words=triggers,  # prompting: LoRA trigger words
+        attention=cfg.prompt_weighting,  # prompting: the scorer reads the words without weight syntax
     )
     seeds = seeds_for(cfg.seed_base, cfg.n_images)
     record: dict[str, Any] = {
@@ -352,6 +361,8 @@ def generate(
     }
     if auto_info:
         record["auto_prompt"] = auto_info
+    if cfg.loras:  # prompting
+        record["loras"] = extra_networks.record(cfg)
     record.update(extra_record or {})
     tracker = StepTracker(on_step) if on_step is not None else None
     on_step = tracker
@@ -521,6 +532,9 @@ def _settings(cfg: ImgCfg) -> dict[str, Any]:
         "vae_fp16": cfg.vae_fp16,
         "prune_start": cfg.prune_start,
         "prune_at": cfg.prune_at if cfg.prune_start else None,
+        "loras": list(cfg.loras),  # prompting
+        "clip_skip": cfg.clip_skip,  # prompting
+        "prompt_weighting": cfg.prompt_weighting,  # prompting
     }
 
 
@@ -531,6 +545,7 @@ def _parameters(built: Any, cfg: ImgCfg, record: dict[str, Any], seed: int, scor
         "Scorer": record.get("scorer"),
         "bestshot run": record["run_id"],
     }
+    extra.update(extra_networks.infotext(cfg))  # prompting: Lora hashes, Clip skip
     if cfg.refiner:
         extra["Refiner"] = cfg.refiner_model
         extra["Refiner switch at"] = cfg.refiner_split

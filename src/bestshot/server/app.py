@@ -594,7 +594,6 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
     for path_ in (
         "/sd-vae",
         "/sd-modules",
-        "/loras",
         "/prompt-styles",
         "/face-restorers",
         "/hypernetworks",
@@ -608,12 +607,15 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             response_model=list[dict[str, Any]],
             summary=f"GET {path_}: an empty list (bestshot has none)",
         )
-    for path_ in ("/refresh-loras", "/refresh-checkpoints", "/refresh-vae", "/refresh-embeddings"):
+    # prompting: the LoRA and embeddings folders, read on every call (a refresh has nothing to reload)
+    sd.add_api_route("/loras", lambda: A.lora_items(base_cfg()), methods=["GET"])
+    sd.add_api_route("/refresh-loras", lambda: A.lora_items(base_cfg()) and None, methods=["POST"])
+    for path_ in ("/refresh-checkpoints", "/refresh-vae", "/refresh-embeddings"):
         sd.add_api_route(path_, A.nothing, methods=["POST"], summary=f"POST {path_}: nothing to refresh")
 
     @sd.get("/embeddings")
     def embeddings() -> dict[str, Any]:
-        return {"loaded": {}, "skipped": {}}
+        return A.embedding_items(base_cfg(), state["model"])  # prompting
 
     @sd.get("/memory")
     def memory() -> dict[str, Any]:
