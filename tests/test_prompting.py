@@ -5,6 +5,7 @@ saved the diffusers way; an embedding is a random vector of the text encoder's w
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -244,3 +245,37 @@ def test_server_lists_loras_embeddings_and_honours_tags(tiny_sd15, tiny_clip, lo
         assert bad.status_code == 422 and "prompt" in bad.text and "nosuch" in bad.json()["detail"]
         skip = c.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"CLIP_stop_at_last_layers": 0}})
         assert skip.status_code == 422 and "CLIP_stop_at_last_layers" in skip.text
+        init = base64.b64encode(_png(Image.new("RGB", (64, 64), (200, 30, 30)))).decode()
+        i2i = c.post("/sdapi/v1/img2img", json={**body, "init_images": [init], "denoising_strength": 0.6})
+        assert i2i.status_code == 200, i2i.text
+        text = json.loads(i2i.json()["info"])["infotexts"][0]
+        assert 'Lora hashes: "tinystyle: ' in text and "<lora" not in text
+
+
+def _png(im: Image.Image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_sillytavern_request_with_a_lora_tag(tiny_sd15, tiny_clip, lora_root, tmp_path):
+    """tests/fixtures/clients/sillytavern_lora.json replayed: every step answers, the LoRA and clip skip apply."""
+    from fastapi.testclient import TestClient
+    from test_server_clients import FIXTURES, replay
+
+    from bestshot.server import create_app
+
+    folder = tmp_path / "models" / "Lora"
+    folder.mkdir(parents=True)
+    (folder / "detail_tweaker.safetensors").write_bytes((lora_root / "models/Lora/tinystyle.safetensors").read_bytes())
+    fixture = json.loads((FIXTURES / "sillytavern_lora.json").read_text())
+    app = create_app(model=tiny_sd15, scorer=tiny_clip, out_dir=str(tmp_path / "o"))
+    with TestClient(app, base_url="http://127.0.0.1:7860") as c:
+        done = replay(c, fixture, tiny_sd15)
+    r = done["gen"]
+    assert r.status_code == 200, r.text
+    assert r.json()["images"] and r.json()["images"][0]
+    info = json.loads(r.json()["info"])
+    assert 'Lora hashes: "detail_tweaker: ' in info["infotexts"][0] and "Clip skip: 2" in info["infotexts"][0]

@@ -919,6 +919,13 @@ def check_loras(prompt: str, cfg: ImgCfg) -> None:
         raise FieldError("prompt", str(e)) from None
 
 
+LORAS_DOC = (
+    "The LoRA folder's files (name, alias, path, safetensors metadata); a prompt's <lora:name:weight> applies one "
+    "for that request"
+)
+REFRESH_DOC = "null: the LoRA folder is read anew on every listing and request"
+
+
 def lora_items(base: dict[str, Any]) -> list[dict[str, Any]]:
     """A1111's ``/sdapi/v1/loras``: the files of the LoRA folder of the server's settings ``base``."""
     from ..models import lora
@@ -929,6 +936,11 @@ def lora_items(base: dict[str, Any]) -> list[dict[str, Any]]:
         alias = meta.get("ss_output_name") or path.stem
         out.append({"name": path.stem, "alias": alias, "path": str(path), "metadata": meta})
     return out
+
+
+def refresh_loras(base: dict[str, Any]) -> None:
+    """A1111's ``POST /sdapi/v1/refresh-loras``: the folder is read anew on every listing; this checks it reads."""
+    lora_items(base)
 
 
 def embedding_items(base: dict[str, Any], model: str) -> dict[str, Any]:

@@ -608,13 +608,14 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             summary=f"GET {path_}: an empty list (bestshot has none)",
         )
     # prompting: the LoRA and embeddings folders, read on every call (a refresh has nothing to reload)
-    sd.add_api_route("/loras", lambda: A.lora_items(base_cfg()), methods=["GET"])
-    sd.add_api_route("/refresh-loras", lambda: A.lora_items(base_cfg()) and None, methods=["POST"])
+    sd.add_api_route("/loras", lambda: A.lora_items(base_cfg()), methods=["GET"], summary=A.LORAS_DOC)
+    sd.add_api_route("/refresh-loras", lambda: A.refresh_loras(base_cfg()), methods=["POST"], summary=A.REFRESH_DOC)
     for path_ in ("/refresh-checkpoints", "/refresh-vae", "/refresh-embeddings"):
         sd.add_api_route(path_, A.nothing, methods=["POST"], summary=f"POST {path_}: nothing to refresh")
 
     @sd.get("/embeddings")
     def embeddings() -> dict[str, Any]:
+        """The embeddings folder's files (used when a prompt names one), loaded or skipped by vector width."""
         return A.embedding_items(base_cfg(), state["model"])  # prompting
 
     @sd.get("/memory")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,9 @@ from PIL import Image
 from .. import __version__
 from ..errors import BestshotError
 from ..generation import generate
+from ..models import embeddings, lora  # prompting
+from ..prompts import extra_networks, weighting  # prompting
+from ..prompts.attention import plain  # prompting
 from ..store import Store, format_parameters, new_run_id
 from .a1111 import Plan, upscaler_backend
 from .queue import Job
@@ -164,6 +168,8 @@ def run_img2img(
     from ..scoring import clip_score_100, cosine_like, resolve_gate
 
     cfg = plan.cfg
+    prompt, cfg, triggers = extra_networks.apply(prompt, cfg)  # prompting: <lora:...> tags → cfg.loras
+    sd_text = ", ".join([*triggers, prompt]) if triggers else prompt
     ref = resolve_model(cfg.model)
     world = ref.family.pipeline_class == "BestshotWorldPipeline"  # its own masked SDEdit, no diffusers class
     if ref.family.img2img_class is None and not world:
@@ -237,7 +243,7 @@ def run_img2img(
         kwargs = supported_kwargs(
             i2i.__call__,
             dict(
-                prompt=prompt,
+                prompt=sd_text,
                 negative_prompt=cfg.negative_prompt or None,
                 image=image,
                 strength=strength,
@@ -249,8 +255,11 @@ def run_img2img(
                 **extra,
             ),
         )
-        images = [composite(im) for im in i2i(**kwargs).images]
-        clip_prompt, _ = scorer.truncate(prompt)
+        with ExitStack() as undo:  # prompting: LoRAs, embeddings, prompt weighting and clip skip, as generate()'s
+            for feature in (lora, embeddings, weighting):
+                kwargs.update(undo.enter_context(feature.prepared(i2i, cfg, sd_text, cfg.negative_prompt, seeds)))
+            images = [composite(im) for im in i2i(**kwargs).images]
+        clip_prompt, _ = scorer.truncate(plain(prompt) if cfg.prompt_weighting else prompt)
         scores = [float(s) for s in scorer.score(images, clip_prompt)]
         stop = tracker.stopped if tracker.reached < total else None  # a stop at the last step: finished
         steps_done = [tracker.reached or total] * len(seeds) if stop else None  # one call: all at one step
@@ -308,6 +317,7 @@ def run_img2img(
                     "CLIP score": f"{score:.4f}",
                     "Scorer": scorer.name,
                     "bestshot run": run_id,
+                    **extra_networks.infotext(cfg),  # prompting: Lora hashes, Clip skip
                 }
                 if inpaint is not None:
                     extra.update(
