@@ -22,7 +22,6 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,11 +33,10 @@ from PIL import Image
 from . import __version__
 from .config import ImgCfg
 from .errors import BestshotError
-from .models import embeddings, lora  # prompting: LoRA and textual-inversion hooks of the draw
 from .models.loader import free_memory, load_pipeline, load_refiner
 from .models.registry import default_scorer, resolve_model
 from .models.settings import resolve_config
-from .prompts import extra_networks, weighting  # prompting: <lora:...> tags, A1111 weighting and clip skip
+from .prompts import extra_networks, hooks  # prompting: <lora:...> tags; LoRA, embeddings, weighting of a draw
 from .prompts.build import blocked_terms, build_prompt
 from .schedulers import sampler_label
 from .scoring import clip_score_100, cosine_like, pipeline_scorer, resolve_gate
@@ -160,9 +158,8 @@ def _call_pipeline(
     """One batched pipeline call for ``seeds`` (plus the refiner's call when enabled)."""
     n = len(seeds)
     kwargs = pipeline_kwargs(pipe, prompt, negative, seeds, cfg, on_step)
-    with ExitStack() as undo:  # prompting: LoRAs, then embeddings, then the prompt embeds; each undone after the draw
-        for feature in (lora, embeddings, weighting):
-            kwargs.update(undo.enter_context(feature.prepared(pipe, cfg, prompt, negative, seeds)))
+    with hooks.prepared(pipe, cfg, prompt, negative, seeds) as extra:  # prompting: undone after the draw
+        kwargs.update(extra)
         if refiner is None:
             return list(pipe(**kwargs).images)
         # ensemble of experts: the base denoises the high-noise part and hands over latents
@@ -405,15 +402,17 @@ def generate(
         from .pruning import cost_ratio, run_pruned
 
         started = seeds_for(cfg.seed_base, cfg.prune_start)
-        pr = run_pruned(
-            pipe,
-            pipeline_kwargs(pipe, built.sd_prompt, built.negative_prompt, started, cfg, on_step),
-            seeds=started,
-            keep=cfg.n_images,
-            at=cfg.prune_at,
-            family=ref.family.name,
-            score_fn=lambda ims: scorer.score(ims, clip_prompt),
-        )
+        kw = pipeline_kwargs(pipe, built.sd_prompt, built.negative_prompt, started, cfg, on_step)
+        with hooks.prepared(pipe, cfg, built.sd_prompt, built.negative_prompt, started) as extra:  # prompting
+            pr = run_pruned(
+                pipe,
+                {**kw, **extra},
+                seeds=started,
+                keep=cfg.n_images,
+                at=cfg.prune_at,
+                family=ref.family.name,
+                score_fn=lambda ims: scorer.score(ims, clip_prompt),
+            )
         seeds, images = [started[j] for j in pr.kept], pr.images
         record["pruning"] = {
             "started": started,

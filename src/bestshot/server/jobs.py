@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,8 +19,7 @@ from PIL import Image
 from .. import __version__
 from ..errors import BestshotError
 from ..generation import generate
-from ..models import embeddings, lora  # prompting
-from ..prompts import extra_networks, weighting  # prompting
+from ..prompts import extra_networks, hooks  # prompting
 from ..prompts.attention import plain  # prompting
 from ..store import Store, format_parameters, new_run_id
 from .a1111 import Plan, upscaler_backend
@@ -255,9 +253,8 @@ def run_img2img(
                 **extra,
             ),
         )
-        with ExitStack() as undo:  # prompting: LoRAs, embeddings, prompt weighting and clip skip, as generate()'s
-            for feature in (lora, embeddings, weighting):
-                kwargs.update(undo.enter_context(feature.prepared(i2i, cfg, sd_text, cfg.negative_prompt, seeds)))
+        with hooks.prepared(i2i, cfg, sd_text, cfg.negative_prompt, seeds) as hook_kwargs:  # prompting
+            kwargs.update(hook_kwargs)
             images = [composite(im) for im in i2i(**kwargs).images]
         clip_prompt, _ = scorer.truncate(plain(prompt) if cfg.prompt_weighting else prompt)
         scores = [float(s) for s in scorer.score(images, clip_prompt)]
