@@ -165,6 +165,8 @@ def test_weights_long_prompts_and_clip_skip(tiny_sd15, tiny_clip, lora_root, tmp
     pipe = load_pipeline(tiny_sd15)
     with weighting.prepared(pipe, _cfg(), "a red circle", "blurry", [0]) as kw:
         assert kw == {}  # a plain prompt goes to the pipeline as text: the images of before
+    with weighting.prepared(load_pipeline("embedded"), _cfg(), "a red circle above a blue square", "", [0]) as kw:
+        assert kw == {}  # the embedded model too (the README command's image keeps its hash: the slow test below)
     base = _img(_gen("a red circle", tiny_sd15, tiny_clip, lora_root, tmp_path))
     same = _img(_gen("a (red circle:1.0)", tiny_sd15, tiny_clip, lora_root, tmp_path))
     assert np.array_equal(same, base)  # built embeds at weight 1 are the pipeline's own encoding
@@ -188,6 +190,7 @@ def _cfg(**kw):
     return ImgCfg(**kw)
 
 
+@pytest.mark.slow
 def test_readme_command_on_the_embedded_model_is_unchanged(tmp_path):
     """The README's main command: a plain prompt never takes the embeds path, so its image keeps its hash."""
     import hashlib
