@@ -248,6 +248,12 @@ def test_server_lists_loras_embeddings_and_honours_tags(tiny_sd15, tiny_clip, lo
         assert bad.status_code == 422 and "prompt" in bad.text and "nosuch" in bad.json()["detail"]
         skip = c.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"CLIP_stop_at_last_layers": 0}})
         assert skip.status_code == 422 and "CLIP_stop_at_last_layers" in skip.text
+        native = dict(prompt="a red circle", steps_base=2, width=64, height=64, n_images=1, loras=["tinystyle:0.5"])
+        r = c.post("/v1/generate", json=native)
+        assert r.status_code == 200, r.text
+        assert r.json()["loras"][0]["name"] == "tinystyle" and r.json()["settings"]["loras"] == ["tinystyle:0.5"]
+        bad = c.post("/v1/generate", json={**native, "loras": ["nosuch"]})
+        assert bad.status_code == 422 and "loras" in bad.text and "nosuch" in bad.text
         init = base64.b64encode(_png(Image.new("RGB", (64, 64), (200, 30, 30)))).decode()
         i2i = c.post("/sdapi/v1/img2img", json={**body, "init_images": [init], "denoising_strength": 0.6})
         assert i2i.status_code == 200, i2i.text

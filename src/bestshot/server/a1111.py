@@ -909,14 +909,14 @@ def clip_skip_of(req: Txt2ImgRequest) -> dict[str, Any]:
     return {"clip_skip": value}
 
 
-def check_loras(prompt: str, cfg: ImgCfg) -> None:
+def check_loras(prompt: str, cfg: ImgCfg, field_: str = "prompt") -> None:
     """The prompt's ``<lora:name:weight>`` tags: each names a LoRA this server has, for a model that takes them."""
     from ..prompts import extra_networks
 
     try:
         extra_networks.apply(prompt, cfg)
     except BestshotError as e:
-        raise FieldError("prompt", str(e)) from None
+        raise FieldError(field_, str(e)) from None
 
 
 LORAS_DOC = (

@@ -118,6 +118,9 @@ class GenerateRequest(_Body):
     scorer: str | None = Field(None, max_length=500)
     save_candidates: bool | None = None
     exact_best: bool | None = None
+    loras: list[str] | None = Field(None, max_length=16, description="LoRA names or files, each NAME[:WEIGHT]")
+    clip_skip: int | None = Field(None, ge=1, le=12, description="A1111's clip skip: 1 = the last layer")
+    prompt_weighting: bool | None = Field(None, description="false: A1111 weight syntax is not read")
 
 
 class KeepRequest(_Body):
@@ -741,6 +744,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
                     f"server's {top} — set {k} explicitly",
                 )
         A.check_cost(cfg, cfg.n_images, limits)
+        A.check_loras(req.prompt, cfg, "loras" if req.loras else "prompt")  # prompting
         scorer = scorers[req.scorer] if req.scorer else settings.scorer
 
         def work(job: Job):
