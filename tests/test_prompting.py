@@ -158,6 +158,15 @@ def test_sdxl_lora_and_weighting(tiny_sdxl, tiny_clip, lora_root, tmp_path):
     weighted = _img(_gen("a (red:1.8) circle", tiny_sdxl, tiny_clip, lora_root, tmp_path))
     assert np.abs(with_lora - base).max() > 0 and np.abs(weighted - base).max() > 0
     assert np.array_equal(_img(_gen("a red circle", tiny_sdxl, tiny_clip, lora_root, tmp_path)), base)
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    torch.manual_seed(4)
+    save_file({"clip_l": torch.randn(1, 32) * 5, "clip_g": torch.randn(1, 32) * 5}, emb / "xltex.safetensors")
+    plain_word = _img(_gen("a xltex circle", tiny_sdxl, tiny_clip, lora_root, tmp_path))
+    embedded = _img(_gen("a xltex circle", tiny_sdxl, tiny_clip, lora_root, tmp_path, embeddings_dir=str(emb)))
+    assert np.abs(embedded - plain_word).max() > 0  # SDXL's clip_l / clip_g vectors, one per text encoder
+    pipe = load_pipeline(tiny_sdxl)
+    assert "xltex" not in pipe.tokenizer.get_vocab() and "xltex" not in pipe.tokenizer_2.get_vocab()
 
 
 # ---------------------------------------------------------------------------------------------- weighting
@@ -176,6 +185,7 @@ def test_weights_long_prompts_and_clip_skip(tiny_sd15, tiny_clip, lora_root, tmp
     assert np.abs(literal - _img(up)).max() > 0
     long = ", ".join(f"a red circle number {i}" for i in range(30))  # ~150 tokens
     assert len(pipe.tokenizer(long).input_ids) > 140
+    assert weighting.encode(pipe, "a red circle BREAK on a blue square")[0].shape[1] == 2 * 77  # BREAK: a new chunk
     a = _img(_gen(long + ", on a blue square", tiny_sd15, tiny_clip, lora_root, tmp_path))
     b = _img(_gen(long + ", under a green moon", tiny_sd15, tiny_clip, lora_root, tmp_path))
     assert np.abs(a - b).max() > 0  # the tail past 77 tokens is read, not cut
@@ -272,9 +282,9 @@ def _png(im: Image.Image) -> bytes:
 def test_sillytavern_request_with_a_lora_tag(tiny_sd15, tiny_clip, lora_root, tmp_path):
     """tests/fixtures/clients/sillytavern_lora.json replayed: every step answers, the LoRA and clip skip apply."""
     from fastapi.testclient import TestClient
-    from test_server_clients import FIXTURES, replay
 
     from bestshot.server import create_app
+    from test_server_clients import FIXTURES, replay
 
     folder = tmp_path / "models" / "Lora"
     folder.mkdir(parents=True)
