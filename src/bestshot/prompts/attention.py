@@ -41,13 +41,13 @@ def parse(text: str) -> list[tuple[str, float]]:
 
     def scale(start: int, factor: float) -> None:
         for p in parts[start:]:
-            if p[1] != -1.0:
+            if not p[2]:
                 p[1] *= factor
 
     for m in _TOKEN.finditer(text):
         tok, weight = m.group(0), m.group(1)
         if tok.startswith("\\"):
-            parts.append([tok[1:] if len(tok) > 1 else tok, 1.0])
+            parts.append([tok[1:] if len(tok) > 1 else tok, 1.0, False])
         elif tok == "(":
             rounds.append(len(parts))
         elif tok == "[":
@@ -56,7 +56,7 @@ def parse(text: str) -> list[tuple[str, float]]:
             try:
                 scale(rounds.pop(), float(weight))
             except ValueError:  # ':..)' is not a number: text, as it reads
-                parts.append([tok, 1.0])
+                parts.append([tok, 1.0, False])
         elif tok == ")" and rounds:
             scale(rounds.pop(), ROUND)
         elif tok == "]" and squares:
@@ -64,19 +64,19 @@ def parse(text: str) -> list[tuple[str, float]]:
         else:
             for i, piece in enumerate(_BREAK.split(tok)):
                 if i:
-                    parts.append([BREAK, -1.0])
-                parts.append([piece, 1.0])
+                    parts.append([BREAK, -1.0, True])
+                parts.append([piece, 1.0, False])
     for start in rounds:
         scale(start, ROUND)
     for start in squares:
         scale(start, SQUARE)
     merged: list[list] = []
     for p in parts:
-        if merged and merged[-1][1] == p[1] and p[1] != -1.0:
+        if merged and merged[-1][1] == p[1] and not p[2] and not merged[-1][2]:
             merged[-1][0] += p[0]
         else:
             merged.append(p)
-    return [(t, float(w)) for t, w in merged] or [("", 1.0)]
+    return [(t, float(w)) for t, w, _ in merged] or [("", 1.0)]
 
 
 def has_syntax(text: str) -> bool:
@@ -88,5 +88,5 @@ def plain(text: str) -> str:
     """``text`` without the syntax: what the words say, for a scorer (``(red:1.5) circle`` → ``red circle``)."""
     if not has_syntax(text):
         return text
-    words = " ".join(t if w != -1.0 else " " for t, w in parse(text))
+    words = "".join(" " if (t, w) == (BREAK, -1.0) else t for t, w in parse(text))
     return re.sub(r"\s+", " ", words).strip()

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from ..errors import BestshotError
 from .attention import BREAK, has_syntax, parse, plain
 
 CHUNK = 75  # tokens per chunk, BOS and EOS excluded
@@ -129,7 +130,11 @@ def _encode(encoder: Any, ids: list[int], weights: list[float], clip_skip: int, 
     if any(w != 1.0 for w in weights):
         mean = z.mean()
         z = z * torch.tensor(weights, device=z.device, dtype=z.dtype)[None, :, None]
-        z = z * (mean / z.mean())
+        new = z.mean()
+        if new != 0:
+            z = z * (mean / new)
+        if not torch.isfinite(z).all():
+            raise BestshotError("a prompt weight is too large to encode — keep (word:WEIGHT) within about ±100")
     return z, pooled
 
 
