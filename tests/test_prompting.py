@@ -239,6 +239,9 @@ def test_server_lists_loras_embeddings_and_honours_tags(tiny_sd15, tiny_clip, lo
         assert {i["name"] for i in items} == {"tinystyle", "xlstyle"}
         assert set(items[0]) == {"name", "alias", "path", "metadata"}
         assert c.post("/sdapi/v1/refresh-loras").status_code == 200
+        flags = c.get("/sdapi/v1/cmd-flags").json()
+        assert flags["lora_dir"] == str(lora_root / "models" / "Lora")
+        assert flags["embeddings_dir"] == str(lora_root / "embeddings")
         emb = c.get("/sdapi/v1/embeddings").json()
         assert emb["loaded"]["shinytex"]["vectors"] == 2 and emb["loaded"]["shinytex"]["shape"] == 32
         body = dict(

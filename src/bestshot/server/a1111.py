@@ -938,6 +938,14 @@ def lora_items(base: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def prompt_folders(base: dict[str, Any]) -> dict[str, str]:
+    """``lora_dir`` and ``embeddings_dir`` of A1111's ``/sdapi/v1/cmd-flags``: the folders the server reads."""
+    from ..models import embeddings, lora
+
+    cfg = ImgCfg(**base)
+    return {"lora_dir": str(lora.folder(cfg)), "embeddings_dir": str(embeddings.folder(cfg))}
+
+
 def refresh_loras(base: dict[str, Any]) -> None:
     """A1111's ``POST /sdapi/v1/refresh-loras``: the folder is read anew on every listing; this checks it reads."""
     lora_items(base)

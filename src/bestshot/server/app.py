@@ -637,8 +637,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             "ckpt": state["model"],
             "ckpt_dir": None,
             "vae_dir": None,
-            "lora_dir": None,
-            "embeddings_dir": None,
+            **A.prompt_folders(base_cfg()),  # prompting: lora_dir, embeddings_dir
             "hypernetwork_dir": None,
             "data_dir": str(out_dir.parent),
             "outdir_samples": str(out_dir),
