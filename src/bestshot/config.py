@@ -216,6 +216,49 @@ class ImgCfg:
         default=0.7,
         metadata={"help": "Denoising strength of the hires pass.", "flag": "--hires-denoise", "min": 0.0, "max": 1.0},
     )
+
+    # ---- prompting: LoRA, A1111 prompt weighting and long prompts, clip skip, textual-inversion embeddings
+    loras: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "A LoRA to apply: a .safetensors file or a name in --lora-dir, with an optional :WEIGHT "
+            "(default 1); repeat for several. A prompt's <lora:name:weight> tags add to these.",
+            "flag": "--lora",
+            "repeatable": True,
+        },
+    )
+    lora_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder searched for LoRAs by name (default: models/Lora beside the output folder).",
+            "flag": "--lora-dir",
+        },
+    )
+    prompt_weighting: bool = field(
+        default=True,
+        metadata={
+            "help": "Read A1111 prompt syntax ((word:1.3), [word], BREAK) and encode prompts over 77 tokens "
+            "in chunks; off: the text goes to the encoder as is.",
+            "flag": "--prompt-weighting",
+        },
+    )
+    clip_skip: int = field(
+        default=1,
+        metadata={
+            "help": "Text-encoder layers to stop at, A1111's way: 1 = the last layer, 2 = the penultimate.",
+            "flag": "--clip-skip",
+            "min": 1,
+            "max": 12,
+        },
+    )
+    embeddings_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of textual-inversion embeddings used when the prompt names one (default: "
+            "embeddings beside the output folder).",
+            "flag": "--embeddings-dir",
+        },
+    )
     clip_min: InitVar[float | None] = None  # old name of score_min: given, it sets score_min
 
     def __post_init__(self, clip_min: float | None) -> None:
@@ -286,6 +329,16 @@ class ImgCfg:
                 f"{MAX_SEED} (2**63 - 1) — give a smaller --seed"
             )
         check_layout_setting(self.layout)
+
+        if isinstance(self.clip_skip, bool) or not isinstance(self.clip_skip, int) or not 1 <= self.clip_skip <= 12:
+            raise BestshotError(
+                f"clip_skip must be a whole number from 1 to 12 (got {self.clip_skip!r}) — 1 is the last text-encoder "
+                "layer, 2 the penultimate (A1111's 'Clip skip')"
+            )
+        if isinstance(self.loras, str) or not all(isinstance(x, str) and x.strip() for x in self.loras):
+            raise BestshotError(
+                f"loras must be a list of LoRA files or names, each with an optional :WEIGHT (got {self.loras!r})"
+            )
         return self
 
     def _validate_modes(self) -> None:
@@ -325,6 +378,7 @@ class ImgCfg:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["blocklist"] = list(self.blocklist)
+        d["loras"] = list(self.loras)
         return d
 
     @classmethod
@@ -344,6 +398,8 @@ class ImgCfg:
             data["score_min"] = old if old is not None else data.get("score_min")
         if data.get("blocklist") is not None:
             data["blocklist"] = tuple(data["blocklist"])
+        if isinstance(data.get("loras"), list):
+            data["loras"] = tuple(data["loras"])
         return dataclass_from_dict(cls, data, "generation")
 
 
@@ -367,6 +423,7 @@ def merge(base: ImgCfg, data: dict[str, Any]) -> dict[str, Any]:
         merged["score_min"] = data.pop("clip_min")
     merged.update(data)
     merged["blocklist"] = tuple(merged["blocklist"])
+    merged["loras"] = tuple(merged.get("loras") or ())
     ImgCfg.from_dict(merged)  # validates the keys
     return merged
 

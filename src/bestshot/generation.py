@@ -37,6 +37,7 @@ from .models.registry import default_scorer, resolve_model
 from .models.settings import resolve_config
 from .modes import Mode, Source, denoise_steps, read_source, upscale_all
 from .modes import check as check_mode
+from .prompts import extra_networks, hooks  # <lora:...> tags; LoRA, embeddings, weighting of a draw
 from .prompts.build import blocked_terms, build_prompt
 from .record import Candidate, RunRecord, png_metadata
 from .schedulers import sampler_label
@@ -175,33 +176,36 @@ def _call_pipeline(
     inpainting call, composited over the original), then the hires pass when on. Features that change a
     pipeline call hook in here."""
     n = len(seeds)
-    if mode is not None and mode.source is not None:  # img2img / inpaint
-        if cfg.strength == 0:  # nothing repainted: the init image itself
-            return [mode.composite(mode.source.init.copy()) for _ in seeds]
-        kwargs = pipeline_kwargs(mode.pipe, prompt, negative, seeds, cfg, on_step, mode.image_kwargs(cfg))
-        return [mode.composite(im) for im in mode.pipe(**kwargs).images]
-    kwargs = pipeline_kwargs(pipe, prompt, negative, seeds, cfg, on_step)
-    if refiner is None:
-        images = list(pipe(**kwargs).images)
-    else:  # ensemble of experts: the base denoises the high-noise part and hands over latents
-        latents = pipe(**kwargs, denoising_end=cfg.refiner_split, output_type="latent").images
-        gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        out = refiner(
-            prompt=[prompt] * n,
-            negative_prompt=[negative] * n if negative else None,
-            image=latents,
-            num_inference_steps=cfg.steps_base,
-            denoising_start=cfg.refiner_split,
-            guidance_scale=cfg.guidance,
-            generator=gens,
-        )
-        images = list(out.images)
-    if mode is None or mode.hires is None or (isinstance(on_step, StepTracker) and on_step.stopped):
-        return images
-    hr = mode.hires  # hires fix: each candidate upscaled, then repainted with its own seed
-    big = upscale_all(images, (hr.width, hr.height))
-    kwargs = pipeline_kwargs(mode.pipe, prompt, negative, seeds, hr, on_step, mode.image_kwargs(hr, big))
-    return list(mode.pipe(**kwargs).images)
+    if mode is not None and mode.source is not None and cfg.strength == 0:  # nothing repainted: the init image
+        return [mode.composite(mode.source.init.copy()) for _ in seeds]
+    with hooks.prepared(pipe, cfg, prompt, negative, seeds) as extra:  # LoRA, embeddings, weighting; undone after
+        if mode is not None and mode.source is not None:  # img2img / inpaint
+            kwargs = pipeline_kwargs(mode.pipe, prompt, negative, seeds, cfg, on_step, mode.image_kwargs(cfg))
+            kwargs.update(extra)
+            return [mode.composite(im) for im in mode.pipe(**kwargs).images]
+        kwargs = {**pipeline_kwargs(pipe, prompt, negative, seeds, cfg, on_step), **extra}
+        if refiner is None:
+            images = list(pipe(**kwargs).images)
+        else:  # ensemble of experts: the base denoises the high-noise part and hands over latents
+            latents = pipe(**kwargs, denoising_end=cfg.refiner_split, output_type="latent").images
+            gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            out = refiner(
+                prompt=[prompt] * n,
+                negative_prompt=[negative] * n if negative else None,
+                image=latents,
+                num_inference_steps=cfg.steps_base,
+                denoising_start=cfg.refiner_split,
+                guidance_scale=cfg.guidance,
+                generator=gens,
+            )
+            images = list(out.images)
+        if mode is None or mode.hires is None or (isinstance(on_step, StepTracker) and on_step.stopped):
+            return images
+        hr = mode.hires  # hires fix: each candidate upscaled, then repainted with its own seed
+        big = upscale_all(images, (hr.width, hr.height))
+        kwargs = pipeline_kwargs(mode.pipe, prompt, negative, seeds, hr, on_step, mode.image_kwargs(hr, big))
+        kwargs.update(extra)
+        return list(mode.pipe(**kwargs).images)
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -339,15 +343,16 @@ def best_of_n(
         from .pruning import cost_ratio, run_pruned
 
         started = seeds_for(cfg.seed_base, cfg.prune_start)
-        pr = run_pruned(
-            pipe,
-            pipeline_kwargs(pipe, built.sd_prompt, built.negative_prompt, started, cfg, tracker),
-            seeds=started,
-            keep=cfg.n_images,
-            at=cfg.prune_at,
-            family=family,
-            score_fn=lambda ims: scorer.score(ims, text),
-        )
+        with hooks.prepared(pipe, cfg, built.sd_prompt, built.negative_prompt, started) as extra:
+            pr = run_pruned(
+                pipe,
+                {**pipeline_kwargs(pipe, built.sd_prompt, built.negative_prompt, started, cfg, tracker), **extra},
+                seeds=started,
+                keep=cfg.n_images,
+                at=cfg.prune_at,
+                family=family,
+                score_fn=lambda ims: scorer.score(ims, text),
+            )
         seeds, images = [started[j] for j in pr.kept], pr.images
         record.extra["pruning"] = {
             "started": started,
@@ -436,6 +441,7 @@ def parameters(record: RunRecord, cfg: ImgCfg, mode: Mode | None, k: int) -> str
     extra: dict[str, Any] = {}
     if mode is not None:
         extra.update(mode.infotext(cfg))
+    extra.update(extra_networks.infotext(cfg))  # Lora hashes, Clip skip
     if c.score is not None:
         extra.update({"Score": f"{c.score:.4f}", "CLIP score": f"{c.score:.4f}", "Scorer": record.scorer})
     extra["bestshot run"] = record.run_id
@@ -510,12 +516,15 @@ def generate(
     user_prompt, llm_clip, auto_info = _resolve_prompt(
         mode, prompt, text, cfg.seed_base, llm_backend, llm_model, allow_empty_prompt
     )
+    user_prompt, cfg, triggers = extra_networks.apply(user_prompt, cfg)  # <lora:...> tags → cfg.loras
     built = build_prompt(
         user_prompt,
         style_suffix=cfg.style_suffix,
         negative_prompt=cfg.negative_prompt,
         clip_prompt=llm_clip,
         allow_empty=allow_empty_prompt,
+        trigger_words=triggers,  # LoRA trigger words
+        attention=cfg.prompt_weighting,  # the scorer reads the words without weight syntax
     )
     record = RunRecord.of(cfg, built, new_run_id(), mode)
     record.version = __version__
@@ -523,6 +532,8 @@ def generate(
         record.extra["auto_prompt"] = auto_info
     if source is not None and source.notes:
         record.extra["inputs"] = list(source.notes)
+    if cfg.loras:
+        record.extra["loras"] = extra_networks.record(cfg)
     record.extra.update(extra_record or {})
     hits = blocked_terms(user_prompt, cfg.blocklist)
     if hits:

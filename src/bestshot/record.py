@@ -157,6 +157,9 @@ def settings_of(cfg: ImgCfg) -> dict[str, Any]:
         "vae_fp16": cfg.vae_fp16,
         "prune_start": cfg.prune_start,
         "prune_at": cfg.prune_at if cfg.prune_start else None,
+        "loras": list(cfg.loras),
+        "clip_skip": cfg.clip_skip,
+        "prompt_weighting": cfg.prompt_weighting,
     }
 
 

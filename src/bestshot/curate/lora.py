@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..models.lora import EXTENSIONS
+from ..models.lora import listed as _listed
+from ..models.lora import trigger_words as _triggers
+
 KINDS = ("character", "style")
-EXTENSIONS = (".safetensors", ".safetensor")
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,6 @@ def discover(root: Path) -> dict[str, list[Lora]]:
             if p.is_file() and p.suffix.lower() in EXTENSIONS:
                 found[kind].append(Lora(kind, p.stem, p, _triggers(p.with_suffix(".txt"))))
     return found
-
-
-def _triggers(txt: Path) -> tuple[str, ...]:
-    if not txt.is_file():
-        return ()
-    text = txt.read_text(encoding="utf-8", errors="replace")
-    return tuple(t.strip() for t in re.split(r"[,\n]", text) if t.strip())
 
 
 def pick(loras: dict[str, list[Lora]], seed: int) -> list[Lora]:
@@ -133,11 +129,3 @@ class LoraSwitcher:
                 pipe.delete_adapters(lora.adapter)
         except Exception:  # noqa: BLE001 - best effort: a half-loaded adapter stays inactive anyway
             pass
-
-
-def _listed(pipe: Any) -> set[str]:
-    """Adapter names the pipeline holds in any component."""
-    try:
-        return {a for names in pipe.get_list_adapters().values() for a in names}
-    except Exception:  # noqa: BLE001 - no peft layers yet, or no LoRA support at all
-        return set()

@@ -46,9 +46,11 @@ def build_prompt(
     trigger_words: Sequence[str] = (),
     clip_prompt: str | None = None,
     allow_empty: bool = False,
+    attention: bool = False,
 ) -> BuiltPrompt:
     """Assemble the pipeline prompt (triggers + prompt + style suffix) and the CLIP prompt (``allow_empty``:
-    an empty prompt is kept, for unconditioned images, instead of refused)."""
+    an empty prompt is kept, for unconditioned images, instead of refused; ``attention``: the CLIP prompt drops
+    A1111 weight syntax, ``(red:1.5)`` → ``red``)."""
     core = normalise(prompt)
     if not core and not allow_empty:
         raise BestshotError('the prompt is empty — give a text prompt, e.g. bestshot generate "a red circle"')
@@ -57,6 +59,9 @@ def build_prompt(
     suffix = (style_suffix or "").strip()
     if suffix:
         sd = f"{sd}{suffix}" if suffix.startswith(",") else f"{sd}, {suffix}"
-    return BuiltPrompt(
-        sd_prompt=normalise(sd), clip_prompt=normalise(clip_prompt or core), negative_prompt=normalise(negative_prompt)
-    )
+    clip = normalise(clip_prompt or core)
+    if attention:
+        from .attention import plain
+
+        clip = normalise(plain(clip))
+    return BuiltPrompt(sd_prompt=normalise(sd), clip_prompt=clip, negative_prompt=normalise(negative_prompt))

@@ -839,6 +839,7 @@ def plan_request(
         )
     overrides = dict(
         base,
+        **clip_skip_of(req),  # A1111's CLIP_stop_at_last_layers
         steps_base=req.steps,
         guidance=req.cfg_scale,
         width=width,
@@ -868,6 +869,7 @@ def plan_request(
                 f"{cfg.steps_base}) — raise steps or pick another sampler",
             )
         notes.update({"sampler_notes": spec.notes()} if spec.notes() else {})
+    check_loras(req.prompt, cfg)  # a missing or refused <lora:...> is a 422 before queueing
     k = req.best_of
     cost = check_cost(cfg, n * k, limits)
     # the score_min gate is applied here, not in generate(): an A1111 route always returns its best images
@@ -890,6 +892,77 @@ def plan_request(
     if gate_min is not None:
         check_gate_range(gate_min, scorer, model)
     return Plan(cfg=cfg, seed=seed, n_images=n, best_of=k, calls=calls, scorer=scorer, notes=notes, cost=cost)
+
+
+def clip_skip_of(req: Txt2ImgRequest) -> dict[str, Any]:
+    """``{"clip_skip": n}`` from A1111's ``override_settings.CLIP_stop_at_last_layers`` (1 = the last layer)."""
+    value = (req.override_settings or {}).get("CLIP_stop_at_last_layers")
+    if value is None:
+        return {}
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 12:
+        raise FieldError(
+            "override_settings",
+            f"CLIP_stop_at_last_layers must be a whole number from 1 to 12 (got {value!r}) — 1 is the last layer",
+        )
+    return {"clip_skip": value}
+
+
+def check_loras(prompt: str, cfg: ImgCfg, field_: str = "prompt") -> None:
+    """The prompt's ``<lora:name:weight>`` tags: each names a LoRA this server has, for a model that takes them."""
+    from ..prompts import extra_networks
+
+    try:
+        extra_networks.apply(prompt, cfg)
+    except BestshotError as e:
+        raise FieldError(field_, str(e)) from None
+
+
+LORAS_DOC = (
+    "The LoRA folder's files (name, alias, path, safetensors metadata); a prompt's <lora:name:weight> applies one "
+    "for that request"
+)
+REFRESH_DOC = "null: the LoRA folder is read anew on every listing and request"
+
+
+def lora_items(base: dict[str, Any]) -> list[dict[str, Any]]:
+    """A1111's ``/sdapi/v1/loras``: the files of the LoRA folder of the server's settings ``base``."""
+    from ..models import lora
+
+    out = []
+    for path in lora.files(lora.folder(ImgCfg(**base))):
+        meta = lora.metadata(path)
+        alias = meta.get("ss_output_name") or path.stem
+        out.append({"name": path.stem, "alias": alias, "path": str(path), "metadata": meta})
+    return out
+
+
+def prompt_folders(base: dict[str, Any]) -> dict[str, str]:
+    """``lora_dir`` and ``embeddings_dir`` of A1111's ``/sdapi/v1/cmd-flags``: the folders the server reads."""
+    from ..models import embeddings, lora
+
+    cfg = ImgCfg(**base)
+    return {"lora_dir": str(lora.folder(cfg)), "embeddings_dir": str(embeddings.folder(cfg))}
+
+
+def refresh_loras(base: dict[str, Any]) -> None:
+    """A1111's ``POST /sdapi/v1/refresh-loras``: the folder is read anew on every listing; this checks it reads."""
+    lora_items(base)
+
+
+def embedding_items(base: dict[str, Any], model: str) -> dict[str, Any]:
+    """A1111's ``/sdapi/v1/embeddings``: the embeddings folder's files, ``loaded`` where they fit the model's
+    text encoders, else ``skipped`` (every one, for a model that takes none, like the embedded model)."""
+    from ..models import embeddings
+    from ..models.registry import resolve_model
+
+    ref = resolve_model(model)
+    folder = embeddings.folder(ImgCfg(**base))
+    if ref.family.name == "embedded":
+        found = embeddings.listing(folder, None)
+        return {"loaded": {}, "skipped": {**found["loaded"], **found["skipped"]}}
+    return embeddings.listing(folder, embeddings.expected_dims(ref.source if ref.local else None))
 
 
 def chosen(result: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:

@@ -83,6 +83,15 @@ def route_table(app: Any) -> str:
         "Every AUTOMATIC1111 route a client calls answers in A1111's shape; where bestshot has no such feature "
         "it answers what A1111 answers without it (an empty list, null). `—`: the route does not exist there.",
         "",
+        "Prompt features honoured on txt2img and img2img (and `/v1/generate`):",
+        "",
+        "- LoRA: `<lora:name:weight>` / `<lyco:...>` in the prompt (a file of the LoRA folder, listed by "
+        "`GET /sdapi/v1/loras`; `/v1/generate` also takes `loras`); an unknown name is a 422 naming `prompt`.",
+        "- Prompt weighting and long prompts: `(word:1.3)`, `(word)`, `[word]`, `\\(`, `BREAK`; prompts over 77 "
+        "tokens are encoded in chunks (SD 1.x/2.x, SDXL).",
+        "- Clip skip: `override_settings.CLIP_stop_at_last_layers` (`/v1/generate`: `clip_skip`).",
+        "- Textual-inversion embeddings: a prompt naming a file of the embeddings folder (`GET /sdapi/v1/embeddings`).",
+        "",
         "| route | A1111 | bestshot |",
         "|---|---|---|",
     ]

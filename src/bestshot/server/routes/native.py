@@ -47,6 +47,9 @@ class GenerateRequest(NativeBody):
     scorer: str | None = Field(None, max_length=500)
     save_candidates: bool | None = None
     exact_best: bool | None = None
+    loras: list[str] | None = Field(None, max_length=16, description="LoRA names or files, each NAME[:WEIGHT]")
+    clip_skip: int | None = Field(None, ge=1, le=12, description="A1111's clip skip: 1 = the last layer")
+    prompt_weighting: bool | None = Field(None, description="false: A1111 weight syntax is not read")
 
 
 def with_files(ctx: ServerContext, record: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +107,7 @@ async def v1_generate(req: GenerateRequest, ctx: Ctx) -> dict[str, Any]:
                 f"server's {top} — set {k} explicitly",
             )
     A.check_cost(cfg, cfg.n_images, limits)
+    A.check_loras(req.prompt, cfg, "loras" if req.loras else "prompt")
     scorer = ctx.scorers[req.scorer] if req.scorer else ctx.settings.scorer
     store = ctx.store
 

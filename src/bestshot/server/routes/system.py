@@ -116,7 +116,6 @@ def realesrgan_models() -> list[dict[str, Any]]:
 EMPTY_LISTS = (
     "/sd-vae",
     "/sd-modules",
-    "/loras",
     "/prompt-styles",
     "/face-restorers",
     "/hypernetworks",
@@ -131,13 +130,25 @@ for _path in EMPTY_LISTS:
         response_model=list[dict[str, Any]],
         summary=f"GET {_path}: an empty list (bestshot has none)",
     )
-for _path in ("/refresh-loras", "/refresh-checkpoints", "/refresh-vae", "/refresh-embeddings"):
+for _path in ("/refresh-checkpoints", "/refresh-vae", "/refresh-embeddings"):
     router.add_api_route(_path, A.nothing, methods=["POST"], summary=f"POST {_path}: nothing to refresh")
 
 
+# the LoRA and embeddings folders are read on every call (a refresh has nothing to reload)
+@router.get("/loras", summary=A.LORAS_DOC)
+def loras(ctx: Ctx) -> list[dict[str, Any]]:
+    return A.lora_items(ctx.base_cfg())
+
+
+@router.post("/refresh-loras", summary=A.REFRESH_DOC)
+def refresh_loras(ctx: Ctx) -> Any:
+    return A.refresh_loras(ctx.base_cfg())
+
+
 @router.get("/embeddings")
-def embeddings() -> dict[str, Any]:
-    return {"loaded": {}, "skipped": {}}
+def embeddings(ctx: Ctx) -> dict[str, Any]:
+    """The embeddings folder's files (used when a prompt names one), loaded or skipped by vector width."""
+    return A.embedding_items(ctx.base_cfg(), ctx.choices.model)
 
 
 @router.get("/memory")
@@ -158,8 +169,7 @@ def cmd_flags(ctx: Ctx) -> dict[str, Any]:
         "ckpt": ctx.choices.model,
         "ckpt_dir": None,
         "vae_dir": None,
-        "lora_dir": None,
-        "embeddings_dir": None,
+        **A.prompt_folders(ctx.base_cfg()),  # lora_dir, embeddings_dir
         "hypernetwork_dir": None,
         "data_dir": str(ctx.out_dir.parent),
         "outdir_samples": str(ctx.out_dir),
