@@ -22,6 +22,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,12 +34,13 @@ from PIL import Image
 from . import __version__
 from .config import ImgCfg
 from .errors import BestshotError
+from .models import conditioning, controlnet, ip_adapter, vae, variation
 from .models.loader import free_memory, load_pipeline, load_refiner
 from .models.registry import default_scorer, resolve_model
 from .models.settings import resolve_config
 from .prompts.build import blocked_terms, build_prompt
 from .schedulers import sampler_label
-from .scoring import clip_score_100, cosine_like, pipeline_scorer, resolve_gate
+from .scoring import clip_score_100, cosine_like, pipeline_scorer, resolve_gate, safety_checker
 from .store import Store, format_parameters, new_run_id
 
 log = logging.getLogger(__name__)
@@ -155,8 +157,17 @@ def _call_pipeline(
     pipe: Any, refiner: Any, prompt: str, negative: str, seeds: Sequence[int], cfg: ImgCfg, on_step: StepCallback | None
 ) -> list[Image.Image]:
     """One batched pipeline call for ``seeds`` (plus the refiner's call when enabled)."""
+    with ExitStack() as stack:  # control branch: custom VAE, IP-Adapter, ControlNet, variation seeds (bestshot.models)
+        kwargs = pipeline_kwargs(pipe, prompt, negative, seeds, cfg, on_step)
+        for hook in (vae.prepared, ip_adapter.prepared, controlnet.prepared, variation.prepared):
+            kwargs.update(stack.enter_context(hook(pipe, cfg, prompt, negative, seeds)))
+        return _draw(kwargs.pop("pipe", pipe), refiner, prompt, negative, seeds, cfg, kwargs)
+
+
+def _draw(
+    pipe: Any, refiner: Any, prompt: str, negative: str, seeds: Sequence[int], cfg: ImgCfg, kwargs: dict[str, Any]
+) -> list[Image.Image]:
     n = len(seeds)
-    kwargs = pipeline_kwargs(pipe, prompt, negative, seeds, cfg, on_step)
     if refiner is None:
         return list(pipe(**kwargs).images)
     # ensemble of experts: the base denoises the high-noise part and hands over latents
@@ -417,13 +428,14 @@ def generate(
     # ---- score
     t = time.perf_counter()
     scores = [float(s) for s in scorer.score(images, clip_prompt)]
+    flagged = safety_checker.check(cfg.safety_checker, images, cfg.device)  # control branch: image safety check
     t_clip = _since(t)
 
     stop = tracker.stopped if tracker is not None else None
     steps_done = tracker.steps_done(len(seeds)) if stop else None
     if steps_done and min(steps_done) >= cfg.steps_base:  # the stop came at the last step: a finished run
         stop, steps_done = None, None
-    best = gate.pick(images, scores, clip_prompt, eligible=furthest(steps_done))
+    best = gate.pick(images, scores, clip_prompt, eligible=safety_checker.eligible(furthest(steps_done), flagged))
     t_exact = 0.0
     batch = cfg.prune_start or len(seeds)  # the largest batch the kept image was rendered in
     gate_value = gate.value(images[best], scores[best], clip_prompt)
@@ -452,7 +464,7 @@ def generate(
     candidates, files = [], []
     for k, (seed, score) in enumerate(zip(seeds, scores)):
         path = None
-        if cfg.save_candidates or (k == best and (ok or stop)):
+        if (cfg.save_candidates or (k == best and (ok or stop))) and not flagged[k]:  # flagged: never saved
             target = store.image_path(run_id, seed, score)
             files.append(
                 (target, images[k], _parameters(built, cfg, record, seed, score), _png_metadata(record, seed, score))
@@ -472,6 +484,7 @@ def generate(
     record["candidates"] = candidates
     if ok:
         record["img_path"] = candidates[best]["path"]
+    ok = safety_checker.note(record, flagged)  # control branch: nsfw_flagged count; all flagged keeps none
     record["timing_s"] = {"load": t_load, "gen": t_gen, "clip": t_clip, "total": _since(t0)}
     if t_exact:
         record["timing_s"]["exact_best"] = t_exact
@@ -521,6 +534,7 @@ def _settings(cfg: ImgCfg) -> dict[str, Any]:
         "vae_fp16": cfg.vae_fp16,
         "prune_start": cfg.prune_start,
         "prune_at": cfg.prune_at if cfg.prune_start else None,
+        **conditioning.settings(cfg),  # control branch: ControlNet, IP-Adapter, variation seed, VAE, safety
     }
 
 
@@ -534,6 +548,7 @@ def _parameters(built: Any, cfg: ImgCfg, record: dict[str, Any], seed: int, scor
     if cfg.refiner:
         extra["Refiner"] = cfg.refiner_model
         extra["Refiner switch at"] = cfg.refiner_split
+    extra.update(conditioning.infotext(cfg, seed))  # control branch: Variation seed, VAE, ControlNet N
     return format_parameters(
         built.sd_prompt,
         built.negative_prompt,
