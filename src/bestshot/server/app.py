@@ -34,6 +34,7 @@ from ..errors import BestshotError, StorageError
 from ..models.settings import resolve_config
 from ..store import Store, read_png_info
 from . import a1111 as A
+from . import a1111_conditioning as AC
 from .auth import Auth
 from .bodies import BodyLimit, JSONBodies
 from .cors import add_cors
@@ -91,6 +92,10 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] | None = None  # Host header names accepted; None: localhost names + host
     cors_allow_origins: str | None = None  # A1111's --cors-allow-origins (comma-separated); see server/cors.py
     cors_allow_origins_regex: str | None = None  # both None: loopback origins only
+    # ControlNet / VAE folders (None: models/ControlNet, models/VAE beside out_dir) and the image safety check
+    controlnet_dir: str | None = None
+    vae_dir: str | None = None
+    safety_checker: str | None = None  # a safety-checker folder or hub id; None: off
 
 
 class _Body(A._A1111):
@@ -177,6 +182,9 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             memory=settings.memory,
             max_batch=settings.max_batch,
             save_candidates=settings.save_candidates,
+            controlnet_dir=settings.controlnet_dir,
+            vae_dir=settings.vae_dir,
+            safety_checker=settings.safety_checker,
         )
 
     def rel(path: str | None, record: dict[str, Any] | None = None) -> str | None:
@@ -591,8 +599,8 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             {"name": u["name"], "path": None, "scale": int(u["scale"])} for u in A.upscalers() if u.get("model_name")
         ]
 
+    sd.add_api_route("/sd-vae", lambda: AC.vae_list(base_cfg()), methods=["GET"], summary="VAEs in vae_dir")
     for path_ in (
-        "/sd-vae",
         "/sd-modules",
         "/loras",
         "/prompt-styles",
@@ -876,6 +884,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
 
     app.include_router(sd)
     app.include_router(v1)
+    app.include_router(AC.controlnet_router(base_cfg, [Depends(auth.check)]))  # control branch: /controlnet/*
 
     add_internal_routes(app, jobs, A.preview_image, [Depends(auth.check)])  # /internal/progress, sysinfo, /config
 
