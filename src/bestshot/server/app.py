@@ -599,7 +599,12 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Fast
             {"name": u["name"], "path": None, "scale": int(u["scale"])} for u in A.upscalers() if u.get("model_name")
         ]
 
-    sd.add_api_route("/sd-vae", lambda: AC.vae_list(base_cfg()), methods=["GET"], summary="VAEs in vae_dir")
+    sd.add_api_route(
+        "/sd-vae",
+        lambda: AC.vae_list(base_cfg()),
+        methods=["GET"],
+        summary="VAEs in vae_dir (override_settings.sd_vae picks one)",
+    )
     for path_ in (
         "/sd-modules",
         "/loras",
