@@ -19,7 +19,13 @@ from PIL import Image
 
 from ..errors import BestshotError
 
+DEFAULT = "CompVis/stable-diffusion-safety-checker"
 _CACHE: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
+def source_of(spec: str) -> str:
+    """The checker a setting names: a folder or hub id; "on" / "default" / "true": diffusers' standard one."""
+    return DEFAULT if spec.strip().lower() in ("on", "default", "true", "1") else spec
 
 
 def load(source: str, device: str | None = None) -> tuple[Any, Any]:
@@ -31,6 +37,7 @@ def load(source: str, device: str | None = None) -> tuple[Any, Any]:
     from ..models.loader import resolve_device
 
     dev = resolve_device(device)
+    source = source_of(source)
     key = (source, str(dev))
     if key not in _CACHE:
         require_hub_model(source, "safety checker", "pass a local folder instead")
