@@ -278,7 +278,11 @@ def test_custom_vae_changes_the_decode_and_is_restored(tiny_sd15, tiny_clip, out
     pipe = load_pipeline(tiny_sd15, device="cpu")
     own = pipe.vae
     torch.manual_seed(9)
-    AutoencoderKL.from_config(own.config).save_pretrained(tmp_path / "vaes" / "alt-vae")
+    alt = AutoencoderKL.from_config(own.config)
+    alt.save_pretrained(tmp_path / "vaes" / "alt-vae")
+    from safetensors.torch import save_file
+
+    save_file(alt.state_dict(), str(tmp_path / "vaes" / "alt.safetensors"))  # one file, as A1111 keeps VAEs
     kw = dict(n_images=1, seed_base=2, vae_dir=str(tmp_path / "vaes"))
     before = _run("a cat", tiny_sd15, tiny_clip, out, **kw)
     custom = _run("a cat", tiny_sd15, tiny_clip, out, **kw, vae="alt-vae")
@@ -286,10 +290,12 @@ def test_custom_vae_changes_the_decode_and_is_restored(tiny_sd15, tiny_clip, out
     assert np.abs(_images(before)[0] - _images(custom)[0]).max() > 0
     assert np.array_equal(_images(before)[0], _images(after)[0])
     assert pipe.vae is own
+    single = _run("a cat", tiny_sd15, tiny_clip, out, **kw, vae="alt.safetensors")
+    assert np.array_equal(_images(single)[0], _images(custom)[0])
     from bestshot.store import read_png_info
 
     assert "VAE: alt-vae" in read_png_info(custom["img_path"])["parameters"]
-    with pytest.raises(BestshotError, match="VAE 'missing' not found.*there: alt-vae"):
+    with pytest.raises(BestshotError, match="VAE 'missing' not found.*there: alt-vae, alt.safetensors"):
         _run("a cat", tiny_sd15, tiny_clip, out, **kw, vae="missing")
     assert pipe.vae is own
 

@@ -9,6 +9,7 @@ model's own VAE.
 
 from __future__ import annotations
 
+import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -74,8 +75,10 @@ def load(source: str, like: Any) -> Any:
         _CACHE.move_to_end(key)
         return _CACHE[key]
     try:
-        if Path(source).is_file():
-            vae = AutoencoderKL.from_single_file(source, config=dict(like.config), torch_dtype=like.dtype)
+        if Path(source).is_file():  # the model's own VAE config: nothing is fetched for a single file
+            with tempfile.TemporaryDirectory() as conf:
+                like.save_config(conf)
+                vae = AutoencoderKL.from_single_file(source, config=conf, torch_dtype=like.dtype)
         else:
             vae = AutoencoderKL.from_pretrained(source, torch_dtype=like.dtype)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
