@@ -190,7 +190,9 @@ def request_overrides(
     variation seeds (img2img draws through its own pipeline call, where they are reported as not honoured)."""
     out = vae_override(req, base)
     if hasattr(req, "init_images"):
-        return out, -1
+        if out:
+            notes.setdefault("ignored", {})["sd_vae"] = "a custom VAE is used on txt2img only; the model's own VAE drew"
+        return {}, -1
     sub, fields = subseed_overrides(req, seed, count, max_seed)
     return {**out, **fields, **controlnet_overrides(req, base, notes, max_pixels)}, sub
 
