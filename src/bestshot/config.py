@@ -364,8 +364,11 @@ def _check_conditioning(cfg: ImgCfg) -> None:
     s = cfg.subseed_strength
     if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s <= 1.0:
         raise BestshotError(f"subseed_strength must lie between 0 and 1 (got {s!r})")
-    if cfg.subseed is not None and (not isinstance(cfg.subseed, int) or not 0 <= cfg.subseed <= MAX_SEED - 256):
-        raise BestshotError(f"subseed must be a non-negative whole number (got {cfg.subseed!r})")
+    sub = cfg.subseed
+    if sub is not None and (isinstance(sub, bool) or not isinstance(sub, int) or sub < 0):
+        raise BestshotError(f"subseed must be a non-negative whole number (got {sub!r})")
+    if sub is not None and sub + max(cfg.n_images, 1) - 1 > MAX_SEED:  # candidates use subseed, subseed+1, ...
+        raise BestshotError(f"subseed {sub} is too large: the candidates' variation seeds must stay at most {MAX_SEED}")
     if s > 0 and cfg.subseed is None:
         raise BestshotError("subseed_strength needs a --subseed (the variation seed to blend toward)")
     if (n or cfg.ip_adapter or s > 0) and cfg.prune_start:

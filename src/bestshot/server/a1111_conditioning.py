@@ -186,7 +186,7 @@ def vae_list(base: dict[str, Any]) -> list[dict[str, str]]:
 def request_overrides(
     req: Any, base: dict[str, Any], seed: int, count: int, notes: dict[str, Any], max_pixels: int, max_seed: int
 ) -> tuple[dict[str, Any], int]:
-    """(ImgCfg fields, variation seed or -1) of a request: sd_vae always; on txt2img also ControlNet units and
+    """(ImgCfg fields, variation seed or -1) of a request on txt2img: sd_vae, ControlNet units and
     variation seeds (img2img draws through its own pipeline call, where they are reported as not honoured)."""
     out = vae_override(req, base)
     if hasattr(req, "init_images"):
