@@ -365,3 +365,28 @@ def test_safety_checker_ranks_flagged_last_and_counts_them(tiny_sd15, tiny_clip,
 def test_safety_checker_missing_folder_is_one_line(tiny_sd15, tiny_clip, out, tmp_path):
     with pytest.raises(BestshotError, match="safety checker"):
         _run("a cat", tiny_sd15, tiny_clip, out, n_images=1, safety_checker=str(tmp_path / "none_here"))
+
+
+def test_controlnet_leaves_the_pipeline_dtypes_alone(tiny_sd15, control_image, sd15_controlnet, tmp_path):
+    """from_pipe casts to one dtype (float32 unless told): a half-precision pipeline must stay as it was, its
+    float32 VAE included."""
+    from bestshot.config import ImgCfg
+    from bestshot.models import controlnet
+    from bestshot.models.loader import load_pipeline
+
+    pipe = load_pipeline(tiny_sd15, device="cpu", dtype="bfloat16")
+    pipe.vae.to(torch.float32)  # as after an fp16 overflow: this VAE stays in float32
+    try:
+        cfg = ImgCfg(
+            controlnets=("tiny_canny",),
+            control_images=(control_image,),
+            controlnet_dir=str(sd15_controlnet),
+            height=32,
+            width=32,
+            out_dir=str(tmp_path),
+        )
+        with controlnet.prepared(pipe, cfg, "a cat", "", [1]) as kw:
+            assert kw["pipe"].controlnet.dtype == torch.bfloat16 and kw["pipe"].unet is pipe.unet
+        assert pipe.unet.dtype == pipe.text_encoder.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
+    finally:
+        pipe.vae.to(torch.bfloat16)

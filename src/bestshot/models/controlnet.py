@@ -125,6 +125,21 @@ def pipeline_class(pipe: Any) -> Any:
     )
 
 
+def _from_pipe(cls: Any, pipe: Any, nets: Any) -> Any:
+    """``cls.from_pipe`` sharing ``pipe``'s modules. from_pipe casts every module to one dtype (float32 unless
+    told), which would change the shared modules of ``pipe`` too: it is told the UNet's, and any module of
+    ``pipe`` it changed anyway (a VAE kept in float32) is cast back."""
+    import torch
+
+    dtypes = {k: m.dtype for k, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+    new = cls.from_pipe(pipe, controlnet=nets, torch_dtype=pipe.unet.dtype)
+    for k, dt in dtypes.items():
+        module = getattr(pipe, k, None)
+        if module is not None and module.dtype != dt:
+            module.to(dt)
+    return new
+
+
 def _each(values: Sequence[float], n: int, default: float) -> list[float]:
     return [float(v) for v in (values if len(values) == n else list(values) * n if values else [default] * n)]
 
@@ -142,7 +157,7 @@ def prepared(pipe: Any, cfg: Any, prompt: str, negative: str, seeds: Sequence[in
     modules = list(cfg.control_modules) * n if len(cfg.control_modules) == 1 else list(cfg.control_modules)
     images = [control_image(ref, (modules or ["none"] * n)[i], cfg, i) for i, ref in enumerate(cfg.control_images)]
     nets = [load(resolve(m, folder), pipe.unet.dtype, pipe.unet.device) for m in cfg.controlnets]
-    cn_pipe = cls.from_pipe(pipe, controlnet=nets[0] if n == 1 else nets)
+    cn_pipe = _from_pipe(cls, pipe, nets[0] if n == 1 else nets)
     cn_pipe.set_progress_bar_config(disable=True)
     scales = _each(cfg.control_scales, n, 1.0)
     start, end = _each(cfg.control_start, n, 0.0), _each(cfg.control_end, n, 1.0)
