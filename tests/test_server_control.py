@@ -155,5 +155,6 @@ def test_safety_checker_on_the_server(tiny_sd15, tiny_clip, tmp_path):
         assert r.status_code == 200, r.text
         data = r.json()
         info = json.loads(data["info"])
-        assert data["images"] == [] and info["bestshot"]["nsfw_flagged"] == 2
+        assert info["bestshot"]["nsfw_flagged"] == 2 and info["bestshot"]["returned_images"] == 0
+        assert len(data["images"]) == 2 and not _pixels(data["images"][0]).any()  # black, as diffusers answers
         assert not list(Path(tmp_path / "o").rglob("*.png"))  # a flagged image is never written

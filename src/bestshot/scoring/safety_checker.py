@@ -4,8 +4,9 @@
 Off unless asked for (``safety_checker`` setting; ``bestshot serve --safety-checker``). Flagged candidates rank
 last: the best is picked among the others, and a flagged image is never saved. When every candidate is flagged
 the run keeps none (``ok`` false, ``reason: "nsfw_flagged"``) rather than diffusers' black image: a black file
-claimed as the best would be a wrong answer that looks like a right one. The record says how many were flagged
-(``nsfw_flagged``, and per candidate ``nsfw``).
+claimed as the best would be a wrong answer that looks like a right one. (The A1111 routes, whose clients read
+``images[0]``, answer a black image in its place, as diffusers does; nothing flagged is saved either way.) The
+record says how many were flagged (``nsfw_flagged``, and per candidate ``nsfw``).
 """
 
 from __future__ import annotations

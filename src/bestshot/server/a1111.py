@@ -1045,6 +1045,7 @@ def build_response(
 
     kept = [c for r in results for c in chosen(r, plan)]
     images = [encode_file(c["path"]) for c in kept] if req.send_images else []
+    images += nsfw_placeholders(results, plan) if req.send_images else []  # control branch: safety check
     infotexts = [read_png_info(c["path"]).get("parameters") or "" for c in kept]
     seeds = [c["seed"] for c in kept]
     cfg = plan.cfg
@@ -1145,6 +1146,22 @@ def nsfw_info(results: list[dict[str, Any]]) -> dict[str, Any]:
     if not any("nsfw_flagged" in r for r in results):
         return {}
     return {"nsfw_flagged": sum(int(r.get("nsfw_flagged") or 0) for r in results)}
+
+
+def nsfw_placeholders(results: list[dict[str, Any]], plan: Plan) -> list[str]:
+    """A black image (base64 PNG) in place of each image the safety check withheld, as diffusers' safety checker
+    answers: a client that asked for N images and reads images[0] still gets them, and never the flagged ones."""
+    count = sum(
+        sum(bool(c.get("nsfw")) for c in r["candidates"])
+        if plan.best_of == 1
+        else int(r.get("reason") == "nsfw_flagged")
+        for r in results
+    )
+    if not count:
+        return []
+    buf = io.BytesIO()
+    Image.new("RGB", (plan.cfg.width, plan.cfg.height)).save(buf, "PNG")
+    return [base64.b64encode(buf.getvalue()).decode("ascii")] * count
 
 
 def request_parameters(req: Txt2ImgRequest) -> dict[str, Any]:

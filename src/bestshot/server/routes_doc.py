@@ -70,8 +70,8 @@ HONOURED_FIELDS = (
     "info and the PNG's `Variation seed` / `Variation seed strength`.",
     "`override_settings.sd_vae`: a VAE of GET /sdapi/v1/sd-vae (`serve --vae-dir`, default models/VAE beside "
     "--out-dir) for this request; Automatic / None: the model's own.",
-    "`serve --safety-checker MODEL`: flagged candidates are never returned or saved; info.bestshot.nsfw_flagged "
-    "counts them.",
+    "`serve --safety-checker MODEL`: flagged candidates are never returned or saved (an image with no clean "
+    "candidate comes back black, as diffusers answers); info.bestshot.nsfw_flagged counts them.",
 )
 
 
