@@ -377,6 +377,8 @@ def _check_conditioning(cfg: ImgCfg) -> None:
         )
     if n and cfg.refiner:
         raise BestshotError("ControlNet and the refiner cannot be combined yet — drop --refiner or --controlnet")
+    if cfg.vae and str(cfg.vae).strip().lower() not in ("automatic", "none", "") and (cfg.refiner or cfg.prune_start):
+        raise BestshotError("a custom --vae cannot be combined with --refiner or --prune-start yet — drop one")
 
 
 class _AliasRead(float):
