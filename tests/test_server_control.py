@@ -17,7 +17,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from bestshot.server import create_app  # noqa: E402
-from test_control import _controlnet, _safety_checker  # noqa: E402
+from test_control import _controlnet, _ip_adapter, _safety_checker  # noqa: E402
 from test_server_clients import FIXTURES, replay  # noqa: E402
 
 SMALL = {"steps": 2, "width": 32, "height": 32, "seed": 9}
@@ -55,6 +55,7 @@ def server(tiny_sd15, tiny_clip, tmp_path_factory):
     root = tmp_path_factory.mktemp("srv")
     pipe = load_pipeline(tiny_sd15, device="cpu")
     _controlnet(pipe.unet, root / "models" / "ControlNet" / "tiny_canny")
+    _ip_adapter(pipe.unet, root / "models" / "ControlNet")  # ip-adapter_tiny.safetensors + image_encoder/
     AutoencoderKL.from_config(pipe.vae.config).save_pretrained(root / "models" / "VAE" / "alt-vae")
     app = create_app(model=tiny_sd15, scorer=tiny_clip, out_dir=str(root / "images_out"))
     with TestClient(app, base_url="http://127.0.0.1:7860") as c:
@@ -66,7 +67,7 @@ def test_controlnet_extension_client_sequence(server, tiny_sd15):
         json.loads((FIXTURES / "controlnet_extension.json").read_text()),
         {"$CONTROLNET": "tiny_canny", "$CONTROL_IMAGE": _b64_image()},
     )
-    assert server.get("/controlnet/model_list").json() == {"model_list": ["tiny_canny"]}
+    assert server.get("/controlnet/model_list").json() == {"model_list": ["tiny_canny", "ip-adapter_tiny.safetensors"]}
     modules = server.get("/controlnet/module_list").json()
     assert "canny" in modules["module_list"] and modules["module_detail"]["canny"]["sliders"]
     assert server.get("/controlnet/version").json() == {"version": 2}
@@ -93,6 +94,33 @@ def test_controlnet_weight_changes_the_image(server):
 
     plain, zero, full = draw([]), draw([unit(0.0)]), draw([unit(1.0)])
     assert np.array_equal(plain, zero) and np.abs(plain - full).max() > 0
+
+
+def test_ip_adapter_unit(server):
+    def draw(units):
+        body = {"prompt": "a house", **SMALL, "alwayson_scripts": {"controlnet": {"args": units}}}
+        r = server.post("/sdapi/v1/txt2img", json=body)
+        assert r.status_code == 200, r.text
+        return _pixels(r.json()["images"][0]), json.loads(r.json()["info"])["bestshot"]
+
+    def unit(weight):
+        return {
+            "module": "ip-adapter_clip_sd15",
+            "model": "ip-adapter_tiny [0a1b2c3d]",
+            "weight": weight,
+            "image": _b64_image(2),
+        }
+
+    plain, _ = draw([])
+    zero, _ = draw([unit(0.0)])
+    full, info = draw([unit(1.0)])
+    assert np.array_equal(plain, zero) and np.abs(plain - full).max() > 0
+    assert info["ip_adapter"] == {"model": "ip-adapter_tiny.safetensors", "scale": 1.0}
+    bad = {**unit(1.0), "model": "ip-adapter_plus"}
+    r = server.post(
+        "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "alwayson_scripts": {"controlnet": {"args": [bad]}}}
+    )
+    assert r.status_code == 422 and "args[0].model" in r.text
 
 
 @pytest.mark.parametrize(

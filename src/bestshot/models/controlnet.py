@@ -51,11 +51,16 @@ def list_models(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and is_model_folder(p))
 
 
+def clean_name(name: str) -> str:
+    """A model name without sd-webui-controlnet's `` [hash]`` suffix."""
+    return _HASH.sub("", str(name).strip())
+
+
 def resolve(name: str, folder: Path) -> str:
     """The folder or hub id a ControlNet name means; one clear error when there is none."""
     from .hub import is_hub_id, require_hub_model
 
-    clean = _HASH.sub("", str(name).strip())
+    clean = clean_name(name)
     for cand in (Path(clean).expanduser(), folder / clean):
         if cand.is_dir():
             if not is_model_folder(cand):

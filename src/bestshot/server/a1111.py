@@ -852,7 +852,7 @@ def plan_request(
     )
     from .a1111_conditioning import request_overrides  # control branch: ControlNet units, subseed, sd_vae
 
-    extra, subseed = request_overrides(req, base, seed, n * req.best_of, notes, limits.max_side**2 * 4, MAX_SEED)
+    extra, subseed = request_overrides(req, base, model, seed, n * req.best_of, notes, limits.max_side**2 * 4, MAX_SEED)
     overrides.update(extra)
     try:
         cfg = resolve_config(None, model=model, **overrides)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BestshotError
-from ..models import control_preprocess, controlnet, vae
+from ..models import control_preprocess, controlnet, ip_adapter, vae
 from ..models.image_input import to_data_url
 from .a1111 import FieldError, decode_image
 
@@ -34,6 +34,7 @@ RESIZE_MODES = {
 }
 BALANCED = ("0", "balanced")
 NO_MODEL = ("", "none")
+LATENT_FAMILIES = ("sd15", "sdxl")  # where ControlNet, IP-Adapter and variation seeds are drawn
 
 
 def folders(base: dict[str, Any]) -> tuple[Path, Path]:
@@ -100,8 +101,14 @@ def controlnet_overrides(
         return {}
     folder, _ = folders(base)
     nets, images, modules, scales, starts, ends, resizes, unhonoured = [], [], [], [], [], [], [], []
+    ip: dict[str, Any] = {}
     for i, unit in units:
         where = f"alwayson_scripts.controlnet.args[{i}]"
+        if is_ip_unit(unit):
+            if ip:
+                raise FieldError(where, "one IP-Adapter unit per request — send the others as separate requests")
+            ip = _ip_fields(unit, where, folder, init_image, max_pixels)
+            continue
         try:
             nets.append(controlnet.resolve(str(unit.get("model")), folder))
         except BestshotError as e:
@@ -127,12 +134,17 @@ def controlnet_overrides(
         resizes.append(resize)
         if str(unit.get("control_mode", "Balanced")).strip().lower() not in BALANCED:
             unhonoured.append(f"args[{i}].control_mode {unit.get('control_mode')!r}: drawn as Balanced")
+    if ip:
+        notes["ip_adapter"] = {"model": Path(ip["ip_adapter"]).name, "scale": ip["ip_scale"]}
+    if not nets:
+        return ip
     if len(set(resizes)) > 1:
         unhonoured.append(f"resize_mode differs between units: all use the first unit's ({resizes[0]})")
     notes["controlnet"] = {"units": len(nets), "models": [Path(n).name for n in nets], "modules": modules}
     if unhonoured:
         notes["controlnet"]["not_honoured"] = unhonoured
     return dict(
+        **ip,
         controlnets=tuple(nets),
         control_images=tuple(images),
         control_modules=tuple(modules),
@@ -140,6 +152,42 @@ def controlnet_overrides(
         control_start=tuple(starts),
         control_end=tuple(ends),
         control_resize=resizes[0],
+    )
+
+
+def is_ip_unit(unit: dict[str, Any]) -> bool:
+    """sd-webui-controlnet runs IP-Adapters as units: module ``ip-adapter_clip_sd15`` (and kin), model
+    ``ip-adapter_sd15 [hash]``."""
+    text = f"{unit.get('module') or ''} {unit.get('model') or ''}".lower()
+    return "ip-adapter" in text or "ip_adapter" in text
+
+
+def ip_adapter_files(folder: Path) -> list[str]:
+    """IP-Adapter weight files in the ControlNet folder (sd-webui-controlnet keeps them there)."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_file()
+        and p.suffix in ip_adapter.WEIGHT_SUFFIXES
+        and p.name.lower().startswith(("ip-adapter", "ip_adapter"))
+    )
+
+
+def _ip_fields(unit: dict[str, Any], where: str, folder: Path, init_image: str | None, max_pixels: int) -> dict:
+    """ImgCfg's IP-Adapter fields of an IP-Adapter unit: its weights file from the ControlNet folder (the image
+    encoder in ``image_encoder/`` beside it), its image and weight."""
+    name = controlnet.clean_name(str(unit.get("model")))
+    found = [folder / f"{name}{suffix}" for suffix in ("", *ip_adapter.WEIGHT_SUFFIXES)]
+    path = next((p for p in found if p.is_file()), None)
+    if path is None:
+        have = ", ".join(ip_adapter_files(folder)) or "none"
+        raise FieldError(f"{where}.model", f"IP-Adapter {name!r} not found in {str(folder)!r} (there: {have})")
+    return dict(
+        ip_adapter=str(path),
+        ip_image=_image_of(unit, where, init_image, max_pixels),
+        ip_scale=_number(unit, "weight", 1.0, where, 0.0, 10.0),
     )
 
 
@@ -168,7 +216,8 @@ def vae_override(req: Any, base: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- routes' answers
 def model_list(base: dict[str, Any]) -> dict[str, Any]:
-    return {"model_list": controlnet.list_models(folders(base)[0])}
+    folder = folders(base)[0]
+    return {"model_list": controlnet.list_models(folder) + ip_adapter_files(folder)}
 
 
 def module_list() -> dict[str, Any]:
@@ -184,14 +233,34 @@ def vae_list(base: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def request_overrides(
-    req: Any, base: dict[str, Any], seed: int, count: int, notes: dict[str, Any], max_pixels: int, max_seed: int
+    req: Any,
+    base: dict[str, Any],
+    model: str,
+    seed: int,
+    count: int,
+    notes: dict[str, Any],
+    max_pixels: int,
+    max_seed: int,
 ) -> tuple[dict[str, Any], int]:
-    """(ImgCfg fields, variation seed or -1) of a request on txt2img: sd_vae, ControlNet units and
-    variation seeds (img2img draws through its own pipeline call, where they are reported as not honoured)."""
+    """(ImgCfg fields, variation seed or -1) of a request: on txt2img with an SD 1.x / SDXL ``model``
+    sd_vae, ControlNet units and variation seeds; elsewhere they are reported in ``info.bestshot.ignored``
+    (img2img draws through its own pipeline call; other models have no ControlNet / latent noise to blend)."""
+    from ..models.registry import resolve_model
+
+    family = resolve_model(model).family.name
     out = vae_override(req, base)
-    if hasattr(req, "init_images"):
+    if hasattr(req, "init_images") or family not in LATENT_FAMILIES:
+        why = "img2img" if hasattr(req, "init_images") else f"this model ({family})"
+        ignored = dict(notes.get("ignored", {}))
         if out:
-            notes.setdefault("ignored", {})["sd_vae"] = "a custom VAE is used on txt2img only; the model's own VAE drew"
+            ignored["sd_vae"] = f"a custom VAE is not used on {why}; the model's own VAE drew"
+        if req.subseed_strength > 0 and not hasattr(req, "init_images"):
+            ignored["subseed_strength"] = f"{req.subseed_strength:g}: variation seeds are not drawn on {why}"
+        if _units(req.alwayson_scripts or {}) and not hasattr(req, "init_images"):
+            prior = ignored.get("alwayson_scripts")
+            ignored["alwayson_scripts"] = (f"{prior}; " if prior else "") + f"controlnet: units are not run on {why}"
+        if ignored:
+            notes["ignored"] = ignored
         return {}, -1
     sub, fields = subseed_overrides(req, seed, count, max_seed)
     return {**out, **fields, **controlnet_overrides(req, base, notes, max_pixels)}, sub
