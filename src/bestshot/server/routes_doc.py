@@ -65,7 +65,9 @@ HONOURED_FIELDS = (
     "| input_image, resize_mode, threshold_a, threshold_b, guidance_start, guidance_end, control_mode}`; models are "
     "the diffusers ControlNet folders in `serve --controlnet-dir` (default models/ControlNet beside --out-dir), "
     "modules the weight-free ones of GET /controlnet/module_list; control_mode other than Balanced, processor_res "
-    "and pixel_perfect are not honoured (info.bestshot.controlnet says so).",
+    "and pixel_perfect are not honoured (info.bestshot.controlnet says so). An `ip-adapter*` unit runs the "
+    "IP-Adapter weights file of that name in the same folder (its image encoder in `image_encoder/` beside it). "
+    "SD 1.x / SDXL models only; elsewhere the units are named in info.bestshot.ignored.",
     "`subseed`, `subseed_strength` (txt2img): A1111's variation seeds (image i: seed + i, subseed + i), echoed in "
     "info and the PNG's `Variation seed` / `Variation seed strength`.",
     "`override_settings.sd_vae`: a VAE of GET /sdapi/v1/sd-vae (`serve --vae-dir`, default models/VAE beside "
