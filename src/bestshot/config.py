@@ -33,6 +33,7 @@ CLIP_L14 = "openai/clip-vit-large-patch14"
 EMBEDDED = "embedded"
 SPATIAL = "+spatial"  # a scorer spec suffix: also check the relation a prompt states (scoring.spatial)
 REGIONS = "+regions"  # a scorer spec suffix: also read each object of the prompt where it is (scoring.regions)
+CONTROL_RESIZE = ("crop", "resize", "fill")
 
 MEMORY_STRATEGIES = ("gpu", "model_offload", "sequential_offload")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -259,6 +260,126 @@ class ImgCfg:
             "flag": "--embeddings-dir",
         },
     )
+    # ---- conditioning and checks around the pipeline call (ControlNet, IP-Adapter, variation seeds, VAE, safety)
+    controlnets: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "ControlNet model: a folder name in controlnet_dir, a diffusers ControlNet folder or a hub id "
+            "(repeatable: one per --control-image).",
+            "flag": "--controlnet",
+            "repeatable": True,
+        },
+    )
+    control_images: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Control image file of each --controlnet, in order.",
+            "flag": "--control-image",
+            "repeatable": True,
+        },
+    )
+    control_modules: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Preprocessor of each control image: none, canny[:LOW:HIGH], invert, lineart_standard, "
+            "blur_gaussian[:SIGMA], tile_resample[:DOWN], threshold[:LEVEL] (default none).",
+            "flag": "--control-module",
+            "repeatable": True,
+        },
+    )
+    control_scales: tuple[float, ...] = field(
+        default=(),
+        metadata={"help": "Weight of each ControlNet (default 1.0).", "flag": "--control-scale", "repeatable": True},
+    )
+    control_start: tuple[float, ...] = field(
+        default=(),
+        metadata={
+            "help": "Fraction of the steps where each ControlNet starts (default 0).",
+            "flag": "--control-start",
+            "repeatable": True,
+        },
+    )
+    control_end: tuple[float, ...] = field(
+        default=(),
+        metadata={
+            "help": "Fraction of the steps where each ControlNet stops (default 1).",
+            "flag": "--control-end",
+            "repeatable": True,
+        },
+    )
+    control_resize: str = field(
+        default="crop",
+        metadata={
+            "help": "How control images meet the output size: crop (fill, cut the overflow), resize "
+            "(stretch) or fill (fit, pad).",
+            "flag": "--control-resize",
+            "choices": CONTROL_RESIZE,
+        },
+    )
+    controlnet_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of ControlNet models (default: models/ControlNet beside the output folder).",
+            "flag": "--controlnet-dir",
+        },
+    )
+    ip_adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "IP-Adapter: a weights file, a folder holding one (with image_encoder/) or a hub id.",
+            "flag": "--ip-adapter",
+        },
+    )
+    ip_adapter_weight_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "The IP-Adapter weights file inside --ip-adapter's folder or hub repository.",
+            "flag": "--ip-adapter-weight-name",
+        },
+    )
+    ip_image: str | None = field(
+        default=None, metadata={"help": "Reference image of the IP-Adapter.", "flag": "--ip-image"}
+    )
+    ip_scale: float = field(
+        default=1.0, metadata={"help": "Weight of the IP-Adapter image (0 = off).", "flag": "--ip-scale", "min": 0.0}
+    )
+    subseed: int | None = field(
+        default=None,
+        metadata={
+            "help": "Variation seed (A1111): candidate i blends noise of seed+i toward subseed+i.",
+            "flag": "--subseed",
+            "min": 0,
+        },
+    )
+    subseed_strength: float = field(
+        default=0.0,
+        metadata={
+            "help": "How far toward the variation seed's noise (0 = none, 1 = all of it).",
+            "flag": "--subseed-strength",
+            "min": 0.0,
+            "max": 1.0,
+        },
+    )
+    vae: str | None = field(
+        default=None,
+        metadata={
+            "help": "Custom VAE for this run: a diffusers VAE folder, a .safetensors file, a name in vae_dir or "
+            "a hub id.",
+            "flag": "--vae",
+        },
+    )
+    vae_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of VAEs (default: models/VAE beside the output folder).", "flag": "--vae-dir"},
+    )
+    safety_checker: str | None = field(
+        default=None,
+        metadata={
+            "help": "Image safety checker (a CompVis/stable-diffusion-safety-checker folder or hub id): "
+            "flagged candidates rank last and are never saved.",
+            "flag": "--safety-checker",
+        },
+    )
     clip_min: InitVar[float | None] = None  # old name of score_min: given, it sets score_min
 
     def __post_init__(self, clip_min: float | None) -> None:
@@ -266,6 +387,13 @@ class ImgCfg:
         # by the caller sets score_min
         if clip_min is not None and not isinstance(clip_min, (property, _AliasRead)):
             self.score_min = clip_min
+        for name in _TUPLE_FIELDS:  # YAML/JSON lists and a lone value become tuples; "0.5" becomes 0.5
+            v = getattr(self, name)
+            if v is None or isinstance(v, (str, int, float)):
+                v = () if v is None else (v,)
+            if name in _FLOAT_TUPLES:
+                v = tuple(_as_float(x) for x in v)
+            setattr(self, name, tuple(v))
 
     def validate(self) -> ImgCfg:
         """Raise :class:`BestshotError` naming the first bad field and how to fix it."""
@@ -329,6 +457,7 @@ class ImgCfg:
                 f"{MAX_SEED} (2**63 - 1) — give a smaller --seed"
             )
         check_layout_setting(self.layout)
+        _check_conditioning(self)
 
         if isinstance(self.clip_skip, bool) or not isinstance(self.clip_skip, int) or not 1 <= self.clip_skip <= 12:
             raise BestshotError(
@@ -401,6 +530,82 @@ class ImgCfg:
         if isinstance(data.get("loras"), list):
             data["loras"] = tuple(data["loras"])
         return dataclass_from_dict(cls, data, "generation")
+
+
+class _AliasRead(float):
+    """``cfg.clip_min`` as read: the value of score_min, marked so that replace() does not treat it as given."""
+
+
+# the old name reads (and sets) the same value as score_min
+ImgCfg.clip_min = property(  # type: ignore[assignment]
+    lambda self: None if self.score_min is None else _AliasRead(self.score_min),
+    lambda self, v: setattr(self, "score_min", v),
+    doc="Old name of score_min (kept for one release).",
+)
+
+
+_TUPLE_FIELDS = ("controlnets", "control_images", "control_modules", "control_scales", "control_start", "control_end")
+_FLOAT_TUPLES = ("control_scales", "control_start", "control_end")
+
+
+def _as_float(x: Any) -> Any:
+    try:
+        return float(x) if isinstance(x, str) else x
+    except ValueError:
+        return x  # validate() names it
+
+
+def _check_conditioning(cfg: ImgCfg) -> None:
+    """The ControlNet / IP-Adapter / variation-seed / VAE / safety fields: one line naming the first bad one."""
+    n = len(cfg.controlnets)
+    if len(cfg.control_images) != n:
+        raise BestshotError(
+            f"{n} --controlnet and {len(cfg.control_images)} --control-image given — give one control image per "
+            "ControlNet, in the same order"
+        )
+    for name in ("control_modules", "control_scales", "control_start", "control_end"):
+        v = getattr(cfg, name)
+        if len(v) > n or (v and len(v) not in (1, n)):
+            raise BestshotError(
+                f"{name} has {len(v)} values for {n} ControlNet(s) — give one per --controlnet or one for all"
+            )
+    for name, lo, hi in (("control_scales", 0.0, 10.0), ("control_start", 0.0, 1.0), ("control_end", 0.0, 1.0)):
+        for x in getattr(cfg, name):
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not lo <= x <= hi:
+                raise BestshotError(f"{name} values must be numbers from {lo:g} to {hi:g} (got {x!r})")
+    for a, b in zip(cfg.control_start or (0.0,) * n, cfg.control_end or (1.0,) * n):
+        if a >= b:
+            raise BestshotError(f"control_start {a:g} must be below control_end {b:g} — a ControlNet needs some steps")
+    if cfg.control_resize not in CONTROL_RESIZE:
+        raise BestshotError(f"control_resize must be one of {', '.join(CONTROL_RESIZE)} (got {cfg.control_resize!r})")
+    if (cfg.ip_adapter is None) != (cfg.ip_image is None):
+        raise BestshotError("--ip-adapter and --ip-image go together — give both (the adapter and its reference image)")
+    if isinstance(cfg.ip_scale, bool) or not isinstance(cfg.ip_scale, (int, float)) or not 0 <= cfg.ip_scale <= 10:
+        raise BestshotError(f"ip_scale must be a number from 0 to 10 (got {cfg.ip_scale!r})")
+    s = cfg.subseed_strength
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s <= 1.0:
+        raise BestshotError(f"subseed_strength must lie between 0 and 1 (got {s!r})")
+    sub = cfg.subseed
+    if sub is not None and (isinstance(sub, bool) or not isinstance(sub, int) or sub < 0):
+        raise BestshotError(f"subseed must be a non-negative whole number (got {sub!r})")
+    if sub is not None and sub + max(cfg.n_images, 1) - 1 > MAX_SEED:  # candidates use subseed, subseed+1, ...
+        raise BestshotError(f"subseed {sub} is too large: the candidates' variation seeds must stay at most {MAX_SEED}")
+    if s > 0 and cfg.subseed is None:
+        raise BestshotError("subseed_strength needs a --subseed (the variation seed to blend toward)")
+    if (n or cfg.ip_adapter or s > 0) and cfg.prune_start:
+        raise BestshotError(
+            "early pruning cannot be combined with ControlNet, IP-Adapter or variation seeds yet — drop --prune-start"
+        )
+    if n and cfg.refiner:
+        raise BestshotError("ControlNet and the refiner cannot be combined yet — drop --refiner or --controlnet")
+    custom_vae = cfg.vae and str(cfg.vae).strip().lower() not in ("automatic", "none", "")
+    if (n or cfg.ip_adapter or s > 0 or custom_vae) and (cfg.init_image or (cfg.hires_scale or 1) > 1):
+        raise BestshotError(
+            "ControlNet, IP-Adapter, variation seeds and a custom VAE work on text-to-image only yet — drop them or "
+            "--init-image / --hires-scale"
+        )
+    if cfg.vae and str(cfg.vae).strip().lower() not in ("automatic", "none", "") and (cfg.refiner or cfg.prune_start):
+        raise BestshotError("a custom --vae cannot be combined with --refiner or --prune-start yet — drop one")
 
 
 class _AliasRead(float):

@@ -22,6 +22,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from PIL import Image
 from . import __version__
 from .config import ImgCfg
 from .errors import BestshotError
+from .models import conditioning, controlnet, ip_adapter, vae, variation
 from .models.loader import free_memory, load_pipeline, load_refiner
 from .models.registry import default_scorer, resolve_model
 from .models.settings import resolve_config
@@ -41,7 +43,7 @@ from .prompts import extra_networks, hooks  # <lora:...> tags; LoRA, embeddings,
 from .prompts.build import blocked_terms, build_prompt
 from .record import Candidate, RunRecord, png_metadata
 from .schedulers import sampler_label
-from .scoring import cosine_like, pipeline_scorer, resolve_gate
+from .scoring import cosine_like, pipeline_scorer, resolve_gate, safety_checker
 from .store import Store, format_parameters, new_run_id
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,10 @@ def pipeline_kwargs(
     return supported_kwargs(pipe.__call__, kwargs)
 
 
+# what changes a text-to-image draw besides the prompt: each a context manager that undoes itself
+CONDITIONING = (vae.prepared, ip_adapter.prepared, controlnet.prepared, variation.prepared)
+
+
 def _call_pipeline(
     pipe: Any,
     refiner: Any,
@@ -178,16 +184,19 @@ def _call_pipeline(
     n = len(seeds)
     if mode is not None and mode.source is not None and cfg.strength == 0:  # nothing repainted: the init image
         return [mode.composite(mode.source.init.copy()) for _ in seeds]
-    with hooks.prepared(pipe, cfg, prompt, negative, seeds) as extra:  # LoRA, embeddings, weighting; undone after
+    with hooks.prepared(pipe, cfg, prompt, negative, seeds) as extra, ExitStack() as stack:  # undone after the draw
         if mode is not None and mode.source is not None:  # img2img / inpaint
             kwargs = pipeline_kwargs(mode.pipe, prompt, negative, seeds, cfg, on_step, mode.image_kwargs(cfg))
             kwargs.update(extra)
             return [mode.composite(im) for im in mode.pipe(**kwargs).images]
         kwargs = {**pipeline_kwargs(pipe, prompt, negative, seeds, cfg, on_step), **extra}
+        for hook in CONDITIONING:  # a hook may hand back another "pipe" (ControlNet's, built from_pipe)
+            kwargs.update(stack.enter_context(hook(pipe, cfg, prompt, negative, seeds)))
+        draw = kwargs.pop("pipe", pipe)
         if refiner is None:
-            images = list(pipe(**kwargs).images)
+            images = list(draw(**kwargs).images)
         else:  # ensemble of experts: the base denoises the high-noise part and hands over latents
-            latents = pipe(**kwargs, denoising_end=cfg.refiner_split, output_type="latent").images
+            latents = draw(**kwargs, denoising_end=cfg.refiner_split, output_type="latent").images
             gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
             out = refiner(
                 prompt=[prompt] * n,
@@ -366,6 +375,7 @@ def best_of_n(
 
     t = time.perf_counter()
     scores: list[Any] = [float(s) for s in scorer.score(images, text)] if scorer is not None else [None] * len(seeds)
+    flagged = safety_checker.check(cfg.safety_checker, images, cfg.device)  # all False without a checker
     record.timing_s["clip"] = _since(t)
 
     total = mode.steps(cfg)
@@ -375,7 +385,7 @@ def best_of_n(
         stop, steps_done = None, None
     best, value, ok = 0, None, True
     if gate is not None:
-        best = gate.pick(images, scores, text, eligible=furthest(steps_done))
+        best = gate.pick(images, scores, text, eligible=safety_checker.eligible(furthest(steps_done), flagged))
         value = gate.value(images[best], scores[best], text)
         ok = gate.passes(value)
     batch = cfg.prune_start or len(seeds)  # the largest batch the kept image was rendered in
@@ -392,12 +402,19 @@ def best_of_n(
     record.candidates = [Candidate(s, sc) for s, sc in zip(seeds, scores)]
     for c, done in zip(record.candidates, steps_done or ()):
         c.steps_done = done
+    if cfg.safety_checker:  # flagged candidates are never kept nor saved; all flagged: the run keeps none
+        record.extra["nsfw_flagged"] = sum(flagged)
+        for c, f in zip(record.candidates, flagged):
+            c.nsfw = f
+        if all(flagged):
+            ok = False
+            record.reason = "nsfw_flagged"
     record.best, record.ok = best, ok
     if gate is not None:
         record.scorer, record.cosine, record.score_min = scorer.name, cosine_like(scorer), gate.minimum
         record.gate = gate.record(value)
     record.reproduce = reproduce_note(pipe, min(cfg.max_batch or batch, batch), solo)
-    if not ok:
+    if not ok and record.reason is None:
         record.reason = "low_clip_alignment"
     if stop:  # interrupted, skipped or timed out: never recorded (nor ranked) as a finished run
         mark_stopped(record, stop, steps_done[best])
@@ -413,7 +430,9 @@ def save_run(
     mode = mode or Mode("txt2img")
     stopped = bool(record.extra.get("interrupted"))
     keep = [
-        k for k in range(len(record.candidates)) if cfg.save_candidates or (k == record.best and (record.ok or stopped))
+        k
+        for k in range(len(record.candidates))
+        if (cfg.save_candidates or (k == record.best and (record.ok or stopped))) and not record.candidates[k].nsfw
     ]
     for k in keep:
         c = record.candidates[k]
@@ -442,6 +461,7 @@ def parameters(record: RunRecord, cfg: ImgCfg, mode: Mode | None, k: int) -> str
     if mode is not None:
         extra.update(mode.infotext(cfg))
     extra.update(extra_networks.infotext(cfg))  # Lora hashes, Clip skip
+    extra.update(conditioning.infotext(cfg, c.seed))  # Variation seed, VAE, ControlNet N
     if c.score is not None:
         extra.update({"Score": f"{c.score:.4f}", "CLIP score": f"{c.score:.4f}", "Scorer": record.scorer})
     extra["bestshot run"] = record.run_id

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .config import ImgCfg
+from .models import conditioning
 from .scoring import clip_score_100
 
 
@@ -29,6 +30,7 @@ class Candidate:
     score: float | None
     path: str | None = None
     steps_done: int | None = None
+    nsfw: bool | None = None  # the image safety check's verdict (None: no check ran)
 
     def to_dict(self, cosine: bool) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -40,6 +42,8 @@ class Candidate:
         }
         if self.steps_done is not None:
             d["steps_done"] = self.steps_done
+        if self.nsfw is not None:
+            d["nsfw"] = self.nsfw
         return d
 
 
@@ -160,6 +164,7 @@ def settings_of(cfg: ImgCfg) -> dict[str, Any]:
         "loras": list(cfg.loras),
         "clip_skip": cfg.clip_skip,
         "prompt_weighting": cfg.prompt_weighting,
+        **conditioning.settings(cfg),  # ControlNet, IP-Adapter, variation seed, VAE, safety checker
     }
 
 

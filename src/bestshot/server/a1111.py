@@ -128,14 +128,14 @@ class Txt2ImgRequest(_Lenient):
         "false, A1111's default: they are only sent",
     )
     # A1111 features a later change implements; until then info["bestshot"]["ignored"] names what was not honoured
-    subseed: int = Field(-1, description="ignored for now (variation seeds)")
-    subseed_strength: float = Field(0.0, ge=0, le=1, description="ignored for now (variation seeds)")
+    subseed: int = Field(-1, ge=-1, le=MAX_SEED, description="variation seed (-1 = random); image i uses subseed + i")
+    subseed_strength: float = Field(0.0, ge=0, le=1, description="how far toward the variation seed's noise (txt2img)")
     seed_resize_from_w: int = Field(-1, description="ignored for now")
     seed_resize_from_h: int = Field(-1, description="ignored for now")
     script_name: str | None = Field(None, max_length=500, description="ignored for now (A1111 scripts)")
     script_args: list[Any] = Field(default_factory=list, description="ignored for now (A1111 scripts)")
     alwayson_scripts: dict[str, Any] = Field(
-        default_factory=dict, description="ignored for now (ControlNet, ADetailer...)"
+        default_factory=dict, description="controlnet (sd-webui-controlnet units) on txt2img; others ignored for now"
     )
     styles: list[str] | None = Field(None, description="ignored (bestshot has no prompt styles)")
     restore_faces: bool | None = Field(None, description="ignored (bestshot has no face restoration)")
@@ -182,16 +182,17 @@ class Img2ImgRequest(Txt2ImgRequest):
 def ignored_fields(req: Txt2ImgRequest) -> dict[str, str]:
     """A1111 fields the request set that bestshot does not honour yet, each with what happened instead."""
     out: dict[str, str] = {}
-    if req.subseed_strength > 0:
-        out["subseed_strength"] = f"{req.subseed_strength:g}: variation seeds are not implemented yet; plain seeds used"
+    drawn = not isinstance(req, Img2ImgRequest)  # txt2img honours variation seeds and ControlNet units
+    if req.subseed_strength > 0 and not drawn:
+        out["subseed_strength"] = f"{req.subseed_strength:g}: variation seeds work on txt2img only; plain seeds used"
     if req.seed_resize_from_w > 0 or req.seed_resize_from_h > 0:
         out["seed_resize_from"] = "not implemented yet; the noise is drawn at the image's size"
     if req.script_name:
         out["script_name"] = f"{req.script_name!r}: A1111 scripts are not implemented yet; not run"
-    if req.alwayson_scripts:
+    scripts = [str(k) for k in req.alwayson_scripts if not (drawn and str(k).lower() == "controlnet")]
+    if scripts:
         out["alwayson_scripts"] = (
-            ", ".join(sorted(str(k) for k in req.alwayson_scripts))[:300]
-            + ": A1111 extensions are not implemented yet; not run"
+            ", ".join(sorted(scripts))[:300] + ": A1111 extensions are not implemented yet; not run"
         )
     if req.styles:
         out["styles"] = "bestshot has no prompt styles; the prompt is used as sent"
@@ -751,6 +752,7 @@ class Plan:
     scorer: Any
     notes: dict[str, Any] = field(default_factory=dict)  # what bestshot changed, reported in info["bestshot"]
     cost: float = 0.0
+    subseed: int = -1  # the variation seed of image 0 (-1: none)
 
 
 def sampler_of(req: Txt2ImgRequest) -> str | None:
@@ -849,6 +851,10 @@ def plan_request(
         scheduler=sampler_of(req),
         score_min=gate_min,
     )
+    from .a1111_conditioning import request_overrides  # control branch: ControlNet units, subseed, sd_vae
+
+    extra, subseed = request_overrides(req, base, model, seed, n * req.best_of, notes, limits.max_side**2 * 4, MAX_SEED)
+    overrides.update(extra)
     try:
         cfg = resolve_config(None, model=model, **overrides)
     except BestshotError as e:
@@ -888,10 +894,14 @@ def plan_request(
         ]
     else:
         calls = [replace(cfg, n_images=k, seed_base=seed + i * k, gate=False) for i in range(n)]
+    if subseed >= 0:  # image i of the request: seed + i and subseed + i, as A1111 does
+        calls = [replace(c, subseed=subseed + c.seed_base - seed) for c in calls]
     scorer = scorers[req.scorer] if req.scorer is not None else default_scorer
     if gate_min is not None:
         check_gate_range(gate_min, scorer, model)
-    return Plan(cfg=cfg, seed=seed, n_images=n, best_of=k, calls=calls, scorer=scorer, notes=notes, cost=cost)
+    return Plan(
+        cfg=cfg, seed=seed, n_images=n, best_of=k, calls=calls, scorer=scorer, notes=notes, cost=cost, subseed=subseed
+    )
 
 
 def clip_skip_of(req: Txt2ImgRequest) -> dict[str, Any]:
@@ -1108,6 +1118,7 @@ def build_response(
 
     kept = [c for r in results for c in chosen(r, plan)]
     images = [encode_file(c["path"]) for c in kept] if req.send_images else []
+    images += nsfw_placeholders(results, plan) if req.send_images else []  # control branch: safety check
     infotexts = [read_png_info(c["path"]).get("parameters") or "" for c in kept]
     seeds = [c["seed"] for c in kept]
     cfg = plan.cfg
@@ -1121,9 +1132,9 @@ def build_response(
         "all_negative_prompts": [req.negative_prompt] * len(kept),
         "seed": seeds[0] if seeds else plan.seed,
         "all_seeds": seeds,
-        "subseed": -1,
-        "all_subseeds": [-1] * len(kept),
-        "subseed_strength": 0,
+        "subseed": plan.subseed,
+        "all_subseeds": [plan.subseed + c["seed"] - plan.seed if plan.subseed >= 0 else -1 for c in kept],
+        "subseed_strength": req.subseed_strength if plan.subseed >= 0 else 0,
         "width": cfg.width,
         "height": cfg.height,
         "sampler_name": sampler,
@@ -1134,7 +1145,7 @@ def build_response(
         "face_restoration_model": None,
         "sd_model_name": model_title,
         "sd_model_hash": None,
-        "sd_vae_name": None,
+        "sd_vae_name": cfg.vae,
         "sd_vae_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
@@ -1189,6 +1200,7 @@ def build_response(
             "cost": round(plan.cost, 1),
             **plan.notes,
             **gate_info(kept, gate_min, scorer_name),
+            **nsfw_info(results),
             **(extra_info or {}),
         },
     }
@@ -1199,6 +1211,30 @@ def build_response(
             run["candidates"] = [{**x, "file": None} for x in run["candidates"]]
         info["bestshot"]["saved"] = False
     return {"images": images, "parameters": request_parameters(req), "info": jsonio.dumps(info)}
+
+
+def nsfw_info(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many candidates the image safety check flagged (absent when it did not run); flagged images are never
+    returned."""
+    if not any("nsfw_flagged" in r for r in results):
+        return {}
+    return {"nsfw_flagged": sum(int(r.get("nsfw_flagged") or 0) for r in results)}
+
+
+def nsfw_placeholders(results: list[dict[str, Any]], plan: Plan) -> list[str]:
+    """A black image (base64 PNG) in place of each image the safety check withheld, as diffusers' safety checker
+    answers: a client that asked for N images and reads images[0] still gets them, and never the flagged ones."""
+    count = sum(
+        sum(bool(c.get("nsfw")) for c in r["candidates"])
+        if plan.best_of == 1
+        else int(r.get("reason") == "nsfw_flagged")
+        for r in results
+    )
+    if not count:
+        return []
+    buf = io.BytesIO()
+    Image.new("RGB", (plan.cfg.width, plan.cfg.height)).save(buf, "PNG")
+    return [base64.b64encode(buf.getvalue()).decode("ascii")] * count
 
 
 def request_parameters(req: Txt2ImgRequest) -> dict[str, Any]:

@@ -107,6 +107,13 @@ def serve(
         help="With --ray: GPUs per replica (default 1 when the cluster has GPUs, else 0; 0.5 puts two on a GPU).",
     ),
     replica_cpus: float | None = typer.Option(None, "--replica-cpus", help="With --ray: CPUs per replica (default 1)."),
+    safety_checker: str | None = typer.Option(
+        None, "--safety-checker", help="Image safety checker folder or hub id: flagged images are never returned."
+    ),
+    controlnet_dir: str | None = typer.Option(
+        None, "--controlnet-dir", help="ControlNet folders (default: models/ControlNet beside --out-dir)."
+    ),
+    vae_dir: str | None = typer.Option(None, "--vae-dir", help="VAEs (default: models/VAE beside --out-dir)."),
 ) -> None:
     """Serve the AUTOMATIC1111-compatible API (/sdapi/v1), bestshot's API (/v1) and the gallery (/)."""
     try:
@@ -149,6 +156,9 @@ def serve(
         allowed_hosts=tuple(allowed_host) if allowed_host else None,
         cors_allow_origins=cors_allow_origins,
         cors_allow_origins_regex=cors_allow_origins_regex,
+        safety_checker=safety_checker,
+        controlnet_dir=controlnet_dir,
+        vae_dir=vae_dir,
         limits=Limits(
             max_steps=max_steps,
             max_side=max_side,

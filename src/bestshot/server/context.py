@@ -85,6 +85,9 @@ class ServerContext:
             memory=s.memory,
             max_batch=s.max_batch,
             save_candidates=s.save_candidates,
+            controlnet_dir=s.controlnet_dir,
+            vae_dir=s.vae_dir,
+            safety_checker=s.safety_checker,
         )
 
     def rel(self, path: str | None, record: dict[str, Any] | None = None) -> str | None:

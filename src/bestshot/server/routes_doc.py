@@ -54,7 +54,27 @@ A1111_ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/internal/progress"): "the web UI's progress poll",
     ("GET", "/internal/sysinfo"): "system information",
     ("GET", "/config"): "the Gradio UI's config",
+    ("GET", "/controlnet/version"): "sd-webui-controlnet extension: its API version",
+    ("GET", "/controlnet/model_list"): "sd-webui-controlnet extension: ControlNet models",
+    ("GET", "/controlnet/module_list"): "sd-webui-controlnet extension: preprocessors",
 }
+
+# Request fields beyond the core ones that bestshot honours (one line each; appended to docs/API.md)
+HONOURED_FIELDS = (
+    "`alwayson_scripts.controlnet.args` (txt2img): sd-webui-controlnet units `{enabled, module, model, weight, image "
+    "| input_image, resize_mode, threshold_a, threshold_b, guidance_start, guidance_end, control_mode}`; models are "
+    "the diffusers ControlNet folders in `serve --controlnet-dir` (default models/ControlNet beside --out-dir), "
+    "modules the weight-free ones of GET /controlnet/module_list; control_mode other than Balanced, processor_res "
+    "and pixel_perfect are not honoured (info.bestshot.controlnet says so). An `ip-adapter*` unit runs the "
+    "IP-Adapter weights file of that name in the same folder (its image encoder in `image_encoder/` beside it). "
+    "SD 1.x / SDXL models only; elsewhere the units are named in info.bestshot.ignored.",
+    "`subseed`, `subseed_strength` (txt2img): A1111's variation seeds (image i: seed + i, subseed + i), echoed in "
+    "info and the PNG's `Variation seed` / `Variation seed strength`.",
+    "`override_settings.sd_vae`: a VAE of GET /sdapi/v1/sd-vae (`serve --vae-dir`, default models/VAE beside "
+    "--out-dir) for this request; Automatic / None: the model's own.",
+    "`serve --safety-checker MODEL`: flagged candidates are never returned or saved (an image with no clean "
+    "candidate comes back black, as diffusers answers); info.bestshot.nsfw_flagged counts them.",
+)
 
 
 def routes(app: Any) -> dict[tuple[str, str], str]:
@@ -102,6 +122,10 @@ def route_table(app: Any) -> str:
         "",
         "A1111 routes bestshot does not serve (training and server control; none of the clients in "
         "tests/fixtures/clients calls them): " + (", ".join(missing) if missing else "none") + ".",
+        "",
+        "## Request fields honoured beyond the basics",
+        "",
+        *(f"- {line}" for line in HONOURED_FIELDS),
     ]
     return "\n".join(lines) + "\n"
 

@@ -35,6 +35,10 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] | None = None  # Host header names accepted; None: localhost names + host
     cors_allow_origins: str | None = None  # A1111's --cors-allow-origins (comma-separated); see server/cors.py
     cors_allow_origins_regex: str | None = None  # both None: loopback origins only
+    # ControlNet / VAE folders (None: models/ControlNet, models/VAE beside out_dir) and the image safety check
+    controlnet_dir: str | None = None
+    vae_dir: str | None = None
+    safety_checker: str | None = None  # a safety-checker folder or hub id; None: off
 
 
 __all__ = ["ServerSettings"]

@@ -8,10 +8,18 @@ state. A new module goes into ``AUTHENTICATED`` (or ``PUBLIC``) below; ``create_
 
 from __future__ import annotations
 
-from . import a1111, curate, gallery, native, progress, system, webui
+from . import a1111, controlnet, curate, gallery, native, progress, system, webui
 
 # behind the server's auth (--token / --api-auth), in this order
-AUTHENTICATED = (a1111.router, progress.router, system.router, native.router, curate.router, webui.router)
+AUTHENTICATED = (
+    a1111.router,
+    progress.router,
+    system.router,
+    native.router,
+    curate.router,
+    webui.router,
+    controlnet.router,
+)
 PUBLIC = (gallery.router,)  # no data: the gallery page
 
 __all__ = ["AUTHENTICATED", "PUBLIC"]

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body
 
 from ... import __version__
 from .. import a1111 as A
+from .. import a1111_conditioning as AC
 from ..context import Ctx, ServerContext
 from ..safety import MAX_ITEMS, json_size, oversized_path, surrogate_path
 
@@ -114,7 +115,6 @@ def realesrgan_models() -> list[dict[str, Any]]:
 
 # a route that gets a real handler (e.g. GET /loras) leaves this tuple for a function above
 EMPTY_LISTS = (
-    "/sd-vae",
     "/sd-modules",
     "/prompt-styles",
     "/face-restorers",
@@ -132,6 +132,11 @@ for _path in EMPTY_LISTS:
     )
 for _path in ("/refresh-checkpoints", "/refresh-vae", "/refresh-embeddings"):
     router.add_api_route(_path, A.nothing, methods=["POST"], summary=f"POST {_path}: nothing to refresh")
+
+
+@router.get("/sd-vae", summary="VAEs in vae_dir (override_settings.sd_vae picks one)")
+def sd_vae(ctx: Ctx) -> list[dict[str, str]]:
+    return AC.vae_list(ctx.base_cfg())
 
 
 # the LoRA and embeddings folders are read on every call (a refresh has nothing to reload)
