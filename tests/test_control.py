@@ -150,7 +150,7 @@ def test_controlnet_cli_refusals_are_one_line(tiny_sd15, tmp_path, capsys, monke
             str(tmp_path / "missing_net"),
             "--control-image",
             str(bad),
-            "--out-dir",
+            "--out",
             str(tmp_path / "o"),
         ],
         capsys,
