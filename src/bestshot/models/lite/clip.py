@@ -219,8 +219,7 @@ class ImageProcessor:
         w, h = im.size
         ch, cw = self.crop
         top, left = (h - ch) // 2, (w - cw) // 2
-        arr = np.asarray(im)[top : top + ch, left : left + cw].astype(np.float32)
-        arr = arr * np.float32(self.scale)
+        arr = (np.asarray(im)[top : top + ch, left : left + cw].astype(np.float64) * self.scale).astype(np.float32)
         return ((arr - self.mean) / self.std).transpose(2, 0, 1)
 
     def __call__(self, images, return_tensors: str = "pt") -> dict[str, torch.Tensor]:

@@ -4,7 +4,9 @@ folder holds something the torch-only modules do not rebuild (the loader then us
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,23 @@ class LitePipeline(WorldSampling):
         return LiteOutput(images)
 
 
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """Modules built without random initialisation (their weights are loaded next). Not the meta device: its
+    first use imports torch._dynamo, seconds of a cold start."""
+    from torch.nn import init
+
+    names = ("uniform_", "normal_", "kaiming_uniform_", "ones_", "zeros_", "trunc_normal_")
+    saved = {n: getattr(init, n) for n in names}
+    for n in names:
+        setattr(init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(init, n, fn)
+
+
 def _tensors(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -123,16 +142,11 @@ def load_lite(folder: str | Path, dtype: torch.dtype = torch.float32, device: An
         if not all(f.is_file() for f in files.values()):
             return None
         read = lambda *p: json.loads((folder.joinpath(*p)).read_text())  # noqa: E731
-        with torch.device("meta"):
+        with _no_init():  # every parameter is then read from the file (_load checks)
             unet = LiteUNet(read("unet", "config.json"))
             clip = LiteCLIP(read("clip", "config.json"), name_or_path=str(folder / "clip"))
-        unet = unet.to_empty(device="cpu")
-        clip = clip.to_empty(device="cpu")
         _load(unet, files["unet"], dtype)
         _load(clip, files["clip"], dtype)
-        # non-persistent buffers are not in the file: rebuild them on the real device
-        for emb in (clip.text_model.embeddings, clip.vision_model.embeddings):
-            emb.position_ids = torch.arange(emb.position_embedding.num_embeddings).expand((1, -1))
         sched_cfg = {k: v for k, v in read("scheduler", "scheduler_config.json").items() if not k.startswith("_")}
         scheduler = DDIMScheduler(**sched_cfg)
         tokenizer = LiteTokenizer(folder / "tokenizer")

@@ -64,4 +64,5 @@ class LiteTokenizer:
 
     def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
         ids = ids.tolist() if torch.is_tensor(ids) else list(ids)
-        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        text = self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        return text.replace(self._tok.model.end_of_word_suffix or "</w>", " ").strip()  # as transformers' CLIPTokenizer
