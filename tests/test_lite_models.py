@@ -56,7 +56,7 @@ def test_tokenizer_equals_transformers(pair):
         b = lite.tokenizer(PROMPTS, return_tensors="pt" if kw.get("padding") else None, **kw)
         for key in ("input_ids", "attention_mask"):
             x, y = a[key], b[key]
-            assert (torch.equal(x, y) if torch.is_tensor(x) else x == y), (kw, key)
+            assert torch.equal(x, y) if torch.is_tensor(x) else x == y, (kw, key)
     ids = lib.tokenizer(PROMPTS[-1], add_special_tokens=False)["input_ids"]
     assert lite.tokenizer(PROMPTS[-1], add_special_tokens=False)["input_ids"] == ids
     assert lite.tokenizer.decode(ids[:20]) == lib.tokenizer.decode(ids[:20])
@@ -67,8 +67,9 @@ def test_clip_towers_equal_transformers(pair):
     from bestshot.models import maskclip
 
     _, lib, lite = pair
-    enc = lib.tokenizer(PROMPTS, padding="max_length", max_length=lib.tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt")
+    enc = lib.tokenizer(
+        PROMPTS, padding="max_length", max_length=lib.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
     with torch.no_grad():
         a, b = lib.clip.text_model(input_ids=enc.input_ids), lite.clip.text_model(input_ids=enc.input_ids)
         assert torch.equal(a.last_hidden_state, b.last_hidden_state) and torch.equal(a.pooler_output, b.pooler_output)
@@ -79,8 +80,9 @@ def test_clip_towers_equal_transformers(pair):
         assert torch.equal(lib.clip.get_text_features(**args).pooler_output, lite.clip.get_text_features(**args))
         size = lib.clip.config.vision_config.image_size
         pix = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
-        assert torch.equal(lib.clip.get_image_features(pixel_values=pix).pooler_output,
-                           lite.clip.get_image_features(pixel_values=pix))
+        assert torch.equal(
+            lib.clip.get_image_features(pixel_values=pix).pooler_output, lite.clip.get_image_features(pixel_values=pix)
+        )
         for x, y in zip(maskclip.image_features(lib.clip, pix), maskclip.image_features(lite.clip, pix)):
             assert torch.equal(x, y)
 
@@ -170,8 +172,17 @@ def test_pipeline_images_equal_diffusers(pair, kw):
     outs = []
     for pipe in (lib, lite):
         gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
-        outs.append(pipe(PROMPTS[0], num_images_per_prompt=2, num_inference_steps=4, generator=gens, output_type="pt",
-                         spatial_guidance_scale=5.0, **kw).images)
+        outs.append(
+            pipe(
+                PROMPTS[0],
+                num_images_per_prompt=2,
+                num_inference_steps=4,
+                generator=gens,
+                output_type="pt",
+                spatial_guidance_scale=5.0,
+                **kw,
+            ).images
+        )
     assert torch.equal(outs[0], outs[1])
 
 
@@ -200,15 +211,33 @@ def test_unsupported_folder_is_left_to_diffusers(tiny_world, tmp_path):
     assert load_lite(folder) is None
 
 
-HEAVY = ("transformers", "diffusers", "scipy", "matplotlib", "fastapi", "ray", "peft", "accelerate",
-         "sentence_transformers", "torch._dynamo", "huggingface_hub")
+HEAVY = (
+    "transformers",
+    "diffusers",
+    "scipy",
+    "matplotlib",
+    "fastapi",
+    "ray",
+    "peft",
+    "accelerate",
+    "sentence_transformers",
+    "torch._dynamo",
+    "huggingface_hub",
+)
 
 
 def _modules_after(code: str) -> set[str]:
-    out = subprocess.run(
-        [sys.executable, "-c", code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
-        capture_output=True, text=True, check=True, timeout=300,
-    ).stdout.strip().splitlines()[-1]
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     return {m.split(".")[0] if not m.startswith("torch._dynamo") else "torch._dynamo" for m in json.loads(out)}
 
 

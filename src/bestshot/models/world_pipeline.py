@@ -33,7 +33,6 @@ neighbours, and the guidance's sums are plain reductions.
 
 from __future__ import annotations
 
-import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
 from transformers import CLIPModel, CLIPTokenizer
 

@@ -57,7 +57,10 @@ class MLP(nn.Module):
     def __init__(self, cfg: SimpleNamespace):
         super().__init__()
         self.act = _act(cfg.hidden_act)
-        self.fc1, self.fc2 = nn.Linear(cfg.hidden_size, cfg.intermediate_size), nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.fc1, self.fc2 = (
+            nn.Linear(cfg.hidden_size, cfg.intermediate_size),
+            nn.Linear(cfg.intermediate_size, cfg.hidden_size),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -94,7 +97,9 @@ class TextEmbeddings(nn.Module):
         super().__init__()
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.register_buffer("position_ids", torch.arange(cfg.max_position_embeddings).expand((1, -1)), persistent=False)
+        self.register_buffer(
+            "position_ids", torch.arange(cfg.max_position_embeddings).expand((1, -1)), persistent=False
+        )
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         pos = self.position_ids[:, : input_ids.shape[-1]]

@@ -42,10 +42,18 @@ class LitePipeline(WorldSampling):
         if config.get("conditioning", "text_tokens") not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {config.get('conditioning')!r}")
         self.unet, self.scheduler, self.clip, self.tokenizer = unet.eval(), scheduler, clip.eval(), tokenizer
-        self.config = Config({"conditioning": "text_tokens", "spatial_guidance_scale": 0.0,
-                              "spatial_guidance_end": 1.0, "spatial_guidance_every": 1, **config})
-        check_guidance(self.config.spatial_guidance_scale, self.config.spatial_guidance_end,
-                       self.config.spatial_guidance_every)
+        self.config = Config(
+            {
+                "conditioning": "text_tokens",
+                "spatial_guidance_scale": 0.0,
+                "spatial_guidance_end": 1.0,
+                "spatial_guidance_every": 1,
+                **config,
+            }
+        )
+        check_guidance(
+            self.config.spatial_guidance_scale, self.config.spatial_guidance_end, self.config.spatial_guidance_every
+        )
         self.clip_processor = processor  # the CLIP's image preprocessing, for scoring with this pipeline's own CLIP
         self._progress: dict[str, Any] = {}
         rowwise_linears(unet, clip)
@@ -151,10 +159,17 @@ def load_lite(folder: str | Path, dtype: torch.dtype = torch.float32, device: An
         scheduler = DDIMScheduler(**sched_cfg)
         tokenizer = LiteTokenizer(folder / "tokenizer")
         proc_file = folder / "clip" / "preprocessor_config.json"
-        processor = ImageProcessor(json.loads(proc_file.read_text()) if proc_file.is_file() else {
-            "size": {"shortest_edge": clip.config.vision_config.image_size},
-            "crop_size": {"height": clip.config.vision_config.image_size, "width": clip.config.vision_config.image_size},
-        })
+        processor = ImageProcessor(
+            json.loads(proc_file.read_text())
+            if proc_file.is_file()
+            else {
+                "size": {"shortest_edge": clip.config.vision_config.image_size},
+                "crop_size": {
+                    "height": clip.config.vision_config.image_size,
+                    "width": clip.config.vision_config.image_size,
+                },
+            }
+        )
     except Unsupported:
         return None
     config = {k: v for k, v in index.items() if not k.startswith("_") and k not in _COMPONENTS}

@@ -73,7 +73,9 @@ def check(config: dict[str, Any]) -> None:
         raise Unsupported(f"class_embed_type={config.get('class_embed_type')!r}")
     blocks = set(config["down_block_types"]) | set(config["up_block_types"])
     if not blocks <= _BLOCKS or not isinstance(config.get("attention_head_dim"), int):
-        raise Unsupported(f"blocks {sorted(blocks - _BLOCKS)} / attention_head_dim {config.get('attention_head_dim')!r}")
+        raise Unsupported(
+            f"blocks {sorted(blocks - _BLOCKS)} / attention_head_dim {config.get('attention_head_dim')!r}"
+        )
     if config.get("num_attention_heads") is not None and not isinstance(config["num_attention_heads"], int):
         raise Unsupported("per-block num_attention_heads")
 
@@ -184,7 +186,9 @@ class Transformer2DModel(nn.Module):
         self.linear = linear
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
         self.proj_in = nn.Linear(channels, channels) if linear else nn.Conv2d(channels, channels, 1)
-        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(channels, heads, channels // heads, context_dim)])
+        self.transformer_blocks = nn.ModuleList(
+            [BasicTransformerBlock(channels, heads, channels // heads, context_dim)]
+        )
         self.proj_out = nn.Linear(channels, channels) if linear else nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -274,7 +278,11 @@ class LiteUNet(nn.Module):
         self.config = Config(config)
         c = self.config
         ch, groups, eps, ctx = list(c.block_out_channels), c.norm_num_groups, c.norm_eps, c.cross_attention_dim
-        heads, linear, n = c.get("num_attention_heads") or c.attention_head_dim, c.use_linear_projection, c.layers_per_block
+        heads, linear, n = (
+            c.get("num_attention_heads") or c.attention_head_dim,
+            c.use_linear_projection,
+            c.layers_per_block,
+        )
         temb = ch[0] * 4
         self.conv_in = nn.Conv2d(c.in_channels, ch[0], 3, padding=1)
         self.time_embedding = TimestepEmbedding(ch[0], temb)
