@@ -120,7 +120,7 @@ def _tensors(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
 
 def _load(module: torch.nn.Module, path: Path, dtype: torch.dtype) -> torch.nn.Module:
     state = _tensors(path, dtype)
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)  # the file's tensors, not a copy
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
         raise Unsupported(f"{path.name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
