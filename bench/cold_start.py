@@ -1,6 +1,6 @@
 """Cold start of the README's main command: `bestshot generate "a red circle above a blue square"`.
 
-    python bench/cold_start.py [--reps 5] [--warm-reps 5] [--json-out FILE] [-- EXTRA GENERATE ARGS]
+    python bench/cold_start.py [--reps 5] [--warm-reps 5] [--before-src DIR] [--json-out FILE] [-- EXTRA GENERATE ARGS]
 
 Cold: a new process per run (interpreter start, imports, model load, generation, the saved PNG), run in
 a fresh working folder exactly as the README types it (its ``images_out/`` and ``images_log.jsonl`` land
@@ -11,8 +11,13 @@ On a busy shared box user+sys and the import breakdown are steadier than wall ti
 
 Warm: ``generate()`` called again in one process (model cached), median of ``--warm-reps``.
 
-Imports: a fresh interpreter per stage list, each stage's CPU seconds (torch, the transformers and
-diffusers classes the embedded pipeline is made of, bestshot's CLI and generation modules).
+Imports: a fresh interpreter per stage list, each stage's CPU seconds (torch, bestshot's CLI and generation
+modules, the model-file readers, scipy for the region scorer; then, for reference, the transformers and
+diffusers classes the embedded model no longer imports, see ``bestshot.models.lite``).
+
+Before/after: ``--before-src DIR`` (another checkout's ``src``, e.g. a ``git archive`` of main) runs its cold
+runs alternating with these, so both see the same load on a shared machine; the kept seed and pixels of
+both are printed together (one value each when they agree).
 
 Which code runs: whatever ``bestshot`` the interpreter imports (set PYTHONPATH to a checkout's ``src`` to
 compare two). The kept seed and a hash of the kept PNG's pixels are printed, so that two checkouts can be
@@ -38,10 +43,16 @@ PROMPT = "a red circle above a blue square"
 LAUNCH = "import sys; sys.argv[0] = 'bestshot'; from bestshot.cli import main; sys.exit(main())"
 IMPORT_STAGES = (
     ("torch", "import torch"),
-    ("transformers CLIP", "from transformers import CLIPModel, CLIPTokenizer"),
-    ("diffusers UNet + pipeline", "from diffusers import DiffusionPipeline, UNet2DConditionModel, DDIMScheduler"),
     ("bestshot.cli as `bestshot generate`", "import sys; sys.argv[:] = ['bestshot', 'generate']; import bestshot.cli"),
-    ("bestshot generate path", "import bestshot.generation, bestshot.models.world_pipeline"),
+    ("bestshot generate path (torch-only embedded model)", "import bestshot.generation, bestshot.models.lite.pipeline"),
+    ("tokenizers + safetensors (model files)", "import tokenizers, safetensors.torch"),
+    ("scipy.ndimage (region scorer)", "import scipy.ndimage"),
+    # no longer on the embedded path (bestshot.models.lite); what a diffusers-backed model still pays on top
+    ("transformers CLIP (not on the embedded path)", "from transformers import CLIPModel, CLIPTokenizer"),
+    (
+        "diffusers UNet + pipeline (not on the embedded path)",
+        "from diffusers import DiffusionPipeline, UNet2DConditionModel",
+    ),
 )
 
 
@@ -82,7 +93,7 @@ def run_cold(extra: list[str], env: dict[str, str]) -> dict:
         return {"wall": wall, "rec": rec, "hash": pixel_hash(Path(work) / img) if img else None, "stdout": out}
 
 
-def measure_cold(reps: int, extra: list[str], env: dict[str, str]) -> list[dict]:
+def measure_cold(reps: int, extra: list[str], env: dict[str, str], label: str = "cold") -> list[dict]:
     runs = []
     for _ in range(reps):
         before = os.times()
@@ -93,7 +104,7 @@ def measure_cold(reps: int, extra: list[str], env: dict[str, str]) -> list[dict]
         r["startup"] = r["wall"] - ts.get("total", 0.0) + ts.get("load", 0.0)
         runs.append(r)
         print(
-            f"  cold: wall {r['wall']:.2f} s, user+sys {r['cpu']:.2f} s, startup {r['startup']:.2f} s, "
+            f"  {label}: wall {r['wall']:.2f} s, user+sys {r['cpu']:.2f} s, startup {r['startup']:.2f} s, "
             f"timing_s {json.dumps(ts)}, kept seed {r['rec'].get('best_seed')}, pixels {r['hash']}",
             flush=True,
         )
@@ -150,6 +161,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warm-reps", type=int, default=5, help="warm generate() calls in one process (0: skip)")
     ap.add_argument("--no-imports", action="store_true", help="skip the import breakdown")
     ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument(
+        "--before-src",
+        type=Path,
+        default=None,
+        help="another checkout's src folder: its cold runs alternate with these (same load), reported as 'before'",
+    )
     args = ap.parse_args(argv)
     env = dict(os.environ)
     import bestshot
@@ -159,17 +176,31 @@ def main(argv: list[str] | None = None) -> dict:
         f"bestshot from {Path(bestshot.__file__).parent}",
         flush=True,
     )
-    cold = measure_cold(args.reps, extra, env)
+    before_env = None
+    if args.before_src:
+        before_env = {**env, "PYTHONPATH": str(args.before_src.resolve())}
+    cold, before = [], []
+    for _ in range(args.reps):  # alternated, so that both see the same load on a shared machine
+        cold += measure_cold(1, extra, env)
+        if before_env:
+            before += measure_cold(1, extra, before_env, "before")
     imports = [] if args.no_imports else measure_imports(env)
     warm = measure_warm(args.warm_reps, env) if args.warm_reps > 0 else None
-    seeds = sorted({r["rec"].get("best_seed") for r in cold}, key=str)
-    hashes = sorted({r["hash"] for r in cold}, key=str)
+    seeds = sorted({r["rec"].get("best_seed") for r in cold + before}, key=str)
+    hashes = sorted({r["hash"] for r in cold + before}, key=str)
     print("| measurement | median (runs) |\n|---|---|")
     print(f"| cold wall s | {_med([r['wall'] for r in cold])} |")
     print(f"| cold user+sys CPU s | {_med([r['cpu'] for r in cold])} |")
     print(f"| cold startup s (wall - generate + load) | {_med([r['startup'] for r in cold])} |")
     for key in ("load", "gen", "clip"):
         print(f"| cold timing_s.{key} | {_med([r['rec'].get('timing_s', {}).get(key, 0.0) for r in cold])} |")
+    if before:
+        print(f"| before: cold wall s | {_med([r['wall'] for r in before])} |")
+        print(f"| before: cold user+sys CPU s | {_med([r['cpu'] for r in before])} |")
+        print(f"| before: cold startup s | {_med([r['startup'] for r in before])} |")
+        print(
+            f"| before: cold timing_s.load | {_med([r['rec'].get('timing_s', {}).get('load', 0.0) for r in before])} |"
+        )
     if warm:
         print(f"| warm generate() s | {_med(warm['warm'])} |")
     for name, cpu in imports:
@@ -178,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "machine": cpu_model(),
         "cold": [{k: v for k, v in r.items() if k != "stdout"} for r in cold],
+        "before": [{k: v for k, v in r.items() if k != "stdout"} for r in before],
         "warm": warm,
         "imports": imports,
         "kept_seed": seeds,

@@ -11,8 +11,6 @@ import os
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from .errors import BestshotError
 from .jsonio import check_finite
 
@@ -57,6 +55,8 @@ def read_user_text(
 def read_yaml_mapping(path: str | os.PathLike, hint: str = "pass an existing YAML file") -> dict[str, Any]:
     """The mapping in YAML file ``path``; any problem (also a file with no settings) is one BestshotError."""
     p = Path(path)
+    import yaml  # here: every command imports this module, few read YAML
+
     text = read_user_text(p, "config file", hint)
     try:
         data = yaml.safe_load(text)

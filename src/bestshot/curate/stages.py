@@ -71,7 +71,7 @@ def img2img_pipeline(pipe: Any, family: Any) -> Any | None:
     params = inspect.signature(pipe.__call__).parameters
     if "image" in params and "strength" in params:
         return pipe
-    if type(pipe).__name__ == "BestshotWorldPipeline":
+    if hasattr(pipe, "sdedit"):  # the embedded model's pipelines (diffusers or torch-only)
         return PixelSDEdit(pipe)
     return None
 

@@ -7,13 +7,9 @@ the model that uses them at run time, so the runtime model never imports the tra
 
 from __future__ import annotations
 
-import torch
-from transformers import CLIPModel
+from typing import Any
 
-try:  # the PIL backend: the default one needs torchvision, which is not importable here
-    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
-except ImportError:  # older transformers
-    from transformers import CLIPImageProcessor
+import torch
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -24,6 +20,11 @@ def image_processor(size: int):
 
     The centre crop only matters for non-square images (training images are square, where it crops
     nothing); without it a 64×48 photo would reach the vision tower as 43×32 and fail."""
+    try:  # the PIL backend: the default one needs torchvision, which is not importable here
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:  # older transformers
+        from transformers import CLIPImageProcessor
+
     return CLIPImageProcessor(
         size={"shortest_edge": size},
         crop_size={"height": size, "width": size},
@@ -42,13 +43,13 @@ def to_clip_pixels(images: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-def image_features(model: CLIPModel, pixel_values: torch.Tensor) -> torch.Tensor:
+def image_features(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
     """Projected image embedding (explicit, because get_image_features' return type changed across versions)."""
     return model.visual_projection(model.vision_model(pixel_values=pixel_values).pooler_output)
 
 
 def text_features(
-    model: CLIPModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Projected text embedding (pooled at the first end-of-text token)."""
     return model.text_projection(model.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output)

@@ -102,6 +102,21 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _load_lite(ref: ModelRef, dtype: torch.dtype, device: torch.device, memory: str, compile: bool) -> Any:
+    """An embedded-family folder on torch alone (:mod:`bestshot.models.lite`: no diffusers or transformers
+    import, the same images), or None where it does not apply: another family, model offloading on CUDA,
+    ``compile``, ``BESTSHOT_LITE=0``, or a folder holding what those modules do not rebuild."""
+    import os
+
+    if ref.family.pipeline_class != "BestshotWorldPipeline" or not ref.local or compile:
+        return None
+    if (device.type == "cuda" and memory != "gpu") or os.environ.get("BESTSHOT_LITE", "1") == "0":
+        return None
+    from .lite.pipeline import load_lite
+
+    return load_lite(ref.source, dtype=dtype, device="cpu")
+
+
 def _from_pretrained(cls, source: str, ref: ModelRef, **kwargs):
     from .hub import require_model
 
@@ -144,8 +159,6 @@ def build_scheduler(base: Any, name: str) -> Any:
     Karras sigmas) leaks into this one. Keyword arguments the class does not take are dropped."""
     import inspect
 
-    import diffusers
-
     spec = scheduler_spec(name)
     current = type(base).__name__
     flow_now = "FlowMatch" in current
@@ -155,7 +168,12 @@ def build_scheduler(base: Any, name: str) -> Any:
             f"{'flow matching' if flow_now else 'noise prediction'}) — "
             f"{'use flow_euler' if flow_now else 'pick e.g. euler, euler_a, dpmpp_2m or ddim'}"
         )
-    cls = getattr(diffusers, spec.sampler.cls)
+    if type(base).__name__ == spec.sampler.cls:  # the same class (e.g. the torch-only DDIM): no diffusers import
+        cls = type(base)
+    else:
+        import diffusers
+
+        cls = getattr(diffusers, spec.sampler.cls)
     accepted = set(inspect.signature(cls.__init__).parameters)
     kwargs = {k: v for k, v in spec.kwargs().items() if k in accepted}
     sched = cls.from_config(dict(base.config), **kwargs)
@@ -290,11 +308,13 @@ def load_pipeline(
     entry = cache.pipelines.get(key)
     if entry is None:
         cache.unload_other_families(ref.family.name)
-        cls = _pipeline_class(ref.family.pipeline_class)
-        kwargs: dict[str, Any] = {**dtype_kwargs(tdt), **_absent_components(ref)}
-        if ref.family.name == "sdxl" and tdt == torch.float16 and not ref.local:
-            kwargs.update(variant="fp16", use_safetensors=True)
-        pipe = _from_pretrained(cls, ref.source, ref, **kwargs)
+        pipe = _load_lite(ref, tdt, dev, memory, compile)
+        if pipe is None:
+            cls = _pipeline_class(ref.family.pipeline_class)
+            kwargs: dict[str, Any] = {**dtype_kwargs(tdt), **_absent_components(ref)}
+            if ref.family.name == "sdxl" and tdt == torch.float16 and not ref.local:
+                kwargs.update(variant="fp16", use_safetensors=True)
+            pipe = _from_pretrained(cls, ref.source, ref, **kwargs)
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
         pipe = apply_memory_strategy(pipe, memory, dev)

@@ -231,6 +231,6 @@ def _world_defaults(folder: Path) -> dict[str, Any]:
         size = int(json.loads((folder / "unet" / "config.json").read_text())["sample_size"])
     except (OSError, ValueError, KeyError, TypeError):
         return {}
-    from .world_pipeline import DEFAULTS
+    from .world_sampling import DEFAULTS
 
     return {**DEFAULTS, "height": size, "width": size}

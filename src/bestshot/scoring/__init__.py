@@ -159,10 +159,12 @@ def scorer_from_pipeline(pipe: Any, name: str = EMBEDDED) -> CLIPScorer | None:
     tok = getattr(pipe, "tokenizer", None)
     if clip is None or tok is None or not hasattr(clip, "get_image_features"):
         return None
-    from .clip import _image_processor
+    processor = getattr(pipe, "clip_processor", None)  # the torch-only pipeline brings its own (bestshot.models.lite)
+    if processor is None:
+        from .clip import _image_processor
 
-    folder = getattr(getattr(clip, "config", None), "_name_or_path", None)
-    processor = _image_processor(folder, clip.config.vision_config.image_size)
+        folder = getattr(getattr(clip, "config", None), "_name_or_path", None)
+        processor = _image_processor(folder, clip.config.vision_config.image_size)
     return CLIPScorer(clip, tok, processor, name=name, device=clip.device, dtype=clip.dtype)
 
 

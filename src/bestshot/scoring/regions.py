@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from scipy import ndimage
 
 from ..errors import BestshotError
 from .base import texts_per_image
@@ -79,6 +78,8 @@ def find_regions(
     ``threshold``: RGB distance (0-255 scale) from the background colour above which a pixel is foreground;
     raised to 4× the border's noise on noisy images.
     """
+    from scipy import ndimage  # here, not at import: the scoring package loads without scipy
+
     raw = np.asarray(image.convert("RGB"))
     arr = raw.astype(np.float32)
     h, w = arr.shape[:2]
