@@ -30,6 +30,8 @@ from PIL import Image
 
 from helpers import CAPTIONS, run_cli
 
+pytestmark = pytest.mark.xdist_group("ray")  # one xdist worker owns the session's local Ray (conftest.py)
+
 ROWS = 16
 KILL_ROWS = 10  # the fault tests: fewer rows, more steps (time to kill something mid-run)
 STEPS = "3"

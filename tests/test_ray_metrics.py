@@ -14,6 +14,8 @@ from bestshot.errors import BestshotError
 from bestshot.scale.flags import looks_like_address, normalise_ray_flag
 from helpers import run_cli
 
+pytestmark = pytest.mark.xdist_group("ray")  # one xdist worker owns the session's local Ray (conftest.py)
+
 METRICS = ("fid", "kid_mean", "kid_std", "cmmd", "clip_score", "clip_cosine")
 
 

@@ -14,6 +14,10 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
+pytestmark = pytest.mark.xdist_group("ray")  # one xdist worker owns the session's local Ray (conftest.py)
+
 
 def _free_port() -> int:
     with socket.socket() as s:
