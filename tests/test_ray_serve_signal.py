@@ -25,6 +25,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a `bestshot serve --ray` process and its Serve application (~20 s); the stop path (what the
+# handler's flag triggers) runs fast at the end of test_ray_serve.py's module fixture
 def test_sigterm_stops_serve_on_ray(ray_local, tmp_path):
     from ray import serve
 
