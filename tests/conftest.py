@@ -16,6 +16,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(1)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under xdist (``-n auto``, ``--dist loadgroup`` from pyproject.toml) every test that uses the session's
+    local Ray (``ray_local``) runs on one worker, in file order: one Ray per test session, as without xdist.
+    The test_ray_*.py files say so themselves (``pytestmark``); this catches a new test elsewhere. Runs before
+    xdist's own hook, which reads the mark."""
+    ray = pytest.mark.xdist_group("ray")
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()) and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(ray)
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Every test starts and ends on one torch thread. The bench scripts the smoke tests run in-process set

@@ -11,9 +11,15 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "gpu_generate.py"
 
 
 @pytest.mark.parametrize("family", ["sd15", "sd3"])
-def test_gpu_bench_runs_tiny_on_cpu(family, tmp_path, monkeypatch, capsys):
+def test_gpu_bench_runs_tiny_on_cpu(family, tmp_path, monkeypatch, capsys, request, tiny_clip):
+    # the session's tiny models (the bench's own --tiny build, made once) where the bench looks for them, and
+    # 32 px: the tiny SD3's VAE does not downsample, so its 64 px default is 4096 tokens of attention per step
+    (tmp_path / f"{family}_tiny").symlink_to(request.getfixturevalue(f"tiny_{family}"), target_is_directory=True)
+    (tmp_path / "clip_tiny").symlink_to(tiny_clip, target_is_directory=True)
     monkeypatch.setattr(
-        sys, "argv", ["gpu_generate.py", "--family", family, "--tiny", "--n", "2", "--workdir", str(tmp_path)]
+        sys,
+        "argv",
+        ["gpu_generate.py", "--family", family, "--tiny", "--n", "2", "--size", "32", "--workdir", str(tmp_path)],
     )
     runpy.run_path(str(BENCH), run_name="__main__")
     out = capsys.readouterr().out

@@ -30,6 +30,8 @@ from PIL import Image
 
 from helpers import CAPTIONS, run_cli
 
+pytestmark = pytest.mark.xdist_group("ray")  # one xdist worker owns the session's local Ray (conftest.py)
+
 ROWS = 16
 KILL_ROWS = 10  # the fault tests: fewer rows, more steps (time to kill something mid-run)
 STEPS = "3"
@@ -166,6 +168,9 @@ def _alive(pid):
         return False
 
 
+@pytest.mark.slow  # 12-step rows to kill a worker mid-run (30-40 s); row skipping is tested fast by the rerun in
+# test_eval_generate_on_two_workers_matches_single_process and by
+# test_prompts_rerun_takes_rows_an_interrupted_ray_run_finished
 def test_killed_worker_rows_retried_once(ray_local, manifest, tmp_path):
     out = tmp_path / "kill_worker"
     proc = _bestshot(
@@ -204,6 +209,7 @@ def test_killed_worker_rows_retried_once(ray_local, manifest, tmp_path):
     assert _no_temp(out)
 
 
+@pytest.mark.slow  # two driver processes of 12-step rows (30-40 s); fast cover as for the killed worker above
 def test_killed_driver_resumes_without_redoing_rows(ray_local, manifest, tmp_path):
     out = tmp_path / "kill_driver"
     args = [
@@ -580,6 +586,7 @@ def test_a_workers_bestshot_error_is_one_line(ray_local, tmp_path, capfd):
     assert "Full stack trace" not in capfd.readouterr().err  # Ray Data's own error log (the 300-line traceback)
 
 
+@pytest.mark.slow  # a bench (its Ray Data pipeline: ~10 s); the row maker it times is what the --ray tests above run
 def test_scaling_bench_runs(ray_local, tmp_path, monkeypatch, capsys):
     """bench/ray_scaling.py keeps working (2 rows, 1 worker, 1 step on the session's Ray)."""
     import runpy

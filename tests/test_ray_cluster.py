@@ -27,6 +27,8 @@ import pytest
 
 from bestshot.errors import BestshotError
 
+pytestmark = pytest.mark.xdist_group("ray")  # one xdist worker owns the session's local Ray (conftest.py)
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
 

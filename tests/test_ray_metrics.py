@@ -14,6 +14,8 @@ from bestshot.errors import BestshotError
 from bestshot.scale.flags import looks_like_address, normalise_ray_flag
 from helpers import run_cli
 
+pytestmark = pytest.mark.xdist_group("ray")  # one xdist worker owns the session's local Ray (conftest.py)
+
 METRICS = ("fid", "kid_mean", "kid_std", "cmmd", "clip_score", "clip_cosine")
 
 
@@ -82,6 +84,8 @@ def test_ray_worker_errors_are_one_line(ray_local, tiny_clip, tmp_path):
         extract(ext, [tmp_path / "bad.png"], batch_size=4)
 
 
+@pytest.mark.slow  # both metric runs again through the CLI (~20 s); test_ray_metrics_equal_single_process checks the
+# equality, test_bare_ray_flag_means_local the flag
 def test_eval_metrics_cli_bare_ray_equals_without(ray_local, tiny_clip, tmp_path, capsys, monkeypatch):
     real, fake = _sets(tmp_path, n_real=10, n_fake=8)
     base = ["eval", "metrics", "--real", str(real), "--fake", str(fake), "--clip", tiny_clip, "--device", "cpu"]

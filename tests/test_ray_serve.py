@@ -18,6 +18,8 @@ from bestshot.errors import BestshotError
 from bestshot.scale.serve import ReplicaPlan, SlotCounter, lease_seconds, plan_replicas, shortfall
 from bestshot.server.queue import JobQueue, QueueFull
 
+pytestmark = pytest.mark.xdist_group("ray")  # one xdist worker owns the session's local Ray (conftest.py)
+
 AUTH = "Basic " + base64.b64encode(b"user:pw").decode()
 BODY = {"prompt": "a red circle", "steps": 1, "width": 32, "height": 32, "sampler_name": "Euler"}
 

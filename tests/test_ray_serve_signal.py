@@ -14,6 +14,10 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
+pytestmark = pytest.mark.xdist_group("ray")  # one xdist worker owns the session's local Ray (conftest.py)
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -21,6 +25,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a `bestshot serve --ray` process and its Serve application (~20 s); the stop path (what the
+# handler's flag triggers) runs fast at the end of test_ray_serve.py's module fixture
 def test_sigterm_stops_serve_on_ray(ray_local, tmp_path):
     from ray import serve
 

@@ -371,6 +371,8 @@ def test_unet_knobs_accumulation_history_and_similarity(clip_dir, tmp_path, monk
     assert not list(tmp_path.glob("*.tmp*"))
 
 
+@pytest.mark.slow  # two torchrun launches of 2 processes, each importing torch anew (~30 s); the training loop they
+# run is the one the single-process tests above check (learning, checkpoints, resume)
 def test_data_parallel_on_two_cpu_processes(clip_dir, tmp_path):
     """The same config on 2 processes (torchrun, gloo on CPU): DDP through accelerate, 2x the items per step,
     one writer; a resumed 2-process run continues the checkpoint."""
