@@ -446,7 +446,8 @@ def test_unreachable_address_fails_fast(kind, manifest, tmp_path, request):
     assert proc.returncode == 2, err
     assert f"127.0.0.1:{port}" in err and "Traceback" not in err
     assert ("cannot reach" if kind == "refused" else "no Ray cluster answered") in err
-    assert took < 30, f"{took:.1f} s"
+    # not a speed figure: without the 8 s bound Ray waits minutes; the margin covers start-up on a loaded machine
+    assert took < 90, f"{took:.1f} s"
 
 
 def test_prompts_rerun_takes_rows_an_interrupted_ray_run_finished(tmp_path, capsys, monkeypatch):

@@ -18,7 +18,7 @@ from ..errors import BestshotError
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
-_MAX_ECHO = 200  # characters of a refused value echoed back in an error body
+_MAX_ECHO = 1000  # characters of a string echoed back in an error body (our own messages name long paths)
 
 
 def json_safe(value: Any, depth: int = 0) -> Any:
