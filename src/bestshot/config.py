@@ -68,7 +68,7 @@ class ImgCfg:
     )
     # The quality gate, in the scorer's own units (bestshot.scoring.gate): None = the scorer's default (a
     # CLIP cosine 0.22, the embedded model's own CLIP 0.35, an ensemble its first term's default). The
-    # design document's ``clip_min`` is an alias of it (constructor keyword, YAML key, attribute).
+    # old name ``clip_min`` is an alias of it (constructor keyword, YAML key, attribute).
     score_min: float | None = field(
         default=None,
         metadata={

@@ -851,7 +851,7 @@ def plan_request(
         scheduler=sampler_of(req),
         score_min=gate_min,
     )
-    from .a1111_conditioning import request_overrides  # control branch: ControlNet units, subseed, sd_vae
+    from .a1111_conditioning import request_overrides  # ControlNet units, subseed, sd_vae
 
     extra, subseed = request_overrides(req, base, model, seed, n * req.best_of, notes, limits.max_side**2 * 4, MAX_SEED)
     overrides.update(extra)
@@ -1118,7 +1118,7 @@ def build_response(
 
     kept = [c for r in results for c in chosen(r, plan)]
     images = [encode_file(c["path"]) for c in kept] if req.send_images else []
-    images += nsfw_placeholders(results, plan) if req.send_images else []  # control branch: safety check
+    images += nsfw_placeholders(results, plan) if req.send_images else []  # safety check
     infotexts = [read_png_info(c["path"]).get("parameters") or "" for c in kept]
     seeds = [c["seed"] for c in kept]
     cfg = plan.cfg
