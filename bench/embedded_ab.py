@@ -54,6 +54,12 @@ def main() -> None:
         if opt not in ("", "plain", "solo"):
             raise SystemExit(f"variant {variant!r}: the options are +plain and +solo")
         unet = load_pipeline(model).unet
+        plain_ok = hasattr(unet, "set_attn_processor")  # diffusers' UNet; the torch-only one has SDPA only
+        if opt == "plain" and not plain_ok:
+            raise SystemExit(
+                f"variant {variant!r}: +plain compares diffusers' attention processors, and this model loads on the "
+                "torch-only UNet — run the bench with BESTSHOT_LITE=0"
+            )
         if opt == "plain":
             unet.set_attn_processor(AttnProcessor())
         if opt == "solo":
@@ -61,7 +67,8 @@ def main() -> None:
         try:  # gate off: every run pays the whole path
             return generate(PROMPT, model=model, seed_base=seed, clip_min=-1.0, **out)
         finally:  # the cached pipeline and generate left as they were (the bench also runs inside tests)
-            unet.set_attn_processor(AttnProcessor2_0())
+            if plain_ok:
+                unet.set_attn_processor(AttnProcessor2_0())
             generation.needs_solo_render = shipped_rule
 
     for v in args.variants:  # load each model and warm it up

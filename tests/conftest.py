@@ -26,6 +26,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "ray_local" in getattr(item, "fixturenames", ()) and item.get_closest_marker("xdist_group") is None:
             item.add_marker(ray)
+    if getattr(config.option, "numprocesses", None):
+        # longest first: the Ray group (minutes on one worker) and the slow tests start at once, the many short
+        # tests fill the other workers around them, so no long test is left running alone at the end
+        def rank(item) -> int:
+            group = item.get_closest_marker("xdist_group")
+            return 0 if group is not None and group.args[:1] == ("ray",) else 1 if item.get_closest_marker("slow") else 2
+
+        items.sort(key=rank)  # stable: file order within each rank
 
 
 @pytest.fixture(autouse=True)

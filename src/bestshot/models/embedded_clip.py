@@ -48,8 +48,6 @@ def image_features(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
     return model.visual_projection(model.vision_model(pixel_values=pixel_values).pooler_output)
 
 
-def text_features(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def text_features(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Projected text embedding (pooled at the first end-of-text token)."""
     return model.text_projection(model.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output)

@@ -58,6 +58,12 @@ class LitePipeline(WorldSampling):
         self._progress: dict[str, Any] = {}
         rowwise_linears(unet, clip)
 
+    def register_to_config(self, **kwargs: Any) -> None:
+        """Change settings of the sampling (e.g. the spatial guidance), as DiffusionPipeline's method does."""
+        cfg = Config({**self.config, **kwargs})
+        check_guidance(cfg.spatial_guidance_scale, cfg.spatial_guidance_end, cfg.spatial_guidance_every)
+        self.config = cfg
+
     # what DiffusionPipeline provides and the sampling uses
     @property
     def device(self) -> torch.device:
