@@ -31,7 +31,9 @@ def pytest_collection_modifyitems(config, items):
         # tests fill the other workers around them, so no long test is left running alone at the end
         def rank(item) -> int:
             group = item.get_closest_marker("xdist_group")
-            return 0 if group is not None and group.args[:1] == ("ray",) else 1 if item.get_closest_marker("slow") else 2
+            if group is not None and group.args[:1] == ("ray",):
+                return 0
+            return 1 if item.get_closest_marker("slow") else 2
 
         items.sort(key=rank)  # stable: file order within each rank
 
