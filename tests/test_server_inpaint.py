@@ -85,6 +85,17 @@ def test_inverted_and_empty_masks(c):
     assert r.status_code == 200, r.text
 
 
+def test_a_mask_of_another_size_is_resized_and_info_says_so(c):
+    big = MASK.resize((64, 64))
+    body = {"prompt": "a blue square", "init_images": [_b64(INIT)], "steps": 4, "width": 32, "height": 32}
+    r = c.post("/sdapi/v1/img2img", json={**body, "mask": _b64(big), "mask_blur": 0, "denoising_strength": 1.0})
+    assert r.status_code == 200, r.text
+    note = json.loads(r.json()["info"])["bestshot"]["inpaint"]["mask_resized"]
+    assert "64x64 resized to 32x32" in note
+    r = c.post("/sdapi/v1/img2img", json={**body, "mask": _b64(MASK), "mask_blur": 0, "denoising_strength": 1.0})
+    assert "mask_resized" not in json.loads(r.json()["info"])["bestshot"]["inpaint"]
+
+
 def test_mask_helpers():
     m = prepare_mask(MASK, (64, 64), blur=4, invert=False)
     assert m.size == (64, 64) and 0 < np.asarray(m)[16, 15] < 255  # blurred edge

@@ -166,6 +166,11 @@ async def img2img(req: A.Img2ImgRequest, ctx: Ctx) -> dict[str, Any]:
             "inpainting_fill": req.inpainting_fill,
             "only_masked": req.inpaint_full_res,
         }
+        if raw.size != init.size:  # A1111 resizes it too; say so (a mask drawn for another image is a common slip)
+            p.notes["inpaint"]["mask_resized"] = (
+                f"mask {raw.size[0]}x{raw.size[1]} resized to {p.cfg.width}x{p.cfg.height} "
+                f"(the init image is {init.size[0]}x{init.size[1]})"
+            )
 
     st = store_for(ctx, req)
 
