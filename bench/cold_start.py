@@ -9,7 +9,7 @@ line) are kept; ``startup`` is wall minus the run's generation, scoring and savi
 counts from the call of ``generate``), i.e. what the process spends before ``generate`` plus the load.
 On a busy shared box user+sys and the import breakdown are steadier than wall time.
 
-Warm: ``generate()`` called again in one process (model cached), median of ``--warm-reps``.
+Warm: the same command (extra arguments included) run again in one process (model cached), median of\n``--warm-reps``.
 
 Imports: a fresh interpreter per stage list, each stage's CPU seconds (torch, bestshot's CLI and generation
 modules, the model-file readers, scipy for the region scorer; then, for reference, the transformers and
@@ -113,19 +113,25 @@ def measure_cold(reps: int, extra: list[str], env: dict[str, str], label: str = 
 
 WARM = """
 import json, sys, tempfile, time, os
-from bestshot import generate
+from bestshot.cli import app
 work = tempfile.mkdtemp(prefix="bestshot-warm-")
-kw = dict(out_dir=os.path.join(work, "images_out"), log_jsonl=os.path.join(work, "log.jsonl"))
+log = os.path.join(work, "log.jsonl")
+argv = ["generate", sys.argv[2], *sys.argv[3:], "--out", os.path.join(work, "images_out"), "--log", log, "--json"]
 walls = []
-for k in range(int(sys.argv[1]) + 1):
-    t = time.perf_counter(); r = generate(sys.argv[2], **kw); walls.append(time.perf_counter() - t)
+for k in range(int(sys.argv[1]) + 1):  # the cold runs' command, again in one process (the model stays cached)
+    t = time.perf_counter(); app(argv, standalone_mode=False); walls.append(time.perf_counter() - t)
+r = json.loads(open(log).read().splitlines()[-1])
 print(json.dumps({"first": walls[0], "warm": walls[1:], "timing_s": r["timing_s"], "best_seed": r["best_seed"]}))
 """
 
 
-def measure_warm(reps: int, env: dict[str, str]) -> dict:
+def measure_warm(reps: int, env: dict[str, str], extra: list[str] | None = None) -> dict:
     p = subprocess.run(
-        [sys.executable, "-c", WARM, str(reps), PROMPT], env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-c", WARM, str(reps), PROMPT, *(extra or [])],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if p.returncode:
         raise SystemExit(f"warm run failed: {p.stderr.strip()[-800:]}")
@@ -185,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
         if before_env:
             before += measure_cold(1, extra, before_env, "before")
     imports = [] if args.no_imports else measure_imports(env)
-    warm = measure_warm(args.warm_reps, env) if args.warm_reps > 0 else None
+    warm = measure_warm(args.warm_reps, env, extra) if args.warm_reps > 0 else None
     seeds = sorted({r["rec"].get("best_seed") for r in cold + before}, key=str)
     hashes = sorted({r["hash"] for r in cold + before}, key=str)
     print("| measurement | median (runs) |\n|---|---|")
