@@ -8,7 +8,7 @@ penultimate) also goes through the built embeds (diffusers' own ``clip_skip`` co
 value − 1, and its SD 1.x path reads ``text_model``, which transformers 5 removed); other pipelines get
 diffusers' ``clip_skip`` where they take it.
 
-The embeds are built here rather than through compel (which the lock carries): A1111 multiplies each token's
+The embeds are built here rather than through compel: A1111 multiplies each token's
 vector by its weight and then restores the chunk's mean, where compel blends or masks down-weighted tokens;
 compel has no ``BREAK``; it splits long prompts at sentences where A1111 cuts at the last comma of a chunk;
 and it offers clip skip 1 or 2 only. Building A1111's embeds directly is a short loop over the pipeline's
