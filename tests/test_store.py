@@ -382,10 +382,11 @@ def test_store_save_and_log(tmp_path):
     store = Store(root=tmp_path / "images_out", log_path=tmp_path / "images_log.jsonl")
     assert store.index_path == tmp_path / "images_out" / "index.sqlite"
     rid = new_run_id()
-    path = store.save_candidate(_image(), rid, 3, 0.28765, "a cat\nSteps: 1, Sampler: x, CFG scale: 1", {"run_id": rid})
-    assert path == tmp_path / "images_out" / f"{rid}_seed3_clip0.2877.png" == store.image_path(rid, 3, 0.28765)
+    path = store.image_path(rid, 3, 0.28765)
+    assert path == tmp_path / "images_out" / f"{rid}_seed3_clip0.2877.png"
     rec = {"run_id": rid, "ok": True, "prompt": "a cat", "img_path": str(path)}
-    store.log_run(rec)
+    store.save_run([(path, _image(), "a cat\nSteps: 1, Sampler: x, CFG scale: 1", {"run_id": rid})], rec)
+    assert path.is_file()
     # the log keeps the path relative to its own folder (it travels with the log) and says so
     logged = {**rec, "img_path": f"images_out/{path.name}", "path_base": "log_dir"}
     assert read_jsonl(store.log_path) == [logged]

@@ -689,12 +689,6 @@ class Store:
     def image_path(self, run_id: str, seed: int, score: float) -> Path:
         return self.root / candidate_filename(run_id, seed, score)
 
-    def save_candidate(
-        self, image: Image.Image, run_id: str, seed: int, score: float, parameters: str, metadata: dict
-    ) -> Path:
-        """Write one candidate PNG (atomic, with A1111 + bestshot chunks) and return its path."""
-        return save_png(self.image_path(run_id, seed, score), image, parameters, metadata)
-
     def check_writable(self) -> None:
         """Before any model loads: the image folder and the log's folder take files (one clear error
         otherwise); stale temp files of a killed run are removed."""
