@@ -163,7 +163,9 @@ def pipeline_kwargs(
     return supported_kwargs(pipe.__call__, kwargs)
 
 
-# what changes a text-to-image draw besides the prompt: each a context manager that undoes itself
+# what changes a text-to-image draw besides the prompt: each a context manager that undoes itself. Apart from
+# prompts/hooks.py (LoRA, embeddings, weighting), which every call of a draw takes (img2img and the hires pass
+# too): these hand over latents or another pipeline, so they wrap the text-to-image call only
 CONDITIONING = (vae.prepared, ip_adapter.prepared, controlnet.prepared, variation.prepared)
 
 
