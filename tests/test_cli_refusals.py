@@ -48,6 +48,29 @@ def test_folders_given_for_files_are_named(tmp_path, capsys, monkeypatch):
     _one_error_line(*r, "--prompts-file")
 
 
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["generate", "a red circle", "--strength", "2"], "'--strength'"),
+        (["generate", "a red circle", "--no-such-flag"], "--no-such-flag"),
+        (["generate", "a red circle", "--steps", "many"], "'--steps'"),
+        (["eval", "world", "--prompts", "x"], "'--prompts'"),
+        (["no-such-command"], "no-such-command"),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_help(argv, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(argv, capsys, monkeypatch)
+    _one_error_line(code, out, err, needle)
+    assert "--help'" in err and "╭" not in err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_a_bare_group_still_prints_its_help(capsys, monkeypatch):
+    code, out, err = run_cli(["eval"], capsys, monkeypatch)
+    assert code == 2 and "world" in out + err and "error:" not in err
+
+
 @pytest.mark.parametrize("spec", ["embedded+taste:nan", "taste:inf", "embedded+regions:-Infinity"])
 def test_a_non_finite_scorer_weight_blames_the_weight(spec, tmp_path, capsys, monkeypatch):
     r = run_cli(["generate", "a red circle", "--scorer", spec, "--out", str(tmp_path / "o")], capsys, monkeypatch)

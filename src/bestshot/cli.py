@@ -19,7 +19,7 @@ import typer
 from bestshot import jsonio
 
 from .cli_group import Lazy, LazyGroup
-from .cli_output import err, out, report, show_error, showwarning, with_progress
+from .cli_output import err, out, report, show_error, show_usage_error, showwarning, with_progress
 from .config import ImgCfg
 from .config_flags import field_options
 from .errors import BestshotError
@@ -153,13 +153,18 @@ def main() -> None:
     _quiet.apply()  # third-party noise off, narrowly (see bestshot/_quiet.py); our own warnings stay
     warnings.showwarning = showwarning
     try:
-        app()
+        code = app(standalone_mode=False)
     except BestshotError as e:
         show_error(str(e))
         sys.exit(2)
-    except KeyboardInterrupt:
+    except typer.TyperException as e:  # typer's own usage errors (a bad value, an unknown flag): one line too
+        show_usage_error(e)
+        sys.exit(getattr(e, "exit_code", 2))
+    except (KeyboardInterrupt, typer.Abort):
         err.print("[yellow]interrupted[/]")
         sys.exit(130)
+    if isinstance(code, int) and not isinstance(code, bool) and code:  # typer.Exit(code) and --help paths
+        sys.exit(code)
 
 
 if __name__ == "__main__":

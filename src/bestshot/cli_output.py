@@ -81,6 +81,17 @@ def show_error(message: str) -> None:
     err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # "[ray]" is no markup
 
 
+def show_usage_error(e: Exception) -> None:
+    """Typer's usage errors (a bad flag value, an unknown flag, a missing argument) as one ``error:`` line
+    naming the command's ``--help``, like bestshot's own refusals; a bare group still prints its help."""
+    ctx = getattr(e, "ctx", None)
+    if type(e).__name__ == "NoArgsIsHelpError" or not hasattr(e, "format_message"):
+        e.show()  # `bestshot` / `bestshot eval` alone: the help text, as before
+        return
+    where = f" — see '{ctx.command_path} --help'" if ctx is not None else ""
+    show_error(f"{e.format_message().rstrip('.')}{where}")
+
+
 def showwarning(message, category, filename, lineno, file=None, line=None) -> None:
     """``warnings.showwarning`` for the command line: one ``warning: ...`` line, as errors are."""
     err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
