@@ -55,7 +55,9 @@ def test_rerun_skips_finished_rows_and_redoes_changed_ones(two_variants, tiny_wo
     res, out = two_variants
     ran = []
     real = world_variants.run_one
-    monkeypatch.setattr(world_variants, "run_one", lambda p, prompt, i: ran.append(p.variant.name) or real(p, prompt, i))
+    monkeypatch.setattr(
+        world_variants, "run_one", lambda p, prompt, i: ran.append(p.variant.name) or real(p, prompt, i)
+    )
     again = evaluate_variants(_cfg(tiny_world, out, ["one=n_images=1", "two=n=2"]), progress=False)
     assert ran == [] and again["groups"] == res["groups"]
     # the same name with other settings is another run: its rows are made again, the other variant's are kept
@@ -135,3 +137,25 @@ def test_wilson_interval():
     lo, hi = wilson(18, 20)
     assert lo == pytest.approx(69.9, abs=0.1) and hi == pytest.approx(97.2, abs=0.1)
     assert wilson(20, 20)[1] == 100.0 and wilson(0, 20)[0] == 0.0
+
+
+def test_bench_composition_runs_the_documented_command(tiny_world, tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "composition.py"
+    base = ["composition.py", "--model", tiny_world, "--prompts", "1", "--objects", "1", "--steps", "2"]
+    argv = [*base, "--variants", "plain", "--variant", "two=n=2", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(bench), run_name="__main__")
+    out = capsys.readouterr().out
+    assert e.value.code == 0, out
+    assert "bestshot eval world --prompts 1 --objects 1" in out and "--variant plain= --variant two=n=2" in out
+    assert "| Composition levers" in out and "1 object: plain" in out and "; two " in out
+    monkeypatch.setattr(sys, "argv", [*base, "--variants", "plain", "--variant", "x=nosuch=1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(bench), run_name="__main__")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "x: unknown setting 'nosuch'" in err
