@@ -81,6 +81,8 @@ def test_cancel_stops_between_runs_and_a_rerun_resumes(tiny_world, tmp_path):
     )
     assert not res["complete"] and res["rows_done"] == 1 and res["stopped"] == "cancelled"
     assert "Partial: 1 of 2 runs" in (tmp_path / "world_variants.md").read_text()
+    report = evaluate_variants(_cfg(tiny_world, tmp_path, ["a=n=1"], time_limit_s=0), progress=False)
+    assert report["rows_done"] == 1 and report["stopped"] == "time limit"  # runs nothing, reports what is done
     assert evaluate_variants(_cfg(tiny_world, tmp_path, ["a=n=1"]), progress=False)["complete"]
 
 

@@ -51,7 +51,9 @@ def world(
         "these ImgCfg settings, e.g. plain= or best16=n_images=16; the oracle judges the kept image.",
     ),
     time_limit: float | None = typer.Option(
-        None, "--time-limit", help="With --variant: stop after this many seconds (a rerun resumes)."
+        None,
+        "--time-limit",
+        help="With --variant: stop after this many seconds (a rerun resumes; 0: only report the runs done).",
     ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:

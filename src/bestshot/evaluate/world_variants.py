@@ -195,6 +195,8 @@ def check(cfg: VariantEvalConfig) -> None:
         raise BestshotError("give at least one --variant NAME=SETTINGS, e.g. --variant plain= --variant best16=n=16")
     if cfg.n_prompts < 1:
         raise BestshotError("--prompts must be >= 1")
+    if cfg.time_limit_s is not None and not cfg.time_limit_s >= 0:
+        raise BestshotError("--time-limit must be >= 0 seconds (0: run nothing, report the rows done)")
     bad = [g for g in cfg.groups if not 1 <= g <= MAX_OBJECTS]
     if not cfg.groups or bad:
         raise BestshotError(
@@ -242,25 +244,19 @@ def evaluate_variants(
                         key = row_key(p.cfg, prompt, i, prints[id(p.pipe)])
                         row = read_row(path, key)
                         if row is None:
-                            stopped = stop()
-                            if stopped:
-                                raise _Stop
+                            stopped = stopped or stop()
+                            if stopped:  # nothing more is run; the rows already done still count
+                                continue
                             bar.update(task, description=f"{n_obj}-object · {p.variant.name}")
                             row = {"key": key, "variant": p.variant.name, "objects": n_obj, "index": i}
                             row.update(judge(*run_one(p, prompt, i), prompt))
                             atomic_write_json(path, row)
                         rows[(p.variant.name, n_obj, i)] = row
                         bar.advance(task)
-    except _Stop:
-        pass
     except KeyboardInterrupt:
         write_report(out, _summary(cfg, base, prepared, groups, rows, "interrupted"))
         raise
     return write_report(out, _summary(cfg, base, prepared, groups, rows, stopped))
-
-
-class _Stop(Exception):
-    pass
 
 
 def _summary(
