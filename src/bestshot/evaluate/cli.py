@@ -125,10 +125,10 @@ def _world_variants(
     if as_json:
         print(dumps(res))
     else:
-        out.print(to_markdown(res), markup=False)
-        out.print(f"written: {', '.join(v for v in res['files'].values() if v)}", markup=False)
+        print(to_markdown(res))  # plain print: the table's rows stay whole, to paste
+        print(f"written: {', '.join(v for v in res['files'].values() if v)}")
         if res.get("plot_note"):
-            out.print(res["plot_note"], markup=False)
+            print(res["plot_note"])
 
 
 @app.command("geneval")

@@ -290,7 +290,7 @@ def _summary(
             "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
-            "device": str(prepared[0].cfg.device) if prepared else None,
+            "device": str(getattr(prepared[0].pipe, "device", prepared[0].cfg.device)) if prepared else None,
         },
         "variants": [
             {

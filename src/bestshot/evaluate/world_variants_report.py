@@ -107,7 +107,8 @@ def to_markdown(res: dict[str, Any]) -> str:
     if not res["complete"]:
         lines += ["", f"Partial: {res['rows_done']} of {res['rows_total']} runs ({res['stopped']}); rerun to resume."]
     m = res["machine"]
-    lines += ["", f"Machine: {m['platform']}, {m['cpus']} CPUs, {m['torch_threads']} torch threads, {m['device']}."]
+    where = f"{m['platform']}, {m['cpus']} CPUs, torch threads: {m['torch_threads']}, device {m['device']}"
+    lines += ["", f"Machine: {where}."]
     return "\n".join(lines) + "\n"
 
 
@@ -138,7 +139,8 @@ def plot(res: dict[str, Any], path: Path) -> Path | None:
         ax.set_title(f"{n_obj} object{'s' if n_obj > 1 else ''}")
         ax.set_xlabel("wall seconds per prompt")
         ax.set_ylabel("full match % (95 % Wilson)")
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, 103)
+        ax.set_xlim(left=0)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
