@@ -119,9 +119,9 @@ def main() -> int:
     try:
         app(argv, standalone_mode=False)
     except BestshotError as e:
-        print(f"error: {e}", file=sys.stderr)
-        if any(n in names for n in ("regions", "search", "both")):
-            print("(regions/search are the levers' own settings: until they exist, run --variants plain,best16)")
+        levers = any(n in names for n in ("regions", "search", "both")) and "unknown setting" in str(e)
+        hint = " (the levers' settings are not in this version: run --variants plain,best16 until they are)"
+        print(f"error: {e}{hint if levers else ''}", file=sys.stderr)
         return 2
     res = json.loads((Path(args.out) / "world_variants.json").read_text())
     bench = "python bench/composition.py " + shlex.join(sys.argv[1:])
