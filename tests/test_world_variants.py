@@ -49,10 +49,13 @@ def test_variants_apply_their_settings_and_write_every_row(two_variants):
     assert (out / "world_variants.png").stat().st_size > 0
 
 
-def test_rerun_skips_finished_rows_and_redoes_changed_ones(two_variants, tiny_world, monkeypatch):
+def test_rerun_skips_finished_rows_and_redoes_changed_ones(two_variants, tiny_world, tmp_path, monkeypatch):
+    import shutil
+
     from bestshot.evaluate import world_variants
 
-    res, out = two_variants
+    res, shared = two_variants
+    out = shutil.copytree(shared, tmp_path / "copy")  # the shared run stays as it was for the other tests
     ran = []
     real = world_variants.run_one
     monkeypatch.setattr(
