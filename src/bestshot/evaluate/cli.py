@@ -32,7 +32,7 @@ def world(
     model: str = typer.Option("embedded", "--model", "-m", help="Model to evaluate (default: the embedded one)."),
     n_prompts: int = typer.Option(200, "--prompts", help="Held-out prompts per group (>= 200 for the report)."),
     groups: str = typer.Option("1,2", "--objects", help="Object counts per prompt group, e.g. 1,2."),
-    ns: str = typer.Option("1,4,8", "--n", help="Candidate counts to compare, e.g. 1,4,8."),
+    ns: str | None = typer.Option(None, "--n", help="Candidate counts to compare (default 1,4,8)."),
     steps: int | None = typer.Option(None, "--steps"),
     guidance: float | None = typer.Option(None, "--guidance"),
     scorer: str | None = typer.Option(None, "--scorer"),
@@ -44,13 +44,41 @@ def world(
         help="Folder that keeps the candidates and oracle verdicts: "
         "a rerun with the same model only scores them again (compare --scorer).",
     ),
+    variant: list[str] | None = typer.Option(
+        None,
+        "--variant",
+        help="NAME=SETTINGS (repeatable): run each prompt as `bestshot generate` does with the model's defaults plus "
+        "these ImgCfg settings, e.g. plain= or best16=n_images=16; the oracle judges the kept image.",
+    ),
+    time_limit: float | None = typer.Option(
+        None,
+        "--time-limit",
+        help="With --variant: stop after this many seconds (a rerun resumes; 0: only report the runs done).",
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Full-match rate (oracle) for N=1 and best-of-N ranked by CLIP, per attribute."""
-    from .world_eval import WorldEvalConfig, dumps, evaluate_world, to_markdown
-
+    """Full-match rate (oracle) for N=1 and best-of-N ranked by CLIP, per attribute; with --variant, per variant
+    of the user's own best-of-N run."""
     if n_prompts < 1:
         raise BestshotError("--prompts must be >= 1")
+    if variant:
+        return _world_variants(
+            model,
+            n_prompts,
+            groups,
+            steps,
+            guidance,
+            scorer,
+            seed,
+            out_dir,
+            variant,
+            time_limit,
+            as_json,
+            bool(ns or cache),
+        )
+    from .world_eval import WorldEvalConfig, dumps, evaluate_world, to_markdown
+
+    ns = ns or "1,4,8"
     cfg = WorldEvalConfig(
         model=model,
         n_prompts=n_prompts,
@@ -70,6 +98,37 @@ def world(
         out.print(to_markdown(res))
         if out_dir:
             out.print(f"written: {out_dir}/world_eval.json, {out_dir}/world_eval.md")
+
+
+def _world_variants(
+    model, n_prompts, groups, steps, guidance, scorer, seed, out_dir, variants, time_limit, as_json, image_set_flags
+) -> None:
+    from .world_variants import VariantEvalConfig, evaluate_variants
+    from .world_variants_report import dumps, to_markdown
+
+    if image_set_flags:
+        raise BestshotError("--n and --cache compare picks from one image set; with --variant set n_images per variant")
+    if not out_dir:
+        raise BestshotError("--variant keeps each run's result in --out FOLDER (to resume): give one")
+    base = {k: v for k, v in dict(steps_base=steps, guidance=guidance, scorer=scorer).items() if v is not None}
+    cfg = VariantEvalConfig(
+        variants=tuple(variants),
+        model=model,
+        n_prompts=n_prompts,
+        groups=_numbers(groups, "--objects"),
+        seed=seed,
+        base=base,
+        out=out_dir,
+        time_limit_s=time_limit,
+    )
+    res = evaluate_variants(cfg, progress=not as_json)
+    if as_json:
+        print(dumps(res))
+    else:
+        print(to_markdown(res))  # plain print: the table's rows stay whole, to paste
+        print(f"written: {', '.join(v for v in res['files'].values() if v)}")
+        if res.get("plot_note"):
+            print(res["plot_note"])
 
 
 @app.command("geneval")

@@ -1,0 +1,313 @@
+"""`bestshot eval world --variant NAME=SETTINGS`: the user's best-of-N path per variant, judged by the world's oracle.
+
+Unlike the image-set comparison of :mod:`.world_eval` (one batch of candidates, ranked here), every variant runs
+what ``bestshot generate`` runs: the model's defaults plus the variant's ``ImgCfg`` overrides
+(:mod:`.variants`), the prompt built, the model's default scorer and quality gate, and the best-of-N core
+:func:`bestshot.generation.best_of_n`. The oracle judges the image the run KEEPS; a run the gate refuses keeps
+none and counts as a miss (and under "gated out").
+
+* prompts: the held-out set (``heldout_prompts``) per object count; prompt ``i`` draws seeds from
+  ``seed_base + i * SEED_STRIDE`` in every variant, so variants see the same noise where they share seeds;
+* timing: wall seconds around the ``best_of_n`` call (model and scorer load excluded), in this process;
+  variants are interleaved per prompt and their order rotates from one prompt to the next, so a drift in
+  the machine's load hits every variant alike;
+* resumable: each variant × prompt result is one JSON file under ``OUT/world_variants/rows/`` written
+  atomically, keyed by the resolved settings, the prompt and the generator's weights; a rerun skips the rows
+  it finds with the same key. Ctrl-C (or ``cancel()``, or ``time_limit_s``) stops between two runs: the
+  summary of what is done is written and a rerun goes on from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bestshot import jsonio
+
+from ..config import EMBEDDED, ImgCfg
+from ..errors import BestshotError
+from ..store import atomic_write_json, ensure_writable
+from .variants import Variant, parse_variants
+from .world_eval import MAX_OBJECTS
+
+SEED_STRIDE = 1000  # prompt i's seeds start at seed_base + i * SEED_STRIDE (room for pools of up to 1000)
+FOLDER = "world_variants"
+ORDER = "interleaved per prompt, variant order rotated by one each prompt"
+
+
+@dataclass
+class VariantEvalConfig:
+    variants: tuple[str, ...]  # NAME=SETTINGS each; the first is the baseline of the time ratios
+    model: str = EMBEDDED
+    n_prompts: int = 100  # per object count
+    groups: tuple[int, ...] = (1, 2, 3)
+    seed: int = 12345  # held-out prompt set
+    base: dict[str, Any] = field(default_factory=dict)  # overrides every variant starts from (steps, guidance...)
+    out: str = "eval_world"
+    time_limit_s: float | None = None  # stop (resumable) after this long
+
+
+@dataclass
+class Prepared:
+    """One variant, ready to run: its settings and what ``generate()`` loads for them."""
+
+    variant: Variant
+    cfg: ImgCfg
+    pipe: Any
+    refiner: Any
+    scorer: Any
+    mode: Any
+    family: str
+
+
+def base_config(cfg: VariantEvalConfig) -> ImgCfg:
+    """The model's defaults (as ``bestshot generate --model MODEL`` resolves them) plus the run-wide overrides."""
+    from ..models.settings import resolve_config
+
+    return resolve_config(None, model=cfg.model, **cfg.base)
+
+
+def prepare(v: Variant, base: ImgCfg) -> Prepared:
+    """What :func:`bestshot.generation.generate` loads and checks before it draws, for variant ``v``."""
+    from ..generation import load_for, pick_scorer
+    from ..models.hub import require_model, require_scorer
+    from ..models.loader import load_refiner
+    from ..models.registry import default_scorer, resolve_model
+    from ..modes import Mode, read_source
+    from ..modes import check as check_mode
+    from ..scoring import resolve_gate
+
+    cfg = v.apply(base)
+    source = read_source(cfg)
+    check_mode(cfg, source)
+    ref = resolve_model(cfg.model)
+    require_model(ref)
+    require_scorer(cfg.scorer or default_scorer(ref))
+    pipe = load_for(cfg)
+    refiner = None
+    if cfg.refiner:
+        if ref.family.name != "sdxl":
+            raise BestshotError(f"--variant {v.name}: the refiner works with SDXL base models only")
+        refiner = load_refiner(pipe, cfg.refiner_model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory)
+    scorer = pick_scorer(None, cfg, ref, pipe)
+    resolve_gate(scorer, cfg.score_min, enabled=cfg.gate)  # a score_min outside the scorer's range fails here
+    return Prepared(v, cfg, pipe, refiner, scorer, Mode.build(pipe, ref.family, cfg, source), ref.family.name)
+
+
+def run_one(p: Prepared, prompt: str, index: int) -> tuple[dict[str, Any], Any, float]:
+    """One user run of ``prompt`` (its seeds from ``index``): ``(record dict, kept image or None, seconds)``,
+    the seconds measured around the best-of-N core."""
+    from ..generation import best_of_n
+    from ..prompts import extra_networks
+    from ..prompts.build import blocked_terms, build_prompt
+    from ..record import RunRecord
+    from ..store import new_run_id
+
+    cfg = replace(p.cfg, seed_base=p.cfg.seed_base + index * SEED_STRIDE).validate()
+    text, cfg, triggers = extra_networks.apply(prompt, cfg)
+    built = build_prompt(
+        text,
+        style_suffix=cfg.style_suffix,
+        negative_prompt=cfg.negative_prompt,
+        trigger_words=triggers,
+        attention=cfg.prompt_weighting,
+    )
+    record = RunRecord.of(cfg, built, new_run_id())
+    record.kind = p.mode.kind
+    if blocked_terms(text, cfg.blocklist):
+        record.reason = "blocked_prompt"
+        return record.to_dict(), None, 0.0
+    record.clip_prompt, record.clip_prompt_truncated = p.scorer.truncate(built.clip_prompt)
+    t = time.perf_counter()
+    images = best_of_n(
+        p.pipe, cfg, built, p.scorer, record, refiner=p.refiner, mode=p.mode, family=p.family
+    )  # the user's path: draw, rank, gate, exact-best re-render
+    seconds = time.perf_counter() - t
+    kept = images[record.best] if record.best is not None else None
+    return record.to_dict(), kept, seconds
+
+
+def row_key(cfg: ImgCfg, prompt: str, index: int, fingerprint: str) -> str:
+    """What decides a row: the variant's resolved settings (outputs aside), the prompt, its index (hence its
+    seeds) and the generator's weights."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "log_jsonl")}
+    text = jsonio.dumps({"cfg": settings, "prompt": prompt, "index": index, "gen": fingerprint}, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def row_path(out: Path, variant: str, n_obj: int, index: int) -> Path:
+    return out / FOLDER / "rows" / variant / f"{n_obj}obj_{index:04d}.json"
+
+
+def read_row(path: Path, key: str) -> dict[str, Any] | None:
+    """A finished row with this key, else None (missing, unreadable, or made with other settings)."""
+    import json
+
+    try:
+        row = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return row if isinstance(row, dict) and row.get("key") == key else None
+
+
+def judge(record: dict[str, Any], kept: Any, seconds: float, prompt: str) -> dict[str, Any]:
+    """A row: the oracle's verdict on the kept image (a refused run: every attribute missed), and the run."""
+    from ..train.candidates import ATTRS
+    from ..world.oracle import oracle
+
+    seen = oracle(kept, prompt) if kept is not None else None
+    ok = bool(record.get("ok"))
+    verdict = {a: bool(ok and seen is not None and getattr(seen, a)) for a in ATTRS}
+    return {
+        "prompt": prompt,
+        "ok": ok,
+        "reason": record.get("reason"),
+        "verdict": verdict,
+        "ungated_match": bool(seen is not None and seen.match),  # the top-ranked image, gate or not
+        "oracle_detail": seen.detail if seen is not None else None,
+        "seconds": round(seconds, 4),
+        "n_candidates": len(record.get("candidates") or []),
+        "record": record,
+    }
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        disable=not enabled,
+    )
+
+
+def check(cfg: VariantEvalConfig) -> None:
+    if not cfg.variants:
+        raise BestshotError("give at least one --variant NAME=SETTINGS, e.g. --variant plain= --variant best16=n=16")
+    if cfg.n_prompts < 1:
+        raise BestshotError("--prompts must be >= 1")
+    if cfg.time_limit_s is not None and not cfg.time_limit_s >= 0:
+        raise BestshotError("--time-limit must be >= 0 seconds (0: run nothing, report the rows done)")
+    bad = [g for g in cfg.groups if not 1 <= g <= MAX_OBJECTS]
+    if not cfg.groups or bad:
+        raise BestshotError(
+            f"--objects values must lie in 1-{MAX_OBJECTS} (got {', '.join(map(str, bad)) or 'none'}) — "
+            "e.g. --objects 1,2,3"
+        )
+
+
+def evaluate_variants(
+    cfg: VariantEvalConfig, progress: bool = True, cancel: Callable[[], bool] | None = None
+) -> dict[str, Any]:
+    """Run every variant on every held-out prompt (resuming finished rows); the summary (also written to
+    ``OUT/world_variants.json`` / ``.md`` / ``.png``). ``cancel()`` true, the time limit or Ctrl-C stop between two
+    runs; the summary then covers the rows done (``complete: false``)."""
+    from ..train.candidates import generator_fingerprint
+    from ..world import heldout_prompts
+    from .world_variants_report import write_report
+
+    check(cfg)
+    base = base_config(cfg)
+    variants = parse_variants(cfg.variants, base)  # every variant checked before any model loads
+    out = ensure_writable(cfg.out, "to the folder")
+    prepared = [prepare(v, base) for v in variants]
+    prints = {id(p.pipe): generator_fingerprint(p.pipe) for p in prepared}
+    groups = {n: heldout_prompts(cfg.n_prompts, seed=cfg.seed, n_objects=n) for n in cfg.groups}
+    rows: dict[tuple[str, int, int], dict[str, Any]] = {}
+    total = len(prepared) * sum(len(ps) for ps in groups.values())
+    t0, stopped = time.perf_counter(), None
+
+    def stop() -> str | None:
+        if cancel is not None and cancel():
+            return "cancelled"
+        if cfg.time_limit_s is not None and time.perf_counter() - t0 > cfg.time_limit_s:
+            return "time limit"
+        return None
+
+    try:
+        with _progress(progress) as bar:
+            task = bar.add_task("world variants", total=total)
+            for n_obj, prompts in groups.items():
+                for i, prompt in enumerate(prompts):
+                    turn = i % len(prepared)
+                    for p in prepared[turn:] + prepared[:turn]:  # rotated: no variant always runs first
+                        path = row_path(out, p.variant.name, n_obj, i)
+                        key = row_key(p.cfg, prompt, i, prints[id(p.pipe)])
+                        row = read_row(path, key)
+                        if row is None:
+                            stopped = stopped or stop()
+                            if stopped:  # nothing more is run; the rows already done still count
+                                continue
+                            bar.update(task, description=f"{n_obj}-object · {p.variant.name}")
+                            row = {"key": key, "variant": p.variant.name, "objects": n_obj, "index": i}
+                            row.update(judge(*run_one(p, prompt, i), prompt))
+                            atomic_write_json(path, row)
+                        rows[(p.variant.name, n_obj, i)] = row
+                        bar.advance(task)
+    except KeyboardInterrupt:
+        write_report(out, _summary(cfg, base, prepared, groups, rows, "interrupted"))
+        raise
+    return write_report(out, _summary(cfg, base, prepared, groups, rows, stopped))
+
+
+def _summary(
+    cfg: VariantEvalConfig,
+    base: ImgCfg,
+    prepared: Sequence[Prepared],
+    groups: dict[int, list[str]],
+    rows: dict[tuple[str, int, int], dict[str, Any]],
+    stopped: str | None,
+) -> dict[str, Any]:
+    import torch
+
+    from .world_variants_report import summarise
+
+    total = len(prepared) * sum(len(ps) for ps in groups.values())
+    return {
+        "model": cfg.model,
+        "prompt_seed": cfg.seed,
+        "n_prompts": cfg.n_prompts,
+        "objects": list(cfg.groups),
+        "seed_stride": SEED_STRIDE,
+        "order": ORDER,
+        "complete": len(rows) == total,
+        "stopped": stopped,
+        "rows_done": len(rows),
+        "rows_total": total,
+        "base": {k: _plain(v) for k, v in cfg.base.items()},
+        "size": [base.width, base.height],
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": str(getattr(prepared[0].pipe, "device", prepared[0].cfg.device)) if prepared else None,
+        },
+        "variants": [
+            {
+                "name": p.variant.name,
+                "settings": p.variant.text,
+                "overrides": {k: _plain(v) for k, v in p.variant.overrides.items()},
+                "n_images": p.cfg.n_images,
+                "steps": p.cfg.steps_base,
+                "scorer": p.scorer.name,
+                "gate": p.cfg.gate,
+                "score_min": p.cfg.score_min,
+            }
+            for p in prepared
+        ],
+        "groups": summarise([p.variant.name for p in prepared], groups, rows),
+    }
+
+
+def _plain(v: Any) -> Any:
+    return v if isinstance(v, (int, float, bool, str, type(None))) else str(v)
