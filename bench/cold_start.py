@@ -46,7 +46,7 @@ IMPORT_STAGES = (
     ("bestshot.cli as `bestshot generate`", "import sys; sys.argv[:] = ['bestshot', 'generate']; import bestshot.cli"),
     ("bestshot generate path (torch-only embedded model)", "import bestshot.generation, bestshot.models.lite.pipeline"),
     ("tokenizers + safetensors (model files)", "import tokenizers, safetensors.torch"),
-    ("scipy.ndimage (region scorer)", "import scipy.ndimage"),
+    ("scipy.ndimage (not on the embedded path: the region scorer's masks are numpy)", "import scipy.ndimage"),
     # no longer on the embedded path (bestshot.models.lite); what a diffusers-backed model still pays on top
     ("transformers CLIP (not on the embedded path)", "from transformers import CLIPModel, CLIPTokenizer"),
     (

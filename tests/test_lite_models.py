@@ -85,6 +85,17 @@ def test_clip_towers_equal_transformers(pair):
         )
         for x, y in zip(maskclip.image_features(lib.clip, pix), maskclip.image_features(lite.clip, pix)):
             assert torch.equal(x, y)
+        dense = maskclip.image_features(lite.clip, pix)[1]  # the spatial guidance's: the last layer skipped
+        assert torch.equal(maskclip.dense_features(lite.clip, pix), dense)
+        assert torch.equal(maskclip.dense_features(lib.clip, pix), dense)
+    grads = []
+    for features in (
+        lambda p: maskclip.image_features(lite.clip, p)[1],
+        lambda p: maskclip.dense_features(lite.clip, p),
+    ):
+        x = pix.clone().requires_grad_(True)
+        grads.append(torch.autograd.grad(features(x)[:, :5].sum(), x)[0])  # as the spatial guidance differentiates
+    assert torch.equal(*grads)
 
 
 def test_image_processor_equals_transformers(pair):
@@ -253,7 +264,7 @@ def test_import_budget_of_the_generate_path():
 
 def test_import_budget_of_an_embedded_generate(tmp_path):
     """A whole embedded generate (load, sample with spatial guidance, score, save) imports neither diffusers nor
-    transformers; scipy only for the region scorer's connected components."""
+    transformers, nor scipy (the region scorer's masks are numpy: bestshot.scoring.masks)."""
     code = (
         "from bestshot import generate\n"
         f"r = generate('a red circle above a blue square', n_images=2, steps_base=2, out_dir={str(tmp_path)!r}, "
@@ -261,4 +272,4 @@ def test_import_budget_of_an_embedded_generate(tmp_path):
         "assert r['best_seed'] is not None"
     )
     loaded = _modules_after(code)
-    assert not loaded & (set(HEAVY) - {"scipy"}), sorted(loaded & set(HEAVY))
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))

@@ -172,3 +172,24 @@ def test_region_scorer_noun_term_asks_what_kind_each_object_is():
     )
     # no vocabulary: read gives no log-probabilities and the score is the plain one
     assert plain.read(images, prompt, parse_objects(prompt))[0][3] is None
+
+
+def test_mask_operations_match_scipy_ndimage():
+    """find_regions' numpy label / dilation / median are scipy.ndimage's, element for element."""
+    from scipy import ndimage
+
+    from bestshot.scoring.masks import dilate, label8, median3x3
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        mask = rng.random((h, w)) < rng.uniform(0.05, 0.9)
+        if trial % 3 == 0:  # blobs, the shapes find_regions meets
+            mask = ndimage.binary_dilation(rng.random((h, w)) < 0.05, iterations=int(rng.integers(1, 4)))
+        want, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+        got, m = label8(mask)
+        assert m == n and np.array_equal(got, want), trial
+        for k in (0, 1, 2):
+            assert np.array_equal(dilate(mask, k), ndimage.binary_dilation(mask, iterations=k)), (trial, k)
+        arr = (rng.random((h, w, 3)) * 255).astype(np.float32)
+        assert np.array_equal(median3x3(arr), ndimage.median_filter(arr, size=(3, 3, 1))), trial

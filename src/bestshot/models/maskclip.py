@@ -86,10 +86,25 @@ def image_features(model: Any, pixel_values: torch.Tensor) -> tuple[torch.Tensor
     vm, last = _vision_parts(model)
     out = vm(pixel_values=pixel_values, output_hidden_states=True)
     pooled = model.visual_projection(out.pooler_output)
-    h = last.layer_norm1(out.hidden_states[-2])
-    v = last.self_attn.out_proj(last.self_attn.v_proj(h))[:, 1:]  # drop the class token
-    dense = model.visual_projection(vm.post_layernorm(v))
-    return F.normalize(pooled.float(), dim=-1), F.normalize(dense.float(), dim=-1)
+    return F.normalize(pooled.float(), dim=-1), _dense(model, out.hidden_states[-2])
+
+
+def dense_features(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``dense`` of :func:`image_features` alone. A tower that can stop before its last layer (the torch-only
+    CLIP of :mod:`bestshot.models.lite`) skips that layer's attention and MLP and the pooled token, which
+    ``dense`` does not read: the same operations on the same inputs, so the same values, bit for bit."""
+    vm, _ = _vision_parts(model)
+    before_last = getattr(vm, "before_last_layer", None)
+    if before_last is not None:
+        return _dense(model, before_last(pixel_values))
+    return _dense(model, vm(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2])
+
+
+def _dense(model: Any, h: torch.Tensor) -> torch.Tensor:
+    """MaskCLIP's patch embeddings from the last layer's input ``h``."""
+    vm, last = _vision_parts(model)
+    v = last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(h)))[:, 1:]  # drop the class token
+    return F.normalize(model.visual_projection(vm.post_layernorm(v)).float(), dim=-1)
 
 
 def centroids(

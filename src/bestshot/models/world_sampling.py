@@ -75,7 +75,7 @@ class WorldSampling:
     def _spatial_step(self, latents: torch.Tensor, x0: torch.Tensor, t, texts, scale: float) -> torch.Tensor:
         """``latents`` nudged up the gradient of the relation agreement of ``x0`` (rows without a relation kept)."""
         from .embedded_clip import to_clip_pixels
-        from .maskclip import agreement, centroids, image_features
+        from .maskclip import agreement, centroids, dense_features
 
         ta, tb, rels = texts
         size = self.clip.config.vision_config.image_size
@@ -86,7 +86,7 @@ class WorldSampling:
                 if x.shape[-1] == size and x.shape[-2] == size
                 else F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             )
-            _, dense = image_features(self.clip, to_clip_pixels(img).to(self.clip.dtype))
+            dense = dense_features(self.clip, to_clip_pixels(img).to(self.clip.dtype))
             ca, cb = centroids(dense, ta, tb)
             total = sum(agreement(ca[i], cb[i], r.relation) for i, r in enumerate(rels) if r)
             (grad,) = torch.autograd.grad(total, x)

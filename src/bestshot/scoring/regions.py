@@ -41,6 +41,7 @@ from PIL import Image
 
 from ..errors import BestshotError
 from .base import texts_per_image
+from .masks import dilate, label8, median3x3
 
 
 @dataclass(frozen=True)
@@ -78,27 +79,23 @@ def find_regions(
     ``threshold``: RGB distance (0-255 scale) from the background colour above which a pixel is foreground;
     raised to 4× the border's noise on noisy images.
     """
-    from scipy import ndimage  # here, not at import: the scoring package loads without scipy
-
     raw = np.asarray(image.convert("RGB"))
     arr = raw.astype(np.float32)
     h, w = arr.shape[:2]
     bg, noise = background_colour(arr)
-    smooth = ndimage.median_filter(arr, size=(3, 3, 1)) if noise > 4.0 else arr
+    smooth = median3x3(arr) if noise > 4.0 else arr
     dist = np.linalg.norm(smooth - bg, axis=-1)
     fg = dist > max(threshold, 4.0 * noise)
-    labels, n = ndimage.label(fg, structure=np.ones((3, 3), bool))
+    labels, n = label8(fg)
     if n == 0:
         return [], []
-    areas = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     keep = [i + 1 for i in np.argsort(-areas, kind="stable") if areas[i] >= min_area * h * w][:max_regions]
     regions, isolated = [], []
     fill = np.clip(np.rint(bg), 0, 255).astype(np.uint8)
     # every pixel that is foreground before smoothing (or near it) belongs to some object: paint others over
     raw_dist = dist if smooth is arr else np.linalg.norm(arr - bg, axis=-1)
-    loose = ndimage.binary_dilation(
-        raw_dist > max(threshold / 2, 3.0 * noise), iterations=grow
-    ) | ndimage.binary_dilation(fg, iterations=grow)
+    loose = dilate(raw_dist > max(threshold / 2, 3.0 * noise), grow) | dilate(fg, grow)
     for lab in keep:
         mask = labels == lab
         ys, xs = np.nonzero(mask)
@@ -112,7 +109,7 @@ def find_regions(
                 (float(xs.min() / w), float(ys.min() / h), float((xs.max() + 1) / w), float((ys.max() + 1) / h)),
             )
         )
-        own = ndimage.binary_dilation(mask, iterations=grow + 1)
+        own = dilate(mask, grow + 1)
         out = raw.copy()
         out[loose & ~own] = fill
         isolated.append(Image.fromarray(out, "RGB"))

@@ -166,6 +166,13 @@ class VisionTransformer(nn.Module):
         x, states = self.encoder(x, keep_all=output_hidden_states)
         return TowerOutput(x, self.post_layernorm(x[:, 0, :]), states)
 
+    def before_last_layer(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``hidden_states[-2]`` of :meth:`forward` (the last layer's input) without running the last layer."""
+        x = self.pre_layrnorm(self.embeddings(pixel_values))
+        for layer in self.encoder.layers[:-1]:
+            x = layer(x)
+        return x
+
 
 class LiteCLIP(nn.Module):
     """``transformers.CLIPModel`` for inference (the attributes bestshot reads: ``text_model``, ``vision_model``,
