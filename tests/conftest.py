@@ -26,9 +26,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "ray_local" in getattr(item, "fixturenames", ()) and item.get_closest_marker("xdist_group") is None:
             item.add_marker(ray)
-    if getattr(config.option, "numprocesses", None):
+    if hasattr(config, "workerinput"):  # an xdist worker (which sets its own numprocesses to None)
         # longest first: the Ray group (minutes on one worker) and the slow tests start at once, the many short
-        # tests fill the other workers around them, so no long test is left running alone at the end
+        # tests fill the other workers around them, so no long test is left running alone at the end. xdist's
+        # controller schedules in the order its workers collected (whole groups first: --loadscope-reorder)
         def rank(item) -> int:
             group = item.get_closest_marker("xdist_group")
             if group is not None and group.args[:1] == ("ray",):

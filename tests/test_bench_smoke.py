@@ -122,6 +122,8 @@ def test_region_scorer_bench_ranks_a_candidate_set(tmp_path, monkeypatch, capsys
         [
             "region_scorer.py",
             str(path),
+            "--threads",
+            "1",
             "--w-obj",
             "0,4",
             "--w-rel",
@@ -155,6 +157,8 @@ def test_spatial_guidance_bench_compares_settings(tiny_world, monkeypatch, capsy
         "argv",
         [
             "spatial_guidance.py",
+            "--threads",
+            "1",
             "--model",
             tiny_world,
             "--pairs",
@@ -195,7 +199,8 @@ def test_embedded_ab_bench_interleaves_variants(tiny_world, monkeypatch, capsys,
     # (+plain swaps diffusers' attention processors: the embedded model now loads on the torch-only UNet, so
     # the bench refuses it by name, below)
     variants = [tiny_world, str(fast), f"{tiny_world}+solo"]
-    monkeypatch.setattr(sys, "argv", ["embedded_ab.py", "--runs", "1", *variants])
+    # one torch thread, as every test (the bench's default of 2 fights the other xdist worker for the 2 cores)
+    monkeypatch.setattr(sys, "argv", ["embedded_ab.py", "--runs", "1", "--threads", "1", *variants])
     runpy.run_path(script, run_name="__main__")
     rows = [
         line.split("|")[1:7] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "/" in line

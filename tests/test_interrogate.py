@@ -307,6 +307,7 @@ def test_cli_folder_skips_bad_files_and_writes_csv(tiny_clip, tmp_path, cache):
 
 
 @pytest.mark.skipif(not (EMBEDDED_DIR / "clip" / "config.json").exists(), reason="the embedded CLIP is not trained yet")
+@pytest.mark.xdist_group("embedded_clip_bank")  # one worker, one bank_cache: the bank is embedded once
 @pytest.mark.slow  # embeds the world's 12.6k-prompt bank with the embedded CLIP (minutes on a busy 2-core box);
 # the search itself is covered fast by the world_engine tests above (tiny CLIP)
 def test_embedded_clip_recovers_rendered_world_prompts(bank_cache):

@@ -27,7 +27,9 @@ import pytest
 
 from bestshot.errors import BestshotError
 
-pytestmark = pytest.mark.xdist_group("ray")  # one xdist worker owns the session's local Ray (conftest.py)
+# its own group: these tests start their own head (`ray start`) or none, never the session's local Ray (ray_local),
+# so under xdist they run beside the "ray" group's worker instead of after it (they are the head's slow start-up)
+pytestmark = pytest.mark.xdist_group("ray_head")
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")

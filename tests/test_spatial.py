@@ -121,6 +121,7 @@ def test_embedded_clip_patches_show_where_objects_are():
 
 
 @pytest.mark.skipif(not (EMBEDDED_DIR / "clip" / "config.json").exists(), reason="the embedded CLIP is not trained yet")
+@pytest.mark.xdist_group("embedded_clip_bank")  # one worker, one bank_cache: the bank is embedded once
 @pytest.mark.slow  # shares the embedded CLIP's world bank with test_interrogate (minutes to embed, once a session);
 # the spatial reading is covered fast by test_spatial_scorer_* and test_interrogate's world_engine tests
 def test_interrogator_takes_the_spatial_spec_of_the_embedded_clip(bank_cache):
