@@ -1,6 +1,7 @@
 """`bestshot eval world --variant`: the user's best-of-N run per variant on a tiny world model, judged by the oracle."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +36,13 @@ def test_variants_apply_their_settings_and_write_every_row(two_variants):
             assert row["record"]["settings"]["n_images"] == n
             seeds = [c["seed"] for c in row["record"]["candidates"]]  # prompt i's seeds, the same in every variant
             assert seeds == [row["record"]["settings"]["seed_base"] + k for k in range(n)]
+            # the run went through generate(): a kept image and its log line are in the variant's store
+            kept = row["record"].get("img_path")
+            assert not row["record"]["ok"] or Path(kept).parent == out / "world_variants" / "runs" / name
+            assert not row["record"]["ok"] or Path(kept).is_file()
+    for name in ("one", "two"):
+        logged = (out / "world_variants/runs" / name / "log.jsonl").read_text().splitlines()
+        assert len(logged) == 2
     one0 = json.loads(row_path(out, "one", 2, 0).read_text())["record"]["candidates"][0]["seed"]
     one1 = json.loads(row_path(out, "one", 2, 1).read_text())["record"]["candidates"][0]["seed"]
     assert one1 - one0 == 1000

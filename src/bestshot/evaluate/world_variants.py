@@ -3,12 +3,14 @@
 Unlike the image-set comparison of :mod:`.world_eval` (one batch of candidates, ranked here), every variant runs
 what ``bestshot generate`` runs: the model's defaults plus the variant's ``ImgCfg`` overrides
 (:mod:`.variants`), the prompt built, the model's default scorer and quality gate, and the best-of-N core
-:func:`bestshot.generation.best_of_n`. The oracle judges the image the run KEEPS; a run the gate refuses keeps
-none and counts as a miss (and under "gated out").
+:func:`bestshot.generation.best_of_n`, all through :func:`bestshot.generation.generate` (each variant's kept
+images and log lines under ``OUT/world_variants/runs/NAME/``). The oracle judges the image the run KEEPS; a
+run the gate refuses keeps none and counts as a miss (and under "gated out").
 
 * prompts: the held-out set (``heldout_prompts``) per object count; prompt ``i`` draws seeds from
   ``seed_base + i * SEED_STRIDE`` in every variant, so variants see the same noise where they share seeds;
-* timing: wall seconds around the ``best_of_n`` call (model and scorer load excluded), in this process;
+* timing: wall seconds around each ``generate()`` call (the model and scorer loaded once before, as a server or
+  a ``--prompts-file`` run holds them), in this process;
   variants are interleaved per prompt and their order rotates from one prompt to the next, so a drift in
   the machine's load hits every variant alike;
 * resumable: each variant × prompt result is one JSON file under ``OUT/world_variants/rows/`` written
@@ -55,15 +57,14 @@ class VariantEvalConfig:
 
 @dataclass
 class Prepared:
-    """One variant, ready to run: its settings and what ``generate()`` loads for them."""
+    """One variant, ready to run: its settings, its pipeline and scorer (loaded once; ``generate()`` finds the
+    same pipeline in the model cache) and the store its runs write to."""
 
     variant: Variant
     cfg: ImgCfg
     pipe: Any
-    refiner: Any
     scorer: Any
-    mode: Any
-    family: str
+    store: Any
 
 
 def base_config(cfg: VariantEvalConfig) -> ImgCfg:
@@ -73,64 +74,46 @@ def base_config(cfg: VariantEvalConfig) -> ImgCfg:
     return resolve_config(None, model=cfg.model, **cfg.base)
 
 
-def prepare(v: Variant, base: ImgCfg) -> Prepared:
-    """What :func:`bestshot.generation.generate` loads and checks before it draws, for variant ``v``."""
+def prepare(v: Variant, base: ImgCfg, out: Path) -> Prepared:
+    """Variant ``v`` loaded and checked before any run: its pipeline, its scorer and gate, and a store under
+    ``out`` (``OUT/world_variants/runs/NAME``) for the images and log lines its runs keep."""
     from ..generation import load_for, pick_scorer
     from ..models.hub import require_model, require_scorer
-    from ..models.loader import load_refiner
     from ..models.registry import default_scorer, resolve_model
-    from ..modes import Mode, read_source
     from ..modes import check as check_mode
+    from ..modes import read_source
     from ..scoring import resolve_gate
+    from ..store import Store
 
     cfg = v.apply(base)
-    source = read_source(cfg)
-    check_mode(cfg, source)
+    check_mode(cfg, read_source(cfg))
     ref = resolve_model(cfg.model)
     require_model(ref)
     require_scorer(cfg.scorer or default_scorer(ref))
     pipe = load_for(cfg)
-    refiner = None
-    if cfg.refiner:
-        if ref.family.name != "sdxl":
-            raise BestshotError(f"--variant {v.name}: the refiner works with SDXL base models only")
-        refiner = load_refiner(pipe, cfg.refiner_model, dtype=cfg.dtype, device=cfg.device, memory=cfg.memory)
     scorer = pick_scorer(None, cfg, ref, pipe)
     resolve_gate(scorer, cfg.score_min, enabled=cfg.gate)  # a score_min outside the scorer's range fails here
-    return Prepared(v, cfg, pipe, refiner, scorer, Mode.build(pipe, ref.family, cfg, source), ref.family.name)
+    runs = out / FOLDER / "runs" / v.name
+    store = Store(root=runs, log_path=runs / "log.jsonl")
+    store.check_writable()
+    return Prepared(v, cfg, pipe, scorer, store)
 
 
 def run_one(p: Prepared, prompt: str, index: int) -> tuple[dict[str, Any], Any, float]:
-    """One user run of ``prompt`` (its seeds from ``index``): ``(record dict, kept image or None, seconds)``,
-    the seconds measured around the best-of-N core."""
-    from ..generation import best_of_n
-    from ..prompts import extra_networks
-    from ..prompts.build import blocked_terms, build_prompt
-    from ..record import RunRecord
-    from ..store import new_run_id
+    """One user run of ``prompt`` (its seeds from ``index``) through :func:`bestshot.generation.generate`, as
+    ``bestshot generate`` makes it (the kept image and its log line go to ``p.store``): ``(record dict, the
+    top-ranked image — kept or refused by the gate — or None, seconds of the whole call)``."""
+    from ..generation import generate
 
     cfg = replace(p.cfg, seed_base=p.cfg.seed_base + index * SEED_STRIDE).validate()
-    text, cfg, triggers = extra_networks.apply(prompt, cfg)
-    built = build_prompt(
-        text,
-        style_suffix=cfg.style_suffix,
-        negative_prompt=cfg.negative_prompt,
-        trigger_words=triggers,
-        attention=cfg.prompt_weighting,
-    )
-    record = RunRecord.of(cfg, built, new_run_id())
-    record.kind = p.mode.kind
-    if blocked_terms(text, cfg.blocklist):
-        record.reason = "blocked_prompt"
-        return record.to_dict(), None, 0.0
-    record.clip_prompt, record.clip_prompt_truncated = p.scorer.truncate(built.clip_prompt)
     t = time.perf_counter()
-    images = best_of_n(
-        p.pipe, cfg, built, p.scorer, record, refiner=p.refiner, mode=p.mode, family=p.family
-    )  # the user's path: draw, rank, gate, exact-best re-render
+    result = generate(prompt, cfg=cfg, scorer=p.scorer, store=p.store, return_candidates_images=True)
     seconds = time.perf_counter() - t
-    kept = images[record.best] if record.best is not None else None
-    return record.to_dict(), kept, seconds
+    images = result.pop("candidate_images", None) or []
+    seeds = [c["seed"] for c in result.get("candidates") or []]
+    best = result.get("best_seed")
+    top = images[seeds.index(best)] if best is not None and best in seeds and len(images) == len(seeds) else None
+    return result, top, seconds
 
 
 def row_key(cfg: ImgCfg, prompt: str, index: int, fingerprint: str) -> str:
@@ -219,7 +202,7 @@ def evaluate_variants(
     base = base_config(cfg)
     variants = parse_variants(cfg.variants, base)  # every variant checked before any model loads
     out = ensure_writable(cfg.out, "to the folder")
-    prepared = [prepare(v, base) for v in variants]
+    prepared = [prepare(v, base, out) for v in variants]
     prints = {id(p.pipe): generator_fingerprint(p.pipe) for p in prepared}
     groups = {n: heldout_prompts(cfg.n_prompts, seed=cfg.seed, n_objects=n) for n in cfg.groups}
     rows: dict[tuple[str, int, int], dict[str, Any]] = {}
