@@ -56,6 +56,7 @@ from ..errors import BestshotError
 from ..layout import Layout, layout_from_dict
 from .attention import has_syntax, plain
 
+FAMILIES = ("sd15", "sdxl", "embedded")  # model families whose UNet this module steers
 Attend = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
