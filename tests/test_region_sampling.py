@@ -183,3 +183,55 @@ def test_cli_regions_auto_on_the_embedded_model(capsys, monkeypatch, tmp_path):
     code, _, err = run_cli(["generate", PROMPT, "--regions", "nope.json"], capsys, monkeypatch)
     assert code == 2 and "nope.json" in err and "Traceback" not in err
     assert len([ln for ln in err.strip().splitlines() if ln.strip()]) == 1
+
+
+# ---------------------------------------------------------------------------------------------------- HTTP
+@pytest.fixture(scope="module")
+def client(tiny_world, tmp_path_factory):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from bestshot.server import create_app
+
+    root = tmp_path_factory.mktemp("serve_regions")
+    app = create_app(model=tiny_world, out_dir=str(root / "images_out"), curate_dir=str(root / "outputs"))
+    with TestClient(app, base_url="http://localhost") as c:
+        yield c
+
+
+def _error(r, field):
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert {"error", "detail", "body", "errors"} <= set(body) and field in json.dumps(body)
+    return body
+
+
+def test_native_generate_regions(client):
+    base = {"prompt": PROMPT, "n_images": 2, "steps_base": 2}
+    r = client.post("/v1/generate", json={**base, "regions": "auto"})
+    assert r.status_code == 200, r.text
+    assert r.json()["regions"]["used"] and r.json()["regions"]["source"] == "world"
+    r = client.post("/v1/generate", json={**base, "regions": TWO})
+    assert r.status_code == 200 and r.json()["regions"]["source"] == "file"
+    outside = {"objects": [{"phrase": "x", "box": [0, 0, 2, 1]}]}
+    _error(client.post("/v1/generate", json={**base, "regions": outside}), "regions")
+    _error(client.post("/v1/generate", json={**base, "regions": "/etc/layout.json"}), "regions")
+
+
+def test_a1111_bestshot_regions(client):
+    body = {"prompt": PROMPT, "steps": 2, "batch_size": 1, "best_of": 2}
+    r = client.post("/sdapi/v1/txt2img", json={**body, "bestshot_regions": "auto"})
+    assert r.status_code == 200, r.text
+    assert json.loads(r.json()["info"])["bestshot"]["regions"]["used"]
+    _error(client.post("/sdapi/v1/txt2img", json={**body, "bestshot_regions": {"objects": "none"}}), "bestshot_regions")
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), "white").save(buf, "PNG")
+    init = base64.b64encode(buf.getvalue()).decode()
+    r = client.post("/sdapi/v1/img2img", json={**body, "init_images": [init], "bestshot_regions": "auto"})
+    assert r.status_code == 200, r.text
+    assert "bestshot_regions" in json.loads(r.json()["info"])["bestshot"]["ignored"]
