@@ -37,7 +37,8 @@ processor on every ``attn2`` through ``unet.set_attn_processor``; the torch-only
 
 Cost: per cross-attention layer, one extra attention (with its q/k/v/out projections) per region on half the
 batch; on the embedded model about 1.2-1.4× the UNet time for two regions. Text-to-image only: img2img,
-inpainting, early pruning, ControlNet and IP-Adapter are refused by ``ImgCfg.validate``.
+inpainting, early pruning, ControlNet and IP-Adapter are refused by ``ImgCfg.validate``; a hires pass runs
+inside the same hook on the same UNet (steered too), an SDXL refiner's UNet is not.
 """
 
 from __future__ import annotations
