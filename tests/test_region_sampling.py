@@ -235,3 +235,25 @@ def test_a1111_bestshot_regions(client):
     r = client.post("/sdapi/v1/img2img", json={**body, "init_images": [init], "bestshot_regions": "auto"})
     assert r.status_code == 200, r.text
     assert "bestshot_regions" in json.loads(r.json()["info"])["bestshot"]["ignored"]
+
+
+def test_hires_pass_is_steered_on_the_shared_unet(tiny_sd15, tiny_clip, out, monkeypatch):
+    """The hires pass runs inside the hook on the same UNet at twice the size: each level's grid follows."""
+    from bestshot import generate
+
+    sizes, blend = set(), regions.Regions.blend
+
+    def watched(self, attend, x, context):
+        sizes.add(self.size)
+        return blend(self, attend, x, context)
+
+    monkeypatch.setattr(regions.Regions, "blend", watched)
+
+    kw = dict(model=tiny_sd15, scorer=tiny_clip, n_images=1, steps_base=2, width=32, height=32, hires_scale=2.0)
+    kw.update(style_suffix="", negative_prompt="", clip_min=-1.0, **out)
+    plain = generate(PROMPT, return_candidates_images=True, **kw)
+    steered = generate(PROMPT, regions=TWO, return_candidates_images=True, **kw)
+    a, b = (np.asarray(r["candidate_images"][0]) for r in (plain, steered))
+    assert a.shape == b.shape == (64, 64, 3) and not np.array_equal(a, b) and steered["regions"]["used"]
+    (small, big) = sorted(sizes)
+    assert big == (2 * small[0], 2 * small[1])  # the first pass and the hires pass were both steered
