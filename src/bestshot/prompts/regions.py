@@ -43,7 +43,6 @@ inside the same hook on the same UNet (steered too), an SDXL refiner's UNet is n
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -54,7 +53,7 @@ import torch
 from torch import nn
 
 from ..errors import BestshotError
-from ..layout import Layout, layout_from_dict
+from ..layout import Layout, layout_from_dict, read_layout
 from .attention import has_syntax, plain
 
 FAMILIES = ("sd15", "sdxl", "embedded")  # model families whose UNet this module steers
@@ -62,11 +61,7 @@ Attend = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # ----------------------------------------------------------------------------------------------- the layout
-_PLANNED: dict[tuple[str, str], Layout | None] = {}  # (setting, prompt) → layout: auto plans each prompt once
-
-
-def _key(setting: Any) -> str:
-    return json.dumps(setting, sort_keys=True) if isinstance(setting, dict) else str(setting)
+_PLANNED: dict[str, Layout | None] = {}  # prompt → its planned layout: auto plans each prompt once
 
 
 def _user_prompt(cfg: Any, prompt: str) -> str:
@@ -85,15 +80,16 @@ def layout_for(cfg: Any, prompt: str) -> Layout | None:
         return None
     if isinstance(setting, dict):
         return layout_from_dict(setting, "regions")
-    key = (_key(setting), prompt)
-    if key not in _PLANNED:
+    if setting != "auto":
+        return read_layout(setting)  # a file: read at each draw (cheap), so an edited file is seen
+    text = _user_prompt(cfg, prompt)
+    if text not in _PLANNED:
         from .layout import resolve_layout
 
-        text = _user_prompt(cfg, prompt)
-        _PLANNED[key] = resolve_layout(setting, text) if text.strip() else Layout(source="none", reason="empty prompt")
+        _PLANNED[text] = resolve_layout(setting, text) if text.strip() else Layout(source="none", reason="empty prompt")
         if len(_PLANNED) > 256:  # a bound: a server sees many prompts
             _PLANNED.pop(next(iter(_PLANNED)))
-    return _PLANNED[key]
+    return _PLANNED[text]
 
 
 def record(cfg: Any, prompt: str) -> dict[str, Any]:
