@@ -1,4 +1,4 @@
-"""Layouts: the layout.json schema, the world-grammar planner, the LLM planner (stubbed) and --layout."""
+"""Layouts: the layout.json schema, the world-grammar planner, the LLM planner (stubbed) and --regions."""
 
 from __future__ import annotations
 
@@ -130,24 +130,24 @@ def test_validation_errors_name_the_bad_entry(patch, message):
     assert "\n" not in str(err.value)
 
 
-def test_layout_setting_in_imgcfg(tmp_path):
-    meta = {f.name: f.metadata for f in fields(ImgCfg)}["layout"]
-    assert meta["flag"] == "--layout" and meta["help"]
-    assert ImgCfg().layout is None
+def test_regions_setting_in_imgcfg(tmp_path):
+    meta = {f.name: f.metadata for f in fields(ImgCfg)}["regions"]
+    assert meta["flag"] == "--regions" and meta["help"]
+    assert ImgCfg().regions == "off"
     for ok in ("auto", "off"):
-        ImgCfg(layout=ok).validate()
+        ImgCfg(regions=ok).validate()
     good = tmp_path / "layout.json"
     good.write_text(json.dumps(GOOD))
-    ImgCfg(layout=str(good)).validate()
+    ImgCfg(regions=str(good)).validate()
     with pytest.raises(BestshotError, match="does not exist"):
-        ImgCfg(layout=str(tmp_path / "missing.json")).validate()
+        ImgCfg(regions=str(tmp_path / "missing.json")).validate()
     bad = tmp_path / "bad.json"
     bad.write_text("{objects: ")
     with pytest.raises(BestshotError, match="not valid JSON"):
-        ImgCfg(layout=str(bad)).validate()
+        ImgCfg(regions=str(bad)).validate()
     bad.write_text(json.dumps({"objects": [{"phrase": "a", "box": [0, 0, 2, 1]}]}))
     with pytest.raises(BestshotError, match=r"bad.json objects\[0\] box"):
-        ImgCfg(layout=str(bad)).validate()
+        ImgCfg(regions=str(bad)).validate()
     assert resolve_layout(None, "x") is None and resolve_layout("off", "x") is None
     assert resolve_layout(str(good), "x").objects[1].phrase == "a dog"
     assert resolve_layout("auto", "a red circle").source == "world"

@@ -21,7 +21,7 @@ from bestshot import jsonio
 
 from .errors import BestshotError
 from .jsonio import check_finite
-from .layout import check_layout_setting
+from .layout import check_regions_setting
 from .schedulers import scheduler_spec
 from .yaml_io import dataclass_from_dict
 
@@ -149,16 +149,6 @@ class ImgCfg:
     prune_start: int | None = None
     prune_at: float = 0.3
     gate: bool = True  # False: keep the best whatever its score (evaluators, the A1111 routes)
-
-    # Composition: where each object of the prompt goes (bestshot.layout; planned by bestshot.prompts.layout).
-    layout: str | None = field(
-        default=None,
-        metadata={
-            "help": "Object layout: 'auto' (plan boxes from the prompt), 'off', or a layout.json file (planning only "
-            "for now).",
-            "flag": "--layout",
-        },
-    )
 
     # Modes of the same best-of-N run (A1111's names and defaults): img2img from init_image, inpainting with
     # a mask, hires fix (each candidate upscaled and repainted at hires_denoise).
@@ -380,6 +370,16 @@ class ImgCfg:
             "flag": "--safety-checker",
         },
     )
+    # Composition: each object of a layout drawn from its own phrase inside its box (bestshot.prompts.regions).
+    # A str on the command line; from Python or HTTP a layout.json dict is accepted too.
+    regions: str = field(
+        default="off",
+        metadata={
+            "help": "Region-steered sampling: 'auto' (plan object boxes from the prompt), 'off', or a layout.json "
+            "file; each object's phrase is drawn inside its box.",
+            "flag": "--regions",
+        },
+    )
     clip_min: InitVar[float | None] = None  # old name of score_min: given, it sets score_min
 
     def __post_init__(self, clip_min: float | None) -> None:
@@ -456,7 +456,7 @@ class ImgCfg:
                 f"seed_base {self.seed_base} is too large: the candidates' seeds must stay at most "
                 f"{MAX_SEED} (2**63 - 1) — give a smaller --seed"
             )
-        check_layout_setting(self.layout)
+        self._validate_regions()
         _check_conditioning(self)
 
         if isinstance(self.clip_skip, bool) or not isinstance(self.clip_skip, int) or not 1 <= self.clip_skip <= 12:
@@ -469,6 +469,20 @@ class ImgCfg:
                 f"loras must be a list of LoRA files or names, each with an optional :WEIGHT (got {self.loras!r})"
             )
         return self
+
+    def _validate_regions(self) -> None:
+        """``regions``: a valid setting (a layout file is read here), on text-to-image draws only."""
+        check_regions_setting(self.regions)
+        if self.regions in (None, "off"):
+            return
+        for name, on, why in (
+            ("init_image", self.init_image is not None, "img2img and inpainting draw without regions"),
+            ("prune_start", bool(self.prune_start), "early pruning draws without regions"),
+            ("controlnets", bool(self.controlnets), "ControlNet's pipeline is not steered by region"),
+            ("ip_adapter", self.ip_adapter is not None, "IP-Adapter's attention processors replace the regions'"),
+        ):
+            if on:
+                raise BestshotError(f"--regions cannot be combined with {name} ({why}) — drop one of them")
 
     def _validate_modes(self) -> None:
         """The img2img / inpaint / hires fields: one line naming the field (files are checked when read)."""

@@ -39,7 +39,7 @@ from .models.registry import default_scorer, resolve_model
 from .models.settings import resolve_config
 from .modes import Mode, Source, denoise_steps, read_source, upscale_all
 from .modes import check as check_mode
-from .prompts import extra_networks, hooks  # <lora:...> tags; LoRA, embeddings, weighting of a draw
+from .prompts import extra_networks, hooks, regions  # <lora:...> tags; LoRA, embeddings, weighting; layouts
 from .prompts.build import blocked_terms, build_prompt
 from .record import Candidate, RunRecord, png_metadata
 from .schedulers import sampler_label
@@ -166,7 +166,7 @@ def pipeline_kwargs(
 # what changes a text-to-image draw besides the prompt: each a context manager that undoes itself. Apart from
 # prompts/hooks.py (LoRA, embeddings, weighting), which every call of a draw takes (img2img and the hires pass
 # too): these hand over latents or another pipeline, so they wrap the text-to-image call only
-CONDITIONING = (vae.prepared, ip_adapter.prepared, controlnet.prepared, variation.prepared)
+CONDITIONING = (vae.prepared, ip_adapter.prepared, controlnet.prepared, variation.prepared, regions.prepared)
 
 
 def _call_pipeline(
@@ -349,6 +349,7 @@ def best_of_n(
     seeds = seeds_for(cfg.seed_base, cfg.n_images)
     text = record.clip_prompt
     gate = resolve_gate(scorer, cfg.score_min, enabled=cfg.gate) if scorer is not None else None
+    record.extra.update(regions.record(cfg, built.sd_prompt))  # the layout the draws are steered by, or why none
     t = time.perf_counter()
     if cfg.prune_start:
         from .pruning import cost_ratio, run_pruned

@@ -2,9 +2,9 @@
 
 A :class:`Layout` is a background prompt plus a list of objects, each a short phrase ("a red circle")
 and a box ``(x0, y0, x1, y1)`` in fractions of the image's width and height (origin top left, y grows
-downwards). Planners (:mod:`bestshot.prompts.layout`) make layouts from prompts; a later step steers each
-region of the image with its own phrase. An empty ``objects`` list means "no layout" and ``reason`` says
-why. The JSON file::
+downwards). Planners (:mod:`bestshot.prompts.layout`) make layouts from prompts;
+:mod:`bestshot.prompts.regions` steers each region of the image with its own phrase (``--regions``). An empty
+``objects`` list means "no layout" and ``reason`` says why. The JSON file::
 
     {
       "version": 1,
@@ -21,7 +21,7 @@ why. The JSON file::
 Only ``objects`` is required (``version`` must be 1 when given); every box must lie inside ``[0, 1]``
 with ``x0 < x1`` and ``y0 < y1``, every phrase must be non-empty. Errors are one line naming the entry.
 
-This module is plain settings (``ImgCfg.validate`` reads ``--layout FILE`` through it); writing a layout
+This module is plain settings (``ImgCfg.validate`` reads ``--regions FILE`` through it); writing a layout
 file atomically is :func:`bestshot.prompts.layout.save_layout`.
 """
 
@@ -38,8 +38,8 @@ from bestshot import jsonio
 from .errors import BestshotError
 
 VERSION = 1
-LAYOUT_MODES = ("auto", "off")  # the other value of ImgCfg.layout is a layout.json path
-_FIX = "see docs/generate.md (--layout) for the layout.json schema"
+LAYOUT_MODES = ("auto", "off")  # the other values of ImgCfg.regions: a layout.json path or a layout dict
+_FIX = "see docs/generate.md (--regions) for the layout.json schema"
 
 
 @dataclass(frozen=True)
@@ -149,10 +149,13 @@ def read_layout(path: str | Path) -> Layout:
     return layout_from_dict(data, f"layout file {p.name}")
 
 
-def check_layout_setting(value: Any) -> None:
-    """``ImgCfg.layout``: None, 'auto', 'off' or a valid layout.json path (read and validated here)."""
+def check_regions_setting(value: Any) -> None:
+    """``ImgCfg.regions``: 'auto', 'off', a layout.json path (read and validated here) or a layout dict."""
     if value is None or value in LAYOUT_MODES:
         return
+    if isinstance(value, dict):
+        layout_from_dict(value, "regions")
+        return
     if not isinstance(value, str) or not value.strip():
-        raise BestshotError(f"layout must be 'auto', 'off' or a layout.json path (got {value!r})")
+        raise BestshotError(f"regions must be 'auto', 'off' or a layout.json path (got {value!r})")
     read_layout(value)

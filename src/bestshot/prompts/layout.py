@@ -11,7 +11,7 @@ Planners, chosen by :func:`plan_layout`'s ``mode``:
   unusable answer or no LLM gives an empty layout ("no layout") whose ``reason`` says why.
 * ``auto`` — ``world`` when the prompt is a world prompt, else ``llm``; ``off`` — no layout.
 
-:func:`resolve_layout` turns the ``ImgCfg.layout`` setting (``auto`` | ``off`` | a file) into a layout.
+:func:`resolve_layout` turns the ``ImgCfg.regions`` setting (``auto`` | ``off`` | a file) into a layout.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def plan_layout(prompt: str, mode: str = "auto", *, llm: Any = None, **llm_optio
         if mode == "world":
             raise BestshotError(
                 f"{prompt!r} is not a prompt of the embedded world — e.g. 'a red circle above a blue square' "
-                f"(relations: {', '.join(RELATIONS)}); use --layout auto for free text"
+                f"(relations: {', '.join(RELATIONS)}); use --regions auto for free text"
             )
     from .layout_llm import llm_layout
 
@@ -147,7 +147,7 @@ def plan_layout(prompt: str, mode: str = "auto", *, llm: Any = None, **llm_optio
 
 
 def resolve_layout(setting: str | None, prompt: str, **llm_options: Any) -> Layout | None:
-    """The layout an ``ImgCfg.layout`` setting asks for: None (unset/off), a planned one (auto) or a file's."""
+    """The layout an ``ImgCfg.regions`` setting asks for: None (unset/off), a planned one (auto) or a file's."""
     if setting in (None, "off"):
         return None
     if setting == "auto":

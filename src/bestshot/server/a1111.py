@@ -157,6 +157,11 @@ class Txt2ImgRequest(_Lenient):
     )
     clip_min: float | None = Field(None, description="old name of score_min (same setting)")
     scorer: str | None = Field(None, max_length=500, description="one of the server's scorers")
+    bestshot_regions: str | dict[str, Any] | None = Field(
+        None,
+        description="region-steered sampling on txt2img: 'auto', 'off' or a layout object (bestshot's --regions); "
+        "img2img lists it in info.bestshot.ignored",
+    )
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -202,7 +207,29 @@ def ignored_fields(req: Txt2ImgRequest) -> dict[str, str]:
         out["tiling"] = "seamless tiling is not implemented"
     if req.refiner_checkpoint:
         out["refiner_checkpoint"] = "a refiner pass is not implemented yet; not run"
+    if not drawn and req.bestshot_regions not in (None, "off"):
+        out["bestshot_regions"] = "regions steer txt2img only; img2img drew without them"
     return out
+
+
+def check_regions(name: str, value: Any, model: str) -> None:
+    """A request's regions setting: 'auto', 'off' or an inline layout object (a server-side file path is not
+    read), on a model whose UNet it can steer; else a 422 naming ``name``."""
+    from ..layout import check_regions_setting
+    from ..models.registry import resolve_model
+    from ..prompts.regions import FAMILIES
+
+    if isinstance(value, str) and value not in ("auto", "off"):
+        raise FieldError(
+            name, f"{value[:80]!r}: give 'auto', 'off' or a layout object {{'objects': [...]}} (no server file is read)"
+        )
+    try:
+        check_regions_setting(value)
+    except BestshotError as e:
+        raise FieldError(name, str(e)) from None
+    family = resolve_model(model).family.name
+    if value != "off" and family not in FAMILIES:
+        raise FieldError(name, f"region-steered sampling needs an SD 1.x / SDXL / embedded UNet, not {family}")
 
 
 @dataclass
@@ -851,6 +878,9 @@ def plan_request(
         scheduler=sampler_of(req),
         score_min=gate_min,
     )
+    if req.bestshot_regions is not None and not isinstance(req, Img2ImgRequest):
+        check_regions("bestshot_regions", req.bestshot_regions, model)
+        overrides["regions"] = req.bestshot_regions
     from .a1111_conditioning import request_overrides  # ControlNet units, subseed, sd_vae
 
     extra, subseed = request_overrides(req, base, model, seed, n * req.best_of, notes, limits.max_side**2 * 4, MAX_SEED)
@@ -858,7 +888,7 @@ def plan_request(
     try:
         cfg = resolve_config(None, model=model, **overrides)
     except BestshotError as e:
-        raise FieldError("request", str(e)) from None
+        raise FieldError("bestshot_regions" if "--regions" in str(e) else "request", str(e)) from None
     if cfg.steps_base > limits.max_steps or max(cfg.width, cfg.height) > limits.max_side:
         cfg = replace(
             cfg,
@@ -1201,6 +1231,7 @@ def build_response(
             **plan.notes,
             **gate_info(kept, gate_min, scorer_name),
             **nsfw_info(results),
+            **({"regions": results[0]["regions"]} if results and "regions" in results[0] else {}),
             **(extra_info or {}),
         },
     }

@@ -111,6 +111,10 @@ def route_table(app: Any) -> str:
         "tokens are encoded in chunks (SD 1.x/2.x, SDXL).",
         "- Clip skip: `override_settings.CLIP_stop_at_last_layers` (`/v1/generate`: `clip_skip`).",
         "- Textual-inversion embeddings: a prompt naming a file of the embeddings folder (`GET /sdapi/v1/embeddings`).",
+        "- Region-steered sampling (txt2img and `/v1/generate`; SD 1.x, SDXL, embedded): `bestshot_regions` "
+        '(`/v1/generate`: `regions`) `auto`, `off` or a layout object `{"objects": [{"phrase", "box"}]}`; '
+        "the run's `regions` record (`info.bestshot.regions`) names the layout used or why none; img2img lists it "
+        "in `info.bestshot.ignored`.",
         "",
         "| route | A1111 | bestshot |",
         "|---|---|---|",

@@ -50,6 +50,9 @@ class GenerateRequest(NativeBody):
     loras: list[str] | None = Field(None, max_length=16, description="LoRA names or files, each NAME[:WEIGHT]")
     clip_skip: int | None = Field(None, ge=1, le=12, description="A1111's clip skip: 1 = the last layer")
     prompt_weighting: bool | None = Field(None, description="false: A1111 weight syntax is not read")
+    regions: str | dict[str, Any] | None = Field(
+        None, description="region-steered sampling: 'auto', 'off' or a layout object (docs/generate.md, --regions)"
+    )
 
 
 def with_files(ctx: ServerContext, record: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +84,8 @@ async def v1_generate(req: GenerateRequest, ctx: Ctx) -> dict[str, Any]:
             "scorer", f"unknown scorer {req.scorer!r} — this server offers: {', '.join(ctx.scorers) or 'none'}"
         )
     fields = req.model_dump(exclude={"prompt", "preset", "scorer"}, exclude_none=True)
+    if req.regions is not None:
+        A.check_regions("regions", req.regions, ctx.choices.model)
     base = {k: v for k, v in ctx.base_cfg().items() if k not in fields}
     lim = {
         "steps_base": limits.max_steps,
