@@ -157,6 +157,11 @@ class Txt2ImgRequest(_Lenient):
     )
     clip_min: float | None = Field(None, description="old name of score_min (same setting)")
     scorer: str | None = Field(None, max_length=500, description="one of the server's scorers")
+    bestshot_search: bool = Field(
+        False,
+        description="txt2img: spend each image's best_of candidates as a search (twice as many noises start, the "
+        "best early previews finish with branches around them; bestshot's --search)",
+    )
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -851,6 +856,10 @@ def plan_request(
         scheduler=sampler_of(req),
         score_min=gate_min,
     )
+    if req.bestshot_search:
+        if isinstance(req, Img2ImgRequest) or req.enable_hr:
+            raise FieldError("bestshot_search", "works on plain txt2img only — drop it (or enable_hr)")
+        overrides["search"] = True
     from .a1111_conditioning import request_overrides  # ControlNet units, subseed, sd_vae
 
     extra, subseed = request_overrides(req, base, model, seed, n * req.best_of, notes, limits.max_side**2 * 4, MAX_SEED)
@@ -1194,6 +1203,7 @@ def build_response(
                         }
                         for c in r["candidates"]
                     ],
+                    **({"search": r["search"]} if "search" in r else {}),  # what a bestshot_search run did
                 }
                 for r in results
             ],
