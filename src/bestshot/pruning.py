@@ -1,5 +1,9 @@
 """Early pruning: start more candidates than are kept, drop the unpromising ones after a few steps.
 
+The machinery is shared with :mod:`bestshot.search`: :func:`run_regrouped` is one pipeline call whose batch
+is regrouped after a given step (rows dropped, repeated or given new samples), :func:`preview_images` the
+cheap previews of the predicted clean images.
+
 After ``k`` of the denoising steps every candidate's *predicted clean image* (the scheduler's
 ``pred_original_sample``) already shows the composition. We preview it cheaply (pixels for pixel-space
 models, a linear latent→RGB map for SD/SDXL latents, the VAE otherwise), score the previews with the
