@@ -177,3 +177,21 @@ def test_search_over_http(tiny_sd15, tiny_clip, tmp_path):
             "/sdapi/v1/txt2img", json={"prompt": "a", "steps": 2, "bestshot_search": True, "enable_hr": True, **size}
         )
         assert r.status_code == 422 and "bestshot_search" in r.text
+
+
+def test_a_search_stopped_before_its_preview_is_an_interrupted_run(tmp_path):
+    """A stop before the preview step: no preview was scored, nothing was branched, every pool candidate comes
+    back as far as it got and the run is recorded as interrupted (never as a search that ran)."""
+    r = generate(
+        PROMPT,
+        search=True,
+        search_pool=6,
+        search_at=0.75,
+        on_step=lambda step, total: step >= 1,
+        out_dir=str(tmp_path / "o"),
+        log_jsonl=str(tmp_path / "l.jsonl"),
+        **EMB,
+    )
+    assert r["interrupted"] is True and r["ok"] is False and r["reproduce"] is None
+    assert [c["seed"] for c in r["candidates"]] == [3, 4, 5, 6, 7, 8]
+    assert r["search"]["preview_scores"] == [] and r["search"]["branches"] == []

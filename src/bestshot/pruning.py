@@ -133,7 +133,8 @@ def run_regrouped(
     """One pipeline call whose batch is regrouped after step ``step`` (0-based): ``regroup`` sees the
     :class:`Preview` and says which rows go on (and with which samples). Every tensor the pipeline hands
     to ``callback_on_step_end`` (both CFG halves), the scheduler's per-sample history and the per-seed
-    generators follow the new rows. ``feature`` names the setting to drop when the pipeline cannot."""
+    generators follow the new rows. ``feature`` names the setting to drop when the pipeline cannot. A run
+    stopped before that step (the caller's interrupt) returns every row, never regrouped."""
     batch = len(call_kwargs["generator"])
     gens = call_kwargs["generator"]
     state: dict[str, Any] = {"x0": None, "gens": None, "done": False}
@@ -173,7 +174,7 @@ def run_regrouped(
         images = list(pipe(**kwargs).images)
     finally:
         del sched.step  # back to the class method
-    if not state["done"]:  # step < steps, so the pipeline never called back there
+    if not state["done"] and not getattr(pipe, "_interrupt", False):  # step < steps: it never called back there
         raise BestshotError(
             f"{feature} needs a pipeline that calls callback_on_step_end at every step; "
             f"{type(pipe).__name__} did not call it at step {step + 1} — drop {feature}"
@@ -215,4 +216,6 @@ def run_pruned(
         return Regroup(state["kept"])
 
     images = run_regrouped(pipe, call_kwargs, step=k, regroup=regroup, feature="--prune-start")
+    if "kept" not in state:  # stopped before the prune step: every started candidate, as far as it got
+        return PruneResult(list(range(len(seeds))), images, [], k)
     return PruneResult(state["kept"], images, state["scores"], k)

@@ -177,6 +177,8 @@ def run_search(
     images = run_regrouped(
         pipe, call_kwargs, step=k, regroup=regroup, feature="--search" if plan.branches else "--prune-start"
     )
+    if "kept" not in out:  # stopped before the preview step: every pool candidate, as far as it got
+        return Found(list(plan.pool), images, [None] * len(images), [], k)
     kept, parents = out["kept"], out["parents"]
     seeds = [plan.pool[j] for j in kept] + [next_seed + i for i in range(len(parents))]
     lineage: list[int | None] = [None] * len(kept) + [plan.pool[j] for j in parents]
@@ -192,6 +194,8 @@ def record(plan: SearchPlan, found: Found, steps: int) -> dict[str, Any]:
     scores = [round(x, 6) for x in found.preview_scores]
     if plan.key == "pruning":
         return {"started": plan.pool, "preview_clip": scores, "prune_step": found.step, "cost_ratio": ratio}
+    if not scores:  # stopped before the preview: nothing was scored, kept or branched
+        return {"pool": plan.pool, "preview_scores": [], "preview_step": found.step, "survivors": [], "branches": []}
     return {
         "pool": plan.pool,
         "preview_scores": scores,
