@@ -195,3 +195,14 @@ def test_a_search_stopped_before_its_preview_is_an_interrupted_run(tmp_path):
     assert r["interrupted"] is True and r["ok"] is False and r["reproduce"] is None
     assert [c["seed"] for c in r["candidates"]] == [3, 4, 5, 6, 7, 8]
     assert r["search"]["preview_scores"] == [] and r["search"]["branches"] == []
+
+
+@pytest.mark.parametrize("scheduler", ["euler_a", "lms"])
+def test_a_search_with_a_noisy_or_history_keeping_sampler_reproduces(scheduler, tiny_sd15, tiny_clip, out):
+    """Euler a draws noise at every step (each branch from its own seed's stream), LMS keeps a per-sample
+    history (regrouped with the batch): the same search twice is the same pixels."""
+    kw = dict(model=tiny_sd15, scorer=tiny_clip, search=True, scheduler=scheduler, return_candidates_images=True)
+    a, b = (generate("a red circle", **kw, **SMALL, **out) for _ in range(2))
+    assert a["search"] == b["search"] and len(a["search"]["branches"]) == 2
+    for x, y in zip(a["candidate_images"], b["candidate_images"]):
+        assert np.array_equal(_px(x), _px(y))

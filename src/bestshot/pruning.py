@@ -17,6 +17,7 @@ Cost per kept image, with S steps, ``start`` candidates, ``keep`` kept and pruni
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +90,7 @@ def _gather(t: Any, idx: torch.Tensor, batch: int) -> Any:
 
 
 # per-sample state a scheduler keeps between steps (multistep solvers' history): regrouped with the batch
-_SCHEDULER_STATE = ("model_outputs", "last_sample", "sample", "ets", "cur_sample")
+_SCHEDULER_STATE = ("model_outputs", "last_sample", "sample", "ets", "cur_sample", "derivatives")
 
 
 def _gather_scheduler(sched: Any, idx: torch.Tensor, batch: int) -> None:
@@ -141,6 +142,7 @@ def run_regrouped(
     sched = pipe.scheduler
     orig_step = sched.step
 
+    @functools.wraps(orig_step)  # its signature too: pipelines pass `generator` only to a step that names it
     def wrapped_step(*args, **kw):
         if state["gens"] is not None and isinstance(kw.get("generator"), list):
             kw["generator"] = state["gens"]

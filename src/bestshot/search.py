@@ -98,7 +98,7 @@ def allot(survivors: int, finish: int, branches: int) -> list[int]:
     """Branches of each survivor (best first): round-robin over the survivors until ``finish`` in all."""
     counts = [0] * survivors
     left = finish - survivors
-    while left > 0:
+    while left > 0 and any(c < branches for c in counts):
         for r in range(survivors):
             if left and counts[r] < branches:
                 counts[r] += 1
