@@ -50,8 +50,8 @@ class Candidate:
 @dataclass
 class RunRecord:
     """One run. ``scorer`` is None until the run was scored (a blocked prompt never is); ``extra`` holds the
-    optional parts (``auto_prompt``, ``pruning``, ``blocked_terms``, a stop's ``interrupted`` / ``stopped`` /
-    ``steps_done``, ``inputs`` notes, the caller's ``extra_record``), written after the common keys."""
+    optional parts (``auto_prompt``, ``pruning``, ``search``, ``blocked_terms``, a stop's ``interrupted`` /
+    ``stopped`` / ``steps_done``, ``inputs`` notes, the caller's ``extra_record``), written after the common keys."""
 
     run_id: str
     mode: str
