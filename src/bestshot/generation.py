@@ -347,10 +347,10 @@ def best_of_n(
 
     Draws ``cfg.n_images`` candidates (:func:`make_candidates`: batched, OOM halving, step callbacks and
     stops; or early pruning / search, :mod:`bestshot.search`), scores them against ``record.clip_prompt``,
-    ranks and gates them
-    (:meth:`bestshot.scoring.gate.Gate.pick`; ``scorer`` None: one candidate, nothing ranked), re-renders the
-    kept one alone where its seed must reproduce it (``exact_best``) and fills ``record``. Returns the
-    candidate images in seed order; :func:`save_run` writes the kept ones and the log line as one unit.
+    ranks and gates them (:meth:`bestshot.scoring.gate.Gate.pick`; ``scorer`` None: one candidate, nothing
+    ranked), re-renders the kept one alone where its seed must reproduce it (``exact_best``) and fills
+    ``record``. Returns the candidate images in seed order; :func:`save_run` writes the kept ones and the
+    log line as one unit.
     """
     mode = mode or Mode("txt2img")
     tracker = on_step if isinstance(on_step, StepTracker) or on_step is None else StepTracker(on_step)
@@ -362,8 +362,8 @@ def best_of_n(
     if cfg.prune_start or cfg.search:  # more noises start than finish: early pruning, or a search that branches
         from . import search
 
-        if mode.source is not None or cfg.hires:
-            raise BestshotError("early pruning and --search work on text-to-image runs only — drop them")
+        if mode.source is not None or cfg.hires or scorer is None:
+            raise BestshotError("early pruning and --search rank text-to-image previews with a scorer — drop them")
         plan = search.SearchPlan.of(cfg)
         with hooks.prepared(pipe, cfg, built.sd_prompt, built.negative_prompt, plan.pool) as extra:
             found = search.run_search(
