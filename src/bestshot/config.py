@@ -380,6 +380,45 @@ class ImgCfg:
             "flag": "--regions",
         },
     )
+    # ---- search over noises (bestshot.search): a larger pool starts, the best previews finish with branches
+    search: bool = field(
+        default=False,
+        metadata={
+            "help": "Search instead of N independent draws: start --search-pool noises, score their previews "
+            "after --search-at of the steps, finish the best with branches around them.",
+            "flag": "--search",
+        },
+    )
+    search_pool: int | None = field(
+        default=None,
+        metadata={"help": "Noises --search starts (default: twice --n-images).", "flag": "--search-pool", "min": 1},
+    )
+    search_at: float = field(
+        default=0.25,
+        metadata={
+            "help": "Fraction of the steps after which --search scores previews and branches.",
+            "flag": "--search-at",
+            "min": 0.0,
+            "max": 1.0,
+        },
+    )
+    search_branches: int = field(
+        default=1,
+        metadata={
+            "help": "Branches per kept noise of --search (0: no branches, plain pruning).",
+            "flag": "--search-branches",
+            "min": 0,
+        },
+    )
+    search_keep_noise: float = field(
+        default=0.8,
+        metadata={
+            "help": "How much of its parent's noise a --search branch keeps (0: all fresh; below 1).",
+            "flag": "--search-keep-noise",
+            "min": 0.0,
+            "max": 1.0,
+        },
+    )
     clip_min: InitVar[float | None] = None  # old name of score_min: given, it sets score_min
 
     def __post_init__(self, clip_min: float | None) -> None:
@@ -450,7 +489,8 @@ class ImgCfg:
         if not isinstance(self.seed_base, int) or self.seed_base < 0:
             raise BestshotError(f"seed_base must be a non-negative whole number (got {self.seed_base!r})")
         self._validate_modes()
-        last = self.seed_base + max(self.n_images, self.prune_start or 0) - 1
+        _check_search(self)
+        last = self.seed_base + max(self.n_images, self.prune_start or 0, self.search_seeds) - 1
         if last > MAX_SEED:  # candidates use seed, seed+1, ...; torch's generators take 64-bit seeds
             raise BestshotError(
                 f"seed_base {self.seed_base} is too large: the candidates' seeds must stay at most "
@@ -512,6 +552,14 @@ class ImgCfg:
             raise BestshotError(f"hires_steps must be a whole number >= 1 or unset (got {self.hires_steps!r})")
         if (self.init_image is not None or self.hires) and self.prune_start:
             raise BestshotError("early pruning works on text-to-image runs only — drop --prune-start")
+
+    @property
+    def search_seeds(self) -> int:
+        """How many consecutive seeds a ``search`` run uses (its pool, then its branches); 0 without one."""
+        if not self.search:
+            return 0
+        pool = self.search_pool or 2 * self.n_images
+        return pool + self.n_images - min(pool, -(-self.n_images // (1 + self.search_branches)))
 
     @property
     def hires(self) -> bool:
@@ -632,6 +680,44 @@ ImgCfg.clip_min = property(  # type: ignore[assignment]
     lambda self, v: setattr(self, "score_min", v),
     doc="Old name of score_min (kept for one release).",
 )
+
+
+def _check_search(cfg: ImgCfg) -> None:
+    """The ``search`` fields, and what a search cannot be combined with: one line naming the fix."""
+    for name, low in (("search_pool", 1), ("search_branches", 0)):
+        v = getattr(cfg, name)
+        if (v is not None or name == "search_branches") and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise BestshotError(f"{name} must be a whole number >= {low} (got {v!r})")
+    for name, top in (("search_at", "1"), ("search_keep_noise", "1 (1 would copy the parent)")):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1 or (name == "search_at" and v == 0):
+            low = "above 0" if name == "search_at" else "from 0"
+            raise BestshotError(f"{name} must be a number {low} and below {top} (got {v!r})")
+    if not cfg.search:
+        return
+    if not isinstance(cfg.search, bool):
+        raise BestshotError(f"search is on or off (true/false), got {cfg.search!r}")
+    if cfg.search_pool is not None and cfg.search_pool < cfg.n_images:
+        raise BestshotError(
+            f"search_pool {cfg.search_pool} is smaller than n_images={cfg.n_images} — the pool is how many noises "
+            "start, n_images how many finish: give --search-pool at least --n-images"
+        )
+    clash = [
+        flag
+        for flag, on in (
+            ("--prune-start", cfg.prune_start),
+            ("--refiner", cfg.refiner),
+            ("--init-image", cfg.init_image is not None),
+            ("--hires-scale", cfg.hires),
+            ("--controlnet", cfg.controlnets),
+            ("--ip-adapter", cfg.ip_adapter),
+            ("--subseed-strength", cfg.subseed_strength > 0),
+            ("--vae", cfg.vae and str(cfg.vae).strip().lower() not in ("automatic", "none", "")),
+        )
+        if on
+    ]
+    if clash:
+        raise BestshotError(f"--search works on plain text-to-image runs only — drop {clash[0]} or --search")
 
 
 def merge(base: ImgCfg, data: dict[str, Any]) -> dict[str, Any]:

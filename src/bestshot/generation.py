@@ -281,8 +281,15 @@ def _pipe_device(pipe: Any) -> torch.device:
     return dev if isinstance(dev, torch.device) else torch.device("cpu")
 
 
-def reproduce_note(pipe: Any, batch: int, solo_rendered: bool) -> str:
-    """What regenerating the kept image reproduces, for the record."""
+def reproduce_note(pipe: Any, batch: int, solo_rendered: bool, branch_of: int | None = None) -> str:
+    """What regenerating the kept image reproduces, for the record (``branch_of``: the kept image is a
+    search's branch of that pool seed, which only the whole search renders)."""
+    if branch_of is not None:
+        exact = "" if getattr(pipe, "batch_invariant", False) else ", batch, device and versions"
+        return (
+            f"bit-exact by repeating this call (same seed_base and search settings{exact}); a branch of seed "
+            f"{branch_of}: --seed BEST_SEED -n 1 renders a different image"
+        )
     if batch < 2 or solo_rendered or getattr(pipe, "batch_invariant", False):
         return "bit-exact with --seed BEST_SEED -n 1"
     return (
@@ -339,10 +346,11 @@ def best_of_n(
     """THE best-of-N core of every run (``generate()``, the server's routes, ``eval generate``, curate's stage 1).
 
     Draws ``cfg.n_images`` candidates (:func:`make_candidates`: batched, OOM halving, step callbacks and
-    stops; or early pruning), scores them against ``record.clip_prompt``, ranks and gates them
-    (:meth:`bestshot.scoring.gate.Gate.pick`; ``scorer`` None: one candidate, nothing ranked), re-renders the
-    kept one alone where its seed must reproduce it (``exact_best``) and fills ``record``. Returns the
-    candidate images in seed order; :func:`save_run` writes the kept ones and the log line as one unit.
+    stops; or early pruning / search, :mod:`bestshot.search`), scores them against ``record.clip_prompt``,
+    ranks and gates them (:meth:`bestshot.scoring.gate.Gate.pick`; ``scorer`` None: one candidate, nothing
+    ranked), re-renders the kept one alone where its seed must reproduce it (``exact_best``) and fills
+    ``record``. Returns the candidate images in seed order; :func:`save_run` writes the kept ones and the
+    log line as one unit.
     """
     mode = mode or Mode("txt2img")
     tracker = on_step if isinstance(on_step, StepTracker) or on_step is None else StepTracker(on_step)
@@ -351,27 +359,23 @@ def best_of_n(
     gate = resolve_gate(scorer, cfg.score_min, enabled=cfg.gate) if scorer is not None else None
     record.extra.update(regions.record(cfg, built.sd_prompt))  # the layout the draws are steered by, or why none
     t = time.perf_counter()
-    if cfg.prune_start:
-        from .pruning import cost_ratio, run_pruned
+    plan, found = None, None
+    if cfg.prune_start or cfg.search:  # more noises start than finish: early pruning, or a search that branches
+        from . import search
 
-        started = seeds_for(cfg.seed_base, cfg.prune_start)
-        with hooks.prepared(pipe, cfg, built.sd_prompt, built.negative_prompt, started) as extra:
-            pr = run_pruned(
+        if mode.source is not None or cfg.hires or scorer is None:
+            raise BestshotError("early pruning and --search rank text-to-image previews with a scorer — drop them")
+        plan = search.SearchPlan.of(cfg)
+        with hooks.prepared(pipe, cfg, built.sd_prompt, built.negative_prompt, plan.pool) as extra:
+            found = search.run_search(
                 pipe,
-                {**pipeline_kwargs(pipe, built.sd_prompt, built.negative_prompt, started, cfg, tracker), **extra},
-                seeds=started,
-                keep=cfg.n_images,
-                at=cfg.prune_at,
+                {**pipeline_kwargs(pipe, built.sd_prompt, built.negative_prompt, plan.pool, cfg, tracker), **extra},
+                plan,
                 family=family,
                 score_fn=lambda ims: scorer.score(ims, text),
             )
-        seeds, images = [started[j] for j in pr.kept], pr.images
-        record.extra["pruning"] = {
-            "started": started,
-            "preview_clip": [round(x, 6) for x in pr.preview_scores],
-            "prune_step": pr.prune_step,
-            "cost_ratio": round(cost_ratio(cfg.steps_base, cfg.prune_start, cfg.n_images, cfg.prune_at), 4),
-        }
+        seeds, images = found.seeds, found.images
+        record.extra[plan.key] = search.record(plan, found, cfg.steps_base)
     else:
         images = make_candidates(pipe, refiner, built.sd_prompt, built.negative_prompt, seeds, cfg, tracker, mode)
     record.timing_s["gen"] = _since(t)
@@ -391,8 +395,9 @@ def best_of_n(
         best = gate.pick(images, scores, text, eligible=safety_checker.eligible(furthest(steps_done), flagged))
         value = gate.value(images[best], scores[best], text)
         ok = gate.passes(value)
-    batch = cfg.prune_start or len(seeds)  # the largest batch the kept image was rendered in
-    solo = needs_solo_render(pipe, cfg, batch) and ok and not stop
+    batch = len(plan.pool) if plan else len(seeds)  # the largest batch the kept image was rendered in
+    parent = found.parents[best] if found else None  # a search's branch: its seed alone does not render it
+    solo = needs_solo_render(pipe, cfg, batch) and ok and not stop and parent is None
     if solo:
         t = time.perf_counter()
         one = make_candidates(pipe, refiner, built.sd_prompt, built.negative_prompt, [seeds[best]], cfg, None, mode)
@@ -416,7 +421,7 @@ def best_of_n(
     if gate is not None:
         record.scorer, record.cosine, record.score_min = scorer.name, cosine_like(scorer), gate.minimum
         record.gate = gate.record(value)
-    record.reproduce = reproduce_note(pipe, min(cfg.max_batch or batch, batch), solo)
+    record.reproduce = reproduce_note(pipe, min(cfg.max_batch or batch, batch), solo, branch_of=parent)
     if not ok and record.reason is None:
         record.reason = "low_clip_alignment"
     if stop:  # interrupted, skipped or timed out: never recorded (nor ranked) as a finished run

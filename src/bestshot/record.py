@@ -50,8 +50,8 @@ class Candidate:
 @dataclass
 class RunRecord:
     """One run. ``scorer`` is None until the run was scored (a blocked prompt never is); ``extra`` holds the
-    optional parts (``auto_prompt``, ``pruning``, ``blocked_terms``, a stop's ``interrupted`` / ``stopped`` /
-    ``steps_done``, ``inputs`` notes, the caller's ``extra_record``), written after the common keys."""
+    optional parts (``auto_prompt``, ``pruning``, ``search``, ``blocked_terms``, a stop's ``interrupted`` /
+    ``stopped`` / ``steps_done``, ``inputs`` notes, the caller's ``extra_record``), written after the common keys."""
 
     run_id: str
     mode: str
@@ -161,10 +161,22 @@ def settings_of(cfg: ImgCfg) -> dict[str, Any]:
         "vae_fp16": cfg.vae_fp16,
         "prune_start": cfg.prune_start,
         "prune_at": cfg.prune_at if cfg.prune_start else None,
+        **(search_settings(cfg) if cfg.search else {}),
         "loras": list(cfg.loras),
         "clip_skip": cfg.clip_skip,
         "prompt_weighting": cfg.prompt_weighting,
         **conditioning.settings(cfg),  # ControlNet, IP-Adapter, variation seed, VAE, safety checker
+    }
+
+
+def search_settings(cfg: ImgCfg) -> dict[str, Any]:
+    """A search run's settings (what, with ``seed_base``, makes its pool and branches)."""
+    return {
+        "search": True,
+        "search_pool": cfg.search_pool or 2 * cfg.n_images,
+        "search_at": cfg.search_at,
+        "search_branches": cfg.search_branches,
+        "search_keep_noise": cfg.search_keep_noise,
     }
 
 

@@ -162,6 +162,11 @@ class Txt2ImgRequest(_Lenient):
         description="region-steered sampling on txt2img: 'auto', 'off' or a layout object (bestshot's --regions); "
         "img2img lists it in info.bestshot.ignored",
     )
+    bestshot_search: bool = Field(
+        False,
+        description="txt2img: spend each image's best_of candidates as a search (twice as many noises start, the "
+        "best early previews finish with branches around them; bestshot's --search)",
+    )
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -881,6 +886,10 @@ def plan_request(
     if req.bestshot_regions is not None and not isinstance(req, Img2ImgRequest):
         check_regions("bestshot_regions", req.bestshot_regions, model)
         overrides["regions"] = req.bestshot_regions
+    if req.bestshot_search:
+        if isinstance(req, Img2ImgRequest) or req.enable_hr:
+            raise FieldError("bestshot_search", "works on plain txt2img only — drop it (or enable_hr)")
+        overrides["search"] = True
     from .a1111_conditioning import request_overrides  # ControlNet units, subseed, sd_vae
 
     extra, subseed = request_overrides(req, base, model, seed, n * req.best_of, notes, limits.max_side**2 * 4, MAX_SEED)
@@ -1224,6 +1233,7 @@ def build_response(
                         }
                         for c in r["candidates"]
                     ],
+                    **({"search": r["search"]} if "search" in r else {}),  # what a bestshot_search run did
                 }
                 for r in results
             ],

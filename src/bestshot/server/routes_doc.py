@@ -74,6 +74,9 @@ HONOURED_FIELDS = (
     "--out-dir) for this request; Automatic / None: the model's own.",
     "`serve --safety-checker MODEL`: flagged candidates are never returned or saved (an image with no clean "
     "candidate comes back black, as diffusers answers); info.bestshot.nsfw_flagged counts them.",
+    "`bestshot_search` (txt2img, bestshot's own): each image's `best_of` candidates are spent as a search over "
+    "noises (`--search`); info.bestshot.runs[].search says what it kept and branched. `/v1/generate` takes "
+    "`search`, `search_pool`, `search_at`, `search_branches`, `search_keep_noise`.",
 )
 
 

@@ -53,6 +53,11 @@ class GenerateRequest(NativeBody):
     regions: str | dict[str, Any] | None = Field(
         None, description="region-steered sampling: 'auto', 'off' or a layout object (docs/generate.md, --regions)"
     )
+    search: bool | None = Field(None, description="spend the candidates as a search over noises (--search)")
+    search_pool: int | None = Field(None, ge=1, le=1024, description="noises a search starts (default 2·n_images)")
+    search_at: float | None = Field(None, gt=0, lt=1, description="fraction of the steps before a search branches")
+    search_branches: int | None = Field(None, ge=0, le=256, description="branches per kept noise of a search")
+    search_keep_noise: float | None = Field(None, ge=0, lt=1, description="how much parent noise a branch keeps")
 
 
 def with_files(ctx: ServerContext, record: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +116,10 @@ async def v1_generate(req: GenerateRequest, ctx: Ctx) -> dict[str, Any]:
                 f"{getattr(cfg, k)} (from the preset or model defaults) is more than this "
                 f"server's {top} — set {k} explicitly",
             )
-    A.check_cost(cfg, cfg.n_images, limits)
+    pool = (cfg.search_pool or 2 * cfg.n_images) if cfg.search else cfg.n_images
+    if pool > limits.max_candidates:
+        raise A.FieldError("search_pool", f"a search pool of {pool} is more than this server's {limits.max_candidates}")
+    A.check_cost(cfg, pool, limits)  # a search costs at most its whole pool finished
     A.check_loras(req.prompt, cfg, "loras" if req.loras else "prompt")
     scorer = ctx.scorers[req.scorer] if req.scorer else ctx.settings.scorer
     store = ctx.store
