@@ -168,6 +168,25 @@ def test_generate_records_the_layout_and_no_layout_is_plain(tiny_world, out):
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs)
 
 
+def test_a_search_draws_with_the_regions_too(tiny_world, out):
+    """--search runs its own pipeline call: the region hook must steer it as it steers a plain draw."""
+    from bestshot import generate
+
+    kw = dict(model=tiny_world, n_images=2, steps_base=4, style_suffix="", negative_prompt="", search=True, **out)
+    plain = generate(PROMPT, return_candidates_images=True, **kw)
+    steered = generate(PROMPT, regions="auto", return_candidates_images=True, **kw)
+    assert steered["regions"]["used"] and steered["search"]["pool"] == plain["search"]["pool"]
+    assert any(
+        not np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(plain["candidate_images"], steered["candidate_images"])
+    )
+    whole = {"objects": [{"phrase": PROMPT, "box": [0, 0, 1, 1]}]}  # one region over the image: a plain search
+    same = generate(PROMPT, regions=whole, return_candidates_images=True, **kw)
+    assert same["regions"]["used"]
+    pairs = zip(plain["candidate_images"], same["candidate_images"])
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs)
+
+
 def test_cli_regions_auto_on_the_embedded_model(capsys, monkeypatch, tmp_path):
     from helpers import run_cli
 

@@ -366,14 +366,13 @@ def best_of_n(
         if mode.source is not None or cfg.hires or scorer is None:
             raise BestshotError("early pruning and --search rank text-to-image previews with a scorer — drop them")
         plan = search.SearchPlan.of(cfg)
-        with hooks.prepared(pipe, cfg, built.sd_prompt, built.negative_prompt, plan.pool) as extra:
-            found = search.run_search(
-                pipe,
-                {**pipeline_kwargs(pipe, built.sd_prompt, built.negative_prompt, plan.pool, cfg, tracker), **extra},
-                plan,
-                family=family,
-                score_fn=lambda ims: scorer.score(ims, text),
-            )
+        with ExitStack() as stack:  # the same draw hooks as a text-to-image call (regions included)
+            kwargs = pipeline_kwargs(pipe, built.sd_prompt, built.negative_prompt, plan.pool, cfg, tracker)
+            for hook in (hooks.prepared, *CONDITIONING):
+                kwargs.update(stack.enter_context(hook(pipe, cfg, built.sd_prompt, built.negative_prompt, plan.pool)))
+            if "pipe" in kwargs:  # ControlNet's pipeline: ImgCfg.validate refuses it with a search
+                raise BestshotError("early pruning and --search cannot be combined with ControlNet — drop one")
+            found = search.run_search(pipe, kwargs, plan, family=family, score_fn=lambda ims: scorer.score(ims, text))
         seeds, images = found.seeds, found.images
         record.extra[plan.key] = search.record(plan, found, cfg.steps_base)
     else:
