@@ -101,8 +101,8 @@ def to_markdown(res: dict[str, Any]) -> str:
     lines += [
         "",
         "A run the quality gate refuses keeps no image: it counts as a miss (every column) and under gated out. "
-        f"s/prompt: wall seconds around the best-of-N call (model load excluded); × {first}: the time ratio on the "
-        f"same prompts. goal: full match ≥ the target within {TIME_BUDGET:g}× {first}'s time.",
+        f"s/prompt: wall seconds of each `generate()` call (the model loaded once before); × {first}: the time "
+        f"ratio on the same prompts. goal: full match ≥ the target within {TIME_BUDGET:g}× {first}'s time.",
     ]
     if not res["complete"]:
         lines += ["", f"Partial: {res['rows_done']} of {res['rows_total']} runs ({res['stopped']}); rerun to resume."]
