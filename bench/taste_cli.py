@@ -113,7 +113,8 @@ def curate(
     cli("taste", "collect", "-w", str(work), "--scorer", embedder)
     cli("taste", "train", "-w", str(work), "--scorer", embedder, *train_args)
     head = out / "taste" / "head.json"
-    info = json.loads(head.read_text()).get("info", {})
+    saved = json.loads(head.read_text())
+    info = saved.get("info") or saved  # the head's fields sit at its top level (cv_accuracy, majority_rate, ...)
     return {
         "head": str(head),
         "kept": kept,
