@@ -163,8 +163,7 @@ def main() -> None:
     except (KeyboardInterrupt, typer.Abort):
         err.print("[yellow]interrupted[/]")
         sys.exit(130)
-    if isinstance(code, int) and not isinstance(code, bool) and code:  # typer.Exit(code) and --help paths
-        sys.exit(code)
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)  # as typer's standalone mode
 
 
 if __name__ == "__main__":
