@@ -70,7 +70,8 @@ def row_seed(seed: int, row_id: int, best_of: int) -> int:
     return seed + row_id * best_of
 
 
-def _progress(enabled: bool):
+def progress_bar(enabled: bool):
+    """The evaluation jobs' bar: a description, the bar, done/total and the time left; off when not enabled."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
@@ -352,7 +353,7 @@ def generate_rows(
         ),
     )
     t_all = time.perf_counter()
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(f"generating → {out}", total=len(todo))
         for row in todo:
             hits = maker.blocked(row)

@@ -35,6 +35,7 @@ from bestshot import jsonio
 from ..config import EMBEDDED, ImgCfg
 from ..errors import BestshotError
 from ..store import atomic_write_json, ensure_writable
+from .batch import progress_bar
 from .variants import Variant, parse_variants
 from .world_eval import MAX_OBJECTS
 
@@ -160,19 +161,6 @@ def judge(record: dict[str, Any], kept: Any, seconds: float, prompt: str) -> dic
     }
 
 
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-        disable=not enabled,
-    )
-
-
 def check(cfg: VariantEvalConfig) -> None:
     if not cfg.variants:
         raise BestshotError("give at least one --variant NAME=SETTINGS, e.g. --variant plain= --variant best16=n=16")
@@ -217,7 +205,7 @@ def evaluate_variants(
         return None
 
     try:
-        with _progress(progress) as bar:
+        with progress_bar(progress) as bar:
             task = bar.add_task("world variants", total=total)
             for n_obj, prompts in groups.items():
                 for i, prompt in enumerate(prompts):
