@@ -60,6 +60,8 @@ def command(args: argparse.Namespace, variants: list[str]) -> list[str]:
         argv += ["--model", args.model]
     if args.steps:
         argv += ["--steps", str(args.steps)]
+    if args.prompt_seed is not None:
+        argv += ["--prompt-seed", str(args.prompt_seed)]
     if args.time_limit:
         argv += ["--time-limit", str(args.time_limit)]
     for v in variants:
@@ -95,6 +97,7 @@ def main() -> int:
     ap.add_argument("--variant", action="append", default=[], help="an extra NAME=SETTINGS (repeatable)")
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    ap.add_argument("--prompt-seed", type=int, default=None, help="seed of the held-out prompt set (default: eval's)")
     ap.add_argument("--out", default="bench_out/composition")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: single-threaded)")
     ap.add_argument("--time-limit", type=float, default=None, help="seconds; the run stops resumable after it")

@@ -419,6 +419,33 @@ class ImgCfg:
             "max": 1.0,
         },
     )
+    # ---- repair after the pick (bestshot.repair): keep the objects the scorer reads as right, repaint the rest
+    repair: bool = field(
+        default=False,
+        metadata={
+            "help": "After ranking, keep the objects the scorer reads as right in the best image and repaint the "
+            "rest (--repair-tries repaints a round, --repair-rounds rounds); needs a scorer that locates objects "
+            "(a '+regions' scorer).",
+            "flag": "--repair",
+        },
+    )
+    repair_tries: int = field(
+        default=4,
+        metadata={
+            "help": "Repaints a --repair round draws (each with its own seed).",
+            "flag": "--repair-tries",
+            "min": 1,
+        },
+    )
+    repair_rounds: int = field(
+        default=2,
+        metadata={
+            "help": "Rounds of --repair (each repairs the best image so far; a round the scorer finds nothing to "
+            "repair in ends it).",
+            "flag": "--repair-rounds",
+            "min": 1,
+        },
+    )
     clip_min: InitVar[float | None] = None  # old name of score_min: given, it sets score_min
 
     def __post_init__(self, clip_min: float | None) -> None:
@@ -490,7 +517,8 @@ class ImgCfg:
             raise BestshotError(f"seed_base must be a non-negative whole number (got {self.seed_base!r})")
         self._validate_modes()
         _check_search(self)
-        last = self.seed_base + max(self.n_images, self.prune_start or 0, self.search_seeds) - 1
+        _check_repair(self)
+        last = self.seed_base + max(self.n_images, self.prune_start or 0, self.search_seeds) + self.repair_seeds - 1
         if last > MAX_SEED:  # candidates use seed, seed+1, ...; torch's generators take 64-bit seeds
             raise BestshotError(
                 f"seed_base {self.seed_base} is too large: the candidates' seeds must stay at most "
@@ -560,6 +588,11 @@ class ImgCfg:
             return 0
         pool = self.search_pool or 2 * self.n_images
         return pool + self.n_images - min(pool, -(-self.n_images // (1 + self.search_branches)))
+
+    @property
+    def repair_seeds(self) -> int:
+        """How many seeds ``repair`` uses after the draw's (every round's tries); 0 without it."""
+        return self.repair_tries * self.repair_rounds if self.repair else 0
 
     @property
     def hires(self) -> bool:
@@ -718,6 +751,34 @@ def _check_search(cfg: ImgCfg) -> None:
     ]
     if clash:
         raise BestshotError(f"--search works on plain text-to-image runs only — drop {clash[0]} or --search")
+
+
+def _check_repair(cfg: ImgCfg) -> None:
+    """The ``repair`` fields, and what a repair cannot follow: one line naming the fix."""
+    for name in ("repair_tries", "repair_rounds"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise BestshotError(f"{name} must be a whole number >= 1 (got {v!r})")
+    if not isinstance(cfg.repair, bool):
+        raise BestshotError(f"repair is on or off (true/false), got {cfg.repair!r}")
+    if not cfg.repair:
+        return
+    clash = [
+        flag
+        for flag, on in (
+            ("--refiner", cfg.refiner),
+            ("--init-image", cfg.init_image is not None),
+            ("--hires-scale", cfg.hires),
+            ("--controlnet", cfg.controlnets),
+            ("--ip-adapter", cfg.ip_adapter),
+        )
+        if on
+    ]
+    if clash:
+        raise BestshotError(
+            f"--repair repaints text-to-image candidates only — drop {clash[0]} or --repair (its repaint would "
+            "not see it)"
+        )
 
 
 def merge(base: ImgCfg, data: dict[str, Any]) -> dict[str, Any]:

@@ -281,13 +281,17 @@ def _pipe_device(pipe: Any) -> torch.device:
     return dev if isinstance(dev, torch.device) else torch.device("cpu")
 
 
-def reproduce_note(pipe: Any, batch: int, solo_rendered: bool, branch_of: int | None = None) -> str:
+def reproduce_note(
+    pipe: Any, batch: int, solo_rendered: bool, branch_of: int | None = None, repair: bool = False
+) -> str:
     """What regenerating the kept image reproduces, for the record (``branch_of``: the kept image is a
-    search's branch of that pool seed, which only the whole search renders)."""
+    search's branch of that pool seed, which only the whole search renders; with ``repair``, a repaint of
+    that seed's image, which only the whole run renders)."""
     if branch_of is not None:
         exact = "" if getattr(pipe, "batch_invariant", False) else ", batch, device and versions"
+        what, of = ("repair", "a repaint of the image of seed") if repair else ("search", "a branch of seed")
         return (
-            f"bit-exact by repeating this call (same seed_base and search settings{exact}); a branch of seed "
+            f"bit-exact by repeating this call (same seed_base and {what} settings{exact}); {of} "
             f"{branch_of}: --seed BEST_SEED -n 1 renders a different image"
         )
     if batch < 2 or solo_rendered or getattr(pipe, "batch_invariant", False):
@@ -392,10 +396,20 @@ def best_of_n(
     best, value, ok = 0, None, True
     if gate is not None:
         best = gate.pick(images, scores, text, eligible=safety_checker.eligible(furthest(steps_done), flagged))
+    repaired: dict[int, int] = {}  # a repaint's index → the index of the image it repaints
+    if cfg.repair and gate is not None and not stop:
+        t = time.perf_counter()
+        best = _repair(
+            pipe, refiner, cfg, built, scorer, gate, record, images, seeds, scores, flagged, best, repaired, on_step
+        )
+        record.timing_s["repair"] = _since(t)
+    if gate is not None:
         value = gate.value(images[best], scores[best], text)
         ok = gate.passes(value)
-    batch = len(plan.pool) if plan else len(seeds)  # the largest batch the kept image was rendered in
-    parent = found.parents[best] if found else None  # a search's branch: its seed alone does not render it
+    batch = len(plan.pool) if plan else min(len(seeds), cfg.n_images)  # the largest batch the kept one was drawn in
+    parent = found.parents[best] if found and best < len(found.parents) else None  # a search's branch: not its seed
+    if best in repaired:
+        parent = seeds[repaired[best]]
     solo = needs_solo_render(pipe, cfg, batch) and ok and not stop and parent is None
     if solo:
         t = time.perf_counter()
@@ -420,12 +434,87 @@ def best_of_n(
     if gate is not None:
         record.scorer, record.cosine, record.score_min = scorer.name, cosine_like(scorer), gate.minimum
         record.gate = gate.record(value)
-    record.reproduce = reproduce_note(pipe, min(cfg.max_batch or batch, batch), solo, branch_of=parent)
+    record.reproduce = reproduce_note(
+        pipe, min(cfg.max_batch or batch, batch), solo, branch_of=parent, repair=best in repaired
+    )
     if not ok and record.reason is None:
         record.reason = "low_clip_alignment"
     if stop:  # interrupted, skipped or timed out: never recorded (nor ranked) as a finished run
         mark_stopped(record, stop, steps_done[best])
     return images
+
+
+def _repair(
+    pipe: Any,
+    refiner: Any,
+    cfg: ImgCfg,
+    built: Any,
+    scorer: Any,
+    gate: Any,
+    record: RunRecord,
+    images: list[Image.Image],
+    seeds: list[int],
+    scores: list[Any],
+    flagged: list[bool],
+    best: int,
+    repaired: dict[int, int],
+    on_step: StepCallback | None,
+) -> int:
+    """``cfg.repair`` (:mod:`bestshot.repair`): rounds that keep the objects the scorer reads as right in the best
+    image so far and repaint the rest, the repaints appended to ``images`` / ``seeds`` / ``scores`` / ``flagged``
+    (``repaired``: repaint index → the index it repaints) and ranked with them. Returns the new best. A stop asked
+    during a round ends the repair: that round's repaints are dropped and the best so far is kept."""
+    from . import repair
+
+    locate = repair.locator(scorer)
+    text = record.clip_prompt
+    family = resolve_model(cfg.model).family
+    rcfg = replace(cfg, strength=1.0, mask_blur=0, inpainting_fill=1, inpaint_full_res=False)
+    stopped: list[str] = []
+
+    def watch(step: int, total: int) -> Any:  # the caller's stop, seen without counting these steps as the run's
+        stop = on_step(step, total) if on_step is not None else None
+        if stop:
+            stopped.append(stop if isinstance(stop, str) else "interrupt")
+        return stop
+
+    next_seed = max(seeds) + 1
+    rounds: list[dict[str, Any]] = []
+    tried: set[int] = set()
+    for _ in range(cfg.repair_rounds):
+        # the best image not repaired yet (a round that found no better repaint moves on to the next best)
+        pool = safety_checker.eligible(None, flagged)
+        order = sorted(pool if pool is not None else range(len(images)), key=lambda k: -scores[k])
+        src = best if best not in tried else next((k for k in order if k not in tried), None)
+        if src is None:
+            break
+        tried.add(src)
+        p, why = repair.plan(locate(images[src], text), images[src].size)
+        if p is None:
+            rounds.append({"from_seed": seeds[src], "why": why})
+            if src == best:
+                break
+            continue
+        rseeds = list(range(next_seed, next_seed + cfg.repair_tries))
+        next_seed += cfg.repair_tries
+        mode = Mode.build(pipe, family, rcfg, Source(images[src].convert("RGB"), p.mask))
+        new = make_candidates(pipe, refiner, built.sd_prompt, built.negative_prompt, rseeds, rcfg, watch, mode)
+        if stopped:
+            rounds.append({"from_seed": seeds[src], "why": why, "stopped": stopped[0]})
+            break
+        new_scores = [float(v) for v in scorer.score(new, text)]
+        rounds.append(repair.round_record(seeds[src], p, why, rseeds, new_scores))
+        start = len(images)
+        repaired.update({start + i: src for i in range(len(new))})
+        images += new
+        seeds += rseeds
+        scores += new_scores
+        flagged += safety_checker.check(cfg.safety_checker, new, cfg.device)
+        best = gate.pick(images, scores, text, eligible=safety_checker.eligible(None, flagged))
+    kept = {"seed": seeds[best], "repaints_seed": seeds[repaired[best]]} if best in repaired else None
+    draws = sum(len(r.get("tries", ())) for r in rounds)
+    record.extra["repair"] = {"rounds": rounds, "kept": kept, "repaints": draws}
+    return best
 
 
 def save_run(

@@ -162,6 +162,9 @@ def settings_of(cfg: ImgCfg) -> dict[str, Any]:
         "prune_start": cfg.prune_start,
         "prune_at": cfg.prune_at if cfg.prune_start else None,
         **(search_settings(cfg) if cfg.search else {}),
+        **(
+            {"repair": True, "repair_tries": cfg.repair_tries, "repair_rounds": cfg.repair_rounds} if cfg.repair else {}
+        ),
         "loras": list(cfg.loras),
         "clip_skip": cfg.clip_skip,
         "prompt_weighting": cfg.prompt_weighting,

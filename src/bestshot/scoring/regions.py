@@ -30,6 +30,7 @@ border is no background and the regions mean little.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -152,6 +153,46 @@ background='on a black background')
     return ObjectPrompt(tuple(phrases), rel.relation if rel else None, background)
 
 
+@dataclass(frozen=True)
+class Reading:
+    """One object phrase as :meth:`RegionScorer.locate` reads it: the region matched to it (None: no region took
+    it), its quality (the scorer's per-phrase terms: ``w_obj`` × cosine + ``w_nouns`` × noun log-probability;
+    -inf without a region) and the probability that the region is the phrase's kind of thing among the closed
+    vocabulary's (None without one)."""
+
+    phrase: str
+    region: Region | None
+    quality: float
+    noun: float | None
+
+
+@dataclass(frozen=True)
+class Located:
+    """Every object phrase of a prompt read in one image, the stated relation's agreement (-1..1; 0 without a
+    relation) and the regions no phrase took."""
+
+    objects: tuple[Reading, ...]
+    agreement: float
+    relation: str | None
+    unmatched: tuple[Region, ...]
+
+
+def assignment(sims: torch.Tensor, r: int, k: int) -> tuple[float, dict[int, int]]:
+    """The best matching of ``k`` phrases to ``r`` regions by the (regions, phrases) cosines ``sims``: its mean
+    cosine over the phrases (0 for a phrase without a region) and phrase j → region index. The first of
+    equally good assignments wins."""
+    return max(
+        (
+            (
+                sum(float(sims[perm[j], j]) for j in range(k) if perm[j] < r) / k,
+                {j: perm[j] for j in range(k) if perm[j] < r},
+            )
+            for perm in itertools.permutations(range(max(r, k)), k)
+        ),
+        key=lambda c: c[0],
+    )
+
+
 def world_nouns() -> tuple[str, ...]:
     """The embedded model's closed vocabulary of object kinds: its world's shapes."""
     from ..world import SHAPES
@@ -256,26 +297,9 @@ class RegionScorer:
     ) -> float:
         """The score of one image from its pooled ``cos``, its region ``sims`` and (with ``nouns``) its
         regions' noun log-probabilities ``logp`` (see the class doc and :meth:`read`)."""
-        from ..models.maskclip import agreement
-
         k, r = len(prompt.objects), len(regions)
-        # phrase j → region perm[j] (>= r: no region); the first of equally good assignments wins
-        best, assign = max(
-            (
-                (
-                    sum(float(sims[perm[j], j]) for j in range(k) if perm[j] < r) / k,
-                    {j: perm[j] for j in range(k) if perm[j] < r},
-                )
-                for perm in itertools.permutations(range(max(r, k)), k)
-            ),
-            key=lambda c: c[0],
-        )
-        agree = 0.0
-        if prompt.relation and k == 2 and len(assign) == 2:
-            a, b = regions[assign[0]], regions[assign[1]]
-            agree = float(agreement(torch.tensor([a.cx, a.cy]), torch.tensor([b.cx, b.cy]), prompt.relation, self.gain))
-        elif prompt.relation:
-            agree = -1.0
+        best, assign = assignment(sims, r, k)
+        agree = self._agreement(regions, assign, prompt)
         total = cos + self.w_obj * best + self.w_rel * agree - self.count_penalty * abs(r - k)
         total = total / (1 + self.w_obj + self.w_rel)
         known = [j for j in range(k) if self._alternatives(prompt.objects[j])] if logp is not None else []
@@ -283,6 +307,36 @@ class RegionScorer:
             lp = [float(logp[assign[j], j]) if j in assign else self.MISSING_LOG_PROB for j in known]
             total += self.w_nouns * sum(lp) / len(lp)
         return total
+
+    def _agreement(self, regions: Sequence[Region], assign: dict[int, int], prompt: ObjectPrompt) -> float:
+        """How well the matched regions fit the stated relation (0 without one; -1 when a phrase has no region)."""
+        from ..models.maskclip import agreement
+
+        if prompt.relation and len(prompt.objects) == 2 and len(assign) == 2:
+            a, b = regions[assign[0]], regions[assign[1]]
+            return float(agreement(torch.tensor([a.cx, a.cy]), torch.tensor([b.cx, b.cy]), prompt.relation, self.gain))
+        return -1.0 if prompt.relation else 0.0
+
+    def locate(self, image: Image.Image, text: str) -> Located | None:
+        """Where each object phrase of ``text`` is in ``image`` and how well its region reads as it (the terms of
+        :meth:`combine`, per phrase): what :mod:`bestshot.repair` keeps and repaints. None when ``text`` is not a
+        short list of objects."""
+        prompt = parse_objects(text)
+        if prompt is None:
+            return None
+        cos, sims, regions, logp = self.read([image], text, prompt)[0]
+        _, assign = assignment(sims, len(regions), len(prompt.objects))
+        readings = []
+        for j, phrase in enumerate(prompt.objects):
+            if j not in assign:
+                readings.append(Reading(phrase, None, float("-inf"), None))
+                continue
+            lp = float(logp[assign[j], j]) if logp is not None else float("nan")
+            noun = None if lp != lp else math.exp(lp)  # NaN: the phrase names no known noun
+            quality = self.w_obj * float(sims[assign[j], j]) + (self.w_nouns * lp if noun is not None else 0.0)
+            readings.append(Reading(phrase, regions[assign[j]], quality, noun))
+        extra = [regions[i] for i in range(len(regions)) if i not in assign.values()]
+        return Located(tuple(readings), self._agreement(regions, assign, prompt), prompt.relation, tuple(extra))
 
     def score(self, images: Sequence[Image.Image], text: str | Sequence[str]) -> list[float]:
         if not images:

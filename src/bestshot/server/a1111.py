@@ -167,6 +167,12 @@ class Txt2ImgRequest(_Lenient):
         description="txt2img: spend each image's best_of candidates as a search (twice as many noises start, the "
         "best early previews finish with branches around them; bestshot's --search)",
     )
+    bestshot_repair: bool = Field(
+        False,
+        description="txt2img with best_of >= 2: after ranking, keep the objects the scorer reads as right in the "
+        "best candidate and repaint the rest (bestshot's --repair: 2 rounds of 4 repaints at most; needs a "
+        "'+regions' scorer)",
+    )
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -890,6 +896,12 @@ def plan_request(
         if isinstance(req, Img2ImgRequest) or req.enable_hr:
             raise FieldError("bestshot_search", "works on plain txt2img only — drop it (or enable_hr)")
         overrides["search"] = True
+    if req.bestshot_repair:
+        if isinstance(req, Img2ImgRequest) or req.enable_hr:
+            raise FieldError("bestshot_repair", "works on plain txt2img only — drop it (or enable_hr)")
+        if req.best_of < 2:
+            raise FieldError("bestshot_repair", "ranks repaints against the candidates — set best_of to 2 or more")
+        overrides["repair"] = True
     from .a1111_conditioning import request_overrides  # ControlNet units, subseed, sd_vae
 
     extra, subseed = request_overrides(req, base, model, seed, n * req.best_of, notes, limits.max_side**2 * 4, MAX_SEED)
@@ -916,7 +928,7 @@ def plan_request(
         notes.update({"sampler_notes": spec.notes()} if spec.notes() else {})
     check_loras(req.prompt, cfg)  # a missing or refused <lora:...> is a 422 before queueing
     k = req.best_of
-    cost = check_cost(cfg, n * k, limits)
+    cost = check_cost(cfg, n * (k + cfg.repair_seeds), limits)  # a repair's repaints cost as much as candidates
     # the score_min gate is applied here, not in generate(): an A1111 route always returns its best images
     # and says in info which ones failed the gate (clients read images[0])
     if k == 1:  # plain A1111: one batched call per n_iter (what /skip skips), every image kept and saved
@@ -1234,6 +1246,7 @@ def build_response(
                         for c in r["candidates"]
                     ],
                     **({"search": r["search"]} if "search" in r else {}),  # what a bestshot_search run did
+                    **({"repair": r["repair"]} if "repair" in r else {}),  # what a bestshot_repair run repainted
                 }
                 for r in results
             ],

@@ -77,6 +77,9 @@ HONOURED_FIELDS = (
     "`bestshot_search` (txt2img, bestshot's own): each image's `best_of` candidates are spent as a search over "
     "noises (`--search`); info.bestshot.runs[].search says what it kept and branched. `/v1/generate` takes "
     "`search`, `search_pool`, `search_at`, `search_branches`, `search_keep_noise`.",
+    "`bestshot_repair` (txt2img with best_of >= 2, bestshot's own): after ranking, the objects the scorer reads as "
+    "right in the best candidate are kept and the rest repainted (`--repair`, needs a `+regions` scorer); "
+    "info.bestshot.runs[].repair lists each round. `/v1/generate` takes `repair`, `repair_tries`, `repair_rounds`.",
 )
 
 

@@ -58,6 +58,9 @@ class GenerateRequest(NativeBody):
     search_at: float | None = Field(None, gt=0, lt=1, description="fraction of the steps before a search branches")
     search_branches: int | None = Field(None, ge=0, le=256, description="branches per kept noise of a search")
     search_keep_noise: float | None = Field(None, ge=0, lt=1, description="how much parent noise a branch keeps")
+    repair: bool | None = Field(None, description="repaint what the scorer reads as wrong in the best (--repair)")
+    repair_tries: int | None = Field(None, ge=1, le=64, description="repaints per repair round")
+    repair_rounds: int | None = Field(None, ge=1, le=16, description="repair rounds")
 
 
 def with_files(ctx: ServerContext, record: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +122,12 @@ async def v1_generate(req: GenerateRequest, ctx: Ctx) -> dict[str, Any]:
     pool = (cfg.search_pool or 2 * cfg.n_images) if cfg.search else cfg.n_images
     if pool > limits.max_candidates:
         raise A.FieldError("search_pool", f"a search pool of {pool} is more than this server's {limits.max_candidates}")
-    A.check_cost(cfg, pool, limits)  # a search costs at most its whole pool finished
+    if pool + cfg.repair_seeds > limits.max_candidates:
+        raise A.FieldError(
+            "repair_tries",
+            f"{pool} candidates and {cfg.repair_seeds} repaints are more than this server's {limits.max_candidates}",
+        )
+    A.check_cost(cfg, pool + cfg.repair_seeds, limits)  # a search costs at most its whole pool finished, repairs all
     A.check_loras(req.prompt, cfg, "loras" if req.loras else "prompt")
     scorer = ctx.scorers[req.scorer] if req.scorer else ctx.settings.scorer
     store = ctx.store
