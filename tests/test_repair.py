@@ -29,7 +29,7 @@ def _scene(*objs):
 
 @pytest.fixture(scope="module")
 def scorer():
-    return RegionScorer(ShapeColourCLIP(), nouns=W.SHAPES)
+    return RegionScorer(ShapeColourCLIP(), nouns=W.SHAPES, colours=tuple(W.COLOURS))
 
 
 def test_nothing_to_repair_when_every_object_reads_right(scorer):
@@ -58,14 +58,38 @@ def test_a_wrong_object_is_repainted_and_the_right_one_kept(scorer):
     assert (m == 255).mean() > 0.4
 
 
+def test_an_object_of_the_wrong_colour_is_repainted(scorer):
+    wrong = W.Scene((W.Obj("circle", "green", "medium", 0.25, 0.5), RIGHT.objects[1]), "white", "left of")
+    located = scorer.locate(W.render(wrong, 64), PROMPT)
+    red, blue = located.objects
+    assert red.noun_top and blue.noun_top and blue.colour_top and red.colour_top is False and red.colour < 0.5
+    p, why = plan(located, (64, 64))
+    assert p.redraw == ("a red circle",) and "'a red circle' reads as another colour" in why
+    # a scorer without a colour vocabulary cannot tell: nothing to repair
+    blind = RegionScorer(ShapeColourCLIP(), nouns=W.SHAPES).locate(W.render(wrong, 64), PROMPT)
+    assert blind.objects[0].colour is None and plan(blind, (64, 64))[0] is None
+
+
 def test_a_relation_that_does_not_hold_repaints_the_weakest(scorer):
     swapped = W.Scene(tuple(W.Obj(o.shape, o.colour, o.size, 1 - o.cx, o.cy) for o in RIGHT.objects), "white", None)
     located = scorer.locate(W.render(swapped, 64), PROMPT)
     assert located.agreement < 0
     p, why = plan(located, (64, 64))
-    weakest = min(located.objects, key=lambda o: o.quality).phrase
-    assert p.redraw == (weakest,) and len(p.keep) == 1
-    assert "the relation 'left of' does not hold" in why
+    assert len(p.redraw) == len(p.keep) == 1
+    assert "the relation 'left of' does not hold" in why and f"moved: {p.redraw[0]!r}" in why
+    # the square sits at the left edge and the circle at the right: keeping the square leaves the circle no room on
+    # its left, keeping the circle leaves the square room on its right — the square moves
+    assert p.redraw == ("a blue square",)
+    shifted = W.Scene(
+        (W.Obj("circle", "red", "small", 0.5, 0.5), W.Obj("square", "blue", "small", 0.2, 0.5)), "white", None
+    )
+    p, _ = plan(scorer.locate(W.render(shifted, 64), PROMPT), (64, 64))
+    assert p.redraw == ("a blue square",)  # the kept circle leaves 0.39 on its right, the square 0.09
+    shifted = W.Scene(
+        (W.Obj("circle", "red", "small", 0.8, 0.5), W.Obj("square", "blue", "small", 0.5, 0.5)), "white", None
+    )
+    p, _ = plan(scorer.locate(W.render(shifted, 64), PROMPT), (64, 64))
+    assert p.redraw == ("a red circle",)  # the kept square leaves the circle 0.39 on its left
 
 
 def test_a_missing_object_and_a_stray_region_are_repainted(scorer):

@@ -9,13 +9,15 @@ of the objects it reads as right and repaints everything else at full strength (
 next draw has only the missing part left to get right. The repaints are scored by the same scorer and
 compete with the candidates under the same gate: a repair never replaces a better image.
 
-A round: :func:`plan` reads the best image so far; when every phrase has its own region that reads as its
-kind of thing (probability ≥ 0.5 among the closed vocabulary, where the scorer has one), no region is left
-over and the relation holds, there is nothing to repair and the rounds end. Otherwise the weakest phrase
-(lowest per-phrase score; a phrase without a region first) is repainted together with every phrase that
-does not read as its kind and every region no phrase took; the other objects' boxes, grown by ``GROW`` of
-the image side, are kept. ``repair_tries`` repaints per round, ``repair_rounds`` rounds, each on the best
-image so far. Cost: at most ``tries × rounds`` more draws, none when the scorer finds nothing wrong.
+A round: :func:`plan` reads the best image not repaired yet. When every phrase has its own region that reads
+as its kind of thing and its colour (the likeliest of the closed vocabularies, where the scorer has them), no
+region is left over and the relation holds, there is nothing to repair and the rounds end.
+Otherwise the weakest phrase (lowest per-phrase score; a phrase without a region first) is repainted together
+with every phrase that does not read right and every region no phrase took — or, when two objects both read
+right but break the relation, the one whose partner leaves it more room on the side the relation puts it.
+The other objects' boxes (grown by ``GROW`` of the side) and a border ring (``RING``: the repaint sees the
+background) are kept. ``repair_tries`` repaints per round, ``repair_rounds`` rounds. Cost: at most
+``tries × rounds`` more draws, none when the scorer finds nothing wrong.
 
 The record's ``repair`` entry lists each round (the image repaired, what was kept and repainted and why,
 the repaint seeds and scores) and, when a repaint is kept, which image it repaints: its seed alone renders
@@ -34,7 +36,6 @@ from .scoring.regions import Located
 
 GROW = 0.06  # a kept object's box grows by this fraction of the image side (its soft edge stays with it)
 RING = 0.1  # the image's border ring of this width (fraction of the side) is kept: the repaint sees the background
-SURE = 0.5  # a region reads as its phrase's kind when that kind's probability is at least this
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,25 @@ def locator(scorer: Any) -> Any:
 def _wrong(o: Any) -> str | None:
     if o.region is None:
         return f"no region for {o.phrase!r}"
-    if o.noun is not None and o.noun < SURE:
+    if o.noun_top is False:
         return f"{o.phrase!r} reads as another kind (p={o.noun:.2f})"
+    if o.colour_top is False:
+        return f"{o.phrase!r} reads as another colour (p={o.colour:.2f})"
     return None
+
+
+def _room(box: tuple[float, float, float, float], side: str) -> float:
+    """Free span of the image beyond ``box`` on ``side`` (fractions of the side)."""
+    x0, y0, x1, y1 = box
+    return {"right": 1 - x1, "left": x0, "below": 1 - y1, "above": y0}[side]
+
+
+def _to_move(a: Any, b: Any, relation: str) -> int:
+    """Which of two objects that read right but break "A <relation> B" to repaint (0: A, 1: B): the one whose
+    partner, kept in place, leaves it more room on the side the relation puts it."""
+    b_side = {"left of": "right", "right of": "left", "above": "below", "below": "above"}[relation]  # B seen from A
+    a_side = {"right": "left", "left": "right", "below": "above", "above": "below"}[b_side]
+    return 1 if _room(a.box, b_side) >= _room(b.box, a_side) else 0
 
 
 def plan(located: Located | None, size: tuple[int, int]) -> tuple[Plan | None, str]:
@@ -83,6 +100,8 @@ def plan(located: Located | None, size: tuple[int, int]) -> tuple[Plan | None, s
     if not wrong and not located.unmatched and not relation_off:
         return None, "every object reads right"
     weakest = min(range(len(objs)), key=lambda j: objs[j].quality)
+    if relation_off and not wrong and len(objs) == 2:  # both read right, on the wrong sides: move one of them
+        weakest = _to_move(objs[0].region, objs[1].region, located.relation)
     redraw = sorted(set(wrong) | {weakest})
     reasons = [wrong[j] for j in sorted(wrong)]
     if relation_off:
@@ -90,7 +109,8 @@ def plan(located: Located | None, size: tuple[int, int]) -> tuple[Plan | None, s
     if located.unmatched:
         reasons.append(f"{len(located.unmatched)} region(s) no phrase took")
     if weakest not in wrong:
-        reasons.append(f"weakest: {objs[weakest].phrase!r}")
+        moved = relation_off and not wrong and len(objs) == 2
+        reasons.append(f"{'moved' if moved else 'weakest'}: {objs[weakest].phrase!r}")
     w, h = size
     mask = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(mask)

@@ -27,7 +27,7 @@ from .base import Scorer, clip_score_100
 from .clip import CLIPScorer, OpenCLIPScorer
 from .ensemble import EnsembleScorer, parse_ensemble
 from .gate import Gate, cosine_like, resolve_gate, units_of
-from .regions import RegionScorer, world_nouns
+from .regions import RegionScorer, world_colours, world_nouns
 from .spatial import SpatialScorer
 
 __all__ = [
@@ -86,7 +86,8 @@ def get_scorer(
     elif spec.endswith(REGIONS):
         inner = spec[: -len(REGIONS)]
         scorer = RegionScorer(
-            get_scorer(inner, device=dev, half=half, cache=cache), nouns=world_nouns() if inner == EMBEDDED else ()
+            get_scorer(inner, device=dev, half=half, cache=cache),
+            **(dict(nouns=world_nouns(), colours=world_colours()) if inner == EMBEDDED else {}),
         )
     elif spec.endswith(SPATIAL):
         if spec.startswith("open_clip:"):
@@ -137,7 +138,7 @@ def pipeline_scorer(
         if own is not None:
             _own_gate(own, model or EMBEDDED)
             if spec.endswith(REGIONS):
-                return RegionScorer(own, nouns=world_nouns())
+                return RegionScorer(own, nouns=world_nouns(), colours=world_colours())
             if spec.endswith(SPATIAL):
                 return SpatialScorer(own)
             return own

@@ -157,13 +157,17 @@ background='on a black background')
 class Reading:
     """One object phrase as :meth:`RegionScorer.locate` reads it: the region matched to it (None: no region took
     it), its quality (the scorer's per-phrase terms: ``w_obj`` × cosine + ``w_nouns`` × noun log-probability;
-    -inf without a region) and the probability that the region is the phrase's kind of thing among the closed
-    vocabulary's (None without one)."""
+    -inf without a region), the probability that the region is the phrase's kind of thing among the closed
+    vocabulary's nouns and that it has the phrase's colour among the vocabulary's colours (each None without a
+    vocabulary or without such a word in the phrase)."""
 
     phrase: str
     region: Region | None
     quality: float
     noun: float | None
+    colour: float | None = None
+    noun_top: bool | None = None  # the phrase's noun is the likeliest of the vocabulary's (None: no vocabulary)
+    colour_top: bool | None = None  # the same for its colour
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,24 @@ def assignment(sims: torch.Tensor, r: int, k: int) -> tuple[float, dict[int, int
         ),
         key=lambda c: c[0],
     )
+
+
+def _swaps(phrase: str, vocab: tuple[str, ...], last: bool) -> tuple[list[str], int] | None:
+    """``phrase`` with its word from ``vocab`` (its last word only with ``last``; else the first such word) swapped
+    for each word of ``vocab``, and the index of its own; None when it has none."""
+    words = phrase.split()
+    at = [len(words) - 1] if last else range(len(words))
+    for i in at:
+        if vocab and words and words[i] in vocab:
+            return [" ".join(words[:i] + [v] + words[i + 1 :]) for v in vocab], vocab.index(words[i])
+    return None
+
+
+def world_colours() -> tuple[str, ...]:
+    """The embedded model's closed vocabulary of colours: its world's."""
+    from ..world import COLOURS
+
+    return tuple(COLOURS)
 
 
 def world_nouns() -> tuple[str, ...]:
@@ -235,11 +257,13 @@ class RegionScorer:
         nouns: Sequence[str] = (),
         w_nouns: float = 0.05,
         temperature: float = 100.0,
+        colours: Sequence[str] = (),
     ):
         if min(w_obj, w_rel, count_penalty, w_nouns, temperature) < 0:
             raise BestshotError("region scorer weights must be >= 0")
         self.base, self.w_obj, self.w_rel, self.count_penalty, self.gain = base, w_obj, w_rel, count_penalty, gain
         self.nouns, self.w_nouns, self.temperature = tuple(nouns), w_nouns, temperature
+        self.colours = tuple(colours)  # read by locate() only: the score is the same with or without them
         self.name = f"{base.name}+regions"
 
     def __getattr__(self, item: str) -> Any:  # only called for what this class does not define
@@ -250,10 +274,7 @@ class RegionScorer:
     def _alternatives(self, phrase: str) -> tuple[list[str], int] | None:
         """``phrase`` with its noun swapped for each of ``nouns``, and the index of its own; None when its
         last word is not one of them."""
-        words = phrase.split()
-        if not self.nouns or not words or words[-1] not in self.nouns:
-            return None
-        return [" ".join(words[:-1] + [n]) for n in self.nouns], self.nouns.index(words[-1])
+        return _swaps(phrase, self.nouns, last=True)
 
     def read(
         self, images: Sequence[Image.Image], text: str, prompt: ObjectPrompt
@@ -262,28 +283,53 @@ class RegionScorer:
         seen alone, the regions, and (with ``nouns``) each region's log-probability of each phrase's noun
         against the other nouns, (regions, phrases), NaN for a phrase without a known noun. The images and
         all their regions go through CLIP in one batch, the texts in another."""
+        return [r[:4] for r in self._read(images, text, prompt)]
+
+    def _read(
+        self, images: Sequence[Image.Image], text: str, prompt: ObjectPrompt, colours: Sequence[str] = ()
+    ) -> list[tuple[Any, ...]]:
+        """:meth:`read`, plus (with a ``colours`` vocabulary) each region's log-probability of each phrase's
+        colour word against the other colours (None without a vocabulary), and whether each phrase's noun and
+        colour is the likeliest of its vocabulary (1/0, NaN without one; None without a vocabulary)."""
         found = [find_regions(im, max_regions=len(prompt.objects) + 2) for im in images]
         flat = list(images) + [iso for _, isos in found for iso in isos]
         bg = f" {prompt.background}" if prompt.background else ""
-        alts = [self._alternatives(p) for p in prompt.objects]
-        alt_texts = [f"{a}{bg}" for alt in alts if alt for a in alt[0]]
+        swaps = [[self._alternatives(p) for p in prompt.objects]]
+        if colours:
+            swaps.append([_swaps(p, tuple(colours), last=False) for p in prompt.objects])
+        alt_texts = [f"{a}{bg}" for alts in swaps for alt in alts if alt for a in alt[0]]
         texts = [text] + [f"{p}{bg}" for p in prompt.objects] + alt_texts
         t = self.base.embed_texts(texts).float().cpu()
         e = self.base.embed_images(flat).float().cpu()
         k = len(prompt.objects)
         cos, parts = (e[: len(images)] @ t[0]).tolist(), e[len(images) :] @ t[1 : k + 1].T
-        logp = None
-        if alt_texts:
+        logps: list[torch.Tensor | None] = []
+        tops: list[torch.Tensor | None] = []
+        j0 = k + 1
+        for alts in swaps:
+            if not any(alts):
+                logps.append(None)
+                tops.append(None)
+                continue
             logp = torch.full((len(flat) - len(images), k), float("nan"))
-            a_emb, j0 = t[k + 1 :], 0
+            top = torch.full_like(logp, float("nan"))  # 1 where the phrase's own word is the likeliest, else 0
             for j, alt in enumerate(alts):
                 if alt:
-                    sims = e[len(images) :] @ a_emb[j0 : j0 + len(alt[0])].T
-                    logp[:, j] = torch.log_softmax(self.temperature * sims, dim=-1)[:, alt[1]]
+                    sims = e[len(images) :] @ t[j0 : j0 + len(alt[0])].T
+                    lp = torch.log_softmax(self.temperature * sims, dim=-1)
+                    logp[:, j] = lp[:, alt[1]]
+                    top[:, j] = (lp.argmax(-1) == alt[1]).float()
                     j0 += len(alt[0])
+            logps.append(logp)
+            tops.append(top)
+        if len(logps) == 1:
+            logps.append(None)
+            tops.append(None)
         out, i = [], 0
         for c, (regs, _) in zip(cos, found):
-            out.append((c, parts[i : i + len(regs)], regs, None if logp is None else logp[i : i + len(regs)]))
+            cut = [None if lp is None else lp[i : i + len(regs)] for lp in logps]
+            top = [None if tp is None else tp[i : i + len(regs)] for tp in tops]
+            out.append((c, parts[i : i + len(regs)], regs, cut[0], cut[1], top[0], top[1]))
             i += len(regs)
         return out
 
@@ -324,17 +370,37 @@ class RegionScorer:
         prompt = parse_objects(text)
         if prompt is None:
             return None
-        cos, sims, regions, logp = self.read([image], text, prompt)[0]
+        cos, sims, regions, logp, logc, top_n, top_c = self._read([image], text, prompt, colours=self.colours)[0]
         _, assign = assignment(sims, len(regions), len(prompt.objects))
+
+        def value(table: torch.Tensor | None, r: int, j: int) -> float | None:  # None: no known word in the phrase
+            v = float(table[r, j]) if table is not None else float("nan")
+            return None if v != v else v
+
+        def prob(table: torch.Tensor | None, r: int, j: int) -> float | None:
+            v = value(table, r, j)
+            return None if v is None else math.exp(v)
+
         readings = []
         for j, phrase in enumerate(prompt.objects):
             if j not in assign:
                 readings.append(Reading(phrase, None, float("-inf"), None))
                 continue
-            lp = float(logp[assign[j], j]) if logp is not None else float("nan")
-            noun = None if lp != lp else math.exp(lp)  # NaN: the phrase names no known noun
-            quality = self.w_obj * float(sims[assign[j], j]) + (self.w_nouns * lp if noun is not None else 0.0)
-            readings.append(Reading(phrase, regions[assign[j]], quality, noun))
+            r = assign[j]
+            noun = prob(logp, r, j)
+            quality = self.w_obj * float(sims[r, j]) + (self.w_nouns * math.log(noun) if noun else 0.0)
+            tn, tc = value(top_n, r, j), value(top_c, r, j)
+            readings.append(
+                Reading(
+                    phrase,
+                    regions[r],
+                    quality,
+                    noun,
+                    prob(logc, r, j),
+                    None if tn is None else bool(tn),
+                    None if tc is None else bool(tc),
+                )
+            )
         extra = [regions[i] for i in range(len(regions)) if i not in assign.values()]
         return Located(tuple(readings), self._agreement(regions, assign, prompt), prompt.relation, tuple(extra))
 
