@@ -14,8 +14,7 @@ table and the row to paste into bench/RESULTS.md (date, machine, command). Rows 
 run (Ctrl-C, --time-limit) resumes where it stopped.
 
 Default variants: ``plain`` (today's best of 8), ``best16`` (n_images=16, the "more of the same" control at 2×
-the cost), and ``regions``, ``search``, ``both``: the composition levers, which fail with one line naming the
-missing setting until their ImgCfg fields exist.
+the cost), and ``regions``, ``search``, ``both``, ``repair``: the composition levers.
 
     python bench/composition.py [--prompts 100] [--objects 1,2,3] [--variants plain,best16,regions,search,both]
                                 [--variant NAME=SETTINGS ...] [--out bench_out/composition] [--threads 1]
@@ -38,6 +37,7 @@ VARIANTS = {
     "regions": "regions=auto",  # region-steered sampling from a planned layout
     "search": "search=true,search_pool=16",  # noise search with a verifier
     "both": "regions=auto,search=true,search_pool=16",
+    "repair": "repair=true",  # keep the objects the scorer reads as right in the best, repaint the rest
 }
 
 
