@@ -368,7 +368,8 @@ def test_regions_search_and_a_variant_are_columns_of_the_generate_path(tmp_path)
         assert s["pool"] == 4 and len(s["survivors"]) == 1 and s["branches"] == 1
     assert rows["both"]["regions"]["used"] and rows["plain"]["candidates"] == 1 and rows["both"]["candidates"] == 2
     did = {c["name"]: c["did"] for c in res["columns"]}
-    assert did["regions"] == {"runs": 1, "regions_used": 1} and did["search"] == {"runs": 1, "searched": 1}
+    assert did["regions"] == {"runs": 1, "regions_used": 1}
+    assert did["search"] == {"runs": 1, "searched": 1, "search_pool": 4}
     assert did["plain"] == {"runs": 1} and res["columns"][4]["settings"] == "regions=auto,search=true"
     # the settings reached generate(): its run records, as bestshot generate writes them
     both = _log(out, "both")[0]
@@ -376,6 +377,7 @@ def test_regions_search_and_a_variant_are_columns_of_the_generate_path(tmp_path)
     assert _log(out, "regions")[0]["regions"]["used"] and "search" not in _log(out, "regions")[0]["settings"]
     assert "regions" not in _log(out, "best_of_n")[0] and "search" not in _log(out, "best_of_n")[0]["settings"]
     assert json.loads((out / "geneval.json").read_text())["columns"] == res["columns"]
+    assert "both: a planned layout steered 1/1 runs; 1/1 runs searched (pool 4)" in rich_table(res).caption
 
 
 def test_a_regions_row_that_fell_back_to_plain_sampling_says_so(tmp_path, monkeypatch):
@@ -401,11 +403,16 @@ def test_cli_variant_column_and_a_failing_column_keeps_what_finished(tiny_owlv2,
     prompts = _meta(tmp_path, {"tag": "single_object", "prompt": WORLD, "include": [{"class": "cup"}]})
     common = ["eval", "geneval", "--prompts", prompts, "--n", "2", "--steps", "2", "--detector", tiny_owlv2]
     out = tmp_path / "out"
-    argv = [*common, "--methods", "plain", "--variant", "srch=search=true,search_pool=3", "--out", str(out), "--json"]
-    code, stdout, err = run_cli(argv, capsys, monkeypatch)
+    gated = "gated=gate=true,score_min=0.99"  # a variant whose gate refuses every run: no image kept, a miss
+    argv = [*common, "--methods", "plain", "--variant", "srch=search=true,search_pool=3", "--variant", gated]
+    code, stdout, err = run_cli([*argv, "--out", str(out), "--json"], capsys, monkeypatch)
     assert code == 0, err
-    assert list(json.loads(stdout)) == ["plain", "srch"]
-    assert list(csv.reader((out / "geneval.csv").open()))[0] == ["category", "plain", "srch"]
+    assert list(json.loads(stdout)) == ["plain", "srch", "gated"]
+    assert list(csv.reader((out / "geneval.csv").open()))[0] == ["category", "plain", "srch", "gated"]
+    saved = json.loads((out / "geneval.json").read_text())
+    refused = saved["rows"][2]
+    assert refused["kept"] is False and not refused["correct"] and refused["reason"].startswith("no image kept")
+    assert saved["columns"][2]["did"] == {"runs": 1, "kept_none": 1} and saved["table"]["gated"]["overall"]["pct"] == 0
     rec = _log(out, "srch")[0]
     assert rec["settings"]["search"] and rec["settings"]["search_pool"] == 3 and len(rec["search"]["pool"]) == 3
     bad = tmp_path / "bad"

@@ -73,7 +73,7 @@ class MethodContext:
     settings: ImgCfg | None = None
 
 
-Method = Callable[[str, int, MethodContext], tuple[Image.Image, dict[str, Any]]]
+Method = Callable[[str, int, MethodContext], tuple[Image.Image | None, dict[str, Any]]]  # None: no image kept
 
 
 def _summary_of(record: dict[str, Any]) -> dict[str, Any]:
@@ -205,6 +205,7 @@ def describe(col: Column, rows: list[dict[str, Any]]) -> dict[str, Any]:
     searched = [r["search"] for r in mine if "search" in r]
     if searched:
         did["searched"] = len(searched)
+        did["search_pool"] = max(x["pool"] for x in searched)
     kept_none = sum(r.get("kept") is False for r in mine)
     if kept_none:
         did["kept_none"] = kept_none
@@ -343,19 +344,19 @@ def evaluate_geneval(cfg: GenevalConfig, detector: Any = None, progress: bool = 
 
 
 def notes(results: dict[str, Any]) -> list[str]:
-    """One line per column whose runs did something a reader must know to read its numbers."""
+    """One line per column whose runs did more than rank: layouts used (or not), searches, runs that kept none."""
     out = []
     for c in results.get("columns") or []:
-        did, runs = c["did"], c["did"]["runs"]
+        did, runs, parts = c["did"], c["did"]["runs"], []
         if "regions_used" in did:
-            out.append(
-                f"{c['name']}: a planned layout steered {did['regions_used']}/{runs} runs"
-                + (" (the others: plain sampling, no layout)" if did["regions_used"] < runs else "")
-            )
+            fell = " (the others: plain sampling, no layout)" if did["regions_used"] < runs else ""
+            parts.append(f"a planned layout steered {did['regions_used']}/{runs} runs{fell}")
         if "searched" in did:
-            out.append(f"{c['name']}: {did['searched']}/{runs} runs searched over noises")
+            parts.append(f"{did['searched']}/{runs} runs searched (pool {did['search_pool']})")
         if did.get("kept_none"):
-            out.append(f"{c['name']}: {did['kept_none']}/{runs} runs kept no image (counted as misses)")
+            parts.append(f"{did['kept_none']}/{runs} runs kept no image (counted as misses)")
+        if parts:
+            out.append(f"{c['name']}: {'; '.join(parts)}")
     return out
 
 
