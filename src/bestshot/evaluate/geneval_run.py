@@ -127,7 +127,7 @@ METHODS: dict[str, Method] = dict.fromkeys(SETTINGS, _generated)
 
 
 def register_method(name: str, fn: Method, settings: dict[str, Any] | None = None) -> None:
-    """Add a generation method; ``settings``: ImgCfg overrides of best_of_n's its context carries."""
+    """Add a generation method; its context's ``settings`` are best_of_n's with ``settings`` (ImgCfg overrides)."""
     METHODS[name] = fn
     SETTINGS[name] = dict(settings or {})
 
