@@ -294,20 +294,134 @@ def test_run_tabulates_methods_and_writes_json_and_csv(tmp_path, monkeypatch):
 
 
 def test_methods_are_checked_before_anything_loads(tmp_path):
-    with pytest.raises(BestshotError, match="region-steered generation .* not available yet"):
-        evaluate_geneval(GenevalConfig(methods=("plain", "regions"), out=None), detector=DET)
     with pytest.raises(BestshotError, match="unknown method 'magic'"):
         evaluate_geneval(GenevalConfig(methods=("magic",), out=None), detector=DET)
+    with pytest.raises(BestshotError, match="--methods is empty"):
+        evaluate_geneval(GenevalConfig(methods=(), out=None), detector=DET)
     with pytest.raises(BestshotError, match="unknown GenEval tag"):
         evaluate_geneval(GenevalConfig(tags=("shapes",), out=None), detector=DET)
+    with pytest.raises(BestshotError, match="--variant srch: unknown setting 'serch'.*did you mean search"):
+        evaluate_geneval(GenevalConfig(variants=("srch=serch=true",), out=None), detector=DET)
 
 
-def test_cli_refuses_a_planned_method_in_one_line(capsys, monkeypatch, tmp_path):
-    code, out, err = run_cli(
-        ["eval", "geneval", "--methods", "plain,search", "--out", str(tmp_path)], capsys, monkeypatch
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--variant", "x=nope=1"], "--variant x: unknown setting 'nope'"),
+        (["--variant", "x=search=maybe"], "--variant x: search='maybe' is not true or false"),
+        (["--variant", "x=n=two"], "--variant x: n='two' is not a whole number"),
+        (["--variant", "noequals"], "must look like NAME=SETTINGS"),
+        (["--variant", "x=search=true", "--variant", "x=regions=auto"], "--variant x is given twice"),
+        (["--variant", "plain=n=2"], "--variant plain has the name of a method"),
+        (["--variant", "x=seed=7"], "--variant x: the seeds follow --seed"),
+        (["--variant", "x=search=true,search_at=2"], "--variant x:"),
+        (["--methods", "plain,plain"], "names a method twice"),
+    ],
+)
+def test_cli_refuses_a_bad_variant_in_one_line_before_anything_loads(argv, message, capsys, monkeypatch, tmp_path):
+    """The detector named is not available offline: the variant's line must come first, and nothing is written."""
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(["eval", "geneval", *argv, "--out", str(out)], capsys, monkeypatch)
+    text = stdout + err
+    assert code == 2 and message in text, text
+    assert "Traceback" not in text and len(text.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+WORLD = "a red circle above a blue square"  # the world grammar lays it out: no LLM asked
+
+
+def _meta(tmp_path, *lines):
+    f = tmp_path / "meta.jsonl"
+    f.write_text("\n".join(json.dumps(x) for x in lines))
+    return str(f)
+
+
+def _log(out, column):
+    return [json.loads(line) for line in (out / f"generate_{column}.jsonl").read_text().splitlines()]
+
+
+def test_regions_search_and_a_variant_are_columns_of_the_generate_path(tmp_path):
+    out = tmp_path / "out"
+    cfg = GenevalConfig(
+        methods=("plain", "best_of_n", "regions", "search"),
+        variants=("both=regions=auto,search=true",),
+        prompts=_meta(tmp_path, {"tag": "single_object", "prompt": WORLD, "include": [{"class": "cup"}]}),
+        n=2,
+        steps=2,
+        out=str(out),
+        device="cpu",
     )
-    assert code != 0 and "search over initial noises is not available yet" in out + err
-    assert "Traceback" not in out + err
+    res = evaluate_geneval(cfg, detector=DET, progress=False)
+    names = ["plain", "best_of_n", "regions", "search", "both"]
+    assert list(res["table"]) == names and [c["name"] for c in res["columns"]] == names
+    assert list(csv.reader((out / "geneval.csv").open()))[0] == ["category", *names]
+    assert [c.header for c in rich_table(res).columns] == ["category", *names]
+    # a search of 2 finishers starts a pool of 4 and one branch: 5 seeds, so each prompt's sample starts 5 seeds on
+    assert res["settings"]["seed_stride"] == 5
+    rows = {r["method"]: r for r in res["rows"]}
+    laid = rows["regions"]["regions"]
+    assert laid["used"] and laid["source"] == "world" and laid["objects"] == ["a red circle", "a blue square"]
+    assert "regions" not in rows["best_of_n"] and "search" not in rows["regions"]
+    for name in ("search", "both"):
+        s = rows[name]["search"]
+        assert s["pool"] == 4 and len(s["survivors"]) == 1 and s["branches"] == 1
+    assert rows["both"]["regions"]["used"] and rows["plain"]["candidates"] == 1 and rows["both"]["candidates"] == 2
+    did = {c["name"]: c["did"] for c in res["columns"]}
+    assert did["regions"] == {"runs": 1, "regions_used": 1}
+    assert did["search"] == {"runs": 1, "searched": 1, "search_pool": 4}
+    assert did["plain"] == {"runs": 1} and res["columns"][4]["settings"] == "regions=auto,search=true"
+    # the settings reached generate(): its run records, as bestshot generate writes them
+    both = _log(out, "both")[0]
+    assert both["settings"]["search"] and both["regions"]["used"] and both["settings"]["n_images"] == 2
+    assert _log(out, "regions")[0]["regions"]["used"] and "search" not in _log(out, "regions")[0]["settings"]
+    assert "regions" not in _log(out, "best_of_n")[0] and "search" not in _log(out, "best_of_n")[0]["settings"]
+    assert json.loads((out / "geneval.json").read_text())["columns"] == res["columns"]
+    assert "both: a planned layout steered 1/1 runs; 1/1 runs searched (pool 4)" in rich_table(res).caption
+
+
+def test_a_regions_row_that_fell_back_to_plain_sampling_says_so(tmp_path, monkeypatch):
+    """A prompt the planner cannot lay out (its LLM gives no layout): the regions run is best_of_n's run."""
+    from bestshot.layout import Layout
+    from bestshot.prompts import layout_llm, regions
+
+    monkeypatch.setattr(regions, "_PLANNED", {})
+    monkeypatch.setattr(layout_llm, "llm_layout", lambda p, **kw: Layout(prompt=p, source="none", reason="no LLM here"))
+    prompts = _meta(tmp_path, {"tag": "single_object", "prompt": "a photo of a cup", "include": [{"class": "cup"}]})
+    cfg = GenevalConfig(methods=("best_of_n", "regions"), prompts=prompts, n=2, steps=2, out=None, device="cpu")
+    res = evaluate_geneval(cfg, detector=DET, progress=False)
+    best, steered = res["rows"]
+    assert not steered["regions"]["used"] and "plain sampling: no LLM here" in steered["regions"]["note"]
+    assert steered["seed"] == best["seed"] and steered["score"] == pytest.approx(best["score"])
+    assert res["columns"][1]["did"] == {"runs": 1, "regions_used": 0}
+    assert "regions: a planned layout steered 0/1 runs (the others: plain sampling" in rich_table(res).caption
+
+
+def test_cli_variant_column_and_a_failing_column_keeps_what_finished(tiny_owlv2, capsys, monkeypatch, tmp_path):
+    """Through the CLI with the tiny OWLv2: a variant column and its settings in the run record; then a search
+    on a sampler it cannot branch with fails in one line after plain's image, which geneval.json keeps."""
+    prompts = _meta(tmp_path, {"tag": "single_object", "prompt": WORLD, "include": [{"class": "cup"}]})
+    common = ["eval", "geneval", "--prompts", prompts, "--n", "2", "--steps", "2", "--detector", tiny_owlv2]
+    out = tmp_path / "out"
+    gated = "gated=gate=true,score_min=0.99"  # a variant whose gate refuses every run: no image kept, a miss
+    argv = [*common, "--methods", "plain", "--variant", "srch=search=true,search_pool=3", "--variant", gated]
+    code, stdout, err = run_cli([*argv, "--out", str(out), "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert list(json.loads(stdout)) == ["plain", "srch", "gated"]
+    assert list(csv.reader((out / "geneval.csv").open()))[0] == ["category", "plain", "srch", "gated"]
+    saved = json.loads((out / "geneval.json").read_text())
+    refused = saved["rows"][2]
+    assert refused["kept"] is False and not refused["correct"] and refused["reason"].startswith("no image kept")
+    assert saved["columns"][2]["did"] == {"runs": 1, "kept_none": 1} and saved["table"]["gated"]["overall"]["pct"] == 0
+    rec = _log(out, "srch")[0]
+    assert rec["settings"]["search"] and rec["settings"]["search_pool"] == 3 and len(rec["search"]["pool"]) == 3
+    bad = tmp_path / "bad"
+    argv = [*common, "--methods", "plain,search", "--scheduler", "dpmpp_2m", "--out", str(bad)]
+    code, stdout, err = run_cli(argv, capsys, monkeypatch)
+    text = stdout + err
+    assert code == 2 and "--search branches from the predicted clean image" in text and "Traceback" not in text
+    saved = json.loads((bad / "geneval.json").read_text())
+    assert saved["interrupted"] and "--search" in saved["error"] and [r["method"] for r in saved["rows"]] == ["plain"]
 
 
 def test_plain_and_best_of_n_run_the_generate_path(tmp_path):

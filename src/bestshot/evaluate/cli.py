@@ -133,8 +133,19 @@ def _world_variants(
 
 @app.command("geneval")
 def geneval(
-    methods: str = typer.Option("plain,best_of_n", "--methods", help="Generation methods, one column each."),
-    n: int = typer.Option(4, "--n", help="Candidates of best_of_n."),
+    methods: str = typer.Option(
+        "plain,best_of_n",
+        "--methods",
+        help="Generation methods, one column each: plain, best_of_n, regions (best_of_n with --regions auto), "
+        "search (best_of_n with --search).",
+    ),
+    variant: list[str] | None = typer.Option(
+        None,
+        "--variant",
+        help="NAME=SETTINGS (repeatable): one more column, best_of_n's settings plus these ImgCfg settings, "
+        "e.g. both=regions=auto,search=true or best16=n_images=16.",
+    ),
+    n: int = typer.Option(4, "--n", help="Candidates of best_of_n (and of every column built on it)."),
     samples: int = typer.Option(1, "--samples", help="Images per prompt and method (GenEval's paper: 4)."),
     prompts: str | None = typer.Option(None, "--prompts", help="GenEval metadata .jsonl (default: the shipped set)."),
     tags: str | None = typer.Option(None, "--tags", help="Only these categories, e.g. position,counting."),
@@ -143,6 +154,9 @@ def geneval(
     steps: int | None = typer.Option(None, "--steps"),
     guidance: float | None = typer.Option(None, "--guidance"),
     scorer: str | None = typer.Option(None, "--scorer", help="Scorer ranking best_of_n (default: the model's)."),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler", help="Every column's sampler (default: the model's; search needs e.g. euler or ddim)."
+    ),
     seed: int = typer.Option(0, "--seed"),
     detector: str = typer.Option(
         "google/owlv2-base-patch16-ensemble", "--detector", help="OWLv2 / OWL-ViT hub id or local folder."
@@ -153,7 +167,7 @@ def geneval(
     out_dir: str | None = typer.Option("eval_geneval", "--out", help="Folder for geneval.json, geneval.csv, images."),
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ) -> None:
-    """GenEval: object, count, colour and position correctness per category, one column per method."""
+    """GenEval: object, count, colour and position correctness per category, one column per method or variant."""
     from .geneval import GenevalRules
     from .geneval_run import GenevalConfig, evaluate_geneval, rich_table
 
@@ -168,11 +182,13 @@ def geneval(
         steps=steps,
         guidance=guidance,
         scorer=scorer,
+        scheduler=scheduler,
         seed=seed,
         device=device,
         detector=detector,
         rules=GenevalRules(threshold=threshold, counting_threshold=counting_threshold),
         out=out_dir,
+        variants=tuple(variant or ()),
     )
     try:
         res = evaluate_geneval(cfg, progress=not as_json)
