@@ -266,3 +266,28 @@ def test_repair_with_a_scorer_that_cannot_locate_is_refused_over_http(tiny_sd15,
         body = {"prompt": "a red circle", "n_images": 2, "steps_base": 2, "width": 32, "height": 32, "repair": True}
         r = c.post("/v1/generate", json=body)
         assert r.status_code == 422 and "+regions" in r.text, r.text
+
+
+def test_the_a1111_cost_counts_a_search_pool_and_the_repaints(tiny_sd15, tiny_clip, tmp_path):
+    """A server's --max-cost budget sees what a request may draw: best_of candidates, a search's whole pool, a
+    repair's repaints (2 rounds x 4 by default)."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from bestshot.server import create_app
+    from bestshot.server.a1111 import Limits
+
+    # 32x32 on a 512-native family with 2 steps: 1/256 * 2 per candidate; a budget of 0.05 fits 6 candidates
+    app = create_app(
+        model=tiny_sd15,
+        scorer=f"{tiny_clip}+regions",
+        out_dir=str(tmp_path / "o"),
+        curate_dir=str(tmp_path / "c"),
+        limits=Limits(max_cost=0.05),
+    )
+    txt = {"prompt": PROMPT, "seed": 10, "best_of": 4, "steps": 2, "width": 32, "height": 32}
+    with TestClient(app, base_url="http://localhost") as c:
+        assert c.post("/sdapi/v1/txt2img", json=txt).status_code == 200
+        for extra in ({"bestshot_search": True}, {"bestshot_repair": True}):  # 8 and 12 candidates
+            r = c.post("/sdapi/v1/txt2img", json={**txt, **extra})
+            assert r.status_code == 422 and "budget" in r.text, r.text

@@ -928,7 +928,9 @@ def plan_request(
         notes.update({"sampler_notes": spec.notes()} if spec.notes() else {})
     check_loras(req.prompt, cfg)  # a missing or refused <lora:...> is a 422 before queueing
     k = req.best_of
-    cost = check_cost(cfg, n * (k + cfg.repair_seeds), limits)  # a repair's repaints cost as much as candidates
+    # what one image's run may draw: its candidates (a search: its whole pool finished, at most), then its repaints
+    per_image = (cfg.search_pool or 2 * k if cfg.search else k) + cfg.repair_seeds
+    cost = check_cost(cfg, n * per_image, limits)
     # the score_min gate is applied here, not in generate(): an A1111 route always returns its best images
     # and says in info which ones failed the gate (clients read images[0])
     if k == 1:  # plain A1111: one batched call per n_iter (what /skip skips), every image kept and saved
