@@ -383,9 +383,10 @@ def test_regions_search_and_a_variant_are_columns_of_the_generate_path(tmp_path)
 def test_a_regions_row_that_fell_back_to_plain_sampling_says_so(tmp_path, monkeypatch):
     """A prompt the planner cannot lay out (its LLM gives no layout): the regions run is best_of_n's run."""
     from bestshot.layout import Layout
-    from bestshot.prompts import layout_llm, regions
+    from bestshot.models.loader import CACHE
+    from bestshot.prompts import layout_llm
 
-    monkeypatch.setattr(regions, "_PLANNED", {})
+    monkeypatch.setattr(CACHE, "layouts", {})
     monkeypatch.setattr(layout_llm, "llm_layout", lambda p, **kw: Layout(prompt=p, source="none", reason="no LLM here"))
     prompts = _meta(tmp_path, {"tag": "single_object", "prompt": "a photo of a cup", "include": [{"class": "cup"}]})
     cfg = GenevalConfig(methods=("best_of_n", "regions"), prompts=prompts, n=2, steps=2, out=None, device="cpu")

@@ -73,6 +73,7 @@ class ModelCache:
 
     pipelines: dict[tuple, _Entry] = field(default_factory=dict)
     scorers: dict[tuple, Any] = field(default_factory=dict)
+    layouts: dict[str, Any] = field(default_factory=dict)  # prompt → its planned layout (prompts.regions), bounded
 
     def unload_other_families(self, family: str) -> None:
         stale = [k for k, e in self.pipelines.items() if _family_group(e.family) != _family_group(family)]
@@ -85,6 +86,7 @@ class ModelCache:
     def clear(self) -> None:
         self.pipelines.clear()
         self.scorers.clear()
+        self.layouts.clear()
         free_memory()
 
 

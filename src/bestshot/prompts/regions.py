@@ -61,7 +61,7 @@ Attend = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # ----------------------------------------------------------------------------------------------- the layout
-_PLANNED: dict[str, Layout | None] = {}  # prompt → its planned layout: auto plans each prompt once
+PLANNED_MAX = 256  # layouts the model cache keeps (auto plans each prompt once; a server sees many prompts)
 
 
 def _user_prompt(cfg: Any, prompt: str) -> str:
@@ -82,14 +82,17 @@ def layout_for(cfg: Any, prompt: str) -> Layout | None:
         return layout_from_dict(setting, "regions")
     if setting != "auto":
         return read_layout(setting)  # a file: read at each draw (cheap), so an edited file is seen
+    from ..models.loader import CACHE
+
     text = _user_prompt(cfg, prompt)
-    if text not in _PLANNED:
+    planned = CACHE.layouts
+    if text not in planned:
         from .layout import resolve_layout
 
-        _PLANNED[text] = resolve_layout(setting, text) if text.strip() else Layout(source="none", reason="empty prompt")
-        if len(_PLANNED) > 256:  # a bound: a server sees many prompts
-            _PLANNED.pop(next(iter(_PLANNED)))
-    return _PLANNED[text]
+        planned[text] = resolve_layout(setting, text) if text.strip() else Layout(source="none", reason="empty prompt")
+        if len(planned) > PLANNED_MAX:
+            planned.pop(next(iter(planned)))
+    return planned[text]
 
 
 def record(cfg: Any, prompt: str) -> dict[str, Any]:
