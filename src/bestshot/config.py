@@ -828,6 +828,7 @@ _DEFAULT_KEYS = {
     "width": "width",
     "scheduler": "scheduler",
     "n_images": "n_images",
+    "repair": "repair",
 }
 
 
