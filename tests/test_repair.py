@@ -291,3 +291,19 @@ def test_the_a1111_cost_counts_a_search_pool_and_the_repaints(tiny_sd15, tiny_cl
         for extra in ({"bestshot_search": True}, {"bestshot_repair": True}):  # 8 and 12 candidates
             r = c.post("/sdapi/v1/txt2img", json={**txt, **extra})
             assert r.status_code == 422 and "budget" in r.text, r.text
+
+
+def test_a_stop_during_a_repair_keeps_the_best_so_far(tmp_path):
+    """A stop asked while repaints are drawn ends the repair: that round is dropped and the run is a finished one
+    (the draw was complete), its best candidate kept. A caller's step callback that takes the latents gets them."""
+    seen: list[int] = []
+
+    def on_step(step, total, latents):
+        seen.append(step)
+        return len(seen) > 4 + 1  # let the draw's 4 steps pass, stop in the first repaint round
+
+    kw = dict(out_dir=str(tmp_path / "o"), log_jsonl=str(tmp_path / "l.jsonl"))
+    r = generate("a red circle above a blue square, a green cross", repair=True, on_step=on_step, **EMB, **kw)
+    (x,) = r["repair"]["rounds"]
+    assert x["stopped"] == "interrupt" and "tries" not in x and r["repair"]["kept"] is None
+    assert not r.get("interrupted") and [c["seed"] for c in r["candidates"]] == [11, 12]

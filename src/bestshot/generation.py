@@ -472,8 +472,17 @@ def _repair(
     rcfg = replace(cfg, strength=1.0, mask_blur=0, inpainting_fill=1, inpaint_full_res=False)
     stopped: list[str] = []
 
-    def watch(step: int, total: int) -> Any:  # the caller's stop, seen without counting these steps as the run's
-        stop = on_step(step, total) if on_step is not None else None
+    wants_latents = isinstance(on_step, StepTracker) and on_step.wants_latents
+    if on_step is not None and not isinstance(on_step, StepTracker):
+        try:
+            wants_latents = len(inspect.signature(on_step).parameters) >= 3
+        except (TypeError, ValueError):
+            wants_latents = False
+
+    def watch(step: int, total: int, latents: Any = None) -> Any:  # the caller's stop; these steps are not the run's
+        if on_step is None:
+            return None
+        stop = on_step(step, total, latents) if wants_latents else on_step(step, total)
         if stop:
             stopped.append(stop if isinstance(stop, str) else "interrupt")
         return stop
