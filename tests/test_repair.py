@@ -171,9 +171,10 @@ def test_the_record_says_what_each_round_kept_and_repainted(runs):
     assert done[0]["from_seed"] == plain["best_seed"]  # the first round repairs the best of the draw
     assert r["best_score"] == pytest.approx(max(c["score"] for c in r["candidates"]))
     assert r["best_score"] >= plain["best_score"]  # a repair never replaces a better image
-    kept = r["repair"]["kept"]
-    if kept is not None:
-        assert kept["seed"] == r["best_seed"] and "a repaint of the image of seed" in r["reproduce"]
+    kept = r["repair"]["kept"]  # here a repaint of a repaint (round 2 repairs round 1's winner) is kept
+    assert kept is not None and kept["seed"] == r["best_seed"] and "a repaint of the image of seed" in r["reproduce"]
+    (src,) = [x["from_seed"] for x in done if kept["seed"] in [t["seed"] for t in x["tries"]]]
+    assert kept["repaint_of"] == src
     logged = [json.loads(line) for line in runs["log"].read_text().splitlines()]
     assert next(x for x in logged if x["run_id"] == r["run_id"])["repair"] == r["repair"]
     assert "repair" not in plain

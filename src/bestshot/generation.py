@@ -463,7 +463,9 @@ def _repair(
     """``cfg.repair`` (:mod:`bestshot.repair`): rounds that keep the objects the scorer reads as right in the best
     image so far and repaint the rest, the repaints appended to ``images`` / ``seeds`` / ``scores`` / ``flagged``
     (``repaired``: repaint index → the index it repaints) and ranked with them. Returns the new best. A stop asked
-    during a round ends the repair: that round's repaints are dropped and the best so far is kept."""
+    during a round ends the repair: that round's repaints are dropped and the best so far is kept. Repaints start
+    from the images as drawn: where a kept original is then re-rendered alone (``exact_best``), they started from
+    its batch render, equal up to the device's batch rounding."""
     from . import repair
 
     locate = repair.locator(scorer)
@@ -520,7 +522,7 @@ def _repair(
         scores += new_scores
         flagged += safety_checker.check(cfg.safety_checker, new, cfg.device)
         best = gate.pick(images, scores, text, eligible=safety_checker.eligible(None, flagged))
-    kept = {"seed": seeds[best], "repaints_seed": seeds[repaired[best]]} if best in repaired else None
+    kept = {"seed": seeds[best], "repaint_of": seeds[repaired[best]]} if best in repaired else None
     draws = sum(len(r.get("tries", ())) for r in rounds)
     record.extra["repair"] = {"rounds": rounds, "kept": kept, "repaints": draws}
     return best
