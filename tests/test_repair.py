@@ -106,6 +106,9 @@ def test_a_missing_object_and_a_stray_region_are_repainted(scorer):
     assert "1 region(s) no phrase took" in why
     stray = located.unmatched[0]
     assert np.asarray(p.mask)[round(stray.cy * 64), round(stray.cx * 64)] == 255
+    assert stray.box[1] < 0.1  # it reaches into the border ring: that part is repainted too, no fragment stays
+    x0, y0, x1, y1 = stray.box
+    assert (np.asarray(p.mask)[round(y0 * 64) : round(y1 * 64), round(x0 * 64) : round(x1 * 64)] == 255).all()
 
 
 def test_repair_needs_a_scorer_that_locates_objects():

@@ -16,8 +16,8 @@ Otherwise the weakest phrase (lowest per-phrase score; a phrase without a region
 with every phrase that does not read right and every region no phrase took — or, when two objects both read
 right but break the relation, the one whose partner leaves it more room on the side the relation puts it.
 The other objects' boxes (grown by ``GROW`` of the side) and a border ring (``RING``: the repaint sees the
-background) are kept. ``repair_tries`` repaints per round, ``repair_rounds`` rounds. Cost: at most
-``tries × rounds`` more draws, none when the scorer finds nothing wrong.
+background; cleared where an object that goes reaches into it) are kept. ``repair_tries`` repaints per round,
+``repair_rounds`` rounds. Cost: at most ``tries × rounds`` more draws, none when the scorer finds nothing wrong.
 
 The record's ``repair`` entry lists each round (the image repaired, what was kept and repainted and why,
 the repaint seeds and scores) and, when a repaint is kept, which image it repaints: its seed alone renders
@@ -89,6 +89,17 @@ def _to_move(a: Any, b: Any, relation: str) -> int:
     return 1 if _room(a.box, b_side) >= _room(b.box, a_side) else 0
 
 
+def _pixels(box: tuple[float, float, float, float], w: int, h: int) -> tuple[int, int, int, int]:
+    """A box (fractions) grown by ``GROW``, as the inclusive pixel rectangle PIL draws."""
+    x0, y0, x1, y1 = box
+    return (
+        max(0, round((x0 - GROW) * w)),
+        max(0, round((y0 - GROW) * h)),
+        min(w, round((x1 + GROW) * w)) - 1,
+        min(h, round((y1 + GROW) * h)) - 1,
+    )
+
+
 def plan(located: Located | None, size: tuple[int, int]) -> tuple[Plan | None, str]:
     """What to repaint in an image of ``size`` (w, h) read as ``located``: ``(plan, why)``, the plan None when
     there is nothing to repair (or the prompt names no objects the scorer can locate)."""
@@ -116,19 +127,13 @@ def plan(located: Located | None, size: tuple[int, int]) -> tuple[Plan | None, s
     draw = ImageDraw.Draw(mask)
     rx, ry = max(1, round(RING * w)), max(1, round(RING * h))
     draw.rectangle((rx, ry, w - 1 - rx, h - 1 - ry), fill=255)
+    # what goes is repainted even where it reaches into the ring (no fragment of it stays); what stays is kept
+    gone = [objs[j].region for j in redraw if objs[j].region is not None] + list(located.unmatched)
+    for r in gone:
+        draw.rectangle(_pixels(r.box, w, h), fill=255)
     keep = [o for j, o in enumerate(objs) if j not in redraw]
     for o in keep:
-        x0, y0, x1, y1 = o.region.box
-        g = GROW
-        draw.rectangle(
-            (
-                max(0, round((x0 - g) * w)),
-                max(0, round((y0 - g) * h)),
-                min(w, round((x1 + g) * w)) - 1,
-                min(h, round((y1 + g) * h)) - 1,
-            ),
-            fill=0,
-        )
+        draw.rectangle(_pixels(o.region.box, w, h), fill=0)
     why = "; ".join(reasons)
     return Plan(tuple(o.phrase for o in keep), tuple(objs[j].phrase for j in redraw), why, mask), why
 
