@@ -396,6 +396,7 @@ def best_of_n(
     best, value, ok = 0, None, True
     if gate is not None:
         best = gate.pick(images, scores, text, eligible=safety_checker.eligible(furthest(steps_done), flagged))
+    batch = len(plan.pool) if plan else len(seeds)  # the largest batch the kept image was rendered in
     repaired: dict[int, int] = {}  # a repaint's index → the index of the image it repaints
     if cfg.repair and gate is not None and not stop:
         t = time.perf_counter()
@@ -406,7 +407,6 @@ def best_of_n(
     if gate is not None:
         value = gate.value(images[best], scores[best], text)
         ok = gate.passes(value)
-    batch = len(plan.pool) if plan else min(len(seeds), cfg.n_images)  # the largest batch the kept one was drawn in
     parent = found.parents[best] if found and best < len(found.parents) else None  # a search's branch: not its seed
     if best in repaired:
         parent = seeds[repaired[best]]
@@ -472,22 +472,9 @@ def _repair(
     text = record.clip_prompt
     family = resolve_model(cfg.model).family
     rcfg = replace(cfg, strength=1.0, mask_blur=0, inpainting_fill=1, inpaint_full_res=False)
-    stopped: list[str] = []
-
-    wants_latents = isinstance(on_step, StepTracker) and on_step.wants_latents
-    if on_step is not None and not isinstance(on_step, StepTracker):
-        try:
-            wants_latents = len(inspect.signature(on_step).parameters) >= 3
-        except (TypeError, ValueError):
-            wants_latents = False
-
-    def watch(step: int, total: int, latents: Any = None) -> Any:  # the caller's stop; these steps are not the run's
-        if on_step is None:
-            return None
-        stop = on_step(step, total, latents) if wants_latents else on_step(step, total)
-        if stop:
-            stopped.append(stop if isinstance(stop, str) else "interrupt")
-        return stop
+    # the caller's stop, watched by a tracker of the repaints' own (their steps are not the run's)
+    raw = on_step.on_step if isinstance(on_step, StepTracker) else on_step
+    watch = StepTracker(raw) if raw is not None else None
 
     next_seed = max(seeds) + 1
     rounds: list[dict[str, Any]] = []
@@ -510,8 +497,8 @@ def _repair(
         next_seed += cfg.repair_tries
         mode = Mode.build(pipe, family, rcfg, Source(images[src].convert("RGB"), p.mask))
         new = make_candidates(pipe, refiner, built.sd_prompt, built.negative_prompt, rseeds, rcfg, watch, mode)
-        if stopped:
-            rounds.append({"from_seed": seeds[src], "why": why, "stopped": stopped[0]})
+        if watch is not None and watch.stopped:
+            rounds.append({"from_seed": seeds[src], "why": why, "stopped": watch.stopped})
             break
         new_scores = [float(v) for v in scorer.score(new, text)]
         rounds.append(repair.round_record(seeds[src], p, why, rseeds, new_scores))
